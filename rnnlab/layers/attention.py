@@ -1,0 +1,76 @@
+"""Causal multi-head softmax attention with rotary positions and a KV cache as its state.
+
+Vaswani et al. 2017 ("Attention is all you need", eq. 1: softmax(QKᵀ/√d)V) with
+rotary position embeddings (Su et al. 2021, RoFormer, eq. 34). With ``window=w``
+each query sees only the last w keys, itself included (sliding-window attention, as
+in Longformer / Mistral / Griffin's local attention), so the cache keeps w-1 tokens.
+
+State: {"k": (B, L, H, dh), "v": (B, L, H, dh), "pos": (B, 1)} — L = tokens cached
+(min(T, window-1) with a window, T without), pos = tokens seen (rotary offset).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from rnnlab.layers.base import Mixer, State
+from rnnlab.layers.parts import rotary, rotary_cos_sin
+from rnnlab.layers.registry import register_mixer
+
+
+@register_mixer("attention", family="attention", small={"num_heads": 2})
+@register_mixer("sliding_attention", family="attention", defaults={"window": 64}, small={"num_heads": 2, "window": 16})
+class Attention(Mixer):
+    """x (B, T, D) -> y (B, T, D); causal softmax attention, ``num_heads`` heads of size D/num_heads."""
+
+    def __init__(self, d_model: int, num_heads: int = 4, window: int | None = None, rope_base: float = 10000.0, bias: bool = False):
+        super().__init__(d_model)
+        if d_model % num_heads or (d_model // num_heads) % 2:
+            raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads} into an even head size (rotary)")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be a positive int or None, got {window}")
+        self.num_heads, self.head_dim, self.window, self.rope_base = num_heads, d_model // num_heads, window, rope_base
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.out = nn.Linear(d_model, d_model, bias=bias)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        kv = torch.zeros(batch_size, 0, self.num_heads, self.head_dim, device=device, dtype=dtype or torch.float32)
+        return {"k": kv, "v": kv.clone(), "pos": torch.zeros(batch_size, 1, device=device, dtype=dtype or torch.float32)}
+
+    def _cache_len(self, seq_len: int) -> int:
+        return seq_len if self.window is None else min(seq_len, self.window - 1)
+
+    def state_size(self, seq_len: int) -> int:
+        return 2 * self._cache_len(seq_len) * self.d_model + 1
+
+    def _attend(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        B, T, _ = x.shape
+        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b t h d", three=3, h=self.num_heads)
+        start = int(state["pos"][0, 0].item()) if state["pos"].numel() else 0
+        cos, sin = rotary_cos_sin(torch.arange(start, start + T, device=x.device), self.head_dim, self.rope_base)
+        q, k = rotary(q, cos, sin), rotary(k, cos, sin)
+        k_all = torch.cat([state["k"].to(k.dtype), k], 1)  # (B, L+T, H, dh)
+        v_all = torch.cat([state["v"].to(v.dtype), v], 1)
+        L = k_all.shape[1] - T
+        if self.window is None and L == 0:
+            mask, causal = None, T > 1
+        else:  # query i (absolute L+i) sees key j iff j <= L+i and L+i-j < window
+            i = torch.arange(T, device=x.device)[:, None] + L
+            j = torch.arange(L + T, device=x.device)[None]
+            mask = (j <= i) & ((i - j) < self.window if self.window is not None else True)
+            causal = False
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k_all.transpose(1, 2), v_all.transpose(1, 2), attn_mask=mask, is_causal=causal
+        )  # (B, H, T, dh)
+        y = self.out(rearrange(o, "b h t d -> b t (h d)"))
+        keep = self._cache_len(L + T)
+        new = {"k": k_all[:, k_all.shape[1] - keep :], "v": v_all[:, v_all.shape[1] - keep :], "pos": state["pos"] + T}
+        return y, new
+
+    parallel = _attend
+    step = _attend  # one token against the cache: the same computation, no separate form
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, num_heads={self.num_heads}, window={self.window}"

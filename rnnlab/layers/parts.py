@@ -1,0 +1,100 @@
+"""Building blocks shared by several mixers: norms, the short causal conv,
+rotary embeddings, low-rank (LoRA) projections. No registration here."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnlab.ops.conv import causal_conv1d
+
+__all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos_sin"]
+
+
+class RMSNorm(nn.Module):
+    """y = x / rms(x) * weight over the last dim (Zhang & Sennrich 2019); computed in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.float()
+        return y.to(x.dtype)
+
+
+class GatedRMSNorm(RMSNorm):
+    """RMSNorm(x) * act(gate), the output norm of Mamba-2 / GLA / Gated DeltaNet.
+    Applied over the last dim (per head when x is (..., H, V))."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, activation: str = "silu"):
+        super().__init__(dim, eps)
+        self.act = {"silu": F.silu, "sigmoid": torch.sigmoid}[activation]
+
+    def forward(self, x: Tensor, gate: Tensor) -> Tensor:  # type: ignore[override]
+        return super().forward(x) * self.act(gate.float()).to(x.dtype)
+
+
+class ShortConv(nn.Module):
+    """Depthwise causal conv over time, x (B, T, C) -> (B, T, C), optional SiLU.
+    Its state (B, W-1, C) is part of the owning mixer's state."""
+
+    def __init__(self, channels: int, kernel_size: int = 4, bias: bool = True, activation: str | None = "silu"):
+        super().__init__()
+        self.channels, self.kernel_size = channels, kernel_size
+        self.weight = nn.Parameter(torch.empty(channels, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+        # PyTorch's Conv1d default init (kaiming-uniform, fan_in = kernel_size), as the papers' code uses
+        bound = 1 / math.sqrt(kernel_size)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+        self.activation = activation
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> Tensor:
+        return torch.zeros(batch_size, self.kernel_size - 1, self.channels, device=device, dtype=dtype or torch.float32)
+
+    def state_size(self) -> int:
+        return (self.kernel_size - 1) * self.channels
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        y, new_state = causal_conv1d(x, self.weight, self.bias, state)
+        if self.activation == "silu":
+            y = F.silu(y)
+        return y, new_state
+
+
+class LoRA(nn.Module):
+    """x -> B(act(A x)) (+ bias): the low-rank projections of GLA's gates and RWKV-6/7's
+    data-dependent parameters. ``zero_init`` zeroes the up-projection as RWKV does."""
+
+    def __init__(self, d_in: int, rank: int, d_out: int, activation: str | None = "tanh", bias: bool = True, zero_init: bool = False):
+        super().__init__()
+        self.down = nn.Linear(d_in, rank, bias=False)
+        self.up = nn.Linear(rank, d_out, bias=bias)
+        self.act = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, None: (lambda t: t)}[activation]
+        if zero_init:
+            nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.up(self.act(self.down(x)))
+
+
+def rotary_cos_sin(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """positions (T,) integer -> cos, sin of shape (T, dim/2) in float32 (Su et al. 2021, eq. 34)."""
+    inv_freq = base ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
+    angles = positions.float()[:, None] * inv_freq[None]
+    return angles.cos(), angles.sin()
+
+
+def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x[..., :d/2], x[..., d/2:]) of x (B, T, H, d) by the angles of cos/sin (T, d/2)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    c, s = cos[:, None], sin[:, None]  # broadcast over heads
+    return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).to(x.dtype)

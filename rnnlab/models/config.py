@@ -1,0 +1,87 @@
+"""ModelConfig: the frozen, documented description of a SequenceModel."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ModelConfig"]
+
+HEADS = ("lm", "classify", "regress")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a SequenceModel; JSON-able via to_dict/from_dict."""
+
+    mixer: str | list[str] = "attention"
+    """Registered mixer name, or one name per layer (hybrids, e.g. ["lstm", "lstm", "attention"])."""
+    mixer_kwargs: dict | list[dict] = field(default_factory=dict)
+    """Keyword arguments for the mixer(s): one dict for all layers, or one per layer."""
+    d_model: int = 64
+    n_layers: int = 2
+    vocab_size: int | None = None
+    """Token inputs (B, T) int64 with this vocabulary; exclusive with input_dim."""
+    input_dim: int | None = None
+    """Feature inputs (B, T, input_dim) float, linearly projected; exclusive with vocab_size."""
+    head: str = "lm"
+    """"lm": (B, T, vocab_size) logits; "classify": (B, num_classes); "regress": (B, T, out_dim)."""
+    num_classes: int | None = None
+    out_dim: int | None = None
+    pool: str = "last"
+    """Sequence pooling for head="classify": "last" token (causal) or "mean"."""
+    mlp: str | None = "swiglu"
+    """Second sub-layer of each block: "swiglu", None (mixer only), or any registered mixer name (e.g. rwkv6_channel_mix)."""
+    mlp_ratio: float = 4.0
+    """SwiGLU hidden size = 2/3 * mlp_ratio * d_model, rounded up to a multiple of 8 (LLaMA's rule)."""
+    tie_embeddings: bool = False
+    norm_eps: float = 1e-6
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        from rnnlab.layers.registry import available_mixers
+
+        mixers = self.layer_mixers()
+        valid = available_mixers()
+        for m in mixers + ([self.mlp] if self.mlp not in (None, "swiglu") else []):
+            if m not in valid:
+                raise ValueError(f"unknown mixer {m!r}; valid choices: {', '.join(valid)}")
+        if isinstance(self.mixer, list) and len(self.mixer) != self.n_layers:
+            raise ValueError(f"mixer list has {len(self.mixer)} entries but n_layers={self.n_layers}")
+        if isinstance(self.mixer_kwargs, list) and len(self.mixer_kwargs) != self.n_layers:
+            raise ValueError(f"mixer_kwargs list has {len(self.mixer_kwargs)} entries but n_layers={self.n_layers}")
+        if (self.vocab_size is None) == (self.input_dim is None):
+            raise ValueError("set exactly one of vocab_size (token inputs) or input_dim (feature inputs)")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.head == "lm" and self.vocab_size is None:
+            raise ValueError('head="lm" needs vocab_size')
+        if self.head == "classify" and not self.num_classes:
+            raise ValueError('head="classify" needs num_classes')
+        if self.head == "regress" and not self.out_dim:
+            raise ValueError('head="regress" needs out_dim')
+        if self.pool not in ("last", "mean"):
+            raise ValueError(f'pool must be "last" or "mean", got {self.pool!r}')
+        if self.tie_embeddings and (self.head != "lm" or self.vocab_size is None):
+            raise ValueError('tie_embeddings needs head="lm" with token inputs')
+
+    def layer_mixers(self) -> list[str]:
+        return list(self.mixer) if isinstance(self.mixer, (list, tuple)) else [self.mixer] * self.n_layers
+
+    def layer_kwargs(self) -> list[dict]:
+        kw = self.mixer_kwargs
+        return [dict(k) for k in kw] if isinstance(kw, (list, tuple)) else [dict(kw) for _ in range(self.n_layers)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s) {unknown}; valid fields: {', '.join(names)}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,179 @@
+"""SequenceModel: embedding -> N pre-norm blocks (any mixer per layer) -> final norm -> head.
+
+Block: x + Mixer(RMSNorm(x)), then x + MLP(RMSNorm(x)); the MLP is SwiGLU
+(Shazeer 2020), None, or any registered mixer (RWKV's channel-mix). The model
+state is {"<layer>.mixer.<key>": tensor, "<layer>.mlp.<key>": ...}: a flat
+dict with batch in dim 0, so it moves, indexes and saves like a mixer state.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnlab.layers.base import Mixer, State
+from rnnlab.layers.parts import RMSNorm
+from rnnlab.layers.registry import create_mixer
+from rnnlab.models.config import ModelConfig
+
+__all__ = ["SequenceModel", "Block", "SwiGLU"]
+
+
+class SwiGLU(nn.Module):
+    """y = W2 (silu(W1 x) * W3 x); hidden = 2/3 * ratio * d rounded up to a multiple of 8."""
+
+    def __init__(self, d_model: int, ratio: float = 4.0):
+        super().__init__()
+        hidden = 8 * math.ceil(2 * ratio * d_model / 3 / 8)
+        self.w13 = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.w2 = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.w13(x).chunk(2, -1)
+        return self.w2(F.silu(a) * b)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, mixer: Mixer, mlp: nn.Module | None, d_model: int, eps: float = 1e-6, dropout: float = 0.0):
+        super().__init__()
+        self.norm1, self.mixer = RMSNorm(d_model, eps), mixer
+        self.norm2 = RMSNorm(d_model, eps) if mlp is not None else None
+        self.mlp = mlp
+        self.drop = nn.Dropout(dropout)
+
+    def init_state(self, batch_size: int, device=None) -> State:
+        s = {f"mixer.{k}": v for k, v in self.mixer.init_state(batch_size, device).items()}
+        if isinstance(self.mlp, Mixer):
+            s.update({f"mlp.{k}": v for k, v in self.mlp.init_state(batch_size, device).items()})
+        return s
+
+    def state_size(self, seq_len: int) -> int:
+        return self.mixer.state_size(seq_len) + (self.mlp.state_size(seq_len) if isinstance(self.mlp, Mixer) else 0)
+
+    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        sub = lambda prefix: {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}  # noqa: E731
+        y, ms = self.mixer(self.norm1(x), sub("mixer."))
+        x = x + self.drop(y)
+        new = {f"mixer.{k}": v for k, v in ms.items()}
+        if isinstance(self.mlp, Mixer):
+            y, ps = self.mlp(self.norm2(x), sub("mlp."))
+            new.update({f"mlp.{k}": v for k, v in ps.items()})
+            x = x + self.drop(y)
+        elif self.mlp is not None:
+            x = x + self.drop(self.mlp(self.norm2(x)))
+        return x, new
+
+
+class SequenceModel(nn.Module):
+    """inputs (B, T) int64 tokens or (B, T, input_dim) floats -> (outputs, state).
+
+    outputs: head "lm" (B, T, vocab_size) logits, "classify" (B, num_classes),
+    "regress" (B, T, out_dim). ``state`` continues a sequence across calls.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.d_model) if c.vocab_size else nn.Linear(c.input_dim, c.d_model)
+        if c.vocab_size:
+            nn.init.normal_(self.embed.weight, std=0.02)
+        blocks = []
+        for name, kw in zip(c.layer_mixers(), c.layer_kwargs()):
+            mixer = create_mixer(name, c.d_model, **kw)
+            if c.mlp is None:
+                mlp = None
+            elif c.mlp == "swiglu":
+                mlp = SwiGLU(c.d_model, c.mlp_ratio)
+            else:
+                mlp = create_mixer(c.mlp, c.d_model)
+            blocks.append(Block(mixer, mlp, c.d_model, c.norm_eps, c.dropout))
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = RMSNorm(c.d_model, c.norm_eps)
+        out = {"lm": c.vocab_size, "classify": c.num_classes, "regress": c.out_dim}[c.head]
+        self.head = nn.Linear(c.d_model, out, bias=c.head != "lm")
+        if c.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    # --- state ---------------------------------------------------------------
+    def init_state(self, batch_size: int, device=None) -> State:
+        return {f"{i}.{k}": v for i, b in enumerate(self.blocks) for k, v in b.init_state(batch_size, device).items()}
+
+    def state_size(self, seq_len: int) -> int:
+        """Floats held per sequence after seq_len tokens, summed over layers."""
+        return sum(b.state_size(seq_len) for b in self.blocks)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # --- forward ---------------------------------------------------------------
+    def _check_inputs(self, inputs: Tensor) -> None:
+        c = self.config
+        if c.vocab_size:
+            if inputs.dim() != 2 or inputs.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"expected token ids of shape (B, T) and dtype int64, got {tuple(inputs.shape)} {inputs.dtype}")
+        elif inputs.dim() != 3 or inputs.shape[-1] != c.input_dim or not inputs.is_floating_point():
+            raise ValueError(f"expected float features of shape (B, T, {c.input_dim}), got {tuple(inputs.shape)} {inputs.dtype}")
+
+    def forward(self, inputs: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        self._check_inputs(inputs)
+        x = self.embed(inputs)
+        state = state if state is not None else self.init_state(inputs.shape[0], inputs.device)
+        new: State = {}
+        for i, block in enumerate(self.blocks):
+            prefix = f"{i}."
+            x, s = block(x, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            new.update({prefix + k: v for k, v in s.items()})
+        x = self.norm(x)
+        if self.config.head == "classify":
+            x = x[:, -1] if self.config.pool == "last" else x.mean(1)
+        return self.head(x), new
+
+    def step(self, token: Tensor, state: State) -> tuple[Tensor, State]:
+        """One recurrent step: token (B,) ids or (B, input_dim) -> (output for that step, state)."""
+        out, state = self(token.unsqueeze(1), state)
+        return (out[:, 0] if out.dim() == 3 else out), state
+
+    # --- optimisation helpers -------------------------------------------------
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay on matrices; none on norms, biases, 1-D params and params
+        tagged ``_no_weight_decay``. Every parameter lands in exactly one group."""
+        decay, no_decay, seen = [], [], set()
+        for p in self.parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            skip = p.dim() < 2 or getattr(p, "_no_weight_decay", False)  # norms and biases are 1-D
+            (no_decay if skip else decay).append(p)
+        assert len(decay) + len(no_decay) == len(seen)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    # --- generation -----------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompt: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """prompt (B, T0) int64 -> (B, T0 + max_new_tokens). Prefill with the parallel form,
+        then one recurrent step per token. temperature == 0 is greedy decoding."""
+        if self.config.head != "lm":
+            raise ValueError('generate() needs head="lm"')
+        logits, state = self(prompt)
+        out = [prompt]
+        for _ in range(max_new_tokens):
+            nxt = _sample(logits[:, -1], temperature, top_k, generator)
+            out.append(nxt[:, None])
+            logits, state = self(nxt[:, None], state)
+        return torch.cat(out, 1)
+
+
+def _sample(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:
+    """logits (B, V) -> token ids (B,)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]

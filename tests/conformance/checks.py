@@ -1,0 +1,195 @@
+"""The conformance checks every registered mixer must pass.
+
+Each check takes a mixer factory (``make() -> Mixer``, fresh module, same seed
+-> same weights) and raises AssertionError with a readable message when the
+mixer breaks the contract. tests/conformance/test_conformance.py runs them over
+``available_mixers()``; test_checks_catch_bugs.py shows they catch broken mixers.
+"""
+from __future__ import annotations
+
+import copy
+import io
+
+import torch
+from safetensors.torch import load, save
+
+from rnnlab.layers.base import state_numel
+from rnnlab.testing import assert_close
+
+D_MODEL = 32
+LENGTHS = (1, 2, 37, 67)  # 1, a prime, and lengths that are not multiples of any chunk size
+BATCH = 2
+
+
+def _x(batch, seq_len, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, seq_len, D_MODEL, generator=g).to(dtype)
+
+
+def _clone_state(state):
+    return {k: v.clone() for k, v in state.items()}
+
+
+def _rollout(mixer, x, state=None):
+    """Token-by-token recurrent form: one ``forward`` call per token."""
+    ys = []
+    for t in range(x.shape[1]):
+        y, state = mixer(x[:, t : t + 1], state)
+        ys.append(y)
+    return torch.cat(ys, 1), state
+
+
+def check_parallel_equals_step(make, lengths=LENGTHS):
+    """Parallel forward == token-by-token stepping, outputs and final state."""
+    mixer = make().eval()
+    with torch.no_grad():
+        for T in lengths:
+            x = _x(BATCH, T, seed=T)
+            y_par, s_par = mixer(x)
+            y_rec, s_rec = _rollout(mixer, x)
+            assert_close(y_rec, y_par, name=f"step vs parallel output, T={T}")
+            for k in s_par:
+                assert_close(s_rec[k].float(), s_par[k].float(), name=f"step vs parallel state[{k!r}], T={T}")
+
+
+def check_split_equals_full(make, splits=((37, 11), (67, 33), (67, 1), (67, 66))):
+    """forward on [0:t) then on [t:T) from the returned state == forward on [0:T)."""
+    mixer = make().eval()
+    with torch.no_grad():
+        for T, t in splits:
+            x = _x(BATCH, T, seed=100 + T)
+            y_full, s_full = mixer(x)
+            y1, s1 = mixer(x[:, :t])
+            y2, s2 = mixer(x[:, t:], _clone_state(s1))
+            assert_close(torch.cat([y1, y2], 1), y_full, name=f"split at {t} of {T} output")
+            for k in s_full:
+                assert_close(s2[k].float(), s_full[k].float(), name=f"split at {t} of {T} state[{k!r}]")
+
+
+def check_gradients(make, T=37):
+    """After a small random perturbation of every parameter (so zero-initialised
+    branches are live), every parameter and the input get finite, non-zero gradients,
+    through the parallel form and through a state carried across a split."""
+    mixer = make()
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.dtype) * (p.detach().float().std() if p.numel() > 1 else 1.0).clamp_min(0.1))
+    x = _x(BATCH, T, seed=3).requires_grad_()
+    y1, s = mixer(x[:, :20])
+    y2, _ = mixer(x[:, 20:], s)
+    y = torch.cat([y1, y2], 1)
+    cot = torch.randn(y.shape, generator=g)
+    (y * cot).sum().backward()
+    problems = []
+    for name, p in mixer.named_parameters():
+        if p.grad is None:
+            problems.append(f"{name}: no gradient")
+        elif not torch.isfinite(p.grad).all():
+            problems.append(f"{name}: non-finite gradient")
+        elif p.grad.abs().max() == 0:
+            problems.append(f"{name}: zero gradient")
+    if x.grad is None or not torch.isfinite(x.grad).all() or x.grad[:, :20].abs().max() == 0:
+        problems.append("input: missing, non-finite or zero gradient (does the state carry information?)")
+    assert not problems, "gradient check failed: " + "; ".join(problems)
+
+
+def check_batch_independence(make, T=37):
+    """Perturbing sample j changes no output of sample i != j (values and gradients)."""
+    mixer = make().eval()
+    x = _x(3, T, seed=5)
+    with torch.no_grad():
+        y, _ = mixer(x)
+        x2 = x.clone()
+        x2[1] += torch.randn(T, D_MODEL)
+        y2, _ = mixer(x2)
+    for i in (0, 2):
+        assert_close(y2[i], y[i], tol=1e-6, name=f"sample {i} after perturbing sample 1")
+    assert (y2[1] - y[1]).abs().max() > 0, "perturbing sample 1 did not change its own output"
+    xg = x.clone().requires_grad_()
+    yg, _ = mixer(xg)
+    yg[0].sum().backward()
+    assert xg.grad[1:].abs().max() == 0, "output of sample 0 has a gradient w.r.t. other samples"
+
+
+def check_state_size(make, lengths=LENGTHS):
+    """state_size(T) == floats actually held per sequence after T tokens; batch in dim 0."""
+    mixer = make().eval()
+    with torch.no_grad():
+        for T in lengths:
+            _, s = mixer(_x(BATCH, T))
+            for k, v in s.items():
+                assert v.shape[0] == BATCH, f"state[{k!r}] has shape {tuple(v.shape)}: batch must be dim 0"
+            held, claimed = state_numel(s), mixer.state_size(T)
+            assert held == claimed, f"state_size({T}) = {claimed} but the state holds {held} floats per sequence"
+            init = mixer.init_state(BATCH)
+            assert set(init) == set(s), f"init_state keys {sorted(init)} != returned state keys {sorted(s)}"
+
+
+def check_bfloat16(make, T=37):
+    """A bfloat16 module on bfloat16 input runs, parallel and step, with finite output."""
+    mixer = make().to(torch.bfloat16).eval()
+    with torch.no_grad():
+        x = _x(BATCH, T, dtype=torch.bfloat16)
+        y, s = mixer(x)
+        assert y.dtype == torch.bfloat16, f"bfloat16 input gave {y.dtype} output"
+        y1, _ = mixer(x[:, :1], s)
+        assert torch.isfinite(y.float()).all() and torch.isfinite(y1.float()).all(), "non-finite bfloat16 output"
+        ref, _ = make().eval()(x.float())
+        assert_close(y.float(), ref, tol=0.1, name="bfloat16 vs float32 output")
+
+
+def check_save_load(make, T=37):
+    """Module weights and the recurrent state survive a safetensors round trip."""
+    src = make().eval()
+    dst = make()
+    with torch.no_grad():
+        for p in dst.parameters():
+            p.add_(1.0)  # make sure the load really overwrites
+    blob = save({k: v.contiguous() for k, v in src.state_dict().items()})
+    dst.load_state_dict(load(blob))
+    dst.eval()
+    x = _x(BATCH, T)
+    with torch.no_grad():
+        y1, s1 = src(x[:, :20])
+        s1_loaded = load(save({k: v.contiguous() for k, v in s1.items()}))
+        ya, _ = src(x[:, 20:], s1)
+        yb, _ = dst(x[:, 20:], s1_loaded)
+    assert torch.equal(ya, yb), "outputs differ after a safetensors round trip of weights and state"
+
+
+def check_bad_input(make):
+    """Wrong shapes raise ValueError naming the expected shape."""
+    mixer = make()
+    for bad in (torch.randn(2, 5, D_MODEL + 1), torch.randn(5, D_MODEL), torch.randn(2, 0, D_MODEL)):
+        try:
+            mixer(bad)
+        except ValueError as e:
+            assert str(D_MODEL) in str(e), f"error for shape {tuple(bad.shape)} does not name the expected d_model: {e}"
+        else:
+            raise AssertionError(f"input of shape {tuple(bad.shape)} was accepted")
+
+
+CHECKS = {
+    "parallel_equals_step": check_parallel_equals_step,
+    "split_equals_full": check_split_equals_full,
+    "gradients": check_gradients,
+    "batch_independence": check_batch_independence,
+    "state_size": check_state_size,
+    "bfloat16": check_bfloat16,
+    "save_load": check_save_load,
+    "bad_input": check_bad_input,
+}
+
+
+def factory(name: str, seed: int = 0, **overrides):
+    """make() -> a fresh small instance of a registered mixer, same weights every call."""
+    from rnnlab.layers.registry import create_mixer, mixer_info
+
+    kwargs = {**mixer_info(name).small, **overrides}
+
+    def make():
+        torch.manual_seed(seed)
+        return create_mixer(name, D_MODEL, **kwargs)
+
+    return make

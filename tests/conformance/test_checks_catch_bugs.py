@@ -1,0 +1,91 @@
+"""The conformance checks must fail on broken mixers, or they prove nothing."""
+import pytest
+import torch
+from torch import nn
+
+from rnnlab.layers.base import Mixer
+from tests.conformance import checks
+
+
+class ToyEMA(Mixer):
+    """h_t = a*h_{t-1} + (1-a)*W x_t, y = h. Correct unless a bug flag is set."""
+
+    def __init__(self, d_model, bug=None):
+        super().__init__(d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.logit = nn.Parameter(torch.zeros(d_model))
+        self.bug = bug
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        return {"h": torch.zeros(batch_size, self.d_model, device=device, dtype=dtype or torch.float32)}
+
+    def state_size(self, seq_len):
+        return self.d_model + (1 if self.bug == "state_size" else 0)
+
+    def parallel(self, x, state):
+        a = torch.sigmoid(self.logit)
+        u = (1 - a) * self.proj(x)
+        h = state["h"].to(x.dtype)
+        hs = []
+        for t in range(x.shape[1]):
+            h = a * h + u[:, t]
+            hs.append(h)
+        y = torch.stack(hs, 1)
+        if self.bug == "batch_mix":
+            y = y + 1e-3 * y.mean(0, keepdim=True)
+        return y, {"h": h.float()}
+
+    def step(self, x, state):
+        if self.bug == "step_ignores_state":
+            state = self.init_state(x.shape[0])
+        return self.parallel(torch.cat([x, x], 1)[:, :1], state) if self.bug != "step_wrong" else (x, state)
+
+
+def make(bug=None):
+    def f():
+        torch.manual_seed(0)
+        return ToyEMA(checks.D_MODEL, bug)
+
+    return f
+
+
+@pytest.mark.parametrize("check", sorted(checks.CHECKS))
+def test_correct_toy_passes(check):
+    checks.CHECKS[check](make())
+
+
+@pytest.mark.parametrize(
+    "bug, check",
+    [
+        ("step_ignores_state", "parallel_equals_step"),
+        ("step_ignores_state", "split_equals_full"),
+        ("step_wrong", "parallel_equals_step"),
+        ("batch_mix", "batch_independence"),
+        ("state_size", "state_size"),
+    ],
+)
+def test_broken_mixer_is_reported(bug, check):
+    with pytest.raises(AssertionError):
+        checks.CHECKS[check](make(bug))
+
+
+def test_dead_parameter_is_reported():
+    def f():
+        m = make()()
+        m.unused = nn.Parameter(torch.ones(3))
+        return m
+
+    with pytest.raises(AssertionError, match="unused"):
+        checks.check_gradients(f)
+
+
+def test_unchecked_input_is_reported():
+    class NoCheck(ToyEMA):
+        def check_input(self, x):
+            pass
+
+    def f():
+        return NoCheck(checks.D_MODEL)
+
+    with pytest.raises((AssertionError, RuntimeError, IndexError)):
+        checks.check_bad_input(f)
