@@ -22,18 +22,20 @@ def scan_fwd(a, b, h0, h):  # pragma: no cover - compiled
 
 
 @njit(cache=True, parallel=True, fastmath=False)
-def scan_bwd(a, h, h0, dh, da, db, dh0):  # pragma: no cover - compiled
-    """Adjoint: g_t = dh_t + conj(a_{t+1}) g_{t+1}; db = g; da_t = g_t conj(h_{t-1}); dh0 = conj(a_0) g_0."""
+def scan_bwd(a, h, h0, dh, dh_last, da, db, dh0):  # pragma: no cover - compiled
+    """Adjoint, one reverse pass: g_t = dh_t + conj(a_{t+1}) g_{t+1} (g_T-1 also gets dh_last);
+    db = g; da_t = g_t conj(h_{t-1}); dh0 = conj(a_0) g_0."""
     B, T, F = h.shape
     for i in prange(B):
         for f in range(F):
-            db[i, T - 1, f] = dh[i, T - 1, f]
-        for t in range(T - 2, -1, -1):
-            for f in range(F):
-                db[i, t, f] = dh[i, t, f] + np.conj(a[i, t + 1, f]) * db[i, t + 1, f]
-        for t in range(1, T):
-            for f in range(F):
-                da[i, t, f] = db[i, t, f] * np.conj(h[i, t - 1, f])
+            db[i, T - 1, f] = dh[i, T - 1, f] + dh_last[i, f]
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:
+                for f in range(F):
+                    db[i, t, f] = dh[i, t, f] + np.conj(a[i, t + 1, f]) * db[i, t + 1, f]
+            if t > 0:
+                for f in range(F):
+                    da[i, t, f] = db[i, t, f] * np.conj(h[i, t - 1, f])
         for f in range(F):
             da[i, 0, f] = db[i, 0, f] * np.conj(h0[i, f])
             dh0[i, f] = db[i, 0, f] * np.conj(a[i, 0, f])

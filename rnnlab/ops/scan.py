@@ -86,10 +86,10 @@ def _kernel_fwd(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
     return h
 
 
-def _kernel_bwd(a: Tensor, h: Tensor, h0: Tensor, dh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _kernel_bwd(a: Tensor, h: Tensor, h0: Tensor, dh: Tensor, dh_last: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     _, bwd = _numba_kernels()
     da, db, dh0 = torch.empty_like(a), torch.empty_like(h), torch.empty_like(h0)
-    bwd(a.numpy(), h.numpy(), h0.numpy(), dh.numpy(), da.numpy(), db.numpy(), dh0.numpy())
+    bwd(a.numpy(), h.numpy(), h0.numpy(), dh.numpy(), dh_last.numpy(), da.numpy(), db.numpy(), dh0.numpy())
     return da, db, dh0
 
 
@@ -97,7 +97,7 @@ def _kernel_bwd(a: Tensor, h: Tensor, h0: Tensor, dh: Tensor) -> tuple[Tensor, T
 def _chunk_len(T: int) -> int:
     """Chunk length of the two-level scan: ~sqrt(T) balances the L intra-chunk steps
     against the T/L carry steps (python steps ~ 2*sqrt(T)).  Measured on 2 CPU cores at
-    (B, D) = (4, 256): chunked 2-level ~3-5x faster than a log-depth Hillis-Steele scan,
+    (B, T, D) = (4, 2048, 256): chunked 2-level 3.5 ms vs 25 ms forward, ~7x faster than a log-depth Hillis-Steele scan,
     whose O(T log T) work costs log2(T) full passes over memory."""
     return max(1, min(T, int(math.ceil(math.sqrt(T)))))
 
@@ -107,31 +107,30 @@ def _parallel_fwd(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
     B, T, F = b.shape
     L = _chunk_len(T)
     nc = -(-T // L)
-    pad = nc * L - T
-    if pad:
-        a = torch.cat([a, a.new_ones(B, pad, F)], 1)
-        b = torch.cat([b, b.new_zeros(B, pad, F)], 1)
-    # time-in-chunk first so each intra step touches one contiguous slab: (L, B, nc, F)
-    # (fresh buffers: the loop below works in place and must never write into a or b)
-    h4 = b.new_empty(L, B, nc, F).copy_(b.reshape(B, nc, L, F).permute(2, 0, 1, 3))
-    P = a.new_empty(L, B, nc, F).copy_(a.reshape(B, nc, L, F).permute(2, 0, 1, 3))  # cumulative product of a in the chunk
-    a4 = P.clone()
-    for i in range(1, L):
-        h4[i].addcmul_(a4[i], h4[i - 1])
-        P[i].mul_(P[i - 1])
-    # carries between chunks: state entering chunk c
-    carry = h0
+    # fresh padded buffers (the loop works in place and must never write into a or b);
+    # pad positions (a=1, b=0) only feed outputs that are cut off
+    h = b.new_zeros(B, nc * L, F)
+    h[:, :T] = b
+    P = a.new_ones(B, nc * L, F)  # becomes the cumulative product of a inside each chunk
+    P[:, :T] = a
+    a4 = P.view(B, nc, L, F).clone() if L > 1 else None
+    h4, P4 = h.view(B, nc, L, F), P.view(B, nc, L, F)
+    for i in range(1, L):  # all chunks advance together
+        h4[:, :, i].addcmul_(a4[:, :, i], h4[:, :, i - 1])
+        P4[:, :, i].mul_(P4[:, :, i - 1])
+    carry = h0  # state entering chunk c
     carries = []
     for c in range(nc):
         carries.append(carry)
-        carry = P[L - 1, :, c] * carry + h4[L - 1, :, c]
-    h4.addcmul_(P, torch.stack(carries, 1).unsqueeze(0))
-    h = h4.permute(1, 2, 0, 3).reshape(B, nc * L, F)
+        carry = torch.addcmul(h4[:, c, L - 1], P4[:, c, L - 1], carry)
+    h4.addcmul_(P4, torch.stack(carries, 1).unsqueeze(2))
     return h[:, :T]
 
 
-def _parallel_bwd(a: Tensor, h: Tensor, h0: Tensor, dh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _parallel_bwd(a: Tensor, h: Tensor, h0: Tensor, dh: Tensor, dh_last: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Adjoint of _parallel_fwd: reverse-time scan with a' = conj(a_{t+1})."""
+    dh = dh.clone()
+    dh[:, -1] += dh_last
     ac = a.conj() if a.is_complex() else a
     a_next = torch.cat([ac[:, 1:], torch.zeros_like(ac[:, :1])], 1)  # (B, T, F)
     g = _parallel_fwd(a_next.flip(1), dh.flip(1), torch.zeros_like(h0)).flip(1)
@@ -156,10 +155,9 @@ class _LinearScanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh: Tensor | None, dh_last: Tensor | None):
         a, h, h0 = ctx.saved_tensors
-        dh = torch.zeros_like(h) if dh is None else dh.to(h.dtype).clone()
-        if dh_last is not None:
-            dh[:, -1] += dh_last.to(h.dtype)
-        da, db, dh0 = _BWD[ctx.backend](a.contiguous(), h, h0.contiguous(), dh.contiguous())
+        dh = torch.zeros_like(h) if dh is None else dh.to(h.dtype).contiguous()
+        dh_last = torch.zeros_like(h0) if dh_last is None else dh_last.to(h.dtype).contiguous()
+        da, db, dh0 = _BWD[ctx.backend](a, h, h0, dh, dh_last)
         return da, db, dh0, None
 
 

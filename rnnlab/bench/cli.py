@@ -1,0 +1,148 @@
+"""`rnnlab bench`: speed and memory of every mixer, op form and peer, on this machine.
+
+    rnnlab bench --quick                                   # every mixer, small shapes, < 3 min on 2 cores
+    rnnlab bench --seq-lens 512,2048,8192 --json run.json --plots plots/
+    rnnlab bench --mixers gla,attention --compare old.json # speed ratio to an earlier run
+    rnnlab bench --headline docs/img/headline.png          # README plot (attention + one mixer per family)
+    rnnlab bench --from-json a.json b.json --markdown t.md # re-render saved results, no timing
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+__all__ = ["register", "cmd_bench", "HEADLINE_PREFERENCE", "headline_mixers"]
+
+# one recurrent mixer per family for the headline plot, in order of preference (else the first registered)
+HEADLINE_PREFERENCE = {
+    "attention": ["attention"],
+    "nonlinear": ["lstm", "gru", "slstm", "elman"],
+    "diagonal": ["mamba", "hawk", "lru", "s4d", "hgrn"],
+    "matrix": ["gla", "mamba2", "retnet", "linear_attention", "mlstm"],
+    "delta": ["gated_deltanet", "deltanet"],
+    "ttt": ["ttt_linear", "titans"],
+}
+
+
+def _csv(s: str | None, cast=str):
+    if s is None:
+        return None
+    return [cast(x.strip()) for x in s.split(",") if x.strip()]
+
+
+def headline_mixers() -> list[str]:
+    """attention plus one registered mixer of each recurrent family (HEADLINE_PREFERENCE order)."""
+    from rnnlab.layers.registry import available_mixers, mixer_info
+
+    names = available_mixers()
+    out = []
+    for fam, prefs in HEADLINE_PREFERENCE.items():
+        pick = next((p for p in prefs if p in names), None)
+        if pick is None:
+            pick = next((n for n in names if mixer_info(n).family == fam), None)
+        if pick:
+            out.append(pick)
+    return out
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="speed and memory of every mixer, op form and peer",
+        description="Times every registered mixer (train = forward+backward tokens/s, prefill = forward tokens/s, "
+        "decode = per-token latency at batch 1 and 16), every registered op form against its baseline, and peers "
+        "(torch.nn.LSTM/GRU, SDPA, HF transformers' recurrent layers if installed). Peak memory is the RSS peak "
+        "above the pre-call RSS. Run timing under `flock /tmp/rnnlab-bench.lock` on shared machines.",
+    )
+    p.add_argument("--mixers", help="comma-separated mixer names, 'all' (default) or 'none'")
+    p.add_argument("--ops", help="comma-separated op benchmark names, 'all' (default) or 'none'")
+    p.add_argument("--no-peers", action="store_true", help="skip the peer implementations")
+    p.add_argument("--seq-lens", help="comma-separated lengths (default 512,2048,8192; --quick 128,512)")
+    p.add_argument("--batch", type=int, help="batch for train/prefill (default 4; --quick 2)")
+    p.add_argument("--d-model", type=int, help="model width (default 256; --quick 128)")
+    p.add_argument("--modes", help="comma-separated subset of train,prefill,decode (default all)")
+    p.add_argument("--dtype", help="comma-separated dtypes: float32,bfloat16 (default both; --quick float32)")
+    p.add_argument("--decode-batches", help="comma-separated decode batch sizes (default 1,16)")
+    p.add_argument("--threads", type=int, help="torch threads (default: the CPUs this process may use)")
+    p.add_argument("--reps", type=int, help="timed repetitions per measurement (default 5; --quick 3)")
+    p.add_argument("--warmup", type=int, help="untimed warm-up calls (default 1)")
+    p.add_argument("--budget", type=float, help="seconds of timed calls per measurement before stopping early")
+    p.add_argument("--max-call-s", type=float, help="skip lengths whose predicted single call exceeds this (s)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
+    p.add_argument("--quick", action="store_true", help="small shapes and few reps: every mixer in < 3 min on 2 cores")
+    p.add_argument("--json", metavar="OUT", help="write the result (schema rnnlab-bench/1) to this file")
+    p.add_argument("--plots", metavar="DIR", help="write PNG plots to this folder")
+    p.add_argument("--markdown", metavar="FILE", help="write the tables as markdown to this file")
+    p.add_argument("--compare", metavar="OLD.json", help="print new/old ratios against a previous --json result")
+    p.add_argument("--from-json", nargs="+", metavar="RUN.json", help="render saved result(s) instead of timing")
+    p.add_argument("--headline", nargs="?", const="docs/img/headline.png", metavar="PNG",
+                   help="README plot: train tokens/s vs T for attention and one mixer per family (default docs/img/headline.png)")
+    p.set_defaults(func=cmd_bench)
+
+
+def _config_from_args(args):
+    from rnnlab.bench.runner import BenchConfig
+
+    def names(s):
+        if s is None or s == "all":
+            return None
+        return [] if s == "none" else _csv(s)
+
+    mixers, ops, peers = names(args.mixers), names(args.ops), not args.no_peers
+    seq_lens, modes, dtypes = _csv(args.seq_lens, int), _csv(args.modes), _csv(args.dtype)
+    batch, d_model = args.batch, args.d_model
+    if args.headline and not args.from_json:  # the headline preset; explicit flags still win
+        mixers = mixers if mixers is not None else headline_mixers()
+        ops, peers = [] if args.ops is None else ops, False
+        seq_lens = seq_lens or ([256, 1024, 4096] if args.quick else [256, 512, 1024, 2048, 4096, 8192])
+        modes, dtypes = modes or ["train"], dtypes or ["float32"]
+        batch, d_model = batch or 1, d_model or 256
+    threads = args.threads
+    if threads is None:
+        try:
+            threads = len(os.sched_getaffinity(0))
+        except AttributeError:
+            threads = os.cpu_count() or 1
+    return BenchConfig.preset(
+        quick=args.quick, mixers=mixers, ops=ops, peers=peers, seq_lens=seq_lens, batch=batch, d_model=d_model,
+        modes=modes, dtypes=dtypes, decode_batches=_csv(args.decode_batches, int), threads=threads, reps=args.reps,
+        warmup=args.warmup, budget_s=args.budget, max_call_s=args.max_call_s,
+        memory=False if args.no_memory else None,
+    )
+
+
+def cmd_bench(args) -> int:
+    from rnnlab.bench.report import (format_compare, format_machine, format_tables, load_result, merge_results,
+                                     plot_headline, validate_result, write_plots)
+    from rnnlab.bench.runner import run_bench
+
+    if args.from_json:
+        result = merge_results([load_result(p) for p in args.from_json])
+    else:
+        cfg = _config_from_args(args)
+        log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731  progress on stderr, tables on stdout
+        log(f"rnnlab bench: {len(cfg.mixers) if cfg.mixers is not None else 'all'} mixers, T={cfg.seq_lens}, batch {cfg.batch}, "
+            f"d_model {cfg.d_model}, modes {cfg.modes}, dtypes {cfg.dtypes}, threads {cfg.threads}")
+        result = run_bench(cfg, log=log)
+        validate_result(result)
+    print(format_machine(result))
+    print()
+    print(format_tables(result))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"\nwrote {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write("```\n" + format_machine(result) + "\n```\n\n" + format_tables(result, fmt="md") + "\n")
+        print(f"wrote {args.markdown}")
+    if args.plots:
+        for path in write_plots(result, args.plots):
+            print(f"wrote {path}")
+    if args.headline:
+        print(f"wrote {plot_headline(result, args.headline)}")
+    if args.compare:
+        print()
+        print(format_compare(result, load_result(args.compare)))
+    return 0

@@ -1,0 +1,156 @@
+"""Timing and peak-memory measurement shared by every benchmark row.
+
+    stats = time_call(fn, warmup=1, reps=5, budget_s=2.0)   # -> Timing(median, lo, hi, n) in seconds
+    peak = peak_rss_delta(fn)                                # -> bytes above the RSS before the call, or None
+
+Timing: ``warmup`` untimed calls (they absorb lazy initialisation and JIT compiles),
+then up to ``reps`` timed calls, stopping early once ``budget_s`` seconds of timed calls
+have run (at least one timed call always runs). The median is the figure; lo/hi are
+the fastest and slowest timed call (the spread).
+
+Peak memory on CPU: torch keeps no CPU allocator statistics, so the probe works at
+the operating-system level. Before the call it returns freed heap pages to the OS
+(glibc ``malloc_trim(0)``), resets the process's peak resident set size (writing
+``5`` to ``/proc/self/clear_refs``) and reads the current RSS; after the call it
+reads the peak (``VmHWM``). The difference is the peak of the memory the call
+touched beyond what was already resident: activations, gradients, workspaces. It is
+accurate to about a page per allocation and needs Linux with glibc; elsewhere the
+probe reports None (the JSON says ``null``) rather than a made-up number. On CUDA
+tensors ``torch.cuda.max_memory_allocated`` is used instead.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import signal
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+__all__ = ["Timing", "time_call", "peak_rss_delta", "memory_probe_available", "time_limit", "BenchTimeout"]
+
+
+@dataclass
+class Timing:
+    """Seconds per call: median of ``n`` timed calls, fastest (lo) and slowest (hi)."""
+
+    median: float
+    lo: float
+    hi: float
+    n: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sync(device) -> None:
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(fn: Callable[[], object], *, warmup: int = 1, reps: int = 5, budget_s: float = 2.0, device=None) -> Timing:
+    """Run ``fn`` ``warmup`` times untimed, then up to ``reps`` timed times within ``budget_s`` seconds."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < max(1, reps) and (not times or spent < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        spent += dt
+    return Timing(statistics.median(times), min(times), max(times), len(times))
+
+
+# --- peak memory --------------------------------------------------------------
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def _proc_status() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, val = line.split(":")
+                out[key] = int(val.split()[0]) * 1024
+    return out
+
+
+def memory_probe_available() -> bool:
+    """True where the RSS-peak probe works (Linux with glibc and a writable clear_refs)."""
+    if _LIBC is None or not hasattr(_LIBC, "malloc_trim"):
+        return False
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return "VmHWM" in _proc_status()
+    except OSError:
+        return False
+
+
+def peak_rss_delta(fn: Callable[[], object], device=None) -> int | None:
+    """Peak bytes ``fn()`` held beyond what was resident before it (None where it cannot be measured)."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - base)
+    if not memory_probe_available():
+        fn()
+        return None
+    _LIBC.malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _proc_status()["VmRSS"]
+    fn()
+    return max(0, _proc_status()["VmHWM"] - base)
+
+
+# --- a wall-clock limit for one measurement -----------------------------------
+
+class BenchTimeout(Exception):
+    """A single measurement ran past its time limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise BenchTimeout inside the block after ``seconds`` (main thread on POSIX only; else no limit).
+
+    Python checks for the alarm between bytecodes, so a long single torch op finishes
+    first; Python-level loops (reference recurrences) stop promptly.
+    """
+    usable = seconds is not None and seconds > 0 and hasattr(signal, "setitimer")
+    if usable:
+        import threading
+
+        usable = threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise BenchTimeout(f"took longer than {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

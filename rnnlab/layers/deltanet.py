@@ -1,0 +1,148 @@
+"""DeltaNet (Yang, Wang, Zhang, Shen & Kim 2024, "Parallelizing Linear Transformers with the Delta
+Rule over Sequence Length"), and the shared body of the delta-rule mixers.
+
+    q, k, v = SiLU(ShortConv(W_q x)), SiLU(ShortConv(W_k x)), SiLU(ShortConv(W_v x))    per head
+    q, k = q / ‖q‖, k / ‖k‖;    β = σ(W_β x)  (2σ(W_β x) with negative_eigenvalues, Grazzi et al. 2024)
+    S_t = (I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,   o_t = S_tᵀ q_t / √d_k      (paper eq. 1)
+    y = W_o RMSNorm_head(o)
+
+This is flash-linear-attention's DeltaNet layer configuration (short conv of width 4 with SiLU on
+q, k, v; L2 norm on q and k; sigmoid β; per-head output RMSNorm). ``_DeltaRuleMixer`` holds the
+body that Gated DeltaNet (gated_deltanet.py) and DeltaProduct (deltaproduct.py) share; they differ
+only in flags (forget gate, output gate, Householder steps per token).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from rnnlab.layers.base import Mixer, State, no_weight_decay
+from rnnlab.layers.parts import GatedRMSNorm, RMSNorm, ShortConv
+from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.delta import chunk_delta_product, chunk_gated_delta_rule, fused_recurrent_delta_product, fused_recurrent_gated_delta_rule, l2norm
+
+__all__ = ["DeltaNet"]
+
+
+class _DeltaRuleMixer(Mixer):
+    """Shared body: projections, short convs, L2-normalized q/k, β, optional Mamba-2 forget gate,
+    n_h keys/values/βs per token, per-head output norm (gated or not), output projection.
+
+    x (B, T, D) -> y (B, T, D). State: short-conv buffers conv_q (B, W-1, H·K), conv_k
+    (B, W-1, H·n_h·K), conv_v (B, W-1, H·n_h·V) and the matrix memory S (B, H, K, V), float32.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, head_dim: int | None, expand_v: float, conv_size: int, chunk_size: int,
+                 negative_eigenvalues: bool, num_householder: int, forget_gate: bool, output_gate: bool, norm_eps: float = 1e-5):
+        super().__init__(d_model)
+        head_dim = d_model // num_heads if head_dim is None else head_dim
+        if num_heads < 1 or head_dim < 1:
+            raise ValueError(f"num_heads and head_dim must be positive, got num_heads={num_heads}, head_dim={head_dim}")
+        if num_householder < 1:
+            raise ValueError(f"num_householder must be >= 1, got {num_householder}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.num_heads, self.head_k = num_heads, head_dim
+        self.head_v = int(head_dim * expand_v)
+        if self.head_v < 1:
+            raise ValueError(f"expand_v * head_dim must be >= 1, got {expand_v} * {head_dim}")
+        self.nh, self.chunk_size, self.negative_eigenvalues = num_householder, chunk_size, negative_eigenvalues
+        H, K, V, nh = num_heads, self.head_k, self.head_v, num_householder
+        self.q_proj = nn.Linear(d_model, H * K, bias=False)
+        self.k_proj = nn.Linear(d_model, H * nh * K, bias=False)
+        self.v_proj = nn.Linear(d_model, H * nh * V, bias=False)
+        self.b_proj = nn.Linear(d_model, H * nh, bias=False)
+        self.q_conv = ShortConv(H * K, conv_size, bias=False, activation="silu")
+        self.k_conv = ShortConv(H * nh * K, conv_size, bias=False, activation="silu")
+        self.v_conv = ShortConv(H * nh * V, conv_size, bias=False, activation="silu")
+        self.forget_gate = forget_gate
+        if forget_gate:  # Mamba-2 gate (Gated DeltaNet §3.4): g = −exp(A_log) · softplus(W_a x + dt_bias)
+            self.a_proj = nn.Linear(d_model, H, bias=False)
+            A = torch.empty(H).uniform_(0, 16)
+            self.A_log = nn.Parameter(torch.log(A))
+            dt_min, dt_max = 0.001, 0.1
+            dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=1e-4)
+            self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            no_weight_decay(self.A_log, self.dt_bias)
+        if output_gate:
+            self.g_proj = nn.Linear(d_model, H * V, bias=False)
+            self.o_norm = GatedRMSNorm(V, eps=norm_eps, activation="silu")
+        else:
+            self.g_proj = None
+            self.o_norm = RMSNorm(V, eps=norm_eps)
+        self.o_proj = nn.Linear(H * V, d_model, bias=False)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        dtype = dtype or torch.float32
+        return {
+            "conv_q": self.q_conv.init_state(batch_size, device, dtype),
+            "conv_k": self.k_conv.init_state(batch_size, device, dtype),
+            "conv_v": self.v_conv.init_state(batch_size, device, dtype),
+            "S": torch.zeros(batch_size, self.num_heads, self.head_k, self.head_v, device=device, dtype=dtype),
+        }
+
+    def state_size(self, seq_len: int) -> int:
+        return self.q_conv.state_size() + self.k_conv.state_size() + self.v_conv.state_size() + self.num_heads * self.head_k * self.head_v
+
+    def _mix(self, x: Tensor, state: State, chunked: bool) -> tuple[Tensor, State]:
+        H, nh = self.num_heads, self.nh
+        q, cq = self.q_conv(self.q_proj(x), state["conv_q"])
+        k, ck = self.k_conv(self.k_proj(x), state["conv_k"])
+        v, cv = self.v_conv(self.v_proj(x), state["conv_v"])
+        q = l2norm(rearrange(q, "b t (h k) -> b t h k", h=H)).to(x.dtype)
+        k = l2norm(rearrange(k, "b t (h n k) -> b t h n k", h=H, n=nh)).to(x.dtype)
+        v = rearrange(v, "b t (h n v) -> b t h n v", h=H, n=nh)
+        beta = torch.sigmoid(rearrange(self.b_proj(x), "b t (h n) -> b t h n", h=H).float())
+        if self.negative_eigenvalues:
+            beta = 2 * beta
+        g = None
+        if self.forget_gate:
+            g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())  # (B, T, H)
+        kw = dict(initial_state=state["S"].float(), output_final_state=True)
+        if nh == 1:
+            op = chunk_gated_delta_rule if chunked else fused_recurrent_gated_delta_rule
+            if chunked:
+                kw["chunk_size"] = self.chunk_size
+            o, S = op(q, k[:, :, :, 0], v[:, :, :, 0], g, beta[..., 0], **kw)
+        else:
+            op = chunk_delta_product if chunked else fused_recurrent_delta_product
+            if chunked:
+                kw["chunk_size"] = self.chunk_size
+            o, S = op(q, k, v, g, beta, nh, **kw)
+        if self.g_proj is not None:
+            o = self.o_norm(o, rearrange(self.g_proj(x), "b t (h v) -> b t h v", h=H))
+        else:
+            o = self.o_norm(o)
+        y = self.o_proj(rearrange(o, "b t h v -> b t (h v)").to(x.dtype))
+        sd = state["S"].dtype
+        return y, {"conv_q": cq.to(state["conv_q"].dtype), "conv_k": ck.to(state["conv_k"].dtype), "conv_v": cv.to(state["conv_v"].dtype), "S": S.to(sd)}
+
+    def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """x (B, T, D) -> (y (B, T, D), state): chunkwise WY form."""
+        return self._mix(x, state, chunked=True)
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """x (B, 1, D) -> (y (B, 1, D), state): the rank-one recurrent update."""
+        return self._mix(x, state, chunked=False)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_k={self.head_k}, head_v={self.head_v}, "
+                f"num_householder={self.nh}, forget_gate={self.forget_gate}, negative_eigenvalues={self.negative_eigenvalues}")
+
+
+@register_mixer("deltanet", family="delta", small={"num_heads": 2, "chunk_size": 16})
+class DeltaNet(_DeltaRuleMixer):
+    """DeltaNet (Yang et al. 2024): x (B, T, D) -> y (B, T, D); see the module docstring.
+
+    num_heads: heads H; head_dim: key size K (default D / H); expand_v: V = expand_v · K;
+    conv_size: short-conv width; chunk_size: chunk of the WY form; negative_eigenvalues: β = 2σ(·).
+    """
+
+    def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None, expand_v: float = 1.0, conv_size: int = 4,
+                 chunk_size: int = 64, negative_eigenvalues: bool = False):
+        super().__init__(d_model, num_heads, head_dim, expand_v, conv_size, chunk_size, negative_eigenvalues,
+                         num_householder=1, forget_gate=False, output_gate=False)

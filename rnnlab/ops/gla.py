@@ -1,0 +1,313 @@
+"""Gated linear attention: a matrix state with a per-key-dimension, per-head-scalar or no decay.
+
+    q, k (B, T, H, K), v (B, T, H, V), g log-decay (<= 0): (B, T, H, K) | (B, T, H) | absent
+    -> o (B, T, H, V), final_state (B, H, K, V) float32 or None
+
+Per head, S_0 = initial_state (zeros when None):
+
+    S_t = Diag(exp(g_t)) S_{t-1} + k_t v_t^T,        o_t = S_t^T (scale * q_t)
+
+* ``*_gla``: g (B, T, H, K), a decay per key dimension (GLA, Yang et al. 2024, "Gated Linear
+  Attention Transformers with Hardware-Efficient Training", eq. 3 with G_t = α_t 1^T; HGRN2).
+* ``*_simple_gla``: g (B, T, H), one decay per head and step (RetNet with a constant g,
+  Mamba-2/SSD with a data-dependent one, Lightning attention).
+* ``*_linear_attn``: no decay (Katharopoulos et al. 2020, eq. 4-6 without the normalizer).
+
+``scale=None`` means K^-1/2 (flash-linear-attention's default); the signatures follow
+flash-linear-attention's functional ops, so ``from rnnlab.ops.gla import chunk_gla`` is a
+drop-in for ``from fla.ops.gla import chunk_gla`` (head-first layout not supported).
+
+Forms (same signature): ``naive_recurrent_*`` (the specification: a loop over t, as written
+above), ``fused_recurrent_*`` (the same loop with the step fused into two ops; the decode
+path), ``chunk_*`` (chunkwise parallel, one core :func:`_chunk` for the three decay kinds).
+
+Chunkwise form (chunk length L, default 64; G the inclusive cumulative sum of g inside a chunk,
+G_L its last value, S_in the state entering the chunk):
+
+    o_t   = (scale q_t e^{G_t}) S_in + sum_{s <= t} A_ts v_s,   A_ts = scale sum_k q_tk k_sk e^{G_tk - G_sk}
+    S_out = e^{G_L} S_in + sum_s (k_s e^{G_L - G_s}) v_s^T
+
+The chunk-local parts run for all chunks at once as batched matmuls (in bfloat16 when the
+inputs are bfloat16; decays, cumulative sums and the state in float32); a short loop over the
+chunks passes the state. Gradients by autograd through it (memory O(T * L)).
+
+Numerics of A (every exponent bounded, never a product of many small numbers):
+* scalar decay: A = (q k^T) * exp(G_t - G_s) with the (L, L) mask applied to the exponent
+  (-inf above the diagonal), so every exponent is <= 0; exact for any decay.
+* per-key decay: sub-chunks of 16 tokens. A block below the diagonal (query sub-chunk i,
+  key sub-chunk j < i) factors through R_i, the cumulative decay at the end of sub-chunk i-1:
+  (q_t e^{G_t - R_i}) . (k_s e^{R_i - G_s}), both exponents <= 0 (exact, safe for any decay).
+  A diagonal 16x16 block factors through its midpoint M: (q_t e^{G_t - M}) . (k_s e^{M - G_s});
+  those exponents are bounded by the decay accumulated over half a sub-chunk (<= 40 for
+  g >= -5 per step). When that bound exceeds ``_MAX_EXP`` = 60 anywhere (decays stronger than
+  about -7.5 per step), the diagonal blocks are computed from the exact pairwise factors
+  exp(G_t - G_s) <= 1 instead: same result, slower, memory 16x that of q. The choice depends
+  only on the values of g and is the same on every device.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+__all__ = [
+    "chunk_gla", "fused_recurrent_gla", "naive_recurrent_gla",
+    "chunk_simple_gla", "fused_recurrent_simple_gla", "naive_recurrent_simple_gla",
+    "chunk_linear_attn", "fused_recurrent_linear_attn", "naive_recurrent_linear_attn",
+]
+
+SUB_CHUNK = 16
+_MAX_EXP = 60.0  # largest |exponent| of a midpoint-factored diagonal block (e^60 ~ 1e26, far from fp32/bf16 overflow)
+
+
+# --------------------------------------------------------------------------- validation
+def _check(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, kind: str, initial_state: Tensor | None, chunk_size: int | None = None) -> None:
+    """q, k (B, T, H, K); v (B, T, H, V); g (B, T, H, K) if kind == "vector", (B, T, H) if "scalar"."""
+    for name, t in (("q", q), ("k", k), ("v", v)) + ((("g", g),) if g is not None else ()):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+    if q.dim() != 4:
+        raise ValueError(f"q must be (B, T, H, K), got shape {tuple(q.shape)}")
+    B, T, H, K = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the shape of q (B, T, H, K) = {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must be (B, T, H, V) with (B, T, H) = {tuple(q.shape[:3])}, got {tuple(v.shape)}")
+    if kind == "vector" and (g is None or g.shape != q.shape):
+        raise ValueError(f"g must be (B, T, H, K) = {tuple(q.shape)} (log-decay per key dim), got {None if g is None else tuple(g.shape)}")
+    if kind == "scalar" and (g is None or g.shape != q.shape[:3]):
+        raise ValueError(f"g must be (B, T, H) = {tuple(q.shape[:3])} (log-decay per head), got {None if g is None else tuple(g.shape)}")
+    if initial_state is not None and tuple(initial_state.shape) != (B, H, K, v.shape[-1]):
+        raise ValueError(f"initial_state must be (B, H, K, V) = {(B, H, K, v.shape[-1])}, got {tuple(initial_state.shape)}")
+    if chunk_size is not None:
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if kind == "vector" and chunk_size > SUB_CHUNK and chunk_size % SUB_CHUNK:
+            raise ValueError(f"chunk_size must be <= {SUB_CHUNK} or a multiple of {SUB_CHUNK} for per-key decay, got {chunk_size}")
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _mm_dtype(x: Tensor) -> torch.dtype:
+    """Matmul dtype: bfloat16 inputs keep bfloat16 matmuls (fp32 accumulation inside), else the acc dtype."""
+    return torch.bfloat16 if x.dtype == torch.bfloat16 else _acc_dtype(x)
+
+
+def _decay_shape(g: Tensor | None, kind: str) -> Tensor | None:
+    """g -> (B, T, H, K or 1) in float32/64, or None."""
+    if g is None:
+        return None
+    g = g.to(_acc_dtype(g) if g.dtype == torch.float64 else torch.float32)
+    return g if kind == "vector" else g[..., None]
+
+
+# --------------------------------------------------------------------------- reference loop
+def _naive(q, k, v, g, kind, scale, initial_state, output_final_state):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    acc = _acc_dtype(q)
+    scale = K ** -0.5 if scale is None else scale
+    S = q.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else initial_state.to(acc)
+    gs = (g.to(acc) if kind == "vector" else g.to(acc)[..., None]) if g is not None else q.new_zeros(B, T, H, 1, dtype=acc)
+    os = []
+    for qt, kt, vt, gt in zip(q.to(acc).unbind(1), k.to(acc).unbind(1), v.to(acc).unbind(1), gs.unbind(1)):
+        S = S * torch.exp(gt)[..., None] + kt[..., :, None] * vt[..., None, :]  # (B, H, K, V)
+        os.append((scale * qt[..., :, None] * S).sum(-2))  # (B, H, V)
+    return torch.stack(os, 1).to(v.dtype), (S if output_final_state else None)
+
+
+def naive_recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, **_):
+    """q, k, g (B, T, H, K), v (B, T, H, V) -> (o (B, T, H, V), S (B, H, K, V) or None).
+
+    Reference loop (the specification): S_t = Diag(e^{g_t}) S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t)."""
+    _check(q, k, v, g, "vector", initial_state)
+    return _naive(q, k, v, g, "vector", scale, initial_state, output_final_state)
+
+
+def naive_recurrent_simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, **_):
+    """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H) -> (o (B, T, H, V), S (B, H, K, V) or None).
+
+    Reference loop: S_t = e^{g_t} S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t)."""
+    _check(q, k, v, g, "scalar", initial_state)
+    return _naive(q, k, v, g, "scalar", scale, initial_state, output_final_state)
+
+
+def naive_recurrent_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=False, **_):
+    """q, k (B, T, H, K), v (B, T, H, V) -> (o (B, T, H, V), S (B, H, K, V) or None).
+
+    Reference loop: S_t = S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t); ``normalize`` divides by
+    scale q_t . sum_{s<=t} k_s (this call's keys only, as flash-linear-attention does)."""
+    _check(q, k, v, None, "none", initial_state)
+    o, S = _naive(q, k, v, None, "none", scale, initial_state, output_final_state)
+    return (_normalize(q, k, o, scale) if normalize else o), S
+
+
+def _normalize(q: Tensor, k: Tensor, o: Tensor, scale: float | None) -> Tensor:
+    """o_t / (scale q_t . sum_{s<=t} k_s + 1e-10): fla's normalize_output, over this call's keys."""
+    acc = _acc_dtype(q)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    z = (scale * q.to(acc) * k.to(acc).cumsum(1)).sum(-1, keepdim=True)  # (B, T, H, 1)
+    return (o.to(acc) / (z + 1e-10)).to(o.dtype)
+
+
+# --------------------------------------------------------------------------- fused recurrent
+def _fused(q, k, v, g, kind, scale, initial_state, output_final_state):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    acc = _acc_dtype(q)
+    scale = K ** -0.5 if scale is None else scale
+    S = q.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else initial_state.to(acc)
+    qs = (q.to(acc) * scale)[..., None, :]  # (B, T, H, 1, K)
+    ks, vs = k.to(acc)[..., :, None], v.to(acc)[..., None, :]
+    steps = [qs.unbind(1), ks.unbind(1), vs.unbind(1)]
+    if g is not None:
+        decay = torch.exp(_decay_shape(g, kind).to(acc))[..., None]  # (B, T, H, K or 1, 1)
+        steps.append(decay.unbind(1))
+    os = []
+    for qt, kt, vt, *dt in zip(*steps):
+        S = torch.addcmul(S * dt[0] if dt else S, kt, vt)  # (B, H, K, V)
+        os.append(qt @ S)  # (B, H, 1, V)
+    o = torch.cat(os, 2).transpose(1, 2)  # (B, T, H, V)
+    return o.to(v.dtype), (S if output_final_state else None)
+
+
+def fused_recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, **_):
+    """q, k, g (B, T, H, K), v (B, T, H, V) -> (o (B, T, H, V), S (B, H, K, V) or None); two ops per step."""
+    _check(q, k, v, g, "vector", initial_state)
+    return _fused(q, k, v, g, "vector", scale, initial_state, output_final_state)
+
+
+def fused_recurrent_simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, **_):
+    """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H) -> (o (B, T, H, V), S (B, H, K, V) or None); two ops per step."""
+    _check(q, k, v, g, "scalar", initial_state)
+    return _fused(q, k, v, g, "scalar", scale, initial_state, output_final_state)
+
+
+def fused_recurrent_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=False, **_):
+    """q, k (B, T, H, K), v (B, T, H, V) -> (o (B, T, H, V), S (B, H, K, V) or None); two ops per step."""
+    _check(q, k, v, None, "none", initial_state)
+    o, S = _fused(q, k, v, None, "none", scale, initial_state, output_final_state)
+    return (_normalize(q, k, o, scale) if normalize else o), S
+
+
+# --------------------------------------------------------------------------- chunkwise
+def _intra_scalar(q: Tensor, k: Tensor, G: Tensor | None, dt: torch.dtype) -> Tensor:
+    """q, k (..., L, K) acc; G (..., L, 1) inclusive cumsum or None -> A (..., L, L) acc, lower triangle incl. diagonal."""
+    L = q.shape[-2]
+    A = (q.to(dt) @ k.to(dt).transpose(-1, -2)).to(q.dtype)  # (..., L, L)
+    mask = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    if G is None:
+        return A.masked_fill(~mask, 0.0)
+    diff = (G - G.transpose(-1, -2)).masked_fill(~mask, float("-inf"))  # (..., L, L), <= 0 on the mask
+    return A * torch.exp(diff)
+
+
+def _diag_exact(qs: Tensor, ks: Tensor, Gs: Tensor, mask: Tensor) -> Tensor:
+    """qs, ks, Gs (..., Ls, K) -> (..., Ls, Ls): sum_k q_tk k_sk e^{G_tk - G_sk} from exact pairwise factors <= 1."""
+    diff = (Gs[..., :, None, :] - Gs[..., None, :, :]).masked_fill(~mask[:, :, None], float("-inf"))  # (..., Ls, Ls, K)
+    return torch.einsum("...tsk,...tk,...sk->...ts", torch.exp(diff), qs, ks)
+
+
+def _intra_vector(q: Tensor, k: Tensor, G: Tensor, dt: torch.dtype) -> Tensor:
+    """q, k, G (..., L, K) acc, G the inclusive cumsum of the per-key log-decay -> A (..., L, L) acc.
+
+    Sub-chunks of Ls = min(16, L) tokens; see the module docstring for the factorization."""
+    L, K = q.shape[-2:]
+    Ls = min(SUB_CHUNK, L)
+    ns = L // Ls
+    split = lambda t: t.unflatten(-2, (ns, Ls))  # (..., ns, Ls, K)
+    qs, ks, Gs = split(q), split(k), split(G)
+    mask = torch.ones(Ls, Ls, dtype=torch.bool, device=q.device).tril()
+    M = Gs[..., Ls // 2 : Ls // 2 + 1, :]  # (..., ns, 1, K) midpoint of each sub-chunk
+    bound = torch.maximum(Gs[..., 0, :] - M[..., 0, :], M[..., 0, :] - Gs[..., -1, :]).detach().amax() if q.numel() else 0.0
+    if float(bound) <= _MAX_EXP:
+        qd, kd = (qs * torch.exp(Gs - M)).to(dt), (ks * torch.exp(M - Gs)).to(dt)
+        A_diag = (qd @ kd.transpose(-1, -2)).to(q.dtype).masked_fill(~mask, 0.0)  # (..., ns, Ls, Ls)
+    else:  # decays too strong for the midpoint factorization: exact pairwise factors
+        A_diag = _diag_exact(qs, ks, Gs, mask)
+    if ns == 1:
+        return A_diag[..., 0, :, :]
+    # rows of sub-chunks 1..ns-1 against all earlier keys, through R_i = G at the end of sub-chunk i-1
+    R = G[..., Ls - 1 : L - 1 : Ls, :]  # (..., ns-1, K)
+    qr = (qs[..., 1:, :, :] * torch.exp(Gs[..., 1:, :, :] - R[..., None, :])).to(dt)  # (..., ns-1, Ls, K)
+    before = torch.arange(L, device=q.device)[None, :] < torch.arange(1, ns, device=q.device)[:, None] * Ls  # (ns-1, L)
+    ex = (R[..., :, None, :] - G[..., None, :, :]).masked_fill(~before[:, :, None], float("-inf"))  # (..., ns-1, L, K)
+    kr = (k[..., None, :, :] * torch.exp(ex)).to(dt)
+    A_off = (qr @ kr.transpose(-1, -2)).to(q.dtype)  # (..., ns-1, Ls, L), zero at keys >= i*Ls
+    A = torch.cat([A_off.new_zeros(*A_off.shape[:-3], 1, Ls, L), A_off], -3)  # (..., ns, Ls, L)
+    A = A.unflatten(-1, (ns, Ls))  # (..., ns, Ls, ns, Ls)
+    A.diagonal(0, -4, -2).copy_(A_diag.movedim(-3, -1))  # diagonal blocks (..., Ls, Ls, ns)
+    return A.flatten(-4, -3).flatten(-2, -1)
+
+
+def _chunk(q, k, v, g, kind, scale, initial_state, output_final_state, chunk_size):
+    """The chunkwise form for kind in {"vector", "scalar", "none"}; see the module docstring."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    acc, dt = _acc_dtype(q), _mm_dtype(q)
+    scale = K ** -0.5 if scale is None else scale
+    if kind == "vector" and chunk_size > SUB_CHUNK:
+        L = min(chunk_size, -(-T // SUB_CHUNK) * SUB_CHUNK)  # short inputs: a shorter chunk, still whole sub-chunks
+    else:
+        L = min(chunk_size, T)
+    NC = -(-T // L)
+    pad = NC * L - T
+    qf, kf = q.to(acc) * scale, k.to(acc)
+    gf = _decay_shape(g, kind)
+    if pad:  # padded steps: zero inputs, no decay
+        qf, kf, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (qf, kf, v))
+        gf = F.pad(gf, (0, 0, 0, 0, 0, pad)) if gf is not None else None
+    qc, kc = (rearrange(t, "b (n l) h k -> b h n l k", l=L) for t in (qf, kf))  # (B, H, NC, L, K)
+    vc = rearrange(v, "b (n l) h v -> b h n l v", l=L).to(dt)  # (B, H, NC, L, V)
+
+    if gf is None:
+        q_in, k_st, decay, A = qc, kc, None, _intra_scalar(qc, kc, None, dt)
+    else:
+        G = rearrange(gf.to(acc), "b (n l) h k -> b h n l k", l=L).cumsum(-2)  # (B, H, NC, L, K or 1) inclusive
+        GL = G[..., -1:, :]  # (B, H, NC, 1, K or 1)
+        q_in, k_st, decay = qc * torch.exp(G), kc * torch.exp(GL - G), torch.exp(GL[..., 0, :])  # decay (B, H, NC, K or 1)
+        A = _intra_vector(qc, kc, G, dt) if kind == "vector" else _intra_scalar(qc, kc, G, dt)  # (B, H, NC, L, L)
+
+    # chunk-local states, then the pass across chunks (the only sequential part)
+    S_loc = (k_st.to(dt).transpose(-1, -2) @ vc).to(acc)  # (B, H, NC, K, V)
+    S = q.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else initial_state.to(acc)
+    states = []
+    for c, Sc in enumerate(S_loc.unbind(2)):
+        states.append(S)
+        if c < NC - 1 or output_final_state:
+            S = (S * decay[:, :, c, :, None] if decay is not None else S) + Sc
+    S_in = torch.stack(states, 2)  # (B, H, NC, K, V)
+
+    o = (q_in.to(dt) @ S_in.to(dt)).to(acc) + (A.to(dt) @ vc).to(acc)  # (B, H, NC, L, V)
+    o = rearrange(o, "b h n l v -> b (n l) h v")[:, :T]
+    return o.to(v.dtype), (S if output_final_state else None)
+
+
+def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, chunk_size=64, **_):
+    """q, k, g (B, T, H, K), v (B, T, H, V) -> (o (B, T, H, V), S (B, H, K, V) float32 or None).
+
+    Chunkwise-parallel GLA (per-key log-decay g <= 0); chunk_size <= 16 or a multiple of 16."""
+    _check(q, k, v, g, "vector", initial_state, chunk_size)
+    return _chunk(q, k, v, g, "vector", scale, initial_state, output_final_state, chunk_size)
+
+
+def chunk_simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, chunk_size=64, **_):
+    """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H) -> (o (B, T, H, V), S (B, H, K, V) float32 or None).
+
+    Chunkwise-parallel form with one log-decay g <= 0 per head and step (RetNet, Mamba-2/SSD)."""
+    _check(q, k, v, g, "scalar", initial_state, chunk_size)
+    return _chunk(q, k, v, g, "scalar", scale, initial_state, output_final_state, chunk_size)
+
+
+def chunk_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=False, chunk_size=64, **_):
+    """q, k (B, T, H, K), v (B, T, H, V) -> (o (B, T, H, V), S (B, H, K, V) float32 or None).
+
+    Chunkwise-parallel linear attention (no decay). ``normalize`` divides o_t by
+    scale q_t . sum_{s<=t} k_s over this call's keys (flash-linear-attention's semantics; the
+    ``linear_attention`` layer carries its normalizer in the state instead)."""
+    _check(q, k, v, None, "none", initial_state, chunk_size)
+    o, S = _chunk(q, k, v, None, "none", scale, initial_state, output_final_state, chunk_size)
+    return (_normalize(q, k, o, scale) if normalize else o), S

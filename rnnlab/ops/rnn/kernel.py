@@ -1,0 +1,111 @@
+"""Fused CPU kernel form of rnnlab.ops.rnn: one numba call forward, one numba call backward through time.
+
+    rnn_kernel(cell, gx, weight_hh, bias_hh, initial_state, output_final_state, nonlinearity, forget_gate)
+        gx (B, T, G*H), weight_hh (G*H, H) | (NH, G*Kh, Kh) -> (h (B, T, H), final_state | None)
+
+The recurrent loop (matmul + gate non-linearities) lives in ``_numba.rnn_fwd``; its adjoint in
+``_numba.rnn_bwd``. What is not sequential is left to torch after the loop: the recurrent weight
+gradient is ONE matmul over all steps, dW_hh = sum_t drec_t^T h_{t-1} (per head a bmm), and the
+input-side gradients flow from d gx through the caller's input projection (one matmul).
+Computation is float32; bf16 inputs are upcast, h is returned in gx's dtype, the state in float32.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from torch import Tensor
+
+from rnnlab.ops.rnn.reference import CELLS, FORGET_GATES, NONLINEARITIES, check_args
+
+__all__ = ["rnn_kernel", "load_kernels"]
+
+log = logging.getLogger(__name__)
+_CELL_ID = {"elman": 0, "lstm": 1, "gru": 2, "slstm": 3}
+_NUM_AUX = {"elman": 1, "lstm": 2, "gru": 1, "slstm": 4}
+_KERNELS = None
+
+
+def load_kernels():
+    """Import (first use compiles ~tens of seconds; later processes load numba's disk cache) -> (fwd, bwd)."""
+    global _KERNELS
+    if _KERNELS is None:
+        t0 = time.perf_counter()
+        from rnnlab.ops.rnn import _numba
+
+        _KERNELS = (_numba.rnn_fwd, _numba.rnn_bwd)
+        log.debug("rnnlab.ops.rnn numba kernels imported in %.2fs", time.perf_counter() - t0)
+    return _KERNELS
+
+
+def _np(t: Tensor):
+    return t.detach().numpy()
+
+
+class _RNNFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cell: str, flag: int, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, *s0: Tensor):
+        fwd, _ = load_kernels()
+        B, T, GH = gx.shape
+        G, NS = CELLS[cell]
+        H = GH // G
+        W3 = weight_hh.detach().float().reshape(-1, weight_hh.shape[-2], weight_hh.shape[-1])  # (NH, G*Kh, Kh)
+        NH = W3.shape[0]
+        WT = W3.transpose(1, 2).contiguous()  # (NH, Kh, G*Kh)
+        gxf = gx.detach().float().contiguous()
+        bias = torch.zeros(GH) if bias_hh is None else bias_hh.detach().float().contiguous()
+        S0 = torch.stack([s.detach().float() for s in s0]).contiguous()  # (NS, B, H)
+        hs = torch.empty(B, T, H)
+        acts = torch.empty(B, T, GH)
+        aux = torch.empty(_NUM_AUX[cell], B, T, H)
+        ST = torch.empty(NS, B, H)
+        fwd(_CELL_ID[cell], flag, _np(gxf), _np(WT), _np(bias), _np(S0), _np(hs), _np(acts), _np(aux), _np(ST))
+        ctx.save_for_backward(hs, acts, aux, S0, W3.contiguous())
+        ctx.meta = (cell, flag, weight_hh.shape, weight_hh.dtype, bias_hh is not None, gx.dtype, NH)
+        return (hs.to(gx.dtype), *ST.unbind(0))
+
+    @staticmethod
+    def backward(ctx, dh: Tensor, *dsT: Tensor):
+        _, bwd = load_kernels()
+        hs, acts, aux, S0, W3 = ctx.saved_tensors
+        cell, flag, w_shape, w_dtype, has_bias, gx_dtype, NH = ctx.meta
+        B, T, H = hs.shape
+        GH = acts.shape[-1]
+        dhf = dh.float().contiguous()
+        DST = torch.stack([d.float() for d in dsT]).contiguous()
+        dgx = torch.empty(B, T, GH)
+        drec = torch.empty(B, T, GH) if cell == "gru" else dgx
+        DS0 = torch.empty_like(S0)
+        bwd(_CELL_ID[cell], flag, _np(W3), _np(hs), _np(acts), _np(aux), _np(S0), _np(dhf), _np(DST), _np(dgx), _np(drec), _np(DS0))
+        dW = db = None
+        if ctx.needs_input_grad[3] or (has_bias and ctx.needs_input_grad[4]):
+            hprev = torch.cat([S0[0, :, None], hs[:, :-1]], 1)  # (B, T, H): h_{t-1}
+            G, Kh = GH // H, H // NH
+            if NH == 1:
+                dW = drec.reshape(B * T, GH).T @ hprev.reshape(B * T, H)  # ONE matmul over all steps
+            else:
+                d = drec.reshape(B * T, G, NH, Kh).permute(2, 1, 3, 0).reshape(NH, G * Kh, B * T)
+                dW = torch.bmm(d, hprev.reshape(B * T, NH, Kh).transpose(0, 1))  # (NH, G*Kh, Kh)
+            dW = dW.reshape(w_shape).to(w_dtype)
+            if has_bias:
+                db = drec.sum((0, 1))
+        return (None, None, dgx.to(gx_dtype), dW, db, *DS0.unbind(0))
+
+
+def rnn_kernel(cell: str, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None = None, initial_state=None,
+               output_final_state: bool = False, nonlinearity: str = "tanh", forget_gate: str = "sigmoid"):
+    """The fused CPU kernel; same signature and results as ``reference.rnn_ref``. CPU tensors only."""
+    H, _, _ = check_args(cell, gx, weight_hh, bias_hh, initial_state)
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
+    if forget_gate not in FORGET_GATES:
+        raise ValueError(f"forget_gate must be one of {FORGET_GATES}, got {forget_gate!r}")
+    if gx.device.type != "cpu":
+        raise ValueError(f"{cell}: the numba kernel needs CPU tensors, got {gx.device}")
+    flag = int(nonlinearity == "relu") if cell == "elman" else int(forget_gate == "exp") if cell == "slstm" else 0
+    S = CELLS[cell][1]
+    if initial_state is None:
+        initial_state = tuple(torch.zeros(gx.shape[0], H) for _ in range(S))
+    h, *final = _RNNFunction.apply(cell, flag, gx, weight_hh, bias_hh, *initial_state)
+    return h, (tuple(final) if output_final_state else None)

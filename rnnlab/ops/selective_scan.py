@@ -1,0 +1,216 @@
+"""Selective (input-dependent) diagonal SSM scan of Mamba (Gu & Dao 2023, Alg. 2, eq. 2a-2b),
+with a pluggable transition so Longhorn (Liu et al. 2024) and Mamba with negative
+eigenvalues (Grazzi et al. 2024) run on the same kernel.
+
+    x, dt (B, T, D); A (D, N); B, C (B, T, N); D (D,); z (B, T, D); state h (B, D, N)
+
+    h_t = a_t ⊙ h_{t-1} + (dt_t x_t) ⊗ B_t            (per channel d, state index n)
+    y_t = h_t C_t + D ⊙ x_t,        y_t <- y_t ⊙ silu(z_t) if z is given
+
+transition (the a_t above):
+    "exp"       a = exp(dt·A)              Mamba's zero-order hold of A (B uses dt·B, as the paper's code)
+    "exp_neg"   a = 2·exp(dt·A) − 1        Grazzi et al. 2024: eigenvalues in (−1, 1)
+    "longhorn"  a = 1 − dt·B²              Longhorn eq. (10): S_t = (1 − ε_t ⊗ k_t²) S_{t-1} + (ε_t x_t) ⊗ k_t,
+                                           with dt := ε (B, T, D), B := k (B, T, N), C := q; A unused (None)
+
+Forms (same signature):
+- ``selective_scan_ref``: the specification, a loop over t with the (B, D, N) state.
+- backend "kernel": numba CPU kernel with a hand-written backward that recomputes each
+  chunk's states from checkpoints; never holds (B, T, D, N).
+- backend "chunked": device-agnostic torch; per time chunk (B, L, D, N) is built, scanned
+  with ``linear_scan(backend="parallel")`` and contracted with C, under activation
+  checkpointing, so only one chunk's (B, L, D, N) lives at a time, forward or backward.
+"auto" = "kernel" for CPU tensors, "chunked" elsewhere; the choice is logged once.
+Computation is float32 for bf16/fp16 inputs; y has x's dtype, h_last is float32.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from rnnlab.ops.scan import linear_scan
+
+__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_step", "TRANSITIONS", "transition_coeffs"]
+
+log = logging.getLogger(__name__)
+TRANSITIONS = ("exp", "exp_neg", "longhorn")
+BACKENDS = ("auto", "kernel", "chunked", "reference")
+
+
+def transition_coeffs(dt: Tensor, A: Tensor | None, Bm: Tensor, transition: str) -> Tensor:
+    """dt (..., D), A (D, N), Bm (..., N) -> a (..., D, N): the per-step decay of the state."""
+    if transition == "longhorn":
+        return 1 - dt.unsqueeze(-1) * Bm.unsqueeze(-2).square()
+    e = torch.exp(dt.unsqueeze(-1) * A)
+    return e if transition == "exp" else 2 * e - 1
+
+
+def _finish(y: Tensor, x: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
+    if D is not None:
+        y = y + x * D
+    if z is not None:
+        y = y * F.silu(z)
+    return y
+
+
+def _check(x, dt, A, Bm, Cm, D, z, initial_state, transition):
+    if x.dim() != 3:
+        raise ValueError(f"selective_scan expects x of shape (B, T, D), got {tuple(x.shape)}")
+    Bsz, T, Dm = x.shape
+    if transition not in TRANSITIONS:
+        raise ValueError(f"selective_scan transition must be one of {TRANSITIONS}, got {transition!r}")
+    if Bm.dim() != 3 or Bm.shape[:2] != (Bsz, T):
+        raise ValueError(f"selective_scan expects B of shape (B, T, N) = ({Bsz}, {T}, N), got {tuple(Bm.shape)}")
+    N = Bm.shape[2]
+    if tuple(dt.shape) != (Bsz, T, Dm):
+        raise ValueError(f"selective_scan expects dt of shape {(Bsz, T, Dm)}, got {tuple(dt.shape)}")
+    if tuple(Cm.shape) != (Bsz, T, N):
+        raise ValueError(f"selective_scan expects C of shape {(Bsz, T, N)}, got {tuple(Cm.shape)}")
+    if transition != "longhorn" and (A is None or tuple(A.shape) != (Dm, N)):
+        raise ValueError(f"selective_scan expects A of shape {(Dm, N)}, got {None if A is None else tuple(A.shape)}")
+    if D is not None and tuple(D.shape) != (Dm,):
+        raise ValueError(f"selective_scan expects D of shape ({Dm},), got {tuple(D.shape)}")
+    if z is not None and tuple(z.shape) != (Bsz, T, Dm):
+        raise ValueError(f"selective_scan expects z of shape {(Bsz, T, Dm)}, got {tuple(z.shape)}")
+    if initial_state is not None and tuple(initial_state.shape) != (Bsz, Dm, N):
+        raise ValueError(f"selective_scan expects initial_state of shape {(Bsz, Dm, N)}, got {tuple(initial_state.shape)}")
+    if T == 0:
+        raise ValueError("selective_scan expects T >= 1")
+
+
+def _f32(t: Tensor | None) -> Tensor | None:
+    return None if t is None else (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t)
+
+
+def selective_scan_step(
+    x: Tensor, dt: Tensor, A: Tensor | None, B: Tensor, C: Tensor, h: Tensor, transition: str = "exp"
+) -> tuple[Tensor, Tensor]:
+    """One step, no checks: x, dt (B, D); A (D, N); B, C (B, N); h (B, D, N) -> (y (B, D) without D/z, new h).
+    The one place the recurrence is written; the reference loop and recurrent decoding use it."""
+    a = transition_coeffs(dt, A, B, transition)  # (B, D, N)
+    h = torch.addcmul(a * h, (dt * x).unsqueeze(-1), B.unsqueeze(1))
+    return torch.einsum("bdn,bn->bd", h, C), h
+
+
+def selective_scan_ref(
+    x: Tensor, dt: Tensor, A: Tensor | None, B: Tensor, C: Tensor, D: Tensor | None = None, z: Tensor | None = None,
+    initial_state: Tensor | None = None, transition: str = "exp",
+) -> tuple[Tensor, Tensor]:
+    """x, dt (B, T, D); A (D, N); B, C (B, T, N); D (D,); z (B, T, D); initial_state (B, D, N)
+    -> (y (B, T, D), h_last (B, D, N)).  The specification: a loop over t."""
+    _check(x, dt, A, B, C, D, z, initial_state, transition)
+    xf, dtf, Af, Bf, Cf = (_f32(t) for t in (x, dt, A, B, C))
+    h = xf.new_zeros(x.shape[0], x.shape[2], B.shape[2]) if initial_state is None else initial_state.to(xf.dtype)
+    ys = []
+    for xt, dtt, bt, ct in zip(xf.unbind(1), dtf.unbind(1), Bf.unbind(1), Cf.unbind(1)):
+        y, h = selective_scan_step(xt, dtt, Af, bt, ct, h, transition)
+        ys.append(y)
+    y = _finish(torch.stack(ys, 1), xf, _f32(D), _f32(z))
+    return y.to(x.dtype), h
+
+
+# --------------------------------------------------------------------------- chunked torch form
+def _chunk_fn(x, dt, A, Bm, Cm, h0, transition: str):
+    a = transition_coeffs(dt, A, Bm, transition)  # (B, L, D, N): one chunk only
+    u = (dt * x).unsqueeze(-1) * Bm.unsqueeze(-2)
+    h, h_last = linear_scan(a, u, h0, backend="parallel")
+    return torch.einsum("bldn,bln->bld", h, Cm), h_last
+
+
+def _chunked(x, dt, A, Bm, Cm, h0, transition: str, chunk_size: int):
+    ys = []
+    h = h0
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dt, A, Bm, Cm, h0))
+    # split once (not x[:, s:e] per chunk, whose backward would allocate a full-size gradient per chunk)
+    pieces = zip(*(t.split(chunk_size, 1) for t in (x, dt, Bm, Cm)))
+    for xc, dtc, bc, cc in pieces:
+        args = (xc, dtc, A, bc, cc, h, transition)
+        y, h = checkpoint(_chunk_fn, *args, use_reentrant=False) if grad else _chunk_fn(*args)
+        ys.append(y)
+    return torch.cat(ys, 1), h
+
+
+# --------------------------------------------------------------------------- numba kernel form
+_MODES = {"exp": 0, "exp_neg": 1, "longhorn": 2}
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dt, A, Bm, Cm, h0, transition: str, chunk_size: int):
+        from rnnlab.ops._selective_scan_numba import sscan_fwd
+
+        Bsz, T, D = x.shape
+        N = Bm.shape[2]
+        nc = -(-T // chunk_size)
+        y = torch.empty_like(x)
+        h_last = torch.empty_like(h0)
+        ckpt = x.new_empty(Bsz, nc, D, N)
+        A_ = A if A is not None else x.new_zeros(D, N)
+        sscan_fwd(x.numpy(), dt.numpy(), A_.numpy(), Bm.numpy(), Cm.numpy(), h0.numpy(), _MODES[transition], chunk_size,
+                  y.numpy(), h_last.numpy(), ckpt.numpy())
+        ctx.save_for_backward(x, dt, A_, Bm, Cm, ckpt)
+        ctx.transition, ctx.chunk_size, ctx.has_A = transition, chunk_size, A is not None
+        return y, h_last
+
+    @staticmethod
+    def backward(ctx, dy, dh_last):
+        from rnnlab.ops._selective_scan_numba import sscan_bwd
+
+        x, dt, A, Bm, Cm, ckpt = ctx.saved_tensors
+        dy = torch.zeros_like(x) if dy is None else dy.contiguous().to(x.dtype)
+        dh_last = x.new_zeros(ckpt.shape[0], *A.shape) if dh_last is None else dh_last.contiguous().to(x.dtype)
+        dx, ddt, dB, dC = torch.empty_like(x), torch.empty_like(dt), torch.empty_like(Bm), torch.empty_like(Cm)
+        dA = x.new_empty(x.shape[0], *A.shape)
+        dh0 = torch.empty_like(dh_last)
+        sscan_bwd(x.numpy(), dt.numpy(), A.numpy(), Bm.numpy(), Cm.numpy(), _MODES[ctx.transition], ctx.chunk_size,
+                  ckpt.numpy(), dy.numpy(), dh_last.numpy(), dx.numpy(), ddt.numpy(), dA.numpy(), dB.numpy(), dC.numpy(), dh0.numpy())
+        return dx, ddt, dA.sum(0) if ctx.has_A else None, dB, dC, dh0, None, None
+
+
+_LOGGED: set = set()
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"selective_scan backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "kernel" and device.type != "cpu":
+        raise ValueError(f"selective_scan backend='kernel' is the numba CPU kernel; tensors are on {device}. Use 'chunked'.")
+    chosen = backend if backend != "auto" else ("kernel" if device.type == "cpu" else "chunked")
+    if (chosen, device.type) not in _LOGGED:
+        _LOGGED.add((chosen, device.type))
+        log.info("selective_scan: backend=%r on %s (%s)", chosen, device.type, "auto" if backend == "auto" else "requested")
+    return chosen
+
+
+def selective_scan(
+    x: Tensor, dt: Tensor, A: Tensor | None, B: Tensor, C: Tensor, D: Tensor | None = None, z: Tensor | None = None,
+    initial_state: Tensor | None = None, transition: str = "exp", backend: str = "auto", chunk_size: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """x, dt (B, T, D); A (D, N) (None for "longhorn"); B, C (B, T, N); D (D,); z (B, T, D);
+    initial_state (B, D, N) -> (y (B, T, D), h_last (B, D, N) float32).
+
+    See the module docstring for the recurrence, transitions and backends.  chunk_size:
+    time steps per checkpoint (kernel) / per materialized chunk (chunked)."""
+    _check(x, dt, A, B, C, D, z, initial_state, transition)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"selective_scan chunk_size must be a positive int, got {chunk_size!r}")
+    be = _resolve_backend(backend, x.device)
+    if be == "reference":
+        return selective_scan_ref(x, dt, A, B, C, D, z, initial_state, transition)
+    xf, dtf, Af, Bf, Cf = (_f32(t) for t in (x, dt, A, B, C))
+    cdt = torch.promote_types(xf.dtype, dtf.dtype)
+    xf, dtf, Bf, Cf = (t.to(cdt) for t in (xf, dtf, Bf, Cf))
+    Af = Af.to(cdt) if Af is not None else None
+    h0 = xf.new_zeros(x.shape[0], x.shape[2], B.shape[2]) if initial_state is None else initial_state.to(cdt)
+    if be == "kernel":
+        y, h_last = _SelectiveScanFn.apply(
+            xf.contiguous(), dtf.contiguous(), Af.contiguous() if Af is not None else None, Bf.contiguous(), Cf.contiguous(),
+            h0.contiguous(), transition, chunk_size,
+        )
+    else:
+        y, h_last = _chunked(xf, dtf, Af, Bf, Cf, h0, transition, chunk_size)
+    return _finish(y, xf, _f32(D), _f32(z)).to(x.dtype), h_last

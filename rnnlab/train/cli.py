@@ -1,0 +1,160 @@
+"""Sub-commands ``train``, ``sweep``, ``report`` and ``suite``; ``register(subparsers)`` adds them
+to the ``rnnlab`` parser (rnnlab/cli.py)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["register", "build_train_config"]
+
+
+def _choices_help() -> str:
+    from rnnlab.layers.registry import available_mixers
+    from rnnlab.tasks import available_tasks
+
+    return f"tasks: {', '.join(available_tasks())}. mixers: {', '.join(available_mixers())}."
+
+
+def build_train_config(args) -> dict:
+    """Flags + optional file + dotted overrides -> config dict (not yet resolved)."""
+    from rnnlab.train.config import apply_overrides, load_file, merge
+
+    cfg = {"task": {}, "model": {}, "train": {}}
+    if args.config:
+        cfg = merge(cfg, load_file(args.config))
+    if args.task:
+        cfg["task"]["name"] = args.task
+    if args.mixer:
+        parts = args.mixer.split(",")
+        cfg["model"]["mixer"] = parts if len(parts) > 1 else parts[0]
+    for flag, section, key in (("d_model", "model", "d_model"), ("layers", "model", "n_layers"), ("lr", "train", "lr"),
+                               ("steps", "train", "steps"), ("batch_size", "train", "batch_size"),
+                               ("seed", "train", "seed"), ("device", "train", "device"), ("target", "train", "target")):
+        if getattr(args, flag) is not None:
+            cfg[section][key] = getattr(args, flag)
+    if args.bf16:
+        cfg["train"]["bf16"] = True
+    if args.no_progress:
+        cfg["train"]["progress"] = False
+    if args.run_dir:
+        cfg["run_dir"] = args.run_dir
+    return apply_overrides(cfg, args.overrides)
+
+
+def cmd_train(args) -> int:
+    from rnnlab.train.config import resolve
+    from rnnlab.train.trainer import train
+
+    cfg = build_train_config(args)
+    try:
+        resolve(cfg)  # fail before anything starts, naming the valid choices
+    except ValueError as e:
+        print(f"rnnlab train: error: {e}", file=sys.stderr)
+        return 2
+    result = train(cfg, resume=args.resume)
+    from rnnlab.train.distributed import is_main, shutdown
+
+    if is_main():
+        print(json.dumps({k: result[k] for k in ("run_dir", "task", "mixer", "steps", "primary_metric", "score", "metrics")}, indent=1))
+    shutdown()
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from rnnlab.train.report import make_report
+    from rnnlab.train.sweep import load_sweep, run_sweep
+
+    try:
+        spec = load_sweep(args.file)
+        if args.workers:
+            spec["workers"] = args.workers
+        if args.db:
+            spec["db"] = args.db
+        counts = run_sweep(spec)
+    except ValueError as e:
+        print(f"rnnlab sweep: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped -> {spec['db']}")
+    if not args.no_report:
+        print(f"report: {make_report(spec['db'])}")
+    return 1 if counts["failed"] else 0
+
+
+def cmd_report(args) -> int:
+    from rnnlab.train.report import make_report
+
+    try:
+        path = make_report(args.db, args.out, args.sweep)
+    except ValueError as e:
+        print(f"rnnlab report: error: {e}", file=sys.stderr)
+        return 2
+    print(path.read_text())
+    print(f"\nwritten: {path} (+ state_size.png, length.png, loss.png)")
+    return 0
+
+
+def cmd_suite(args) -> int:
+    from rnnlab.train.report import make_report
+    from rnnlab.train.suite import pick_mixers, suite_spec
+    from rnnlab.train.sweep import run_sweep
+
+    mixers = args.mixers.split(",") if args.mixers else pick_mixers()
+    spec = suite_spec(quick=not args.full, mixers=mixers, out_dir=args.out_dir, workers=args.workers)
+    print(f"suite ({'full' if args.full else 'quick'}): mixers {', '.join(mixers)}; tasks {', '.join(spec['grid']['task'])}")
+    try:
+        counts = run_sweep(spec)
+    except ValueError as e:
+        print(f"rnnlab suite: error: {e}", file=sys.stderr)
+        return 2
+    path = make_report(spec["db"])
+    print(path.read_text())
+    print(f"\n{counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped; report: {path}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add train / sweep / report / suite to an argparse sub-parsers object."""
+    p = sub.add_parser("train", help="train one model on one task",
+                       description="Train one run. Config from flags, a TOML/YAML/JSON file (--config) and dotted "
+                                   "overrides such as train.lr=3e-3 task.num_kv_pairs=8 model.mixer_kwargs.num_heads=2. "
+                                   + _choices_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="section.key=value (sections: task, model, train, run_dir)")
+    p.add_argument("--config", help="TOML/YAML/JSON file with task/model/train sections")
+    p.add_argument("--task")
+    p.add_argument("--mixer", help="mixer name, or comma-separated names one per layer (hybrid)")
+    p.add_argument("--d-model", dest="d_model", type=int)
+    p.add_argument("--layers", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.add_argument("--target", type=float, help="stop once the primary metric (mean over test lengths) reaches this")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--run-dir", dest="run_dir")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--no-progress", dest="no_progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="run a grid of runs from a sweep file into SQLite")
+    p.add_argument("file", help="sweep file (YAML/TOML/JSON; see examples/sweep_small.yaml)")
+    p.add_argument("--workers", type=int, help="parallel processes (overrides the file)")
+    p.add_argument("--db", help="results database (overrides the file)")
+    p.add_argument("--no-report", dest="no_report", action="store_true")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="markdown tables and PNG plots from a results database")
+    p.add_argument("db", nargs="?", default="runs/suite_quick/runs.db", help="results database (default %(default)s)")
+    p.add_argument("--out", help="output directory (default: <db dir>/report)")
+    p.add_argument("--sweep", help="only runs of this sweep name")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("suite", help="the curated comparison of mixers on MQAR, parity and selective copying")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="small sizes, ~10 minutes on 2 CPU cores (default)")
+    g.add_argument("--full", action="store_true", help="the larger grid (sizes x learning rates x more tasks)")
+    p.add_argument("--mixers", help="comma-separated mixers instead of the automatic choice")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out-dir", dest="out_dir")
+    p.set_defaults(func=cmd_suite)

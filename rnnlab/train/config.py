@@ -1,0 +1,186 @@
+"""Run configuration: one plain dict with three sections, resolved and validated before training.
+
+    {"task":  {"name": "mqar", <task options>},
+     "model": {<ModelConfig fields; vocab_size/input_dim/head/num_classes/out_dim come from the task>},
+     "train": {<TrainConfig fields>},
+     "run_dir": "runs/<name>"}
+
+Sources, later wins: defaults < a TOML/YAML/JSON file < command-line flags < dotted overrides
+(``train.lr=3e-3 task.num_kv_pairs=8 model.mixer_kwargs.num_heads=2``). ``resolve`` builds
+the task and the ModelConfig once, so an unknown task, mixer or option, or a test length the
+task cannot generate, raises ValueError (naming the valid choices) before any training.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TrainConfig", "load_file", "apply_overrides", "parse_value", "resolve", "default_run_dir", "config_hash"]
+
+SECTIONS = ("task", "model", "train", "run_dir")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping; every field is a plain JSON value."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    """Global batch (split evenly across data-parallel processes)."""
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    warmup: int = 50
+    """Linear warmup steps, then cosine decay to min_lr_ratio * lr at ``steps``."""
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 = no clipping)."""
+    bf16: bool = False
+    """bfloat16 autocast for the forward pass (weights, optimizer and mixer states stay float32)."""
+    eval_every: int = 200
+    eval_examples: int = 256
+    """Test sequences per test length (fixed set, drawn independently of training data)."""
+    eval_batch_size: int = 64
+    log_every: int = 10
+    ckpt_every: int = 200
+    seed: int = 0
+    target: float | None = None
+    """Stop early once the primary metric, averaged over test lengths, reaches this value."""
+    device: str = "auto"
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        for f in ("steps", "batch_size", "eval_every", "eval_examples", "eval_batch_size", "log_every", "ckpt_every"):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
+                raise ValueError(f"train.{f} must be a positive int, got {getattr(self, f)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown train option(s) {unknown}; valid options: {', '.join(names)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_file(path: str | Path) -> dict:
+    """A TOML (.toml), YAML (.yaml/.yml) or JSON file -> dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {str(p)!r} does not exist")
+    text = p.read_text()
+    if p.suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(text)
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    if p.suffix == ".json":
+        return json.loads(text)
+    raise ValueError(f"config file {str(p)!r}: suffix must be .toml, .yaml, .yml or .json")
+
+
+def parse_value(text: str) -> Any:
+    """Command-line value -> int / float / bool / None / list / dict / str (YAML flow syntax)."""
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """``["train.lr=3e-3", "task.num_kv_pairs=8"]`` -> a new config with those keys set."""
+    config = copy.deepcopy(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value (sections: {', '.join(SECTIONS)})")
+        key, value = item.split("=", 1)
+        parts = key.split(".")
+        if parts[0] not in SECTIONS:
+            raise ValueError(f"override {item!r}: unknown section {parts[0]!r}; valid sections: {', '.join(SECTIONS)}")
+        node = config
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p!r} is not a section")
+        node[parts[-1]] = parse_value(value)
+    return config
+
+
+def merge(base: dict, top: dict) -> dict:
+    """Recursive dict merge (top wins)."""
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def config_hash(config: dict) -> str:
+    keep = {k: config[k] for k in ("task", "model", "train") if k in config}
+    keep["train"] = {k: v for k, v in keep.get("train", {}).items() if k not in ("progress", "threads", "device")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def default_run_dir(config: dict) -> str:
+    m, t, tr = config.get("model", {}), config["task"], config.get("train", {})
+    mixer = m.get("mixer", "attention")
+    mixer = "+".join(mixer) if isinstance(mixer, list) else mixer
+    return (f"runs/{t['name']}-{mixer}-d{m.get('d_model', 64)}-l{m.get('n_layers', 2)}"
+            f"-lr{tr.get('lr', TrainConfig.lr):g}-s{tr.get('seed', 0)}-{config_hash(config)[:6]}")
+
+
+def resolve(config: dict):
+    """Validate and complete a config. -> (resolved dict, task, ModelConfig, TrainConfig).
+
+    The resolved dict is what gets saved: every default filled in, the task's description
+    (e.g. corpus hash) under ``task_info``.
+    """
+    from rnnlab.models import ModelConfig
+    from rnnlab.tasks import create_task, task_options
+
+    unknown = sorted(set(config) - set(SECTIONS) - {"task_info"})
+    if unknown:
+        raise ValueError(f"unknown config section(s) {unknown}; valid sections: {', '.join(SECTIONS)}")
+    tcfg = dict(config.get("task") or {})
+    if "name" not in tcfg:
+        raise ValueError("config needs task.name (see `rnnlab train --help` for the task list)")
+    name = tcfg.pop("name")
+    task = create_task(name, **tcfg)
+    task_full = {"name": name, **task_options(name), **tcfg}
+    task_full["test_lengths"] = task.test_lengths
+    mdict = dict(config.get("model") or {})
+    io = task.model_io()
+    clash = {k for k in io if k in mdict and mdict[k] is not None and mdict[k] != io[k]}
+    if clash:
+        raise ValueError(f"model option(s) {sorted(clash)} are fixed by task {name!r} ({ {k: io[k] for k in clash} })")
+    mdict.update(io)
+    model_cfg = ModelConfig.from_dict(mdict)
+    train_cfg = TrainConfig.from_dict(dict(config.get("train") or {}))
+    if train_cfg.target is not None and not isinstance(train_cfg.target, (int, float)):
+        raise ValueError(f"train.target must be a number, got {train_cfg.target!r}")
+    resolved = {"task": task_full, "model": model_cfg.to_dict(), "train": train_cfg.to_dict()}
+    resolved["run_dir"] = config.get("run_dir") or default_run_dir(resolved)
+    resolved["task_info"] = {"primary_metric": task.primary_metric, "higher_is_better": task.higher_is_better,
+                             **task.describe()}
+    return resolved, task, model_cfg, train_cfg

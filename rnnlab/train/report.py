@@ -1,0 +1,184 @@
+"""Reports from a results database: markdown tables and matplotlib PNG plots.
+
+Best-of-LR as the papers do: for each (task, mixer, d_model, n_layers) the run with the best
+primary score (averaged over test lengths) among its learning rates and seeds is shown.
+
+    report.md         summary table (mixer x task), one table per task with the primary
+                      metric at every test length, failed runs with their error
+    state_size.png    primary metric vs state floats per sequence, one panel per task (the Zoology plot)
+    length.png        primary metric vs test length, one panel per task (length generalization)
+    loss.png          training loss curves, one panel per task
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from rnnlab.train.store import Store
+
+__all__ = ["best_runs", "make_report"]
+
+
+def _better(a: dict, b: dict) -> bool:
+    """Is run a better than run b on their primary metric?"""
+    if b is None:
+        return True
+    return a["score"] > b["score"] if a["higher_is_better"] else a["score"] < b["score"]
+
+
+def best_runs(rows: list[dict]) -> list[dict]:
+    """Done runs -> the best run per (task, mixer, d_model, n_layers) over learning rates and seeds."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        if r["status"] != "done" or r["score"] is None:
+            continue
+        key = (r["task"], r["mixer"], r["d_model"], r["n_layers"])
+        if _better(r, best.get(key)):
+            best[key] = r
+    return [best[k] for k in sorted(best)]
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.3f}" if abs(x) < 1000 else f"{x:.3g}"
+    if isinstance(x, int) and x >= 10000:
+        return f"{x / 1000:.1f}k" if x < 1e6 else f"{x / 1e6:.2f}M"
+    return str(x)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _metric_names(run: dict) -> list[str]:
+    """The primary metric first, then the other headline metrics present in the result."""
+    names = [run["primary_metric"]]
+    first = next(iter(run["result"]["metrics"].values()))
+    for extra in ("last_acc", "seq_acc"):
+        if extra in first and extra not in names and run["primary_metric"] == "acc":
+            names.append(extra)
+    return names
+
+
+def make_report(db: str | Path, out_dir: str | Path | None = None, sweep: str | None = None) -> Path:
+    """Write report.md and the PNG plots next to it. -> path of report.md."""
+    store = Store(db, create=False)
+    rows = store.rows(sweep=sweep)
+    store.close()
+    out = Path(out_dir) if out_dir else Path(db).parent / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    best = best_runs(rows)
+    tasks = sorted({r["task"] for r in best})
+    by_task = defaultdict(list)
+    for r in best:
+        by_task[r["task"]].append(r)
+
+    md = [f"# rnnlab report\n\nDatabase `{db}`: {len(rows)} runs "
+          f"({sum(r['status'] == 'done' for r in rows)} done, {sum(r['status'] == 'failed' for r in rows)} failed). "
+          "Best learning rate per (task, mixer, size); scores are the primary metric averaged over test lengths.\n"]
+    if best:
+        models = sorted({(r["mixer"], r["d_model"], r["n_layers"]) for r in best})
+        score = {(r["task"], r["mixer"], r["d_model"], r["n_layers"]): r for r in best}
+        header = ["mixer", "d_model", "layers"] + [f"{t} ({by_task[t][0]['primary_metric']})" for t in tasks]
+        body = [[m, d, n] + [score[(t, m, d, n)]["score"] if (t, m, d, n) in score else None for t in tasks]
+                for m, d, n in models]
+        md += ["## Summary\n", _table(header, body), ""]
+    for t in tasks:
+        runs = by_task[t]
+        lengths = list(runs[0]["result"]["metrics"])
+        names = _metric_names(runs[0])
+        train_len = runs[0]["config"]["task"].get("max_len") or runs[0]["config"]["task"].get("seq_len")
+        header = ["mixer", "d", "L", "params", "state floats", "lr"] + [f"{n}@{L}" for n in names for L in lengths] + ["steps", "time s"]
+        body = [[r["mixer"], r["d_model"], r["n_layers"], r["num_parameters"], r["state_size"], f"{r['lr']:g}"]
+                + [r["result"]["metrics"][L].get(n) for n in names for L in lengths] + [r["steps"], r["wall_s"]]
+                for r in runs]
+        md += [f"## {t}\n", f"Training length {train_len}; test lengths {', '.join(lengths)}. "
+               f"Primary metric `{runs[0]['primary_metric']}` ({'higher' if runs[0]['higher_is_better'] else 'lower'} is better).\n",
+               _table(header, body), ""]
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        md += ["## Failed runs\n", _table(["task", "mixer", "d", "lr", "error"],
+                                         [[r["task"], r["mixer"], r["d_model"], f"{r['lr']:g}",
+                                           ([ln for ln in (r["error"] or "").strip().splitlines() if ln.strip()] or ["?"])[-1].replace("|", "/")[:160]]
+                                          for r in failed]), ""]
+    if best:
+        _plots(best, by_task, tasks, out)
+        md += ["## Plots\n", "![metric vs state size](state_size.png)\n", "![metric vs test length](length.png)\n",
+               "![loss curves](loss.png)\n"]
+    path = out / "report.md"
+    path.write_text("\n".join(md))
+    return path
+
+
+def _plots(best, by_task, tasks, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mixers = sorted({r["mixer"] for r in best})
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(mixers)}
+    n = len(tasks)
+
+    def panels(title):
+        fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
+        fig.suptitle(title)
+        return fig, axes[0]
+
+    def finish(fig, axes, name):
+        handles = {}
+        for ax in axes:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, h)
+        fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=8)
+        fig.tight_layout(rect=(0, 0, 0.85, 0.95))
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+
+    fig, axes = panels("primary metric vs state size (floats per sequence at the training length)")
+    for ax, t in zip(axes, tasks):
+        for m in mixers:
+            pts = sorted((r["state_size"], r["score"]) for r in by_task[t] if r["mixer"] == m)
+            if pts:
+                ax.plot(*zip(*pts), "o-", color=colors[m], label=m)
+        ax.set_xscale("log")
+        ax.set_title(t)
+        ax.set_xlabel("state floats")
+        ax.set_ylabel(by_task[t][0]["primary_metric"])
+    finish(fig, axes, "state_size.png")
+
+    fig, axes = panels("primary metric vs test length (largest model per mixer)")
+    for ax, t in zip(axes, tasks):
+        for m in mixers:
+            runs = [r for r in by_task[t] if r["mixer"] == m]
+            if not runs:
+                continue
+            r = max(runs, key=lambda r: (r["d_model"], r["n_layers"]))
+            met = r["result"]["metrics"]
+            xs = [int(L) for L in met]
+            ax.plot(xs, [met[L][r["primary_metric"]] for L in met], "o-", color=colors[m], label=m)
+        train_len = by_task[t][0]["config"]["task"].get("max_len") or by_task[t][0]["config"]["task"].get("seq_len")
+        if train_len:
+            ax.axvline(train_len, color="gray", ls=":", lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_title(t)
+        ax.set_xlabel("test length")
+        ax.set_ylabel(by_task[t][0]["primary_metric"])
+    finish(fig, axes, "length.png")
+
+    fig, axes = panels("training loss (largest model per mixer)")
+    for ax, t in zip(axes, tasks):
+        for m in mixers:
+            runs = [r for r in by_task[t] if r["mixer"] == m and r["curve"]]
+            if runs:
+                r = max(runs, key=lambda r: (r["d_model"], r["n_layers"]))
+                ax.plot(*zip(*r["curve"]), color=colors[m], label=m, lw=1)
+        ax.set_yscale("log")
+        ax.set_title(t)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+    finish(fig, axes, "loss.png")

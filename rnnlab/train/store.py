@@ -1,0 +1,79 @@
+"""The results store: one SQLite file (``runs.db``) with one row per run.
+
+Columns: id (config hash), sweep, task, mixer, d_model, n_layers, lr, seed, status
+("running" | "done" | "failed"), error (the failing run's traceback tail), score (primary
+metric averaged over test lengths), primary_metric, higher_is_better, num_parameters,
+state_size (floats per sequence at the training length), steps, wall_s, config / result /
+curve (JSON: resolved config, result.json, [[step, loss], ...]), run_dir, updated.
+Only the sweep's parent process writes, so there is no write contention.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Store"]
+
+COLUMNS = {
+    "id": "TEXT PRIMARY KEY", "sweep": "TEXT", "task": "TEXT", "mixer": "TEXT", "d_model": "INTEGER",
+    "n_layers": "INTEGER", "lr": "REAL", "seed": "INTEGER", "status": "TEXT", "error": "TEXT", "score": "REAL",
+    "primary_metric": "TEXT", "higher_is_better": "INTEGER", "num_parameters": "INTEGER", "state_size": "INTEGER",
+    "steps": "INTEGER", "wall_s": "REAL", "config": "TEXT", "result": "TEXT", "curve": "TEXT", "run_dir": "TEXT",
+    "updated": "TEXT",
+}
+
+
+class Store:
+    """``Store("runs.db")``: upsert and query run rows."""
+
+    def __init__(self, path: str | Path, create: bool = True):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise ValueError(f"results database {str(self.path)!r} does not exist (run `rnnlab sweep FILE` or `rnnlab suite` first)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(self.path), timeout=60)
+        self.db.row_factory = sqlite3.Row
+        cols = ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
+        self.db.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
+        self.db.commit()
+
+    def upsert(self, run_id: str, **fields: Any) -> None:
+        fields = {k: (json.dumps(v) if k in ("config", "result", "curve") and not isinstance(v, str) else v)
+                  for k, v in fields.items()}
+        unknown = set(fields) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown column(s) {sorted(unknown)}; valid: {', '.join(COLUMNS)}")
+        fields["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        cur = self.db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if cur:
+            sets = ", ".join(f"{k} = ?" for k in fields)
+            self.db.execute(f"UPDATE runs SET {sets} WHERE id = ?", (*fields.values(), run_id))
+        else:
+            keys = ["id", *fields]
+            self.db.execute(f"INSERT INTO runs ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
+                            (run_id, *fields.values()))
+        self.db.commit()
+
+    def status(self, run_id: str) -> str | None:
+        row = self.db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return row["status"] if row else None
+
+    def rows(self, status: str | None = None, sweep: str | None = None) -> list[dict]:
+        q, args = "SELECT * FROM runs WHERE 1=1", []
+        if status:
+            q, args = q + " AND status = ?", args + [status]
+        if sweep:
+            q, args = q + " AND sweep = ?", args + [sweep]
+        out = []
+        for r in self.db.execute(q + " ORDER BY task, mixer, d_model, lr", args):
+            d = dict(r)
+            for k in ("config", "result", "curve"):
+                d[k] = json.loads(d[k]) if d[k] else None
+            out.append(d)
+        return out
+
+    def close(self) -> None:
+        self.db.close()

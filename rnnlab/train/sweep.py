@@ -1,0 +1,160 @@
+"""Sweeps: a grid of runs (mixers x tasks x sizes x learning rates x seeds) executed in
+parallel worker processes, results in SQLite.
+
+A sweep file (YAML, TOML or JSON) is data::
+
+    name: small
+    out_dir: runs/small            # run directories (default runs/<name>)
+    db: runs/small/runs.db         # default <out_dir>/runs.db
+    workers: 2                     # parallel processes; each gets threads_per_worker threads
+    threads_per_worker: 1
+    grid: {mixer: [attention, lstm], task: [mqar, parity], d_model: [32, 64], n_layers: [2],
+           lr: [1.0e-3, 3.0e-3], seed: [0]}
+    base: {model: {...}, train: {...}}          # shared by every run
+    tasks: {mqar: {task: {num_kv_pairs: 4}, train: {steps: 400}}}   # per-task config, merged on top
+    mixers: {attention: {model: {mixer_kwargs: {num_heads: 2}}}}     # per-mixer config
+
+Every grid point is resolved (validated) before anything runs, so a bad grid fails at once.
+A run's id is the hash of its resolved config: re-running a sweep skips runs already
+"done"; unfinished ones resume from their last checkpoint; a run whose process fails is
+recorded as "failed" with its error tail and never silently dropped.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rnnlab.train.config import config_hash, load_file, merge, resolve
+from rnnlab.train.store import Store
+
+__all__ = ["expand", "run_sweep", "load_sweep"]
+
+GRID_KEYS = {"mixer": ("model", "mixer"), "d_model": ("model", "d_model"), "n_layers": ("model", "n_layers"),
+             "lr": ("train", "lr"), "seed": ("train", "seed"), "task": ("task", "name")}
+SWEEP_KEYS = ("name", "out_dir", "db", "workers", "threads_per_worker", "grid", "base", "tasks", "mixers")
+
+
+def load_sweep(path_or_dict) -> dict:
+    spec = load_file(path_or_dict) if not isinstance(path_or_dict, dict) else dict(path_or_dict)
+    unknown = sorted(set(spec) - set(SWEEP_KEYS))
+    if unknown:
+        raise ValueError(f"unknown sweep key(s) {unknown}; valid keys: {', '.join(SWEEP_KEYS)}")
+    grid = spec.get("grid") or {}
+    bad = sorted(set(grid) - set(GRID_KEYS))
+    if bad:
+        raise ValueError(f"unknown grid key(s) {bad}; valid grid keys: {', '.join(GRID_KEYS)}")
+    if "task" not in grid or "mixer" not in grid:
+        raise ValueError("a sweep grid needs at least `task` and `mixer` lists")
+    spec.setdefault("name", "sweep")
+    spec.setdefault("out_dir", f"runs/{spec['name']}")
+    spec.setdefault("db", str(Path(spec["out_dir"]) / "runs.db"))
+    spec.setdefault("workers", 1)
+    spec.setdefault("threads_per_worker", 1)
+    return spec
+
+
+def expand(spec: dict) -> list[dict]:
+    """Sweep spec -> list of resolved run configs (validated; raises ValueError on a bad point)."""
+    grid = {k: (v if isinstance(v, list) else [v]) for k, v in spec["grid"].items()}
+    keys = list(grid)
+    runs = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        point = dict(zip(keys, values))
+        cfg = merge({"task": {}, "model": {}, "train": {}}, spec.get("base") or {})
+        cfg = merge(cfg, (spec.get("tasks") or {}).get(point["task"], {}))
+        mixer = point["mixer"]
+        mixer_key = "+".join(mixer) if isinstance(mixer, list) else mixer
+        cfg = merge(cfg, (spec.get("mixers") or {}).get(mixer_key, {}))
+        for k, v in point.items():
+            section, field = GRID_KEYS[k]
+            cfg[section][field] = v
+        cfg["train"].update(progress=False, threads=spec["threads_per_worker"])
+        cfg.pop("run_dir", None)
+        resolved, *_ = resolve(cfg)
+        rid = config_hash(resolved)
+        resolved["run_dir"] = str(Path(spec["out_dir"]) / f"{resolved['task']['name']}-{mixer_key}-d{resolved['model']['d_model']}"
+                                  f"-l{resolved['model']['n_layers']}-lr{resolved['train']['lr']:g}-s{resolved['train']['seed']}-{rid[:6]}")
+        runs.append({"id": rid, "config": resolved})
+    ids = [r["id"] for r in runs]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the sweep grid contains duplicate runs")
+    return runs
+
+
+def _curve(run_dir: Path) -> list[list[float]]:
+    p = run_dir / "metrics.jsonl"
+    if not p.exists():
+        return []
+    recs = [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+    return [[r["step"], r["loss"]] for r in recs if "loss" in r]
+
+
+def _row_fields(spec: dict, cfg: dict) -> dict:
+    m = cfg["model"]
+    return {"sweep": spec["name"], "task": cfg["task"]["name"],
+            "mixer": "+".join(m["mixer"]) if isinstance(m["mixer"], list) else m["mixer"],
+            "d_model": m["d_model"], "n_layers": m["n_layers"], "lr": cfg["train"]["lr"], "seed": cfg["train"]["seed"],
+            "primary_metric": cfg["task_info"]["primary_metric"], "higher_is_better": int(cfg["task_info"]["higher_is_better"]),
+            "config": cfg, "run_dir": cfg["run_dir"]}
+
+
+def run_sweep(spec: dict, log=print) -> dict[str, int]:
+    """Run every not-yet-done grid point, ``workers`` at a time. -> counts {"done", "failed", "skipped"}."""
+    spec = load_sweep(spec)
+    runs = expand(spec)
+    store = Store(spec["db"])
+    todo = []
+    skipped = 0
+    for r in runs:
+        if store.status(r["id"]) == "done":
+            skipped += 1
+        else:
+            todo.append(r)
+    log(f"sweep {spec['name']!r}: {len(runs)} runs, {skipped} already done, {len(todo)} to run, "
+        f"{spec['workers']} worker(s) -> {spec['db']}")
+    counts = {"done": 0, "failed": 0, "skipped": skipped}
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads_per_worker"]), MKL_NUM_THREADS=str(spec["threads_per_worker"]))
+    env.pop("WORLD_SIZE", None)
+    active: list[tuple[subprocess.Popen, dict, float]] = []
+    queue = list(todo)
+    t0 = time.time()
+    while queue or active:
+        while queue and len(active) < spec["workers"]:
+            r = queue.pop(0)
+            run_dir = Path(r["config"]["run_dir"])
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "sweep_config.json").write_text(json.dumps(r["config"]))
+            store.upsert(r["id"], status="running", error=None, **_row_fields(spec, r["config"]))
+            proc = subprocess.Popen([sys.executable, "-m", "rnnlab.train.worker", str(run_dir / "sweep_config.json")],
+                                    stdout=subprocess.DEVNULL, stderr=open(run_dir / "stderr.log", "w"), env=env)
+            active.append((proc, r, time.time()))
+        time.sleep(0.1)
+        for item in list(active):
+            proc, r, started = item
+            if proc.poll() is None:
+                continue
+            active.remove(item)
+            run_dir = Path(r["config"]["run_dir"])
+            result_path = run_dir / "result.json"
+            if proc.returncode == 0 and result_path.exists():
+                res = json.loads(result_path.read_text())
+                store.upsert(r["id"], status="done", score=res["score"], num_parameters=res["num_parameters"],
+                             state_size=res["state_size"], steps=res["steps"], wall_s=res["wall_s"], result=res,
+                             curve=_curve(run_dir))
+                counts["done"] += 1
+                log(f"  done   {run_dir.name}: {res['primary_metric']}={res['score']:.4f} ({res['steps']} steps, "
+                    f"{res['wall_s']:.1f}s)  [{time.time() - t0:.0f}s]")
+            else:
+                err = (run_dir / "stderr.log").read_text()[-4000:] if (run_dir / "stderr.log").exists() else ""
+                err = err or f"worker exited with code {proc.returncode}"
+                store.upsert(r["id"], status="failed", error=err, wall_s=time.time() - started, curve=_curve(run_dir))
+                counts["failed"] += 1
+                last = [ln for ln in err.strip().splitlines() if ln.strip()][-1:] or [""]
+                log(f"  FAILED {run_dir.name}: {last[0]}")
+    store.close()
+    return counts

@@ -1,0 +1,207 @@
+"""A model-agnostic trainer: any SequenceModel on any registered task.
+
+AdamW over ``model.param_groups(weight_decay)`` (no decay on norms, biases and tagged
+parameters), linear warmup then cosine decay (``get_lr``, a pure function of the step),
+global-norm gradient clipping, optional bfloat16 autocast, evaluation at every test length,
+early stop at a target metric. Deterministic given the seed: the model is initialised from
+``torch.manual_seed(seed)`` and batch s is a function of (seed, s) only, so resuming from a
+checkpoint (weights, optimizer, RNG, step) reproduces the uninterrupted run.
+
+Run directory: ``config.json`` (resolved config), ``metrics.jsonl`` (one JSON object per
+log/eval event), ``checkpoint.safetensors`` (latest), ``result.json`` (final metrics).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from rnnlab.tasks import metrics as M
+from rnnlab.train import distributed as D
+from rnnlab.train.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from rnnlab.train.config import resolve
+
+__all__ = ["get_lr", "evaluate", "train", "score_of"]
+
+CKPT, CONFIG, METRICS, RESULT = "checkpoint.safetensors", "config.json", "metrics.jsonl", "result.json"
+
+
+def get_lr(step: int, lr: float, warmup: int, total: int, min_lr_ratio: float) -> float:
+    """Learning rate at ``step`` (0-based): linear warmup over ``warmup`` steps to ``lr``, then cosine
+    decay to ``min_lr_ratio * lr`` at ``total`` (nanoGPT's get_lr)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if step >= total:
+        return lr * min_lr_ratio
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def evaluate(model, task, train_cfg, device) -> dict[int, dict[str, float]]:
+    """{test length: metrics} on the fixed test set of every test length."""
+    was = model.training
+    model.eval()
+    out = {}
+    for L in task.test_lengths:
+        sums: dict[str, float] = {}
+        for batch in task.test_batches(L, train_cfg.eval_examples, train_cfg.eval_batch_size, train_cfg.seed):
+            batch = batch.to(device)
+            with _autocast(device, train_cfg.bf16):
+                y, _ = model(batch.inputs)
+            sums = M.add_sums(sums, task.metric_sums(y.float(), batch.targets))
+        out[L] = task.finalize(sums)
+    model.train(was)
+    return out
+
+
+def score_of(evals: dict, metric: str) -> float:
+    """The primary metric averaged over test lengths."""
+    vals = [m[metric] for m in evals.values()]
+    return sum(vals) / len(vals)
+
+
+def _write_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_jsonl(path: Path, step: int) -> None:
+    """Drop records logged after ``step`` (a resumed run re-logs them)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def train(config: dict, resume: bool = False) -> dict[str, Any]:
+    """Train one run described by ``config`` (see rnnlab.train.config). -> the result dict (also in result.json)."""
+    from rnnlab.models import SequenceModel
+
+    resolved, task, model_cfg, tc = resolve(config)
+    device = _device(tc.device)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    rank, world = D.init_from_env(device)
+    main = rank == 0
+    if tc.batch_size % world:
+        raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the {world} processes")
+    run_dir = Path(resolved["run_dir"])
+    ckpt = run_dir / CKPT
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume and (run_dir / CONFIG).exists():
+            old = json.loads((run_dir / CONFIG).read_text())
+            diff = [s for s in ("task", "model", "train") if {k: v for k, v in old[s].items() if k not in ("progress", "threads", "device")}
+                    != {k: v for k, v in resolved[s].items() if k not in ("progress", "threads", "device")}]
+            if diff:
+                raise ValueError(f"--resume: config section(s) {diff} differ from {run_dir / CONFIG}; resume needs the same config")
+        (run_dir / CONFIG).write_text(json.dumps(resolved, indent=2))
+
+    torch.manual_seed(tc.seed)
+    model = SequenceModel(model_cfg).to(device)
+    params = [p for g in model.param_groups(tc.weight_decay) for p in g["params"]]
+    optimizer = torch.optim.AdamW(model.param_groups(tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2))
+    start, extra = 0, {"best": None, "wall_s": 0.0}
+    if resume and ckpt.exists():
+        start, extra = load_checkpoint(ckpt, model, optimizer)
+        if main:
+            _truncate_jsonl(run_dir / METRICS, start)
+    elif main and (run_dir / METRICS).exists():
+        (run_dir / METRICS).unlink()
+
+    b = tc.batch_size // world
+    metric, higher = task.primary_metric, task.higher_is_better
+    reached = lambda s: tc.target is not None and (s >= tc.target if higher else s <= tc.target)  # noqa: E731
+    best, evals, stopped_early = extra.get("best"), extra.get("evals"), False
+    if evals is not None:
+        evals = {int(k): v for k, v in evals.items()}
+    wall0, t_last, tok_last = time.time() - extra.get("wall_s", 0.0), time.time(), 0
+    bar = tqdm(total=tc.steps, initial=start, disable=not (tc.progress and main), desc=f"{task.name}/{model_cfg.mixer}",
+               dynamic_ncols=True)
+    step = start
+    if evals is not None and reached(score_of(evals, metric)):
+        stopped_early = True  # the checkpointed run had already stopped at its target
+    model.train()
+    while step < tc.steps and not stopped_early:
+        lr = get_lr(step, tc.lr, tc.warmup, tc.steps, tc.min_lr_ratio)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        full = task.train_batch(tc.batch_size, tc.seed, step)
+        count = task.count_scored(full.targets).clamp_min(1).to(device)
+        batch = full.rows(slice(rank * b, (rank + 1) * b)).to(device)
+        with _autocast(device, tc.bf16):
+            out, _ = model(batch.inputs)
+        loss_sum, _ = task.loss_terms(out.float(), batch.targets)
+        loss = loss_sum / count
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        D.all_reduce_grads(params)
+        gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip > 0 else torch.tensor(0.0)
+        optimizer.step()
+        step += 1
+        tok_last += full.inputs.shape[0] * full.inputs.shape[1]
+        if step % tc.log_every == 0 or step == tc.steps:
+            # the logged loss is the global-batch loss: sum the per-process parts
+            lval = loss.detach().clone()
+            if world > 1:
+                torch.distributed.all_reduce(lval)
+            now = time.time()
+            tps = tok_last / max(now - t_last, 1e-9)
+            t_last, tok_last = now, 0
+            rec = {"step": step, "loss": float(lval), "lr": lr, "grad_norm": float(gnorm), "tokens_per_s": tps}
+            if main:
+                _write_jsonl(run_dir / METRICS, rec)
+            bar.set_postfix(loss=f"{float(lval):.4f}", **({metric: f"{score_of(evals, metric):.3f}"} if evals else {}),
+                            tok_s=f"{tps:,.0f}")
+        if step % tc.eval_every == 0 or step == tc.steps:
+            evals = evaluate(model, task, tc, device)
+            s = score_of(evals, metric)
+            best = s if best is None or (s > best if higher else s < best) else best
+            if main:
+                _write_jsonl(run_dir / METRICS, {"step": step, "eval": {str(k): v for k, v in evals.items()}, "score": s})
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", **{metric: f"{s:.3f}"})
+            stopped_early = reached(s) and step < tc.steps
+        if step % tc.ckpt_every == 0 or step == tc.steps or stopped_early:
+            if main:
+                save_checkpoint(ckpt, model, optimizer, step,
+                                {"best": best, "evals": {str(k): v for k, v in (evals or {}).items()},
+                                 "wall_s": time.time() - wall0})
+        bar.update(1)
+    bar.close()
+    if evals is None or (step % tc.eval_every != 0 and step != tc.steps and not stopped_early):
+        evals = evaluate(model, task, tc, device)
+    result = {
+        "config_hash": resolved["run_dir"], "run_dir": str(run_dir), "task": task.name, "mixer": model_cfg.mixer,
+        "d_model": model_cfg.d_model, "n_layers": model_cfg.n_layers, "lr": tc.lr, "seed": tc.seed,
+        "steps": step, "stopped_early": stopped_early, "primary_metric": metric, "higher_is_better": higher,
+        "score": score_of(evals, metric), "best": best, "metrics": {str(k): v for k, v in evals.items()},
+        "num_parameters": model.num_parameters(), "state_size": model.state_size(task.seq_len),
+        "state_size_per_length": {str(L): model.state_size(L) for L in task.test_lengths},
+        "wall_s": time.time() - wall0,
+    }
+    del result["config_hash"]
+    if main:
+        (run_dir / RESULT).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def checkpoint_step(run_dir: str | Path) -> int | None:
+    """Step of the run's latest checkpoint, or None."""
+    p = Path(run_dir) / CKPT
+    return read_metadata(p)[0] if p.exists() else None

@@ -1,0 +1,179 @@
+"""Delta-rule ops: every fast form against its reference loop, values and gradients."""
+import pytest
+import torch
+
+from rnnlab.ops import delta as D
+from rnnlab.testing import assert_close
+
+TOL = 1e-4  # issue 8: float32 relative error of chunkwise vs reference, values and gradients
+
+
+def make(B, T, H, K, V, gated, beta_max=1.0, nh=None, seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    extra = () if nh is None else (nh,)
+    q = torch.randn(B, T, H, K, generator=gen)
+    k = D.l2norm(torch.randn(B, T, H, *extra, K, generator=gen))
+    v = torch.randn(B, T, H, *extra, V, generator=gen)
+    beta = torch.rand(B, T, H, *extra, generator=gen) * beta_max
+    g = -torch.rand(B, T, H, generator=gen) * 0.2 if gated else None
+    h0 = torch.randn(B, H, K, V, generator=gen)
+    ins = dict(q=q, k=k, v=v, g=g, beta=beta)
+    ins = {n: (t.to(dtype).requires_grad_() if t is not None else None) for n, t in ins.items()}
+    return ins, h0.requires_grad_()
+
+
+def run(fn, ins, h0, seed=1, **kw):
+    """Forward, then backward with random cotangents on o and the final state; returns values and grads."""
+    o, s = fn(**ins, initial_state=h0, output_final_state=True, **kw)
+    gen = torch.Generator().manual_seed(seed)
+    loss = (o.float() * torch.randn(o.shape, generator=gen)).sum() + (s * torch.randn(s.shape, generator=gen)).sum()
+    leaves = [t for t in ins.values() if t is not None] + [h0]
+    grads = torch.autograd.grad(loss, leaves)
+    names = [n for n, t in ins.items() if t is not None] + ["initial_state"]
+    return {"o": o, "final_state": s, **{f"d{n}": gr for n, gr in zip(names, grads)}}
+
+
+def compare(a, b, tol=TOL):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert_close(a[name], b[name], tol, name)
+
+
+def delta_fn(form, gated):
+    name = f"{form}_{'gated_' if gated else ''}delta_rule"
+    fn = getattr(D, name)
+    if gated:
+        return fn
+    return lambda g, **kw: fn(**kw)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("T", [1, 63, 64, 65])
+@pytest.mark.parametrize("beta_max", [1.0, 2.0])
+@pytest.mark.parametrize("form", ["chunk", "fused_recurrent"])
+def test_fast_vs_reference(form, T, gated, beta_max):
+    ins, h0 = make(2, T, 2, 16, 8, gated, beta_max)
+    ref = run(delta_fn("naive_recurrent", gated), ins, h0)
+    compare(run(delta_fn(form, gated), ins, h0), ref)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_chunk_long_beta_near_two(gated):
+    """T = 1000 with β ∈ (1.9, 2): negative eigenvalues near −1 over many chunks stay stable and exact."""
+    ins, h0 = make(1, 1000, 1, 8, 8, gated, seed=3)
+    with torch.no_grad():
+        ins["beta"].copy_(1.9 + 0.099 * ins["beta"])
+    ref = run(delta_fn("naive_recurrent", gated), ins, h0)
+    got = run(delta_fn("chunk", gated), ins, h0)
+    compare(got, ref)
+    assert ref["final_state"].abs().max() < 1e3  # bounded: the transitions have spectral norm <= 1
+
+
+@pytest.mark.parametrize("chunk_size", [16, 64])
+def test_chunk_sizes_and_l2norm_in_kernel(chunk_size):
+    ins, h0 = make(2, 37, 2, 16, 16, True)
+    with torch.no_grad():
+        ins["k"].mul_(3.0)  # unnormalized: the kernel normalizes
+    ref = run(D.naive_recurrent_gated_delta_rule, ins, h0, use_qk_l2norm_in_kernel=True)
+    compare(run(D.chunk_gated_delta_rule, ins, h0, use_qk_l2norm_in_kernel=True, chunk_size=chunk_size), ref)
+
+
+def test_no_initial_state_and_no_final_state():
+    ins, _ = make(1, 20, 2, 8, 8, True)
+    o, s = D.chunk_gated_delta_rule(**ins, chunk_size=8)
+    assert s is None
+    o_ref, _ = D.naive_recurrent_gated_delta_rule(**ins)
+    assert_close(o, o_ref, TOL)
+
+
+def test_split_sequence_with_state():
+    ins, h0 = make(1, 50, 2, 8, 8, True)
+    o, s = D.chunk_gated_delta_rule(**ins, initial_state=h0, output_final_state=True, chunk_size=16)
+    first = {n: t[:, :23] for n, t in ins.items()}
+    second = {n: t[:, 23:] for n, t in ins.items()}
+    o1, s1 = D.chunk_gated_delta_rule(**first, initial_state=h0, output_final_state=True, chunk_size=16)
+    o2, s2 = D.chunk_gated_delta_rule(**second, initial_state=s1, output_final_state=True, chunk_size=16)
+    assert_close(torch.cat([o1, o2], 1), o, 1e-5)
+    assert_close(s2, s, 1e-5)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_bf16_runs_with_fp32_state(gated):
+    ins, h0 = make(2, 70, 2, 16, 16, gated, dtype=torch.bfloat16)
+    o, s = delta_fn("chunk", gated)(**ins, initial_state=h0, output_final_state=True, chunk_size=32)
+    assert o.dtype == torch.bfloat16 and s.dtype == torch.float32
+    ref, s_ref = delta_fn("naive_recurrent", gated)(**{n: (t.float() if t is not None else None) for n, t in ins.items()}, initial_state=h0, output_final_state=True)
+    assert_close(o.float(), ref, 2e-2)
+    assert_close(s, s_ref, 2e-2)
+    o.float().sum().backward()
+    assert ins["q"].grad.dtype == torch.bfloat16 and torch.isfinite(ins["q"].grad.float()).all()
+
+
+# --------------------------------------------------------------------------- DeltaProduct
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("T", [1, 31, 33])
+@pytest.mark.parametrize("form", ["chunk", "fused_recurrent"])
+def test_delta_product_vs_reference(form, T, gated):
+    ins, h0 = make(2, T, 2, 8, 8, gated, beta_max=2.0, nh=2)
+    ref = run(D.naive_recurrent_delta_product, ins, h0, num_householder=2)
+    kw = dict(chunk_size=16) if form == "chunk" else {}
+    compare(run(getattr(D, f"{form}_delta_product"), ins, h0, num_householder=2, **kw), ref)
+
+
+def test_delta_product_nh1_is_delta_rule():
+    ins, h0 = make(2, 40, 2, 8, 8, True, nh=1)
+    got = run(D.chunk_delta_product, ins, h0, num_householder=1, chunk_size=16)
+    flat = dict(ins, k=ins["k"][:, :, :, 0], v=ins["v"][:, :, :, 0], beta=ins["beta"][..., 0])
+    o, s = D.chunk_gated_delta_rule(**flat, initial_state=h0, output_final_state=True, chunk_size=16)
+    assert_close(got["o"], o, 1e-6)
+    assert_close(got["final_state"], s, 1e-6)
+
+
+def test_delta_product_nh2_is_interleaved_delta_rule():
+    """Reference DeltaProduct (n_h = 2, written from eq. 3) == reference delta rule on the interleaved sequence."""
+    ins, h0 = make(1, 9, 2, 8, 8, True, nh=2)
+    o, s = D.naive_recurrent_delta_product(**ins, num_householder=2, initial_state=h0, output_final_state=True)
+    B, T, H, nh, K = ins["k"].shape
+    k2 = ins["k"].transpose(2, 3).reshape(B, T * nh, H, K)  # (B, T, n_h, H, K): sub-steps of a token adjacent
+    v2 = ins["v"].transpose(2, 3).reshape(B, T * nh, H, -1)
+    b2 = ins["beta"].transpose(2, 3).reshape(B, T * nh, H)
+    q2 = torch.zeros(B, T, nh, H, K)
+    q2[:, :, -1] = ins["q"]
+    g2 = torch.zeros(B, T, nh, H)
+    g2[:, :, 0] = ins["g"]
+    o2, s2 = D.naive_recurrent_gated_delta_rule(q2.reshape(B, T * nh, H, K), k2, v2, g2.reshape(B, T * nh, H), b2, scale=K**-0.5, initial_state=h0, output_final_state=True)
+    assert_close(o, o2[:, nh - 1 :: nh], 1e-6)
+    assert_close(s, s2, 1e-6)
+
+
+# --------------------------------------------------------------------------- bad input
+def test_bad_shapes_raise():
+    ins, h0 = make(1, 5, 2, 8, 8, True)
+    with pytest.raises(ValueError, match="beta"):
+        D.chunk_gated_delta_rule(**dict(ins, beta=ins["beta"][..., None]))
+    with pytest.raises(ValueError, match="g must be"):
+        D.chunk_gated_delta_rule(**dict(ins, g=ins["g"][:, :3]))
+    with pytest.raises(ValueError, match="initial_state"):
+        D.chunk_gated_delta_rule(**ins, initial_state=h0[:, :1])
+    with pytest.raises(ValueError, match="k must be"):
+        D.chunk_delta_product(**ins, num_householder=2)
+    with pytest.raises(ValueError, match="chunk_size"):
+        D.chunk_gated_delta_rule(**ins, chunk_size=0)
+
+
+# --------------------------------------------------------------------------- peer
+@pytest.mark.parametrize("l2", [False, True])
+def test_matches_transformers_qwen3_next(l2):
+    """Equal in values to HF transformers' pure-PyTorch torch_chunk_gated_delta_rule (Qwen3-Next)."""
+    pytest.importorskip("transformers")
+    try:
+        from transformers.models.qwen3_next.modeling_qwen3_next import torch_chunk_gated_delta_rule
+    except ImportError:
+        pytest.skip("this transformers version has no Qwen3-Next")
+    ins, h0 = make(2, 100, 2, 16, 16, True, beta_max=2.0)
+    with torch.no_grad():
+        o, s = D.chunk_gated_delta_rule(**ins, initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=l2)
+        o_hf, s_hf = torch_chunk_gated_delta_rule(ins["q"], ins["k"], ins["v"], ins["g"], ins["beta"], chunk_size=64,
+                                                  initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=l2)
+    assert_close(o, o_hf.to(o.dtype), 1e-5, "o")
+    assert_close(s, s_hf.float(), 1e-5, "final_state")

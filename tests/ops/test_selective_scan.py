@@ -1,0 +1,122 @@
+"""selective_scan fast forms vs the reference loop (values, gradients), memory bound, transitions."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rnnlab.ops.selective_scan import selective_scan, selective_scan_ref
+from rnnlab.testing import assert_close
+
+
+def _inputs(T, transition, with_h0, gating, Bsz=2, D=6, N=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(Bsz, T, D, generator=g)
+    if transition == "longhorn":
+        Bm = torch.randn(Bsz, T, N, generator=g) / N**0.5
+        beta = torch.sigmoid(torch.randn(Bsz, T, D, generator=g))
+        dt = beta / (1 + beta * Bm.square().sum(-1, keepdim=True))  # eps_t of Longhorn: a in (0, 1)
+        A = None
+    else:
+        dt = torch.nn.functional.softplus(torch.randn(Bsz, T, D, generator=g) - 1)
+        Bm = torch.randn(Bsz, T, N, generator=g)
+        A = -torch.rand(D, N, generator=g) * 2 - 0.1
+    C = torch.randn(Bsz, T, N, generator=g)
+    Dv = torch.randn(D, generator=g) if gating else None
+    z = torch.randn(Bsz, T, D, generator=g) if gating else None
+    h0 = torch.randn(Bsz, D, N, generator=g) if with_h0 else None
+    return dict(x=x, dt=dt, A=A, B=Bm, C=C, D=Dv, z=z, initial_state=h0)
+
+
+def _run(fn, inp, transition, **kw):
+    leaves = {k: v.clone().requires_grad_() for k, v in inp.items() if v is not None}
+    args = {**inp, **leaves}
+    y, h = fn(**args, transition=transition, **kw)
+    g = torch.Generator().manual_seed(5)
+    loss = (y * torch.randn(y.shape, generator=g)).sum() + (h * torch.randn(h.shape, generator=g)).sum()
+    names = sorted(leaves)
+    grads = torch.autograd.grad(loss, [leaves[k] for k in names])
+    return y, h, dict(zip(names, grads))
+
+
+@pytest.mark.parametrize("backend", ["kernel", "chunked"])
+@pytest.mark.parametrize("T", [1, 17, 64, 1000])
+@pytest.mark.parametrize("transition", ["exp", "exp_neg", "longhorn"])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_selective_scan_matches_reference(backend, T, transition, with_h0):
+    if T == 1000 and with_h0 and transition != "exp":
+        pytest.skip("one long length per transition is enough")
+    inp = _inputs(T, transition, with_h0, gating=with_h0)
+    y, h, grads = _run(selective_scan, inp, transition, backend=backend, chunk_size=16)
+    yr, hr, grads_r = _run(selective_scan_ref, inp, transition)
+    assert_close(y, yr, name="y")
+    assert_close(h, hr, name="h_last")
+    for k in grads_r:
+        assert_close(grads[k], grads_r[k], name=f"d{k}")
+
+
+def test_negative_transition_has_negative_eigenvalues():
+    from rnnlab.ops.selective_scan import transition_coeffs
+
+    a = transition_coeffs(torch.full((1, 3), 2.0), -torch.ones(3, 2), torch.zeros(1, 2), "exp_neg")
+    assert (a < 0).all() and (a > -1).all()
+
+
+@pytest.mark.parametrize("backend", ["kernel", "chunked"])
+def test_split_and_bf16(backend):
+    inp = _inputs(37, "exp", True, True)
+    y, h = selective_scan(**inp, backend=backend, chunk_size=8)
+    y1, h1 = selective_scan(**{k: (v[:, :20] if k in "x dt B C z" and v is not None else v) for k, v in inp.items()}, backend=backend)
+    rest = {k: (v[:, 20:] if k in "x dt B C z" and v is not None else v) for k, v in inp.items()}
+    rest["initial_state"] = h1
+    y2, h2 = selective_scan(**rest, backend=backend)
+    assert_close(torch.cat([y1, y2], 1), y)
+    assert_close(h2, h)
+    yb, hb = selective_scan(**{k: (v.bfloat16() if v is not None and k != "initial_state" else v) for k, v in inp.items()}, backend=backend)
+    assert yb.dtype == torch.bfloat16 and hb.dtype == torch.float32
+    assert_close(yb.float(), y, tol=2e-2)
+
+
+def test_bad_input_raises():
+    inp = _inputs(5, "exp", False, False)
+    with pytest.raises(ValueError, match="transition"):
+        selective_scan(**inp, transition="cos")
+    with pytest.raises(ValueError, match="A of shape"):
+        selective_scan(**{**inp, "A": torch.zeros(3, 3)})
+    with pytest.raises(ValueError, match="backend"):
+        selective_scan(**inp, backend="cuda")
+
+
+_MEM_SCRIPT = r"""
+import json, resource, sys, torch
+from rnnlab.ops.selective_scan import selective_scan
+torch.manual_seed(0)
+B, T, D, N = 4, 4096, 512, 16
+x, dt, z = torch.randn(B, T, D), torch.rand(B, T, D) * 0.1, torch.randn(B, T, D)
+Bm, Cm, A, Dv = torch.randn(B, T, N), torch.randn(B, T, N), -torch.rand(D, N), torch.randn(D)
+leaves = [t.requires_grad_() for t in (x, dt, Bm, Cm, A, Dv, z)]
+dy = torch.randn(B, T, D)
+sx, sdt, sB, sC, sA, sD, sz = [t[:1, :64].detach().requires_grad_() if t.dim() == 3 else t.detach() for t in leaves]
+selective_scan(sx, sdt, sA, sB, sC, sD, sz, backend=sys.argv[1])[0].sum().backward()  # warm up (compile/load kernels)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+y, h = selective_scan(x, dt, A, Bm, Cm, Dv, z, backend=sys.argv[1])
+y.backward(dy)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+io = sum(t.numel() * 4 for t in leaves) + y.numel() * 4 + h.numel() * 4
+grads = sum(t.numel() * 4 for t in leaves)
+print(json.dumps({"peak_bytes": peak, "io_bytes": io + grads, "state_bytes": B * T * D * N * 4}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["kernel", "chunked"])
+def test_peak_memory_within_2x_of_inputs_and_outputs(backend):
+    """B=4, T=4096, D=512, N=16 forward+backward in a fresh process: the growth of peak RSS over the
+    inputs stays within 2x of inputs + outputs + their gradients (the full state would be 2.2x that).
+    glibc's dynamic mmap threshold is pinned so freed chunk temporaries go back to the OS instead of
+    fragmenting the heap (peak RSS would otherwise count freed-but-resident pages, not what the op holds)."""
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, backend], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["peak_bytes"] <= 2 * r["io_bytes"], r
