@@ -66,10 +66,18 @@ register_op_bench(OpBench(
     flops=lambda B, T: chunk_delta_flops(B, T, nh=2),
     max_baseline_len=512,
 ))
+def chunk_rwkv7_flops(B: int, T: int, C: int = 16) -> float:
+    """Forward FLOPs of chunk_rwkv7 per (token, head): four decay-weighted Gram matrices (C·K each),
+    M_ak·V (C·V), the UT transform ((C²/6 + C·(V+K))), the chunk-local K̃ᵀV (K·V), the chunk pass
+    (2·K·V) and the three output products (K·V + 2·C·V); × 2 for multiply-add."""
+    per = 4 * C * K + C * V + C * C / 6 + C * (V + K) + 3 * K * V + K * V + 2 * C * V
+    return 2.0 * B * T * H * per
+
+
 register_op_bench(OpBench(
     name="rwkv7", family="delta",
     make_inputs=_rwkv7_inputs,
     forms={"reference": R.naive_recurrent_rwkv7, "fused_recurrent": R.fused_recurrent_rwkv7, "chunk": R.chunk_rwkv7},
-    flops=None,
+    flops=chunk_rwkv7_flops,
     max_baseline_len=512,
 ))

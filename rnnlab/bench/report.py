@@ -101,7 +101,7 @@ def _cell(row: dict | None, with_spread: bool = True, ratio: bool = False) -> st
     if row is None:
         return ""
     if row["error"]:
-        return "error"
+        return "timeout" if row["error"].startswith("BenchTimeout") else "error"
     if row["tokens_per_s"] is None:
         return "skip"
     s = _si(row["tokens_per_s"])
@@ -200,7 +200,7 @@ def format_tables(result: dict, fmt: str = "text", kinds=("mixer", "op", "peer")
                 if r is None:
                     cells.append("")
                 elif r["error"]:
-                    cells.append("error")
+                    cells.append("timeout" if r["error"].startswith("BenchTimeout") else "error")
                 elif r["latency_us"] is None:
                     cells.append("skip" if not r["note"] or "no recurrent" not in r["note"] else "n/a")
                 else:
@@ -269,7 +269,7 @@ def _lines(ax, rows, key, ylabel):
     series = defaultdict(list)
     fam = {}
     for r in rows:
-        if r[key] is not None and r["seq_len"]:
+        if r[key] and r["seq_len"]:  # log axes: positive values only
             series[r["name"]].append((r["seq_len"], r[key]))
             fam[r["name"]] = r["family"] or "other"
     import matplotlib

@@ -25,7 +25,7 @@ the previous length) are skipped with a ``note``.
 from __future__ import annotations
 
 import datetime as _dt
-import math
+import os
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -73,6 +73,7 @@ class BenchConfig:
     reps: int = 5
     budget_s: float = 2.0  # timed calls stop once this many seconds have been spent (>= 1 call)
     max_call_s: float = 15.0  # skip a length whose predicted single call exceeds this
+    time_budget_s: float | None = None  # whole run: past each benchmark's equal share, only its shortest T runs
     timeout_s: float = 120.0  # hard limit for one measurement (warm-up + reps + memory)
     memory: bool = True
     quick: bool = False
@@ -84,7 +85,7 @@ class BenchConfig:
         """Defaults of ``rnnlab bench`` (full) or ``rnnlab bench --quick``; ``overrides`` win (None ignored)."""
         base = dict(
             seq_lens=[128, 512], batch=2, d_model=128, dtypes=["float32"], decode_batches=[1, 16], decode_steps=12,
-            warmup=1, reps=3, budget_s=0.15, max_call_s=0.75, timeout_s=8.0, quick=True,
+            warmup=1, reps=3, budget_s=0.15, max_call_s=1.0, timeout_s=5.0, time_budget_s=120.0, quick=True,
         ) if quick else {}
         base.update({k: v for k, v in overrides.items() if v is not None})
         cfg = cls(**base)
@@ -164,14 +165,19 @@ def _mixer_subject(name: str, cfg: BenchConfig) -> Subject:
 
 
 class _Skipper:
-    """Predicts the next length's call time from the last one; says when to stop growing T."""
+    """Predicts the next length's call time from the last one; says when to stop growing T.
 
-    def __init__(self, max_call_s: float):
-        self.max_call_s, self.last, self.reason = max_call_s, None, None
+    ``deadline`` (time.time() value): past it, only the first length of a series is still measured.
+    """
+
+    def __init__(self, max_call_s: float, deadline: float | None = None):
+        self.max_call_s, self.last, self.reason, self.deadline = max_call_s, None, None, deadline
 
     def check(self, T: int) -> str | None:
         if self.reason:
             return self.reason
+        if self.last is not None and self.deadline is not None and time.time() > self.deadline:
+            return "skipped: this benchmark's share of the time budget (--quick) is spent"
         if self.last is not None:
             T0, t0 = self.last
             pred = t0 * T / T0
@@ -187,13 +193,17 @@ class _Skipper:
 
 
 def _measure(fn, cfg: BenchConfig, memory: bool):
+    """Warm-up (own, 3x longer limit: JIT compiles), then timed calls and the memory probe within timeout_s."""
+    with time_limit(3 * cfg.timeout_s):
+        for _ in range(cfg.warmup):
+            fn()
     with time_limit(cfg.timeout_s):
-        t = time_call(fn, warmup=cfg.warmup, reps=cfg.reps, budget_s=cfg.budget_s, device=cfg.device)
+        t = time_call(fn, warmup=0, reps=cfg.reps, budget_s=cfg.budget_s, device=cfg.device)
         mem = peak_rss_delta(fn, device=cfg.device) if memory else None
     return t, mem
 
 
-def _bench_subject(sub: Subject, cfg: BenchConfig, log) -> list[dict]:
+def _bench_subject(sub: Subject, cfg: BenchConfig, log, deadline: float | None = None) -> list[dict]:
     rows = []
     params = list(sub.module.parameters())
     n_params = sum(p.numel() for p in params)
@@ -208,7 +218,7 @@ def _bench_subject(sub: Subject, cfg: BenchConfig, log) -> list[dict]:
                 rows.append(_row(**base, mode=mode, batch=cfg.batch, error=f"cast to {dname}: {_err(e)}"))
             continue
         for mode in [m for m in cfg.modes if m in ("train", "prefill")]:
-            skip = _Skipper(cfg.max_call_s)
+            skip = _Skipper(cfg.max_call_s, deadline)
             for T in cfg.seq_lens:
                 r = _row(**base, mode=mode, batch=cfg.batch, seq_len=T, note=sub.note)
                 if sub.state_floats is not None:
@@ -251,11 +261,11 @@ def _bench_subject(sub: Subject, cfg: BenchConfig, log) -> list[dict]:
                     _free_grads(params)
                 rows.append(r)
         if "decode" in cfg.modes:
-            rows.extend(_bench_decode(sub, cfg, base, log))
+            rows.extend(_bench_decode(sub, cfg, base, log, deadline))
     return rows
 
 
-def _bench_decode(sub: Subject, cfg: BenchConfig, base: dict, log) -> list[dict]:
+def _bench_decode(sub: Subject, cfg: BenchConfig, base: dict, log, deadline: float | None = None) -> list[dict]:
     rows = []
     D, dtype = cfg.d_model, DTYPES[base["dtype"]]
     if sub.step is None:
@@ -267,7 +277,7 @@ def _bench_decode(sub: Subject, cfg: BenchConfig, base: dict, log) -> list[dict]
     contexts = cfg.seq_lens if grows else cfg.seq_lens[:1]
     sub.module.eval()
     for B in cfg.decode_batches:
-        skip = _Skipper(cfg.max_call_s * 4)
+        skip = _Skipper(cfg.max_call_s * 4, deadline)
         for ctx in contexts:
             r = _row(**base, mode="decode", batch=B, seq_len=ctx, note=sub.note)
             why = skip.check(ctx)
@@ -321,12 +331,12 @@ def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _bench_op(op, cfg: BenchConfig, roofline: dict, log) -> list[dict]:
+def _bench_op(op, cfg: BenchConfig, roofline: dict, log, deadline: float | None = None) -> list[dict]:
     rows = []
     for dname in cfg.dtypes:
         dtype = DTYPES[dname]
         for mode in [m for m in cfg.modes if m in ("train", "prefill")]:
-            skips = {form: _Skipper(cfg.max_call_s) for form in op.forms}
+            skips = {form: _Skipper(cfg.max_call_s, deadline) for form in op.forms}
             for T in cfg.seq_lens:
                 try:
                     torch.manual_seed(cfg.seed + T)
@@ -421,8 +431,28 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         f"copy {roofline['copy_gbps']} GB/s")
     rows: list[dict] = []
     notes: list[str] = []
+    load_before = _loadavg()
 
     names = available_mixers() if cfg.mixers is None else list(cfg.mixers)
+    op_names = available_op_benches() if cfg.ops is None else list(cfg.ops)
+    peer_subjects: list[Subject] = []
+    if cfg.peers:
+        from rnnlab.bench.peers import build_peers
+
+        peer_subjects, peer_notes = build_peers(cfg.d_model, only_vs=set(cfg.mixers) if cfg.mixers else None)
+        notes.extend(peer_notes)
+        for n in peer_notes:
+            log(f"  peers: {n}")
+    n_items = len(names) + len(op_names) + len(peer_subjects)
+    done = 0
+
+    def deadline() -> float | None:
+        """An equal share of what is left of the time budget for the next benchmark."""
+        if cfg.time_budget_s is None:
+            return None
+        left = cfg.time_budget_s - (time.time() - started)
+        return time.time() + max(0.0, left) / max(1, n_items - done)
+
     for name in names:
         t0 = time.time()
         try:
@@ -439,46 +469,46 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                     rows.append(_row(kind="mixer", name=name, family=fam, mode=mode, dtype=d, batch=cfg.batch,
                                      d_model=cfg.d_model, error=f"build: {_err(e)}"))
             log(f"  mixer {name}: build failed: {_err(e)}")
+            done += 1
             continue
         try:
-            new = _bench_subject(sub, cfg, log)
+            new = _bench_subject(sub, cfg, log, deadline())
         except Exception as e:  # a bug in the runner for this mixer must not stop the run
             new = [_row(kind="mixer", name=name, family=family, mode=m, dtype=cfg.dtypes[0], batch=cfg.batch,
                         d_model=cfg.d_model, error=f"runner: {_err(e)}") for m in cfg.modes]
             log(traceback.format_exc(limit=3))
         rows.extend(new)
+        done += 1
         log(f"  mixer {name:24s} {time.time() - t0:6.1f} s  {_summary(new)}")
         del sub
 
-    op_names = available_op_benches() if cfg.ops is None else list(cfg.ops)
     for name in op_names:
         t0 = time.time()
         try:
-            new = _bench_op(get_op_bench(name), cfg, roofline, log)
+            new = _bench_op(get_op_bench(name), cfg, roofline, log, deadline())
         except Exception as e:
             new = [_row(kind="op", name=name, mode=m, dtype=cfg.dtypes[0], batch=cfg.batch, error=_err(e)) for m in cfg.modes if m != "decode"]
         rows.extend(new)
+        done += 1
         log(f"  op    {name:24s} {time.time() - t0:6.1f} s  {_summary(new)}")
 
-    if cfg.peers:
-        from rnnlab.bench.peers import build_peers
-
-        subjects, peer_notes = build_peers(cfg.d_model, only_vs=None if cfg.mixers is None else set(cfg.mixers))
-        notes.extend(peer_notes)
-        for n in peer_notes:
-            log(f"  peers: {n}")
-        for sub in subjects:
-            t0 = time.time()
-            try:
-                new = _bench_subject(sub, cfg, log)
-            except Exception as e:
-                new = [_row(kind="peer", name=sub.name, mode=m, dtype=cfg.dtypes[0], batch=cfg.batch, error=f"runner: {_err(e)}") for m in cfg.modes]
-            rows.extend(new)
-            log(f"  peer  {sub.name:24s} {time.time() - t0:6.1f} s  {_summary(new)}")
-        _peer_ratios(rows)
+    for sub in peer_subjects:
+        t0 = time.time()
+        try:
+            new = _bench_subject(sub, cfg, log, deadline())
+        except Exception as e:
+            new = [_row(kind="peer", name=sub.name, mode=m, dtype=cfg.dtypes[0], batch=cfg.batch, error=f"runner: {_err(e)}") for m in cfg.modes]
+        rows.extend(new)
+        done += 1
+        log(f"  peer  {sub.name:24s} {time.time() - t0:6.1f} s  {_summary(new)}")
+    _peer_ratios(rows)
 
     if not (rows and any(r["peak_mem_bytes"] is not None for r in rows)) and cfg.memory:
         notes.append("peak memory not measurable here (needs Linux + glibc /proc/self/clear_refs); reported as null")
+    machine["loadavg_1m"] = {"start": load_before, "end": _loadavg()}
+    if machine["loadavg_1m"]["end"] and machine["usable_cpus"] and max(load_before or 0, machine["loadavg_1m"]["end"]) > machine["usable_cpus"]:
+        notes.append(f"the machine was busy with other work (1-minute load average {load_before} -> "
+                     f"{machine['loadavg_1m']['end']} on {machine['usable_cpus']} CPUs): figures are lower and noisier than on an idle machine")
     cfg_dict = asdict(cfg)
     return {
         "schema": SCHEMA_VERSION,
@@ -494,6 +524,13 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     }
 
 
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def _summary(rows: list[dict]) -> str:
     ok = sum(1 for r in rows if r["tokens_per_s"])
     err = sum(1 for r in rows if r["error"])
@@ -505,6 +542,3 @@ def _summary(rows: list[dict]) -> str:
         s += f", {err} errors"
     return s
 
-
-def nan_to_none(x):
-    return None if isinstance(x, float) and not math.isfinite(x) else x

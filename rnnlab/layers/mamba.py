@@ -27,25 +27,21 @@ from rnnlab.layers.parts import ShortConv
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.selective_scan import selective_scan, selective_scan_step
 
-__all__ = ["Mamba"]
+__all__ = ["Mamba", "SelectiveBlock"]
 
 
-@register_mixer("mamba", family="diagonal", small={"d_state": 4, "chunk_size": 16})
-class Mamba(Mixer):
-    """Mamba mixer: x (B, T, D) -> y (B, T, D); state conv (B, d_conv-1, d_inner), ssm (B, d_inner, d_state).
+class SelectiveBlock(Mixer):
+    """The Mamba block around a selective scan (shared by ``mamba`` and ``longhorn``):
+    in-projection to (x, z), SiLU(depthwise causal conv(x)), x-projection to (Δ, B, C) with a
+    low-rank Δ, the scan with D skip and SiLU(z) gate, out-projection.  Subclasses give
+    ``_scan_params(dt_raw, B, C) -> (dt, A, B, C)`` and ``transition``."""
 
-    d_state: N; expand: d_inner = expand·d_model; d_conv: conv width; dt_rank: rank of the Δ
-    projection ("auto" = ceil(d_model/16)); dt_min/dt_max/dt_init_floor: Δ initialization;
-    negative_eigenvalues: transition 2·exp(ΔA) − 1; backend/chunk_size: selective_scan's.
-    """
+    transition = "exp"
 
-    def __init__(self, d_model: int, d_state: int = 16, expand: int = 2, d_conv: int = 4, dt_rank: int | str = "auto",
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4, negative_eigenvalues: bool = False,
-                 backend: str = "auto", chunk_size: int = 64):
+    def __init__(self, d_model: int, d_state: int, expand: int, d_conv: int, dt_rank: int | str, backend: str, chunk_size: int):
         super().__init__(d_model)
         self.d_state, self.d_inner = d_state, expand * d_model
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.transition = "exp_neg" if negative_eigenvalues else "exp"
         self.backend, self.chunk_size = backend, chunk_size
         di = self.d_inner
         self.in_proj = nn.Linear(d_model, 2 * di, bias=False)
@@ -53,16 +49,13 @@ class Mamba(Mixer):
         self.x_proj = nn.Linear(di, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, di, bias=True)
         self.out_proj = nn.Linear(di, d_model, bias=False)
-        # Δ initialization (mamba_simple.py): W_Δ ~ U(±dt_rank^-0.5), b_Δ = softplus^-1(Δ0), Δ0 log-uniform
         std = self.dt_rank**-0.5
         nn.init.uniform_(self.dt_proj.weight, -std, std)
-        dt = torch.exp(torch.rand(di) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
-        with torch.no_grad():
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        # S4D-real: A_n = -(n + 1)
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(di, 1))
         self.D = nn.Parameter(torch.ones(di))
-        no_weight_decay(self.A_log, self.D)
+        no_weight_decay(self.D)
+
+    def _scan_params(self, dt: Tensor, Bm: Tensor, Cm: Tensor):
+        raise NotImplementedError
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         return {
@@ -74,28 +67,52 @@ class Mamba(Mixer):
         return self.conv.state_size() + self.d_inner * self.d_state
 
     def _inputs(self, x: Tensor, state: State):
-        """x (B, T, D) -> conv'd x, Δ, B, C, z (all (B, T, ·)), new conv state."""
-        xz = self.in_proj(x)
-        xi, z = xz.chunk(2, dim=-1)
+        """x (B, T, D) -> conv'd x, Δ, A, B, C, z (all (B, T, ·) but A (d_inner, N)), new conv state."""
+        xi, z = self.in_proj(x).chunk(2, dim=-1)
         xi, conv_state = self.conv(xi, state["conv"])
         dt, Bm, Cm = self.x_proj(xi).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(self.dt_proj(dt).float())  # Δ in float32 (it multiplies the state)
-        return xi, dt, Bm, Cm, z, conv_state
+        dt, A, Bm, Cm = self._scan_params(self.dt_proj(dt).float(), Bm.float(), Cm.float())  # float32: they touch the state
+        return xi, dt, A, Bm, Cm, z, conv_state
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        xi, dt, Bm, Cm, z, conv_state = self._inputs(x, state)
-        A = -torch.exp(self.A_log.float())
+        xi, dt, A, Bm, Cm, z, conv_state = self._inputs(x, state)
         y, h = selective_scan(xi, dt, A, Bm, Cm, self.D, z, initial_state=state["ssm"], transition=self.transition,
                               backend=self.backend, chunk_size=self.chunk_size)
         return self.out_proj(y.to(x.dtype)), {"conv": conv_state, "ssm": h}
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        xi, dt, Bm, Cm, z, conv_state = self._inputs(x, state)
-        A = -torch.exp(self.A_log.float())
+        xi, dt, A, Bm, Cm, z, conv_state = self._inputs(x, state)
         xf = xi[:, 0].float()
-        y, h = selective_scan_step(xf, dt[:, 0], A, Bm[:, 0].float(), Cm[:, 0].float(), state["ssm"].float(), self.transition)
+        y, h = selective_scan_step(xf, dt[:, 0], A, Bm[:, 0], Cm[:, 0], state["ssm"].float(), self.transition)
         y = (y + self.D.float() * xf) * F.silu(z[:, 0].float())
         return self.out_proj(y.unsqueeze(1).to(x.dtype)), {"conv": conv_state, "ssm": h}
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, transition={self.transition!r}"
+
+
+@register_mixer("mamba", family="diagonal", small={"d_state": 4, "chunk_size": 16})
+class Mamba(SelectiveBlock):
+    """Mamba mixer: x (B, T, D) -> y (B, T, D); state conv (B, d_conv-1, d_inner), ssm (B, d_inner, d_state).
+
+    d_state: N; expand: d_inner = expand·d_model; d_conv: conv width; dt_rank: rank of the Δ
+    projection ("auto" = ceil(d_model/16)); dt_min/dt_max/dt_init_floor: Δ initialization;
+    negative_eigenvalues: transition 2·exp(ΔA) − 1; backend/chunk_size: selective_scan's.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, expand: int = 2, d_conv: int = 4, dt_rank: int | str = "auto",
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4, negative_eigenvalues: bool = False,
+                 backend: str = "auto", chunk_size: int = 64):
+        super().__init__(d_model, d_state, expand, d_conv, dt_rank, backend, chunk_size)
+        self.transition = "exp_neg" if negative_eigenvalues else "exp"
+        di = self.d_inner
+        # b_Δ = softplus^-1(Δ0), Δ0 log-uniform in [dt_min, dt_max] (mamba_simple.py)
+        dt = torch.exp(torch.rand(di) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        # S4D-real: A_n = -(n + 1)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(di, 1))
+        no_weight_decay(self.A_log)
+
+    def _scan_params(self, dt: Tensor, Bm: Tensor, Cm: Tensor):
+        return F.softplus(dt), -torch.exp(self.A_log.float()), Bm, Cm

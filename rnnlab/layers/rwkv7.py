@@ -20,10 +20,12 @@ orthogonal × 0.1; W_o zero (``zero_init_output``); GroupNorm eps = head_size ·
 Simplifications: the value residual (v ← lerp(v, v_first, σ(v0 + x_v V1 V2)) for layers > 0)
 needs the first layer's v from the block, which rnnlab's block does not pass: it is disabled
 (so there are no v0/V1/V2 parameters). No ``negative_eigenvalues`` option: the paper keeps
-a ∈ (0, 1). The parallel form uses the op's fast form, ``chunk_rwkv7`` (see rnnlab/ops/rwkv7.py).
+a ∈ (0, 1). The parallel form is the chunkwise op ``chunk_rwkv7``, the step the rank-one
+``fused_recurrent_rwkv7`` (rnnlab/ops/rwkv7.py).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -65,12 +67,16 @@ class RWKV7TimeMix(Mixer):
     and S (B, H, K, K) float32 (stored as Sᵀ, see rnnlab/ops/rwkv7.py).
 
     head_size: K (D must be a multiple); layer_idx, num_layers: for the layer-dependent init;
-    zero_init_output: W_o = 0 as the authors do (the output is then zero until trained; the small
+    chunk_size: chunk of the chunkwise op; zero_init_output: W_o = 0 as the authors do (the output is then zero until trained; the small
     conformance instance turns it off so that its outputs are informative).
     """
 
-    def __init__(self, d_model: int, head_size: int = 64, layer_idx: int = 0, num_layers: int = 12, zero_init_output: bool = True):
+    def __init__(self, d_model: int, head_size: int = 64, layer_idx: int = 0, num_layers: int = 12, zero_init_output: bool = True,
+                 chunk_size: int = 16):
         super().__init__(d_model)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.chunk_size = chunk_size
         if head_size < 1 or d_model % head_size:
             raise ValueError(f"d_model ({d_model}) must be a positive multiple of head_size, got head_size={head_size}")
         if num_layers < 1 or not 0 <= layer_idx < num_layers:
@@ -140,8 +146,8 @@ class RWKV7TimeMix(Mixer):
         return y, {"shift": x[:, -1].to(state["shift"].dtype), "S": S.to(state["S"].dtype)}
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, T, D) -> (y (B, T, D), state) with the op's fast form."""
-        return self._mix(x, state, chunk_rwkv7)
+        """x (B, T, D) -> (y (B, T, D), state): chunkwise form of the op."""
+        return self._mix(x, state, functools.partial(chunk_rwkv7, chunk_size=self.chunk_size))
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, 1, D) -> (y (B, 1, D), state): one diagonal-plus-rank-one update."""

@@ -138,23 +138,90 @@ def fused_recurrent_delta_rule(q, k, v, beta, scale=None, initial_state=None, ou
 
 
 # --------------------------------------------------------------------------- chunkwise (WY / UT)
-class _UnitLowerInverse(torch.autograd.Function):
-    """A (..., C, C) strictly lower -> (I + A)⁻¹ (unit lower triangular).
-    Forward: one batched triangular solve; backward: dA = −tril₋₁(Tᵀ dT Tᵀ) (two matmuls)."""
+def _mm(lowp: bool):
+    """Matmul for the batched intra-chunk products: bfloat16 operands (fp32 accumulation, ~5x the
+    fp32 throughput on CPU) when the inputs were bfloat16, else plain float32."""
+    if lowp:
+        return lambda a, b: (a.bfloat16() @ b.bfloat16()).float()
+    return torch.matmul
+
+
+class _UnitLowerSolve(torch.autograd.Function):
+    """A (..., C, C), R (..., C, M) -> X = (I + tril₋₁(A))⁻¹ R: the UT transform of all chunks at once.
+
+    Forward: the inverse T by one batched triangular solve (only A's strictly lower part is read),
+    then one matmul. Backward (hand-written, two matmuls): dR = Tᵀ dX, dA = −tril₋₁(dR Xᵀ)."""
 
     @staticmethod
-    def forward(ctx, A):
+    def forward(ctx, A, R, lowp):
         C = A.shape[-1]
         eye = torch.eye(C, dtype=A.dtype, device=A.device)
-        Tinv = torch.linalg.solve_triangular(A + eye, eye.expand_as(A), upper=False, unitriangular=True)
-        ctx.save_for_backward(Tinv)
-        return Tinv
+        Tinv = torch.linalg.solve_triangular(A, eye.expand_as(A), upper=False, unitriangular=True)
+        X = _mm(lowp)(Tinv, R)
+        ctx.lowp = lowp
+        ctx.save_for_backward(Tinv, X)
+        return X
 
     @staticmethod
-    def backward(ctx, dT):
-        (Tinv,) = ctx.saved_tensors
-        Tt = Tinv.transpose(-1, -2)
-        return -torch.tril(Tt @ dT @ Tt, -1)
+    def backward(ctx, dX):
+        Tinv, X = ctx.saved_tensors
+        mm = _mm(ctx.lowp)
+        dR = mm(Tinv.mT, dX)
+        return -torch.tril(mm(dR, X.mT), -1), dR, None
+
+
+class _ChunkPass(torch.autograd.Function):
+    """The sequential part of the WY form, over chunks n = 0..N-1 (chunk axis first):
+
+        W_n = U_n − Wk_n S_n,   S_{n+1} = d_n ⊙ S_n + kd_nᵀ W_n (+ E_n)
+
+    U (N, B, H, C, V), Wk and kd (N, B, H, C, K), d (N, B, H, 1, 1) scalar or (N, B, H, K, 1)
+    per-key chunk decay, or None; E (N, B, H, K, V) or None; S0 (B, H, K, V)
+    -> W (N, B, H, C, V), S (N+1, B, H, K, V): the state entering each chunk, then the final one.
+    Two small matmuls per chunk each way; the backward's other products are batched over chunks.
+    Shared by the delta rule (here) and RWKV-7's chunkwise form (rnnlab/ops/rwkv7.py)."""
+
+    @staticmethod
+    def forward(ctx, U, Wk, kd, d, E, S0):
+        N, B, H, C, V = U.shape
+        K = Wk.shape[-1]
+        W = torch.empty_like(U)
+        S = U.new_empty(N + 1, B, H, K, V)
+        S[0] = S0
+        U3, Wk3, kdT3, W3, S3 = U.view(N, B * H, C, V), Wk.view(N, B * H, C, K), kd.view(N, B * H, C, K).mT, W.view(N, B * H, C, V), S.view(N + 1, B * H, K, V)
+        for n in range(N):
+            torch.baddbmm(U3[n], Wk3[n], S3[n], alpha=-1, out=W3[n])
+            if d is None:
+                S[n + 1].copy_(S[n])
+            else:
+                torch.mul(S[n], d[n], out=S[n + 1])
+            if E is not None:
+                S[n + 1].add_(E[n])
+            S3[n + 1].baddbmm_(kdT3[n], W3[n])
+        ctx.has_E = E is not None
+        ctx.save_for_backward(Wk, kd, d, W, S)
+        return W, S
+
+    @staticmethod
+    def backward(ctx, dW_out, dS_out):
+        Wk, kd, d, W, S = ctx.saved_tensors
+        N, B, H, C, V = W.shape
+        K = Wk.shape[-1]
+        dW = dW_out.clone() if dW_out is not None else torch.zeros_like(W)
+        dS_out = dS_out if dS_out is not None else torch.zeros_like(S)
+        dS_next = torch.empty_like(S[1:])  # gradient w.r.t. S_{n+1}, kept for the batched products below
+        dS = dS_out[N].clone()
+        Wk3, kd3, dW3 = Wk.view(N, B * H, C, K), kd.view(N, B * H, C, K), dW.view(N, B * H, C, V)
+        for n in range(N - 1, -1, -1):
+            dS_next[n] = dS
+            dW3[n].baddbmm_(kd3[n], dS.view(B * H, K, V))
+            dS_prev = dS * d[n] if d is not None else dS.clone()
+            dS_prev.view(B * H, K, V).baddbmm_(Wk3[n].mT, dW3[n], alpha=-1)
+            dS = dS_prev.add_(dS_out[n])
+        dWk = -(dW @ S[:N].mT)  # (N, B, H, C, K)
+        dkd = W @ dS_next.mT  # (N, B, H, C, K)
+        dd = (S[:N] * dS_next).sum_to_size(d.shape) if d is not None else None
+        return dW, dWk, dkd, dd, (dS_next if ctx.has_E else None), dS
 
 
 def _chunk_core(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, chunk_size):
@@ -165,72 +232,54 @@ def _chunk_core(q, k, v, g, beta, scale, initial_state, output_final_state, use_
     w_j = β_j(v_j − e^{γ_j} S₀ᵀk_j − Σ_{m<j} e^{γ_j−γ_m}(k_jᵀk_m) w_m). In matrix form
     (I + A) W = diag(β)V − diag(β e^{γ}) K S₀ with A_jm = β_j e^{γ_j−γ_m} k_jᵀk_m (m < j), so with
     T = (I + A)⁻¹ (the UT transform, one triangular solve per chunk, all chunks at once):
-        U = T diag(β) V,  Wk = T diag(β e^{γ}) K,  W = U − Wk S₀                 (WY form)
+        [U, Wk] = T [diag(β) V, diag(β e^{γ}) K],   W = U − Wk S₀                 (WY form)
         O = (Q ⊙ e^{γ}) S₀ + (QKᵀ ⊙ e^{γ_i−γ_j} ⊙ causal) W
         S_C = e^{γ_C} S₀ + (K ⊙ e^{γ_C−γ})ᵀ W
-    Only W and S_C need the sequential pass over chunks (two matmuls per chunk); everything else
-    is batched over all chunks. All ratios are exp of differences ≤ 0, so nothing overflows.
-    Gradients: autograd through this computation (memory O(T·(K+V) + T/C·K·V)), with a
-    hand-written backward for the triangular inverse.
+    Only W and S_C need the sequential pass over chunks (``_ChunkPass``, two matmuls per chunk);
+    everything else is batched over all chunks. All ratios are exp of differences ≤ 0, so nothing
+    overflows. Gradients: autograd through the batched parts, hand-written backward for the UT
+    transform and the chunk pass; memory O(T·(C+K+V) + T/C·K·V).
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
     C = chunk_size
+    lowp = q.dtype == torch.bfloat16
+    mm = _mm(lowp)
     qs, ks = _prep(q, k, scale, use_qk_l2norm_in_kernel)
     vf, bf = v.float(), beta.float()
     pad = (-T) % C
     if pad:  # zero keys, β = 0, g = 0 after the end: the state passes through unchanged
         qs, ks, vf = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (qs, ks, vf))
         bf = F.pad(bf, (0, 0, 0, pad))
-    N = (T + pad) // C
-    # one contiguous copy each: the batched matmuls below then read them without further copies
-    qc = rearrange(qs, "b (n c) h k -> b h n c k", c=C).contiguous()
-    kc = rearrange(ks, "b (n c) h k -> b h n c k", c=C).contiguous()
-    vc = rearrange(vf, "b (n c) h v -> b h n c v", c=C).contiguous()
-    bc = rearrange(bf, "b (n c) h -> b h n c", c=C)[..., None]  # (B, H, N, C, 1)
-    ones = torch.ones(C, C, dtype=torch.bool, device=q.device)
-    strict, causal = torch.tril(ones, -1), torch.tril(ones)
-    # bfloat16 inputs: the batched intra-chunk matmuls run in bfloat16 (fp32 accumulation; ~5x the
-    # fp32 throughput on CPU); the triangular inverse, the chunk pass and the state stay in float32
-    if q.dtype == torch.bfloat16:
-        def mm(a, b):
-            return (a.bfloat16() @ b.bfloat16()).float()
-    else:
-        mm = torch.matmul
+    # chunk axis first, one contiguous copy each: every batched matmul reads them without copies
+    qc = rearrange(qs, "b (n c) h k -> n b h c k", c=C).contiguous()
+    kc = rearrange(ks, "b (n c) h k -> n b h c k", c=C).contiguous()
+    vc = rearrange(vf, "b (n c) h v -> n b h c v", c=C).contiguous()
+    bc = rearrange(bf, "b (n c) h -> n b h c", c=C)[..., None]  # (N, B, H, C, 1)
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     kb = kc * bc
-    A = mm(kb, kc.transpose(-1, -2))  # (B, H, N, C, C)
-    P = mm(qc, kc.transpose(-1, -2))  # (B, H, N, C, C)
+    A = mm(kb, kc.mT)  # (N, B, H, C, C); only the strictly lower part is used
+    P = mm(qc, kc.mT)  # (N, B, H, C, C)
     if g is not None:
-        gf = g.float()
-        if pad:
-            gf = F.pad(gf, (0, 0, 0, pad))
-        gam = rearrange(gf, "b (n c) h -> b h n c", c=C).cumsum(-1)  # (B, H, N, C)
+        gf = F.pad(g.float(), (0, 0, 0, pad)) if pad else g.float()
+        gam = rearrange(gf, "b (n c) h -> n b h c", c=C).cumsum(-1)  # (N, B, H, C)
         diff = gam[..., :, None] - gam[..., None, :]  # γ_i − γ_j
-        decay = torch.where(causal, diff, diff.new_full((), -float("inf"))).exp()  # (B, H, N, C, C), ≤ 1
+        decay = diff.masked_fill(~causal, -float("inf")).exp()  # (N, B, H, C, C), ≤ 1, zero above the diagonal
         A, P = A * decay, P * decay
-        eg = gam.exp()[..., None]  # (B, H, N, C, 1)
+        eg = gam.exp()[..., None]  # (N, B, H, C, 1)
         qc, kbg = qc * eg, kb * eg
         kd = kc * (gam[..., -1:, None] - gam[..., None]).exp()  # k_j e^{γ_C − γ_j}
-        dC = gam[..., -1].exp()[..., None, None].unbind(2)  # per chunk (B, H, 1, 1)
+        dC = gam[..., -1].exp()[..., None, None]  # (N, B, H, 1, 1)
     else:
-        kbg, kd, dC = kb, kc, [None] * N
-    Tinv = _UnitLowerInverse.apply(A.masked_fill(~strict, 0.0))
-    U = mm(Tinv, vc * bc)  # (B, H, N, C, V)
-    Wk = mm(Tinv, kbg)  # (B, H, N, C, K)
-    P = P.masked_fill(~causal, 0.0)
-
-    S = q.new_zeros(B, H, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
-    Ws, Ss = [], []
-    for Un, Wkn, kdn, dn in zip(U.unbind(2), Wk.unbind(2), kd.unbind(2), dC):
-        Ss.append(S)
-        W = Un - Wkn @ S
-        Ws.append(W)
-        S = (S if dn is None else S * dn) + kdn.transpose(-1, -2) @ W
-    Wall = torch.stack(Ws, 2)  # (B, H, N, C, V)
-    Sall = torch.stack(Ss, 2)  # (B, H, N, K, V)
-    o = mm(qc, Sall) + mm(P, Wall)
-    o = rearrange(o, "b h n c v -> b (n c) h v")[:, :T].to(v.dtype)
-    return o, (S if output_final_state else None)
+        P = P.masked_fill(~causal, 0.0)
+        kbg, kd, dC = kb, kc, None
+    X = _UnitLowerSolve.apply(A, torch.cat([vc * bc, kbg], -1), lowp)  # (N, B, H, C, V + K)
+    U, Wk = X[..., :V], X[..., V:]
+    S0 = q.new_zeros(B, H, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
+    W, S = _ChunkPass.apply(U.contiguous(), Wk.contiguous(), kd, dC, None, S0)
+    o = mm(qc, S[:-1]) + mm(P, W)  # (N, B, H, C, V)
+    o = rearrange(o, "n b h c v -> b (n c) h v")[:, :T].to(v.dtype)
+    return o, (S[-1] if output_final_state else None)
 
 
 def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False, chunk_size=64):

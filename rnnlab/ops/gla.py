@@ -243,6 +243,20 @@ def _intra_vector(q: Tensor, k: Tensor, G: Tensor, dt: torch.dtype) -> Tensor:
     return A.flatten(-4, -3).flatten(-2, -1)
 
 
+def _tier(G: Tensor, kind: str) -> str:
+    """Which factorization of A the decays allow; G (..., L, K or 1) the in-chunk inclusive cumsum.
+
+    "chunk": one midpoint per chunk, |exponents| <= _MAX_EXP (the common case; cheapest);
+    "exact_mask": scalar decay, the exact (L, L) decay mask; "sub_chunk": per-key decay through
+    sub-chunks of 16 (see :func:`_intra_vector`, which may fall back to exact pairwise factors)."""
+    L = G.shape[-2]
+    M = G[..., L // 2 : L // 2 + 1, :]
+    bound = torch.maximum(G[..., 0, :] - M[..., 0, :], M[..., 0, :] - G[..., -1, :]).detach().amax() if G.numel() else 0.0
+    if float(bound) <= _MAX_EXP:
+        return "chunk"
+    return "exact_mask" if kind == "scalar" else "sub_chunk"
+
+
 def _chunk(q, k, v, g, kind, scale, initial_state, output_final_state, chunk_size):
     """The chunkwise form for kind in {"vector", "scalar", "none"}; see the module docstring."""
     B, T, H, K = q.shape
@@ -255,34 +269,46 @@ def _chunk(q, k, v, g, kind, scale, initial_state, output_final_state, chunk_siz
         L = min(chunk_size, T)
     NC = -(-T // L)
     pad = NC * L - T
-    qf, kf = q.to(acc) * scale, k.to(acc)
     gf = _decay_shape(g, kind)
     if pad:  # padded steps: zero inputs, no decay
-        qf, kf, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (qf, kf, v))
+        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
         gf = F.pad(gf, (0, 0, 0, 0, 0, pad)) if gf is not None else None
-    qc, kc = (rearrange(t, "b (n l) h k -> b h n l k", l=L) for t in (qf, kf))  # (B, H, NC, L, K)
-    vc = rearrange(v, "b (n l) h v -> b h n l v", l=L).to(dt)  # (B, H, NC, L, V)
+    to_chunks = lambda t: rearrange(t, "b (n l) h k -> b h n l k", l=L)  # (B, H, NC, L, K): a view, copied by the first op
+    qc, kc, vc = to_chunks(q), to_chunks(k), to_chunks(v).to(dt)
+    mask = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
 
     if gf is None:
-        q_in, k_st, decay, A = qc, kc, None, _intra_scalar(qc, kc, None, dt)
+        q_in, k_st, decay = (qc * scale).to(dt), kc.to(dt), None
+        A = (q_in @ k_st.transpose(-1, -2)).masked_fill(~mask, 0.0)  # (B, H, NC, L, L)
     else:
-        G = rearrange(gf.to(acc), "b (n l) h k -> b h n l k", l=L).cumsum(-2)  # (B, H, NC, L, K or 1) inclusive
+        G = to_chunks(gf.to(acc)).cumsum(-2)  # (B, H, NC, L, K or 1) inclusive
         GL = G[..., -1:, :]  # (B, H, NC, 1, K or 1)
-        q_in, k_st, decay = qc * torch.exp(G), kc * torch.exp(GL - G), torch.exp(GL[..., 0, :])  # decay (B, H, NC, K or 1)
-        A = _intra_vector(qc, kc, G, dt) if kind == "vector" else _intra_scalar(qc, kc, G, dt)  # (B, H, NC, L, L)
+        decay = torch.exp(GL[..., 0, :])  # (B, H, NC, K or 1)
+        tier = _tier(G, kind)
+        if tier == "chunk":  # q_t e^{G_t - M} . k_s e^{M - G_s}; the inter-chunk factors follow by a broadcast
+            M = G[..., L // 2 : L // 2 + 1, :]
+            D = G - M
+            qt, kt = qc * (torch.exp(D) * scale), kc * torch.exp(-D)  # (B, H, NC, L, K), acc
+            q_in, k_st = qt * torch.exp(M), kt * torch.exp(GL - M)
+            A = (qt.to(dt) @ kt.to(dt).transpose(-1, -2)).masked_fill(~mask, 0.0)  # (B, H, NC, L, L)
+        else:
+            qs = qc * scale
+            q_in, k_st = qs * torch.exp(G), kc * torch.exp(GL - G)
+            A = _intra_scalar(qs, kc.to(acc), G, dt) if tier == "exact_mask" else _intra_vector(qs, kc.to(acc), G, dt)
+        q_in, k_st = q_in.to(dt), k_st.to(dt)
 
     # chunk-local states, then the pass across chunks (the only sequential part)
-    S_loc = (k_st.to(dt).transpose(-1, -2) @ vc).to(acc)  # (B, H, NC, K, V)
+    S_loc = (k_st.transpose(-1, -2) @ vc).to(acc)  # (B, H, NC, K, V)
     S = q.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else initial_state.to(acc)
     states = []
     for c, Sc in enumerate(S_loc.unbind(2)):
         states.append(S)
         if c < NC - 1 or output_final_state:
             S = (S * decay[:, :, c, :, None] if decay is not None else S) + Sc
-    S_in = torch.stack(states, 2)  # (B, H, NC, K, V)
+    S_in = torch.stack(states, 2).to(dt)  # (B, H, NC, K, V)
 
-    o = (q_in.to(dt) @ S_in.to(dt)).to(acc) + (A.to(dt) @ vc).to(acc)  # (B, H, NC, L, V)
-    o = rearrange(o, "b h n l v -> b (n l) h v")[:, :T]
+    o = torch.baddbmm((q_in @ S_in).flatten(0, 2), A.to(dt).flatten(0, 2), vc.flatten(0, 2))  # (B*H*NC, L, V)
+    o = rearrange(o, "(b h n) l v -> b (n l) h v", b=B, h=H)[:, :T]
     return o.to(v.dtype), (S if output_final_state else None)
 
 

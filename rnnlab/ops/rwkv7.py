@@ -17,11 +17,13 @@ Sᵀ_t = Diag(w_t) Sᵀ_{t-1} + b_t (a_tᵀ Sᵀ_{t-1}) + k_t v_tᵀ and o_t = S
 
 Forms: ``naive_recurrent_rwkv7`` (the specification: the V×K state and the K×K transition built
 explicitly), ``fused_recurrent_rwkv7`` (rank-one updates, O(KV) per token, one fused matmul per
-step) and ``chunk_rwkv7`` (see its docstring).
+step) and ``chunk_rwkv7``, the chunkwise WY-like form for training (see its docstring).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 __all__ = ["chunk_rwkv7", "fused_recurrent_rwkv7", "naive_recurrent_rwkv7"]
@@ -89,10 +91,70 @@ def fused_recurrent_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, outp
     return o, (S.reshape(B, H, K, V) if output_final_state else None)
 
 
-def chunk_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, output_final_state=False):
-    """Same signature and shapes as :func:`naive_recurrent_rwkv7`.
+_MAX_EXP = 60.0  # largest |exponent| the factorized decay products may use (e^60 ≈ 1e26, fp32-safe)
 
-    Fast form for training. A chunkwise WY-like form for the diagonal-plus-rank-one transition
-    is not implemented yet: this is the fused recurrent form (documented simplification).
+
+def _decay_gram(x: Tensor, y: Tensor, Gx: Tensor, Gy: Tensor, diagonal: bool, mm) -> Tensor:
+    """x, Gx (..., C, K) rows i; y, Gy (..., C, K) columns j -> M (..., C, C) with
+    M_ij = Σ_c x_ic y_jc e^{Gx_ic − Gy_jc} for j < i (j ≤ i if ``diagonal``), 0 elsewhere.
+
+    Factorized about the chunk's middle m = Gy_{C/2}: (x e^{Gx − m}) (y e^{m − Gy})ᵀ, one matmul,
+    exact while every |exponent| ≤ _MAX_EXP (always, for RWKV-7's decay and C ≤ 64: |log w| < 0.61);
+    otherwise the exact pairwise form through a (..., C, C, K) tensor of e^{Gx_i − Gy_j} ≤ 1."""
+    C = x.shape[-2]
+    mask = torch.ones(C, C, dtype=torch.bool, device=x.device).tril(0 if diagonal else -1)
+    m = Gy[..., C // 2 : C // 2 + 1, :]  # (..., 1, K)
+    bound = torch.maximum((Gx - m).abs().amax(), (Gy - m).abs().amax()).detach() if x.numel() else x.new_zeros(())
+    if float(bound) <= _MAX_EXP:
+        return mm(x * torch.exp(Gx - m), (y * torch.exp(m - Gy)).mT).masked_fill(~mask, 0.0)
+    diff = (Gx[..., :, None, :] - Gy[..., None, :, :]).masked_fill(~mask[..., None], -float("inf"))
+    return torch.einsum("...ijc,...ic,...jc->...ij", diff.exp(), x, y)
+
+
+def chunk_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, output_final_state=False, chunk_size=16):
+    """Same signature and shapes as :func:`naive_recurrent_rwkv7`, plus ``chunk_size``.
+
+    Chunkwise WY-like form of the diagonal-plus-rank-one recurrence, in the stored layout
+    Sᵀ_i = D_i Sᵀ_{i-1} + b_i u_iᵀ + k_i v_iᵀ with u_i = S_{i-1} a_i. With Γ_i = Σ_{j≤i} log w_j
+    (per key channel, inside a chunk, Γ_0 = 0) and entry state S₀ᵀ:
+        Sᵀ_i = e^{Γ_i} ⊙ S₀ᵀ + Σ_{j≤i} (e^{Γ_i−Γ_j} ⊙ b_j) u_jᵀ + (e^{Γ_i−Γ_j} ⊙ k_j) v_jᵀ
+        (I − M_ab) U = M_ak V + Ã S₀ᵀ,   Ã_i = a_i ⊙ e^{Γ_{i-1}},  M_xy[i, j] = Σ_c x_ic y_jc e^{Γ_{i-1,c}−Γ_{j,c}} (j < i)
+    so with T = (I − M_ab)⁻¹ (one unit-lower-triangular solve per chunk): U = T M_ak V + T Ã S₀ᵀ;
+        O = (r ⊙ e^{Γ}) S₀ᵀ + N_rb U + N_rk V,    N_xy[i, j] = Σ_c x_ic y_jc e^{Γ_{i,c}−Γ_{j,c}} (j ≤ i)
+        S_Cᵀ = e^{Γ_C} ⊙ S₀ᵀ + (b ⊙ e^{Γ_C−Γ})ᵀ U + (k ⊙ e^{Γ_C−Γ})ᵀ V.
+    The pass over chunks is the delta rule's (rnnlab.ops.delta._ChunkPass, per-key decay); the four
+    decay-weighted Gram matrices use the midpoint factorization (see ``_decay_gram``). Gradients:
+    autograd plus the delta rule's hand-written backward of the solve and the chunk pass.
     """
-    return fused_recurrent_rwkv7(q, k, v, w, a, b, scale, initial_state, output_final_state)
+    from rnnlab.ops.delta import _ChunkPass, _mm, _UnitLowerSolve
+
+    _check(q, k, v, w, a, b, initial_state)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    C = chunk_size
+    scale = 1.0 if scale is None else scale
+    lowp = q.dtype == torch.bfloat16
+    mm = _mm(lowp)
+    pad = (-T) % C
+    # padded steps: zero inputs and log w = 0, so the state passes through unchanged
+    chunks = [rearrange(F.pad(t.float(), (0, 0, 0, 0, 0, pad)) if pad else t.float(), "b (n c) h k -> n b h c k", c=C).contiguous()
+              for t in (q, k, v, w, a, b)]
+    r, kc, vc, lw, ac, bc = chunks  # (N, B, H, C, K or V)
+    G = lw.cumsum(-2)  # Γ_i, inclusive
+    Gex = G - lw  # Γ_{i-1}, exclusive
+    GC = G[..., -1:, :]  # (N, B, H, 1, K)
+    r = r * scale
+    M_ab = _decay_gram(ac, bc, Gex, G, False, mm)
+    M_ak = _decay_gram(ac, kc, Gex, G, False, mm)
+    N_rb = _decay_gram(r, bc, G, G, True, mm)
+    N_rk = _decay_gram(r, kc, G, G, True, mm)
+    to_end = torch.exp(GC - G)  # (N, B, H, C, K), ≤ 1
+    X = _UnitLowerSolve.apply(-M_ab, torch.cat([mm(M_ak, vc), ac * torch.exp(Gex)], -1), lowp)  # (N, B, H, C, V + K)
+    E = mm((kc * to_end).mT, vc)  # (N, B, H, K, V)
+    S0 = q.new_zeros(B, H, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
+    U, S = _ChunkPass.apply(X[..., :V].contiguous(), -X[..., V:], (bc * to_end).contiguous(), torch.exp(GC).mT, E, S0)
+    o = mm(r * torch.exp(G), S[:-1]) + mm(N_rb, U) + mm(N_rk, vc)  # (N, B, H, C, V)
+    o = rearrange(o, "n b h c v -> b (n c) h v")[:, :T].to(v.dtype)
+    return o, (S[-1] if output_final_state else None)

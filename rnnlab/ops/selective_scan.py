@@ -151,7 +151,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         ckpt = x.new_empty(Bsz, nc, D, N)
         A_ = A if A is not None else x.new_zeros(D, N)
         sscan_fwd(x.numpy(), dt.numpy(), A_.numpy(), Bm.numpy(), Cm.numpy(), h0.numpy(), _MODES[transition], chunk_size,
-                  y.numpy(), h_last.numpy(), ckpt.numpy())
+                  y.numpy(), h_last.numpy(), ckpt.numpy(), x.dtype == torch.float32)
         ctx.save_for_backward(x, dt, A_, Bm, Cm, ckpt)
         ctx.transition, ctx.chunk_size, ctx.has_A = transition, chunk_size, A is not None
         return y, h_last
@@ -167,7 +167,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         dA = x.new_empty(x.shape[0], *A.shape)
         dh0 = torch.empty_like(dh_last)
         sscan_bwd(x.numpy(), dt.numpy(), A.numpy(), Bm.numpy(), Cm.numpy(), _MODES[ctx.transition], ctx.chunk_size,
-                  ckpt.numpy(), dy.numpy(), dh_last.numpy(), dx.numpy(), ddt.numpy(), dA.numpy(), dB.numpy(), dC.numpy(), dh0.numpy())
+                  ckpt.numpy(), dy.numpy(), dh_last.numpy(), dx.numpy(), ddt.numpy(), dA.numpy(), dB.numpy(), dC.numpy(), dh0.numpy(), x.dtype == torch.float32)
         return dx, ddt, dA.sum(0) if ctx.has_A else None, dB, dC, dh0, None, None
 
 

@@ -72,6 +72,8 @@ class Task:
         if not self.test_lengths:
             raise ValueError(f"{self.name}: test_lengths must name at least one length")
         for t in self.test_lengths:
+            if t < 1:
+                raise ValueError(f"{self.name}: test length {t} impossible; lengths must be positive")
             self.check_length(t)
 
     # --- to implement ---------------------------------------------------------

@@ -28,15 +28,40 @@ def default_corpus() -> str:
     return sysconfig.get_paths()["stdlib"]
 
 
-@lru_cache(maxsize=4)
+SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
+
+
+def list_files(root: str, pattern: str) -> tuple[tuple[str, int, int], ...]:
+    """Sorted (relative path, mtime_ns, size) of files under root matching pattern (site-packages pruned)."""
+    import fnmatch
+
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        for f in filenames:
+            if fnmatch.fnmatch(f, pattern):
+                p = os.path.join(dirpath, f)
+                try:
+                    st = os.stat(p)
+                except OSError:
+                    continue
+                out.append((os.path.relpath(p, root).replace(os.sep, "/"), st.st_mtime_ns, st.st_size))
+    return tuple(sorted(out))
+
+
 def load_corpus(root: str, pattern: str, valid_fraction: float, max_bytes: int) -> tuple[np.ndarray, np.ndarray, str, int]:
     """-> (train bytes, validation bytes, sha256 hex, number of files). Files sorted by path;
-    up to max_bytes in total (0 = no limit); each file followed by a NUL separator byte."""
-    base = Path(root)
-    if not base.is_dir():
+    up to max_bytes in total (0 = no limit); each file followed by a NUL separator byte.
+    Cached per process on the files' (path, mtime, size) listing."""
+    if not Path(root).is_dir():
         raise ValueError(f"bytes_lm: corpus directory {root!r} does not exist; pass task.corpus=<directory of text files>")
-    files = sorted(p for p in base.rglob(pattern)
-                   if p.is_file() and "site-packages" not in p.parts and "dist-packages" not in p.parts)
+    return _load(root, list_files(root, pattern), pattern, valid_fraction, max_bytes)
+
+
+@lru_cache(maxsize=4)
+def _load(root: str, listing: tuple, pattern: str, valid_fraction: float, max_bytes: int):
+    base = Path(root)
+    files = [base / rel for rel, _, _ in listing]
     h = hashlib.sha256()
     parts: dict[str, list[bytes]] = {"train": [], "valid": []}
     total = 0

@@ -113,6 +113,21 @@ def cmd_suite(args) -> int:
     return 0
 
 
+def _collect_interleaved_overrides(parser: argparse.ArgumentParser) -> None:
+    """argparse fills a nargs="*" positional from one run of positionals only; overrides written
+    between or after options (``--lr 1e-3 task.seq_len=64 --steps 9 train.seed=1``) come back as
+    extras. Collect every ``key=value`` extra into ``overrides``, in order."""
+    original = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        ns, extras = original(args, namespace)
+        late = [e for e in extras if "=" in e and not e.startswith("-")]
+        ns.overrides = list(getattr(ns, "overrides", None) or []) + late
+        return ns, [e for e in extras if e not in late]
+
+    parser.parse_known_args = parse_known_args
+
+
 def register(sub) -> None:
     """Add train / sweep / report / suite to an argparse sub-parsers object."""
     p = sub.add_parser("train", help="train one model on one task",
@@ -136,6 +151,7 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--no-progress", dest="no_progress", action="store_true")
     p.set_defaults(func=cmd_train)
+    _collect_interleaved_overrides(p)
 
     p = sub.add_parser("sweep", help="run a grid of runs from a sweep file into SQLite")
     p.add_argument("file", help="sweep file (YAML/TOML/JSON; see examples/sweep_small.yaml)")

@@ -41,15 +41,16 @@ def pick_mixers(registered: list[str] | None = None) -> list[str]:
 
 
 # Small-model settings per mixer for the suite (d_model 64 keeps head sizes >= 16).
-MIXER_OPTIONS = {"sliding_attention": {"model": {"mixer_kwargs": {"window": 16}}}}
+MIXER_OPTIONS = {"attention": {"model": {"mixer_kwargs": {"num_heads": 2}}},
+                 "sliding_attention": {"model": {"mixer_kwargs": {"num_heads": 2, "window": 16}}}}
 
 QUICK_TASKS = {
-    "mqar": {"task": {"seq_len": 64, "num_kv_pairs": 8, "vocab_size": 128, "test_lengths": [64, 128]},
-             "train": {"steps": 600, "batch_size": 64, "target": 0.99, "eval_every": 100}},
+    "mqar": {"task": {"seq_len": 32, "num_kv_pairs": 8, "vocab_size": 32, "test_lengths": [32]},
+             "train": {"steps": 800, "batch_size": 64, "target": 0.98, "eval_every": 100}},
     "parity": {"task": {"test_lengths": [40, 128, 256]},
                "train": {"steps": 600, "batch_size": 64, "target": 0.995, "eval_every": 100}},
-    "selective_copy": {"task": {"seq_len": 64, "num_tokens": 8, "vocab_size": 12, "test_lengths": [64, 128]},
-                       "train": {"steps": 600, "batch_size": 64, "target": 0.99, "eval_every": 100}},
+    "selective_copy": {"task": {"seq_len": 48, "num_tokens": 6, "vocab_size": 12, "test_lengths": [48, 96]},
+                       "train": {"steps": 600, "batch_size": 64, "target": 0.98, "eval_every": 100}},
 }
 
 
@@ -63,7 +64,7 @@ def suite_spec(quick: bool = True, mixers: list[str] | None = None, out_dir: str
             "train": {"warmup": 50, "weight_decay": 0.1, "eval_examples": 256, "ckpt_every": 100}}
     grid = {"mixer": mixers, "task": list(tasks), "d_model": [64], "n_layers": [2], "lr": [3e-3], "seed": [0]}
     if not quick:
-        tasks["mqar"]["task"].update(num_kv_pairs=16, seq_len=128, vocab_size=256, test_lengths=[128, 256])
+        tasks["mqar"]["task"].update(num_kv_pairs=16, seq_len=64, vocab_size=128, test_lengths=[64, 128])
         tasks["induction_head"] = {"task": {"seq_len": 64}, "train": {"steps": 1500, "batch_size": 64, "target": 0.99}}
         tasks["word_problem"] = {"task": {"group": "S5", "min_len": 16, "max_len": 16, "test_lengths": [16, 64]},
                                  "train": {"steps": 2000, "batch_size": 64}}

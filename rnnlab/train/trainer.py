@@ -128,7 +128,7 @@ def train(config: dict, resume: bool = False) -> dict[str, Any]:
     b = tc.batch_size // world
     metric, higher = task.primary_metric, task.higher_is_better
     reached = lambda s: tc.target is not None and (s >= tc.target if higher else s <= tc.target)  # noqa: E731
-    best, evals, stopped_early = extra.get("best"), extra.get("evals"), False
+    best, evals, stopped_early = extra.get("best"), extra.get("evals") or None, False
     if evals is not None:
         evals = {int(k): v for k, v in evals.items()}
     wall0, t_last, tok_last = time.time() - extra.get("wall_s", 0.0), time.time(), 0

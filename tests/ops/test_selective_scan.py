@@ -120,3 +120,26 @@ def test_peak_memory_within_2x_of_inputs_and_outputs(backend):
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["peak_bytes"] <= 2 * r["io_bytes"], r
+
+
+@pytest.mark.parametrize("transition", ["exp", "exp_neg"])
+def test_kernel_float64_uses_exact_exp(transition):
+    inp = {k: (v.double() if v is not None else v) for k, v in _inputs(23, transition, True, True).items()}
+    y, h, grads = _run(selective_scan, inp, transition, backend="kernel", chunk_size=8)
+    yr, hr, grads_r = _run(selective_scan_ref, inp, transition)
+    assert y.dtype == torch.float64
+    assert_close(y, yr)
+    assert_close(h, hr)
+    for k in grads_r:
+        assert_close(grads[k], grads_r[k], name=f"d{k}")
+
+
+def test_kernel_exp_handles_extreme_decays():
+    """dt*A far below the float32 exp range (decay ~ 0) and near 0 (decay ~ 1) stay exact enough."""
+    inp = _inputs(9, "exp", True, False)
+    inp["dt"] = torch.full_like(inp["dt"], 50.0)
+    inp["dt"][:, ::2] = 1e-6
+    y, h = selective_scan(**inp, backend="kernel")
+    yr, hr = selective_scan_ref(**inp)
+    assert_close(y, yr)
+    assert_close(h, hr)

@@ -1,0 +1,102 @@
+"""Mamba-2 (Dao & Gu 2024, "Transformers are SSMs: Generalized Models and Efficient Algorithms
+Through Structured State Space Duality", ICML; Section 7 (the Mamba-2 block, Fig. 6) and the
+SSD recurrence of eq. (2) with scalar A, Section 6 for the chunkwise algorithm).
+
+    z, xBC, dt = x W_in                               (one input projection, parallel block)
+    x, B, C = SiLU(conv1d(xBC))                       (depthwise causal conv over x, B and C)
+    Δ_t = softplus(dt_t + dt_bias),  A = −exp(A_log)  (per head)
+    h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t x_tᵀ,   y_t = h_tᵀ C_t + D x_t      (SSD, per head)
+    y = RMSNorm(y ⊙ SiLU(z)) W_out                    (gated norm, norm after gating, per group)
+
+Multi-head with ``headdim`` channels per head (the "multi-value" pattern): B and C are shared
+by the heads of each of ``ngroups`` groups. The SSD runs through ``chunk_simple_gla`` with
+q = C, k = B, v = Δ x, g = Δ A (log-decay), scale 1; the state h (B, H, N, P) is the op's
+(B, H, K, V). Initialization as the authors' mamba_ssm: A ~ U(1, 16), dt log-uniform in
+[0.001, 0.1] (floor 1e-4) with dt_bias = softplus⁻¹(dt), D = 1; A_log, dt_bias, D are not
+weight-decayed. State: conv buffer (B, W-1, d_inner + 2·ngroups·N) and h (B, H, N, P).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from rnnlab.layers.base import Mixer, State, no_weight_decay
+from rnnlab.layers.parts import ShortConv
+from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.gla import chunk_simple_gla, fused_recurrent_simple_gla
+
+__all__ = ["Mamba2"]
+
+
+@register_mixer("mamba2", family="matrix", small={"headdim": 16, "d_state": 16, "ngroups": 2, "chunk_size": 16})
+class Mamba2(Mixer):
+    """x (B, T, D) -> y (B, T, D). d_state: N; expand: d_inner = expand·D; headdim: P (heads
+    H = d_inner / P); ngroups: groups sharing B, C; d_conv: conv width; chunk_size: SSD chunk."""
+
+    def __init__(self, d_model: int, d_state: int = 128, d_conv: int = 4, expand: int = 2, headdim: int = 64, ngroups: int = 1,
+                 chunk_size: int = 64, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 A_init_range: tuple[float, float] = (1.0, 16.0), norm_eps: float = 1e-5):
+        super().__init__(d_model)
+        d_inner = expand * d_model
+        if headdim < 1 or d_inner % headdim:
+            raise ValueError(f"d_inner = expand * d_model = {d_inner} must be divisible by headdim={headdim}")
+        H = d_inner // headdim
+        if ngroups < 1 or H % ngroups:
+            raise ValueError(f"the number of heads {H} must be divisible by ngroups={ngroups}")
+        self.d_inner, self.d_state, self.headdim, self.ngroups, self.num_heads = d_inner, d_state, headdim, ngroups, H
+        self.chunk_size, self.norm_eps = chunk_size, norm_eps
+        conv_dim = d_inner + 2 * ngroups * d_state
+        self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * ngroups * d_state + H, bias=False)
+        self.conv = ShortConv(conv_dim, d_conv, bias=True, activation="silu")
+        dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(*A_init_range)))
+        self.D = nn.Parameter(torch.ones(H))
+        self.norm_weight = nn.Parameter(torch.ones(d_inner))
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        no_weight_decay(self.dt_bias, self.A_log, self.D)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        return {"conv": self.conv.init_state(batch_size, device, dtype),
+                "h": torch.zeros(batch_size, self.num_heads, self.d_state, self.headdim, device=device, dtype=dtype or torch.float32)}
+
+    def state_size(self, seq_len: int) -> int:
+        return self.conv.state_size() + self.num_heads * self.d_state * self.headdim
+
+    def _gated_norm(self, y: Tensor, z: Tensor) -> Tensor:
+        """RMSNorm(y ⊙ SiLU(z)) over groups of d_inner / ngroups channels, weight (d_inner,); float32."""
+        u = (y.float() * F.silu(z.float())).unflatten(-1, (self.ngroups, -1))
+        u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + self.norm_eps)
+        return u.flatten(-2) * self.norm_weight.float()
+
+    def _mix(self, x: Tensor, state: State, chunked: bool) -> tuple[Tensor, State]:
+        H, G, N = self.num_heads, self.ngroups, self.d_state
+        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * G * N, H], -1)
+        xBC, conv_state = self.conv(xBC, state["conv"])
+        xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], -1)
+        xs = rearrange(xs, "b t (h p) -> b t h p", h=H)
+        Bm, Cm = (repeat(t, "b t (g n) -> b t (g r) n", g=G, r=H // G) for t in (Bm, Cm))  # (B, T, H, N)
+        delta = F.softplus(dt.float() + self.dt_bias.float())  # (B, T, H)
+        g = -torch.exp(self.A_log.float()) * delta  # log-decay Δ A <= 0
+        v = (xs.float() * delta[..., None]).to(x.dtype)
+        kw = dict(scale=1.0, initial_state=state["h"].float(), output_final_state=True)
+        y, h = chunk_simple_gla(Cm, Bm, v, g, chunk_size=self.chunk_size, **kw) if chunked else fused_recurrent_simple_gla(Cm, Bm, v, g, **kw)
+        y = y.float() + self.D.float()[:, None] * xs.float()  # D skip
+        y = self._gated_norm(rearrange(y, "b t h p -> b t (h p)"), z)
+        out = self.out_proj(y.to(x.dtype))
+        return out, {"conv": conv_state.to(state["conv"].dtype), "h": h.to(state["h"].dtype)}
+
+    def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """x (B, T, D) -> (y, state): chunkwise SSD."""
+        return self._mix(x, state, chunked=True)
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """x (B, 1, D) -> (y, state): one recurrent SSD step."""
+        return self._mix(x, state, chunked=False)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_inner={self.d_inner}, heads={self.num_heads}x{self.headdim}, d_state={self.d_state}, ngroups={self.ngroups}"

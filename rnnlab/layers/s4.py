@@ -1,0 +1,90 @@
+"""S4 (Gu, Goel & Ré 2022, "Efficiently Modeling Long Sequences with Structured State
+Spaces"): per channel a HiPPO-LegS SSM in normal-plus-low-rank form.
+
+    A = Λ − P Pᴴ (in the eigenbasis of the normal part; §3.3, Thm. 1), Δ = exp(log Δ) per channel
+    Ā = (I − Δ/2 A)⁻¹ (I + Δ/2 A),  B̄ = (I − Δ/2 A)⁻¹ Δ B                    (bilinear, eq. 3)
+    training:  K = IFFT(K̂(ω)) from the truncated generating function at the roots of unity,
+               C̃ = C (I − Ā^T), Cauchy kernels + Woodbury identity (Alg. 1); y = Re(K) * u + D u
+    stepping:  h_t = Ā h_{t−1} + B̄ u_t,  y_t = Re(C h_t) + D u_t               (dense N×N recurrence)
+    out = GLU(W · GELU(y))                                                       (the S4 block's output)
+
+Initialization: Λ, P, B from HiPPO-LegS (P_n = sqrt(n + 1/2), B_n = sqrt(2n + 1), rotated into the
+eigenbasis), C ~ CN(0, 1), log Δ ~ U(log 1e-3, log 1e-1), D ~ N(0, 1).  Re Λ is kept negative as
+−exp(·) (the authors' "exp" real transform).  Λ, P, B, log Δ get no weight decay.
+Simplifications: all N modes are kept (no conjugate-pair halving), and Λ, P, B are per channel.
+C is the true output matrix; C̃ is formed for the input's own length T at every call (the
+authors' code keeps C̃ for a fixed maximum length).  Continuing from a state (initial-state
+output and final state) uses Krylov blocks Ā^l B̄, C Ā^l by doubling, chunked over time.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnlab.layers.base import Mixer, State, no_weight_decay
+from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.ssm_kernels import bilinear_dense, dense_state_terms, fft_causal_conv, nplr_kernel, nplr_legs
+
+__all__ = ["S4"]
+
+
+def _c(t: Tensor) -> Tensor:
+    return torch.view_as_complex(t.float().contiguous())
+
+
+@register_mixer("s4", family="diagonal", small={"d_state": 8})
+class S4(Mixer):
+    """S4 mixer: x (B, T, D) -> y (B, T, D); state h (B, D, d_state, 2) (complex as real pairs).
+
+    d_state: N (HiPPO-LegS order); dt_min/dt_max: range of the log-uniform Δ initialization."""
+
+    def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1):
+        super().__init__(d_model)
+        H, N = d_model, d_state
+        self.d_state = d_state
+        lam, P, B, _ = nplr_legs(N)
+        rep = lambda t: torch.view_as_real(t.to(torch.complex64)).repeat(H, 1, 1)  # noqa: E731  (H, N, 2)
+        self.log_neg_lam_re = nn.Parameter(torch.log(-lam.real.float()).repeat(H, 1))
+        self.lam_im = nn.Parameter(lam.imag.float().repeat(H, 1))
+        self.P, self.B = nn.Parameter(rep(P)), nn.Parameter(rep(B))
+        self.C = nn.Parameter(torch.view_as_real(torch.randn(H, N, dtype=torch.cfloat)))
+        self.log_dt = nn.Parameter(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        self.D = nn.Parameter(torch.randn(H))
+        self.out_proj = nn.Linear(H, 2 * H)
+        no_weight_decay(self.log_neg_lam_re, self.lam_im, self.P, self.B, self.log_dt)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        return {"h": torch.zeros(batch_size, self.d_model, self.d_state, 2, device=device, dtype=torch.float32)}
+
+    def state_size(self, seq_len: int) -> int:
+        return self.d_model * self.d_state * 2
+
+    def _params(self):
+        lam = torch.complex(-torch.exp(self.log_neg_lam_re.float()), self.lam_im.float())
+        return lam, _c(self.P), _c(self.B), _c(self.C), torch.exp(self.log_dt.float())
+
+    def _out(self, y: Tensor, x: Tensor) -> Tensor:
+        y = y + self.D.float() * x.float()
+        return F.glu(self.out_proj(F.gelu(y).to(x.dtype)), dim=-1)
+
+    def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        lam, P, B, C, dt = self._params()
+        T = x.shape[1]
+        u = x.float()
+        Abar, Bbar = bilinear_dense(lam, P, B, dt)
+        Ct = C - (C.unsqueeze(-2) @ torch.linalg.matrix_power(Abar, T)).squeeze(-2)  # C̃ = C (I − Ā^T)
+        K = nplr_kernel(lam, P, B, Ct, dt, T)  # (H, T)
+        y0, h = dense_state_terms(u, Abar, Bbar, C, _c(state["h"]))
+        y = fft_causal_conv(u, K) + y0.real
+        return self._out(y, x), {"h": torch.view_as_real(h)}
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        lam, P, B, C, dt = self._params()
+        Abar, Bbar = bilinear_dense(lam, P, B, dt)
+        u = x[:, 0].float()
+        h = torch.einsum("hnm,bhm->bhn", Abar, _c(state["h"])) + Bbar * u.unsqueeze(-1)
+        y = (h * C).sum(-1).real
+        return self._out(y.unsqueeze(1), x), {"h": torch.view_as_real(h)}

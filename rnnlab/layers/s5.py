@@ -1,0 +1,90 @@
+"""S5 (Smith, Warrington & Linderman 2023, "Simplified State Space Layers for Sequence
+Modeling"): one multi-input multi-output diagonal complex SSM shared by all channels,
+trained with a parallel scan.
+
+    Λ, V from HiPPO-N (the normal part of HiPPO-LegS, diagonalized; §4.1, App. B), in J blocks
+    B̃ = V⁻¹ B, C̃ = C V, Δ_p = exp(log Δ_p) per state                      (§3, App. C.1)
+    Λ̄ = exp(ΛΔ),  B̄ = Λ⁻¹(Λ̄ − 1) B̃                                      (ZOH, eq. 6)
+    h_t = Λ̄ ⊙ h_{t−1} + B̄ u_t,  y_t = 2 Re(C̃ h_t) + D ⊙ u_t                (conjugate symmetry: P/2 modes)
+    out = g ⊙ σ(W g),  g = GELU(y)                                           ("half_glu1" of the authors' code)
+
+Initialization as the paper's code: B ~ lecun-normal (P, H); C columns ~ N(0, 1/(P/2)) (real and
+imag); D ~ N(0, 1); log Δ ~ U(log 1e-3, log 1e-1).  Λ, log Δ get no weight decay.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnlab.layers.base import Mixer, State, no_weight_decay
+from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.scan import linear_scan
+from rnnlab.ops.ssm_kernels import hippo_n_diag, zoh_diag
+
+__all__ = ["S5"]
+
+
+@register_mixer("s5", family="diagonal", small={"d_state": 8, "blocks": 2})
+class S5(Mixer):
+    """S5 mixer: x (B, T, D) -> y (B, T, D); state h (B, d_state/2, 2) (complex as real pairs).
+
+    d_state: P (P/2 complex modes kept, conjugate symmetry); blocks: J HiPPO-N blocks on the
+    diagonal of the initial Λ; dt_min/dt_max: log-uniform range of the per-state Δ; backend: linear_scan's."""
+
+    def __init__(self, d_model: int, d_state: int = 64, blocks: int = 1, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 backend: str = "auto"):
+        super().__init__(d_model)
+        if d_state % (2 * blocks):
+            raise ValueError(f"s5 d_state must be a multiple of 2*blocks = {2 * blocks}, got {d_state}")
+        H, P, P2 = d_model, d_state, d_state // 2
+        self.d_state, self.backend = d_state, backend
+        lam, V = hippo_n_diag(P // blocks)
+        half = P // blocks // 2
+        lam, V = lam[:half], V[:, :half]  # (bs,), (bs, bs/2): one of each conjugate pair
+        lam = lam.repeat(blocks)
+        V = torch.block_diag(*[V] * blocks)  # (P, P2)
+        Vinv = V.conj().T  # (P2, P)
+        Bm = torch.randn(P, H, dtype=torch.float64) / math.sqrt(H)  # lecun normal
+        Ct = torch.complex(torch.randn(H, P, dtype=torch.float64), torch.randn(H, P, dtype=torch.float64)) / math.sqrt(P2)
+        self.Lambda_re = nn.Parameter(lam.real.float())
+        self.Lambda_im = nn.Parameter(lam.imag.float())
+        self.B = nn.Parameter(torch.view_as_real((Vinv @ Bm.to(torch.complex128)).to(torch.complex64)))  # (P2, H, 2)
+        self.C = nn.Parameter(torch.view_as_real((Ct @ V).to(torch.complex64)))  # (H, P2, 2)
+        self.D = nn.Parameter(torch.randn(H))
+        self.log_dt = nn.Parameter(torch.rand(P2) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        self.out2 = nn.Linear(H, H)
+        no_weight_decay(self.Lambda_re, self.Lambda_im, self.log_dt)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        return {"h": torch.zeros(batch_size, self.d_state // 2, 2, device=device, dtype=torch.float32)}
+
+    def state_size(self, seq_len: int) -> int:
+        return self.d_state
+
+    def _ssm(self):
+        """-> Λ̄ (P2,), B̄ (P2, H), C̃ (H, P2), complex64."""
+        lam = torch.complex(self.Lambda_re.float(), self.Lambda_im.float())
+        dtA, f = zoh_diag(torch.exp(self.log_dt.float()), lam)
+        Bbar = f.unsqueeze(-1) * torch.view_as_complex(self.B.float().contiguous())
+        return torch.exp(dtA), Bbar, torch.view_as_complex(self.C.float().contiguous())
+
+    def _out(self, h: Tensor, C: Tensor, x: Tensor) -> Tensor:
+        y = 2 * torch.einsum("btp,hp->bth", h, C).real + self.D.float() * x.float()
+        g = F.gelu(y).to(x.dtype)
+        return g * torch.sigmoid(self.out2(g))
+
+    def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        lam_bar, Bbar, C = self._ssm()
+        bu = torch.einsum("bth,ph->btp", x.float().to(Bbar.dtype), Bbar)  # (B, T, P2)
+        h0 = torch.view_as_complex(state["h"].float().contiguous())
+        h, h_last = linear_scan(lam_bar, bu, h0, backend=self.backend)
+        return self._out(h, C, x), {"h": torch.view_as_real(h_last)}
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        lam_bar, Bbar, C = self._ssm()
+        bu = torch.einsum("bh,ph->bp", x[:, 0].float().to(Bbar.dtype), Bbar)
+        h = lam_bar * torch.view_as_complex(state["h"].float().contiguous()) + bu
+        return self._out(h.unsqueeze(1), C, x), {"h": torch.view_as_real(h)}

@@ -1,0 +1,91 @@
+"""LTI SSM kernels vs their recurrent definitions: ZOH Vandermonde (S4D), NPLR Cauchy+Woodbury
+kernel with bilinear discretization (S4), FFT causal convolution, state continuation."""
+import pytest
+import torch
+
+from rnnlab.ops.scan import linear_scan_ref
+from rnnlab.ops.ssm_kernels import (bilinear_dense, dense_state_terms, diag_final_state, diag_state_contrib, fft_causal_conv,
+                                    fft_causal_conv_ref, hippo_legs, hippo_n_diag, krylov, nplr_kernel, nplr_legs,
+                                    vandermonde_kernel, zoh_diag)
+from rnnlab.testing import assert_close
+
+torch.set_default_dtype(torch.float32)
+
+
+def _diag(H=3, N=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.complex(-torch.rand(H, N, generator=g) - 0.1, torch.randn(H, N, generator=g) * 3)
+    C = torch.complex(torch.randn(H, N, generator=g), torch.randn(H, N, generator=g))
+    dt = torch.rand(H, generator=g) * 0.5 + 0.01
+    return A, C, dt
+
+
+@pytest.mark.parametrize("T", [1, 17, 64, 1000])
+def test_fft_causal_conv_matches_loop(T):
+    u, K = torch.randn(2, T, 3), torch.randn(3, T)
+    assert_close(fft_causal_conv(u, K), fft_causal_conv_ref(u, K))
+
+
+@pytest.mark.parametrize("T", [1, 17, 64, 1000])
+def test_s4d_conv_equals_diagonal_recurrence(T):
+    """2 Re(C h_t) with h_t = exp(ΔA) h_{t-1} + (exp(ΔA)-1)/A u_t (via linear_scan_ref) == K * u + y(h0); final state too."""
+    A, C, dt = _diag()
+    dtA, Bbar = zoh_diag(dt, A)
+    assert_close(torch.exp(dtA), torch.exp(dt[:, None] * A))
+    u = torch.randn(2, T, 3)
+    h0 = torch.complex(torch.randn(2, 3, 4), torch.randn(2, 3, 4))
+    h, h_last = linear_scan_ref(torch.exp(dtA).expand(2, T, 3, 4), Bbar * u.unsqueeze(-1).to(Bbar.dtype), h0)
+    y_rec = 2 * (h * C).sum(-1).real
+    y = fft_causal_conv(u, vandermonde_kernel(C * Bbar, dtA, T)) + diag_state_contrib(C, dtA, h0, T)
+    assert_close(y, y_rec)
+    assert_close(diag_final_state(u, Bbar, dtA, h0), h_last)
+
+
+def test_hippo_legs_nplr_reconstructs_A():
+    A, B = hippo_legs(6)
+    assert A[2, 1] == -(5 ** 0.5) * (3 ** 0.5) and A[1, 1] == -2 and A[1, 2] == 0 and B[3] == 7 ** 0.5
+    lam, P, Bv, V = nplr_legs(6)
+    A_rec = V @ (torch.diag(lam) - P[:, None] * P.conj()[None]) @ V.conj().T
+    assert_close(A_rec.real, A, tol=1e-10)
+    assert_close(V @ Bv, B.to(V.dtype), tol=1e-10)
+    assert torch.allclose(lam.real, torch.full((6,), -0.5, dtype=torch.float64))
+    lam_n, _ = hippo_n_diag(6)
+    assert torch.equal(lam_n, lam)
+
+
+@pytest.mark.parametrize("L", [1, 16, 17, 64, 1000])
+def test_nplr_kernel_equals_krylov_of_bilinear(L):
+    """Cauchy + Woodbury kernel (odd and even L, incl. the ω = −1 root) == C Ā^l B̄ from the dense bilinear Ā."""
+    H, N = 2, 8
+    lam, P, B, _ = nplr_legs(N)
+    lam, P, B = (t.to(torch.complex128).repeat(H, 1) for t in (lam, P, B))
+    g = torch.Generator().manual_seed(0)
+    C = torch.complex(torch.randn(H, N, generator=g), torch.randn(H, N, generator=g)).to(torch.complex128)
+    dt = torch.tensor([0.01, 0.3], dtype=torch.float64)
+    Abar, Bbar = bilinear_dense(lam, P, B, dt)
+    A = torch.diag_embed(lam) - P.unsqueeze(-1) * P.conj().unsqueeze(-2)
+    I = torch.eye(N, dtype=A.dtype)
+    assert_close(Abar, torch.linalg.inv(I - dt[:, None, None] / 2 * A) @ (I + dt[:, None, None] / 2 * A), tol=1e-10)
+    KB, CK = krylov(Abar, Bbar, C, L)
+    assert_close(CK[:, -1], (C.unsqueeze(-2) @ torch.linalg.matrix_power(Abar, L)).squeeze(-2), tol=1e-10)
+    K_ref = torch.einsum("hn,hnl->hl", C, KB).real
+    Ct = C - (C.unsqueeze(-2) @ torch.linalg.matrix_power(Abar, L)).squeeze(-2)
+    assert_close(nplr_kernel(lam, P, B, Ct, dt, L, chunk=7), K_ref, tol=1e-9)
+
+
+def test_dense_state_terms_equal_recurrence():
+    H, N, T = 2, 4, 37
+    g = torch.Generator().manual_seed(1)
+    Abar = torch.complex(torch.randn(H, N, N, generator=g), torch.randn(H, N, N, generator=g)) * 0.3
+    Bbar, C = (torch.complex(torch.randn(H, N, generator=g), torch.randn(H, N, generator=g)) for _ in range(2))
+    u = torch.randn(2, T, H, generator=g)
+    h0 = torch.complex(torch.randn(2, H, N, generator=g), torch.randn(2, H, N, generator=g))
+    h, y0 = h0, []
+    hz = h0
+    for t in range(T):
+        h = torch.einsum("hnm,bhm->bhn", Abar, h) + Bbar * u[:, t].unsqueeze(-1)
+        hz = torch.einsum("hnm,bhm->bhn", Abar, hz)
+        y0.append((hz * C).sum(-1))
+    y0_fast, h_fast = dense_state_terms(u, Abar, Bbar, C, h0, chunk=8)
+    assert_close(y0_fast, torch.stack(y0, 1))
+    assert_close(h_fast, h)

@@ -1,0 +1,216 @@
+"""Every task generator: shapes, scoring masks, determinism, independence of splits, and the
+defining property of each task."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from rnnlab.tasks import IGNORE_INDEX, available_tasks, create_task
+from rnnlab.tasks import metrics as M
+from rnnlab.tasks.state_tracking import compose, group_elements
+
+SMALL = {  # fast options per task (the defaults are used where not listed)
+    "bytes_lm": {"seq_len": 32, "max_bytes": 2_000_000},
+    "lorenz": {"seq_len": 16, "burn_in": 50},
+}
+
+
+def make(name, **kw):
+    return create_task(name, **{**SMALL.get(name, {}), **kw})
+
+
+@pytest.mark.parametrize("name", available_tasks())
+def test_shapes_masks_determinism(name):
+    task = make(name)
+    io = task.model_io()
+    b1, b2 = task.train_batch(8, seed=3, step=5), task.train_batch(8, seed=3, step=5)
+    assert torch.equal(b1.inputs, b2.inputs) and torch.equal(torch.nan_to_num(b1.targets), torch.nan_to_num(b2.targets))
+    other = task.train_batch(8, seed=3, step=6)
+    assert not torch.equal(b1.inputs, other.inputs)
+    for L in task.test_lengths:
+        tb = next(task.test_batches(L, 8, 8, seed=3))
+        assert tb.inputs.shape[:2] == (tb.inputs.shape[0], L)
+        again = next(task.test_batches(L, 8, 8, seed=3))
+        assert torch.equal(tb.inputs, again.inputs)
+    B, T = b1.inputs.shape[:2]
+    if task.output == "lm":
+        assert b1.inputs.dtype == torch.int64 and b1.targets.shape == (B, T)
+        assert 0 <= b1.inputs.min() and b1.inputs.max() < io["vocab_size"]
+        scored = b1.targets[b1.targets != IGNORE_INDEX]
+        assert scored.numel() > 0 and scored.min() >= 0 and scored.max() < io["vocab_size"]
+    elif task.output == "classify":
+        assert b1.inputs.shape == (B, T, io["input_dim"]) and b1.targets.shape == (B,)
+    else:
+        assert b1.inputs.shape == (B, T, io["input_dim"]) and b1.targets.shape == (B, T, io["out_dim"])
+    # train and test streams are independent draws
+    if name != "digits":
+        tb = next(task.test_batches(task.test_lengths[0], 8, 8, seed=3))
+        tr = task.train_batch(8, seed=3, step=0)
+        if tb.inputs.shape == tr.inputs.shape:
+            assert not torch.equal(tb.inputs, tr.inputs)
+
+
+def test_registry_errors_name_choices():
+    with pytest.raises(ValueError, match="valid choices: .*mqar"):
+        create_task("mqarr")
+    with pytest.raises(ValueError, match="valid options: .*num_kv_pairs"):
+        create_task("mqar", num_pairs=3)
+    with pytest.raises(ValueError, match="length 30 impossible"):
+        create_task("mqar", num_kv_pairs=8, test_lengths=[30])
+    with pytest.raises(ValueError, match="only length is 64"):
+        create_task("digits", test_lengths=[128])
+    with pytest.raises(ValueError, match="does not exist"):
+        create_task("bytes_lm", corpus="/nonexistent/corpus")
+    with pytest.raises(ValueError, match="valid choices: Z<m>"):
+        create_task("word_problem", group="D4")
+
+
+def test_mqar_queries_only_context_keys():
+    task = create_task("mqar", seq_len=64, num_kv_pairs=6, vocab_size=64)
+    b = task.train_batch(32, 0, 0)
+    x, y = b.inputs.numpy(), b.targets.numpy()
+    for row_x, row_y in zip(x, y):
+        ctx = row_x[:12]
+        keys, vals = ctx[0::2], ctx[1::2]
+        assert (keys >= 1).all() and (keys < 32).all() and (vals >= 32).all() and len(set(keys)) == 6
+        pos = np.nonzero(row_y != IGNORE_INDEX)[0]
+        assert len(pos) == 6 and (pos >= 12).all()  # every key queried once, after the context
+        pairs = dict(zip(keys, vals))
+        for p in pos:
+            assert row_x[p] in pairs and row_y[p] == pairs[row_x[p]]
+        assert sorted(row_x[pos]) == sorted(keys)
+
+
+def test_selective_copy_targets_are_data_in_order():
+    task = create_task("selective_copy", seq_len=40, num_tokens=5, vocab_size=10)
+    b = task.train_batch(16, 0, 0)
+    for x, y in zip(b.inputs.numpy(), b.targets.numpy()):
+        data = x[:35][x[:35] != 0]
+        assert len(data) == 5 and (x[35:] == 9).all()
+        assert (y[35:] == data).all() and (y[:35] == IGNORE_INDEX).all()
+
+
+def test_induction_head_target_follows_trigger_and_16x_lengths():
+    task = create_task("induction_head", seq_len=32, vocab_size=8)
+    assert task.test_lengths == [32, 64, 128, 256, 512]
+    b = next(task.test_batches(512, 16, 16, 0))
+    for x, y in zip(b.inputs.numpy(), b.targets.numpy()):
+        trig = np.nonzero(x == 0)[0]
+        assert len(trig) == 2 and trig[1] == len(x) - 1
+        assert y[-1] == x[trig[0] + 1] and (y[:-1] == IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize("name", ["copy", "copy_prefix_key", "copy_suffix_key"])
+def test_copy_and_lookup(name):
+    task = create_task(name, min_len=5, max_len=12, vocab_size=12, ngram=2)
+    b = task.train_batch(32, 0, 1)
+    for x, y in zip(b.inputs.numpy(), b.targets.numpy()):
+        sep = int(np.nonzero(x == 2)[0][0])
+        s = x[1:sep]
+        assert x[0] == 1 and 5 <= len(s) <= 12 and (s >= 3).all()
+        scored = np.nonzero(y != IGNORE_INDEX)[0]
+        if name == "copy":
+            assert (y[scored] == s).all() and scored[0] == sep and len(scored) == len(s)
+        else:
+            key, ans = x[sep + 1:sep + 3], y[scored[0]]
+            assert len(scored) == 1 and scored[0] == sep + 2
+            win = np.lib.stride_tricks.sliding_window_view(s, 2)
+            hits = np.nonzero((win == key).all(1))[0]
+            assert len(hits) == 1
+            i = hits[0]
+            assert ans == (s[i + 2] if name == "copy_prefix_key" else s[i - 1])
+    for L in task.test_lengths + [2 * 30 + 1 if name == "copy" else 30 + 4]:
+        tb = next(task.test_batches(L, 4, 4, 0))
+        assert tb.inputs.shape == (4, L)
+    with pytest.raises(ValueError, match="impossible"):
+        create_task("copy", test_lengths=[20])  # copy lengths are odd
+
+
+@pytest.mark.parametrize("group", ["S3", "S5", "A5", "Z7"])
+def test_word_problem_labels_are_true_prefix_products(group):
+    task = create_task("word_problem", group=group, min_len=10, max_len=10, test_lengths=[10, 20])
+    el = group_elements(group)
+    assert len(el) == {"S3": 6, "S5": 120, "A5": 60, "Z7": 7}[group]
+    b = next(task.test_batches(20, 8, 8, 1))
+    for x, y in zip(b.inputs.numpy(), b.targets.numpy()):
+        acc = el[x[0]]
+        assert el[y[0]] == acc
+        for t in range(1, len(x)):
+            acc = compose(group, acc, el[x[t]])
+            assert el[y[t]] == acc
+
+
+def test_a5_is_closed_and_non_abelian():
+    el = group_elements("A5")
+    s = set(el)
+    assert all(compose("A5", a, b) in s for a, b in itertools.product(el[:10], el))
+    assert any(compose("A5", a, b) != compose("A5", b, a) for a, b in itertools.product(el[:5], el[:5]))
+
+
+def test_parity_and_modular_sum():
+    par = create_task("parity")
+    assert (par.min_len, par.max_len, par.test_lengths[-1]) == (3, 40, 256)
+    b = par.train_batch(64, 0, 0)
+    lens = (b.targets != IGNORE_INDEX).sum(1)
+    assert lens.min() >= 3 and lens.max() <= 40 and len(set(lens.tolist())) > 5
+    for x, y, n in zip(b.inputs.numpy(), b.targets.numpy(), lens.numpy()):
+        assert (y[:n] == np.cumsum(x[:n]) % 2).all() and (y[n:] == IGNORE_INDEX).all()
+    ms = create_task("modular_sum", modulus=7, test_lengths=[33])
+    tb = next(ms.test_batches(33, 4, 4, 0))
+    assert (tb.targets.numpy() == np.cumsum(tb.inputs.numpy(), 1) % 7).all()
+
+
+def test_bytes_lm_split_by_file_and_hash(tmp_path):
+    for i in range(40):
+        (tmp_path / f"f{i:02d}.py").write_text(f"# file {i}\n" + "x = %d\n" % i * 50)
+    task = create_task("bytes_lm", corpus=str(tmp_path), seq_len=16, valid_fraction=0.3)
+    d = task.describe()
+    assert d["corpus_files"] == 40 and len(d["corpus_sha256"]) == 64
+    train, valid = bytes(task.train_bytes), bytes(task.valid_bytes)
+    for i in range(40):
+        marker = f"# file {i}\n".encode()
+        assert (marker in train) != (marker in valid)  # each file in exactly one split
+    b = task.train_batch(4, 0, 0)
+    assert torch.equal(b.inputs[:, 1:], b.targets[:, :-1])
+    (tmp_path / "f00.py").write_text("changed")
+    assert create_task("bytes_lm", corpus=str(tmp_path), seq_len=16, valid_fraction=0.3).describe()["corpus_sha256"] != d["corpus_sha256"]
+
+
+def test_default_corpus_is_stdlib():
+    task = create_task("bytes_lm", seq_len=32, max_bytes=2_000_000)
+    assert task.describe()["corpus_files"] > 10 and "site-packages" not in task.corpus
+
+
+def test_digits_split_and_permutation():
+    plain, perm = create_task("digits"), create_task("digits", permute=True)
+    assert len(plain.x_train) + len(plain.x_test) == 1797
+    a = next(plain.test_batches(64, 0, 10, 0)).inputs[..., 0]
+    p = next(perm.test_batches(64, 0, 10, 0)).inputs[..., 0]
+    assert torch.equal(a[:, perm.perm], p) and not torch.equal(a, p)
+    n = sum(b.targets.numel() for b in plain.test_batches(64, 0, 100, 0))
+    assert n == len(plain.x_test)
+
+
+def test_lorenz_targets_are_future_inputs():
+    task = create_task("lorenz", seq_len=32, horizons=[1, 3], burn_in=50)
+    b = task.train_batch(4, 0, 0)
+    x, y = b.inputs, b.targets
+    assert torch.allclose(y[:, :-1, :3], x[:, 1:]) and torch.allclose(y[:, :-3, 3:], x[:, 3:])
+    perfect = task.finalize(task.metric_sums(y, y))
+    assert perfect["nrmse"] == 0 and perfect["nrmse@3"] == 0
+    zero = task.finalize(task.metric_sums(torch.zeros_like(y), y))
+    assert 0.5 < zero["nrmse"] < 2.0  # predicting the mean of a unit-variance signal
+
+
+def test_metrics_on_scored_positions_only():
+    targets = torch.tensor([[IGNORE_INDEX, 1, 2], [0, IGNORE_INDEX, IGNORE_INDEX]])
+    logits = torch.full((2, 3, 3), -10.0)
+    logits[0, 0, 0] = logits[0, 1, 1] = logits[0, 2, 0] = logits[1, 0, 0] = 10.0  # (0,2) wrong, unscored (0,0)
+    m = M.finalize(M.metric_sums("lm", logits, targets))
+    assert m["acc"] == pytest.approx(2 / 3) and m["seq_acc"] == 0.5 and m["last_acc"] == 0.5
+    loss, count = M.loss_terms("lm", logits, targets)
+    assert count == 3
+    ref = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+    assert torch.allclose(loss / count, ref)
+    assert m["bpb"] == pytest.approx(m["loss"] / np.log(2))

@@ -1,0 +1,106 @@
+"""Sweeps into SQLite: parallel runs, failures recorded with their error, re-runs skip finished
+runs (also after the sweep process itself was killed), and the report reads the database."""
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from rnnlab.train.report import best_runs, make_report
+from rnnlab.train.store import Store
+from rnnlab.train.suite import pick_mixers, suite_spec
+from rnnlab.train.sweep import expand, load_sweep, run_sweep
+from tests.train.conftest import PY
+
+
+def spec(tmp_path, mixers=("attention", "sliding_attention"), lrs=(1e-3, 3e-3)):
+    return {
+        "name": "t", "out_dir": str(tmp_path / "runs"), "workers": 2,
+        "grid": {"mixer": list(mixers), "task": ["parity"], "d_model": [16], "n_layers": [1], "lr": list(lrs)},
+        "base": {"train": {"steps": 6, "batch_size": 8, "eval_every": 6, "eval_examples": 16, "warmup": 2}},
+        "tasks": {"parity": {"task": {"max_len": 12, "test_lengths": [12, 24]}}},
+        "mixers": {"attention": {"model": {"mixer_kwargs": {"num_heads": 2}}},
+                   "sliding_attention": {"model": {"mixer_kwargs": {"num_heads": 3, "window": 4}}}},  # 16 % 3: fails
+    }
+
+
+def test_sweep_records_done_and_failed_and_skips_on_rerun(tmp_path):
+    s = spec(tmp_path)
+    counts = run_sweep(s, log=lambda *_: None)
+    assert counts == {"done": 2, "failed": 2, "skipped": 0}
+    rows = Store(s["out_dir"] + "/runs.db").rows()
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(rows) == 4 and {r["mixer"] for r in failed} == {"sliding_attention"}
+    assert all("divisible" in r["error"] for r in failed)
+    done_before = {r["id"]: r["updated"] for r in rows if r["status"] == "done"}
+    time.sleep(1.1)
+    counts = run_sweep(s, log=lambda *_: None)
+    assert counts["skipped"] == 2 and counts["done"] == 0 and counts["failed"] == 2
+    after = {r["id"]: r["updated"] for r in Store(s["out_dir"] + "/runs.db").rows(status="done")}
+    assert after == done_before  # finished results untouched
+
+    best = best_runs(Store(s["out_dir"] + "/runs.db").rows())
+    assert len(best) == 1 and best[0]["mixer"] == "attention"  # best of the two learning rates
+    md = make_report(s["out_dir"] + "/runs.db", tmp_path / "rep")
+    text = md.read_text()
+    assert "## parity" in text and "Failed runs" in text and "acc@24" in text
+    for png in ("state_size.png", "length.png", "loss.png"):
+        assert (tmp_path / "rep" / png).stat().st_size > 1000
+
+
+def test_killed_sweep_restarts_keeping_finished_results(tmp_path, env1):
+    s = spec(tmp_path, mixers=("attention",), lrs=(1e-3, 2e-3, 3e-3, 4e-3))
+    s["workers"] = 1
+    s["base"]["train"]["steps"] = 60
+    f = tmp_path / "sweep.yaml"
+    f.write_text(yaml.safe_dump(s))
+    db = tmp_path / "runs" / "runs.db"
+    proc = subprocess.Popen([PY, "-m", "rnnlab.cli", "sweep", str(f), "--no-report"], env=env1,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline and done < 1:
+        time.sleep(0.05)
+        if db.exists():
+            try:
+                done = sqlite3.connect(str(db)).execute("SELECT count(*) FROM runs WHERE status='done'").fetchone()[0]
+            except sqlite3.OperationalError:
+                pass
+    proc.send_signal(signal.SIGKILL)  # the sweep parent dies; its current worker is orphaned
+    proc.wait()
+    first = {r["id"]: r["updated"] for r in Store(db).rows(status="done")}
+    assert 1 <= len(first) < 4
+    time.sleep(1.1)
+    counts = run_sweep(load_sweep(str(f)), log=lambda *_: None)
+    rows = Store(db).rows()
+    assert counts["skipped"] == len(first) and all(r["status"] == "done" for r in rows) and len(rows) == 4
+    assert all(r["updated"] == first[r["id"]] for r in rows if r["id"] in first)
+
+
+def test_bad_sweep_fails_before_running(tmp_path):
+    s = spec(tmp_path)
+    s["grid"]["mixer"] = ["attention", "nope"]
+    with pytest.raises(ValueError, match="valid choices"):
+        run_sweep(s, log=lambda *_: None)
+    assert not (tmp_path / "runs" / "runs.db").exists()
+    with pytest.raises(ValueError, match="valid grid keys"):
+        load_sweep({"grid": {"mixer": ["lstm"], "task": ["mqar"], "width": [3]}})
+
+
+def test_suite_picks_one_mixer_per_family():
+    chosen = pick_mixers()
+    from rnnlab.layers.registry import available_mixers, mixer_info
+
+    fams = {mixer_info(m).family for m in available_mixers()} - {"attention", "nonlinear", "other"}
+    assert chosen[:2] == ["attention", "sliding_attention"] and "lstm" in chosen
+    assert {mixer_info(m).family for m in chosen[3:]} == fams and len(chosen) == 3 + len(fams)
+    runs = expand(suite_spec(quick=True, mixers=chosen))
+    assert {r["config"]["task"]["name"] for r in runs} == {"mqar", "parity", "selective_copy"}
+    assert len(runs) == 3 * len(chosen)
+
+
+def test_example_sweep_file_expands():
+    runs = expand(load_sweep("examples/sweep_small.yaml"))
+    assert len(runs) >= 4
