@@ -1,105 +1,186 @@
-"""Parallel form vs reference-loop path of the diagonal mixers lru, hawk, hgrn, rwkv4, mingru,
-minlstm (+ rwkv4_channel_mix, and the wkv4 / log_scan ops), at B=4, T=2048, d_model=256.
+"""Diagonal recurrences and SSMs (issue 3): each mixer's parallel form against its own reference
+loop, with torch.nn.LSTM as a yardstick and HF transformers' MambaMixer (pure-PyTorch path) as the
+peer of ``mamba``.  Default shapes: B=4, T in {512, 2048, 8192}, d_model=256, float32.
 
-Two baselines, same weights: "ref" = the mixer built with backend="reference" (its
-recurrence runs as the plain loop linear_scan_ref / wkv4_ref / log_scan_ref, projections
-still batched over T); "step" = the token-by-token recurrent form (T calls of mixer.step),
-what a model without a parallel form would run.  Median of `--reps` timed calls after one warm-up; torch.nn.LSTM as yardstick.
+    flock /tmp/rnnlab-bench.lock python benchmarks/diag_mixers.py [--T 512,2048,8192] [--json out.json]
 
-    flock /tmp/rnnlab-bench.lock python benchmarks/diag_mixers.py [--T 2048] [--reps 3]
+Rows, same weights in both columns of a mixer:
+- "parallel": the mixer as created (``backend`` default: numba kernel / chunked scan / FFT).
+- "reference": the same mixer built with ``backend="reference"``: its recurrence runs as the plain
+  loop over t (``linear_scan_ref``, ``selective_scan_ref``, ``wkv4_ref``, ``log_scan_ref``, or the
+  S4/S4D step), projections still batched over T.
+- fwd: forward under no_grad; fwd+bwd: forward + backward of mean(y²) w.r.t. x and every parameter.
+Figures are tokens/s = B·T / median seconds (``time_call``: one warm-up call, then up to --reps
+calls within --budget seconds); peak MiB is ``peak_rss_delta`` of one fwd+bwd call (resident memory
+above what was resident before it).  A reference (or HF) call predicted to take longer than
+--max-call-s (linear extrapolation in T from the previous length; quadratic for HF fwd+bwd, whose
+backward is O(T²)) is not run: its figure is printed as "~N" (the extrapolation) and marked skipped.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import json
+import math
+import os
+import sys
 
 import torch
 
 import rnnlab
+from rnnlab.bench.machine import describe_machine
+from rnnlab.bench.timing import peak_rss_delta, time_call
 
-MIXERS = ["lru", "hawk", "hgrn", "rwkv4", "mingru", "minlstm"]  # rwkv4_channel_mix has no recurrence (no backend)
-
-
-def _time(fn, reps):
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+MIXERS = ["s4d", "s4", "s5", "lru", "mamba", "longhorn", "hawk", "hgrn", "rwkv4", "mingru", "minlstm"]
 
 
-def _fwd(m, x):
-    with torch.no_grad():
-        m(x)
+def _fwd(m):
+    def run(x):
+        with torch.no_grad():
+            m(x)
+
+    return run
 
 
-def _fwd_bwd(m, x):
-    m.zero_grad(set_to_none=True)
-    xx = x.detach().requires_grad_()
-    y, _ = m(xx)
-    y.square().mean().backward()
+def _fwd_bwd(m):
+    def run(x):
+        m.zero_grad(set_to_none=True)
+        y = m(x.detach().requires_grad_())
+        (y[0] if isinstance(y, tuple) else y).square().mean().backward()
+
+    return run
 
 
-def _rollout(m, x):
-    state, ys = None, []
-    for xt in x.split(1, dim=1):
-        y, state = m(xt, state)
-        ys.append(y)
-    return torch.cat(ys, 1)
+class _Row:
+    def __init__(self, name, form, T, B):
+        self.d = dict(name=name, form=form, T=T, B=B)
+
+    def measure(self, key, fn, x, a, predicted=None, mem=False):
+        """Time fn(x) unless ``predicted`` seconds exceed the limit (then record the extrapolation)."""
+        ntok = x.shape[0] * x.shape[1]
+        if predicted is not None and predicted > a.max_call_s:
+            self.d[key] = ntok / predicted
+            self.d[key + "_skipped"] = True
+            return predicted
+        t = time_call(lambda: fn(x), warmup=1, reps=a.reps, budget_s=a.budget).median
+        self.d[key] = ntok / t
+        if mem:
+            self.d[key + "_peak_mib"] = (peak_rss_delta(lambda: fn(x)) or 0) / 2**20
+        return t
 
 
-def _step_fwd(m, x):
-    with torch.no_grad():
-        _rollout(m, x)
+def _hf_mamba(D):
+    from transformers import MambaConfig
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+
+    cfg = MambaConfig(hidden_size=D, state_size=16, expand=2, conv_kernel=4, num_hidden_layers=1, use_mambapy=False)
+    return MambaMixer(cfg, layer_idx=0)
 
 
-def _step_fwd_bwd(m, x):
-    m.zero_grad(set_to_none=True)
-    _rollout(m, x.detach().requires_grad_()).square().mean().backward()
+def _fmt(v, skipped=False):
+    if v is None:
+        return "—"
+    s = f"{v / 1e3:.1f}k" if v >= 1e3 else f"{v:.0f}" if v >= 10 else f"{v:.1f}"
+    return "~" + s if skipped else s
 
 
 def main():
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--B", type=int, default=4)
-    p.add_argument("--T", type=int, default=2048)
+    p.add_argument("--T", default="512,2048,8192")
     p.add_argument("--D", type=int, default=256)
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--ref-reps", type=int, default=1)
     p.add_argument("--mixers", default=",".join(MIXERS))
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--budget", type=float, default=3.0)
+    p.add_argument("--max-call-s", type=float, default=60.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--json", default=None)
     a = p.parse_args()
-    torch.manual_seed(0)
-    x = torch.randn(a.B, a.T, a.D)
-    ntok = a.B * a.T
-    print(f"B={a.B} T={a.T} d_model={a.D} threads={torch.get_num_threads()}  (ms; ratio = reference / parallel)")
-    print(f"{'mixer':18s} {'fwd par':>8s} {'fwd ref':>8s} {'x':>5s} {'fwd step':>8s} {'x':>5s} | {'f+b par':>8s} {'f+b ref':>8s} {'x':>5s} {'f+b step':>8s} {'x':>5s} | {'f+b tok/s':>9s}")
+    torch.set_num_threads(a.threads)
+    Ts = [int(t) for t in a.T.split(",")]
+    print(f"# B={a.B} d_model={a.D} T={Ts} threads={a.threads} load={os.getloadavg()[0]:.1f}", flush=True)
+    rows = []
+
+    def emit(r):
+        rows.append(r.d)
+        d = r.d
+        cols = [_fmt(d.get(k), d.get(k + "_skipped", False)) for k in ("fwd", "fb")]
+        print(f"{d['name']:10s} {d['form']:9s} T={d['T']:5d}  fwd {cols[0]:>7s} tok/s  fwd+bwd {cols[1]:>7s} tok/s"
+              f"  peak {d.get('fb_peak_mib', float('nan')):7.1f} MiB", flush=True)
+
     for name in a.mixers.split(","):
         torch.manual_seed(0)
         fast = rnnlab.create_mixer(name, a.D)
         ref = rnnlab.create_mixer(name, a.D, backend="reference")
         ref.load_state_dict(fast.state_dict())
-        t = {}
-        for mode, fn, step_fn in (("fwd", _fwd, _step_fwd), ("fb", _fwd_bwd, _step_fwd_bwd)):
-            t[mode, "par"] = _time(lambda: fn(fast, x), a.reps)
-            t[mode, "ref"] = _time(lambda: fn(ref, x), a.ref_reps)
-            t[mode, "step"] = _time(lambda: step_fn(fast, x), a.ref_reps)
-        cols = []
-        for mode in ("fwd", "fb"):
-            par = t[mode, "par"]
-            cols.append(f"{par*1e3:8.1f} {t[mode,'ref']*1e3:8.1f} {t[mode,'ref']/par:5.1f} {t[mode,'step']*1e3:8.0f} {t[mode,'step']/par:5.1f}")
-        print(f"{name:18s} {cols[0]} | {cols[1]} | {ntok/t['fb','par']:9.0f}", flush=True)
-    lstm = torch.nn.LSTM(a.D, a.D, batch_first=True)
-    t_f = _time(lambda: lstm(x), a.reps)
+        prev = {}
+        for T in Ts:
+            x = torch.randn(a.B, T, a.D)
+            for form, m in (("parallel", fast), ("reference", ref)):
+                r = _Row(name, form, T, a.B)
+                r.d["state_floats"] = m.state_size(T)
+                for key, fn in (("fwd", _fwd(m)), ("fb", _fwd_bwd(m))):
+                    pred = prev.get((form, key))
+                    pred = pred * T / prev["T"] if pred is not None else None
+                    prev[form, key] = r.measure(key, fn, x, a, predicted=pred if form == "reference" else None,
+                                                mem=(key == "fb" and not r.d.get("fb_skipped") and (form == "parallel" or T <= 2048)))
+                emit(r)
+            prev["T"] = T
+    for T in Ts:  # yardstick
+        x = torch.randn(a.B, T, a.D)
+        lstm = torch.nn.LSTM(a.D, a.D, batch_first=True)
+        r = _Row("nn.LSTM", "oneDNN", T, a.B)
+        r.measure("fwd", _fwd(lstm), x, a)
+        r.measure("fb", _fwd_bwd(lstm), x, a, mem=True)
+        emit(r)
+    if not a.no_peers:
+        try:
+            hf = _hf_mamba(a.D)
+        except ImportError as e:
+            print(f"# HF MambaMixer skipped: {e}")
+            hf = None
+        prev = {}
+        for T in Ts if hf is not None else []:
+            x = torch.randn(a.B, T, a.D)
+            r = _Row("hf.Mamba", "torch", T, a.B)
+            r.d["note"] = "HF MambaMixer pure-PyTorch path (use_mambapy=False), d_state 16, expand 2"
+            for key, fn, power in (("fwd", _fwd(hf), 1), ("fb", _fwd_bwd(hf), 2)):
+                pred = prev.get(key)
+                pred = pred * (T / prev["T"]) ** power if pred is not None else None
+                prev[key] = r.measure(key, fn, x, a, predicted=pred, mem=(key == "fb"))
+            prev["T"] = T
+            emit(r)
+    _summary(rows, Ts)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"machine": describe_machine(), "argv": sys.argv, "load_after": os.getloadavg()[0], "rows": rows}, f, indent=1)
 
-    def lstm_fb():
-        lstm.zero_grad(set_to_none=True)
-        lstm(x.detach().requires_grad_())[0].square().mean().backward()
 
-    t_fb = _time(lstm_fb, a.reps)
-    pad = " " * 30
-    print(f"{'nn.LSTM':18s} {t_f*1e3:8.1f} {pad} | {t_fb*1e3:8.1f} {pad} | {ntok/t_fb:9.0f}")
+def _summary(rows, Ts):
+    """Markdown table: tokens/s of both forms and their ratio per mixer and T, then the peers."""
+    by = {(r["name"], r["form"], r["T"]): r for r in rows}
+    print("\n| mixer | T | fwd tok/s parallel | fwd reference | × | fwd+bwd tok/s parallel | fwd+bwd reference | × | peak MiB fwd+bwd parallel / reference | state floats |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in dict.fromkeys(r["name"] for r in rows if r["form"] == "parallel"):
+        for T in Ts:
+            p, q = by.get((name, "parallel", T)), by.get((name, "reference", T))
+            if p is None or q is None:
+                continue
+            rf, rb = p["fwd"] / q["fwd"], p["fb"] / q["fb"]
+            sk = "~" if q.get("fb_skipped") or q.get("fwd_skipped") else ""
+            mem_q = f"{q['fb_peak_mib']:.0f}" if "fb_peak_mib" in q else "—"
+            print(f"| {name} | {T} | {_fmt(p['fwd'])} | {_fmt(q['fwd'], q.get('fwd_skipped'))} | {sk}{rf:.0f} | "
+                  f"{_fmt(p['fb'])} | {_fmt(q['fb'], q.get('fb_skipped'))} | {sk}{rb:.0f} | {p['fb_peak_mib']:.0f} / {mem_q} | {p['state_floats']} |")
+    for peer in ("nn.LSTM", "hf.Mamba"):
+        for T in Ts:
+            r, m = by.get((peer, rows and next((r["form"] for r in rows if r["name"] == peer), ""), T)), by.get(("mamba", "parallel", T))
+            if r is None:
+                continue
+            vs = ""
+            if peer == "hf.Mamba" and m is not None:
+                vs = f" (mamba ÷ HF: fwd {m['fwd'] / r['fwd']:.1f}×, fwd+bwd {m['fb'] / r['fb']:.0f}×)"
+            print(f"| {peer} | {T} | {_fmt(r['fwd'], r.get('fwd_skipped'))} | | | {_fmt(r['fb'], r.get('fb_skipped'))} | | | "
+                  f"{r.get('fb_peak_mib', float('nan')):.0f} | {vs} |")
 
 
 if __name__ == "__main__":

@@ -26,3 +26,12 @@ def test_readme_table_lists_every_mixer():
     text = (ROOT / "README.md").read_text()
     missing = [m for m in rnnlab.available_mixers() if f"| `{m}` |" not in text]
     assert not missing, f"mixers without a row in the README model table: {missing}"
+
+
+def test_readme_python_examples_run():
+    """Every ```python block of the README runs as written, so the examples cannot rot."""
+    text = (ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python")[1:]]
+    assert blocks, "the README has no python example"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})

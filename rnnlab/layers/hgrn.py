@@ -10,20 +10,25 @@ Recurrent Neural Network for Sequence Modeling", NeurIPS; Sec. 3.1, the HGRU tok
     g_t = SiLU(x_t W_g + b_g),  y_t = LayerNorm(g_t ⊙ [Re h_t, Im h_t]) W_o + b_o   output gate
 
 theta starts at 10000^(-2j/D) as in the authors' hgru-pytorch code.  The lower bound: in the
-paper gamma^k is learned per layer and channel as a cumulative softmax over the layers
-(so it increases with depth, and is 0 in the first layer).  A mixer does not see its layer
-index, so here ``lower_bound`` is a fixed float in [0, 1) per mixer; set it per layer through
-the model's per-layer ``mixer_kwargs`` — ``hgrn_lower_bounds(n_layers)`` gives the paper's
-initial schedule k / n_layers.  Simplification: that floor is not learned.
+paper gamma^k is learned per layer and channel as a cumulative softmax over the layers,
+gamma^k = sum_{j=1..k} softmax_j(P) (so it increases with depth and is exactly 0 in the first
+layer); P starts at ones, i.e. gamma^k = k / n_layers.  A mixer does not see the other layers, so
+here each mixer learns its own floor per channel, gamma = sigmoid(lower_bound_logit), initialized
+at ``lower_bound`` (``hgrn_lower_bounds(n_layers)[k]`` is the paper's initial schedule; pass it
+per layer through the model's per-layer ``mixer_kwargs``); ``lower_bound=0`` is the paper's first
+layer, gamma = 0 fixed.  Simplification: the floors of different layers are learned independently
+(the cumulative softmax that keeps them increasing with depth couples the layers of a model).
 Training runs the complex diagonal recurrence through ``rnnlab.ops.scan.linear_scan``.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnlab.layers.base import Mixer, State
+from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.scan import BACKENDS, linear_scan
 
@@ -37,7 +42,8 @@ def hgrn_lower_bounds(n_layers: int) -> list[float]:
 
 @register_mixer("hgrn", family="diagonal")
 class HGRN(Mixer):
-    """HGRU with complex diagonal state of size D, forget-gate floor ``lower_bound``."""
+    """HGRU with complex diagonal state of size D; ``lower_bound``: initial forget-gate floor gamma in [0, 1)
+    (learned per channel when > 0, fixed at 0 otherwise)."""
 
     def __init__(self, d_model: int, lower_bound: float = 0.0, backend: str = "auto"):
         super().__init__(d_model)
@@ -53,6 +59,14 @@ class HGRN(Mixer):
         self.gate_proj = nn.Linear(D, 2 * D)
         self.norm = nn.LayerNorm(2 * D)
         self.out_proj = nn.Linear(2 * D, D)
+        self.lower_bound_logit = None
+        if lower_bound > 0:
+            self.lower_bound_logit = nn.Parameter(torch.full((D,), math.log(lower_bound / (1 - lower_bound))))
+            no_weight_decay(self.lower_bound_logit)
+
+    def floor(self) -> Tensor | float:
+        """gamma (D,) float32 in (0, 1), or 0.0 for the first-layer setting lower_bound=0."""
+        return 0.0 if self.lower_bound_logit is None else torch.sigmoid(self.lower_bound_logit.float())
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         return {"h": torch.zeros(batch_size, self.d_model, 2, device=device, dtype=dtype or torch.float32)}
@@ -63,7 +77,8 @@ class HGRN(Mixer):
     def _coeffs(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, T, D) -> lambda_t, (1 - f_t) c_t, both (B, T, D) complex64."""
         c_re, c_im = F.silu(self.input_proj(x).float()).chunk(2, dim=-1)
-        f = self.lower_bound + (1 - self.lower_bound) * torch.sigmoid(self.forget_proj(x).float())
+        gamma = self.floor()
+        f = gamma + (1 - gamma) * torch.sigmoid(self.forget_proj(x).float())
         theta = self.theta.float()
         lam = torch.complex(f * torch.cos(theta), f * torch.sin(theta))
         return lam, torch.complex((1 - f) * c_re, (1 - f) * c_im)

@@ -21,7 +21,29 @@ from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.gla import chunk_linear_attn, fused_recurrent_linear_attn
 
-__all__ = ["LinearAttention"]
+__all__ = ["LinearAttention", "linear_attention_heads"]
+
+
+def linear_attention_heads(q: Tensor, k: Tensor, v: Tensor, state: State, chunked: bool, chunk_size: int, eps: float) -> tuple[Tensor, State]:
+    """Feature-mapped q, k (B, T, H, F), v (B, T, H, V) -> (o (B, T, H, V), {"S", and "z" if in state}).
+
+    o_t = S_tᵀ q_t (/ (z_tᵀ q_t + eps) when the state has a normalizer "z"), scale 1, continuing from
+    ``state``; chunkwise (``chunk_linear_attn``) or the fused recurrence. The normalizer z_t = Σ k_s rides
+    along as an extra value column of ones, so S and z share one (F, V+1) matrix inside the op.
+    Shared by ``linear_attention`` and ``based``."""
+    normalize = "z" in state
+    S0 = state["S"].float()
+    if normalize:
+        v = torch.cat([v, torch.ones_like(v[..., :1])], -1)
+        S0 = torch.cat([S0, state["z"].float()[..., None]], -1)
+    kw = dict(scale=1.0, initial_state=S0, output_final_state=True)
+    o, S = chunk_linear_attn(q, k, v, chunk_size=chunk_size, **kw) if chunked else fused_recurrent_linear_attn(q, k, v, **kw)
+    new = {}
+    if normalize:
+        o = (o[..., :-1].float() / (o[..., -1:].float() + eps)).to(q.dtype)
+        S, new["z"] = S[..., :-1], S[..., -1].to(state["z"].dtype)
+    new["S"] = S.to(state["S"].dtype)
+    return o, new
 
 
 @register_mixer("linear_attention", family="matrix", small={"num_heads": 2, "chunk_size": 16})
@@ -51,18 +73,7 @@ class LinearAttention(Mixer):
 
     def _mix(self, x: Tensor, state: State, chunked: bool) -> tuple[Tensor, State]:
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b t h d", three=3, h=self.num_heads)
-        q, k = F.elu(q) + 1, F.elu(k) + 1  # φ, eq. 7
-        S0 = state["S"].float()
-        if self.normalize:  # the normalizer rides along as an extra value column of ones
-            v = torch.cat([v, torch.ones_like(v[..., :1])], -1)
-            S0 = torch.cat([S0, state["z"].float()[..., None]], -1)
-        kw = dict(scale=1.0, initial_state=S0, output_final_state=True)
-        o, S = chunk_linear_attn(q, k, v, chunk_size=self.chunk_size, **kw) if chunked else fused_recurrent_linear_attn(q, k, v, **kw)
-        new = {}
-        if self.normalize:
-            o = (o[..., :-1].float() / (o[..., -1:].float() + self.eps)).to(x.dtype)
-            S, new["z"] = S[..., :-1], S[..., -1].to(state["z"].dtype)
-        new["S"] = S.to(state["S"].dtype)
+        o, new = linear_attention_heads(F.elu(q) + 1, F.elu(k) + 1, v, state, chunked, self.chunk_size, self.eps)  # φ, eq. 7
         return self.out(rearrange(o, "b t h d -> b t (h d)")), new
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:

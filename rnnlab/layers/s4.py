@@ -29,6 +29,7 @@ from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.ssm_kernels import bilinear_dense, dense_state_terms, fft_causal_conv, nplr_kernel, nplr_legs
 
 __all__ = ["S4"]
+BACKENDS = ("fft", "reference")
 
 
 def _c(t: Tensor) -> Tensor:
@@ -39,12 +40,16 @@ def _c(t: Tensor) -> Tensor:
 class S4(Mixer):
     """S4 mixer: x (B, T, D) -> y (B, T, D); state h (B, D, d_state, 2) (complex as real pairs).
 
-    d_state: N (HiPPO-LegS order); dt_min/dt_max: range of the log-uniform Δ initialization."""
+    d_state: N (HiPPO-LegS order); dt_min/dt_max: range of the log-uniform Δ initialization;
+    backend: "fft" (Cauchy/Woodbury kernel + FFT convolution) or "reference" (the dense
+    recurrence, one step per token)."""
 
-    def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1):
+    def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1, backend: str = "fft"):
         super().__init__(d_model)
+        if backend not in BACKENDS:
+            raise ValueError(f"s4 backend must be one of {BACKENDS}, got {backend!r}")
         H, N = d_model, d_state
-        self.d_state = d_state
+        self.d_state, self.backend = d_state, backend
         lam, P, B, _ = nplr_legs(N)
         rep = lambda t: torch.view_as_real(t.to(torch.complex64)).repeat(H, 1, 1)  # noqa: E731  (H, N, 2)
         self.log_neg_lam_re = nn.Parameter(torch.log(-lam.real.float()).repeat(H, 1))
@@ -70,11 +75,23 @@ class S4(Mixer):
         y = y + self.D.float() * x.float()
         return F.glu(self.out_proj(F.gelu(y).to(x.dtype)), dim=-1)
 
+    @staticmethod
+    def _recur(Abar: Tensor, Bbar: Tensor, C: Tensor, h: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """One step: u (B, H) real, h (B, H, N) complex -> (y (B, H) = Re(C h'), h' = Ā h + B̄ u)."""
+        h = torch.einsum("hnm,bhm->bhn", Abar, h) + Bbar * u.unsqueeze(-1)
+        return (h * C).sum(-1).real, h
+
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         lam, P, B, C, dt = self._params()
         T = x.shape[1]
         u = x.float()
         Abar, Bbar = bilinear_dense(lam, P, B, dt)
+        if self.backend == "reference":
+            h, ys = _c(state["h"]), []
+            for ut in u.unbind(1):
+                yt, h = self._recur(Abar, Bbar, C, h, ut)
+                ys.append(yt)
+            return self._out(torch.stack(ys, 1), x), {"h": torch.view_as_real(h)}
         Ct = C - (C.unsqueeze(-2) @ torch.linalg.matrix_power(Abar, T)).squeeze(-2)  # C̃ = C (I − Ā^T)
         K = nplr_kernel(lam, P, B, Ct, dt, T)  # (H, T)
         y0, h = dense_state_terms(u, Abar, Bbar, C, _c(state["h"]))
@@ -84,7 +101,5 @@ class S4(Mixer):
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         lam, P, B, C, dt = self._params()
         Abar, Bbar = bilinear_dense(lam, P, B, dt)
-        u = x[:, 0].float()
-        h = torch.einsum("hnm,bhm->bhn", Abar, _c(state["h"])) + Bbar * u.unsqueeze(-1)
-        y = (h * C).sum(-1).real
+        y, h = self._recur(Abar, Bbar, C, _c(state["h"]), x[:, 0].float())
         return self._out(y.unsqueeze(1), x), {"h": torch.view_as_real(h)}

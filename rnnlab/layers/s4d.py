@@ -21,9 +21,10 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.registry import register_mixer
-from rnnlab.ops.ssm_kernels import diag_final_state, diag_state_contrib, fft_causal_conv, vandermonde_kernel, zoh_diag
+from rnnlab.ops.ssm_kernels import diag_conv, zoh_diag
 
 __all__ = ["S4D"]
+BACKENDS = ("fft", "reference")
 
 
 @register_mixer("s4d", family="diagonal", small={"d_state": 8})
@@ -31,16 +32,20 @@ class S4D(Mixer):
     """S4D mixer: x (B, T, D) -> y (B, T, D); state h (B, D, d_state/2, 2) (complex as real pairs).
 
     d_state: N (N/2 complex modes per channel); init: "lin" (S4D-Lin) or "inv" (S4D-Inv);
-    dt_min/dt_max: range of the log-uniform Δ initialization."""
+    dt_min/dt_max: range of the log-uniform Δ initialization; backend: "fft" (Vandermonde kernel +
+    FFT convolution) or "reference" (the recurrence, one step per token)."""
 
-    def __init__(self, d_model: int, d_state: int = 64, init: str = "lin", dt_min: float = 1e-3, dt_max: float = 1e-1):
+    def __init__(self, d_model: int, d_state: int = 64, init: str = "lin", dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 backend: str = "fft"):
         super().__init__(d_model)
         if init not in ("lin", "inv"):
             raise ValueError(f"s4d init must be 'lin' or 'inv', got {init!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"s4d backend must be one of {BACKENDS}, got {backend!r}")
         if d_state % 2:
             raise ValueError(f"s4d d_state must be even (conjugate pairs), got {d_state}")
         H, N2 = d_model, d_state // 2
-        self.d_state = d_state
+        self.d_state, self.backend = d_state, backend
         n = torch.arange(N2, dtype=torch.float32)
         imag = math.pi * n if init == "lin" else (d_state / math.pi) * (d_state / (2 * n + 1) - 1)
         self.log_A_real = nn.Parameter(torch.log(0.5 * torch.ones(H, N2)))
@@ -67,18 +72,25 @@ class S4D(Mixer):
         y = y + self.D.float() * x.float()
         return F.glu(self.out_proj(F.gelu(y).to(x.dtype)), dim=-1)
 
+    @staticmethod
+    def _recur(C: Tensor, dtA: Tensor, Bbar: Tensor, h: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """One step: u (B, H) real, h (B, H, N2) complex -> (y (B, H) = 2 Re(C h'), h' = Ā h + B̄ u)."""
+        h = torch.exp(dtA) * h + Bbar * u.unsqueeze(-1)
+        return 2 * (h * C).sum(-1).real, h
+
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         C, dtA, Bbar = self._ssm()
-        T = x.shape[1]
         u = x.float()
-        h0 = torch.view_as_complex(state["h"].float().contiguous())
-        y = fft_causal_conv(u, vandermonde_kernel(C * Bbar, dtA, T)) + diag_state_contrib(C, dtA, h0, T)
-        h = diag_final_state(u, Bbar, dtA, h0)
+        h = torch.view_as_complex(state["h"].float().contiguous())
+        if self.backend == "reference":
+            ys = []
+            for ut in u.unbind(1):
+                yt, h = self._recur(C, dtA, Bbar, h, ut)
+                ys.append(yt)
+            return self._out(torch.stack(ys, 1), x), {"h": torch.view_as_real(h)}
+        y, h = diag_conv(u, C, dtA, Bbar, h)
         return self._out(y, x), {"h": torch.view_as_real(h)}
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        C, dtA, Bbar = self._ssm()
-        u = x[:, 0].float()  # (B, H)
-        h = torch.exp(dtA) * torch.view_as_complex(state["h"].float().contiguous()) + Bbar * u.unsqueeze(-1)
-        y = 2 * (h * C).sum(-1).real
+        y, h = self._recur(*self._ssm(), torch.view_as_complex(state["h"].float().contiguous()), x[:, 0].float())
         return self._out(y.unsqueeze(1), x), {"h": torch.view_as_real(h)}

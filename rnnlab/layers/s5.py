@@ -8,8 +8,11 @@ trained with a parallel scan.
     h_t = Λ̄ ⊙ h_{t−1} + B̄ u_t,  y_t = 2 Re(C̃ h_t) + D ⊙ u_t                (conjugate symmetry: P/2 modes)
     out = g ⊙ σ(W g),  g = GELU(y)                                           ("half_glu1" of the authors' code)
 
-Initialization as the paper's code: B ~ lecun-normal (P, H); C columns ~ N(0, 1/(P/2)) (real and
-imag); D ~ N(0, 1); log Δ ~ U(log 1e-3, log 1e-1).  Λ, log Δ get no weight decay.
+Initialization as the authors' code (lindermanlab/S5 ``ssm.py``/``ssm_init.py``, default
+``C_init="trunc_standard_normal"``): B (P, H) and the real and imaginary parts of C (H, P) are
+JAX ``lecun_normal`` draws, i.e. truncated normals of std 1/sqrt(P) (JAX takes fan_in = P for both
+shapes), then B̃ = V⁻¹ B, C̃ = C V; D ~ N(0, 1); log Δ ~ U(log 1e-3, log 1e-1) per state.
+Λ, log Δ get no weight decay.
 """
 from __future__ import annotations
 
@@ -25,6 +28,12 @@ from rnnlab.ops.scan import linear_scan
 from rnnlab.ops.ssm_kernels import hippo_n_diag, zoh_diag
 
 __all__ = ["S5"]
+
+
+def _lecun_normal(shape: tuple[int, ...], fan_in: int) -> Tensor:
+    """JAX's lecun_normal: a normal truncated at ±2σ, rescaled to std 1/sqrt(fan_in) (float64)."""
+    std = 1 / math.sqrt(fan_in) / 0.87962566103423978  # std of N(0, 1) truncated at ±2
+    return nn.init.trunc_normal_(torch.empty(shape, dtype=torch.float64), std=std, a=-2 * std, b=2 * std)
 
 
 @register_mixer("s5", family="diagonal", small={"d_state": 8, "blocks": 2})
@@ -47,8 +56,8 @@ class S5(Mixer):
         lam = lam.repeat(blocks)
         V = torch.block_diag(*[V] * blocks)  # (P, P2)
         Vinv = V.conj().T  # (P2, P)
-        Bm = torch.randn(P, H, dtype=torch.float64) / math.sqrt(H)  # lecun normal
-        Ct = torch.complex(torch.randn(H, P, dtype=torch.float64), torch.randn(H, P, dtype=torch.float64)) / math.sqrt(P2)
+        Bm = _lecun_normal((P, H), fan_in=P)
+        Ct = torch.complex(_lecun_normal((H, P), fan_in=P), _lecun_normal((H, P), fan_in=P))
         self.Lambda_re = nn.Parameter(lam.real.float())
         self.Lambda_im = nn.Parameter(lam.imag.float())
         self.B = nn.Parameter(torch.view_as_real((Vinv @ Bm.to(torch.complex128)).to(torch.complex64)))  # (P2, H, 2)

@@ -1,20 +1,28 @@
-"""sLSTM mixer: the xLSTM post-up-projection block (Beck et al. 2024, Section 2.2, eqs. (8)-(17), Fig. 9).
+"""sLSTM mixer: the sLSTM layer of xLSTM (Beck et al. 2024, Section 2.2, eqs. (8)-(17); Appendix, Fig. 10).
 
-x (B, T, D) -> y (B, T, D). State {"h", "c", "n", "m": (B, H) float32, "conv": (B, K-1, D)}; H = D.
+x (B, T, D) -> y (B, T, D). State {"h", "c", "n", "m": (B, H) float32, "conv": (B, K-1, D)}; H = D,
+NH heads of size Kh = H / NH.
 
-    xc      = swish(causal_conv_K(x))                      (feeds the i and f gates only, as in the paper)
-    i~, f~  = W_if xc + b_if;  z~, o~ = W_zo x + b_zo      (one matmul each over all steps)
-    h_t     = sLSTM(i~, f~, z~, o~; block-diagonal R)      (exponential input gate, sigmoid or exp forget
-                                                            gate, normalizer n_t, stabilizer m_t: ops.rnn.slstm)
-    y       = W_down(GeLU(W_gate g) * W_up g),  g = GroupNorm_heads(h)   (gated MLP, factor 4/3)
+    xc          = swish(causal_conv_K(x))                  (feeds the i and f gates only)
+    i~, f~      = W_{i,f} xc + b;  z~, o~ = W_{z,o} x + b  (W head-wise block-diagonal, one einsum over all steps)
+    h_t         = sLSTM(i~, f~, z~, o~; R)                  (ops.rnn.slstm; R block-diagonal per head)
+    y           = GroupNorm_heads(h)                        (per-head LayerNorm, weight only)
 
-Simplifications against the paper's block, on purpose: the block's own pre-LayerNorm and the
-two residual connections are those of the surrounding rnnlab block (pre-norm -> mixer ->
-residual), so the mixer is ``MLP(GN(sLSTM(x)))`` without the inner residual and second
-LayerNorm; the input projections are dense (the xLSTM code uses head-wise block-diagonal ones);
-the up-projection width is round_up(4/3 * D, 64) as in the xLSTM code. Init: forget-gate bias
-the xLSTM code's "powerlaw_blockdependent" schedule, other gate biases 0, recurrent blocks
-uniform +-1/sqrt(Kh), projections normal(0, sqrt(2 / (5 D))) ("small init").
+The cell (eqs. 8-17): log i = i~; log f = logsigmoid(f~) ("sigmoid", default) or f~ ("exp");
+m_t = max(log f + m_{t-1}, log i); i' = exp(log i - m_t); f' = exp(log f + m_{t-1} - m_t);
+c_t = f' c_{t-1} + i' tanh(z~); n_t = f' n_{t-1} + i'; h_t = sigmoid(o~) c_t / n_t.
+
+The post-up-projection block. The authors' code (NX-AI/xlstm ``sLSTMBlock`` = ``xLSTMBlock``) computes
+x + sLSTMLayer(LN(x)) and then x + GatedFFN(LN(x)), GatedFFN(u) = W_down(GeLU(W_gate u) * W_up u) with
+projection factor 4/3. That is rnnlab's Block around this mixer: RMSNorm -> sLSTM layer -> residual ->
+RMSNorm -> gated MLP -> residual, so the MLP is the model's MLP slot, not part of the mixer
+(``ModelConfig(mixer="slstm", mlp_ratio=2.0)`` gives the paper's 4/3 width). Differences, stated:
+RMSNorm instead of LayerNorm and SiLU instead of GeLU in the MLP gate (the backbone's choices).
+
+Initialisation as the xLSTM code: gate projections normal(0, sqrt(2 / (5 D))) ("small init"),
+recurrent blocks R = 0, forget-gate bias "powerlaw_blockdependent" -(-5 + 12 (j/(Kh-1))^0.3) per head
+(the exponent's block-depth term is 0: a mixer does not know its depth), other biases 0,
+GroupNorm weight 1, eps 1e-5.
 """
 from __future__ import annotations
 
@@ -33,19 +41,19 @@ from rnnlab.ops.rnn.reference import FORGET_GATES, cell_step, recurrent_matmul
 _CELL_KEYS = ("h", "c", "n", "m")
 
 
-def _forget_bias(num_heads: int, head_dim: int) -> Tensor:
-    """xLSTM's 'powerlaw_blockdependent' forget-gate bias: -(-5 + 12 (j/(Kh-1))^(0.3 + 1.3 n/(NH-1))), (H,)."""
+def forget_bias(num_heads: int, head_dim: int, depth_ratio: float = 0.0) -> Tensor:
+    """xLSTM's 'powerlaw_blockdependent' forget-gate bias, (NH*Kh,): -(-5 + 12 (j/(Kh-1))^(0.3 + 1.3 r)) per head,
+    r = block index / (number of blocks - 1)."""
     j = torch.arange(head_dim, dtype=torch.float64) / max(head_dim - 1, 1)
-    rows = [-(-5.0 + 12.0 * j ** (0.3 + 1.3 * n / max(num_heads - 1, 1))) for n in range(num_heads)]
-    return torch.cat(rows).float()
+    return (-(-5.0 + 12.0 * j ** (0.3 + 1.3 * depth_ratio))).float().repeat(num_heads)
 
 
 @register_mixer("slstm", family="nonlinear", small={"num_heads": 2})
 class SLSTM(Mixer):
-    """sLSTM post-up-projection block (see the module docstring). ``num_heads`` head-wise recurrences."""
+    """sLSTM layer (see the module docstring): ``num_heads`` head-wise recurrences, GroupNorm over heads."""
 
     def __init__(self, d_model: int, num_heads: int = 4, conv_kernel: int = 4, forget_gate: str = "sigmoid",
-                 proj_factor: float = 4 / 3, backend: str = "auto"):
+                 backend: str = "auto"):
         super().__init__(d_model)
         H = d_model
         if not isinstance(num_heads, int) or num_heads <= 0 or H % num_heads:
@@ -59,20 +67,17 @@ class SLSTM(Mixer):
         self.hidden_size, self.num_heads, self.forget_gate, self.backend = H, num_heads, forget_gate, backend
         Kh = H // num_heads
         self.conv = ShortConv(d_model, conv_kernel, activation="silu") if conv_kernel else None
-        self.weight_if = nn.Parameter(torch.empty(2 * H, d_model))
-        self.weight_zo = nn.Parameter(torch.empty(2 * H, d_model))
-        self.weight_hh = nn.Parameter(torch.empty(num_heads, 4 * Kh, Kh))  # block-diagonal R, rows g*Kh + j
-        self.bias = nn.Parameter(torch.zeros(4 * H))  # gate order i, f, z, o
-        self.norm_weight = nn.Parameter(torch.ones(H))  # GroupNorm over heads (weight only, as xLSTM's MultiHeadLayerNorm)
-        ff = 64 * math.ceil(proj_factor * d_model / 64)
-        self.up_proj = nn.Linear(H, 2 * ff, bias=False)  # [gate | up]
-        self.down_proj = nn.Linear(ff, d_model, bias=False)
+        # head-wise block-diagonal input projections (xLSTM's LinearHeadwiseExpand), (gate, head, out, in)
+        self.weight_if = nn.Parameter(torch.empty(2, num_heads, Kh, Kh))
+        self.weight_zo = nn.Parameter(torch.empty(2, num_heads, Kh, Kh))
+        self.weight_hh = nn.Parameter(torch.zeros(num_heads, 4 * Kh, Kh))  # block-diagonal R, rows g*Kh + j
+        self.bias = nn.Parameter(torch.zeros(4 * H))  # gate-major: i, f, z, o
+        self.norm_weight = nn.Parameter(torch.ones(H))  # GroupNorm over heads (weight only, xLSTM's MultiHeadLayerNorm)
         std = math.sqrt(2 / (5 * d_model))
-        for w in (self.weight_if, self.weight_zo, self.up_proj.weight, self.down_proj.weight):
-            nn.init.normal_(w, 0.0, std)
-        nn.init.uniform_(self.weight_hh, -1 / math.sqrt(Kh), 1 / math.sqrt(Kh))
+        nn.init.normal_(self.weight_if, 0.0, std)
+        nn.init.normal_(self.weight_zo, 0.0, std)
         with torch.no_grad():
-            self.bias[H : 2 * H] = _forget_bias(num_heads, Kh)
+            self.bias[H : 2 * H] = forget_bias(num_heads, Kh)
         no_weight_decay(self.bias, self.norm_weight)
 
     # --- contract -----------------------------------------------------------
@@ -86,29 +91,31 @@ class SLSTM(Mixer):
     def state_size(self, seq_len: int) -> int:
         return 4 * self.hidden_size + (self.conv.state_size() if self.conv is not None else 0)
 
+    def _headwise(self, x: Tensor, w: Tensor) -> Tensor:
+        """x (B, T, H), w (2, NH, Kh, Kh) -> (B, T, 2H) gate-major."""
+        xh = x.unflatten(-1, (self.num_heads, -1))  # (B, T, NH, Kh)
+        return torch.einsum("btnk,gnjk->btgnj", xh, w).flatten(2)
+
     def _gates(self, x: Tensor, state: State) -> tuple[Tensor, dict]:
         """x (B, T, D) -> gx (B, T, 4H) (biases folded in), new conv state."""
         new = {}
         xc = x
         if self.conv is not None:
             xc, new["conv"] = self.conv(x, state["conv"])
-        gx = torch.cat([F.linear(xc, self.weight_if), F.linear(x, self.weight_zo)], -1) + self.bias
+        gx = torch.cat([self._headwise(xc, self.weight_if), self._headwise(x, self.weight_zo)], -1) + self.bias
         return gx, new
 
-    def _out(self, h: Tensor) -> Tensor:
-        """h (B, T, H) -> GroupNorm per head -> gated MLP -> (B, T, D)."""
-        shape = h.shape
-        g = F.group_norm(h.reshape(-1, self.hidden_size).float(), self.num_heads, self.norm_weight.float(), None, eps=1e-6)
-        g = g.view(shape).to(self.up_proj.weight.dtype)
-        gate, up = self.up_proj(g).chunk(2, -1)
-        return self.down_proj(F.gelu(gate) * up)
+    def _norm(self, h: Tensor) -> Tensor:
+        """h (B, T, H) -> GroupNorm per head, in h's dtype."""
+        g = F.group_norm(h.reshape(-1, self.hidden_size).float(), self.num_heads, self.norm_weight.float(), None, eps=1e-5)
+        return g.view(h.shape).to(h.dtype)
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         gx, new = self._gates(x, state)
         h, final = slstm(gx, self.weight_hh, None, initial_state=tuple(state[k] for k in _CELL_KEYS),
                          output_final_state=True, backend=self.backend, forget_gate=self.forget_gate)
         new.update(zip(_CELL_KEYS, final))
-        return self._out(h), new
+        return self._norm(h), new
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         gx, new = self._gates(x, state)
@@ -116,7 +123,7 @@ class SLSTM(Mixer):
         out = cell_step("slstm", gx[:, 0].float(), recurrent_matmul(cell[0], self.weight_hh.float()), cell,
                         forget_gate=self.forget_gate)
         new.update(zip(_CELL_KEYS, out))
-        return self._out(out[0][:, None].to(x.dtype)), new
+        return self._norm(out[0][:, None].to(x.dtype)), new
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, forget_gate={self.forget_gate!r}, backend={self.backend!r}"

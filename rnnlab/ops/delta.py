@@ -146,17 +146,41 @@ def _mm(lowp: bool):
     return torch.matmul
 
 
+def unit_lower_inverse(A: Tensor, block: int = 16) -> Tensor:
+    """A (..., C, C) -> (I + tril₋₁(A))⁻¹ (..., C, C); only A's strictly lower part is read.
+
+    Blocked forward substitution: the diagonal block×block blocks are inverted row by row (one
+    broadcast multiply-sum per row, over every block of every matrix at once), then block row i is
+    −T_ii (A_{i,<i} T_{<i,<i}), two batched matmuls. Only matmuls and element-wise ops: LAPACK's
+    batched triangular solve makes one threaded call per matrix, which measured up to 100x slower
+    than this on a loaded 2-core machine (and no faster on an idle one)."""
+    C = A.shape[-1]
+    b = min(block, C)
+    n = -(-C // b)
+    if n * b != C:  # the leading block of a lower-triangular matrix's inverse is the inverse of its leading block
+        A = F.pad(A, (0, n * b - C, 0, n * b - C))
+    L = A.unflatten(-1, (n, b)).unflatten(-3, (n, b))  # (..., n, b, n, b)
+    X = -L.diagonal(dim1=-4, dim2=-2).movedim(-1, -3).tril(-1)  # (..., n, b, b): diagonal blocks of −A
+    for i in range(2, b):  # row i of (I + A_ii)⁻¹ − I from the rows above it
+        X[..., i, :i] += (X[..., i, 1:i, None] * X[..., 1:i, :i]).sum(-2)
+    X.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+    T = torch.zeros_like(A)
+    T.unflatten(-1, (n, b)).unflatten(-3, (n, b)).diagonal(dim1=-4, dim2=-2).copy_(X.movedim(-3, -1))
+    for i in range(1, n):
+        r, c = slice(i * b, (i + 1) * b), slice(0, i * b)
+        T[..., r, c] = -(X[..., i, :, :] @ (A[..., r, c] @ T[..., c, c]))
+    return T[..., :C, :C]
+
+
 class _UnitLowerSolve(torch.autograd.Function):
     """A (..., C, C), R (..., C, M) -> X = (I + tril₋₁(A))⁻¹ R: the UT transform of all chunks at once.
 
-    Forward: the inverse T by one batched triangular solve (only A's strictly lower part is read),
-    then one matmul. Backward (hand-written, two matmuls): dR = Tᵀ dX, dA = −tril₋₁(dR Xᵀ)."""
+    Forward: the inverse T (``unit_lower_inverse``), then one matmul. Backward (hand-written, two
+    matmuls): dR = Tᵀ dX, dA = −tril₋₁(dR Xᵀ)."""
 
     @staticmethod
     def forward(ctx, A, R, lowp):
-        C = A.shape[-1]
-        eye = torch.eye(C, dtype=A.dtype, device=A.device)
-        Tinv = torch.linalg.solve_triangular(A, eye.expand_as(A), upper=False, unitriangular=True)
+        Tinv = unit_lower_inverse(A)
         X = _mm(lowp)(Tinv, R)
         ctx.lowp = lowp
         ctx.save_for_backward(Tinv, X)
@@ -170,58 +194,190 @@ class _UnitLowerSolve(torch.autograd.Function):
         return -torch.tril(mm(dR, X.mT), -1), dR, None
 
 
-class _ChunkPass(torch.autograd.Function):
-    """The sequential part of the WY form, over chunks n = 0..N-1 (chunk axis first):
+def _pass_forward(U: Tensor, Wk: Tensor, kd: Tensor, d: Tensor | None, E: Tensor | None, S0: Tensor) -> tuple[Tensor, Tensor]:
+    """The sequential part of the WY form, over chunks n = 0..N-1 (chunk axis first, Z = batch·heads):
 
         W_n = U_n − Wk_n S_n,   S_{n+1} = d_n ⊙ S_n + kd_nᵀ W_n (+ E_n)
 
-    U (N, B, H, C, V), Wk and kd (N, B, H, C, K), d (N, B, H, 1, 1) scalar or (N, B, H, K, 1)
-    per-key chunk decay, or None; E (N, B, H, K, V) or None; S0 (B, H, K, V)
-    -> W (N, B, H, C, V), S (N+1, B, H, K, V): the state entering each chunk, then the final one.
-    Two small matmuls per chunk each way; the backward's other products are batched over chunks.
-    Shared by the delta rule (here) and RWKV-7's chunkwise form (rnnlab/ops/rwkv7.py)."""
+    U (N, Z, C, V), Wk and kd (N, Z, C, K) (unit last stride), d (N, Z, 1, 1) scalar or (N, Z, K, 1)
+    per-key chunk decay, or None; E (N, Z, K, V) or None; S0 (Z, K, V)
+    -> W (N, Z, C, V), S (N+1, Z, K, V): the state entering each chunk, then the final one."""
+    N, Z, C, V = U.shape
+    W = U.new_empty(N, Z, C, V)
+    S = U.new_empty(N + 1, Z, Wk.shape[-1], V)
+    S[0] = S0
+    for n in range(N):
+        torch.baddbmm(U[n], Wk[n], S[n], alpha=-1, out=W[n])
+        if d is None:
+            S[n + 1].copy_(S[n])
+        else:
+            torch.mul(S[n], d[n], out=S[n + 1])
+        if E is not None:
+            S[n + 1].add_(E[n])
+        S[n + 1].baddbmm_(kd[n].mT, W[n])
+    return W, S
+
+
+def _pass_backward(Wk: Tensor, kd: Tensor, d: Tensor | None, dW: Tensor, dS_in: Tensor | None, dS_last: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward of :func:`_pass_forward` through the chunks, last to first (two matmuls per chunk).
+
+    dW (N, Z, C, V): gradient reaching W from outside, completed in place; dS_in (N, Z, K, V) or None:
+    gradient reaching S_n (n < N) from outside; dS_last (Z, K, V): that of the final state
+    -> (dW, dS_next (N, Z, K, V) the total gradient of S_{n+1}, dS0 (Z, K, V))."""
+    N = dW.shape[0]
+    dS_next = dW.new_empty(N, *dS_last.shape)
+    dS = dS_last.clone()
+    for n in range(N - 1, -1, -1):
+        dS_next[n] = dS
+        dW[n].baddbmm_(kd[n], dS)
+        dS = dS * d[n] if d is not None else dS.clone()
+        dS.baddbmm_(Wk[n].mT, dW[n], alpha=-1)
+        if dS_in is not None:
+            dS.add_(dS_in[n])
+    return dW, dS_next, dS
+
+
+class _ChunkPass(torch.autograd.Function):
+    """:func:`_pass_forward` as an autograd op, chunk axis first with separate batch and head axes:
+    U (N, B, H, C, V), Wk and kd (N, B, H, C, K), d (N, B, H, 1, 1) or (N, B, H, K, 1) or None,
+    E (N, B, H, K, V) or None, S0 (B, H, K, V) -> W (N, B, H, C, V), S (N+1, B, H, K, V).
+    Used by RWKV-7's chunkwise form (rnnlab/ops/rwkv7.py); the delta rule calls the pass directly."""
 
     @staticmethod
     def forward(ctx, U, Wk, kd, d, E, S0):
         N, B, H, C, V = U.shape
-        K = Wk.shape[-1]
-        W = torch.empty_like(U)
-        S = U.new_empty(N + 1, B, H, K, V)
-        S[0] = S0
-        U3, Wk3, kdT3, W3, S3 = U.view(N, B * H, C, V), Wk.view(N, B * H, C, K), kd.view(N, B * H, C, K).mT, W.view(N, B * H, C, V), S.view(N + 1, B * H, K, V)
-        for n in range(N):
-            torch.baddbmm(U3[n], Wk3[n], S3[n], alpha=-1, out=W3[n])
-            if d is None:
-                S[n + 1].copy_(S[n])
-            else:
-                torch.mul(S[n], d[n], out=S[n + 1])
-            if E is not None:
-                S[n + 1].add_(E[n])
-            S3[n + 1].baddbmm_(kdT3[n], W3[n])
-        ctx.has_E = E is not None
+        flat = lambda t: t.reshape(N, B * H, *t.shape[3:]) if t is not None else None  # noqa: E731
+        W, S = _pass_forward(flat(U), flat(Wk), flat(kd), flat(d), flat(E), S0.reshape(B * H, *S0.shape[2:]))
+        ctx.has_E, ctx.shapes = E is not None, (U.shape, Wk.shape, kd.shape, None if d is None else d.shape, S0.shape)
         ctx.save_for_backward(Wk, kd, d, W, S)
-        return W, S
+        return W.view(U.shape), S.view(N + 1, *S0.shape)
 
     @staticmethod
     def backward(ctx, dW_out, dS_out):
         Wk, kd, d, W, S = ctx.saved_tensors
-        N, B, H, C, V = W.shape
-        K = Wk.shape[-1]
-        dW = dW_out.clone() if dW_out is not None else torch.zeros_like(W)
-        dS_out = dS_out if dS_out is not None else torch.zeros_like(S)
-        dS_next = torch.empty_like(S[1:])  # gradient w.r.t. S_{n+1}, kept for the batched products below
-        dS = dS_out[N].clone()
-        Wk3, kd3, dW3 = Wk.view(N, B * H, C, K), kd.view(N, B * H, C, K), dW.view(N, B * H, C, V)
-        for n in range(N - 1, -1, -1):
-            dS_next[n] = dS
-            dW3[n].baddbmm_(kd3[n], dS.view(B * H, K, V))
-            dS_prev = dS * d[n] if d is not None else dS.clone()
-            dS_prev.view(B * H, K, V).baddbmm_(Wk3[n].mT, dW3[n], alpha=-1)
-            dS = dS_prev.add_(dS_out[n])
-        dWk = -(dW @ S[:N].mT)  # (N, B, H, C, K)
-        dkd = W @ dS_next.mT  # (N, B, H, C, K)
-        dd = (S[:N] * dS_next).sum_to_size(d.shape) if d is not None else None
-        return dW, dWk, dkd, dd, (dS_next if ctx.has_E else None), dS
+        U_shape, Wk_shape, kd_shape, d_shape, S0_shape = ctx.shapes
+        N, Z = W.shape[:2]
+        flat = lambda t: t.reshape(N, Z, *t.shape[3:]) if t is not None else None  # noqa: E731
+        dW = dW_out.reshape(W.shape).clone() if dW_out is not None else torch.zeros_like(W)
+        dS_out = dS_out.reshape(S.shape) if dS_out is not None else torch.zeros_like(S)
+        dW, dS_next, dS0 = _pass_backward(flat(Wk), flat(kd), flat(d), dW, dS_out[:N], dS_out[N])
+        dWk = -(dW @ S[:N].mT)  # (N, Z, C, K)
+        dkd = W @ dS_next.mT
+        dd = (S[:N] * dS_next).sum_to_size(flat(d).shape).view(d_shape) if d is not None else None
+        dE = dS_next.view(N, *S0_shape) if ctx.has_E else None
+        return dW.view(U_shape), dWk.view(Wk_shape), dkd.view(kd_shape), dd, dE, dS0.view(S0_shape)
+
+
+def _chunks(x: Tensor, C: int) -> Tensor:
+    """(B, N·C, H, *F) -> (N·B·H, C, *F) contiguous, chunk-major (chunk n of every head is one slab)."""
+    return rearrange(x, "b (n c) h ... -> (n b h) c ...", c=C).contiguous()
+
+
+def _unchunk(x: Tensor, B: int, H: int) -> Tensor:
+    """(N·B·H, C, *F) -> (B, N·C, H, *F), the inverse of :func:`_chunks` (a view)."""
+    return rearrange(x, "(n b h) c ... -> b (n c) h ...", b=B, h=H)
+
+
+class _ChunkGatedDelta(torch.autograd.Function):
+    """The chunkwise WY/UT form (math in :func:`_chunk_core`) with a hand-written backward.
+
+    q (already scaled), k (B, N·C, H, K), v (B, N·C, H, V), g (B, N·C, H) log-decay or None,
+    beta (B, N·C, H), S0 (B, H, K, V), all float32 -> o (B, N·C, H, V), S_final (B, H, K, V).
+    Inside, every tensor is (Z, C, ·) with Z = N·B·H chunk-major, so each batched matmul reads
+    contiguous slabs and the pass over chunks reads chunk n as one slab."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, beta, S0, C, lowp):
+        B, Tp, H, K = q.shape
+        V = v.shape[-1]
+        N, BH = Tp // C, B * H
+        mm = _mm(lowp)
+        qc, kc, vc = _chunks(q, C), _chunks(k, C), _chunks(v, C)  # (Z, C, K | V)
+        bc = _chunks(beta, C)[..., None]  # (Z, C, 1)
+        kb = kc * bc
+        A = mm(kb, kc.mT)  # (Z, C, C): β_i k_iᵀk_j, strictly lower part used
+        P = mm(qc, kc.mT)  # (Z, C, C): q_iᵀk_j
+        gam = None
+        if g is None:
+            P.tril_()
+            R, kd, qe, d = torch.cat([vc * bc, kb], -1), kc, qc, None
+        else:
+            gam = _chunks(g, C).cumsum(-1)  # (Z, C): γ_i
+            decay = _decay(gam)
+            A.mul_(decay)
+            P.mul_(decay)
+            eg = gam.exp()[..., None]  # (Z, C, 1)
+            R = torch.cat([vc * bc, kb * eg], -1)
+            kd, qe = kc * (gam[:, -1:] - gam).exp()[..., None], qc * eg
+            d = gam[:, -1].exp().view(N, BH, 1, 1)
+        Tinv = unit_lower_inverse(A)
+        X = mm(Tinv, R)  # (Z, C, V + K): [U, Wk]
+        X4 = X.view(N, BH, C, V + K)
+        W, S = _pass_forward(X4[..., :V], X4[..., V:], kd.view(N, BH, C, K), d, None, S0.reshape(BH, K, V))
+        Sin = S[:N].view(N * BH, K, V)  # the state entering each chunk
+        o = mm(qe, Sin) + mm(P, W.view(N * BH, C, V))  # (Z, C, V)
+        ctx.save_for_backward(qc, kc, vc, bc, gam, Tinv, X, W, S, A, P)
+        ctx.meta = B, H, C, lowp
+        return _unchunk(o, B, H), S[N].view(B, H, K, V)
+
+    @staticmethod
+    def backward(ctx, do, dS_final):
+        qc, kc, vc, bc, gam, Tinv, X, W, S, A, P = ctx.saved_tensors
+        B, H, C, lowp = ctx.meta
+        mm = _mm(lowp)
+        Z, _, K = qc.shape
+        V = vc.shape[-1]
+        N, BH = S.shape[0] - 1, B * H
+        dS_final = torch.zeros_like(S[N]) if dS_final is None else dS_final.reshape(BH, K, V).float()
+        do = _chunks(do.float(), C) if do is not None else qc.new_zeros(Z, C, V)  # (Z, C, V)
+        Sin, Wz = S[:N].view(Z, K, V), W.view(Z, C, V)
+        kb = kc * bc
+        if gam is None:
+            qe, kd, d = qc, kc, None
+        else:
+            eg = gam.exp()[..., None]
+            to_end = (gam[:, -1:] - gam).exp()[..., None]
+            qe, kd, d = qc * eg, kc * to_end, gam[:, -1].exp().view(N, BH, 1, 1)
+        # o = qe S_n + P W
+        dqe = mm(do, Sin.mT)  # (Z, C, K)
+        dP = mm(do, Wz.mT)  # (Z, C, C)
+        dW = mm(P.mT, do).view(N, BH, C, V)
+        dS_in = mm(qe.mT, do).view(N, BH, K, V)
+        X4 = X.view(N, BH, C, V + K)
+        dW, dS_next, dS0 = _pass_backward(X4[..., V:], kd.view(N, BH, C, K), d, dW, dS_in, dS_final)
+        dW, dS_next = dW.view(Z, C, V), dS_next.view(Z, K, V)
+        # X = [U, Wk] = T R, W = U − Wk S_n, S_{n+1} = d S_n + kdᵀ W
+        dX = torch.cat([dW, -mm(dW, Sin.mT)], -1)  # (Z, C, V + K)
+        dkd = mm(Wz, dS_next.mT)  # (Z, C, K)
+        dR = mm(Tinv.mT, dX)
+        dA = mm(dR, X.mT).tril_(-1).neg_()  # (Z, C, C)
+        dRv, dRk = dR[..., :V], dR[..., V:]
+        dv, dbeta = dRv * bc, (dRv * vc).sum(-1)
+        if gam is None:
+            dkb, dMA, dMP = dRk, dA, dP.tril_()
+            dq, dk = dqe, dkd
+        else:
+            decay = _decay(gam)
+            dAA, dPP = dA * A, dP * P  # the decay's share: dΓ ⊙ Γ
+            z = (dkd * kd).sum(-1)  # (Z, C)
+            dgam = dAA.sum(-1) - dAA.sum(-2) + dPP.sum(-1) - dPP.sum(-2) - z
+            dgam += ((dRk * kb).sum(-1) + (dqe * qc).sum(-1)) * eg[..., 0]
+            dgam[:, -1] += z.sum(-1) + (Sin * dS_next).sum((-1, -2)) * d.view(Z)
+            dkb, dMA, dMP = dRk * eg, dA.mul_(decay), dP.mul_(decay)
+            dq, dk = dqe * eg, dkd * to_end
+        dkb = dkb + mm(dMA, kc)
+        dq = dq + mm(dMP, kc)
+        dk = dk + mm(dMA.mT, kb) + mm(dMP.mT, qc) + dkb * bc
+        dbeta = dbeta + (dkb * kc).sum(-1)
+        dg = None if gam is None else _unchunk(dgam.flip(-1).cumsum(-1).flip(-1), B, H)  # γ = cumsum(g) in the chunk
+        return (_unchunk(dq, B, H), _unchunk(dk, B, H), _unchunk(dv, B, H), dg, _unchunk(dbeta, B, H),
+                dS0.view(B, H, K, V), None, None)
+
+
+def _decay(gam: Tensor) -> Tensor:
+    """gam (Z, C) cumulative log-decay -> (Z, C, C) e^{γ_i − γ_j} for j ≤ i (exponents ≤ 0), 0 above the diagonal.
+    (Masking after exp: exp(−inf) takes a slow path, measured 10x slower than the whole exp.)"""
+    return (gam[:, :, None] - gam[:, None, :]).exp_().tril_()
 
 
 def _chunk_core(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, chunk_size):
@@ -231,55 +387,27 @@ def _chunk_core(q, k, v, g, beta, scale, initial_state, output_final_state, use_
     the state is S_i = e^{γ_i} S₀ + Σ_{j≤i} e^{γ_i−γ_j} k_j w_jᵀ with pseudo-values
     w_j = β_j(v_j − e^{γ_j} S₀ᵀk_j − Σ_{m<j} e^{γ_j−γ_m}(k_jᵀk_m) w_m). In matrix form
     (I + A) W = diag(β)V − diag(β e^{γ}) K S₀ with A_jm = β_j e^{γ_j−γ_m} k_jᵀk_m (m < j), so with
-    T = (I + A)⁻¹ (the UT transform, one triangular solve per chunk, all chunks at once):
+    T = (I + A)⁻¹ (the UT transform, one blocked triangular inverse per chunk, all chunks at once):
         [U, Wk] = T [diag(β) V, diag(β e^{γ}) K],   W = U − Wk S₀                 (WY form)
         O = (Q ⊙ e^{γ}) S₀ + (QKᵀ ⊙ e^{γ_i−γ_j} ⊙ causal) W
         S_C = e^{γ_C} S₀ + (K ⊙ e^{γ_C−γ})ᵀ W
-    Only W and S_C need the sequential pass over chunks (``_ChunkPass``, two matmuls per chunk);
+    Only W and S_C need the sequential pass over chunks (``_pass_forward``, two matmuls per chunk);
     everything else is batched over all chunks. All ratios are exp of differences ≤ 0, so nothing
-    overflows. Gradients: autograd through the batched parts, hand-written backward for the UT
-    transform and the chunk pass; memory O(T·(C+K+V) + T/C·K·V).
+    overflows. The backward is written by hand (``_ChunkGatedDelta``): the same matmuls transposed,
+    the pass run from the last chunk to the first; memory O(T·(C+K+V) + T/C·K·V).
     """
     B, T, H, K = q.shape
-    V = v.shape[-1]
     C = chunk_size
-    lowp = q.dtype == torch.bfloat16
-    mm = _mm(lowp)
     qs, ks = _prep(q, k, scale, use_qk_l2norm_in_kernel)
-    vf, bf = v.float(), beta.float()
+    vf, bf, gf = v.float(), beta.float(), None if g is None else g.float()
     pad = (-T) % C
     if pad:  # zero keys, β = 0, g = 0 after the end: the state passes through unchanged
         qs, ks, vf = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (qs, ks, vf))
         bf = F.pad(bf, (0, 0, 0, pad))
-    # chunk axis first, one contiguous copy each: every batched matmul reads them without copies
-    qc = rearrange(qs, "b (n c) h k -> n b h c k", c=C).contiguous()
-    kc = rearrange(ks, "b (n c) h k -> n b h c k", c=C).contiguous()
-    vc = rearrange(vf, "b (n c) h v -> n b h c v", c=C).contiguous()
-    bc = rearrange(bf, "b (n c) h -> n b h c", c=C)[..., None]  # (N, B, H, C, 1)
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    kb = kc * bc
-    A = mm(kb, kc.mT)  # (N, B, H, C, C); only the strictly lower part is used
-    P = mm(qc, kc.mT)  # (N, B, H, C, C)
-    if g is not None:
-        gf = F.pad(g.float(), (0, 0, 0, pad)) if pad else g.float()
-        gam = rearrange(gf, "b (n c) h -> n b h c", c=C).cumsum(-1)  # (N, B, H, C)
-        diff = gam[..., :, None] - gam[..., None, :]  # γ_i − γ_j
-        decay = diff.masked_fill(~causal, -float("inf")).exp()  # (N, B, H, C, C), ≤ 1, zero above the diagonal
-        A, P = A * decay, P * decay
-        eg = gam.exp()[..., None]  # (N, B, H, C, 1)
-        qc, kbg = qc * eg, kb * eg
-        kd = kc * (gam[..., -1:, None] - gam[..., None]).exp()  # k_j e^{γ_C − γ_j}
-        dC = gam[..., -1].exp()[..., None, None]  # (N, B, H, 1, 1)
-    else:
-        P = P.masked_fill(~causal, 0.0)
-        kbg, kd, dC = kb, kc, None
-    X = _UnitLowerSolve.apply(A, torch.cat([vc * bc, kbg], -1), lowp)  # (N, B, H, C, V + K)
-    U, Wk = X[..., :V], X[..., V:]
-    S0 = q.new_zeros(B, H, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
-    W, S = _ChunkPass.apply(U.contiguous(), Wk.contiguous(), kd, dC, None, S0)
-    o = mm(qc, S[:-1]) + mm(P, W)  # (N, B, H, C, V)
-    o = rearrange(o, "n b h c v -> b (n c) h v")[:, :T].to(v.dtype)
-    return o, (S[-1] if output_final_state else None)
+        gf = None if gf is None else F.pad(gf, (0, 0, 0, pad))
+    S0 = q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32) if initial_state is None else initial_state.float()
+    o, S = _ChunkGatedDelta.apply(qs, ks, vf, gf, bf, S0, C, q.dtype == torch.bfloat16)
+    return o[:, :T].to(v.dtype), (S if output_final_state else None)
 
 
 def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False, chunk_size=64):

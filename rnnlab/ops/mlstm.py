@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from rnnlab.ops.gla import _acc_dtype, _mm_dtype
+
 __all__ = ["chunk_mlstm", "fused_recurrent_mlstm", "naive_recurrent_mlstm", "MLSTMState"]
 
 MLSTMState = tuple[Tensor, Tensor, Tensor]  # C (B, H, K, V), n (B, H, K), m (B, H); float32
@@ -83,11 +85,6 @@ def _prepare(q, k, v, i, f, scale, initial_state, forget_gate):
     else:
         C0, n0, m0 = (t.to(acc) for t in initial_state)
     return scale, ig, logf, (C0, n0, m0)
-
-
-def _acc_dtype(x: Tensor) -> torch.dtype:
-    """Gates, decays and state: float32 (float64 when the inputs are float64)."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def naive_recurrent_mlstm(
@@ -184,67 +181,62 @@ def chunk_mlstm(
 ) -> tuple[Tensor, MLSTMState | None]:
     """q, k (B, T, H, K), v (B, T, H, V), i, f (B, T, H) -> (h (B, T, H, V), (C, n, m) or None).
 
-    Chunkwise-parallel mLSTM. Within a chunk (cumulative log-forget b_t):
-    log D_ts = b_t - b_s + i~_s (s <= t), m_t = max(b_t + m_in, max_s log D_ts) is the
-    recurrence's own stabilizer, and
+    Chunkwise-parallel mLSTM. Inside a chunk (b_t the inclusive cumsum of log f, a_s = i~_s - b_s,
+    m_in the stabilizer entering the chunk) the recurrence's stabilizer is m_t = b_t + M_t with
+    M_t = max(m_in, max_{s<=t} a_s), a cumulative max, and
 
-        h_t = [e^{b_t+m_in-m_t} C_in^T q_t + sum_s e^{log D_ts - m_t} (q_t.k_s) v_s]
-              / max(|e^{b_t+m_in-m_t} n_in.q_t + sum_s e^{log D_ts - m_t} q_t.k_s|, e^{-m_t})
+        h_t = [sum_{s<=t} e^{a_s - M_t} (q_t.k_s) v_s + e^{m_in - M_t} C_in^T q_t]
+              / max(|sum_{s<=t} e^{a_s - M_t} q_t.k_s + e^{m_in - M_t} n_in.q_t|, e^{-m_t})
 
-    Chunk-local states are computed in parallel; the (C, n, m) entering each chunk are
-    passed by a short loop over chunks. Every exponent is <= 0. Matmuls run in the
-    input dtype with float32 gates, decays and state."""
+    with every exponent <= 0. Chunk-local states are computed in parallel, stabilized by their own
+    max; a short loop over chunks passes (C, n, m). The q.k scores and the normalizer are float32
+    (bfloat16 inputs included: the normalizer is a sum of terms of both signs, so bfloat16-rounded
+    scores would cost it its precision, as in xLSTM's kernels); the numerator matmuls run in
+    bfloat16 for bfloat16 inputs. Gradients by autograd (memory O(T * chunk_size))."""
     _check(q, k, v, i, f, initial_state, forget_gate, chunk_size)
     scale, ig, logf, (C, n, m) = _prepare(q, k, v, i, f, scale, initial_state, forget_gate)
     B, T, H, K = q.shape
-    V = v.shape[-1]
+    acc, dt = _acc_dtype(q), _mm_dtype(q)
     L = min(chunk_size, T)
     NC = -(-T // L)
     pad = NC * L - T
-    acc = ig.dtype
-    dt = q.dtype  # matmul dtype
-    kf = (k.to(acc) * scale).to(dt)
+    qf, kf = q.to(acc), k.to(acc) * scale
     if pad:  # padded steps: no input (i~ = -inf), no forgetting (log f = 0): the state passes unchanged
-        q, kf, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, kf, v))
+        qf, kf, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (qf, kf, v))
         ig = F.pad(ig, (0, 0, 0, pad), value=float("-inf"))
         logf = F.pad(logf, (0, 0, 0, pad))
-    qc = rearrange(q.to(dt), "b (n l) h k -> b h n l k", l=L)
-    kc = rearrange(kf, "b (n l) h k -> b h n l k", l=L)
+    qc, kc = (rearrange(t, "b (n l) h k -> b h n l k", l=L) for t in (qf, kf))  # (B, H, NC, L, K) float32
     vc = rearrange(v.to(dt), "b (n l) h v -> b h n l v", l=L)
-    igc = rearrange(ig, "b (n l) h -> b h n l", l=L)
-    bc = rearrange(logf, "b (n l) h -> b h n l", l=L).cumsum(-1)  # (B, H, NC, L) inclusive cumsum
+    b = rearrange(logf, "b (n l) h -> b h n l", l=L).cumsum(-1)  # (B, H, NC, L)
+    a = rearrange(ig, "b (n l) h -> b h n l", l=L) - b  # log weight of token s, in the frame of the chunk start
 
-    # value columns extended by a 1: column V of every state/product carries the normalizer n
-    ve = torch.cat([vc, vc.new_ones(*vc.shape[:-1], 1)], -1)  # (B, H, NC, L, V+1)
-    Cn = torch.cat([C, n[..., None]], -1)  # (B, H, K, V+1)
-
-    # chunk-local states (as if entering with an empty memory), stabilized by their own max
-    a = bc[..., -1:] - bc + igc  # (B, H, NC, L): log weight of k_s v_s^T at the chunk's end
+    # chunk-local states at the chunk end (as if entering empty), stabilized by their own max
     m_loc = a.amax(-1)  # (B, H, NC)
-    wa = torch.exp(a - m_loc[..., None])  # (B, H, NC, L)
-    Cn_loc = ((kc * wa[..., None].to(dt)).transpose(-1, -2) @ ve).to(acc)  # (B, H, NC, K, V+1)
-    # pass (C, n, m) across chunks: the states entering every chunk
-    btot = bc[..., -1]  # (B, H, NC)
-    m_new_all = []
-    Cs, mss = [], []
-    for bt, ml, Cl in zip(btot.unbind(2), m_loc.unbind(2), Cn_loc.unbind(2)):
-        Cs.append(Cn), mss.append(m)
-        if len(Cs) == NC and not output_final_state:
+    wk = kc * torch.exp(a - m_loc[..., None])[..., None]  # (B, H, NC, L, K)
+    C_loc = (wk.to(dt).transpose(-1, -2) @ vc).to(acc)  # (B, H, NC, K, V)
+    n_loc = wk.sum(-2)  # (B, H, NC, K)
+    # pass (C, n, m) across chunks; in the chunk-start frame the state's stabilizer is m - 0 and the
+    # chunk-local one m_loc + b_L, so the chunk's end stabilizer is b_L + max(m, m_loc)
+    states = []
+    for bL, ml, Cl, nl in zip(b[..., -1].unbind(2), m_loc.unbind(2), C_loc.unbind(2), n_loc.unbind(2)):  # unbind: O(T) backward
+        states.append((C, n, m))
+        if len(states) == NC and not output_final_state:
             break
-        m_new = torch.maximum(bt + m, ml)
-        fo, fl = torch.exp(bt + m - m_new), torch.exp(ml - m_new)
-        Cn = fo[..., None, None] * Cn + fl[..., None, None] * Cl
-        m = m_new
-    Cn_in, m_in = torch.stack(Cs, 2), torch.stack(mss, 2)  # (B, H, NC, K, V+1), (B, H, NC)
+        M = torch.maximum(m, ml)
+        w_old, w_loc = torch.exp(m - M), torch.exp(ml - M)
+        C = w_old[..., None, None] * C + w_loc[..., None, None] * Cl
+        n = w_old[..., None] * n + w_loc[..., None] * nl
+        m = bL + M
+    C_in, n_in, m_in = (torch.stack(s, 2) for s in zip(*states))  # (B, H, NC, K, V), (B, H, NC, K), (B, H, NC)
 
-    # intra-chunk: stabilized decay matrix
+    # intra-chunk: M_t = max(m_in, cummax_s a_s); decay matrix e^{a_s - M_t} on s <= t
+    Mt = torch.maximum(m_in[..., None], torch.cummax(a, -1).values)  # (B, H, NC, L)
     causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
-    logD = (bc[..., :, None] - bc[..., None, :] + igc[..., None, :]).masked_fill(~causal, float("-inf"))  # (B, H, NC, L, L)
-    b_in = bc + m_in[..., None]  # (B, H, NC, L)
-    mt = torch.maximum(b_in, logD.amax(-1))  # (B, H, NC, L): m_t of the recurrence
-    S = (qc @ kc.transpose(-1, -2)).to(acc) * torch.exp(logD - mt[..., None])  # (B, H, NC, L, L)
-    w_in = torch.exp(b_in - mt)  # (B, H, NC, L)
-    o = (S.to(dt) @ ve).to(acc) + w_in[..., None] * (qc @ Cn_in.to(dt)).to(acc)  # (B, H, NC, L, V+1)
-    h = o[..., :V] / torch.maximum(o[..., V].abs(), torch.exp(-mt))[..., None]
+    D = torch.exp((a[..., None, :] - Mt[..., :, None]).masked_fill(~causal, float("-inf")))  # (B, H, NC, L, L)
+    S = (qc @ kc.transpose(-1, -2)) * D  # (B, H, NC, L, L) float32
+    w_in = torch.exp(m_in[..., None] - Mt)[..., None]  # (B, H, NC, L, 1)
+    num = (S.to(dt) @ vc).to(acc) + w_in * (qc.to(dt) @ C_in.to(dt)).to(acc)  # (B, H, NC, L, V)
+    den = S.sum(-1, keepdim=True) + w_in * (qc @ n_in[..., None])  # (B, H, NC, L, 1) float32
+    h = num / torch.maximum(den.abs(), torch.exp(-(b + Mt))[..., None])
     h = rearrange(h, "b h n l v -> b (n l) h v")[:, :T].to(v.dtype)
-    return h, ((Cn[..., :V], Cn[..., V], m) if output_final_state else None)
+    return h, ((C, n, m) if output_final_state else None)

@@ -64,6 +64,12 @@ def _metric_names(run: dict) -> list[str]:
     return names
 
 
+def _train_len(run: dict) -> int | None:
+    """The (longest) training sequence length of a run's task."""
+    cfg = run["config"]
+    return cfg.get("task_info", {}).get("train_len") or cfg["task"].get("max_len") or cfg["task"].get("seq_len")
+
+
 def make_report(db: str | Path, out_dir: str | Path | None = None, sweep: str | None = None) -> Path:
     """Write report.md and the PNG plots next to it. -> path of report.md."""
     store = Store(db, create=False)
@@ -77,8 +83,12 @@ def make_report(db: str | Path, out_dir: str | Path | None = None, sweep: str | 
     for r in best:
         by_task[r["task"]].append(r)
 
+    done = [r for r in rows if r["status"] == "done"]
+    wall = sum(r["wall_s"] or 0.0 for r in done)
+    cpu = sum((r["result"] or {}).get("cpu_s") or 0.0 for r in done)
     md = [f"# rnnlab report\n\nDatabase `{db}`: {len(rows)} runs "
-          f"({sum(r['status'] == 'done' for r in rows)} done, {sum(r['status'] == 'failed' for r in rows)} failed). "
+          f"({len(done)} done, {sum(r['status'] == 'failed' for r in rows)} failed; training time summed over "
+          f"done runs: {wall:.0f} s wall, {cpu:.0f} s CPU). "
           "Best learning rate per (task, mixer, size); scores are the primary metric averaged over test lengths.\n"]
     if best:
         models = sorted({(r["mixer"], r["d_model"], r["n_layers"]) for r in best})
@@ -91,7 +101,7 @@ def make_report(db: str | Path, out_dir: str | Path | None = None, sweep: str | 
         runs = by_task[t]
         lengths = list(runs[0]["result"]["metrics"])
         names = _metric_names(runs[0])
-        train_len = runs[0]["config"]["task"].get("max_len") or runs[0]["config"]["task"].get("seq_len")
+        train_len = _train_len(runs[0])
         header = ["mixer", "d", "L", "params", "state floats", "lr"] + [f"{n}@{L}" for n in names for L in lengths] + ["steps", "time s"]
         body = [[r["mixer"], r["d_model"], r["n_layers"], r["num_parameters"], r["state_size"], f"{r['lr']:g}"]
                 + [r["result"]["metrics"][L].get(n) for n in names for L in lengths] + [r["steps"], r["wall_s"]]
@@ -139,6 +149,16 @@ def _plots(best, by_task, tasks, out: Path) -> None:
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
 
+    def label(ax, t, xlabel, ylabel):
+        ax.set_title(t)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+
+    def largest(t, m):
+        """The largest model of mixer m on task t (None if it has no run)."""
+        runs = [r for r in by_task[t] if r["mixer"] == m]
+        return max(runs, key=lambda r: (r["d_model"], r["n_layers"])) if runs else None
+
     fig, axes = panels("primary metric vs state size (floats per sequence at the training length)")
     for ax, t in zip(axes, tasks):
         for m in mixers:
@@ -146,39 +166,28 @@ def _plots(best, by_task, tasks, out: Path) -> None:
             if pts:
                 ax.plot(*zip(*pts), "o-", color=colors[m], label=m)
         ax.set_xscale("log")
-        ax.set_title(t)
-        ax.set_xlabel("state floats")
-        ax.set_ylabel(by_task[t][0]["primary_metric"])
+        label(ax, t, "state floats", by_task[t][0]["primary_metric"])
     finish(fig, axes, "state_size.png")
 
     fig, axes = panels("primary metric vs test length (largest model per mixer)")
     for ax, t in zip(axes, tasks):
         for m in mixers:
-            runs = [r for r in by_task[t] if r["mixer"] == m]
-            if not runs:
-                continue
-            r = max(runs, key=lambda r: (r["d_model"], r["n_layers"]))
-            met = r["result"]["metrics"]
-            xs = [int(L) for L in met]
-            ax.plot(xs, [met[L][r["primary_metric"]] for L in met], "o-", color=colors[m], label=m)
-        train_len = by_task[t][0]["config"]["task"].get("max_len") or by_task[t][0]["config"]["task"].get("seq_len")
-        if train_len:
-            ax.axvline(train_len, color="gray", ls=":", lw=1)
+            r = largest(t, m)
+            if r:
+                met = r["result"]["metrics"]
+                ax.plot([int(L) for L in met], [met[L][r["primary_metric"]] for L in met], "o-", color=colors[m], label=m)
+        if _train_len(by_task[t][0]):
+            ax.axvline(_train_len(by_task[t][0]), color="gray", ls=":", lw=1)
         ax.set_xscale("log", base=2)
-        ax.set_title(t)
-        ax.set_xlabel("test length")
-        ax.set_ylabel(by_task[t][0]["primary_metric"])
+        label(ax, t, "test length (dotted: training length)", by_task[t][0]["primary_metric"])
     finish(fig, axes, "length.png")
 
     fig, axes = panels("training loss (largest model per mixer)")
     for ax, t in zip(axes, tasks):
         for m in mixers:
-            runs = [r for r in by_task[t] if r["mixer"] == m and r["curve"]]
-            if runs:
-                r = max(runs, key=lambda r: (r["d_model"], r["n_layers"]))
+            r = largest(t, m)
+            if r and r["curve"]:
                 ax.plot(*zip(*r["curve"]), color=colors[m], label=m, lw=1)
         ax.set_yscale("log")
-        ax.set_title(t)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
+        label(ax, t, "step", "loss")
     finish(fig, axes, "loss.png")

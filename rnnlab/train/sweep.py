@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -103,6 +104,27 @@ def _row_fields(spec: dict, cfg: dict) -> dict:
             "config": cfg, "run_dir": cfg["run_dir"]}
 
 
+def _die_with_parent() -> None:
+    """Runs in the worker before exec (Linux): SIGKILL it when the sweep process dies, so a killed
+    sweep leaves no orphan training on (the restarted sweep resumes the run from its checkpoint)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds used by finished child processes (0 where the resource module is missing)."""
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_sweep(spec: dict, log=print) -> dict[str, int]:
     """Run every not-yet-done grid point, ``workers`` at a time. -> counts {"done", "failed", "skipped"}."""
     spec = load_sweep(spec)
@@ -122,7 +144,7 @@ def run_sweep(spec: dict, log=print) -> dict[str, int]:
     env.pop("WORLD_SIZE", None)
     active: list[tuple[subprocess.Popen, dict, float]] = []
     queue = list(todo)
-    t0 = time.time()
+    t0, cpu0 = time.time(), _children_cpu_s()
     while queue or active:
         while queue and len(active) < spec["workers"]:
             r = queue.pop(0)
@@ -130,8 +152,10 @@ def run_sweep(spec: dict, log=print) -> dict[str, int]:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "sweep_config.json").write_text(json.dumps(r["config"]))
             store.upsert(r["id"], status="running", error=None, **_row_fields(spec, r["config"]))
-            proc = subprocess.Popen([sys.executable, "-m", "rnnlab.train.worker", str(run_dir / "sweep_config.json")],
-                                    stdout=subprocess.DEVNULL, stderr=open(run_dir / "stderr.log", "w"), env=env)
+            with open(run_dir / "stderr.log", "w") as err_file:
+                proc = subprocess.Popen([sys.executable, "-m", "rnnlab.train.worker", str(run_dir / "sweep_config.json")],
+                                        stdout=subprocess.DEVNULL, stderr=err_file, env=env,
+                                        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
             active.append((proc, r, time.time()))
         time.sleep(0.1)
         for item in list(active):
@@ -157,4 +181,6 @@ def run_sweep(spec: dict, log=print) -> dict[str, int]:
                 last = [ln for ln in err.strip().splitlines() if ln.strip()][-1:] or [""]
                 log(f"  FAILED {run_dir.name}: {last[0]}")
     store.close()
+    log(f"sweep {spec['name']!r} finished: {counts['done']} done, {counts['failed']} failed, {skipped} skipped in "
+        f"{time.time() - t0:.0f} s wall, {_children_cpu_s() - cpu0:.0f} s CPU over all worker processes")
     return counts

@@ -117,7 +117,7 @@ def train(config: dict, resume: bool = False) -> dict[str, Any]:
     model = SequenceModel(model_cfg).to(device)
     params = [p for g in model.param_groups(tc.weight_decay) for p in g["params"]]
     optimizer = torch.optim.AdamW(model.param_groups(tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2))
-    start, extra = 0, {"best": None, "wall_s": 0.0}
+    start, extra = 0, {"best": None, "wall_s": 0.0, "cpu_s": 0.0}
     if resume and ckpt.exists():
         start, extra = load_checkpoint(ckpt, model, optimizer)
         if main:
@@ -131,7 +131,9 @@ def train(config: dict, resume: bool = False) -> dict[str, Any]:
     best, evals, stopped_early = extra.get("best"), extra.get("evals") or None, False
     if evals is not None:
         evals = {int(k): v for k, v in evals.items()}
-    wall0, t_last, tok_last = time.time() - extra.get("wall_s", 0.0), time.time(), 0
+    # wall and CPU time of this process, carried across resumes through the checkpoint
+    wall0, cpu0 = time.time() - extra.get("wall_s", 0.0), time.process_time() - extra.get("cpu_s", 0.0)
+    t_last, tok_last = time.time(), 0
     bar = tqdm(total=tc.steps, initial=start, disable=not (tc.progress and main), desc=f"{task.name}/{model_cfg.mixer}",
                dynamic_ncols=True)
     step = start
@@ -181,21 +183,20 @@ def train(config: dict, resume: bool = False) -> dict[str, Any]:
             if main:
                 save_checkpoint(ckpt, model, optimizer, step,
                                 {"best": best, "evals": {str(k): v for k, v in (evals or {}).items()},
-                                 "wall_s": time.time() - wall0})
+                                 "wall_s": time.time() - wall0, "cpu_s": time.process_time() - cpu0})
         bar.update(1)
     bar.close()
     if evals is None or (step % tc.eval_every != 0 and step != tc.steps and not stopped_early):
         evals = evaluate(model, task, tc, device)
     result = {
-        "config_hash": resolved["run_dir"], "run_dir": str(run_dir), "task": task.name, "mixer": model_cfg.mixer,
+        "run_dir": str(run_dir), "task": task.name, "mixer": model_cfg.mixer,
         "d_model": model_cfg.d_model, "n_layers": model_cfg.n_layers, "lr": tc.lr, "seed": tc.seed,
         "steps": step, "stopped_early": stopped_early, "primary_metric": metric, "higher_is_better": higher,
         "score": score_of(evals, metric), "best": best, "metrics": {str(k): v for k, v in evals.items()},
         "num_parameters": model.num_parameters(), "state_size": model.state_size(task.seq_len),
         "state_size_per_length": {str(L): model.state_size(L) for L in task.test_lengths},
-        "wall_s": time.time() - wall0,
+        "wall_s": time.time() - wall0, "cpu_s": time.process_time() - cpu0,
     }
-    del result["config_hash"]
     if main:
         (run_dir / RESULT).write_text(json.dumps(result, indent=2))
     return result

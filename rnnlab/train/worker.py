@@ -1,10 +1,30 @@
 """``python -m rnnlab.train.worker CONFIG.json``: one sweep run in its own process (resumes
-from its checkpoint if a previous attempt was interrupted). Exit code != 0 = failed."""
+from its checkpoint if a previous attempt was interrupted). Exit code != 0 = failed.
+
+An exclusive lock on ``<run_dir>/.lock`` keeps two processes from writing one run directory:
+a worker left over from a killed sweep makes the restarted sweep's worker wait for it.
+"""
 import json
 import sys
+from pathlib import Path
 
 from rnnlab.train.trainer import train
 
+
+def main(config_path: str) -> None:
+    with open(config_path) as f:
+        config = json.load(f)
+    lock = Path(config["run_dir"]) / ".lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as fh:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            fcntl = None
+        if fcntl is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        train(config, resume=True)
+
+
 if __name__ == "__main__":
-    with open(sys.argv[1]) as f:
-        train(json.load(f), resume=True)
+    main(sys.argv[1])

@@ -18,7 +18,7 @@ def _paper_hgrn(m, x, gamma):
         xt = x[:, t].double()
         c = F.silu(xt @ W["input_proj"][0].T + W["input_proj"][1])
         c = c[:, :D] + 1j * c[:, D:]
-        f = gamma + (1 - gamma) * torch.sigmoid(xt @ W["forget_proj"][0].T + W["forget_proj"][1])
+        f = gamma.double() + (1 - gamma.double()) * torch.sigmoid(xt @ W["forget_proj"][0].T + W["forget_proj"][1])
         h = f * torch.exp(1j * m.theta.double()) * h + (1 - f) * c
         gt = F.silu(xt @ W["gate_proj"][0].T + W["gate_proj"][1])
         o = F.layer_norm(gt * torch.cat([h.real, h.imag], -1), (2 * D,), m.norm.weight.double(), m.norm.bias.double(), m.norm.eps)
@@ -32,17 +32,23 @@ def test_hgrn_matches_paper_transcription(gamma):
     m = rnnlab.create_mixer("hgrn", 10, lower_bound=gamma)
     x = torch.randn(2, 21, 10)
     y, s = m(x)
-    y_ref, h_ref = _paper_hgrn(m, x, gamma)
+    floor = torch.as_tensor(m.floor()).detach()
+    assert_close(floor.expand(10), torch.full((10,), gamma))  # starts at the given lower bound
+    y_ref, h_ref = _paper_hgrn(m, x, floor)
     assert_close(y, y_ref.float())
     assert_close(torch.view_as_complex(s["h"]), h_ref.to(torch.complex64))
 
 
-def test_hgrn_lower_bound_holds():
+def test_hgrn_lower_bound_holds_and_is_learned():
     torch.manual_seed(0)
     m = rnnlab.create_mixer("hgrn", 16, lower_bound=0.9)
     lam, _ = m._coeffs(torch.randn(2, 50, 16) * 10)
-    lam = lam.detach()
-    assert lam.abs().min() >= 0.9 - 1e-6 and lam.abs().max() <= 1 + 1e-6
+    assert lam.detach().abs().min() >= 0.9 - 1e-6 and lam.detach().abs().max() <= 1 + 1e-6
+    m(torch.randn(2, 9, 16))[0].square().sum().backward()
+    assert m.lower_bound_logit.grad.abs().min() > 0  # the floor is a trained parameter, per channel
+    assert getattr(m.lower_bound_logit, "_no_weight_decay", False)
+    first = rnnlab.create_mixer("hgrn", 16)  # the paper's first layer: gamma = 0, nothing to learn
+    assert first.floor() == 0.0 and first.lower_bound_logit is None
     assert hgrn_lower_bounds(4) == [0.0, 0.25, 0.5, 0.75]
     with pytest.raises(ValueError, match="lower_bound"):
         rnnlab.create_mixer("hgrn", 16, lower_bound=1.0)

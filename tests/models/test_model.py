@@ -25,6 +25,22 @@ def test_greedy_generation_with_state_equals_recompute(mixer):
     assert torch.equal(fast, seq)
 
 
+@pytest.mark.parametrize("mixers", [["lstm", "gated_deltanet"], ["mamba", "gla", "attention"], ["rwkv7", "hawk"]])
+def test_greedy_generation_of_recurrent_hybrids_equals_recompute(mixers):
+    """Prefill with the parallel forms, then recurrent steps == recomputing the prefix every token."""
+    torch.manual_seed(0)
+    kwargs = [rnnlab.mixer_info(m).small for m in mixers]
+    model = SequenceModel(ModelConfig(mixer=mixers, vocab_size=40, d_model=32, n_layers=len(mixers), mixer_kwargs=kwargs)).eval()
+    prompt = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(2))
+    fast = model.generate(prompt, 10, temperature=0)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(10):
+            logits, _ = model(seq)
+            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(fast, seq)
+
+
 def test_forward_in_pieces_equals_whole_and_state_size():
     model = lm(["attention", "sliding_attention"], mixer_kwargs=[{"num_heads": 2}, {"num_heads": 2, "window": 5}])
     x = torch.randint(0, 40, (3, 23))

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from rnnlab.ops.scan import linear_scan_ref
-from rnnlab.ops.ssm_kernels import (bilinear_dense, dense_state_terms, diag_final_state, diag_state_contrib, fft_causal_conv,
-                                    fft_causal_conv_ref, hippo_legs, hippo_n_diag, krylov, nplr_kernel, nplr_legs,
-                                    vandermonde_kernel, zoh_diag)
+from rnnlab.ops.ssm_kernels import (bilinear_dense, dense_state_terms, diag_conv, fft_causal_conv, fft_causal_conv_ref,
+                                    hippo_legs, hippo_n_diag, krylov, nplr_kernel, nplr_legs, zoh_diag)
 from rnnlab.testing import assert_close
 
 torch.set_default_dtype(torch.float32)
@@ -20,25 +19,42 @@ def _diag(H=3, N=4, seed=0):
     return A, C, dt
 
 
+def _grads(out, leaves, seed=3):
+    """Gradients of a random real projection of the outputs (complex outputs through Re/Im)."""
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((torch.view_as_real(o) if o.is_complex() else o).mul(torch.randn(
+        (torch.view_as_real(o) if o.is_complex() else o).shape, generator=g, dtype=o.real.dtype)).sum() for o in out)
+    return torch.autograd.grad(loss, leaves)
+
+
 @pytest.mark.parametrize("T", [1, 17, 64, 1000])
 def test_fft_causal_conv_matches_loop(T):
-    u, K = torch.randn(2, T, 3), torch.randn(3, T)
-    assert_close(fft_causal_conv(u, K), fft_causal_conv_ref(u, K))
+    u, K = torch.randn(2, T, 3, requires_grad=True), torch.randn(3, T, requires_grad=True)
+    y, y_ref = fft_causal_conv(u, K), fft_causal_conv_ref(u, K)
+    assert_close(y, y_ref)
+    for a, b in zip(_grads([y], [u, K]), _grads([y_ref], [u, K])):
+        assert_close(a, b)
 
 
 @pytest.mark.parametrize("T", [1, 17, 64, 1000])
-def test_s4d_conv_equals_diagonal_recurrence(T):
-    """2 Re(C h_t) with h_t = exp(ΔA) h_{t-1} + (exp(ΔA)-1)/A u_t (via linear_scan_ref) == K * u + y(h0); final state too."""
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_s4d_conv_equals_diagonal_recurrence(T, with_h0):
+    """diag_conv (Vandermonde kernel + FFT, state terms) == 2 Re(C h_t) with the ZOH recurrence
+    h_t = exp(ΔA) h_{t-1} + (exp(ΔA)-1)/A u_t run by linear_scan_ref: outputs, final state, gradients."""
     A, C, dt = _diag()
     dtA, Bbar = zoh_diag(dt, A)
     assert_close(torch.exp(dtA), torch.exp(dt[:, None] * A))
-    u = torch.randn(2, T, 3)
-    h0 = torch.complex(torch.randn(2, 3, 4), torch.randn(2, 3, 4))
+    u = torch.randn(2, T, 3, requires_grad=True)
+    h0 = torch.complex(torch.randn(2, 3, 4), torch.randn(2, 3, 4)) if with_h0 else torch.zeros(2, 3, 4, dtype=torch.cfloat)
+    leaves = [u, A.requires_grad_(), C.requires_grad_(), dt.requires_grad_(), h0.requires_grad_()]
+    dtA, Bbar = zoh_diag(dt, A)
     h, h_last = linear_scan_ref(torch.exp(dtA).expand(2, T, 3, 4), Bbar * u.unsqueeze(-1).to(Bbar.dtype), h0)
     y_rec = 2 * (h * C).sum(-1).real
-    y = fft_causal_conv(u, vandermonde_kernel(C * Bbar, dtA, T)) + diag_state_contrib(C, dtA, h0, T)
-    assert_close(y, y_rec)
-    assert_close(diag_final_state(u, Bbar, dtA, h0), h_last)
+    y, h_T = diag_conv(u, C, *zoh_diag(dt, A), h0)
+    assert_close(y, y_rec, name="y")
+    assert_close(h_T, h_last, name="h_T")
+    for name, a, b in zip(["du", "dA", "dC", "ddt", "dh0"], _grads([y, h_T], leaves), _grads([y_rec, h_last], leaves)):
+        assert_close(a, b, name=name)
 
 
 def test_hippo_legs_nplr_reconstructs_A():
@@ -71,6 +87,26 @@ def test_nplr_kernel_equals_krylov_of_bilinear(L):
     K_ref = torch.einsum("hn,hnl->hl", C, KB).real
     Ct = C - (C.unsqueeze(-2) @ torch.linalg.matrix_power(Abar, L)).squeeze(-2)
     assert_close(nplr_kernel(lam, P, B, Ct, dt, L, chunk=7), K_ref, tol=1e-9)
+
+
+@pytest.mark.parametrize("L", [17, 64])
+def test_nplr_kernel_gradients_equal_krylov(L):
+    """Gradients through the Cauchy + Woodbury kernel (w.r.t. Λ, P, B, C̃, Δ) == through C Ā^l B̄ (float64)."""
+    H, N = 2, 6
+    lam, P, B, _ = (t.repeat(H, 1) if t.dim() == 1 else t for t in nplr_legs(N))
+    g = torch.Generator().manual_seed(2)
+    Ct = torch.complex(torch.randn(H, N, generator=g), torch.randn(H, N, generator=g)).to(torch.complex128)
+    dt = torch.tensor([0.05, 0.4], dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (lam, P, B, Ct, dt)]
+    K = nplr_kernel(*leaves, L, chunk=5)
+    Abar, Bbar = bilinear_dense(leaves[0], leaves[1], leaves[2], leaves[4])
+    I = torch.eye(N, dtype=Abar.dtype)
+    C = (leaves[3].unsqueeze(-2) @ torch.linalg.inv(I - torch.linalg.matrix_power(Abar, L))).squeeze(-2)  # C̃ = C (I − Ā^L)
+    KB, _ = krylov(Abar, Bbar, C, L)
+    K_ref = torch.einsum("hn,hnl->hl", C, KB).real
+    assert_close(K, K_ref, tol=1e-9)
+    for a, b in zip(_grads([K], leaves), _grads([K_ref], leaves)):
+        assert_close(a, b, tol=1e-8)
 
 
 def test_dense_state_terms_equal_recurrence():

@@ -51,7 +51,7 @@ def test_sweep_records_done_and_failed_and_skips_on_rerun(tmp_path):
 
 
 def test_killed_sweep_restarts_keeping_finished_results(tmp_path, env1):
-    s = spec(tmp_path, mixers=("attention",), lrs=(1e-3, 2e-3, 3e-3, 4e-3))
+    s = spec(tmp_path, mixers=("attention",), lrs=(1e-3, 2e-3, 3e-3))
     s["workers"] = 1
     s["base"]["train"]["steps"] = 60
     f = tmp_path / "sweep.yaml"
@@ -71,11 +71,11 @@ def test_killed_sweep_restarts_keeping_finished_results(tmp_path, env1):
     proc.send_signal(signal.SIGKILL)  # the sweep parent dies; its current worker is orphaned
     proc.wait()
     first = {r["id"]: r["updated"] for r in Store(db).rows(status="done")}
-    assert 1 <= len(first) < 4
+    assert 1 <= len(first) < 3
     time.sleep(1.1)
     counts = run_sweep(load_sweep(str(f)), log=lambda *_: None)
     rows = Store(db).rows()
-    assert counts["skipped"] == len(first) and all(r["status"] == "done" for r in rows) and len(rows) == 4
+    assert counts["skipped"] == len(first) and all(r["status"] == "done" for r in rows) and len(rows) == 3
     assert all(r["updated"] == first[r["id"]] for r in rows if r["id"] in first)
 
 

@@ -39,6 +39,11 @@ def load_kernels():
     return _KERNELS
 
 
+def _parts(batch: int) -> int:
+    """Batch-row groups run in parallel (one per thread, at most torch.get_num_threads())."""
+    return max(1, min(torch.get_num_threads(), batch))
+
+
 def _np(t: Tensor):
     return t.detach().numpy()
 
@@ -50,9 +55,8 @@ class _RNNFunction(torch.autograd.Function):
         B, T, GH = gx.shape
         G, NS = CELLS[cell]
         H = GH // G
-        W3 = weight_hh.detach().float().reshape(-1, weight_hh.shape[-2], weight_hh.shape[-1])  # (NH, G*Kh, Kh)
+        W3 = weight_hh.detach().float().reshape(-1, weight_hh.shape[-2], weight_hh.shape[-1]).contiguous()  # (NH, G*Kh, Kh)
         NH = W3.shape[0]
-        WT = W3.transpose(1, 2).contiguous()  # (NH, Kh, G*Kh)
         gxf = gx.detach().float().contiguous()
         bias = torch.zeros(GH) if bias_hh is None else bias_hh.detach().float().contiguous()
         S0 = torch.stack([s.detach().float() for s in s0]).contiguous()  # (NS, B, H)
@@ -60,8 +64,9 @@ class _RNNFunction(torch.autograd.Function):
         acts = torch.empty(B, T, GH)
         aux = torch.empty(_NUM_AUX[cell], B, T, H)
         ST = torch.empty(NS, B, H)
-        fwd(_CELL_ID[cell], flag, _np(gxf), _np(WT), _np(bias), _np(S0), _np(hs), _np(acts), _np(aux), _np(ST))
-        ctx.save_for_backward(hs, acts, aux, S0, W3.contiguous())
+        WT = W3.transpose(1, 2).contiguous()  # (NH, Kh, G*Kh)
+        fwd(_CELL_ID[cell], flag, _np(gxf), _np(WT), _np(bias), _np(S0), _np(hs), _np(acts), _np(aux), _np(ST), _parts(B))
+        ctx.save_for_backward(hs, acts, aux, S0, W3)
         ctx.meta = (cell, flag, weight_hh.shape, weight_hh.dtype, bias_hh is not None, gx.dtype, NH)
         return (hs.to(gx.dtype), *ST.unbind(0))
 
@@ -77,7 +82,8 @@ class _RNNFunction(torch.autograd.Function):
         dgx = torch.empty(B, T, GH)
         drec = torch.empty(B, T, GH) if cell == "gru" else dgx
         DS0 = torch.empty_like(S0)
-        bwd(_CELL_ID[cell], flag, _np(W3), _np(hs), _np(acts), _np(aux), _np(S0), _np(dhf), _np(DST), _np(dgx), _np(drec), _np(DS0))
+        bwd(_CELL_ID[cell], flag, _np(W3), _np(hs), _np(acts), _np(aux), _np(S0), _np(dhf), _np(DST), _np(dgx), _np(drec),
+            _np(DS0), _parts(B))
         dW = db = None
         if ctx.needs_input_grad[3] or (has_bias and ctx.needs_input_grad[4]):
             hprev = torch.cat([S0[0, :, None], hs[:, :-1]], 1)  # (B, T, H): h_{t-1}

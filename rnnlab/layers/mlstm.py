@@ -1,0 +1,126 @@
+"""mLSTM block of xLSTM (Beck, Pöppel, Spanring, Auer, Prudnikova, Kopp, Klambauer, Brandstetter &
+Hochreiter 2024, "xLSTM: Extended Long Short-Term Memory", NeurIPS; the mLSTM cell Section 2.3,
+eqs. 19-27, and the pre-up-projection mLSTM block of Appendix B / Fig. 10).
+
+    x_m, z = split(x W_up)                                up-projection by ``proj_factor`` (2)
+    c = SiLU(causal_conv4(x_m))
+    q, k = c W_q, c W_k;  v = x_m W_v                     block-diagonal projections (blocks of 4)
+    i~, f~ = [q, k, v] W_i + b_i, [q, k, v] W_f + b_f      one input and one forget gate per head
+    h~ = mLSTM(q, k, v, i~, f~)                           exp input gate, sigmoid forget gate, normalizer
+                                                          and stabilizer (``rnnlab.ops.mlstm``; k / sqrt(d))
+    h = (GroupNorm_head(h~) + s ⊙ c) ⊙ SiLU(z)            learnable skip s, output gate SiLU(z)
+    y = h W_down
+
+Initialization as the authors' code: W_up and the q/k/v blocks small-init (N(0, 2/(5·fan_in))), W_down
+Wang-init (N(0, (2 / (num_layers · sqrt(D)))²)), gate weights zero, forget bias linspace(3, 6) over the
+heads, input bias N(0, 0.1²), skip 1, norm weight 1. The output gate of the cell (eq. 24) is the block's
+SiLU(z) branch, as in the paper's block. Difference from the authors' code: no ε = 1e-6 added to the
+normalizer max(|n_tᵀ q_t|, e^{-m_t}) (the paper's eq. 21 has none).
+
+State: conv (B, 3, d_inner), C (B, H, d, d), n (B, H, d), m (B, H); float32 (d = d_inner / H).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from rnnlab.layers.base import Mixer, State
+from rnnlab.layers.parts import ShortConv
+from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.mlstm import chunk_mlstm, fused_recurrent_mlstm
+
+__all__ = ["MLSTM", "HeadwiseLinear"]
+
+
+class HeadwiseLinear(nn.Module):
+    """Block-diagonal projection (xLSTM's LinearHeadwiseExpand): x (..., nb·d_in) -> (..., nb·d_out),
+    block j maps x[..., j] (d_in) with its own (d_out, d_in) matrix. Small-init N(0, 2 / (5 d_in))."""
+
+    def __init__(self, dim: int, block_size: int, d_out_per_block: int | None = None):
+        super().__init__()
+        if block_size < 1 or dim % block_size:
+            raise ValueError(f"dim={dim} must be divisible by block_size={block_size}")
+        self.num_blocks, self.block_size = dim // block_size, block_size
+        d_out = d_out_per_block or block_size
+        self.weight = nn.Parameter(torch.randn(self.num_blocks, d_out, block_size) * math.sqrt(2 / (5 * block_size)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = rearrange(x, "... (nb d) -> ... nb d", nb=self.num_blocks)
+        return rearrange(torch.einsum("...nd,nod->...no", x, self.weight.to(x.dtype)), "... nb o -> ... (nb o)")
+
+
+@register_mixer("mlstm", family="matrix", small={"num_heads": 2, "chunk_size": 16})
+class MLSTM(Mixer):
+    """x (B, T, D) -> y (B, T, D). num_heads: H; proj_factor: d_inner = proj_factor · D; conv_size: causal
+    conv width; qkv_block_size: block size of the q/k/v projections; num_layers: depth, for W_down's
+    init; chunk_size: chunk of the parallel form; forget_gate: "sigmoid" (paper default) or "exp"."""
+
+    def __init__(self, d_model: int, num_heads: int = 4, proj_factor: float = 2.0, conv_size: int = 4, qkv_block_size: int = 4,
+                 num_layers: int = 1, chunk_size: int = 64, forget_gate: str = "sigmoid", norm_eps: float = 1e-5):
+        super().__init__(d_model)
+        d_inner = int(round(proj_factor * d_model))
+        if num_heads < 1 or d_inner % num_heads or d_inner % qkv_block_size:
+            raise ValueError(f"d_inner = proj_factor * d_model = {d_inner} must be divisible by num_heads={num_heads} "
+                             f"and qkv_block_size={qkv_block_size}")
+        if forget_gate not in ("sigmoid", "exp"):
+            raise ValueError(f"forget_gate must be 'sigmoid' or 'exp', got {forget_gate!r}")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        H = num_heads
+        self.d_inner, self.num_heads, self.head_dim = d_inner, H, d_inner // H
+        self.chunk_size, self.forget_gate, self.norm_eps = chunk_size, forget_gate, norm_eps
+        self.proj_up = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.conv = ShortConv(d_inner, conv_size, bias=True, activation="silu")
+        self.qk = HeadwiseLinear(d_inner, qkv_block_size, 2 * qkv_block_size)  # q and k blocks side by side
+        self.v = HeadwiseLinear(d_inner, qkv_block_size)
+        self.gates = nn.Linear(3 * d_inner, 2 * H)  # [i~ | f~]
+        self.norm_weight = nn.Parameter(torch.ones(d_inner))
+        self.skip = nn.Parameter(torch.ones(d_inner))
+        self.proj_down = nn.Linear(d_inner, d_model, bias=False)
+        with torch.no_grad():
+            nn.init.normal_(self.proj_up.weight, std=math.sqrt(2 / (5 * d_model)))
+            nn.init.normal_(self.proj_down.weight, std=2 / num_layers / math.sqrt(d_model))
+            nn.init.zeros_(self.gates.weight)
+            nn.init.normal_(self.gates.bias[:H], std=0.1)
+            self.gates.bias[H:] = torch.linspace(3.0, 6.0, H)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        H, d = self.num_heads, self.head_dim
+        z = lambda *shape: torch.zeros(batch_size, *shape, device=device, dtype=dtype or torch.float32)  # noqa: E731
+        return {"conv": self.conv.init_state(batch_size, device, dtype), "C": z(H, d, d), "n": z(H, d), "m": z(H)}
+
+    def state_size(self, seq_len: int) -> int:
+        H, d = self.num_heads, self.head_dim
+        return self.conv.state_size() + H * (d * d + d + 1)
+
+    def _mix(self, x: Tensor, state: State, chunked: bool) -> tuple[Tensor, State]:
+        B, T, _ = x.shape
+        xm, z = self.proj_up(x).chunk(2, -1)
+        c, conv_state = self.conv(xm, state["conv"])
+        q, k = rearrange(self.qk(c), "b t (nb two d) -> two b t (nb d)", two=2, d=self.v.block_size)
+        v = self.v(xm)
+        i, f = rearrange(self.gates(torch.cat([q, k, v], -1)).float(), "b t (two h) -> two b t h", two=2)
+        heads = lambda t: rearrange(t, "b t (h d) -> b t h d", h=self.num_heads)  # noqa: E731
+        s0 = tuple(state[key].float() for key in ("C", "n", "m"))
+        kw = dict(initial_state=s0, output_final_state=True, forget_gate=self.forget_gate)  # scale: d^-1/2 on k (eq. 22)
+        op = (lambda *a, **k_: chunk_mlstm(*a, chunk_size=self.chunk_size, **k_)) if chunked else fused_recurrent_mlstm
+        h, (C, n, m) = op(heads(q), heads(k), heads(v), i, f, **kw)
+        h = F.group_norm(rearrange(h, "b t h d -> (b t) (h d)"), self.num_heads, self.norm_weight.to(h.dtype), None, self.norm_eps)
+        h = (h.view(B, T, -1) + self.skip.to(c.dtype) * c) * F.silu(z)
+        new = {"conv": conv_state.to(state["conv"].dtype), "C": C, "n": n, "m": m}
+        return self.proj_down(h.to(x.dtype)), {key: t.to(state[key].dtype) for key, t in new.items()}
+
+    def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """x (B, T, D) -> (y, state): chunkwise mLSTM."""
+        return self._mix(x, state, chunked=True)
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """x (B, 1, D) -> (y, state): one recurrent mLSTM step."""
+        return self._mix(x, state, chunked=False)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_inner={self.d_inner}, heads={self.num_heads}x{self.head_dim}, forget_gate={self.forget_gate!r}"
