@@ -10,6 +10,8 @@ Rows, same weights in both columns of a mixer:
   loop over t (``linear_scan_ref``, ``selective_scan_ref``, ``wkv4_ref``, ``log_scan_ref``, or the
   S4/S4D step), projections still batched over T.
 - fwd: forward under no_grad; fwd+bwd: forward + backward of mean(y²) w.r.t. x and every parameter.
+- ops (``--ops``, registered in rnnlab/bench/ops_diag.py): each form of the recurrence alone
+  (numba kernel, parallel torch form) against its reference loop, on the op's own inputs.
 Figures are tokens/s = B·T / median seconds (``time_call``: one warm-up call, then up to --reps
 calls within --budget seconds); peak MiB is ``peak_rss_delta`` of one fwd+bwd call (resident memory
 above what was resident before it).  A reference (or HF) call predicted to take longer than
@@ -28,9 +30,11 @@ import torch
 
 import rnnlab
 from rnnlab.bench.machine import describe_machine
+from rnnlab.bench.registry import get_op_bench
 from rnnlab.bench.timing import peak_rss_delta, time_call
 
 MIXERS = ["s4d", "s4", "s5", "lru", "mamba", "longhorn", "hawk", "hgrn", "rwkv4", "mingru", "minlstm"]
+OPS = ["linear_scan", "linear_scan_complex", "selective_scan", "wkv4", "log_scan"]
 
 
 def _fwd(m):
@@ -48,6 +52,22 @@ def _fwd_bwd(m):
         (y[0] if isinstance(y, tuple) else y).square().mean().backward()
 
     return run
+
+
+def _op_fns(fn, inputs):
+    """fwd / fwd+bwd callables of an op form on fixed leaf inputs (their shape's x ignored)."""
+    def fwd(_):
+        with torch.no_grad():
+            fn(**inputs)
+
+    def fb(_):
+        for t in inputs.values():
+            t.grad = None
+        o = fn(**inputs)
+        o = o[0] if isinstance(o, tuple) else o
+        (o.abs() if o.is_complex() else o).square().mean().backward()
+
+    return fwd, fb
 
 
 class _Row:
@@ -89,6 +109,7 @@ def main():
     p.add_argument("--T", default="512,2048,8192")
     p.add_argument("--D", type=int, default=256)
     p.add_argument("--mixers", default=",".join(MIXERS))
+    p.add_argument("--ops", default=",".join(OPS))
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--budget", type=float, default=3.0)
     p.add_argument("--max-call-s", type=float, default=60.0)
@@ -108,7 +129,7 @@ def main():
         print(f"{d['name']:10s} {d['form']:9s} T={d['T']:5d}  fwd {cols[0]:>7s} tok/s  fwd+bwd {cols[1]:>7s} tok/s"
               f"  peak {d.get('fb_peak_mib', float('nan')):7.1f} MiB", flush=True)
 
-    for name in a.mixers.split(","):
+    for name in [m for m in a.mixers.split(",") if m]:
         torch.manual_seed(0)
         fast = rnnlab.create_mixer(name, a.D)
         ref = rnnlab.create_mixer(name, a.D, backend="reference")
@@ -124,6 +145,22 @@ def main():
                     pred = pred * T / prev["T"] if pred is not None else None
                     prev[form, key] = r.measure(key, fn, x, a, predicted=pred if form == "reference" else None,
                                                 mem=(key == "fb" and not r.d.get("fb_skipped") and (form == "parallel" or T <= 2048)))
+                emit(r)
+            prev["T"] = T
+    for name in [o for o in a.ops.split(",") if o]:
+        ob = get_op_bench(name)
+        prev = {}
+        for T in Ts:
+            inputs = ob.make_inputs(a.B, T, torch.float32, "cpu")
+            x = torch.empty(a.B, T, 0)  # only its (B, T) counts tokens
+            for form, fn in ob.forms.items():
+                r = _Row(name, form, T, a.B)
+                r.d["kind"] = "op"
+                for key, f in zip(("fwd", "fb"), _op_fns(fn, inputs)):
+                    pred = prev.get((form, key))
+                    pred = pred * T / prev["T"] if pred is not None else None
+                    prev[form, key] = r.measure(key, f, x, a, predicted=pred if form == ob.baseline else None,
+                                                mem=(key == "fb" and not r.d.get("fb_skipped")))
                 emit(r)
             prev["T"] = T
     for T in Ts:  # yardstick
@@ -161,16 +198,20 @@ def _summary(rows, Ts):
     by = {(r["name"], r["form"], r["T"]): r for r in rows}
     print("\n| mixer | T | fwd tok/s parallel | fwd reference | × | fwd+bwd tok/s parallel | fwd+bwd reference | × | peak MiB fwd+bwd parallel / reference | state floats |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in dict.fromkeys(r["name"] for r in rows if r["form"] == "parallel"):
+    pairs = [(r["name"], "parallel", False) for r in rows if r["form"] == "parallel" and r.get("kind") != "op"]
+    pairs += [(r["name"], r["form"], True) for r in rows if r.get("kind") == "op" and r["form"] != "reference"]
+    for name, form, is_op in dict.fromkeys(pairs):
         for T in Ts:
-            p, q = by.get((name, "parallel", T)), by.get((name, "reference", T))
+            p, q = by.get((name, form, T)), by.get((name, "reference", T))
             if p is None or q is None:
                 continue
+            name_col = f"op `{name}` {form}" if is_op else f"`{name}`"
             rf, rb = p["fwd"] / q["fwd"], p["fb"] / q["fb"]
             sk = "~" if q.get("fb_skipped") or q.get("fwd_skipped") else ""
             mem_q = f"{q['fb_peak_mib']:.0f}" if "fb_peak_mib" in q else "—"
-            print(f"| {name} | {T} | {_fmt(p['fwd'])} | {_fmt(q['fwd'], q.get('fwd_skipped'))} | {sk}{rf:.0f} | "
-                  f"{_fmt(p['fb'])} | {_fmt(q['fb'], q.get('fb_skipped'))} | {sk}{rb:.0f} | {p['fb_peak_mib']:.0f} / {mem_q} | {p['state_floats']} |")
+            state = p.get("state_floats", "")
+            print(f"| {name_col} | {T} | {_fmt(p['fwd'])} | {_fmt(q['fwd'], q.get('fwd_skipped'))} | {sk}{rf:.0f} | "
+                  f"{_fmt(p['fb'])} | {_fmt(q['fb'], q.get('fb_skipped'))} | {sk}{rb:.0f} | {p['fb_peak_mib']:.0f} / {mem_q} | {state} |")
     for peer in ("nn.LSTM", "hf.Mamba"):
         for T in Ts:
             r, m = by.get((peer, rows and next((r["form"] for r in rows if r["name"] == peer), ""), T)), by.get(("mamba", "parallel", T))

@@ -6,8 +6,8 @@ pure-PyTorch paths of HF transformers' Mamba2Mixer and xLSTM mLSTM layer (when t
         [--dtypes fp32,bf16] [--ops gla,simple_gla,linear_attn,rwkv6,mlstm] [--threads 2] [--no-ops] [--no-mixers]
 
 Ops: B=4, H=4, K=V=64; mixers: B=4, T=2048, d_model=256. Tokens/s of forward (no_grad) and
-forward+backward (gradients of every input) = B·T / median seconds of several calls after a warm-up;
-every ratio is between rows measured in this process. Reference loops run up to T=2048 (they compute
+forward+backward (gradients of every input) = B·T / best-of seconds; the rows of one comparison run in
+turns (one call each per round, several rounds), so that the load of a shared machine hits them alike. Reference loops run up to T=2048 (they compute
 in float32 whatever the input dtype, so they are timed once per length, on float32 inputs).
 GFLOP/s: rnnlab.bench.ops_gla.chunk_gla_flops (forward matmul FLOPs) / forward seconds, as a fraction
 of the torch.mm 1024³ throughput measured at the start.
@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import torch
 import torch.nn.functional as F
 
 from rnnlab.bench.machine import measure_roofline
 from rnnlab.bench.ops_gla import OP_FORMS, chunk_gla_flops, make_inputs
-from rnnlab.bench.timing import time_call
 
 B = 4
 DT = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -33,8 +33,26 @@ def sdpa(q, k, v, **_):
     return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True).transpose(1, 2)
 
 
-def measure(fn, ins, reps, budget):
-    """fn(**ins) -> output or (output, ...); -> (median seconds forward, median seconds forward+backward)."""
+def race(calls: dict, budget: float, max_rounds: int = 7) -> dict:
+    """Best-of seconds of each zero-argument call, the calls run in turns (one of each per round, after
+    one warm-up round), so that a change of the machine's load hits every row of a comparison alike.
+    At least 2 rounds; stops when ``budget`` seconds have passed."""
+    for f in calls.values():
+        f()
+    times = {n: [] for n in calls}
+    start = time.perf_counter()
+    for r in range(max_rounds):
+        for n, f in calls.items():
+            t0 = time.perf_counter()
+            f()
+            times[n].append(time.perf_counter() - t0)
+        if r >= 1 and time.perf_counter() - start > budget:
+            break
+    return {n: min(t) for n, t in times.items()}
+
+
+def fwd_and_fb(fn, ins):
+    """fn(**ins) -> output or (output, ...); -> (forward call under no_grad, forward+backward call)."""
     first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
     with torch.no_grad():
         cot = torch.randn_like(first(fn(**ins)).float())
@@ -48,31 +66,35 @@ def measure(fn, ins, reps, budget):
             t.grad = None
         first(fn(**ins)).float().backward(cot)
 
-    return time_call(fwd, warmup=1, reps=reps, budget_s=budget).median, time_call(fb, warmup=1, reps=reps, budget_s=2 * budget).median
+    return fwd, fb
 
 
 def bench_ops(lens, dtypes, ops, roof):
     hdr = f"{'op / form':<28}{'dtype':<6}{'T':>6} {'fwd tok/s':>10} {'f+b tok/s':>10} {'GFLOP/s':>8} {'% mm':>5} {'f+b x ref':>10} {'fwd x sdpa':>10} {'f+b x sdpa':>10}"
     print(hdr, flush=True)
     for T in lens:
-        reps, budget = (5, 3.0) if T <= 2048 else (3, 5.0)
+        budget = 6.0 if T <= 2048 else 15.0
         ref = {}
-        if T <= 2048:
+        if T <= 2048:  # reference loops compute in float32 whatever the input dtype: once per length
             for op in ops:
-                ref[op] = measure(OP_FORMS[op][0], make_inputs(op, B, T, torch.float32), 1, 1.0)
-                print(f"{op + ' reference loop':<28}{'fp32':<6}{T:>6} {B * T / ref[op][0]:>10.0f} {B * T / ref[op][1]:>10.0f}", flush=True)
+                f, fb = fwd_and_fb(OP_FORMS[op][0], make_inputs(op, B, T, torch.float32))
+                t = race({"fwd": f, "fb": fb}, budget=0.0, max_rounds=2)
+                ref[op] = t["fb"]
+                print(f"{op + ' reference loop':<28}{'fp32':<6}{T:>6} {B * T / t['fwd']:>10.0f} {B * T / t['fb']:>10.0f}", flush=True)
         for dname in dtypes:
             dtype = DT[dname]
             peak = roof["matmul_gflops"][str(dtype).removeprefix("torch.")]
-            s = measure(sdpa, make_inputs("linear_attn", B, T, dtype), reps, budget)
-            gf = 2.0 * B * 4 * T * T * (64 + 64) / 2 / s[0] / 1e9  # QKᵀ and PV over the causal half
-            print(f"{'sdpa (causal)':<28}{dname:<6}{T:>6} {B * T / s[0]:>10.0f} {B * T / s[1]:>10.0f} {gf:>8.1f} {100 * gf / peak:>4.0f}%", flush=True)
+            forms = {"sdpa": fwd_and_fb(sdpa, make_inputs("linear_attn", B, T, dtype))}
+            forms.update({op: fwd_and_fb(OP_FORMS[op][2], make_inputs(op, B, T, dtype)) for op in ops})
+            tf = race({n: f for n, (f, _) in forms.items()}, budget)
+            tb = race({n: fb for n, (_, fb) in forms.items()}, 2 * budget)
+            gf = 2.0 * B * 4 * T * T * (64 + 64) / 2 / tf["sdpa"] / 1e9  # QKᵀ and PV over the causal half
+            print(f"{'sdpa (causal)':<28}{dname:<6}{T:>6} {B * T / tf['sdpa']:>10.0f} {B * T / tb['sdpa']:>10.0f} {gf:>8.1f} {100 * gf / peak:>4.0f}%", flush=True)
             for op in ops:
-                t = measure(OP_FORMS[op][2], make_inputs(op, B, T, dtype), reps, budget)
-                gf = chunk_gla_flops(B, T) / t[0] / 1e9
-                x_ref = f"{ref[op][1] / t[1]:>9.1f}x" if op in ref else f"{'':>10}"
-                print(f"{'chunk_' + op:<28}{dname:<6}{T:>6} {B * T / t[0]:>10.0f} {B * T / t[1]:>10.0f} {gf:>8.1f} {100 * gf / peak:>4.0f}% "
-                      f"{x_ref} {s[0] / t[0]:>9.2f}x {s[1] / t[1]:>9.2f}x", flush=True)
+                gf = chunk_gla_flops(B, T) / tf[op] / 1e9
+                x_ref = f"{ref[op] / tb[op]:>9.1f}x" if op in ref else f"{'':>10}"
+                print(f"{'chunk_' + op:<28}{dname:<6}{T:>6} {B * T / tf[op]:>10.0f} {B * T / tb[op]:>10.0f} {gf:>8.1f} {100 * gf / peak:>4.0f}% "
+                      f"{x_ref} {tf['sdpa'] / tf[op]:>9.2f}x {tb['sdpa'] / tb[op]:>9.2f}x", flush=True)
 
 
 def bench_mixers(T=2048, d_model=256):
@@ -82,7 +104,7 @@ def bench_mixers(T=2048, d_model=256):
 
     x = torch.randn(B, T, d_model)
 
-    def run(name, module, fn):
+    def calls(module, fn):
         xg = x.clone().requires_grad_()
 
         def fwd():
@@ -96,25 +118,24 @@ def bench_mixers(T=2048, d_model=256):
             out = fn(xg)
             (out[0] if isinstance(out, tuple) else out).float().sum().backward()
 
-        t_f = time_call(fwd, warmup=1, reps=5, budget_s=4).median
-        t_fb = time_call(fb, warmup=1, reps=5, budget_s=8).median
-        params = sum(p.numel() for p in module.parameters())
-        print(f"{name:<48} params {params:>8}  fwd {B * T / t_f:>8.0f} tok/s  fwd+bwd {B * T / t_fb:>8.0f} tok/s", flush=True)
-        return t_f, t_fb
+        return fwd, fb
 
     torch.manual_seed(0)
     peers, notes = build_peers(d_model, only_vs={"mamba2", "mlstm"})
     for n in notes:
         print("note:", n)
-    ours = {"mamba2": create_mixer("mamba2", d_model, d_state=64, headdim=64, chunk_size=64),  # HF peer's config
+    ours = {"mamba2": create_mixer("mamba2", d_model, d_state=64, headdim=64, chunk_size=64),  # the HF peer's config
             "mlstm": create_mixer("mlstm", d_model, num_heads=4, chunk_size=64)}
     for name, m in ours.items():
-        m.train()
-        a = run(f"rnnlab {name} ({m.extra_repr()})", m, lambda t, m=m: m(t)[0])
-        for p in (p for p in peers if p.vs == name):
-            p.module.train()
-            b = run(f"{p.name} ({p.note})"[:48], p.module, p.fwd)
-            print(f"  {name} / {p.name}: fwd {b[0] / a[0]:.2f}x, fwd+bwd {b[1] / a[1]:.2f}x", flush=True)
+        rows = {f"rnnlab {name} ({m.extra_repr()})": (m, calls(m.train(), lambda t, m=m: m(t)[0]))}
+        rows.update({f"{p.name} ({p.note})": (p.module, calls(p.module.train(), p.fwd)) for p in peers if p.vs == name})
+        tf = race({n: c[0] for n, (_, c) in rows.items()}, 8.0)
+        tb = race({n: c[1] for n, (_, c) in rows.items()}, 16.0)
+        first = next(iter(rows))
+        for n, (mod, _) in rows.items():
+            params = sum(p.numel() for p in mod.parameters())
+            ratio = "" if n == first else f"   rnnlab {name} / this: fwd {tf[n] / tf[first]:.2f}x, fwd+bwd {tb[n] / tb[first]:.2f}x"
+            print(f"{n[:70]:<70} params {params:>7}  fwd {B * T / tf[n]:>7.0f} tok/s  fwd+bwd {B * T / tb[n]:>7.0f} tok/s{ratio}", flush=True)
 
 
 def main(argv=None):

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
 from rnnlab.ops.rnn import BACKENDS, CELLS, rnn
-from rnnlab.ops.rnn.reference import cell_step, recurrent_matmul
+from rnnlab.ops.rnn.reference import NONLINEARITIES, cell_step, recurrent_matmul
 
 _STATE_KEYS = {"elman": ("h",), "lstm": ("h", "c"), "gru": ("h",)}
 _TORCH_CLS = {"elman": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -45,8 +45,8 @@ class ClassicRNN(Mixer):
             raise ValueError(f"num_heads must be a positive int dividing hidden_size={H}, got {num_heads!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
         G = CELLS[self.cell][0]
         self.hidden_size, self.num_heads, self.backend, self.nonlinearity = H, num_heads, backend, nonlinearity
         Kh = H // num_heads

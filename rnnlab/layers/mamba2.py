@@ -70,8 +70,7 @@ class Mamba2(Mixer):
     def _gated_norm(self, y: Tensor, z: Tensor) -> Tensor:
         """RMSNorm(y ⊙ SiLU(z)) over groups of d_inner / ngroups channels, weight (d_inner,); float32."""
         u = (y.float() * F.silu(z.float())).unflatten(-1, (self.ngroups, -1))
-        u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + self.norm_eps)
-        return u.flatten(-2) * self.norm_weight.float()
+        return F.rms_norm(u, u.shape[-1:], eps=self.norm_eps).flatten(-2) * self.norm_weight.float()
 
     def _mix(self, x: Tensor, state: State, chunked: bool) -> tuple[Tensor, State]:
         H, G, N = self.num_heads, self.ngroups, self.d_state

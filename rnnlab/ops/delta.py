@@ -269,8 +269,9 @@ class _ChunkPass(torch.autograd.Function):
 
 
 def _chunks(x: Tensor, C: int) -> Tensor:
-    """(B, N·C, H, *F) -> (N·B·H, C, *F) contiguous, chunk-major (chunk n of every head is one slab)."""
-    return rearrange(x, "b (n c) h ... -> (n b h) c ...", c=C).contiguous()
+    """(B, N·C, H, *F) -> (N·B·H, C, *F) float32 contiguous, chunk-major (chunk n of every head is one slab)."""
+    view = rearrange(x, "b (n c) h ... -> n b h c ...", c=C)
+    return torch.empty(view.shape, dtype=torch.float32, device=x.device).copy_(view).flatten(0, 2)
 
 
 def _unchunk(x: Tensor, B: int, H: int) -> Tensor:
@@ -278,106 +279,136 @@ def _unchunk(x: Tensor, B: int, H: int) -> Tensor:
     return rearrange(x, "(n b h) c ... -> b (n c) h ...", b=B, h=H)
 
 
-class _ChunkGatedDelta(torch.autograd.Function):
-    """The chunkwise WY/UT form (math in :func:`_chunk_core`) with a hand-written backward.
-
-    q (already scaled), k (B, N·C, H, K), v (B, N·C, H, V), g (B, N·C, H) log-decay or None,
-    beta (B, N·C, H), S0 (B, H, K, V), all float32 -> o (B, N·C, H, V), S_final (B, H, K, V).
-    Inside, every tensor is (Z, C, ·) with Z = N·B·H chunk-major, so each batched matmul reads
-    contiguous slabs and the pass over chunks reads chunk n as one slab."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, g, beta, S0, C, lowp):
-        B, Tp, H, K = q.shape
-        V = v.shape[-1]
-        N, BH = Tp // C, B * H
-        mm = _mm(lowp)
-        qc, kc, vc = _chunks(q, C), _chunks(k, C), _chunks(v, C)  # (Z, C, K | V)
-        bc = _chunks(beta, C)[..., None]  # (Z, C, 1)
-        kb = kc * bc
-        A = mm(kb, kc.mT)  # (Z, C, C): β_i k_iᵀk_j, strictly lower part used
-        P = mm(qc, kc.mT)  # (Z, C, C): q_iᵀk_j
-        gam = None
-        if g is None:
-            P.tril_()
-            R, kd, qe, d = torch.cat([vc * bc, kb], -1), kc, qc, None
-        else:
-            gam = _chunks(g, C).cumsum(-1)  # (Z, C): γ_i
-            decay = _decay(gam)
-            A.mul_(decay)
-            P.mul_(decay)
-            eg = gam.exp()[..., None]  # (Z, C, 1)
-            R = torch.cat([vc * bc, kb * eg], -1)
-            kd, qe = kc * (gam[:, -1:] - gam).exp()[..., None], qc * eg
-            d = gam[:, -1].exp().view(N, BH, 1, 1)
-        Tinv = unit_lower_inverse(A)
-        X = mm(Tinv, R)  # (Z, C, V + K): [U, Wk]
-        X4 = X.view(N, BH, C, V + K)
-        W, S = _pass_forward(X4[..., :V], X4[..., V:], kd.view(N, BH, C, K), d, None, S0.reshape(BH, K, V))
-        Sin = S[:N].view(N * BH, K, V)  # the state entering each chunk
-        o = mm(qe, Sin) + mm(P, W.view(N * BH, C, V))  # (Z, C, V)
-        ctx.save_for_backward(qc, kc, vc, bc, gam, Tinv, X, W, S, A, P)
-        ctx.meta = B, H, C, lowp
-        return _unchunk(o, B, H), S[N].view(B, H, K, V)
-
-    @staticmethod
-    def backward(ctx, do, dS_final):
-        qc, kc, vc, bc, gam, Tinv, X, W, S, A, P = ctx.saved_tensors
-        B, H, C, lowp = ctx.meta
-        mm = _mm(lowp)
-        Z, _, K = qc.shape
-        V = vc.shape[-1]
-        N, BH = S.shape[0] - 1, B * H
-        dS_final = torch.zeros_like(S[N]) if dS_final is None else dS_final.reshape(BH, K, V).float()
-        do = _chunks(do.float(), C) if do is not None else qc.new_zeros(Z, C, V)  # (Z, C, V)
-        Sin, Wz = S[:N].view(Z, K, V), W.view(Z, C, V)
-        kb = kc * bc
-        if gam is None:
-            qe, kd, d = qc, kc, None
-        else:
-            eg = gam.exp()[..., None]
-            to_end = (gam[:, -1:] - gam).exp()[..., None]
-            qe, kd, d = qc * eg, kc * to_end, gam[:, -1].exp().view(N, BH, 1, 1)
-        # o = qe S_n + P W
-        dqe = mm(do, Sin.mT)  # (Z, C, K)
-        dP = mm(do, Wz.mT)  # (Z, C, C)
-        dW = mm(P.mT, do).view(N, BH, C, V)
-        dS_in = mm(qe.mT, do).view(N, BH, K, V)
-        X4 = X.view(N, BH, C, V + K)
-        dW, dS_next, dS0 = _pass_backward(X4[..., V:], kd.view(N, BH, C, K), d, dW, dS_in, dS_final)
-        dW, dS_next = dW.view(Z, C, V), dS_next.view(Z, K, V)
-        # X = [U, Wk] = T R, W = U − Wk S_n, S_{n+1} = d S_n + kdᵀ W
-        dX = torch.cat([dW, -mm(dW, Sin.mT)], -1)  # (Z, C, V + K)
-        dkd = mm(Wz, dS_next.mT)  # (Z, C, K)
-        dR = mm(Tinv.mT, dX)
-        dA = mm(dR, X.mT).tril_(-1).neg_()  # (Z, C, C)
-        dRv, dRk = dR[..., :V], dR[..., V:]
-        dv, dbeta = dRv * bc, (dRv * vc).sum(-1)
-        if gam is None:
-            dkb, dMA, dMP = dRk, dA, dP.tril_()
-            dq, dk = dqe, dkd
-        else:
-            decay = _decay(gam)
-            dAA, dPP = dA * A, dP * P  # the decay's share: dΓ ⊙ Γ
-            z = (dkd * kd).sum(-1)  # (Z, C)
-            dgam = dAA.sum(-1) - dAA.sum(-2) + dPP.sum(-1) - dPP.sum(-2) - z
-            dgam += ((dRk * kb).sum(-1) + (dqe * qc).sum(-1)) * eg[..., 0]
-            dgam[:, -1] += z.sum(-1) + (Sin * dS_next).sum((-1, -2)) * d.view(Z)
-            dkb, dMA, dMP = dRk * eg, dA.mul_(decay), dP.mul_(decay)
-            dq, dk = dqe * eg, dkd * to_end
-        dkb = dkb + mm(dMA, kc)
-        dq = dq + mm(dMP, kc)
-        dk = dk + mm(dMA.mT, kb) + mm(dMP.mT, qc) + dkb * bc
-        dbeta = dbeta + (dkb * kc).sum(-1)
-        dg = None if gam is None else _unchunk(dgam.flip(-1).cumsum(-1).flip(-1), B, H)  # γ = cumsum(g) in the chunk
-        return (_unchunk(dq, B, H), _unchunk(dk, B, H), _unchunk(dv, B, H), dg, _unchunk(dbeta, B, H),
-                dS0.view(B, H, K, V), None, None)
+def _mac(a: Tensor, b: Tensor, lowp: bool, alpha: float = 1.0, acc: Tensor | None = None) -> Tensor:
+    """a (Z, M, L) @ b (Z, L, N) -> acc + alpha · a b (acc updated in place) or alpha · a b.
+    bfloat16 operands with float32 accumulation when ``lowp``, else float32 (baddbmm: the scaling
+    and the accumulation cost no extra pass over memory)."""
+    if lowp:
+        r = torch.bmm(a.bfloat16(), b.bfloat16()).float()
+        r = r.mul_(alpha) if alpha != 1.0 else r
+        return r if acc is None else acc.add_(r)
+    if acc is None:
+        if alpha == 1.0:
+            return torch.bmm(a, b)
+        unused = a.new_empty(()).expand(a.shape[0], a.shape[1], b.shape[2])  # beta = 0: baddbmm never reads it
+        return torch.baddbmm(unused, a, b, beta=0, alpha=alpha)
+    return acc.baddbmm_(a, b, alpha=alpha)
 
 
 def _decay(gam: Tensor) -> Tensor:
     """gam (Z, C) cumulative log-decay -> (Z, C, C) e^{γ_i − γ_j} for j ≤ i (exponents ≤ 0), 0 above the diagonal.
-    (Masking after exp: exp(−inf) takes a slow path, measured 10x slower than the whole exp.)"""
+    (Masked after exp: exp(−inf) takes a slow path, measured 10x slower than the whole exp.)"""
     return (gam[:, :, None] - gam[:, None, :]).exp_().tril_()
+
+
+class _ChunkGatedDelta(torch.autograd.Function):
+    """The chunkwise WY/UT form (math in :func:`_chunk_core`) with a hand-written backward.
+
+    q, k (B, N·C, H, K), v (B, N·C, H, V), g (B, N·C, H) log-decay or None, beta (B, N·C, H),
+    S0 (B, H, K, V) float32 -> o (B, N·C, H, V), S_final (B, H, K, V), float32.
+    Inside, every tensor is (Z, C, ·) with Z = N·B·H chunk-major: the batched matmuls read
+    contiguous slabs and the pass over chunks reads chunk n as one slab. ``scale`` is folded into
+    the matmuls' alpha and the per-row factors, never a separate pass over q."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, beta, S0, scale, C, lowp):
+        B, Tp, H, K = q.shape
+        V = v.shape[-1]
+        N, BH = Tp // C, B * H
+        Z = N * BH
+        qc, kc, vc = _chunks(q, C), _chunks(k, C), _chunks(v, C)  # (Z, C, K | V)
+        bc = _chunks(beta, C)[..., None]  # (Z, C, 1)
+        kb = kc * bc
+        A = _mac(kb, kc.mT, lowp)  # (Z, C, C): β_i k_iᵀk_j; only the strictly lower part is read
+        P = _mac(qc, kc.mT, lowp, alpha=scale)  # (Z, C, C): scale q_iᵀk_j
+        R = kc.new_empty(Z, C, V + K)  # [diag(β) V, diag(β e^γ) K]
+        torch.mul(vc, bc, out=R[..., :V])
+        gam = None
+        if g is None:
+            P.tril_()
+            R[..., V:] = kb
+            qe, kd, d = qc * scale, kc, None
+        else:
+            gam = _chunks(g, C).cumsum(-1)  # (Z, C): γ_i
+            decay = _decay(gam)
+            P.mul_(decay)
+            A.mul_(decay)
+            eg = gam.exp()[..., None]  # (Z, C, 1)
+            torch.mul(kb, eg, out=R[..., V:])
+            qe, kd = qc * (eg * scale), kc * (gam[:, -1:] - gam).exp()[..., None]
+            d = gam[:, -1].exp().view(N, BH, 1, 1)
+        Tinv = unit_lower_inverse(A)
+        X = _mac(Tinv, R, lowp)  # (Z, C, V + K): [U, Wk]
+        X4 = X.view(N, BH, C, V + K)
+        W, S = _pass_forward(X4[..., :V], X4[..., V:], kd.view(N, BH, C, K), d, None, S0.reshape(BH, K, V))
+        o = _mac(P, W.view(Z, C, V), lowp, acc=_mac(qe, S[:N].view(Z, K, V), lowp))  # (Z, C, V)
+        ctx.save_for_backward(qc, kc, vc, bc, gam, Tinv, X, W, S, P)
+        ctx.meta = scale, B, H, C, lowp
+        return _unchunk(o, B, H), S[N].view(B, H, K, V)
+
+    @staticmethod
+    def backward(ctx, do, dS_final):
+        qc, kc, vc, bc, gam, Tinv, X, W, S, P = ctx.saved_tensors
+        scale, B, H, C, lowp = ctx.meta
+        Z, _, K = qc.shape
+        V = vc.shape[-1]
+        N, BH = S.shape[0] - 1, B * H
+        dS_final = torch.zeros_like(S[N]) if dS_final is None else dS_final.reshape(BH, K, V).float()
+        do = _chunks(do, C) if do is not None else qc.new_zeros(Z, C, V)  # (Z, C, V)
+        Sin, Wz = S[:N].view(Z, K, V), W.view(Z, C, V)
+        kb = kc * bc
+        if gam is None:
+            qf, kd, d = scale, kc, None
+        else:
+            eg = gam.exp()[..., None]
+            to_end = (gam[:, -1:] - gam).exp()[..., None]
+            qf, kd, d = eg * scale, kc * to_end, gam[:, -1].exp().view(N, BH, 1, 1)
+        qe = qc * qf
+        # o = qe S_n + P W_n
+        dqe = _mac(do, Sin.mT, lowp)  # (Z, C, K)
+        dP = _mac(do, Wz.mT, lowp)  # (Z, C, C)
+        dX = qc.new_empty(Z, C, V + K)  # [dU, dWk]; dU = dW
+        dW = dX[..., :V]
+        dW.copy_(_mac(P.mT, do, lowp))
+        dS_in = _mac(qe.mT, do, lowp).view(N, BH, K, V)
+        X4 = X.view(N, BH, C, V + K)
+        # the pass: W_n = U_n − Wk_n S_n, S_{n+1} = d_n S_n + kd_nᵀ W_n
+        _, dS_next, dS0 = _pass_backward(X4[..., V:], kd.view(N, BH, C, K), d, dW.view(N, BH, C, V), dS_in, dS_final)
+        dS_next = dS_next.view(Z, K, V)
+        dX[..., V:] = _mac(dW, Sin.mT, lowp, alpha=-1.0)
+        dkd = _mac(Wz, dS_next.mT, lowp)  # (Z, C, K)
+        # X = T R: dR = Tᵀ dX, dA = −tril₋₁(dR Xᵀ); nA holds −dA (masked below)
+        dR = _mac(Tinv.mT, dX, lowp)
+        nA = _mac(dR, X.mT, lowp)
+        dRv, dRk = dR[..., :V], dR[..., V:]
+        dv, dbeta = dRv * bc, (dRv * vc).sum(-1)
+        if gam is None:
+            dP.tril_()
+            nA.tril_(-1)
+            dkb, dq, dk = dRk, dqe.mul_(scale), dkd
+        else:
+            decay = _decay(gam)
+            dP.mul_(decay)
+            decay.diagonal(dim1=-2, dim2=-1).zero_()
+            nA.mul_(decay)
+            dkb, dq, dk = dRk * eg, dqe * qf, dkd * to_end
+        # A = tril₋₁(kb kᵀ ⊙ Γ), P = scale tril(q kᵀ ⊙ Γ), kb = β k
+        dkb = _mac(nA, kc, lowp, alpha=-1.0, acc=dkb)
+        dq = _mac(dP, kc, lowp, alpha=scale, acc=dq)
+        dk = _mac(dP.mT, qc, lowp, alpha=scale, acc=dk)
+        dk = _mac(nA.mT, kb, lowp, alpha=-1.0, acc=dk).addcmul_(dkb, bc)
+        s_b = (dkb * kc).sum(-1)  # (Z, C)
+        dbeta += s_b
+        dg = None
+        if gam is not None:
+            # γ enters only through q e^{γ}, (βk) e^{γ}, k e^{−γ} (Γ_ij = e^{γ_i} e^{−γ_j}) and e^{γ_C} S_{n+1}
+            # (S_{n+1} = e^{γ_C}(S_n + (k e^{−γ})ᵀ W)), so its gradient is read off the input gradients:
+            # dγ_i = q_i·dq_i − k_i·dk_i + 2 β_i k_i·dkb_i  (+ ⟨S_{n+1}, dS_{n+1}⟩ at i = C)
+            dgam = (dq * qc).sum(-1) - (dk * kc).sum(-1) + 2 * bc[..., 0] * s_b
+            dgam[:, -1] += (S[1:].view(Z, K, V) * dS_next).sum((-1, -2))
+            dg = _unchunk(dgam.flip(-1).cumsum(-1).flip(-1), B, H)  # γ = cumsum(g) within the chunk
+        return (_unchunk(dq, B, H), _unchunk(dk, B, H), _unchunk(dv, B, H), dg, _unchunk(dbeta, B, H),
+                dS0.view(B, H, K, V), None, None, None)
 
 
 def _chunk_core(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, chunk_size):
@@ -398,15 +429,17 @@ def _chunk_core(q, k, v, g, beta, scale, initial_state, output_final_state, use_
     """
     B, T, H, K = q.shape
     C = chunk_size
-    qs, ks = _prep(q, k, scale, use_qk_l2norm_in_kernel)
-    vf, bf, gf = v.float(), beta.float(), None if g is None else g.float()
+    scale = K**-0.5 if scale is None else scale
+    lowp = q.dtype == torch.bfloat16
+    if use_qk_l2norm_in_kernel:
+        q, k = l2norm(q), l2norm(k)
     pad = (-T) % C
     if pad:  # zero keys, β = 0, g = 0 after the end: the state passes through unchanged
-        qs, ks, vf = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (qs, ks, vf))
-        bf = F.pad(bf, (0, 0, 0, pad))
-        gf = None if gf is None else F.pad(gf, (0, 0, 0, pad))
+        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
+        beta = F.pad(beta, (0, 0, 0, pad))
+        g = None if g is None else F.pad(g, (0, 0, 0, pad))
     S0 = q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32) if initial_state is None else initial_state.float()
-    o, S = _ChunkGatedDelta.apply(qs, ks, vf, gf, bf, S0, C, q.dtype == torch.bfloat16)
+    o, S = _ChunkGatedDelta.apply(q, k, v, g, beta, S0, scale, C, lowp)
     return o[:, :T].to(v.dtype), (S if output_final_state else None)
 
 

@@ -29,9 +29,15 @@ G_L its last value, S_in the state entering the chunk):
 
 The chunk-local parts run for all chunks at once as batched matmuls (in bfloat16 when the
 inputs are bfloat16; decays, cumulative sums and the state in float32); a short loop over the
-chunks passes the state. Gradients by autograd through it (memory O(T * L)).
+chunks passes the state. The matmuls and the state pass form one autograd.Function with a
+hand-written backward (:class:`_ChunkCore`: fused baddbmm's and one reverse loop over the chunks,
+measured 11-20% faster than autograd through the same computation); autograd differentiates the
+decay factors around it. Memory O(T * L).
 
-Numerics of A (every exponent bounded, never a product of many small numbers):
+Numerics of A (every exponent bounded, never a product of many small numbers). In the common
+case ("chunk" tier: no chunk whose half accumulates more than ``_MAX_EXP`` = 60 of log-decay)
+one midpoint M per chunk factors every decay, e^{G_t - G_s} = e^{G_t - M} e^{M - G_s}, with both
+factors below e^60. Otherwise:
 * scalar decay: A = (q k^T) * exp(G_t - G_s) with the (L, L) mask applied to the exponent
   (-inf above the diagonal), so every exponent is <= 0; exact for any decay.
 * per-key decay: sub-chunks of 16 tokens. A block below the diagonal (query sub-chunk i,
@@ -50,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "chunk_gla", "fused_recurrent_gla", "naive_recurrent_gla",
@@ -257,10 +264,115 @@ def _tier(G: Tensor, kind: str) -> str:
     return "exact_mask" if kind == "scalar" else "sub_chunk"
 
 
+def _to_chunks(t: Tensor, L: int) -> Tensor:
+    """t (B, T, H, D) -> contiguous (B, H, NC, L, D), zero-padded to NC = ceil(T / L) chunks, in one
+    copy (F.pad keeps t's memory layout, so pad + contiguous would copy twice). Padded steps carry
+    zero inputs and zero log-decay."""
+    B, T, H, D = t.shape
+    NC = -(-T // L)
+    if NC * L == T:
+        out = torch.empty(B, H, T, D, dtype=t.dtype, device=t.device)
+    else:
+        out = t.new_zeros(B, H, NC * L, D)
+    out[:, :, :T] = t.transpose(1, 2)
+    return out.unflatten(2, (NC, L))
+
+
+def _bmm(a: Tensor, b: Tensor, add: Tensor | None = None, beta: float = 1.0, alpha: float = 1.0) -> Tensor:
+    """a (..., n, m) @ b (..., m, p) (+ beta * add) as one torch.bmm / baddbmm over the flattened batch
+    dims: a view for contiguous or last-two-transposed operands, where torch.matmul on >3-D tensors copies.
+    ``add`` must be a temporary: it is accumulated into in place (out-of-place baddbmm copies it first)."""
+    flat = lambda t: t.reshape(-1, *t.shape[-2:])  # noqa: E731
+    out = torch.bmm(flat(a), flat(b)) if add is None else flat(add).baddbmm_(flat(a), flat(b), beta=beta, alpha=alpha)
+    return out.view(*a.shape[:-1], b.shape[-1])
+
+
+class _ChunkCore(torch.autograd.Function):
+    """The matmuls and the state pass of the chunkwise form, with a hand-written backward.
+
+    Per chunk (batch dims (B, H, NC); q, k (L, K), v (L, V) in the matmul dtype; c, d, s (K or 1, 1),
+    r (L, 1), h0 (K, V) in float32; each of c, d, s, r may be None = 1):
+
+        A     = tril(q kᵀ)  (or the given A)
+        S_out = d ⊙ S_in + c ⊙ (kᵀ v)                 (a loop over the chunks, S_in of chunk 0 = h0)
+        o     = r ⊙ alpha (A v + q (s ⊙ S_in))
+
+    Returns (o (B, H, NC, L, V), final state (B, H, K, V) float32 or None). The backward computes every
+    gradient with fused baddbmm's and one reverse loop over the chunks; the decays' own derivatives
+    (cumulative sums, exponentials) are left to autograd outside."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, A, c, d, s, r, h0, alpha, output_final_state):
+        acc = h0.dtype
+        computed = A is None
+        if computed:
+            A = torch.tril(_bmm(q, k.transpose(-1, -2)))  # (B, H, NC, L, L)
+        Q = _bmm(k.transpose(-1, -2), v).to(acc)  # (B, H, NC, K, V): kᵀv of every chunk
+        S_loc = Q * c if c is not None else Q
+        S, states = h0, []
+        NC = q.shape[2]
+        for i, Sc in enumerate(S_loc.unbind(2)):
+            states.append(S)
+            if i < NC - 1 or output_final_state:
+                S = torch.addcmul(Sc, d[:, :, i], S) if d is not None else S + Sc
+        S_in = torch.stack(states, 2)  # (B, H, NC, K, V)
+        S_hat = S_in * s if s is not None else S_in
+        o = _bmm(A, v, add=_bmm(q, S_hat.to(q.dtype)), beta=alpha, alpha=alpha)
+        o_pre = o
+        if r is not None:
+            o = o.to(acc) * r
+        ctx.save_for_backward(q, k, v, A, Q, S_in, c, d, s, r, o_pre if r is not None else None)
+        ctx.computed, ctx.alpha = computed, alpha
+        return o, (S if output_final_state else None)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, do, dS):
+        q, k, v, A, Q, S_in, c, d, s, r, o_pre = ctx.saved_tensors
+        dt, acc, alpha = q.dtype, S_in.dtype, ctx.alpha
+        reduce = lambda x, like: x.sum(-1, keepdim=True).sum(-2, keepdim=True) if like.shape[-2] == 1 else x.sum(-1, keepdim=True)  # noqa: E731
+        dr = (do * o_pre.to(acc)).sum(-1, keepdim=True) if r is not None else None
+        do_s = ((do * r) * alpha if r is not None else do * alpha).to(dt).contiguous()  # (B, H, NC, L, V); do is a permuted view
+        dA = _bmm(do_s, v.transpose(-1, -2))  # (B, H, NC, L, L)
+        if ctx.computed:
+            dA = torch.tril(dA)
+        P = _bmm(q.transpose(-1, -2), do_s).to(acc)  # (B, H, NC, K, V): gradient of s ⊙ S_in
+        ds = reduce(P * S_in, s) if s is not None else None
+        dS_dir = P * s if s is not None else P
+        # reverse pass over the chunks: U = gradient of the state leaving chunk i
+        U = dS if dS is not None else torch.zeros_like(S_in[:, :, 0])
+        Us = [None] * q.shape[2]
+        for i in range(q.shape[2] - 1, -1, -1):
+            Us[i] = U
+            U = torch.addcmul(dS_dir[:, :, i], d[:, :, i], U) if d is not None else dS_dir[:, :, i] + U
+        dh0, U = U, torch.stack(Us, 2)  # (B, H, K, V), (B, H, NC, K, V)
+        dd = reduce(U * S_in, d) if d is not None else None
+        dc = reduce(U * Q, c) if c is not None else None
+        dQ = (U * c if c is not None else U).to(dt)
+        S_hat = (S_in * s if s is not None else S_in).to(dt)
+        tr = lambda t: t.transpose(-1, -2)  # noqa: E731
+        dv = _bmm(tr(A), do_s, add=_bmm(k, dQ))
+        if ctx.computed:  # A = tril(q kᵀ): its gradient joins those of the other uses of q and k
+            dq = _bmm(dA, k, add=_bmm(do_s, tr(S_hat)))
+            dk = _bmm(tr(dA), q, add=_bmm(v, tr(dQ)))
+            dA = None
+        else:
+            dq, dk = _bmm(do_s, tr(S_hat)), _bmm(v, tr(dQ))
+        return dq, dk, dv, dA, dc, dd, ds, dr, dh0, None, None
+
+
 def _chunk(q, k, v, g, kind, scale, initial_state, output_final_state, chunk_size):
-    """The chunkwise form for kind in {"vector", "scalar", "none"}; see the module docstring."""
+    """The chunkwise form for kind in {"vector", "scalar", "none"}; see the module docstring.
+
+    q, k, v are copied once into contiguous (B, H, NC, L, .) chunks (transpose and padding in one
+    copy), so every matmul runs on views. The decays become the factors of :class:`_ChunkCore`
+    (autograd differentiates them), applied where they cost the fewest passes over large tensors:
+    none: q, k, v as they are, the scale folded into the final matmul;
+    scalar "chunk": A = tril(q kᵀ) undecayed; the key side's e^{M - G_s} on v, the query side's
+    scale e^{G_t - M} on the output rows r, s = e^{M}, c = e^{G_L - M}, d = e^{G_L};
+    vector "chunk": q e^{G - M}, k e^{M - G}; s, c, d the same per key dimension;
+    strong decays: A from :func:`_intra_scalar` / :func:`_intra_vector`, q e^{G}, k e^{G_L - G}, d."""
     B, T, H, K = q.shape
-    V = v.shape[-1]
     acc, dt = _acc_dtype(q), _mm_dtype(q)
     scale = K ** -0.5 if scale is None else scale
     if kind == "vector" and chunk_size > SUB_CHUNK:
@@ -268,48 +380,33 @@ def _chunk(q, k, v, g, kind, scale, initial_state, output_final_state, chunk_siz
     else:
         L = min(chunk_size, T)
     NC = -(-T // L)
-    pad = NC * L - T
+    to_chunks = lambda t: _to_chunks(t, L)  # noqa: E731
+    qc, kc, vc = to_chunks(q.to(dt)), to_chunks(k.to(dt)), to_chunks(v.to(dt))
+    h0 = q.new_zeros(B, H, K, v.shape[-1], dtype=acc) if initial_state is None else initial_state.to(acc)
     gf = _decay_shape(g, kind)
-    if pad:  # padded steps: zero inputs, no decay
-        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
-        gf = F.pad(gf, (0, 0, 0, 0, 0, pad)) if gf is not None else None
-    to_chunks = lambda t: rearrange(t, "b (n l) h k -> b h n l k", l=L)  # (B, H, NC, L, K): a view, copied by the first op
-    qc, kc, vc = to_chunks(q), to_chunks(k), to_chunks(v).to(dt)
-    mask = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
-
     if gf is None:
-        q_in, k_st, decay = (qc * scale).to(dt), kc.to(dt), None
-        A = (q_in @ k_st.transpose(-1, -2)).masked_fill(~mask, 0.0)  # (B, H, NC, L, L)
+        o, S = _ChunkCore.apply(qc, kc, vc, None, None, None, None, None, h0, scale, output_final_state)
     else:
-        G = to_chunks(gf.to(acc)).cumsum(-2)  # (B, H, NC, L, K or 1) inclusive
+        G = to_chunks(gf).cumsum(-2)  # (B, H, NC, L, K or 1) inclusive, acc
         GL = G[..., -1:, :]  # (B, H, NC, 1, K or 1)
-        decay = torch.exp(GL[..., 0, :])  # (B, H, NC, K or 1)
+        col = lambda t: t.transpose(-1, -2)  # noqa: E731  (..., 1, K) -> (..., K, 1): a factor on the rows of a state
         tier = _tier(G, kind)
-        if tier == "chunk":  # q_t e^{G_t - M} . k_s e^{M - G_s}; the inter-chunk factors follow by a broadcast
-            M = G[..., L // 2 : L // 2 + 1, :]
-            D = G - M
-            qt, kt = qc * (torch.exp(D) * scale), kc * torch.exp(-D)  # (B, H, NC, L, K), acc
-            q_in, k_st = qt * torch.exp(M), kt * torch.exp(GL - M)
-            A = (qt.to(dt) @ kt.to(dt).transpose(-1, -2)).masked_fill(~mask, 0.0)  # (B, H, NC, L, L)
-        else:
-            qs = qc * scale
-            q_in, k_st = qs * torch.exp(G), kc * torch.exp(GL - G)
-            A = _intra_scalar(qs, kc.to(acc), G, dt) if tier == "exact_mask" else _intra_vector(qs, kc.to(acc), G, dt)
-        q_in, k_st = q_in.to(dt), k_st.to(dt)
-
-    # chunk-local states, then the pass across chunks (the only sequential part)
-    S_loc = (k_st.transpose(-1, -2) @ vc).to(acc)  # (B, H, NC, K, V)
-    S = q.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else initial_state.to(acc)
-    states = []
-    for c, Sc in enumerate(S_loc.unbind(2)):
-        states.append(S)
-        if c < NC - 1 or output_final_state:
-            S = (S * decay[:, :, c, :, None] if decay is not None else S) + Sc
-    S_in = torch.stack(states, 2).to(dt)  # (B, H, NC, K, V)
-
-    o = torch.baddbmm((q_in @ S_in).flatten(0, 2), A.to(dt).flatten(0, 2), vc.flatten(0, 2))  # (B*H*NC, L, V)
-    o = rearrange(o, "(b h n) l v -> b (n l) h v", b=B, h=H)[:, :T]
-    return o.to(v.dtype), (S if output_final_state else None)
+        if tier == "chunk":
+            M = G[..., L // 2 : L // 2 + 1, :]  # midpoint of each chunk
+            c, d, s = col(torch.exp(GL - M)), col(torch.exp(GL)), col(torch.exp(M))
+            if kind == "scalar":
+                v_t = (vc.to(acc) * torch.exp(M - G)).to(dt)
+                o, S = _ChunkCore.apply(qc, kc, v_t, None, c, d, s, torch.exp(G - M) * scale, h0, 1.0, output_final_state)
+            else:
+                q_t, k_t = (qc.to(acc) * torch.exp(G - M)).to(dt), (kc.to(acc) * torch.exp(M - G)).to(dt)
+                o, S = _ChunkCore.apply(q_t, k_t, vc, None, c, d, s, None, h0, scale, output_final_state)
+        else:  # strong decays: every exponent <= 0
+            qs = qc.to(acc) * scale
+            A = (_intra_scalar if tier == "exact_mask" else _intra_vector)(qs, kc.to(acc), G, dt).to(dt)
+            q_s, k_s = (qs * torch.exp(G)).to(dt), (kc.to(acc) * torch.exp(GL - G)).to(dt)
+            o, S = _ChunkCore.apply(q_s, k_s, vc, A, None, col(torch.exp(GL)), None, None, h0, 1.0, output_final_state)
+    o = rearrange(o, "b h n l v -> b (n l) h v")[:, :T]
+    return o.to(v.dtype), S
 
 
 def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, chunk_size=64, **_):

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from rnnlab.ops.gla import _acc_dtype, _mm_dtype
+from rnnlab.ops.gla import _acc_dtype, _bmm, _mm_dtype, _to_chunks
 
 __all__ = ["chunk_mlstm", "fused_recurrent_mlstm", "naive_recurrent_mlstm", "MLSTMState"]
 
@@ -199,21 +199,16 @@ def chunk_mlstm(
     acc, dt = _acc_dtype(q), _mm_dtype(q)
     L = min(chunk_size, T)
     NC = -(-T // L)
-    pad = NC * L - T
-    qf, kf = q.to(acc), k.to(acc) * scale
-    if pad:  # padded steps: no input (i~ = -inf), no forgetting (log f = 0): the state passes unchanged
-        qf, kf, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (qf, kf, v))
-        ig = F.pad(ig, (0, 0, 0, pad), value=float("-inf"))
-        logf = F.pad(logf, (0, 0, 0, pad))
-    qc, kc = (rearrange(t, "b (n l) h k -> b h n l k", l=L) for t in (qf, kf))  # (B, H, NC, L, K) float32
-    vc = rearrange(v.to(dt), "b (n l) h v -> b h n l v", l=L)
-    b = rearrange(logf, "b (n l) h -> b h n l", l=L).cumsum(-1)  # (B, H, NC, L)
-    a = rearrange(ig, "b (n l) h -> b h n l", l=L) - b  # log weight of token s, in the frame of the chunk start
+    # contiguous (B, H, NC, L, .) chunks, one copy each; padded steps: no input (i~ = -inf), no forgetting
+    qc, kc, vc = _to_chunks(q.to(acc), L), _to_chunks(k.to(acc) * scale, L), _to_chunks(v.to(dt), L)
+    ig = torch.where(torch.arange(NC * L, device=q.device)[:, None] < T, F.pad(ig, (0, 0, 0, NC * L - T)), float("-inf"))
+    b = _to_chunks(logf[..., None], L)[..., 0].cumsum(-1)  # (B, H, NC, L) inclusive cumsum of log f
+    a = _to_chunks(ig[..., None], L)[..., 0] - b  # log weight of token s, in the frame of the chunk start
 
     # chunk-local states at the chunk end (as if entering empty), stabilized by their own max
     m_loc = a.amax(-1)  # (B, H, NC)
     wk = kc * torch.exp(a - m_loc[..., None])[..., None]  # (B, H, NC, L, K)
-    C_loc = (wk.to(dt).transpose(-1, -2) @ vc).to(acc)  # (B, H, NC, K, V)
+    C_loc = _bmm(wk.to(dt).transpose(-1, -2), vc).to(acc)  # (B, H, NC, K, V)
     n_loc = wk.sum(-2)  # (B, H, NC, K)
     # pass (C, n, m) across chunks; in the chunk-start frame the state's stabilizer is m - 0 and the
     # chunk-local one m_loc + b_L, so the chunk's end stabilizer is b_L + max(m, m_loc)
@@ -233,10 +228,10 @@ def chunk_mlstm(
     Mt = torch.maximum(m_in[..., None], torch.cummax(a, -1).values)  # (B, H, NC, L)
     causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
     D = torch.exp((a[..., None, :] - Mt[..., :, None]).masked_fill(~causal, float("-inf")))  # (B, H, NC, L, L)
-    S = (qc @ kc.transpose(-1, -2)) * D  # (B, H, NC, L, L) float32
+    S = _bmm(qc, kc.transpose(-1, -2)) * D  # (B, H, NC, L, L) float32
     w_in = torch.exp(m_in[..., None] - Mt)[..., None]  # (B, H, NC, L, 1)
-    num = (S.to(dt) @ vc).to(acc) + w_in * (qc.to(dt) @ C_in.to(dt)).to(acc)  # (B, H, NC, L, V)
-    den = S.sum(-1, keepdim=True) + w_in * (qc @ n_in[..., None])  # (B, H, NC, L, 1) float32
+    num = _bmm(S.to(dt), vc).to(acc) + w_in * _bmm(qc.to(dt), C_in.to(dt)).to(acc)  # (B, H, NC, L, V)
+    den = S.sum(-1, keepdim=True) + w_in * _bmm(qc, n_in[..., None])  # (B, H, NC, L, 1) float32
     h = num / torch.maximum(den.abs(), torch.exp(-(b + Mt))[..., None])
     h = rearrange(h, "b h n l v -> b (n l) h v")[:, :T].to(v.dtype)
     return h, ((C, n, m) if output_final_state else None)

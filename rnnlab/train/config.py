@@ -182,5 +182,5 @@ def resolve(config: dict):
     resolved = {"task": task_full, "model": model_cfg.to_dict(), "train": train_cfg.to_dict()}
     resolved["run_dir"] = config.get("run_dir") or default_run_dir(resolved)
     resolved["task_info"] = {"primary_metric": task.primary_metric, "higher_is_better": task.higher_is_better,
-                             "train_len": task.seq_len, **task.describe()}
+                             "report_metrics": list(task.report_metrics), "train_len": task.seq_len, **task.describe()}
     return resolved, task, model_cfg, train_cfg

@@ -55,13 +55,10 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def _metric_names(run: dict) -> list[str]:
-    """The primary metric first, then the other headline metrics present in the result."""
-    names = [run["primary_metric"]]
+    """The primary metric first, then the task's other report metrics present in the result."""
     first = next(iter(run["result"]["metrics"].values()))
-    for extra in ("last_acc", "seq_acc"):
-        if extra in first and extra not in names and run["primary_metric"] == "acc":
-            names.append(extra)
-    return names
+    wanted = run["config"].get("task_info", {}).get("report_metrics") or ["last_acc", "seq_acc"]
+    return [run["primary_metric"]] + [m for m in wanted if m in first and m != run["primary_metric"]]
 
 
 def _train_len(run: dict) -> int | None:
@@ -104,7 +101,7 @@ def make_report(db: str | Path, out_dir: str | Path | None = None, sweep: str | 
         train_len = _train_len(runs[0])
         header = ["mixer", "d", "L", "params", "state floats", "lr"] + [f"{n}@{L}" for n in names for L in lengths] + ["steps", "time s"]
         body = [[r["mixer"], r["d_model"], r["n_layers"], r["num_parameters"], r["state_size"], f"{r['lr']:g}"]
-                + [r["result"]["metrics"][L].get(n) for n in names for L in lengths] + [r["steps"], r["wall_s"]]
+                + [r["result"]["metrics"][L].get(n) for n in names for L in lengths] + [r["steps"], round(r["wall_s"])]
                 for r in runs]
         md += [f"## {t}\n", f"Training length {train_len}; test lengths {', '.join(lengths)}. "
                f"Primary metric `{runs[0]['primary_metric']}` ({'higher' if runs[0]['higher_is_better'] else 'lower'} is better).\n",

@@ -101,6 +101,10 @@ def test_suite_picks_one_mixer_per_family():
     assert len(runs) == 3 * len(chosen)
 
 
-def test_example_sweep_file_expands():
+def test_example_files_resolve():
+    from rnnlab.train.config import load_file, resolve
+
     runs = expand(load_sweep("examples/sweep_small.yaml"))
     assert len(runs) >= 4
+    resolved, task, model_cfg, _ = resolve(load_file("examples/train_mqar.toml"))
+    assert task.name == "mqar" and model_cfg.vocab_size == 128 and resolved["train"]["target"] == 0.99

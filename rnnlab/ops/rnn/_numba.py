@@ -72,99 +72,98 @@ def _log1p_unit(e):  # pragma: no cover - compiled
     return F32(2.0) * s * (p * s2 + F32(1.0))
 
 
-# --- forward gates, one step for a group of rows ------------------------------------------------
-# gxt (R, GH) input pre-activations, rb (R, GH) recurrent term + b_hh, st (NS, R, H) state (updated in
-# place, h in st[0]), at (R, GH) / axt (NA, R, H) saved activations; a1/e1/i1 (R*GH) and a2/e2/i2 (R*H)
-# scratch for _exp_into.
+# --- forward gates, one step for a group of R rows -----------------------------------------------
+# Every array here is a local C-contiguous buffer (strided views of the (B, T, ...) arrays would keep
+# LLVM from vectorising): pre (R, GH) = gx_t + W h + b_hh, rb (R, GH) = W h + b_hh (the GRU needs it
+# apart), st (NS, R, H) the state (updated in place, h in st[0]), at (R, GH) / ax (NA, R, H) the
+# activations saved for the backward; a1/e1/i1 (R*GH) and a2/e2/i2 (R*H) scratch for _exp_into.
 
 @njit(**_OPTS)
-def _elman_fwd(flag, gxt, rb, st, at, a1, e1, i1):  # pragma: no cover - compiled
-    R, H = rb.shape
-    for r in range(R):
-        for u in range(H):
-            a1[r * H + u] = gxt[r, u] + rb[r, u]
+def _elman_fwd(flag, pre, st, at, a1, e1, i1):  # pragma: no cover - compiled
+    R, H = pre.shape
+    p, h = pre.reshape(R * H), at.reshape(R * H)
     if flag == 1:
-        for r in range(R):
-            for u in range(H):
-                h = max(a1[r * H + u], F32(0.0))
-                at[r, u] = h
-                st[0, r, u] = h
+        for q in range(R * H):
+            h[q] = max(p[q], F32(0.0))
     else:
         for q in range(R * H):
-            a1[q] = F32(-2.0) * a1[q]
+            a1[q] = F32(-2.0) * p[q]
         _exp_into(a1, e1, i1)
-        for r in range(R):
-            for u in range(H):
-                h = F32(2.0) / (F32(1.0) + e1[r * H + u]) - F32(1.0)
-                at[r, u] = h
-                st[0, r, u] = h
+        for q in range(R * H):
+            h[q] = F32(2.0) / (F32(1.0) + e1[q]) - F32(1.0)
+    st[0] = at
 
 
 @njit(**_OPTS)
-def _lstm_fwd(gxt, rb, st, at, axt, a1, e1, i1, a2, e2, i2):  # pragma: no cover - compiled
-    R, GH = rb.shape
+def _lstm_fwd(pre, st, at, ax, a1, e1, i1, a2, e2, i2):  # pragma: no cover - compiled
+    R, GH = pre.shape
     H = GH // 4
-    for r in range(R):
+    for r in range(R):  # i, f, o: sigmoid(x) = 1 / (1 + exp(-x)); g: tanh(x) = 2 sigmoid(2x) - 1
         for q in range(GH):
-            s = F32(-2.0) if (q >= 2 * H and q < 3 * H) else F32(-1.0)  # tanh(x) = 2 sigmoid(2x) - 1
-            a1[r * GH + q] = s * (gxt[r, q] + rb[r, q])
+            a1[r * GH + q] = -pre[r, q]
+        for q in range(2 * H, 3 * H):
+            a1[r * GH + q] *= F32(2.0)
     _exp_into(a1, e1, i1)
     for r in range(R):
         for q in range(GH):
-            a = F32(1.0) / (F32(1.0) + e1[r * GH + q])
-            if q >= 2 * H and q < 3 * H:
-                a = F32(2.0) * a - F32(1.0)
-            at[r, q] = a
+            at[r, q] = F32(1.0) / (F32(1.0) + e1[r * GH + q])
+        for q in range(2 * H, 3 * H):
+            at[r, q] = F32(2.0) * at[r, q] - F32(1.0)
         for u in range(H):
-            c = at[r, H + u] * st[1, r, u] + at[r, u] * at[r, 2 * H + u]
-            st[1, r, u] = c
-            axt[0, r, u] = c
-            a2[r * H + u] = F32(-2.0) * c
+            st[1, r, u] = at[r, H + u] * st[1, r, u] + at[r, u] * at[r, 2 * H + u]
+        for u in range(H):
+            a2[r * H + u] = F32(-2.0) * st[1, r, u]
     _exp_into(a2, e2, i2)
     for r in range(R):
         for u in range(H):
-            tc = F32(2.0) / (F32(1.0) + e2[r * H + u]) - F32(1.0)
-            axt[1, r, u] = tc
-            st[0, r, u] = at[r, 3 * H + u] * tc
+            ax[1, r, u] = F32(2.0) / (F32(1.0) + e2[r * H + u]) - F32(1.0)
+        for u in range(H):
+            st[0, r, u] = at[r, 3 * H + u] * ax[1, r, u]
+    ax[0] = st[1]
 
 
 @njit(**_OPTS)
-def _gru_fwd(gxt, rb, st, at, axt, a1, e1, i1, a2, e2, i2):  # pragma: no cover - compiled
-    R, GH = rb.shape
+def _gru_fwd(pre, rb, gxn, st, at, ax, a1, e1, i1, a2, e2, i2):  # pragma: no cover - compiled
+    """gxn (R, H): the input side of the n gate, gx_n (pre holds gx + rb for r and z)."""
+    R, GH = pre.shape
     H = GH // 3
-    for r in range(R):  # r and z from the summed pre-activations
+    for r in range(R):
         for q in range(2 * H):
-            a1[r * GH + q] = -(gxt[r, q] + rb[r, q])
+            a1[r * GH + q] = -pre[r, q]
     _exp_into(a1, e1, i1)
-    for r in range(R):  # n = tanh(gx_n + r * (W_hn h + b_hn)) needs the two sides apart
+    for r in range(R):  # n = tanh(gx_n + r * (W_hn h + b_hn))
         for q in range(2 * H):
             at[r, q] = F32(1.0) / (F32(1.0) + e1[r * GH + q])
         for u in range(H):
-            rn = rb[r, 2 * H + u]
-            axt[0, r, u] = rn
-            a2[r * H + u] = F32(-2.0) * (gxt[r, 2 * H + u] + at[r, u] * rn)
+            ax[0, r, u] = rb[r, 2 * H + u]
+        for u in range(H):
+            a2[r * H + u] = F32(-2.0) * (gxn[r, u] + at[r, u] * ax[0, r, u])
     _exp_into(a2, e2, i2)
     for r in range(R):
         for u in range(H):
-            n = F32(2.0) / (F32(1.0) + e2[r * H + u]) - F32(1.0)
-            at[r, 2 * H + u] = n
+            at[r, 2 * H + u] = F32(2.0) / (F32(1.0) + e2[r * H + u]) - F32(1.0)
+        for u in range(H):
+            n = at[r, 2 * H + u]
             st[0, r, u] = n + at[r, H + u] * (st[0, r, u] - n)
 
 
 @njit(**_OPTS)
-def _slstm_fwd(flag, gxt, rb, st, at, axt, a1, e1, i1, a2, e2, i2):  # pragma: no cover - compiled
-    R, GH = rb.shape
+def _slstm_fwd(flag, pre, st, at, ax, a1, e1, i1, a2, e2, i2):  # pragma: no cover - compiled
+    R, GH = pre.shape
     H = GH // 4
     for r in range(R):  # exponents: exp(-|f~|) (log-sigmoid), -, exp(-2 z~) (tanh), exp(-o~) (sigmoid)
         for u in range(H):
-            a1[r * GH + u] = -abs(gxt[r, H + u] + rb[r, H + u])
+            a1[r * GH + u] = -abs(pre[r, H + u])
+        for u in range(H):
             a1[r * GH + H + u] = F32(0.0)
-            a1[r * GH + 2 * H + u] = F32(-2.0) * (gxt[r, 2 * H + u] + rb[r, 2 * H + u])
-            a1[r * GH + 3 * H + u] = -(gxt[r, 3 * H + u] + rb[r, 3 * H + u])
+        for u in range(H):
+            a1[r * GH + 2 * H + u] = F32(-2.0) * pre[r, 2 * H + u]
+        for u in range(H):
+            a1[r * GH + 3 * H + u] = -pre[r, 3 * H + u]
     _exp_into(a1, e1, i1)
     for r in range(R):
         for u in range(H):
-            pf = gxt[r, H + u] + rb[r, H + u]
+            pf = pre[r, H + u]
             if flag == 1:  # exponential forget gate: log f = f~
                 logf = pf
                 dlogf = F32(1.0)
@@ -172,34 +171,36 @@ def _slstm_fwd(flag, gxt, rb, st, at, axt, a1, e1, i1, a2, e2, i2):  # pragma: n
                 e = e1[r * GH + u]
                 logf = min(pf, F32(0.0)) - _log1p_unit(e)
                 dlogf = e / (F32(1.0) + e) if pf >= F32(0.0) else F32(1.0) / (F32(1.0) + e)
-            pi = gxt[r, u] + rb[r, u]  # log i = i~
+            pi = pre[r, u]  # log i = i~
             a = logf + st[3, r, u]
             m = max(a, pi)
-            axt[2, r, u] = F32(1.0) if a > pi else (F32(0.0) if a < pi else F32(0.5))
-            axt[3, r, u] = dlogf
+            ax[2, r, u] = F32(1.0) if a > pi else (F32(0.0) if a < pi else F32(0.5))
+            ax[3, r, u] = dlogf
             a2[r * H + u] = pi - m
             a1[r * GH + H + u] = a - m  # exponent of f' (slot unused above)
             st[3, r, u] = m
+        for u in range(H):
             at[r, 2 * H + u] = F32(2.0) / (F32(1.0) + e1[r * GH + 2 * H + u]) - F32(1.0)
+        for u in range(H):
             at[r, 3 * H + u] = F32(1.0) / (F32(1.0) + e1[r * GH + 3 * H + u])
     _exp_into(a2, e2, i2)  # i'
     for r in range(R):
         for u in range(H):
             at[r, u] = e2[r * H + u]
+        for u in range(H):
             a2[r * H + u] = a1[r * GH + H + u]
     _exp_into(a2, e2, i2)  # f'
     for r in range(R):
         for u in range(H):
-            ig = at[r, u]
-            fg = e2[r * H + u]
-            at[r, H + u] = fg
-            c = fg * st[1, r, u] + ig * at[r, 2 * H + u]
-            n = fg * st[2, r, u] + ig
-            st[1, r, u] = c
-            st[2, r, u] = n
-            axt[0, r, u] = c
-            axt[1, r, u] = n
-            st[0, r, u] = at[r, 3 * H + u] * c / n
+            at[r, H + u] = e2[r * H + u]
+        for u in range(H):
+            fg, ig = at[r, H + u], at[r, u]
+            st[1, r, u] = fg * st[1, r, u] + ig * at[r, 2 * H + u]
+            st[2, r, u] = fg * st[2, r, u] + ig
+        for u in range(H):
+            st[0, r, u] = at[r, 3 * H + u] * st[1, r, u] / st[2, r, u]
+    ax[0] = st[1]
+    ax[1] = st[2]
 
 
 @njit(**_OPTS)
@@ -211,11 +212,13 @@ def _fwd_rows(cell, flag, gx, WT, bias, s0, hs, acts, aux, sT, lo, hi):  # pragm
     G = GK // Kh
     H = NH * Kh
     R = hi - lo
+    NA = aux.shape[0]
     st = np.empty((s0.shape[0], R, H), np.float32)
     st[:] = s0[:, lo:hi]
     hloc = np.empty((NH, R, Kh), np.float32)  # h_{t-1} head by head: the matmul operand
     rec = np.empty((NH, R, GK), np.float32)
-    rb = np.empty((R, GH), np.float32)
+    rb, pre, at = np.empty((R, GH), np.float32), np.empty((R, GH), np.float32), np.empty((R, GH), np.float32)
+    ax, gxn = np.empty((NA, R, H), np.float32), np.empty((R, H), np.float32)
     a1, e1, i1 = np.empty(R * GH, np.float32), np.empty(R * GH, np.float32), np.empty(R * GH, np.int32)
     a2, e2, i2 = np.empty(R * H, np.float32), np.empty(R * H, np.float32), np.empty(R * H, np.int32)
     for r in range(R):
@@ -225,29 +228,36 @@ def _fwd_rows(cell, flag, gx, WT, bias, s0, hs, acts, aux, sT, lo, hi):  # pragm
     for t in range(T):
         for n in range(NH):
             matmul_into(hloc[n], WT[n], rec[n])
-        for r in range(R):  # head-major -> gate-major, + b_hh
+        for r in range(R):  # head-major -> gate-major, + b_hh; + gx
             for g in range(G):
                 for n in range(NH):
                     o = g * H + n * Kh
                     for j in range(Kh):
                         rb[r, o + j] = rec[n, r, g * Kh + j] + bias[o + j]
-        gxt = gx[lo:hi, t]
-        at = acts[lo:hi, t]
-        axt = aux[:, lo:hi, t]
+            for q in range(GH):
+                pre[r, q] = gx[lo + r, t, q] + rb[r, q]
         if cell == ELMAN:
-            _elman_fwd(flag, gxt, rb, st, at, a1, e1, i1)
+            _elman_fwd(flag, pre, st, at, a1, e1, i1)
         elif cell == LSTM:
-            _lstm_fwd(gxt, rb, st, at, axt, a1, e1, i1, a2, e2, i2)
+            _lstm_fwd(pre, st, at, ax, a1, e1, i1, a2, e2, i2)
         elif cell == GRU:
-            _gru_fwd(gxt, rb, st, at, axt, a1, e1, i1, a2, e2, i2)
+            for r in range(R):
+                for u in range(H):
+                    gxn[r, u] = gx[lo + r, t, 2 * H + u]
+            _gru_fwd(pre, rb, gxn, st, at, ax, a1, e1, i1, a2, e2, i2)
         else:
-            _slstm_fwd(flag, gxt, rb, st, at, axt, a1, e1, i1, a2, e2, i2)
-        for r in range(R):
+            _slstm_fwd(flag, pre, st, at, ax, a1, e1, i1, a2, e2, i2)
+        for r in range(R):  # save for the backward; h -> the next step's matmul operand
+            for q in range(GH):
+                acts[lo + r, t, q] = at[r, q]
+            for k in range(NA if cell != ELMAN else 0):
+                for u in range(H):
+                    aux[k, lo + r, t, u] = ax[k, r, u]
+            for u in range(H):
+                hs[lo + r, t, u] = st[0, r, u]
             for n in range(NH):
                 for j in range(Kh):
-                    h = st[0, r, n * Kh + j]
-                    hloc[n, r, j] = h
-                    hs[lo + r, t, n * Kh + j] = h
+                    hloc[n, r, j] = st[0, r, n * Kh + j]
     sT[:, lo:hi] = st
 
 

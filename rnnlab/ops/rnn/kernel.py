@@ -17,7 +17,7 @@ import time
 import torch
 from torch import Tensor
 
-from rnnlab.ops.rnn.reference import CELLS, FORGET_GATES, NONLINEARITIES, check_args
+from rnnlab.ops.rnn.reference import CELLS, check_args
 
 __all__ = ["rnn_kernel", "load_kernels"]
 
@@ -28,7 +28,8 @@ _KERNELS = None
 
 
 def load_kernels():
-    """Import (first use compiles ~tens of seconds; later processes load numba's disk cache) -> (fwd, bwd)."""
+    """-> (fwd, bwd). Each cell's machine code is compiled on its first use on a machine and cached on disk
+    (numba ``cache=True``, in ``__pycache__`` beside _numba.py or NUMBA_CACHE_DIR); later processes load it."""
     global _KERNELS
     if _KERNELS is None:
         t0 = time.perf_counter()
@@ -102,11 +103,7 @@ class _RNNFunction(torch.autograd.Function):
 def rnn_kernel(cell: str, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None = None, initial_state=None,
                output_final_state: bool = False, nonlinearity: str = "tanh", forget_gate: str = "sigmoid"):
     """The fused CPU kernel; same signature and results as ``reference.rnn_ref``. CPU tensors only."""
-    H, _, _ = check_args(cell, gx, weight_hh, bias_hh, initial_state)
-    if nonlinearity not in NONLINEARITIES:
-        raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
-    if forget_gate not in FORGET_GATES:
-        raise ValueError(f"forget_gate must be one of {FORGET_GATES}, got {forget_gate!r}")
+    H, _, _ = check_args(cell, gx, weight_hh, bias_hh, initial_state, nonlinearity, forget_gate)
     if gx.device.type != "cpu":
         raise ValueError(f"{cell}: the numba kernel needs CPU tensors, got {gx.device}")
     flag = int(nonlinearity == "relu") if cell == "elman" else int(forget_gate == "exp") if cell == "slstm" else 0

@@ -38,8 +38,15 @@ NONLINEARITIES = ("tanh", "relu")
 FORGET_GATES = ("sigmoid", "exp")
 
 
-def check_args(cell: str, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, initial_state) -> tuple[int, int, int]:
-    """Validate shapes; returns (H, NH, Kh). Raises ValueError naming the expected shapes."""
+def check_args(cell: str, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, initial_state,
+               nonlinearity: str = "tanh", forget_gate: str = "sigmoid") -> tuple[int, int, int]:
+    """Validate shapes and options; returns (H, NH, Kh). Raises ValueError naming what was expected."""
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; valid: {sorted(CELLS)}")
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
+    if forget_gate not in FORGET_GATES:
+        raise ValueError(f"forget_gate must be one of {FORGET_GATES}, got {forget_gate!r}")
     G, S = CELLS[cell]
     if gx.dim() != 3 or gx.shape[-1] % G:
         raise ValueError(f"{cell}: gx must be (B, T, {G}*H), got {tuple(gx.shape)}")
@@ -106,11 +113,7 @@ def rnn_ref(cell: str, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None = N
     """gx (B, T, G*H), weight_hh (G*H, H) | (NH, G*Kh, Kh) -> (h (B, T, H), final_state | None).
 
     The plain loop over t for every cell (see the module docstring for the equations)."""
-    H, _, _ = check_args(cell, gx, weight_hh, bias_hh, initial_state)
-    if nonlinearity not in NONLINEARITIES:
-        raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
-    if forget_gate not in FORGET_GATES:
-        raise ValueError(f"forget_gate must be one of {FORGET_GATES}, got {forget_gate!r}")
+    H, _, _ = check_args(cell, gx, weight_hh, bias_hh, initial_state, nonlinearity, forget_gate)
     B, S = gx.shape[0], CELLS[cell][1]
     w = weight_hh.float()
     b = None if bias_hh is None else bias_hh.float()
