@@ -9,11 +9,15 @@ Rows, same weights in both columns of a mixer:
 - "reference": the same mixer built with ``backend="reference"``: its recurrence runs as the plain
   loop over t (``linear_scan_ref``, ``selective_scan_ref``, ``wkv4_ref``, ``log_scan_ref``, or the
   S4/S4D step), projections still batched over T.
-- fwd: forward under no_grad; fwd+bwd: forward + backward of mean(y²) w.r.t. x and every parameter.
+- "step": the same (parallel) mixer run token by token through its recurrent form (T calls of
+  ``mixer.step`` with the state carried): what a model without a parallel form would run.
+- fwd: forward under no_grad; fwd+bwd: forward + backward of mean(y²) w.r.t. x and every parameter
+  (ops: backward of a fixed random cotangent w.r.t. every input).
 - ops (``--ops``, registered in rnnlab/bench/ops_diag.py): each form of the recurrence alone
   (numba kernel, parallel torch form) against its reference loop, on the op's own inputs.
-Figures are tokens/s = B·T / median seconds (``time_call``: one warm-up call, then up to --reps
-calls within --budget seconds); peak MiB is ``peak_rss_delta`` of one fwd+bwd call (resident memory
+Figures are tokens/s = B·T / seconds of the fastest timed call (``time_call``: one warm-up call,
+then up to --reps calls within --budget seconds; on a machine shared with other work the fastest
+call is the least perturbed one); peak MiB is ``peak_rss_delta`` of one fwd+bwd call (resident memory
 above what was resident before it).  A reference (or HF) call predicted to take longer than
 --max-call-s (linear extrapolation in T from the previous length; quadratic for HF fwd+bwd, whose
 backward is O(T²)) is not run: its figure is printed as "~N" (the extrapolation) and marked skipped.
@@ -54,18 +58,44 @@ def _fwd_bwd(m):
     return run
 
 
+def _rollout(m, x):
+    state, ys = None, []
+    for xt in x.split(1, dim=1):
+        y, state = m(xt, state)
+        ys.append(y)
+    return torch.cat(ys, 1)
+
+
+def _step_fwd(m):
+    def run(x):
+        with torch.no_grad():
+            _rollout(m, x)
+
+    return run
+
+
+def _step_fwd_bwd(m):
+    def run(x):
+        m.zero_grad(set_to_none=True)
+        _rollout(m, x.detach().requires_grad_()).square().mean().backward()
+
+    return run
+
+
 def _op_fns(fn, inputs):
     """fwd / fwd+bwd callables of an op form on fixed leaf inputs (their shape's x ignored)."""
     def fwd(_):
         with torch.no_grad():
             fn(**inputs)
 
+    cot = {}
+
     def fb(_):
         for t in inputs.values():
             t.grad = None
         o = fn(**inputs)
         o = o[0] if isinstance(o, tuple) else o
-        (o.abs() if o.is_complex() else o).square().mean().backward()
+        o.backward(cot.setdefault("o", torch.randn_like(o)))  # a fixed random cotangent: no loss ops timed
 
     return fwd, fb
 
@@ -81,7 +111,7 @@ class _Row:
             self.d[key] = ntok / predicted
             self.d[key + "_skipped"] = True
             return predicted
-        t = time_call(lambda: fn(x), warmup=1, reps=a.reps, budget_s=a.budget).median
+        t = time_call(lambda: fn(x), warmup=1, reps=a.reps, budget_s=a.budget).lo  # fastest: least perturbed by other load
         self.d[key] = ntok / t
         if mem:
             self.d[key + "_peak_mib"] = (peak_rss_delta(lambda: fn(x)) or 0) / 2**20
@@ -137,14 +167,16 @@ def main():
         prev = {}
         for T in Ts:
             x = torch.randn(a.B, T, a.D)
-            for form, m in (("parallel", fast), ("reference", ref)):
+            forms = (("parallel", _fwd(fast), _fwd_bwd(fast)), ("reference", _fwd(ref), _fwd_bwd(ref)),
+                     ("step", _step_fwd(fast), _step_fwd_bwd(fast)))
+            for form, f_fwd, f_fb in forms:
                 r = _Row(name, form, T, a.B)
-                r.d["state_floats"] = m.state_size(T)
-                for key, fn in (("fwd", _fwd(m)), ("fb", _fwd_bwd(m))):
+                r.d["state_floats"] = fast.state_size(T)
+                for key, fn in (("fwd", f_fwd), ("fb", f_fb)):
                     pred = prev.get((form, key))
                     pred = pred * T / prev["T"] if pred is not None else None
-                    prev[form, key] = r.measure(key, fn, x, a, predicted=pred if form == "reference" else None,
-                                                mem=(key == "fb" and not r.d.get("fb_skipped") and (form == "parallel" or T <= 2048)))
+                    prev[form, key] = r.measure(key, fn, x, a, predicted=pred if form != "parallel" else None,
+                                                mem=(key == "fb" and not r.d.get("fb_skipped") and form != "step"))
                 emit(r)
             prev["T"] = T
     for name in [o for o in a.ops.split(",") if o]:
@@ -196,8 +228,8 @@ def main():
 def _summary(rows, Ts):
     """Markdown table: tokens/s of both forms and their ratio per mixer and T, then the peers."""
     by = {(r["name"], r["form"], r["T"]): r for r in rows}
-    print("\n| mixer | T | fwd tok/s parallel | fwd reference | × | fwd+bwd tok/s parallel | fwd+bwd reference | × | peak MiB fwd+bwd parallel / reference | state floats |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| mixer / op form | T | fwd tok/s | fwd reference loop | × | fwd+bwd tok/s | fwd+bwd reference loop | × | × vs step | peak MiB fwd+bwd (ref) | state floats |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     pairs = [(r["name"], "parallel", False) for r in rows if r["form"] == "parallel" and r.get("kind") != "op"]
     pairs += [(r["name"], r["form"], True) for r in rows if r.get("kind") == "op" and r["form"] != "reference"]
     for name, form, is_op in dict.fromkeys(pairs):
@@ -210,8 +242,10 @@ def _summary(rows, Ts):
             sk = "~" if q.get("fb_skipped") or q.get("fwd_skipped") else ""
             mem_q = f"{q['fb_peak_mib']:.0f}" if "fb_peak_mib" in q else "—"
             state = p.get("state_floats", "")
-            print(f"| {name_col} | {T} | {_fmt(p['fwd'])} | {_fmt(q['fwd'], q.get('fwd_skipped'))} | {sk}{rf:.0f} | "
-                  f"{_fmt(p['fb'])} | {_fmt(q['fb'], q.get('fb_skipped'))} | {sk}{rb:.0f} | {p['fb_peak_mib']:.0f} / {mem_q} | {state} |")
+            st = by.get((name, "step", T))
+            vs_step = "—" if st is None else ("~" if st.get("fb_skipped") else "") + f"{p['fb'] / st['fb']:.0f}"
+            print(f"| {name_col} | {T} | {_fmt(p['fwd'])} | {_fmt(q['fwd'], q.get('fwd_skipped'))} | {sk}{rf:.1f} | "
+                  f"{_fmt(p['fb'])} | {_fmt(q['fb'], q.get('fb_skipped'))} | {sk}{rb:.1f} | {vs_step} | {p['fb_peak_mib']:.0f} ({mem_q}) | {state} |")
     for peer in ("nn.LSTM", "hf.Mamba"):
         for T in Ts:
             r, m = by.get((peer, rows and next((r["form"] for r in rows if r["name"] == peer), ""), T)), by.get(("mamba", "parallel", T))
@@ -220,7 +254,7 @@ def _summary(rows, Ts):
             vs = ""
             if peer == "hf.Mamba" and m is not None:
                 vs = f" (mamba ÷ HF: fwd {m['fwd'] / r['fwd']:.1f}×, fwd+bwd {m['fb'] / r['fb']:.0f}×)"
-            print(f"| {peer} | {T} | {_fmt(r['fwd'], r.get('fwd_skipped'))} | | | {_fmt(r['fb'], r.get('fb_skipped'))} | | | "
+            print(f"| {peer} | {T} | {_fmt(r['fwd'], r.get('fwd_skipped'))} | | | {_fmt(r['fb'], r.get('fb_skipped'))} | | | | "
                   f"{r.get('fb_peak_mib', float('nan')):.0f} | {vs} |")
 
 

@@ -30,7 +30,8 @@ __all__ = ["DeltaNet"]
 
 class _DeltaRuleMixer(Mixer):
     """Shared body: projections, short convs, L2-normalized q/k, β, optional Mamba-2 forget gate,
-    n_h keys/values/βs per token, per-head output norm (gated or not), output projection.
+    n_h keys/values/βs per token (projection rows ordered (n_h, H, ·) as in flash-linear-attention,
+    so weights load across), per-head output norm (gated or not), output projection.
 
     x (B, T, D) -> y (B, T, D). State: short-conv buffers conv_q (B, W-1, H·K), conv_k
     (B, W-1, H·n_h·K), conv_v (B, W-1, H·n_h·V) and the matrix memory S (B, H, K, V), float32.
@@ -94,9 +95,9 @@ class _DeltaRuleMixer(Mixer):
         k, ck = self.k_conv(self.k_proj(x), state["conv_k"])
         v, cv = self.v_conv(self.v_proj(x), state["conv_v"])
         q = l2norm(rearrange(q, "b t (h k) -> b t h k", h=H)).to(x.dtype)
-        k = l2norm(rearrange(k, "b t (h n k) -> b t h n k", h=H, n=nh)).to(x.dtype)
-        v = rearrange(v, "b t (h n v) -> b t h n v", h=H, n=nh)
-        beta = torch.sigmoid(rearrange(self.b_proj(x), "b t (h n) -> b t h n", h=H).float())
+        k = l2norm(rearrange(k, "b t (n h k) -> b t h n k", h=H, n=nh)).to(x.dtype)
+        v = rearrange(v, "b t (n h v) -> b t h n v", h=H, n=nh)
+        beta = torch.sigmoid(rearrange(self.b_proj(x), "b t (n h) -> b t h n", h=H).float())
         if self.negative_eigenvalues:
             beta = 2 * beta
         g = None

@@ -7,9 +7,10 @@ Each token takes n_h delta-rule (generalized Householder) steps, with its own ke
     S ← α_t S, then for j = 1..n_h: S ← (I − β_{t,j} k_{t,j}k_{t,j}ᵀ) S + β_{t,j} k_{t,j} v_{t,j}ᵀ     (eq. 3)
     o_t = Sᵀ q_t / √d_k;  y = W_o (RMSNorm_head(o) ⊙ SiLU(W_g x))
 
-As flash-linear-attention's GatedDeltaProduct: the optional forget gate is Gated DeltaNet's
-Mamba-2 gate applied once per token; β = 2σ(·) with negative_eigenvalues (the paper's setting
-for state tracking). The op runs the chunkwise delta rule on the interleaved length-T·n_h sequence.
+As flash-linear-attention's GatedDeltaProduct (same defaults): n_h = 2, the optional forget gate is
+Gated DeltaNet's Mamba-2 gate applied once per token, and negative_eigenvalues on by default
+(β = 2σ(·), eigenvalues of each factor in [−1, 1]: the paper's setting for state tracking; off gives
+the [0, 1] variant). The op runs the chunkwise delta rule on the interleaved length-T·n_h sequence.
 """
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ class DeltaProduct(_DeltaRuleMixer):
     """DeltaProduct: x (B, T, D) -> y (B, T, D); state conv_q/conv_k/conv_v and S (B, H, K, V).
 
     num_householder: n_h steps per token (1 = Gated DeltaNet); use_forget_gate: Mamba-2 gate;
-    num_heads, head_dim, expand_v, conv_size, chunk_size, negative_eigenvalues: as gated_deltanet.
+    negative_eigenvalues: β = 2σ(·) (default True, the paper's [−1, 1] setting);
+    num_heads, head_dim, expand_v, conv_size, chunk_size: as gated_deltanet.
     """
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None, expand_v: float = 2.0, num_householder: int = 2,
-                 use_forget_gate: bool = True, conv_size: int = 4, chunk_size: int = 64, negative_eigenvalues: bool = False):
+                 use_forget_gate: bool = True, conv_size: int = 4, chunk_size: int = 64, negative_eigenvalues: bool = True):
         super().__init__(d_model, num_heads, head_dim, expand_v, conv_size, chunk_size, negative_eigenvalues,
                          num_householder=num_householder, forget_gate=use_forget_gate, output_gate=True)

@@ -14,7 +14,9 @@ RG-LRU (Sec. 2.4, eqs. 1-4), on the conv output x_t:
     a_t = a^{c r_t},  a = sigmoid(Lambda),  c = 8    computed as log a_t = -c r_t softplus(-Lambda)   (3)
     h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t^2) ⊙ (i_t ⊙ x_t)                                            (4)
 
-Lambda is initialised so that a^c is uniform in [0.9, 0.999] (Sec. 2.4).  sqrt(1 - a_t^2) is
+Lambda is initialised so that a^c is uniform in [0.9, 0.999], as the paper's text says (Sec. 2.4).
+(recurrentgemma's ``rnn_param_init`` instead draws a = sigmoid(Lambda) with a^2 uniform in
+[0.9^2, 0.999^2], i.e. a^c in about [0.43, 0.99]; pass a_min=0.9**8, a_max=0.999**8 for a similar range.)  sqrt(1 - a_t^2) is
 computed as sqrt(-expm1(2 log a_t)) with its derivative bounded (max 1000), as in the authors'
 recurrentgemma code.  Simplifications: the gate weights W_a, W_x are dense D_rnn x D_rnn
 (recurrentgemma uses block-diagonal per-head weights); no reset of the state at document

@@ -40,7 +40,7 @@ def hgrn_lower_bounds(n_layers: int) -> list[float]:
     return [k / n_layers for k in range(n_layers)]
 
 
-@register_mixer("hgrn", family="diagonal")
+@register_mixer("hgrn", family="diagonal", small={"lower_bound": 0.5})
 class HGRN(Mixer):
     """HGRU with complex diagonal state of size D; ``lower_bound``: initial forget-gate floor gamma in [0, 1)
     (learned per channel when > 0, fixed at 0 otherwise)."""

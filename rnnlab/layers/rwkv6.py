@@ -26,7 +26,6 @@ gate, same initialization), with the hidden size 3.5·D rounded down to a multip
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import torch.nn.functional as F

@@ -53,7 +53,6 @@ factors below e^60. Otherwise:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 from torch.autograd.function import once_differentiable

@@ -140,7 +140,9 @@ def run_sweep(spec: dict, log=print) -> dict[str, int]:
     log(f"sweep {spec['name']!r}: {len(runs)} runs, {skipped} already done, {len(todo)} to run, "
         f"{spec['workers']} worker(s) -> {spec['db']}")
     counts = {"done": 0, "failed": 0, "skipped": skipped}
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads_per_worker"]), MKL_NUM_THREADS=str(spec["threads_per_worker"]))
+    # every thread pool a worker may start (torch/OpenMP, MKL, numba's kernels) sized to its share of the cores
+    n = str(spec["threads_per_worker"])
+    env = dict(os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, NUMBA_NUM_THREADS=n)
     env.pop("WORLD_SIZE", None)
     active: list[tuple[subprocess.Popen, dict, float]] = []
     queue = list(todo)

@@ -30,11 +30,12 @@ def test_gated_deltanet_gate_init():
     assert m.A_log._no_weight_decay and m.dt_bias._no_weight_decay
 
 
-def test_deltaproduct_nh1_equals_gated_deltanet():
+@pytest.mark.parametrize("neg", [False, True])
+def test_deltaproduct_nh1_equals_gated_deltanet(neg):
     """DeltaProduct with one Householder step per token is Gated DeltaNet (same weights)."""
     torch.manual_seed(0)
-    gdn = rnnlab.create_mixer("gated_deltanet", 32, num_heads=2, chunk_size=16)
-    dp = rnnlab.create_mixer("deltaproduct", 32, num_heads=2, chunk_size=16, num_householder=1)
+    gdn = rnnlab.create_mixer("gated_deltanet", 32, num_heads=2, chunk_size=16, negative_eigenvalues=neg)
+    dp = rnnlab.create_mixer("deltaproduct", 32, num_heads=2, chunk_size=16, num_householder=1, negative_eigenvalues=neg)
     dp.load_state_dict(gdn.state_dict())
     x = torch.randn(2, 23, 32)
     y, s = gdn(x)
@@ -49,3 +50,24 @@ def test_deltaproduct_projections_carry_nh(nh):
     assert m.k_proj.out_features == 2 * nh * 16 and m.b_proj.out_features == 2 * nh
     y, s = m(torch.randn(1, 9, 32))
     assert y.shape == (1, 9, 32) and s["S"].shape == (1, 2, 16, 32)
+
+
+def test_deltaproduct_defaults_and_projection_layout():
+    """flash-linear-attention's GatedDeltaProduct defaults (n_h = 2, β = 2σ(·)) and projection row order
+    (n_h, H, ·): zero keys make a Householder step the identity, so zeroing the rows of step 1 leaves
+    the n_h = 1 mixer built from the rows of step 0."""
+    torch.manual_seed(0)
+    dp = rnnlab.create_mixer("deltaproduct", 32, num_heads=2, chunk_size=16)
+    assert dp.nh == 2 and dp.negative_eigenvalues
+    one = rnnlab.create_mixer("deltaproduct", 32, num_heads=2, chunk_size=16, num_householder=1)
+    H, K, V = 2, 16, 32
+    with torch.no_grad():
+        dp.k_proj.weight[H * K :] = 0.0
+    sd = dp.state_dict()
+    rows = {"k_proj.weight": H * K, "k_conv.weight": H * K, "v_proj.weight": H * V, "v_conv.weight": H * V, "b_proj.weight": H}
+    one.load_state_dict({n: t[: rows[n]] if n in rows else t for n, t in sd.items()})
+    x = torch.randn(2, 19, 32)
+    y, s = dp(x)
+    y1, s1 = one(x)
+    assert_close(y, y1, 1e-5)
+    assert_close(s["S"], s1["S"], 1e-5)

@@ -5,7 +5,7 @@ from rnnlab.ops.conv import causal_conv1d, causal_conv1d_ref
 from rnnlab.testing import assert_close
 
 
-@pytest.mark.parametrize("T", [1, 2, 17, 64])
+@pytest.mark.parametrize("T", [1, 2, 17, 64, 1000])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_causal_conv1d_matches_reference(T, with_state):
     g = torch.Generator().manual_seed(T)

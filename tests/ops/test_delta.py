@@ -50,11 +50,13 @@ def delta_fn(form, gated):
 @pytest.mark.parametrize("gated", [False, True])
 @pytest.mark.parametrize("T", [1, 63, 64, 65])
 @pytest.mark.parametrize("beta_max", [1.0, 2.0])
-@pytest.mark.parametrize("form", ["chunk", "fused_recurrent"])
-def test_fast_vs_reference(form, T, gated, beta_max):
+def test_fast_vs_reference(T, gated, beta_max):
+    """Chunkwise (C = 64: one partial chunk, exactly one, one plus a token) and fused recurrent forms
+    == the reference loop in values and in the gradients of q, k, v, (g,) β and the initial state."""
     ins, h0 = make(2, T, 2, 16, 8, gated, beta_max)
     ref = run(delta_fn("naive_recurrent", gated), ins, h0)
-    compare(run(delta_fn(form, gated), ins, h0), ref)
+    for form in ("chunk", "fused_recurrent"):
+        compare(run(delta_fn(form, gated), ins, h0), ref)
 
 
 @pytest.mark.parametrize("gated", [False, True])
@@ -76,6 +78,17 @@ def test_chunk_sizes_and_l2norm_in_kernel(chunk_size):
         ins["k"].mul_(3.0)  # unnormalized: the kernel normalizes
     ref = run(D.naive_recurrent_gated_delta_rule, ins, h0, use_qk_l2norm_in_kernel=True)
     compare(run(D.chunk_gated_delta_rule, ins, h0, use_qk_l2norm_in_kernel=True, chunk_size=chunk_size), ref)
+    compare(run(D.fused_recurrent_gated_delta_rule, ins, h0, use_qk_l2norm_in_kernel=True), ref)
+
+
+def test_l2norm_in_kernel_normalizes():
+    """use_qk_l2norm_in_kernel=True on raw q, k == the op on l2norm(q), l2norm(k)."""
+    ins, h0 = make(1, 20, 2, 8, 8, True)
+    raw = dict(ins, q=ins["q"] * 2.5, k=ins["k"] * 3.0)
+    o, s = D.chunk_gated_delta_rule(**raw, initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True, chunk_size=8)
+    o2, s2 = D.chunk_gated_delta_rule(**dict(ins, q=D.l2norm(ins["q"])), initial_state=h0, output_final_state=True, chunk_size=8)
+    assert_close(o, o2, 1e-5)
+    assert_close(s, s2, 1e-5)
 
 
 def test_no_initial_state_and_no_final_state():
@@ -111,13 +124,23 @@ def test_bf16_runs_with_fp32_state(gated):
 
 # --------------------------------------------------------------------------- DeltaProduct
 @pytest.mark.parametrize("gated", [False, True])
-@pytest.mark.parametrize("T", [1, 31, 33])
-@pytest.mark.parametrize("form", ["chunk", "fused_recurrent"])
-def test_delta_product_vs_reference(form, T, gated):
+@pytest.mark.parametrize("T", [1, 63, 64, 65])
+def test_delta_product_vs_reference(T, gated):
+    """Both fast forms == the reference loop written from eq. 3 (n_h = 2, β up to 2), values and gradients."""
     ins, h0 = make(2, T, 2, 8, 8, gated, beta_max=2.0, nh=2)
     ref = run(D.naive_recurrent_delta_product, ins, h0, num_householder=2)
-    kw = dict(chunk_size=16) if form == "chunk" else {}
-    compare(run(getattr(D, f"{form}_delta_product"), ins, h0, num_householder=2, **kw), ref)
+    compare(run(D.chunk_delta_product, ins, h0, num_householder=2), ref)
+    compare(run(D.fused_recurrent_delta_product, ins, h0, num_householder=2), ref)
+
+
+def test_delta_product_long_beta_near_two():
+    """T = 1000 tokens (2000 Householder steps) with β ∈ (1.9, 2) and the l2norm option: chunkwise == reference."""
+    ins, h0 = make(1, 1000, 1, 4, 4, True, nh=2, seed=5)
+    with torch.no_grad():
+        ins["beta"].copy_(1.9 + 0.099 * ins["beta"])
+        ins["k"].mul_(2.0)
+    ref = run(D.naive_recurrent_delta_product, ins, h0, num_householder=2, use_qk_l2norm_in_kernel=True)
+    compare(run(D.chunk_delta_product, ins, h0, num_householder=2, use_qk_l2norm_in_kernel=True), ref)
 
 
 def test_delta_product_nh1_is_delta_rule():
@@ -129,10 +152,12 @@ def test_delta_product_nh1_is_delta_rule():
     assert_close(got["final_state"], s, 1e-6)
 
 
-def test_delta_product_nh2_is_interleaved_delta_rule():
-    """Reference DeltaProduct (n_h = 2, written from eq. 3) == reference delta rule on the interleaved sequence."""
+@pytest.mark.parametrize("form", ["naive_recurrent", "chunk"])
+def test_delta_product_nh2_is_interleaved_delta_rule(form):
+    """DeltaProduct (n_h = 2) == the delta rule on the interleaved sequence (sub-steps of a token
+    adjacent, the gate on the first, the query on the last), each side in the same form."""
     ins, h0 = make(1, 9, 2, 8, 8, True, nh=2)
-    o, s = D.naive_recurrent_delta_product(**ins, num_householder=2, initial_state=h0, output_final_state=True)
+    o, s = getattr(D, f"{form}_delta_product")(**ins, num_householder=2, initial_state=h0, output_final_state=True)
     B, T, H, nh, K = ins["k"].shape
     k2 = ins["k"].transpose(2, 3).reshape(B, T * nh, H, K)  # (B, T, n_h, H, K): sub-steps of a token adjacent
     v2 = ins["v"].transpose(2, 3).reshape(B, T * nh, H, -1)
@@ -141,7 +166,8 @@ def test_delta_product_nh2_is_interleaved_delta_rule():
     q2[:, :, -1] = ins["q"]
     g2 = torch.zeros(B, T, nh, H)
     g2[:, :, 0] = ins["g"]
-    o2, s2 = D.naive_recurrent_gated_delta_rule(q2.reshape(B, T * nh, H, K), k2, v2, g2.reshape(B, T * nh, H), b2, scale=K**-0.5, initial_state=h0, output_final_state=True)
+    o2, s2 = getattr(D, f"{form}_gated_delta_rule")(q2.reshape(B, T * nh, H, K), k2, v2, g2.reshape(B, T * nh, H), b2, scale=K**-0.5,
+                                                     initial_state=h0, output_final_state=True)
     assert_close(o, o2[:, nh - 1 :: nh], 1e-6)
     assert_close(s, s2, 1e-6)
 
@@ -165,11 +191,13 @@ def test_bad_shapes_raise():
 @pytest.mark.parametrize("l2", [False, True])
 def test_matches_transformers_qwen3_next(l2):
     """Equal in values to HF transformers' pure-PyTorch torch_chunk_gated_delta_rule (Qwen3-Next)."""
-    pytest.importorskip("transformers")
+    pytest.importorskip("transformers", reason="HF transformers (optional extra rnnlab[peers]) is not installed")
     try:
         from transformers.models.qwen3_next.modeling_qwen3_next import torch_chunk_gated_delta_rule
     except ImportError:
-        pytest.skip("this transformers version has no Qwen3-Next")
+        pytest.skip("this transformers version has no Qwen3-Next (torch_chunk_gated_delta_rule)")
+    # HF's conventions: same (B, T, H, K) layout and argument order, scale fixed at K^-1/2 (our default),
+    # use_qk_l2norm_in_kernel normalizes q and k with eps 1e-6 inside, outputs in q's dtype.
     ins, h0 = make(2, 100, 2, 16, 16, True, beta_max=2.0)
     with torch.no_grad():
         o, s = D.chunk_gated_delta_rule(**ins, initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=l2)

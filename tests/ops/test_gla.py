@@ -1,13 +1,12 @@
 """GLA / simple GLA / linear attention ops: chunkwise and fused-recurrent forms vs the reference
 loop (values and all gradients), vs an independent transcription of flash-linear-attention's
 naive recurrences, bfloat16 inputs, strong decays, bad inputs."""
-import math
 
 import pytest
 import torch
 
 from rnnlab.ops import gla as ops
-from rnnlab.testing import assert_close, rel_err
+from rnnlab.testing import assert_close
 
 # name -> (chunk, fused_recurrent, naive_recurrent, gate kind)
 OPS = {

@@ -23,7 +23,7 @@ TINY_ARGS = ["--task", "parity", "--mixer", "attention", "--d-model", "16", "--l
 @pytest.fixture
 def env1():
     """Environment for subprocesses: one thread each, rnnlab importable."""
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=os.getcwd())
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONPATH=os.getcwd())
 
 
 PY = sys.executable

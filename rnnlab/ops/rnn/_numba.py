@@ -1,11 +1,12 @@
 """numba kernels of rnnlab.ops.rnn (CPU, float32): one call runs the forward over the whole sequence,
 one call the backward through time. Cached on disk (``cache=True``).
 
-    rnn_fwd(cell, flag, gx, WT, bias, s0, hs, acts, aux, sT, nparts)
-    rnn_bwd(cell, flag, W, hs, acts, aux, s0, dhs, dsT, dgx, drec, ds0, nparts)
+    KERNELS[cell] = (fwd, bwd)
+    fwd(flag, gx, WT, bias, s0, hs, acts, aux, sT, nparts)
+    bwd(flag, W, hs, acts, aux, s0, dhs, dsT, dgx, drec, ds0, nparts)
 
-``cell`` (ELMAN/LSTM/GRU/SLSTM) is a compile-time literal (``numba.literally``): each cell compiles only
-its own branch, on its first use, and the machine code is cached per cell. ``flag``: elman 1 = relu,
+One pair of entry points per cell, each compiled on its first use (only that cell's branch: the cell
+reaches the shared row loops as a compile-time literal) and cached. ``flag``: elman 1 = relu,
 slstm 1 = exponential forget gate. Layout (see reference.py): gx (B, T, G*H) gate-major; the recurrent
 weights per head WT (NH, Kh, G*Kh) (forward: h_n @ WT[n]) and W (NH, G*Kh, Kh) (backward: drec_n @ W[n]);
 bias (G*H,) is b_hh.
@@ -261,14 +262,36 @@ def _fwd_rows(cell, flag, gx, WT, bias, s0, hs, acts, aux, sT, lo, hi):  # pragm
     sT[:, lo:hi] = st
 
 
+# One entry point per cell and direction: ``cell`` reaches _fwd_rows/_bwd_rows as a compile-time constant
+# (each cell compiles only its own branch, on first use), while the call from Python stays a plain
+# dispatch (a ``literally`` argument at the Python boundary measured ~30 ms of re-typing per call).
+
 @njit(parallel=True, **_OPTS)
-def rnn_fwd(cell, flag, gx, WT, bias, s0, hs, acts, aux, sT, nparts):  # pragma: no cover - compiled
-    """Forward over the whole sequence: gx (B, T, GH), WT (NH, Kh, GK), bias (GH,), s0 (NS, B, H)
-    -> writes hs (B, T, H), acts (B, T, GH), aux (NA, B, T, H), sT (NS, B, H)."""
-    literally(cell)
+def elman_fwd(flag, gx, WT, bias, s0, hs, acts, aux, sT, nparts):  # pragma: no cover - compiled
     B = gx.shape[0]
     for p in prange(nparts):
-        _fwd_rows(cell, flag, gx, WT, bias, s0, hs, acts, aux, sT, p * B // nparts, (p + 1) * B // nparts)
+        _fwd_rows(ELMAN, flag, gx, WT, bias, s0, hs, acts, aux, sT, p * B // nparts, (p + 1) * B // nparts)
+
+
+@njit(parallel=True, **_OPTS)
+def lstm_fwd(flag, gx, WT, bias, s0, hs, acts, aux, sT, nparts):  # pragma: no cover - compiled
+    B = gx.shape[0]
+    for p in prange(nparts):
+        _fwd_rows(LSTM, flag, gx, WT, bias, s0, hs, acts, aux, sT, p * B // nparts, (p + 1) * B // nparts)
+
+
+@njit(parallel=True, **_OPTS)
+def gru_fwd(flag, gx, WT, bias, s0, hs, acts, aux, sT, nparts):  # pragma: no cover - compiled
+    B = gx.shape[0]
+    for p in prange(nparts):
+        _fwd_rows(GRU, flag, gx, WT, bias, s0, hs, acts, aux, sT, p * B // nparts, (p + 1) * B // nparts)
+
+
+@njit(parallel=True, **_OPTS)
+def slstm_fwd(flag, gx, WT, bias, s0, hs, acts, aux, sT, nparts):  # pragma: no cover - compiled
+    B = gx.shape[0]
+    for p in prange(nparts):
+        _fwd_rows(SLSTM, flag, gx, WT, bias, s0, hs, acts, aux, sT, p * B // nparts, (p + 1) * B // nparts)
 
 
 # --- backward ---------------------------------------------------------------------------------------
@@ -369,11 +392,32 @@ def _bwd_rows(cell, flag, W, hs, acts, aux, s0, dhs, dsT, dgx, drec, ds0, lo, hi
 
 
 @njit(parallel=True, **_OPTS)
-def rnn_bwd(cell, flag, W, hs, acts, aux, s0, dhs, dsT, dgx, drec, ds0, nparts):  # pragma: no cover - compiled
-    """Backward through time: W (NH, GK, Kh); hs, acts, aux, s0 from the forward; dhs (B, T, H), dsT (NS, B, H)
-    incoming -> writes dgx (B, T, GH) (grad of the gx pre-activations), drec (B, T, GH) (grad of the
-    recurrent term W h + b_hh; the same array as dgx except for the GRU), ds0 (NS, B, H)."""
-    literally(cell)
+def elman_bwd(flag, W, hs, acts, aux, s0, dhs, dsT, dgx, drec, ds0, nparts):  # pragma: no cover - compiled
     B = hs.shape[0]
     for p in prange(nparts):
-        _bwd_rows(cell, flag, W, hs, acts, aux, s0, dhs, dsT, dgx, drec, ds0, p * B // nparts, (p + 1) * B // nparts)
+        _bwd_rows(ELMAN, flag, W, hs, acts, aux, s0, dhs, dsT, dgx, drec, ds0, p * B // nparts, (p + 1) * B // nparts)
+
+
+@njit(parallel=True, **_OPTS)
+def lstm_bwd(flag, W, hs, acts, aux, s0, dhs, dsT, dgx, drec, ds0, nparts):  # pragma: no cover - compiled
+    B = hs.shape[0]
+    for p in prange(nparts):
+        _bwd_rows(LSTM, flag, W, hs, acts, aux, s0, dhs, dsT, dgx, drec, ds0, p * B // nparts, (p + 1) * B // nparts)
+
+
+@njit(parallel=True, **_OPTS)
+def gru_bwd(flag, W, hs, acts, aux, s0, dhs, dsT, dgx, drec, ds0, nparts):  # pragma: no cover - compiled
+    B = hs.shape[0]
+    for p in prange(nparts):
+        _bwd_rows(GRU, flag, W, hs, acts, aux, s0, dhs, dsT, dgx, drec, ds0, p * B // nparts, (p + 1) * B // nparts)
+
+
+@njit(parallel=True, **_OPTS)
+def slstm_bwd(flag, W, hs, acts, aux, s0, dhs, dsT, dgx, drec, ds0, nparts):  # pragma: no cover - compiled
+    B = hs.shape[0]
+    for p in prange(nparts):
+        _bwd_rows(SLSTM, flag, W, hs, acts, aux, s0, dhs, dsT, dgx, drec, ds0, p * B // nparts, (p + 1) * B // nparts)
+
+
+KERNELS = {"elman": (elman_fwd, elman_bwd), "lstm": (lstm_fwd, lstm_bwd), "gru": (gru_fwd, gru_bwd),
+           "slstm": (slstm_fwd, slstm_bwd)}

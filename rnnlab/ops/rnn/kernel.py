@@ -3,8 +3,8 @@
     rnn_kernel(cell, gx, weight_hh, bias_hh, initial_state, output_final_state, nonlinearity, forget_gate)
         gx (B, T, G*H), weight_hh (G*H, H) | (NH, G*Kh, Kh) -> (h (B, T, H), final_state | None)
 
-The recurrent loop (matmul + gate non-linearities) lives in ``_numba.rnn_fwd``; its adjoint in
-``_numba.rnn_bwd``. What is not sequential is left to torch after the loop: the recurrent weight
+The recurrent loop (matmul + gate non-linearities) lives in ``_numba.<cell>_fwd``; its adjoint in
+``_numba.<cell>_bwd``. What is not sequential is left to torch after the loop: the recurrent weight
 gradient is ONE matmul over all steps, dW_hh = sum_t drec_t^T h_{t-1} (per head a bmm), and the
 input-side gradients flow from d gx through the caller's input projection (one matmul).
 Computation is float32; bf16 inputs are upcast, h is returned in gx's dtype, the state in float32.
@@ -22,27 +22,32 @@ from rnnlab.ops.rnn.reference import CELLS, check_args
 __all__ = ["rnn_kernel", "load_kernels"]
 
 log = logging.getLogger(__name__)
-_CELL_ID = {"elman": 0, "lstm": 1, "gru": 2, "slstm": 3}
 _NUM_AUX = {"elman": 1, "lstm": 2, "gru": 1, "slstm": 4}
 _KERNELS = None
 
 
-def load_kernels():
-    """-> (fwd, bwd). Each cell's machine code is compiled on its first use on a machine and cached on disk
+def load_kernels(cell: str):
+    """-> (fwd, bwd) of ``cell``. Each cell's machine code is compiled on its first use on a machine and cached on disk
     (numba ``cache=True``, in ``__pycache__`` beside _numba.py or NUMBA_CACHE_DIR); later processes load it."""
     global _KERNELS
     if _KERNELS is None:
         t0 = time.perf_counter()
         from rnnlab.ops.rnn import _numba
 
-        _KERNELS = (_numba.rnn_fwd, _numba.rnn_bwd)
+        _KERNELS = _numba.KERNELS
         log.debug("rnnlab.ops.rnn numba kernels imported in %.2fs", time.perf_counter() - t0)
-    return _KERNELS
+    return _KERNELS[cell]
 
 
 def _parts(batch: int) -> int:
-    """Batch-row groups run in parallel (one per thread, at most torch.get_num_threads())."""
-    return max(1, min(torch.get_num_threads(), batch))
+    """Batch-row groups run in parallel, one per thread: at most torch.get_num_threads() (one knob for both
+    libraries). numba's pool is sized to match, so a single group runs on the calling thread alone (a
+    fork-join over idle threads measured up to milliseconds per call on a loaded machine)."""
+    import numba
+
+    parts = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, batch))
+    numba.set_num_threads(parts)
+    return parts
 
 
 def _np(t: Tensor):
@@ -52,7 +57,7 @@ def _np(t: Tensor):
 class _RNNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell: str, flag: int, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, *s0: Tensor):
-        fwd, _ = load_kernels()
+        fwd, _ = load_kernels(cell)
         B, T, GH = gx.shape
         G, NS = CELLS[cell]
         H = GH // G
@@ -66,14 +71,14 @@ class _RNNFunction(torch.autograd.Function):
         aux = torch.empty(_NUM_AUX[cell], B, T, H)
         ST = torch.empty(NS, B, H)
         WT = W3.transpose(1, 2).contiguous()  # (NH, Kh, G*Kh)
-        fwd(_CELL_ID[cell], flag, _np(gxf), _np(WT), _np(bias), _np(S0), _np(hs), _np(acts), _np(aux), _np(ST), _parts(B))
+        fwd(flag, _np(gxf), _np(WT), _np(bias), _np(S0), _np(hs), _np(acts), _np(aux), _np(ST), _parts(B))
         ctx.save_for_backward(hs, acts, aux, S0, W3)
         ctx.meta = (cell, flag, weight_hh.shape, weight_hh.dtype, bias_hh is not None, gx.dtype, NH)
         return (hs.to(gx.dtype), *ST.unbind(0))
 
     @staticmethod
     def backward(ctx, dh: Tensor, *dsT: Tensor):
-        _, bwd = load_kernels()
+        _, bwd = load_kernels(cell)
         hs, acts, aux, S0, W3 = ctx.saved_tensors
         cell, flag, w_shape, w_dtype, has_bias, gx_dtype, NH = ctx.meta
         B, T, H = hs.shape
@@ -83,7 +88,7 @@ class _RNNFunction(torch.autograd.Function):
         dgx = torch.empty(B, T, GH)
         drec = torch.empty(B, T, GH) if cell == "gru" else dgx
         DS0 = torch.empty_like(S0)
-        bwd(_CELL_ID[cell], flag, _np(W3), _np(hs), _np(acts), _np(aux), _np(S0), _np(dhf), _np(DST), _np(dgx), _np(drec),
+        bwd(flag, _np(W3), _np(hs), _np(acts), _np(aux), _np(S0), _np(dhf), _np(DST), _np(dgx), _np(drec),
             _np(DS0), _parts(B))
         dW = db = None
         if ctx.needs_input_grad[3] or (has_bias and ctx.needs_input_grad[4]):
