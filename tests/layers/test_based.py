@@ -11,13 +11,6 @@ from rnnlab.layers.registry import create_mixer
 from rnnlab.testing import assert_close
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_feature_map_is_second_order_taylor():
     gen = torch.Generator().manual_seed(0)

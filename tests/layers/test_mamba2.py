@@ -7,13 +7,6 @@ from rnnlab.layers.registry import create_mixer
 from rnnlab.testing import assert_close
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.parametrize("ngroups", [1, 2])
 def test_matches_hf_mamba2(ngroups):

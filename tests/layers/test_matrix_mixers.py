@@ -14,13 +14,6 @@ from rnnlab.testing import assert_close
 D, T = 32, 29
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _x(seed=0):
     return torch.randn(2, T, D, generator=torch.Generator().manual_seed(seed))

@@ -10,13 +10,6 @@ from rnnlab.layers.registry import create_mixer
 from rnnlab.testing import assert_close
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _block_reference(m, x):
     """The mLSTM block of the paper, token by token in float64, from the mixer's weights."""

@@ -10,13 +10,6 @@ from rnnlab.models import ModelConfig, SequenceModel
 from rnnlab.testing import assert_close
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _finch_reference(m, x):
     """Eqs. 10-20 of the paper, one token at a time, float64."""

@@ -20,14 +20,6 @@ TOL = 1e-4  # float32 relative error, values and gradients (issue 7)
 TOL_BF16 = 2e-2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread (OpenMP barriers cost more than they save on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _inputs(kind, B, T, H, K, V, seed=0, gmin=-5.0, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)

@@ -16,14 +16,6 @@ TOL_BF16 = TOLERANCE[torch.bfloat16]
 GRADS = ["dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread (OpenMP barriers cost more than they save on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _inputs(B, T, H, K, V, seed=0, imax=3.0, dtype=torch.float32):
     """q, k, v ~ N(0, 1); i~ ~ U(-imax, imax); f~ ~ N(3, 1.5) (sigmoid forget gates near xLSTM's init);

@@ -15,14 +15,6 @@ TOL_BF16 = TOLERANCE[torch.bfloat16]
 NAMES = ["dr", "dk", "dv", "dw", "du", "dh0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread (OpenMP barriers cost more than they save on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _inputs(B, T, H, K, V, seed=0, wmin=-5.0, dtype=torch.float32):
     """r, k, v ~ N(0, 1); log-decays w in [wmin, 0] (skewed towards 0, as RWKV-6's -exp(.) is); bonus u ~ N(0, 1)."""
