@@ -1,4 +1,4 @@
-"""sLSTM mixer: the sLSTM layer of xLSTM (Beck et al. 2024, Section 2.2, eqs. (8)-(17); Appendix, Fig. 10).
+"""sLSTM mixer: xLSTM's sLSTM layer (Beck et al. 2024, Section 2.2, eqs. (8)-(17)) and its post-up-projection block.
 
 x (B, T, D) -> y (B, T, D). State {"h", "c", "n", "m": (B, H) float32, "conv": (B, K-1, D)}; H = D,
 NH heads of size Kh = H / NH.

@@ -24,7 +24,9 @@ use_qk_l2norm_in_kernel=False) -> (o, final_state)``:
 * ``fused_recurrent_*``: the rank-one form of the same loop, O(KV) per token, few ops per step
   (the decode path of the mixers).
 * ``chunk_*``: chunkwise WY/UT form (one parameterized core, ``_chunk_core``; the plain delta
-  rule is the gated one with g = 0). See ``_chunk_core`` for the derivation.
+  rule is the gated one with g = 0, its decay terms skipped). See ``_chunk_core`` for the
+  derivation; forward and backward are written out in ``_ChunkGatedDelta``. Computed in float32
+  whatever the input dtype (measured faster than bfloat16 matmuls on these CPUs).
 """
 from __future__ import annotations
 
@@ -78,14 +80,10 @@ def _prep(q, k, scale, use_qk_l2norm_in_kernel):
 
 
 # --------------------------------------------------------------------------- reference loop
-def naive_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False):
-    """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H) log-decay or None, beta (B, T, H),
-    initial_state (B, H, K, V) or None -> (o (B, T, H, V) in v's dtype, final_state (B, H, K, V) float32 or None).
-
-    The specification (Gated DeltaNet eq. 10): S_t = exp(g_t)(I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,
-    o_t = S_tᵀ (scale q_t), with the K×K transition matrix built explicitly each step.
-    """
-    _check(q, k, v, g, beta, initial_state)
+def _naive(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel):
+    """The specification loop. q (B, T, H, K), k (B, T, H, n_h, K), v (B, T, H, n_h, V), g (B, T, H) or None,
+    beta (B, T, H, n_h): per token S ← e^{g_t} S, then for each of the n_h sub-steps the K×K transition
+    built explicitly, S ← (I − β k kᵀ) S + β k vᵀ; then o_t = Sᵀ (scale q_t)."""
     B, T, H, K = q.shape
     qs, ks = _prep(q, k, scale, use_qk_l2norm_in_kernel)
     S = q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32) if initial_state is None else initial_state.float()
@@ -93,13 +91,25 @@ def naive_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state
     gs = g.float().unbind(1) if g is not None else [None] * T
     os = []
     for qt, kt, vt, bt, gt in zip(qs.unbind(1), ks.unbind(1), v.float().unbind(1), beta.float().unbind(1), gs):
-        transition = eye - bt[..., None, None] * kt[..., :, None] * kt[..., None, :]  # (B, H, K, K)
         if gt is not None:
-            transition = transition * gt.exp()[..., None, None]
-        S = transition @ S + bt[..., None, None] * kt[..., :, None] * vt[..., None, :]
+            S = S * gt.exp()[..., None, None]
+        for kj, vj, bj in zip(kt.unbind(2), vt.unbind(2), bt.unbind(2)):  # the n_h Householder steps
+            transition = eye - bj[..., None, None] * kj[..., :, None] * kj[..., None, :]  # (B, H, K, K)
+            S = transition @ S + bj[..., None, None] * kj[..., :, None] * vj[..., None, :]
         os.append((qt[..., None, :] @ S).squeeze(-2))
-    o = torch.stack(os, 1).to(v.dtype)
-    return o, (S if output_final_state else None)
+    return torch.stack(os, 1).to(v.dtype), (S if output_final_state else None)
+
+
+def naive_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False):
+    """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H) log-decay or None, beta (B, T, H),
+    initial_state (B, H, K, V) or None -> (o (B, T, H, V) in v's dtype, final_state (B, H, K, V) float32 or None).
+
+    The specification (Gated DeltaNet eq. 10): S_t = exp(g_t)(I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,
+    o_t = S_tᵀ (scale q_t), with the K×K transition matrix built explicitly each step (the loop that
+    DeltaProduct's reference runs with one sub-step per token).
+    """
+    _check(q, k, v, g, beta, initial_state)
+    return _naive(q, k[:, :, :, None], v[:, :, :, None], g, beta[..., None], scale, initial_state, output_final_state, use_qk_l2norm_in_kernel)
 
 
 def naive_recurrent_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False):
@@ -138,22 +148,14 @@ def fused_recurrent_delta_rule(q, k, v, beta, scale=None, initial_state=None, ou
 
 
 # --------------------------------------------------------------------------- chunkwise (WY / UT)
-def _mm(lowp: bool):
-    """Matmul for the batched intra-chunk products: bfloat16 operands (fp32 accumulation, ~5x the
-    fp32 throughput on CPU) when the inputs were bfloat16, else plain float32."""
-    if lowp:
-        return lambda a, b: (a.bfloat16() @ b.bfloat16()).float()
-    return torch.matmul
-
-
-def unit_lower_inverse(A: Tensor, block: int = 16) -> Tensor:
+def _unit_lower_inverse(A: Tensor, block: int = 16) -> Tensor:
     """A (..., C, C) -> (I + tril₋₁(A))⁻¹ (..., C, C); only A's strictly lower part is read.
 
     Blocked forward substitution: the diagonal block×block blocks are inverted row by row (one
     broadcast multiply-sum per row, over every block of every matrix at once), then block row i is
-    −T_ii (A_{i,<i} T_{<i,<i}), two batched matmuls. Only matmuls and element-wise ops: LAPACK's
-    batched triangular solve makes one threaded call per matrix, which measured up to 100x slower
-    than this on a loaded 2-core machine (and no faster on an idle one)."""
+    −T_ii (A_{i,<i} T_{<i,<i}), two batched matmuls. Only matmuls and element-wise ops: the batched
+    LAPACK solve (torch.linalg.solve_triangular, one threaded call per matrix) measured up to 100x
+    slower than this with two threads on a loaded 2-core machine, and within 20% of it on one core."""
     C = A.shape[-1]
     b = min(block, C)
     n = -(-C // b)
@@ -175,23 +177,21 @@ def unit_lower_inverse(A: Tensor, block: int = 16) -> Tensor:
 class _UnitLowerSolve(torch.autograd.Function):
     """A (..., C, C), R (..., C, M) -> X = (I + tril₋₁(A))⁻¹ R: the UT transform of all chunks at once.
 
-    Forward: the inverse T (``unit_lower_inverse``), then one matmul. Backward (hand-written, two
+    Forward: the inverse T (``_unit_lower_inverse``), then one matmul. Backward (hand-written, two
     matmuls): dR = Tᵀ dX, dA = −tril₋₁(dR Xᵀ)."""
 
     @staticmethod
-    def forward(ctx, A, R, lowp):
-        Tinv = unit_lower_inverse(A)
-        X = _mm(lowp)(Tinv, R)
-        ctx.lowp = lowp
+    def forward(ctx, A, R):
+        Tinv = _unit_lower_inverse(A)
+        X = Tinv @ R
         ctx.save_for_backward(Tinv, X)
         return X
 
     @staticmethod
     def backward(ctx, dX):
         Tinv, X = ctx.saved_tensors
-        mm = _mm(ctx.lowp)
-        dR = mm(Tinv.mT, dX)
-        return -torch.tril(mm(dR, X.mT), -1), dR, None
+        dR = Tinv.mT @ dX
+        return -torch.tril(dR @ X.mT, -1), dR
 
 
 def _pass_forward(U: Tensor, Wk: Tensor, kd: Tensor, d: Tensor | None, E: Tensor | None, S0: Tensor) -> tuple[Tensor, Tensor]:
@@ -279,14 +279,9 @@ def _unchunk(x: Tensor, B: int, H: int) -> Tensor:
     return rearrange(x, "(n b h) c ... -> b (n c) h ...", b=B, h=H)
 
 
-def _mac(a: Tensor, b: Tensor, lowp: bool, alpha: float = 1.0, acc: Tensor | None = None) -> Tensor:
-    """a (Z, M, L) @ b (Z, L, N) -> acc + alpha · a b (acc updated in place) or alpha · a b.
-    bfloat16 operands with float32 accumulation when ``lowp``, else float32 (baddbmm: the scaling
-    and the accumulation cost no extra pass over memory)."""
-    if lowp:
-        r = torch.bmm(a.bfloat16(), b.bfloat16()).float()
-        r = r.mul_(alpha) if alpha != 1.0 else r
-        return r if acc is None else acc.add_(r)
+def _mac(a: Tensor, b: Tensor, alpha: float = 1.0, acc: Tensor | None = None) -> Tensor:
+    """a (Z, M, L) @ b (Z, L, N) -> acc + alpha · a b (acc updated in place) or alpha · a b, through
+    baddbmm: the scaling and the accumulation cost no extra pass over memory."""
     if acc is None:
         if alpha == 1.0:
             return torch.bmm(a, b)
@@ -305,13 +300,15 @@ class _ChunkGatedDelta(torch.autograd.Function):
     """The chunkwise WY/UT form (math in :func:`_chunk_core`) with a hand-written backward.
 
     q, k (B, N·C, H, K), v (B, N·C, H, V), g (B, N·C, H) log-decay or None, beta (B, N·C, H),
-    S0 (B, H, K, V) float32 -> o (B, N·C, H, V), S_final (B, H, K, V), float32.
+    S0 (B, H, K, V) float32 -> o (B, N·C, H, V), S_final (B, H, K, V), float32 whatever the input
+    dtype: on these cores bfloat16 batched matmuls (oneDNN) measured 0.5-0.8x the float32 ones
+    (MKL), so bfloat16 inputs are only widened once, while being laid out in chunks.
     Inside, every tensor is (Z, C, ·) with Z = N·B·H chunk-major: the batched matmuls read
     contiguous slabs and the pass over chunks reads chunk n as one slab. ``scale`` is folded into
     the matmuls' alpha and the per-row factors, never a separate pass over q."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, beta, S0, scale, C, lowp):
+    def forward(ctx, q, k, v, g, beta, S0, scale, C):
         B, Tp, H, K = q.shape
         V = v.shape[-1]
         N, BH = Tp // C, B * H
@@ -319,8 +316,8 @@ class _ChunkGatedDelta(torch.autograd.Function):
         qc, kc, vc = _chunks(q, C), _chunks(k, C), _chunks(v, C)  # (Z, C, K | V)
         bc = _chunks(beta, C)[..., None]  # (Z, C, 1)
         kb = kc * bc
-        A = _mac(kb, kc.mT, lowp)  # (Z, C, C): β_i k_iᵀk_j; only the strictly lower part is read
-        P = _mac(qc, kc.mT, lowp, alpha=scale)  # (Z, C, C): scale q_iᵀk_j
+        A = _mac(kb, kc.mT)  # (Z, C, C): β_i k_iᵀk_j; only the strictly lower part is read
+        P = _mac(qc, kc.mT, alpha=scale)  # (Z, C, C): scale q_iᵀk_j
         R = kc.new_empty(Z, C, V + K)  # [diag(β) V, diag(β e^γ) K]
         torch.mul(vc, bc, out=R[..., :V])
         gam = None
@@ -333,82 +330,91 @@ class _ChunkGatedDelta(torch.autograd.Function):
             decay = _decay(gam)
             P.mul_(decay)
             A.mul_(decay)
+            del decay
             eg = gam.exp()[..., None]  # (Z, C, 1)
             torch.mul(kb, eg, out=R[..., V:])
             qe, kd = qc * (eg * scale), kc * (gam[:, -1:] - gam).exp()[..., None]
             d = gam[:, -1].exp().view(N, BH, 1, 1)
-        Tinv = unit_lower_inverse(A)
-        X = _mac(Tinv, R, lowp)  # (Z, C, V + K): [U, Wk]
+        Tinv = _unit_lower_inverse(A)
+        X = _mac(Tinv, R)  # (Z, C, V + K): [U, Wk]
+        del A, R, kb  # freed before the pass: they would only raise the peak
         X4 = X.view(N, BH, C, V + K)
         W, S = _pass_forward(X4[..., :V], X4[..., V:], kd.view(N, BH, C, K), d, None, S0.reshape(BH, K, V))
-        o = _mac(P, W.view(Z, C, V), lowp, acc=_mac(qe, S[:N].view(Z, K, V), lowp))  # (Z, C, V)
+        o = _mac(P, W.view(Z, C, V), acc=_mac(qe, S[:N].view(Z, K, V)))  # (Z, C, V)
         ctx.save_for_backward(qc, kc, vc, bc, gam, Tinv, X, W, S, P)
-        ctx.meta = scale, B, H, C, lowp
+        ctx.meta = scale, B, H, C
         return _unchunk(o, B, H), S[N].view(B, H, K, V)
 
     @staticmethod
     def backward(ctx, do, dS_final):
         qc, kc, vc, bc, gam, Tinv, X, W, S, P = ctx.saved_tensors
-        scale, B, H, C, lowp = ctx.meta
+        scale, B, H, C = ctx.meta
         Z, _, K = qc.shape
         V = vc.shape[-1]
         N, BH = S.shape[0] - 1, B * H
+        gated = gam is not None
         dS_final = torch.zeros_like(S[N]) if dS_final is None else dS_final.reshape(BH, K, V).float()
         do = _chunks(do, C) if do is not None else qc.new_zeros(Z, C, V)  # (Z, C, V)
-        Sin, Wz = S[:N].view(Z, K, V), W.view(Z, C, V)
-        kb = kc * bc
-        if gam is None:
-            qf, kd, d = scale, kc, None
-        else:
+        Sin, Wz, X4 = S[:N].view(Z, K, V), W.view(Z, C, V), X.view(N, BH, C, V + K)
+        if gated:
             eg = gam.exp()[..., None]
             to_end = (gam[:, -1:] - gam).exp()[..., None]
             qf, kd, d = eg * scale, kc * to_end, gam[:, -1].exp().view(N, BH, 1, 1)
-        qe = qc * qf
-        # o = qe S_n + P W_n
-        dqe = _mac(do, Sin.mT, lowp)  # (Z, C, K)
-        dP = _mac(do, Wz.mT, lowp)  # (Z, C, C)
-        dX = qc.new_empty(Z, C, V + K)  # [dU, dWk]; dU = dW
-        dW = dX[..., :V]
-        dW.copy_(_mac(P.mT, do, lowp))
-        dS_in = _mac(qe.mT, do, lowp).view(N, BH, K, V)
-        X4 = X.view(N, BH, C, V + K)
-        # the pass: W_n = U_n − Wk_n S_n, S_{n+1} = d_n S_n + kd_nᵀ W_n
-        _, dS_next, dS0 = _pass_backward(X4[..., V:], kd.view(N, BH, C, K), d, dW.view(N, BH, C, V), dS_in, dS_final)
-        dS_next = dS_next.view(Z, K, V)
-        dX[..., V:] = _mac(dW, Sin.mT, lowp, alpha=-1.0)
-        dkd = _mac(Wz, dS_next.mT, lowp)  # (Z, C, K)
-        # X = T R: dR = Tᵀ dX, dA = −tril₋₁(dR Xᵀ); nA holds −dA (masked below)
-        dR = _mac(Tinv.mT, dX, lowp)
-        nA = _mac(dR, X.mT, lowp)
-        dRv, dRk = dR[..., :V], dR[..., V:]
-        dv, dbeta = dRv * bc, (dRv * vc).sum(-1)
-        if gam is None:
-            dP.tril_()
-            nA.tril_(-1)
-            dkb, dq, dk = dRk, dqe.mul_(scale), dkd
         else:
+            qf, kd, d = scale, kc, None
+        # o = qe S_n + P W_n, qe = q ⊙ qf (temporaries are deleted once used: this bounds peak memory)
+        dq = _mac(do, Sin.mT).mul_(qf)  # (Z, C, K)
+        dP = _mac(do, Wz.mT)  # (Z, C, C)
+        dX = qc.new_empty(Z, C, V + K)  # [dU, dWk] with dU = dW
+        dW = torch.bmm(P.mT, do, out=dX[..., :V])
+        dS_in = _mac((qc * qf).mT, do).view(N, BH, K, V)
+        del do
+        # the pass W_n = U_n − Wk_n S_n, S_{n+1} = d_n S_n + kd_nᵀ W_n, last chunk to first
+        _, dS_next, dS0 = _pass_backward(X4[..., V:], kd.view(N, BH, C, K), d, dW.view(N, BH, C, V), dS_in, dS_final)
+        del dS_in, kd
+        dS_next = dS_next.view(Z, K, V)
+        torch.bmm(dW, Sin.mT, out=dX[..., V:]).neg_()
+        dk = _mac(Wz, dS_next.mT)  # (Z, C, K): through kd
+        if gated:
+            dk.mul_(to_end)
+            dS_C = (S[1:].view(Z, K, V) * dS_next).sum((-1, -2))  # ⟨S_{n+1}, dS_{n+1}⟩
+        del dS_next
+        # X = T R with R = [β v, β k e^γ]: dR = Tᵀ dX; nA = dR Xᵀ is −dA before the mask
+        dR = _mac(Tinv.mT, dX)
+        del dX
+        nA = _mac(dR, X.mT)
+        dv, dbeta = dR[..., :V] * bc, (dR[..., :V] * vc).sum(-1)
+        dkb = dR[..., V:] * eg if gated else dR[..., V:]
+        del dR
+        if gated:
             decay = _decay(gam)
             dP.mul_(decay)
             decay.diagonal(dim1=-2, dim2=-1).zero_()
             nA.mul_(decay)
-            dkb, dq, dk = dRk * eg, dqe * qf, dkd * to_end
+            del decay
+        else:
+            dP.tril_()
+            nA.tril_(-1)
         # A = tril₋₁(kb kᵀ ⊙ Γ), P = scale tril(q kᵀ ⊙ Γ), kb = β k
-        dkb = _mac(nA, kc, lowp, alpha=-1.0, acc=dkb)
-        dq = _mac(dP, kc, lowp, alpha=scale, acc=dq)
-        dk = _mac(dP.mT, qc, lowp, alpha=scale, acc=dk)
-        dk = _mac(nA.mT, kb, lowp, alpha=-1.0, acc=dk).addcmul_(dkb, bc)
+        kb = kc * bc
+        dkb = _mac(nA, kc, alpha=-1.0, acc=dkb)
+        dq = _mac(dP, kc, alpha=scale, acc=dq)
+        dk = _mac(dP.mT, qc, alpha=scale, acc=dk)
+        del dP
+        dk = _mac(nA.mT, kb, alpha=-1.0, acc=dk).addcmul_(dkb, bc)
+        del nA, kb
         s_b = (dkb * kc).sum(-1)  # (Z, C)
         dbeta += s_b
         dg = None
-        if gam is not None:
+        if gated:
             # γ enters only through q e^{γ}, (βk) e^{γ}, k e^{−γ} (Γ_ij = e^{γ_i} e^{−γ_j}) and e^{γ_C} S_{n+1}
             # (S_{n+1} = e^{γ_C}(S_n + (k e^{−γ})ᵀ W)), so its gradient is read off the input gradients:
             # dγ_i = q_i·dq_i − k_i·dk_i + 2 β_i k_i·dkb_i  (+ ⟨S_{n+1}, dS_{n+1}⟩ at i = C)
             dgam = (dq * qc).sum(-1) - (dk * kc).sum(-1) + 2 * bc[..., 0] * s_b
-            dgam[:, -1] += (S[1:].view(Z, K, V) * dS_next).sum((-1, -2))
+            dgam[:, -1] += dS_C
             dg = _unchunk(dgam.flip(-1).cumsum(-1).flip(-1), B, H)  # γ = cumsum(g) within the chunk
         return (_unchunk(dq, B, H), _unchunk(dk, B, H), _unchunk(dv, B, H), dg, _unchunk(dbeta, B, H),
-                dS0.view(B, H, K, V), None, None, None)
+                dS0.view(B, H, K, V), None, None)
 
 
 def _chunk_core(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, chunk_size):
@@ -430,7 +436,6 @@ def _chunk_core(q, k, v, g, beta, scale, initial_state, output_final_state, use_
     B, T, H, K = q.shape
     C = chunk_size
     scale = K**-0.5 if scale is None else scale
-    lowp = q.dtype == torch.bfloat16
     if use_qk_l2norm_in_kernel:
         q, k = l2norm(q), l2norm(k)
     pad = (-T) % C
@@ -439,7 +444,7 @@ def _chunk_core(q, k, v, g, beta, scale, initial_state, output_final_state, use_
         beta = F.pad(beta, (0, 0, 0, pad))
         g = None if g is None else F.pad(g, (0, 0, 0, pad))
     S0 = q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32) if initial_state is None else initial_state.float()
-    o, S = _ChunkGatedDelta.apply(q, k, v, g, beta, S0, scale, C, lowp)
+    o, S = _ChunkGatedDelta.apply(q, k, v, g, beta, S0, scale, C)
     return o[:, :T].to(v.dtype), (S if output_final_state else None)
 
 
@@ -516,17 +521,4 @@ def naive_recurrent_delta_product(q, k, v, g, beta, num_householder, scale=None,
     if not isinstance(num_householder, int) or num_householder < 1:
         raise ValueError(f"num_householder must be a positive int, got {num_householder!r}")
     _check(q, k, v, g, beta, initial_state, nh=num_householder)
-    B, T, H, K = q.shape
-    qs, ks = _prep(q, k, scale, use_qk_l2norm_in_kernel)
-    S = q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32) if initial_state is None else initial_state.float()
-    eye = torch.eye(K, dtype=torch.float32, device=q.device)
-    gs = g.float().unbind(1) if g is not None else [None] * T
-    os = []
-    for qt, kt, vt, bt, gt in zip(qs.unbind(1), ks.unbind(1), v.float().unbind(1), beta.float().unbind(1), gs):
-        if gt is not None:
-            S = S * gt.exp()[..., None, None]
-        for kj, vj, bj in zip(kt.unbind(2), vt.unbind(2), bt.unbind(2)):  # the n_h Householder steps
-            transition = eye - bj[..., None, None] * kj[..., :, None] * kj[..., None, :]
-            S = transition @ S + bj[..., None, None] * kj[..., :, None] * vj[..., None, :]
-        os.append((qt[..., None, :] @ S).squeeze(-2))
-    return torch.stack(os, 1).to(v.dtype), (S if output_final_state else None)
+    return _naive(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel)

@@ -94,7 +94,7 @@ def fused_recurrent_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, outp
 _MAX_EXP = 60.0  # largest |exponent| the factorized decay products may use (e^60 ≈ 1e26, fp32-safe)
 
 
-def _decay_gram(x: Tensor, y: Tensor, Gx: Tensor, Gy: Tensor, diagonal: bool, mm) -> Tensor:
+def _decay_gram(x: Tensor, y: Tensor, Gx: Tensor, Gy: Tensor, diagonal: bool) -> Tensor:
     """x, Gx (..., C, K) rows i; y, Gy (..., C, K) columns j -> M (..., C, C) with
     M_ij = Σ_c x_ic y_jc e^{Gx_ic − Gy_jc} for j < i (j ≤ i if ``diagonal``), 0 elsewhere.
 
@@ -106,7 +106,7 @@ def _decay_gram(x: Tensor, y: Tensor, Gx: Tensor, Gy: Tensor, diagonal: bool, mm
     m = Gy[..., C // 2 : C // 2 + 1, :]  # (..., 1, K)
     bound = torch.maximum((Gx - m).abs().amax(), (Gy - m).abs().amax()).detach() if x.numel() else x.new_zeros(())
     if float(bound) <= _MAX_EXP:
-        return mm(x * torch.exp(Gx - m), (y * torch.exp(m - Gy)).mT).masked_fill(~mask, 0.0)
+        return ((x * torch.exp(Gx - m)) @ (y * torch.exp(m - Gy)).mT).masked_fill(~mask, 0.0)
     diff = (Gx[..., :, None, :] - Gy[..., None, :, :]).masked_fill(~mask[..., None], -float("inf"))
     return torch.einsum("...ijc,...ic,...jc->...ij", diff.exp(), x, y)
 
@@ -119,14 +119,15 @@ def chunk_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, output_final_s
     (per key channel, inside a chunk, Γ_0 = 0) and entry state S₀ᵀ:
         Sᵀ_i = e^{Γ_i} ⊙ S₀ᵀ + Σ_{j≤i} (e^{Γ_i−Γ_j} ⊙ b_j) u_jᵀ + (e^{Γ_i−Γ_j} ⊙ k_j) v_jᵀ
         (I − M_ab) U = M_ak V + Ã S₀ᵀ,   Ã_i = a_i ⊙ e^{Γ_{i-1}},  M_xy[i, j] = Σ_c x_ic y_jc e^{Γ_{i-1,c}−Γ_{j,c}} (j < i)
-    so with T = (I − M_ab)⁻¹ (one unit-lower-triangular solve per chunk): U = T M_ak V + T Ã S₀ᵀ;
+    so with T = (I − M_ab)⁻¹ (one blocked unit-lower-triangular inverse per chunk): U = T M_ak V + T Ã S₀ᵀ;
         O = (r ⊙ e^{Γ}) S₀ᵀ + N_rb U + N_rk V,    N_xy[i, j] = Σ_c x_ic y_jc e^{Γ_{i,c}−Γ_{j,c}} (j ≤ i)
         S_Cᵀ = e^{Γ_C} ⊙ S₀ᵀ + (b ⊙ e^{Γ_C−Γ})ᵀ U + (k ⊙ e^{Γ_C−Γ})ᵀ V.
     The pass over chunks is the delta rule's (rnnlab.ops.delta._ChunkPass, per-key decay); the four
     decay-weighted Gram matrices use the midpoint factorization (see ``_decay_gram``). Gradients:
-    autograd plus the delta rule's hand-written backward of the solve and the chunk pass.
+    autograd plus the delta rule's hand-written backward of the solve and the chunk pass. Computed
+    in float32 whatever the input dtype (as the delta rule: bfloat16 matmuls were slower here).
     """
-    from rnnlab.ops.delta import _ChunkPass, _mm, _UnitLowerSolve
+    from rnnlab.ops.delta import _ChunkPass, _UnitLowerSolve
 
     _check(q, k, v, w, a, b, initial_state)
     if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -135,8 +136,6 @@ def chunk_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, output_final_s
     V = v.shape[-1]
     C = chunk_size
     scale = 1.0 if scale is None else scale
-    lowp = q.dtype == torch.bfloat16
-    mm = _mm(lowp)
     pad = (-T) % C
     # padded steps: zero inputs and log w = 0, so the state passes through unchanged
     chunks = [rearrange(F.pad(t.float(), (0, 0, 0, 0, 0, pad)) if pad else t.float(), "b (n c) h k -> n b h c k", c=C).contiguous()
@@ -146,15 +145,15 @@ def chunk_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, output_final_s
     Gex = G - lw  # Γ_{i-1}, exclusive
     GC = G[..., -1:, :]  # (N, B, H, 1, K)
     r = r * scale
-    M_ab = _decay_gram(ac, bc, Gex, G, False, mm)
-    M_ak = _decay_gram(ac, kc, Gex, G, False, mm)
-    N_rb = _decay_gram(r, bc, G, G, True, mm)
-    N_rk = _decay_gram(r, kc, G, G, True, mm)
+    M_ab = _decay_gram(ac, bc, Gex, G, False)
+    M_ak = _decay_gram(ac, kc, Gex, G, False)
+    N_rb = _decay_gram(r, bc, G, G, True)
+    N_rk = _decay_gram(r, kc, G, G, True)
     to_end = torch.exp(GC - G)  # (N, B, H, C, K), ≤ 1
-    X = _UnitLowerSolve.apply(-M_ab, torch.cat([mm(M_ak, vc), ac * torch.exp(Gex)], -1), lowp)  # (N, B, H, C, V + K)
-    E = mm((kc * to_end).mT, vc)  # (N, B, H, K, V)
+    X = _UnitLowerSolve.apply(-M_ab, torch.cat([M_ak @ vc, ac * torch.exp(Gex)], -1))  # (N, B, H, C, V + K)
+    E = (kc * to_end).mT @ vc  # (N, B, H, K, V)
     S0 = q.new_zeros(B, H, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
     U, S = _ChunkPass.apply(X[..., :V].contiguous(), -X[..., V:], (bc * to_end).contiguous(), torch.exp(GC).mT, E, S0)
-    o = mm(r * torch.exp(G), S[:-1]) + mm(N_rb, U) + mm(N_rk, vc)  # (N, B, H, C, V)
+    o = (r * torch.exp(G)) @ S[:-1] + N_rb @ U + N_rk @ vc  # (N, B, H, C, V)
     o = rearrange(o, "n b h c v -> b (n c) h v")[:, :T].to(v.dtype)
     return o, (S[-1] if output_final_state else None)

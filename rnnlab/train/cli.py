@@ -97,10 +97,10 @@ def cmd_report(args) -> int:
 def cmd_suite(args) -> int:
     from rnnlab.train.report import make_report
     from rnnlab.train.suite import pick_mixers, suite_spec
-    from rnnlab.train.sweep import run_sweep
+    from rnnlab.train.sweep import load_sweep, run_sweep
 
     mixers = args.mixers.split(",") if args.mixers else pick_mixers()
-    spec = suite_spec(quick=not args.full, mixers=mixers, out_dir=args.out_dir, workers=args.workers)
+    spec = load_sweep(suite_spec(quick=not args.full, mixers=mixers, out_dir=args.out_dir, workers=args.workers))
     print(f"suite ({'full' if args.full else 'quick'}): mixers {', '.join(mixers)}; tasks {', '.join(spec['grid']['task'])}")
     try:
         counts = run_sweep(spec)
@@ -168,7 +168,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("suite", help="the curated comparison of mixers on MQAR, parity and selective copying")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="small sizes, ~10 minutes on 2 CPU cores (default)")
+    g.add_argument("--quick", action="store_true", help="small sizes, under 10 minutes on 2 CPU cores (default)")
     g.add_argument("--full", action="store_true", help="the larger grid (sizes x learning rates x more tasks)")
     p.add_argument("--mixers", help="comma-separated mixers instead of the automatic choice")
     p.add_argument("--workers", type=int, default=2)

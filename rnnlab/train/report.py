@@ -83,25 +83,29 @@ def make_report(db: str | Path, out_dir: str | Path | None = None, sweep: str | 
     done = [r for r in rows if r["status"] == "done"]
     wall = sum(r["wall_s"] or 0.0 for r in done)
     cpu = sum((r["result"] or {}).get("cpu_s") or 0.0 for r in done)
+    n_failed = sum(r["status"] == "failed" for r in rows)
     md = [f"# rnnlab report\n\nDatabase `{db}`: {len(rows)} runs "
-          f"({len(done)} done, {sum(r['status'] == 'failed' for r in rows)} failed; training time summed over "
+          f"({len(done)} done, {n_failed} failed, {len(rows) - len(done) - n_failed} unfinished; training time summed over "
           f"done runs: {wall:.0f} s wall, {cpu:.0f} s CPU). "
-          "Best learning rate per (task, mixer, size); scores are the primary metric averaged over test lengths.\n"]
+          "Best learning rate per (task, mixer, size) by the primary metric averaged over test lengths "
+          "(`score`).\n"]
     if best:
         models = sorted({(r["mixer"], r["d_model"], r["n_layers"]) for r in best})
-        score = {(r["task"], r["mixer"], r["d_model"], r["n_layers"]): r for r in best}
-        header = ["mixer", "d_model", "layers"] + [f"{t} ({by_task[t][0]['primary_metric']})" for t in tasks]
-        body = [[m, d, n] + [score[(t, m, d, n)]["score"] if (t, m, d, n) in score else None for t in tasks]
-                for m, d, n in models]
-        md += ["## Summary\n", _table(header, body), ""]
+        run_of = {(r["task"], r["mixer"], r["d_model"], r["n_layers"]): r for r in best}
+        cols = [(t, L) for t in tasks for L in by_task[t][0]["result"]["metrics"]]
+        header = ["mixer", "d_model", "layers"] + [f"{t} {by_task[t][0]['primary_metric']}@{L}" for t, L in cols]
+        body = [[m, d, n] + [run_of[(t, m, d, n)]["result"]["metrics"].get(L, {}).get(run_of[(t, m, d, n)]["primary_metric"])
+                             if (t, m, d, n) in run_of else None for t, L in cols] for m, d, n in models]
+        md += ["## Summary: the primary metric at every test length\n", _table(header, body), ""]
     for t in tasks:
         runs = by_task[t]
         lengths = list(runs[0]["result"]["metrics"])
         names = _metric_names(runs[0])
         train_len = _train_len(runs[0])
-        header = ["mixer", "d", "L", "params", "state floats", "lr"] + [f"{n}@{L}" for n in names for L in lengths] + ["steps", "time s"]
+        header = (["mixer", "d", "L", "params", "state floats", "lr"] + [f"{n}@{L}" for n in names for L in lengths]
+                  + ["score", "steps", "time s"])
         body = [[r["mixer"], r["d_model"], r["n_layers"], r["num_parameters"], r["state_size"], f"{r['lr']:g}"]
-                + [r["result"]["metrics"][L].get(n) for n in names for L in lengths] + [r["steps"], round(r["wall_s"])]
+                + [r["result"]["metrics"][L].get(n) for n in names for L in lengths] + [r["score"], r["steps"], round(r["wall_s"])]
                 for r in runs]
         md += [f"## {t}\n", f"Training length {train_len}; test lengths {', '.join(lengths)}. "
                f"Primary metric `{runs[0]['primary_metric']}` ({'higher' if runs[0]['higher_is_better'] else 'lower'} is better).\n",
@@ -126,6 +130,7 @@ def _plots(best, by_task, tasks, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     mixers = sorted({r["mixer"] for r in best})
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(mixers)}
@@ -163,6 +168,7 @@ def _plots(best, by_task, tasks, out: Path) -> None:
             if pts:
                 ax.plot(*zip(*pts), "o-", color=colors[m], label=m)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a narrow range
         label(ax, t, "state floats", by_task[t][0]["primary_metric"])
     finish(fig, axes, "state_size.png")
 

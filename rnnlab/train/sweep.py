@@ -11,7 +11,8 @@ A sweep file (YAML, TOML or JSON) is data::
     grid: {mixer: [attention, lstm], task: [mqar, parity], d_model: [32, 64], n_layers: [2],
            lr: [1.0e-3, 3.0e-3], seed: [0]}
     base: {model: {...}, train: {...}}          # shared by every run
-    tasks: {mqar: {task: {num_kv_pairs: 4}, train: {steps: 400}}}   # per-task config, merged on top
+    tasks: {mqar: {task: {num_kv_pairs: 4}, train: {steps: 400}},  # per-task config, merged on top
+            parity: {grid: {lr: [3.0e-3, 2.0e-2]}}}   # per-task grid axes replace the global ones
     mixers: {attention: {model: {mixer_kwargs: {num_heads: 2}}}}     # per-mixer config
 
 Every grid point is resolved (validated) before anything runs, so a bad grid fails at once.
@@ -40,15 +41,21 @@ GRID_KEYS = {"mixer": ("model", "mixer"), "d_model": ("model", "d_model"), "n_la
 SWEEP_KEYS = ("name", "out_dir", "db", "workers", "threads_per_worker", "grid", "base", "tasks", "mixers")
 
 
+def _check_keys(grid: dict, where: str, valid: list[str]) -> None:
+    bad = sorted(set(grid) - set(valid))
+    if bad:
+        raise ValueError(f"unknown {where} key(s) {bad}; valid grid keys: {', '.join(valid)}")
+
+
 def load_sweep(path_or_dict) -> dict:
     spec = load_file(path_or_dict) if not isinstance(path_or_dict, dict) else dict(path_or_dict)
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
     if unknown:
         raise ValueError(f"unknown sweep key(s) {unknown}; valid keys: {', '.join(SWEEP_KEYS)}")
     grid = spec.get("grid") or {}
-    bad = sorted(set(grid) - set(GRID_KEYS))
-    if bad:
-        raise ValueError(f"unknown grid key(s) {bad}; valid grid keys: {', '.join(GRID_KEYS)}")
+    _check_keys(grid, "grid", list(GRID_KEYS))
+    for task, cfg in (spec.get("tasks") or {}).items():  # a task's own axes (not `task` itself)
+        _check_keys(cfg.get("grid") or {}, f"tasks.{task}.grid", [k for k in GRID_KEYS if k != "task"])
     if "task" not in grid or "mixer" not in grid:
         raise ValueError("a sweep grid needs at least `task` and `mixer` lists")
     spec.setdefault("name", "sweep")
@@ -59,15 +66,23 @@ def load_sweep(path_or_dict) -> dict:
     return spec
 
 
+def _points(spec: dict):
+    """Grid points (dicts of grid key -> value), task by task: a task's own ``grid`` axes replace the global ones."""
+    as_list = lambda v: v if isinstance(v, list) else [v]  # noqa: E731
+    for task in as_list(spec["grid"]["task"]):
+        grid = {**spec["grid"], **((spec.get("tasks") or {}).get(task, {}).get("grid") or {}), "task": [task]}
+        keys = list(grid)
+        for values in itertools.product(*(as_list(grid[k]) for k in keys)):
+            yield dict(zip(keys, values))
+
+
 def expand(spec: dict) -> list[dict]:
     """Sweep spec -> list of resolved run configs (validated; raises ValueError on a bad point)."""
-    grid = {k: (v if isinstance(v, list) else [v]) for k, v in spec["grid"].items()}
-    keys = list(grid)
     runs = []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        point = dict(zip(keys, values))
+    for point in _points(spec):
+        task_cfg = {k: v for k, v in (spec.get("tasks") or {}).get(point["task"], {}).items() if k != "grid"}
         cfg = merge({"task": {}, "model": {}, "train": {}}, spec.get("base") or {})
-        cfg = merge(cfg, (spec.get("tasks") or {}).get(point["task"], {}))
+        cfg = merge(cfg, task_cfg)
         mixer = point["mixer"]
         mixer_key = "+".join(mixer) if isinstance(mixer, list) else mixer
         cfg = merge(cfg, (spec.get("mixers") or {}).get(mixer_key, {}))
@@ -81,6 +96,10 @@ def expand(spec: dict) -> list[dict]:
         resolved["run_dir"] = str(Path(spec["out_dir"]) / f"{resolved['task']['name']}-{mixer_key}-d{resolved['model']['d_model']}"
                                   f"-l{resolved['model']['n_layers']}-lr{resolved['train']['lr']:g}-s{resolved['train']['seed']}-{rid[:6]}")
         runs.append({"id": rid, "config": resolved})
+    # mixer by mixer, in grid order (a mixer's runs cost alike; the queue ends on the grid's last mixer)
+    order = {json.dumps(m): i for i, m in enumerate(spec["grid"]["mixer"] if isinstance(spec["grid"]["mixer"], list)
+                                                    else [spec["grid"]["mixer"]])}
+    runs.sort(key=lambda r: order.get(json.dumps(r["config"]["model"]["mixer"]), len(order)))
     ids = [r["id"] for r in runs]
     if len(set(ids)) != len(ids):
         raise ValueError("the sweep grid contains duplicate runs")

@@ -71,6 +71,14 @@ def test_chunk_long_beta_near_two(gated):
     assert ref["final_state"].abs().max() < 1e3  # bounded: the transitions have spectral norm <= 1
 
 
+def test_chunk_strong_decay():
+    """log-decays down to −20 per step (e^{γ} underflows within a chunk): exact, every exponent stays ≤ 0."""
+    ins, h0 = make(2, 130, 2, 16, 8, True, beta_max=2.0, seed=7)
+    with torch.no_grad():
+        ins["g"].mul_(100.0)
+    compare(run(D.chunk_gated_delta_rule, ins, h0), run(D.naive_recurrent_gated_delta_rule, ins, h0))
+
+
 @pytest.mark.parametrize("chunk_size", [16, 64])
 def test_chunk_sizes_and_l2norm_in_kernel(chunk_size):
     ins, h0 = make(2, 37, 2, 16, 16, True)
@@ -122,6 +130,16 @@ def test_bf16_runs_with_fp32_state(gated):
     assert ins["q"].grad.dtype == torch.bfloat16 and torch.isfinite(ins["q"].grad.float()).all()
 
 
+@pytest.mark.parametrize("C", [1, 5, 16, 37, 64])
+def test_unit_lower_inverse(C):
+    """The blocked inverse of the UT transform == torch.linalg.inv of I + tril₋₁(A); A's other entries are ignored."""
+    gen = torch.Generator().manual_seed(C)
+    k = D.l2norm(torch.randn(3, C, 8, generator=gen))
+    A = 2 * torch.rand(3, C, 1, generator=gen) * (k @ k.mT) + torch.randn(3, C, C, generator=gen).triu()  # β ≤ 2; garbage on and above the diagonal
+    ref = torch.linalg.inv((torch.eye(C) + A.tril(-1)).double())
+    assert_close(D._unit_lower_inverse(A), ref, 1e-6)
+
+
 # --------------------------------------------------------------------------- DeltaProduct
 @pytest.mark.parametrize("gated", [False, True])
 @pytest.mark.parametrize("T", [1, 63, 64, 65])
@@ -143,13 +161,16 @@ def test_delta_product_long_beta_near_two():
     compare(run(D.chunk_delta_product, ins, h0, num_householder=2, use_qk_l2norm_in_kernel=True), ref)
 
 
-def test_delta_product_nh1_is_delta_rule():
-    ins, h0 = make(2, 40, 2, 8, 8, True, nh=1)
+@pytest.mark.parametrize("gated", [False, True])
+def test_delta_product_nh1_is_delta_rule(gated):
+    """n_h = 1 is DeltaNet (g absent: chunk_delta_rule) or Gated DeltaNet, values and gradients."""
+    ins, h0 = make(2, 40, 2, 8, 8, gated, beta_max=2.0, nh=1)
     got = run(D.chunk_delta_product, ins, h0, num_householder=1, chunk_size=16)
-    flat = dict(ins, k=ins["k"][:, :, :, 0], v=ins["v"][:, :, :, 0], beta=ins["beta"][..., 0])
-    o, s = D.chunk_gated_delta_rule(**flat, initial_state=h0, output_final_state=True, chunk_size=16)
-    assert_close(got["o"], o, 1e-6)
-    assert_close(got["final_state"], s, 1e-6)
+
+    def flat(k, v, beta, **kw):  # drop the n_h axis, same leaves
+        return delta_fn("chunk", gated)(k=k[:, :, :, 0], v=v[:, :, :, 0], beta=beta[..., 0], **kw)
+
+    compare(got, run(flat, ins, h0, chunk_size=16), 1e-6)
 
 
 @pytest.mark.parametrize("form", ["naive_recurrent", "chunk"])

@@ -222,3 +222,24 @@ def test_bad_inputs(backend):
         ops.elman(torch.randn(2, 3, 4), torch.randn(4, 4), backend=backend, nonlinearity="gelu")
     with pytest.raises(ValueError, match="unknown cell"):
         ops.rnn("mlstm", torch.randn(2, 3, 4), torch.randn(4, 4), backend=backend)
+
+
+def test_kernel_backward_detects_inplace_weight_update():
+    """The kernel saves weight_hh itself for the backward, so autograd's version check still guards it."""
+    gx, w = torch.randn(2, 5, 16, requires_grad=True), torch.randn(16, 4, requires_grad=True)
+    h, _ = ops.lstm(gx, w, backend="kernel")
+    with torch.no_grad():
+        w.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        h.sum().backward()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_runs_the_reference_loop():
+    """On CUDA, 'auto' is the reference loop (same numbers as the CPU kernel); 'kernel' is refused, not replaced."""
+    (gx, w, b), s0 = _inputs("lstm", B=2, T=9, H=8, NH=2)
+    h_cpu, _ = ops.lstm(gx, w, b, initial_state=tuple(s0), backend="kernel")
+    h_gpu, _ = ops.lstm(gx.cuda(), w.cuda(), b.cuda(), initial_state=tuple(s.cuda() for s in s0), backend="auto")
+    assert_close(h_gpu.cpu(), h_cpu)
+    with pytest.raises(ValueError, match="CPU"):
+        ops.lstm(gx.cuda(), w.cuda(), backend="kernel")

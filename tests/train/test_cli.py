@@ -21,3 +21,15 @@ def test_train_command_and_bad_mixer(tmp_path, capsys):
 def test_report_missing_db(tmp_path, capsys):
     assert main(["report", str(tmp_path / "none.db")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_suite_command_runs_and_reports(tmp_path, monkeypatch, capsys):
+    """`rnnlab suite` end to end on a one-run stand-in for its task table (the real one takes minutes)."""
+    import rnnlab.train.suite as suite
+
+    monkeypatch.setattr(suite, "QUICK_TASKS", {"parity": {"task": {"max_len": 8, "test_lengths": [8, 16]},
+                                                          "train": {"steps": 4, "eval_every": 4, "eval_examples": 8}}})
+    out = tmp_path / "suite"
+    assert main(["suite", "--mixers", "attention", "--workers", "1", "--out-dir", str(out)]) == 0
+    text = (out / "report" / "report.md").read_text()
+    assert "parity acc@16" in text and "1 done, 0 failed" in capsys.readouterr().out

@@ -98,7 +98,21 @@ def test_suite_picks_one_mixer_per_family():
     assert {mixer_info(m).family for m in chosen[3:]} == fams and len(chosen) == 3 + len(fams)
     runs = expand(suite_spec(quick=True, mixers=chosen))
     assert {r["config"]["task"]["name"] for r in runs} == {"mqar", "parity", "selective_copy"}
-    assert len(runs) == 3 * len(chosen)
+    assert len(runs) == 4 * len(chosen)  # parity at two learning rates
+    assert [r["config"]["model"]["mixer"] for r in runs[:4]] == ["attention"] * 4  # queued mixer by mixer
+
+
+def test_task_grid_axes_replace_global_ones():
+    s = {"grid": {"mixer": ["attention"], "task": ["parity", "mqar"], "lr": [1e-3], "seed": [0, 1]},
+         "tasks": {"parity": {"grid": {"lr": [1e-3, 2e-2]}, "train": {"steps": 3}}},
+         "mixers": {"attention": {"model": {"mixer_kwargs": {"num_heads": 2}}}}}
+    runs = expand(load_sweep(s))
+    got = sorted((r["config"]["task"]["name"], r["config"]["train"]["lr"], r["config"]["train"]["seed"]) for r in runs)
+    assert got == sorted([("mqar", 1e-3, 0), ("mqar", 1e-3, 1)] + [("parity", lr, sd) for lr in (1e-3, 2e-2) for sd in (0, 1)])
+    assert all(r["config"]["train"]["steps"] == 3 for r in runs if r["config"]["task"]["name"] == "parity")
+    s["tasks"]["parity"]["grid"] = {"task": ["mqar"]}
+    with pytest.raises(ValueError, match="tasks.parity.grid"):
+        load_sweep(s)
 
 
 def test_example_files_resolve():

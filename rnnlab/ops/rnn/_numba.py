@@ -13,13 +13,16 @@ bias (G*H,) is b_hh.
 
 Speed (measured, see benchmarks/nonlinear.py): the recurrent matmul of every step goes to
 ``_simd.matmul_into`` (an explicit 16-lane sgemm micro-kernel; a plain numba triple loop, OpenBLAS
-via numba's np.dot and torch.mm all measured 2-4x slower at these skinny shapes). The batch rows are split into ``nparts``
-contiguous groups, one per thread (prange): RNN rows are independent, so the groups never
-synchronise inside the time loop. Gate non-linearities go through ``_exp_into``, a vectorisable
+via numba's np.dot and torch.mm all measured 1.5-4x slower at these skinny shapes). The batch rows
+are split into ``nparts`` contiguous groups, one per thread (prange): RNN rows are independent, so
+the groups never synchronise inside the time loop. Gate non-linearities go through ``_exp_into``, a vectorisable
 float32 exp (Cephes polynomial, relative error ~1e-7): numba has no vector libm here (no SVML).
+The per-step element-wise work runs row by row on 1-D C-contiguous views (``acts[b, t]``) in short
+loops over few arrays each: strided 2-D views or loops touching many arrays (LLVM then gives up on
+the run-time alias checks) measured 2-3x slower.
 
 Saved for the backward: h (B, T, H), acts (B, T, G*H) and aux (NA, B, T, H):
-  elman: acts = h; aux unused          lstm: acts = (i, f, g, o); aux = (c, tanh c)
+  elman: acts = h; aux empty           lstm: acts = (i, f, g, o); aux = (c, tanh c)
   gru:   acts = (r, z, n); aux = (W_hn h + b_hn,)
   slstm: acts = (i', f', tanh z, o); aux = (c, n, sel, dlogf) with sel = d m / d(log f + m_prev)
          (1, 0, or 1/2 at a tie, as torch.maximum) and dlogf = d log f / d f~.
@@ -33,7 +36,8 @@ from rnnlab.ops.rnn._simd import matmul_into
 
 ELMAN, LSTM, GRU, SLSTM = 0, 1, 2, 3
 F32 = np.float32
-_OPTS = dict(cache=True, fastmath=True)
+# error_model="numpy": no ZeroDivisionError branch in every division (it blocks vectorisation)
+_OPTS = dict(cache=True, fastmath=True, error_model="numpy")
 
 
 @njit(**_OPTS)
@@ -73,135 +77,114 @@ def _log1p_unit(e):  # pragma: no cover - compiled
     return F32(2.0) * s * (p * s2 + F32(1.0))
 
 
-# --- forward gates, one step for a group of R rows -----------------------------------------------
-# Every array here is a local C-contiguous buffer (strided views of the (B, T, ...) arrays would keep
-# LLVM from vectorising): pre (R, GH) = gx_t + W h + b_hh, rb (R, GH) = W h + b_hh (the GRU needs it
-# apart), st (NS, R, H) the state (updated in place, h in st[0]), at (R, GH) / ax (NA, R, H) the
-# activations saved for the backward; a1/e1/i1 (R*GH) and a2/e2/i2 (R*H) scratch for _exp_into.
+# --- forward: one step of one batch row, on 1-D views ----------------------------------------------
+# p (GH,) pre-activations gx_t + W h + b_hh; at (GH,) activations saved for the backward (acts[b, t]);
+# state rows (H,) updated in place (h last); a1/e1/i1 (GH,) and a2/e2/i2 (H,) scratch for _exp_into.
 
-@njit(**_OPTS)
-def _elman_fwd(flag, pre, st, at, a1, e1, i1):  # pragma: no cover - compiled
-    R, H = pre.shape
-    p, h = pre.reshape(R * H), at.reshape(R * H)
+@njit(inline="always", **_OPTS)
+def _elman_row(flag, p, h, at, a1, e1, i1):  # pragma: no cover - compiled
+    H = p.shape[0]
     if flag == 1:
-        for q in range(R * H):
-            h[q] = max(p[q], F32(0.0))
+        for u in range(H):
+            at[u] = max(p[u], F32(0.0))
     else:
-        for q in range(R * H):
-            a1[q] = F32(-2.0) * p[q]
+        for u in range(H):
+            a1[u] = F32(-2.0) * p[u]
         _exp_into(a1, e1, i1)
-        for q in range(R * H):
-            h[q] = F32(2.0) / (F32(1.0) + e1[q]) - F32(1.0)
-    st[0] = at
+        for u in range(H):
+            at[u] = F32(2.0) / (F32(1.0) + e1[u]) - F32(1.0)
+    h[:] = at
 
 
-@njit(**_OPTS)
-def _lstm_fwd(pre, st, at, ax, a1, e1, i1, a2, e2, i2):  # pragma: no cover - compiled
-    R, GH = pre.shape
+@njit(inline="always", **_OPTS)
+def _lstm_row(p, h, c, at, c_out, tc_out, a1, e1, i1, a2, e2, i2):  # pragma: no cover - compiled
+    GH = p.shape[0]
     H = GH // 4
-    for r in range(R):  # i, f, o: sigmoid(x) = 1 / (1 + exp(-x)); g: tanh(x) = 2 sigmoid(2x) - 1
-        for q in range(GH):
-            a1[r * GH + q] = -pre[r, q]
-        for q in range(2 * H, 3 * H):
-            a1[r * GH + q] *= F32(2.0)
+    for q in range(GH):  # i, f, o: sigmoid(x) = 1 / (1 + exp(-x)); g: tanh(x) = 2 sigmoid(2x) - 1
+        a1[q] = -p[q]
+    for q in range(2 * H, 3 * H):
+        a1[q] *= F32(2.0)
     _exp_into(a1, e1, i1)
-    for r in range(R):
-        for q in range(GH):
-            at[r, q] = F32(1.0) / (F32(1.0) + e1[r * GH + q])
-        for q in range(2 * H, 3 * H):
-            at[r, q] = F32(2.0) * at[r, q] - F32(1.0)
-        for u in range(H):
-            st[1, r, u] = at[r, H + u] * st[1, r, u] + at[r, u] * at[r, 2 * H + u]
-        for u in range(H):
-            a2[r * H + u] = F32(-2.0) * st[1, r, u]
+    for q in range(GH):
+        at[q] = F32(1.0) / (F32(1.0) + e1[q])
+    for q in range(2 * H, 3 * H):
+        at[q] = F32(2.0) * at[q] - F32(1.0)
+    for u in range(H):
+        c[u] = at[H + u] * c[u] + at[u] * at[2 * H + u]
+    for u in range(H):
+        c_out[u] = c[u]
+        a2[u] = F32(-2.0) * c[u]
     _exp_into(a2, e2, i2)
-    for r in range(R):
-        for u in range(H):
-            ax[1, r, u] = F32(2.0) / (F32(1.0) + e2[r * H + u]) - F32(1.0)
-        for u in range(H):
-            st[0, r, u] = at[r, 3 * H + u] * ax[1, r, u]
-    ax[0] = st[1]
+    for u in range(H):
+        tc_out[u] = F32(2.0) / (F32(1.0) + e2[u]) - F32(1.0)
+    for u in range(H):
+        h[u] = at[3 * H + u] * tc_out[u]
 
 
-@njit(**_OPTS)
-def _gru_fwd(pre, rb, gxn, st, at, ax, a1, e1, i1, a2, e2, i2):  # pragma: no cover - compiled
-    """gxn (R, H): the input side of the n gate, gx_n (pre holds gx + rb for r and z)."""
-    R, GH = pre.shape
-    H = GH // 3
-    for r in range(R):
-        for q in range(2 * H):
-            a1[r * GH + q] = -pre[r, q]
-    _exp_into(a1, e1, i1)
-    for r in range(R):  # n = tanh(gx_n + r * (W_hn h + b_hn))
-        for q in range(2 * H):
-            at[r, q] = F32(1.0) / (F32(1.0) + e1[r * GH + q])
-        for u in range(H):
-            ax[0, r, u] = rb[r, 2 * H + u]
-        for u in range(H):
-            a2[r * H + u] = F32(-2.0) * (gxn[r, u] + at[r, u] * ax[0, r, u])
+@njit(inline="always", **_OPTS)
+def _gru_row(p, rb, gxn, h, at, rn_out, a1, e1, i1, a2, e2, i2):  # pragma: no cover - compiled
+    """p[:2H] = gx + rb for r and z; n = tanh(gx_n + r * (W_hn h + b_hn)) needs gxn and rb[2H:] apart."""
+    H = h.shape[0]
+    for q in range(2 * H):
+        a1[q] = -p[q]
+    _exp_into(a1[: 2 * H], e1[: 2 * H], i1[: 2 * H])
+    for q in range(2 * H):
+        at[q] = F32(1.0) / (F32(1.0) + e1[q])
+    for u in range(H):
+        rn_out[u] = rb[2 * H + u]
+    for u in range(H):
+        a2[u] = F32(-2.0) * (gxn[u] + at[u] * rn_out[u])
     _exp_into(a2, e2, i2)
-    for r in range(R):
-        for u in range(H):
-            at[r, 2 * H + u] = F32(2.0) / (F32(1.0) + e2[r * H + u]) - F32(1.0)
-        for u in range(H):
-            n = at[r, 2 * H + u]
-            st[0, r, u] = n + at[r, H + u] * (st[0, r, u] - n)
+    for u in range(H):
+        at[2 * H + u] = F32(2.0) / (F32(1.0) + e2[u]) - F32(1.0)
+    for u in range(H):
+        h[u] = at[2 * H + u] + at[H + u] * (h[u] - at[2 * H + u])
 
 
-@njit(**_OPTS)
-def _slstm_fwd(flag, pre, st, at, ax, a1, e1, i1, a2, e2, i2):  # pragma: no cover - compiled
-    R, GH = pre.shape
+@njit(inline="always", **_OPTS)
+def _slstm_row(flag, p, h, c, n, m, at, c_out, n_out, sel_out, dlogf_out, a1, e1, i1, a2, e2, i2):  # pragma: no cover
+    GH = p.shape[0]
     H = GH // 4
-    for r in range(R):  # exponents: exp(-|f~|) (log-sigmoid), -, exp(-2 z~) (tanh), exp(-o~) (sigmoid)
-        for u in range(H):
-            a1[r * GH + u] = -abs(pre[r, H + u])
-        for u in range(H):
-            a1[r * GH + H + u] = F32(0.0)
-        for u in range(H):
-            a1[r * GH + 2 * H + u] = F32(-2.0) * pre[r, 2 * H + u]
-        for u in range(H):
-            a1[r * GH + 3 * H + u] = -pre[r, 3 * H + u]
-    _exp_into(a1, e1, i1)
-    for r in range(R):
-        for u in range(H):
-            pf = pre[r, H + u]
-            if flag == 1:  # exponential forget gate: log f = f~
-                logf = pf
-                dlogf = F32(1.0)
-            else:  # sigmoid forget gate: log f = logsigmoid(f~) = min(f~, 0) - log(1 + exp(-|f~|))
-                e = e1[r * GH + u]
-                logf = min(pf, F32(0.0)) - _log1p_unit(e)
-                dlogf = e / (F32(1.0) + e) if pf >= F32(0.0) else F32(1.0) / (F32(1.0) + e)
-            pi = pre[r, u]  # log i = i~
-            a = logf + st[3, r, u]
-            m = max(a, pi)
-            ax[2, r, u] = F32(1.0) if a > pi else (F32(0.0) if a < pi else F32(0.5))
-            ax[3, r, u] = dlogf
-            a2[r * H + u] = pi - m
-            a1[r * GH + H + u] = a - m  # exponent of f' (slot unused above)
-            st[3, r, u] = m
-        for u in range(H):
-            at[r, 2 * H + u] = F32(2.0) / (F32(1.0) + e1[r * GH + 2 * H + u]) - F32(1.0)
-        for u in range(H):
-            at[r, 3 * H + u] = F32(1.0) / (F32(1.0) + e1[r * GH + 3 * H + u])
+    for u in range(H):  # exponents: exp(-|f~|) (log-sigmoid), exp(-2 z~) (tanh), exp(-o~) (sigmoid)
+        a1[u] = -abs(p[H + u])
+    for u in range(H):
+        a1[H + u] = F32(-2.0) * p[2 * H + u]
+    for u in range(H):
+        a1[2 * H + u] = -p[3 * H + u]
+    _exp_into(a1[: 3 * H], e1[: 3 * H], i1[: 3 * H])
+    for u in range(H):
+        pf = p[H + u]
+        if flag == 1:  # exponential forget gate: log f = f~
+            logf = pf
+            dlogf_out[u] = F32(1.0)
+        else:  # sigmoid forget gate: log f = logsigmoid(f~) = min(f~, 0) - log(1 + exp(-|f~|))
+            e = e1[u]
+            logf = min(pf, F32(0.0)) - _log1p_unit(e)
+            dlogf_out[u] = e / (F32(1.0) + e) if pf >= F32(0.0) else F32(1.0) / (F32(1.0) + e)
+        a = logf + m[u]  # log f + m_{t-1}; log i = i~
+        mn = max(a, p[u])
+        sel_out[u] = F32(1.0) if a > p[u] else (F32(0.0) if a < p[u] else F32(0.5))
+        a2[u] = p[u] - mn  # exponent of i'
+        a1[3 * H + u] = a - mn  # exponent of f'
+        m[u] = mn
+    for u in range(H):
+        at[2 * H + u] = F32(2.0) / (F32(1.0) + e1[H + u]) - F32(1.0)
+    for u in range(H):
+        at[3 * H + u] = F32(1.0) / (F32(1.0) + e1[2 * H + u])
     _exp_into(a2, e2, i2)  # i'
-    for r in range(R):
-        for u in range(H):
-            at[r, u] = e2[r * H + u]
-        for u in range(H):
-            a2[r * H + u] = a1[r * GH + H + u]
-    _exp_into(a2, e2, i2)  # f'
-    for r in range(R):
-        for u in range(H):
-            at[r, H + u] = e2[r * H + u]
-        for u in range(H):
-            fg, ig = at[r, H + u], at[r, u]
-            st[1, r, u] = fg * st[1, r, u] + ig * at[r, 2 * H + u]
-            st[2, r, u] = fg * st[2, r, u] + ig
-        for u in range(H):
-            st[0, r, u] = at[r, 3 * H + u] * st[1, r, u] / st[2, r, u]
-    ax[0] = st[1]
-    ax[1] = st[2]
+    for u in range(H):
+        at[u] = e2[u]
+    _exp_into(a1[3 * H :], e2, i2)  # f'
+    for u in range(H):
+        at[H + u] = e2[u]
+    for u in range(H):
+        c[u] = at[H + u] * c[u] + at[u] * at[2 * H + u]
+    for u in range(H):
+        n[u] = at[H + u] * n[u] + at[u]
+    for u in range(H):
+        h[u] = at[3 * H + u] * c[u] / n[u]
+    c_out[:] = c
+    n_out[:] = n
 
 
 @njit(**_OPTS)
@@ -213,53 +196,173 @@ def _fwd_rows(cell, flag, gx, WT, bias, s0, hs, acts, aux, sT, lo, hi):  # pragm
     G = GK // Kh
     H = NH * Kh
     R = hi - lo
-    NA = aux.shape[0]
     st = np.empty((s0.shape[0], R, H), np.float32)
     st[:] = s0[:, lo:hi]
     hloc = np.empty((NH, R, Kh), np.float32)  # h_{t-1} head by head: the matmul operand
     rec = np.empty((NH, R, GK), np.float32)
-    rb, pre, at = np.empty((R, GH), np.float32), np.empty((R, GH), np.float32), np.empty((R, GH), np.float32)
-    ax, gxn = np.empty((NA, R, H), np.float32), np.empty((R, H), np.float32)
-    a1, e1, i1 = np.empty(R * GH, np.float32), np.empty(R * GH, np.float32), np.empty(R * GH, np.int32)
-    a2, e2, i2 = np.empty(R * H, np.float32), np.empty(R * H, np.float32), np.empty(R * H, np.int32)
+    rb, p = np.empty(GH, np.float32), np.empty(GH, np.float32)
+    a1, e1, i1 = np.empty(GH, np.float32), np.empty(GH, np.float32), np.empty(GH, np.int32)
+    a2, e2, i2 = np.empty(H, np.float32), np.empty(H, np.float32), np.empty(H, np.int32)
     for r in range(R):
         for n in range(NH):
-            for j in range(Kh):
-                hloc[n, r, j] = st[0, r, n * Kh + j]
+            hloc[n, r] = st[0, r, n * Kh : (n + 1) * Kh]
     for t in range(T):
         for n in range(NH):
             matmul_into(hloc[n], WT[n], rec[n])
-        for r in range(R):  # head-major -> gate-major, + b_hh; + gx
-            for g in range(G):
+        for r in range(R):
+            b = lo + r
+            for g in range(G):  # head-major -> gate-major, + b_hh
                 for n in range(NH):
                     o = g * H + n * Kh
                     for j in range(Kh):
-                        rb[r, o + j] = rec[n, r, g * Kh + j] + bias[o + j]
+                        rb[o + j] = rec[n, r, g * Kh + j] + bias[o + j]
+            x = gx[b, t]
             for q in range(GH):
-                pre[r, q] = gx[lo + r, t, q] + rb[r, q]
-        if cell == ELMAN:
-            _elman_fwd(flag, pre, st, at, a1, e1, i1)
-        elif cell == LSTM:
-            _lstm_fwd(pre, st, at, ax, a1, e1, i1, a2, e2, i2)
-        elif cell == GRU:
-            for r in range(R):
-                for u in range(H):
-                    gxn[r, u] = gx[lo + r, t, 2 * H + u]
-            _gru_fwd(pre, rb, gxn, st, at, ax, a1, e1, i1, a2, e2, i2)
-        else:
-            _slstm_fwd(flag, pre, st, at, ax, a1, e1, i1, a2, e2, i2)
-        for r in range(R):  # save for the backward; h -> the next step's matmul operand
-            for q in range(GH):
-                acts[lo + r, t, q] = at[r, q]
-            for k in range(NA if cell != ELMAN else 0):
-                for u in range(H):
-                    aux[k, lo + r, t, u] = ax[k, r, u]
+                p[q] = x[q] + rb[q]
+            if cell == ELMAN:
+                _elman_row(flag, p, st[0, r], acts[b, t], a1, e1, i1)
+            elif cell == LSTM:
+                _lstm_row(p, st[0, r], st[1, r], acts[b, t], aux[0, b, t], aux[1, b, t], a1, e1, i1, a2, e2, i2)
+            elif cell == GRU:
+                _gru_row(p, rb, x[2 * H :], st[0, r], acts[b, t], aux[0, b, t], a1, e1, i1, a2, e2, i2)
+            else:
+                _slstm_row(flag, p, st[0, r], st[1, r], st[2, r], st[3, r], acts[b, t], aux[0, b, t], aux[1, b, t],
+                           aux[2, b, t], aux[3, b, t], a1, e1, i1, a2, e2, i2)
+            hs[b, t] = st[0, r]
+            for n in range(NH):
+                hloc[n, r] = st[0, r, n * Kh : (n + 1) * Kh]
+    sT[:, lo:hi] = st
+
+
+# --- backward: one step of one batch row, on 1-D views ---------------------------------------------
+# dh (H,) = dL/dh_t (output + carried); at = acts[b, t]; dg (GH,) = dL/d gx_t (dgx[b, t]); ds* (H,) the
+# carried state gradients, updated in place to dL/d state_{t-1} (ds0 = dh's direct part only: the
+# recurrent part drec @ W is added by the caller); prev state rows (H,) from aux[:, b, t-1] or s0.
+
+@njit(inline="always", **_OPTS)
+def _elman_row_bwd(flag, dh, at, dg, ds0):  # pragma: no cover - compiled
+    H = dh.shape[0]
+    if flag == 1:
+        for u in range(H):
+            dg[u] = dh[u] if at[u] > F32(0.0) else F32(0.0)
+    else:
+        for u in range(H):
+            dg[u] = dh[u] * (F32(1.0) - at[u] * at[u])
+    ds0[:] = F32(0.0)
+
+
+@njit(inline="always", **_OPTS)
+def _lstm_row_bwd(dh, at, tc, c_prev, dg, ds0, ds1, dc):  # pragma: no cover - compiled
+    H = dh.shape[0]
+    for u in range(H):
+        dc[u] = ds1[u] + dh[u] * at[3 * H + u] * (F32(1.0) - tc[u] * tc[u])
+    for u in range(H):
+        dg[u] = dc[u] * at[2 * H + u] * at[u] * (F32(1.0) - at[u])
+    for u in range(H):
+        dg[H + u] = dc[u] * c_prev[u] * at[H + u] * (F32(1.0) - at[H + u])
+    for u in range(H):
+        dg[2 * H + u] = dc[u] * at[u] * (F32(1.0) - at[2 * H + u] * at[2 * H + u])
+    for u in range(H):
+        dg[3 * H + u] = dh[u] * tc[u] * at[3 * H + u] * (F32(1.0) - at[3 * H + u])
+    for u in range(H):
+        ds1[u] = dc[u] * at[H + u]
+    ds0[:] = F32(0.0)
+
+
+@njit(inline="always", **_OPTS)
+def _gru_row_bwd(dh, at, rn, h_prev, dg, dr, ds0):  # pragma: no cover - compiled
+    """dr (GH,) = dL/d(W h + b_hh): the n gate's part is r times the input side's."""
+    H = dh.shape[0]
+    for u in range(H):
+        dg[2 * H + u] = dh[u] * (F32(1.0) - at[H + u]) * (F32(1.0) - at[2 * H + u] * at[2 * H + u])
+    for u in range(H):
+        dr[2 * H + u] = dg[2 * H + u] * at[u]
+    for u in range(H):
+        dg[u] = dg[2 * H + u] * rn[u] * at[u] * (F32(1.0) - at[u])
+    for u in range(H):
+        dg[H + u] = dh[u] * (h_prev[u] - at[2 * H + u]) * at[H + u] * (F32(1.0) - at[H + u])
+    for u in range(2 * H):
+        dr[u] = dg[u]
+    for u in range(H):
+        ds0[u] = dh[u] * at[H + u]  # direct path h_{t-1} -> h_t
+
+
+@njit(inline="always", **_OPTS)
+def _slstm_row_bwd(dh, at, c, n, sel, dlogf, c_prev, n_prev, dg, ds0, ds1, ds2, ds3, dc, dn, t1):  # pragma: no cover
+    H = dh.shape[0]
+    for u in range(H):  # h = o c / n
+        t1[u] = F32(1.0) / n[u]
+    for u in range(H):
+        dc[u] = ds1[u] + dh[u] * at[3 * H + u] * t1[u]
+    for u in range(H):
+        dn[u] = ds2[u] - dh[u] * at[3 * H + u] * c[u] * t1[u] * t1[u]
+    for u in range(H):
+        dg[3 * H + u] = dh[u] * c[u] * t1[u] * at[3 * H + u] * (F32(1.0) - at[3 * H + u])
+    for u in range(H):
+        dg[2 * H + u] = dc[u] * at[u] * (F32(1.0) - at[2 * H + u] * at[2 * H + u])
+    for u in range(H):  # d f' and d i' (into dg's i and f slots, overwritten below)
+        dg[H + u] = dc[u] * c_prev[u] + dn[u] * n_prev[u]
+    for u in range(H):
+        dg[u] = dc[u] * at[2 * H + u] + dn[u]
+    for u in range(H):  # m_t enters i' and f' with a minus sign; a = log f + m_{t-1}
+        t1[u] = ds3[u] - dg[H + u] * at[H + u] - dg[u] * at[u]  # d m_t
+    for u in range(H):
+        ds3[u] = dg[H + u] * at[H + u] + sel[u] * t1[u]  # d a = d m_{t-1}
+    for u in range(H):
+        dg[u] = dg[u] * at[u] + (F32(1.0) - sel[u]) * t1[u]
+    for u in range(H):
+        dg[H + u] = ds3[u] * dlogf[u]
+    for u in range(H):
+        ds1[u] = dc[u] * at[H + u]
+    for u in range(H):
+        ds2[u] = dn[u] * at[H + u]
+    ds0[:] = F32(0.0)
+
+
+@njit(**_OPTS)
+def _bwd_rows(cell, flag, W, hs, acts, aux, s0, dhs, dsT, dgx, drec, ds0, lo, hi):  # pragma: no cover - compiled
+    """The whole backward through time for batch rows [lo, hi); ds carries d(state_t) backwards."""
+    literally(cell)
+    T, H = hs.shape[1], hs.shape[2]
+    NH, GK, Kh = W.shape
+    G = GK // Kh
+    R = hi - lo
+    ds = np.empty((dsT.shape[0], R, H), np.float32)
+    ds[:] = dsT[:, lo:hi]
+    dloc = np.empty((NH, R, GK), np.float32)
+    dhl = np.empty((NH, R, Kh), np.float32)
+    dh, t1, t2, t3 = np.empty(H, np.float32), np.empty(H, np.float32), np.empty(H, np.float32), np.empty(H, np.float32)
+    for t in range(T - 1, -1, -1):
+        for r in range(R):
+            b = lo + r
             for u in range(H):
-                hs[lo + r, t, u] = st[0, r, u]
+                dh[u] = dhs[b, t, u] + ds[0, r, u]
+            if cell == ELMAN:
+                _elman_row_bwd(flag, dh, acts[b, t], dgx[b, t], ds[0, r])
+            elif cell == LSTM:
+                c_prev = aux[0, b, t - 1] if t > 0 else s0[1, b]
+                _lstm_row_bwd(dh, acts[b, t], aux[1, b, t], c_prev, dgx[b, t], ds[0, r], ds[1, r], t1)
+            elif cell == GRU:
+                h_prev = hs[b, t - 1] if t > 0 else s0[0, b]
+                _gru_row_bwd(dh, acts[b, t], aux[0, b, t], h_prev, dgx[b, t], drec[b, t], ds[0, r])
+            else:
+                c_prev = aux[0, b, t - 1] if t > 0 else s0[1, b]
+                n_prev = aux[1, b, t - 1] if t > 0 else s0[2, b]
+                _slstm_row_bwd(dh, acts[b, t], aux[0, b, t], aux[1, b, t], aux[2, b, t], aux[3, b, t], c_prev, n_prev,
+                               dgx[b, t], ds[0, r], ds[1, r], ds[2, r], ds[3, r], t1, t2, t3)
+            d = drec[b, t]
+            for g in range(G):  # gate-major -> head-major
+                for n in range(NH):
+                    o = g * H + n * Kh
+                    for j in range(Kh):
+                        dloc[n, r, g * Kh + j] = d[o + j]
+        for n in range(NH):  # d h_{t-1} += drec_t @ W, head by head
+            matmul_into(dloc[n], W[n], dhl[n])
+        for r in range(R):
             for n in range(NH):
                 for j in range(Kh):
-                    hloc[n, r, j] = st[0, r, n * Kh + j]
-    sT[:, lo:hi] = st
+                    ds[0, r, n * Kh + j] += dhl[n, r, j]
+    ds0[:, lo:hi] = ds
 
 
 # One entry point per cell and direction: ``cell`` reaches _fwd_rows/_bwd_rows as a compile-time constant
@@ -292,103 +395,6 @@ def slstm_fwd(flag, gx, WT, bias, s0, hs, acts, aux, sT, nparts):  # pragma: no 
     B = gx.shape[0]
     for p in prange(nparts):
         _fwd_rows(SLSTM, flag, gx, WT, bias, s0, hs, acts, aux, sT, p * B // nparts, (p + 1) * B // nparts)
-
-
-# --- backward ---------------------------------------------------------------------------------------
-
-@njit(**_OPTS)
-def _bwd_rows(cell, flag, W, hs, acts, aux, s0, dhs, dsT, dgx, drec, ds0, lo, hi):  # pragma: no cover - compiled
-    """The whole backward through time for batch rows [lo, hi); ds carries d(state_t) backwards."""
-    literally(cell)
-    T, H = hs.shape[1], hs.shape[2]
-    NH, GK, Kh = W.shape
-    G = GK // Kh
-    R = hi - lo
-    ds = np.empty((dsT.shape[0], R, H), np.float32)
-    ds[:] = dsT[:, lo:hi]
-    dloc = np.empty((NH, R, GK), np.float32)
-    dhl = np.empty((NH, R, Kh), np.float32)
-    for t in range(T - 1, -1, -1):
-        for r in range(R):
-            b = lo + r
-            for u in range(H):
-                dh = dhs[b, t, u] + ds[0, r, u]
-                if cell == ELMAN:
-                    h = acts[b, t, u]
-                    if flag == 1:
-                        dp = dh if h > F32(0.0) else F32(0.0)
-                    else:
-                        dp = dh * (F32(1.0) - h * h)
-                    dgx[b, t, u] = dp
-                    ds[0, r, u] = F32(0.0)
-                elif cell == LSTM:
-                    i = acts[b, t, u]
-                    f = acts[b, t, H + u]
-                    g = acts[b, t, 2 * H + u]
-                    o = acts[b, t, 3 * H + u]
-                    tc = aux[1, b, t, u]
-                    cp = aux[0, b, t - 1, u] if t > 0 else s0[1, b, u]
-                    dc = ds[1, r, u] + dh * o * (F32(1.0) - tc * tc)
-                    dgx[b, t, u] = dc * g * i * (F32(1.0) - i)
-                    dgx[b, t, H + u] = dc * cp * f * (F32(1.0) - f)
-                    dgx[b, t, 2 * H + u] = dc * i * (F32(1.0) - g * g)
-                    dgx[b, t, 3 * H + u] = dh * tc * o * (F32(1.0) - o)
-                    ds[1, r, u] = dc * f
-                    ds[0, r, u] = F32(0.0)
-                elif cell == GRU:
-                    hp = hs[b, t - 1, u] if t > 0 else s0[0, b, u]
-                    rg = acts[b, t, u]
-                    z = acts[b, t, H + u]
-                    n = acts[b, t, 2 * H + u]
-                    rn = aux[0, b, t, u]
-                    dpn = dh * (F32(1.0) - z) * (F32(1.0) - n * n)
-                    dpr = dpn * rn * rg * (F32(1.0) - rg)
-                    dpz = dh * (hp - n) * z * (F32(1.0) - z)
-                    dgx[b, t, u] = dpr
-                    dgx[b, t, H + u] = dpz
-                    dgx[b, t, 2 * H + u] = dpn
-                    drec[b, t, u] = dpr
-                    drec[b, t, H + u] = dpz
-                    drec[b, t, 2 * H + u] = dpn * rg
-                    ds[0, r, u] = dh * z  # direct path h_{t-1} -> h_t
-                else:  # SLSTM
-                    ig = acts[b, t, u]
-                    fg = acts[b, t, H + u]
-                    tz = acts[b, t, 2 * H + u]
-                    o = acts[b, t, 3 * H + u]
-                    c = aux[0, b, t, u]
-                    n = aux[1, b, t, u]
-                    sel = aux[2, b, t, u]
-                    dlogf = aux[3, b, t, u]
-                    cp = aux[0, b, t - 1, u] if t > 0 else s0[1, b, u]
-                    np_ = aux[1, b, t - 1, u] if t > 0 else s0[2, b, u]
-                    inv_n = F32(1.0) / n
-                    dc = ds[1, r, u] + dh * o * inv_n
-                    dn = ds[2, r, u] - dh * o * c * inv_n * inv_n
-                    dfg = dc * cp + dn * np_
-                    dig = dc * tz + dn
-                    dm = ds[3, r, u] - dfg * fg - dig * ig  # m_t enters i' and f' with a minus sign
-                    da = dfg * fg + sel * dm  # a = log f + m_{t-1}
-                    dgx[b, t, u] = dig * ig + (F32(1.0) - sel) * dm
-                    dgx[b, t, H + u] = da * dlogf
-                    dgx[b, t, 2 * H + u] = dc * ig * (F32(1.0) - tz * tz)
-                    dgx[b, t, 3 * H + u] = dh * c * inv_n * o * (F32(1.0) - o)
-                    ds[1, r, u] = dc * fg
-                    ds[2, r, u] = dn * fg
-                    ds[3, r, u] = da
-                    ds[0, r, u] = F32(0.0)
-            for g in range(G):  # gate-major -> head-major
-                for n_ in range(NH):
-                    o_ = g * H + n_ * Kh
-                    for j in range(Kh):
-                        dloc[n_, r, g * Kh + j] = drec[b, t, o_ + j]
-        for n_ in range(NH):  # d h_{t-1} += drec_t @ W, head by head
-            matmul_into(dloc[n_], W[n_], dhl[n_])
-        for r in range(R):
-            for n_ in range(NH):
-                for j in range(Kh):
-                    ds[0, r, n_ * Kh + j] += dhl[n_, r, j]
-    ds0[:, lo:hi] = ds
 
 
 @njit(parallel=True, **_OPTS)

@@ -9,6 +9,9 @@ CB 16-float vectors of accumulators held in registers over the whole k loop, one
 x[r, k] and CB vector loads of AT[k, :] per k, fused multiply-adds. On this machine it reaches
 70-90 GFLOP/s single-threaded at (8 x 256) @ (256 x 1024), where torch.mm (MKL) gets ~45. The
 <16 x float> type is legal LLVM on every target (split into narrower registers without AVX-512).
+
+Editing this file does not invalidate numba's on-disk cache of the kernels in _numba.py that inline
+it (numba checks only the caller's own source file): delete ``rnnlab/ops/rnn/__pycache__/*.nb?``.
 """
 from __future__ import annotations
 
@@ -57,7 +60,8 @@ def _tile(RB: int, CB: int):
             splat = ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
             new = []
             for r in range(RB):
-                s = builder.insert_element(ir.Constant(vty, ir.Undefined), builder.load(builder.gep(xrows[r], [k])), ir.Constant(i32, 0))
+                s = builder.load(builder.gep(xrows[r], [k]))
+                s = builder.insert_element(ir.Constant(vty, ir.Undefined), s, ir.Constant(i32, 0))
                 s = builder.shuffle_vector(s, ir.Constant(vty, ir.Undefined), splat)
                 new += [builder.call(fma, [s, avs[c], accs[r * CB + c]]) for c in range(CB)]
             k1 = builder.add(k, ir.Constant(i64, 1))
@@ -80,7 +84,7 @@ def _tile(RB: int, CB: int):
 _t44, _t41, _t14, _t11 = _tile(4, 4), _tile(4, 1), _tile(1, 4), _tile(1, 1)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def matmul_into(x, AT, out):  # pragma: no cover - compiled
     """out = x @ AT; x (R, K), AT (K, N), out (R, N), C-contiguous float32, K >= 1."""
     R, K = x.shape

@@ -22,7 +22,7 @@ from rnnlab.ops.rnn.reference import CELLS, check_args
 __all__ = ["rnn_kernel", "load_kernels"]
 
 log = logging.getLogger(__name__)
-_NUM_AUX = {"elman": 1, "lstm": 2, "gru": 1, "slstm": 4}
+_NUM_AUX = {"elman": 0, "lstm": 2, "gru": 1, "slstm": 4}
 _KERNELS = None
 
 
@@ -72,15 +72,16 @@ class _RNNFunction(torch.autograd.Function):
         ST = torch.empty(NS, B, H)
         WT = W3.transpose(1, 2).contiguous()  # (NH, Kh, G*Kh)
         fwd(flag, _np(gxf), _np(WT), _np(bias), _np(S0), _np(hs), _np(acts), _np(aux), _np(ST), _parts(B))
-        ctx.save_for_backward(hs, acts, aux, S0, W3)
+        ctx.save_for_backward(hs, acts, aux, S0, weight_hh)  # weight_hh itself: autograd's in-place check
         ctx.meta = (cell, flag, weight_hh.shape, weight_hh.dtype, bias_hh is not None, gx.dtype, NH)
         return (hs.to(gx.dtype), *ST.unbind(0))
 
     @staticmethod
     def backward(ctx, dh: Tensor, *dsT: Tensor):
-        _, bwd = load_kernels(cell)
-        hs, acts, aux, S0, W3 = ctx.saved_tensors
+        hs, acts, aux, S0, weight_hh = ctx.saved_tensors
         cell, flag, w_shape, w_dtype, has_bias, gx_dtype, NH = ctx.meta
+        _, bwd = load_kernels(cell)
+        W3 = weight_hh.detach().float().reshape(NH, -1, weight_hh.shape[-1]).contiguous()  # (NH, G*Kh, Kh)
         B, T, H = hs.shape
         GH = acts.shape[-1]
         dhf = dh.float().contiguous()
