@@ -8,7 +8,9 @@ See ``reference.py`` for the equations and the layout. Backends:
 - ``"reference"``: the plain PyTorch loop (any device; autograd through the loop).
 - ``"kernel"``: the fused numba CPU kernel (``kernel.py``): the whole forward is one call, the
   backward through time one call with a hand-written adjoint; weight gradients are one matmul
-  over all steps after the loop. CPU tensors only (ValueError otherwise).
+  over all steps after the loop. Batch rows are split over torch.get_num_threads() threads.
+  Compiled per cell on its first use on a machine, then loaded from numba's disk cache; nothing is
+  compiled at install. CPU tensors only (ValueError otherwise).
 - ``"auto"``: ``"kernel"`` for CPU tensors, ``"reference"`` elsewhere. The choice is logged
   once per (op, backend, device) at INFO level; nothing falls back silently.
 """

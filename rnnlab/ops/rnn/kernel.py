@@ -11,6 +11,7 @@ Computation is float32; bf16 inputs are upcast, h is returned in gx's dtype, the
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -39,15 +40,21 @@ def load_kernels(cell: str):
     return _KERNELS[cell]
 
 
-def _parts(batch: int) -> int:
-    """Batch-row groups run in parallel, one per thread: at most torch.get_num_threads() (one knob for both
-    libraries). numba's pool is sized to match, so a single group runs on the calling thread alone (a
-    fork-join over idle threads measured up to milliseconds per call on a loaded machine)."""
+@contextlib.contextmanager
+def _row_groups(batch: int):
+    """-> the number of batch-row groups to run in parallel, one per thread: at most torch.get_num_threads()
+    (one knob for both libraries). numba's pool is sized to match for the call and restored after it, so
+    a single group runs on the calling thread alone (a fork-join over idle threads measured up to
+    milliseconds per call on a loaded machine)."""
     import numba
 
     parts = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, batch))
+    before = numba.get_num_threads()
     numba.set_num_threads(parts)
-    return parts
+    try:
+        yield parts
+    finally:
+        numba.set_num_threads(before)
 
 
 def _np(t: Tensor):
@@ -71,7 +78,8 @@ class _RNNFunction(torch.autograd.Function):
         aux = torch.empty(_NUM_AUX[cell], B, T, H)
         ST = torch.empty(NS, B, H)
         WT = W3.transpose(1, 2).contiguous()  # (NH, Kh, G*Kh)
-        fwd(flag, _np(gxf), _np(WT), _np(bias), _np(S0), _np(hs), _np(acts), _np(aux), _np(ST), _parts(B))
+        with _row_groups(B) as parts:
+            fwd(flag, _np(gxf), _np(WT), _np(bias), _np(S0), _np(hs), _np(acts), _np(aux), _np(ST), parts)
         ctx.save_for_backward(hs, acts, aux, S0, weight_hh)  # weight_hh itself: autograd's in-place check
         ctx.meta = (cell, flag, weight_hh.shape, weight_hh.dtype, bias_hh is not None, gx.dtype, NH)
         return (hs.to(gx.dtype), *ST.unbind(0))
@@ -89,8 +97,9 @@ class _RNNFunction(torch.autograd.Function):
         dgx = torch.empty(B, T, GH)
         drec = torch.empty(B, T, GH) if cell == "gru" else dgx
         DS0 = torch.empty_like(S0)
-        bwd(flag, _np(W3), _np(hs), _np(acts), _np(aux), _np(S0), _np(dhf), _np(DST), _np(dgx), _np(drec),
-            _np(DS0), _parts(B))
+        with _row_groups(B) as parts:
+            bwd(flag, _np(W3), _np(hs), _np(acts), _np(aux), _np(S0), _np(dhf), _np(DST), _np(dgx), _np(drec), _np(DS0),
+                parts)
         dW = db = None
         if ctx.needs_input_grad[3] or (has_bias and ctx.needs_input_grad[4]):
             hprev = torch.cat([S0[0, :, None], hs[:, :-1]], 1)  # (B, T, H): h_{t-1}
