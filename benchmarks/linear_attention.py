@@ -124,9 +124,13 @@ def bench_mixers(T=2048, d_model=256):
     peers, notes = build_peers(d_model, only_vs={"mamba2", "mlstm"})
     for n in notes:
         print("note:", n)
-    ours = {"mamba2": create_mixer("mamba2", d_model, d_state=64, headdim=64, chunk_size=64),  # the HF peer's config
-            "mlstm": create_mixer("mlstm", d_model, num_heads=4, chunk_size=64)}
-    for name, m in ours.items():
+    # (peer it is compared with, mixer): mamba2 in the HF peer's config; mlstm as the xLSTM paper's block
+    # (proj_factor 2: 4 heads of 128) and at proj_factor 1, HF's head count and value width (4 heads of 64;
+    # HF's layer, xLSTM-7B's, has no up-projection and qk 32 per head, which the paper's block cannot express)
+    ours = [("mamba2", create_mixer("mamba2", d_model, d_state=64, headdim=64, chunk_size=64)),
+            ("mlstm", create_mixer("mlstm", d_model, num_heads=4, chunk_size=64)),
+            ("mlstm", create_mixer("mlstm", d_model, num_heads=4, proj_factor=1.0, chunk_size=64))]
+    for name, m in ours:
         rows = {f"rnnlab {name} ({m.extra_repr()})": (m, calls(m.train(), lambda t, m=m: m(t)[0]))}
         rows.update({f"{p.name} ({p.note})": (p.module, calls(p.module.train(), p.fwd)) for p in peers if p.vs == name})
         tf = race({n: c[0] for n, (_, c) in rows.items()}, 8.0)
@@ -135,7 +139,7 @@ def bench_mixers(T=2048, d_model=256):
         for n, (mod, _) in rows.items():
             params = sum(p.numel() for p in mod.parameters())
             ratio = "" if n == first else f"   rnnlab {name} / this: fwd {tf[n] / tf[first]:.2f}x, fwd+bwd {tb[n] / tb[first]:.2f}x"
-            print(f"{n[:70]:<70} params {params:>7}  fwd {B * T / tf[n]:>7.0f} tok/s  fwd+bwd {B * T / tb[n]:>7.0f} tok/s{ratio}", flush=True)
+            print(f"{n[:90]:<90} params {params:>7}  fwd {B * T / tf[n]:>7.0f} tok/s  fwd+bwd {B * T / tb[n]:>7.0f} tok/s{ratio}", flush=True)
 
 
 def main(argv=None):

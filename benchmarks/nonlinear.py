@@ -10,7 +10,9 @@ Rows (float32, same weights in every column of a cell: the rnnlab mixers are bui
   the recurrent loop in one numba call forward and one backward).
 - ``reference``: the same mixer with ``backend="reference"`` (the plain PyTorch loop over t).
 - ``slstm``: the sLSTM mixer (4 heads, conv 4, GroupNorm) kernel vs reference, next to the fused lstm
-  mixer at the same hidden size; ``op`` rows time the recurrences alone (slstm vs lstm op, 4 heads).
+  mixer at the same hidden size; ``op`` rows time the recurrences alone, gx given (slstm vs lstm op, 4 heads,
+  and each op against its reference loop: the speed-up of the fused loop without the layer's projection
+  GEMMs, which both forms share).
 fwd: forward under no_grad; fwd+bwd: forward + backward of mean(y^2) w.r.t. x and every parameter.
 tokens/s = B*T / seconds. The forms of one table are timed interleaved (one call of each per round,
 after a warm-up), so a change in the machine's load hits them alike; the table gives the median and
@@ -103,10 +105,9 @@ def classic(cell, B, T, d, rounds, budget):
 def slstm_rows(B, T, d, rounds, budget, lstm_kernel):
     torch.manual_seed(0)
     s = {b: rnnlab.create_mixer("slstm", d, backend=b) for b in ("kernel", "reference")}
-    s["reference"].load_state_dict(s["kernel"].state_dict())
     with torch.no_grad():  # random recurrent blocks (the init is R = 0, which would hide the recurrence)
-        for m in s.values():
-            m.weight_hh.copy_(torch.randn_like(m.weight_hh) * m.weight_hh.shape[-1] ** -0.5)
+        s["kernel"].weight_hh.normal_(0.0, s["kernel"].weight_hh.shape[-1] ** -0.5)
+    s["reference"].load_state_dict(s["kernel"].state_dict())  # the same weights in both columns
     x = torch.randn(B, T, d)
     with torch.no_grad():
         err = rel_err(s["kernel"](x)[0], s["reference"](x)[0])
@@ -137,6 +138,11 @@ def slstm_rows(B, T, d, rounds, budget, lstm_kernel):
         table(f"op {mode} (gx given, 4 heads)", B * T,
               {"slstm op kernel": op("slstm", "kernel", grad), "lstm op kernel": op("lstm", "kernel", grad)},
               rounds, budget, "lstm op kernel")
+    # the recurrence alone against its reference loop (the layer's projection GEMMs, shared by both forms, left out)
+    for cell in ("slstm", "lstm"):
+        table(f"op fwd+bwd {cell} (gx given, 4 heads): kernel vs reference", B * T,
+              {f"{cell} op reference": op(cell, "reference", True), f"{cell} op kernel": op(cell, "kernel", True)},
+              max(3, rounds // 3), budget, f"{cell} op reference")
 
 
 def decode(d, budget, block=200):

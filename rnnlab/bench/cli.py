@@ -141,7 +141,8 @@ def cmd_bench(args) -> int:
         for path in write_plots(result, args.plots):
             print(f"wrote {path}")
     if args.headline:
-        print(f"wrote {plot_headline(result, args.headline)}")
+        names = headline_mixers() if args.from_json and args.mixers is None else None  # a saved full run: one per family
+        print(f"wrote {plot_headline(result, args.headline, names=names)}")
     if args.compare:
         print()
         print(format_compare(result, load_result(args.compare)))

@@ -342,10 +342,12 @@ def write_plots(result: dict, out_dir: str) -> list[str]:
     return written
 
 
-def plot_headline(result: dict, path: str, mode: str = "train") -> str:
-    """The README plot: tokens/s vs T for attention and one recurrent mixer per family."""
+def plot_headline(result: dict, path: str, mode: str = "train", names: list[str] | None = None) -> str:
+    """The README plot: tokens/s vs T for attention and one recurrent mixer per family (``names``: the mixers
+    to draw, e.g. ``headline_mixers()`` when the result holds more; default every mixer row)."""
     plt = _plt()
-    rows = [r for r in result["rows"] if r["kind"] == "mixer" and r["mode"] == mode and r["dtype"] == result["config"]["dtypes"][0]]
+    rows = [r for r in result["rows"] if r["kind"] == "mixer" and r["mode"] == mode
+            and r["dtype"] == result["config"]["dtypes"][0] and (names is None or r["name"] in names)]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     _lines(ax, rows, "tokens_per_s", "tokens/s (forward + backward)" if mode == "train" else "tokens/s (forward)")
     m, c = result["machine"], result["config"]

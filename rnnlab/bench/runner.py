@@ -85,7 +85,7 @@ class BenchConfig:
         """Defaults of ``rnnlab bench`` (full) or ``rnnlab bench --quick``; ``overrides`` win (None ignored)."""
         base = dict(
             seq_lens=[128, 512], batch=2, d_model=128, dtypes=["float32"], decode_batches=[1, 16], decode_steps=12,
-            warmup=1, reps=3, budget_s=0.15, max_call_s=1.0, timeout_s=5.0, time_budget_s=120.0, quick=True,
+            warmup=1, reps=3, budget_s=0.15, max_call_s=1.0, timeout_s=5.0, time_budget_s=90.0, quick=True,
         ) if quick else {}
         base.update({k: v for k, v in overrides.items() if v is not None})
         cfg = cls(**base)

@@ -21,7 +21,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
@@ -78,7 +78,8 @@ class Mamba2(Mixer):
         xBC, conv_state = self.conv(xBC, state["conv"])
         xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], -1)
         xs = rearrange(xs, "b t (h p) -> b t h p", h=H)
-        Bm, Cm = (repeat(t, "b t (g n) -> b t (g r) n", g=G, r=H // G) for t in (Bm, Cm))  # (B, T, H, N)
+        # (B, T, H, N): each group's B, C for its heads; a view when G == 1 (the op copies into chunks anyway)
+        Bm, Cm = (t.unflatten(-1, (G, 1, N)).expand(-1, -1, -1, H // G, -1).flatten(2, 3) for t in (Bm, Cm))
         delta = F.softplus(dt.float() + self.dt_bias.float())  # (B, T, H)
         g = -torch.exp(self.A_log.float()) * delta  # log-decay Δ A <= 0
         v = (xs.float() * delta[..., None]).to(x.dtype)

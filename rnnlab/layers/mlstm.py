@@ -48,9 +48,19 @@ class HeadwiseLinear(nn.Module):
         d_out = d_out_per_block or block_size
         self.weight = nn.Parameter(torch.randn(self.num_blocks, d_out, block_size) * math.sqrt(2 / (5 * block_size)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = rearrange(x, "... (nb d) -> ... nb d", nb=self.num_blocks)
-        return rearrange(torch.einsum("...nd,nod->...no", x, self.weight.to(x.dtype)), "... nb o -> ... (nb o)")
+    def forward(self, x: Tensor, rows: slice = slice(None)) -> Tensor:
+        """x (..., nb·d_in) -> (..., nb·d_rows): the output rows ``rows`` of every block (all by default).
+
+        Runs as one bmm over groups of g consecutive blocks, each group a dense (g·d_in, g·d_out) block-diagonal matrix with g·d_in <= 64: g times the FLOPs of the
+        blocks alone, but matmuls of useful size on strided views, measured 2-3x faster (forward and
+        backward) than the per-block einsum, whose 4-wide matmuls and layout copies dominate."""
+        nb, d_in = self.num_blocks, self.block_size
+        g = max(c for c in range(1, nb + 1) if nb % c == 0 and c * d_in <= max(64, d_in))
+        w = self.weight[:, rows].to(x.dtype).unflatten(0, (nb // g, g))  # (ng, g, d_out, d_in)
+        eye = torch.eye(g, dtype=x.dtype, device=x.device)
+        w = torch.einsum("giod,ij->gidjo", w, eye).flatten(3).flatten(1, 2)  # (ng, g·d_in, g·d_out) block-diagonal
+        y = torch.bmm(x.reshape(-1, nb // g, g * d_in).transpose(0, 1), w)  # (ng, N, g·d_out)
+        return y.transpose(0, 1).reshape(*x.shape[:-1], -1)
 
 
 @register_mixer("mlstm", family="matrix", small={"num_heads": 2, "chunk_size": 16})
@@ -98,19 +108,21 @@ class MLSTM(Mixer):
         return self.conv.state_size() + H * (d * d + d + 1)
 
     def _mix(self, x: Tensor, state: State, chunked: bool) -> tuple[Tensor, State]:
-        B, T, _ = x.shape
         xm, z = self.proj_up(x).chunk(2, -1)
         c, conv_state = self.conv(xm, state["conv"])
-        q, k = rearrange(self.qk(c), "b t (nb two d) -> two b t (nb d)", two=2, d=self.v.block_size)
+        bs = self.v.block_size
+        q, k = self.qk(c, slice(0, bs)), self.qk(c, slice(bs, 2 * bs))  # each block's rows: [q | k]
         v = self.v(xm)
-        i, f = rearrange(self.gates(torch.cat([q, k, v], -1)).float(), "b t (two h) -> two b t h", two=2)
+        W, E = self.gates.weight, self.d_inner  # gates([q, k, v]) without materializing the concatenation
+        g = F.linear(q, W[:, :E], self.gates.bias) + F.linear(k, W[:, E : 2 * E]) + F.linear(v, W[:, 2 * E :])
+        i, f = rearrange(g.float(), "b t (two h) -> two b t h", two=2)
         heads = lambda t: rearrange(t, "b t (h d) -> b t h d", h=self.num_heads)  # noqa: E731
         s0 = tuple(state[key].float() for key in ("C", "n", "m"))
         kw = dict(initial_state=s0, output_final_state=True, forget_gate=self.forget_gate)  # scale: d^-1/2 on k (eq. 22)
         op = (lambda *a, **k_: chunk_mlstm(*a, chunk_size=self.chunk_size, **k_)) if chunked else fused_recurrent_mlstm
         h, (C, n, m) = op(heads(q), heads(k), heads(v), i, f, **kw)
-        h = F.group_norm(rearrange(h, "b t h d -> (b t) (h d)"), self.num_heads, self.norm_weight.to(h.dtype), None, self.norm_eps)
-        h = (h.view(B, T, -1) + self.skip.to(c.dtype) * c) * F.silu(z)
+        h = F.layer_norm(h, h.shape[-1:], eps=self.norm_eps).flatten(-2)  # GroupNorm over heads = LayerNorm per head
+        h = torch.addcmul(self.skip.to(c.dtype) * c, h, self.norm_weight.to(h.dtype)) * F.silu(z)
         new = {"conv": conv_state.to(state["conv"].dtype), "C": C, "n": n, "m": m}
         return self.proj_down(h.to(x.dtype)), {key: t.to(state[key].dtype) for key, t in new.items()}
 

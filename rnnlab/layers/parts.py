@@ -47,6 +47,8 @@ class ShortConv(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int = 4, bias: bool = True, activation: str | None = "silu"):
         super().__init__()
+        if activation not in (None, "silu"):
+            raise ValueError(f"activation must be None or 'silu', got {activation!r}")
         self.channels, self.kernel_size = channels, kernel_size
         self.weight = nn.Parameter(torch.empty(channels, kernel_size))
         self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
@@ -64,10 +66,7 @@ class ShortConv(nn.Module):
         return (self.kernel_size - 1) * self.channels
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        y, new_state = causal_conv1d(x, self.weight, self.bias, state)
-        if self.activation == "silu":
-            y = F.silu(y)
-        return y, new_state
+        return causal_conv1d(x, self.weight, self.bias, state, activation=self.activation)
 
 
 class LoRA(nn.Module):

@@ -88,7 +88,8 @@ class S4D(Mixer):
                 yt, h = self._recur(C, dtA, Bbar, h, ut)
                 ys.append(yt)
             return self._out(torch.stack(ys, 1), x), {"h": torch.view_as_real(h)}
-        y, h = diag_conv(u, C, dtA, Bbar, h)
+        fresh = not h.requires_grad and not bool(h.any())  # zero state: skip its output terms
+        y, h = diag_conv(u, C, dtA, Bbar, None if fresh else h)
         return self._out(y, x), {"h": torch.view_as_real(h)}
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:

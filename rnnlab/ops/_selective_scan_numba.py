@@ -43,6 +43,20 @@ def _fill_exp(dtv, A, d, ebuf, fast):  # pragma: no cover - compiled
             ebuf[n] = math.exp(dtv * A[d, n])
 
 
+@njit(cache=True, inline="always", fastmath=_FM)
+def _fill_a(dtv, A, Bm, b, t, d, mode, e, fast):  # pragma: no cover - compiled
+    """e[n] = the transition a_t[d, n] of ``mode``."""
+    N = e.shape[0]
+    if mode == 2:
+        for n in range(N):
+            e[n] = 1.0 - dtv * Bm[b, t, n] * Bm[b, t, n]
+    else:
+        _fill_exp(dtv, A, d, e, fast)
+        if mode == 1:
+            for n in range(N):
+                e[n] = 2.0 * e[n] - 1.0
+
+
 @njit(cache=True, parallel=True, fastmath=_FM)
 def sscan_fwd(x, dt, A, Bm, Cm, h0, mode, L, y, h_last, ckpt, fast):  # pragma: no cover - compiled
     """x, dt, y (B, T, D); A (D, N); Bm, Cm (B, T, N); h0, h_last (B, D, N); ckpt (B, nc, D, N);
@@ -58,14 +72,7 @@ def sscan_fwd(x, dt, A, Bm, Cm, h0, mode, L, y, h_last, ckpt, fast):  # pragma: 
             for d in range(D):
                 dtv = dt[b, t, d]
                 xv = dtv * x[b, t, d]
-                if mode == 2:
-                    for n in range(N):
-                        e[n] = 1.0 - dtv * Bm[b, t, n] * Bm[b, t, n]
-                else:
-                    _fill_exp(dtv, A, d, e, fast)
-                    if mode == 1:
-                        for n in range(N):
-                            e[n] = 2.0 * e[n] - 1.0
+                _fill_a(dtv, A, Bm, b, t, d, mode, e, fast)
                 acc = 0.0
                 for n in range(N):
                     hn = e[n] * h[d, n] + Bm[b, t, n] * xv
@@ -77,70 +84,82 @@ def sscan_fwd(x, dt, A, Bm, Cm, h0, mode, L, y, h_last, ckpt, fast):  # pragma: 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
 def sscan_bwd(x, dt, A, Bm, Cm, mode, L, ckpt, dy, dh_last, dx, ddt, dA, dB, dC, dh0, fast):  # pragma: no cover - compiled
-    """Adjoint of sscan_fwd. dA is per sequence (B, D, N) (summed by the caller)."""
+    """Adjoint of sscan_fwd. dA is per sequence (B, D, N) (summed by the caller).
+
+    The recompute pass keeps each step's transition a (abuf) next to its state (hbuf), so the
+    adjoint pass needs no exp and its n-loops hold no branch (they vectorize):
+        g <- g + C dy;  dC += dy h_t;  dB += g dt x;  dx += g dt B;  ddt += g B x + (∂a/∂dt) g h_{t-1};
+        (∂a/∂A) g h_{t-1} into dA;  (longhorn: ∂a/∂B = −2 dt B into dB);  g <- a g."""
     Bsz, T, D = x.shape
     N = Bm.shape[2]
     nc = ckpt.shape[1]
     for b in prange(Bsz):
         g = dh_last[b].copy()  # adjoint of the state after the current step
         hbuf = np.empty((L + 1, D, N), dtype=x.dtype)
+        abuf = np.empty((L, D, N), dtype=x.dtype)
         dAb = np.zeros((D, N), dtype=x.dtype)
-        e = np.empty(N, dtype=x.dtype)
+        dCb = np.empty(N, dtype=x.dtype)
+        dBb = np.empty(N, dtype=x.dtype)
+        gbuf = np.empty(N, dtype=x.dtype)
+        sbuf = np.empty(N, dtype=x.dtype)
         for c in range(nc - 1, -1, -1):
             t0 = c * L
             t1 = min(T, t0 + L)
             hbuf[0] = ckpt[b, c]
-            for t in range(t0, t1):  # recompute the chunk's states
+            for t in range(t0, t1):  # recompute the chunk's states and transitions
                 j = t - t0
                 for d in range(D):
                     dtv = dt[b, t, d]
                     xv = dtv * x[b, t, d]
-                    if mode == 2:
-                        for n in range(N):
-                            e[n] = 1.0 - dtv * Bm[b, t, n] * Bm[b, t, n]
-                    else:
-                        _fill_exp(dtv, A, d, e, fast)
-                        if mode == 1:
-                            for n in range(N):
-                                e[n] = 2.0 * e[n] - 1.0
+                    e = abuf[j, d]
+                    _fill_a(dtv, A, Bm, b, t, d, mode, e, fast)
                     for n in range(N):
                         hbuf[j + 1, d, n] = e[n] * hbuf[j, d, n] + Bm[b, t, n] * xv
             for t in range(t1 - 1, t0 - 1, -1):
                 j = t - t0
                 for n in range(N):
-                    dC[b, t, n] = 0.0
-                    dB[b, t, n] = 0.0
+                    dCb[n] = 0.0
+                    dBb[n] = 0.0
+                Ct, Bt = Cm[b, t], Bm[b, t]
                 for d in range(D):
                     dtv = dt[b, t, d]
                     xv = x[b, t, d]
                     dyv = dy[b, t, d]
-                    ddtv = 0.0
-                    dxv = 0.0
-                    if mode != 2:
-                        _fill_exp(dtv, A, d, e, fast)
-                    for n in range(N):
-                        bn = Bm[b, t, n]
-                        gn = g[d, n] + Cm[b, t, n] * dyv
-                        dC[b, t, n] += dyv * hbuf[j + 1, d, n]
-                        ga = gn * hbuf[j, d, n]  # d loss / d a_t
-                        ddtv += gn * bn * xv
-                        dxv += gn * dtv * bn
-                        if mode == 2:
-                            a = 1.0 - dtv * bn * bn
-                            ddtv -= ga * bn * bn
-                            dB[b, t, n] += gn * dtv * xv - ga * 2.0 * dtv * bn
-                        else:
-                            dB[b, t, n] += gn * dtv * xv
-                            if mode == 0:
-                                a = e[n]
-                                s = ga * a
-                            else:
-                                a = 2.0 * e[n] - 1.0
-                                s = 2.0 * ga * e[n]
-                            ddtv += s * A[d, n]
-                            dAb[d, n] += s * dtv
-                        g[d, n] = a * gn
-                    ddt[b, t, d] = ddtv
-                    dx[b, t, d] = dxv
+                    gb = 0.0  # Σ_n g B
+                    ga_s = 0.0  # Σ_n (∂a/∂dt) g h_{t-1}
+                    dtx = dtv * xv
+                    a = abuf[j, d]
+                    hp = hbuf[j, d]
+                    if mode == 2:
+                        for n in range(N):
+                            bn = Bm[b, t, n]
+                            gn = g[d, n] + Cm[b, t, n] * dyv
+                            ga = gn * hp[n]
+                            dCb[n] += dyv * hbuf[j + 1, d, n]
+                            gb += gn * bn
+                            ga_s -= ga * bn * bn
+                            dBb[n] += dtv * (gn * xv - 2.0 * ga * bn)
+                            g[d, n] = a[n] * gn
+                    else:  # split loops over 1-D rows: few arrays per loop, so each one vectorizes
+                        off = 0.0 if mode == 0 else 1.0  # ∂a/∂(dt A) = e = a (exp) or 2e = a + 1 (exp_neg)
+                        gd, Ad, dAd, hn1 = g[d], A[d], dAb[d], hbuf[j + 1, d]
+                        for n in range(N):
+                            gn = gd[n] + Ct[n] * dyv
+                            gbuf[n] = gn
+                            sbuf[n] = gn * hp[n] * (a[n] + off)
+                        for n in range(N):
+                            gb += gbuf[n] * Bt[n]
+                            ga_s += sbuf[n] * Ad[n]
+                        for n in range(N):
+                            dCb[n] += dyv * hn1[n]
+                            dBb[n] += gbuf[n] * dtx
+                        for n in range(N):
+                            dAd[n] += sbuf[n] * dtv
+                            gd[n] = a[n] * gbuf[n]
+                    ddt[b, t, d] = gb * xv + ga_s
+                    dx[b, t, d] = gb * dtv
+                for n in range(N):
+                    dC[b, t, n] = dCb[n]
+                    dB[b, t, n] = dBb[n]
         dh0[b] = g
         dA[b] = dAb

@@ -7,11 +7,13 @@ convolution, and the state bookkeeping that lets a convolution continue from a s
 
 - Diagonal (S4D, Gu et al. 2022 "On the Parameterization and Initialization of Diagonal
   State Space Models", eq. 4-6): zero-order hold Ā = exp(ΔA), B̄ = (exp(ΔA) − 1)/A · B;
-  K by a Vandermonde product, chunked over l so (H, N, L) never lives whole (``diag_conv``).
+  K by a Vandermonde product, factored Ā^{c·a + j} = Ā^{c·a} Ā^j (c ≈ √L) so (H, N, L) never
+  lives (``diag_conv``).
 - Normal plus low rank (S4, Gu et al. 2022 "Efficiently Modeling Long Sequences with
   Structured State Spaces", §3.3, Alg. 1): HiPPO-LegS A = V(Λ − P Q*)V*, bilinear
   discretization (eq. 3), the kernel's truncated generating function at the roots of unity
-  from a Cauchy kernel and the Woodbury identity, then an inverse FFT.
+  from a Cauchy kernel and the Woodbury identity, then an inverse FFT (``nplr_kernel``);
+  Ā's powers from its log2 L squarings (``squarings``, ``power_times``, ``krylov``).
 - ``fft_causal_conv``: y_t = Σ_{s≤t} K_{t−s} u_s via zero-padded FFTs (length 2T).
 - ``hippo_legs``, ``nplr_legs``: the HiPPO-LegS matrix and its NPLR form; ``hippo_n_diag``
   its normal part diagonalized (S5's HiPPO-N initialization).
@@ -22,15 +24,11 @@ import math
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "zoh_diag", "diag_conv", "fft_causal_conv", "fft_causal_conv_ref",
-    "hippo_legs", "nplr_legs", "hippo_n_diag", "bilinear_dense", "nplr_kernel", "krylov", "dense_state_terms",
+    "hippo_legs", "nplr_legs", "hippo_n_diag", "bilinear_dense", "nplr_kernel", "squarings", "power_times", "krylov", "dense_state_terms",
 ]
-
-_CHUNK = 512  # time chunk of the Vandermonde products: (H, 2N, 512) floats at a time
-
 
 def zoh_diag(dt: Tensor, A: Tensor) -> tuple[Tensor, Tensor]:
     """dt (H,) or (H, N) real, A (H, N) complex -> (dtA, B̄ factor) with Ā = exp(dtA) and
@@ -39,15 +37,14 @@ def zoh_diag(dt: Tensor, A: Tensor) -> tuple[Tensor, Tensor]:
     return dtA, torch.expm1(dtA) / A
 
 
-def _powers(log_z: Tensor, l0: int, l1: int) -> Tensor:
-    """log_z (H, N) complex -> z^l for l in [l0, l1) as [Re; Im] stacked: (H, 2N, l1 − l0) real.
+def _powers(log_z: Tensor, ls: Tensor) -> tuple[Tensor, Tensor]:
+    """log_z (H, N) complex, ls (L,) float64 exponents -> (Re z^l, Im z^l), each (H, N, L) real.
 
     Real arithmetic (a complex exp costs ~4x exp + cos + sin on CPU); the angle l·Im log z is
     formed in float64 and reduced mod 2π, so long kernels keep float32 phase accuracy."""
-    ls = torch.arange(l0, l1, device=log_z.device, dtype=torch.float64)
     mag = torch.exp(log_z.real.unsqueeze(-1) * ls.to(log_z.real.dtype))
     ang = (log_z.imag.unsqueeze(-1).double() * ls).remainder(2 * math.pi).to(mag.dtype)
-    return torch.cat([mag * torch.cos(ang), mag * torch.sin(ang)], -2)
+    return mag * torch.cos(ang), mag * torch.sin(ang)
 
 
 def _re_dot(v: Tensor) -> Tensor:
@@ -55,51 +52,48 @@ def _re_dot(v: Tensor) -> Tensor:
     return torch.cat([v.real, -v.imag], -1)
 
 
-def _diag_conv_chunk(vw: Tensor, u_rev: Tensor, log_z: Tensor, l0: int, l1: int) -> tuple[Tensor, Tensor]:
-    """One time chunk of diag_conv: vw (H, 1+B, 2N), u_rev (H, L, B) -> (kernel taps and state
-    outputs (H, 1+B, L), state sum (H, 2N, B)); contiguous operands keep both bmms (and their
-    backward) in one batched GEMM instead of a loop over H."""
-    Z = _powers(log_z, l0, l1)  # (H, 2N, L)
-    return torch.bmm(vw, Z), torch.bmm(Z, u_rev)
-
-
-def diag_conv(u: Tensor, C: Tensor, log_z: Tensor, Bbar: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+def diag_conv(u: Tensor, C: Tensor, log_z: Tensor, Bbar: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """S4D's convolutional form, continuing from a state: u (B, T, H) real; C, log_z = ΔA, B̄ (H, N)
-    complex; h0 (B, H, N) complex -> (y (B, T, H) float32, h_T (B, H, N) complex) with
+    complex; h0 (B, H, N) complex or None (zero) -> (y (B, T, H) float32, h_T (B, H, N) complex) with
 
         y_t = Σ_{s≤t} K_{t−s} u_s + 2 Re Σ_n C_n Ā_n^{t+1} h0_n,   K_l = 2 Re Σ_n C_n B̄_n Ā_n^l  (eq. 6, Vandermonde)
         h_T = Ā^T h0 + B̄ Σ_l Ā^{T−1−l} u_l
 
-    (conjugate pairs halved: the factor 2).  The powers Ā^l are made once per time chunk and
-    serve all three sums as real batched matmuls; under autograd each chunk is checkpointed, so
-    the (H, N, T) powers never live whole, forward or backward."""
+    (conjugate pairs halved: the factor 2).  The Vandermonde matrix Ā^l, l < T, is factored as
+    Ā^{c·a + j} = Ā^{c·a} Ā^j with c ≈ √T: only O(N √T) powers are formed, and each sum over (n, l)
+    is one real batched matmul against the (H, 2N, c) block [Re Ā^j; Im Ā^j] — no (H, N, T) tensor,
+    forward or backward, and no transcendental per (n, l).  The initial-state outputs run only
+    when h0 is given; the kernel is then the FFT causal convolution (length 2T)."""
     Bsz, T, H = u.shape
     N = log_z.shape[-1]
-    v = _re_dot(C * Bbar).unsqueeze(1)  # (H, 1, 2N): kernel taps
-    w = _re_dot(h0 * (C * torch.exp(log_z))).transpose(0, 1)  # (H, B, 2N): outputs of the initial state
-    vw = 2 * torch.cat([v, w], 1).contiguous()  # (H, 1+B, 2N)
-    u_rev = u.float().flip(1).permute(2, 1, 0).contiguous()  # (H, T, B): u_{T−1−l} at position l
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, C, log_z, Bbar, h0))
-    KY, S = [], 0
-    for l0 in range(0, T, _CHUNK):
-        l1 = min(T, l0 + _CHUNK)
-        args = (vw, u_rev[:, l0:l1], log_z, l0, l1)
-        ky, s = checkpoint(_diag_conv_chunk, *args, use_reentrant=False) if grad else _diag_conv_chunk(*args)
-        KY.append(ky)
-        S = S + s
-    KY = torch.cat(KY, -1)  # (H, 1+B, T)
-    y = fft_causal_conv(u, KY[:, 0]) + KY[:, 1:].permute(1, 2, 0)
-    S = torch.complex(S[:, :N], S[:, N:]).permute(2, 0, 1)  # (B, H, N): Σ_l u_{T−1−l} Ā^l
-    return y, Bbar * S + torch.exp(log_z * T) * h0
+    c = max(1, math.ceil(math.sqrt(T)))
+    m = -(-T // c)  # blocks: c·m >= T
+    ls = torch.arange(max(c, m), device=u.device, dtype=torch.float64)
+    Zj = torch.cat(_powers(log_z, ls[:c]), 1)  # (H, 2N, c): [Re; Im] Ā^j
+    Za = torch.complex(*_powers(log_z, ls[:m] * c))  # (H, N, m): Ā^{c·a}
+    v = (C * Bbar).unsqueeze(1)  # (H, 1, N): kernel taps
+    if h0 is not None:  # (H, B, N): outputs of the initial state
+        v = torch.cat([v, h0.transpose(0, 1) * (C * torch.exp(log_z)).unsqueeze(1)], 1)
+    KY = 2 * torch.bmm(_re_dot(v.unsqueeze(2) * Za.transpose(1, 2).unsqueeze(1)).flatten(1, 2), Zj)  # (H, R·m, c)
+    KY = KY.reshape(H, -1, m * c)[..., :T]  # (H, R, T)
+    y = fft_causal_conv(u, KY[:, 0])
+    if h0 is not None:
+        y = y + KY[:, 1:].permute(1, 2, 0)
+    u_rev = torch.nn.functional.pad(u.float().flip(1), (0, 0, 0, m * c - T))  # (B, m·c, H): u_{T−1−l} at l
+    U = u_rev.reshape(Bsz, m, c, H).permute(3, 2, 1, 0).reshape(H, c, m * Bsz)  # (H, c, m·B)
+    S = torch.bmm(Zj, U).reshape(H, 2 * N, m, Bsz)  # Σ_j Ā^j u_rev[c·a + j]
+    S = torch.einsum("hnab,hna->bhn", torch.complex(S[:, :N], S[:, N:]), Za)  # (B, H, N): Σ_l u_{T−1−l} Ā^l
+    h = Bbar * S
+    return y, h if h0 is None else h + torch.exp(log_z * T) * h0
 
 
 def fft_causal_conv(u: Tensor, K: Tensor) -> Tensor:
     """u (B, T, H), K (H, L) with L >= T -> y (B, T, H), y_t = Σ_{s≤t} K_{t−s} u_s (float32 FFT, length 2T)."""
     T = u.shape[1]
     n = 2 * T
-    uf = torch.fft.rfft(u.float(), n=n, dim=1)  # (B, n/2+1, H)
-    kf = torch.fft.rfft(K[:, :T].float(), n=n, dim=-1).t()  # (n/2+1, H)
-    return torch.fft.irfft(uf * kf, n=n, dim=1)[:, :T]
+    uf = torch.fft.rfft(u.float().transpose(1, 2), n=n)  # (B, H, n/2+1): FFTs along the contiguous axis
+    kf = torch.fft.rfft(K[:, :T].float(), n=n)  # (H, n/2+1)
+    return torch.fft.irfft(uf * kf, n=n)[..., :T].transpose(1, 2).contiguous()
 
 
 def fft_causal_conv_ref(u: Tensor, K: Tensor) -> Tensor:
@@ -166,7 +160,8 @@ def nplr_kernel(lam: Tensor, P: Tensor, B: Tensor, Ct: Tensor, dt: Tensor, L: in
     c(ω) C̃ (g(ω) − A)⁻¹ B with g = (2/Δ)(1 − ω)/(1 + ω), c = 2/(1 + ω) (bilinear Ā, B̄) and
     A = Λ − P Pᴴ; by the Woodbury identity it is a sum of four Cauchy kernels over the diagonal
     Λ; an inverse FFT gives K.  Written as 2 [(2/Δ)(1 − ω) − (1 + ω)A]⁻¹ (the same quantity
-    multiplied through by 1 + ω) so ω = −1 (L even) needs no division by zero.  Chunked over ω.
+    multiplied through by 1 + ω) so ω = −1 (L even) needs no division by zero.  Chunked over ω,
+    with a hand-written backward (``_CauchySums``).
 
     The four Cauchy sums Σ_n v_n r_n(ω) share r_n(ω) = 1/((2/Δ)(1 − ω) − (1 + ω)λ_n): r is formed
     in real arithmetic and the sums are one real batched matmul (complex element-wise ops on CPU
@@ -177,53 +172,104 @@ def nplr_kernel(lam: Tensor, P: Tensor, B: Tensor, Ct: Tensor, dt: Tensor, L: in
     V = torch.stack([Ct * B, Ct * P, Pc * B, Pc * P], 1)  # (H, 4, N): the Cauchy numerators
     # with r = (zr − i zi)/|z|²:  Re(v r) = [Re v, Im v]·[zr; zi]/|z|²,  Im(v r) = [Im v, −Re v]·[zr; zi]/|z|²
     W = torch.cat([torch.cat([V.real, V.imag], -1), torch.cat([V.imag, -V.real], -1)], 1)  # (H, 8, 2N)
-    lam_ri = torch.stack([lam.real, lam.imag]).unsqueeze(-1)  # (2, H, N, 1)
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (lam, P, B, Ct, dt))
-    out = []
-    for l0 in range(0, L, chunk):
-        args = (W, lam_ri, two_dt, omega[l0 : l0 + chunk])
-        out.append(checkpoint(_woodbury_chunk, *args, use_reentrant=False) if grad else _woodbury_chunk(*args))
-    return torch.fft.ifft(torch.cat(out, -1), n=L, dim=-1).real
+    k = _CauchySums.apply(W, lam.real.unsqueeze(-1), lam.imag.unsqueeze(-1), two_dt, omega, chunk)  # (H, 8, L)
+    k00, k01, k10, k11 = torch.complex(k[:, :4], k[:, 4:]).unbind(1)  # Cauchy sums, (H, L)
+    b = 1 + omega
+    return torch.fft.ifft(2 * (k00 - b * k01 * k10 / (1 + b * k11)), n=L, dim=-1).real
 
 
-def _woodbury_chunk(W: Tensor, lam_ri: Tensor, two_dt: Tensor, omega: Tensor) -> Tensor:
-    """K̂(ω) for a chunk of roots ω (l,): W (H, 8, 2N) Cauchy numerators, lam_ri (2, H, N, 1) -> (H, l) complex.
-    Checkpointed by the caller: the (H, N, l) terms live for one chunk only, forward and backward."""
-    (lr, li), a, b = lam_ri, 1 - omega, 1 + omega
-    zr = torch.addcmul(torch.addcmul(two_dt * a.real, b.real, lr, value=-1), b.imag, li)  # (H, N, l): z = 1/r
+def _cauchy_r(lr: Tensor, li: Tensor, two_dt: Tensor, omega: Tensor) -> Tensor:
+    """lr, li (H, N, 1), two_dt (H, 1, 1), ω (l,) -> R (H, 2N, l) = [Re; −Im] of 1/z, z = (2/Δ)(1 − ω) − (1 + ω)λ."""
+    a, b = 1 - omega, 1 + omega
+    zr = torch.addcmul(torch.addcmul(two_dt * a.real, b.real, lr, value=-1), b.imag, li)  # (H, N, l)
     zi = torch.addcmul(torch.addcmul(two_dt * a.imag, b.real, li, value=-1), b.imag, lr, value=-1)
-    den = torch.addcmul(zr * zr, zi, zi).unsqueeze(1)
-    k = torch.bmm(W, (torch.stack([zr, zi], 1) / den).flatten(1, 2))  # (H, 8, l)
-    k00, k01, k10, k11 = torch.complex(k[:, :4], k[:, 4:]).unbind(1)  # Cauchy sums, (H, l)
-    return 2 * (k00 - b * k01 * k10 / (1 + b * k11))
+    inv = torch.addcmul(zr * zr, zi, zi).reciprocal_()
+    return torch.cat([zr.mul_(inv), zi.mul_(inv)], 1)
 
 
-def krylov(Abar: Tensor, Bbar: Tensor, C: Tensor, L: int) -> tuple[Tensor, Tensor]:
-    """By doubling (log2 L batched matmuls): Abar (H, N, N), Bbar, C (H, N) ->
-    KB (H, N, L) with KB_l = Ā^l B̄ and CK (H, L, N) with CK_l = C Ā^{l+1}."""
-    KB, CK, M, n = Bbar.unsqueeze(-1), C.unsqueeze(-2) @ Abar, Abar, 1
-    while n < L:
+class _CauchySums(torch.autograd.Function):
+    """k = W R(λ, 2/Δ, ω), W (H, 8, 2N) -> (H, 8, L), chunked over ω so only an (H, 2N, chunk) block of R
+    lives at a time; a hand-written backward recomputes each block (no autograd graph over (H, N, L)).
+
+    With q = R₁ + i R₂ = 1/z̄ and G = R's gradient as G₁ + i G₂: ∂L/∂z̄ = −(1/z)² G, so
+    ∂L/∂zr = −(s_r G₁ − s_i G₂), ∂L/∂zi = s_r G₂ + s_i G₁ with 1/z² = s_r + i s_i = (R₁² − R₂²) − 2i R₁R₂;
+    then z = (2/Δ)(1 − ω) − (1 + ω)λ gives λ's and 2/Δ's gradients as sums over ω (matrix-vector products)."""
+
+    @staticmethod
+    def forward(ctx, W, lr, li, two_dt, omega, chunk):
+        ctx.save_for_backward(W, lr, li, two_dt, omega)
+        ctx.chunk = chunk
+        return torch.cat([torch.bmm(W, _cauchy_r(lr, li, two_dt, omega[l0 : l0 + chunk]))
+                          for l0 in range(0, omega.shape[0], chunk)], -1)
+
+    @staticmethod
+    def backward(ctx, gk):
+        W, lr, li, two_dt, omega = ctx.saved_tensors
+        N = lr.shape[1]
+        gW, glr, gli, gtd = torch.zeros_like(W), torch.zeros_like(lr), torch.zeros_like(li), torch.zeros_like(two_dt)
+        Wt = W.transpose(1, 2)
+        for l0 in range(0, omega.shape[0], ctx.chunk):
+            om, g = omega[l0 : l0 + ctx.chunk], gk[..., l0 : l0 + ctx.chunk]
+            R = _cauchy_r(lr, li, two_dt, om)
+            gW.baddbmm_(g, R.transpose(1, 2))
+            G = torch.bmm(Wt, g)
+            (R1, R2), (G1, G2) = R.split(N, 1), G.split(N, 1)
+            sr, si = R1 * R1 - R2 * R2, -2 * R1 * R2
+            gzr, gzi = si * G2 - sr * G1, torch.addcmul(sr * G2, si, G1)
+            a, b = 1 - om, 1 + om
+            glr -= (gzr @ b.real + gzi @ b.imag).unsqueeze(-1)
+            gli += (gzr @ b.imag - gzi @ b.real).unsqueeze(-1)
+            gtd += (gzr @ a.real + gzi @ a.imag).sum(-1).view_as(gtd)
+        return gW, glr, gli, gtd, None, None
+
+
+def squarings(Abar: Tensor, n: int) -> list[Tensor]:
+    """Abar (H, N, N) -> [Ā, Ā², Ā⁴, …, Ā^(2^k)] with 2^k <= max(n, 1): the log2 n matmuls every power below n needs."""
+    sq = [Abar]
+    while 2 ** len(sq) <= n:
+        sq.append(sq[-1] @ sq[-1])
+    return sq
+
+
+def power_times(sq: list[Tensor], n: int, v: Tensor | None = None, right: bool = False) -> Tensor:
+    """Ā^n v for v (H, N, X), or v Ā^n for v (H, X, N) with ``right``, from ``squarings`` (powers of one
+    matrix commute, so the binary digits of n apply in any order); v None (n >= 1): the matrix Ā^n
+    (as torch.linalg.matrix_power, the factors in increasing order)."""
+    for k in range(n.bit_length()):
+        if n >> k & 1:
+            v = sq[k] if v is None else v @ sq[k] if right else sq[k] @ v
+    return v
+
+
+def krylov(sq: list[Tensor], Bbar: Tensor, C: Tensor | None, L: int) -> tuple[Tensor, Tensor | None]:
+    """By doubling, from ``squarings(Ā, L)``: Bbar, C (H, N) ->
+    KB (H, N, L) with KB_l = Ā^l B̄ and CK (H, L, N) with CK_l = C Ā^{l+1} (None if C is None)."""
+    KB, CK, n = Bbar.unsqueeze(-1), None if C is None else C.unsqueeze(-2) @ sq[0], 1
+    for M in sq:
+        if n >= L:
+            break
         KB = torch.cat([KB, M @ KB], -1)
-        CK = torch.cat([CK, CK @ M], -2)
-        M, n = M @ M, 2 * n
-    return KB[..., :L], CK[:, :L]
+        CK = None if C is None else torch.cat([CK, CK @ M], -2)
+        n *= 2
+    return KB[..., :L], None if C is None else CK[:, :L]
 
 
-def dense_state_terms(u: Tensor, Abar: Tensor, Bbar: Tensor, C: Tensor, h0: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:
-    """Continue a convolution from a state, dense Ā: u (B, T, H) real, Abar (H, N, N), Bbar, C (H, N),
-    h0 (B, H, N) complex -> (y0 (B, T, H) complex, y0_t = C Ā^{t+1} h0; h_T (B, H, N) = Ā^T h0 + Σ Ā^{T−1−l} B̄ u_l).
-    Chunked over time: per chunk the Krylov blocks of length <= chunk, then Ā^chunk carries the state."""
+def dense_state_terms(u: Tensor, sq: list[Tensor], Bbar: Tensor, C: Tensor, h0: Tensor | None,
+                      chunk: int = 256) -> tuple[Tensor | None, Tensor]:
+    """Continue a convolution from a state, dense Ā: u (B, T, H) real, sq = ``squarings(Ā, T)``, Bbar, C (H, N),
+    h0 (B, H, N) complex or None (zero) -> (y0 (B, T, H) complex, y0_t = C Ā^{t+1} h0 (None without h0);
+    h_T (B, H, N) = Ā^T h0 + Σ Ā^{T−1−l} B̄ u_l).  Chunked over time: per chunk the Krylov blocks of
+    length <= chunk, then Ā^n (from the squarings) carries the state."""
     Bsz, T, H = u.shape
     L = min(chunk, T)
-    KB, CK = krylov(Abar, Bbar, C, L)
-    AL = torch.linalg.matrix_power(Abar, L)
-    hz, h = h0, h0
+    KB, CK = krylov(sq, Bbar, None if h0 is None else C, L)
+    h = hz = None if h0 is None else h0.permute(1, 2, 0)  # (H, N, B)
     ys = []
     for l0 in range(0, T, L):
         uc = u[:, l0 : l0 + L].to(KB.dtype)
         n = uc.shape[1]
-        ys.append(torch.einsum("htn,bhn->bth", CK[:, :n], hz))
-        An = AL if n == L else torch.linalg.matrix_power(Abar, n)
-        h = torch.einsum("hnm,bhm->bhn", An, h) + torch.einsum("bth,hnt->bhn", uc.flip(1), KB[..., :n])
-        hz = torch.einsum("hnm,bhm->bhn", AL, hz)
-    return torch.cat(ys, 1), h
+        if h0 is not None:
+            ys.append(torch.einsum("htn,hnb->bth", CK[:, :n], hz))
+            hz = power_times(sq, L, hz)
+        h = (power_times(sq, n, h) if l0 or h0 is not None else 0) + torch.einsum("bth,hnt->hnb", uc.flip(1), KB[..., :n])
+    return (torch.cat(ys, 1) if ys else None), h.permute(2, 0, 1)

@@ -51,6 +51,22 @@ def test_block_matches_paper(T):
     assert_close(y, _block_reference(m, x).float(), 1e-4)
 
 
+@pytest.mark.parametrize("dim, block, out", [(512, 4, 8), (96, 4, None), (24, 3, None)])
+def test_headwise_linear_is_block_diagonal(dim, block, out):
+    """HeadwiseLinear (grouped dense block-diagonal bmm) equals x @ block_diag(W_j)ᵀ, values and gradients."""
+    from rnnlab.layers.mlstm import HeadwiseLinear
+
+    torch.manual_seed(0)
+    m = HeadwiseLinear(dim, block, out)
+    x = torch.randn(2, 7, dim, requires_grad=True)
+    y, y_ref = m(x), x @ torch.block_diag(*m.weight).T
+    assert_close(y, y_ref, name="y")
+    cot = torch.randn(y.shape)
+    for name, a, e in zip(("x", "weight"), torch.autograd.grad((y * cot).sum(), [x, m.weight]),
+                          torch.autograd.grad((y_ref * cot).sum(), [x, m.weight])):
+        assert_close(a, e, name=f"grad {name}")
+
+
 def test_init_as_authors():
     m = create_mixer("mlstm", 32, num_heads=4)
     assert m.d_inner == 64 and m.head_dim == 16

@@ -5,7 +5,8 @@ import torch
 
 from rnnlab.ops.scan import linear_scan_ref
 from rnnlab.ops.ssm_kernels import (bilinear_dense, dense_state_terms, diag_conv, fft_causal_conv, fft_causal_conv_ref,
-                                    hippo_legs, hippo_n_diag, krylov, nplr_kernel, nplr_legs, zoh_diag)
+                                    hippo_legs, hippo_n_diag, krylov, nplr_kernel, nplr_legs, power_times, squarings,
+                                    zoh_diag)
 from rnnlab.testing import assert_close
 
 torch.set_default_dtype(torch.float32)
@@ -23,7 +24,7 @@ def _grads(out, leaves, seed=3):
     """Gradients of a random real projection of the outputs (complex outputs through Re/Im)."""
     g = torch.Generator().manual_seed(seed)
     loss = sum((torch.view_as_real(o) if o.is_complex() else o).mul(torch.randn(
-        (torch.view_as_real(o) if o.is_complex() else o).shape, generator=g, dtype=o.real.dtype)).sum() for o in out)
+        (torch.view_as_real(o) if o.is_complex() else o).shape, generator=g).to(o.real.dtype)).sum() for o in out)
     return torch.autograd.grad(loss, leaves)
 
 
@@ -37,24 +38,29 @@ def test_fft_causal_conv_matches_loop(T):
 
 
 @pytest.mark.parametrize("T", [1, 17, 64, 1000])
-@pytest.mark.parametrize("with_h0", [False, True])
-def test_s4d_conv_equals_diagonal_recurrence(T, with_h0):
-    """diag_conv (Vandermonde kernel + FFT, state terms) == 2 Re(C h_t) with the ZOH recurrence
-    h_t = exp(ΔA) h_{t-1} + (exp(ΔA)-1)/A u_t run by linear_scan_ref: outputs, final state, gradients."""
-    A, C, dt = _diag()
+@pytest.mark.parametrize("h0_kind", ["none", "zero", "random"])
+def test_s4d_conv_equals_diagonal_recurrence(T, h0_kind):
+    """diag_conv (factored Vandermonde kernel + FFT, state terms) == 2 Re(C h_t) with the ZOH recurrence
+    h_t = exp(ΔA) h_{t-1} + (exp(ΔA)-1)/A u_t run by linear_scan_ref: outputs, final state, gradients.
+    "none": no initial state passed (the kernel-only path); "zero"/"random": an h0 leaf."""
+    A, C, dt = _diag(N=5)  # N odd, so the (n, l) blocks are not square
     dtA, Bbar = zoh_diag(dt, A)
     assert_close(torch.exp(dtA), torch.exp(dt[:, None] * A))
     u = torch.randn(2, T, 3, requires_grad=True)
-    h0 = torch.complex(torch.randn(2, 3, 4), torch.randn(2, 3, 4)) if with_h0 else torch.zeros(2, 3, 4, dtype=torch.cfloat)
-    leaves = [u, A.requires_grad_(), C.requires_grad_(), dt.requires_grad_(), h0.requires_grad_()]
-    dtA, Bbar = zoh_diag(dt, A)
-    h, h_last = linear_scan_ref(torch.exp(dtA).expand(2, T, 3, 4), Bbar * u.unsqueeze(-1).to(Bbar.dtype), h0)
-    y_rec = 2 * (h * C).sum(-1).real
-    y, h_T = diag_conv(u, C, *zoh_diag(dt, A), h0)
-    assert_close(y, y_rec, name="y")
-    assert_close(h_T, h_last, name="h_T")
-    for name, a, b in zip(["du", "dA", "dC", "ddt", "dh0"], _grads([y, h_T], leaves), _grads([y_rec, h_last], leaves)):
-        assert_close(a, b, name=name)
+    h0 = torch.complex(torch.randn(2, 3, 5), torch.randn(2, 3, 5)) if h0_kind == "random" else torch.zeros(2, 3, 5, dtype=torch.cfloat)
+    leaves = [u, A.requires_grad_(), C.requires_grad_(), dt.requires_grad_()] + ([h0.requires_grad_()] if h0_kind != "none" else [])
+    # the recurrence in double precision: the float32 form's own error is what is measured
+    ref = [x.detach().to(torch.complex128 if x.is_complex() else torch.float64).requires_grad_() for x in leaves]
+    u64, A64, C64, dt64 = ref[:4]
+    dtA, Bbar = zoh_diag(dt64, A64)
+    h, h_last = linear_scan_ref(torch.exp(dtA).expand(2, T, 3, 5), Bbar * u64.unsqueeze(-1).to(Bbar.dtype),
+                                ref[4] if h0_kind != "none" else h0.to(torch.complex128))
+    y_rec = 2 * (h * C64).sum(-1).real
+    y, h_T = diag_conv(u, C, *zoh_diag(dt, A), None if h0_kind == "none" else h0)
+    assert_close(y, y_rec.float(), name="y")
+    assert_close(h_T, h_last.to(h_T.dtype), name="h_T")
+    for name, a, b in zip(["du", "dA", "dC", "ddt", "dh0"], _grads([y, h_T], leaves), _grads([y_rec, h_last], ref)):
+        assert_close(a, b.to(a.dtype), name=name)
 
 
 def test_hippo_legs_nplr_reconstructs_A():
@@ -82,7 +88,7 @@ def test_nplr_kernel_equals_krylov_of_bilinear(L):
     A = torch.diag_embed(lam) - P.unsqueeze(-1) * P.conj().unsqueeze(-2)
     I = torch.eye(N, dtype=A.dtype)
     assert_close(Abar, torch.linalg.inv(I - dt[:, None, None] / 2 * A) @ (I + dt[:, None, None] / 2 * A), tol=1e-10)
-    KB, CK = krylov(Abar, Bbar, C, L)
+    KB, CK = krylov(squarings(Abar, L), Bbar, C, L)
     assert_close(CK[:, -1], (C.unsqueeze(-2) @ torch.linalg.matrix_power(Abar, L)).squeeze(-2), tol=1e-10)
     K_ref = torch.einsum("hn,hnl->hl", C, KB).real
     Ct = C - (C.unsqueeze(-2) @ torch.linalg.matrix_power(Abar, L)).squeeze(-2)
@@ -102,26 +108,35 @@ def test_nplr_kernel_gradients_equal_krylov(L):
     Abar, Bbar = bilinear_dense(leaves[0], leaves[1], leaves[2], leaves[4])
     I = torch.eye(N, dtype=Abar.dtype)
     C = (leaves[3].unsqueeze(-2) @ torch.linalg.inv(I - torch.linalg.matrix_power(Abar, L))).squeeze(-2)  # C̃ = C (I − Ā^L)
-    KB, _ = krylov(Abar, Bbar, C, L)
+    KB, _ = krylov(squarings(Abar, L), Bbar, C, L)
     K_ref = torch.einsum("hn,hnl->hl", C, KB).real
     assert_close(K, K_ref, tol=1e-9)
     for a, b in zip(_grads([K], leaves), _grads([K_ref], leaves)):
         assert_close(a, b, tol=1e-8)
 
 
-def test_dense_state_terms_equal_recurrence():
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_dense_state_terms_equal_recurrence(with_h0):
+    """Chunked state continuation (squarings + Krylov blocks, T = 37 not a multiple of the chunk 8)
+    == the dense recurrence; no h0: no initial-state outputs, final state from zero."""
     H, N, T = 2, 4, 37
     g = torch.Generator().manual_seed(1)
     Abar = torch.complex(torch.randn(H, N, N, generator=g), torch.randn(H, N, N, generator=g)) * 0.3
     Bbar, C = (torch.complex(torch.randn(H, N, generator=g), torch.randn(H, N, generator=g)) for _ in range(2))
     u = torch.randn(2, T, H, generator=g)
     h0 = torch.complex(torch.randn(2, H, N, generator=g), torch.randn(2, H, N, generator=g))
+    h0 = h0 if with_h0 else torch.zeros_like(h0)
     h, y0 = h0, []
     hz = h0
     for t in range(T):
         h = torch.einsum("hnm,bhm->bhn", Abar, h) + Bbar * u[:, t].unsqueeze(-1)
         hz = torch.einsum("hnm,bhm->bhn", Abar, hz)
         y0.append((hz * C).sum(-1))
-    y0_fast, h_fast = dense_state_terms(u, Abar, Bbar, C, h0, chunk=8)
-    assert_close(y0_fast, torch.stack(y0, 1))
+    sq = squarings(Abar, T)
+    assert_close(power_times(sq, T, C.unsqueeze(-2), right=True).squeeze(-2), (C.unsqueeze(-2) @ torch.linalg.matrix_power(Abar, T)).squeeze(-2))
+    y0_fast, h_fast = dense_state_terms(u, sq, Bbar, C, h0 if with_h0 else None, chunk=8)
     assert_close(h_fast, h)
+    if with_h0:
+        assert_close(y0_fast, torch.stack(y0, 1))
+    else:
+        assert y0_fast is None

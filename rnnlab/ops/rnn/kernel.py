@@ -11,9 +11,10 @@ Computation is float32; bf16 inputs are upcast, h is returned in gx's dtype, the
 """
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -25,6 +26,7 @@ __all__ = ["rnn_kernel", "load_kernels"]
 log = logging.getLogger(__name__)
 _NUM_AUX = {"elman": 0, "lstm": 2, "gru": 1, "slstm": 4}
 _KERNELS = None
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool)
 
 
 def load_kernels(cell: str):
@@ -40,21 +42,22 @@ def load_kernels(cell: str):
     return _KERNELS[cell]
 
 
-@contextlib.contextmanager
-def _row_groups(batch: int):
-    """-> the number of batch-row groups to run in parallel, one per thread: at most torch.get_num_threads()
-    (one knob for both libraries). numba's pool is sized to match for the call and restored after it, so
-    a single group runs on the calling thread alone (a fork-join over idle threads measured up to
-    milliseconds per call on a loaded machine)."""
-    import numba
-
-    parts = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, batch))
-    before = numba.get_num_threads()
-    numba.set_num_threads(parts)
-    try:
-        yield parts
-    finally:
-        numba.set_num_threads(before)
+def _run_rows(fn, batch: int, *args) -> None:
+    """fn(*args, lo, hi) over the batch rows split into min(torch.get_num_threads(), B) contiguous groups, one
+    per thread: RNN rows are independent, so the groups never synchronise inside the time loop. The numba
+    entry points release the GIL, so plain Python threads run them in parallel (numba's own pool is not
+    used: no parfors compile, no spinning idle workers); one group runs on the calling thread."""
+    global _POOL
+    parts = max(1, min(torch.get_num_threads(), batch))
+    if parts > 1 and (_POOL is None or _POOL[0] != os.getpid() or _POOL[1]._max_workers < parts - 1):
+        if _POOL is not None and _POOL[0] == os.getpid():
+            _POOL[1].shutdown(wait=False)
+        # keyed by pid: a forked child inherits the pool object but not its threads
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="rnnlab-rnn"))
+    futures = [_POOL[1].submit(fn, *args, p * batch // parts, (p + 1) * batch // parts) for p in range(1, parts)]
+    fn(*args, 0, batch // parts)
+    for f in futures:
+        f.result()
 
 
 def _np(t: Tensor):
@@ -72,17 +75,16 @@ class _RNNFunction(torch.autograd.Function):
         NH = W3.shape[0]
         gxf = gx.detach().float().contiguous()
         bias = torch.zeros(GH) if bias_hh is None else bias_hh.detach().float().contiguous()
-        S0 = torch.stack([s.detach().float() for s in s0]).contiguous()  # (NS, B, H)
+        S0 = torch.stack([s.detach().float() for s in s0], 1).contiguous()  # (B, NS, H)
         hs = torch.empty(B, T, H)
         acts = torch.empty(B, T, GH)
-        aux = torch.empty(_NUM_AUX[cell], B, T, H)
-        ST = torch.empty(NS, B, H)
+        aux = torch.empty(B, T, _NUM_AUX[cell], H)
+        ST = torch.empty(B, NS, H)
         WT = W3.transpose(1, 2).contiguous()  # (NH, Kh, G*Kh)
-        with _row_groups(B) as parts:
-            fwd(flag, _np(gxf), _np(WT), _np(bias), _np(S0), _np(hs), _np(acts), _np(aux), _np(ST), parts)
+        _run_rows(fwd, B, flag, _np(gxf), _np(WT), _np(bias), _np(S0), _np(hs), _np(acts), _np(aux), _np(ST))
         ctx.save_for_backward(hs, acts, aux, S0, weight_hh)  # weight_hh itself: autograd's in-place check
         ctx.meta = (cell, flag, weight_hh.shape, weight_hh.dtype, bias_hh is not None, gx.dtype, NH)
-        return (hs.to(gx.dtype), *ST.unbind(0))
+        return (hs.to(gx.dtype), *(s.contiguous() for s in ST.unbind(1)))
 
     @staticmethod
     def backward(ctx, dh: Tensor, *dsT: Tensor):
@@ -93,26 +95,26 @@ class _RNNFunction(torch.autograd.Function):
         B, T, H = hs.shape
         GH = acts.shape[-1]
         dhf = dh.float().contiguous()
-        DST = torch.stack([d.float() for d in dsT]).contiguous()
+        DST = torch.stack([d.float() for d in dsT], 1).contiguous()  # (B, NS, H)
         dgx = torch.empty(B, T, GH)
         drec = torch.empty(B, T, GH) if cell == "gru" else dgx
         DS0 = torch.empty_like(S0)
-        with _row_groups(B) as parts:
-            bwd(flag, _np(W3), _np(hs), _np(acts), _np(aux), _np(S0), _np(dhf), _np(DST), _np(dgx), _np(drec), _np(DS0),
-                parts)
+        G, Kh = GH // H, H // NH
+        dhm = torch.empty(NH, B, T, G * Kh) if NH > 1 else torch.empty(0, 0, 0, 0)  # drec head-major, for dW
+        _run_rows(bwd, B, flag, _np(W3), _np(hs), _np(acts), _np(aux), _np(S0), _np(dhf), _np(DST), _np(dgx), _np(drec),
+                  _np(dhm), _np(DS0))
         dW = db = None
         if ctx.needs_input_grad[3] or (has_bias and ctx.needs_input_grad[4]):
-            hprev = torch.cat([S0[0, :, None], hs[:, :-1]], 1)  # (B, T, H): h_{t-1}
-            G, Kh = GH // H, H // NH
+            hprev = torch.cat([S0[:, :1], hs[:, :-1]], 1)  # (B, T, H): h_{t-1}
             if NH == 1:
                 dW = drec.reshape(B * T, GH).T @ hprev.reshape(B * T, H)  # ONE matmul over all steps
             else:
-                d = drec.reshape(B * T, G, NH, Kh).permute(2, 1, 3, 0).reshape(NH, G * Kh, B * T)
-                dW = torch.bmm(d, hprev.reshape(B * T, NH, Kh).transpose(0, 1))  # (NH, G*Kh, Kh)
+                dW = torch.bmm(dhm.view(NH, B * T, G * Kh).transpose(1, 2),
+                               hprev.reshape(B * T, NH, Kh).transpose(0, 1))  # (NH, G*Kh, Kh)
             dW = dW.reshape(w_shape).to(w_dtype)
             if has_bias:
                 db = drec.sum((0, 1))
-        return (None, None, dgx.to(gx_dtype), dW, db, *DS0.unbind(0))
+        return (None, None, dgx.to(gx_dtype), dW, db, *(d.contiguous() for d in DS0.unbind(1)))
 
 
 def rnn_kernel(cell: str, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None = None, initial_state=None,
