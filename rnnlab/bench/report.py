@@ -13,7 +13,7 @@ import math
 import os
 from collections import defaultdict
 
-from rnnlab.bench.runner import ROW_FIELDS, SCHEMA_VERSION, row_key
+from rnnlab.bench.runner import ROW_FIELDS, SCHEMA_VERSION, peer_ratios, row_key
 
 __all__ = ["format_tables", "format_compare", "validate_result", "write_plots", "merge_results", "load_result",
            "plot_headline", "format_machine"]
@@ -72,6 +72,7 @@ def merge_results(results: list[dict]) -> dict:
         notes += [n for n in r["notes"] if n not in notes]
     out = dict(results[-1])
     out["rows"], out["notes"] = list(rows.values()), notes
+    peer_ratios(out["rows"])  # a peer and its rnnlab counterpart may come from different runs
     return out
 
 

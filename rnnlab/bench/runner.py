@@ -403,7 +403,7 @@ def _bench_op(op, cfg: BenchConfig, roofline: dict, log, deadline: float | None 
 
 # --- the whole run ------------------------------------------------------------
 
-def _peer_ratios(rows: list[dict]) -> None:
+def peer_ratios(rows: list[dict]) -> None:
     """ratio of a peer row = rnnlab counterpart tokens/s / peer tokens/s at the same shape."""
     index = {(r["name"], r["mode"], r["dtype"], r["batch"], r["seq_len"]): r for r in rows if r["kind"] == "mixer"}
     for r in rows:
@@ -501,7 +501,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         rows.extend(new)
         done += 1
         log(f"  peer  {sub.name:24s} {time.time() - t0:6.1f} s  {_summary(new)}")
-    _peer_ratios(rows)
+    peer_ratios(rows)
 
     if not (rows and any(r["peak_mem_bytes"] is not None for r in rows)) and cfg.memory:
         notes.append("peak memory not measurable here (needs Linux + glibc /proc/self/clear_refs); reported as null")
