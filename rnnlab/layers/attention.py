@@ -5,8 +5,9 @@ rotary position embeddings (Su et al. 2021, RoFormer, eq. 34). With ``window=w``
 each query sees only the last w keys, itself included (sliding-window attention, as
 in Longformer / Mistral / Griffin's local attention), so the cache keeps w-1 tokens.
 
-State: {"k": (B, L, H, dh), "v": (B, L, H, dh), "pos": (B, 1)} — L = tokens cached
-(min(T, window-1) with a window, T without), pos = tokens seen (rotary offset).
+State: {"k": (B, H, L, dh), "v": (B, H, L, dh), "pos": (B, 1)} — L = tokens cached
+(min(T, window-1) with a window, T without), pos = tokens seen (rotary offset). The cache is kept
+in SDPA's (B, H, L, dh) layout, so a decode step hands it over without a transposing copy.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class Attention(Mixer):
         self.out = nn.Linear(d_model, d_model, bias=bias)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
-        kv = torch.zeros(batch_size, 0, self.num_heads, self.head_dim, device=device, dtype=dtype or torch.float32)
+        kv = torch.zeros(batch_size, self.num_heads, 0, self.head_dim, device=device, dtype=dtype or torch.float32)
         return {"k": kv, "v": kv.clone(), "pos": torch.zeros(batch_size, 1, device=device, dtype=dtype or torch.float32)}
 
     def _cache_len(self, seq_len: int) -> int:
@@ -50,23 +51,21 @@ class Attention(Mixer):
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b t h d", three=3, h=self.num_heads)
         start = int(state["pos"][0, 0].item()) if state["pos"].numel() else 0
         cos, sin = rotary_cos_sin(torch.arange(start, start + T, device=x.device), self.head_dim, self.rope_base)
-        q, k = rotary(q, cos, sin), rotary(k, cos, sin)
-        k_all = torch.cat([state["k"].to(k.dtype), k], 1)  # (B, L+T, H, dh)
-        v_all = torch.cat([state["v"].to(v.dtype), v], 1)
-        L = k_all.shape[1] - T
-        if self.window is None and L == 0:
+        q, k = rotary(q, cos, sin).transpose(1, 2), rotary(k, cos, sin).transpose(1, 2)  # (B, H, T, dh)
+        k_all = torch.cat([state["k"].to(k.dtype), k], 2)  # (B, H, L+T, dh)
+        v_all = torch.cat([state["v"].to(v.dtype), v.transpose(1, 2)], 2)
+        L = k_all.shape[2] - T
+        if T == 1 or (self.window is None and L == 0):  # one query sees the whole cache (it holds <= window-1 keys)
             mask, causal = None, T > 1
         else:  # query i (absolute L+i) sees key j iff j <= L+i and L+i-j < window
             i = torch.arange(T, device=x.device)[:, None] + L
             j = torch.arange(L + T, device=x.device)[None]
             mask = (j <= i) & ((i - j) < self.window if self.window is not None else True)
             causal = False
-        o = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k_all.transpose(1, 2), v_all.transpose(1, 2), attn_mask=mask, is_causal=causal
-        )  # (B, H, T, dh)
+        o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=causal)  # (B, H, T, dh)
         y = self.out(rearrange(o, "b h t d -> b t (h d)"))
         keep = self._cache_len(L + T)
-        new = {"k": k_all[:, k_all.shape[1] - keep :], "v": v_all[:, v_all.shape[1] - keep :], "pos": state["pos"] + T}
+        new = {"k": k_all[:, :, L + T - keep :], "v": v_all[:, :, L + T - keep :], "pos": state["pos"] + T}
         return y, new
 
     parallel = _attend
