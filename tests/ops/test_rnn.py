@@ -82,7 +82,7 @@ def test_kernel_matches_reference_long(variant, num_heads):
 def test_kernel_batch_groups(variant):
     """Batch sizes that do not split evenly into the kernel's per-thread row groups and 4-row blocks."""
     cell, kw = VARIANTS[variant]
-    torch.set_num_threads(2)  # the kernel splits the batch into torch.get_num_threads() groups
+    torch.set_num_threads(2)  # the kernel splits the batch into up to 2 groups of >= 4 rows (B=9: 4 + 5)
     for B in (1, 3, 9):
         args, s0 = _inputs(cell, B=B, T=5, H=6, NH=1, seed=B)
         _compare(cell, _run(cell, args, s0, "kernel", **kw), _run(cell, args, s0, "reference", **kw))
