@@ -26,11 +26,10 @@ import argparse
 import importlib.util
 import os
 import sys
-import time
 
 import torch
 
-from rnnlab.bench.timing import peak_rss_delta
+from rnnlab.bench.timing import fwd_and_train, peak_rss_delta, race
 from rnnlab.ops import delta as D
 from rnnlab.ops.gla import chunk_gla, chunk_simple_gla
 from rnnlab.testing import rel_err
@@ -67,40 +66,6 @@ def forms(C):
     }
 
 
-def calls(fn, ins):
-    """-> (forward call under no_grad, forward+backward call) on fresh leaves of ``ins``."""
-    leaves = {n: t.detach().requires_grad_() for n, t in ins.items()}
-    with torch.no_grad():
-        cot = torch.randn_like(fn(**leaves)[0].float())
-
-    def fwd():
-        with torch.no_grad():
-            fn(**leaves)
-
-    def fb():
-        for t in leaves.values():
-            t.grad = None
-        fn(**leaves)[0].float().backward(cot)
-
-    return fwd, fb
-
-
-def race(fns: dict, budget: float, max_rounds: int = 9) -> dict:
-    """name -> best-of seconds; one call of each per round (after a warm-up round), at least 2 rounds."""
-    for f in fns.values():
-        f()
-    best = dict.fromkeys(fns, float("inf"))
-    start = time.perf_counter()
-    for r in range(max_rounds):
-        for n, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            best[n] = min(best[n], time.perf_counter() - t0)
-        if r >= 1 and time.perf_counter() - start > budget:
-            break
-    return best
-
-
 def saved_bytes(fn, ins):
     """Bytes of the tensors autograd saves for backward (each storage counted once)."""
     seen, total = set(), [0]
@@ -121,9 +86,10 @@ def saved_bytes(fn, ins):
 
 def run_shape(rows: dict, ins: dict, T: int, budget: float, memory: bool) -> dict:
     """Race the forward calls, then the forward+backward calls of ``rows``; -> name -> result dict."""
-    pairs = {n: calls(fn, ins) for n, fn in rows.items()}
-    fwd = race({n: p[0] for n, p in pairs.items()}, budget / 3)
-    fb = race({n: p[1] for n, p in pairs.items()}, budget)
+    leaves = {n: t.detach().requires_grad_() for n, t in ins.items()}
+    pairs = {n: fwd_and_train(fn, leaves) for n, fn in rows.items()}
+    fwd = race({n: p[0] for n, p in pairs.items()}, budget / 3, max_rounds=9)
+    fb = race({n: p[1] for n, p in pairs.items()}, budget, max_rounds=9)
     out = {n: {"fwd": B * T / fwd[n], "fb": B * T / fb[n]} for n in rows}
     if memory:
         for n, fn in rows.items():

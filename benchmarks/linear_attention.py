@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import torch
 import torch.nn.functional as F
 
 from rnnlab.bench.machine import measure_roofline
+from rnnlab.bench.timing import fwd_and_train, race
 from rnnlab.bench.ops_gla import OP_FORMS, chunk_gla_flops, make_inputs
 
 B = 4
@@ -33,42 +33,6 @@ def sdpa(q, k, v, **_):
     return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True).transpose(1, 2)
 
 
-def race(calls: dict, budget: float, max_rounds: int = 7) -> dict:
-    """Best-of seconds of each zero-argument call, the calls run in turns (one of each per round, after
-    one warm-up round), so that a change of the machine's load hits every row of a comparison alike.
-    At least 2 rounds; stops when ``budget`` seconds have passed."""
-    for f in calls.values():
-        f()
-    times = {n: [] for n in calls}
-    start = time.perf_counter()
-    for r in range(max_rounds):
-        for n, f in calls.items():
-            t0 = time.perf_counter()
-            f()
-            times[n].append(time.perf_counter() - t0)
-        if r >= 1 and time.perf_counter() - start > budget:
-            break
-    return {n: min(t) for n, t in times.items()}
-
-
-def fwd_and_fb(fn, ins):
-    """fn(**ins) -> output or (output, ...); -> (forward call under no_grad, forward+backward call)."""
-    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
-    with torch.no_grad():
-        cot = torch.randn_like(first(fn(**ins)).float())
-
-    def fwd():
-        with torch.no_grad():
-            fn(**ins)
-
-    def fb():
-        for t in ins.values():
-            t.grad = None
-        first(fn(**ins)).float().backward(cot)
-
-    return fwd, fb
-
-
 def bench_ops(lens, dtypes, ops, roof):
     hdr = f"{'op / form':<28}{'dtype':<6}{'T':>6} {'fwd tok/s':>10} {'f+b tok/s':>10} {'GFLOP/s':>8} {'% mm':>5} {'f+b x ref':>10} {'fwd x sdpa':>10} {'f+b x sdpa':>10}"
     print(hdr, flush=True)
@@ -77,15 +41,15 @@ def bench_ops(lens, dtypes, ops, roof):
         ref = {}
         if T <= 2048:  # reference loops compute in float32 whatever the input dtype: once per length
             for op in ops:
-                f, fb = fwd_and_fb(OP_FORMS[op][0], make_inputs(op, B, T, torch.float32))
-                t = race({"fwd": f, "fb": fb}, budget=0.0, max_rounds=2)
+                f, fb = fwd_and_train(OP_FORMS[op][0], make_inputs(op, B, T, torch.float32))
+                t = race({"fwd": f, "fb": fb}, budget_s=0.0, max_rounds=2)
                 ref[op] = t["fb"]
                 print(f"{op + ' reference loop':<28}{'fp32':<6}{T:>6} {B * T / t['fwd']:>10.0f} {B * T / t['fb']:>10.0f}", flush=True)
         for dname in dtypes:
             dtype = DT[dname]
             peak = roof["matmul_gflops"][str(dtype).removeprefix("torch.")]
-            forms = {"sdpa": fwd_and_fb(sdpa, make_inputs("linear_attn", B, T, dtype))}
-            forms.update({op: fwd_and_fb(OP_FORMS[op][2], make_inputs(op, B, T, dtype)) for op in ops})
+            forms = {"sdpa": fwd_and_train(sdpa, make_inputs("linear_attn", B, T, dtype))}
+            forms.update({op: fwd_and_train(OP_FORMS[op][2], make_inputs(op, B, T, dtype)) for op in ops})
             tf = race({n: f for n, (f, _) in forms.items()}, budget)
             tb = race({n: fb for n, (_, fb) in forms.items()}, 2 * budget)
             gf = 2.0 * B * 4 * T * T * (64 + 64) / 2 / tf["sdpa"] / 1e9  # QKᵀ and PV over the causal half

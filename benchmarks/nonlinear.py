@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 import torch
 from torch import nn
@@ -34,6 +33,7 @@ import rnnlab
 from rnnlab.layers.gru import GRU
 from rnnlab.layers.lstm import LSTM
 from rnnlab.layers.elman import Elman
+from rnnlab.bench.timing import race
 from rnnlab.ops import rnn as ops
 from rnnlab.testing import rel_err
 
@@ -42,18 +42,7 @@ TORCH = {"lstm": (nn.LSTM, LSTM), "gru": (nn.GRU, GRU), "elman": (nn.RNN, Elman)
 
 def interleaved(fns: dict, rounds: int, budget_s: float) -> dict:
     """{name: fn} -> {name: (median s, best s)}: one warm-up call each, then rounds of one call each."""
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    t_end = time.perf_counter() + budget_s
-    for r in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-        if r >= 2 and time.perf_counter() > t_end:
-            break
-    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
+    return race(fns, budget_s, max_rounds=rounds, min_rounds=3, stat=lambda t: (statistics.median(t), min(t)))
 
 
 def fwd(m, x):

@@ -30,7 +30,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Timing", "time_call", "peak_rss_delta", "memory_probe_available", "time_limit", "BenchTimeout"]
+__all__ = ["Timing", "time_call", "race", "fwd_and_train", "peak_rss_delta", "memory_probe_available", "time_limit",
+           "BenchTimeout"]
 
 
 @dataclass
@@ -69,6 +70,44 @@ def time_call(fn: Callable[[], object], *, warmup: int = 1, reps: int = 5, budge
 
 
 # --- peak memory --------------------------------------------------------------
+
+def race(fns: dict[str, Callable[[], object]], budget_s: float, max_rounds: int = 7, min_rounds: int = 2,
+         stat: Callable[[list[float]], object] = min) -> dict:
+    """{name: zero-argument fn} -> {name: stat(seconds of its timed calls)}. The fns run in turns, one call
+    of each per round after one warm-up round, so that a change of the machine's load hits every row of a
+    comparison alike; at least ``min_rounds`` rounds, at most ``max_rounds``, none started after ``budget_s``."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    start = time.perf_counter()
+    for r in range(max_rounds):
+        for n, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[n].append(time.perf_counter() - t0)
+        if r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
+            break
+    return {n: stat(t) for n, t in times.items()}
+
+
+def fwd_and_train(fn: Callable[..., object], inputs: dict) -> tuple[Callable[[], None], Callable[[], None]]:
+    """fn(**inputs) -> output or (output, ...), inputs leaf tensors -> (forward call under no_grad,
+    forward + backward call). The backward takes a fixed random cotangent, so no loss ops are timed."""
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    with torch.no_grad():
+        cot = torch.randn_like(first(fn(**inputs)).float())
+
+    def fwd():
+        with torch.no_grad():
+            fn(**inputs)
+
+    def train():
+        for t in inputs.values():
+            t.grad = None
+        first(fn(**inputs)).float().backward(cot)
+
+    return fwd, train
+
 
 def _libc():
     try:
