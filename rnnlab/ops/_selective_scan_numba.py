@@ -25,6 +25,15 @@ from numba import njit, prange
 _FM = {"reassoc", "contract"}  # lets the n-loop reductions vectorize; no NaN/inf assumptions
 
 
+@njit(cache=True, fastmath=_FM)
+def _copy2(dst, src):  # pragma: no cover - compiled
+    """dst[:] = src for 2-D arrays, as loops: an array slice assignment compiles numba's shape-mismatch error
+    formatting (string code), measured 3.7 s of the forward's 6.4 s cold compile."""
+    for i in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[i, j] = src[i, j]
+
+
 @njit(cache=True, inline="always", fastmath=_FM)
 def _fill_exp(dtv, A, d, ebuf, fast):  # pragma: no cover - compiled
     """ebuf[n] = exp(dtv * A[d, n]) for all n."""
@@ -64,11 +73,12 @@ def sscan_fwd(x, dt, A, Bm, Cm, h0, mode, L, y, h_last, ckpt, fast):  # pragma: 
     Bsz, T, D = x.shape
     N = Bm.shape[2]
     for b in prange(Bsz):
-        h = h0[b].copy()
+        h = np.empty((D, N), dtype=x.dtype)
+        _copy2(h, h0[b])
         e = np.empty(N, dtype=x.dtype)
         for t in range(T):
             if t % L == 0:
-                ckpt[b, t // L] = h
+                _copy2(ckpt[b, t // L], h)
             for d in range(D):
                 dtv = dt[b, t, d]
                 xv = dtv * x[b, t, d]
@@ -79,7 +89,7 @@ def sscan_fwd(x, dt, A, Bm, Cm, h0, mode, L, y, h_last, ckpt, fast):  # pragma: 
                     h[d, n] = hn
                     acc += Cm[b, t, n] * hn
                 y[b, t, d] = acc
-        h_last[b] = h
+        _copy2(h_last[b], h)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
@@ -94,7 +104,8 @@ def sscan_bwd(x, dt, A, Bm, Cm, mode, L, ckpt, dy, dh_last, dx, ddt, dA, dB, dC,
     N = Bm.shape[2]
     nc = ckpt.shape[1]
     for b in prange(Bsz):
-        g = dh_last[b].copy()  # adjoint of the state after the current step
+        g = np.empty((D, N), dtype=x.dtype)  # adjoint of the state after the current step
+        _copy2(g, dh_last[b])
         hbuf = np.empty((L + 1, D, N), dtype=x.dtype)
         abuf = np.empty((L, D, N), dtype=x.dtype)
         dAb = np.zeros((D, N), dtype=x.dtype)
@@ -105,7 +116,7 @@ def sscan_bwd(x, dt, A, Bm, Cm, mode, L, ckpt, dy, dh_last, dx, ddt, dA, dB, dC,
         for c in range(nc - 1, -1, -1):
             t0 = c * L
             t1 = min(T, t0 + L)
-            hbuf[0] = ckpt[b, c]
+            _copy2(hbuf[0], ckpt[b, c])
             for t in range(t0, t1):  # recompute the chunk's states and transitions
                 j = t - t0
                 for d in range(D):
@@ -161,5 +172,5 @@ def sscan_bwd(x, dt, A, Bm, Cm, mode, L, ckpt, dy, dh_last, dx, ddt, dA, dB, dC,
                 for n in range(N):
                     dC[b, t, n] = dCb[n]
                     dB[b, t, n] = dBb[n]
-        dh0[b] = g
-        dA[b] = dAb
+        _copy2(dh0[b], g)
+        _copy2(dA[b], dAb)

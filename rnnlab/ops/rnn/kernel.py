@@ -12,13 +12,12 @@ Computation is float32; bf16 inputs are upcast, h is returned in gx's dtype, the
 from __future__ import annotations
 
 import logging
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
 
+from rnnlab.ops._threads import run_rows
 from rnnlab.ops.rnn.reference import CELLS, check_args
 
 __all__ = ["rnn_kernel", "load_kernels"]
@@ -29,7 +28,6 @@ _KERNELS = None
 # rows per thread group at least: each group streams W_hh from cache every step, so groups of 1-2 rows
 # lose more to that traffic than a second thread gains (2 threads, d=256: B=4 lstm +9%, gru +24% as one group)
 _MIN_ROWS = 4
-_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool)
 
 
 def load_kernels(cell: str):
@@ -43,24 +41,6 @@ def load_kernels(cell: str):
         _KERNELS = _numba.KERNELS
         log.debug("rnnlab.ops.rnn numba kernels imported in %.2fs", time.perf_counter() - t0)
     return _KERNELS[cell]
-
-
-def _run_rows(fn, batch: int, *args) -> None:
-    """fn(*args, lo, hi) over the batch rows split into min(torch.get_num_threads(), B // _MIN_ROWS) contiguous
-    groups, one per thread: RNN rows are independent, so the groups never synchronise inside the time loop. The numba
-    entry points release the GIL, so plain Python threads run them in parallel (numba's own pool is not
-    used: no parfors compile, no spinning idle workers); one group runs on the calling thread."""
-    global _POOL
-    parts = max(1, min(torch.get_num_threads(), batch // _MIN_ROWS))
-    if parts > 1 and (_POOL is None or _POOL[0] != os.getpid() or _POOL[1]._max_workers < parts - 1):
-        if _POOL is not None and _POOL[0] == os.getpid():
-            _POOL[1].shutdown(wait=False)
-        # keyed by pid: a forked child inherits the pool object but not its threads
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="rnnlab-rnn"))
-    futures = [_POOL[1].submit(fn, *args, p * batch // parts, (p + 1) * batch // parts) for p in range(1, parts)]
-    fn(*args, 0, batch // parts)
-    for f in futures:
-        f.result()
 
 
 def _np(t: Tensor):
@@ -84,7 +64,7 @@ class _RNNFunction(torch.autograd.Function):
         aux = torch.empty(B, T, _NUM_AUX[cell], H)
         ST = torch.empty(B, NS, H)
         WT = W3.transpose(1, 2).contiguous()  # (NH, Kh, G*Kh)
-        _run_rows(fwd, B, flag, _np(gxf), _np(WT), _np(bias), _np(S0), _np(hs), _np(acts), _np(aux), _np(ST))
+        run_rows(fwd, B, flag, _np(gxf), _np(WT), _np(bias), _np(S0), _np(hs), _np(acts), _np(aux), _np(ST), min_rows=_MIN_ROWS)
         ctx.save_for_backward(hs, acts, aux, S0, weight_hh)  # weight_hh itself: autograd's in-place check
         ctx.meta = (cell, flag, weight_hh.shape, weight_hh.dtype, bias_hh is not None, gx.dtype, NH)
         return (hs.to(gx.dtype), *(s.contiguous() for s in ST.unbind(1)))
@@ -104,8 +84,8 @@ class _RNNFunction(torch.autograd.Function):
         DS0 = torch.empty_like(S0)
         G, Kh = GH // H, H // NH
         dhm = torch.empty(NH, B, T, G * Kh) if NH > 1 else torch.empty(0, 0, 0, 0)  # drec head-major, for dW
-        _run_rows(bwd, B, flag, _np(W3), _np(hs), _np(acts), _np(aux), _np(S0), _np(dhf), _np(DST), _np(dgx), _np(drec),
-                  _np(dhm), _np(DS0))
+        run_rows(bwd, B, flag, _np(W3), _np(hs), _np(acts), _np(aux), _np(S0), _np(dhf), _np(DST), _np(dgx), _np(drec),
+                  _np(dhm), _np(DS0), min_rows=_MIN_ROWS)
         dW = db = None
         if ctx.needs_input_grad[3] or (has_bias and ctx.needs_input_grad[4]):
             hprev = torch.cat([S0[:, :1], hs[:, :-1]], 1)  # (B, T, H): h_{t-1}
