@@ -146,10 +146,7 @@ def main():
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--json", default=None)
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    import numba  # the compiled kernels' threads: the same count
-
-    numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(a.threads)  # the numba kernels split rows over the same number of threads
     Ts = [int(t) for t in a.T.split(",")]
     print(f"# B={a.B} d_model={a.D} T={Ts} threads={a.threads} load={os.getloadavg()[0]:.1f}", flush=True)
     rows = []

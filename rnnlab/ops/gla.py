@@ -378,7 +378,6 @@ def _chunk(q, k, v, g, kind, scale, initial_state, output_final_state, chunk_siz
         L = min(chunk_size, -(-T // SUB_CHUNK) * SUB_CHUNK)  # short inputs: a shorter chunk, still whole sub-chunks
     else:
         L = min(chunk_size, T)
-    NC = -(-T // L)
     to_chunks = lambda t: _to_chunks(t, L)  # noqa: E731
     qc, kc, vc = to_chunks(q.to(dt)), to_chunks(k.to(dt)), to_chunks(v.to(dt))
     h0 = q.new_zeros(B, H, K, v.shape[-1], dtype=acc) if initial_state is None else initial_state.to(acc)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from rnnlab.ops._threads import run_rows
 from rnnlab.ops.scan import linear_scan
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_step", "TRANSITIONS", "transition_coeffs"]
@@ -139,6 +140,8 @@ _MODES = {"exp": 0, "exp_neg": 1, "longhorn": 2}
 
 
 class _SelectiveScanFn(torch.autograd.Function):
+    """The numba kernels (``_selective_scan_numba``), which keep the state transposed, (N, D)."""
+
     @staticmethod
     def forward(ctx, x, dt, A, Bm, Cm, h0, transition: str, chunk_size: int):
         from rnnlab.ops._selective_scan_numba import sscan_fwd
@@ -147,28 +150,35 @@ class _SelectiveScanFn(torch.autograd.Function):
         N = Bm.shape[2]
         nc = -(-T // chunk_size)
         y = torch.empty_like(x)
-        h_last = torch.empty_like(h0)
-        ckpt = x.new_empty(Bsz, nc, D, N)
-        A_ = A if A is not None else x.new_zeros(D, N)
-        sscan_fwd(x.numpy(), dt.numpy(), A_.numpy(), Bm.numpy(), Cm.numpy(), h0.numpy(), _MODES[transition], chunk_size,
-                  y.numpy(), h_last.numpy(), ckpt.numpy(), x.dtype == torch.float32)
-        ctx.save_for_backward(x, dt, A_, Bm, Cm, ckpt)
+        hT = x.new_empty(Bsz, N, D)
+        ckpt = x.new_empty(Bsz, nc, N, D)
+        At = (A.t() if A is not None else x.new_zeros(N, D)).contiguous()
+        row = lambda dtype=x.dtype: torch.empty(Bsz, D, dtype=dtype).numpy()  # noqa: E731 - scratch, one row per sequence
+        run_rows(sscan_fwd, Bsz, x.numpy(), dt.numpy(), At.numpy(), Bm.numpy(), Cm.numpy(),
+                 h0.transpose(1, 2).contiguous().numpy(), _MODES[transition], chunk_size, y.numpy(), hT.numpy(),
+                 ckpt.numpy(), row(), row(torch.int32), row(), x.dtype == torch.float32)
+        ctx.save_for_backward(x, dt, At, Bm, Cm, ckpt)
         ctx.transition, ctx.chunk_size, ctx.has_A = transition, chunk_size, A is not None
-        return y, h_last
+        return y, hT.transpose(1, 2).contiguous()
 
     @staticmethod
     def backward(ctx, dy, dh_last):
         from rnnlab.ops._selective_scan_numba import sscan_bwd
 
-        x, dt, A, Bm, Cm, ckpt = ctx.saved_tensors
+        x, dt, At, Bm, Cm, ckpt = ctx.saved_tensors
+        (Bsz, _, D), N, L = x.shape, At.shape[0], ctx.chunk_size
         dy = torch.zeros_like(x) if dy is None else dy.contiguous().to(x.dtype)
-        dh_last = x.new_zeros(ckpt.shape[0], *A.shape) if dh_last is None else dh_last.contiguous().to(x.dtype)
+        dhT = x.new_zeros(Bsz, N, D) if dh_last is None else dh_last.to(x.dtype).transpose(1, 2).contiguous()
         dx, ddt, dB, dC = torch.empty_like(x), torch.empty_like(dt), torch.empty_like(Bm), torch.empty_like(Cm)
-        dA = x.new_empty(x.shape[0], *A.shape)
-        dh0 = torch.empty_like(dh_last)
-        sscan_bwd(x.numpy(), dt.numpy(), A.numpy(), Bm.numpy(), Cm.numpy(), _MODES[ctx.transition], ctx.chunk_size,
-                  ckpt.numpy(), dy.numpy(), dh_last.numpy(), dx.numpy(), ddt.numpy(), dA.numpy(), dB.numpy(), dC.numpy(), dh0.numpy(), x.dtype == torch.float32)
-        return dx, ddt, dA.sum(0) if ctx.has_A else None, dB, dC, dh0, None, None
+        dAt = x.new_zeros(Bsz, N, D)
+        g = x.new_empty(Bsz, N, D)  # the state's adjoint, ends as dh0
+        row = lambda dtype=x.dtype: torch.empty(Bsz, D, dtype=dtype).numpy()  # noqa: E731
+        run_rows(sscan_bwd, Bsz, x.numpy(), dt.numpy(), At.numpy(), Bm.numpy(), Cm.numpy(), _MODES[ctx.transition], L,
+                 ckpt.numpy(), dy.numpy(), dhT.numpy(), dx.numpy(), ddt.numpy(), dAt.numpy(), dB.numpy(), dC.numpy(),
+                 g.numpy(), x.new_empty(Bsz, L + 1, N, D).numpy(), x.new_empty(Bsz, L, N, D).numpy(), row(), row(), row(),
+                 row(torch.int32), x.dtype == torch.float32)
+        dA = dAt.sum(0).t() if ctx.has_A else None
+        return dx, ddt, dA, dB, dC, g.transpose(1, 2).contiguous(), None, None
 
 
 _LOGGED: set = set()

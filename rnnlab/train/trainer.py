@@ -49,15 +49,9 @@ def _device(name: str) -> torch.device:
 
 
 def set_threads(n: int) -> None:
-    """Run torch and numba (the compiled CPU kernels of rnnlab.ops) on n threads. Without the numba
-    half, numba's OpenMP pool keeps one thread per core whose idle threads spin between kernel calls:
-    measured 7-10x the CPU time per training step (LSTM, Mamba) with 1 torch thread on 2 busy cores."""
+    """Run torch on n threads; rnnlab's numba kernels follow it (they split batch rows over
+    ``torch.get_num_threads()`` Python threads and never start numba's own thread pool)."""
     torch.set_num_threads(n)
-    try:
-        import numba
-    except ImportError:
-        return
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
 def _autocast(device: torch.device, enabled: bool):
