@@ -29,6 +29,7 @@ import sys
 
 import torch
 
+from rnnlab.allocator import tune_allocator
 from rnnlab.bench.timing import fwd_and_train, peak_rss_delta, race
 from rnnlab.ops import delta as D
 from rnnlab.ops.gla import chunk_gla, chunk_simple_gla
@@ -113,6 +114,7 @@ def main(argv=None):
     p.add_argument("--budget", type=float, default=8.0, help="seconds per race (forward races get a third)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    tune_allocator()  # as `rnnlab bench` does (rnnlab/allocator.py)
     hf = hf_peer()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}, "
           f"B={B} H={H} K=V={K}, chunk {a.chunk_size}, transformers {'yes' if hf else 'not importable: peer rows skipped'}")

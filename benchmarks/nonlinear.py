@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 import rnnlab
+from rnnlab.allocator import tune_allocator
 from rnnlab.layers.gru import GRU
 from rnnlab.layers.lstm import LSTM
 from rnnlab.layers.elman import Elman
@@ -172,6 +173,7 @@ def main(argv=None):
     p.add_argument("--budget", type=float, default=20.0, help="seconds per table (after at least 3 rounds)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    tune_allocator()  # as `rnnlab bench` does (rnnlab/allocator.py)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()}")
     cells = a.cells.split(",")
     for shape in a.shapes.split(","):

@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rnnlab.allocator import tune_allocator
+
     args = build_parser().parse_args(argv)
+    tune_allocator()  # large tensors reuse freed heap memory instead of fresh page-faulted mappings (allocator.py)
     return int(args.func(args) or 0)
 
 

@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+from rnnlab.allocator import allocator_tuned
 from rnnlab.bench.timing import time_call
 
 __all__ = ["describe_machine", "measure_roofline", "cpu_model"]
@@ -82,6 +83,7 @@ def describe_machine() -> dict:
         "mkldnn": bool(torch.backends.mkldnn.is_available()),
         "numba": _version("numba"),
         "transformers": _version("transformers"),
+        "malloc_tuned": allocator_tuned(),  # rnnlab/allocator.py: large tensors reuse heap memory
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 

@@ -127,7 +127,8 @@ def format_machine(result: dict) -> str:
     m, rf, c = result["machine"], result["roofline"], result["config"]
     lines = [
         f"machine: {m['cpu']}; {m['threads']} torch threads ({m.get('usable_cpus')} usable CPUs); "
-        f"torch {m['torch']}, numba {m.get('numba')}, transformers {m.get('transformers')}, python {m.get('python')}",
+        f"torch {m['torch']}, numba {m.get('numba')}, transformers {m.get('transformers')}, python {m.get('python')}; "
+        f"malloc tuned: {m.get('malloc_tuned', 'unrecorded')}",
         f"roofline: matmul {rf.get('matmul_gflops')} GFLOP/s; batched 64x64 {rf.get('bmm64_gflops')} GFLOP/s; "
         f"copy {rf.get('copy_gbps')} GB/s ({rf.get('matmul_shape', '')})",
         f"config: batch {c['batch']}, d_model {c['d_model']}, T {c['seq_lens']}, dtypes {c['dtypes']}, "

@@ -425,7 +425,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     started = time.time()
     machine = describe_machine()
     log(f"machine: {machine['cpu']}; {machine['threads']} threads of {machine['usable_cpus']} usable CPUs; "
-        f"torch {machine['torch']}, numba {machine['numba']}, transformers {machine['transformers']}")
+        f"torch {machine['torch']}, numba {machine['numba']}, transformers {machine['transformers']}, "
+        f"malloc tuned {machine['malloc_tuned']}")
     roofline = measure_roofline(quick=cfg.quick, device=cfg.device)
     log(f"roofline: matmul {roofline['matmul_gflops']} GFLOP/s, bmm64 {roofline['bmm64_gflops']} GFLOP/s, "
         f"copy {roofline['copy_gbps']} GB/s")

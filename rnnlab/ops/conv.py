@@ -55,8 +55,12 @@ class _CausalConv(torch.autograd.Function):
         x, weight, h0, u = ctx.saved_tensors
         T, W = x.shape[1], weight.shape[1]
         du = torch.ops.aten.silu_backward(dy, u) if ctx.silu else dy.contiguous()
-        buf = torch.empty_like(du)  # one scratch for the products (fresh large tensors cost page faults each)
-        red = lambda a, b: torch.mul(a, b, out=buf[:, : a.shape[1]]).sum((0, 1), dtype=torch.float32)  # noqa: E731  sum over (B, T)
+        flat = torch.empty(du.numel(), dtype=du.dtype)  # one scratch for the products (fresh large tensors cost page faults each)
+
+        def red(a, b):  # sum over (B, T) of a * b, the product laid out contiguously: reducing a strided slice
+            out = flat[: a.numel()].view(a.shape)  # of a bigger buffer measured 30x slower (20 ms vs 0.6 ms at (4, 2048, 768))
+            return torch.mul(a, b, out=out).sum((0, 1), dtype=torch.float32)
+
         dx = du * weight[:, W - 1]
         dh0 = torch.zeros_like(h0)
         dw = [None] * W

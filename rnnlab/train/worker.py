@@ -8,10 +8,12 @@ import json
 import sys
 from pathlib import Path
 
+from rnnlab.allocator import tune_allocator
 from rnnlab.train.trainer import train
 
 
 def main(config_path: str) -> None:
+    tune_allocator()  # a worker is its own process: the same allocator setting as the rnnlab command
     with open(config_path) as f:
         config = json.load(f)
     lock = Path(config["run_dir"]) / ".lock"
