@@ -35,6 +35,7 @@ import torch
 
 from rnnlab.bench.machine import describe_machine, measure_roofline
 from rnnlab.bench.timing import BenchTimeout, peak_rss_delta, time_call, time_limit
+from rnnlab.ops._threads import set_threads
 
 __all__ = ["BenchConfig", "run_bench", "SCHEMA_VERSION", "ROW_FIELDS", "row_key", "Subject", "DTYPES", "MODES"]
 
@@ -421,7 +422,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 
     cfg.validate()
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        set_threads(cfg.threads)  # torch and numba
     started = time.time()
     machine = describe_machine()
     log(f"machine: {machine['cpu']}; {machine['threads']} threads of {machine['usable_cpus']} usable CPUs; "

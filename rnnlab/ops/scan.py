@@ -34,8 +34,6 @@ import time
 import torch
 from torch import Tensor
 
-from rnnlab.ops._threads import run_rows
-
 __all__ = ["linear_scan", "linear_scan_ref", "BACKENDS", "numba_available"]
 
 log = logging.getLogger(__name__)
@@ -84,14 +82,14 @@ def _kernel_fwd(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
     """a, b (B, T, F) contiguous, h0 (B, F) -> h (B, T, F) via the numba loop."""
     fwd, _ = _numba_kernels()
     h = torch.empty_like(b)
-    run_rows(fwd, a.shape[0], a.numpy(), b.numpy(), h0.numpy(), h.numpy())
+    fwd(a.numpy(), b.numpy(), h0.numpy(), h.numpy())
     return h
 
 
 def _kernel_bwd(a: Tensor, h: Tensor, h0: Tensor, dh: Tensor, dh_last: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     _, bwd = _numba_kernels()
     da, db, dh0 = torch.empty_like(a), torch.empty_like(h), torch.empty_like(h0)
-    run_rows(bwd, a.shape[0], a.numpy(), h.numpy(), h0.numpy(), dh.numpy(), dh_last.numpy(), da.numpy(), db.numpy(), dh0.numpy())
+    bwd(a.numpy(), h.numpy(), h0.numpy(), dh.numpy(), dh_last.numpy(), da.numpy(), db.numpy(), dh0.numpy())
     return da, db, dh0
 
 

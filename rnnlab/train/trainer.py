@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from rnnlab.ops._threads import set_threads
 from rnnlab.tasks import metrics as M
 from rnnlab.train import distributed as D
 from rnnlab.train.checkpoint import load_checkpoint, read_metadata, save_checkpoint
@@ -46,12 +47,6 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def set_threads(n: int) -> None:
-    """Run torch on n threads; rnnlab's numba kernels follow it (they split batch rows over
-    ``torch.get_num_threads()`` Python threads and never start numba's own thread pool)."""
-    torch.set_num_threads(n)
 
 
 def _autocast(device: torch.device, enabled: bool):
