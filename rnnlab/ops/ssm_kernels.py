@@ -27,7 +27,7 @@ from torch import Tensor
 
 __all__ = [
     "zoh_diag", "diag_conv", "fft_causal_conv", "fft_causal_conv_ref",
-    "hippo_legs", "nplr_legs", "hippo_n_diag", "bilinear_dense", "nplr_kernel", "squarings", "power_times", "krylov", "dense_state_terms",
+    "hippo_legs", "nplr_legs", "hippo_n_diag", "bilinear_dense", "bilinear_dplr", "nplr_kernel", "squarings", "power_times", "krylov", "dense_state_terms",
 ]
 
 def zoh_diag(dt: Tensor, A: Tensor) -> tuple[Tensor, Tensor]:
@@ -131,26 +131,37 @@ def hippo_n_diag(N: int) -> tuple[Tensor, Tensor]:
     return lam, V
 
 
-def bilinear_dense(lam: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
-    """Bilinear (Tustin) discretization of A = diag(λ) − P Pᴴ (S4 eq. 3):
-    lam, P, B (H, N) complex, dt (H,) -> Ā (H, N, N), B̄ (H, N) with
+def bilinear_dplr(lam: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Bilinear (Tustin) discretization of A = diag(λ) − P Pᴴ (S4 eq. 3) in its diagonal-plus-rank-one form:
+    lam, P, B (H, N) complex, dt (H,) -> g, u, w, B̄ (H, N) with Ā = diag(g) − u wᵀ, so that
+    Ā h = g ⊙ h − u (w · h) costs O(N) per channel (the stepping path), and
     Ā = (I − Δ/2 A)⁻¹ (I + Δ/2 A), B̄ = (I − Δ/2 A)⁻¹ Δ B.
 
-    In closed form, O(N²) per channel instead of an O(N³) solve: with d = Δ/2, D = 1 − dλ, E = 1 + dλ,
-    Sherman–Morrison gives (I − dA)⁻¹ = D⁻¹ − d s (D⁻¹P)(Pᴴ D⁻¹), s = 1/(1 + d Pᴴ D⁻¹ P), and then
-    Ā = diag(E/D) − d s (D⁻¹P)(Pᴴ ⊙ (1 + E/D)) — diagonal plus rank one (Re λ < 0 keeps |D| ≥ 1).
-    Computed in complex128 (cheap at O(H N²)); in complex64 its backward was the largest error in S4's
-    parameter gradients (measured ~1.5e-5 relative vs float64)."""
-    out = lam.dtype
+    In closed form: with d = Δ/2, D = 1 − dλ, E = 1 + dλ, Sherman–Morrison gives
+    (I − dA)⁻¹ = D⁻¹ − d s (D⁻¹P)(Pᴴ D⁻¹), s = 1/(1 + d Pᴴ D⁻¹ P), hence g = E/D, u = d s D⁻¹P,
+    w = Pᴴ ⊙ (1 + E/D) (Re λ < 0 keeps |D| ≥ 1). Computed in complex128 (cheap at O(H N)); in complex64
+    its backward was the largest error in S4's parameter gradients (measured ~1.5e-5 relative vs float64)."""
+    return tuple(t.to(lam.dtype) for t in _bilinear_factors(lam, P, B, dt))
+
+
+def _bilinear_factors(lam: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`bilinear_dplr`'s g, u, w, B̄ in complex128."""
     lam, P, B = lam.to(torch.complex128), P.to(torch.complex128), B.to(torch.complex128)
     d = (dt / 2).to(lam.dtype).unsqueeze(-1)  # (H, 1)
     Dinv = 1 / (1 - d * lam)  # (H, N)
     g = (1 + d * lam) * Dinv  # E / D
     u, Pc = Dinv * P, P.conj()
     s = 1 / (1 + d * (Pc * u).sum(-1, keepdim=True))  # (H, 1)
-    Abar = torch.diag_embed(g) - (d * s).unsqueeze(-1) * u.unsqueeze(-1) * (Pc * (1 + g)).unsqueeze(-2)
     Bbar = 2 * d * (Dinv * B - d * s * u * (Pc * Dinv * B).sum(-1, keepdim=True))
-    return Abar.to(out), Bbar.to(out)
+    return g, d * s * u, Pc * (1 + g), Bbar
+
+
+def bilinear_dense(lam: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+    """The same discretization as :func:`bilinear_dplr`, dense: lam, P, B (H, N) complex, dt (H,) ->
+    Ā (H, N, N) = diag(g) − u wᵀ, B̄ (H, N) (formed in complex128, returned in lam's dtype)."""
+    g, u, w, Bbar = _bilinear_factors(lam, P, B, dt)
+    Abar = torch.diag_embed(g) - u.unsqueeze(-1) * w.unsqueeze(-2)
+    return Abar.to(lam.dtype), Bbar.to(lam.dtype)
 
 
 def nplr_kernel(lam: Tensor, P: Tensor, B: Tensor, Ct: Tensor, dt: Tensor, L: int, chunk: int = 256) -> Tensor:

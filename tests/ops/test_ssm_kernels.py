@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rnnlab.ops.scan import linear_scan_ref
-from rnnlab.ops.ssm_kernels import (bilinear_dense, dense_state_terms, diag_conv, fft_causal_conv, fft_causal_conv_ref,
+from rnnlab.ops.ssm_kernels import (bilinear_dense, bilinear_dplr, dense_state_terms, diag_conv, fft_causal_conv, fft_causal_conv_ref,
                                     hippo_legs, hippo_n_diag, krylov, nplr_kernel, nplr_legs, power_times, squarings,
                                     zoh_diag)
 from rnnlab.testing import assert_close
@@ -88,6 +88,10 @@ def test_nplr_kernel_equals_krylov_of_bilinear(L):
     A = torch.diag_embed(lam) - P.unsqueeze(-1) * P.conj().unsqueeze(-2)
     I = torch.eye(N, dtype=A.dtype)
     assert_close(Abar, torch.linalg.inv(I - dt[:, None, None] / 2 * A) @ (I + dt[:, None, None] / 2 * A), tol=1e-10)
+    g_, u_, w_, Bbar_ = bilinear_dplr(lam, P, B, dt)  # the stepping form: Ā h = g ⊙ h − u (w · h)
+    h = torch.complex(torch.randn(3, H, N, generator=g), torch.randn(3, H, N, generator=g)).to(torch.complex128)
+    assert_close(g_ * h - u_ * (w_ * h).sum(-1, keepdim=True), torch.einsum("hnm,bhm->bhn", Abar, h), tol=1e-12)
+    assert_close(Bbar_, Bbar, tol=1e-12)
     KB, CK = krylov(squarings(Abar, L), Bbar, C, L)
     assert_close(CK[:, -1], (C.unsqueeze(-2) @ torch.linalg.matrix_power(Abar, L)).squeeze(-2), tol=1e-10)
     K_ref = torch.einsum("hn,hnl->hl", C, KB).real
