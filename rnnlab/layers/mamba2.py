@@ -10,7 +10,8 @@ SSD recurrence of eq. (2) with scalar A, Section 6 for the chunkwise algorithm).
 
 Multi-head with ``headdim`` channels per head (the "multi-value" pattern): B and C are shared
 by the heads of each of ``ngroups`` groups. The SSD runs through ``chunk_simple_gla`` with
-q = C, k = B, v = Δ x, g = Δ A (log-decay), scale 1; the state h (B, H, N, P) is the op's
+q = C, k = B (one per group, shared by its heads inside the op), v = Δ x, g = Δ A (log-decay),
+scale 1; the state h (B, H, N, P) is the op's
 (B, H, K, V). Initialization as the authors' mamba_ssm: A ~ U(1, 16), dt log-uniform in
 [0.001, 0.1] (floor 1e-4) with dt_bias = softplus⁻¹(dt), D = 1; A_log, dt_bias, D are not
 weight-decayed. State: conv buffer (B, W-1, d_inner + 2·ngroups·N) and h (B, H, N, P).
@@ -78,8 +79,8 @@ class Mamba2(Mixer):
         xBC, conv_state = self.conv(xBC, state["conv"])
         xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], -1)
         xs = rearrange(xs, "b t (h p) -> b t h p", h=H)
-        # (B, T, H, N): each group's B, C for its heads; a view when G == 1 (the op copies into chunks anyway)
-        Bm, Cm = (t.unflatten(-1, (G, 1, N)).expand(-1, -1, -1, H // G, -1).flatten(2, 3) for t in (Bm, Cm))
+        # (B, T, G, N): the op shares each group's B, C (its k, q) with the group's H / G heads: one C Bᵀ per group
+        Bm, Cm = Bm.unflatten(-1, (G, N)), Cm.unflatten(-1, (G, N))
         delta = F.softplus(dt.float() + self.dt_bias.float())  # (B, T, H)
         g = -torch.exp(self.A_log.float()) * delta  # log-decay Δ A <= 0
         v = (xs.float() * delta[..., None]).to(x.dtype)

@@ -13,6 +13,10 @@ Per head, S_0 = initial_state (zeros when None):
   Mamba-2/SSD with a data-dependent one, Lightning attention).
 * ``*_linear_attn``: no decay (Katharopoulos et al. 2020, eq. 4-6 without the normalizer).
 
+``*_simple_gla`` and ``*_linear_attn`` also accept q, k with Hq heads shared by groups of H / Hq heads
+of v (head h reads group h // (H / Hq); Mamba-2's ngroups): the chunk form then computes one q k^T
+per group (:func:`_chunk_shared_qk`).
+
 ``scale=None`` means K^-1/2 (flash-linear-attention's default); the signatures follow
 flash-linear-attention's functional ops, so ``from rnnlab.ops.gla import chunk_gla`` is a
 drop-in for ``from fla.ops.gla import chunk_gla`` (head-first layout not supported).
@@ -69,21 +73,25 @@ _MAX_EXP = 60.0  # largest |exponent| of a midpoint-factored diagonal block (e^6
 
 # --------------------------------------------------------------------------- validation
 def _check(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, kind: str, initial_state: Tensor | None, chunk_size: int | None = None) -> None:
-    """q, k (B, T, H, K); v (B, T, H, V); g (B, T, H, K) if kind == "vector", (B, T, H) if "scalar"."""
+    """q, k (B, T, Hq, K); v (B, T, H, V); g (B, T, H, K) if kind == "vector", (B, T, H) if "scalar".
+    Hq == H, or (kinds "scalar" and "none") Hq divides H: q, k shared by groups of H / Hq heads."""
     for name, t in (("q", q), ("k", k), ("v", v)) + ((("g", g),) if g is not None else ()):
         if not isinstance(t, Tensor) or not t.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
     if q.dim() != 4:
         raise ValueError(f"q must be (B, T, H, K), got shape {tuple(q.shape)}")
-    B, T, H, K = q.shape
+    B, T, Hq, K = q.shape
     if k.shape != q.shape:
         raise ValueError(f"k must have the shape of q (B, T, H, K) = {tuple(q.shape)}, got {tuple(k.shape)}")
-    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"v must be (B, T, H, V) with (B, T, H) = {tuple(q.shape[:3])}, got {tuple(v.shape)}")
+    grouped_ok = kind != "vector" and v.dim() == 4 and v.shape[2] % Hq == 0
+    if v.dim() != 4 or v.shape[:2] != q.shape[:2] or (v.shape[2] != Hq and not grouped_ok):
+        shared = "" if kind == "vector" else " or a multiple of it (q, k shared by groups of heads)"
+        raise ValueError(f"v must be (B, T, H, V) with (B, T) = {tuple(q.shape[:2])} and H = q's {Hq} heads{shared}, got {tuple(v.shape)}")
+    H = v.shape[2]
     if kind == "vector" and (g is None or g.shape != q.shape):
         raise ValueError(f"g must be (B, T, H, K) = {tuple(q.shape)} (log-decay per key dim), got {None if g is None else tuple(g.shape)}")
-    if kind == "scalar" and (g is None or g.shape != q.shape[:3]):
-        raise ValueError(f"g must be (B, T, H) = {tuple(q.shape[:3])} (log-decay per head), got {None if g is None else tuple(g.shape)}")
+    if kind == "scalar" and (g is None or tuple(g.shape) != (B, T, H)):
+        raise ValueError(f"g must be (B, T, H) = {(B, T, H)} (log-decay per head), got {None if g is None else tuple(g.shape)}")
     if initial_state is not None and tuple(initial_state.shape) != (B, H, K, v.shape[-1]):
         raise ValueError(f"initial_state must be (B, H, K, V) = {(B, H, K, v.shape[-1])}, got {tuple(initial_state.shape)}")
     if chunk_size is not None:
@@ -91,6 +99,12 @@ def _check(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, kind: str, initial
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         if kind == "vector" and chunk_size > SUB_CHUNK and chunk_size % SUB_CHUNK:
             raise ValueError(f"chunk_size must be <= {SUB_CHUNK} or a multiple of {SUB_CHUNK} for per-key decay, got {chunk_size}")
+
+
+def _expand_heads(q: Tensor, k: Tensor, H: int) -> tuple[Tensor, Tensor]:
+    """q, k (B, T, Hq, K) shared by groups of H / Hq heads -> (B, T, H, K) (head h reads group h // (H / Hq))."""
+    rep = H // q.shape[2]
+    return (q, k) if rep == 1 else (q.repeat_interleave(rep, 2), k.repeat_interleave(rep, 2))
 
 
 def _acc_dtype(x: Tensor) -> torch.dtype:
@@ -112,6 +126,7 @@ def _decay_shape(g: Tensor | None, kind: str) -> Tensor | None:
 
 # --------------------------------------------------------------------------- reference loop
 def _naive(q, k, v, g, kind, scale, initial_state, output_final_state):
+    q, k = _expand_heads(q, k, v.shape[2])
     B, T, H, K = q.shape
     V = v.shape[-1]
     acc = _acc_dtype(q)
@@ -155,12 +170,14 @@ def _normalize(q: Tensor, k: Tensor, o: Tensor, scale: float | None) -> Tensor:
     """o_t / (scale q_t . sum_{s<=t} k_s + 1e-10): fla's normalize_output, over this call's keys."""
     acc = _acc_dtype(q)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    q, k = _expand_heads(q, k, o.shape[2])
     z = (scale * q.to(acc) * k.to(acc).cumsum(1)).sum(-1, keepdim=True)  # (B, T, H, 1)
     return (o.to(acc) / (z + 1e-10)).to(o.dtype)
 
 
 # --------------------------------------------------------------------------- fused recurrent
 def _fused(q, k, v, g, kind, scale, initial_state, output_final_state):
+    q, k = _expand_heads(q, k, v.shape[2])
     B, T, H, K = q.shape
     V = v.shape[-1]
     acc = _acc_dtype(q)
@@ -289,8 +306,9 @@ def _bmm(a: Tensor, b: Tensor, add: Tensor | None = None, beta: float = 1.0, alp
 class _ChunkCore(torch.autograd.Function):
     """The matmuls and the state pass of the chunkwise form, with a hand-written backward.
 
-    Per chunk (batch dims (B, H, NC); q, k (L, K), v (L, V) in the matmul dtype; c, d, s (K or 1, 1),
-    r (L, 1), h0 (K, V) in float32; each of c, d, s, r may be None = 1):
+    Per chunk (batch dims (B, H, NC); q, k (L, K), v (L, V) in the matmul dtype; c, d, s broadcast to the
+    state (K, V): (K or 1, 1), or (1, V) for the column blocks of heads that share q and k; r (L, 1);
+    h0 (K, V) in float32; each of c, d, s, r may be None = 1):
 
         A     = tril(q kᵀ)  (or the given A)
         S_out = d ⊙ S_in + c ⊙ (kᵀ v)                 (a loop over the chunks, S_in of chunk 0 = h0)
@@ -329,7 +347,7 @@ class _ChunkCore(torch.autograd.Function):
     def backward(ctx, do, dS):
         q, k, v, A, Q, S_in, c, d, s, r, o_pre = ctx.saved_tensors
         dt, acc, alpha = q.dtype, S_in.dtype, ctx.alpha
-        reduce = lambda x, like: x.sum(-1, keepdim=True).sum(-2, keepdim=True) if like.shape[-2] == 1 else x.sum(-1, keepdim=True)  # noqa: E731
+        reduce = lambda x, like: x.sum_to_size(like.shape)  # noqa: E731  the gradient of a broadcast factor
         dr = (do * o_pre.to(acc)).sum(-1, keepdim=True) if r is not None else None
         do_s = ((do * r) * alpha if r is not None else do * alpha).to(dt).contiguous()  # (B, H, NC, L, V); do is a permuted view
         dA = _bmm(do_s, v.transpose(-1, -2))  # (B, H, NC, L, L)
@@ -371,9 +389,15 @@ def _chunk(q, k, v, g, kind, scale, initial_state, output_final_state, chunk_siz
     scale e^{G_t - M} on the output rows r, s = e^{M}, c = e^{G_L - M}, d = e^{G_L};
     vector "chunk": q e^{G - M}, k e^{M - G}; s, c, d the same per key dimension;
     strong decays: A from :func:`_intra_scalar` / :func:`_intra_vector`, q e^{G}, k e^{G_L - G}, d."""
-    B, T, H, K = q.shape
+    B, T, Hq, K = q.shape
     acc, dt = _acc_dtype(q), _mm_dtype(q)
     scale = K ** -0.5 if scale is None else scale
+    H = v.shape[2]
+    if H != Hq:  # q, k shared by groups of heads (Mamba-2's ngroups)
+        out = _chunk_shared_qk(q, k, v, g, kind, scale, initial_state, output_final_state, chunk_size)
+        if out is not None:
+            return out
+        q, k = _expand_heads(q, k, H)
     if kind == "vector" and chunk_size > SUB_CHUNK:
         L = min(chunk_size, -(-T // SUB_CHUNK) * SUB_CHUNK)  # short inputs: a shorter chunk, still whole sub-chunks
     else:
@@ -404,6 +428,46 @@ def _chunk(q, k, v, g, kind, scale, initial_state, output_final_state, chunk_siz
             q_s, k_s = (qs * torch.exp(G)).to(dt), (kc.to(acc) * torch.exp(GL - G)).to(dt)
             o, S = _ChunkCore.apply(q_s, k_s, vc, A, None, col(torch.exp(GL)), None, None, h0, 1.0, output_final_state)
     o = rearrange(o, "b h n l v -> b (n l) h v")[:, :T]
+    return o.to(v.dtype), S
+
+
+def _chunk_shared_qk(q, k, v, g, kind, scale, initial_state, output_final_state, chunk_size):
+    """:func:`_chunk` when q, k (B, T, Hq, K) serve groups of rep = H / Hq heads of v (B, T, H, V), for no decay
+    or a scalar decay in the "chunk" tier (None otherwise: the caller expands q, k per head).
+
+    Each group's rep heads are laid side by side along the value axis, v (L, rep·V) and the state
+    (K, rep·V), so one q kᵀ and one set of matmuls serve the whole group (Mamba-2 with ngroups = 1
+    computed the same (L, L) q kᵀ, and its gradients, once per head before). The per-head decays become
+    factors on v's rows and the output rows (per head and token) and on the state's column blocks."""
+    B, T, Hq, K = q.shape
+    H, V = v.shape[2], v.shape[3]
+    rep = H // Hq
+    acc, dt = _acc_dtype(q), _mm_dtype(q)
+    L = min(chunk_size, T)
+    NC = -(-T // L)
+    G = None
+    if kind == "scalar":
+        G = _to_chunks(_decay_shape(g, kind), L).cumsum(-2)  # (B, H, NC, L, 1)
+        if _tier(G, kind) != "chunk":
+            return None
+    qc, kc = _to_chunks(q.to(dt), L), _to_chunks(k.to(dt), L)  # (B, Hq, NC, L, K)
+    vc = _to_chunks(v.to(dt).reshape(B, T, Hq, rep * V), L)  # (B, Hq, NC, L, rep·V), head j of a group at columns j·V
+    h0 = q.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else initial_state.to(acc)
+    h0 = h0.unflatten(1, (Hq, rep)).permute(0, 1, 3, 2, 4).reshape(B, Hq, K, rep * V)
+    if G is None:
+        o, S = _ChunkCore.apply(qc, kc, vc, None, None, None, None, None, h0, scale, output_final_state)
+    else:
+        grp = lambda t: t.unflatten(1, (Hq, rep)).movedim(2, -2)  # noqa: E731  (B, H, NC, X, 1) -> (B, Hq, NC, X, rep, 1)
+        cols = lambda t: grp(t).expand(*t.shape[:1], Hq, NC, 1, rep, V).reshape(B, Hq, NC, 1, rep * V)  # noqa: E731
+        GL = G[..., -1:, :]
+        M = G[..., L // 2 : L // 2 + 1, :]  # midpoint of each chunk
+        v_t = (vc.to(acc).unflatten(-1, (rep, V)) * grp(torch.exp(M - G))).flatten(-2).to(dt)
+        o, S = _ChunkCore.apply(qc, kc, v_t, None, cols(torch.exp(GL - M)), cols(torch.exp(GL)), cols(torch.exp(M)), None,
+                                h0, 1.0, output_final_state)
+        o = (o.to(acc).unflatten(-1, (rep, V)) * grp(torch.exp(G - M) * scale)).flatten(-2)
+    o = rearrange(o, "b g n l (r v) -> b (n l) (g r) v", r=rep)[:, :T]
+    if S is not None:
+        S = S.unflatten(-1, (rep, V)).permute(0, 1, 3, 2, 4).reshape(B, H, K, V)
     return o.to(v.dtype), S
 
 

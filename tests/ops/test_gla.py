@@ -191,6 +191,36 @@ def test_linear_attn_normalize(form):
     assert_close(o, num / den, 1e-5)
 
 
+@pytest.mark.parametrize("op", ["simple_gla", "linear_attn"])
+@pytest.mark.parametrize("T", [1, 63, 65])
+@pytest.mark.parametrize("gmin", [-5.0, -30.0])  # the shared-q/k chunk path, and the strong-decay fallback
+def test_shared_qk_heads(op, T, gmin):
+    """q, k with Hq heads shared by groups of H / Hq heads of v (Mamba-2's ngroups) == the same op with q, k
+    repeated per head, for every form, in values and all gradients (the grouped chunk path lays each group's
+    heads side by side along the value axis)."""
+    chunk, fused, naive, kind = OPS[op]
+    if kind == "none" and gmin != -5.0:
+        pytest.skip("no decay")
+    H, Hq = 6, 2
+    args, h0 = _inputs(kind, 2, T, H, 16, 8, gmin=gmin)
+    q, k = args[0][:, :, :Hq], args[1][:, :, :Hq]
+    grouped = [q, k] + args[2:]
+    expanded = [q.repeat_interleave(H // Hq, 2), k.repeat_interleave(H // Hq, 2)] + args[2:]
+
+    def summed(fn):  # the expanded form's q, k gradients summed over each group: those of the shared q, k
+        def run(*a, **kw):
+            return fn(a[0].repeat_interleave(H // Hq, 2), a[1].repeat_interleave(H // Hq, 2), *a[2:], **kw)
+        return run
+
+    ref = _run(summed(naive), grouped, h0)
+    _compare(_run(naive, grouped, h0), ref, TOL)
+    for fn in (chunk, fused):
+        _compare(_run(fn, grouped, h0), ref, TOL)
+    assert_close(_run(chunk, expanded, h0)[0], ref[0], TOL, name="o (expanded q, k)")
+    with pytest.raises(ValueError, match="multiple of it"):
+        chunk(args[0][:, :, :4], args[1][:, :, :4], *args[2:])
+
+
 def test_bad_inputs_raise():
     args, h0 = _inputs("vector", 1, 10, 2, 8, 4)
     q, k, v, g = args
