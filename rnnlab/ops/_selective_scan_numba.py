@@ -15,7 +15,7 @@ transition codes: 0 "exp": a = exp(dt*A); 1 "exp_neg": a = 2 exp(dt*A) - 1;
 exp: numba has no vector libm on this platform (no SVML), and a scalar libm exp per state element
 costs ~4x the rest of the step. For float32 a row of exponentials is a vectorizable range reduction
 (x = k ln2 + r, degree-7 polynomial for exp(r), 2^k built in the exponent bits of an int32 scratch
-row; relative error < 1e-7, argument clamped to [-87, 88], i.e. decays below 1.6e-38 are rounded up
+row, ``_transition``, the one place both kernels form a_t; relative error < 1e-7, argument clamped to [-87, 88], i.e. decays below 1.6e-38 are rounded up
 to that). float64 uses math.exp.
 
 Every array, scratch rows included, is an argument (allocated by the caller, one row per batch
@@ -46,23 +46,31 @@ def _copy(dst, src):  # pragma: no cover - compiled
 
 
 @njit(cache=True, inline="always", fastmath=_FM)
-def _exp_parts(dtr, An, e, ib, fast):  # pragma: no cover - compiled
-    """exp(dtr[d] · An[d]) = e[d] · f[d] with f = ib.view(float32), for one state index n (dtr (D,) the step's
-    dt row, An (D,) row n of A transposed). Left as a product so that callers fuse the last multiply into
-    their own loop over d: for float32, e is the polynomial and f = 2^k; for float64, f = 1."""
-    D = e.shape[0]
+def _transition(dtr, An, bn, mode, a, ib, fast):  # pragma: no cover - compiled
+    """a[d] = the transition a_t[n, d] of ``mode`` for one state index n: dtr (D,) the step's dt row, An (D,) row
+    n of A transposed, bn = B_t[n]; ib (D,) int32 scratch, where the float32 exp builds 2^k in the exponent bits."""
+    D = a.shape[0]
+    if mode == 2:
+        for d in range(D):
+            a[d] = 1.0 - dtr[d] * bn * bn
+        return
     if fast:
         for d in range(D):
             v = min(max(np.float32(dtr[d] * An[d]), np.float32(-87.0)), np.float32(88.0))
             k = math.floor(v * np.float32(1.4426950408889634) + np.float32(0.5))
             r = (v - k * np.float32(0.693145751953125)) - k * np.float32(1.4286068203094173e-06)
-            e[d] = np.float32(1.0) + r * (np.float32(1.0) + r * (np.float32(0.5) + r * (np.float32(1 / 6) + r * (
+            a[d] = np.float32(1.0) + r * (np.float32(1.0) + r * (np.float32(0.5) + r * (np.float32(1 / 6) + r * (
                 np.float32(1 / 24) + r * (np.float32(1 / 120) + r * (np.float32(1 / 720) + r * np.float32(1 / 5040)))))))
             ib[d] = (np.int32(k) + np.int32(127)) << 23
+        f = ib.view(np.float32)
+        for d in range(D):
+            a[d] *= f[d]
     else:
         for d in range(D):
-            e[d] = math.exp(dtr[d] * An[d])
-            ib[d] = np.int32(127) << 23  # the bits of 1.0f
+            a[d] = math.exp(dtr[d] * An[d])
+    if mode == 1:
+        for d in range(D):
+            a[d] = 2.0 * a[d] - 1.0
 
 
 @njit(**_KERNEL)
@@ -73,7 +81,6 @@ def sscan_fwd(x, dt, At, Bm, Cm, h0, mode, L, y, h, ckpt, e, ib, dtx, fast, lo, 
     T, D, N = x.shape[1], x.shape[2], Bm.shape[2]
     for b in range(lo, hi):
         hb, eb, ibb, dtxb = h[b], e[b], ib[b], dtx[b]
-        f = ibb.view(np.float32)
         _copy(hb, h0[b])
         for t in range(T):
             if t % L == 0:
@@ -84,16 +91,9 @@ def sscan_fwd(x, dt, At, Bm, Cm, h0, mode, L, y, h, ckpt, e, ib, dtx, fast, lo, 
                 yr[d] = 0.0
             for n in range(N):
                 bn, cn, hn = Bm[b, t, n], Cm[b, t, n], hb[n]
-                if mode == 2:
-                    for d in range(D):
-                        v = (1.0 - dtr[d] * bn * bn) * hn[d] + bn * dtxb[d]
-                        hn[d] = v
-                        yr[d] += cn * v
-                    continue
-                _exp_parts(dtr, At[n], eb, ibb, fast)
-                s1, s0 = (2.0, -1.0) if mode == 1 else (1.0, 0.0)  # a = 2 exp - 1 or exp
+                _transition(dtr, At[n], bn, mode, eb, ibb, fast)
                 for d in range(D):
-                    v = (eb[d] * f[d] * s1 + s0) * hn[d] + bn * dtxb[d]
+                    v = eb[d] * hn[d] + bn * dtxb[d]
                     hn[d] = v
                     yr[d] += cn * v
 
@@ -114,7 +114,6 @@ def sscan_bwd(x, dt, At, Bm, Cm, mode, L, ckpt, dy, dh_last, dx, ddt, dAt, dB, d
     nc = ckpt.shape[1]
     for b in range(lo, hi):
         gbb, gasb, dtxb, ibb, hbb, abb, gg, dAb = gb[b], gas[b], dtx[b], ib[b], hbuf[b], abuf[b], g[b], dAt[b]
-        f = ibb.view(np.float32)
         _copy(gg, dh_last[b])
         for c in range(nc - 1, -1, -1):
             t0 = c * L
@@ -127,14 +126,7 @@ def sscan_bwd(x, dt, At, Bm, Cm, mode, L, ckpt, dy, dh_last, dx, ddt, dAt, dB, d
                     dtxb[d] = dtr[d] * xr[d]
                 for n in range(N):
                     bn, a, hp, hn = Bm[b, t, n], abb[j, n], hbb[j, n], hbb[j + 1, n]
-                    if mode == 2:
-                        for d in range(D):
-                            a[d] = 1.0 - dtr[d] * bn * bn
-                    else:
-                        _exp_parts(dtr, At[n], a, ibb, fast)
-                        s1, s0 = (2.0, -1.0) if mode == 1 else (1.0, 0.0)
-                        for d in range(D):
-                            a[d] = a[d] * f[d] * s1 + s0
+                    _transition(dtr, At[n], bn, mode, a, ibb, fast)
                     for d in range(D):
                         hn[d] = a[d] * hp[d] + bn * dtxb[d]
             for t in range(t1 - 1, t0 - 1, -1):

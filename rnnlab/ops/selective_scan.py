@@ -139,6 +139,11 @@ def _chunked(x, dt, A, Bm, Cm, h0, transition: str, chunk_size: int):
 _MODES = {"exp": 0, "exp_neg": 1, "longhorn": 2}
 
 
+def _row(x: Tensor, dtype: torch.dtype | None = None):
+    """A scratch row per sequence of x (B, T, D): (B, D) numpy, x's dtype unless given."""
+    return torch.empty(x.shape[0], x.shape[2], dtype=dtype or x.dtype).numpy()
+
+
 class _SelectiveScanFn(torch.autograd.Function):
     """The numba kernels (``_selective_scan_numba``), which keep the state transposed, (N, D)."""
 
@@ -153,10 +158,9 @@ class _SelectiveScanFn(torch.autograd.Function):
         hT = x.new_empty(Bsz, N, D)
         ckpt = x.new_empty(Bsz, nc, N, D)
         At = (A.t() if A is not None else x.new_zeros(N, D)).contiguous()
-        row = lambda dtype=x.dtype: torch.empty(Bsz, D, dtype=dtype).numpy()  # noqa: E731 - scratch, one row per sequence
         run_rows(sscan_fwd, Bsz, x.numpy(), dt.numpy(), At.numpy(), Bm.numpy(), Cm.numpy(),
                  h0.transpose(1, 2).contiguous().numpy(), _MODES[transition], chunk_size, y.numpy(), hT.numpy(),
-                 ckpt.numpy(), row(), row(torch.int32), row(), x.dtype == torch.float32)
+                 ckpt.numpy(), _row(x), _row(x, torch.int32), _row(x), x.dtype == torch.float32)
         ctx.save_for_backward(x, dt, At, Bm, Cm, ckpt)
         ctx.transition, ctx.chunk_size, ctx.has_A = transition, chunk_size, A is not None
         return y, hT.transpose(1, 2).contiguous()
@@ -172,11 +176,10 @@ class _SelectiveScanFn(torch.autograd.Function):
         dx, ddt, dB, dC = torch.empty_like(x), torch.empty_like(dt), torch.empty_like(Bm), torch.empty_like(Cm)
         dAt = x.new_zeros(Bsz, N, D)
         g = x.new_empty(Bsz, N, D)  # the state's adjoint, ends as dh0
-        row = lambda dtype=x.dtype: torch.empty(Bsz, D, dtype=dtype).numpy()  # noqa: E731
         run_rows(sscan_bwd, Bsz, x.numpy(), dt.numpy(), At.numpy(), Bm.numpy(), Cm.numpy(), _MODES[ctx.transition], L,
                  ckpt.numpy(), dy.numpy(), dhT.numpy(), dx.numpy(), ddt.numpy(), dAt.numpy(), dB.numpy(), dC.numpy(),
-                 g.numpy(), x.new_empty(Bsz, L + 1, N, D).numpy(), x.new_empty(Bsz, L, N, D).numpy(), row(), row(), row(),
-                 row(torch.int32), x.dtype == torch.float32)
+                 g.numpy(), x.new_empty(Bsz, L + 1, N, D).numpy(), x.new_empty(Bsz, L, N, D).numpy(), _row(x), _row(x), _row(x),
+                 _row(x, torch.int32), x.dtype == torch.float32)
         dA = dAt.sum(0).t() if ctx.has_A else None
         return dx, ddt, dA, dB, dC, g.transpose(1, 2).contiguous(), None, None
 
