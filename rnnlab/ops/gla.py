@@ -15,7 +15,7 @@ Per head, S_0 = initial_state (zeros when None):
 
 ``*_simple_gla`` and ``*_linear_attn`` also accept q, k with Hq heads shared by groups of H / Hq heads
 of v (head h reads group h // (H / Hq); Mamba-2's ngroups): the chunk form then computes one q k^T
-per group (:func:`_chunk_shared_qk`).
+per group (:func:`_chunk_by_group`).
 
 ``scale=None`` means K^-1/2 (flash-linear-attention's default); the signatures follow
 flash-linear-attention's functional ops, so ``from rnnlab.ops.gla import chunk_gla`` is a
@@ -307,19 +307,19 @@ class _ChunkCore(torch.autograd.Function):
     """The matmuls and the state pass of the chunkwise form, with a hand-written backward.
 
     Per chunk (batch dims (B, H, NC); q, k (L, K), v (L, V) in the matmul dtype; c, d, s broadcast to the
-    state (K, V): (K or 1, 1), or (1, V) for the column blocks of heads that share q and k; r (L, 1);
-    h0 (K, V) in float32; each of c, d, s, r may be None = 1):
+    state (K, V): (K or 1, 1), or (1, V) for the column blocks of heads that share q and k; h0 (K, V) in
+    float32; each of c, d, s may be None = 1):
 
         A     = tril(q kᵀ)  (or the given A)
         S_out = d ⊙ S_in + c ⊙ (kᵀ v)                 (a loop over the chunks, S_in of chunk 0 = h0)
-        o     = r ⊙ alpha (A v + q (s ⊙ S_in))
+        o     = alpha (A v + q (s ⊙ S_in))
 
     Returns (o (B, H, NC, L, V), final state (B, H, K, V) float32 or None). The backward computes every
     gradient with fused baddbmm's and one reverse loop over the chunks; the decays' own derivatives
     (cumulative sums, exponentials) are left to autograd outside."""
 
     @staticmethod
-    def forward(ctx, q, k, v, A, c, d, s, r, h0, alpha, output_final_state):
+    def forward(ctx, q, k, v, A, c, d, s, h0, alpha, output_final_state):
         acc = h0.dtype
         computed = A is None
         if computed:
@@ -335,21 +335,17 @@ class _ChunkCore(torch.autograd.Function):
         S_in = torch.stack(states, 2)  # (B, H, NC, K, V)
         S_hat = S_in * s if s is not None else S_in
         o = _bmm(A, v, add=_bmm(q, S_hat.to(q.dtype)), beta=alpha, alpha=alpha)
-        o_pre = o
-        if r is not None:
-            o = o.to(acc) * r
-        ctx.save_for_backward(q, k, v, A, Q, S_in, c, d, s, r, o_pre if r is not None else None)
+        ctx.save_for_backward(q, k, v, A, Q, S_in, c, d, s)
         ctx.computed, ctx.alpha = computed, alpha
         return o, (S if output_final_state else None)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, do, dS):
-        q, k, v, A, Q, S_in, c, d, s, r, o_pre = ctx.saved_tensors
+        q, k, v, A, Q, S_in, c, d, s = ctx.saved_tensors
         dt, acc, alpha = q.dtype, S_in.dtype, ctx.alpha
         reduce = lambda x, like: x.sum_to_size(like.shape)  # noqa: E731  the gradient of a broadcast factor
-        dr = (do * o_pre.to(acc)).sum(-1, keepdim=True) if r is not None else None
-        do_s = ((do * r) * alpha if r is not None else do * alpha).to(dt).contiguous()  # (B, H, NC, L, V); do is a permuted view
+        do_s = (do * alpha).to(dt).contiguous()  # (B, H, NC, L, V); do is a permuted view
         dA = _bmm(do_s, v.transpose(-1, -2))  # (B, H, NC, L, L)
         if ctx.computed:
             dA = torch.tril(dA)
@@ -375,7 +371,7 @@ class _ChunkCore(torch.autograd.Function):
             dA = None
         else:
             dq, dk = _bmm(do_s, tr(S_hat)), _bmm(v, tr(dQ))
-        return dq, dk, dv, dA, dc, dd, ds, dr, dh0, None, None
+        return dq, dk, dv, dA, dc, dd, ds, dh0, None, None
 
 
 def _chunk(q, k, v, g, kind, scale, initial_state, output_final_state, chunk_size):
@@ -385,55 +381,47 @@ def _chunk(q, k, v, g, kind, scale, initial_state, output_final_state, chunk_siz
     copy), so every matmul runs on views. The decays become the factors of :class:`_ChunkCore`
     (autograd differentiates them), applied where they cost the fewest passes over large tensors:
     none: q, k, v as they are, the scale folded into the final matmul;
-    scalar "chunk": A = tril(q kᵀ) undecayed; the key side's e^{M - G_s} on v, the query side's
-    scale e^{G_t - M} on the output rows r, s = e^{M}, c = e^{G_L - M}, d = e^{G_L};
+    scalar "chunk" (:func:`_chunk_by_group`, which also serves q, k shared by groups of heads):
+    A = tril(q kᵀ) undecayed; the key side's e^{M - G_s} on v, the query side's scale e^{G_t - M}
+    on the output rows, s = e^{M}, c = e^{G_L - M}, d = e^{G_L};
     vector "chunk": q e^{G - M}, k e^{M - G}; s, c, d the same per key dimension;
     strong decays: A from :func:`_intra_scalar` / :func:`_intra_vector`, q e^{G}, k e^{G_L - G}, d."""
     B, T, Hq, K = q.shape
+    H = v.shape[2]
     acc, dt = _acc_dtype(q), _mm_dtype(q)
     scale = K ** -0.5 if scale is None else scale
-    H = v.shape[2]
-    if H != Hq:  # q, k shared by groups of heads (Mamba-2's ngroups)
-        out = _chunk_shared_qk(q, k, v, g, kind, scale, initial_state, output_final_state, chunk_size)
-        if out is not None:
-            return out
-        q, k = _expand_heads(q, k, H)
     if kind == "vector" and chunk_size > SUB_CHUNK:
         L = min(chunk_size, -(-T // SUB_CHUNK) * SUB_CHUNK)  # short inputs: a shorter chunk, still whole sub-chunks
     else:
         L = min(chunk_size, T)
+    gf = _decay_shape(g, kind)
+    G = None if gf is None else _to_chunks(gf, L).cumsum(-2)  # (B, H, NC, L, K or 1) inclusive, acc
+    tier = "chunk" if G is None else _tier(G, kind)
+    if kind != "vector" and tier == "chunk":
+        return _chunk_by_group(q, k, v, G, scale, initial_state, output_final_state, L)
+    q, k = _expand_heads(q, k, H)  # the remaining forms decay q and k per head
     to_chunks = lambda t: _to_chunks(t, L)  # noqa: E731
     qc, kc, vc = to_chunks(q.to(dt)), to_chunks(k.to(dt)), to_chunks(v.to(dt))
     h0 = q.new_zeros(B, H, K, v.shape[-1], dtype=acc) if initial_state is None else initial_state.to(acc)
-    gf = _decay_shape(g, kind)
-    if gf is None:
-        o, S = _ChunkCore.apply(qc, kc, vc, None, None, None, None, None, h0, scale, output_final_state)
-    else:
-        G = to_chunks(gf).cumsum(-2)  # (B, H, NC, L, K or 1) inclusive, acc
-        GL = G[..., -1:, :]  # (B, H, NC, 1, K or 1)
-        col = lambda t: t.transpose(-1, -2)  # noqa: E731  (..., 1, K) -> (..., K, 1): a factor on the rows of a state
-        tier = _tier(G, kind)
-        if tier == "chunk":
-            M = G[..., L // 2 : L // 2 + 1, :]  # midpoint of each chunk
-            c, d, s = col(torch.exp(GL - M)), col(torch.exp(GL)), col(torch.exp(M))
-            if kind == "scalar":
-                v_t = (vc.to(acc) * torch.exp(M - G)).to(dt)
-                o, S = _ChunkCore.apply(qc, kc, v_t, None, c, d, s, torch.exp(G - M) * scale, h0, 1.0, output_final_state)
-            else:
-                q_t, k_t = (qc.to(acc) * torch.exp(G - M)).to(dt), (kc.to(acc) * torch.exp(M - G)).to(dt)
-                o, S = _ChunkCore.apply(q_t, k_t, vc, None, c, d, s, None, h0, scale, output_final_state)
-        else:  # strong decays: every exponent <= 0
-            qs = qc.to(acc) * scale
-            A = (_intra_scalar if tier == "exact_mask" else _intra_vector)(qs, kc.to(acc), G, dt).to(dt)
-            q_s, k_s = (qs * torch.exp(G)).to(dt), (kc.to(acc) * torch.exp(GL - G)).to(dt)
-            o, S = _ChunkCore.apply(q_s, k_s, vc, A, None, col(torch.exp(GL)), None, None, h0, 1.0, output_final_state)
+    GL = G[..., -1:, :]  # (B, H, NC, 1, K or 1)
+    col = lambda t: t.transpose(-1, -2)  # noqa: E731  (..., 1, K) -> (..., K, 1): a factor on the rows of a state
+    if tier == "chunk":  # per-key decay
+        M = G[..., L // 2 : L // 2 + 1, :]  # midpoint of each chunk
+        q_t, k_t = (qc.to(acc) * torch.exp(G - M)).to(dt), (kc.to(acc) * torch.exp(M - G)).to(dt)
+        o, S = _ChunkCore.apply(q_t, k_t, vc, None, col(torch.exp(GL - M)), col(torch.exp(GL)), col(torch.exp(M)), h0,
+                                scale, output_final_state)
+    else:  # strong decays: every exponent <= 0
+        qs = qc.to(acc) * scale
+        A = (_intra_scalar if tier == "exact_mask" else _intra_vector)(qs, kc.to(acc), G, dt).to(dt)
+        q_s, k_s = (qs * torch.exp(G)).to(dt), (kc.to(acc) * torch.exp(GL - G)).to(dt)
+        o, S = _ChunkCore.apply(q_s, k_s, vc, A, None, col(torch.exp(GL)), None, h0, 1.0, output_final_state)
     o = rearrange(o, "b h n l v -> b (n l) h v")[:, :T]
     return o.to(v.dtype), S
 
 
-def _chunk_shared_qk(q, k, v, g, kind, scale, initial_state, output_final_state, chunk_size):
-    """:func:`_chunk` when q, k (B, T, Hq, K) serve groups of rep = H / Hq heads of v (B, T, H, V), for no decay
-    or a scalar decay in the "chunk" tier (None otherwise: the caller expands q, k per head).
+def _chunk_by_group(q, k, v, G, scale, initial_state, output_final_state, L):
+    """:func:`_chunk` for no decay (G None) or a scalar decay in the "chunk" tier; q, k (B, T, Hq, K) serve
+    groups of rep = H / Hq heads of v (B, T, H, V) (rep = 1: a group per head).
 
     Each group's rep heads are laid side by side along the value axis, v (L, rep·V) and the state
     (K, rep·V), so one q kᵀ and one set of matmuls serve the whole group (Mamba-2 with ngroups = 1
@@ -443,27 +431,21 @@ def _chunk_shared_qk(q, k, v, g, kind, scale, initial_state, output_final_state,
     H, V = v.shape[2], v.shape[3]
     rep = H // Hq
     acc, dt = _acc_dtype(q), _mm_dtype(q)
-    L = min(chunk_size, T)
     NC = -(-T // L)
-    G = None
-    if kind == "scalar":
-        G = _to_chunks(_decay_shape(g, kind), L).cumsum(-2)  # (B, H, NC, L, 1)
-        if _tier(G, kind) != "chunk":
-            return None
     qc, kc = _to_chunks(q.to(dt), L), _to_chunks(k.to(dt), L)  # (B, Hq, NC, L, K)
     vc = _to_chunks(v.to(dt).reshape(B, T, Hq, rep * V), L)  # (B, Hq, NC, L, rep·V), head j of a group at columns j·V
     h0 = q.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else initial_state.to(acc)
     h0 = h0.unflatten(1, (Hq, rep)).permute(0, 1, 3, 2, 4).reshape(B, Hq, K, rep * V)
     if G is None:
-        o, S = _ChunkCore.apply(qc, kc, vc, None, None, None, None, None, h0, scale, output_final_state)
+        o, S = _ChunkCore.apply(qc, kc, vc, None, None, None, None, h0, scale, output_final_state)
     else:
         grp = lambda t: t.unflatten(1, (Hq, rep)).movedim(2, -2)  # noqa: E731  (B, H, NC, X, 1) -> (B, Hq, NC, X, rep, 1)
         cols = lambda t: grp(t).expand(*t.shape[:1], Hq, NC, 1, rep, V).reshape(B, Hq, NC, 1, rep * V)  # noqa: E731
         GL = G[..., -1:, :]
         M = G[..., L // 2 : L // 2 + 1, :]  # midpoint of each chunk
         v_t = (vc.to(acc).unflatten(-1, (rep, V)) * grp(torch.exp(M - G))).flatten(-2).to(dt)
-        o, S = _ChunkCore.apply(qc, kc, v_t, None, cols(torch.exp(GL - M)), cols(torch.exp(GL)), cols(torch.exp(M)), None,
-                                h0, 1.0, output_final_state)
+        o, S = _ChunkCore.apply(qc, kc, v_t, None, cols(torch.exp(GL - M)), cols(torch.exp(GL)), cols(torch.exp(M)), h0,
+                                1.0, output_final_state)
         o = (o.to(acc).unflatten(-1, (rep, V)) * grp(torch.exp(G - M) * scale)).flatten(-2)
     o = rearrange(o, "b g n l (r v) -> b (n l) (g r) v", r=rep)[:, :T]
     if S is not None:
