@@ -206,15 +206,18 @@ def _pass_forward(U: Tensor, Wk: Tensor, kd: Tensor, d: Tensor | None, E: Tensor
     W = U.new_empty(N, Z, C, V)
     S = U.new_empty(N + 1, Z, Wk.shape[-1], V)
     S[0] = S0
-    for n in range(N):
+    for n in range(N):  # each step written straight into its output slab: 2-3 ops per chunk
         torch.baddbmm(U[n], Wk[n], S[n], alpha=-1, out=W[n])
-        if d is None:
-            S[n + 1].copy_(S[n])
-        else:
-            torch.mul(S[n], d[n], out=S[n + 1])
-        if E is not None:
-            S[n + 1].add_(E[n])
-        S[n + 1].baddbmm_(kd[n].mT, W[n])
+        base = S[n]
+        if d is not None or E is not None:
+            base = S[n + 1]
+            if d is None:
+                torch.add(S[n], E[n], out=base)
+            elif E is None:
+                torch.mul(S[n], d[n], out=base)
+            else:
+                torch.addcmul(E[n], S[n], d[n], out=base)
+        torch.baddbmm(base, kd[n].mT, W[n], out=S[n + 1])
     return W, S
 
 
@@ -226,15 +229,19 @@ def _pass_backward(Wk: Tensor, kd: Tensor, d: Tensor | None, dW: Tensor, dS_in: 
     -> (dW, dS_next (N, Z, K, V) the total gradient of S_{n+1}, dS0 (Z, K, V))."""
     N = dW.shape[0]
     dS_next = dW.new_empty(N, *dS_last.shape)
-    dS = dS_last.clone()
-    for n in range(N - 1, -1, -1):
-        dS_next[n] = dS
+    dS_next[N - 1] = dS_last
+    for n in range(N - 1, -1, -1):  # dS_{n} = d_n ⊙ dS_{n+1} (+ dS_in_n) − Wk_nᵀ dW_n, written into its slot
+        dS = dS_next[n]
         dW[n].baddbmm_(kd[n], dS)
-        dS = dS * d[n] if d is not None else dS.clone()
-        dS.baddbmm_(Wk[n].mT, dW[n], alpha=-1)
-        if dS_in is not None:
-            dS.add_(dS_in[n])
-    return dW, dS_next, dS
+        prev = dS_next[n - 1] if n > 0 else torch.empty_like(dS_last)
+        if d is None:
+            torch.add(dS, dS_in[n], out=prev) if dS_in is not None else prev.copy_(dS)
+        elif dS_in is None:
+            torch.mul(dS, d[n], out=prev)
+        else:
+            torch.addcmul(dS_in[n], dS, d[n], out=prev)
+        prev.baddbmm_(Wk[n].mT, dW[n], alpha=-1)
+    return dW, dS_next, prev
 
 
 class _ChunkPass(torch.autograd.Function):
@@ -269,14 +276,18 @@ class _ChunkPass(torch.autograd.Function):
 
 
 def _chunks(x: Tensor, C: int) -> Tensor:
-    """(B, N·C, H, *F) -> (N·B·H, C, *F) float32 contiguous, chunk-major (chunk n of every head is one slab)."""
+    """(B, T, H, *F) -> (N·B·H, C, *F) float32 contiguous, chunk-major (chunk n of every head is one
+    slab), zero-padded to N = ⌈T / C⌉ chunks."""
+    pad = (-x.shape[1]) % C
+    if pad:
+        x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad))
     view = rearrange(x, "b (n c) h ... -> n b h c ...", c=C)
     return torch.empty(view.shape, dtype=torch.float32, device=x.device).copy_(view).flatten(0, 2)
 
 
-def _unchunk(x: Tensor, B: int, H: int) -> Tensor:
-    """(N·B·H, C, *F) -> (B, N·C, H, *F), the inverse of :func:`_chunks` (a view)."""
-    return rearrange(x, "(n b h) c ... -> b (n c) h ...", b=B, h=H)
+def _unchunk(x: Tensor, B: int, H: int, T: int) -> Tensor:
+    """(N·B·H, C, *F) -> (B, T, H, *F), the inverse of :func:`_chunks` (a view, the padding dropped)."""
+    return rearrange(x, "(n b h) c ... -> b (n c) h ...", b=B, h=H)[:, :T]
 
 
 def _mac(a: Tensor, b: Tensor, alpha: float = 1.0, acc: Tensor | None = None) -> Tensor:
@@ -296,66 +307,104 @@ def _decay(gam: Tensor) -> Tensor:
     return (gam[:, :, None] - gam[:, None, :]).exp_().tril_()
 
 
+def _mask(X: Tensor, Y: Tensor, gam: Tensor | None, rs: Tensor | None) -> None:
+    """In place: X ← tril(X ⊙ Γ), Y ← tril₋₁(diag(rs) Y ⊙ Γ), Γ_ij = e^{γ_i − γ_j} (ones if gam is None);
+    X, Y (Z, C, C), gam and rs (Z, C) or None. The causal decay masks of P and A (forward), dP and −dA (backward)."""
+    if gam is not None:
+        dec = _decay(gam)
+        X.mul_(dec)
+        Y.mul_(dec)
+    else:
+        X.tril_()
+    Y.tril_(-1)
+    if rs is not None:
+        Y.mul_(rs[..., None])
+
+
+def _layout(q, k, v, bc, eg, to_end, scale, C):
+    """q, k (B, T, H, K), v (B, T, H, V); bc, eg = e^γ, to_end = e^{γ_C − γ} (Z, C) (eg, to_end None: no decay)
+    -> in chunks (Z, C, ·), float32: qc, kc, vc, β v, β e^γ k, qe = scale e^γ q, kd = e^{γ_C − γ} k."""
+    qc, kc, vc = _chunks(q, C), _chunks(k, C), _chunks(v, C)
+    b = bc[..., None]
+    if eg is None:
+        return qc, kc, vc, vc * b, kc * b, qc * scale, kc
+    return qc, kc, vc, vc * b, kc * (b * eg[..., None]), qc * (eg * scale)[..., None], kc * to_end[..., None]
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """(Z, C, D), (Z, C, D) -> (Z, C): the row dot products, as one batch of tiny matmuls (einsum), measured
+    1.8x faster than the product tensor and its sum."""
+    return torch.einsum("zcd,zcd->zc", a, b)
+
+
+def _close_grads(dq, dk, dkb, dRv, qc, kc, vc, bc, dS_C, B, H, T):
+    """The backward's last element-wise step -> dq, dk, dv (B, T, H, ·), dbeta (B, T, H), dg (B, T, H) or
+    None (dS_C None: not gated). dk gains β dkb (kb = β k); β's gradient is dRv·v + dkb·k; γ enters only
+    through q e^{γ}, (βk) e^{γ}, k e^{−γ} (Γ_ij = e^{γ_i} e^{−γ_j}) and e^{γ_C} S_{n+1}
+    (S_{n+1} = e^{γ_C}(S_n + (k e^{−γ})ᵀ W)), so its gradient is read off the input gradients:
+    dγ_i = q_i·dq_i − k_i·dk_i + 2 β_i k_i·dkb_i (+ dS_C = ⟨S_{n+1}, dS_{n+1}⟩ at i = C), and g's is its
+    reverse cumulative sum within the chunk (γ = cumsum(g))."""
+    dk = dk.addcmul_(dkb, bc[..., None])
+    s_b = _rowdot(dkb, kc)
+    dbeta = _rowdot(dRv, vc).add_(s_b)
+    dg = None
+    if dS_C is not None:
+        dgam = _rowdot(dq, qc).sub_(_rowdot(dk, kc)).add_(2 * bc * s_b)
+        dgam[:, -1] += dS_C
+        dg = _unchunk(dgam.flip(-1).cumsum(-1).flip(-1), B, H, T)
+    return (_unchunk(dq, B, H, T), _unchunk(dk, B, H, T), _unchunk(dRv.mul_(bc[..., None]), B, H, T),
+            _unchunk(dbeta, B, H, T), dg)
+
+
 class _ChunkGatedDelta(torch.autograd.Function):
     """The chunkwise WY/UT form (math in :func:`_chunk_core`) with a hand-written backward.
 
-    q, k (B, N·C, H, K), v (B, N·C, H, V), g (B, N·C, H) log-decay or None, beta (B, N·C, H),
-    S0 (B, H, K, V) float32 -> o (B, N·C, H, V), S_final (B, H, K, V), float32 whatever the input
-    dtype: on these cores bfloat16 batched matmuls (oneDNN) measured 0.5-0.8x the float32 ones
-    (MKL), so bfloat16 inputs are only widened once, while being laid out in chunks.
-    Inside, every tensor is (Z, C, ·) with Z = N·B·H chunk-major: the batched matmuls read
-    contiguous slabs and the pass over chunks reads chunk n as one slab. ``scale`` is folded into
-    the matmuls' alpha and the per-row factors, never a separate pass over q."""
+    q, k (B, T, H, K), v (B, T, H, V), g (B, T, H) log-decay or None, beta (B, T, H), S0 (B, H, K, V)
+    float32 -> o (B, T, H, V), S_final (B, H, K, V), float32 whatever the input dtype: on these cores
+    bfloat16 batched matmuls (oneDNN) measured 0.5-0.8x the float32 ones (MKL), so bfloat16 inputs are
+    only widened once, while being laid out in chunks. Inside, every tensor is (Z, C, ·) with Z = N·B·H
+    chunk-major, zero-padded to N = ⌈T / C⌉ chunks: the batched matmuls read contiguous slabs and the
+    pass over chunks reads chunk n as one slab. ``scale`` is folded into the matmuls' alpha and the
+    per-row factors, never a separate pass over q."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, beta, S0, scale, C):
-        B, Tp, H, K = q.shape
+        B, T, H, K = q.shape
         V = v.shape[-1]
-        N, BH = Tp // C, B * H
+        N, BH = -(-T // C), B * H
         Z = N * BH
-        qc, kc, vc = _chunks(q, C), _chunks(k, C), _chunks(v, C)  # (Z, C, K | V)
-        bc = _chunks(beta, C)[..., None]  # (Z, C, 1)
-        kb = kc * bc
-        A = _mac(kb, kc.mT)  # (Z, C, C): β_i k_iᵀk_j; only the strictly lower part is read
-        P = _mac(qc, kc.mT, alpha=scale)  # (Z, C, C): scale q_iᵀk_j
-        R = kc.new_empty(Z, C, V + K)  # [diag(β) V, diag(β e^γ) K]
-        torch.mul(vc, bc, out=R[..., :V])
-        gam = None
-        if g is None:
-            P.tril_()
-            R[..., V:] = kb
-            qe, kd, d = qc * scale, kc, None
-        else:
+        bc = _chunks(beta, C)  # (Z, C)
+        gam = eg = to_end = None
+        if g is not None:
             gam = _chunks(g, C).cumsum(-1)  # (Z, C): γ_i
-            decay = _decay(gam)
-            P.mul_(decay)
-            A.mul_(decay)
-            del decay
-            eg = gam.exp()[..., None]  # (Z, C, 1)
-            torch.mul(kb, eg, out=R[..., V:])
-            qe, kd = qc * (eg * scale), kc * (gam[:, -1:] - gam).exp()[..., None]
-            d = gam[:, -1].exp().view(N, BH, 1, 1)
+            eg, to_end = gam.exp(), (gam[:, -1:] - gam).exp()
+        qc, kc, vc, Rv, Rk, qe, kd = _layout(q, k, v, bc, eg, to_end, scale, C)
+        A = _mac(kc, kc.mT)  # (Z, C, C): k_iᵀk_j, masked to A_ij = β_i e^{γ_i−γ_j} k_iᵀk_j (j < i)
+        P = _mac(qc, kc.mT, alpha=scale)  # (Z, C, C): scale q_iᵀk_j, masked to the decayed causal part
+        _mask(P, A, gam, bc)
         Tinv = _unit_lower_inverse(A)
-        X = _mac(Tinv, R)  # (Z, C, V + K): [U, Wk]
-        del A, R, kb  # freed before the pass: they would only raise the peak
-        X4 = X.view(N, BH, C, V + K)
-        W, S = _pass_forward(X4[..., :V], X4[..., V:], kd.view(N, BH, C, K), d, None, S0.reshape(BH, K, V))
+        del A
+        U, Wk = _mac(Tinv, Rv), _mac(Tinv, Rk)  # (Z, C, V), (Z, C, K)
+        del Rv, Rk  # freed before the pass: they would only raise the peak
+        d = None if gam is None else gam[:, -1].exp().view(N, BH, 1, 1)
+        W, S = _pass_forward(U.view(N, BH, C, V), Wk.view(N, BH, C, K), kd.view(N, BH, C, K), d, None, S0.reshape(BH, K, V))
+        del U
         o = _mac(P, W.view(Z, C, V), acc=_mac(qe, S[:N].view(Z, K, V)))  # (Z, C, V)
-        ctx.save_for_backward(qc, kc, vc, bc, gam, Tinv, X, W, S, P)
-        ctx.meta = scale, B, H, C
-        return _unchunk(o, B, H), S[N].view(B, H, K, V)
+        ctx.save_for_backward(qc, kc, vc, bc, gam, Tinv, Wk, W, S, P)
+        ctx.meta = scale, B, H, T, C
+        return _unchunk(o, B, H, T), S[N].view(B, H, K, V)
 
     @staticmethod
     def backward(ctx, do, dS_final):
-        qc, kc, vc, bc, gam, Tinv, X, W, S, P = ctx.saved_tensors
-        scale, B, H, C = ctx.meta
+        qc, kc, vc, bc, gam, Tinv, Wk, W, S, P = ctx.saved_tensors
+        scale, B, H, T, C = ctx.meta
         Z, _, K = qc.shape
         V = vc.shape[-1]
         N, BH = S.shape[0] - 1, B * H
         gated = gam is not None
         dS_final = torch.zeros_like(S[N]) if dS_final is None else dS_final.reshape(BH, K, V).float()
         do = _chunks(do, C) if do is not None else qc.new_zeros(Z, C, V)  # (Z, C, V)
-        Sin, Wz, X4 = S[:N].view(Z, K, V), W.view(Z, C, V), X.view(N, BH, C, V + K)
+        Sin, Wz = S[:N].view(Z, K, V), W.view(Z, C, V)
         if gated:
             eg = gam.exp()[..., None]
             to_end = (gam[:, -1:] - gam).exp()[..., None]
@@ -365,56 +414,37 @@ class _ChunkGatedDelta(torch.autograd.Function):
         # o = qe S_n + P W_n, qe = q ⊙ qf (temporaries are deleted once used: this bounds peak memory)
         dq = _mac(do, Sin.mT).mul_(qf)  # (Z, C, K)
         dP = _mac(do, Wz.mT)  # (Z, C, C)
-        dX = qc.new_empty(Z, C, V + K)  # [dU, dWk] with dU = dW
-        dW = torch.bmm(P.mT, do, out=dX[..., :V])
+        dW = torch.bmm(P.mT, do)  # = dU
         dS_in = _mac((qc * qf).mT, do).view(N, BH, K, V)
         del do
         # the pass W_n = U_n − Wk_n S_n, S_{n+1} = d_n S_n + kd_nᵀ W_n, last chunk to first
-        _, dS_next, dS0 = _pass_backward(X4[..., V:], kd.view(N, BH, C, K), d, dW.view(N, BH, C, V), dS_in, dS_final)
+        _, dS_next, dS0 = _pass_backward(Wk.view(N, BH, C, K), kd.view(N, BH, C, K), d, dW.view(N, BH, C, V), dS_in, dS_final)
         del dS_in, kd
         dS_next = dS_next.view(Z, K, V)
-        torch.bmm(dW, Sin.mT, out=dX[..., V:]).neg_()
         dk = _mac(Wz, dS_next.mT)  # (Z, C, K): through kd
+        dS_C = None
         if gated:
             dk.mul_(to_end)
-            dS_C = (S[1:].view(Z, K, V) * dS_next).sum((-1, -2))  # ⟨S_{n+1}, dS_{n+1}⟩
+            dS_C = _rowdot(S[1:].view(Z, K, V), dS_next).sum(-1)  # ⟨S_{n+1}, dS_{n+1}⟩
         del dS_next
-        # X = T R with R = [β v, β k e^γ]: dR = Tᵀ dX; nA = dR Xᵀ is −dA before the mask
-        dR = _mac(Tinv.mT, dX)
-        del dX
-        nA = _mac(dR, X.mT)
-        dv, dbeta = dR[..., :V] * bc, (dR[..., :V] * vc).sum(-1)
-        dkb = dR[..., V:] * eg if gated else dR[..., V:]
-        del dR
-        if gated:
-            decay = _decay(gam)
-            dP.mul_(decay)
-            decay.diagonal(dim1=-2, dim2=-1).zero_()
-            nA.mul_(decay)
-            del decay
-        else:
-            dP.tril_()
-            nA.tril_(-1)
-        # A = tril₋₁(kb kᵀ ⊙ Γ), P = scale tril(q kᵀ ⊙ Γ), kb = β k
-        kb = kc * bc
+        # [U, Wk] = T [β v, β e^γ k] with dU = dW and dWk = −dW Sᵀ (W = U − Wk S), so dRv = Tᵀ dW,
+        # dRk = Tᵀ dWk = −dRv Sᵀ, and −dA = dRv Uᵀ + dRk Wkᵀ = dRv (U − Wk S)ᵀ = dRv Wᵀ before the mask
+        # (three products where the chain rule taken step by step needs five)
+        dRv = _mac(Tinv.mT, dW)
+        del dW
+        dRk = _mac(dRv, Sin.mT, alpha=-1.0)
+        nA = _mac(dRv, Wz.mT)
+        dkb = dRk.mul_(eg) if gated else dRk
+        _mask(dP, nA, gam, None)
+        # A = tril₋₁(diag(β) K Kᵀ ⊙ Γ), P = scale tril(Q Kᵀ ⊙ Γ): with kb = β k
         dkb = _mac(nA, kc, alpha=-1.0, acc=dkb)
         dq = _mac(dP, kc, alpha=scale, acc=dq)
         dk = _mac(dP.mT, qc, alpha=scale, acc=dk)
         del dP
-        dk = _mac(nA.mT, kb, alpha=-1.0, acc=dk).addcmul_(dkb, bc)
-        del nA, kb
-        s_b = (dkb * kc).sum(-1)  # (Z, C)
-        dbeta += s_b
-        dg = None
-        if gated:
-            # γ enters only through q e^{γ}, (βk) e^{γ}, k e^{−γ} (Γ_ij = e^{γ_i} e^{−γ_j}) and e^{γ_C} S_{n+1}
-            # (S_{n+1} = e^{γ_C}(S_n + (k e^{−γ})ᵀ W)), so its gradient is read off the input gradients:
-            # dγ_i = q_i·dq_i − k_i·dk_i + 2 β_i k_i·dkb_i  (+ ⟨S_{n+1}, dS_{n+1}⟩ at i = C)
-            dgam = (dq * qc).sum(-1) - (dk * kc).sum(-1) + 2 * bc[..., 0] * s_b
-            dgam[:, -1] += dS_C
-            dg = _unchunk(dgam.flip(-1).cumsum(-1).flip(-1), B, H)  # γ = cumsum(g) within the chunk
-        return (_unchunk(dq, B, H), _unchunk(dk, B, H), _unchunk(dv, B, H), dg, _unchunk(dbeta, B, H),
-                dS0.view(B, H, K, V), None, None)
+        dk = _mac(nA.mT, kc * bc[..., None], alpha=-1.0, acc=dk)
+        del nA
+        dq, dk, dv, dbeta, dg = _close_grads(dq, dk, dkb, dRv, qc, kc, vc, bc, dS_C, B, H, T)
+        return dq, dk, dv, dg, dbeta, dS0.view(B, H, K, V), None, None
 
 
 def _chunk_core(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, chunk_size):
@@ -424,28 +454,23 @@ def _chunk_core(q, k, v, g, beta, scale, initial_state, output_final_state, use_
     the state is S_i = e^{γ_i} S₀ + Σ_{j≤i} e^{γ_i−γ_j} k_j w_jᵀ with pseudo-values
     w_j = β_j(v_j − e^{γ_j} S₀ᵀk_j − Σ_{m<j} e^{γ_j−γ_m}(k_jᵀk_m) w_m). In matrix form
     (I + A) W = diag(β)V − diag(β e^{γ}) K S₀ with A_jm = β_j e^{γ_j−γ_m} k_jᵀk_m (m < j), so with
-    T = (I + A)⁻¹ (the UT transform, one blocked triangular inverse per chunk, all chunks at once):
+    T = (I + A)⁻¹ (the UT transform, one triangular inverse per chunk, all chunks at once):
         [U, Wk] = T [diag(β) V, diag(β e^{γ}) K],   W = U − Wk S₀                 (WY form)
         O = (Q ⊙ e^{γ}) S₀ + (QKᵀ ⊙ e^{γ_i−γ_j} ⊙ causal) W
         S_C = e^{γ_C} S₀ + (K ⊙ e^{γ_C−γ})ᵀ W
     Only W and S_C need the sequential pass over chunks (``_pass_forward``, two matmuls per chunk);
     everything else is batched over all chunks. All ratios are exp of differences ≤ 0, so nothing
-    overflows. The backward is written by hand (``_ChunkGatedDelta``): the same matmuls transposed,
-    the pass run from the last chunk to the first; memory O(T·(C+K+V) + T/C·K·V).
+    overflows. The last chunk is zero-padded (zero keys, β = 0, g = 0: the state passes through).
+    The backward is written by hand (``_ChunkGatedDelta``): the same matmuls transposed, the pass run
+    from the last chunk to the first; memory O(T·(C+K+V) + T/C·K·V).
     """
     B, T, H, K = q.shape
-    C = chunk_size
     scale = K**-0.5 if scale is None else scale
     if use_qk_l2norm_in_kernel:
         q, k = l2norm(q), l2norm(k)
-    pad = (-T) % C
-    if pad:  # zero keys, β = 0, g = 0 after the end: the state passes through unchanged
-        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
-        beta = F.pad(beta, (0, 0, 0, pad))
-        g = None if g is None else F.pad(g, (0, 0, 0, pad))
     S0 = q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32) if initial_state is None else initial_state.float()
-    o, S = _ChunkGatedDelta.apply(q, k, v, g, beta, S0, scale, C)
-    return o[:, :T].to(v.dtype), (S if output_final_state else None)
+    o, S = _ChunkGatedDelta.apply(q, k, v, g, beta, S0, scale, chunk_size)
+    return o.to(v.dtype), (S if output_final_state else None)
 
 
 def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False, chunk_size=64):
