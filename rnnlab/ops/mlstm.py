@@ -226,9 +226,10 @@ def chunk_mlstm(
 
     # intra-chunk: M_t = max(m_in, cummax_s a_s); decay matrix e^{a_s - M_t} on s <= t
     Mt = torch.maximum(m_in[..., None], torch.cummax(a, -1).values)  # (B, H, NC, L)
-    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
-    D = torch.exp((a[..., None, :] - Mt[..., :, None]).masked_fill(~causal, float("-inf")))  # (B, H, NC, L, L)
-    S = _bmm(qc, kc.transpose(-1, -2)) * D  # (B, H, NC, L, L) float32
+    # exponents a_s - M_t <= 0 on s <= t; above the diagonal they are clamped to 0 and the product is
+    # masked after the exp (exp(-inf) takes a slow path: the masked-before-exp form cost 4x as much)
+    D = torch.exp((a[..., None, :] - Mt[..., :, None]).clamp(max=0.0))  # (B, H, NC, L, L)
+    S = (_bmm(qc, kc.transpose(-1, -2)) * D).tril()  # (B, H, NC, L, L) float32
     w_in = torch.exp(m_in[..., None] - Mt)[..., None]  # (B, H, NC, L, 1)
     num = _bmm(S.to(dt), vc).to(acc) + w_in * _bmm(qc.to(dt), C_in.to(dt)).to(acc)  # (B, H, NC, L, V)
     den = S.sum(-1, keepdim=True) + w_in * _bmm(qc, n_in[..., None])  # (B, H, NC, L, 1) float32
