@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from rnnlab.ops.gla import _exp_le0
+
 __all__ = ["chunk_rwkv7", "fused_recurrent_rwkv7", "naive_recurrent_rwkv7"]
 
 
@@ -107,8 +109,8 @@ def _decay_gram(x: Tensor, y: Tensor, Gx: Tensor, Gy: Tensor, diagonal: bool) ->
     bound = torch.maximum((Gx - m).abs().amax(), (Gy - m).abs().amax()).detach() if x.numel() else x.new_zeros(())
     if float(bound) <= _MAX_EXP:
         return ((x * torch.exp(Gx - m)) @ (y * torch.exp(m - Gy)).mT).masked_fill(~mask, 0.0)
-    diff = (Gx[..., :, None, :] - Gy[..., None, :, :]).masked_fill(~mask[..., None], -float("inf"))
-    return torch.einsum("...ijc,...ic,...jc->...ij", diff.exp(), x, y)
+    ratio = _exp_le0(Gx[..., :, None, :] - Gy[..., None, :, :])  # exact where the mask keeps it
+    return torch.einsum("...ijc,...ic,...jc->...ij", ratio, x, y).masked_fill(~mask, 0.0)
 
 
 def chunk_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, output_final_state=False, chunk_size=16):
