@@ -355,9 +355,9 @@ def plot_headline(result: dict, path: str, mode: str = "train", names: list[str]
     m, c = result["machine"], result["config"]
     ax.set_title(f"{mode} throughput, batch {c['batch']}, d_model {c['d_model']}, {c['dtypes'][0]}\n"
                  f"{m['cpu'].split(' (')[0]}, {m['threads']} threads, torch {m['torch']}", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no line is hidden
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return path
