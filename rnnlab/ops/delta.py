@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from rnnlab.ops._exp import EXP_FLOOR, decay_exp
+
 __all__ = [
     "chunk_delta_rule", "fused_recurrent_delta_rule", "naive_recurrent_delta_rule",
     "chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule", "naive_recurrent_gated_delta_rule",
@@ -303,8 +305,9 @@ def _mac(a: Tensor, b: Tensor, alpha: float = 1.0, acc: Tensor | None = None) ->
 
 def _decay(gam: Tensor) -> Tensor:
     """gam (Z, C) cumulative log-decay -> (Z, C, C) e^{γ_i − γ_j} for j ≤ i (exponents ≤ 0), 0 above the diagonal.
-    (Masked after exp: exp(−inf) takes a slow path, measured 10x slower than the whole exp.)"""
-    return (gam[:, :, None] - gam[:, None, :]).exp_().tril_()
+    Exponents clamped to [EXP_FLOOR, 0] and masked after the exp: torch's exp is 10-100x slower for −inf and for
+    results that underflow or overflow (rnnlab/ops/_exp.py)."""
+    return (gam[:, :, None] - gam[:, None, :]).clamp_(EXP_FLOOR, 0.0).exp_().tril_()
 
 
 def _mask(X: Tensor, Y: Tensor, gam: Tensor | None, rs: Tensor | None) -> None:
@@ -377,7 +380,7 @@ class _ChunkGatedDelta(torch.autograd.Function):
         gam = eg = to_end = None
         if g is not None:
             gam = _chunks(g, C).cumsum(-1)  # (Z, C): γ_i
-            eg, to_end = gam.exp(), (gam[:, -1:] - gam).exp()
+            eg, to_end = decay_exp(gam), decay_exp(gam[:, -1:] - gam)
         qc, kc, vc, Rv, Rk, qe, kd = _layout(q, k, v, bc, eg, to_end, scale, C)
         A = _mac(kc, kc.mT)  # (Z, C, C): k_iᵀk_j, masked to A_ij = β_i e^{γ_i−γ_j} k_iᵀk_j (j < i)
         P = _mac(qc, kc.mT, alpha=scale)  # (Z, C, C): scale q_iᵀk_j, masked to the decayed causal part
@@ -386,7 +389,7 @@ class _ChunkGatedDelta(torch.autograd.Function):
         del A
         U, Wk = _mac(Tinv, Rv), _mac(Tinv, Rk)  # (Z, C, V), (Z, C, K)
         del Rv, Rk  # freed before the pass: they would only raise the peak
-        d = None if gam is None else gam[:, -1].exp().view(N, BH, 1, 1)
+        d = None if gam is None else decay_exp(gam[:, -1]).view(N, BH, 1, 1)
         W, S = _pass_forward(U.view(N, BH, C, V), Wk.view(N, BH, C, K), kd.view(N, BH, C, K), d, None, S0.reshape(BH, K, V))
         del U
         o = _mac(P, W.view(Z, C, V), acc=_mac(qe, S[:N].view(Z, K, V)))  # (Z, C, V)
@@ -406,9 +409,9 @@ class _ChunkGatedDelta(torch.autograd.Function):
         do = _chunks(do, C) if do is not None else qc.new_zeros(Z, C, V)  # (Z, C, V)
         Sin, Wz = S[:N].view(Z, K, V), W.view(Z, C, V)
         if gated:
-            eg = gam.exp()[..., None]
-            to_end = (gam[:, -1:] - gam).exp()[..., None]
-            qf, kd, d = eg * scale, kc * to_end, gam[:, -1].exp().view(N, BH, 1, 1)
+            eg = decay_exp(gam)[..., None]
+            to_end = decay_exp(gam[:, -1:] - gam)[..., None]
+            qf, kd, d = eg * scale, kc * to_end, decay_exp(gam[:, -1]).view(N, BH, 1, 1)
         else:
             qf, kd, d = scale, kc, None
         # o = qe S_n + P W_n, qe = q ⊙ qf (temporaries are deleted once used: this bounds peak memory)

@@ -39,18 +39,19 @@ measured 11-20% faster than autograd through the same computation); autograd dif
 decay factors around it. Memory O(T * L).
 
 Numerics of A (every exponent bounded, never a product of many small numbers). In the common
-case ("chunk" tier: no chunk whose half accumulates more than ``_MAX_EXP`` = 60 of log-decay)
+case ("chunk" tier: no chunk whose half accumulates more than ``_MAX_EXP`` = 40 of log-decay)
 one midpoint M per chunk factors every decay, e^{G_t - G_s} = e^{G_t - M} e^{M - G_s}, with both
-factors below e^60. Otherwise:
-* scalar decay: A = (q k^T) * exp(G_t - G_s) with the (L, L) mask applied to the exponent
-  (-inf above the diagonal), so every exponent is <= 0; exact for any decay.
+factors within e^{±40} (so their products, times the data, stay out of float32's denormal range,
+on which matmuls run several times slower). Otherwise:
+* scalar decay: A = (q k^T) * exp(G_t - G_s) with the (L, L) mask applied after the exp; every
+  kept exponent is <= 0, floored at rnnlab.ops._exp.EXP_FLOOR = -30; exact for any decay.
 * per-key decay: sub-chunks of 16 tokens. A block below the diagonal (query sub-chunk i,
   key sub-chunk j < i) factors through R_i, the cumulative decay at the end of sub-chunk i-1:
   (q_t e^{G_t - R_i}) . (k_s e^{R_i - G_s}), both exponents <= 0 (exact, safe for any decay).
   A diagonal 16x16 block factors through its midpoint M: (q_t e^{G_t - M}) . (k_s e^{M - G_s});
   those exponents are bounded by the decay accumulated over half a sub-chunk (<= 40 for
-  g >= -5 per step). When that bound exceeds ``_MAX_EXP`` = 60 anywhere (decays stronger than
-  about -7.5 per step), the diagonal blocks are computed from the exact pairwise factors
+  g >= -5 per step). When that bound exceeds ``_MAX_EXP`` = 40 anywhere (decays stronger than
+  about -5 per step), the diagonal blocks are computed from the exact pairwise factors
   exp(G_t - G_s) <= 1 instead: same result, slower, memory 16x that of q. The choice depends
   only on the values of g and is the same on every device.
 """
@@ -61,6 +62,8 @@ from einops import rearrange
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from rnnlab.ops._exp import decay_exp
+
 __all__ = [
     "chunk_gla", "fused_recurrent_gla", "naive_recurrent_gla",
     "chunk_simple_gla", "fused_recurrent_simple_gla", "naive_recurrent_simple_gla",
@@ -68,7 +71,10 @@ __all__ = [
 ]
 
 SUB_CHUNK = 16
-_MAX_EXP = 60.0  # largest |exponent| of a midpoint-factored diagonal block (e^60 ~ 1e26, far from fp32/bf16 overflow)
+# largest |exponent| of a midpoint-factored block: its products pair factors down to e^-2·bound, which with the
+# data fall into float32's denormal range (slow matmuls) past ~42: chunk_simple_gla fwd+bwd at bound 37 / 43 / 46
+# measured 63 / 91 / 142 ms; past 40 the exact tiers (65 ms at bound 80) take over
+_MAX_EXP = 40.0
 
 
 # --------------------------------------------------------------------------- validation
@@ -217,11 +223,11 @@ def fused_recurrent_linear_attn(q, k, v, scale=None, initial_state=None, output_
 
 
 # --------------------------------------------------------------------------- chunkwise
-def _exp_le0(x: Tensor) -> Tensor:
-    """exp(min(x, 0)): the decay ratios, whose exponents are <= 0 where they are used; the caller masks the
-    rest after the exp. (Masking with -inf before the exp measured 5x slower: exp(-inf) takes a slow path.
-    The clamp keeps the discarded entries finite, so no inf * 0 reaches a gradient.)"""
-    return torch.exp(x.clamp(max=0.0))
+def _ratio(x: Tensor) -> Tensor:
+    """Decay ratios e^x for exponents x <= 0 where the caller keeps them; the caller masks the rest after
+    the exp (masking with -inf before it measured 5x slower: exp(-inf) takes a slow path). Clamped to
+    [EXP_FLOOR, 0] (rnnlab/ops/_exp.py): the masked entries stay finite, so no inf * 0 reaches a gradient."""
+    return decay_exp(x, max=0.0)
 
 
 def _intra_scalar(q: Tensor, k: Tensor, G: Tensor | None, dt: torch.dtype) -> Tensor:
@@ -229,13 +235,13 @@ def _intra_scalar(q: Tensor, k: Tensor, G: Tensor | None, dt: torch.dtype) -> Te
     A = (q.to(dt) @ k.to(dt).transpose(-1, -2)).to(q.dtype)  # (..., L, L)
     if G is None:
         return A.tril()
-    # G_t - G_s <= 0 on s <= t; above the diagonal clamped to 0 and masked after the exp (see _exp_le0)
-    return (A * _exp_le0(G - G.transpose(-1, -2))).tril_()
+    # G_t - G_s <= 0 on s <= t; above the diagonal clamped to 0 and masked after the exp (see _ratio)
+    return (A * _ratio(G - G.transpose(-1, -2))).tril_()
 
 
 def _diag_exact(qs: Tensor, ks: Tensor, Gs: Tensor, mask: Tensor) -> Tensor:
     """qs, ks, Gs (..., Ls, K) -> (..., Ls, Ls): sum_k q_tk k_sk e^{G_tk - G_sk} from exact pairwise factors <= 1."""
-    ratio = _exp_le0(Gs[..., :, None, :] - Gs[..., None, :, :])  # (..., Ls, Ls, K), exact on s <= t
+    ratio = _ratio(Gs[..., :, None, :] - Gs[..., None, :, :])  # (..., Ls, Ls, K), exact on s <= t
     return torch.einsum("...tsk,...tk,...sk->...ts", ratio, qs, ks).masked_fill(~mask, 0.0)
 
 
@@ -262,7 +268,7 @@ def _intra_vector(q: Tensor, k: Tensor, G: Tensor, dt: torch.dtype) -> Tensor:
     R = G[..., Ls - 1 : L - 1 : Ls, :]  # (..., ns-1, K)
     qr = (qs[..., 1:, :, :] * torch.exp(Gs[..., 1:, :, :] - R[..., None, :])).to(dt)  # (..., ns-1, Ls, K)
     before = torch.arange(L, device=q.device)[None, :] < torch.arange(1, ns, device=q.device)[:, None] * Ls  # (ns-1, L)
-    kr = (k[..., None, :, :] * _exp_le0(R[..., :, None, :] - G[..., None, :, :])).masked_fill(~before[:, :, None], 0.0).to(dt)  # (..., ns-1, L, K)
+    kr = (k[..., None, :, :] * _ratio(R[..., :, None, :] - G[..., None, :, :])).masked_fill(~before[:, :, None], 0.0).to(dt)  # (..., ns-1, L, K)
     A_off = (qr @ kr.transpose(-1, -2)).to(q.dtype)  # (..., ns-1, Ls, L), zero at keys >= i*Ls
     A = torch.cat([A_off.new_zeros(*A_off.shape[:-3], 1, Ls, L), A_off], -3)  # (..., ns, Ls, L)
     A = A.unflatten(-1, (ns, Ls))  # (..., ns, Ls, ns, Ls)
@@ -417,8 +423,8 @@ def _chunk(q, k, v, g, kind, scale, initial_state, output_final_state, chunk_siz
     else:  # strong decays: every exponent <= 0
         qs = qc.to(acc) * scale
         A = (_intra_scalar if tier == "exact_mask" else _intra_vector)(qs, kc.to(acc), G, dt).to(dt)
-        q_s, k_s = (qs * torch.exp(G)).to(dt), (kc.to(acc) * torch.exp(GL - G)).to(dt)
-        o, S = _ChunkCore.apply(q_s, k_s, vc, A, None, col(torch.exp(GL)), None, h0, 1.0, output_final_state)
+        q_s, k_s = (qs * decay_exp(G)).to(dt), (kc.to(acc) * decay_exp(GL - G)).to(dt)
+        o, S = _ChunkCore.apply(q_s, k_s, vc, A, None, col(decay_exp(GL)), None, h0, 1.0, output_final_state)
     o = rearrange(o, "b h n l v -> b (n l) h v")[:, :T]
     return o.to(v.dtype), S
 

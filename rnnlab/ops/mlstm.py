@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from rnnlab.ops._exp import decay_exp
 from rnnlab.ops.gla import _acc_dtype, _bmm, _mm_dtype, _to_chunks
 
 __all__ = ["chunk_mlstm", "fused_recurrent_mlstm", "naive_recurrent_mlstm", "MLSTMState"]
@@ -207,7 +208,7 @@ def chunk_mlstm(
 
     # chunk-local states at the chunk end (as if entering empty), stabilized by their own max
     m_loc = a.amax(-1)  # (B, H, NC)
-    wk = kc * torch.exp(a - m_loc[..., None])[..., None]  # (B, H, NC, L, K)
+    wk = kc * decay_exp(a - m_loc[..., None])[..., None]  # (B, H, NC, L, K)
     C_loc = _bmm(wk.to(dt).transpose(-1, -2), vc).to(acc)  # (B, H, NC, K, V)
     n_loc = wk.sum(-2)  # (B, H, NC, K)
     # pass (C, n, m) across chunks; in the chunk-start frame the state's stabilizer is m - 0 and the
@@ -228,9 +229,9 @@ def chunk_mlstm(
     Mt = torch.maximum(m_in[..., None], torch.cummax(a, -1).values)  # (B, H, NC, L)
     # exponents a_s - M_t <= 0 on s <= t; above the diagonal they are clamped to 0 and the product is
     # masked after the exp (exp(-inf) takes a slow path: the masked-before-exp form cost 4x as much)
-    D = torch.exp((a[..., None, :] - Mt[..., :, None]).clamp(max=0.0))  # (B, H, NC, L, L)
+    D = decay_exp(a[..., None, :] - Mt[..., :, None], max=0.0)  # (B, H, NC, L, L)
     S = (_bmm(qc, kc.transpose(-1, -2)) * D).tril()  # (B, H, NC, L, L) float32
-    w_in = torch.exp(m_in[..., None] - Mt)[..., None]  # (B, H, NC, L, 1)
+    w_in = decay_exp(m_in[..., None] - Mt)[..., None]  # (B, H, NC, L, 1)
     num = _bmm(S.to(dt), vc).to(acc) + w_in * _bmm(qc.to(dt), C_in.to(dt)).to(acc)  # (B, H, NC, L, V)
     den = S.sum(-1, keepdim=True) + w_in * _bmm(qc, n_in[..., None])  # (B, H, NC, L, 1) float32
     h = num / torch.maximum(den.abs(), torch.exp(-(b + Mt))[..., None])

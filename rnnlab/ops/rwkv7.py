@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from rnnlab.ops.gla import _exp_le0
+from rnnlab.ops._exp import decay_exp
 
 __all__ = ["chunk_rwkv7", "fused_recurrent_rwkv7", "naive_recurrent_rwkv7"]
 
@@ -93,7 +93,7 @@ def fused_recurrent_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, outp
     return o, (S.reshape(B, H, K, V) if output_final_state else None)
 
 
-_MAX_EXP = 60.0  # largest |exponent| the factorized decay products may use (e^60 ≈ 1e26, fp32-safe)
+_MAX_EXP = 40.0  # largest |exponent| of the factorized decay products (as rnnlab.ops.gla: e^-80 products stay normal)
 
 
 def _decay_gram(x: Tensor, y: Tensor, Gx: Tensor, Gy: Tensor, diagonal: bool) -> Tensor:
@@ -109,7 +109,7 @@ def _decay_gram(x: Tensor, y: Tensor, Gx: Tensor, Gy: Tensor, diagonal: bool) ->
     bound = torch.maximum((Gx - m).abs().amax(), (Gy - m).abs().amax()).detach() if x.numel() else x.new_zeros(())
     if float(bound) <= _MAX_EXP:
         return ((x * torch.exp(Gx - m)) @ (y * torch.exp(m - Gy)).mT).masked_fill(~mask, 0.0)
-    ratio = _exp_le0(Gx[..., :, None, :] - Gy[..., None, :, :])  # exact where the mask keeps it
+    ratio = decay_exp(Gx[..., :, None, :] - Gy[..., None, :, :], max=0.0)  # exact where the mask keeps it
     return torch.einsum("...ijc,...ic,...jc->...ij", ratio, x, y).masked_fill(~mask, 0.0)
 
 
