@@ -15,7 +15,6 @@ one, and its gradient 0 instead of one below 1e-13. With the floor, those inputs
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 __all__ = ["EXP_FLOOR", "decay_exp"]
@@ -26,4 +25,4 @@ EXP_FLOOR = -30.0
 def decay_exp(x: Tensor, max: float | None = None) -> Tensor:  # noqa: A002 - torch.clamp's name
     """exp(clamp(x, EXP_FLOOR, max)): x a log-decay (difference); ``max=0.0`` for ratios that are <= 1 where
     the caller keeps them and are masked elsewhere (the clamp keeps the masked entries finite)."""
-    return torch.exp(x.clamp(min=EXP_FLOOR, max=max))
+    return x.clamp(min=EXP_FLOOR, max=max).exp_()  # in place on clamp's fresh output: one allocation

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from rnnlab.ops._exp import EXP_FLOOR, decay_exp
+from rnnlab.ops._exp import decay_exp
 
 __all__ = [
     "chunk_delta_rule", "fused_recurrent_delta_rule", "naive_recurrent_delta_rule",
@@ -305,9 +305,9 @@ def _mac(a: Tensor, b: Tensor, alpha: float = 1.0, acc: Tensor | None = None) ->
 
 def _decay(gam: Tensor) -> Tensor:
     """gam (Z, C) cumulative log-decay -> (Z, C, C) e^{γ_i − γ_j} for j ≤ i (exponents ≤ 0), 0 above the diagonal.
-    Exponents clamped to [EXP_FLOOR, 0] and masked after the exp: torch's exp is 10-100x slower for −inf and for
-    results that underflow or overflow (rnnlab/ops/_exp.py)."""
-    return (gam[:, :, None] - gam[:, None, :]).clamp_(EXP_FLOOR, 0.0).exp_().tril_()
+    Masked after the exp, the exponents clamped by ``decay_exp`` (rnnlab/ops/_exp.py: torch's exp is 10-100x
+    slower for −inf and for results that underflow or overflow)."""
+    return decay_exp(gam[:, :, None] - gam[:, None, :], max=0.0).tril_()
 
 
 def _mask(X: Tensor, Y: Tensor, gam: Tensor | None, rs: Tensor | None) -> None:
@@ -389,17 +389,17 @@ class _ChunkGatedDelta(torch.autograd.Function):
         del A
         U, Wk = _mac(Tinv, Rv), _mac(Tinv, Rk)  # (Z, C, V), (Z, C, K)
         del Rv, Rk  # freed before the pass: they would only raise the peak
-        d = None if gam is None else decay_exp(gam[:, -1]).view(N, BH, 1, 1)
+        d = None if gam is None else eg[:, -1].reshape(N, BH, 1, 1)  # e^{γ_C}, the chunk's whole decay
         W, S = _pass_forward(U.view(N, BH, C, V), Wk.view(N, BH, C, K), kd.view(N, BH, C, K), d, None, S0.reshape(BH, K, V))
         del U
         o = _mac(P, W.view(Z, C, V), acc=_mac(qe, S[:N].view(Z, K, V)))  # (Z, C, V)
-        ctx.save_for_backward(qc, kc, vc, bc, gam, Tinv, Wk, W, S, P)
+        ctx.save_for_backward(qc, kc, vc, bc, gam, eg, to_end, Tinv, Wk, W, S, P)
         ctx.meta = scale, B, H, T, C
         return _unchunk(o, B, H, T), S[N].view(B, H, K, V)
 
     @staticmethod
     def backward(ctx, do, dS_final):
-        qc, kc, vc, bc, gam, Tinv, Wk, W, S, P = ctx.saved_tensors
+        qc, kc, vc, bc, gam, eg, to_end, Tinv, Wk, W, S, P = ctx.saved_tensors
         scale, B, H, T, C = ctx.meta
         Z, _, K = qc.shape
         V = vc.shape[-1]
@@ -409,9 +409,8 @@ class _ChunkGatedDelta(torch.autograd.Function):
         do = _chunks(do, C) if do is not None else qc.new_zeros(Z, C, V)  # (Z, C, V)
         Sin, Wz = S[:N].view(Z, K, V), W.view(Z, C, V)
         if gated:
-            eg = decay_exp(gam)[..., None]
-            to_end = decay_exp(gam[:, -1:] - gam)[..., None]
-            qf, kd, d = eg * scale, kc * to_end, decay_exp(gam[:, -1]).view(N, BH, 1, 1)
+            eg, to_end = eg[..., None], to_end[..., None]  # (Z, C, 1): factors on rows
+            qf, kd, d = eg * scale, kc * to_end, eg[:, -1].reshape(N, BH, 1, 1)
         else:
             qf, kd, d = scale, kc, None
         # o = qe S_n + P W_n, qe = q ⊙ qf (temporaries are deleted once used: this bounds peak memory)

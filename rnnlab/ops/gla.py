@@ -223,25 +223,18 @@ def fused_recurrent_linear_attn(q, k, v, scale=None, initial_state=None, output_
 
 
 # --------------------------------------------------------------------------- chunkwise
-def _ratio(x: Tensor) -> Tensor:
-    """Decay ratios e^x for exponents x <= 0 where the caller keeps them; the caller masks the rest after
-    the exp (masking with -inf before it measured 5x slower: exp(-inf) takes a slow path). Clamped to
-    [EXP_FLOOR, 0] (rnnlab/ops/_exp.py): the masked entries stay finite, so no inf * 0 reaches a gradient."""
-    return decay_exp(x, max=0.0)
-
-
 def _intra_scalar(q: Tensor, k: Tensor, G: Tensor | None, dt: torch.dtype) -> Tensor:
     """q, k (..., L, K) acc; G (..., L, 1) inclusive cumsum or None -> A (..., L, L) acc, lower triangle incl. diagonal."""
     A = (q.to(dt) @ k.to(dt).transpose(-1, -2)).to(q.dtype)  # (..., L, L)
     if G is None:
         return A.tril()
-    # G_t - G_s <= 0 on s <= t; above the diagonal clamped to 0 and masked after the exp (see _ratio)
-    return (A * _ratio(G - G.transpose(-1, -2))).tril_()
+    # G_t - G_s <= 0 on s <= t; above the diagonal clamped to 0 and masked after the exp (rnnlab/ops/_exp.py)
+    return (A * decay_exp(G - G.transpose(-1, -2), max=0.0)).tril_()
 
 
 def _diag_exact(qs: Tensor, ks: Tensor, Gs: Tensor, mask: Tensor) -> Tensor:
     """qs, ks, Gs (..., Ls, K) -> (..., Ls, Ls): sum_k q_tk k_sk e^{G_tk - G_sk} from exact pairwise factors <= 1."""
-    ratio = _ratio(Gs[..., :, None, :] - Gs[..., None, :, :])  # (..., Ls, Ls, K), exact on s <= t
+    ratio = decay_exp(Gs[..., :, None, :] - Gs[..., None, :, :], max=0.0)  # (..., Ls, Ls, K), exact on s <= t
     return torch.einsum("...tsk,...tk,...sk->...ts", ratio, qs, ks).masked_fill(~mask, 0.0)
 
 
@@ -268,7 +261,7 @@ def _intra_vector(q: Tensor, k: Tensor, G: Tensor, dt: torch.dtype) -> Tensor:
     R = G[..., Ls - 1 : L - 1 : Ls, :]  # (..., ns-1, K)
     qr = (qs[..., 1:, :, :] * torch.exp(Gs[..., 1:, :, :] - R[..., None, :])).to(dt)  # (..., ns-1, Ls, K)
     before = torch.arange(L, device=q.device)[None, :] < torch.arange(1, ns, device=q.device)[:, None] * Ls  # (ns-1, L)
-    kr = (k[..., None, :, :] * _ratio(R[..., :, None, :] - G[..., None, :, :])).masked_fill(~before[:, :, None], 0.0).to(dt)  # (..., ns-1, L, K)
+    kr = (k[..., None, :, :] * decay_exp(R[..., :, None, :] - G[..., None, :, :], max=0.0)).masked_fill(~before[:, :, None], 0.0).to(dt)  # (..., ns-1, L, K)
     A_off = (qr @ kr.transpose(-1, -2)).to(q.dtype)  # (..., ns-1, Ls, L), zero at keys >= i*Ls
     A = torch.cat([A_off.new_zeros(*A_off.shape[:-3], 1, Ls, L), A_off], -3)  # (..., ns, Ls, L)
     A = A.unflatten(-1, (ns, Ls))  # (..., ns, Ls, ns, Ls)
