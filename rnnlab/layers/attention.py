@@ -5,9 +5,12 @@ rotary position embeddings (Su et al. 2021, RoFormer, eq. 34). With ``window=w``
 each query sees only the last w keys, itself included (sliding-window attention, as
 in Longformer / Mistral / Griffin's local attention), so the cache keeps w-1 tokens.
 
-State: {"k": (B, H, L, dh), "v": (B, H, L, dh), "pos": (B, 1)} — L = tokens cached
-(min(T, window-1) with a window, T without), pos = tokens seen (rotary offset). The cache is kept
-in SDPA's (B, H, L, dh) layout, so a decode step hands it over without a transposing copy.
+State: {"k": (B, H, L, dh), "v": (B, H, L, dh), "pos": (B,) int64} — L = tokens cached
+(min(T, window-1) with a window, T without), pos = tokens seen per row (its rotary offset). The cache
+is kept in SDPA's (B, H, L, dh) layout, so a decode step hands it over without a transposing copy.
+Rows at different positions share one cache: each row's entries are right-aligned and the last
+min(pos, L) of them are real (the rest, zeros from merging shorter rows, are masked out), so
+prompts of different lengths decode together with no host sync.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
-from rnnlab.layers.parts import rotary, rotary_cos_sin
+from rnnlab.layers.parts import positions, rotary, rotary_cos_sin
 from rnnlab.layers.registry import register_mixer
 
 
@@ -38,7 +41,7 @@ class Attention(Mixer):
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         kv = torch.zeros(batch_size, self.num_heads, 0, self.head_dim, device=device, dtype=dtype or torch.float32)
-        return {"k": kv, "v": kv.clone(), "pos": torch.zeros(batch_size, 1, device=device, dtype=dtype or torch.float32)}
+        return {"k": kv, "v": kv.clone(), "pos": torch.zeros(batch_size, device=device, dtype=torch.int64)}
 
     def _cache_len(self, seq_len: int) -> int:
         return seq_len if self.window is None else min(seq_len, self.window - 1)
@@ -49,23 +52,25 @@ class Attention(Mixer):
     def _attend(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         B, T, _ = x.shape
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b t h d", three=3, h=self.num_heads)
-        start = int(state["pos"][0, 0].item()) if state["pos"].numel() else 0
-        cos, sin = rotary_cos_sin(torch.arange(start, start + T, device=x.device), self.head_dim, self.rope_base)
+        pos = state["pos"]
+        cos, sin = rotary_cos_sin(positions(pos, T), self.head_dim, self.rope_base)
         q, k = rotary(q, cos, sin).transpose(1, 2), rotary(k, cos, sin).transpose(1, 2)  # (B, H, T, dh)
         k_all = torch.cat([state["k"].to(k.dtype), k], 2)  # (B, H, L+T, dh)
         v_all = torch.cat([state["v"].to(v.dtype), v.transpose(1, 2)], 2)
         L = k_all.shape[2] - T
-        if T == 1 or (self.window is None and L == 0):  # one query sees the whole cache (it holds <= window-1 keys)
+        if L == 0 and (T == 1 or self.window is None):  # no cache: plain causal attention
             mask, causal = None, T > 1
-        else:  # query i (absolute L+i) sees key j iff j <= L+i and L+i-j < window
+        else:  # query i (slot L+i) sees slot j iff j <= L+i, L+i-j < window, and j is a real entry of its row
             i = torch.arange(T, device=x.device)[:, None] + L
             j = torch.arange(L + T, device=x.device)[None]
             mask = (j <= i) & ((i - j) < self.window if self.window is not None else True)
+            real = j >= L - pos.clamp(max=L)[:, None]  # (B, L+T): the cache's last min(pos, L) entries and the new keys
+            mask = (mask[None] & real[:, None]).unsqueeze(1)  # (B, 1, T, L+T)
             causal = False
         o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=causal)  # (B, H, T, dh)
         y = self.out(rearrange(o, "b h t d -> b t (h d)"))
         keep = self._cache_len(L + T)
-        new = {"k": k_all[:, :, L + T - keep :], "v": v_all[:, :, L + T - keep :], "pos": state["pos"] + T}
+        new = {"k": k_all[:, :, L + T - keep :], "v": v_all[:, :, L + T - keep :], "pos": pos + T}
         return y, new
 
     parallel = _attend

@@ -3,6 +3,7 @@
 A mixer maps x (B, T, D) to y (B, T, D) and carries a state between calls:
 
     y, state = mixer(x, state=None)
+    y, states = mixer(x_packed, states, cu_seqlens=cu_seqlens)     # N sequences back to back in (1, T, D)
     state = mixer.init_state(batch_size, device=None, dtype=None)  # dict[str, Tensor], batch in dim 0
     n = mixer.state_size(seq_len)                                   # floats held per sequence
 
@@ -10,6 +11,14 @@ Subclasses implement ``parallel(x, state)`` (T > 1, the training form) and
 ``step(x, state)`` (T == 1, the recurrent form); both take and return a state
 dict. ``forward`` validates the input, fills a missing state from
 ``init_state`` and dispatches on T; that policy lives here and nowhere else.
+
+Packed batches (fla's convention): with ``cu_seqlens`` (int64, [0, ..., T], N + 1 offsets) x is
+(1, T, D) holding N sequences and every state tensor has N in dim 0 (initial states in, final
+states out, one per sequence). The base class validates it and runs ``packed``, which by default
+hands ``parallel``/``step`` whole sequences only (rnnlab.ops.varlen.run_packed): no subclass code
+ever sees two sequences in one row, so a new mixer gets boundaries right without writing any.
+A mixer may override ``packed`` with a native form; the conformance suite's packed check holds it
+to the per-sequence runs.
 """
 from __future__ import annotations
 
@@ -17,6 +26,8 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+from rnnlab.ops.varlen import Packing, run_packed
 
 State = dict[str, Tensor]
 
@@ -48,16 +59,32 @@ class Mixer(nn.Module):
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------
-    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """x (B, T, D) -> (y (B, T, D), state). T == 1 runs ``step``, T > 1 ``parallel``."""
+    def packed(self, x: Tensor, state: State, packing: Packing) -> tuple[Tensor, State]:
+        """x (1, T, D) holding the sequences of ``packing`` -> (y (1, T, D), per-sequence states).
+        Default: ``parallel``/``step`` on whole sequences only (see the module docstring)."""
+        return run_packed(lambda xs, s: self._dispatch(xs[0], s), (x,), state, packing)
+
+    def forward(self, x: Tensor, state: State | None = None, *, cu_seqlens: Tensor | None = None) -> tuple[Tensor, State]:
+        """x (B, T, D) -> (y (B, T, D), state). T == 1 runs ``step``, T > 1 ``parallel``;
+        with ``cu_seqlens`` x is (1, T, D) holding N sequences and the state has N rows."""
         self.check_input(x)
+        packing = None
+        if cu_seqlens is not None:
+            if x.shape[0] != 1:
+                raise ValueError(f"{type(self).__name__}: with cu_seqlens x must be (1, T, {self.d_model}) (sequences packed "
+                                 f"back to back), got {tuple(x.shape)}")
+            packing = cu_seqlens if isinstance(cu_seqlens, Packing) else Packing.build(cu_seqlens, x.shape[1])
+        batch = x.shape[0] if packing is None else len(packing.lengths)
         if state is None:
-            state = self.init_state(x.shape[0], device=x.device)
+            state = self.init_state(batch, device=x.device)
         else:
-            self.check_state(state, x.shape[0])
-        if x.shape[1] == 1:
-            return self.step(x, state)
-        return self.parallel(x, state)
+            self.check_state(state, batch, packed=packing is not None)
+        if packing is not None and batch > 1:
+            return self.packed(x, state, packing)
+        return self._dispatch(x, state)
+
+    def _dispatch(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        return self.step(x, state) if x.shape[1] == 1 else self.parallel(x, state)
 
     def check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
@@ -69,14 +96,15 @@ class Mixer(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"{type(self).__name__} expects a floating-point x, got dtype {x.dtype}")
 
-    def check_state(self, state: State, batch_size: int) -> None:
+    def check_state(self, state: State, batch_size: int, packed: bool = False) -> None:
         expected = set(self.init_state(1, device="meta"))
         if not isinstance(state, dict) or set(state) != expected:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"{type(self).__name__} expects a state dict with keys {sorted(expected)}, got {got}")
         for key, t in state.items():
             if t.shape[0] != batch_size:
-                raise ValueError(f"state[{key!r}] has batch size {t.shape[0]}, expected {batch_size} (dim 0 of x)")
+                where = "the number of sequences in cu_seqlens" if packed else "dim 0 of x"
+                raise ValueError(f"state[{key!r}] has batch size {t.shape[0]}, expected {batch_size} ({where})")
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}"

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from rnnlab.ops.conv import causal_conv1d
 
-__all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos_sin"]
+__all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos_sin", "positions"]
 
 
 class RMSNorm(nn.Module):
@@ -86,14 +86,20 @@ class LoRA(nn.Module):
 
 
 def rotary_cos_sin(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
-    """positions (T,) integer -> cos, sin of shape (T, dim/2) in float32 (Su et al. 2021, eq. 34)."""
+    """positions (..., T) integer -> cos, sin of shape (..., T, dim/2) in float32 (Su et al. 2021, eq. 34).
+    Per-row positions (B, T) give every row its own offset (rows at different positions)."""
     inv_freq = base ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
-    angles = positions.float()[:, None] * inv_freq[None]
+    angles = positions.float()[..., None] * inv_freq
     return angles.cos(), angles.sin()
 
 
+def positions(pos: Tensor, T: int) -> Tensor:
+    """Per-row token counts pos (B,) int64 -> the absolute positions (B, T) of the next T tokens."""
+    return pos[:, None] + torch.arange(T, device=pos.device)
+
+
 def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x[..., :d/2], x[..., d/2:]) of x (B, T, H, d) by the angles of cos/sin (T, d/2)."""
+    """Rotate pairs (x[..., :d/2], x[..., d/2:]) of x (B, T, H, d) by the angles of cos/sin (T, d/2) or (B, T, d/2)."""
     x1, x2 = x.float().chunk(2, dim=-1)
-    c, s = cos[:, None], sin[:, None]  # broadcast over heads
+    c, s = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
     return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).to(x.dtype)

@@ -13,7 +13,7 @@ torchscale code. The rotation is rotary (Su et al. 2021) over half-split pairs w
 10000 (torchscale rotates interleaved pairs with a linspace frequency schedule: the same
 family of position rotations, a different fixed assignment of frequencies to dims). The
 decay γ enters the chunkwise op as a constant log-decay (``chunk_simple_gla``). State: the
-matrix memory S (B, H, K, V) and the position counter pos (B, 1) for the rotation.
+matrix memory S (B, H, K, V) and the per-row token count pos (B,) int64 for the rotation.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
-from rnnlab.layers.parts import rotary, rotary_cos_sin
+from rnnlab.layers.parts import positions, rotary, rotary_cos_sin
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.gla import chunk_simple_gla, fused_recurrent_simple_gla
 
@@ -57,7 +57,7 @@ class RetNet(Mixer):
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         dtype = dtype or torch.float32
         return {"S": torch.zeros(batch_size, self.num_heads, self.head_k, self.head_v, device=device, dtype=dtype),
-                "pos": torch.zeros(batch_size, 1, device=device, dtype=dtype)}
+                "pos": torch.zeros(batch_size, device=device, dtype=torch.int64)}
 
     def state_size(self, seq_len: int) -> int:
         return self.num_heads * self.head_k * self.head_v + 1
@@ -68,8 +68,7 @@ class RetNet(Mixer):
         q = rearrange(self.q_proj(x), "b t (h d) -> b t h d", h=H)
         k = rearrange(self.k_proj(x), "b t (h d) -> b t h d", h=H)
         v = rearrange(self.v_proj(x), "b t (h d) -> b t h d", h=H)
-        start = int(state["pos"][0, 0].item())
-        cos, sin = rotary_cos_sin(torch.arange(start, start + T, device=x.device), self.head_k, self.rope_base)
+        cos, sin = rotary_cos_sin(positions(state["pos"], T), self.head_k, self.rope_base)
         q, k = rotary(q, cos, sin), rotary(k, cos, sin)
         g = self.log_gamma.to(x.device).expand(B, T, H)  # (B, T, H) constant log-decay
         kw = dict(initial_state=state["S"].float(), output_final_state=True)  # scale = K^-1/2

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load, save
 
 from rnnlab.layers.base import state_numel
+from rnnlab.ops.varlen import cat_rows, cu_seqlens_from_lengths
 from rnnlab.testing import assert_close
 
 D_MODEL = 32
@@ -170,6 +171,134 @@ def check_bad_input(make):
             raise AssertionError(f"input of shape {tuple(bad.shape)} was accepted")
 
 
+PACKED_LENGTHS = (5, 1, 37, 2, 67, 3)  # 1, primes, shorter than every conv width / token shift, not chunk multiples
+PREFIXES = (3, 0, 8, 1, 0, 20)          # per-sequence initial states: rows at different positions
+
+
+def _merge(states):
+    """Per-sequence states (batch 1 each) -> one state with N rows (caches right-aligned, zero-padded)."""
+    out = {}
+    for k in states[0]:
+        t = states[0][k]
+        for s in states[1:]:
+            t = cat_rows(t, s[k])
+        out[k] = t
+    return out
+
+
+def _leaf_state(state):
+    return {k: (v.detach().clone().requires_grad_() if v.is_floating_point() or v.is_complex() else v.clone()) for k, v in state.items()}
+
+
+def check_packed_equals_separate(make, lengths=PACKED_LENGTHS, prefixes=PREFIXES):
+    """N sequences packed back to back (cu_seqlens), each from its own initial state, == the N separate
+    runs: outputs, final states, and gradients of the inputs, the initial states and every parameter."""
+    mixer = make()
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():  # perturb so zero-initialised branches are live (as check_gradients)
+        for p in mixer.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.dtype) * (p.detach().float().std() if p.numel() > 1 else 1.0).clamp_min(0.1))
+    xs = [_x(1, L, seed=200 + i) for i, L in enumerate(lengths)]
+    inits = []
+    with torch.no_grad():
+        for i, P in enumerate(prefixes):
+            s = mixer.init_state(1) if P == 0 else mixer(_x(1, P, seed=300 + i))[1]
+            inits.append(s)
+    cots = [torch.randn(x.shape, generator=g) for x in xs]
+
+    def loss(ys, final):
+        total = sum((y * c).sum() for y, c in zip(ys, cots))
+        return total + sum(0.01 * v.float().pow(2).sum() for v in final.values() if v.is_floating_point() or v.is_complex())
+
+    def grads(leaves):
+        params = list(mixer.parameters())
+        gs = torch.autograd.grad(loss_value, params + leaves, allow_unused=True)
+        return gs
+
+    # separate runs
+    sep_x = [x.clone().requires_grad_() for x in xs]
+    sep_s = [_leaf_state(s) for s in inits]
+    ys, finals = zip(*[mixer(x, s) for x, s in zip(sep_x, sep_s)])
+    final_sep = _merge(list(finals))
+    loss_value = loss(ys, final_sep)
+    keys = sorted(k for k, v in sep_s[0].items() if v.requires_grad)
+    leaves_sep = sep_x + [s[k] for s in sep_s for k in keys]
+    g_sep = grads(leaves_sep)
+    # packed run
+    pk_x = [x.clone().requires_grad_() for x in xs]
+    pk_s = [_leaf_state(s) for s in inits]
+    cu = cu_seqlens_from_lengths(lengths)
+    y, final_pk = mixer(torch.cat(pk_x, 1), _merge(pk_s), cu_seqlens=cu)
+    assert y.shape == (1, sum(lengths), D_MODEL), f"packed output has shape {tuple(y.shape)}"
+    y_parts = list(y.split(list(lengths), 1))
+    for i, (a, b) in enumerate(zip(y_parts, ys)):
+        assert_close(a, b.detach(), name=f"packed vs separate output of sequence {i} (length {lengths[i]})")
+    assert set(final_pk) == set(final_sep), f"packed state keys {sorted(final_pk)} != {sorted(final_sep)}"
+    for k in final_sep:
+        a, b = final_pk[k], final_sep[k]
+        assert a.shape[0] == len(lengths), f"packed final state[{k!r}] has {a.shape[0]} rows, expected N = {len(lengths)}"
+        a, b = cat_rows(a[:0], a), cat_rows(a[:0], b)  # same right-aligned shape
+        a, b = cat_rows(b[:0], a), cat_rows(a[:0], b)
+        assert_close(a.float() if not a.is_complex() else a, (b.float() if not b.is_complex() else b).detach(),
+                     name=f"packed vs separate final state[{k!r}]")
+    loss_value = loss(y_parts, final_pk)
+    leaves_pk = pk_x + [s[k] for s in pk_s for k in keys]
+    g_pk = grads(leaves_pk)
+    n_par = len(list(mixer.parameters()))
+
+    def grouped(gs):  # parameters one by one; the inputs and each initial-state key as one tensor over all sequences
+        out = dict(zip([n for n, _ in mixer.named_parameters()], gs[:n_par]))
+        rest = list(gs[n_par:])
+        out["x"] = torch.cat([r if r is not None else torch.zeros_like(x) for r, x in zip(rest[: len(xs)], xs)], 1)
+        rest = rest[len(xs):]
+        # the state leaves are sequence-major over ``keys``
+        for j, k in enumerate(keys):
+            rows = rest[j :: len(keys)]
+            rows = [r if r is not None else torch.zeros_like(s[k]) for r, s in zip(rows, sep_s)]
+            out[f"initial state[{k!r}]"] = _merge([{k: r} for r in rows])[k]
+        return out
+
+    ga, gb = grouped(g_pk), grouped(g_sep)
+    for n, b in gb.items():
+        a = ga[n]
+        if b is None:
+            assert a is None or a.abs().max() == 0, f"gradient of {n}: packed has one, separate none"
+            continue
+        assert a is not None, f"gradient of {n}: missing in the packed run"
+        assert_close(a, b, name=f"packed vs separate gradient of {n}")
+
+
+def check_bad_cu_seqlens(make):
+    """Invalid cu_seqlens raise ValueError naming the rule."""
+    mixer = make()
+    x = _x(1, 10)
+    bad = {
+        "start at 0": torch.tensor([1, 4, 10]),
+        "end at": torch.tensor([0, 4, 9]),
+        "strictly increasing": torch.tensor([0, 6, 4, 10]),
+        "int64": torch.tensor([0.0, 4.0, 10.0]),
+    }
+    for rule, cu in bad.items():
+        try:
+            mixer(x, cu_seqlens=cu)
+        except ValueError as e:
+            assert rule in str(e), f"cu_seqlens {cu.tolist()}: error does not name the rule {rule!r}: {e}"
+        else:
+            raise AssertionError(f"invalid cu_seqlens {cu.tolist()} was accepted")
+    try:
+        mixer(x, mixer.init_state(3), cu_seqlens=torch.tensor([0, 4, 10]))
+    except ValueError as e:
+        assert "batch size" in str(e) and "2" in str(e), f"state/cu_seqlens mismatch error is unclear: {e}"
+    else:
+        raise AssertionError("a state of 3 rows was accepted for 2 packed sequences")
+    try:
+        mixer(_x(2, 10), cu_seqlens=torch.tensor([0, 4, 10]))
+    except ValueError as e:
+        assert "(1, T" in str(e), f"packed batch-size error is unclear: {e}"
+    else:
+        raise AssertionError("x with batch 2 was accepted with cu_seqlens")
+
+
 CHECKS = {
     "parallel_equals_step": check_parallel_equals_step,
     "split_equals_full": check_split_equals_full,
@@ -179,6 +308,8 @@ CHECKS = {
     "bfloat16": check_bfloat16,
     "save_load": check_save_load,
     "bad_input": check_bad_input,
+    "packed_equals_separate": check_packed_equals_separate,
+    "bad_cu_seqlens": check_bad_cu_seqlens,
 }
 
 

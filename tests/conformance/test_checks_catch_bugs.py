@@ -41,10 +41,43 @@ class ToyEMA(Mixer):
         return self.parallel(torch.cat([x, x], 1)[:, :1], state) if self.bug != "step_wrong" else (x, state)
 
 
-def make(bug=None):
+class ToyConv(Mixer):
+    """y = causal depthwise conv (width 4) of W x, state = the last 3 inputs. With bug="leaky_packed" its
+    native packed form runs the packed batch as one row: the conv reads across every boundary."""
+
+    W = 4
+
+    def __init__(self, d_model, bug=None):
+        super().__init__(d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.weight = nn.Parameter(torch.randn(d_model, self.W) * 0.5)
+        self.bug = bug
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        return {"tail": torch.zeros(batch_size, self.W - 1, self.d_model, device=device, dtype=dtype or torch.float32)}
+
+    def state_size(self, seq_len):
+        return (self.W - 1) * self.d_model
+
+    def parallel(self, x, state):
+        from rnnlab.ops.conv import causal_conv1d
+
+        y, tail = causal_conv1d(self.proj(x), self.weight, None, state["tail"])
+        return y, {"tail": tail}
+
+    step = parallel
+
+    def packed(self, x, state, packing):
+        if self.bug != "leaky_packed":
+            return super().packed(x, state, packing)
+        y, s = self.parallel(x, {"tail": state["tail"][:1]})
+        return y, {"tail": s["tail"].expand(len(packing.lengths), -1, -1)}
+
+
+def make(bug=None, cls=ToyEMA):
     def f():
         torch.manual_seed(0)
-        return ToyEMA(checks.D_MODEL, bug)
+        return cls(checks.D_MODEL, bug)
 
     return f
 
@@ -67,6 +100,16 @@ def test_correct_toy_passes(check):
 def test_broken_mixer_is_reported(bug, check):
     with pytest.raises(AssertionError):
         checks.CHECKS[check](make(bug))
+
+
+@pytest.mark.parametrize("check", ["packed_equals_separate", "parallel_equals_step", "split_equals_full"])
+def test_correct_toy_conv_passes(check):
+    checks.CHECKS[check](make(cls=ToyConv))
+
+
+def test_leaky_conv_across_a_boundary_is_reported():
+    with pytest.raises(AssertionError, match="packed vs separate"):
+        checks.check_packed_equals_separate(make("leaky_packed", cls=ToyConv))
 
 
 def test_dead_parameter_is_reported():

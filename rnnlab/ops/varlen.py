@@ -1,0 +1,192 @@
+"""Packed variable-length batches (fla's ``cu_seqlens`` convention), once for every op and mixer.
+
+    cu_seqlens = [0, 5, 6, 43]     # int64 (N + 1,): N = 3 sequences of lengths 5, 1, 37 back to back
+    x: (1, 43, ...)                 # the packed tokens; every state tensor has N in dim 0
+
+:func:`run_packed` runs any "continue from a state" function over a packed batch without letting a
+sequence see another: the sequences are sorted by length and laid out as rows of a padded batch, and
+the function runs on the time segments between consecutive distinct lengths with only the rows still
+active (PyTorch's PackedSequence schedule). Every call therefore holds whole, aligned rows that start
+from their own state, so recurrences, short convolutions, token shifts, attention and positions are
+reset at each boundary by construction; a segment is exact because a forward on [0:t) and then [t:T)
+from the returned state equals the forward on [0:T) (the conformance suite's ``split_equals_full``).
+The work is the real tokens only (no padding is computed), in at most N calls, each batched over the
+active rows. The padded positions are never computed: they are gathered in and out with one index each.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["seq_lengths", "Packing", "run_packed", "map_state", "cat_rows", "cu_seqlens_from_lengths"]
+
+
+def cu_seqlens_from_lengths(lengths, device=None) -> Tensor:
+    """[L_0, ..., L_{N-1}] -> cu_seqlens (N + 1,) int64 = [0, L_0, L_0 + L_1, ...]."""
+    lengths = torch.as_tensor(lengths, dtype=torch.int64, device=device)
+    return F.pad(lengths.cumsum(0), (1, 0))
+
+
+def seq_lengths(cu_seqlens: Any, total: int, num_states: int | None = None, who: str = "cu_seqlens") -> list[int]:
+    """Validate ``cu_seqlens`` for a packed input of ``total`` tokens -> the N sequence lengths (host ints).
+
+    Rules (each a ValueError naming it): a 1-D integer tensor of N + 1 >= 2 entries, starting at 0, ending
+    at ``total``, strictly increasing (every sequence holds at least one token), N == ``num_states`` when
+    given (the states' dim 0)."""
+    if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.is_floating_point() or cu_seqlens.is_complex() \
+            or cu_seqlens.dtype == torch.bool:
+        desc = f"{type(cu_seqlens).__name__}" if not isinstance(cu_seqlens, Tensor) else f"{cu_seqlens.dtype} of shape {tuple(cu_seqlens.shape)}"
+        raise ValueError(f"{who} must be a 1-D int64 tensor [0, ..., T] of N + 1 sequence offsets, got {desc}")
+    cu = cu_seqlens.tolist()
+    if len(cu) < 2:
+        raise ValueError(f"{who} must hold N + 1 >= 2 offsets (at least one sequence), got {cu}")
+    if cu[0] != 0:
+        raise ValueError(f"{who} must start at 0, got {cu[0]}")
+    if cu[-1] != total:
+        raise ValueError(f"{who} must end at the packed length T = {total} (x is (1, T, ...)), got {cu[-1]}")
+    lengths = [b - a for a, b in zip(cu[:-1], cu[1:])]
+    if min(lengths) < 1:
+        raise ValueError(f"{who} must be strictly increasing (every sequence at least one token), got {cu}")
+    if num_states is not None and num_states != len(lengths):
+        raise ValueError(f"{who} describes N = {len(lengths)} sequences but the state has batch size {num_states} (dim 0 must be N)")
+    return lengths
+
+
+@dataclass(frozen=True)
+class Packing:
+    """The schedule of a packed batch: rows sorted by length (longest first), the time segments between
+    distinct lengths with their number of active rows, and the gather indices between the packed
+    (T,) layout and the padded (N * L_max,) one."""
+
+    lengths: tuple[int, ...]
+    order: Tensor          # (N,) sorted row r holds sequence order[r]
+    inverse: Tensor        # (N,) sequence i sits in sorted row inverse[i]
+    segments: tuple[tuple[int, int, int], ...]  # (t0, t1, active rows k)
+    to_padded: Tensor | None   # (N * L_max,) packed index per padded slot (T = the zero pad slot); None when all equal
+    to_packed: Tensor | None   # (T,) padded slot per packed token
+    max_len: int
+
+    @staticmethod
+    def build(cu_seqlens: Tensor, total: int, num_states: int | None = None, who: str = "cu_seqlens") -> "Packing":
+        lengths = seq_lengths(cu_seqlens, total, num_states, who)
+        N, device = len(lengths), cu_seqlens.device
+        Lmax = max(lengths)
+        order = sorted(range(N), key=lambda i: -lengths[i])  # stable: equal lengths keep their order
+        ls = [lengths[i] for i in order]
+        segments, t0 = [], 0
+        for k in range(N, 0, -1):  # rows [0, k) are active on [t0, ls[k-1])
+            if ls[k - 1] > t0:
+                segments.append((t0, ls[k - 1], k))
+                t0 = ls[k - 1]
+        inverse = [0] * N
+        for r, i in enumerate(order):
+            inverse[i] = r
+        if min(lengths) == Lmax:
+            to_padded = to_packed = None  # a plain reshape (N, L): one segment, rows in order
+        else:
+            starts = cu_seqlens.to(torch.int64).cpu()[:-1]
+            t = torch.arange(Lmax)
+            order_t = torch.tensor(order)
+            lens_sorted = torch.tensor(ls)
+            src = starts[order_t][:, None] + t[None]
+            to_padded = torch.where(t[None] < lens_sorted[:, None], src, torch.full_like(src, total)).reshape(-1).to(device)
+            inv_t = torch.tensor(inverse)
+            seq_of = torch.repeat_interleave(torch.arange(N), torch.tensor(lengths))
+            pos = torch.arange(total) - starts[seq_of]
+            to_packed = (inv_t[seq_of] * Lmax + pos).to(device)
+        return Packing(tuple(lengths), torch.tensor(order, device=device), torch.tensor(inverse, device=device), tuple(segments),
+                       to_padded, to_packed, Lmax)
+
+    # --- layouts ---------------------------------------------------------------
+    def pad(self, x: Tensor) -> Tensor:
+        """(1, T, *rest) packed -> (N, L_max, *rest) rows sorted by length, zeros after each row's end."""
+        flat = x[0]
+        if self.to_padded is None:
+            return flat.reshape(len(self.lengths), self.max_len, *flat.shape[1:])
+        ext = torch.cat([flat, flat.new_zeros(1, *flat.shape[1:])], 0)
+        return ext.index_select(0, self.to_padded).view(len(self.lengths), self.max_len, *flat.shape[1:])
+
+    def unpad(self, y: Tensor) -> Tensor:
+        """(N, L_max, *rest) sorted rows -> (1, T, *rest) packed."""
+        if self.to_packed is None:
+            return y.reshape(1, -1, *y.shape[2:])
+        return y.reshape(-1, *y.shape[2:]).index_select(0, self.to_packed).unsqueeze(0)
+
+
+def map_state(state, fn: Callable[[Tensor], Tensor]):
+    """Apply fn to every tensor of a state: a dict, tuple/list, a tensor or None."""
+    if state is None:
+        return None
+    if isinstance(state, Tensor):
+        return fn(state)
+    if isinstance(state, dict):
+        return {k: map_state(v, fn) for k, v in state.items()}
+    if isinstance(state, (tuple, list)):
+        return type(state)(map_state(v, fn) for v in state)
+    raise TypeError(f"a state must be a Tensor, dict, tuple, list or None, got {type(state).__name__}")
+
+
+def _zip_state(a, b, fn):
+    if a is None:
+        return None
+    if isinstance(a, Tensor):
+        return fn(a, b)
+    if isinstance(a, dict):
+        return {k: _zip_state(a[k], b[k], fn) for k in a}
+    return type(a)(_zip_state(x, y, fn) for x, y in zip(a, b))
+
+
+def cat_rows(a: Tensor, b: Tensor) -> Tensor:
+    """Rows a then rows b (dim 0). Where their other dims differ (attention caches of different lengths),
+    both are zero-padded at the front of that dim to the larger size: caches are right-aligned, and the
+    per-row position says how many entries are real."""
+    if a.shape[1:] != b.shape[1:]:
+        size = [max(p, q) for p, q in zip(a.shape[1:], b.shape[1:])]
+
+        def grow(t):
+            pad = []
+            for have, want in zip(reversed(t.shape[1:]), reversed(size)):
+                pad += [want - have, 0]
+            return F.pad(t, pad)
+
+        a, b = grow(a), grow(b)
+    return torch.cat([a, b.to(a.dtype)], 0)
+
+
+def _rows(state, idx: Tensor):
+    return map_state(state, lambda t: t.index_select(0, idx.to(t.device)))
+
+
+def run_packed(fn: Callable, inputs: tuple[Tensor, ...], state, packing: Packing):
+    """Run ``fn(inputs_rows, state_rows) -> (outputs, state_rows)`` over a packed batch.
+
+    inputs: tensors (1, T, ...) sharing the packed time dim 1. state: per-sequence (N in dim 0 of every
+    tensor; dict, tuple, tensor) or None (fn's own initial state; every row is active in the first
+    segment). outputs: a tensor or a tuple of tensors (rows, time, ...). Returns (outputs packed as
+    (1, T, ...), final per-sequence state in the original order)."""
+    N = len(packing.lengths)
+    if N == 1:
+        return fn(inputs, state)
+    padded = [packing.pad(x) for x in inputs]
+    sorted_state = _rows(state, packing.order) if packing.to_padded is not None else state
+    pieces: list[tuple[Tensor, ...]] = []
+    single = False
+    for t0, t1, k in packing.segments:
+        rows = [p[:k, t0:t1] for p in padded]
+        part = None if sorted_state is None else (map_state(sorted_state, lambda t: t[:k]) if k < N else sorted_state)
+        out, new = fn(tuple(rows), part)
+        single = isinstance(out, Tensor)
+        out = (out,) if single else tuple(out)
+        pieces.append(tuple(F.pad(o, [0, 0] * (o.dim() - 1) + [0, N - k]) if k < N else o for o in out))
+        if k == N or sorted_state is None:
+            sorted_state = new
+        else:
+            rest = map_state(sorted_state, lambda t: t[k:])
+            sorted_state = _zip_state(new, rest, cat_rows)
+    outs = tuple(packing.unpad(torch.cat([p[j] for p in pieces], 1)) for j in range(len(pieces[0])))
+    final = _rows(sorted_state, packing.inverse) if packing.to_padded is not None else sorted_state
+    return (outs[0] if single else outs), final
