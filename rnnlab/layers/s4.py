@@ -35,8 +35,10 @@ __all__ = ["S4"]
 BACKENDS = ("fft", "reference")
 
 
-def _c(t: Tensor) -> Tensor:
-    return torch.view_as_complex(t.float().contiguous())
+def _c(t: Tensor, like: Tensor | None = None) -> Tensor:
+    """Real pairs (..., 2) -> complex: complex128 for a float64 module (``like``'s dtype), else complex64."""
+    dt = torch.float64 if (like if like is not None else t).dtype == torch.float64 else torch.float32
+    return torch.view_as_complex(t.to(dt).contiguous())
 
 
 @register_mixer("s4", family="diagonal", small={"d_state": 8})
@@ -71,11 +73,14 @@ class S4(Mixer):
         return self.d_model * self.d_state * 2
 
     def _params(self):
-        lam = torch.complex(-torch.exp(self.log_neg_lam_re.float()), self.lam_im.float())
-        return lam, _c(self.P), _c(self.B), _c(self.C), torch.exp(self.log_dt.float())
+        """Λ, P, B, C complex and Δ, in complex64 (complex128 when the module is float64: the exact-arithmetic
+        check of the FFT form against the loop, tests/layers/test_diag_reference_forms.py)."""
+        f = torch.float64 if self.log_dt.dtype == torch.float64 else torch.float32
+        lam = torch.complex(-torch.exp(self.log_neg_lam_re.to(f)), self.lam_im.to(f))
+        return lam, _c(self.P), _c(self.B), _c(self.C), torch.exp(self.log_dt.to(f))
 
     def _out(self, y: Tensor, x: Tensor) -> Tensor:
-        y = y + self.D.float() * x.float()
+        y = y + self.D.to(y.dtype) * x.to(y.dtype)
         return F.glu(self.out_proj(F.gelu(y).to(x.dtype)), dim=-1)
 
     @staticmethod
@@ -87,10 +92,10 @@ class S4(Mixer):
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         lam, P, B, C, dt = self._params()
         T = x.shape[1]
-        u = x.float()
+        u = x.to(dt.dtype)
         Abar, Bbar = bilinear_dense(lam, P, B, dt)
         if self.backend == "reference":
-            h, ys = _c(state["h"]), []
+            h, ys = _c(state["h"], self.log_dt), []
             for ut in u.unbind(1):
                 yt, h = self._recur(Abar, Bbar, C, h, ut)
                 ys.append(yt)
@@ -99,7 +104,7 @@ class S4(Mixer):
         Ct = C - (C.unsqueeze(-2) @ power_times(sq, T, right=True)).squeeze(-2)  # C̃ = C (I − Ā^T): the matrix power
         # first (applying the factors to C one by one gave ~2x the float32 error in the Δ gradient)
         K = nplr_kernel(lam, P, B, Ct, dt, T)  # (H, T)
-        h0 = _c(state["h"])
+        h0 = _c(state["h"], self.log_dt)
         fresh = not h0.requires_grad and not bool(h0.any())  # zero state: skip its output terms
         y0, h = dense_state_terms(u, sq, Bbar, C, None if fresh else h0)
         y = fft_causal_conv(u, K) if fresh else fft_causal_conv(u, K) + y0.real
@@ -111,6 +116,6 @@ class S4(Mixer):
         took 7.3 ms per token at d_model = 256, B = 1."""
         lam, P, B, C, dt = self._params()
         g, u, w, Bbar = bilinear_dplr(lam, P, B, dt)
-        h, ut = _c(state["h"]), x[:, 0].float()
+        h, ut = _c(state["h"], self.log_dt), x[:, 0].to(dt.dtype)
         h = g * h - u * (w * h).sum(-1, keepdim=True) + Bbar * ut.unsqueeze(-1)
         return self._out((h * C).sum(-1).real.unsqueeze(1), x), {"h": torch.view_as_real(h)}

@@ -4,6 +4,10 @@ Block: x + Mixer(RMSNorm(x)), then x + MLP(RMSNorm(x)); the MLP is SwiGLU
 (Shazeer 2020), None, or any registered mixer (RWKV's channel-mix). The model
 state is {"<layer>.mixer.<key>": tensor, "<layer>.mlp.<key>": ...}: a flat
 dict with batch in dim 0, so it moves, indexes and saves like a mixer state.
+
+Variable-length batches come packed (``cu_seqlens``, the mixer contract's convention: inputs
+(1, T_total) holding N sequences, states with N rows) or padded (``attention_mask`` (B, T), 1 on
+real tokens, left padding as HF's generate sends), which is converted to the packed form here.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.parts import RMSNorm
 from rnnlab.layers.registry import create_mixer
 from rnnlab.models.config import ModelConfig
+from rnnlab.ops.varlen import Packing, cu_seqlens_from_lengths
 
 __all__ = ["SequenceModel", "Block", "SwiGLU"]
 
@@ -54,13 +59,13 @@ class Block(nn.Module):
     def state_size(self, seq_len: int) -> int:
         return self.mixer.state_size(seq_len) + (self.mlp.state_size(seq_len) if isinstance(self.mlp, Mixer) else 0)
 
-    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+    def forward(self, x: Tensor, state: State, packing: Packing | None = None) -> tuple[Tensor, State]:
         sub = lambda prefix: {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}  # noqa: E731
-        y, ms = self.mixer(self.norm1(x), sub("mixer."))
+        y, ms = self.mixer(self.norm1(x), sub("mixer."), cu_seqlens=packing)
         x = x + self.drop(y)
         new = {f"mixer.{k}": v for k, v in ms.items()}
         if isinstance(self.mlp, Mixer):
-            y, ps = self.mlp(self.norm2(x), sub("mlp."))
+            y, ps = self.mlp(self.norm2(x), sub("mlp."), cu_seqlens=packing)
             new.update({f"mlp.{k}": v for k, v in ps.items()})
             x = x + self.drop(y)
         elif self.mlp is not None:
@@ -118,19 +123,63 @@ class SequenceModel(nn.Module):
         elif inputs.dim() != 3 or inputs.shape[-1] != c.input_dim or not inputs.is_floating_point():
             raise ValueError(f"expected float features of shape (B, T, {c.input_dim}), got {tuple(inputs.shape)} {inputs.dtype}")
 
-    def forward(self, inputs: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+    def forward(self, inputs: Tensor, state: State | None = None, *, cu_seqlens: Tensor | None = None,
+                attention_mask: Tensor | None = None) -> tuple[Tensor, State]:
+        """inputs (B, T) or (B, T, input_dim) -> (outputs, state).
+
+        cu_seqlens (N + 1,) int64: inputs are (1, T_total) holding N sequences; the state has N rows;
+        outputs are (1, T_total, ...) ("lm", "regress") or (N, num_classes) ("classify").
+        attention_mask (B, T) of 0/1: row b's sequence is its tokens where the mask is 1, in order (left
+        padding, as HF's generate sends, or right padding); outputs keep the (B, T) layout, zeros at
+        the padding; the state has B rows, each after its own last real token."""
         self._check_inputs(inputs)
+        if attention_mask is not None:
+            if cu_seqlens is not None:
+                raise ValueError("pass cu_seqlens (packed) or attention_mask (padded), not both")
+            return self._forward_padded(inputs, state, attention_mask)
+        packing = None
+        if cu_seqlens is not None:
+            if inputs.shape[0] != 1:
+                raise ValueError(f"with cu_seqlens the inputs must be (1, T_total) (sequences packed back to back), got {tuple(inputs.shape)}")
+            packing = cu_seqlens if isinstance(cu_seqlens, Packing) else Packing.build(cu_seqlens, inputs.shape[1])
+        batch = inputs.shape[0] if packing is None else len(packing.lengths)
         x = self.embed(inputs)
-        state = state if state is not None else self.init_state(inputs.shape[0], inputs.device)
+        state = state if state is not None else self.init_state(batch, inputs.device)
         new: State = {}
         for i, block in enumerate(self.blocks):
             prefix = f"{i}."
-            x, s = block(x, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            x, s = block(x, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, packing)
             new.update({prefix + k: v for k, v in s.items()})
         x = self.norm(x)
         if self.config.head == "classify":
-            x = x[:, -1] if self.config.pool == "last" else x.mean(1)
+            x = self._pool(x, packing)
         return self.head(x), new
+
+    def _pool(self, x: Tensor, packing: Packing | None) -> Tensor:
+        """(B, T, D) -> (B, D), or packed (1, T, D) -> (N, D): each sequence's last token or its mean."""
+        if packing is None:
+            return x[:, -1] if self.config.pool == "last" else x.mean(1)
+        lengths = torch.tensor(packing.lengths, device=x.device)
+        if self.config.pool == "last":
+            return x[0, lengths.cumsum(0) - 1]
+        seq = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), lengths)
+        return x.new_zeros(len(lengths), x.shape[-1]).index_add_(0, seq, x[0]) / lengths[:, None].to(x.dtype)
+
+    def _forward_padded(self, inputs: Tensor, state: State | None, mask: Tensor) -> tuple[Tensor, State]:
+        if not isinstance(mask, Tensor) or mask.shape != inputs.shape[:2] or not bool(torch.all((mask == 0) | (mask == 1))):
+            got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"attention_mask must be a (B, T) = {tuple(inputs.shape[:2])} tensor of 0/1 (1 on real tokens), got {got}")
+        keep = mask.bool()
+        lengths = keep.sum(1)
+        if bool((lengths == 0).any()):
+            raise ValueError("attention_mask: every row needs at least one real token (a 1)")
+        cu = cu_seqlens_from_lengths(lengths.cpu())
+        out, new = self(inputs[keep].unsqueeze(0), state, cu_seqlens=cu)
+        if self.config.head == "classify":
+            return out, new
+        full = out.new_zeros(*inputs.shape[:2], out.shape[-1])
+        full[keep] = out[0]
+        return full, new
 
     def step(self, token: Tensor, state: State) -> tuple[Tensor, State]:
         """One recurrent step: token (B,) ids or (B, input_dim) -> (output for that step, state)."""
@@ -153,19 +202,41 @@ class SequenceModel(nn.Module):
 
     # --- generation -----------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompt: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """prompt (B, T0) int64 -> (B, T0 + max_new_tokens). Prefill with the parallel form,
-        then one recurrent step per token. temperature == 0 is greedy decoding."""
+    def generate(self, prompt: Tensor | list[Tensor], max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None, attention_mask: Tensor | None = None) -> Tensor | list[Tensor]:
+        """Prefill with the parallel form, then one recurrent step per token for all rows together.
+        temperature == 0 is greedy decoding.
+
+        prompt (B, T0) int64 -> (B, T0 + max_new_tokens); with ``attention_mask`` (B, T0) the prompts are
+        the masked rows (left padding: the new tokens follow each row's last real token); a list of 1-D
+        prompts of any lengths -> the list of prompt + new tokens. Prompts of different lengths are
+        prefilled packed and decoded together at their own positions: each gets what it gets alone."""
         if self.config.head != "lm":
             raise ValueError('generate() needs head="lm"')
-        logits, state = self(prompt)
-        out = [prompt]
+        if isinstance(prompt, (list, tuple)):
+            if not prompt or any(not isinstance(p, Tensor) or p.dim() != 1 or p.numel() == 0 for p in prompt):
+                raise ValueError("generate(): a list of prompts must hold non-empty 1-D token tensors")
+            cu = cu_seqlens_from_lengths([p.numel() for p in prompt])
+            logits, state = self(torch.cat(list(prompt)).unsqueeze(0), cu_seqlens=cu)
+            last = logits[0, cu[1:] - 1]
+        elif attention_mask is not None:
+            logits, state = self(prompt, attention_mask=attention_mask)
+            last = logits[:, -1]  # the real last token of a left-padded row
+            if not bool(attention_mask[:, -1].bool().all()):
+                raise ValueError("generate(): attention_mask must be left-padded (every row's last token real)")
+        else:
+            logits, state = self(prompt)
+            last = logits[:, -1]
+        new = []
         for _ in range(max_new_tokens):
-            nxt = _sample(logits[:, -1], temperature, top_k, generator)
-            out.append(nxt[:, None])
+            nxt = _sample(last, temperature, top_k, generator)
+            new.append(nxt[:, None])
             logits, state = self(nxt[:, None], state)
-        return torch.cat(out, 1)
+            last = logits[:, -1]
+        new = torch.cat(new, 1) if new else last.new_zeros(last.shape[0], 0, dtype=torch.int64)
+        if isinstance(prompt, (list, tuple)):
+            return [torch.cat([p, n.to(p.dtype)]) for p, n in zip(prompt, new)]
+        return torch.cat([prompt, new.to(prompt.dtype)], 1)
 
 
 def _sample(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:

@@ -88,11 +88,13 @@ def diag_conv(u: Tensor, C: Tensor, log_z: Tensor, Bbar: Tensor, h0: Tensor | No
 
 
 def fft_causal_conv(u: Tensor, K: Tensor) -> Tensor:
-    """u (B, T, H), K (H, L) with L >= T -> y (B, T, H), y_t = Σ_{s≤t} K_{t−s} u_s (float32 FFT, length 2T)."""
+    """u (B, T, H), K (H, L) with L >= T -> y (B, T, H), y_t = Σ_{s≤t} K_{t−s} u_s (FFT of length 2T, in float32,
+    float64 for float64 inputs)."""
     T = u.shape[1]
     n = 2 * T
-    uf = torch.fft.rfft(u.float().transpose(1, 2), n=n)  # (B, H, n/2+1): FFTs along the contiguous axis
-    kf = torch.fft.rfft(K[:, :T].float(), n=n)  # (H, n/2+1)
+    dt = torch.promote_types(torch.promote_types(u.dtype, K.dtype), torch.float32)
+    uf = torch.fft.rfft(u.to(dt).transpose(1, 2), n=n)  # (B, H, n/2+1): FFTs along the contiguous axis
+    kf = torch.fft.rfft(K[:, :T].to(dt), n=n)  # (H, n/2+1)
     return torch.fft.irfft(uf * kf, n=n)[..., :T].transpose(1, 2).contiguous()
 
 
