@@ -38,16 +38,24 @@ def rng_for(seed: int, split: str, index: int) -> np.random.Generator:
 
 @dataclass
 class Batch:
-    """inputs (B, T) int64 | (B, T, F) float; targets per the task's output kind (module docstring)."""
+    """inputs (B, T) int64 | (B, T, F) float; targets per the task's output kind (module docstring).
+    lengths (B,) int64 or None: the real length of each right-padded row (tasks with variable-length
+    examples set it; the trainer's ``pack`` option drops the padding with it)."""
 
     inputs: Tensor
     targets: Tensor
+    lengths: Tensor | None = None
 
     def to(self, device) -> "Batch":
-        return Batch(self.inputs.to(device), self.targets.to(device))
+        return Batch(self.inputs.to(device), self.targets.to(device), None if self.lengths is None else self.lengths.to(device))
 
     def rows(self, index: slice) -> "Batch":
-        return Batch(self.inputs[index], self.targets[index])
+        return Batch(self.inputs[index], self.targets[index], None if self.lengths is None else self.lengths[index])
+
+    def row_lengths(self) -> list[int]:
+        """Real length of every row (the full T where the task pads nothing)."""
+        T = self.inputs.shape[1]
+        return [T] * self.inputs.shape[0] if self.lengths is None else [int(n) for n in self.lengths.tolist()]
 
 
 class Task:
@@ -182,10 +190,10 @@ def create_task(name: str, **kwargs: Any) -> Task:
     return task
 
 
-def as_tensor_batch(inputs: np.ndarray, targets: np.ndarray) -> Batch:
-    """numpy -> Batch with int64 / float32 tensors."""
+def as_tensor_batch(inputs: np.ndarray, targets: np.ndarray, lengths: np.ndarray | None = None) -> Batch:
+    """numpy -> Batch with int64 / float32 tensors (``lengths``: real lengths of right-padded rows)."""
     x = torch.from_numpy(np.ascontiguousarray(inputs))
     y = torch.from_numpy(np.ascontiguousarray(targets))
     x = x.long() if not np.issubdtype(inputs.dtype, np.floating) else x.float()
     y = y.long() if not np.issubdtype(targets.dtype, np.floating) else y.float()
-    return Batch(x, y)
+    return Batch(x, y, None if lengths is None else torch.as_tensor(np.asarray(lengths), dtype=torch.int64))

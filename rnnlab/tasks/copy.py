@@ -83,6 +83,7 @@ class Copy(Task):
             lens = np.full(B, self._string_len(T))
         seq = np.full((B, T + 1), PAD, np.int64)
         lab = np.full((B, T + 1), IGNORE_INDEX, np.int64)
+        real = np.empty(B, np.int64)  # input tokens per row before the padding
         for b, n in enumerate(lens):
             s = rng.integers(3, self.vocab_size, size=n)
             if self.mode == "copy":
@@ -94,4 +95,5 @@ class Copy(Task):
                 row = np.concatenate([[BOS], s, [SEP], key, [ans]])
                 seq[b, :len(row)] = row
                 lab[b, len(row) - 1] = ans
-        return as_tensor_batch(seq[:, :-1], lab[:, 1:])
+            real[b] = len(row) - 1
+        return as_tensor_batch(seq[:, :-1], lab[:, 1:], real if seq_len is None else None)

@@ -109,6 +109,7 @@ class WordProblem(Task):
             lens = rng.integers(self.min_len, self.max_len + 1, size=batch_size)
             pad = np.arange(T)[None] >= lens[:, None]
             tokens, targets = np.where(pad, 0, tokens), np.where(pad, IGNORE_INDEX, targets)
+            return as_tensor_batch(tokens, targets, lens)
         return as_tensor_batch(tokens, targets)
 
 

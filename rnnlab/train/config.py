@@ -52,6 +52,10 @@ class TrainConfig:
     seed: int = 0
     target: float | None = None
     """Stop early once the primary metric, averaged over test lengths, reaches this value."""
+    pack: bool = False
+    """Pack variable-length examples back to back into a token budget, no padding (rnnlab.train.packing)."""
+    pack_tokens: int | None = None
+    """Token budget of a packed step (default batch_size * the task's seq_len)."""
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
@@ -60,6 +64,10 @@ class TrainConfig:
         for f in ("steps", "batch_size", "eval_every", "eval_examples", "eval_batch_size", "log_every", "ckpt_every"):
             if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
                 raise ValueError(f"train.{f} must be a positive int, got {getattr(self, f)!r}")
+        if not isinstance(self.pack, bool):
+            raise ValueError(f"train.pack must be true or false, got {self.pack!r}")
+        if self.pack_tokens is not None and (not isinstance(self.pack_tokens, int) or self.pack_tokens < 1):
+            raise ValueError(f"train.pack_tokens must be a positive int or null, got {self.pack_tokens!r}")
         if not self.lr > 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr!r}")
 
