@@ -2,13 +2,19 @@
 
 Keys: ``model.<name>`` (state_dict), ``optim.<i>.<key>`` (state of the i-th parameter in
 optimizer order), ``rng.torch`` (+ ``rng.cuda``); metadata: ``step`` and ``extra`` (JSON).
-safetensors holds tensors and strings only, so loading never executes code. Writes go to a
-temporary file first and are renamed into place, so a run killed mid-write keeps the
-previous checkpoint intact.
+safetensors holds tensors and strings only, so loading never executes code.
+
+Durability: every file is written to a temporary file, fsynced and renamed into place
+(``atomic_write``), so a kill mid-write leaves the previous file intact. A checkpoint carries
+the SHA-256 of its tensors in its metadata (``sha256``), verified on load (``CorruptCheckpoint``
+otherwise); the previous checkpoint is kept beside the newest (``<name>.prev.safetensors``), and
+``load_latest`` falls back to it, with a warning, when the newest is truncated or corrupt.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -16,7 +22,54 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_metadata"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_latest", "read_metadata", "atomic_write", "previous_path",
+           "CorruptCheckpoint"]
+
+log = logging.getLogger(__name__)
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file that cannot be read or whose checksum does not match its tensors."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not supported (e.g. Windows): the rename itself is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, rename, fsync the folder:
+    readers see the old file or the new one, never a partial one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where the checkpoint before ``path`` is kept: checkpoint.safetensors -> checkpoint.prev.safetensors."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -35,9 +88,14 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"step": str(step), "extra": json.dumps(extra or {})})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata={"step": str(step), "extra": json.dumps(extra or {}), "sha256": _digest(tensors)})
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    if path.exists():  # keep the last good one: a later corrupt newest file falls back to it
+        os.replace(path, previous_path(path))
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def read_metadata(path: str | Path) -> tuple[int, dict]:
@@ -46,14 +104,44 @@ def read_metadata(path: str | Path) -> tuple[int, dict]:
     return int(meta["step"]), json.loads(meta["extra"])
 
 
+def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a checkpoint, checksum verified; CorruptCheckpoint if unreadable or altered."""
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            for k in f.keys():
+                tensors[k] = f.get_tensor(k)
+        int(meta["step"]), json.loads(meta["extra"])
+    except Exception as e:  # truncated, garbage, or missing metadata
+        raise CorruptCheckpoint(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from e
+    if "sha256" in meta and meta["sha256"] != _digest(tensors):
+        raise CorruptCheckpoint(f"checkpoint {path} fails its checksum: its tensors were altered after it was written")
+    return meta, tensors
+
+
+def load_latest(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                restore_rng: bool = True) -> tuple[int, dict] | None:
+    """Load the newest good checkpoint: ``path``, or its previous one when ``path`` is corrupt (a warning
+    names why). -> (step, extra), or None when neither exists. Raises CorruptCheckpoint when all are corrupt."""
+    path = Path(path)
+    candidates = [p for p in (path, previous_path(path)) if p.exists()]
+    errors = []
+    for p in candidates:
+        try:
+            return load_checkpoint(p, model, optimizer, restore_rng)
+        except CorruptCheckpoint as e:
+            errors.append(str(e))
+            log.warning("%s; trying the previous checkpoint", e)
+    if errors:
+        raise CorruptCheckpoint("; ".join(errors) + "; no good checkpoint is left")
+    return None
+
+
 def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     restore_rng: bool = True) -> tuple[int, dict]:
-    """Load into model (and optimizer, RNG) in place. -> (step, extra)."""
-    tensors: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        for k in f.keys():
-            tensors[k] = f.get_tensor(k)
+    """Load into model (and optimizer, RNG) in place, checksum verified. -> (step, extra)."""
+    meta, tensors = _read(Path(path))
     device = next(model.parameters()).device
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if optimizer is not None:

@@ -9,7 +9,7 @@ A sweep file (YAML, TOML or JSON) is data::
     workers: 2                     # parallel processes; each gets threads_per_worker threads
     threads_per_worker: 1
     grid: {mixer: [attention, lstm], task: [mqar, parity], d_model: [32, 64], n_layers: [2],
-           lr: [1.0e-3, 3.0e-3], seed: [0]}
+           lr: [1.0e-3, 3.0e-3], seed: [0], pack: [false, true]}   # pack: train.pack (packed batches)
     base: {model: {...}, train: {...}}          # shared by every run
     tasks: {mqar: {task: {num_kv_pairs: 4}, train: {steps: 400}},  # per-task config, merged on top
             parity: {grid: {lr: [3.0e-3, 2.0e-2]}}}   # per-task grid axes replace the global ones
@@ -37,7 +37,7 @@ from rnnlab.train.store import Store
 __all__ = ["expand", "run_sweep", "load_sweep"]
 
 GRID_KEYS = {"mixer": ("model", "mixer"), "d_model": ("model", "d_model"), "n_layers": ("model", "n_layers"),
-             "lr": ("train", "lr"), "seed": ("train", "seed"), "task": ("task", "name")}
+             "lr": ("train", "lr"), "seed": ("train", "seed"), "task": ("task", "name"), "pack": ("train", "pack")}
 SWEEP_KEYS = ("name", "out_dir", "db", "workers", "threads_per_worker", "grid", "base", "tasks", "mixers")
 
 
@@ -63,6 +63,10 @@ def load_sweep(path_or_dict) -> dict:
     spec.setdefault("db", str(Path(spec["out_dir"]) / "runs.db"))
     spec.setdefault("workers", 1)
     spec.setdefault("threads_per_worker", 1)
+    for key in ("workers", "threads_per_worker"):
+        v = spec[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"sweep {key} must be a positive int, got {v!r}")
     return spec
 
 

@@ -89,6 +89,26 @@ def test_bad_sweep_fails_before_running(tmp_path):
         load_sweep({"grid": {"mixer": ["lstm"], "task": ["mqar"], "width": [3]}})
 
 
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+def test_non_positive_workers_are_rejected_instead_of_hanging(tmp_path, workers):
+    s = spec(tmp_path)
+    s["workers"] = workers
+    with pytest.raises(ValueError, match="workers must be a positive int"):
+        run_sweep(s, log=lambda *_: None)
+    with pytest.raises(ValueError, match="threads_per_worker must be a positive int"):
+        load_sweep({**spec(tmp_path), "threads_per_worker": 0})
+
+
+def test_packing_can_be_turned_on_in_a_sweep(tmp_path):
+    s = spec(tmp_path, mixers=("attention",), lrs=(1e-3,))
+    s["base"]["train"]["pack"] = True
+    s["tasks"]["parity"]["task"]["min_len"] = 3
+    counts = run_sweep(s, log=lambda *_: None)
+    assert counts["done"] == 1
+    (run,) = expand(load_sweep(s))
+    assert run["config"]["train"]["pack"] is True
+
+
 def test_suite_picks_one_mixer_per_family():
     chosen = pick_mixers()
     from rnnlab.layers.registry import available_mixers, mixer_info

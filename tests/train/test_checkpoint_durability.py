@@ -1,0 +1,59 @@
+"""Checkpoints survive truncation and corruption: checksum on load, the previous one kept as a fallback."""
+import pytest
+import torch
+
+from rnnlab.train.checkpoint import CorruptCheckpoint, atomic_write, load_checkpoint, load_latest, previous_path, save_checkpoint
+
+
+def _model(seed):
+    torch.manual_seed(seed)
+    return torch.nn.Linear(4, 3)
+
+
+def test_round_trip_and_previous_kept(tmp_path):
+    path = tmp_path / "checkpoint.safetensors"
+    m = _model(0)
+    opt = torch.optim.AdamW(m.parameters())
+    m(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    save_checkpoint(path, m, opt, 5, {"best": 0.5})
+    save_checkpoint(path, _model(1), None, 10)
+    assert previous_path(path).exists()
+    dst = _model(2)
+    assert load_checkpoint(previous_path(path), dst, torch.optim.AdamW(dst.parameters()))[0] == 5
+    assert torch.equal(dst.weight, m.weight)
+    assert load_latest(path, _model(3))[0] == 10
+    assert not list(tmp_path.glob("*.tmp")), "no temporary file is left behind"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite", "empty"])
+def test_corrupt_newest_falls_back_to_previous(tmp_path, damage, caplog):
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(path, _model(0), None, 5)
+    save_checkpoint(path, _model(1), None, 10)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "overwrite":
+        data[-8:] = b"\xff" * 8  # tensor bytes, the header still parses
+    else:
+        data = b""
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpoint):
+        load_checkpoint(path, _model(2))
+    dst = _model(2)
+    with caplog.at_level("WARNING"):
+        step, _ = load_latest(path, dst)
+    assert step == 5 and torch.equal(dst.weight, _model(0).weight)
+    assert "previous checkpoint" in caplog.text
+    previous_path(path).write_bytes(b"garbage")
+    with pytest.raises(CorruptCheckpoint, match="no good checkpoint"):
+        load_latest(path, _model(2))
+
+
+def test_atomic_write_replaces_whole_files(tmp_path):
+    p = tmp_path / "config.json"
+    atomic_write(p, "{}")
+    atomic_write(p, '{"a": 1}')
+    assert p.read_text() == '{"a": 1}' and not list(tmp_path.glob(".*tmp"))
+    assert load_latest(tmp_path / "none.safetensors", _model(0)) is None
