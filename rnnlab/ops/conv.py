@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from rnnlab.ops.varlen import varlen
+
 __all__ = ["causal_conv1d", "causal_conv1d_ref"]
 
 _ACTIVATIONS = (None, "silu")
@@ -75,6 +77,7 @@ class _CausalConv(torch.autograd.Function):
         return dx, torch.stack(dw, 1).to(weight.dtype), db, dh0, None
 
 
+@varlen(("x",), final=None)
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, initial_state: Tensor | None = None,
                   activation: str | None = None) -> tuple[Tensor, Tensor]:
     """x (B, T, C), weight (C, W), bias (C,) or None, initial_state (B, W-1, C) or None
@@ -96,6 +99,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, initial
     return y, final
 
 
+@varlen(("x",), final=None)
 def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None, initial_state: Tensor | None = None,
                       activation: str | None = None) -> tuple[Tensor, Tensor]:
     """Reference loop for :func:`causal_conv1d` (same signature)."""

@@ -36,6 +36,7 @@ from einops import rearrange
 from torch import Tensor
 
 from rnnlab.ops._exp import decay_exp
+from rnnlab.ops.varlen import varlen
 
 __all__ = [
     "chunk_delta_rule", "fused_recurrent_delta_rule", "naive_recurrent_delta_rule",
@@ -43,6 +44,14 @@ __all__ = [
     "chunk_delta_product", "fused_recurrent_delta_product", "naive_recurrent_delta_product",
     "l2norm",
 ]
+
+
+_TIME = ("q", "k", "v", "g", "beta")  # the time-major arguments (rnnlab.ops.varlen)
+# the fla keyword arguments the forms recognise, accepted at their defaults only (rnnlab.ops.varlen.FLA_ARGS)
+_FLA = ("head_first", "use_beta_sigmoid_in_kernel", "allow_neg_eigval", "state_v_first", "use_gate_in_kernel", "A_log", "dt_bias")
+_FLA_CHUNK = _FLA + ("cu_seqlens_cpu", "chunk_indices", "cp_context")
+_FLA_RECURRENT = _FLA + ("gk", "gv", "transpose_state_layout")
+_FLA_PRODUCT = ("head_first", "cu_seqlens_cpu")
 
 
 def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
@@ -102,6 +111,7 @@ def _naive(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2
     return torch.stack(os, 1).to(v.dtype), (S if output_final_state else None)
 
 
+@varlen(_TIME, fla=_FLA_RECURRENT)
 def naive_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False):
     """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H) log-decay or None, beta (B, T, H),
     initial_state (B, H, K, V) or None -> (o (B, T, H, V) in v's dtype, final_state (B, H, K, V) float32 or None).
@@ -114,6 +124,7 @@ def naive_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state
     return _naive(q, k[:, :, :, None], v[:, :, :, None], g, beta[..., None], scale, initial_state, output_final_state, use_qk_l2norm_in_kernel)
 
 
+@varlen(("q", "k", "v", "beta"), fla=_FLA_RECURRENT)
 def naive_recurrent_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False):
     """q, k (B, T, H, K), v (B, T, H, V), beta (B, T, H) -> (o (B, T, H, V), final_state (B, H, K, V) or None).
     DeltaNet (Yang et al. 2024, eq. 1): the gated rule with g = 0."""
@@ -121,6 +132,7 @@ def naive_recurrent_delta_rule(q, k, v, beta, scale=None, initial_state=None, ou
 
 
 # --------------------------------------------------------------------------- fused recurrent
+@varlen(_TIME, fla=_FLA_RECURRENT)
 def fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False):
     """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H) or None, beta (B, T, H), initial_state (B, H, K, V)
     -> (o (B, T, H, V), final_state or None). Rank-one form of the loop, O(KV) per token:
@@ -144,6 +156,7 @@ def fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state
     return o, (S if output_final_state else None)
 
 
+@varlen(("q", "k", "v", "beta"), fla=_FLA_RECURRENT)
 def fused_recurrent_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False):
     """q, k (B, T, H, K), v (B, T, H, V), beta (B, T, H) -> (o, final_state): the gated form with g = 0."""
     return fused_recurrent_gated_delta_rule(q, k, v, None, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel)
@@ -475,6 +488,7 @@ def _chunk_core(q, k, v, g, beta, scale, initial_state, output_final_state, use_
     return o.to(v.dtype), (S if output_final_state else None)
 
 
+@varlen(_TIME, fla=_FLA_CHUNK)
 def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False, chunk_size=64):
     """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H) log-decay (≤ 0), beta (B, T, H) in [0, 2],
     initial_state (B, H, K, V) or None -> (o (B, T, H, V) in v's dtype, final_state (B, H, K, V) float32 or None).
@@ -488,6 +502,7 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
     return _chunk_core(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, chunk_size)
 
 
+@varlen(("q", "k", "v", "beta"), fla=_FLA_CHUNK)
 def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False, chunk_size=64):
     """q, k (B, T, H, K), v (B, T, H, V), beta (B, T, H) in [0, 2], initial_state (B, H, K, V) or None
     -> (o (B, T, H, V), final_state or None). DeltaNet (Yang et al. 2024, eq. 1, §3.2): the chunkwise
@@ -526,6 +541,7 @@ def _delta_product(fn, q, k, v, g, beta, num_householder, scale, initial_state, 
     return o[:, num_householder - 1 :: num_householder], s
 
 
+@varlen(_TIME, fla=_FLA_PRODUCT)
 def chunk_delta_product(q, k, v, g, beta, num_householder, scale=None, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False, chunk_size=64):
     """q (B, T, H, K), k (B, T, H, n_h, K), v (B, T, H, n_h, V), g (B, T, H) log-decay or None,
     beta (B, T, H, n_h), initial_state (B, H, K, V) -> (o (B, T, H, V), final_state or None).
@@ -537,11 +553,13 @@ def chunk_delta_product(q, k, v, g, beta, num_householder, scale=None, initial_s
     return _delta_product(chunk_gated_delta_rule, q, k, v, g, beta, num_householder, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, chunk_size=chunk_size)
 
 
+@varlen(_TIME, fla=_FLA_PRODUCT)
 def fused_recurrent_delta_product(q, k, v, g, beta, num_householder, scale=None, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False):
     """Same signature and shapes as :func:`chunk_delta_product`; the fused recurrent loop on the interleaved sequence."""
     return _delta_product(fused_recurrent_gated_delta_rule, q, k, v, g, beta, num_householder, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel)
 
 
+@varlen(_TIME, fla=_FLA_PRODUCT)
 def naive_recurrent_delta_product(q, k, v, g, beta, num_householder, scale=None, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False):
     """Reference loop for :func:`chunk_delta_product` (same signature), written from eq. 3 directly:
     per token the gate, then n_h explicit K×K Householder-like transitions, then the output."""

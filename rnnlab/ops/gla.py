@@ -63,6 +63,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnlab.ops._exp import decay_exp
+from rnnlab.ops.varlen import varlen
 
 __all__ = [
     "chunk_gla", "fused_recurrent_gla", "naive_recurrent_gla",
@@ -75,6 +76,11 @@ SUB_CHUNK = 16
 # data fall into float32's denormal range (slow matmuls) past ~42: chunk_simple_gla fwd+bwd at bound 37 / 43 / 46
 # measured 63 / 91 / 142 ms; past 40 the exact tiers (65 ms at bound 80) take over
 _MAX_EXP = 40.0
+
+# the fla keyword arguments each form recognises (rnnlab.ops.varlen.FLA_ARGS): accepted at their defaults only
+_FLA_CHUNK = ("head_first", "state_v_first", "cu_seqlens_cpu", "chunk_indices")
+_FLA_RECURRENT = ("head_first", "reverse", "state_v_first")
+_NORMALIZE = ("normalize", lambda a, o: _normalize(a["q"], a["k"], o, a["scale"]))  # per sequence with cu_seqlens
 
 
 # --------------------------------------------------------------------------- validation
@@ -146,7 +152,8 @@ def _naive(q, k, v, g, kind, scale, initial_state, output_final_state):
     return torch.stack(os, 1).to(v.dtype), (S if output_final_state else None)
 
 
-def naive_recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, **_):
+@varlen(("q", "k", "v", "g"), fla=_FLA_RECURRENT + ("gv",))
+def naive_recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
     """q, k, g (B, T, H, K), v (B, T, H, V) -> (o (B, T, H, V), S (B, H, K, V) or None).
 
     Reference loop (the specification): S_t = Diag(e^{g_t}) S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t)."""
@@ -154,7 +161,8 @@ def naive_recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final
     return _naive(q, k, v, g, "vector", scale, initial_state, output_final_state)
 
 
-def naive_recurrent_simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, **_):
+@varlen(("q", "k", "v", "g"), fla=_FLA_RECURRENT + ("g_gamma",))
+def naive_recurrent_simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
     """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H) -> (o (B, T, H, V), S (B, H, K, V) or None).
 
     Reference loop: S_t = e^{g_t} S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t)."""
@@ -162,7 +170,8 @@ def naive_recurrent_simple_gla(q, k, v, g, scale=None, initial_state=None, outpu
     return _naive(q, k, v, g, "scalar", scale, initial_state, output_final_state)
 
 
-def naive_recurrent_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=False, **_):
+@varlen(("q", "k", "v"), fla=_FLA_RECURRENT, post=_NORMALIZE)
+def naive_recurrent_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=False):
     """q, k (B, T, H, K), v (B, T, H, V) -> (o (B, T, H, V), S (B, H, K, V) or None).
 
     Reference loop: S_t = S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t); ``normalize`` divides by
@@ -203,19 +212,22 @@ def _fused(q, k, v, g, kind, scale, initial_state, output_final_state):
     return o.to(v.dtype), (S if output_final_state else None)
 
 
-def fused_recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, **_):
+@varlen(("q", "k", "v", "g"), fla=_FLA_RECURRENT + ("gv",))
+def fused_recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
     """q, k, g (B, T, H, K), v (B, T, H, V) -> (o (B, T, H, V), S (B, H, K, V) or None); two ops per step."""
     _check(q, k, v, g, "vector", initial_state)
     return _fused(q, k, v, g, "vector", scale, initial_state, output_final_state)
 
 
-def fused_recurrent_simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, **_):
+@varlen(("q", "k", "v", "g"), fla=_FLA_RECURRENT + ("g_gamma",))
+def fused_recurrent_simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False):
     """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H) -> (o (B, T, H, V), S (B, H, K, V) or None); two ops per step."""
     _check(q, k, v, g, "scalar", initial_state)
     return _fused(q, k, v, g, "scalar", scale, initial_state, output_final_state)
 
 
-def fused_recurrent_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=False, **_):
+@varlen(("q", "k", "v"), fla=_FLA_RECURRENT, post=_NORMALIZE)
+def fused_recurrent_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=False):
     """q, k (B, T, H, K), v (B, T, H, V) -> (o (B, T, H, V), S (B, H, K, V) or None); two ops per step."""
     _check(q, k, v, None, "none", initial_state)
     o, S = _fused(q, k, v, None, "none", scale, initial_state, output_final_state)
@@ -456,7 +468,8 @@ def _chunk_by_group(q, k, v, G, scale, initial_state, output_final_state, L):
     return o.to(v.dtype), S
 
 
-def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, chunk_size=64, **_):
+@varlen(("q", "k", "v", "g"), fla=_FLA_CHUNK)
+def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, chunk_size=64):
     """q, k, g (B, T, H, K), v (B, T, H, V) -> (o (B, T, H, V), S (B, H, K, V) float32 or None).
 
     Chunkwise-parallel GLA (per-key log-decay g <= 0); chunk_size <= 16 or a multiple of 16."""
@@ -464,7 +477,8 @@ def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=Fal
     return _chunk(q, k, v, g, "vector", scale, initial_state, output_final_state, chunk_size)
 
 
-def chunk_simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, chunk_size=64, **_):
+@varlen(("q", "k", "v", "g"), fla=_FLA_CHUNK + ("g_gamma",))
+def chunk_simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, chunk_size=64):
     """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H) -> (o (B, T, H, V), S (B, H, K, V) float32 or None).
 
     Chunkwise-parallel form with one log-decay g <= 0 per head and step (RetNet, Mamba-2/SSD)."""
@@ -472,7 +486,8 @@ def chunk_simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_st
     return _chunk(q, k, v, g, "scalar", scale, initial_state, output_final_state, chunk_size)
 
 
-def chunk_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=False, chunk_size=64, **_):
+@varlen(("q", "k", "v"), fla=_FLA_CHUNK, post=_NORMALIZE)
+def chunk_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=False, chunk_size=64):
     """q, k (B, T, H, K), v (B, T, H, V) -> (o (B, T, H, V), S (B, H, K, V) float32 or None).
 
     Chunkwise-parallel linear attention (no decay). ``normalize`` divides o_t by

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rnnlab.ops.scan import BACKENDS, linear_scan
+from rnnlab.ops.varlen import varlen
 
 __all__ = ["log_scan", "log_scan_ref", "g", "log_g", "METHODS"]
 
@@ -66,6 +67,7 @@ def _compute_dtype(*ts: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
 
 
+@varlen(("log_a", "log_b"), final=None)
 def log_scan_ref(log_a: Tensor, log_b: Tensor, initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """log_a, log_b (B, T, *), initial_state (B, *) >= 0 or None (zeros)
     -> (h (B, T, *) in log_b's dtype, h_last (B, *) float32 (float64 for float64 inputs)); h_t = e^{log_a_t} h_{t-1} + e^{log_b_t}.
@@ -142,6 +144,7 @@ class _LogScanFn(torch.autograd.Function):
         return gl * a * h_prev, gl * lb.exp(), gl[:, 0] * a[:, 0], None, None, None
 
 
+@varlen(("log_a", "log_b"), final=None)
 def log_scan(
     log_a: Tensor,
     log_b: Tensor,

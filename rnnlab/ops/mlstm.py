@@ -37,6 +37,7 @@ from torch import Tensor
 
 from rnnlab.ops._exp import decay_exp
 from rnnlab.ops.gla import _acc_dtype, _bmm, _mm_dtype, _to_chunks
+from rnnlab.ops.varlen import varlen
 
 __all__ = ["chunk_mlstm", "fused_recurrent_mlstm", "naive_recurrent_mlstm", "MLSTMState"]
 
@@ -88,6 +89,7 @@ def _prepare(q, k, v, i, f, scale, initial_state, forget_gate):
     return scale, ig, logf, (C0, n0, m0)
 
 
+@varlen(("q", "k", "v", "i", "f"), fla=("head_first",))
 def naive_recurrent_mlstm(
     q: Tensor,
     k: Tensor,
@@ -98,7 +100,6 @@ def naive_recurrent_mlstm(
     initial_state: MLSTMState | None = None,
     output_final_state: bool = False,
     forget_gate: str = "sigmoid",
-    **_: object,
 ) -> tuple[Tensor, MLSTMState | None]:
     """q, k (B, T, H, K), v (B, T, H, V), i, f (B, T, H) -> (h (B, T, H, V), (C, n, m) or None).
 
@@ -123,6 +124,7 @@ def naive_recurrent_mlstm(
     return h, ((C, n, m) if output_final_state else None)
 
 
+@varlen(("q", "k", "v", "i", "f"), fla=("head_first",))
 def fused_recurrent_mlstm(
     q: Tensor,
     k: Tensor,
@@ -133,7 +135,6 @@ def fused_recurrent_mlstm(
     initial_state: MLSTMState | None = None,
     output_final_state: bool = False,
     forget_gate: str = "sigmoid",
-    **_: object,
 ) -> tuple[Tensor, MLSTMState | None]:
     """q, k (B, T, H, K), v (B, T, H, V), i, f (B, T, H) -> (h (B, T, H, V), (C, n, m) or None).
 
@@ -167,6 +168,7 @@ def fused_recurrent_mlstm(
     return h.to(v.dtype), final
 
 
+@varlen(("q", "k", "v", "i", "f"), fla=("head_first",))
 def chunk_mlstm(
     q: Tensor,
     k: Tensor,
@@ -178,7 +180,6 @@ def chunk_mlstm(
     output_final_state: bool = False,
     chunk_size: int = 64,
     forget_gate: str = "sigmoid",
-    **_: object,
 ) -> tuple[Tensor, MLSTMState | None]:
     """q, k (B, T, H, K), v (B, T, H, V), i, f (B, T, H) -> (h (B, T, H, V), (C, n, m) or None).
 

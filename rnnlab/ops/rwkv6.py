@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rnnlab.ops.gla import _acc_dtype, chunk_gla
+from rnnlab.ops.varlen import varlen
 
 __all__ = ["chunk_rwkv6", "fused_recurrent_rwkv6", "naive_recurrent_rwkv6"]
 
@@ -50,6 +51,7 @@ def _check(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, initial_state:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
 
 
+@varlen(("r", "k", "v", "w"), fla=("head_first", "reverse"))
 def naive_recurrent_rwkv6(
     r: Tensor,
     k: Tensor,
@@ -59,7 +61,6 @@ def naive_recurrent_rwkv6(
     scale: float | None = None,
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
-    **_: object,
 ) -> tuple[Tensor, Tensor | None]:
     """r, k, w (B, T, H, K), v (B, T, H, V), u (H, K) -> (o (B, T, H, V), S (B, H, K, V) or None).
 
@@ -79,6 +80,7 @@ def naive_recurrent_rwkv6(
     return torch.stack(os, 1).to(v.dtype), (S if output_final_state else None)
 
 
+@varlen(("r", "k", "v", "w"), fla=("head_first", "reverse"))
 def fused_recurrent_rwkv6(
     r: Tensor,
     k: Tensor,
@@ -88,7 +90,6 @@ def fused_recurrent_rwkv6(
     scale: float | None = None,
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
-    **_: object,
 ) -> tuple[Tensor, Tensor | None]:
     """r, k, w (B, T, H, K), v (B, T, H, V), u (H, K) -> (o (B, T, H, V), S (B, H, K, V) or None).
 
@@ -111,6 +112,7 @@ def fused_recurrent_rwkv6(
     return o.to(v.dtype), (S if output_final_state else None)
 
 
+@varlen(("r", "k", "v", "w"), fla=("head_first", "cu_seqlens_cpu", "chunk_indices"))
 def chunk_rwkv6(
     r: Tensor,
     k: Tensor,
@@ -121,7 +123,6 @@ def chunk_rwkv6(
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
-    **_: object,
 ) -> tuple[Tensor, Tensor | None]:
     """r, k, w (B, T, H, K), v (B, T, H, V), u (H, K) -> (o (B, T, H, V), S (B, H, K, V) or None).
 

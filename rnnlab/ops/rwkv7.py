@@ -27,8 +27,12 @@ from einops import rearrange
 from torch import Tensor
 
 from rnnlab.ops._exp import decay_exp
+from rnnlab.ops.varlen import varlen
 
 __all__ = ["chunk_rwkv7", "fused_recurrent_rwkv7", "naive_recurrent_rwkv7"]
+
+_TIME = ("q", "k", "v", "w", "a", "b")  # the time-major arguments (rnnlab.ops.varlen)
+_FLA_RECURRENT = ("head_first", "reverse")
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, w: Tensor, a: Tensor, b: Tensor, initial_state: Tensor | None) -> None:
@@ -48,6 +52,7 @@ def _check(q: Tensor, k: Tensor, v: Tensor, w: Tensor, a: Tensor, b: Tensor, ini
         raise ValueError(f"initial_state must be (B, H, K, V) = {(B, H, K, v.shape[-1])}, got {tuple(initial_state.shape)}")
 
 
+@varlen(_TIME, fla=_FLA_RECURRENT)
 def naive_recurrent_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, output_final_state=False):
     """q, k, w, a, b (B, T, H, K), v (B, T, H, V), initial_state (B, H, K, V) or None
     -> (o (B, T, H, V) in v's dtype, final_state (B, H, K, V) float32 or None).
@@ -67,6 +72,7 @@ def naive_recurrent_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, outp
     return o, (S.transpose(-1, -2).contiguous() if output_final_state else None)
 
 
+@varlen(_TIME, fla=_FLA_RECURRENT)
 def fused_recurrent_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, output_final_state=False):
     """Same signature and shapes as :func:`naive_recurrent_rwkv7`. Rank-one form in the stored
     (K×V) layout, element-wise work hoisted out of the loop; per step one multiply and one
@@ -113,6 +119,7 @@ def _decay_gram(x: Tensor, y: Tensor, Gx: Tensor, Gy: Tensor, diagonal: bool) ->
     return torch.einsum("...ijc,...ic,...jc->...ij", ratio, x, y).masked_fill(~mask, 0.0)
 
 
+@varlen(_TIME, fla=("head_first", "cu_seqlens_cpu", "chunk_indices", "cp_context", "safe_gate", "lower_bound", "disable_recompute"))
 def chunk_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, output_final_state=False, chunk_size=16):
     """Same signature and shapes as :func:`naive_recurrent_rwkv7`, plus ``chunk_size``.
 

@@ -34,6 +34,8 @@ import time
 import torch
 from torch import Tensor
 
+from rnnlab.ops.varlen import varlen
+
 __all__ = ["linear_scan", "linear_scan_ref", "BACKENDS", "numba_available"]
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ BACKENDS = ("auto", "kernel", "parallel", "reference")
 
 
 # --------------------------------------------------------------------------- reference
+@varlen(("b", "a"), final=None, broadcast=("a",))
 def linear_scan_ref(a: Tensor, b: Tensor, initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """a, b (B, T, *), initial_state (B, *) or None -> (h (B, T, *), h_last (B, *)).
 
@@ -205,6 +208,7 @@ def _compute_dtype(*ts: Tensor) -> torch.dtype:
     return dt
 
 
+@varlen(("b", "a"), final=None, broadcast=("a",))
 def linear_scan(a: Tensor, b: Tensor, initial_state: Tensor | None = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """a, b (B, T, *) (a broadcastable to b), initial_state (B, *) or None
     -> (h (B, T, *), h_last (B, *)) with h_t = a_t * h_{t-1} + b_t, h_0 = initial_state (0 if None).

@@ -34,12 +34,14 @@ from torch.utils.checkpoint import checkpoint
 
 from rnnlab.ops._threads import run_rows
 from rnnlab.ops.scan import linear_scan
+from rnnlab.ops.varlen import varlen
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_step", "TRANSITIONS", "transition_coeffs"]
 
 log = logging.getLogger(__name__)
 TRANSITIONS = ("exp", "exp_neg", "longhorn")
 BACKENDS = ("auto", "kernel", "chunked", "reference")
+_TIME = ("x", "dt", "B", "C", "z")  # the time-major arguments (rnnlab.ops.varlen)
 
 
 def transition_coeffs(dt: Tensor, A: Tensor | None, Bm: Tensor, transition: str) -> Tensor:
@@ -97,6 +99,7 @@ def selective_scan_step(
     return torch.einsum("bdn,bn->bd", h, C), h
 
 
+@varlen(_TIME, final=None)
 def selective_scan_ref(
     x: Tensor, dt: Tensor, A: Tensor | None, B: Tensor, C: Tensor, D: Tensor | None = None, z: Tensor | None = None,
     initial_state: Tensor | None = None, transition: str = "exp",
@@ -199,6 +202,7 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     return chosen
 
 
+@varlen(_TIME, final=None)
 def selective_scan(
     x: Tensor, dt: Tensor, A: Tensor | None, B: Tensor, C: Tensor, D: Tensor | None = None, z: Tensor | None = None,
     initial_state: Tensor | None = None, transition: str = "exp", backend: str = "auto", chunk_size: int = 64,

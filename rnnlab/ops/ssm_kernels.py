@@ -25,6 +25,8 @@ import math
 import torch
 from torch import Tensor
 
+from rnnlab.ops.varlen import varlen
+
 __all__ = [
     "zoh_diag", "diag_conv", "fft_causal_conv", "fft_causal_conv_ref",
     "hippo_legs", "nplr_legs", "hippo_n_diag", "bilinear_dense", "bilinear_dplr", "nplr_kernel", "squarings", "power_times", "krylov", "dense_state_terms",
@@ -52,6 +54,7 @@ def _re_dot(v: Tensor) -> Tensor:
     return torch.cat([v.real, -v.imag], -1)
 
 
+@varlen(("u",), state="h0", final=None)
 def diag_conv(u: Tensor, C: Tensor, log_z: Tensor, Bbar: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """S4D's convolutional form, continuing from a state: u (B, T, H) real; C, log_z = ΔA, B̄ (H, N)
     complex; h0 (B, H, N) complex or None (zero) -> (y (B, T, H) float32, h_T (B, H, N) complex) with
@@ -87,6 +90,7 @@ def diag_conv(u: Tensor, C: Tensor, log_z: Tensor, Bbar: Tensor, h0: Tensor | No
     return y, h if h0 is None else h + torch.exp(log_z * T) * h0
 
 
+@varlen(("u",), state=None, final=None)
 def fft_causal_conv(u: Tensor, K: Tensor) -> Tensor:
     """u (B, T, H), K (H, L) with L >= T -> y (B, T, H), y_t = Σ_{s≤t} K_{t−s} u_s (FFT of length 2T, in float32,
     float64 for float64 inputs)."""
@@ -98,6 +102,7 @@ def fft_causal_conv(u: Tensor, K: Tensor) -> Tensor:
     return torch.fft.irfft(uf * kf, n=n)[..., :T].transpose(1, 2).contiguous()
 
 
+@varlen(("u",), state=None, final=None)
 def fft_causal_conv_ref(u: Tensor, K: Tensor) -> Tensor:
     """Reference for :func:`fft_causal_conv`: the sum written out as a loop over t."""
     ys = [torch.einsum("bsh,hs->bh", u[:, : t + 1], K[:, : t + 1].flip(-1)) for t in range(u.shape[1])]

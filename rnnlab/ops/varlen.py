@@ -12,9 +12,15 @@ reset at each boundary by construction; a segment is exact because a forward on 
 from the returned state equals the forward on [0:T) (the conformance suite's ``split_equals_full``).
 The work is the real tokens only (no padding is computed), in at most N calls, each batched over the
 active rows. The padded positions are never computed: they are gathered in and out with one index each.
+
+:func:`varlen` gives every public op in rnnlab.ops the same convention (``op(..., cu_seqlens=cu)``) by
+naming its time-major and initial-state arguments; it also checks the fla-only keyword arguments
+(:data:`FLA_ARGS`: accepted at values that change nothing, NotImplementedError otherwise).
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["seq_lengths", "Packing", "run_packed", "map_state", "cat_rows", "cu_seqlens_from_lengths"]
+__all__ = ["seq_lengths", "Packing", "run_packed", "map_state", "cat_rows", "cu_seqlens_from_lengths", "varlen", "FLA_ARGS"]
 
 
 def cu_seqlens_from_lengths(lengths, device=None) -> Tensor:
@@ -190,3 +196,170 @@ def run_packed(fn: Callable, inputs: tuple[Tensor, ...], state, packing: Packing
     outs = tuple(packing.unpad(torch.cat([p[j] for p in pieces], 1)) for j in range(len(pieces[0])))
     final = _rows(sorted_state, packing.inverse) if packing.to_padded is not None else sorted_state
     return (outs[0] if single else outs), final
+
+
+# --------------------------------------------------------------------------- op-level cu_seqlens
+_ANY = object()  # an fla argument that is a promise or a speed hint: every value is accepted and ignored
+
+# fla keyword arguments the ops recognise without implementing them: (the values that change nothing, what
+# the argument asks for). Another value is a NotImplementedError naming the argument; an op lists the ones
+# its fla counterpart takes, and any other unknown keyword is a TypeError (never silently swallowed).
+FLA_ARGS: dict[str, tuple[Any, str]] = {
+    "head_first": ((False,), "the (B, H, T, ...) layout; the inputs here are (B, T, H, ...)"),
+    "reverse": ((False,), "a right-to-left recurrence"),
+    "state_v_first": ((False,), "the (N, H, V, K) state layout; states here are (N, H, K, V)"),
+    "transpose_state_layout": ((False,), "the (N, H, V, K) state layout; states here are (N, H, K, V)"),
+    "chunk_indices": ((None,), "fla's precomputed varlen chunk table; the schedule here is derived from cu_seqlens"),
+    "cp_context": ((None,), "context parallelism"),
+    "use_beta_sigmoid_in_kernel": ((False,), "beta = sigmoid(beta) inside the op; pass the sigmoid's output"),
+    "allow_neg_eigval": ((False,), "beta = 2 sigmoid(beta) inside the op; pass beta in (0, 2)"),
+    "use_gate_in_kernel": ((False,), "the gate computed from A_log and dt_bias inside the op; pass g"),
+    "A_log": ((None,), "the gate computed inside the op; pass g"),
+    "dt_bias": ((None,), "the gate computed inside the op; pass g"),
+    "g_gamma": ((None,), "a constant decay per head; pass g expanded to (B, T, H)"),
+    "gk": ((None,), "a per-key decay (this op takes one decay g per head)"),
+    "gv": ((None,), "a decay per value dimension"),
+    "safe_gate": (_ANY, "a promise on the gate's range (a speed hint of fla's kernels)"),
+    "lower_bound": (_ANY, "a promise on the gate's range (a speed hint of fla's kernels)"),
+    "disable_recompute": (_ANY, "a memory/speed trade-off of fla's kernels"),
+    "cu_seqlens_cpu": ((None,), "a host copy of cu_seqlens"),  # accepted alongside an equal cu_seqlens (below)
+}
+
+_VARLEN_DOC = """
+    cu_seqlens (fla's packed convention, :mod:`rnnlab.ops.varlen`): int64 (N + 1,) offsets [0, ..., T]; the
+    time-major inputs are then (1, T, ...) holding N sequences back to back, the initial state (None = zeros)
+    and the final state have N in dim 0, and each sequence runs from its own state without seeing another."""
+
+
+def _rows_of(state) -> int | None:
+    """The batch size (dim 0) shared by every tensor of a state, None for no state."""
+    sizes = set()
+    map_state(state, lambda t: sizes.add(t.shape[0]) or t)
+    if len(sizes) > 1:
+        raise ValueError(f"every tensor of the initial state must have the N sequences in dim 0, got sizes {sorted(sizes)}")
+    return sizes.pop() if sizes else None
+
+
+def varlen(time: tuple[str, ...], state: str | None = "initial_state", final: str | None = "output_final_state",
+           fla: tuple[str, ...] = (), broadcast: tuple[str, ...] = (), post: tuple[str, Callable] | None = None):
+    """Give an op fla's ``cu_seqlens`` (and its fla-only keyword arguments), once for every op.
+
+    The decorated op gains keyword-only ``cu_seqlens=None`` and the ``fla`` names of :data:`FLA_ARGS`.
+    Without ``cu_seqlens`` it is called as it is (unknown keywords raise its own TypeError). With it:
+
+    time:      the names of the time-major tensor arguments (B, T, ...), the first one the reference; None
+               values (an absent gate) are skipped. Every one must have batch 1 (ValueError otherwise).
+    broadcast: names in ``time`` that may broadcast against the first over the leading (1, T) dims
+               (linear_scan's a); they are expanded.
+    state:     the initial-state argument (N in dim 0 of every tensor), or None for a stateless causal op,
+               which then runs once on the sequences padded to rows (zeros after each end, which a causal op
+               never reads back).
+    final:     the output_final_state flag, or None when the op always returns its final state. The op is
+               run with the final state requested (run_packed carries it between time segments), and it is
+               dropped from the result when the caller's flag is False.
+    post:      (flag, fn(arguments, o) -> o): a causal, stateless post-processing of the output tensor over a
+               call's tokens, switched off inside the segments and applied per sequence afterwards, on the
+               padded rows (the arguments' time tensors padded alike; linear attention's ``normalize``).
+
+    The op runs through :func:`run_packed` (sorted rows, time segments; exact by construction)."""
+    def wrap(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        for name in (*time, *((state,) if state else ()), *((final,) if final else ()), *((post[0],) if post else ())):
+            if name not in sig.parameters:
+                raise TypeError(f"varlen: {fn.__name__} has no argument {name!r}")
+        unknown = [n for n in fla if n not in FLA_ARGS]
+        if unknown:
+            raise TypeError(f"varlen: {fn.__name__}: {unknown} are not in FLA_ARGS")
+
+        @functools.wraps(fn)
+        def op(*args, cu_seqlens=None, **kwargs):
+            for name in fla:
+                if name in kwargs:
+                    value = kwargs.pop(name)
+                    if name == "cu_seqlens_cpu":
+                        _check_host_copy(fn.__name__, value, cu_seqlens)
+                        continue
+                    ok, what = FLA_ARGS[name]
+                    if ok is not _ANY and not any(value is v or (type(value) is type(v) and value == v) for v in ok):
+                        raise NotImplementedError(f"{fn.__name__}: {name}={value!r} ({what}) is not implemented")
+            if cu_seqlens is None:
+                return fn(*args, **kwargs)
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return _run_varlen(fn, dict(bound.arguments), cu_seqlens, time, state, final, broadcast, post)
+
+        params = list(sig.parameters.values()) + [inspect.Parameter("cu_seqlens", inspect.Parameter.KEYWORD_ONLY, default=None)]
+        params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None if FLA_ARGS[n][0] is _ANY else FLA_ARGS[n][0][0])
+                   for n in fla]
+        op.__signature__ = sig.replace(parameters=params)
+        op.__doc__ = (fn.__doc__ or "").rstrip() + "\n" + _VARLEN_DOC
+        return op
+
+    return wrap
+
+
+def _check_host_copy(who: str, cpu, cu_seqlens) -> None:
+    if cpu is None:
+        return
+    if cu_seqlens is None:
+        raise ValueError(f"{who}: cu_seqlens_cpu (a host copy of cu_seqlens) was given without cu_seqlens")
+    if isinstance(cu_seqlens, Tensor) and (not isinstance(cpu, Tensor) or not torch.equal(cpu.cpu().long(), cu_seqlens.cpu().long())):
+        raise ValueError(f"{who}: cu_seqlens_cpu must equal cu_seqlens, got {cpu} and {cu_seqlens}")
+
+
+def _time_major(who: str, name: str, x: Tensor, ref: Tensor, broadcast: bool) -> Tensor:
+    """x as (1, T, ...) like ref: batch 1, the same packed length (or broadcast to it when allowed)."""
+    if broadcast and x.dim() < ref.dim():
+        x = x.reshape((1,) * (ref.dim() - x.dim()) + tuple(x.shape))
+    if x.dim() < 2 or x.shape[0] != 1:
+        raise ValueError(f"{who}: with cu_seqlens the inputs are (1, T, ...) holding the N sequences back to back "
+                         f"(batch 1); {name} has shape {tuple(x.shape)}")
+    T = ref.shape[1]
+    if x.shape[1] != T:
+        if not (broadcast and x.shape[1] == 1):
+            raise ValueError(f"{who}: {name} must have the packed length T = {T} in dim 1, got shape {tuple(x.shape)}")
+        x = x.expand(1, T, *x.shape[2:])
+    return x
+
+
+def _run_varlen(fn, args: dict, cu_seqlens, time, state, final, broadcast, post):
+    who = fn.__name__
+    names = [n for n in time if args[n] is not None]
+    for n in names:
+        if not isinstance(args[n], Tensor):
+            raise ValueError(f"{who}: {n} must be a tensor (1, T, ...), got {type(args[n]).__name__}")
+    ref = args[names[0]]
+    xs = tuple(_time_major(who, n, args[n], ref, n in broadcast) for n in names)
+    T = ref.shape[1]
+    s0 = args[state] if state else None
+    n_states = _rows_of(s0)
+    if isinstance(cu_seqlens, Packing):
+        packing = cu_seqlens
+        if sum(packing.lengths) != T or (n_states is not None and n_states != len(packing.lengths)):
+            raise ValueError(f"{who}: the packing holds {len(packing.lengths)} sequences of {sum(packing.lengths)} tokens; "
+                             f"the inputs hold T = {T} and the state {n_states} rows")
+    else:
+        packing = Packing.build(cu_seqlens, T, n_states, who=f"{who}: cu_seqlens")
+    want_final = bool(args[final]) if final else True
+    post_on = post is not None and bool(args[post[0]])
+    if post_on:
+        args[post[0]] = False
+    if final:
+        args[final] = True
+
+    def call(inputs, s):
+        kw = dict(args)
+        kw.update(zip(names, inputs))
+        if state:
+            kw[state] = s
+        return fn(**kw)
+
+    if state is None:  # a stateless causal op: once, on the sequences as padded rows
+        out = call(tuple(packing.pad(x) for x in xs), None)
+        return packing.unpad(out) if isinstance(out, Tensor) else tuple(packing.unpad(o) for o in out)
+    out, fin = run_packed(call, xs, s0, packing)
+    if post_on:
+        padded = dict(args)
+        padded.update(zip(names, (packing.pad(x) for x in xs)))
+        out = packing.unpad(post[1](padded, packing.pad(out)))
+    return out, (fin if want_final else None)

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from rnnlab.ops.scan import BACKENDS, linear_scan
+from rnnlab.ops.varlen import varlen
 
 __all__ = ["wkv4", "wkv4_ref", "EMPTY_MAX"]
 
@@ -73,6 +74,7 @@ def _initial(k: Tensor, initial_state: Tensor | None) -> tuple[Tensor, Tensor, T
     return aa, bb, pp
 
 
+@varlen(("k", "v"))
 def wkv4_ref(
     k: Tensor, v: Tensor, w: Tensor, u: Tensor, initial_state: Tensor | None = None, output_final_state: bool = False
 ) -> tuple[Tensor, Tensor | None]:
@@ -132,6 +134,7 @@ def _running_max_source(p0: Tensor, k: Tensor, w: Tensor) -> Tensor:
     return src.view(B, nc * L, C)[:, :T]
 
 
+@varlen(("k", "v"))
 def wkv4(
     k: Tensor,
     v: Tensor,

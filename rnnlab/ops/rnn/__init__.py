@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from rnnlab.ops.rnn.reference import CELLS, elman_ref, gru_ref, lstm_ref, rnn_ref, slstm_ref
+from rnnlab.ops.varlen import varlen
 
 __all__ = ["elman", "lstm", "gru", "slstm", "rnn", "elman_ref", "lstm_ref", "gru_ref", "slstm_ref", "rnn_ref",
            "resolve_backend", "BACKENDS", "CELLS"]
@@ -55,6 +56,7 @@ def resolve_backend(backend: str, device: torch.device, cell: str = "rnn") -> st
     return "reference"
 
 
+@varlen(("gx",))
 def rnn(cell: str, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None = None, initial_state=None,
         output_final_state: bool = False, backend: str = "auto", nonlinearity: str = "tanh", forget_gate: str = "sigmoid"):
     """Dispatch ``cell`` ("elman" | "lstm" | "gru" | "slstm") to a backend. Shapes as in the module docstring."""
@@ -67,21 +69,25 @@ def rnn(cell: str, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None = None,
     return rnn_kernel(cell, gx, weight_hh, bias_hh, initial_state, output_final_state, nonlinearity, forget_gate)
 
 
+@varlen(("gx",))
 def elman(gx, weight_hh, bias_hh=None, initial_state=None, output_final_state=False, backend="auto", nonlinearity="tanh"):
     """Elman RNN. gx (B, T, H), weight_hh (H, H) | (NH, Kh, Kh) -> (h (B, T, H), (h_T,) | None)."""
     return rnn("elman", gx, weight_hh, bias_hh, initial_state, output_final_state, backend, nonlinearity=nonlinearity)
 
 
+@varlen(("gx",))
 def lstm(gx, weight_hh, bias_hh=None, initial_state=None, output_final_state=False, backend="auto"):
     """LSTM (gates i, f, g, o). gx (B, T, 4H), weight_hh (4H, H) | (NH, 4Kh, Kh) -> (h (B, T, H), (h_T, c_T) | None)."""
     return rnn("lstm", gx, weight_hh, bias_hh, initial_state, output_final_state, backend)
 
 
+@varlen(("gx",))
 def gru(gx, weight_hh, bias_hh=None, initial_state=None, output_final_state=False, backend="auto"):
     """GRU (gates r, z, n). gx (B, T, 3H), weight_hh (3H, H) | (NH, 3Kh, Kh) -> (h (B, T, H), (h_T,) | None)."""
     return rnn("gru", gx, weight_hh, bias_hh, initial_state, output_final_state, backend)
 
 
+@varlen(("gx",))
 def slstm(gx, weight_hh, bias_hh=None, initial_state=None, output_final_state=False, backend="auto", forget_gate="sigmoid"):
     """sLSTM (gates i, f, z, o). gx (B, T, 4H), weight_hh (4H, H) | (NH, 4Kh, Kh) -> (h (B, T, H), (h, c, n, m) | None)."""
     return rnn("slstm", gx, weight_hh, bias_hh, initial_state, output_final_state, backend, forget_gate=forget_gate)

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnlab.ops.varlen import varlen
+
 __all__ = ["CELLS", "elman_ref", "lstm_ref", "gru_ref", "slstm_ref", "recurrent_matmul", "cell_step", "check_args"]
 
 # cell name -> (number of gates G, number of state tensors)
@@ -108,6 +110,7 @@ def cell_step(cell: str, x: Tensor, r: Tensor, state: tuple, nonlinearity: str =
     raise ValueError(f"unknown cell {cell!r}; valid: {sorted(CELLS)}")
 
 
+@varlen(("gx",))
 def rnn_ref(cell: str, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None = None, initial_state=None,
             output_final_state: bool = False, nonlinearity: str = "tanh", forget_gate: str = "sigmoid"):
     """gx (B, T, G*H), weight_hh (G*H, H) | (NH, G*Kh, Kh) -> (h (B, T, H), final_state | None).
@@ -132,22 +135,26 @@ def rnn_ref(cell: str, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None = N
     return h, (state if output_final_state else None)
 
 
+@varlen(("gx",))
 def elman_ref(gx, weight_hh, bias_hh=None, initial_state=None, output_final_state=False, nonlinearity="tanh"):
     """Elman RNN. gx (B, T, H), weight_hh (H, H) | (NH, Kh, Kh) -> (h (B, T, H), (h_T,) | None)."""
     return rnn_ref("elman", gx, weight_hh, bias_hh, initial_state, output_final_state, nonlinearity=nonlinearity)
 
 
+@varlen(("gx",))
 def lstm_ref(gx, weight_hh, bias_hh=None, initial_state=None, output_final_state=False):
     """LSTM, gates i, f, g, o. gx (B, T, 4H), weight_hh (4H, H) | (NH, 4Kh, Kh) -> (h (B, T, H), (h_T, c_T) | None)."""
     return rnn_ref("lstm", gx, weight_hh, bias_hh, initial_state, output_final_state)
 
 
+@varlen(("gx",))
 def gru_ref(gx, weight_hh, bias_hh=None, initial_state=None, output_final_state=False):
     """GRU, gates r, z, n (bias_hh's n part inside r * (...)). gx (B, T, 3H), weight_hh (3H, H) | (NH, 3Kh, Kh)
     -> (h (B, T, H), (h_T,) | None)."""
     return rnn_ref("gru", gx, weight_hh, bias_hh, initial_state, output_final_state)
 
 
+@varlen(("gx",))
 def slstm_ref(gx, weight_hh, bias_hh=None, initial_state=None, output_final_state=False, forget_gate="sigmoid"):
     """sLSTM (Beck et al. 2024), gates i, f, z, o. gx (B, T, 4H), weight_hh (4H, H) | (NH, 4Kh, Kh)
     -> (h (B, T, H), (h_T, c_T, n_T, m_T) | None)."""
