@@ -30,7 +30,7 @@ import sys
 
 import torch
 
-from rnnlab.allocator import tune_allocator
+from rnnlab import runtime
 from rnnlab.bench.timing import fwd_and_train, peak_rss_delta, race
 from rnnlab.ops import delta as D
 from rnnlab.ops.gla import chunk_gla, chunk_simple_gla
@@ -115,8 +115,8 @@ def main(argv=None):
     p.add_argument("--budget", type=float, default=8.0, help="seconds per race (forward races get a third)")
     p.add_argument("--g-max", type=float, default=0.1, help="log-decays g ~ -U(0, g_max) per step")
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    tune_allocator()  # as `rnnlab bench` does (rnnlab/allocator.py)
+    runtime.set_threads(a.threads)  # torch and numba: a script is an entry point (rnnlab/runtime.py)
+    runtime.tune_allocator()  # as `rnnlab bench` does
     hf = hf_peer()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}, "
           f"B={B} H={H} K=V={K}, chunk {a.chunk_size}, transformers {'yes' if hf else 'not importable: peer rows skipped'}")

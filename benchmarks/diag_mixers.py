@@ -32,8 +32,7 @@ import sys
 import torch
 
 import rnnlab
-from rnnlab.allocator import tune_allocator
-from rnnlab.ops._threads import set_threads
+from rnnlab import runtime
 from rnnlab.bench.machine import describe_machine
 from rnnlab.bench.registry import get_op_bench
 from rnnlab.bench.timing import peak_rss_delta, time_call
@@ -148,8 +147,8 @@ def main():
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--json", default=None)
     a = p.parse_args()
-    set_threads(a.threads)  # torch and numba
-    tune_allocator()  # as `rnnlab bench` does (rnnlab/allocator.py)
+    runtime.set_threads(a.threads)  # torch and numba: a script is an entry point (rnnlab/runtime.py)
+    runtime.tune_allocator()  # as `rnnlab bench` does
     Ts = [int(t) for t in a.T.split(",")]
     print(f"# B={a.B} d_model={a.D} T={Ts} threads={a.threads} load={os.getloadavg()[0]:.1f}", flush=True)
     rows = []

@@ -20,7 +20,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from rnnlab.allocator import tune_allocator
+from rnnlab import runtime
 from rnnlab.bench.machine import measure_roofline
 from rnnlab.bench.timing import fwd_and_train, race
 from rnnlab.bench.ops_gla import OP_FORMS, chunk_gla_flops, make_inputs
@@ -116,8 +116,8 @@ def main(argv=None):
     p.add_argument("--no-ops", action="store_true")
     p.add_argument("--no-mixers", action="store_true")
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    tune_allocator()  # as `rnnlab bench` does (rnnlab/allocator.py)
+    runtime.set_threads(a.threads)  # torch and numba: a script is an entry point (rnnlab/runtime.py)
+    runtime.tune_allocator()  # as `rnnlab bench` does
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()}")
     if not a.no_ops:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 import rnnlab
-from rnnlab.allocator import tune_allocator
+from rnnlab import runtime
 from rnnlab.layers.gru import GRU
 from rnnlab.layers.lstm import LSTM
 from rnnlab.layers.elman import Elman
@@ -172,8 +172,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--budget", type=float, default=20.0, help="seconds per table (after at least 3 rounds)")
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    tune_allocator()  # as `rnnlab bench` does (rnnlab/allocator.py)
+    runtime.set_threads(a.threads)  # torch and numba: a script is an entry point (rnnlab/runtime.py)
+    runtime.tune_allocator()  # as `rnnlab bench` does
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()}")
     cells = a.cells.split(",")
     for shape in a.shapes.split(","):

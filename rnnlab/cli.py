@@ -53,10 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rnnlab.allocator import tune_allocator
+    """The ``rnnlab`` command: an entry point, so it sets the process-wide allocator (rnnlab.runtime);
+    thread counts are the sub-commands' (train.threads, sweep threads_per_worker, bench --threads)."""
+    from rnnlab.runtime import tune_allocator
 
     args = build_parser().parse_args(argv)
-    tune_allocator()  # large tensors reuse freed heap memory instead of fresh page-faulted mappings (allocator.py)
+    tune_allocator()  # large tensors reuse freed heap memory instead of fresh page-faulted mappings (runtime.py)
     return int(args.func(args) or 0)
 
 

@@ -63,7 +63,7 @@ def register(subparsers) -> None:
     p.add_argument("--modes", help="comma-separated subset of train,prefill,decode (default all)")
     p.add_argument("--dtype", help="comma-separated dtypes: float32,bfloat16 (default both; --quick float32)")
     p.add_argument("--decode-batches", help="comma-separated decode batch sizes (default 1,16)")
-    p.add_argument("--threads", type=int, help="torch threads (default: the CPUs this process may use)")
+    p.add_argument("--threads", type=int, help="torch and numba threads for the run (default: the CPUs this process may use)")
     p.add_argument("--reps", type=int, help="timed repetitions per measurement (default 5; --quick 3)")
     p.add_argument("--warmup", type=int, help="untimed warm-up calls (default 1)")
     p.add_argument("--budget", type=float, help="seconds of timed calls per measurement before stopping early")
@@ -82,6 +82,7 @@ def register(subparsers) -> None:
 
 def _config_from_args(args):
     from rnnlab.bench.runner import BenchConfig
+    from rnnlab.runtime import usable_cpus
 
     def names(s):
         if s is None or s == "all":
@@ -97,12 +98,7 @@ def _config_from_args(args):
         seq_lens = seq_lens or ([256, 1024, 4096] if args.quick else [256, 512, 1024, 2048, 4096, 8192])
         modes, dtypes = modes or ["train"], dtypes or ["float32"]
         batch, d_model = batch or 1, d_model or 256
-    threads = args.threads
-    if threads is None:
-        try:
-            threads = len(os.sched_getaffinity(0))
-        except AttributeError:
-            threads = os.cpu_count() or 1
+    threads = args.threads if args.threads is not None else usable_cpus()
     return BenchConfig.preset(
         quick=args.quick, mixers=mixers, ops=ops, peers=peers, seq_lens=seq_lens, batch=batch, d_model=d_model,
         modes=modes, dtypes=dtypes, decode_batches=_csv(args.decode_batches, int), threads=threads, reps=args.reps,

@@ -35,7 +35,7 @@ import torch
 
 from rnnlab.bench.machine import describe_machine, measure_roofline
 from rnnlab.bench.timing import BenchTimeout, peak_rss_delta, time_call, time_limit
-from rnnlab.ops._threads import set_threads
+from rnnlab.runtime import scoped_threads
 
 __all__ = ["BenchConfig", "run_bench", "SCHEMA_VERSION", "ROW_FIELDS", "row_key", "Subject", "DTYPES", "MODES"]
 
@@ -416,13 +416,21 @@ def peer_ratios(rows: list[dict]) -> None:
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
-    """Run every selected benchmark; returns the result dict (schema SCHEMA_VERSION)."""
+    """Run every selected benchmark; returns the result dict (schema SCHEMA_VERSION).
+
+    ``cfg.threads``, when set, is the torch and numba thread count for this call only: the caller's counts
+    are restored on return or on an exception (rnnlab.runtime.scoped_threads); None or 0 runs on the counts
+    in force. The allocator is left alone: ``rnnlab bench`` tunes it, and ``machine.malloc_tuned`` says
+    whether it was (rnnlab.runtime.tune_allocator)."""
+    cfg.validate()
+    with scoped_threads(cfg.threads or None):
+        return _run_bench(cfg, log)
+
+
+def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
     from rnnlab.bench.registry import available_op_benches, get_op_bench
     from rnnlab.layers.registry import available_mixers, mixer_info
 
-    cfg.validate()
-    if cfg.threads:
-        set_threads(cfg.threads)  # torch and numba
     started = time.time()
     machine = describe_machine()
     log(f"machine: {machine['cpu']}; {machine['threads']} threads of {machine['usable_cpus']} usable CPUs; "

@@ -4,7 +4,8 @@ The numba entry points (the RNN and selective-scan kernels) are compiled ``nogil
 range (lo, hi): plain threads then run them in parallel. numba's ``parallel=True``/``prange`` adds its
 parfors pass to the first (cold) compile (the lstm kernel took 45 s with it; docs/architecture.md), and its
 thread pool spins between calls and needs its thread count kept in step with torch's. (The memory-bound
-linear scan keeps ``prange``: see _scan_numba.py.)
+linear scan keeps ``prange``: see _scan_numba.py.) Thread counts are set by entry points through
+rnnlab.runtime (``set_threads``, ``scoped_threads``), which sizes torch's and numba's pools together.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-__all__ = ["run_rows", "set_threads"]
+__all__ = ["run_rows"]
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool)
 
@@ -33,15 +34,3 @@ def run_rows(fn, batch: int, *args, min_rows: int = 1) -> None:
     for f in futures:
         f.result()
 
-
-def set_threads(n: int) -> None:
-    """Run torch and numba (the compiled CPU kernels of rnnlab.ops) on n threads. The RNN and selective-scan
-    kernels split rows over ``torch.get_num_threads()`` Python threads; the linear scan uses numba's pool,
-    whose idle threads spin between calls unless sized: measured 7-10x the CPU time per training step
-    with 1 torch thread on 2 busy cores."""
-    torch.set_num_threads(n)
-    try:
-        import numba
-    except ImportError:  # pragma: no cover - numba is a declared dependency
-        return
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from rnnlab.ops._threads import set_threads
+from rnnlab.runtime import scoped_threads, set_threads
 from rnnlab.tasks import metrics as M
 from rnnlab.train import distributed as D
 from rnnlab.train.checkpoint import load_checkpoint, read_metadata, save_checkpoint
@@ -90,14 +90,18 @@ def _truncate_jsonl(path: Path, step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
+@scoped_threads()  # the caller's torch and numba thread counts come back on return or on an exception
 def train(config: dict, resume: bool = False) -> dict[str, Any]:
-    """Train one run described by ``config`` (see rnnlab.train.config). -> the result dict (also in result.json)."""
+    """Train one run described by ``config`` (see rnnlab.train.config). -> the result dict (also in result.json).
+
+    ``train.threads``, when set, is the torch and numba thread count for this call only: the caller's counts
+    are restored afterwards (rnnlab.runtime.scoped_threads). The allocator is left alone (rnnlab.runtime)."""
     from rnnlab.models import SequenceModel
 
     resolved, task, model_cfg, tc = resolve(config)
     device = _device(tc.device)
     if tc.threads:
-        set_threads(tc.threads)
+        set_threads(tc.threads)  # undone on return: @scoped_threads above
     rank, world = D.init_from_env(device)
     main = rank == 0
     if tc.batch_size % world:

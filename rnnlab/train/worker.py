@@ -8,12 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-from rnnlab.allocator import tune_allocator
+from rnnlab.runtime import tune_allocator
 from rnnlab.train.trainer import train
 
 
 def main(config_path: str) -> None:
-    tune_allocator()  # a worker is its own process: the same allocator setting as the rnnlab command
+    # a worker is its own process, an entry point: the same allocator setting as the rnnlab command; its
+    # thread count is the config's train.threads (the sweep's threads_per_worker), applied by train()
+    tune_allocator()
     with open(config_path) as f:
         config = json.load(f)
     lock = Path(config["run_dir"]) / ".lock"
