@@ -26,6 +26,7 @@ from rnnlab.tasks import metrics as M
 from rnnlab.train import distributed as D
 from rnnlab.train.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from rnnlab.train.config import resolve
+from rnnlab.train.packing import packed_batch
 
 __all__ = ["get_lr", "evaluate", "train", "score_of"]
 
@@ -149,11 +150,18 @@ def train(config: dict, resume: bool = False) -> dict[str, Any]:
         lr = get_lr(step, tc.lr, tc.warmup, tc.steps, tc.min_lr_ratio)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        full = task.train_batch(tc.batch_size, tc.seed, step)
-        count = task.count_scored(full.targets).clamp_min(1).to(device)
-        batch = full.rows(slice(rank * b, (rank + 1) * b)).to(device)
-        with _autocast(device, tc.bf16):
-            out, _ = model(batch.inputs)
+        if tc.pack:  # examples back to back, no padding (rnnlab.train.packing)
+            batch = packed_batch(task, tc.batch_size, tc.seed, step, tc.pack_tokens, rank, world).to(device)
+            count, tokens = batch.count, batch.tokens
+            with _autocast(device, tc.bf16):
+                out, _ = model(batch.inputs, cu_seqlens=batch.cu_seqlens)
+        else:
+            full = task.train_batch(tc.batch_size, tc.seed, step)
+            count = task.count_scored(full.targets).clamp_min(1).to(device)
+            tokens = full.inputs.shape[0] * full.inputs.shape[1]
+            batch = full.rows(slice(rank * b, (rank + 1) * b)).to(device)
+            with _autocast(device, tc.bf16):
+                out, _ = model(batch.inputs)
         loss_sum, _ = task.loss_terms(out.float(), batch.targets)
         loss = loss_sum / count
         optimizer.zero_grad(set_to_none=True)
@@ -162,7 +170,7 @@ def train(config: dict, resume: bool = False) -> dict[str, Any]:
         gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip > 0 else torch.tensor(0.0)
         optimizer.step()
         step += 1
-        tok_last += full.inputs.shape[0] * full.inputs.shape[1]
+        tok_last += tokens
         if step % tc.log_every == 0 or step == tc.steps:
             # the logged loss is the global-batch loss: sum the per-process parts
             lval = loss.detach().clone()
