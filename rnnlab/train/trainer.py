@@ -8,7 +8,10 @@ early stop at a target metric. Deterministic given the seed: the model is initia
 checkpoint (weights, optimizer, RNG, step) reproduces the uninterrupted run.
 
 Run directory: ``config.json`` (resolved config), ``metrics.jsonl`` (one JSON object per
-log/eval event), ``checkpoint.safetensors`` (latest), ``result.json`` (final metrics).
+log/eval event), ``checkpoint.safetensors`` (latest) and ``checkpoint.prev.safetensors`` (the one
+before), ``result.json`` (final metrics). config.json, result.json and checkpoints are written
+atomically; a resume falls back to the previous checkpoint when the newest is corrupt and drops
+a partial last metrics line (a kill mid-append), so a killed run always resumes.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from tqdm import tqdm
 from rnnlab.runtime import scoped_threads, set_threads
 from rnnlab.tasks import metrics as M
 from rnnlab.train import distributed as D
-from rnnlab.train.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from rnnlab.train.checkpoint import atomic_write, load_latest, previous_path, read_metadata, save_checkpoint
 from rnnlab.train.config import resolve
 from rnnlab.train.packing import packed_batch
 
@@ -83,12 +86,29 @@ def _write_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _records(lines):
+    """Parsed JSON records; a line that does not parse (a write cut short by a kill) is dropped."""
+    for ln in lines:
+        try:
+            yield ln, json.loads(ln)
+        except json.JSONDecodeError:
+            continue
+
+
 def _truncate_jsonl(path: Path, step: int) -> None:
-    """Drop records logged after ``step`` (a resumed run re-logs them)."""
+    """Drop records logged after ``step`` (a resumed run re-logs them) and any partial line."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    keep = [ln for ln, rec in _records(path.read_text().splitlines()) if isinstance(rec, dict) and rec.get("step", 0) <= step]
+    atomic_write(path, "".join(ln + "\n" for ln in keep))
+
+
+def _old_config(path: Path) -> dict | None:
+    """The run directory's config.json, or None when it is missing or unreadable (written before atomic writes)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 @scoped_threads()  # the caller's torch and numba thread counts come back on return or on an exception
@@ -111,25 +131,27 @@ def train(config: dict, resume: bool = False) -> dict[str, Any]:
     ckpt = run_dir / CKPT
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resume and (run_dir / CONFIG).exists():
-            old = json.loads((run_dir / CONFIG).read_text())
+        old = _old_config(run_dir / CONFIG) if resume else None
+        if old is not None:
             diff = [s for s in ("task", "model", "train") if {k: v for k, v in old[s].items() if k not in ("progress", "threads", "device")}
                     != {k: v for k, v in resolved[s].items() if k not in ("progress", "threads", "device")}]
             if diff:
                 raise ValueError(f"--resume: config section(s) {diff} differ from {run_dir / CONFIG}; resume needs the same config")
-        (run_dir / CONFIG).write_text(json.dumps(resolved, indent=2))
+        atomic_write(run_dir / CONFIG, json.dumps(resolved, indent=2))
 
     torch.manual_seed(tc.seed)
     model = SequenceModel(model_cfg).to(device)
     params = [p for g in model.param_groups(tc.weight_decay) for p in g["params"]]
     optimizer = torch.optim.AdamW(model.param_groups(tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2))
     start, extra = 0, {"best": None, "wall_s": 0.0, "cpu_s": 0.0}
-    if resume and ckpt.exists():
-        start, extra = load_checkpoint(ckpt, model, optimizer)
+    loaded = load_latest(ckpt, model, optimizer) if resume else None  # the newest good one (warns on a corrupt one)
+    if loaded is not None:
+        start, extra = loaded
         if main:
             _truncate_jsonl(run_dir / METRICS, start)
-    elif main and (run_dir / METRICS).exists():
-        (run_dir / METRICS).unlink()
+    elif main:
+        for stale in (run_dir / METRICS, run_dir / RESULT, ckpt, previous_path(ckpt)):  # a fresh run: nothing of an older one may be resumed
+            stale.unlink(missing_ok=True)
 
     b = tc.batch_size // world
     metric, higher = task.primary_metric, task.higher_is_better
@@ -211,11 +233,15 @@ def train(config: dict, resume: bool = False) -> dict[str, Any]:
         "wall_s": time.time() - wall0, "cpu_s": time.process_time() - cpu0,
     }
     if main:
-        (run_dir / RESULT).write_text(json.dumps(result, indent=2))
+        atomic_write(run_dir / RESULT, json.dumps(result, indent=2))
     return result
 
 
 def checkpoint_step(run_dir: str | Path) -> int | None:
-    """Step of the run's latest checkpoint, or None."""
-    p = Path(run_dir) / CKPT
-    return read_metadata(p)[0] if p.exists() else None
+    """Step of the run's latest readable checkpoint (the previous one when the newest is corrupt), or None."""
+    for p in (Path(run_dir) / CKPT, previous_path(Path(run_dir) / CKPT)):
+        try:
+            return read_metadata(p)[0]
+        except Exception:  # missing, truncated or garbage
+            continue
+    return None

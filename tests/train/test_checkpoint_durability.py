@@ -57,3 +57,28 @@ def test_atomic_write_replaces_whole_files(tmp_path):
     atomic_write(p, '{"a": 1}')
     assert p.read_text() == '{"a": 1}' and not list(tmp_path.glob(".*tmp"))
     assert load_latest(tmp_path / "none.safetensors", _model(0)) is None
+
+
+def test_resume_survives_a_corrupt_checkpoint_an_empty_config_and_a_partial_metrics_line(tmp_path):
+    from rnnlab.train.trainer import train
+    from tests.train.conftest import tiny_config
+
+    full = train(tiny_config(tmp_path / "full", steps=12))
+    run = tmp_path / "run"
+    cfg = tiny_config(run, steps=12)
+    train(cfg)
+    # the damage a kill can leave: the newest checkpoint overwritten, config.json empty, half a metrics line
+    ck = run / "checkpoint.safetensors"
+    data = bytearray(ck.read_bytes())
+    data[-16:] = b"\0" * 16
+    ck.write_bytes(bytes(data))
+    (run / "config.json").write_text("")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 13, "loss"')
+    resumed = train(cfg, resume=True)  # falls back to the step-6 checkpoint and retrains 6..12
+    assert resumed["score"] == full["score"] and resumed["steps"] == 12
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    import json
+
+    assert all(json.loads(ln) for ln in lines)
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 12
