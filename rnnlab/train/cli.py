@@ -67,7 +67,7 @@ def cmd_sweep(args) -> int:
 
     try:
         spec = load_sweep(args.file)
-        if args.workers:
+        if args.workers is not None:  # 0 is a value (rejected by load_sweep), not "not given"
             spec["workers"] = args.workers
         if args.db:
             spec["db"] = args.db
@@ -100,9 +100,9 @@ def cmd_suite(args) -> int:
     from rnnlab.train.sweep import load_sweep, run_sweep
 
     mixers = args.mixers.split(",") if args.mixers else pick_mixers()
-    spec = load_sweep(suite_spec(quick=not args.full, mixers=mixers, out_dir=args.out_dir, workers=args.workers))
-    print(f"suite ({'full' if args.full else 'quick'}): mixers {', '.join(mixers)}; tasks {', '.join(spec['grid']['task'])}")
     try:
+        spec = load_sweep(suite_spec(quick=not args.full, mixers=mixers, out_dir=args.out_dir, workers=args.workers))
+        print(f"suite ({'full' if args.full else 'quick'}): mixers {', '.join(mixers)}; tasks {', '.join(spec['grid']['task'])}")
         counts = run_sweep(spec)
     except ValueError as e:
         print(f"rnnlab suite: error: {e}", file=sys.stderr)

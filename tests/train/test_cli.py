@@ -33,3 +33,16 @@ def test_suite_command_runs_and_reports(tmp_path, monkeypatch, capsys):
     assert main(["suite", "--mixers", "attention", "--workers", "1", "--out-dir", str(out)]) == 0
     text = (out / "report" / "report.md").read_text()
     assert "parity acc@16" in text and "1 done, 0 failed" in capsys.readouterr().out
+
+
+def test_zero_or_negative_workers_exit_2_with_a_message(tmp_path, capsys):
+    import yaml
+
+    spec = {"name": "t", "out_dir": str(tmp_path / "runs"), "grid": {"mixer": ["attention"], "task": ["parity"]}}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    for workers in ("0", "-1"):
+        assert main(["sweep", str(f), "--workers", workers]) == 2
+        assert "workers must be a positive int" in capsys.readouterr().err
+    assert main(["suite", "--mixers", "attention", "--workers", "0", "--out-dir", str(tmp_path / "suite")]) == 2
+    assert "workers must be a positive int" in capsys.readouterr().err
