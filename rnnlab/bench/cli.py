@@ -57,6 +57,7 @@ def register(subparsers) -> None:
     p.add_argument("--mixers", help="comma-separated mixer names, 'all' (default) or 'none'")
     p.add_argument("--ops", help="comma-separated op benchmark names, 'all' (default) or 'none'")
     p.add_argument("--no-peers", action="store_true", help="skip the peer implementations")
+    p.add_argument("--no-packing", action="store_true", help="skip the packed-vs-padded training rows")
     p.add_argument("--seq-lens", help="comma-separated lengths (default 512,2048,8192; --quick 128,512)")
     p.add_argument("--batch", type=int, help="batch for train/prefill (default 4; --quick 2)")
     p.add_argument("--d-model", type=int, help="model width (default 256; --quick 128)")
@@ -103,7 +104,7 @@ def _config_from_args(args):
         quick=args.quick, mixers=mixers, ops=ops, peers=peers, seq_lens=seq_lens, batch=batch, d_model=d_model,
         modes=modes, dtypes=dtypes, decode_batches=_csv(args.decode_batches, int), threads=threads, reps=args.reps,
         warmup=args.warmup, budget_s=args.budget, max_call_s=args.max_call_s,
-        memory=False if args.no_memory else None,
+        memory=False if args.no_memory else None, packing=False if args.no_packing or args.headline else None,
     )
 
 

@@ -22,7 +22,7 @@ __all__ = ["format_tables", "format_compare", "validate_result", "write_plots", 
 # --- schema -------------------------------------------------------------------
 
 _TOP = {"schema": str, "created": str, "machine": dict, "roofline": dict, "config": dict, "rows": list, "notes": list}
-_KINDS = ("mixer", "op", "peer")
+_KINDS = ("mixer", "op", "peer", "packing")
 
 
 def validate_result(result: dict) -> None:
@@ -150,7 +150,7 @@ def _errors(rows: list[dict]) -> list[str]:
     return out
 
 
-def format_tables(result: dict, fmt: str = "text", kinds=("mixer", "op", "peer")) -> str:
+def format_tables(result: dict, fmt: str = "text", kinds=("mixer", "op", "peer", "packing")) -> str:
     """Pivot tables: tokens/s per length (train, prefill), decode latency, op forms, peers."""
     rows = result["rows"]
     seq_lens = sorted({r["seq_len"] for r in rows if r["seq_len"] and r["mode"] != "decode"})
@@ -214,6 +214,21 @@ def format_tables(result: dict, fmt: str = "text", kinds=("mixer", "op", "peer")
         parts.append(f"{h}{kind}s: decode, per-token latency of one recurrent step after a prefill of `context` tokens\n"
                      f"{_table(headers, table, fmt)}")
 
+    def packing():
+        sel = [r for r in rows if r["kind"] == "packing"]
+        if not sel:
+            return
+        by = defaultdict(dict)
+        for r in sel:
+            by[(r["name"], r["dtype"])][r["form"]] = r
+        table = []
+        for (name, dtype), f in by.items():
+            pk, pd = f.get("packed"), f.get("padded")
+            table.append([name, dtype, _cell(pd), _cell(pk), f"{pk['ratio']:.2f}x" if pk and pk["ratio"] else "-"])
+        note = next((r["note"] for r in sel if r["note"]), "")
+        parts.append(f"{h}packing: training tokens/s of real tokens, packed (cu_seqlens) vs padded to the longest ({note})\n"
+                     f"{_table(['mixer', 'dtype', 'padded', 'packed', 'packed / padded'], table, fmt)}")
+
     if "mixer" in kinds:
         through("mixer", "mixer")
         decode("mixer", "mixer")
@@ -222,6 +237,8 @@ def format_tables(result: dict, fmt: str = "text", kinds=("mixer", "op", "peer")
     if "peer" in kinds:
         through("peer", "peer")
         decode("peer", "peer")
+    if "packing" in kinds:
+        packing()
     errs = [e for e in _errors(rows) if e.split()[0] in kinds]
     if errs:
         parts.append(f"{h}errors\n" + "\n".join(("- " if fmt == "md" else "  ") + e for e in errs))

@@ -62,6 +62,7 @@ class BenchConfig:
     mixers: list[str] | None = None  # None: every registered mixer
     ops: list[str] | None = None  # None: every registered op bench; []: none
     peers: bool = True
+    packing: bool = True  # the packed-vs-padded training rows (rnnlab/bench/packing.py), when "train" is in modes
     seq_lens: list[int] = field(default_factory=lambda: [512, 2048, 8192])
     batch: int = 4
     d_model: int = 256
@@ -501,6 +502,14 @@ def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
         rows.extend(new)
         done += 1
         log(f"  op    {name:24s} {time.time() - t0:6.1f} s  {_summary(new)}")
+
+    if cfg.packing and "train" in cfg.modes:
+        from rnnlab.bench.packing import bench_packing
+
+        t0 = time.time()
+        new = bench_packing(cfg, log, mixers=cfg.mixers)
+        rows.extend(new)
+        log(f"  packing {'':24s} {time.time() - t0:6.1f} s  {_summary(new)}")
 
     for sub in peer_subjects:
         t0 = time.time()

@@ -60,6 +60,19 @@ def test_schema_and_every_mixer_and_op_appear(tiny_result, tmp_path):
     assert "attention" in text and "decode" in text
 
 
+def test_packing_rows_compare_packed_with_padded(tiny_result):
+    from rnnlab.bench.packing import PACKING_MIXERS
+
+    rows = [r for r in tiny_result["rows"] if r["kind"] == "packing"]
+    assert {(r["name"], r["form"]) for r in rows} == {(m, f) for m in PACKING_MIXERS for f in ("packed", "padded")}
+    for r in rows:
+        assert r["tokens_per_s"] and r["mode"] == "train" and "real tokens" in r["note"], r
+        if r["form"] == "packed":
+            pad = next(p for p in rows if p["name"] == r["name"] and p["form"] == "padded")
+            assert r["vs"] == "padded" and r["ratio"] == pytest.approx(r["tokens_per_s"] / pad["tokens_per_s"])
+    assert "packed / padded" in format_tables(tiny_result)
+
+
 def test_decode_context_follows_growing_state(tiny_result):
     """Attention's KV cache grows: decode at every context; fixed-state mixers once, after the shortest."""
     dec = [r for r in tiny_result["rows"] if r["kind"] == "mixer" and r["mode"] == "decode" and r["name"] == "attention"]
