@@ -58,14 +58,15 @@ class Attention(Mixer):
         k_all = torch.cat([state["k"].to(k.dtype), k], 2)  # (B, H, L+T, dh)
         v_all = torch.cat([state["v"].to(v.dtype), v.transpose(1, 2)], 2)
         L = k_all.shape[2] - T
-        if L == 0 and (T == 1 or self.window is None):  # no cache: plain causal attention
-            mask, causal = None, T > 1
-        else:  # query i (slot L+i) sees slot j iff j <= L+i, L+i-j < window, and j is a real entry of its row
-            i = torch.arange(T, device=x.device)[:, None] + L
-            j = torch.arange(L + T, device=x.device)[None]
-            mask = (j <= i) & ((i - j) < self.window if self.window is not None else True)
-            real = j >= L - pos.clamp(max=L)[:, None]  # (B, L+T): the cache's last min(pos, L) entries and the new keys
-            mask = (mask[None] & real[:, None]).unsqueeze(1)  # (B, 1, T, L+T)
+        mask, causal = None, T > 1
+        if L > 0 or (T > 1 and self.window is not None):
+            # query i (slot L+i) sees slot j iff j is a real entry of its row (the cache's last min(pos, L) entries
+            # and the new keys), j <= L+i and L+i-j < window; one query sees the whole cache (<= window-1 entries)
+            j = torch.arange(L + T, device=x.device)
+            mask = (j >= L - pos.clamp(max=L)[:, None])[:, None, None]  # (B, 1, 1, L+T)
+            if T > 1:
+                i = torch.arange(T, device=x.device)[:, None] + L
+                mask = mask & ((j <= i) & ((i - j) < self.window if self.window is not None else True))
             causal = False
         o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=causal)  # (B, H, T, dh)
         y = self.out(rearrange(o, "b h t d -> b t (h d)"))
