@@ -52,6 +52,8 @@ class TrainConfig:
     seed: int = 0
     target: float | None = None
     """Stop early once the primary metric, averaged over test lengths, reaches this value."""
+    on_nonfinite: str = "stop"
+    """A NaN/inf loss or gradient norm: "stop" the run with NonFiniteError, or "skip" that step's update."""
     pack: bool = False
     """Pack variable-length examples back to back into a token budget, no padding (rnnlab.train.packing)."""
     pack_tokens: int | None = None
@@ -68,8 +70,10 @@ class TrainConfig:
             raise ValueError(f"train.pack must be true or false, got {self.pack!r}")
         if self.pack_tokens is not None and (not isinstance(self.pack_tokens, int) or self.pack_tokens < 1):
             raise ValueError(f"train.pack_tokens must be a positive int or null, got {self.pack_tokens!r}")
-        if not self.lr > 0:
-            raise ValueError(f"train.lr must be > 0, got {self.lr!r}")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"train.on_nonfinite must be one of stop, skip; got {self.on_nonfinite!r}")
+        if not self.lr > 0 or self.lr == float("inf"):
+            raise ValueError(f"train.lr must be a finite number > 0, got {self.lr!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -31,9 +31,13 @@ from rnnlab.train.checkpoint import atomic_write, load_latest, previous_path, re
 from rnnlab.train.config import resolve
 from rnnlab.train.packing import packed_batch
 
-__all__ = ["get_lr", "evaluate", "train", "score_of"]
+__all__ = ["get_lr", "evaluate", "train", "score_of", "NonFiniteError"]
 
 CKPT, CONFIG, METRICS, RESULT = "checkpoint.safetensors", "config.json", "metrics.jsonl", "result.json"
+
+
+class NonFiniteError(RuntimeError):
+    """A training step produced a NaN or infinite loss or gradient (train.on_nonfinite = "stop")."""
 
 
 def get_lr(step: int, lr: float, warmup: int, total: int, min_lr_ratio: float) -> float:
@@ -189,8 +193,18 @@ def train(config: dict, resume: bool = False) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         D.all_reduce_grads(params)
-        gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip > 0 else torch.tensor(0.0)
-        optimizer.step()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else math.inf)
+        if not (torch.isfinite(loss.detach()) and torch.isfinite(gnorm)):
+            what = f"non-finite {'loss' if not torch.isfinite(loss.detach()) else 'gradient norm'} at step {step + 1} " \
+                   f"(loss {float(loss.detach())}, gradient norm {float(gnorm)}, lr {lr:g})"
+            if tc.on_nonfinite == "stop":
+                raise NonFiniteError(f"{what}; the weights of step {step} are in the last checkpoint "
+                                     "(train.on_nonfinite=skip skips such steps instead)")
+            optimizer.zero_grad(set_to_none=True)  # skip: no update from this batch
+            if main:
+                _write_jsonl(run_dir / METRICS, {"step": step + 1, "skipped": what})
+        else:
+            optimizer.step()
         step += 1
         tok_last += tokens
         if step % tc.log_every == 0 or step == tc.steps:
