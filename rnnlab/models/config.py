@@ -41,6 +41,24 @@ class ModelConfig:
     def __post_init__(self):
         from rnnlab.layers.registry import available_mixers
 
+        def positive_int(name, allow_none=False):
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {v!r}")
+
+        for name in ("d_model", "n_layers"):
+            positive_int(name)
+        for name in ("vocab_size", "input_dim", "num_classes", "out_dim"):
+            positive_int(name, allow_none=True)
+        if not (isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio > 0):
+            raise ValueError(f"mlp_ratio must be a number > 0, got {self.mlp_ratio!r}")
+        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+            raise ValueError(f"norm_eps must be a number > 0, got {self.norm_eps!r}")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
         mixers = self.layer_mixers()
         valid = available_mixers()
         for m in mixers + ([self.mlp] if self.mlp not in (None, "swiglu") else []):

@@ -117,9 +117,15 @@ class SequenceModel(nn.Module):
     # --- forward ---------------------------------------------------------------
     def _check_inputs(self, inputs: Tensor) -> None:
         c = self.config
+        if not isinstance(inputs, Tensor):
+            raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
         if c.vocab_size:
             if inputs.dim() != 2 or inputs.dtype not in (torch.int64, torch.int32):
                 raise ValueError(f"expected token ids of shape (B, T) and dtype int64, got {tuple(inputs.shape)} {inputs.dtype}")
+            # checked where it costs no device sync (on CPU; an accelerator's embedding asserts on its own)
+            if inputs.device.type == "cpu" and inputs.numel() and bool(((inputs < 0) | (inputs >= c.vocab_size)).any()):
+                raise ValueError(f"token ids must be in [0, vocab_size = {c.vocab_size}), got values in "
+                                 f"[{int(inputs.min())}, {int(inputs.max())}]")
         elif inputs.dim() != 3 or inputs.shape[-1] != c.input_dim or not inputs.is_floating_point():
             raise ValueError(f"expected float features of shape (B, T, {c.input_dim}), got {tuple(inputs.shape)} {inputs.dtype}")
 
@@ -144,7 +150,10 @@ class SequenceModel(nn.Module):
             packing = cu_seqlens if isinstance(cu_seqlens, Packing) else Packing.build(cu_seqlens, inputs.shape[1])
         batch = inputs.shape[0] if packing is None else len(packing.lengths)
         x = self.embed(inputs)
-        state = state if state is not None else self.init_state(batch, inputs.device)
+        if state is None:
+            state = self.init_state(batch, inputs.device)
+        else:
+            self._check_state_keys(state)
         new: State = {}
         for i, block in enumerate(self.blocks):
             prefix = f"{i}."
@@ -154,6 +163,17 @@ class SequenceModel(nn.Module):
         if self.config.head == "classify":
             x = self._pool(x, packing)
         return self.head(x), new
+
+    def _check_state_keys(self, state: State) -> None:
+        """Every key of a model state belongs to a layer's mixer or MLP (each mixer checks its own keys)."""
+        if not isinstance(state, dict):
+            raise ValueError(f"state must be a dict of tensors (from init_state or a previous call), got {type(state).__name__}")
+        n = len(self.blocks)
+        bad = [k for k in state if not (k.split(".", 1)[0].isdigit() and int(k.split(".", 1)[0]) < n
+                                        and k.split(".", 2)[1:2] in (["mixer"], ["mlp"]))]
+        if bad:
+            raise ValueError(f"state has key(s) {sorted(bad)[:5]} that belong to no layer; expected '<layer>.mixer.<key>' "
+                             f"or '<layer>.mlp.<key>' with layer < {n}")
 
     def _pool(self, x: Tensor, packing: Packing | None) -> Tensor:
         """(B, T, D) -> (B, D), or packed (1, T, D) -> (N, D): each sequence's last token or its mean."""
@@ -213,6 +233,12 @@ class SequenceModel(nn.Module):
         prefilled packed and decoded together at their own positions: each gets what it gets alone."""
         if self.config.head != "lm":
             raise ValueError('generate() needs head="lm"')
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        if not (isinstance(temperature, (int, float)) and 0 <= temperature < float("inf")):
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
         if isinstance(prompt, (list, tuple)):
             if not prompt or any(not isinstance(p, Tensor) or p.dim() != 1 or p.numel() == 0 for p in prompt):
                 raise ValueError("generate(): a list of prompts must hold non-empty 1-D token tensors")

@@ -126,3 +126,29 @@ def test_bad_variable_length_inputs_raise():
         model.generate(ids, 2, attention_mask=torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]))
     with pytest.raises(ValueError, match="1-D"):
         model.generate([torch.zeros(2, 2, dtype=torch.int64)], 2)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"n_layers": 0}, "n_layers must be a positive int"), ({"mlp_ratio": 0}, "mlp_ratio must be a number > 0"),
+    ({"norm_eps": -1}, "norm_eps must be a number > 0"), ({"vocab_size": 0}, "vocab_size must be a positive int"),
+    ({"d_model": True}, "d_model must be a positive int"), ({"dropout": 1.5}, "dropout must be in"),
+])
+def test_bad_model_configs_name_the_field(change, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**{"vocab_size": 10, **change})
+
+
+def test_bad_tokens_states_and_generation_arguments_raise():
+    model = model_of("recurrent")
+    with pytest.raises(ValueError, match=r"vocab_size = 50"):
+        model(torch.tensor([[1, 50]]))
+    with pytest.raises(ValueError, match=r"vocab_size = 50"):
+        model(torch.tensor([[-1, 2]]))
+    state = model.init_state(1)
+    with pytest.raises(ValueError, match="belong to no layer"):
+        model(torch.tensor([[1]]), {**state, "9.mixer.h": torch.zeros(1)})
+    p = torch.tensor([[1, 2]])
+    for kw, match in (({"max_new_tokens": -1}, "max_new_tokens"), ({"max_new_tokens": 2, "temperature": -1.0}, "temperature"),
+                      ({"max_new_tokens": 2, "temperature": float("inf")}, "temperature"), ({"max_new_tokens": 2, "top_k": 0}, "top_k")):
+        with pytest.raises(ValueError, match=match):
+            model.generate(p, **kw)
