@@ -31,11 +31,11 @@ use_qk_l2norm_in_kernel=False) -> (o, final_state)``:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
 from rnnlab.ops._exp import decay_exp
+from rnnlab.ops.chunk import chunk_major, decay_ratios, mac, pass_backward, pass_forward, unchunk, unit_lower_inverse
 from rnnlab.ops.varlen import varlen
 
 __all__ = [
@@ -163,171 +163,11 @@ def fused_recurrent_delta_rule(q, k, v, beta, scale=None, initial_state=None, ou
 
 
 # --------------------------------------------------------------------------- chunkwise (WY / UT)
-def _unit_lower_inverse(A: Tensor, block: int = 16) -> Tensor:
-    """A (..., C, C) -> (I + tril₋₁(A))⁻¹ (..., C, C); only A's strictly lower part is read.
-
-    Blocked forward substitution: the diagonal block×block blocks are inverted row by row (one
-    broadcast multiply-sum per row, over every block of every matrix at once), then block row i is
-    −T_ii (A_{i,<i} T_{<i,<i}), two batched matmuls. Only matmuls and element-wise ops: the batched
-    LAPACK solve (torch.linalg.solve_triangular, one threaded call per matrix) measured up to 100x
-    slower than this with two threads on a loaded 2-core machine, and within 20% of it on one core."""
-    C = A.shape[-1]
-    b = min(block, C)
-    n = -(-C // b)
-    if n * b != C:  # the leading block of a lower-triangular matrix's inverse is the inverse of its leading block
-        A = F.pad(A, (0, n * b - C, 0, n * b - C))
-    L = A.unflatten(-1, (n, b)).unflatten(-3, (n, b))  # (..., n, b, n, b)
-    X = -L.diagonal(dim1=-4, dim2=-2).movedim(-1, -3).tril(-1)  # (..., n, b, b): diagonal blocks of −A
-    for i in range(2, b):  # row i of (I + A_ii)⁻¹ − I from the rows above it
-        X[..., i, :i] += (X[..., i, 1:i, None] * X[..., 1:i, :i]).sum(-2)
-    X.diagonal(dim1=-2, dim2=-1).fill_(1.0)
-    T = torch.zeros_like(A)
-    T.unflatten(-1, (n, b)).unflatten(-3, (n, b)).diagonal(dim1=-4, dim2=-2).copy_(X.movedim(-3, -1))
-    for i in range(1, n):
-        r, c = slice(i * b, (i + 1) * b), slice(0, i * b)
-        T[..., r, c] = -(X[..., i, :, :] @ (A[..., r, c] @ T[..., c, c]))
-    return T[..., :C, :C]
-
-
-class _UnitLowerSolve(torch.autograd.Function):
-    """A (..., C, C), R (..., C, M) -> X = (I + tril₋₁(A))⁻¹ R: the UT transform of all chunks at once.
-
-    Forward: the inverse T (``_unit_lower_inverse``), then one matmul. Backward (hand-written, two
-    matmuls): dR = Tᵀ dX, dA = −tril₋₁(dR Xᵀ)."""
-
-    @staticmethod
-    def forward(ctx, A, R):
-        Tinv = _unit_lower_inverse(A)
-        X = Tinv @ R
-        ctx.save_for_backward(Tinv, X)
-        return X
-
-    @staticmethod
-    def backward(ctx, dX):
-        Tinv, X = ctx.saved_tensors
-        dR = Tinv.mT @ dX
-        return -torch.tril(dR @ X.mT, -1), dR
-
-
-def _pass_forward(U: Tensor, Wk: Tensor, kd: Tensor, d: Tensor | None, E: Tensor | None, S0: Tensor) -> tuple[Tensor, Tensor]:
-    """The sequential part of the WY form, over chunks n = 0..N-1 (chunk axis first, Z = batch·heads):
-
-        W_n = U_n − Wk_n S_n,   S_{n+1} = d_n ⊙ S_n + kd_nᵀ W_n (+ E_n)
-
-    U (N, Z, C, V), Wk and kd (N, Z, C, K) (unit last stride), d (N, Z, 1, 1) scalar or (N, Z, K, 1)
-    per-key chunk decay, or None; E (N, Z, K, V) or None; S0 (Z, K, V)
-    -> W (N, Z, C, V), S (N+1, Z, K, V): the state entering each chunk, then the final one."""
-    N, Z, C, V = U.shape
-    W = U.new_empty(N, Z, C, V)
-    S = U.new_empty(N + 1, Z, Wk.shape[-1], V)
-    S[0] = S0
-    for n in range(N):  # each step written straight into its output slab: 2-3 ops per chunk
-        torch.baddbmm(U[n], Wk[n], S[n], alpha=-1, out=W[n])
-        base = S[n]
-        if d is not None or E is not None:
-            base = S[n + 1]
-            if d is None:
-                torch.add(S[n], E[n], out=base)
-            elif E is None:
-                torch.mul(S[n], d[n], out=base)
-            else:
-                torch.addcmul(E[n], S[n], d[n], out=base)
-        torch.baddbmm(base, kd[n].mT, W[n], out=S[n + 1])
-    return W, S
-
-
-def _pass_backward(Wk: Tensor, kd: Tensor, d: Tensor | None, dW: Tensor, dS_in: Tensor | None, dS_last: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Backward of :func:`_pass_forward` through the chunks, last to first (two matmuls per chunk).
-
-    dW (N, Z, C, V): gradient reaching W from outside, completed in place; dS_in (N, Z, K, V) or None:
-    gradient reaching S_n (n < N) from outside; dS_last (Z, K, V): that of the final state
-    -> (dW, dS_next (N, Z, K, V) the total gradient of S_{n+1}, dS0 (Z, K, V))."""
-    N = dW.shape[0]
-    dS_next = dW.new_empty(N, *dS_last.shape)
-    dS_next[N - 1] = dS_last
-    for n in range(N - 1, -1, -1):  # dS_{n} = d_n ⊙ dS_{n+1} (+ dS_in_n) − Wk_nᵀ dW_n, written into its slot
-        dS = dS_next[n]
-        dW[n].baddbmm_(kd[n], dS)
-        prev = dS_next[n - 1] if n > 0 else torch.empty_like(dS_last)
-        if d is None:
-            torch.add(dS, dS_in[n], out=prev) if dS_in is not None else prev.copy_(dS)
-        elif dS_in is None:
-            torch.mul(dS, d[n], out=prev)
-        else:
-            torch.addcmul(dS_in[n], dS, d[n], out=prev)
-        prev.baddbmm_(Wk[n].mT, dW[n], alpha=-1)
-    return dW, dS_next, prev
-
-
-class _ChunkPass(torch.autograd.Function):
-    """:func:`_pass_forward` as an autograd op, chunk axis first with separate batch and head axes:
-    U (N, B, H, C, V), Wk and kd (N, B, H, C, K), d (N, B, H, 1, 1) or (N, B, H, K, 1) or None,
-    E (N, B, H, K, V) or None, S0 (B, H, K, V) -> W (N, B, H, C, V), S (N+1, B, H, K, V).
-    Used by RWKV-7's chunkwise form (rnnlab/ops/rwkv7.py); the delta rule calls the pass directly."""
-
-    @staticmethod
-    def forward(ctx, U, Wk, kd, d, E, S0):
-        N, B, H, C, V = U.shape
-        flat = lambda t: t.reshape(N, B * H, *t.shape[3:]) if t is not None else None  # noqa: E731
-        W, S = _pass_forward(flat(U), flat(Wk), flat(kd), flat(d), flat(E), S0.reshape(B * H, *S0.shape[2:]))
-        ctx.has_E, ctx.shapes = E is not None, (U.shape, Wk.shape, kd.shape, None if d is None else d.shape, S0.shape)
-        ctx.save_for_backward(Wk, kd, d, W, S)
-        return W.view(U.shape), S.view(N + 1, *S0.shape)
-
-    @staticmethod
-    def backward(ctx, dW_out, dS_out):
-        Wk, kd, d, W, S = ctx.saved_tensors
-        U_shape, Wk_shape, kd_shape, d_shape, S0_shape = ctx.shapes
-        N, Z = W.shape[:2]
-        flat = lambda t: t.reshape(N, Z, *t.shape[3:]) if t is not None else None  # noqa: E731
-        dW = dW_out.reshape(W.shape).clone() if dW_out is not None else torch.zeros_like(W)
-        dS_out = dS_out.reshape(S.shape) if dS_out is not None else torch.zeros_like(S)
-        dW, dS_next, dS0 = _pass_backward(flat(Wk), flat(kd), flat(d), dW, dS_out[:N], dS_out[N])
-        dWk = -(dW @ S[:N].mT)  # (N, Z, C, K)
-        dkd = W @ dS_next.mT
-        dd = (S[:N] * dS_next).sum_to_size(flat(d).shape).view(d_shape) if d is not None else None
-        dE = dS_next.view(N, *S0_shape) if ctx.has_E else None
-        return dW.view(U_shape), dWk.view(Wk_shape), dkd.view(kd_shape), dd, dE, dS0.view(S0_shape)
-
-
-def _chunks(x: Tensor, C: int) -> Tensor:
-    """(B, T, H, *F) -> (N·B·H, C, *F) float32 contiguous, chunk-major (chunk n of every head is one
-    slab), zero-padded to N = ⌈T / C⌉ chunks."""
-    pad = (-x.shape[1]) % C
-    if pad:
-        x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad))
-    view = rearrange(x, "b (n c) h ... -> n b h c ...", c=C)
-    return torch.empty(view.shape, dtype=torch.float32, device=x.device).copy_(view).flatten(0, 2)
-
-
-def _unchunk(x: Tensor, B: int, H: int, T: int) -> Tensor:
-    """(N·B·H, C, *F) -> (B, T, H, *F), the inverse of :func:`_chunks` (a view, the padding dropped)."""
-    return rearrange(x, "(n b h) c ... -> b (n c) h ...", b=B, h=H)[:, :T]
-
-
-def _mac(a: Tensor, b: Tensor, alpha: float = 1.0, acc: Tensor | None = None) -> Tensor:
-    """a (Z, M, L) @ b (Z, L, N) -> acc + alpha · a b (acc updated in place) or alpha · a b, through
-    baddbmm: the scaling and the accumulation cost no extra pass over memory."""
-    if acc is None:
-        if alpha == 1.0:
-            return torch.bmm(a, b)
-        unused = a.new_empty(()).expand(a.shape[0], a.shape[1], b.shape[2])  # beta = 0: baddbmm never reads it
-        return torch.baddbmm(unused, a, b, beta=0, alpha=alpha)
-    return acc.baddbmm_(a, b, alpha=alpha)
-
-
-def _decay(gam: Tensor) -> Tensor:
-    """gam (Z, C) cumulative log-decay -> (Z, C, C) e^{γ_i − γ_j} for j ≤ i (exponents ≤ 0), 0 above the diagonal.
-    Masked after the exp, the exponents clamped by ``decay_exp`` (rnnlab/ops/_exp.py: torch's exp is 10-100x
-    slower for −inf and for results that underflow or overflow)."""
-    return decay_exp(gam[:, :, None] - gam[:, None, :], max=0.0).tril_()
-
-
 def _mask(X: Tensor, Y: Tensor, gam: Tensor | None, rs: Tensor | None) -> None:
     """In place: X ← tril(X ⊙ Γ), Y ← tril₋₁(diag(rs) Y ⊙ Γ), Γ_ij = e^{γ_i − γ_j} (ones if gam is None);
     X, Y (Z, C, C), gam and rs (Z, C) or None. The causal decay masks of P and A (forward), dP and −dA (backward)."""
     if gam is not None:
-        dec = _decay(gam)
+        dec = decay_ratios(gam[..., None], gam[..., None]).tril_()  # e^{γ_i − γ_j} on j <= i (no autograd here: masked in place)
         X.mul_(dec)
         Y.mul_(dec)
     else:
@@ -340,7 +180,7 @@ def _mask(X: Tensor, Y: Tensor, gam: Tensor | None, rs: Tensor | None) -> None:
 def _layout(q, k, v, bc, eg, to_end, scale, C):
     """q, k (B, T, H, K), v (B, T, H, V); bc, eg = e^γ, to_end = e^{γ_C − γ} (Z, C) (eg, to_end None: no decay)
     -> in chunks (Z, C, ·), float32: qc, kc, vc, β v, β e^γ k, qe = scale e^γ q, kd = e^{γ_C − γ} k."""
-    qc, kc, vc = _chunks(q, C), _chunks(k, C), _chunks(v, C)
+    qc, kc, vc = chunk_major(q, C), chunk_major(k, C), chunk_major(v, C)
     b = bc[..., None]
     if eg is None:
         return qc, kc, vc, vc * b, kc * b, qc * scale, kc
@@ -367,9 +207,9 @@ def _close_grads(dq, dk, dkb, dRv, qc, kc, vc, bc, dS_C, B, H, T):
     if dS_C is not None:
         dgam = _rowdot(dq, qc).sub_(_rowdot(dk, kc)).add_(2 * bc * s_b)
         dgam[:, -1] += dS_C
-        dg = _unchunk(dgam.flip(-1).cumsum(-1).flip(-1), B, H, T)
-    return (_unchunk(dq, B, H, T), _unchunk(dk, B, H, T), _unchunk(dRv.mul_(bc[..., None]), B, H, T),
-            _unchunk(dbeta, B, H, T), dg)
+        dg = unchunk(dgam.flip(-1).cumsum(-1).flip(-1), B, H, T)
+    return (unchunk(dq, B, H, T), unchunk(dk, B, H, T), unchunk(dRv.mul_(bc[..., None]), B, H, T),
+            unchunk(dbeta, B, H, T), dg)
 
 
 class _ChunkGatedDelta(torch.autograd.Function):
@@ -389,26 +229,26 @@ class _ChunkGatedDelta(torch.autograd.Function):
         V = v.shape[-1]
         N, BH = -(-T // C), B * H
         Z = N * BH
-        bc = _chunks(beta, C)  # (Z, C)
+        bc = chunk_major(beta, C)  # (Z, C)
         gam = eg = to_end = None
         if g is not None:
-            gam = _chunks(g, C).cumsum(-1)  # (Z, C): γ_i
+            gam = chunk_major(g, C).cumsum(-1)  # (Z, C): γ_i
             eg, to_end = decay_exp(gam), decay_exp(gam[:, -1:] - gam)
         qc, kc, vc, Rv, Rk, qe, kd = _layout(q, k, v, bc, eg, to_end, scale, C)
-        A = _mac(kc, kc.mT)  # (Z, C, C): k_iᵀk_j, masked to A_ij = β_i e^{γ_i−γ_j} k_iᵀk_j (j < i)
-        P = _mac(qc, kc.mT, alpha=scale)  # (Z, C, C): scale q_iᵀk_j, masked to the decayed causal part
+        A = mac(kc, kc.mT)  # (Z, C, C): k_iᵀk_j, masked to A_ij = β_i e^{γ_i−γ_j} k_iᵀk_j (j < i)
+        P = mac(qc, kc.mT, alpha=scale)  # (Z, C, C): scale q_iᵀk_j, masked to the decayed causal part
         _mask(P, A, gam, bc)
-        Tinv = _unit_lower_inverse(A)
+        Tinv = unit_lower_inverse(A)
         del A
-        U, Wk = _mac(Tinv, Rv), _mac(Tinv, Rk)  # (Z, C, V), (Z, C, K)
+        U, Wk = mac(Tinv, Rv), mac(Tinv, Rk)  # (Z, C, V), (Z, C, K)
         del Rv, Rk  # freed before the pass: they would only raise the peak
         d = None if gam is None else eg[:, -1].reshape(N, BH, 1, 1)  # e^{γ_C}, the chunk's whole decay
-        W, S = _pass_forward(U.view(N, BH, C, V), Wk.view(N, BH, C, K), kd.view(N, BH, C, K), d, None, S0.reshape(BH, K, V))
+        W, S = pass_forward(U.view(N, BH, C, V), Wk.view(N, BH, C, K), kd.view(N, BH, C, K), d, None, S0.reshape(BH, K, V))
         del U
-        o = _mac(P, W.view(Z, C, V), acc=_mac(qe, S[:N].view(Z, K, V)))  # (Z, C, V)
+        o = mac(P, W.view(Z, C, V), acc=mac(qe, S[:N].view(Z, K, V)))  # (Z, C, V)
         ctx.save_for_backward(qc, kc, vc, bc, gam, eg, to_end, Tinv, Wk, W, S, P)
         ctx.meta = scale, B, H, T, C
-        return _unchunk(o, B, H, T), S[N].view(B, H, K, V)
+        return unchunk(o, B, H, T), S[N].view(B, H, K, V)
 
     @staticmethod
     def backward(ctx, do, dS_final):
@@ -419,7 +259,7 @@ class _ChunkGatedDelta(torch.autograd.Function):
         N, BH = S.shape[0] - 1, B * H
         gated = gam is not None
         dS_final = torch.zeros_like(S[N]) if dS_final is None else dS_final.reshape(BH, K, V).float()
-        do = _chunks(do, C) if do is not None else qc.new_zeros(Z, C, V)  # (Z, C, V)
+        do = chunk_major(do, C) if do is not None else qc.new_zeros(Z, C, V)  # (Z, C, V)
         Sin, Wz = S[:N].view(Z, K, V), W.view(Z, C, V)
         if gated:
             eg, to_end = eg[..., None], to_end[..., None]  # (Z, C, 1): factors on rows
@@ -427,16 +267,16 @@ class _ChunkGatedDelta(torch.autograd.Function):
         else:
             qf, kd, d = scale, kc, None
         # o = qe S_n + P W_n, qe = q ⊙ qf (temporaries are deleted once used: this bounds peak memory)
-        dq = _mac(do, Sin.mT).mul_(qf)  # (Z, C, K)
-        dP = _mac(do, Wz.mT)  # (Z, C, C)
+        dq = mac(do, Sin.mT).mul_(qf)  # (Z, C, K)
+        dP = mac(do, Wz.mT)  # (Z, C, C)
         dW = torch.bmm(P.mT, do)  # = dU
-        dS_in = _mac((qc * qf).mT, do).view(N, BH, K, V)
+        dS_in = mac((qc * qf).mT, do).view(N, BH, K, V)
         del do
         # the pass W_n = U_n − Wk_n S_n, S_{n+1} = d_n S_n + kd_nᵀ W_n, last chunk to first
-        _, dS_next, dS0 = _pass_backward(Wk.view(N, BH, C, K), kd.view(N, BH, C, K), d, dW.view(N, BH, C, V), dS_in, dS_final)
+        _, dS_next, dS0 = pass_backward(Wk.view(N, BH, C, K), kd.view(N, BH, C, K), d, dW.view(N, BH, C, V), dS_in, dS_final)
         del dS_in, kd
         dS_next = dS_next.view(Z, K, V)
-        dk = _mac(Wz, dS_next.mT)  # (Z, C, K): through kd
+        dk = mac(Wz, dS_next.mT)  # (Z, C, K): through kd
         dS_C = None
         if gated:
             dk.mul_(to_end)
@@ -445,18 +285,18 @@ class _ChunkGatedDelta(torch.autograd.Function):
         # [U, Wk] = T [β v, β e^γ k] with dU = dW and dWk = −dW Sᵀ (W = U − Wk S), so dRv = Tᵀ dW,
         # dRk = Tᵀ dWk = −dRv Sᵀ, and −dA = dRv Uᵀ + dRk Wkᵀ = dRv (U − Wk S)ᵀ = dRv Wᵀ before the mask
         # (three products where the chain rule taken step by step needs five)
-        dRv = _mac(Tinv.mT, dW)
+        dRv = mac(Tinv.mT, dW)
         del dW
-        dRk = _mac(dRv, Sin.mT, alpha=-1.0)
-        nA = _mac(dRv, Wz.mT)
+        dRk = mac(dRv, Sin.mT, alpha=-1.0)
+        nA = mac(dRv, Wz.mT)
         dkb = dRk.mul_(eg) if gated else dRk
         _mask(dP, nA, gam, None)
         # A = tril₋₁(diag(β) K Kᵀ ⊙ Γ), P = scale tril(Q Kᵀ ⊙ Γ): with kb = β k
-        dkb = _mac(nA, kc, alpha=-1.0, acc=dkb)
-        dq = _mac(dP, kc, alpha=scale, acc=dq)
-        dk = _mac(dP.mT, qc, alpha=scale, acc=dk)
+        dkb = mac(nA, kc, alpha=-1.0, acc=dkb)
+        dq = mac(dP, kc, alpha=scale, acc=dq)
+        dk = mac(dP.mT, qc, alpha=scale, acc=dk)
         del dP
-        dk = _mac(nA.mT, kc * bc[..., None], alpha=-1.0, acc=dk)
+        dk = mac(nA.mT, kc * bc[..., None], alpha=-1.0, acc=dk)
         del nA
         dq, dk, dv, dbeta, dg = _close_grads(dq, dk, dkb, dRv, qc, kc, vc, bc, dS_C, B, H, T)
         return dq, dk, dv, dg, dbeta, dS0.view(B, H, K, V), None, None
@@ -473,7 +313,7 @@ def _chunk_core(q, k, v, g, beta, scale, initial_state, output_final_state, use_
         [U, Wk] = T [diag(β) V, diag(β e^{γ}) K],   W = U − Wk S₀                 (WY form)
         O = (Q ⊙ e^{γ}) S₀ + (QKᵀ ⊙ e^{γ_i−γ_j} ⊙ causal) W
         S_C = e^{γ_C} S₀ + (K ⊙ e^{γ_C−γ})ᵀ W
-    Only W and S_C need the sequential pass over chunks (``_pass_forward``, two matmuls per chunk);
+    Only W and S_C need the sequential pass over chunks (``rnnlab.ops.chunk.pass_forward``, two matmuls per chunk);
     everything else is batched over all chunks. All ratios are exp of differences ≤ 0, so nothing
     overflows. The last chunk is zero-padded (zero keys, β = 0, g = 0: the state passes through).
     The backward is written by hand (``_ChunkGatedDelta``): the same matmuls transposed, the pass run

@@ -39,7 +39,7 @@ measured 11-20% faster than autograd through the same computation); autograd dif
 decay factors around it. Memory O(T * L).
 
 Numerics of A (every exponent bounded, never a product of many small numbers). In the common
-case ("chunk" tier: no chunk whose half accumulates more than ``_MAX_EXP`` = 40 of log-decay)
+case ("chunk" tier: no chunk whose half accumulates more than ``MAX_EXP`` = 40 (rnnlab.ops.chunk) of log-decay)
 one midpoint M per chunk factors every decay, e^{G_t - G_s} = e^{G_t - M} e^{M - G_s}, with both
 factors within e^{±40} (so their products, times the data, stay out of float32's denormal range,
 on which matmuls run several times slower). Otherwise:
@@ -50,7 +50,7 @@ on which matmuls run several times slower). Otherwise:
   (q_t e^{G_t - R_i}) . (k_s e^{R_i - G_s}), both exponents <= 0 (exact, safe for any decay).
   A diagonal 16x16 block factors through its midpoint M: (q_t e^{G_t - M}) . (k_s e^{M - G_s});
   those exponents are bounded by the decay accumulated over half a sub-chunk (<= 40 for
-  g >= -5 per step). When that bound exceeds ``_MAX_EXP`` = 40 anywhere (decays stronger than
+  g >= -5 per step). When that bound exceeds ``MAX_EXP`` = 40 (rnnlab.ops.chunk) anywhere (decays stronger than
   about -5 per step), the diagonal blocks are computed from the exact pairwise factors
   exp(G_t - G_s) <= 1 instead: same result, slower, memory 16x that of q. The choice depends
   only on the values of g and is the same on every device.
@@ -63,6 +63,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnlab.ops._exp import decay_exp
+from rnnlab.ops.chunk import MAX_EXP, acc_dtype, decay_gram, decay_ratios, mac, midpoint, midpoint_bound, mm_dtype, to_chunks
 from rnnlab.ops.varlen import varlen
 
 __all__ = [
@@ -72,10 +73,6 @@ __all__ = [
 ]
 
 SUB_CHUNK = 16
-# largest |exponent| of a midpoint-factored block: its products pair factors down to e^-2·bound, which with the
-# data fall into float32's denormal range (slow matmuls) past ~42: chunk_simple_gla fwd+bwd at bound 37 / 43 / 46
-# measured 63 / 91 / 142 ms; past 40 the exact tiers (65 ms at bound 80) take over
-_MAX_EXP = 40.0
 
 # the fla keyword arguments each form recognises (rnnlab.ops.varlen.FLA_ARGS): accepted at their defaults only
 _FLA_CHUNK = ("head_first", "state_v_first", "cu_seqlens_cpu", "chunk_indices")
@@ -119,20 +116,11 @@ def _expand_heads(q: Tensor, k: Tensor, H: int) -> tuple[Tensor, Tensor]:
     return (q, k) if rep == 1 else (q.repeat_interleave(rep, 2), k.repeat_interleave(rep, 2))
 
 
-def _acc_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _mm_dtype(x: Tensor) -> torch.dtype:
-    """Matmul dtype: bfloat16 inputs keep bfloat16 matmuls (fp32 accumulation inside), else the acc dtype."""
-    return torch.bfloat16 if x.dtype == torch.bfloat16 else _acc_dtype(x)
-
-
 def _decay_shape(g: Tensor | None, kind: str) -> Tensor | None:
     """g -> (B, T, H, K or 1) in float32/64, or None."""
     if g is None:
         return None
-    g = g.to(_acc_dtype(g) if g.dtype == torch.float64 else torch.float32)
+    g = g.to(acc_dtype(g) if g.dtype == torch.float64 else torch.float32)
     return g if kind == "vector" else g[..., None]
 
 
@@ -141,7 +129,7 @@ def _naive(q, k, v, g, kind, scale, initial_state, output_final_state):
     q, k = _expand_heads(q, k, v.shape[2])
     B, T, H, K = q.shape
     V = v.shape[-1]
-    acc = _acc_dtype(q)
+    acc = acc_dtype(q)
     scale = K ** -0.5 if scale is None else scale
     S = q.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else initial_state.to(acc)
     gs = (g.to(acc) if kind == "vector" else g.to(acc)[..., None]) if g is not None else q.new_zeros(B, T, H, 1, dtype=acc)
@@ -183,7 +171,7 @@ def naive_recurrent_linear_attn(q, k, v, scale=None, initial_state=None, output_
 
 def _normalize(q: Tensor, k: Tensor, o: Tensor, scale: float | None) -> Tensor:
     """o_t / (scale q_t . sum_{s<=t} k_s + 1e-10): fla's normalize_output, over this call's keys."""
-    acc = _acc_dtype(q)
+    acc = acc_dtype(q)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q, k = _expand_heads(q, k, o.shape[2])
     z = (scale * q.to(acc) * k.to(acc).cumsum(1)).sum(-1, keepdim=True)  # (B, T, H, 1)
@@ -195,7 +183,7 @@ def _fused(q, k, v, g, kind, scale, initial_state, output_final_state):
     q, k = _expand_heads(q, k, v.shape[2])
     B, T, H, K = q.shape
     V = v.shape[-1]
-    acc = _acc_dtype(q)
+    acc = acc_dtype(q)
     scale = K ** -0.5 if scale is None else scale
     S = q.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else initial_state.to(acc)
     qs = (q.to(acc) * scale)[..., None, :]  # (B, T, H, 1, K)
@@ -240,14 +228,7 @@ def _intra_scalar(q: Tensor, k: Tensor, G: Tensor | None, dt: torch.dtype) -> Te
     A = (q.to(dt) @ k.to(dt).transpose(-1, -2)).to(q.dtype)  # (..., L, L)
     if G is None:
         return A.tril()
-    # G_t - G_s <= 0 on s <= t; above the diagonal clamped to 0 and masked after the exp (rnnlab/ops/_exp.py)
-    return (A * decay_exp(G - G.transpose(-1, -2), max=0.0)).tril_()
-
-
-def _diag_exact(qs: Tensor, ks: Tensor, Gs: Tensor, mask: Tensor) -> Tensor:
-    """qs, ks, Gs (..., Ls, K) -> (..., Ls, Ls): sum_k q_tk k_sk e^{G_tk - G_sk} from exact pairwise factors <= 1."""
-    ratio = decay_exp(Gs[..., :, None, :] - Gs[..., None, :, :], max=0.0)  # (..., Ls, Ls, K), exact on s <= t
-    return torch.einsum("...tsk,...tk,...sk->...ts", ratio, qs, ks).masked_fill(~mask, 0.0)
+    return (A * decay_ratios(G, G)).tril_()  # e^{G_t - G_s} on s <= t, every exponent <= 0
 
 
 def _intra_vector(q: Tensor, k: Tensor, G: Tensor, dt: torch.dtype) -> Tensor:
@@ -259,14 +240,7 @@ def _intra_vector(q: Tensor, k: Tensor, G: Tensor, dt: torch.dtype) -> Tensor:
     ns = L // Ls
     split = lambda t: t.unflatten(-2, (ns, Ls))  # (..., ns, Ls, K)
     qs, ks, Gs = split(q), split(k), split(G)
-    mask = torch.ones(Ls, Ls, dtype=torch.bool, device=q.device).tril()
-    M = Gs[..., Ls // 2 : Ls // 2 + 1, :]  # (..., ns, 1, K) midpoint of each sub-chunk
-    bound = torch.maximum(Gs[..., 0, :] - M[..., 0, :], M[..., 0, :] - Gs[..., -1, :]).detach().amax() if q.numel() else 0.0
-    if float(bound) <= _MAX_EXP:
-        qd, kd = (qs * torch.exp(Gs - M)).to(dt), (ks * torch.exp(M - Gs)).to(dt)
-        A_diag = (qd @ kd.transpose(-1, -2)).to(q.dtype).masked_fill(~mask, 0.0)  # (..., ns, Ls, Ls)
-    else:  # decays too strong for the midpoint factorization: exact pairwise factors
-        A_diag = _diag_exact(qs, ks, Gs, mask)
+    A_diag = decay_gram(qs, ks, Gs, Gs, True, dt)  # (..., ns, Ls, Ls): midpoint of each sub-chunk, or the exact factors
     if ns == 1:
         return A_diag[..., 0, :, :]
     # rows of sub-chunks 1..ns-1 against all earlier keys, through R_i = G at the end of sub-chunk i-1
@@ -284,38 +258,12 @@ def _intra_vector(q: Tensor, k: Tensor, G: Tensor, dt: torch.dtype) -> Tensor:
 def _tier(G: Tensor, kind: str) -> str:
     """Which factorization of A the decays allow; G (..., L, K or 1) the in-chunk inclusive cumsum.
 
-    "chunk": one midpoint per chunk, |exponents| <= _MAX_EXP (the common case; cheapest);
+    "chunk": one midpoint per chunk, |exponents| <= MAX_EXP (the common case; cheapest);
     "exact_mask": scalar decay, the exact (L, L) decay mask; "sub_chunk": per-key decay through
     sub-chunks of 16 (see :func:`_intra_vector`, which may fall back to exact pairwise factors)."""
-    L = G.shape[-2]
-    M = G[..., L // 2 : L // 2 + 1, :]
-    bound = torch.maximum(G[..., 0, :] - M[..., 0, :], M[..., 0, :] - G[..., -1, :]).detach().amax() if G.numel() else 0.0
-    if float(bound) <= _MAX_EXP:
+    if float(midpoint_bound(G, midpoint(G))) <= MAX_EXP:
         return "chunk"
     return "exact_mask" if kind == "scalar" else "sub_chunk"
-
-
-def _to_chunks(t: Tensor, L: int) -> Tensor:
-    """t (B, T, H, D) -> contiguous (B, H, NC, L, D), zero-padded to NC = ceil(T / L) chunks, in one
-    copy (F.pad keeps t's memory layout, so pad + contiguous would copy twice). Padded steps carry
-    zero inputs and zero log-decay."""
-    B, T, H, D = t.shape
-    NC = -(-T // L)
-    if NC * L == T:
-        out = torch.empty(B, H, T, D, dtype=t.dtype, device=t.device)
-    else:
-        out = t.new_zeros(B, H, NC * L, D)
-    out[:, :, :T] = t.transpose(1, 2)
-    return out.unflatten(2, (NC, L))
-
-
-def _bmm(a: Tensor, b: Tensor, add: Tensor | None = None, beta: float = 1.0, alpha: float = 1.0) -> Tensor:
-    """a (..., n, m) @ b (..., m, p) (+ beta * add) as one torch.bmm / baddbmm over the flattened batch
-    dims: a view for contiguous or last-two-transposed operands, where torch.matmul on >3-D tensors copies.
-    ``add`` must be a temporary: it is accumulated into in place (out-of-place baddbmm copies it first)."""
-    flat = lambda t: t.reshape(-1, *t.shape[-2:])  # noqa: E731
-    out = torch.bmm(flat(a), flat(b)) if add is None else flat(add).baddbmm_(flat(a), flat(b), beta=beta, alpha=alpha)
-    return out.view(*a.shape[:-1], b.shape[-1])
 
 
 class _ChunkCore(torch.autograd.Function):
@@ -338,8 +286,8 @@ class _ChunkCore(torch.autograd.Function):
         acc = h0.dtype
         computed = A is None
         if computed:
-            A = torch.tril(_bmm(q, k.transpose(-1, -2)))  # (B, H, NC, L, L)
-        Q = _bmm(k.transpose(-1, -2), v).to(acc)  # (B, H, NC, K, V): kᵀv of every chunk
+            A = torch.tril(mac(q, k.transpose(-1, -2)))  # (B, H, NC, L, L)
+        Q = mac(k.transpose(-1, -2), v).to(acc)  # (B, H, NC, K, V): kᵀv of every chunk
         S_loc = Q * c if c is not None else Q
         S, states = h0, []
         NC = q.shape[2]
@@ -349,7 +297,7 @@ class _ChunkCore(torch.autograd.Function):
                 S = torch.addcmul(Sc, d[:, :, i], S) if d is not None else S + Sc
         S_in = torch.stack(states, 2)  # (B, H, NC, K, V)
         S_hat = S_in * s if s is not None else S_in
-        o = _bmm(A, v, add=_bmm(q, S_hat.to(q.dtype)), beta=alpha, alpha=alpha)
+        o = mac(A, v, acc=mac(q, S_hat.to(q.dtype)), beta=alpha, alpha=alpha)
         ctx.save_for_backward(q, k, v, A, Q, S_in, c, d, s)
         ctx.computed, ctx.alpha = computed, alpha
         return o, (S if output_final_state else None)
@@ -361,10 +309,10 @@ class _ChunkCore(torch.autograd.Function):
         dt, acc, alpha = q.dtype, S_in.dtype, ctx.alpha
         reduce = lambda x, like: x.sum_to_size(like.shape)  # noqa: E731  the gradient of a broadcast factor
         do_s = (do * alpha).to(dt).contiguous()  # (B, H, NC, L, V); do is a permuted view
-        dA = _bmm(do_s, v.transpose(-1, -2))  # (B, H, NC, L, L)
+        dA = mac(do_s, v.transpose(-1, -2))  # (B, H, NC, L, L)
         if ctx.computed:
             dA = torch.tril(dA)
-        P = _bmm(q.transpose(-1, -2), do_s).to(acc)  # (B, H, NC, K, V): gradient of s ⊙ S_in
+        P = mac(q.transpose(-1, -2), do_s).to(acc)  # (B, H, NC, K, V): gradient of s ⊙ S_in
         ds = reduce(P * S_in, s) if s is not None else None
         dS_dir = P * s if s is not None else P
         # reverse pass over the chunks: U = gradient of the state leaving chunk i
@@ -379,13 +327,13 @@ class _ChunkCore(torch.autograd.Function):
         dQ = (U * c if c is not None else U).to(dt)
         S_hat = (S_in * s if s is not None else S_in).to(dt)
         tr = lambda t: t.transpose(-1, -2)  # noqa: E731
-        dv = _bmm(tr(A), do_s, add=_bmm(k, dQ))
+        dv = mac(tr(A), do_s, acc=mac(k, dQ))
         if ctx.computed:  # A = tril(q kᵀ): its gradient joins those of the other uses of q and k
-            dq = _bmm(dA, k, add=_bmm(do_s, tr(S_hat)))
-            dk = _bmm(tr(dA), q, add=_bmm(v, tr(dQ)))
+            dq = mac(dA, k, acc=mac(do_s, tr(S_hat)))
+            dk = mac(tr(dA), q, acc=mac(v, tr(dQ)))
             dA = None
         else:
-            dq, dk = _bmm(do_s, tr(S_hat)), _bmm(v, tr(dQ))
+            dq, dk = mac(do_s, tr(S_hat)), mac(v, tr(dQ))
         return dq, dk, dv, dA, dc, dd, ds, dh0, None, None
 
 
@@ -403,25 +351,24 @@ def _chunk(q, k, v, g, kind, scale, initial_state, output_final_state, chunk_siz
     strong decays: A from :func:`_intra_scalar` / :func:`_intra_vector`, q e^{G}, k e^{G_L - G}, d."""
     B, T, Hq, K = q.shape
     H = v.shape[2]
-    acc, dt = _acc_dtype(q), _mm_dtype(q)
+    acc, dt = acc_dtype(q), mm_dtype(q)
     scale = K ** -0.5 if scale is None else scale
     if kind == "vector" and chunk_size > SUB_CHUNK:
         L = min(chunk_size, -(-T // SUB_CHUNK) * SUB_CHUNK)  # short inputs: a shorter chunk, still whole sub-chunks
     else:
         L = min(chunk_size, T)
     gf = _decay_shape(g, kind)
-    G = None if gf is None else _to_chunks(gf, L).cumsum(-2)  # (B, H, NC, L, K or 1) inclusive, acc
+    G = None if gf is None else to_chunks(gf, L).cumsum(-2)  # (B, H, NC, L, K or 1) inclusive, acc
     tier = "chunk" if G is None else _tier(G, kind)
     if kind != "vector" and tier == "chunk":
         return _chunk_by_group(q, k, v, G, scale, initial_state, output_final_state, L)
     q, k = _expand_heads(q, k, H)  # the remaining forms decay q and k per head
-    to_chunks = lambda t: _to_chunks(t, L)  # noqa: E731
-    qc, kc, vc = to_chunks(q.to(dt)), to_chunks(k.to(dt)), to_chunks(v.to(dt))
+    qc, kc, vc = to_chunks(q.to(dt), L), to_chunks(k.to(dt), L), to_chunks(v.to(dt), L)
     h0 = q.new_zeros(B, H, K, v.shape[-1], dtype=acc) if initial_state is None else initial_state.to(acc)
     GL = G[..., -1:, :]  # (B, H, NC, 1, K or 1)
     col = lambda t: t.transpose(-1, -2)  # noqa: E731  (..., 1, K) -> (..., K, 1): a factor on the rows of a state
     if tier == "chunk":  # per-key decay
-        M = G[..., L // 2 : L // 2 + 1, :]  # midpoint of each chunk
+        M = midpoint(G)  # (..., 1, K or 1)
         q_t, k_t = (qc.to(acc) * torch.exp(G - M)).to(dt), (kc.to(acc) * torch.exp(M - G)).to(dt)
         o, S = _ChunkCore.apply(q_t, k_t, vc, None, col(torch.exp(GL - M)), col(torch.exp(GL)), col(torch.exp(M)), h0,
                                 scale, output_final_state)
@@ -445,10 +392,10 @@ def _chunk_by_group(q, k, v, G, scale, initial_state, output_final_state, L):
     B, T, Hq, K = q.shape
     H, V = v.shape[2], v.shape[3]
     rep = H // Hq
-    acc, dt = _acc_dtype(q), _mm_dtype(q)
+    acc, dt = acc_dtype(q), mm_dtype(q)
     NC = -(-T // L)
-    qc, kc = _to_chunks(q.to(dt), L), _to_chunks(k.to(dt), L)  # (B, Hq, NC, L, K)
-    vc = _to_chunks(v.to(dt).reshape(B, T, Hq, rep * V), L)  # (B, Hq, NC, L, rep·V), head j of a group at columns j·V
+    qc, kc = to_chunks(q.to(dt), L), to_chunks(k.to(dt), L)  # (B, Hq, NC, L, K)
+    vc = to_chunks(v.to(dt).reshape(B, T, Hq, rep * V), L)  # (B, Hq, NC, L, rep·V), head j of a group at columns j·V
     h0 = q.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else initial_state.to(acc)
     h0 = h0.unflatten(1, (Hq, rep)).permute(0, 1, 3, 2, 4).reshape(B, Hq, K, rep * V)
     if G is None:
@@ -457,7 +404,7 @@ def _chunk_by_group(q, k, v, G, scale, initial_state, output_final_state, L):
         grp = lambda t: t.unflatten(1, (Hq, rep)).movedim(2, -2)  # noqa: E731  (B, H, NC, X, 1) -> (B, Hq, NC, X, rep, 1)
         cols = lambda t: grp(t).expand(*t.shape[:1], Hq, NC, 1, rep, V).reshape(B, Hq, NC, 1, rep * V)  # noqa: E731
         GL = G[..., -1:, :]
-        M = G[..., L // 2 : L // 2 + 1, :]  # midpoint of each chunk
+        M = midpoint(G)  # (..., 1, K or 1)
         v_t = (vc.to(acc).unflatten(-1, (rep, V)) * grp(torch.exp(M - G))).flatten(-2).to(dt)
         o, S = _ChunkCore.apply(qc, kc, v_t, None, cols(torch.exp(GL - M)), cols(torch.exp(GL)), cols(torch.exp(M)), h0,
                                 1.0, output_final_state)

@@ -36,7 +36,7 @@ from einops import rearrange
 from torch import Tensor
 
 from rnnlab.ops._exp import decay_exp
-from rnnlab.ops.gla import _acc_dtype, _bmm, _mm_dtype, _to_chunks
+from rnnlab.ops.chunk import acc_dtype, decay_ratios, mac, mm_dtype, to_chunks
 from rnnlab.ops.varlen import varlen
 
 __all__ = ["chunk_mlstm", "fused_recurrent_mlstm", "naive_recurrent_mlstm", "MLSTMState"]
@@ -77,7 +77,7 @@ def _prepare(q, k, v, i, f, scale, initial_state, forget_gate):
     B, T, H, K = q.shape
     V = v.shape[-1]
     scale = K ** -0.5 if scale is None else scale
-    acc = _acc_dtype(q)
+    acc = acc_dtype(q)
     logf = F.logsigmoid(f.to(acc)) if forget_gate == "sigmoid" else f.to(acc)
     ig = i.to(acc)
     if initial_state is None:
@@ -198,19 +198,19 @@ def chunk_mlstm(
     _check(q, k, v, i, f, initial_state, forget_gate, chunk_size)
     scale, ig, logf, (C, n, m) = _prepare(q, k, v, i, f, scale, initial_state, forget_gate)
     B, T, H, K = q.shape
-    acc, dt = _acc_dtype(q), _mm_dtype(q)
+    acc, dt = acc_dtype(q), mm_dtype(q)
     L = min(chunk_size, T)
     NC = -(-T // L)
     # contiguous (B, H, NC, L, .) chunks, one copy each; padded steps: no input (i~ = -inf), no forgetting
-    qc, kc, vc = _to_chunks(q.to(acc), L), _to_chunks(k.to(acc) * scale, L), _to_chunks(v.to(dt), L)
+    qc, kc, vc = to_chunks(q.to(acc), L), to_chunks(k.to(acc) * scale, L), to_chunks(v.to(dt), L)
     ig = torch.where(torch.arange(NC * L, device=q.device)[:, None] < T, F.pad(ig, (0, 0, 0, NC * L - T)), float("-inf"))
-    b = _to_chunks(logf[..., None], L)[..., 0].cumsum(-1)  # (B, H, NC, L) inclusive cumsum of log f
-    a = _to_chunks(ig[..., None], L)[..., 0] - b  # log weight of token s, in the frame of the chunk start
+    b = to_chunks(logf[..., None], L)[..., 0].cumsum(-1)  # (B, H, NC, L) inclusive cumsum of log f
+    a = to_chunks(ig[..., None], L)[..., 0] - b  # log weight of token s, in the frame of the chunk start
 
     # chunk-local states at the chunk end (as if entering empty), stabilized by their own max
     m_loc = a.amax(-1)  # (B, H, NC)
     wk = kc * decay_exp(a - m_loc[..., None])[..., None]  # (B, H, NC, L, K)
-    C_loc = _bmm(wk.to(dt).transpose(-1, -2), vc).to(acc)  # (B, H, NC, K, V)
+    C_loc = mac(wk.to(dt).transpose(-1, -2), vc).to(acc)  # (B, H, NC, K, V)
     n_loc = wk.sum(-2)  # (B, H, NC, K)
     # pass (C, n, m) across chunks; in the chunk-start frame the state's stabilizer is m - 0 and the
     # chunk-local one m_loc + b_L, so the chunk's end stabilizer is b_L + max(m, m_loc)
@@ -230,11 +230,11 @@ def chunk_mlstm(
     Mt = torch.maximum(m_in[..., None], torch.cummax(a, -1).values)  # (B, H, NC, L)
     # exponents a_s - M_t <= 0 on s <= t; above the diagonal they are clamped to 0 and the product is
     # masked after the exp (exp(-inf) takes a slow path: the masked-before-exp form cost 4x as much)
-    D = decay_exp(a[..., None, :] - Mt[..., :, None], max=0.0)  # (B, H, NC, L, L)
-    S = (_bmm(qc, kc.transpose(-1, -2)) * D).tril()  # (B, H, NC, L, L) float32
+    D = decay_ratios(-Mt[..., None], -a[..., None])  # (B, H, NC, L, L): e^{a_s - M_t}
+    S = (mac(qc, kc.transpose(-1, -2)) * D).tril()  # (B, H, NC, L, L) float32
     w_in = decay_exp(m_in[..., None] - Mt)[..., None]  # (B, H, NC, L, 1)
-    num = _bmm(S.to(dt), vc).to(acc) + w_in * _bmm(qc.to(dt), C_in.to(dt)).to(acc)  # (B, H, NC, L, V)
-    den = S.sum(-1, keepdim=True) + w_in * _bmm(qc, n_in[..., None])  # (B, H, NC, L, 1) float32
+    num = mac(S.to(dt), vc).to(acc) + w_in * mac(qc.to(dt), C_in.to(dt)).to(acc)  # (B, H, NC, L, V)
+    den = S.sum(-1, keepdim=True) + w_in * mac(qc, n_in[..., None])  # (B, H, NC, L, 1) float32
     h = num / torch.maximum(den.abs(), torch.exp(-(b + Mt))[..., None])
     h = rearrange(h, "b h n l v -> b (n l) h v")[:, :T].to(v.dtype)
     return h, ((C, n, m) if output_final_state else None)

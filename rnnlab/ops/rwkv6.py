@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnlab.ops.gla import _acc_dtype, chunk_gla
+from rnnlab.ops.chunk import acc_dtype
+from rnnlab.ops.gla import chunk_gla
 from rnnlab.ops.varlen import varlen
 
 __all__ = ["chunk_rwkv6", "fused_recurrent_rwkv6", "naive_recurrent_rwkv6"]
@@ -68,7 +69,7 @@ def naive_recurrent_rwkv6(
     _check(r, k, v, w, u, initial_state)
     B, T, H, K = r.shape
     V = v.shape[-1]
-    acc = _acc_dtype(r)
+    acc = acc_dtype(r)
     scale = K ** -0.5 if scale is None else scale
     S = r.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else initial_state.to(acc)
     uf = u.to(acc)
@@ -98,7 +99,7 @@ def fused_recurrent_rwkv6(
     _check(r, k, v, w, u, initial_state)
     B, T, H, K = r.shape
     V = v.shape[-1]
-    acc = _acc_dtype(r)
+    acc = acc_dtype(r)
     scale = K ** -0.5 if scale is None else scale
     S = r.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else initial_state.to(acc)
     rf, kf, vf = r.to(acc) * scale, k.to(acc), v.to(acc)
@@ -138,6 +139,6 @@ def chunk_rwkv6(
     ahead, behind = (0, 0, 0, 0, 0, 1), (0, 0, 0, 0, 1, 0)  # pad one step after / before along T
     o, S = chunk_gla(F.pad(r, ahead), F.pad(k, behind), F.pad(v, behind), F.pad(w, behind), scale=scale,
                      initial_state=initial_state, output_final_state=output_final_state, chunk_size=chunk_size)
-    acc = _acc_dtype(r)
+    acc = acc_dtype(r)
     bonus = (r.to(acc) * (scale * u.to(acc)) * k.to(acc)).sum(-1, keepdim=True) * v.to(acc)  # (B, T, H, V)
     return (o[:, :T].to(acc) + bonus).to(v.dtype), S

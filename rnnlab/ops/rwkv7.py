@@ -22,11 +22,9 @@ step) and ``chunk_rwkv7``, the chunkwise WY-like form for training (see its docs
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 
-from rnnlab.ops._exp import decay_exp
+from rnnlab.ops.chunk import ChunkPass, UnitLowerSolve, chunk_major, decay_gram, unchunk
 from rnnlab.ops.varlen import varlen
 
 __all__ = ["chunk_rwkv7", "fused_recurrent_rwkv7", "naive_recurrent_rwkv7"]
@@ -99,26 +97,6 @@ def fused_recurrent_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, outp
     return o, (S.reshape(B, H, K, V) if output_final_state else None)
 
 
-_MAX_EXP = 40.0  # largest |exponent| of the factorized decay products (as rnnlab.ops.gla: e^-80 products stay normal)
-
-
-def _decay_gram(x: Tensor, y: Tensor, Gx: Tensor, Gy: Tensor, diagonal: bool) -> Tensor:
-    """x, Gx (..., C, K) rows i; y, Gy (..., C, K) columns j -> M (..., C, C) with
-    M_ij = Σ_c x_ic y_jc e^{Gx_ic − Gy_jc} for j < i (j ≤ i if ``diagonal``), 0 elsewhere.
-
-    Factorized about the chunk's middle m = Gy_{C/2}: (x e^{Gx − m}) (y e^{m − Gy})ᵀ, one matmul,
-    exact while every |exponent| ≤ _MAX_EXP (always, for RWKV-7's decay and C ≤ 64: |log w| < 0.61);
-    otherwise the exact pairwise form through a (..., C, C, K) tensor of e^{Gx_i − Gy_j} ≤ 1."""
-    C = x.shape[-2]
-    mask = torch.ones(C, C, dtype=torch.bool, device=x.device).tril(0 if diagonal else -1)
-    m = Gy[..., C // 2 : C // 2 + 1, :]  # (..., 1, K)
-    bound = torch.maximum((Gx - m).abs().amax(), (Gy - m).abs().amax()).detach() if x.numel() else x.new_zeros(())
-    if float(bound) <= _MAX_EXP:
-        return ((x * torch.exp(Gx - m)) @ (y * torch.exp(m - Gy)).mT).masked_fill(~mask, 0.0)
-    ratio = decay_exp(Gx[..., :, None, :] - Gy[..., None, :, :], max=0.0)  # exact where the mask keeps it
-    return torch.einsum("...ijc,...ic,...jc->...ij", ratio, x, y).masked_fill(~mask, 0.0)
-
-
 @varlen(_TIME, fla=("head_first", "cu_seqlens_cpu", "chunk_indices", "cp_context", "safe_gate", "lower_bound", "disable_recompute"))
 def chunk_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, output_final_state=False, chunk_size=16):
     """Same signature and shapes as :func:`naive_recurrent_rwkv7`, plus ``chunk_size``.
@@ -131,13 +109,11 @@ def chunk_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, output_final_s
     so with T = (I − M_ab)⁻¹ (one blocked unit-lower-triangular inverse per chunk): U = T M_ak V + T Ã S₀ᵀ;
         O = (r ⊙ e^{Γ}) S₀ᵀ + N_rb U + N_rk V,    N_xy[i, j] = Σ_c x_ic y_jc e^{Γ_{i,c}−Γ_{j,c}} (j ≤ i)
         S_Cᵀ = e^{Γ_C} ⊙ S₀ᵀ + (b ⊙ e^{Γ_C−Γ})ᵀ U + (k ⊙ e^{Γ_C−Γ})ᵀ V.
-    The pass over chunks is the delta rule's (rnnlab.ops.delta._ChunkPass, per-key decay); the four
-    decay-weighted Gram matrices use the midpoint factorization (see ``_decay_gram``). Gradients:
+    The pass over chunks is the delta rule's (rnnlab.ops.chunk.ChunkPass, per-key decay); the four
+    decay-weighted Gram matrices use the midpoint factorization (rnnlab.ops.chunk.decay_gram). Gradients:
     autograd plus the delta rule's hand-written backward of the solve and the chunk pass. Computed
     in float32 whatever the input dtype (as the delta rule: bfloat16 matmuls were slower here).
     """
-    from rnnlab.ops.delta import _ChunkPass, _UnitLowerSolve
-
     _check(q, k, v, w, a, b, initial_state)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
@@ -145,24 +121,22 @@ def chunk_rwkv7(q, k, v, w, a, b, scale=None, initial_state=None, output_final_s
     V = v.shape[-1]
     C = chunk_size
     scale = 1.0 if scale is None else scale
-    pad = (-T) % C
-    # padded steps: zero inputs and log w = 0, so the state passes through unchanged
-    chunks = [rearrange(F.pad(t.float(), (0, 0, 0, 0, 0, pad)) if pad else t.float(), "b (n c) h k -> n b h c k", c=C).contiguous()
-              for t in (q, k, v, w, a, b)]
-    r, kc, vc, lw, ac, bc = chunks  # (N, B, H, C, K or V)
+    N = -(-T // C)
+    # chunk-major float32 (N, B, H, C, K or V); padded steps: zero inputs and log w = 0, so the state passes through
+    r, kc, vc, lw, ac, bc = (chunk_major(t, C).view(N, B, H, C, -1) for t in (q, k, v, w, a, b))
     G = lw.cumsum(-2)  # Γ_i, inclusive
     Gex = G - lw  # Γ_{i-1}, exclusive
     GC = G[..., -1:, :]  # (N, B, H, 1, K)
     r = r * scale
-    M_ab = _decay_gram(ac, bc, Gex, G, False)
-    M_ak = _decay_gram(ac, kc, Gex, G, False)
-    N_rb = _decay_gram(r, bc, G, G, True)
-    N_rk = _decay_gram(r, kc, G, G, True)
+    M_ab = decay_gram(ac, bc, Gex, G, False)
+    M_ak = decay_gram(ac, kc, Gex, G, False)
+    N_rb = decay_gram(r, bc, G, G, True)
+    N_rk = decay_gram(r, kc, G, G, True)
     to_end = torch.exp(GC - G)  # (N, B, H, C, K), ≤ 1
-    X = _UnitLowerSolve.apply(-M_ab, torch.cat([M_ak @ vc, ac * torch.exp(Gex)], -1))  # (N, B, H, C, V + K)
+    X = UnitLowerSolve.apply(-M_ab, torch.cat([M_ak @ vc, ac * torch.exp(Gex)], -1))  # (N, B, H, C, V + K)
     E = (kc * to_end).mT @ vc  # (N, B, H, K, V)
     S0 = q.new_zeros(B, H, K, V, dtype=torch.float32) if initial_state is None else initial_state.float()
-    U, S = _ChunkPass.apply(X[..., :V].contiguous(), -X[..., V:], (bc * to_end).contiguous(), torch.exp(GC).mT, E, S0)
+    U, S = ChunkPass.apply(X[..., :V].contiguous(), -X[..., V:], (bc * to_end).contiguous(), torch.exp(GC).mT, E, S0)
     o = (r * torch.exp(G)) @ S[:-1] + N_rb @ U + N_rk @ vc  # (N, B, H, C, V)
-    o = rearrange(o, "n b h c v -> b (n c) h v")[:, :T].to(v.dtype)
+    o = unchunk(o.flatten(0, 2), B, H, T).to(v.dtype)
     return o, (S[-1] if output_final_state else None)

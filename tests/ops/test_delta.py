@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from rnnlab.ops import delta as D
+from rnnlab.ops.chunk import unit_lower_inverse
 from rnnlab.testing import assert_close
 
 TOL = 1e-4  # issue 8: float32 relative error of chunkwise vs reference, values and gradients
@@ -137,7 +138,7 @@ def test_unit_lower_inverse(C):
     k = D.l2norm(torch.randn(3, C, 8, generator=gen))
     A = 2 * torch.rand(3, C, 1, generator=gen) * (k @ k.mT) + torch.randn(3, C, C, generator=gen).triu()  # β ≤ 2; garbage on and above the diagonal
     ref = torch.linalg.inv((torch.eye(C) + A.tril(-1)).double())
-    assert_close(D._unit_lower_inverse(A), ref, 1e-6)
+    assert_close(unit_lower_inverse(A), ref, 1e-6)
 
 
 # --------------------------------------------------------------------------- DeltaProduct

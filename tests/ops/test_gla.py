@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rnnlab.ops import gla as ops
+from rnnlab.ops.chunk import exact_decay_gram
 from rnnlab.testing import assert_close
 
 # name -> (chunk, fused_recurrent, naive_recurrent, gate kind)
@@ -98,7 +99,7 @@ def test_midpoint_and_exact_paths_agree():
     G = (-5 * torch.rand(3, 4, 16, 8, generator=gen)).cumsum(-2)
     A = ops._intra_vector(q, k, G, torch.float32)
     mask = torch.ones(16, 16, dtype=torch.bool).tril()
-    A_exact = ops._diag_exact(q[:, :, None], k[:, :, None], G[:, :, None], mask)[:, :, 0]
+    A_exact = exact_decay_gram(q[:, :, None], k[:, :, None], G[:, :, None], G[:, :, None], mask)[:, :, 0]
     assert_close(A, A_exact, 1e-5)
 
 

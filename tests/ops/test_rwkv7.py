@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rnnlab.ops import chunk
 from rnnlab.ops import rwkv7 as R
 from rnnlab.testing import assert_close
 
@@ -59,7 +60,7 @@ def test_chunk_sizes(chunk_size):
 
 def test_exact_pairwise_path(monkeypatch):
     """The exact (..., C, C, K) path that strong decays fall back to, forced on ordinary inputs."""
-    monkeypatch.setattr(R, "_MAX_EXP", -1.0)
+    monkeypatch.setattr(chunk, "MAX_EXP", -1.0)
     ins, h0 = make(2, 37, 2, 8, 8, seed=5)
     ref = run(R.naive_recurrent_rwkv7, ins, h0)
     got = run(R.chunk_rwkv7, ins, h0)
