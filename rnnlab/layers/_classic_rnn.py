@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
+from rnnlab.ops.forms import check_form
 from rnnlab.ops.rnn import BACKENDS, CELLS, rnn
 from rnnlab.ops.rnn.reference import NONLINEARITIES, cell_step, recurrent_matmul
 
@@ -43,8 +44,7 @@ class ClassicRNN(Mixer):
             raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}")
         if not isinstance(num_heads, int) or num_heads <= 0 or H % num_heads:
             raise ValueError(f"num_heads must be a positive int dividing hidden_size={H}, got {num_heads!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        backend = check_form(backend, BACKENDS, self.cell)
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
         G = CELLS[self.cell][0]

@@ -79,11 +79,11 @@ class Based(Mixer):
     def state_size(self, seq_len: int) -> int:
         return self.num_heads * self.num_features * (self.head_dim + 1) + (self.swa.state_size(seq_len) if self.swa is not None else 0)
 
-    def _mix(self, x: Tensor, state: State, chunked: bool) -> tuple[Tensor, State]:
+    def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         heads = lambda t: rearrange(t, "b t (h d) -> b t h d", h=self.num_heads)  # noqa: E731
         q, k = (taylor_feature_map(heads(proj(x)).float()) for proj in (self.q_proj, self.k_proj))  # (B, T, H, 1+d+d²)
         la_state = {"S": state["S"], "z": state["z"]}
-        o, new = linear_attention_heads(q.to(x.dtype), k.to(x.dtype), heads(self.v_proj(x)), la_state, chunked, self.chunk_size, self.eps)
+        o, new = linear_attention_heads(q.to(x.dtype), k.to(x.dtype), heads(self.v_proj(x)), la_state, form, self.chunk_size, self.eps)
         y = self.o_proj(rearrange(o, "b t h d -> b t (h d)"))
         if self.swa is not None:
             y_swa, swa_state = self.swa(x, {key[len(_SWA):]: t for key, t in state.items() if key.startswith(_SWA)})
@@ -93,11 +93,11 @@ class Based(Mixer):
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y, state): chunkwise linear attention + windowed SDPA."""
-        return self._mix(x, state, chunked=True)
+        return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, 1, D) -> (y, state): one recurrent update + one query against the window's cache."""
-        return self._mix(x, state, chunked=False)
+        return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, feature_dim={self.feature_dim}, window={self.swa.window if self.swa else None}"

@@ -14,6 +14,7 @@ only in flags (forget gate, output gate, Householder steps per token).
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.parts import GatedRMSNorm, RMSNorm, ShortConv
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.delta import chunk_delta_product, chunk_gated_delta_rule, fused_recurrent_delta_product, fused_recurrent_gated_delta_rule, l2norm
+from rnnlab.ops.forms import choose
 
 __all__ = ["DeltaNet"]
 
@@ -89,7 +91,7 @@ class _DeltaRuleMixer(Mixer):
     def state_size(self, seq_len: int) -> int:
         return self.q_conv.state_size() + self.k_conv.state_size() + self.v_conv.state_size() + self.num_heads * self.head_k * self.head_v
 
-    def _mix(self, x: Tensor, state: State, chunked: bool) -> tuple[Tensor, State]:
+    def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         H, nh = self.num_heads, self.nh
         q, cq = self.q_conv(self.q_proj(x), state["conv_q"])
         k, ck = self.k_conv(self.k_proj(x), state["conv_k"])
@@ -105,14 +107,12 @@ class _DeltaRuleMixer(Mixer):
             g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())  # (B, T, H)
         kw = dict(initial_state=state["S"].float(), output_final_state=True)
         if nh == 1:
-            op = chunk_gated_delta_rule if chunked else fused_recurrent_gated_delta_rule
-            if chunked:
-                kw["chunk_size"] = self.chunk_size
+            op = choose(form, {"chunk": partial(chunk_gated_delta_rule, chunk_size=self.chunk_size),
+                               "recurrent": fused_recurrent_gated_delta_rule}, type(self).__name__)
             o, S = op(q, k[:, :, :, 0], v[:, :, :, 0], g, beta[..., 0], **kw)
         else:
-            op = chunk_delta_product if chunked else fused_recurrent_delta_product
-            if chunked:
-                kw["chunk_size"] = self.chunk_size
+            op = choose(form, {"chunk": partial(chunk_delta_product, chunk_size=self.chunk_size),
+                               "recurrent": fused_recurrent_delta_product}, type(self).__name__)
             o, S = op(q, k, v, g, beta, nh, **kw)
         if self.g_proj is not None:
             o = self.o_norm(o, rearrange(self.g_proj(x), "b t (h v) -> b t h v", h=H))
@@ -124,11 +124,11 @@ class _DeltaRuleMixer(Mixer):
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y (B, T, D), state): chunkwise WY form."""
-        return self._mix(x, state, chunked=True)
+        return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, 1, D) -> (y (B, 1, D), state): the rank-one recurrent update."""
-        return self._mix(x, state, chunked=False)
+        return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_k={self.head_k}, head_v={self.head_v}, "

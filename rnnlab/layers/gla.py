@@ -14,6 +14,7 @@ LayerNorm).
 """
 from __future__ import annotations
 
+from functools import partial
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.parts import GatedRMSNorm, LoRA
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.forms import choose
 from rnnlab.ops.gla import chunk_gla, fused_recurrent_gla
 
 __all__ = ["GLA"]
@@ -64,23 +66,24 @@ class GLA(Mixer):
     def state_size(self, seq_len: int) -> int:
         return self.num_heads * self.head_k * self.head_v
 
-    def _mix(self, x: Tensor, state: State, chunked: bool) -> tuple[Tensor, State]:
+    def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         H = self.num_heads
         split = lambda t: rearrange(t, "b t (h d) -> b t h d", h=H)
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         g = split(F.logsigmoid(self.gk_proj(x).float()) / self.tau)  # (B, T, H, K) log α_t <= 0
         kw = dict(initial_state=state["S"].float(), output_final_state=True)  # scale = K^-1/2
-        o, S = chunk_gla(q, k, v, g, chunk_size=self.chunk_size, **kw) if chunked else fused_recurrent_gla(q, k, v, g, **kw)
+        op = choose(form, {"chunk": partial(chunk_gla, chunk_size=self.chunk_size), "recurrent": fused_recurrent_gla}, "gla")
+        o, S = op(q, k, v, g, **kw)
         o = self.o_norm(o, split(self.g_proj(x)))
         return self.o_proj(rearrange(o, "b t h d -> b t (h d)")), {"S": S.to(state["S"].dtype)}
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y, state): chunkwise form."""
-        return self._mix(x, state, chunked=True)
+        return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, 1, D) -> (y, state): one recurrent update."""
-        return self._mix(x, state, chunked=False)
+        return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, head_k={self.head_k}, head_v={self.head_v}"

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.parts import ShortConv
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import BACKENDS, linear_scan
 
 MAX_SQRT_GRADIENT = 1000.0
@@ -70,8 +71,7 @@ class Hawk(Mixer):
         super().__init__(d_model)
         if not 0.0 < a_min < a_max < 1.0:
             raise ValueError(f"Hawk needs 0 < a_min < a_max < 1 (range of a^c at init), got {a_min}, {a_max}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        backend = check_form(backend, BACKENDS, "hawk")
         Dr = max(1, int(round(expansion * d_model)))
         self.d_rnn, self.c, self.backend = Dr, float(c), backend
         self.linear_y = nn.Linear(d_model, Dr)

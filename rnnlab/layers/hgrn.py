@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import BACKENDS, linear_scan
 
 __all__ = ["HGRN", "hgrn_lower_bounds"]
@@ -49,8 +50,7 @@ class HGRN(Mixer):
         super().__init__(d_model)
         if not (isinstance(lower_bound, (int, float)) and 0.0 <= lower_bound < 1.0):
             raise ValueError(f"lower_bound must be a float in [0, 1), got {lower_bound!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        backend = check_form(backend, BACKENDS, "hgrn")
         D = d_model
         self.lower_bound, self.backend = float(lower_bound), backend
         self.input_proj = nn.Linear(D, 2 * D)  # real | imaginary part of c_t

@@ -20,6 +20,7 @@ initial schedule k / n_layers, as for HGRN). Simplification: that floor is not l
 """
 from __future__ import annotations
 
+from functools import partial
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.parts import RMSNorm
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.forms import choose
 from rnnlab.ops.gla import chunk_gla, fused_recurrent_gla
 
 __all__ = ["HGRN2"]
@@ -59,7 +61,7 @@ class HGRN2(Mixer):
     def state_size(self, seq_len: int) -> int:
         return self.num_heads * self.head_dim**2
 
-    def _mix(self, x: Tensor, state: State, chunked: bool) -> tuple[Tensor, State]:
+    def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         split = lambda t: rearrange(t, "b t (h d) -> b t h d", h=self.num_heads)
         q = split(F.silu(self.q_proj(x)))
         f = split(self.f_proj(x).float())
@@ -71,17 +73,18 @@ class HGRN2(Mixer):
         v = split(self.i_proj(x))
         kw = dict(scale=1.0, initial_state=state["S"].float(), output_final_state=True)
         k = k.to(x.dtype)
-        o, S = chunk_gla(q, k, v, g, chunk_size=self.chunk_size, **kw) if chunked else fused_recurrent_gla(q, k, v, g, **kw)
+        op = choose(form, {"chunk": partial(chunk_gla, chunk_size=self.chunk_size), "recurrent": fused_recurrent_gla}, "hgrn2")
+        o, S = op(q, k, v, g, **kw)
         y = self.o_proj(self.norm(rearrange(o, "b t h d -> b t (h d)")))
         return y, {"S": S.to(state["S"].dtype)}
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y, state): chunkwise form."""
-        return self._mix(x, state, chunked=True)
+        return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, 1, D) -> (y, state): one recurrent update."""
-        return self._mix(x, state, chunked=False)
+        return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, lower_bound={self.lower_bound}"

@@ -12,6 +12,7 @@ column of ones to v (S and z share one (K, V+1) matrix inside the op).
 """
 from __future__ import annotations
 
+from functools import partial
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -19,12 +20,13 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.forms import choose
 from rnnlab.ops.gla import chunk_linear_attn, fused_recurrent_linear_attn
 
 __all__ = ["LinearAttention", "linear_attention_heads"]
 
 
-def linear_attention_heads(q: Tensor, k: Tensor, v: Tensor, state: State, chunked: bool, chunk_size: int, eps: float) -> tuple[Tensor, State]:
+def linear_attention_heads(q: Tensor, k: Tensor, v: Tensor, state: State, form: str, chunk_size: int, eps: float) -> tuple[Tensor, State]:
     """Feature-mapped q, k (B, T, H, F), v (B, T, H, V) -> (o (B, T, H, V), {"S", and "z" if in state}).
 
     o_t = S_tᵀ q_t (/ (z_tᵀ q_t + eps) when the state has a normalizer "z"), scale 1, continuing from
@@ -37,7 +39,8 @@ def linear_attention_heads(q: Tensor, k: Tensor, v: Tensor, state: State, chunke
         v = torch.cat([v, torch.ones_like(v[..., :1])], -1)
         S0 = torch.cat([S0, state["z"].float()[..., None]], -1)
     kw = dict(scale=1.0, initial_state=S0, output_final_state=True)
-    o, S = chunk_linear_attn(q, k, v, chunk_size=chunk_size, **kw) if chunked else fused_recurrent_linear_attn(q, k, v, **kw)
+    op = choose(form, {"chunk": partial(chunk_linear_attn, chunk_size=chunk_size), "recurrent": fused_recurrent_linear_attn}, "linear_attention")
+    o, S = op(q, k, v, **kw)
     new = {}
     if normalize:
         o = (o[..., :-1].float() / (o[..., -1:].float() + eps)).to(q.dtype)
@@ -71,18 +74,18 @@ class LinearAttention(Mixer):
     def state_size(self, seq_len: int) -> int:
         return self.num_heads * self.head_dim * (self.head_dim + int(self.normalize))
 
-    def _mix(self, x: Tensor, state: State, chunked: bool) -> tuple[Tensor, State]:
+    def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b t h d", three=3, h=self.num_heads)
-        o, new = linear_attention_heads(F.elu(q) + 1, F.elu(k) + 1, v, state, chunked, self.chunk_size, self.eps)  # φ, eq. 7
+        o, new = linear_attention_heads(F.elu(q) + 1, F.elu(k) + 1, v, state, form, self.chunk_size, self.eps)  # φ, eq. 7
         return self.out(rearrange(o, "b t h d -> b t (h d)")), new
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y, state): chunkwise form."""
-        return self._mix(x, state, chunked=True)
+        return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, 1, D) -> (y, state): one recurrent update."""
-        return self._mix(x, state, chunked=False)
+        return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, normalize={self.normalize}"

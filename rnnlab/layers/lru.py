@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import BACKENDS, linear_scan
 
 
@@ -47,8 +48,7 @@ class LRU(Mixer):
             raise ValueError(f"LRU needs 0 <= r_min < r_max < 1, got r_min={r_min}, r_max={r_max}")
         if max_phase <= 0:
             raise ValueError(f"max_phase must be > 0, got {max_phase}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        backend = check_form(backend, BACKENDS, "lru")
         N = d_state or d_model
         H = d_model
         self.d_state, self.r_min, self.r_max, self.max_phase, self.backend = N, r_min, r_max, max_phase, backend

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.parts import ShortConv
 from rnnlab.layers.registry import register_mixer
-from rnnlab.ops.selective_scan import selective_scan, selective_scan_step
+from rnnlab.ops.forms import check_form
+from rnnlab.ops.selective_scan import BACKENDS, selective_scan, selective_scan_step
 
 __all__ = ["Mamba", "SelectiveBlock"]
 
@@ -42,7 +43,7 @@ class SelectiveBlock(Mixer):
         super().__init__(d_model)
         self.d_state, self.d_inner = d_state, expand * d_model
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.backend, self.chunk_size = backend, chunk_size
+        self.backend, self.chunk_size = check_form(backend, BACKENDS, type(self).__name__), chunk_size
         di = self.d_inner
         self.in_proj = nn.Linear(d_model, 2 * di, bias=False)
         self.conv = ShortConv(di, d_conv, bias=True, activation="silu")

@@ -19,6 +19,7 @@ weight-decayed. State: conv buffer (B, W-1, d_inner + 2·ngroups·N) and h (B, H
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.parts import ShortConv
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.forms import choose
 from rnnlab.ops.gla import chunk_simple_gla, fused_recurrent_simple_gla
 
 __all__ = ["Mamba2"]
@@ -73,7 +75,7 @@ class Mamba2(Mixer):
         u = (y.float() * F.silu(z.float())).unflatten(-1, (self.ngroups, -1))
         return F.rms_norm(u, u.shape[-1:], eps=self.norm_eps).flatten(-2) * self.norm_weight.float()
 
-    def _mix(self, x: Tensor, state: State, chunked: bool) -> tuple[Tensor, State]:
+    def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         H, G, N = self.num_heads, self.ngroups, self.d_state
         z, xBC, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * G * N, H], -1)
         xBC, conv_state = self.conv(xBC, state["conv"])
@@ -85,7 +87,8 @@ class Mamba2(Mixer):
         g = -torch.exp(self.A_log.float()) * delta  # log-decay Δ A <= 0
         v = (xs.float() * delta[..., None]).to(x.dtype)
         kw = dict(scale=1.0, initial_state=state["h"].float(), output_final_state=True)
-        y, h = chunk_simple_gla(Cm, Bm, v, g, chunk_size=self.chunk_size, **kw) if chunked else fused_recurrent_simple_gla(Cm, Bm, v, g, **kw)
+        op = choose(form, {"chunk": partial(chunk_simple_gla, chunk_size=self.chunk_size), "recurrent": fused_recurrent_simple_gla}, "mamba2")
+        y, h = op(Cm, Bm, v, g, **kw)
         y = y.float() + self.D.float()[:, None] * xs.float()  # D skip
         y = self._gated_norm(rearrange(y, "b t h p -> b t (h p)"), z)
         out = self.out_proj(y.to(x.dtype))
@@ -93,11 +96,11 @@ class Mamba2(Mixer):
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y, state): chunkwise SSD."""
-        return self._mix(x, state, chunked=True)
+        return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, 1, D) -> (y, state): one recurrent SSD step."""
-        return self._mix(x, state, chunked=False)
+        return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_inner={self.d_inner}, heads={self.num_heads}x{self.headdim}, d_state={self.d_state}, ngroups={self.ngroups}"

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.forms import check_form
 from rnnlab.ops.log_scan import log_g, log_scan
 from rnnlab.ops.scan import BACKENDS
 
@@ -32,8 +33,7 @@ class MinRNN(Mixer):
 
     def __init__(self, d_model: int, expansion: float = 1.0, bias: bool = True, chunk_size: int = 8, backend: str = "auto"):
         super().__init__(d_model)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        backend = check_form(backend, BACKENDS, type(self).__name__)
         if expansion <= 0:
             raise ValueError(f"expansion must be > 0, got {expansion}")
         self.d_hidden = max(1, int(round(expansion * d_model)))

@@ -22,6 +22,7 @@ State: conv (B, 3, d_inner), C (B, H, d, d), n (B, H, d), m (B, H); float32 (d =
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.parts import ShortConv
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.forms import choose
 from rnnlab.ops.mlstm import chunk_mlstm, fused_recurrent_mlstm
 
 __all__ = ["MLSTM", "HeadwiseLinear"]
@@ -112,7 +114,7 @@ class MLSTM(Mixer):
         H, d = self.num_heads, self.head_dim
         return self.conv.state_size() + H * (d * d + d + 1)
 
-    def _mix(self, x: Tensor, state: State, chunked: bool) -> tuple[Tensor, State]:
+    def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         xm, z = self.proj_up(x).chunk(2, -1)
         c, conv_state = self.conv(xm, state["conv"])
         bs = self.v.block_size
@@ -124,7 +126,7 @@ class MLSTM(Mixer):
         heads = lambda t: rearrange(t, "b t (h d) -> b t h d", h=self.num_heads)  # noqa: E731
         s0 = tuple(state[key].float() for key in ("C", "n", "m"))
         kw = dict(initial_state=s0, output_final_state=True, forget_gate=self.forget_gate)  # scale: d^-1/2 on k (eq. 22)
-        op = (lambda *a, **k_: chunk_mlstm(*a, chunk_size=self.chunk_size, **k_)) if chunked else fused_recurrent_mlstm
+        op = choose(form, {"chunk": partial(chunk_mlstm, chunk_size=self.chunk_size), "recurrent": fused_recurrent_mlstm}, "mlstm")
         h, (C, n, m) = op(heads(q), heads(k), heads(v), i, f, **kw)
         h = F.layer_norm(h, h.shape[-1:], eps=self.norm_eps).flatten(-2)  # GroupNorm over heads = LayerNorm per head
         h = torch.addcmul(self.skip.to(c.dtype) * c, h, self.norm_weight.to(h.dtype)) * F.silu(z)
@@ -133,11 +135,11 @@ class MLSTM(Mixer):
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y, state): chunkwise mLSTM."""
-        return self._mix(x, state, chunked=True)
+        return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, 1, D) -> (y, state): one recurrent mLSTM step."""
-        return self._mix(x, state, chunked=False)
+        return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_inner={self.d_inner}, heads={self.num_heads}x{self.head_dim}, forget_gate={self.forget_gate!r}"

@@ -17,6 +17,7 @@ matrix memory S (B, H, K, V) and the per-row token count pos (B,) int64 for the 
 """
 from __future__ import annotations
 
+from functools import partial
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.parts import positions, rotary, rotary_cos_sin
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.forms import choose
 from rnnlab.ops.gla import chunk_simple_gla, fused_recurrent_simple_gla
 
 __all__ = ["RetNet"]
@@ -62,7 +64,7 @@ class RetNet(Mixer):
     def state_size(self, seq_len: int) -> int:
         return self.num_heads * self.head_k * self.head_v + 1
 
-    def _mix(self, x: Tensor, state: State, chunked: bool) -> tuple[Tensor, State]:
+    def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         B, T, _ = x.shape
         H = self.num_heads
         q = rearrange(self.q_proj(x), "b t (h d) -> b t h d", h=H)
@@ -72,18 +74,19 @@ class RetNet(Mixer):
         q, k = rotary(q, cos, sin), rotary(k, cos, sin)
         g = self.log_gamma.to(x.device).expand(B, T, H)  # (B, T, H) constant log-decay
         kw = dict(initial_state=state["S"].float(), output_final_state=True)  # scale = K^-1/2
-        o, S = chunk_simple_gla(q, k, v, g, chunk_size=self.chunk_size, **kw) if chunked else fused_recurrent_simple_gla(q, k, v, g, **kw)
+        op = choose(form, {"chunk": partial(chunk_simple_gla, chunk_size=self.chunk_size), "recurrent": fused_recurrent_simple_gla}, "retnet")
+        o, S = op(q, k, v, g, **kw)
         y = self.group_norm(rearrange(o, "b t h d -> (b t) (h d)")).view(B, T, -1)
         y = self.o_proj(F.silu(self.g_proj(x)) * y)
         return y, {"S": S.to(state["S"].dtype), "pos": state["pos"] + T}
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y, state): chunkwise retention (eq. 7's chunkwise form)."""
-        return self._mix(x, state, chunked=True)
+        return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, 1, D) -> (y, state): recurrent retention (eq. 6)."""
-        return self._mix(x, state, chunked=False)
+        return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, head_k={self.head_k}, head_v={self.head_v}"

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import BACKENDS
 from rnnlab.ops.wkv4 import EMPTY_MAX, wkv4, wkv4_ref
 
@@ -62,8 +63,7 @@ class RWKV4(Mixer):
 
     def __init__(self, d_model: int, layer_id: int = 0, num_layers: int = 1, zero_init: bool = True, backend: str = "auto"):
         super().__init__(d_model)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        backend = check_form(backend, BACKENDS, "rwkv4")
         D = d_model
         r01, r10 = _layer_ratios(layer_id, num_layers)
         self.backend = backend

@@ -28,11 +28,12 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.forms import check_form
 from rnnlab.ops.ssm_kernels import (bilinear_dense, bilinear_dplr, dense_state_terms, fft_causal_conv, nplr_kernel, nplr_legs, power_times,
                                     squarings)
 
 __all__ = ["S4"]
-BACKENDS = ("fft", "reference")
+BACKENDS = ("fft", "reference")  # rnnlab.ops.forms
 
 
 def _c(t: Tensor, like: Tensor | None = None) -> Tensor:
@@ -51,8 +52,7 @@ class S4(Mixer):
 
     def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1, backend: str = "fft"):
         super().__init__(d_model)
-        if backend not in BACKENDS:
-            raise ValueError(f"s4 backend must be one of {BACKENDS}, got {backend!r}")
+        backend = check_form(backend, BACKENDS, "s4")
         H, N = d_model, d_state
         self.d_state, self.backend = d_state, backend
         lam, P, B, _ = nplr_legs(N)

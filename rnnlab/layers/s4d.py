@@ -21,10 +21,11 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.forms import check_form
 from rnnlab.ops.ssm_kernels import diag_conv, zoh_diag
 
 __all__ = ["S4D"]
-BACKENDS = ("fft", "reference")
+BACKENDS = ("fft", "reference")  # rnnlab.ops.forms
 
 
 @register_mixer("s4d", family="diagonal", small={"d_state": 8})
@@ -40,8 +41,7 @@ class S4D(Mixer):
         super().__init__(d_model)
         if init not in ("lin", "inv"):
             raise ValueError(f"s4d init must be 'lin' or 'inv', got {init!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"s4d backend must be one of {BACKENDS}, got {backend!r}")
+        backend = check_form(backend, BACKENDS, "s4d")
         if d_state % 2:
             raise ValueError(f"s4d d_state must be even (conjugate pairs), got {d_state}")
         H, N2 = d_model, d_state // 2

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.registry import register_mixer
-from rnnlab.ops.scan import linear_scan
+from rnnlab.ops.forms import check_form
+from rnnlab.ops.scan import BACKENDS, linear_scan
 from rnnlab.ops.ssm_kernels import hippo_n_diag, zoh_diag
 
 __all__ = ["S5"]
@@ -49,7 +50,7 @@ class S5(Mixer):
         if d_state % (2 * blocks):
             raise ValueError(f"s5 d_state must be a multiple of 2*blocks = {2 * blocks}, got {d_state}")
         H, P, P2 = d_model, d_state, d_state // 2
-        self.d_state, self.backend = d_state, backend
+        self.d_state, self.backend = d_state, check_form(backend, BACKENDS, "s5")
         lam, V = hippo_n_diag(P // blocks)
         half = P // blocks // 2
         lam, V = lam[:half], V[:, :half]  # (bs,), (bs, bs/2): one of each conjugate pair

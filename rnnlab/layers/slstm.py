@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.parts import ShortConv
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.forms import check_form
 from rnnlab.ops.rnn import BACKENDS, slstm
 from rnnlab.ops.rnn.reference import FORGET_GATES, cell_step, recurrent_matmul
 
@@ -60,8 +61,7 @@ class SLSTM(Mixer):
             raise ValueError(f"num_heads must be a positive int dividing d_model={H}, got {num_heads!r}")
         if forget_gate not in FORGET_GATES:
             raise ValueError(f"forget_gate must be one of {FORGET_GATES}, got {forget_gate!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        backend = check_form(backend, BACKENDS, "slstm")
         if not isinstance(conv_kernel, int) or conv_kernel < 0 or conv_kernel == 1:
             raise ValueError(f"conv_kernel must be 0 (no conv) or an int >= 2, got {conv_kernel!r}")
         self.hidden_size, self.num_heads, self.forget_gate, self.backend = H, num_heads, forget_gate, backend

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import BACKENDS, linear_scan
 from rnnlab.ops.varlen import varlen
 
@@ -160,9 +161,8 @@ def log_scan(
     Chunked log-space scan with a hand-written backward (see the module docstring and
     ``_LogScanFn``).  method: "logaddexp" (default) or "heinsen" (the paper's listing) inside
     chunks.  ``backend`` is passed to the ``linear_scan`` calls ("auto", "kernel",
-    "parallel"); "reference" runs :func:`log_scan_ref`."""
-    if backend not in BACKENDS:
-        raise ValueError(f"log_scan backend must be one of {BACKENDS}, got {backend!r}")
+    "chunk"); "reference" runs :func:`log_scan_ref`."""
+    backend = check_form(backend, BACKENDS, "log_scan")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"log_scan chunk_size must be a positive int, got {chunk_size!r}")
     if method not in METHODS:

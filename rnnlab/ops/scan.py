@@ -7,7 +7,7 @@ Forms (same signature, tested against each other):
 - ``linear_scan_ref``: the specification, a plain loop over t.
 - ``backend="kernel"``: a numba-compiled CPU loop (one fused pass over memory, the
   op is bandwidth bound); compiled on first use and cached on disk (``cache=True``).
-- ``backend="parallel"``: device-agnostic torch, a chunked two-level scan: inside
+- ``backend="chunk"``: device-agnostic torch, a chunked two-level scan: inside
   chunks of length L all chunks advance together (L vectorized steps), then the
   chunk carries are propagated (T/L steps) and added back with the chunk's
   cumulative product of a.  Every product is formed exactly as the sequential loop
@@ -34,12 +34,13 @@ import time
 import torch
 from torch import Tensor
 
+from rnnlab.ops.forms import check_form
 from rnnlab.ops.varlen import varlen
 
 __all__ = ["linear_scan", "linear_scan_ref", "BACKENDS", "numba_available"]
 
 log = logging.getLogger(__name__)
-BACKENDS = ("auto", "kernel", "parallel", "reference")
+BACKENDS = ("auto", "kernel", "chunk", "reference")  # rnnlab.ops.forms
 
 
 # --------------------------------------------------------------------------- reference
@@ -96,7 +97,7 @@ def _kernel_bwd(a: Tensor, h: Tensor, h0: Tensor, dh: Tensor, dh_last: Tensor) -
     return da, db, dh0
 
 
-# --------------------------------------------------------------------------- parallel torch form
+# --------------------------------------------------------------------------- chunked torch form
 def _chunk_len(T: int) -> int:
     """Chunk length of the two-level scan: ~sqrt(T) balances the L intra-chunk steps
     against the T/L carry steps (python steps ~ 2*sqrt(T)).  Measured on 2 CPU cores at
@@ -143,8 +144,8 @@ def _parallel_bwd(a: Tensor, h: Tensor, h0: Tensor, dh: Tensor, dh_last: Tensor)
     return da, g, dh0
 
 
-_FWD = {"kernel": _kernel_fwd, "parallel": _parallel_fwd}
-_BWD = {"kernel": _kernel_bwd, "parallel": _parallel_bwd}
+_FWD = {"kernel": _kernel_fwd, "chunk": _parallel_fwd}
+_BWD = {"kernel": _kernel_bwd, "chunk": _parallel_bwd}
 
 
 class _LinearScanFn(torch.autograd.Function):
@@ -175,11 +176,10 @@ def _log_once(backend: str, device: torch.device, reason: str) -> None:
 
 
 def _resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"linear_scan backend must be one of {BACKENDS}, got {backend!r}")
+    backend = check_form(backend, BACKENDS, "linear_scan")
     if backend == "kernel":
         if device.type != "cpu":
-            raise ValueError(f"linear_scan backend='kernel' is the numba CPU kernel; tensors are on {device}. Use 'parallel'.")
+            raise ValueError(f"linear_scan backend='kernel' is the numba CPU kernel; tensors are on {device}. Use 'chunk'.")
         if not numba_available():
             raise ValueError("linear_scan backend='kernel' needs numba, which is not importable")
         _log_once(backend, device, "requested")
@@ -189,8 +189,8 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
             _log_once("kernel", device, "auto: CPU tensors -> numba kernel")
             return "kernel"
         why = "auto: non-CPU tensors" if device.type != "cpu" else "auto: numba not importable"
-        _log_once("parallel", device, why)
-        return "parallel"
+        _log_once("chunk", device, why)
+        return "chunk"
     _log_once(backend, device, "requested")
     return backend
 
@@ -214,7 +214,7 @@ def linear_scan(a: Tensor, b: Tensor, initial_state: Tensor | None = None, backe
     -> (h (B, T, *), h_last (B, *)) with h_t = a_t * h_{t-1} + b_t, h_0 = initial_state (0 if None).
 
     Real or complex; a_t may be negative.  backend: "auto" (numba kernel for CPU
-    tensors, "parallel" otherwise), "kernel", "parallel", "reference".  The choice is
+    tensors, "chunk" otherwise), "kernel", "chunk", "reference" (rnnlab.ops.forms).  The choice is
     logged once per (backend, device) on the ``rnnlab.ops.scan`` logger.
     h has the promoted input dtype; h_last is float32 (complex64) for bf16/fp16 inputs.
     """

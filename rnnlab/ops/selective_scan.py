@@ -17,10 +17,10 @@ Forms (same signature):
 - ``selective_scan_ref``: the specification, a loop over t with the (B, D, N) state.
 - backend "kernel": numba CPU kernel with a hand-written backward that recomputes each
   chunk's states from checkpoints; never holds (B, T, D, N).
-- backend "chunked": device-agnostic torch; per time chunk (B, L, D, N) is built, scanned
-  with ``linear_scan(backend="parallel")`` and contracted with C, under activation
+- backend "chunk": device-agnostic torch; per time chunk (B, L, D, N) is built, scanned
+  with ``linear_scan(backend="chunk")`` and contracted with C, under activation
   checkpointing, so only one chunk's (B, L, D, N) lives at a time, forward or backward.
-"auto" = "kernel" for CPU tensors, "chunked" elsewhere; the choice is logged once.
+"auto" = "kernel" for CPU tensors, "chunk" elsewhere; the choice is logged once (names: rnnlab.ops.forms).
 Computation is float32 for bf16/fp16 inputs; y has x's dtype, h_last is float32.
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from rnnlab.ops._threads import run_rows
+from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import linear_scan
 from rnnlab.ops.varlen import varlen
 
@@ -40,7 +41,7 @@ __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_step", "TRANS
 
 log = logging.getLogger(__name__)
 TRANSITIONS = ("exp", "exp_neg", "longhorn")
-BACKENDS = ("auto", "kernel", "chunked", "reference")
+BACKENDS = ("auto", "kernel", "chunk", "reference")  # rnnlab.ops.forms
 _TIME = ("x", "dt", "B", "C", "z")  # the time-major arguments (rnnlab.ops.varlen)
 
 
@@ -121,7 +122,7 @@ def selective_scan_ref(
 def _chunk_fn(x, dt, A, Bm, Cm, h0, transition: str):
     a = transition_coeffs(dt, A, Bm, transition)  # (B, L, D, N): one chunk only
     u = (dt * x).unsqueeze(-1) * Bm.unsqueeze(-2)
-    h, h_last = linear_scan(a, u, h0, backend="parallel")
+    h, h_last = linear_scan(a, u, h0, backend="chunk")
     return torch.einsum("bldn,bln->bld", h, Cm), h_last
 
 
@@ -191,11 +192,10 @@ _LOGGED: set = set()
 
 
 def _resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"selective_scan backend must be one of {BACKENDS}, got {backend!r}")
+    backend = check_form(backend, BACKENDS, "selective_scan")
     if backend == "kernel" and device.type != "cpu":
-        raise ValueError(f"selective_scan backend='kernel' is the numba CPU kernel; tensors are on {device}. Use 'chunked'.")
-    chosen = backend if backend != "auto" else ("kernel" if device.type == "cpu" else "chunked")
+        raise ValueError(f"selective_scan backend='kernel' is the numba CPU kernel; tensors are on {device}. Use 'chunk'.")
+    chosen = backend if backend != "auto" else ("kernel" if device.type == "cpu" else "chunk")
     if (chosen, device.type) not in _LOGGED:
         _LOGGED.add((chosen, device.type))
         log.info("selective_scan: backend=%r on %s (%s)", chosen, device.type, "auto" if backend == "auto" else "requested")

@@ -36,6 +36,7 @@ import math
 import torch
 from torch import Tensor
 
+from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import BACKENDS, linear_scan
 from rnnlab.ops.varlen import varlen
 
@@ -148,9 +149,8 @@ def wkv4(
     -> (o (B, T, C) in k's dtype, final_state (B, 3, C) float32 (float64 for float64 k) or None).
 
     Parallel form (see the module docstring). ``backend`` is passed to ``linear_scan``
-    ("auto", "kernel", "parallel"); "reference" runs :func:`wkv4_ref`."""
-    if backend not in BACKENDS:
-        raise ValueError(f"wkv4 backend must be one of {BACKENDS}, got {backend!r}")
+    ("auto", "kernel", "chunk"); "reference" runs :func:`wkv4_ref`."""
+    backend = check_form(backend, BACKENDS, "wkv4")
     if backend == "reference":
         return wkv4_ref(k, v, w, u, initial_state, output_final_state)
     _check(k, v, w, u, initial_state)

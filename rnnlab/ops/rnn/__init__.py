@@ -21,6 +21,7 @@ import logging
 import torch
 from torch import Tensor
 
+from rnnlab.ops.forms import check_form
 from rnnlab.ops.rnn.reference import CELLS, elman_ref, gru_ref, lstm_ref, rnn_ref, slstm_ref
 from rnnlab.ops.varlen import varlen
 
@@ -28,7 +29,7 @@ __all__ = ["elman", "lstm", "gru", "slstm", "rnn", "elman_ref", "lstm_ref", "gru
            "resolve_backend", "BACKENDS", "CELLS"]
 
 log = logging.getLogger(__name__)
-BACKENDS = ("auto", "kernel", "reference")
+BACKENDS = ("auto", "kernel", "reference")  # rnnlab.ops.forms
 _LOGGED: set = set()
 
 
@@ -41,8 +42,7 @@ def _log_once(cell: str, backend: str, device: torch.device, why: str) -> None:
 
 def resolve_backend(backend: str, device: torch.device, cell: str = "rnn") -> str:
     """'auto' | 'kernel' | 'reference' -> the backend that runs ('kernel' or 'reference'), logged once."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    backend = check_form(backend, BACKENDS, cell)
     if backend == "kernel":
         if device.type != "cpu":
             raise ValueError(f"{cell}: backend='kernel' is the numba CPU kernel but the tensors are on {device}; use 'reference' or 'auto'")
