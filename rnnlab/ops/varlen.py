@@ -179,21 +179,25 @@ def run_packed(fn: Callable, inputs: tuple[Tensor, ...], state, packing: Packing
         return fn(inputs, state)
     padded = [packing.pad(x) for x in inputs]
     sorted_state = _rows(state, packing.order) if packing.to_padded is not None else state
-    pieces: list[tuple[Tensor, ...]] = []
+    pieces: list[tuple[Tensor, ...]] = []  # per segment: its outputs (k, t1 - t0, ...)
     single = False
     for t0, t1, k in packing.segments:
         rows = [p[:k, t0:t1] for p in padded]
         part = None if sorted_state is None else (map_state(sorted_state, lambda t: t[:k]) if k < N else sorted_state)
         out, new = fn(tuple(rows), part)
         single = isinstance(out, Tensor)
-        out = (out,) if single else tuple(out)
-        pieces.append(tuple(F.pad(o, [0, 0] * (o.dim() - 1) + [0, N - k]) if k < N else o for o in out))
+        pieces.append((out,) if single else tuple(out))
         if k == N or sorted_state is None:
             sorted_state = new
         else:
             rest = map_state(sorted_state, lambda t: t[k:])
             sorted_state = _zip_state(new, rest, cat_rows)
-    outs = tuple(packing.unpad(torch.cat([p[j] for p in pieces], 1)) for j in range(len(pieces[0])))
+    if packing.to_padded is None:  # one segment, rows in order
+        outs = tuple(packing.unpad(o) for o in pieces[0])
+    else:  # sequence by sequence, its pieces in time order: one cat, no padded buffer to fill
+        ks = [k for _, _, k in packing.segments]
+        outs = tuple(torch.cat([p[j][r] for r in packing.inverse.tolist() for p, k in zip(pieces, ks) if r < k], 0).unsqueeze(0)
+                     for j in range(len(pieces[0])))
     final = _rows(sorted_state, packing.inverse) if packing.to_padded is not None else sorted_state
     return (outs[0] if single else outs), final
 
