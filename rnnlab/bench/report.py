@@ -153,7 +153,7 @@ def _errors(rows: list[dict]) -> list[str]:
 def format_tables(result: dict, fmt: str = "text", kinds=("mixer", "op", "peer", "packing")) -> str:
     """Pivot tables: tokens/s per length (train, prefill), decode latency, op forms, peers."""
     rows = result["rows"]
-    seq_lens = sorted({r["seq_len"] for r in rows if r["seq_len"] and r["mode"] != "decode"})
+    seq_lens = sorted({r["seq_len"] for r in rows if r["seq_len"] and r["mode"] != "decode" and r["kind"] != "packing"})
     parts = []
     h = "### " if fmt == "md" else "== "
 

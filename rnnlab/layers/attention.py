@@ -59,7 +59,10 @@ class Attention(Mixer):
         v_all = torch.cat([state["v"].to(v.dtype), v.transpose(1, 2)], 2)
         L = k_all.shape[2] - T
         mask, causal = None, T > 1
-        if L > 0 or (T > 1 and self.window is not None):
+        # every row's cache all real (no row merged from a shorter one): no mask. Read on the host only on CPU,
+        # where it costs no device sync; an accelerator always takes the mask
+        full = T == 1 and L > 0 and x.device.type == "cpu" and bool((pos >= L).all())
+        if not full and (L > 0 or (T > 1 and self.window is not None)):
             # query i (slot L+i) sees slot j iff j is a real entry of its row (the cache's last min(pos, L) entries
             # and the new keys), j <= L+i and L+i-j < window; one query sees the whole cache (<= window-1 entries)
             j = torch.arange(L + T, device=x.device)
