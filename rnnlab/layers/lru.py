@@ -80,7 +80,8 @@ class LRU(Mixer):
         """x (B, T, H) -> gamma ⊙ (B x) (B, T, N) complex64."""
         xf = x.float()
         gamma = torch.exp(self.gamma_log.float())[:, None]
-        return torch.complex(xf @ (self.B_re.float() * gamma).t(), xf @ (self.B_im.float() * gamma).t())
+        # .float(): under autocast the projections come back bfloat16; the recurrence is complex64 (no-op in float32)
+        return torch.complex((xf @ (self.B_re.float() * gamma).t()).float(), (xf @ (self.B_im.float() * gamma).t()).float())
 
     def _output(self, h: Tensor, x: Tensor) -> Tensor:
         """h (B, T, N) complex, x (B, T, H) -> Re(C h) + D ⊙ x (B, T, H) in x's dtype."""

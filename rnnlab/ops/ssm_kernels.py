@@ -17,6 +17,9 @@ convolution, and the state bookkeeping that lets a convolution continue from a s
 - ``fft_causal_conv``: y_t = Σ_{s≤t} K_{t−s} u_s via zero-padded FFTs (length 2T).
 - ``hippo_legs``, ``nplr_legs``: the HiPPO-LegS matrix and its NPLR form; ``hippo_n_diag``
   its normal part diagonalized (S5's HiPPO-N initialization).
+
+Every public function runs with autocast off (rnnlab.ops.varlen.autocast_off): the kernels are
+parameter math in the dtypes written here, which autocast's bfloat16 matmuls would break.
 """
 from __future__ import annotations
 
@@ -25,13 +28,14 @@ import math
 import torch
 from torch import Tensor
 
-from rnnlab.ops.varlen import varlen
+from rnnlab.ops.varlen import autocast_off, varlen
 
 __all__ = [
     "zoh_diag", "diag_conv", "fft_causal_conv", "fft_causal_conv_ref",
     "hippo_legs", "nplr_legs", "hippo_n_diag", "bilinear_dense", "bilinear_dplr", "nplr_kernel", "squarings", "power_times", "krylov", "dense_state_terms",
 ]
 
+@autocast_off  # kernel math in its own dtypes (complex128 factors, float32 Cauchy sums)
 def zoh_diag(dt: Tensor, A: Tensor) -> tuple[Tensor, Tensor]:
     """dt (H,) or (H, N) real, A (H, N) complex -> (dtA, B̄ factor) with Ā = exp(dtA) and
     B̄ = (exp(dtA) − 1)/A (times B): zero-order hold of a diagonal A."""
@@ -138,6 +142,7 @@ def hippo_n_diag(N: int) -> tuple[Tensor, Tensor]:
     return lam, V
 
 
+@autocast_off  # kernel math in its own dtypes (complex128 factors, float32 Cauchy sums)
 def bilinear_dplr(lam: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Bilinear (Tustin) discretization of A = diag(λ) − P Pᴴ (S4 eq. 3) in its diagonal-plus-rank-one form:
     lam, P, B (H, N) complex, dt (H,) -> g, u, w, B̄ (H, N) with Ā = diag(g) − u wᵀ, so that
@@ -163,6 +168,7 @@ def _bilinear_factors(lam: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tuple[Te
     return g, d * s * u, Pc * (1 + g), Bbar
 
 
+@autocast_off  # kernel math in its own dtypes (complex128 factors, float32 Cauchy sums)
 def bilinear_dense(lam: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
     """The same discretization as :func:`bilinear_dplr`, dense: lam, P, B (H, N) complex, dt (H,) ->
     Ā (H, N, N) = diag(g) − u wᵀ, B̄ (H, N) (formed in complex128, returned in lam's dtype)."""
@@ -171,6 +177,7 @@ def bilinear_dense(lam: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tuple[Tenso
     return Abar.to(lam.dtype), Bbar.to(lam.dtype)
 
 
+@autocast_off  # kernel math in its own dtypes (complex128 factors, float32 Cauchy sums)
 def nplr_kernel(lam: Tensor, P: Tensor, B: Tensor, Ct: Tensor, dt: Tensor, L: int, chunk: int = 256) -> Tensor:
     """S4's kernel (Alg. 1): lam, P, B, Ct (H, N) complex (Ct = C̃ = C (I − Ā^L)), dt (H,) -> K (H, L) real.
 
@@ -241,6 +248,7 @@ class _CauchySums(torch.autograd.Function):
         return gW, glr, gli, gtd, None, None
 
 
+@autocast_off  # kernel math in its own dtypes (complex128 factors, float32 Cauchy sums)
 def squarings(Abar: Tensor, n: int) -> list[Tensor]:
     """Abar (H, N, N) -> [Ā, Ā², Ā⁴, …, Ā^(2^k)] with 2^k <= max(n, 1): the log2 n matmuls every power below n needs."""
     sq = [Abar]
@@ -249,6 +257,7 @@ def squarings(Abar: Tensor, n: int) -> list[Tensor]:
     return sq
 
 
+@autocast_off  # kernel math in its own dtypes (complex128 factors, float32 Cauchy sums)
 def power_times(sq: list[Tensor], n: int, v: Tensor | None = None, right: bool = False) -> Tensor:
     """Ā^n v for v (H, N, X), or v Ā^n for v (H, X, N) with ``right``, from ``squarings`` (powers of one
     matrix commute, so the binary digits of n apply in any order); v None (n >= 1): the matrix Ā^n
@@ -259,6 +268,7 @@ def power_times(sq: list[Tensor], n: int, v: Tensor | None = None, right: bool =
     return v
 
 
+@autocast_off  # kernel math in its own dtypes (complex128 factors, float32 Cauchy sums)
 def krylov(sq: list[Tensor], Bbar: Tensor, C: Tensor | None, L: int) -> tuple[Tensor, Tensor | None]:
     """By doubling, from ``squarings(Ā, L)``: Bbar, C (H, N) ->
     KB (H, N, L) with KB_l = Ā^l B̄ and CK (H, L, N) with CK_l = C Ā^{l+1} (None if C is None)."""
@@ -272,6 +282,7 @@ def krylov(sq: list[Tensor], Bbar: Tensor, C: Tensor | None, L: int) -> tuple[Te
     return KB[..., :L], None if C is None else CK[:, :L]
 
 
+@autocast_off  # kernel math in its own dtypes (complex128 factors, float32 Cauchy sums)
 def dense_state_terms(u: Tensor, sq: list[Tensor], Bbar: Tensor, C: Tensor, h0: Tensor | None,
                       chunk: int = 256) -> tuple[Tensor | None, Tensor]:
     """Continue a convolution from a state, dense Ā: u (B, T, H) real, sq = ``squarings(Ā, T)``, Bbar, C (H, N),

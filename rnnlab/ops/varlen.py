@@ -15,10 +15,12 @@ active rows. The padded positions are never computed: they are gathered in and o
 
 :func:`varlen` gives every public op in rnnlab.ops the same convention (``op(..., cu_seqlens=cu)``) by
 naming its time-major and initial-state arguments; it also checks the fla-only keyword arguments
-(:data:`FLA_ARGS`: accepted at values that change nothing, NotImplementedError otherwise).
+(:data:`FLA_ARGS`: accepted at values that change nothing, NotImplementedError otherwise), and it runs
+every op with autocast off (:func:`autocast_off`): an op's dtypes are its own documented policy.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["seq_lengths", "Packing", "run_packed", "map_state", "cat_rows", "cu_seqlens_from_lengths", "varlen", "FLA_ARGS"]
+__all__ = ["seq_lengths", "Packing", "run_packed", "map_state", "cat_rows", "cu_seqlens_from_lengths", "varlen", "autocast_off", "FLA_ARGS"]
 
 
 def cu_seqlens_from_lengths(lengths, device=None) -> Tensor:
@@ -235,6 +237,31 @@ _VARLEN_DOC = """
     and the final state have N in dim 0, and each sequence runs from its own state without seeing another."""
 
 
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def autocast_off(fn: Callable) -> Callable:
+    """Run ``fn`` with torch.autocast off when it is on (fla's kernels are autocast-transparent alike).
+
+    An op casts its operands itself, to its documented compute dtypes (rnnlab.ops.chunk's ``acc_dtype`` /
+    ``mm_dtype``: float32 accumulation and state, bfloat16 matmuls for bfloat16 inputs where measured
+    faster), on the dtypes it is given; autocast's per-call casts (matmuls to bfloat16, FFTs to float32)
+    would break that policy halfway, e.g. a float32 state meeting a bfloat16 operand in an ``out=`` or
+    baddbmm call. Under autocast the op sees what the layer hands it (bfloat16 projections, float32 gates)
+    and returns the same dtypes as for those inputs without autocast. Outside autocast this costs two
+    flag reads per call. Backward runs outside the forward's autocast region (PyTorch's recommended use)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        on = [d for d in _AUTOCAST_DEVICES if torch.is_autocast_enabled(d)]
+        if not on:
+            return fn(*args, **kwargs)
+        with contextlib.ExitStack() as stack:
+            for d in on:
+                stack.enter_context(torch.autocast(d, enabled=False))
+            return fn(*args, **kwargs)
+    return run
+
+
 def _rows_of(state) -> int | None:
     """The batch size (dim 0) shared by every tensor of a state, None for no state."""
     sizes = set()
@@ -276,6 +303,7 @@ def varlen(time: tuple[str, ...], state: str | None = "initial_state", final: st
             raise TypeError(f"varlen: {fn.__name__}: {unknown} are not in FLA_ARGS")
 
         @functools.wraps(fn)
+        @autocast_off
         def op(*args, cu_seqlens=None, **kwargs):
             for name in fla:
                 if name in kwargs:
