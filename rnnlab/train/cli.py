@@ -44,7 +44,7 @@ def build_train_config(args) -> dict:
 
 def cmd_train(args) -> int:
     from rnnlab.train.config import resolve
-    from rnnlab.train.trainer import train
+    from rnnlab.train.trainer import RunDirInUse, train
 
     cfg = build_train_config(args)
     try:
@@ -52,7 +52,11 @@ def cmd_train(args) -> int:
     except ValueError as e:
         print(f"rnnlab train: error: {e}", file=sys.stderr)
         return 2
-    result = train(cfg, resume=args.resume)
+    try:
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except (ValueError, RunDirInUse) as e:  # a finished run without --resume/--overwrite, a directory in use
+        print(f"rnnlab train: error: {e}", file=sys.stderr)
+        return 2
     from rnnlab.train.distributed import is_main, shutdown
 
     if is_main():
@@ -149,6 +153,7 @@ def register(sub) -> None:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument("--run-dir", dest="run_dir")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in the run directory")
     p.add_argument("--no-progress", dest="no_progress", action="store_true")
     p.set_defaults(func=cmd_train)
     _collect_interleaved_overrides(p)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +33,9 @@ from rnnlab.train.checkpoint import atomic_write, load_latest, previous_path, re
 from rnnlab.train.config import resolve
 from rnnlab.train.packing import packed_batch
 
-__all__ = ["get_lr", "evaluate", "train", "score_of", "NonFiniteError"]
+__all__ = ["get_lr", "evaluate", "train", "score_of", "NonFiniteError", "RunDirInUse"]
 
-CKPT, CONFIG, METRICS, RESULT = "checkpoint.safetensors", "config.json", "metrics.jsonl", "result.json"
+CKPT, CONFIG, METRICS, RESULT, LOCK = "checkpoint.safetensors", "config.json", "metrics.jsonl", "result.json", ".lock"
 
 
 class NonFiniteError(RuntimeError):
@@ -115,15 +117,64 @@ def _old_config(path: Path) -> dict | None:
         return None
 
 
+class RunDirInUse(RuntimeError):
+    """Another process is writing this run directory."""
+
+
+@contextmanager
+def _locked(run_dir: Path, main: bool, wait: bool = False):
+    """Hold an exclusive lock on run_dir/.lock while this process writes the directory (POSIX flock; released
+    by the OS if the process dies). A second writer gets RunDirInUse instead of interleaving files, or with
+    ``wait`` blocks until the first is done."""
+    if not main:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    f = open(run_dir / LOCK, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.seek(0)
+            raise RunDirInUse(f"run directory {run_dir} is being written by another process (pid {f.read().strip() or '?'}); "
+                              "wait for it or choose another --run-dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+    finally:
+        f.close()  # closing releases the lock
+
+
 @scoped_threads()  # the caller's torch and numba thread counts come back on return or on an exception
-def train(config: dict, resume: bool = False) -> dict[str, Any]:
+def train(config: dict, resume: bool = False, overwrite: bool = False, wait: bool = False) -> dict[str, Any]:
     """Train one run described by ``config`` (see rnnlab.train.config). -> the result dict (also in result.json).
+
+    ``resume`` continues from the run directory's last good checkpoint. A directory that holds a finished
+    run (result.json) is not replaced unless ``overwrite``: without either, ValueError. The directory is
+    locked while the run writes it: a second writer gets RunDirInUse, or with ``wait`` waits for the first
+    (a sweep worker left over from a killed sweep makes the restarted sweep's worker wait).
 
     ``train.threads``, when set, is the torch and numba thread count for this call only: the caller's counts
     are restored afterwards (rnnlab.runtime.scoped_threads). The allocator is left alone (rnnlab.runtime)."""
+    resolved, task, model_cfg, tc = resolve(config)
+    run_dir = Path(resolved["run_dir"])
+    if not resume and not overwrite and (run_dir / RESULT).exists():
+        raise ValueError(f"{run_dir} holds a finished run ({RESULT}); resume it (--resume), or replace it (--overwrite), "
+                         "or choose another --run-dir")
+    with _locked(run_dir, int(os.environ.get("RANK", "0")) == 0, wait):  # the process that writes the directory
+        return _train(resolved, task, model_cfg, tc, resume)
+
+
+def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
     from rnnlab.models import SequenceModel
 
-    resolved, task, model_cfg, tc = resolve(config)
     device = _device(tc.device)
     if tc.threads:
         set_threads(tc.threads)  # undone on return: @scoped_threads above

@@ -1,12 +1,11 @@
 """``python -m rnnlab.train.worker CONFIG.json``: one sweep run in its own process (resumes
 from its checkpoint if a previous attempt was interrupted). Exit code != 0 = failed.
 
-An exclusive lock on ``<run_dir>/.lock`` keeps two processes from writing one run directory:
-a worker left over from a killed sweep makes the restarted sweep's worker wait for it.
+train() locks the run directory (``<run_dir>/.lock``): with ``wait=True`` a worker left over from a
+killed sweep makes the restarted sweep's worker wait for it.
 """
 import json
 import sys
-from pathlib import Path
 
 from rnnlab.runtime import tune_allocator
 from rnnlab.train.trainer import train
@@ -18,16 +17,7 @@ def main(config_path: str) -> None:
     tune_allocator()
     with open(config_path) as f:
         config = json.load(f)
-    lock = Path(config["run_dir"]) / ".lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as fh:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            fcntl = None
-        if fcntl is not None:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        train(config, resume=True)
+    train(config, resume=True, wait=True)
 
 
 if __name__ == "__main__":

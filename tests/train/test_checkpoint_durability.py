@@ -82,3 +82,47 @@ def test_resume_survives_a_corrupt_checkpoint_an_empty_config_and_a_partial_metr
 
     assert all(json.loads(ln) for ln in lines)
     assert json.loads((run / "config.json").read_text())["train"]["steps"] == 12
+
+
+def test_a_finished_run_is_not_replaced_without_resume_or_overwrite(tmp_path):
+    from rnnlab.train.trainer import train
+    from tests.train.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path / "r", steps=6)
+    first = train(cfg)
+    with pytest.raises(ValueError, match="holds a finished run"):
+        train(cfg)
+    assert train(cfg, resume=True)["score"] == first["score"]
+    assert train(cfg, overwrite=True)["score"] == first["score"]
+
+
+def test_a_second_writer_of_a_run_directory_is_refused(tmp_path):
+    import fcntl
+
+    from rnnlab.train.trainer import RunDirInUse, train
+    from tests.train.conftest import tiny_config
+
+    run = tmp_path / "r"
+    run.mkdir()
+    with open(run / ".lock", "a+") as held:  # another process holds the directory
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        p = ctx.Process(target=_try_train, args=(str(run), q))
+        p.start()
+        p.join(120)
+        assert "being written by another process" in q.get(timeout=5)
+    assert train(tiny_config(run, steps=2))["steps"] == 2  # free again once the holder let go
+
+
+def _try_train(run_dir, q):
+    from rnnlab.train.trainer import RunDirInUse, train
+    from tests.train.conftest import tiny_config
+
+    try:
+        train(tiny_config(run_dir, steps=2))
+        q.put("trained")
+    except RunDirInUse as e:
+        q.put(str(e))
