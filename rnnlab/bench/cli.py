@@ -108,15 +108,33 @@ def _config_from_args(args):
     )
 
 
+def _check_names(cfg) -> None:
+    """The command line's mixer and op names exist (run_bench itself records an unknown one as a failed row)."""
+    from rnnlab.bench.registry import available_op_benches
+    from rnnlab.layers.registry import available_mixers
+
+    for what, names, valid in (("mixer", cfg.mixers, available_mixers()), ("op benchmark", cfg.ops, available_op_benches())):
+        bad = sorted(set(names or []) - set(valid))
+        if bad:
+            raise ValueError(f"unknown {what}(s) {bad}; valid choices: {', '.join(valid)}")
+
+
 def cmd_bench(args) -> int:
     from rnnlab.bench.report import (format_compare, format_machine, format_tables, load_result, merge_results,
                                      plot_headline, validate_result, write_plots)
     from rnnlab.bench.runner import run_bench
 
-    if args.from_json:
-        result = merge_results([load_result(p) for p in args.from_json])
-    else:
-        cfg = _config_from_args(args)
+    try:  # every input is checked before any timing starts
+        old = load_result(args.compare) if args.compare else None
+        if args.from_json:
+            result = merge_results([load_result(p) for p in args.from_json])
+        else:
+            cfg = _config_from_args(args)
+            _check_names(cfg)
+    except (ValueError, OSError) as e:
+        print(f"rnnlab bench: error: {e}", file=sys.stderr)
+        return 2
+    if not args.from_json:
         log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731  progress on stderr, tables on stdout
         log(f"rnnlab bench: {len(cfg.mixers) if cfg.mixers is not None else 'all'} mixers, T={cfg.seq_lens}, batch {cfg.batch}, "
             f"d_model {cfg.d_model}, modes {cfg.modes}, dtypes {cfg.dtypes}, threads {cfg.threads}")
@@ -142,5 +160,5 @@ def cmd_bench(args) -> int:
         print(f"wrote {plot_headline(result, args.headline, names=names)}")
     if args.compare:
         print()
-        print(format_compare(result, load_result(args.compare)))
+        print(format_compare(result, old))
     return 0

@@ -105,6 +105,12 @@ class BenchConfig:
             raise ValueError(f"seq_lens must be integers >= 2, got {self.seq_lens}")
         if self.batch < 1 or self.d_model < 1:
             raise ValueError(f"batch and d_model must be positive, got {self.batch}, {self.d_model}")
+        if self.reps < 1 or self.warmup < 0:
+            raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={self.reps}, warmup={self.warmup}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be a positive int (or None: the counts in force), got {self.threads}")
+        if any(b < 1 for b in self.decode_batches):
+            raise ValueError(f"decode batches must be positive, got {self.decode_batches}")
         self.seq_lens = sorted(set(self.seq_lens))
 
 

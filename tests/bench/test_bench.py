@@ -209,3 +209,23 @@ def test_timing_and_memory_probe():
 
     peak = peak_rss_delta(alloc)
     assert 0.9 * mib * 2**20 <= peak <= 1.5 * mib * 2**20
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--mixers", "nosuch"], "unknown mixer"), (["--ops", "nosuch"], "unknown op benchmark"),
+    (["--reps", "0"], "reps must be >= 1"), (["--threads", "0"], "threads must be a positive int"),
+])
+def test_bad_bench_arguments_exit_2_before_timing(argv, match, capsys):
+    from rnnlab.cli import main
+
+    assert main(["bench", "--quick", *argv]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_bad_compare_file_fails_before_timing(tmp_path, capsys):
+    from rnnlab.cli import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["bench", "--quick", "--mixers", "none", "--ops", "none", "--compare", str(bad)]) == 2
+    assert "error" in capsys.readouterr().err
