@@ -55,3 +55,30 @@ def test_two_process_ddp_equals_single_process(tmp_path, env1):
     for k in a:  # equal up to float summation order (two partial sums vs one)
         assert_close(b[k], a[k], name=k)
     assert not torch.equal(a["model.head.weight"], torch.zeros_like(a["model.head.weight"]))
+
+
+def test_killed_at_random_points_many_times_resumes_to_the_uninterrupted_weights(tmp_path, env1):
+    """SIGKILL at random moments (mid-step, mid-checkpoint, mid-config write at each restart), resume each
+    time with --resume: the final weights equal the uninterrupted run's, bit for bit."""
+    import random
+
+    steps = 300
+    args = [PY, "-m", "rnnlab.cli", "train", *TINY_ARGS, "--steps", str(steps), "train.ckpt_every=7", "train.eval_every=150"]
+    subprocess.run(args + ["--run-dir", str(tmp_path / "full")], env=env1, check=True, capture_output=True)
+    run = tmp_path / "killed"
+    rng = random.Random(0)
+    kills = 0
+    for attempt in range(6):
+        resume = ["--resume"] if attempt else []
+        proc = subprocess.Popen(args + ["--run-dir", str(run), *resume], env=env1, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 4.0))  # interpreter start, config write, training, checkpoint writes
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 3, "the run should have been interrupted several times"
+    done = subprocess.run(args + ["--run-dir", str(run), "--resume"], env=env1, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = _weights(tmp_path / "full"), _weights(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((run / "result.json").read_text())["steps"] == steps
