@@ -37,17 +37,34 @@ def build_train_config(args) -> dict:
         cfg["train"]["bf16"] = True
     if args.no_progress:
         cfg["train"]["progress"] = False
+    cfg = apply_overrides(cfg, args.overrides)
     if args.run_dir:
         cfg["run_dir"] = args.run_dir
-    return apply_overrides(cfg, args.overrides)
+    elif cfg.get("run_dir") is not None:  # from a file or an override: it may not write outside runs/
+        _check_inside_runs_root(cfg["run_dir"])
+    return cfg
+
+
+RUNS_ROOT = "runs"
+
+
+def _check_inside_runs_root(run_dir: str) -> None:
+    """A run_dir that a config file (or an override) names must lie inside ./runs: a shared file cannot make
+    the command write elsewhere (``--run-dir`` on the command line may)."""
+    from pathlib import Path
+
+    root, target = Path(RUNS_ROOT).resolve(), Path(run_dir).resolve()
+    if target != root and root not in target.parents:
+        raise ValueError(f"run_dir {run_dir!r} from the config lies outside {RUNS_ROOT}/; "
+                         f"give it on the command line (--run-dir) to write there")
 
 
 def cmd_train(args) -> int:
     from rnnlab.train.config import resolve
     from rnnlab.train.trainer import RunDirInUse, train
 
-    cfg = build_train_config(args)
     try:
+        cfg = build_train_config(args)
         resolve(cfg)  # fail before anything starts, naming the valid choices
     except ValueError as e:
         print(f"rnnlab train: error: {e}", file=sys.stderr)

@@ -46,3 +46,15 @@ def test_zero_or_negative_workers_exit_2_with_a_message(tmp_path, capsys):
         assert "workers must be a positive int" in capsys.readouterr().err
     assert main(["suite", "--mixers", "attention", "--workers", "0", "--out-dir", str(tmp_path / "suite")]) == 2
     assert "workers must be a positive int" in capsys.readouterr().err
+
+
+def test_a_config_file_cannot_write_outside_the_runs_root(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"run_dir": "../elsewhere"}))
+    assert main(["train", *TINY_ARGS, "--config", str(f), "--steps", "2"]) == 2
+    assert "outside runs/" in capsys.readouterr().err and not (tmp_path.parent / "elsewhere").exists()
+    assert main(["train", *TINY_ARGS, "--steps", "2", "train.eval_every=2", "--run-dir", str(tmp_path / "out")]) == 0
+    f.write_text(json.dumps({"run_dir": "runs/inside"}))
+    assert main(["train", *TINY_ARGS, "--config", str(f), "--steps", "2", "train.eval_every=2"]) == 0
+    assert (tmp_path / "runs" / "inside" / "result.json").exists()
