@@ -14,23 +14,32 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-__all__ = ["run_rows"]
+__all__ = ["run_rows", "run_calls"]
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1]._max_workers < workers:
+        if _POOL is not None and _POOL[0] == os.getpid():
+            _POOL[1].shutdown(wait=False)
+        # keyed by pid: a forked child inherits the pool object but not its threads
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnlab-rows"))
+    return _POOL[1]
+
+
+def run_calls(calls) -> None:
+    """Run the zero-argument callables ``calls`` at once, one per thread (the calling thread runs the first)."""
+    futures = [_pool(len(calls) - 1).submit(c) for c in calls[1:]] if len(calls) > 1 else []
+    calls[0]()
+    for f in futures:
+        f.result()
 
 
 def run_rows(fn, batch: int, *args, min_rows: int = 1) -> None:
     """fn(*args, lo, hi) over rows [0, batch) split into min(torch.get_num_threads(), batch // min_rows) contiguous
     groups, one per thread (the calling thread runs the first); returns when all are done."""
-    global _POOL
     parts = max(1, min(torch.get_num_threads(), batch // min_rows))
-    if parts > 1 and (_POOL is None or _POOL[0] != os.getpid() or _POOL[1]._max_workers < parts - 1):
-        if _POOL is not None and _POOL[0] == os.getpid():
-            _POOL[1].shutdown(wait=False)
-        # keyed by pid: a forked child inherits the pool object but not its threads
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="rnnlab-rows"))
-    futures = [_POOL[1].submit(fn, *args, p * batch // parts, (p + 1) * batch // parts) for p in range(1, parts)]
-    fn(*args, 0, batch // parts)
-    for f in futures:
-        f.result()
+    run_calls([lambda p=p: fn(*args, p * batch // parts, (p + 1) * batch // parts) for p in range(parts)])
 

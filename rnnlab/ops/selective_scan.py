@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from rnnlab.ops._threads import run_rows
+from rnnlab.ops._threads import run_calls, run_rows
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import linear_scan
 from rnnlab.ops.varlen import varlen
@@ -148,6 +148,21 @@ def _row(x: Tensor, dtype: torch.dtype | None = None):
     return torch.empty(x.shape[0], x.shape[2], dtype=dtype or x.dtype).numpy()
 
 
+def _channel_blocks(batch: int, D: int) -> list[tuple[int, int]]:
+    """Channel ranges run as separate kernel calls: one (all channels, rows split over threads) when there
+    are at least as many rows as threads; else the channels split so every thread has work (channels are
+    independent in the scan; only dB and dC sum over them). B = 1 and a packed batch's last rows would
+    otherwise leave all threads but one idle."""
+    threads = torch.get_num_threads()
+    P = 1 if batch >= threads else max(1, min(threads // batch, D // 32))
+    return [(D * p // P, D * (p + 1) // P) for p in range(P)]
+
+
+def _cols(t: Tensor, d0: int, d1: int) -> Tensor:
+    """Channels [d0, d1) of the last dim, contiguous (the kernels take C-contiguous arrays)."""
+    return t if (d0, d1) == (0, t.shape[-1]) else t[..., d0:d1].contiguous()
+
+
 class _SelectiveScanFn(torch.autograd.Function):
     """The numba kernels (``_selective_scan_numba``), which keep the state transposed, (N, D)."""
 
@@ -158,13 +173,20 @@ class _SelectiveScanFn(torch.autograd.Function):
         Bsz, T, D = x.shape
         N = Bm.shape[2]
         nc = -(-T // chunk_size)
-        y = torch.empty_like(x)
-        hT = x.new_empty(Bsz, N, D)
-        ckpt = x.new_empty(Bsz, nc, N, D)
         At = (A.t() if A is not None else x.new_zeros(N, D)).contiguous()
-        run_rows(sscan_fwd, Bsz, x.numpy(), dt.numpy(), At.numpy(), Bm.numpy(), Cm.numpy(),
-                 h0.transpose(1, 2).contiguous().numpy(), _MODES[transition], chunk_size, y.numpy(), hT.numpy(),
-                 ckpt.numpy(), _row(x), _row(x, torch.int32), _row(x), x.dtype == torch.float32)
+        h0T = h0.transpose(1, 2).contiguous()
+        blocks = _channel_blocks(Bsz, D)
+        parts, calls = [], []
+        for d0, d1 in blocks:
+            xs = _cols(x, d0, d1)
+            y, hT, ckpt = torch.empty_like(xs), x.new_empty(Bsz, N, d1 - d0), x.new_empty(Bsz, nc, N, d1 - d0)
+            args = (xs.numpy(), _cols(dt, d0, d1).numpy(), _cols(At, d0, d1).numpy(), Bm.numpy(), Cm.numpy(),
+                    _cols(h0T, d0, d1).numpy(), _MODES[transition], chunk_size, y.numpy(), hT.numpy(), ckpt.numpy(),
+                    _row(xs), _row(xs, torch.int32), _row(xs), x.dtype == torch.float32)
+            parts.append((y, hT, ckpt))
+            calls.append((lambda a=args: sscan_fwd(*a, 0, Bsz)) if len(blocks) > 1 else (lambda a=args: run_rows(sscan_fwd, Bsz, *a)))
+        run_calls(calls) if len(calls) > 1 else calls[0]()
+        y, hT, ckpt = (torch.cat(ts, -1) if len(parts) > 1 else ts[0] for ts in zip(*parts))
         ctx.save_for_backward(x, dt, At, Bm, Cm, ckpt)
         ctx.transition, ctx.chunk_size, ctx.has_A = transition, chunk_size, A is not None
         return y, hT.transpose(1, 2).contiguous()
@@ -177,13 +199,24 @@ class _SelectiveScanFn(torch.autograd.Function):
         (Bsz, _, D), N, L = x.shape, At.shape[0], ctx.chunk_size
         dy = torch.zeros_like(x) if dy is None else dy.contiguous().to(x.dtype)
         dhT = x.new_zeros(Bsz, N, D) if dh_last is None else dh_last.to(x.dtype).transpose(1, 2).contiguous()
-        dx, ddt, dB, dC = torch.empty_like(x), torch.empty_like(dt), torch.empty_like(Bm), torch.empty_like(Cm)
-        dAt = x.new_zeros(Bsz, N, D)
-        g = x.new_empty(Bsz, N, D)  # the state's adjoint, ends as dh0
-        run_rows(sscan_bwd, Bsz, x.numpy(), dt.numpy(), At.numpy(), Bm.numpy(), Cm.numpy(), _MODES[ctx.transition], L,
-                 ckpt.numpy(), dy.numpy(), dhT.numpy(), dx.numpy(), ddt.numpy(), dAt.numpy(), dB.numpy(), dC.numpy(),
-                 g.numpy(), x.new_empty(Bsz, L + 1, N, D).numpy(), x.new_empty(Bsz, L, N, D).numpy(), _row(x), _row(x), _row(x),
-                 _row(x, torch.int32), x.dtype == torch.float32)
+        blocks = _channel_blocks(Bsz, D)
+        parts, calls = [], []
+        for d0, d1 in blocks:
+            xs, Dp = _cols(x, d0, d1), d1 - d0
+            dx, ddt, dB, dC = torch.empty_like(xs), torch.empty_like(xs), torch.empty_like(Bm), torch.empty_like(Cm)
+            dAt, g = x.new_zeros(Bsz, N, Dp), x.new_empty(Bsz, N, Dp)  # g: the state's adjoint, ends as dh0
+            args = (xs.numpy(), _cols(dt, d0, d1).numpy(), _cols(At, d0, d1).numpy(), Bm.numpy(), Cm.numpy(), _MODES[ctx.transition], L,
+                    _cols(ckpt, d0, d1).numpy(), _cols(dy, d0, d1).numpy(), _cols(dhT, d0, d1).numpy(), dx.numpy(), ddt.numpy(),
+                    dAt.numpy(), dB.numpy(), dC.numpy(), g.numpy(), x.new_empty(Bsz, L + 1, N, Dp).numpy(),
+                    x.new_empty(Bsz, L, N, Dp).numpy(), _row(xs), _row(xs), _row(xs), _row(xs, torch.int32), x.dtype == torch.float32)
+            parts.append((dx, ddt, dAt, g, dB, dC))
+            calls.append((lambda a=args: sscan_bwd(*a, 0, Bsz)) if len(blocks) > 1 else (lambda a=args: run_rows(sscan_bwd, Bsz, *a)))
+        run_calls(calls) if len(calls) > 1 else calls[0]()
+        if len(parts) == 1:
+            dx, ddt, dAt, g, dB, dC = parts[0]
+        else:  # channels concatenated; dB, dC summed over the blocks' channels
+            dx, ddt, dAt, g = (torch.cat(ts, -1) for ts in list(zip(*parts))[:4])
+            dB, dC = (sum(ts[1:], ts[0]) for ts in list(zip(*parts))[4:])
         dA = dAt.sum(0).t() if ctx.has_A else None
         return dx, ddt, dA, dB, dC, g.transpose(1, 2).contiguous(), None, None
 

@@ -54,6 +54,27 @@ def test_selective_scan_matches_reference(backend, T, transition, with_h0):
         assert_close(grads[k], grads_r[k], name=f"d{k}")
 
 
+@pytest.mark.parametrize("transition", ["exp", "longhorn"])
+@pytest.mark.parametrize("threads, Bsz", [(2, 1), (3, 1), (4, 3)])
+def test_kernel_split_over_channels_when_rows_are_fewer_than_threads(threads, Bsz, transition):
+    """Fewer rows than threads: the kernel runs channel blocks in parallel (dB, dC summed over them)."""
+    from rnnlab.ops.selective_scan import _channel_blocks
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert len(_channel_blocks(Bsz, 96)) == max(1, threads // Bsz)
+        inp = _inputs(37, transition, True, gating=True, Bsz=Bsz, D=96)
+        y, h, grads = _run(selective_scan, inp, transition, backend="kernel", chunk_size=16)
+    finally:
+        torch.set_num_threads(before)
+    yr, hr, grads_r = _run(selective_scan_ref, inp, transition)
+    assert_close(y, yr, name="y")
+    assert_close(h, hr, name="h_last")
+    for k in grads_r:
+        assert_close(grads[k], grads_r[k], name=f"d{k}")
+
+
 def test_negative_transition_has_negative_eigenvalues():
     from rnnlab.ops.selective_scan import transition_coeffs
 
