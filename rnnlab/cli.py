@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from rnnlab.options import csv_list, positive_int
+
 COMMAND_MODULES = ["rnnlab.train.cli", "rnnlab.bench.cli"]
 
 
@@ -20,7 +22,7 @@ def cmd_list(args) -> int:
     """Table of registered mixers: family, parameters at d_model, state floats per sequence at two lengths."""
     from rnnlab.layers.registry import available_mixers, create_mixer, mixer_info
 
-    lengths = [int(t) for t in args.seq_lens.split(",")]
+    lengths = args.seq_lens
     header = ["mixer", "family", f"params@d={args.d_model}"] + [f"state@T={t}" for t in lengths]
     rows = []
     for name in available_mixers():
@@ -44,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnlab", description="Recurrent sequence models: train, compare, benchmark.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="registered mixers with parameter counts and state sizes")
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--seq-lens", default="1024,8192")
+    p.add_argument("--d-model", type=positive_int, default=256)
+    p.add_argument("--seq-lens", type=lambda s: csv_list(s, positive_int, "comma-separated lengths"), default=[1024, 8192],
+                   help="comma-separated lengths (default 1024,8192)")
     p.set_defaults(func=cmd_list)
     for mod in COMMAND_MODULES:
         importlib.import_module(mod).register(sub)

@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+from rnnlab.options import csv_list, positive_int
+
 __all__ = ["register", "cmd_bench", "HEADLINE_PREFERENCE", "headline_mixers"]
 
 # one recurrent mixer per family for the headline plot, in order of preference (else the first registered)
@@ -25,10 +27,6 @@ HEADLINE_PREFERENCE = {
 }
 
 
-def _csv(s: str | None, cast=str):
-    if s is None:
-        return None
-    return [cast(x.strip()) for x in s.split(",") if x.strip()]
 
 
 def headline_mixers() -> list[str]:
@@ -88,10 +86,11 @@ def _config_from_args(args):
     def names(s):
         if s is None or s == "all":
             return None
-        return [] if s == "none" else _csv(s)
+        return [] if s == "none" else csv_list(s)
 
     mixers, ops, peers = names(args.mixers), names(args.ops), not args.no_peers
-    seq_lens, modes, dtypes = _csv(args.seq_lens, int), _csv(args.modes), _csv(args.dtype)
+    seq_lens = csv_list(args.seq_lens, positive_int, "--seq-lens")
+    modes, dtypes = csv_list(args.modes, what="--modes"), csv_list(args.dtype, what="--dtype")
     batch, d_model = args.batch, args.d_model
     if args.headline and not args.from_json:  # the headline preset; explicit flags still win
         mixers = mixers if mixers is not None else headline_mixers()
@@ -102,7 +101,7 @@ def _config_from_args(args):
     threads = args.threads if args.threads is not None else usable_cpus()
     return BenchConfig.preset(
         quick=args.quick, mixers=mixers, ops=ops, peers=peers, seq_lens=seq_lens, batch=batch, d_model=d_model,
-        modes=modes, dtypes=dtypes, decode_batches=_csv(args.decode_batches, int), threads=threads, reps=args.reps,
+        modes=modes, dtypes=dtypes, decode_batches=csv_list(args.decode_batches, positive_int, "--decode-batches"), threads=threads, reps=args.reps,
         warmup=args.warmup, budget_s=args.budget, max_call_s=args.max_call_s,
         memory=False if args.no_memory else None, packing=False if args.no_packing or args.headline else None,
     )

@@ -27,6 +27,8 @@ _KINDS = ("mixer", "op", "peer", "packing")
 
 def validate_result(result: dict) -> None:
     """Check a result against SCHEMA_VERSION; raise ValueError naming what is wrong."""
+    if not isinstance(result, dict):
+        raise ValueError(f"a bench result is a JSON object with keys {sorted(_TOP)}, got {type(result).__name__}")
     for key, typ in _TOP.items():
         if key not in result:
             raise ValueError(f"bench result lacks top-level key {key!r} (expected keys: {sorted(_TOP)})")
@@ -38,6 +40,8 @@ def validate_result(result: dict) -> None:
         if key not in result["machine"]:
             raise ValueError(f"machine description lacks {key!r}")
     for i, row in enumerate(result["rows"]):
+        if not isinstance(row, dict):
+            raise ValueError(f"row {i} must be an object with keys {sorted(ROW_FIELDS)}, got {type(row).__name__}")
         if set(row) != set(ROW_FIELDS):
             raise ValueError(f"row {i} keys differ from the schema: missing {sorted(set(ROW_FIELDS) - set(row))}, "
                              f"extra {sorted(set(row) - set(ROW_FIELDS))}")

@@ -75,13 +75,18 @@ class Mixer(nn.Module):
                                  f"back to back), got {tuple(x.shape)}")
             packing = cu_seqlens if isinstance(cu_seqlens, Packing) else Packing.build(cu_seqlens, x.shape[1])
         batch = x.shape[0] if packing is None else len(packing.lengths)
+        wide = x.dtype == torch.float64  # the state dtype policy (docs/architecture.md): float64 in, float64 state
         if state is None:
-            state = self.init_state(batch, device=x.device)
+            state = self.init_state(batch, device=x.device, dtype=torch.float64 if wide else None)
         else:
-            self.check_state(state, batch, packed=packing is not None)
-        if packing is not None and batch > 1:
-            return self.packed(x, state, packing)
-        return self._dispatch(x, state)
+            self.check_state(state, batch, packed=packing is not None, x_dtype=x.dtype)
+        if batch == 0:  # an empty batch (a filtered-out microbatch): empty outputs, the empty state as given
+            return x.new_zeros(x.shape), state
+        y, state = self.packed(x, state, packing) if packing is not None and batch > 1 else self._dispatch(x, state)
+        if wide:  # layers that compute their state in float32 return it as float64 here, once for all
+            state = {k: v.to(torch.complex128 if v.is_complex() else torch.float64) if v.is_floating_point() or v.is_complex() else v
+                     for k, v in state.items()}
+        return y, state
 
     def _dispatch(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         return self.step(x, state) if x.shape[1] == 1 else self.parallel(x, state)
@@ -95,16 +100,35 @@ class Mixer(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"{type(self).__name__} expects a floating-point x, got dtype {x.dtype}")
+        p = next(self.parameters(), None)
+        if p is not None and p.is_floating_point() and x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"{type(self).__name__} has {p.dtype} parameters and expects x of dtype {p.dtype}, got {x.dtype}: "
+                             f"cast the module (module.to({x.dtype})) or run under torch.autocast")
 
-    def check_state(self, state: State, batch_size: int, packed: bool = False) -> None:
-        expected = set(self.init_state(1, device="meta"))
-        if not isinstance(state, dict) or set(state) != expected:
+    def check_state(self, state: State, batch_size: int, packed: bool = False, x_dtype: torch.dtype = torch.float32) -> None:
+        """Keys, batch size and dtype of a given state: a float64 (complex128) state goes with float64 x only
+        (docs/architecture.md, the state dtype policy; float64 x accepts a float32 state and widens it)."""
+        wide = x_dtype == torch.float64
+        expected = self.init_state(1, device="meta")
+        if not isinstance(state, dict) or set(state) != set(expected):
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"{type(self).__name__} expects a state dict with keys {sorted(expected)}, got {got}")
         for key, t in state.items():
+            if not isinstance(t, Tensor):
+                raise ValueError(f"{type(self).__name__}: state[{key!r}] must be a Tensor, got {type(t).__name__}")
             if t.shape[0] != batch_size:
                 where = "the number of sequences in cu_seqlens" if packed else "dim 0 of x"
                 raise ValueError(f"state[{key!r}] has batch size {t.shape[0]}, expected {batch_size} ({where})")
+            ref = expected[key]  # a dim of size 0 there grows with the tokens seen (a KV cache): any size
+            inner = tuple("any" if n == 0 else n for n in ref.shape[1:])
+            if t.dim() != ref.dim() or any(n != "any" and n != m for n, m in zip(inner, t.shape[1:])):
+                raise ValueError(f"{type(self).__name__}: state[{key!r}] has shape {tuple(t.shape)}, expected "
+                                 f"(batch, {', '.join(map(str, inner))})")
+            if t.is_complex() != ref.is_complex() or t.is_floating_point() != ref.is_floating_point():
+                raise ValueError(f"{type(self).__name__}: state[{key!r}] is {t.dtype}, expected a tensor like {ref.dtype}")
+            if not wide and t.dtype in (torch.float64, torch.complex128):
+                raise ValueError(f"{type(self).__name__}: state[{key!r}] is {t.dtype}, expected float32 (or a bfloat16 cache) "
+                                 f"for {x_dtype} x: a float64 state goes with float64 x only")
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}"

@@ -6,10 +6,13 @@ the CLI, the model config and the benchmarks.
 from __future__ import annotations
 
 import inspect
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["register_mixer", "create_mixer", "available_mixers", "mixer_info", "MixerInfo"]
+from rnnlab.options import check_option
+
+__all__ = ["register_mixer", "create_mixer", "available_mixers", "mixer_info", "MixerInfo", "check_mixer_options"]
 
 
 @dataclass(frozen=True)
@@ -73,13 +76,25 @@ def _accepted_kwargs(cls) -> list[str]:
 def create_mixer(name: str, d_model: int, **kwargs: Any):
     """Build a registered mixer: ``create_mixer("gated_deltanet", d_model=256, num_heads=4)``.
 
-    Raises ValueError naming the valid choices for an unknown name or keyword.
+    Raises ValueError naming the valid choices for an unknown name or keyword, or what a bad value should be.
     """
+    check_mixer_options(name, d_model, kwargs)
+    info = mixer_info(name)
+    return info.cls(d_model, **{**info.defaults, **kwargs})
+
+
+NON_NEGATIVE = ("layer_id", "layer_idx")  # int options that may be 0; every other int option is a size or count >= 1
+
+
+def check_mixer_options(name: str, d_model: int, kwargs: dict) -> None:
+    """What ``create_mixer`` would reject, without building anything: an unknown name or option, or a value
+    that does not fit the option's annotation in ``__init__`` (rnnlab.options: types, ints >= 1, finite)."""
     info = mixer_info(name)
     valid = _accepted_kwargs(info.cls)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for mixer {name!r}; valid options: {', '.join(valid) or '(none)'}")
-    if not isinstance(d_model, int) or d_model <= 0:
-        raise ValueError(f"d_model must be a positive int, got {d_model!r}")
-    return info.cls(d_model, **{**info.defaults, **kwargs})
+    hints = typing.get_type_hints(info.cls.__init__)
+    for key, value in {"d_model": d_model, **kwargs}.items():
+        if key in hints:
+            check_option(f"mixer {name!r}: ", key, hints[key], value, min_int=0 if key in NON_NEGATIVE else 1)

@@ -39,7 +39,7 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        from rnnlab.layers.registry import available_mixers
+        from rnnlab.layers.registry import available_mixers, check_mixer_options
 
         def positive_int(name, allow_none=False):
             v = getattr(self, name)
@@ -68,6 +68,11 @@ class ModelConfig:
             raise ValueError(f"mixer list has {len(self.mixer)} entries but n_layers={self.n_layers}")
         if isinstance(self.mixer_kwargs, list) and len(self.mixer_kwargs) != self.n_layers:
             raise ValueError(f"mixer_kwargs list has {len(self.mixer_kwargs)} entries but n_layers={self.n_layers}")
+        kw = self.mixer_kwargs if isinstance(self.mixer_kwargs, (list, tuple)) else [self.mixer_kwargs]
+        if not all(isinstance(k, dict) for k in kw):
+            raise ValueError(f"mixer_kwargs must be a dict or a list of one dict per layer, got {self.mixer_kwargs!r}")
+        for m, k in zip(mixers, self.layer_kwargs()):  # bad options fail here, before any model is built
+            check_mixer_options(m, self.d_model, k)
         if (self.vocab_size is None) == (self.input_dim is None):
             raise ValueError("set exactly one of vocab_size (token inputs) or input_dim (feature inputs)")
         if self.head not in HEADS:

@@ -16,13 +16,17 @@ import copy
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rnnlab.options import check_option
+
 __all__ = ["TrainConfig", "load_file", "apply_overrides", "parse_value", "resolve", "default_run_dir", "config_hash"]
 
 SECTIONS = ("task", "model", "train", "run_dir")
+_MIN_INT = {"warmup": 0, "seed": 0}  # TrainConfig ints that may be 0; the others are counts >= 1
 
 
 @dataclass(frozen=True)
@@ -63,17 +67,27 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        for f in ("steps", "batch_size", "eval_every", "eval_examples", "eval_batch_size", "log_every", "ckpt_every"):
-            if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
-                raise ValueError(f"train.{f} must be a positive int, got {getattr(self, f)!r}")
-        if not isinstance(self.pack, bool):
-            raise ValueError(f"train.pack must be true or false, got {self.pack!r}")
-        if self.pack_tokens is not None and (not isinstance(self.pack_tokens, int) or self.pack_tokens < 1):
-            raise ValueError(f"train.pack_tokens must be a positive int or null, got {self.pack_tokens!r}")
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # types from the annotations, ints >= 1 except the counts that may be 0
+            check_option("train.", f.name, hints[f.name], getattr(self, f.name), min_int=_MIN_INT.get(f.name, 1))
+        for f, lo, hi in (("beta1", 0, 1), ("beta2", 0, 1), ("min_lr_ratio", 0, 1.0001)):
+            if not lo <= getattr(self, f) < hi:
+                raise ValueError(f"train.{f} must lie in [{lo}, {min(hi, 1)}{')' if hi == 1 else ']'}, got {getattr(self, f)!r}")
+        for f in ("weight_decay", "grad_clip"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"train.{f} must be >= 0, got {getattr(self, f)!r}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"train.on_nonfinite must be one of stop, skip; got {self.on_nonfinite!r}")
-        if not self.lr > 0 or self.lr == float("inf"):
+        if not self.lr > 0:
             raise ValueError(f"train.lr must be a finite number > 0, got {self.lr!r}")
+        if self.device != "auto":
+            import torch
+
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ValueError(f"train.device must be 'auto' or a torch device such as 'cpu', 'cuda', 'cuda:1', "
+                                 f"got {self.device!r}") from None
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -88,22 +102,32 @@ class TrainConfig:
 
 
 def load_file(path: str | Path) -> dict:
-    """A TOML (.toml), YAML (.yaml/.yml) or JSON file -> dict."""
+    """A TOML (.toml), YAML (.yaml/.yml) or JSON file holding a mapping -> dict; any other content is a
+    ValueError naming the file and the parser's complaint."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"config file {str(p)!r} does not exist")
-    text = p.read_text()
-    if p.suffix == ".toml":
-        import tomllib
+    if p.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ValueError(f"config file {str(p)!r}: suffix must be .toml, .yaml, .yml or .json")
+    try:
+        text = p.read_text()
+        if p.suffix == ".toml":
+            import tomllib
 
-        return tomllib.loads(text)
-    if p.suffix in (".yaml", ".yml"):
-        import yaml
+            data = tomllib.loads(text)
+        elif p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
 
-        return yaml.safe_load(text) or {}
-    if p.suffix == ".json":
-        return json.loads(text)
-    raise ValueError(f"config file {str(p)!r}: suffix must be .toml, .yaml, .yml or .json")
+            data = yaml.safe_load(text)
+            data = {} if data is None else data
+    except Exception as e:  # UnicodeDecodeError, TOMLDecodeError, YAMLError, JSONDecodeError: all say "not a config"
+        reason = " ".join(str(e).split())
+        raise ValueError(f"config file {str(p)!r} is not valid {p.suffix[1:].upper()}: {reason[:300]}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}")
+    return data
 
 
 def parse_value(text: str) -> Any:
@@ -174,6 +198,11 @@ def resolve(config: dict):
     unknown = sorted(set(config) - set(SECTIONS) - {"task_info"})
     if unknown:
         raise ValueError(f"unknown config section(s) {unknown}; valid sections: {', '.join(SECTIONS)}")
+    for section in ("task", "model", "train"):
+        if not isinstance(config.get(section) or {}, dict):
+            raise ValueError(f"config section {section!r} must be a mapping, got {config[section]!r}")
+    if not isinstance(config.get("run_dir") or "", str):
+        raise ValueError(f"run_dir must be a string, got {config['run_dir']!r}")
     tcfg = dict(config.get("task") or {})
     if "name" not in tcfg:
         raise ValueError("config needs task.name (see `rnnlab train --help` for the task list)")
@@ -189,8 +218,6 @@ def resolve(config: dict):
     mdict.update(io)
     model_cfg = ModelConfig.from_dict(mdict)
     train_cfg = TrainConfig.from_dict(dict(config.get("train") or {}))
-    if train_cfg.target is not None and not isinstance(train_cfg.target, (int, float)):
-        raise ValueError(f"train.target must be a number, got {train_cfg.target!r}")
     resolved = {"task": task_full, "model": model_cfg.to_dict(), "train": train_cfg.to_dict()}
     resolved["run_dir"] = config.get("run_dir") or default_run_dir(resolved)
     resolved["task_info"] = {"primary_metric": task.primary_metric, "higher_is_better": task.higher_is_better,

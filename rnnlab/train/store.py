@@ -30,15 +30,29 @@ class Store:
     """``Store("runs.db")``: upsert and query run rows."""
 
     def __init__(self, path: str | Path, create: bool = True):
+        """``create=False`` (readers such as ``rnnlab report``) opens an existing store read-only: a missing file, a
+        file that is not SQLite or a database without rnnlab's runs table is a ValueError, and nothing is written."""
         self.path = Path(path)
-        if not create and not self.path.exists():
+        if not create and not self.path.is_file():
             raise ValueError(f"results database {str(self.path)!r} does not exist (run `rnnlab sweep FILE` or `rnnlab suite` first)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(self.path), timeout=60)
+        try:
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(str(self.path), timeout=60)
+                cols = ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
+                self.db.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
+                self.db.commit()
+            else:
+                self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"{str(self.path)!r} is not an rnnlab results database (SQLite says: {e})") from None
+        missing = sorted(set(COLUMNS) - have)
+        if missing:
+            self.db.close()
+            raise ValueError(f"{str(self.path)!r} is not an rnnlab results database: its runs table "
+                             f"{'is missing' if not have else 'lacks the columns ' + str(missing)}")
         self.db.row_factory = sqlite3.Row
-        cols = ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
-        self.db.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
-        self.db.commit()
 
     def upsert(self, run_id: str, **fields: Any) -> None:
         fields = {k: (json.dumps(v) if k in ("config", "result", "curve") and not isinstance(v, str) else v)
@@ -68,11 +82,14 @@ class Store:
         if sweep:
             q, args = q + " AND sweep = ?", args + [sweep]
         out = []
-        for r in self.db.execute(q + " ORDER BY task, mixer, d_model, lr", args):
-            d = dict(r)
-            for k in ("config", "result", "curve"):
-                d[k] = json.loads(d[k]) if d[k] else None
-            out.append(d)
+        try:
+            for r in self.db.execute(q + " ORDER BY task, mixer, d_model, lr", args):
+                d = dict(r)
+                for k in ("config", "result", "curve"):
+                    d[k] = json.loads(d[k]) if d[k] else None
+                out.append(d)
+        except (sqlite3.DatabaseError, json.JSONDecodeError) as e:
+            raise ValueError(f"results database {str(self.path)!r} is damaged: {e}") from None
         return out
 
     def close(self) -> None:

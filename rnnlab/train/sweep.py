@@ -52,10 +52,23 @@ def load_sweep(path_or_dict) -> dict:
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
     if unknown:
         raise ValueError(f"unknown sweep key(s) {unknown}; valid keys: {', '.join(SWEEP_KEYS)}")
+    for key in ("grid", "base", "tasks", "mixers"):
+        if not isinstance(spec.get(key) or {}, dict):
+            raise ValueError(f"sweep {key} must be a mapping, got {spec[key]!r}")
+    for key in ("tasks", "mixers"):
+        for name, cfg in (spec.get(key) or {}).items():
+            if not isinstance(cfg or {}, dict) or not isinstance((cfg or {}).get("grid") or {}, dict):
+                raise ValueError(f"sweep {key}.{name} must be a mapping (with an optional grid mapping), got {cfg!r}")
+    for key in ("name", "out_dir", "db"):
+        if key in spec and not isinstance(spec[key], str):
+            raise ValueError(f"sweep {key} must be a string, got {spec[key]!r}")
+    for key in ("tasks", "mixers"):
+        spec[key] = {name: dict(cfg or {}) for name, cfg in (spec.get(key) or {}).items()}
+    spec["base"] = dict(spec.get("base") or {})
     grid = spec.get("grid") or {}
     _check_keys(grid, "grid", list(GRID_KEYS))
     for task, cfg in (spec.get("tasks") or {}).items():  # a task's own axes (not `task` itself)
-        _check_keys(cfg.get("grid") or {}, f"tasks.{task}.grid", [k for k in GRID_KEYS if k != "task"])
+        _check_keys((cfg or {}).get("grid") or {}, f"tasks.{task}.grid", [k for k in GRID_KEYS if k != "task"])
     if "task" not in grid or "mixer" not in grid:
         raise ValueError("a sweep grid needs at least `task` and `mixer` lists")
     spec.setdefault("name", "sweep")

@@ -56,7 +56,10 @@ def get_lr(step: int, lr: float, warmup: int, total: int, min_lr_ratio: float) -
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r}, but this torch build sees no CUDA device (use 'auto' or 'cpu')")
+    return device
 
 
 def _autocast(device: torch.device, enabled: bool):

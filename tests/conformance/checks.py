@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import io
 
+import pytest
 import torch
 from safetensors.torch import load, save
 
@@ -169,6 +170,19 @@ def check_bad_input(make):
             assert str(D_MODEL) in str(e), f"error for shape {tuple(bad.shape)} does not name the expected d_model: {e}"
         else:
             raise AssertionError(f"input of shape {tuple(bad.shape)} was accepted")
+    y, s = mixer(_x(0, 5))  # an empty batch: empty outputs and states, no error
+    assert y.shape == (0, 5, D_MODEL) and all(t.shape[0] == 0 for t in s.values())
+    x = _x(2, 5)
+    for dtype in (torch.float64, torch.bfloat16):  # a float32 module outside autocast
+        with pytest.raises(ValueError, match="float32"):
+            mixer(x.to(dtype))
+    for key, t in mixer.init_state(2).items():  # one state tensor at a time, every inner dim one too large
+        if t.dim() < 2:
+            continue
+        bad = mixer.init_state(2)
+        bad[key] = torch.zeros(2, *(n + 1 for n in t.shape[1:]), dtype=t.dtype)
+        with pytest.raises(ValueError, match=rf"state\['{key}'\] has shape"):
+            mixer(x, bad)
 
 
 PACKED_LENGTHS = (5, 1, 37, 2, 67, 3)  # 1, primes, shorter than every conv width / token shift, not chunk multiples
@@ -393,7 +407,7 @@ CHECKS = {
     "bad_cu_seqlens": check_bad_cu_seqlens,
     "packed_nonfinite_isolated": check_packed_nonfinite_isolated,
     "autocast_bfloat16": check_autocast_bfloat16,
-    # "float64": check_float64,  (being fixed)
+    "float64": check_float64,
 }
 
 

@@ -143,5 +143,5 @@ def test_bad_arguments():
         rnnlab.create_mixer("gru", 8, backend="cuda")
     with pytest.raises(ValueError, match="nonlinearity"):
         rnnlab.create_mixer("elman", 8, nonlinearity="gelu")
-    with pytest.raises(ValueError, match="hidden_size must be a positive int"):
+    with pytest.raises(ValueError, match="hidden_size must be an int >= 1"):
         rnnlab.create_mixer("lstm", 8, hidden_size=0)

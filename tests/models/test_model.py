@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -94,3 +96,21 @@ def test_registry_errors_name_choices():
         rnnlab.create_mixer("no_such_mixer", 32)
     with pytest.raises(ValueError, match="valid options: .*num_heads"):
         rnnlab.create_mixer("attention", 32, heads=2)
+
+
+@pytest.mark.parametrize("name, kwargs, expected", [
+    ("attention", {"num_heads": 0}, "num_heads must be an int >= 1, got 0"),
+    ("gated_deltanet", {"num_heads": 0}, "num_heads must be an int >= 1, got 0"),
+    ("attention", {"num_heads": "2"}, "num_heads must be int, got '2'"),
+    ("mamba", {"d_state": -3}, "d_state must be an int >= 1"),
+    ("gla", {"expand_k": float("inf")}, "expand_k must be a finite number"),
+    ("lstm", {"hidden_size": 2.5}, "hidden_size must be int or None"),
+    ("rwkv6", {"layer_idx": -1}, "layer_idx must be an int >= 0"),
+])
+def test_mixer_options_checked_from_annotations(name, kwargs, expected):
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        rnnlab.create_mixer(name, 32, **kwargs)
+    with pytest.raises(ValueError, match="d_model must be int, got True"):
+        rnnlab.create_mixer(name, True)
+    rnnlab.create_mixer("mamba", 32, dt_rank=4)  # int | str: both kinds accepted
+    rnnlab.create_mixer("gla", 32, expand_k=1)   # an int where a float is expected

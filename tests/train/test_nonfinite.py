@@ -21,8 +21,10 @@ def test_skip_mode_skips_the_updates_and_logs_them(tmp_path):
 
 
 def test_bad_values_are_rejected(tmp_path):
-    with pytest.raises(ValueError, match="finite number > 0"):
+    with pytest.raises(ValueError, match="train.lr must be a finite number"):
         train(tiny_config(tmp_path / "a", lr=float("inf")))
+    with pytest.raises(ValueError, match="train.lr must be a finite number > 0"):
+        train(tiny_config(tmp_path / "a", lr=0.0))
     with pytest.raises(ValueError, match="on_nonfinite must be one of stop, skip"):
         train(tiny_config(tmp_path / "b", on_nonfinite="ignore"))
 
