@@ -22,8 +22,9 @@ COLUMNS = {
     "n_layers": "INTEGER", "lr": "REAL", "seed": "INTEGER", "status": "TEXT", "error": "TEXT", "score": "REAL",
     "primary_metric": "TEXT", "higher_is_better": "INTEGER", "num_parameters": "INTEGER", "state_size": "INTEGER",
     "steps": "INTEGER", "wall_s": "REAL", "config": "TEXT", "result": "TEXT", "curve": "TEXT", "run_dir": "TEXT",
-    "updated": "TEXT",
+    "updated": "TEXT", "owner": "TEXT",
 }
+ADDED = ("owner",)  # columns newer than the first stores: added to an old database on open, not required to read it
 
 
 class Store:
@@ -41,13 +42,15 @@ class Store:
                 self.db = sqlite3.connect(str(self.path), timeout=60)
                 cols = ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
                 self.db.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
+                for k in set(ADDED) - {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}:
+                    self.db.execute(f"ALTER TABLE runs ADD COLUMN {k} {COLUMNS[k]}")
                 self.db.commit()
             else:
                 self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
             have = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
         except sqlite3.DatabaseError as e:
             raise ValueError(f"{str(self.path)!r} is not an rnnlab results database (SQLite says: {e})") from None
-        missing = sorted(set(COLUMNS) - have)
+        missing = sorted(set(COLUMNS) - set(ADDED) - have)
         if missing:
             self.db.close()
             raise ValueError(f"{str(self.path)!r} is not an rnnlab results database: its runs table "
@@ -70,6 +73,23 @@ class Store:
             self.db.execute(f"INSERT INTO runs ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
                             (run_id, *fields.values()))
         self.db.commit()
+
+    def claim(self, run_id: str, owner: str, alive, **fields: Any) -> bool:
+        """Mark a run "running" for ``owner`` unless it is done or another live owner runs it, in one
+        write transaction, so two sweeps on one database never run (or report) the same run. ``alive(owner)``
+        says whether another owner still runs; a dead one's run is taken over (and resumes from its checkpoint)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.db.execute("SELECT status, owner FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row and (row["status"] == "done" or (row["status"] == "running" and row["owner"] not in (None, owner)
+                                                     and alive(row["owner"]))):
+                self.db.rollback()
+                return False
+            self.upsert(run_id, status="running", owner=owner, **fields)  # commits
+            return True
+        except BaseException:
+            self.db.rollback()
+            raise
 
     def status(self, run_id: str) -> str | None:
         row = self.db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()

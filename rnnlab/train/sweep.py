@@ -18,7 +18,9 @@ A sweep file (YAML, TOML or JSON) is data::
 Every grid point is resolved (validated) before anything runs, so a bad grid fails at once.
 A run's id is the hash of its resolved config: re-running a sweep skips runs already
 "done"; unfinished ones resume from their last checkpoint; a run whose process fails is
-recorded as "failed" with its error tail and never silently dropped.
+recorded as "failed" with its error tail and never silently dropped. A run is claimed in the database
+before it starts (``Store.claim``): two sweeps on one database share the runs instead of both running them,
+and a dead sweep's claims are taken over.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -140,6 +143,21 @@ def _row_fields(spec: dict, cfg: dict) -> dict:
             "config": cfg, "run_dir": cfg["run_dir"]}
 
 
+def _owner_alive(owner: str) -> bool:
+    """Whether the sweep that claimed a run (``host:pid:start``) still runs: a pid check on this host; a sweep
+    on another host (a shared file system) counts as alive."""
+    host, pid, _ = (owner.split(":") + ["", "", ""])[:3]
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _die_with_parent() -> None:
     """Runs in the worker before exec (Linux): SIGKILL it when the sweep process dies, so a killed
     sweep leaves no orphan training on (the restarted sweep resumes the run from its checkpoint)."""
@@ -183,13 +201,17 @@ def run_sweep(spec: dict, log=print) -> dict[str, int]:
     active: list[tuple[subprocess.Popen, dict, float]] = []
     queue = list(todo)
     t0, cpu0 = time.time(), _children_cpu_s()
+    me = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
+    elsewhere = 0
     while queue or active:
         while queue and len(active) < spec["workers"]:
             r = queue.pop(0)
+            if not store.claim(r["id"], me, _owner_alive, error=None, **_row_fields(spec, r["config"])):
+                elsewhere += 1  # done meanwhile, or running in another live sweep on this database: not ours
+                continue
             run_dir = Path(r["config"]["run_dir"])
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "sweep_config.json").write_text(json.dumps(r["config"]))
-            store.upsert(r["id"], status="running", error=None, **_row_fields(spec, r["config"]))
             with open(run_dir / "stderr.log", "w") as err_file:
                 proc = subprocess.Popen([sys.executable, "-m", "rnnlab.train.worker", str(run_dir / "sweep_config.json")],
                                         stdout=subprocess.DEVNULL, stderr=err_file, env=env,
@@ -219,6 +241,9 @@ def run_sweep(spec: dict, log=print) -> dict[str, int]:
                 last = [ln for ln in err.strip().splitlines() if ln.strip()][-1:] or [""]
                 log(f"  FAILED {run_dir.name}: {last[0]}")
     store.close()
-    log(f"sweep {spec['name']!r} finished: {counts['done']} done, {counts['failed']} failed, {skipped} skipped in "
+    counts["skipped"] += elsewhere
+    if elsewhere:
+        log(f"  {elsewhere} run(s) were done or running in another sweep on {spec['db']} and left to it")
+    log(f"sweep {spec['name']!r} finished: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped in "
         f"{time.time() - t0:.0f} s wall, {_children_cpu_s() - cpu0:.0f} s CPU over all worker processes")
     return counts

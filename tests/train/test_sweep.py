@@ -142,3 +142,40 @@ def test_example_files_resolve():
     assert len(runs) >= 4
     resolved, task, model_cfg, _ = resolve(load_file("examples/train_mqar.toml"))
     assert task.name == "mqar" and model_cfg.vocab_size == 128 and resolved["train"]["target"] == 0.99
+
+
+def test_two_identical_sweeps_on_one_database_share_the_runs(tmp_path, env1):
+    """Started together, two copies of one sweep claim runs in the database: every run is run and reported
+    done by exactly one of them; the other counts it as skipped."""
+    s = spec(tmp_path, mixers=("attention",), lrs=(1e-3, 2e-3, 3e-3, 4e-3))
+    s["workers"] = 1
+    f = tmp_path / "sweep.yaml"
+    f.write_text(yaml.safe_dump(s))
+    procs = [subprocess.Popen([PY, "-m", "rnnlab.cli", "sweep", str(f), "--no-report"], env=env1, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    done_lines = [ln for out in outs for ln in out.splitlines() if ln.startswith("  done")]
+    assert len(done_lines) == 4 and len(set(done_lines)) == 4, outs  # each run reported done once
+    finals = [next(ln for ln in out.splitlines() if " done, " in ln and "skipped ->" in ln) for out in outs]
+    done = [int(x.split(" done")[0]) for x in finals]
+    skipped = [int(x.split(" failed, ")[1].split(" skipped")[0]) for x in finals]
+    assert sum(done) == 4 and [d + k for d, k in zip(done, skipped)] == [4, 4], finals
+    rows = Store(tmp_path / "runs" / "runs.db").rows()
+    assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
+
+
+def test_a_dead_sweeps_claim_is_taken_over(tmp_path):
+    s = spec(tmp_path, mixers=("attention",), lrs=(1e-3,))
+    (run,) = expand(load_sweep(s))
+    store = Store(tmp_path / "runs" / "runs.db")
+    assert store.claim(run["id"], "elsewhere:1:0", lambda o: True)      # another sweep holds it...
+    assert not store.claim(run["id"], "me:2:0", lambda o: True)         # ...and is alive: not ours
+    store.close()
+    counts = run_sweep(s, log=lambda *_: None)  # this host has no such owner process: taken over
+    assert counts == {"done": 0, "failed": 0, "skipped": 1}  # owner "elsewhere" is another host: left to it
+    store = Store(tmp_path / "runs" / "runs.db")
+    import socket
+
+    store.upsert(run["id"], owner=f"{socket.gethostname()}:999999999:0")  # a dead process on this host
+    store.close()
+    assert run_sweep(s, log=lambda *_: None)["done"] == 1
