@@ -8,6 +8,7 @@ from typing import Any
 __all__ = ["ModelConfig"]
 
 HEADS = ("lm", "classify", "regress")
+EMBEDDING_INITS = ("unit", "gpt2")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,12 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     """SwiGLU hidden size = 2/3 * mlp_ratio * d_model, rounded up to a multiple of 8 (LLaMA's rule)."""
     tie_embeddings: bool = False
+    embedding_init: str = "unit"
+    """Token embeddings: "unit" enters the residual stream at unit scale per entry (weights N(0, 1/d_model), the
+    lookup multiplied by sqrt(d_model): Gemma / Griffin; a tied head reads the unscaled weights, so logits start
+    at unit scale), comparable to every sublayer's output at initialization; "gpt2" is N(0, 0.02) unscaled
+    (GPT-2, Mamba's _init_weights), which starts the token's identity ~20x below the sublayers' outputs
+    (docs/reproductions.md, "Initialization")."""
     norm_eps: float = 1e-6
     dropout: float = 0.0
 
@@ -83,6 +90,8 @@ class ModelConfig:
             raise ValueError('head="classify" needs num_classes')
         if self.head == "regress" and not self.out_dim:
             raise ValueError('head="regress" needs out_dim')
+        if self.embedding_init not in EMBEDDING_INITS:
+            raise ValueError(f"embedding_init must be one of {EMBEDDING_INITS}, got {self.embedding_init!r}")
         if self.pool not in ("last", "mean"):
             raise ValueError(f'pool must be "last" or "mean", got {self.pool!r}')
         if self.tie_embeddings and (self.head != "lm" or self.vocab_size is None):

@@ -84,8 +84,11 @@ class SequenceModel(nn.Module):
         super().__init__()
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model) if c.vocab_size else nn.Linear(c.input_dim, c.d_model)
-        if c.vocab_size:
-            nn.init.normal_(self.embed.weight, std=0.02)
+        self.embed_scale = 1.0
+        if c.vocab_size:  # ModelConfig.embedding_init says why
+            unit = c.embedding_init == "unit"
+            nn.init.normal_(self.embed.weight, std=c.d_model ** -0.5 if unit else 0.02)
+            self.embed_scale = c.d_model ** 0.5 if unit else 1.0
         blocks = []
         for name, kw in zip(c.layer_mixers(), c.layer_kwargs()):
             mixer = create_mixer(name, c.d_model, **kw)
@@ -150,6 +153,8 @@ class SequenceModel(nn.Module):
             packing = cu_seqlens if isinstance(cu_seqlens, Packing) else Packing.build(cu_seqlens, inputs.shape[1])
         batch = inputs.shape[0] if packing is None else len(packing.lengths)
         x = self.embed(inputs)
+        if self.embed_scale != 1.0:
+            x = x * self.embed_scale
         if state is None:
             state = self.init_state(batch, inputs.device)
         else:

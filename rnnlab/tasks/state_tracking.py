@@ -12,7 +12,9 @@ registered names share this one generator:
     word_problem  any group (default S5)
 
 Training lengths are drawn per sequence uniformly in [min_len, max_len] (right-padded, the
-padding not scored); each test length fixes the length. ``last_acc`` is the accuracy of the
+padding not scored); each test length fixes the length. ``supervise="all"`` scores every prefix
+product (a dense signal); ``"last"`` only the product of the whole word, as Grazzi et al.'s and the
+xLSTM paper's parity (Delétang et al. 2023's formulation). ``last_acc`` is the accuracy of the
 final prefix product (the whole sequence's parity). Diagnoses: tracking a state through a
 non-commutative (S5/A5) or commutative (Z_m) group — what diagonal linear recurrences with
 positive decays cannot express at arbitrary length.
@@ -28,6 +30,7 @@ import numpy as np
 from rnnlab.tasks.base import IGNORE_INDEX, Task, as_tensor_batch, register_task
 
 GROUPS = "Z<m> (e.g. Z2, Z5), S3, S5, A5"
+SUPERVISE = ("all", "last")
 
 
 def _parity(p: tuple[int, ...]) -> int:
@@ -76,8 +79,11 @@ class WordProblem(Task):
     output = "lm"
     report_metrics = ("acc", "last_acc")
 
-    def __init__(self, group: str = "S5", min_len: int = 16, max_len: int = 16, test_lengths: list[int] | None = None):
-        self.group = group
+    def __init__(self, group: str = "S5", min_len: int = 16, max_len: int = 16, test_lengths: list[int] | None = None,
+                 supervise: str = "all"):
+        if supervise not in SUPERVISE:
+            raise ValueError(f"{self.name}: supervise must be one of {SUPERVISE}, got {supervise!r}")
+        self.group, self.supervise = group, supervise
         self.table = multiplication_table(group)
         self.min_len, self.max_len = int(min_len), int(max_len)
         if not 1 <= self.min_len <= self.max_len:
@@ -105,20 +111,25 @@ class WordProblem(Task):
         T = seq_len or self.max_len
         tokens = rng.integers(0, self.order, size=(batch_size, T))
         targets = self.prefix_products(tokens)
+        lens = None
         if seq_len is None and self.min_len < self.max_len:
             lens = rng.integers(self.min_len, self.max_len + 1, size=batch_size)
             pad = np.arange(T)[None] >= lens[:, None]
             tokens, targets = np.where(pad, 0, tokens), np.where(pad, IGNORE_INDEX, targets)
-            return as_tensor_batch(tokens, targets, lens)
-        return as_tensor_batch(tokens, targets)
+        if self.supervise == "last":  # only the whole word's product is scored (the papers' parity)
+            last = (np.full(batch_size, T) if lens is None else lens) - 1
+            keep = np.arange(T)[None] == last[:, None]
+            targets = np.where(keep, targets, IGNORE_INDEX)
+        return as_tensor_batch(tokens, targets, lens)
 
 
 @register_task("modular_sum")
 class ModularSum(WordProblem):
     """Running sum mod m at every position (the word problem of Z_m)."""
 
-    def __init__(self, modulus: int = 5, min_len: int = 16, max_len: int = 16, test_lengths: list[int] | None = None):
+    def __init__(self, modulus: int = 5, min_len: int = 16, max_len: int = 16, test_lengths: list[int] | None = None,
+                 supervise: str = "all"):
         if not isinstance(modulus, int) or modulus < 2:
             raise ValueError(f"modular_sum: modulus must be an int >= 2, got {modulus!r}")
         self.modulus = modulus
-        super().__init__(f"Z{modulus}", min_len, max_len, test_lengths)
+        super().__init__(f"Z{modulus}", min_len, max_len, test_lengths, supervise)

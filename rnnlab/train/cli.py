@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from rnnlab.options import positive_int
+
 __all__ = ["register", "build_train_config"]
 
 
@@ -134,6 +136,24 @@ def cmd_suite(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from rnnlab.train.reproduce import available_experiments, get_experiment, run_experiment
+
+    if args.list or not args.name:
+        for name in available_experiments():
+            e = get_experiment(name)
+            print(f"{name:24s} {e.title}")
+        return 0
+    try:
+        path = run_experiment(args.name, quick=not args.full, workers=args.workers, out_dir=args.out_dir)
+    except ValueError as e:
+        print(f"rnnlab reproduce: error: {e}", file=sys.stderr)
+        return 2
+    print(path.read_text())
+    print(f"written: {path}")
+    return 0
+
+
 def _collect_interleaved_overrides(parser: argparse.ArgumentParser) -> None:
     """argparse fills a nargs="*" positional from one run of positionals only; overrides written
     between or after options (``--lr 1e-3 task.seq_len=64 --steps 9 train.seed=1``) come back as
@@ -187,6 +207,17 @@ def register(sub) -> None:
     p.add_argument("--out", help="output directory (default: <db dir>/report)")
     p.add_argument("--sweep", help="only runs of this sweep name")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("reproduce", help="a source paper's claims measured by rnnlab, with the paper's numbers beside",
+                       description="Run one reproduction (rnnlab/experiments/) and write runs/repro/<name>-<size>/"
+                                   "reproduction.md: the paper's numbers, rnnlab's (mean and spread over seeds, best "
+                                   "learning rate) and a verdict per claim. Finished runs are kept on a re-run.")
+    p.add_argument("name", nargs="?", help="the reproduction (see --list)")
+    p.add_argument("--list", action="store_true", help="list the reproductions")
+    p.add_argument("--full", action="store_true", help="the larger size (more seeds, learning rates and steps)")
+    p.add_argument("--workers", type=positive_int, default=2)
+    p.add_argument("--out-dir", dest="out_dir", help="default runs/repro/<name>-<quick|full>")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("suite", help="the curated comparison of mixers on MQAR, parity and selective copying")
     g = p.add_mutually_exclusive_group()

@@ -1,7 +1,10 @@
 """Reports from a results database: markdown tables and matplotlib PNG plots.
 
-Best-of-LR as the papers do: for each (task, mixer, d_model, n_layers) the run with the best
-primary score (averaged over test lengths) among its learning rates and seeds is shown.
+Runs are grouped into models — (task, mixer, variant, d_model, n_layers), where the variant names a sweep's extra
+grid axes (e.g. ``model.embedding_init=gpt2``) — and seeds are aggregated as the papers do: for each model the
+learning rate with the best mean primary score over its seeds is kept, and the report shows that mean with its
+spread (min-max over seeds, n), the per-length metrics averaged over the seeds, and how many of the seeds
+converged (``converged``: the run reached its target, or its loss stopped falling by the end of its budget).
 
     report.md         summary table (mixer x task), one table per task with the primary
                       metric at every test length, failed runs with their error
@@ -13,29 +16,66 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from statistics import mean
 
 from rnnlab.train.store import Store
 
-__all__ = ["best_runs", "make_report"]
+__all__ = ["aggregate", "converged", "make_report", "STILL_FALLING"]
+
+STILL_FALLING = 0.05  # loss over the last tenth of the logged steps this much below the tenth before it: not converged
 
 
-def _better(a: dict, b: dict) -> bool:
-    """Is run a better than run b on their primary metric?"""
-    if b is None:
+def converged(run: dict) -> bool:
+    """Did a run finish learning within its budget? True when it stopped early at its target, or when the mean
+    training loss over the last tenth of its logged steps is no more than STILL_FALLING below the tenth before it
+    (a plateau, at a solution or at chance); False when the loss was still falling at the last step."""
+    if run.get("result", {}).get("stopped_early"):
         return True
-    return a["score"] > b["score"] if a["higher_is_better"] else a["score"] < b["score"]
+    loss = [v for _, v in (run.get("curve") or [])]
+    k = len(loss) // 10
+    if k < 2:
+        return False
+    last, before = mean(loss[-k:]), mean(loss[-2 * k:-k])
+    return last >= before * (1 - STILL_FALLING)
 
 
-def best_runs(rows: list[dict]) -> list[dict]:
-    """Done runs -> the best run per (task, mixer, d_model, n_layers) over learning rates and seeds."""
-    best: dict[tuple, dict] = {}
+def _label(r: dict) -> str:
+    return f"{r['mixer']} [{r['variant']}]" if r.get("variant") else r["mixer"]
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Done runs -> one entry per model (task, mixer label, d_model, n_layers): its best learning rate by the mean
+    primary score over seeds. An entry looks like a run (mixer is the label, result.metrics the per-length means
+    over seeds, curve the seed nearest the mean) plus score_min, score_max, seeds, converged (count) and lrs."""
+    groups: dict[tuple, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r["status"] != "done" or r["score"] is None:
-            continue
-        key = (r["task"], r["mixer"], r["d_model"], r["n_layers"])
-        if _better(r, best.get(key)):
-            best[key] = r
-    return [best[k] for k in sorted(best)]
+        if r["status"] == "done" and r["score"] is not None:
+            groups[(r["task"], _label(r), r["d_model"], r["n_layers"])][r["lr"]].append(r)
+    out = []
+    for key in sorted(groups):
+        by_lr = groups[key]
+        higher = next(iter(by_lr.values()))[0]["higher_is_better"]
+        lr = (max if higher else min)(by_lr, key=lambda v: mean(r["score"] for r in by_lr[v]))
+        runs = by_lr[lr]
+        scores = [r["score"] for r in runs]
+        lengths = list(runs[0]["result"]["metrics"])
+        metrics = {L: {m: mean(r["result"]["metrics"][L][m] for r in runs)
+                       for m in runs[0]["result"]["metrics"][L] if all(m in r["result"]["metrics"].get(L, {}) for r in runs)}
+                   for L in lengths}
+        typical = min(runs, key=lambda r: abs(r["score"] - mean(scores)))
+        out.append({**typical, "mixer": key[1], "score": mean(scores), "score_min": min(scores), "score_max": max(scores),
+                    "seeds": len(runs), "converged": sum(converged(r) for r in runs), "lrs": sorted(by_lr),
+                    "steps": round(mean(r["steps"] for r in runs)), "wall_s": mean(r["wall_s"] or 0.0 for r in runs),
+                    "result": {**typical["result"], "metrics": metrics}})
+    return out
+
+
+def spread(r: dict) -> str:
+    """'0.812 (0.70-0.95, n=3)' for several seeds, '0.812' for one; a dagger when a seed had not converged."""
+    mark = "" if r["converged"] == r["seeds"] else " †"
+    if r["seeds"] == 1:
+        return f"{r['score']:.3f}{mark}"
+    return f"{r['score']:.3f} ({r['score_min']:.2f}-{r['score_max']:.2f}, n={r['seeds']}){mark}"
 
 
 def _fmt(x) -> str:
@@ -74,7 +114,7 @@ def make_report(db: str | Path, out_dir: str | Path | None = None, sweep: str | 
     store.close()
     out = Path(out_dir) if out_dir else Path(db).parent / "report"
     out.mkdir(parents=True, exist_ok=True)
-    best = best_runs(rows)
+    best = aggregate(rows)
     tasks = sorted({r["task"] for r in best})
     by_task = defaultdict(list)
     for r in best:
@@ -87,15 +127,23 @@ def make_report(db: str | Path, out_dir: str | Path | None = None, sweep: str | 
     md = [f"# rnnlab report\n\nDatabase `{db}`: {len(rows)} runs "
           f"({len(done)} done, {n_failed} failed, {len(rows) - len(done) - n_failed} unfinished; training time summed over "
           f"done runs: {wall:.0f} s wall, {cpu:.0f} s CPU). "
-          "Best learning rate per (task, mixer, size) by the primary metric averaged over test lengths "
-          "(`score`).\n"]
+          "Per model (task, mixer [variant], size): the learning rate with the best mean primary metric over seeds "
+          "(`score`, averaged over test lengths); metrics are means over those seeds, `score` shows their spread "
+          "(min-max, n); † marks a model with a seed whose loss was still falling at the end of its budget "
+          "(unconverged: more steps may change the result).\n"]
     if best:
         models = sorted({(r["mixer"], r["d_model"], r["n_layers"]) for r in best})
         run_of = {(r["task"], r["mixer"], r["d_model"], r["n_layers"]): r for r in best}
         cols = [(t, L) for t in tasks for L in by_task[t][0]["result"]["metrics"]]
         header = ["mixer", "d_model", "layers"] + [f"{t} {by_task[t][0]['primary_metric']}@{L}" for t, L in cols]
-        body = [[m, d, n] + [run_of[(t, m, d, n)]["result"]["metrics"].get(L, {}).get(run_of[(t, m, d, n)]["primary_metric"])
-                             if (t, m, d, n) in run_of else None for t, L in cols] for m, d, n in models]
+        def cell(t, m, d, n, L):
+            r = run_of.get((t, m, d, n))
+            if r is None:
+                return None
+            v = r["result"]["metrics"].get(L, {}).get(r["primary_metric"])
+            return None if v is None else f"{v:.3f}" + (" †" if r["converged"] < r["seeds"] else "")
+
+        body = [[m, d, n] + [cell(t, m, d, n, L) for t, L in cols] for m, d, n in models]
         md += ["## Summary: the primary metric at every test length\n", _table(header, body), ""]
     for t in tasks:
         runs = by_task[t]
@@ -103,9 +151,11 @@ def make_report(db: str | Path, out_dir: str | Path | None = None, sweep: str | 
         names = _metric_names(runs[0])
         train_len = _train_len(runs[0])
         header = (["mixer", "d", "L", "params", "state floats", "lr"] + [f"{n}@{L}" for n in names for L in lengths]
-                  + ["score", "steps", "time s"])
-        body = [[r["mixer"], r["d_model"], r["n_layers"], r["num_parameters"], r["state_size"], f"{r['lr']:g}"]
-                + [r["result"]["metrics"][L].get(n) for n in names for L in lengths] + [r["score"], r["steps"], round(r["wall_s"])]
+                  + ["score (spread over seeds)", "converged", "steps", "time s"])
+        body = [[r["mixer"], r["d_model"], r["n_layers"], r["num_parameters"], r["state_size"],
+                 f"{r['lr']:g}" + (f" of {len(r['lrs'])}" if len(r["lrs"]) > 1 else "")]
+                + [r["result"]["metrics"][L].get(n) for n in names for L in lengths]
+                + [spread(r), f"{r['converged']}/{r['seeds']}", r["steps"], round(r["wall_s"])]
                 for r in runs]
         md += [f"## {t}\n", f"Training length {train_len}; test lengths {', '.join(lengths)}. "
                f"Primary metric `{runs[0]['primary_metric']}` ({'higher' if runs[0]['higher_is_better'] else 'lower'} is better).\n",

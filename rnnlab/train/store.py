@@ -4,7 +4,9 @@ Columns: id (config hash), sweep, task, mixer, d_model, n_layers, lr, seed, stat
 ("running" | "done" | "failed"), error (the failing run's traceback tail), score (primary
 metric averaged over test lengths), primary_metric, higher_is_better, num_parameters,
 state_size (floats per sequence at the training length), steps, wall_s, config / result /
-curve (JSON: resolved config, result.json, [[step, loss], ...]), run_dir, updated.
+curve (JSON: resolved config, result.json, [[step, loss], ...]), run_dir, updated, owner (the sweep that claimed
+the run), variant (the sweep's extra grid axes, e.g. "model.embedding_init=gpt2": runs that differ in it are
+different models to the report).
 Only the sweep's parent process writes, so there is no write contention.
 """
 from __future__ import annotations
@@ -22,9 +24,9 @@ COLUMNS = {
     "n_layers": "INTEGER", "lr": "REAL", "seed": "INTEGER", "status": "TEXT", "error": "TEXT", "score": "REAL",
     "primary_metric": "TEXT", "higher_is_better": "INTEGER", "num_parameters": "INTEGER", "state_size": "INTEGER",
     "steps": "INTEGER", "wall_s": "REAL", "config": "TEXT", "result": "TEXT", "curve": "TEXT", "run_dir": "TEXT",
-    "updated": "TEXT", "owner": "TEXT",
+    "updated": "TEXT", "owner": "TEXT", "variant": "TEXT",
 }
-ADDED = ("owner",)  # columns newer than the first stores: added to an old database on open, not required to read it
+ADDED = ("owner", "variant")  # columns newer than the first stores: added to an old database on open, not required to read it
 
 
 class Store:

@@ -9,11 +9,13 @@ A sweep file (YAML, TOML or JSON) is data::
     workers: 2                     # parallel processes; each gets threads_per_worker threads
     threads_per_worker: 1
     grid: {mixer: [attention, lstm], task: [mqar, parity], d_model: [32, 64], n_layers: [2],
-           lr: [1.0e-3, 3.0e-3], seed: [0], pack: [false, true]}   # pack: train.pack (packed batches)
+           lr: [1.0e-3, 3.0e-3], seed: [0], pack: [false, true],  # pack: train.pack (packed batches)
+           model.embedding_init: [unit, gpt2]}   # any other setting by its dotted path
     base: {model: {...}, train: {...}}          # shared by every run
     tasks: {mqar: {task: {num_kv_pairs: 4}, train: {steps: 400}},  # per-task config, merged on top
             parity: {grid: {lr: [3.0e-3, 2.0e-2]}}}   # per-task grid axes replace the global ones
-    mixers: {attention: {model: {mixer_kwargs: {num_heads: 2}}}}     # per-mixer config
+    mixers: {attention: {model: {mixer_kwargs: {num_heads: 2}}},     # per-mixer config
+             mamba@neg: {model: {mixer_kwargs: {negative_eigenvalues: true}}}}  # grid mixer "mamba@neg": a variant
 
 Every grid point is resolved (validated) before anything runs, so a bad grid fails at once.
 A run's id is the hash of its resolved config: re-running a sweep skips runs already
@@ -44,10 +46,20 @@ GRID_KEYS = {"mixer": ("model", "mixer"), "d_model": ("model", "d_model"), "n_la
 SWEEP_KEYS = ("name", "out_dir", "db", "workers", "threads_per_worker", "grid", "base", "tasks", "mixers")
 
 
+def _path(key: str) -> tuple[str, ...]:
+    """A grid key -> its place in a run config: a short name of GRID_KEYS, or a dotted path under task / model /
+    train (``model.embedding_init``, ``model.mixer_kwargs.num_heads``, ``task.num_kv_pairs``)."""
+    if key in GRID_KEYS:
+        return GRID_KEYS[key]
+    return tuple(key.split("."))
+
+
 def _check_keys(grid: dict, where: str, valid: list[str]) -> None:
-    bad = sorted(set(grid) - set(valid))
+    bad = sorted(k for k in grid if k not in valid and not (
+        isinstance(k, str) and "." in k and k.split(".")[0] in ("task", "model", "train") and all(k.split("."))))
     if bad:
-        raise ValueError(f"unknown {where} key(s) {bad}; valid grid keys: {', '.join(valid)}")
+        raise ValueError(f"unknown {where} key(s) {bad}; valid grid keys: {', '.join(valid)}, or a dotted path "
+                         f"under task / model / train (e.g. model.embedding_init)")
 
 
 def load_sweep(path_or_dict) -> dict:
@@ -105,21 +117,29 @@ def expand(spec: dict) -> list[dict]:
         cfg = merge(cfg, task_cfg)
         mixer = point["mixer"]
         mixer_key = "+".join(mixer) if isinstance(mixer, list) else mixer
-        cfg = merge(cfg, (spec.get("mixers") or {}).get(mixer_key, {}))
+        base = mixer_key.split("@")[0]  # "mamba@neg": mamba with the settings of mixers["mamba@neg"], its own model
+        cfg = merge(cfg, (spec.get("mixers") or {}).get(base, {}))
+        if base != mixer_key:
+            cfg = merge(cfg, (spec.get("mixers") or {}).get(mixer_key, {}))
+            point = {**point, "mixer": base if isinstance(mixer, str) else mixer}
         for k, v in point.items():
-            section, field = GRID_KEYS[k]
-            cfg[section][field] = v
+            *parents, field = _path(k)
+            node = cfg
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[field] = v
         cfg["train"].update(progress=False, threads=spec["threads_per_worker"])
         cfg.pop("run_dir", None)
         resolved, *_ = resolve(cfg)
         rid = config_hash(resolved)
         resolved["run_dir"] = str(Path(spec["out_dir"]) / f"{resolved['task']['name']}-{mixer_key}-d{resolved['model']['d_model']}"
                                   f"-l{resolved['model']['n_layers']}-lr{resolved['train']['lr']:g}-s{resolved['train']['seed']}-{rid[:6]}")
-        runs.append({"id": rid, "config": resolved})
+        variant = ",".join(f"{k}={v}" for k, v in point.items() if k not in GRID_KEYS)  # the extra grid axes
+        runs.append({"id": rid, "config": resolved, "variant": variant, "name": mixer_key})
     # mixer by mixer, in grid order (a mixer's runs cost alike; the queue ends on the grid's last mixer)
-    order = {json.dumps(m): i for i, m in enumerate(spec["grid"]["mixer"] if isinstance(spec["grid"]["mixer"], list)
-                                                    else [spec["grid"]["mixer"]])}
-    runs.sort(key=lambda r: order.get(json.dumps(r["config"]["model"]["mixer"]), len(order)))
+    names = spec["grid"]["mixer"] if isinstance(spec["grid"]["mixer"], list) else [spec["grid"]["mixer"]]
+    order = {"+".join(m) if isinstance(m, list) else m: i for i, m in enumerate(names)}
+    runs.sort(key=lambda r: order.get(r["name"], len(order)))
     ids = [r["id"] for r in runs]
     if len(set(ids)) != len(ids):
         raise ValueError("the sweep grid contains duplicate runs")
@@ -134,13 +154,12 @@ def _curve(run_dir: Path) -> list[list[float]]:
     return [[r["step"], r["loss"]] for r in recs if "loss" in r]
 
 
-def _row_fields(spec: dict, cfg: dict) -> dict:
-    m = cfg["model"]
-    return {"sweep": spec["name"], "task": cfg["task"]["name"],
-            "mixer": "+".join(m["mixer"]) if isinstance(m["mixer"], list) else m["mixer"],
+def _row_fields(spec: dict, run: dict) -> dict:
+    cfg, m = run["config"], run["config"]["model"]
+    return {"sweep": spec["name"], "task": cfg["task"]["name"], "mixer": run["name"],
             "d_model": m["d_model"], "n_layers": m["n_layers"], "lr": cfg["train"]["lr"], "seed": cfg["train"]["seed"],
             "primary_metric": cfg["task_info"]["primary_metric"], "higher_is_better": int(cfg["task_info"]["higher_is_better"]),
-            "config": cfg, "run_dir": cfg["run_dir"]}
+            "config": cfg, "run_dir": cfg["run_dir"], "variant": run["variant"]}
 
 
 def _owner_alive(owner: str) -> bool:
@@ -206,7 +225,7 @@ def run_sweep(spec: dict, log=print) -> dict[str, int]:
     while queue or active:
         while queue and len(active) < spec["workers"]:
             r = queue.pop(0)
-            if not store.claim(r["id"], me, _owner_alive, error=None, **_row_fields(spec, r["config"])):
+            if not store.claim(r["id"], me, _owner_alive, error=None, **_row_fields(spec, r)):
                 elsewhere += 1  # done meanwhile, or running in another live sweep on this database: not ours
                 continue
             run_dir = Path(r["config"]["run_dir"])

@@ -180,6 +180,35 @@ def test_parity_and_modular_sum():
     assert (tb.targets.numpy() == np.cumsum(tb.inputs.numpy(), 1) % 7).all()
 
 
+def test_parity_supervised_at_the_last_position_only():
+    t = create_task("parity", supervise="last")
+    b = t.sample(64, None, np.random.default_rng(0), "train")
+    scored = b.targets != -100
+    assert scored.sum(1).tolist() == [1] * 64
+    assert (scored.float().argmax(1) == b.lengths - 1).all()
+    full = create_task("parity").prefix_products(b.inputs.numpy())
+    assert (b.targets[scored] == torch.as_tensor(full)[scored]).all()
+    b = t.sample(8, 256, np.random.default_rng(1), "test")
+    assert (b.targets[:, -1] == torch.as_tensor(b.inputs.sum(1) % 2)).all() and (b.targets[:, :-1] == -100).all()
+
+
+def test_modular_arithmetic_answers_follow_operator_precedence():
+    t = create_task("modular_arithmetic", modulus=5)
+    sym = {5: "+", 6: "-", 7: "*"}
+    lengths = t.sample(300, None, np.random.default_rng(3), "train").lengths
+    assert lengths.min() == 4 and lengths.max() == 40 and (lengths % 2 == 0).all()  # k = 2..20 numbers
+    for seq_len in (None, 40, 6):
+        b = t.sample(300, seq_len, np.random.default_rng(2), "train" if seq_len is None else "test")
+        for i in range(len(b.inputs)):
+            L = int(b.lengths[i]) if b.lengths is not None else b.inputs.shape[1]
+            toks = b.inputs[i, :L].tolist()
+            assert toks[-1] == 8 and (b.targets[i] != -100).sum() == 1
+            expr = "".join(str(x) if x < 5 else sym[x] for x in toks[:-1])
+            assert int(b.targets[i, L - 1]) == eval(expr) % 5, expr  # Python's precedence: * before + and -
+    with pytest.raises(ValueError, match="even"):
+        create_task("modular_arithmetic", test_lengths=[41])
+
+
 def test_bytes_lm_split_by_file_and_hash(tmp_path):
     for i in range(40):
         (tmp_path / f"f{i:02d}.py").write_text(f"# file {i}\n" + "x = %d\n" % i * 50)

@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from rnnlab.train.report import best_runs, make_report
+from rnnlab.train.report import aggregate, make_report
 from rnnlab.train.store import Store
 from rnnlab.train.suite import pick_mixers, suite_spec
 from rnnlab.train.sweep import expand, load_sweep, run_sweep
@@ -41,7 +41,7 @@ def test_sweep_records_done_and_failed_and_skips_on_rerun(tmp_path):
     after = {r["id"]: r["updated"] for r in Store(s["out_dir"] + "/runs.db").rows(status="done")}
     assert after == done_before  # finished results untouched
 
-    best = best_runs(Store(s["out_dir"] + "/runs.db").rows())
+    best = aggregate(Store(s["out_dir"] + "/runs.db").rows())
     assert len(best) == 1 and best[0]["mixer"] == "attention"  # best of the two learning rates
     md = make_report(s["out_dir"] + "/runs.db", tmp_path / "rep")
     text = md.read_text()
