@@ -32,6 +32,7 @@ EXPERIMENT = Experiment(
     paper="Grazzi, Siems, Zela, Franke, Hutter & Pontil 2024, ICLR 2025",
     claim="[0, 1] transitions cannot solve parity, [-1, 1] transitions can (Mamba, DeltaNet); sLSTM and LSTM can.",
     spec=spec,
+    shared="formal_languages",
     claims=(
         _parity("LSTM, parity 40-256", "lstm", outcome="solves", source="Delétang et al. 2023, Table 2"),
         _parity("sLSTM, parity 40-256", "slstm", paper=1.0),

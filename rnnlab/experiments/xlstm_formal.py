@@ -31,6 +31,7 @@ EXPERIMENT = Experiment(
     claim="state tracking needs memory mixing or negative/non-linear transitions: sLSTM and LSTM solve parity, "
           "mLSTM, Mamba and Llama do not extrapolate.",
     spec=spec,
+    shared="formal_languages",
     claims=(
         _parity("sLSTM, parity 40-256", "slstm", paper=1.0),
         _parity("LSTM, parity 40-256", "lstm", paper=1.0),

@@ -210,7 +210,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("reproduce", help="a source paper's claims measured by rnnlab, with the paper's numbers beside",
                        description="Run one reproduction (rnnlab/experiments/) and write runs/repro/<name>-<size>/"
-                                   "reproduction.md: the paper's numbers, rnnlab's (mean and spread over seeds, best "
+                                   "<name>.md: the paper's numbers, rnnlab's (mean and spread over seeds, best "
                                    "learning rate) and a verdict per claim. Finished runs are kept on a re-run.")
     p.add_argument("name", nargs="?", help="the reproduction (see --list)")
     p.add_argument("--list", action="store_true", help="list the reproductions")

@@ -6,7 +6,7 @@ laptop scale (``spec(quick)``: ``--quick`` fits 20 minutes on 2 cores, the full 
 
     rnnlab reproduce --list
     rnnlab reproduce negative_eigenvalues [--full] [--workers 2]
-        -> runs/repro/<name>/runs.db, report/ (the usual tables and plots), reproduction.md
+        -> runs/repro/<name>-quick/runs.db, report/ (the usual tables and plots), <name>.md
 
 Verdicts, per claim, from rnnlab's mean over seeds (best learning rate by that mean, as the report):
   reproduced                  the paper's number within ``Claim.tolerance`` (absolute)
@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 from typing import Callable
@@ -77,7 +77,9 @@ class Experiment:
     spec: Callable[[bool], dict]
     claims: tuple[Claim, ...]
     notes: str = ""
-    extra: dict = field(default_factory=dict)
+    shared: str | None = None
+    """Experiments with the same ``shared`` name run into one database (runs/repro/<shared>-<size>), so a run
+    two papers share (the same task, model and budget) is trained once."""
 
 
 def _experiments() -> dict[str, Experiment]:
@@ -171,13 +173,13 @@ def render(exp: Experiment, results: list[dict], header: str) -> str:
 
 
 def run_experiment(name: str, quick: bool = True, workers: int = 2, out_dir: str | None = None, log=print) -> Path:
-    """Run (or finish: done runs are kept) one reproduction; write its report and reproduction.md. -> that file."""
+    """Run (or finish: done runs are kept) one reproduction; write its report and <name>.md. -> that file."""
     from rnnlab.train.sweep import load_sweep, run_sweep
 
     exp = get_experiment(name)
     size = "quick" if quick else "full"
-    out = Path(out_dir or f"runs/repro/{name}-{size}")
-    spec = {**exp.spec(quick), "name": f"{name}-{size}", "out_dir": str(out), "workers": workers}
+    out = Path(out_dir or f"runs/repro/{exp.shared or name}-{size}")
+    spec = {**exp.spec(quick), "name": f"{exp.shared or name}-{size}", "out_dir": str(out), "workers": workers}
     spec = load_sweep(spec)
     t0 = time.time()
     counts = run_sweep(spec, log=log)
@@ -193,6 +195,6 @@ def run_experiment(name: str, quick: bool = True, workers: int = 2, out_dir: str
               f"{len(done)} runs done, {counts['failed']} failed; this invocation {wall:.0f} s wall, the runs' training "
               f"{cpu:.0f} s CPU in all). Budget per run: {base.get('train', {})}; grid: {spec['grid']}. "
               f"Per model the best learning rate by the mean over seeds; tables and plots in `report/report.md`.")
-    path = out / "reproduction.md"
+    path = out / f"{name}.md"
     path.write_text(render(exp, evaluate_claims(exp, rows), header))
     return path
