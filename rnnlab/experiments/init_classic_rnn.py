@@ -6,7 +6,7 @@ unit-scale embeddings (ModelConfig.embedding_init = "unit", the default) it solv
 Claims (every state-tracking paper uses the LSTM as the model that always passes; xLSTM reports that sLSTM
 solves parity): the LSTM, sLSTM and GRU solve streaming parity at 6x the longest training length (train 3-40,
 test 240) and the S3 word problem at 4x (train 16, test 64), on at least 4 of 5 seeds, at the issue's budget
-(d_model 64, 2 layers, batch 64, 1000 steps, lr 3e-3). The full size adds the neutrality check on recall for
+(d_model 64, 2 layers, batch 64, 1000 steps, lr 3e-3; sLSTM best of 3e-3 and 1e-2). The full size adds the neutrality check on recall for
 attention, Gated DeltaNet, Mamba and GLA (MQAR, selective copying) under both schemes, 3 learning rates."""
 from rnnlab.experiments._common import sweep
 from rnnlab.train.reproduce import Claim, Experiment
@@ -24,8 +24,11 @@ def spec(quick: bool) -> dict:
         tasks["mqar"] = {"task": {"seq_len": 64, "num_kv_pairs": 8, "vocab_size": 256, "test_lengths": [64]}, **recall}
         tasks["selective_copy"] = {"task": {"seq_len": 64, "num_tokens": 8, "vocab_size": 16, "test_lengths": [64, 128]},
                                    **recall}
+    # sLSTM's small-init gates and zero recurrent blocks (the xLSTM code's init) start slower: at 1000 steps it
+    # learns S3 at lr 1e-2 but not at 3e-3 (docs/reproductions.md), so it gets the larger rate too
+    slstm_lrs = [3e-3, 1e-2] if quick else [1e-3, 3e-3, 1e-2]
     s = sweep(quick, ["lstm", "slstm", "gru"], tasks, steps=1000, full_steps=1500, seeds=5, full_seeds=5,
-              full_lrs=(1e-3, 3e-3))
+              full_lrs=(1e-3, 3e-3), extra_mixers={"slstm": {"grid": {"lr": slstm_lrs}}})
     s["grid"]["model.embedding_init"] = INITS
     return s
 

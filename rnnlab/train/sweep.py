@@ -15,7 +15,8 @@ A sweep file (YAML, TOML or JSON) is data::
     tasks: {mqar: {task: {num_kv_pairs: 4}, train: {steps: 400}},  # per-task config, merged on top
             parity: {grid: {lr: [3.0e-3, 2.0e-2]}}}   # per-task grid axes replace the global ones
     mixers: {attention: {model: {mixer_kwargs: {num_heads: 2}}},     # per-mixer config
-             mamba@neg: {model: {mixer_kwargs: {negative_eigenvalues: true}}}}  # grid mixer "mamba@neg": a variant
+             mamba@neg: {model: {mixer_kwargs: {negative_eigenvalues: true}}},  # grid mixer "mamba@neg": a variant
+             slstm: {grid: {lr: [3.0e-3, 1.0e-2]}}}    # a mixer's own grid axes replace the global ones
 
 Every grid point is resolved (validated) before anything runs, so a bad grid fails at once.
 A run's id is the hash of its resolved config: re-running a sweep skips runs already
@@ -84,6 +85,8 @@ def load_sweep(path_or_dict) -> dict:
     _check_keys(grid, "grid", list(GRID_KEYS))
     for task, cfg in (spec.get("tasks") or {}).items():  # a task's own axes (not `task` itself)
         _check_keys((cfg or {}).get("grid") or {}, f"tasks.{task}.grid", [k for k in GRID_KEYS if k != "task"])
+    for mixer, cfg in (spec.get("mixers") or {}).items():  # a mixer's own axes (not `task` or `mixer`)
+        _check_keys((cfg or {}).get("grid") or {}, f"mixers.{mixer}.grid", [k for k in GRID_KEYS if k not in ("task", "mixer")])
     if "task" not in grid or "mixer" not in grid:
         raise ValueError("a sweep grid needs at least `task` and `mixer` lists")
     spec.setdefault("name", "sweep")
@@ -99,13 +102,18 @@ def load_sweep(path_or_dict) -> dict:
 
 
 def _points(spec: dict):
-    """Grid points (dicts of grid key -> value), task by task: a task's own ``grid`` axes replace the global ones."""
+    """Grid points (dicts of grid key -> value), task by task and mixer by mixer: a task's own ``grid`` axes
+    replace the global ones, and a mixer's own ``grid`` axes (``mixers.<name>.grid``) replace both."""
     as_list = lambda v: v if isinstance(v, list) else [v]  # noqa: E731
     for task in as_list(spec["grid"]["task"]):
         grid = {**spec["grid"], **((spec.get("tasks") or {}).get(task, {}).get("grid") or {}), "task": [task]}
-        keys = list(grid)
-        for values in itertools.product(*(as_list(grid[k]) for k in keys)):
-            yield dict(zip(keys, values))
+        for mixer in as_list(grid["mixer"]):
+            key = "+".join(mixer) if isinstance(mixer, list) else mixer
+            own = (spec.get("mixers") or {}).get(key, {}).get("grid") or {}
+            g = {**grid, **own, "mixer": [mixer]}
+            keys = list(g)
+            for values in itertools.product(*(as_list(g[k]) for k in keys)):
+                yield dict(zip(keys, values))
 
 
 def expand(spec: dict) -> list[dict]:
@@ -118,9 +126,10 @@ def expand(spec: dict) -> list[dict]:
         mixer = point["mixer"]
         mixer_key = "+".join(mixer) if isinstance(mixer, list) else mixer
         base = mixer_key.split("@")[0]  # "mamba@neg": mamba with the settings of mixers["mamba@neg"], its own model
-        cfg = merge(cfg, (spec.get("mixers") or {}).get(base, {}))
+        mixers = {k: {s: v for s, v in c.items() if s != "grid"} for k, c in (spec.get("mixers") or {}).items()}
+        cfg = merge(cfg, mixers.get(base, {}))
         if base != mixer_key:
-            cfg = merge(cfg, (spec.get("mixers") or {}).get(mixer_key, {}))
+            cfg = merge(cfg, mixers.get(mixer_key, {}))
             point = {**point, "mixer": base if isinstance(mixer, str) else mixer}
         for k, v in point.items():
             *parents, field = _path(k)

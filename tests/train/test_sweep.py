@@ -179,3 +179,22 @@ def test_a_dead_sweeps_claim_is_taken_over(tmp_path):
     store.upsert(run["id"], owner=f"{socket.gethostname()}:999999999:0")  # a dead process on this host
     store.close()
     assert run_sweep(s, log=lambda *_: None)["done"] == 1
+
+
+def test_grid_axes_per_task_and_per_mixer_and_variants(tmp_path):
+    """A task's grid axes replace the global ones, a mixer's replace both; `<mixer>@<tag>` is a variant with
+    its own settings; a dotted key sets any config field and names the run's variant."""
+    s = spec(tmp_path, mixers=("attention", "lstm", "mamba@neg"), lrs=(1e-3,))
+    s["mixers"]["lstm"] = {"grid": {"lr": [3e-3, 1e-2]}}
+    s["mixers"]["mamba@neg"] = {"model": {"mixer_kwargs": {"negative_eigenvalues": True}}}
+    s["grid"]["model.embedding_init"] = ["unit", "gpt2"]
+    runs = expand(load_sweep(s))
+    got = sorted((r["name"], r["config"]["train"]["lr"], r["config"]["model"]["embedding_init"]) for r in runs)
+    assert got == sorted([(m, lr, e) for m, lrs in (("attention", [1e-3]), ("lstm", [3e-3, 1e-2]), ("mamba@neg", [1e-3]))
+                          for lr in lrs for e in ("unit", "gpt2")])
+    neg = [r for r in runs if r["name"] == "mamba@neg"]
+    assert all(r["config"]["model"]["mixer"] == "mamba" and r["config"]["model"]["mixer_kwargs"]["negative_eigenvalues"]
+               for r in neg)
+    assert {r["variant"] for r in runs} == {"model.embedding_init=unit", "model.embedding_init=gpt2"}
+    with pytest.raises(ValueError, match="unknown mixers.lstm.grid key"):
+        expand(load_sweep({**s, "mixers": {**s["mixers"], "lstm": {"grid": {"mixer": ["gru"]}}}}))
