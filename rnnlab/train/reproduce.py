@@ -129,20 +129,22 @@ def _per_seed(rows: list[dict], entry: dict, claim: Claim) -> list[float]:
 
 
 def evaluate_claims(exp: Experiment, rows: list[dict]) -> list[dict]:
-    """Claims -> rows of {claim, value, spread, seeds, converged, verdict} from a results database's rows."""
+    """Claims -> rows of {claim, value, detail (spread), solved (seeds at or above the claim's threshold), entry,
+    verdict} from a results database's rows."""
     models = aggregate(rows)
     out = []
     for c in exp.claims:
         cands = [m for m in models if m["task"] == c.task and m["mixer"] == c.mixer
                  and (c.d_model is None or m["d_model"] == c.d_model) and (c.n_layers is None or m["n_layers"] == c.n_layers)]
         if not cands:
-            out.append({"claim": c, "value": None, "verdict": "not run", "detail": "", "entry": None})
+            out.append({"claim": c, "value": None, "verdict": "not run", "detail": "", "entry": None, "solved": "–"})
             continue
         entry = max(cands, key=lambda m: (m["d_model"], m["n_layers"]))  # the largest size run
         seeds = _per_seed(rows, entry, c)
         value = mean(seeds) if seeds else _value(entry, c)
         if value is None:
-            out.append({"claim": c, "value": None, "verdict": "not run", "detail": f"no {c.metric}", "entry": entry})
+            out.append({"claim": c, "value": None, "verdict": "not run", "detail": f"no {c.metric}", "entry": entry,
+                        "solved": "–"})
             continue
         ours = "solves" if value >= c.solved_at else "fails"
         if c.paper is not None and abs(value - c.paper) <= c.tolerance:
@@ -152,19 +154,21 @@ def evaluate_claims(exp: Experiment, rows: list[dict]) -> list[dict]:
         else:
             verdict = "not reproduced"
         detail = f"{min(seeds):.2f}-{max(seeds):.2f}, n={len(seeds)}" if len(seeds) > 1 else ""
-        out.append({"claim": c, "value": value, "verdict": verdict, "detail": detail, "entry": entry})
+        solved = f"{sum(v >= c.solved_at for v in seeds)}/{len(seeds)}" if seeds else "–"
+        out.append({"claim": c, "value": value, "verdict": verdict, "detail": detail, "entry": entry, "solved": solved})
     return out
 
 
 def render(exp: Experiment, results: list[dict], header: str) -> str:
     lines = [f"# {exp.title}\n", f"{exp.paper}. Claim: {exp.claim}\n", header, ""]
-    lines += ["| setting | paper | source | rnnlab (spread over seeds) | converged | verdict |", "|---|---|---|---|---|---|"]
+    lines += ["| setting | paper | source | rnnlab (spread over seeds) | seeds >= threshold | converged | verdict |",
+              "|---|---|---|---|---|---|---|"]
     for r in results:
         c, e = r["claim"], r["entry"]
         paper = (f"{c.paper:.3f}" if c.paper is not None else c.paper_outcome()) + (" (scaled)" if c.chance is not None else "")
         ours = "–" if r["value"] is None else f"{r['value']:.3f}" + (f" ({r['detail']})" if r["detail"] else "")
         conv = f"{e['converged']}/{e['seeds']}" if e else "–"
-        lines.append(f"| {c.label} | {paper} | {c.source} | {ours} | {conv} | {r['verdict']} |")
+        lines.append(f"| {c.label} | {paper} | {c.source} | {ours} | {r['solved']} | {conv} | {r['verdict']} |")
     counts = {v: sum(r["verdict"] == v for r in results) for v in VERDICTS}
     lines += ["", "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + "."]
     if exp.notes:

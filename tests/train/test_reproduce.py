@@ -38,10 +38,10 @@ def test_verdicts():
     exp = Experiment("t", "T", "P", "C", spec=lambda q: {}, claims=claims)
     res = {r["claim"].label: r for r in evaluate_claims(exp, rows)}
     assert res["a"]["verdict"] == "reproduced" and abs(res["a"]["value"] - 0.98) < 1e-9
-    assert res["a"]["detail"] == "0.98-0.98, n=2"
+    assert res["a"]["detail"] == "0.98-0.98, n=2" and res["a"]["solved"] == "2/2" and res["b"]["solved"] == "0/1"
     assert res["b"]["verdict"] == "reproduced qualitatively"  # 0.5 is off by 0.5 but both "fail" at 0.9
     assert res["c"]["verdict"] == "reproduced qualitatively"  # an outcome-only claim
     assert res["d"]["verdict"] == "not run"
     assert res["e"]["verdict"] == "not reproduced"            # the paper "fails" (0.5), rnnlab solves (0.97)
     text = render(exp, list(res.values()), "header")
-    assert "| a | 1.000 (scaled) |" in text and "1 reproduced, 2 reproduced qualitatively, 1 not reproduced, 1 not run" in text
+    assert "| a | 1.000 (scaled) |  | 0.980 (0.98-0.98, n=2) | 2/2 |" in text and "1 reproduced, 2 reproduced qualitatively, 1 not reproduced, 1 not run" in text
