@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnlab.ops import conv, delta, gla, log_scan, mlstm, rnn, rwkv6, rwkv7, scan, selective_scan, ssm_kernels, wkv4
+from rnnlab.ops import conv, delta, gla, hippo, log_scan, mlstm, rnn, rwkv6, rwkv7, scan, selective_scan, ssm_kernels, wkv4
 from rnnlab.ops.varlen import cu_seqlens_from_lengths, map_state
 from rnnlab.testing import assert_close
 
@@ -167,6 +167,15 @@ def _diag_conv(strong):
     return Case(ssm_kernels.diag_conv, _diag_loop, dict(u=torch.randn(1, T_ALL, H)), params, state=state, state_name="h0", final=None)
 
 
+def _dense_ssm():
+    from rnnlab.ops.hippo import discretize, legs
+
+    A, B = legs(NS)
+    Ab, Bb = (t.float() for t in discretize(A, B, torch.tensor([0.05, 0.2], dtype=torch.float64)))
+    return Case(ssm_kernels.dense_ssm_conv, ssm_kernels.dense_ssm_ref, dict(u=torch.randn(1, T_ALL, H)),
+                dict(Abar=Ab, Bbar=Bb, C=torch.randn(H, NS)), state=torch.randn(N, H, NS), state_name="h0", final=None)
+
+
 def _fft_causal_conv():
     return Case(ssm_kernels.fft_causal_conv, ssm_kernels.fft_causal_conv_ref, dict(u=torch.randn(1, T_ALL, H)),
                 dict(K=torch.randn(H, T_ALL)), state_name=None, final=None)
@@ -206,6 +215,7 @@ CASES = {
     **{f"wkv4{'_strong' * s}": (lambda s=s: _wkv4(s)) for s in (False, True)},
     **{f"diag_conv{'_strong' * s}": (lambda s=s: _diag_conv(s)) for s in (False, True)},
     "fft_causal_conv": _fft_causal_conv,
+    "dense_ssm_conv": _dense_ssm,
     "causal_conv1d": _causal_conv1d,
     **{cell: (lambda cell=cell: _rnn(cell)) for cell in ("elman", "lstm", "gru", "slstm")},
 }
@@ -349,6 +359,7 @@ PUBLIC_OPS = [
     scan.linear_scan, scan.linear_scan_ref, selective_scan.selective_scan, selective_scan.selective_scan_ref,
     log_scan.log_scan, log_scan.log_scan_ref, wkv4.wkv4, wkv4.wkv4_ref,
     ssm_kernels.diag_conv, ssm_kernels.fft_causal_conv, ssm_kernels.fft_causal_conv_ref, conv.causal_conv1d, conv.causal_conv1d_ref,
+    ssm_kernels.dense_ssm_conv, ssm_kernels.dense_ssm_ref, hippo.project_ref,
     *(getattr(rnn, n) for n in ("rnn", "elman", "lstm", "gru", "slstm", "rnn_ref", "elman_ref", "lstm_ref", "gru_ref", "slstm_ref")),
 ]
 FLA_OPS = [op for op in PUBLIC_OPS if "head_first" in inspect.signature(op).parameters]
