@@ -22,10 +22,11 @@ Discretizations (``discretize``, App. B.3: the generalized bilinear transform, a
     backward Ā = (I − ΔA)⁻¹,                 B̄ = (I − ΔA)⁻¹ ΔB
     bilinear Ā = (I − Δ/2 A)⁻¹ (I + Δ/2 A),   B̄ = (I − Δ/2 A)⁻¹ ΔB
     zoh      Ā = exp(ΔA),                     B̄ = A⁻¹ (exp(ΔA) − I) B   (one matrix exponential of [[A, B], [0, 0]] Δ)
-LegS is time-varying: sample k (1-based) integrates (k − 1, k] (time in units of the sampling step, which LegS
-never sees: its timescale invariance), so the step is Δ/t = 1/k for forward/backward/bilinear (the paper's
-c_{k+1} = (1 − A/k) c_k + (1/k) B f_k with the sign convention above) and, for ZOH, the log-time step
-log(k / (k − 1)) of the LTI system dc/ds = A c + B f in s = log t (the first step: Ā = 0, B̄ = −A⁻¹B = e_0).
+LegS is time-varying: a step of length Δ ending at time t uses Δ/t for forward/backward/bilinear (sample k of a
+regular series integrates (k − 1, k]: 1/k, the paper's c_{k+1} = (1 − A/k) c_k + (1/k) B f_k with the sign
+convention above; time is in units of the sampling step, which LegS never sees otherwise: its timescale
+invariance) and, for ZOH, the log-time step log(t / (t − Δ)) of the LTI system dc/ds = A c + B f in s = log t
+(a step from time 0: Ā = 0, B̄ = −A⁻¹B = e_0). Irregular series give each step its own Δ (``step``).
 With ZOH, LegS's recurrence is *exactly* the projection of the piecewise-constant signal holding f_k on
 (k − 1, k]; LagT's likewise (tests/ops/test_hippo.py checks both against the closed-form integrals).
 
@@ -45,7 +46,7 @@ from rnnlab.ops.ssm_kernels import krylov, squarings
 from rnnlab.ops.varlen import autocast_off, varlen
 
 __all__ = ["MEASURES", "METHODS", "legs", "legt", "lagt", "transition", "nplr_legs", "hippo_n_diag", "discretize",
-           "legs_discrete", "project", "project_ref", "basis", "reconstruct"]
+           "legs_discrete", "step", "project", "project_ref", "basis", "reconstruct"]
 
 MEASURES = ("legs", "legt", "lagt")
 METHODS = ("forward", "backward", "bilinear", "zoh")
@@ -133,16 +134,44 @@ def discretize(A: Tensor, B: Tensor, dt, method: str = "bilinear") -> tuple[Tens
 
 
 @autocast_off
-def legs_discrete(A: Tensor, B: Tensor, k: Tensor, method: str = "bilinear") -> tuple[Tensor, Tensor]:
-    """LegS's step for sample k (1-based count, any integer tensor shape S) -> (Ā (*S, N, N), B̄ (*S, N)):
-    ``discretize`` with Δ/t = 1/k, or for ZOH the log-time step log(k / (k − 1)) (k = 1: Ā = 0, B̄ = −A⁻¹B)."""
-    k = k.to(A.dtype)
+def legs_discrete(A: Tensor, B: Tensor, t: Tensor, dt=1.0, method: str = "bilinear") -> tuple[Tensor, Tensor]:
+    """LegS's step of length dt ending at time t (tensors of one shape S; sample k of a regular series: t = k,
+    dt = 1) -> (Ā (*S, N, N), B̄ (*S, N)): ``discretize`` with Δ/t, or for ZOH the log-time step log(t / (t − dt))
+    (a step from time 0: Ā = 0, B̄ = −A⁻¹B = e_0, the projection of a constant)."""
+    t = torch.as_tensor(t, dtype=A.dtype, device=A.device)
+    dt = torch.as_tensor(dt, dtype=A.dtype, device=A.device).expand(t.shape)
     if method != "zoh":
-        return discretize(A, B, 1 / k, method)
-    first = k <= 1
-    Ab, Bb = discretize(A, B, torch.log(torch.where(first, 2.0, k) / torch.where(first, 1.0, k - 1)), "zoh")
-    B0 = -torch.linalg.solve(A, B)  # e_0 for LegS: the projection of a constant
+        return discretize(A, B, torch.where(t > 0, dt / t.clamp_min(1e-30), 0.0), method)
+    first = t - dt <= 0
+    ratio = torch.where(first, 2.0, t) / torch.where(first, 1.0, t - dt)
+    Ab, Bb = discretize(A, B, torch.log(ratio), "zoh")
+    B0 = -torch.linalg.solve(A, B)
     return torch.where(first[..., None, None], torch.zeros_like(Ab), Ab), torch.where(first[..., None], B0, Bb)
+
+
+@autocast_off
+def step(c: Tensor, f: Tensor, A: Tensor, B: Tensor, measure: str, method: str, t: Tensor, dt: Tensor) -> Tensor:
+    """One online update c' = Ā c + B̄ f, each row with its own step: c (R, M, N) coefficients of M signals,
+    f (R, M) their new samples, t (R,) the time after the step (LegS's clock), dt (R,) its length (in units of the
+    sampling step the measure's (A, B) were built for; 1 on a regular series) -> c' (R, M, N), in c's dtype.
+
+    ZOH forms Ā per row (a matrix exponential); the bilinear family solves (I − αΔA) c' = (I + (1 − α)ΔA) c + ΔB f
+    per row, a triangular solve for LegS and LagT (lower triangular A): O(N²) per signal, no N × N inverse."""
+    A, B = A.to(c.dtype), B.to(c.dtype)
+    t, dt = t.to(c.dtype), dt.to(c.dtype)
+    if method == "zoh":
+        Ab, Bb = legs_discrete(A, B, t, dt, "zoh") if measure == "legs" else discretize(A, B, dt, "zoh")
+        return torch.einsum("rnm,rcm->rcn", Ab, c) + f[..., None] * Bb[:, None]
+    scale = torch.where(t > 0, dt / t.clamp_min(1e-30), 0.0) if measure == "legs" else dt  # (R,): Δ/t or Δ
+    alpha = _GBT[method]
+    Ac = c @ A.T
+    rhs = c + ((1 - alpha) * scale)[:, None, None] * Ac + scale[:, None, None] * f[..., None] * B
+    if alpha == 0.0:
+        return rhs
+    M = torch.eye(A.shape[-1], dtype=c.dtype, device=c.device) - (alpha * scale)[:, None, None] * A  # (R, N, N)
+    sol = torch.linalg.solve_triangular(M, rhs.transpose(1, 2), upper=False) if measure != "legt" \
+        else torch.linalg.solve(M, rhs.transpose(1, 2))
+    return sol.transpose(1, 2)
 
 
 # --------------------------------------------------------------------------- the online projection
@@ -172,15 +201,10 @@ def project_ref(f: Tensor, measure: str = "legs", N: int = 32, dt: float = 1.0, 
     Matrices in float64, the recurrence in f's dtype."""
     A, B = _matrices(measure, N, method, theta, f.device)
     c, n = _state(f, N, initial_state)
-    if measure != "legs":
-        Ab, Bb = (t.to(f.dtype) for t in discretize(A, B, dt, method))
+    step_len = torch.full(n.shape, 1.0 if measure == "legs" else float(dt), dtype=f.dtype, device=f.device)
     cs = []
-    for t, ft in enumerate(f.unbind(1)):  # ft (B, H)
-        if measure == "legs":
-            Ab, Bb = (x.to(f.dtype) for x in legs_discrete(A, B, n + t + 1, method))  # (B, N, N), (B, N)
-            c = torch.einsum("bnm,bhm->bhn", Ab, c) + ft[..., None] * Bb[:, None]
-        else:
-            c = c @ Ab.T + ft[..., None] * Bb
+    for k, ft in enumerate(f.unbind(1)):  # ft (B, H): sample n + k + 1 of each row, at time n + k + 1 (LegS)
+        c = step(c, ft, A, B, measure, method, (n + k + 1).to(f.dtype), step_len)
         cs.append(c)
     return torch.stack(cs, 1), (c, n + f.shape[1])
 
