@@ -95,7 +95,10 @@ class Mixer(nn.Module):
             self.check_state(state, batch, packed=packing is not None, x_dtype=x.dtype)
         if batch == 0:  # an empty batch (a filtered-out microbatch): empty outputs, the empty state as given
             return x.new_zeros(x.shape), state
-        y, state = self.packed(x, state, packing, dt) if packing is not None and batch > 1 else self._dispatch(x, state, dt)
+        if packing is not None and batch > 1:  # dt only when given: a subclass's own packed need not know it
+            y, state = self.packed(x, state, packing) if dt is None else self.packed(x, state, packing, dt=dt)
+        else:
+            y, state = self._dispatch(x, state, dt)
         if wide:  # layers that compute their state in float32 return it as float64 here, once for all
             state = {k: v.to(torch.complex128 if v.is_complex() else torch.float64) if v.is_floating_point() or v.is_complex() else v
                      for k, v in state.items()}
