@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnlab.ops import cfc, conv, delta, gla, hippo, hippo_rnn, log_scan, ltc, mlstm, rnn, rwkv6, rwkv7, scan, selective_scan, ssm_kernels, wkv4
+from rnnlab.ops import cfc, conv, delta, gla, hippo, hippo_rnn, log_scan, ltc, mlstm, reservoir, rnn, rwkv6, rwkv7, scan, selective_scan, ssm_kernels, wkv4
 from rnnlab.ops.varlen import cu_seqlens_from_lengths, map_state
 from rnnlab.testing import assert_close
 
@@ -196,6 +196,17 @@ def _continuous(name):
     return Case(hippo_rnn.hippo_rnn, hippo_rnn.hippo_rnn_ref, time, params, state=state, final=None)
 
 
+def _reservoir(name):
+    Nr = 6
+    if name == "cyclic_memory":
+        return Case(reservoir.cyclic_memory, reservoir.cyclic_memory_ref, dict(x=torch.randn(1, T_ALL, D)),
+                    dict(V_in=torch.randn(Nr, D), bias=torch.randn(Nr)), state=torch.randn(N, Nr), final=None)
+    params = dict(W_in=torch.randn(Nr, D), W=reservoir.spectral_rescale(torch.randn(Nr, Nr), 0.9), bias=torch.randn(Nr),
+                  O=reservoir.orthogonal(Nr, "random"), alpha=0.5, beta=0.7)
+    return Case(reservoir.residual_reservoir, reservoir.residual_reservoir_ref, dict(x=torch.randn(1, T_ALL, D)), params,
+                state=torch.randn(N, Nr), final=None)
+
+
 def _fft_causal_conv():
     return Case(ssm_kernels.fft_causal_conv, ssm_kernels.fft_causal_conv_ref, dict(u=torch.randn(1, T_ALL, H)),
                 dict(K=torch.randn(H, T_ALL)), state_name=None, final=None)
@@ -237,6 +248,7 @@ CASES = {
     "fft_causal_conv": _fft_causal_conv,
     "dense_ssm_conv": _dense_ssm,
     **{name: (lambda name=name: _continuous(name)) for name in ("ltc", "cfc", "hippo_rnn")},
+    **{name: (lambda name=name: _reservoir(name)) for name in ("residual_reservoir", "cyclic_memory")},
     "causal_conv1d": _causal_conv1d,
     **{cell: (lambda cell=cell: _rnn(cell)) for cell in ("elman", "lstm", "gru", "slstm")},
 }
@@ -381,7 +393,8 @@ PUBLIC_OPS = [
     log_scan.log_scan, log_scan.log_scan_ref, wkv4.wkv4, wkv4.wkv4_ref,
     ssm_kernels.diag_conv, ssm_kernels.fft_causal_conv, ssm_kernels.fft_causal_conv_ref, conv.causal_conv1d, conv.causal_conv1d_ref,
     ssm_kernels.dense_ssm_conv, ssm_kernels.dense_ssm_ref, hippo.project_ref, ltc.ltc, ltc.ltc_ref, cfc.cfc, cfc.cfc_ref,
-    hippo_rnn.hippo_rnn, hippo_rnn.hippo_rnn_ref,
+    hippo_rnn.hippo_rnn, hippo_rnn.hippo_rnn_ref, reservoir.residual_reservoir, reservoir.residual_reservoir_ref,
+    reservoir.cyclic_memory, reservoir.cyclic_memory_ref,
     *(getattr(rnn, n) for n in ("rnn", "elman", "lstm", "gru", "slstm", "rnn_ref", "elman_ref", "lstm_ref", "gru_ref", "slstm_ref")),
 ]
 FLA_OPS = [op for op in PUBLIC_OPS if "head_first" in inspect.signature(op).parameters]
