@@ -129,7 +129,9 @@ class Mixer(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"{type(self).__name__} expects a floating-point x, got dtype {x.dtype}")
         # the module's dtype: its first parameter, or for an untrained mixer (a reservoir: buffers only) its first floating buffer
-        p = next(self.parameters(), None) or next((b for b in self.buffers() if b.is_floating_point()), None)
+        p = next(self.parameters(), None)
+        if p is None:
+            p = next((b for b in self.buffers() if b.is_floating_point()), None)
         if p is not None and p.is_floating_point() and x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):
             raise ValueError(f"{type(self).__name__} has {p.dtype} parameters and expects x of dtype {p.dtype}, got {x.dtype}: "
                              f"cast the module (module.to({x.dtype})) or run under torch.autocast")
