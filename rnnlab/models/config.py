@@ -38,6 +38,10 @@ class ModelConfig:
     tie_embeddings: bool = False
     norm_eps: float = 1e-6
     dropout: float = 0.0
+    time_input: bool = False
+    """Feature inputs whose last feature is the per-token time step Δt (irregular sampling, e.g. lorenz irregular=True):
+    it stays an input feature for every layer, and is also passed as ``dt`` to the mixers that take a time step
+    (``takes_dt``: ltc, cfc, hippo_rnn), packed like the inputs."""
     readout: str = "gradient"
     """"gradient": the whole model trained by the trainer's AdamW. "ridge": an untrained reservoir model (every layer's
     mixer without parameters, e.g. deep_res_esn, res_rmn): the features zero-padded to d_model run through the layers'
@@ -93,6 +97,8 @@ class ModelConfig:
             raise ValueError(f'pool must be "last" or "mean", got {self.pool!r}')
         if self.tie_embeddings and (self.head != "lm" or self.vocab_size is None):
             raise ValueError('tie_embeddings needs head="lm" with token inputs')
+        if self.time_input and self.input_dim is None:
+            raise ValueError("time_input=True needs feature inputs (input_dim): the last feature is the time step")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         if self.readout == "ridge":

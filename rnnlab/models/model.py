@@ -60,9 +60,11 @@ class Block(nn.Module):
     def state_size(self, seq_len: int) -> int:
         return self.mixer.state_size(seq_len) + (self.mlp.state_size(seq_len) if isinstance(self.mlp, Mixer) else 0)
 
-    def forward(self, x: Tensor, state: State, packing: Packing | None = None) -> tuple[Tensor, State]:
+    def forward(self, x: Tensor, state: State, packing: Packing | None = None, dt: Tensor | None = None) -> tuple[Tensor, State]:
+        """``dt`` (B, T): per-token time steps, handed to a mixer that takes them (``takes_dt``), else unused."""
         sub = lambda prefix: {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}  # noqa: E731
-        y, ms = self.mixer(self.norm1(x), sub("mixer."), cu_seqlens=packing)
+        kw = {"dt": dt} if dt is not None and self.mixer.takes_dt else {}
+        y, ms = self.mixer(self.norm1(x), sub("mixer."), cu_seqlens=packing, **kw)
         x = x + self.drop(y)
         new = {f"mixer.{k}": v for k, v in ms.items()}
         if isinstance(self.mlp, Mixer):
@@ -165,6 +167,7 @@ class SequenceModel(nn.Module):
                 raise ValueError(f"with cu_seqlens the inputs must be (1, T_total) (sequences packed back to back), got {tuple(inputs.shape)}")
             packing = cu_seqlens if isinstance(cu_seqlens, Packing) else Packing.build(cu_seqlens, inputs.shape[1])
         batch = inputs.shape[0] if packing is None else len(packing.lengths)
+        dt = inputs[..., -1] if self.config.time_input else None  # (B, T): the last feature is Δt
         x = self.embed(inputs)
         if state is None:
             state = self.init_state(batch, inputs.device)
@@ -173,7 +176,7 @@ class SequenceModel(nn.Module):
         new: State = {}
         for i, block in enumerate(self.blocks):
             prefix = f"{i}."
-            x, s = block(x, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, packing)
+            x, s = block(x, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, packing, dt)
             new.update({prefix + k: v for k, v in s.items()})
         x = self.norm(x)
         if self.config.head == "classify":

@@ -50,8 +50,9 @@ class ReservoirBlock(nn.Module):
     def state_size(self, seq_len: int) -> int:
         return self.mixer.state_size(seq_len)
 
-    def forward(self, x: Tensor, state: State, packing=None) -> tuple[Tensor, State]:
-        y, s = self.mixer(x, {k[len("mixer."):]: v for k, v in state.items()}, cu_seqlens=packing)
+    def forward(self, x: Tensor, state: State, packing=None, dt: Tensor | None = None) -> tuple[Tensor, State]:
+        kw = {"dt": dt} if dt is not None and self.mixer.takes_dt else {}
+        y, s = self.mixer(x, {k[len("mixer."):]: v for k, v in state.items()}, cu_seqlens=packing, **kw)
         return y, {f"mixer.{k}": v for k, v in s.items()}
 
 
