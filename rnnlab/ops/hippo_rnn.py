@@ -51,20 +51,29 @@ def _gate(pre: Tensor, h: Tensor) -> Tensor:
     return (1 - g) * h + g * torch.tanh(cand)
 
 
+def _scan(x: Tensor, dt: Tensor | None, pre, weight_f: Tensor, bias_f: Tensor, N: int, measure: str, method: str, scale: float,
+          initial_state: State | None) -> tuple[Tensor, State]:
+    """The cell's loop; ``pre(k, h, c)`` is token k's pre-activation [W_τ; W_g][h, c, x_k] + b (2H): the only thing
+    the two forms compute differently."""
+    A, B = hippo.transition(measure, N)
+    h, c, t = _init(x, weight_f, N, initial_state)
+    hs = []
+    dts = dt.unbind(1) if dt is not None else [None] * x.shape[1]
+    for k, dtk in enumerate(dts):
+        h = _gate(pre(k, h, c), h)
+        c, t = _memory(c, h, t, dtk, weight_f, bias_f, A, B, measure, method, scale)
+        hs.append(h)
+    return torch.stack(hs, 1), (h, c, t)
+
+
 @varlen(("x", "dt"), final=None)
 def hippo_rnn_ref(x: Tensor, dt: Tensor | None, weight: Tensor, bias: Tensor, weight_f: Tensor, bias_f: Tensor, N: int,
                   measure: str = "legs", method: str = "bilinear", scale: float = 1.0,
                   initial_state: State | None = None) -> tuple[Tensor, State]:
     """The HiPPO-RNN cell one token at a time (module docstring): the specification of :func:`hippo_rnn`."""
-    A, B = hippo.transition(measure, N)
-    h, c, t = _init(x, weight_f, N, initial_state)
-    hs = []
-    dts = dt.unbind(1) if dt is not None else [None] * x.shape[1]
-    for xt, dtt in zip(x.unbind(1), dts):
-        h = _gate(torch.cat([h, c.flatten(1), xt], -1) @ weight.T + bias, h)
-        c, t = _memory(c, h, t, dtt, weight_f, bias_f, A, B, measure, method, scale)
-        hs.append(h)
-    return torch.stack(hs, 1), (h, c, t)
+    xs = x.unbind(1)
+    return _scan(x, dt, lambda k, h, c: torch.cat([h, c.flatten(1), xs[k]], -1) @ weight.T + bias, weight_f, bias_f, N,
+                 measure, method, scale, initial_state)
 
 
 @varlen(("x", "dt"), final=None)
@@ -72,15 +81,8 @@ def hippo_rnn(x: Tensor, dt: Tensor | None, weight: Tensor, bias: Tensor, weight
               measure: str = "legs", method: str = "bilinear", scale: float = 1.0,
               initial_state: State | None = None) -> tuple[Tensor, State]:
     """The same cell with the input's share of W_τ, W_g hoisted out of the loop (one matmul over all tokens)."""
-    A, B = hippo.transition(measure, N)
-    h, c, t = _init(x, weight_f, N, initial_state)
-    H = h.shape[1]
-    w_rec, w_x = weight[:, : H + c.shape[1] * N], weight[:, H + c.shape[1] * N:]
+    rec = weight_f.shape[1] + weight_f.shape[0] * N  # the [h, c] columns
+    w_rec, w_x = weight[:, :rec], weight[:, rec:]
     gx = torch.addmm(bias, x.flatten(0, 1), w_x.T).view(*x.shape[:2], -1).unbind(1)  # (B, 2H) per token
-    hs = []
-    dts = dt.unbind(1) if dt is not None else [None] * x.shape[1]
-    for gxt, dtt in zip(gx, dts):
-        h = _gate(torch.addmm(gxt, torch.cat([h, c.flatten(1)], -1), w_rec.T), h)
-        c, t = _memory(c, h, t, dtt, weight_f, bias_f, A, B, measure, method, scale)
-        hs.append(h)
-    return torch.stack(hs, 1), (h, c, t)
+    return _scan(x, dt, lambda k, h, c: torch.addmm(gx[k], torch.cat([h, c.flatten(1)], -1), w_rec.T), weight_f, bias_f, N,
+                 measure, method, scale, initial_state)

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import rnnlab
-from rnnlab.layers.registry import mixer_info
 from rnnlab.ops import hippo
 from rnnlab.testing import assert_close
+from tests.layers.test_diag_reference_forms import _make as make
+from tests.layers.test_diag_reference_forms import check_against_reference
 
 D = 8
 CASES = {
@@ -30,21 +30,7 @@ CASES = {
 
 
 def _make(name, **kw):
-    torch.manual_seed(0)
-    return rnnlab.create_mixer(name, D, **{**mixer_info(name).small, **kw}).double()
-
-
-def _run(m, x, dt, state, seed=7):
-    leaves = {"x": x.clone().requires_grad_(), **{k: v.clone().requires_grad_() for k, v in state.items()}}
-    if dt is not None:
-        leaves["dt"] = dt.clone().requires_grad_()
-    y, new = m(leaves["x"], {k: leaves[k] for k in state}, dt=leaves.get("dt"))
-    g = torch.Generator().manual_seed(seed)
-    loss = (y * torch.randn(y.shape, generator=g).double()).sum() + sum((new[k] * torch.randn(new[k].shape, generator=g).double()).sum()
-                                                                     for k in sorted(new))
-    params = dict(m.named_parameters())
-    grads = torch.autograd.grad(loss, list(leaves.values()) + list(params.values()), allow_unused=True)
-    return y, new, dict(zip([f"d{k}" for k in leaves] + [f"d{k}" for k in params], grads))
+    return make(name, torch.float64, **kw)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -52,25 +38,7 @@ def _run(m, x, dt, state, seed=7):
 @pytest.mark.parametrize("with_dt", [False, True])
 def test_recurrent_form_equals_reference(case, T, with_dt):
     name, kw = CASES[case]
-    fast, ref = _make(name, **kw), _make(name, backend="reference", **kw)
-    with torch.no_grad():
-        for p in fast.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    ref.load_state_dict(fast.state_dict())
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        _, state = fast(torch.randn(2, 11, D, generator=g).double(), dt=0.5 + torch.rand(2, 11, generator=g).double())
-    x = torch.randn(2, T, D, generator=g).double()
-    dt = 0.2 + 2 * torch.rand(2, T, generator=g).double() if with_dt else None
-    y, s, grads = _run(fast, x, dt, state)
-    y_r, s_r, grads_r = _run(ref, x, dt, state)
-    assert_close(y, y_r, name="y")
-    for k in s_r:
-        assert_close(s[k], s_r[k], name=f"state[{k}]")
-    for k, gr in grads_r.items():
-        assert (gr is None) == (grads[k] is None), k
-        if gr is not None:
-            assert_close(grads[k], gr, name=k)
+    check_against_reference(name, T=T, dtype=torch.float64, with_dt=with_dt, **kw)
 
 
 def test_hippo_rnn_matches_the_papers_cell():

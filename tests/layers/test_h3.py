@@ -6,7 +6,7 @@ import torch
 
 import rnnlab
 from rnnlab.testing import assert_close
-from tests.layers.test_diag_reference_forms import _make, _run
+from tests.layers.test_diag_reference_forms import check_against_reference
 
 
 @pytest.mark.parametrize("head_dim", [1, 2])
@@ -43,22 +43,7 @@ def test_matches_algorithm_1(head_dim):
 def test_fft_equals_recurrence(T, head_dim):
     """backend="fft" == backend="reference" from a state left by an 11-token prefix: outputs, both states, gradients
     of x, the states and every parameter (float32)."""
-    fast, ref = _make("h3", head_dim=head_dim), _make("h3", head_dim=head_dim, backend="reference")
-    with torch.no_grad():
-        for p in fast.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    ref.load_state_dict(fast.state_dict())
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        _, state = fast(torch.randn(2, 11, 8, generator=g))
-    x = torch.randn(2, T, 8, generator=g)
-    y, s, grads = _run(fast, x, state)
-    y_r, s_r, grads_r = _run(ref, x, state)
-    assert_close(y, y_r, name="y")
-    for k in s_r:
-        assert_close(s[k], s_r[k], name=f"state[{k}]")
-    for k, gr in grads_r.items():
-        assert_close(grads[k], gr, name=k)
+    check_against_reference("h3", T=T, head_dim=head_dim)
 
 
 def test_options_rejected():
