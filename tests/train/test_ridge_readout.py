@@ -109,3 +109,20 @@ def test_memory_capacity_of_a_delay_line_is_its_length():
     m = task.finalize(task.metric_sums((Xt @ W).float()[None], Yt[None]))
     assert m["mc"] == pytest.approx(N, abs=0.05) and m["mc@1"] == pytest.approx(1.0, abs=1e-5)
     assert np.isfinite(m["nrmse"])
+
+
+def test_sweep_report_says_the_readout_was_fitted_in_closed_form(tmp_path):
+    from rnnlab.train.report import make_report
+    from rnnlab.train.sweep import run_sweep
+
+    cfg = _mc_config(tmp_path)
+    spec = {"name": "r", "out_dir": str(tmp_path / "runs"), "workers": 1,
+            "grid": {"mixer": ["deep_res_esn"], "task": ["memory_capacity"], "d_model": [40], "n_layers": [1], "lr": [1e-3]},
+            "base": {"task": {k: v for k, v in cfg["task"].items() if k != "name"},
+                     "model": {k: v for k, v in cfg["model"].items() if k not in ("mixer", "d_model", "n_layers")},
+                     "train": cfg["train"]}}
+    assert run_sweep(spec, log=lambda *_: None)["done"] == 1
+    text = make_report(spec["out_dir"] + "/runs.db", tmp_path / "rep").read_text()
+    assert "deep_res_esn (closed-form ridge readout, λ = 1e-08, 3040 rows)" in text
+    with pytest.raises(ValueError, match="pack"):
+        train({**_mc_config(tmp_path / "p"), "train": {**cfg["train"], "pack": True}})
