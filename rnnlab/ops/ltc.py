@@ -19,7 +19,8 @@ The denominator is >= 1 (every conductance positive), so no ε is needed and Δ 
 
 Forms, one signature: ``ltc_ref`` (the cell as written, one token at a time: the specification) and ``ltc`` (the
 sensory terms Σ_i s_ij E^s_ij, Σ_i s_ij, which depend on the input only, for all tokens before the loop, in time
-chunks that bound the (B, t, I, H) activations to ~2^22 floats).
+chunks that bound the (B, t, I, H) activations to ~2^22 floats; each sub-step's two synapse sums as one einsum
+against [w ⊙ E, w], the sigmoid's argument as one addcmul).
 """
 from __future__ import annotations
 
@@ -68,19 +69,31 @@ def ltc_ref(x: Tensor, dt: Tensor | None, sensory_mu: Tensor, sensory_sigma: Ten
     return torch.stack(vs, 1), v
 
 
+def _fused(v: Tensor, sigma: Tensor, neg_smu: Tensor, weights: Tensor) -> Tensor:
+    """:func:`_synapses` in three ops: σ(σ_ij v_i − σ_ij μ_ij) by one addcmul and one sigmoid, then both sums by one
+    einsum against weights (I, H, 2) = [w ⊙ E, w] -> (..., H, 2)."""
+    return torch.einsum("...ij,ijk->...jk", torch.sigmoid(torch.addcmul(neg_smu, v[..., :, None], sigma)), weights)
+
+
 @varlen(("x", "dt"), final=None)
 def ltc(x: Tensor, dt: Tensor | None, sensory_mu: Tensor, sensory_sigma: Tensor, sensory_w: Tensor, sensory_erev: Tensor,
         mu: Tensor, sigma: Tensor, w: Tensor, erev: Tensor, gleak: Tensor, vleak: Tensor, cm: Tensor, unfolds: int = UNFOLDS,
         initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """:func:`ltc_ref` with the input-only sensory sums computed for all tokens before the loop (time chunks)."""
+    """:func:`ltc_ref` with the input-only sensory sums computed for all tokens before the loop (time chunks) and each
+    sub-step's synapse sums fused (:func:`_fused`): the same arithmetic in fewer ops."""
     B, T, I = x.shape
     H = mu.shape[1]
     chunk = max(1, (1 << 22) // max(1, B * I * H))
-    parts = [_synapses(x[:, t0:t0 + chunk], sensory_mu, sensory_sigma, sensory_w, sensory_erev) for t0 in range(0, T, chunk)]
-    sens_num, sens_den = (torch.cat(p, 1).unbind(1) for p in zip(*parts))
+    s_args = (sensory_sigma, -sensory_sigma * sensory_mu, torch.stack([sensory_w * sensory_erev, sensory_w], -1))
+    sens = torch.cat([_fused(x[:, t0:t0 + chunk], *s_args) for t0 in range(0, T, chunk)], 1)  # (B, T, H, 2)
+    base = (gleak * vleak, gleak)
+    r_args = (sigma, -sigma * mu, torch.stack([w * erev, w], -1))
     v = x.new_zeros(B, H) if initial_state is None else initial_state
     vs = []
-    for kt, sn, sd in zip(_k(x, dt, cm, unfolds), sens_num, sens_den):
-        v = _unfold(v, kt, (sn, sd), mu, sigma, w, erev, gleak, vleak, unfolds)
+    for kt, st in zip(_k(x, dt, cm, unfolds), sens.unbind(1)):
+        num0, den0 = base[0] + st[..., 0], base[1] + st[..., 1]  # the sub-steps' constant terms
+        for _ in range(unfolds):
+            nd = _fused(v, *r_args)
+            v = (v + kt * (num0 + nd[..., 0])) / (1 + kt * (den0 + nd[..., 1]))
         vs.append(v)
     return torch.stack(vs, 1), v
