@@ -31,6 +31,20 @@ def test_gaps_and_targets_follow_the_trajectory():
                 assert np.allclose((fut - task.mean) / task.std, y[r, k, 3 * i:3 * i + 3], atol=1e-4)
 
 
+def test_partial_observation():
+    """observed=[0]: the inputs are x (and Δt), the targets the whole state."""
+    task = create_task("lorenz", irregular=True, observed=[0], seq_len=10, burn_in=50, horizons=[1])
+    assert task.model_io() == {"input_dim": 2, "head": "regress", "out_dim": 3}
+    full = create_task("lorenz", irregular=True, seq_len=10, burn_in=50, horizons=[1])
+    a, b = task.train_batch(2, seed=0, step=0), full.train_batch(2, seed=0, step=0)
+    assert torch.equal(a.inputs[..., 0], b.inputs[..., 0]) and torch.equal(a.inputs[..., 1], b.inputs[..., 3])
+    assert torch.equal(a.targets, b.targets)
+    regular = create_task("lorenz", observed=[1, 2], seq_len=10, burn_in=50)
+    assert regular.train_batch(2, 0, 0).inputs.shape == (2, 10, 2)
+    with pytest.raises(ValueError, match="observed"):
+        create_task("lorenz", observed=[3])
+
+
 def test_time_input_reaches_only_time_step_mixers():
     """time_input=True: CfC's outputs change with the Δt column beyond what the feature alone does (the same weights
     with time_input=False differ), packed == separate; an LRU model ignores the route (identical outputs)."""
