@@ -19,6 +19,12 @@ hands ``parallel``/``step`` whole sequences only (rnnlab.ops.varlen.run_packed):
 ever sees two sequences in one row, so a new mixer gets boundaries right without writing any.
 A mixer may override ``packed`` with a native form; the conformance suite's packed check holds it
 to the per-sequence runs.
+
+Irregular sampling: a continuous-time mixer (class attribute ``takes_dt = True``: LTC, CfC, HiPPO-RNN) accepts
+``forward(x, state, dt=dt)``, dt (B, T) the time elapsed since the previous token (finite, >= 0; None = 1 per
+token). It is one more time-major input of the same contract: with ``cu_seqlens`` it is (1, T), packed like x
+and cut into the same segments, and ``parallel``/``step`` receive it as the keyword ``dt`` (only when given,
+so other mixers' signatures never change). A mixer without ``takes_dt`` rejects it (ValueError).
 """
 from __future__ import annotations
 
@@ -34,6 +40,8 @@ State = dict[str, Tensor]
 
 class Mixer(nn.Module):
     """Base class of all token mixers; see the module docstring for the contract."""
+
+    takes_dt: bool = False  # accepts a per-token time step dt (B, T) (module docstring: irregular sampling)
 
     def __init__(self, d_model: int):
         super().__init__()
@@ -59,15 +67,20 @@ class Mixer(nn.Module):
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------
-    def packed(self, x: Tensor, state: State, packing: Packing) -> tuple[Tensor, State]:
-        """x (1, T, D) holding the sequences of ``packing`` -> (y (1, T, D), per-sequence states).
+    def packed(self, x: Tensor, state: State, packing: Packing, dt: Tensor | None = None) -> tuple[Tensor, State]:
+        """x (1, T, D) (and dt (1, T)) holding the sequences of ``packing`` -> (y (1, T, D), per-sequence states).
         Default: ``parallel``/``step`` on whole sequences only (see the module docstring)."""
-        return run_packed(lambda xs, s: self._dispatch(xs[0], s), (x,), state, packing)
+        inputs = (x,) if dt is None else (x, dt)
+        return run_packed(lambda xs, s: self._dispatch(xs[0], s, *xs[1:]), inputs, state, packing)
 
-    def forward(self, x: Tensor, state: State | None = None, *, cu_seqlens: Tensor | None = None) -> tuple[Tensor, State]:
+    def forward(self, x: Tensor, state: State | None = None, *, cu_seqlens: Tensor | None = None,
+                dt: Tensor | None = None) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y (B, T, D), state). T == 1 runs ``step``, T > 1 ``parallel``;
-        with ``cu_seqlens`` x is (1, T, D) holding N sequences and the state has N rows."""
+        with ``cu_seqlens`` x is (1, T, D) holding N sequences and the state has N rows;
+        ``dt`` (B, T): per-token time steps, for mixers with ``takes_dt`` (module docstring)."""
         self.check_input(x)
+        if dt is not None:
+            self.check_dt(dt, x)
         packing = None
         if cu_seqlens is not None:
             if x.shape[0] != 1:
@@ -82,14 +95,29 @@ class Mixer(nn.Module):
             self.check_state(state, batch, packed=packing is not None, x_dtype=x.dtype)
         if batch == 0:  # an empty batch (a filtered-out microbatch): empty outputs, the empty state as given
             return x.new_zeros(x.shape), state
-        y, state = self.packed(x, state, packing) if packing is not None and batch > 1 else self._dispatch(x, state)
+        if packing is not None and batch > 1:  # dt only when given: a subclass's own packed need not know it
+            y, state = self.packed(x, state, packing) if dt is None else self.packed(x, state, packing, dt=dt)
+        else:
+            y, state = self._dispatch(x, state, dt)
         if wide:  # layers that compute their state in float32 return it as float64 here, once for all
             state = {k: v.to(torch.complex128 if v.is_complex() else torch.float64) if v.is_floating_point() or v.is_complex() else v
                      for k, v in state.items()}
         return y, state
 
-    def _dispatch(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        return self.step(x, state) if x.shape[1] == 1 else self.parallel(x, state)
+    def _dispatch(self, x: Tensor, state: State, dt: Tensor | None = None) -> tuple[Tensor, State]:
+        kw = {} if dt is None else {"dt": dt}  # only time-step mixers ever see the keyword
+        return self.step(x, state, **kw) if x.shape[1] == 1 else self.parallel(x, state, **kw)
+
+    def check_dt(self, dt: Tensor, x: Tensor) -> None:
+        """dt (B, T) like x's first two dims, floating, finite and >= 0 (values read on CPU only: no device sync)."""
+        if not self.takes_dt:
+            raise ValueError(f"{type(self).__name__} takes no per-token time step dt (only continuous-time mixers do, "
+                             f"e.g. ltc, cfc, hippo_rnn); feed the time gaps as an input feature instead")
+        if not isinstance(dt, Tensor) or dt.shape != x.shape[:2] or not dt.is_floating_point():
+            got = f"{tuple(dt.shape)} {dt.dtype}" if isinstance(dt, Tensor) else type(dt).__name__
+            raise ValueError(f"{type(self).__name__} expects dt of shape (B, T) = {tuple(x.shape[:2])}, floating point, got {got}")
+        if dt.device.type == "cpu" and dt.numel() and not bool(((dt >= 0) & torch.isfinite(dt)).all()):
+            raise ValueError(f"{type(self).__name__}: dt must be finite and >= 0 (time elapsed since the previous token)")
 
     def check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
@@ -100,7 +128,10 @@ class Mixer(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"{type(self).__name__} expects a floating-point x, got dtype {x.dtype}")
+        # the module's dtype: its first parameter, or for an untrained mixer (a reservoir: buffers only) its first floating buffer
         p = next(self.parameters(), None)
+        if p is None:
+            p = next((b for b in self.buffers() if b.is_floating_point()), None)
         if p is not None and p.is_floating_point() and x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):
             raise ValueError(f"{type(self).__name__} has {p.dtype} parameters and expects x of dtype {p.dtype}, got {x.dtype}: "
                              f"cast the module (module.to({x.dtype})) or run under torch.autocast")

@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.forms import check_form
-from rnnlab.ops.ssm_kernels import (bilinear_dense, bilinear_dplr, dense_state_terms, fft_causal_conv, nplr_kernel, nplr_legs, power_times,
-                                    squarings)
+from rnnlab.ops.hippo import nplr_legs
+from rnnlab.ops.ssm_kernels import bilinear_dense, bilinear_dplr, dense_state_terms, fft_causal_conv, nplr_kernel, power_times, squarings
 
 __all__ = ["S4"]
 BACKENDS = ("fft", "reference")  # rnnlab.ops.forms

@@ -26,7 +26,8 @@ from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import BACKENDS, linear_scan
-from rnnlab.ops.ssm_kernels import hippo_n_diag, zoh_diag
+from rnnlab.ops.hippo import hippo_n_diag
+from rnnlab.ops.ssm_kernels import zoh_diag
 
 __all__ = ["S5"]
 

@@ -9,6 +9,7 @@ __all__ = ["ModelConfig"]
 
 HEADS = ("lm", "classify", "regress")
 EMBEDDING_INITS = ("unit", "gpt2")
+READOUTS = ("gradient", "ridge")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,15 @@ class ModelConfig:
     (docs/reproductions.md, "Initialization")."""
     norm_eps: float = 1e-6
     dropout: float = 0.0
+    time_input: bool = False
+    """Feature inputs whose last feature is the per-token time step Δt (irregular sampling, e.g. lorenz irregular=True):
+    it stays an input feature for every layer, and is also passed as ``dt`` to the mixers that take a time step
+    (``takes_dt``: ltc, cfc, hippo_rnn), packed like the inputs."""
+    readout: str = "gradient"
+    """"gradient": the whole model trained by the trainer's AdamW. "ridge": an untrained reservoir model (every layer's
+    mixer without parameters, e.g. deep_res_esn, res_rmn): the features zero-padded to d_model run through the layers'
+    mixers in turn (no norms, residuals or MLPs: set mlp=None), and the linear head is fitted in closed form by ridge
+    regression over the training stream (train.ridge is the regularization; rnnlab.models.readout)."""
 
     def __post_init__(self):
         from rnnlab.layers.registry import available_mixers, check_mixer_options
@@ -96,6 +106,18 @@ class ModelConfig:
             raise ValueError(f'pool must be "last" or "mean", got {self.pool!r}')
         if self.tie_embeddings and (self.head != "lm" or self.vocab_size is None):
             raise ValueError('tie_embeddings needs head="lm" with token inputs')
+        if self.time_input and self.input_dim is None:
+            raise ValueError("time_input=True needs feature inputs (input_dim): the last feature is the time step")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.readout == "ridge":
+            if self.input_dim is None or self.input_dim > self.d_model or self.head == "lm":
+                raise ValueError(f'readout="ridge" needs feature inputs with input_dim <= d_model (they are zero-padded, not '
+                                 f'projected) and a "regress" or "classify" head; got input_dim={self.input_dim}, '
+                                 f"d_model={self.d_model}, head={self.head!r}")
+            if self.mlp is not None or self.dropout:
+                raise ValueError(f'readout="ridge" builds input -> mixers -> linear head: set mlp=None and dropout=0, '
+                                 f"got mlp={self.mlp!r}, dropout={self.dropout}")
 
     def layer_mixers(self) -> list[str]:
         return list(self.mixer) if isinstance(self.mixer, (list, tuple)) else [self.mixer] * self.n_layers

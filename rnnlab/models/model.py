@@ -21,6 +21,7 @@ from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.parts import RMSNorm
 from rnnlab.layers.registry import create_mixer
 from rnnlab.models.config import ModelConfig
+from rnnlab.models.readout import PadFeatures, ReservoirBlock, RidgeReadout
 from rnnlab.ops.varlen import Packing, cu_seqlens_from_lengths
 
 __all__ = ["SequenceModel", "Block", "SwiGLU"]
@@ -59,9 +60,11 @@ class Block(nn.Module):
     def state_size(self, seq_len: int) -> int:
         return self.mixer.state_size(seq_len) + (self.mlp.state_size(seq_len) if isinstance(self.mlp, Mixer) else 0)
 
-    def forward(self, x: Tensor, state: State, packing: Packing | None = None) -> tuple[Tensor, State]:
+    def forward(self, x: Tensor, state: State, packing: Packing | None = None, dt: Tensor | None = None) -> tuple[Tensor, State]:
+        """``dt`` (B, T): per-token time steps, handed to a mixer that takes them (``takes_dt``), else unused."""
         sub = lambda prefix: {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}  # noqa: E731
-        y, ms = self.mixer(self.norm1(x), sub("mixer."), cu_seqlens=packing)
+        kw = {"dt": dt} if dt is not None and self.mixer.takes_dt else {}
+        y, ms = self.mixer(self.norm1(x), sub("mixer."), cu_seqlens=packing, **kw)
         x = x + self.drop(y)
         new = {f"mixer.{k}": v for k, v in ms.items()}
         if isinstance(self.mlp, Mixer):
@@ -83,8 +86,18 @@ class SequenceModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = c = config
-        self.embed = nn.Embedding(c.vocab_size, c.d_model) if c.vocab_size else nn.Linear(c.input_dim, c.d_model)
+        out = {"lm": c.vocab_size, "classify": c.num_classes, "regress": c.out_dim}[c.head]
         self.embed_scale = 1.0
+        if c.readout == "ridge":  # an untrained reservoir model with a closed-form head (rnnlab.models.readout)
+            self.embed = PadFeatures(c.input_dim, c.d_model)
+            self.blocks = nn.ModuleList(ReservoirBlock(create_mixer(name, c.d_model, **kw))
+                                        for name, kw in zip(c.layer_mixers(), c.layer_kwargs()))
+            self.norm = nn.Identity()
+            self.head = nn.Linear(c.d_model, out)
+            nn.init.zeros_(self.head.weight), nn.init.zeros_(self.head.bias)
+            self.ridge = RidgeReadout(c.d_model, out)
+            return
+        self.embed = nn.Embedding(c.vocab_size, c.d_model) if c.vocab_size else nn.Linear(c.input_dim, c.d_model)
         if c.vocab_size:  # ModelConfig.embedding_init says why
             unit = c.embedding_init == "unit"
             nn.init.normal_(self.embed.weight, std=c.d_model ** -0.5 if unit else 0.02)
@@ -101,7 +114,6 @@ class SequenceModel(nn.Module):
             blocks.append(Block(mixer, mlp, c.d_model, c.norm_eps, c.dropout))
         self.blocks = nn.ModuleList(blocks)
         self.norm = RMSNorm(c.d_model, c.norm_eps)
-        out = {"lm": c.vocab_size, "classify": c.num_classes, "regress": c.out_dim}[c.head]
         self.head = nn.Linear(c.d_model, out, bias=c.head != "lm")
         if c.tie_embeddings:
             self.head.weight = self.embed.weight
@@ -141,17 +153,24 @@ class SequenceModel(nn.Module):
         attention_mask (B, T) of 0/1: row b's sequence is its tokens where the mask is 1, in order (left
         padding, as HF's generate sends, or right padding); outputs keep the (B, T) layout, zeros at
         the padding; the state has B rows, each after its own last real token."""
-        self._check_inputs(inputs)
         if attention_mask is not None:
+            self._check_inputs(inputs)
             if cu_seqlens is not None:
                 raise ValueError("pass cu_seqlens (packed) or attention_mask (padded), not both")
             return self._forward_padded(inputs, state, attention_mask)
+        x, new = self.features(inputs, state, cu_seqlens=cu_seqlens)
+        return self.head(x), new
+
+    def features(self, inputs: Tensor, state: State | None = None, *, cu_seqlens: Tensor | None = None) -> tuple[Tensor, State]:
+        """What the head reads: inputs -> (features (B, T, D), or (B, D) / (N, D) pooled for "classify"; state)."""
+        self._check_inputs(inputs)
         packing = None
         if cu_seqlens is not None:
             if inputs.shape[0] != 1:
                 raise ValueError(f"with cu_seqlens the inputs must be (1, T_total) (sequences packed back to back), got {tuple(inputs.shape)}")
             packing = cu_seqlens if isinstance(cu_seqlens, Packing) else Packing.build(cu_seqlens, inputs.shape[1])
         batch = inputs.shape[0] if packing is None else len(packing.lengths)
+        dt = inputs[..., -1] if self.config.time_input else None  # (B, T): the last feature is Δt
         x = self.embed(inputs)
         if self.embed_scale != 1.0:
             x = x * self.embed_scale
@@ -162,12 +181,12 @@ class SequenceModel(nn.Module):
         new: State = {}
         for i, block in enumerate(self.blocks):
             prefix = f"{i}."
-            x, s = block(x, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, packing)
+            x, s = block(x, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, packing, dt)
             new.update({prefix + k: v for k, v in s.items()})
         x = self.norm(x)
         if self.config.head == "classify":
             x = self._pool(x, packing)
-        return self.head(x), new
+        return x, new
 
     def _check_state_keys(self, state: State) -> None:
         """Every key of a model state belongs to a layer's mixer or MLP (each mixer checks its own keys)."""
@@ -210,6 +229,27 @@ class SequenceModel(nn.Module):
         """One recurrent step: token (B,) ids or (B, input_dim) -> (output for that step, state)."""
         out, state = self(token.unsqueeze(1), state)
         return (out[:, 0] if out.dim() == 3 else out), state
+
+    # --- closed-form readout (readout="ridge") ---------------------------------
+    @torch.no_grad()
+    def accumulate(self, inputs: Tensor, targets: Tensor) -> int:
+        """Add a batch to the ridge sums: the features of every scored position (regress: all its targets scored) or of
+        every pooled sequence with its one-hot class (classify). -> rows added."""
+        X, _ = self.features(inputs)
+        if self.config.head == "classify":
+            Y = torch.nn.functional.one_hot(targets.long(), self.config.num_classes)
+        else:
+            keep = ~torch.isnan(targets).any(-1)
+            X, Y = X[keep], targets[keep]
+        self.ridge.add(X.reshape(-1, X.shape[-1]), Y.reshape(X.shape[0], -1))
+        return X.shape[0]
+
+    @torch.no_grad()
+    def fit_readout(self, ridge: float, gram: Tensor | None = None, moment: Tensor | None = None) -> None:
+        """Set the head to the ridge solution of the accumulated sums (rnnlab.models.readout.RidgeReadout.solve)."""
+        W, b = self.ridge.solve(ridge, gram, moment)
+        self.head.weight.copy_(W.to(self.head.weight.dtype))
+        self.head.bias.copy_(b.to(self.head.bias.dtype))
 
     # --- optimisation helpers -------------------------------------------------
     def param_groups(self, weight_decay: float) -> list[dict]:

@@ -14,9 +14,12 @@ convolution, and the state bookkeeping that lets a convolution continue from a s
   discretization (eq. 3), the kernel's truncated generating function at the roots of unity
   from a Cauchy kernel and the Woodbury identity, then an inverse FFT (``nplr_kernel``);
   Ā's powers from its log2 L squarings (``squarings``, ``power_times``, ``krylov``).
+- Dense (LSSL, Gu et al. 2021 "Combining Recurrent, Convolutional, and Continuous-time Models with Linear
+  State-Space Layers", §3.2 eq. (5)-(6)): any discretized (Ā, B̄), the kernel K_l = C Ā^l B̄ materialized by
+  doubling from Ā's squarings (the Krylov matrix), then the FFT convolution (``dense_ssm_conv``; the loop
+  ``dense_ssm_ref`` is its specification).
 - ``fft_causal_conv``: y_t = Σ_{s≤t} K_{t−s} u_s via zero-padded FFTs (length 2T).
-- ``hippo_legs``, ``nplr_legs``: the HiPPO-LegS matrix and its NPLR form; ``hippo_n_diag``
-  its normal part diagonalized (S5's HiPPO-N initialization).
+- The HiPPO matrices (LegS and its NPLR form, S5's HiPPO-N) live in ``rnnlab.ops.hippo``.
 
 Every public function runs with autocast off (rnnlab.ops.varlen.autocast_off): the kernels are
 parameter math in the dtypes written here, which autocast's bfloat16 matmuls would break.
@@ -32,7 +35,8 @@ from rnnlab.ops.varlen import autocast_off, varlen
 
 __all__ = [
     "zoh_diag", "diag_conv", "fft_causal_conv", "fft_causal_conv_ref",
-    "hippo_legs", "nplr_legs", "hippo_n_diag", "bilinear_dense", "bilinear_dplr", "nplr_kernel", "squarings", "power_times", "krylov", "dense_state_terms",
+    "bilinear_dense", "bilinear_dplr", "nplr_kernel", "squarings", "power_times", "krylov", "dense_state_terms",
+    "dense_ssm_conv", "dense_ssm_ref",
 ]
 
 @autocast_off  # kernel math in its own dtypes (complex128 factors, float32 Cauchy sums)
@@ -113,35 +117,7 @@ def fft_causal_conv_ref(u: Tensor, K: Tensor) -> Tensor:
     return torch.stack(ys, 1)
 
 
-# --------------------------------------------------------------------------- HiPPO and NPLR (S4)
-def hippo_legs(N: int) -> tuple[Tensor, Tensor]:
-    """HiPPO-LegS (Gu et al. 2020, eq. 2 of S4): A (N, N), B (N,) in float64, A = −(...)."""
-    q = torch.sqrt(2 * torch.arange(N, dtype=torch.float64) + 1)
-    A = -torch.tril(q[:, None] * q[None, :], -1) - torch.diag(torch.arange(N, dtype=torch.float64) + 1)
-    return A, q.clone()
-
-
-def nplr_legs(N: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """NPLR form of HiPPO-LegS (S4 §3.3, Thm. 1): A = V (Λ − P Pᴴ) Vᴴ with
-    P_n = sqrt(n + 1/2) in the original basis.  Returns Λ (N,), P (N,), B (N,), V (N, N),
-    complex128, with P and B already in the eigenbasis (Vᴴ P, Vᴴ B)."""
-    A, B = hippo_legs(N)
-    P = torch.sqrt(torch.arange(N, dtype=torch.float64) + 0.5)
-    S = A + P[:, None] * P[None, :]  # normal: −1/2 I + skew-symmetric
-    lam_re = torch.diagonal(S).mean() * torch.ones(N, dtype=torch.float64)
-    lam_im, V = torch.linalg.eigh(S.to(torch.complex128) * -1j)  # S = V (lam_re + i lam_im) Vᴴ
-    lam = torch.complex(lam_re, lam_im)
-    Vh = V.conj().T
-    return lam, Vh @ P.to(torch.complex128), Vh @ B.to(torch.complex128), V
-
-
-def hippo_n_diag(N: int) -> tuple[Tensor, Tensor]:
-    """S5's HiPPO-N initialization (Smith et al. 2023, §4.1/App. B): the normal part
-    S = A_LegS + P Pᵀ diagonalized, S = V Λ Vᴴ.  Returns Λ (N,), V (N, N) complex128."""
-    lam, _, _, V = nplr_legs(N)
-    return lam, V
-
-
+# --------------------------------------------------------------------------- NPLR (S4); HiPPO matrices: rnnlab.ops.hippo
 @autocast_off  # kernel math in its own dtypes (complex128 factors, float32 Cauchy sums)
 def bilinear_dplr(lam: Tensor, P: Tensor, B: Tensor, dt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Bilinear (Tustin) discretization of A = diag(λ) − P Pᴴ (S4 eq. 3) in its diagonal-plus-rank-one form:
@@ -302,3 +278,32 @@ def dense_state_terms(u: Tensor, sq: list[Tensor], Bbar: Tensor, C: Tensor, h0: 
             hz = power_times(sq, L, hz)
         h = (power_times(sq, n, h) if l0 or h0 is not None else 0) + torch.einsum("bth,hnt->hnb", uc.flip(1), KB[..., :n])
     return (torch.cat(ys, 1) if ys else None), h.permute(2, 0, 1)
+
+
+@varlen(("u",), state="h0", final=None)
+def dense_ssm_conv(u: Tensor, Abar: Tensor, Bbar: Tensor, C: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The convolutional view of a dense discrete SSM (LSSL eq. (6)): u (B, T, H), Ā (H, N, N), B̄, C (H, N) real,
+    h0 (B, H, N) or None (zero) -> (y (B, T, H), h_T (B, H, N)) with
+
+        y_t = Σ_{s≤t} K_{t−s} u_s + C Ā^{t+1} h0,   K_l = C Ā^l B̄ (the Krylov kernel, by doubling from log2 T squarings)
+        h_T = Ā^T h0 + Σ_l Ā^{T−1−l} B̄ u_l                                   (``dense_state_terms``, chunked)
+
+    In Ā's dtype (the layer chooses it); the initial-state outputs run only when h0 is given."""
+    T = u.shape[1]
+    sq = squarings(Abar, T)
+    KB, _ = krylov(sq, Bbar, None, T)  # (H, N, T): Ā^l B̄
+    y = fft_causal_conv(u.to(Abar.dtype), torch.einsum("hn,hnt->ht", C, KB))
+    y0, h = dense_state_terms(u, sq, Bbar, C, h0)
+    return (y if y0 is None else y + y0), h
+
+
+@varlen(("u",), state="h0", final=None)
+def dense_ssm_ref(u: Tensor, Abar: Tensor, Bbar: Tensor, C: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The recurrent view (LSSL eq. (5)), the specification of :func:`dense_ssm_conv` (same signature):
+    h_t = Ā h_{t−1} + B̄ u_t, y_t = C h_t, one step per token."""
+    h = u.new_zeros(u.shape[0], *Bbar.shape).to(Abar.dtype) if h0 is None else h0.to(Abar.dtype)
+    ys = []
+    for ut in u.to(Abar.dtype).unbind(1):
+        h = torch.einsum("hnm,bhm->bhn", Abar, h) + Bbar * ut[..., None]
+        ys.append((h * C).sum(-1))
+    return torch.stack(ys, 1), h

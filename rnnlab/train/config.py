@@ -62,6 +62,9 @@ class TrainConfig:
     """Pack variable-length examples back to back into a token budget, no padding (rnnlab.train.packing)."""
     pack_tokens: int | None = None
     """Token budget of a packed step (default batch_size * the task's seq_len)."""
+    ridge: float = 1e-6
+    """Regularization λ of the closed-form readout fit (model readout="ridge": no gradient steps; each step adds a
+    training batch to the ridge sums, the head is solved at every evaluation and at the end)."""
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
@@ -73,7 +76,7 @@ class TrainConfig:
         for f, lo, hi in (("beta1", 0, 1), ("beta2", 0, 1), ("min_lr_ratio", 0, 1.0001)):
             if not lo <= getattr(self, f) < hi:
                 raise ValueError(f"train.{f} must lie in [{lo}, {min(hi, 1)}{')' if hi == 1 else ']'}, got {getattr(self, f)!r}")
-        for f in ("weight_decay", "grad_clip"):
+        for f in ("weight_decay", "grad_clip", "ridge"):
             if getattr(self, f) < 0:
                 raise ValueError(f"train.{f} must be >= 0, got {getattr(self, f)!r}")
         if self.on_nonfinite not in ("stop", "skip"):

@@ -107,6 +107,12 @@ def _train_len(run: dict) -> int | None:
     return cfg.get("task_info", {}).get("train_len") or cfg["task"].get("max_len") or cfg["task"].get("seq_len")
 
 
+def _mixer_label(run: dict) -> str:
+    """The mixer's name, and how its readout was fitted when not by gradient steps (ModelConfig readout="ridge")."""
+    fit = (run.get("result") or {}).get("readout")
+    return run["mixer"] if not fit else f"{run['mixer']} (closed-form ridge readout, λ = {fit['ridge']:g}, {fit['rows']} rows)"
+
+
 def make_report(db: str | Path, out_dir: str | Path | None = None, sweep: str | None = None) -> Path:
     """Write report.md and the PNG plots next to it. -> path of report.md."""
     store = Store(db, create=False)
@@ -152,7 +158,7 @@ def make_report(db: str | Path, out_dir: str | Path | None = None, sweep: str | 
         train_len = _train_len(runs[0])
         header = (["mixer", "d", "L", "params", "state floats", "lr"] + [f"{n}@{L}" for n in names for L in lengths]
                   + ["score (spread over seeds)", "converged", "steps", "time s"])
-        body = [[r["mixer"], r["d_model"], r["n_layers"], r["num_parameters"], r["state_size"],
+        body = [[_mixer_label(r), r["d_model"], r["n_layers"], r["num_parameters"], r["state_size"],
                  f"{r['lr']:g}" + (f" of {len(r['lrs'])}" if len(r["lrs"]) > 1 else "")]
                 + [r["result"]["metrics"][L].get(n) for n in names for L in lengths]
                 + [spread(r), f"{r['converged']}/{r['seeds']}", r["steps"], round(r["wall_s"])]

@@ -212,6 +212,9 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
             stale.unlink(missing_ok=True)
 
     b = tc.batch_size // world
+    ridge = model_cfg.readout == "ridge"  # closed-form readout: batches are summed into the ridge sums, no gradient steps
+    if ridge and tc.pack:
+        raise ValueError('train.pack is not supported with model.readout="ridge" (the ridge sums read whole rows)')
     metric, higher = task.primary_metric, task.higher_is_better
     reached = lambda s: tc.target is not None and (s >= tc.target if higher else s <= tc.target)  # noqa: E731
     best, evals, stopped_early = extra.get("best"), extra.get("evals") or None, False
@@ -227,60 +230,39 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
         stopped_early = True  # the checkpointed run had already stopped at its target
     model.train()
     while step < tc.steps and not stopped_early:
-        lr = get_lr(step, tc.lr, tc.warmup, tc.steps, tc.min_lr_ratio)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        if tc.pack:  # examples back to back, no padding (rnnlab.train.packing)
-            batch = packed_batch(task, tc.batch_size, tc.seed, step, tc.pack_tokens, rank, world).to(device)
-            count, tokens = batch.count, batch.tokens
-            with _autocast(device, tc.bf16):
-                out, _ = model(batch.inputs, cu_seqlens=batch.cu_seqlens)
-        else:
+        if ridge:  # the closed-form readout: this step's batch joins the ridge sums
             full = task.train_batch(tc.batch_size, tc.seed, step)
-            count = task.count_scored(full.targets).clamp_min(1).to(device)
-            tokens = full.inputs.shape[0] * full.inputs.shape[1]
             batch = full.rows(slice(rank * b, (rank + 1) * b)).to(device)
-            with _autocast(device, tc.bf16):
-                out, _ = model(batch.inputs)
-        loss_sum, _ = task.loss_terms(out.float(), batch.targets)
-        loss = loss_sum / count
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        D.all_reduce_grads(params)
-        gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else math.inf)
-        if not (torch.isfinite(loss.detach()) and torch.isfinite(gnorm)):
-            what = f"non-finite {'loss' if not torch.isfinite(loss.detach()) else 'gradient norm'} at step {step + 1} " \
-                   f"(loss {float(loss.detach())}, gradient norm {float(gnorm)}, lr {lr:g})"
-            if tc.on_nonfinite == "stop":
-                raise NonFiniteError(f"{what}; the weights of step {step} are in the last checkpoint "
-                                     "(train.on_nonfinite=skip skips such steps instead)")
-            optimizer.zero_grad(set_to_none=True)  # skip: no update from this batch
-            if main:
-                _write_jsonl(run_dir / METRICS, {"step": step + 1, "skipped": what})
+            rows = model.accumulate(batch.inputs, batch.targets)
+            step += 1
+            if main and (step % tc.log_every == 0 or step == tc.steps):
+                _write_jsonl(run_dir / METRICS, {"step": step, "ridge_rows": int(model.ridge.rows), "batch_rows": rows})
         else:
-            optimizer.step()
-        step += 1
-        tok_last += tokens
-        if step % tc.log_every == 0 or step == tc.steps:
-            # the logged loss is the global-batch loss: sum the per-process parts
-            lval = loss.detach().clone()
-            if world > 1:
-                torch.distributed.all_reduce(lval)
-            now = time.time()
-            tps = tok_last / max(now - t_last, 1e-9)
-            t_last, tok_last = now, 0
-            rec = {"step": step, "loss": float(lval), "lr": lr, "grad_norm": float(gnorm), "tokens_per_s": tps}
-            if main:
-                _write_jsonl(run_dir / METRICS, rec)
-            bar.set_postfix(loss=f"{float(lval):.4f}", **({metric: f"{score_of(evals, metric):.3f}"} if evals else {}),
-                            tok_s=f"{tps:,.0f}")
+            step, loss, gnorm, tokens = _gradient_step(model, optimizer, params, task, tc, step, rank, world, b, device, run_dir, main)
+            tok_last += tokens
+            if step % tc.log_every == 0 or step == tc.steps:
+                # the logged loss is the global-batch loss: sum the per-process parts
+                lval = loss.detach().clone()
+                if world > 1:
+                    torch.distributed.all_reduce(lval)
+                now = time.time()
+                tps = tok_last / max(now - t_last, 1e-9)
+                t_last, tok_last = now, 0
+                rec = {"step": step, "loss": float(lval), "lr": get_lr(step - 1, tc.lr, tc.warmup, tc.steps, tc.min_lr_ratio),
+                       "grad_norm": float(gnorm), "tokens_per_s": tps}
+                if main:
+                    _write_jsonl(run_dir / METRICS, rec)
+                bar.set_postfix(loss=f"{float(lval):.4f}", **({metric: f"{score_of(evals, metric):.3f}"} if evals else {}),
+                                tok_s=f"{tps:,.0f}")
         if step % tc.eval_every == 0 or step == tc.steps:
+            if ridge:
+                _fit(model, tc, world)
             evals = evaluate(model, task, tc, device)
             s = score_of(evals, metric)
             best = s if best is None or (s > best if higher else s < best) else best
             if main:
                 _write_jsonl(run_dir / METRICS, {"step": step, "eval": {str(k): v for k, v in evals.items()}, "score": s})
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", **{metric: f"{s:.3f}"})
+            bar.set_postfix(**({} if ridge else {"loss": f"{float(loss.detach()):.4f}"}), **{metric: f"{s:.3f}"})
             stopped_early = reached(s) and step < tc.steps
         if step % tc.ckpt_every == 0 or step == tc.steps or stopped_early:
             if main:
@@ -289,6 +271,8 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
                                  "wall_s": time.time() - wall0, "cpu_s": time.process_time() - cpu0})
         bar.update(1)
     bar.close()
+    if ridge:
+        _fit(model, tc, world)
     if evals is None or (step % tc.eval_every != 0 and step != tc.steps and not stopped_early):
         evals = evaluate(model, task, tc, device)
     result = {
@@ -300,9 +284,58 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
         "state_size_per_length": {str(L): model.state_size(L) for L in task.test_lengths},
         "wall_s": time.time() - wall0, "cpu_s": time.process_time() - cpu0,
     }
+    if ridge:
+        result["readout"] = {"fit": "closed-form ridge regression (no gradient steps)", "ridge": tc.ridge,
+                             "rows": int(model.ridge.rows) * world}
     if main:
         atomic_write(run_dir / RESULT, json.dumps(result, indent=2))
     return result
+
+
+def _fit(model, tc, world: int) -> None:
+    """Solve the ridge readout from the sums of every process (each process summed its own rows)."""
+    gram, moment = model.ridge.gram.clone(), model.ridge.moment.clone()
+    if world > 1:
+        torch.distributed.all_reduce(gram)
+        torch.distributed.all_reduce(moment)
+    model.fit_readout(tc.ridge, gram, moment)
+
+
+def _gradient_step(model, optimizer, params, task, tc, step, rank, world, b, device, run_dir, main):
+    """One AdamW step on batch ``step`` -> (step + 1, loss, gradient norm, tokens)."""
+    lr = get_lr(step, tc.lr, tc.warmup, tc.steps, tc.min_lr_ratio)
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    if tc.pack:  # examples back to back, no padding (rnnlab.train.packing)
+        batch = packed_batch(task, tc.batch_size, tc.seed, step, tc.pack_tokens, rank, world).to(device)
+        count, tokens = batch.count, batch.tokens
+        with _autocast(device, tc.bf16):
+            out, _ = model(batch.inputs, cu_seqlens=batch.cu_seqlens)
+    else:
+        full = task.train_batch(tc.batch_size, tc.seed, step)
+        count = task.count_scored(full.targets).clamp_min(1).to(device)
+        tokens = full.inputs.shape[0] * full.inputs.shape[1]
+        batch = full.rows(slice(rank * b, (rank + 1) * b)).to(device)
+        with _autocast(device, tc.bf16):
+            out, _ = model(batch.inputs)
+    loss_sum, _ = task.loss_terms(out.float(), batch.targets)
+    loss = loss_sum / count
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    D.all_reduce_grads(params)
+    gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else math.inf)
+    if not (torch.isfinite(loss.detach()) and torch.isfinite(gnorm)):
+        what = f"non-finite {'loss' if not torch.isfinite(loss.detach()) else 'gradient norm'} at step {step + 1} " \
+               f"(loss {float(loss.detach())}, gradient norm {float(gnorm)}, lr {lr:g})"
+        if tc.on_nonfinite == "stop":
+            raise NonFiniteError(f"{what}; the weights of step {step} are in the last checkpoint "
+                                 "(train.on_nonfinite=skip skips such steps instead)")
+        optimizer.zero_grad(set_to_none=True)  # skip: no update from this batch
+        if main:
+            _write_jsonl(run_dir / METRICS, {"step": step + 1, "skipped": what})
+    else:
+        optimizer.step()
+    return step + 1, loss, gnorm, tokens
 
 
 def checkpoint_step(run_dir: str | Path) -> int | None:

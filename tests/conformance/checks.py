@@ -16,7 +16,7 @@ from safetensors.torch import load, save
 
 from rnnlab.layers.base import state_numel
 from rnnlab.ops.varlen import cat_rows, cu_seqlens_from_lengths
-from rnnlab.testing import assert_close
+from rnnlab.testing import assert_close, rel_err
 
 D_MODEL = 32
 LENGTHS = (1, 2, 37, 67)  # 1, a prime, and lengths that are not multiples of any chunk size
@@ -76,7 +76,7 @@ def check_gradients(make, T=37):
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for p in mixer.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.dtype) * (p.detach().float().std() if p.numel() > 1 else 1.0).clamp_min(0.1))
+            p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.dtype) * (p.detach().float().std() if p.numel() > 1 else torch.tensor(1.0)).clamp_min(0.1))
     x = _x(BATCH, T, seed=3).requires_grad_()
     y1, s = mixer(x[:, :20])
     y2, _ = mixer(x[:, 20:], s)
@@ -211,7 +211,7 @@ def check_packed_equals_separate(make, lengths=PACKED_LENGTHS, prefixes=PREFIXES
     g = torch.Generator().manual_seed(11)
     with torch.no_grad():  # perturb so zero-initialised branches are live (as check_gradients)
         for p in mixer.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.dtype) * (p.detach().float().std() if p.numel() > 1 else 1.0).clamp_min(0.1))
+            p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.dtype) * (p.detach().float().std() if p.numel() > 1 else torch.tensor(1.0)).clamp_min(0.1))
     xs = [_x(1, L, seed=200 + i) for i, L in enumerate(lengths)]
     inits = []
     with torch.no_grad():
@@ -394,6 +394,56 @@ def check_float64(make, T=37):
     assert_close(y1, ref_y1, name="float64 vs float32 step output")
 
 
+def _dt(batch, seq_len, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return 0.2 + 1.8 * torch.rand(batch, seq_len, generator=g)
+
+
+def check_time_step(make, T=37):
+    """The per-token time step dt (B, T) of continuous-time mixers (``takes_dt``) follows x's contract: parallel ==
+    stepping, split == full, packed == separate (outputs, final states, input gradients), dt = 1 == no dt, and dt
+    changes the output. A mixer without ``takes_dt`` rejects dt; a dt of the wrong shape is a ValueError."""
+    mixer = make().eval()
+    x = _x(BATCH, T, seed=41)
+    if not mixer.takes_dt:
+        with pytest.raises(ValueError, match="dt"):
+            mixer(x, dt=_dt(BATCH, T))
+        return
+    for bad in (_dt(BATCH, T + 1), _dt(BATCH, T)[..., None], -_dt(BATCH, T)):
+        with pytest.raises(ValueError, match="dt"):
+            mixer(x, dt=bad)
+    dt = _dt(BATCH, T, seed=43)
+    with torch.no_grad():
+        y, s = mixer(x, dt=dt)
+        ys, state = [], None
+        for t in range(T):
+            yt, state = mixer(x[:, t:t + 1], state, dt=dt[:, t:t + 1])
+            ys.append(yt)
+        assert_close(torch.cat(ys, 1), y, name="step vs parallel output with dt")
+        for k in s:
+            assert_close(state[k].float(), s[k].float(), name=f"step vs parallel state[{k!r}] with dt")
+        y1, s1 = mixer(x[:, :11], dt=dt[:, :11])
+        y2, s2 = mixer(x[:, 11:], _clone_state(s1), dt=dt[:, 11:])
+        assert_close(torch.cat([y1, y2], 1), y, name="split output with dt")
+        y_one, _ = mixer(x, dt=torch.ones(BATCH, T))
+        y_none, _ = mixer(x)
+        assert_close(y_one, y_none, name="dt = 1 vs no dt")
+        assert rel_err(y_none, y) > 1e-3, "dt does not change the output"
+    lengths = (5, 1, 13, 2)
+    xs = [_x(1, L, seed=50 + i).requires_grad_() for i, L in enumerate(lengths)]
+    dts = [_dt(1, L, seed=60 + i) for i, L in enumerate(lengths)]
+    seps = [mixer(xi, dt=di) for xi, di in zip(xs, dts)]
+    xp = torch.cat([xi.detach() for xi in xs], 1).requires_grad_()
+    yp, sp = mixer(xp, dt=torch.cat(dts, 1), cu_seqlens=cu_seqlens_from_lengths(lengths))
+    assert_close(yp, torch.cat([o[0] for o in seps], 1).detach(), name="packed vs separate output with dt")
+    for k in sp:
+        assert_close(sp[k].float(), torch.cat([o[1][k] for o in seps]).float().detach(), name=f"packed vs separate state[{k!r}] with dt")
+    cot = torch.randn(yp.shape, generator=torch.Generator().manual_seed(3))
+    (gp,) = torch.autograd.grad((yp * cot).sum(), xp)
+    gs = torch.autograd.grad(sum((o[0] * c).sum() for o, c in zip(seps, cot.split(list(lengths), 1))), xs)
+    assert_close(gp, torch.cat(gs, 1), name="packed vs separate input gradient with dt")
+
+
 CHECKS = {
     "parallel_equals_step": check_parallel_equals_step,
     "split_equals_full": check_split_equals_full,
@@ -408,6 +458,7 @@ CHECKS = {
     "packed_nonfinite_isolated": check_packed_nonfinite_isolated,
     "autocast_bfloat16": check_autocast_bfloat16,
     "float64": check_float64,
+    "time_step": check_time_step,
 }
 
 

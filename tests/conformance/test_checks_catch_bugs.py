@@ -132,3 +132,32 @@ def test_unchecked_input_is_reported():
 
     with pytest.raises((AssertionError, RuntimeError, IndexError)):
         checks.check_bad_input(f)
+
+
+class ToyTimeEMA(ToyEMA):
+    """A continuous-time EMA, h_t = e^{−k dt_t} h_{t−1} + (1 − e^{−k dt_t}) W x_t: correct unless a bug flag is set
+    ("step_ignores_dt": the step uses dt = 1; "dt_unused": dt is accepted and ignored)."""
+
+    takes_dt = True
+
+    def parallel(self, x, state, dt=None):
+        dt = torch.ones(x.shape[:2]) if dt is None or self.bug == "dt_unused" else dt
+        a = torch.exp(-torch.nn.functional.softplus(self.logit) * dt[..., None])
+        u, h, hs = self.proj(x), state["h"].to(x.dtype), []
+        for t in range(x.shape[1]):
+            h = a[:, t] * h + (1 - a[:, t]) * u[:, t]
+            hs.append(h)
+        return torch.stack(hs, 1), {"h": h.float()}
+
+    def step(self, x, state, dt=None):
+        return self.parallel(x, state, None if self.bug == "step_ignores_dt" else dt)
+
+
+def test_correct_time_mixer_passes():
+    checks.check_time_step(make(cls=ToyTimeEMA))
+
+
+@pytest.mark.parametrize("bug", ["step_ignores_dt", "dt_unused"])
+def test_broken_time_step_is_reported(bug):
+    with pytest.raises(AssertionError):
+        checks.check_time_step(make(bug, cls=ToyTimeEMA))

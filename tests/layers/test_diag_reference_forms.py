@@ -18,28 +18,35 @@ D = 8
 DTYPE = {"s4": torch.float64}
 
 
-def _make(name, **kw):
+def _make(name, dtype=None, **kw):
     torch.manual_seed(0)
     kwargs = {**mixer_info(name).small, **kw}
-    return rnnlab.create_mixer(name, D, **kwargs).to(DTYPE.get(name, torch.float32))
+    return rnnlab.create_mixer(name, D, **kwargs).to(dtype or DTYPE.get(name, torch.float32))
 
 
-def _run(m, x, state, seed=7):
+def _run(m, x, state, dt=None, seed=7):
+    """Outputs, new state and the gradients (x, the state's tensors, dt when given, every parameter) of a random
+    projection of the outputs and the new state."""
     leaves = {"x": x.clone().requires_grad_(), **{k: v.clone().requires_grad_() for k, v in state.items()}}
-    y, new = m(leaves["x"], {k: leaves[k] for k in state})
+    if dt is not None:
+        leaves["dt"] = dt.clone().requires_grad_()
+    y, new = m(leaves["x"], {k: leaves[k] for k in state}, **({"dt": leaves["dt"]} if dt is not None else {}))
     g = torch.Generator().manual_seed(seed)
-    loss = (y * torch.randn(y.shape, generator=g)).sum()
-    loss = loss + sum((new[k] * torch.randn(new[k].shape, generator=g)).sum() for k in sorted(new))
+    loss = (y * torch.randn(y.shape, generator=g).to(y.dtype)).sum()
+    loss = loss + sum((new[k] * torch.randn(new[k].shape, generator=g).to(new[k].dtype)).sum() for k in sorted(new))
     params = dict(m.named_parameters())
     grads = torch.autograd.grad(loss, list(leaves.values()) + list(params.values()), allow_unused=True)
     names = [f"d{k}" for k in leaves] + [f"d{k}" for k in params]
     return y, new, dict(zip(names, grads))
 
 
-def check_against_reference(name: str, T: int = 37, with_state: bool = True) -> None:
-    """The parallel form of mixer ``name`` == its backend="reference" loop on x (2, T, D), from a state
-    left by an 11-token prefix (or the empty state): outputs, new state, all gradients."""
-    fast, ref = _make(name), _make(name, backend="reference")
+def check_against_reference(name: str, T: int = 37, with_state: bool = True, dtype: torch.dtype | None = None,
+                            with_dt: bool = False, **kw) -> None:
+    """The parallel form of mixer ``name`` (options ``kw``) == its backend="reference" loop on x (2, T, D), from a state
+    left by an 11-token prefix (or the empty state), in ``dtype`` (default DTYPE's): outputs, new state, all gradients.
+    A mixer with a time step (takes_dt) runs its prefix with random dt; ``with_dt`` gives x a random dt too."""
+    fast, ref = _make(name, dtype, **kw), _make(name, dtype, backend="reference", **kw)
+    f = dtype or DTYPE.get(name, torch.float32)
     ref.load_state_dict(fast.state_dict())
     with torch.no_grad():  # move away from the init so every term matters
         for p in fast.parameters():
@@ -47,12 +54,15 @@ def check_against_reference(name: str, T: int = 37, with_state: bool = True) -> 
     ref.load_state_dict(fast.state_dict())
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        _, state = fast(torch.randn(2, 11, D, generator=g).to(DTYPE.get(name, torch.float32)))  # a realistic state to continue from
+        prefix = torch.randn(2, 11, D, generator=g).to(f)
+        dt0 = {"dt": (0.5 + torch.rand(2, 11, generator=g)).to(f)} if fast.takes_dt else {}
+        _, state = fast(prefix, **dt0)  # a realistic state to continue from
     if not with_state:
         state = fast.init_state(2)
-    x = torch.randn(2, T, D, generator=g).to(DTYPE.get(name, torch.float32))
-    y, s, grads = _run(fast, x, state)
-    y_r, s_r, grads_r = _run(ref, x, state)
+    x = torch.randn(2, T, D, generator=g).to(f)
+    dt = (0.2 + 2 * torch.rand(2, T, generator=g)).to(f) if with_dt else None
+    y, s, grads = _run(fast, x, state, dt)
+    y_r, s_r, grads_r = _run(ref, x, state, dt)
     assert_close(y, y_r, name="y")
     for k in s_r:
         assert_close(s[k], s_r[k], name=f"state[{k}]")

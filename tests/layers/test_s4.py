@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import rnnlab
-from rnnlab.ops.ssm_kernels import hippo_legs, nplr_legs
+from rnnlab.ops.hippo import legs as hippo_legs, nplr_legs
 from rnnlab.testing import assert_close
 
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import rnnlab
-from rnnlab.ops.ssm_kernels import hippo_n_diag
+from rnnlab.ops.hippo import hippo_n_diag
 from rnnlab.testing import assert_close
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnlab.ops import conv, delta, gla, log_scan, mlstm, rnn, rwkv6, rwkv7, scan, selective_scan, ssm_kernels, wkv4
+from rnnlab.ops import cfc, conv, delta, gla, hippo, hippo_rnn, log_scan, ltc, mlstm, reservoir, rnn, rwkv6, rwkv7, scan, selective_scan, ssm_kernels, wkv4
 from rnnlab.ops.varlen import cu_seqlens_from_lengths, map_state
 from rnnlab.testing import assert_close
 
@@ -167,6 +167,46 @@ def _diag_conv(strong):
     return Case(ssm_kernels.diag_conv, _diag_loop, dict(u=torch.randn(1, T_ALL, H)), params, state=state, state_name="h0", final=None)
 
 
+def _dense_ssm():
+    from rnnlab.ops.hippo import discretize, legs
+
+    A, B = legs(NS)
+    Ab, Bb = (t.float() for t in discretize(A, B, torch.tensor([0.05, 0.2], dtype=torch.float64)))
+    return Case(ssm_kernels.dense_ssm_conv, ssm_kernels.dense_ssm_ref, dict(u=torch.randn(1, T_ALL, H)),
+                dict(Abar=Ab, Bbar=Bb, C=torch.randn(H, NS)), state=torch.randn(N, H, NS), state_name="h0", final=None)
+
+
+def _continuous(name):
+    """The continuous-time cells with a per-token time step dt, packed like x."""
+    Hh = 6
+    time = dict(x=torch.randn(1, T_ALL, D), dt=0.2 + 2 * torch.rand(1, T_ALL))
+    if name == "ltc":
+        params = dict(sensory_mu=torch.rand(D, Hh), sensory_sigma=3 + torch.rand(D, Hh), sensory_w=torch.rand(D, Hh),
+                      sensory_erev=torch.randn(D, Hh), mu=torch.rand(Hh, Hh), sigma=3 + torch.rand(Hh, Hh), w=torch.rand(Hh, Hh),
+                      erev=torch.randn(Hh, Hh), gleak=torch.rand(Hh), vleak=torch.randn(Hh), cm=0.5 + torch.rand(Hh))
+        return Case(ltc.ltc, ltc.ltc_ref, time, params, state=torch.randn(N, Hh), final=None)
+    if name == "cfc":
+        params = dict(weight=torch.randn(16, D + Hh) / 4, bias=torch.randn(16), head_weight=torch.randn(3 * Hh, 16) / 4,
+                      head_bias=torch.randn(3 * Hh))
+        return Case(cfc.cfc, cfc.cfc_ref, time, params, state=torch.randn(N, Hh), final=None)
+    M, NN = 2, 5
+    params = dict(weight=torch.randn(2 * Hh, Hh + M * NN + D) / 4, bias=torch.randn(2 * Hh), weight_f=torch.randn(M, Hh),
+                  bias_f=torch.randn(M), N=NN)
+    state = (torch.randn(N, Hh), torch.randn(N, M, NN), torch.rand(N) * 5)
+    return Case(hippo_rnn.hippo_rnn, hippo_rnn.hippo_rnn_ref, time, params, state=state, final=None)
+
+
+def _reservoir(name):
+    Nr = 6
+    if name == "cyclic_memory":
+        return Case(reservoir.cyclic_memory, reservoir.cyclic_memory_ref, dict(x=torch.randn(1, T_ALL, D)),
+                    dict(V_in=torch.randn(Nr, D), bias=torch.randn(Nr)), state=torch.randn(N, Nr), final=None)
+    params = dict(W_in=torch.randn(Nr, D), W=reservoir.spectral_rescale(torch.randn(Nr, Nr), 0.9), bias=torch.randn(Nr),
+                  O=reservoir.orthogonal(Nr, "random"), alpha=0.5, beta=0.7)
+    return Case(reservoir.residual_reservoir, reservoir.residual_reservoir_ref, dict(x=torch.randn(1, T_ALL, D)), params,
+                state=torch.randn(N, Nr), final=None)
+
+
 def _fft_causal_conv():
     return Case(ssm_kernels.fft_causal_conv, ssm_kernels.fft_causal_conv_ref, dict(u=torch.randn(1, T_ALL, H)),
                 dict(K=torch.randn(H, T_ALL)), state_name=None, final=None)
@@ -206,6 +246,9 @@ CASES = {
     **{f"wkv4{'_strong' * s}": (lambda s=s: _wkv4(s)) for s in (False, True)},
     **{f"diag_conv{'_strong' * s}": (lambda s=s: _diag_conv(s)) for s in (False, True)},
     "fft_causal_conv": _fft_causal_conv,
+    "dense_ssm_conv": _dense_ssm,
+    **{name: (lambda name=name: _continuous(name)) for name in ("ltc", "cfc", "hippo_rnn")},
+    **{name: (lambda name=name: _reservoir(name)) for name in ("residual_reservoir", "cyclic_memory")},
     "causal_conv1d": _causal_conv1d,
     **{cell: (lambda cell=cell: _rnn(cell)) for cell in ("elman", "lstm", "gru", "slstm")},
 }
@@ -349,6 +392,9 @@ PUBLIC_OPS = [
     scan.linear_scan, scan.linear_scan_ref, selective_scan.selective_scan, selective_scan.selective_scan_ref,
     log_scan.log_scan, log_scan.log_scan_ref, wkv4.wkv4, wkv4.wkv4_ref,
     ssm_kernels.diag_conv, ssm_kernels.fft_causal_conv, ssm_kernels.fft_causal_conv_ref, conv.causal_conv1d, conv.causal_conv1d_ref,
+    ssm_kernels.dense_ssm_conv, ssm_kernels.dense_ssm_ref, hippo.project_ref, ltc.ltc, ltc.ltc_ref, cfc.cfc, cfc.cfc_ref,
+    hippo_rnn.hippo_rnn, hippo_rnn.hippo_rnn_ref, reservoir.residual_reservoir, reservoir.residual_reservoir_ref,
+    reservoir.cyclic_memory, reservoir.cyclic_memory_ref,
     *(getattr(rnn, n) for n in ("rnn", "elman", "lstm", "gru", "slstm", "rnn_ref", "elman_ref", "lstm_ref", "gru_ref", "slstm_ref")),
 ]
 FLA_OPS = [op for op in PUBLIC_OPS if "head_first" in inspect.signature(op).parameters]

@@ -13,6 +13,7 @@ from rnnlab.tasks.state_tracking import compose, group_elements
 SMALL = {  # fast options per task (the defaults are used where not listed)
     "bytes_lm": {"seq_len": 32, "max_bytes": 2_000_000},
     "lorenz": {"seq_len": 16, "burn_in": 50},
+    "memory_capacity": {"seq_len": 60, "max_delay": 10},
 }
 
 
