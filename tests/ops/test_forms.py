@@ -5,11 +5,11 @@ import re
 import pytest
 import torch
 
-from rnnlab.ops import log_scan, rnn, scan, selective_scan, wkv4
+from rnnlab.ops import log_scan, matrix_scan, rnn, scan, selective_scan, wkv4
 from rnnlab.ops.forms import ALIASES, FORMS, check_form, choose
 
 OPS = {"linear_scan": scan.BACKENDS, "selective_scan": selective_scan.BACKENDS, "log_scan": scan.BACKENDS,
-       "wkv4": scan.BACKENDS, "rnn": rnn.BACKENDS}
+       "wkv4": scan.BACKENDS, "rnn": rnn.BACKENDS, "matrix_scan": matrix_scan.BACKENDS}
 
 
 @pytest.mark.parametrize("name", list(OPS))
