@@ -35,6 +35,7 @@ def _calls():
         "log_scan": lambda be: log_scan.log_scan(-x.abs(), x, backend=be),
         "wkv4": lambda be: wkv4.wkv4(x, x, -torch.ones(3), torch.zeros(3), backend=be),
         "rnn": lambda be: rnn.elman(x, torch.eye(3), backend=be),
+        "matrix_scan": lambda be: matrix_scan.matrix_scan(x.unsqueeze(-1), backend=be),
     }
 
 
