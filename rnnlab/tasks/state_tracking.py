@@ -3,12 +3,14 @@
 Given g_1 .. g_T (tokens = group elements), the target at position t is the prefix product
 g_1 g_2 ... g_t (Merrill, Petty & Sabharwal 2024, "The Illusion of State in State-Space
 Models"; Liu et al. 2023). Groups: ``Z<m>`` (cyclic: the running sum mod m), ``S3``, ``S5``
-(symmetric), ``A5`` (alternating, the smallest non-solvable group: NC^1-complete). Three
+(symmetric), ``A5`` (alternating, the smallest non-solvable group: NC^1-complete). Four
 registered names share this one generator:
 
     parity        Z2, training lengths 3..40, test up to 256 (Grazzi et al. 2024, "Unlocking
                   State-Tracking in Linear RNNs Through Negative Eigenvalues", Sec. 5.1)
     modular_sum   Z<modulus> (running sum mod m)
+    sum           Z5 at Fan et al.'s lengths: train 40, test up to 500 (Fan, Chi & Rudnicky 2024, "Advancing
+                  Regular Language Reasoning in Linear Recurrent Neural Networks", Sum(M))
     word_problem  any group (default S5)
 
 Training lengths are drawn per sequence uniformly in [min_len, max_len] (right-padded, the
@@ -25,7 +27,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from rnnlab.tasks.base import IGNORE_INDEX, Task, as_tensor_batch, register_task
+from rnnlab.tasks.base import Task, as_tensor_batch, register_task, right_padded
 
 GROUPS = "Z<m> (e.g. Z2, Z5), S3, S5, A5"
 
@@ -106,16 +108,15 @@ class WordProblem(Task):
         tokens = rng.integers(0, self.order, size=(batch_size, T))
         targets = self.prefix_products(tokens)
         if seq_len is None and self.min_len < self.max_len:
-            lens = rng.integers(self.min_len, self.max_len + 1, size=batch_size)
-            pad = np.arange(T)[None] >= lens[:, None]
-            tokens, targets = np.where(pad, 0, tokens), np.where(pad, IGNORE_INDEX, targets)
-            return as_tensor_batch(tokens, targets, lens)
+            return right_padded(tokens, targets, rng.integers(self.min_len, self.max_len + 1, size=batch_size))
         return as_tensor_batch(tokens, targets)
 
 
+@register_task("sum", defaults={"modulus": 5, "min_len": 40, "max_len": 40, "test_lengths": [40, 160, 500]})
 @register_task("modular_sum")
 class ModularSum(WordProblem):
-    """Running sum mod m at every position (the word problem of Z_m)."""
+    """Running sum mod m at every position (the word problem of Z_m). ``sum`` is Fan et al.'s Sum(M) with their
+    setting: M = 5, training length 40, tested up to 500 (the same task, not a new one)."""
 
     def __init__(self, modulus: int = 5, min_len: int = 16, max_len: int = 16, test_lengths: list[int] | None = None):
         if not isinstance(modulus, int) or modulus < 2:
