@@ -101,15 +101,15 @@ class ImplicitMamba2(Mixer):
         return self.norm_f(z + y), new
 
     @torch.no_grad()
-    def solve(self, u: Tensor, state: State, form: str) -> tuple[Tensor, Tensor]:
-        """Fixed-point iteration from z = 0 -> (z* (B, T, D), f(z*)); every row stops once its relative step is
+    def solve(self, u: Tensor, state: State, form: str, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        """Fixed-point iteration from z = 0 (in ``dtype``, default u's) -> (z* (B, T, D), f(z*)); every row stops once its relative step is
         within ``tol`` (then ‖f(z*) − z*‖ <= tol·‖f(z*)‖), or after ``max_iter`` applications. The tolerance is
         floored at 4 ulps of the arithmetic (bfloat16's under autocast or for a bfloat16 module), which no
         iteration can beat."""
         B, T = u.shape[:2]
-        low = u.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled(u.device.type)
-        tol = max(self.tol, 4 * torch.finfo(torch.bfloat16 if low else u.dtype).eps)  # no finer than the arithmetic
-        z = u.new_zeros(B, T, self.d_model)
+        low = (dtype or u.dtype) in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled(u.device.type)
+        tol = max(self.tol, 4 * torch.finfo(torch.bfloat16 if low else (dtype or u.dtype)).eps)  # no finer than the arithmetic
+        z = u.new_zeros(B, T, self.d_model, dtype=dtype)
         fz, _ = self.f(z, u, state, form)
         active = torch.ones(B, dtype=torch.bool, device=u.device)
         n = 1
@@ -150,7 +150,7 @@ class ImplicitMamba2(Mixer):
 
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         u = self.injection(self.norm_in(x))
-        z, fz = self.solve(u, state, form)
+        z, fz = self.solve(u, state, form, x.dtype)
         if not torch.is_grad_enabled():
             _, new = self.f(z, u, state, form)  # the final call advances the state (its output is fz)
             return fz, new
