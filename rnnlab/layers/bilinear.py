@@ -53,6 +53,7 @@ __all__ = ["Bilinear", "FACTORIZATIONS"]
 FACTORIZATIONS = ("full", "cp", "block", "diag")
 
 
+@register_mixer("bilinear_diag", family="expressive", defaults={"factorization": "diag"}, small={"d_state": 8})
 @register_mixer("bilinear", family="expressive", small={"d_state": 8, "block_size": 4, "rank": 8})
 class Bilinear(Mixer):
     """x (B, T, D) -> y (B, T, D). State: h (B, H, m) float32, unit norm (H·m = d_state; H = 1 except ``block``).

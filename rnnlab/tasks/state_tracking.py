@@ -12,6 +12,7 @@ registered names share this one generator:
     sum           Z5 at Fan et al.'s lengths: train 40, test up to 500 (Fan, Chi & Rudnicky 2024, "Advancing
                   Regular Language Reasoning in Linear Recurrent Neural Networks", Sum(M))
     word_problem  any group (default S5)
+    word_problem_s3  the same with S3 (solvable, non-abelian), a name of its own for sweeps
 
 Training lengths are drawn per sequence uniformly in [min_len, max_len] (right-padded, the
 padding not scored); each test length fixes the length. ``last_acc`` is the accuracy of the
@@ -70,6 +71,7 @@ def multiplication_table(group: str) -> np.ndarray:
     return np.array([[index[compose(group, a, b)] for b in el] for a in el], np.int64)
 
 
+@register_task("word_problem_s3", defaults={"group": "S3"})
 @register_task("word_problem", defaults={"group": "S5"})
 @register_task("parity", defaults={"group": "Z2", "min_len": 3, "max_len": 40, "test_lengths": [40, 64, 128, 256]})
 class WordProblem(Task):

@@ -179,3 +179,12 @@ def test_a_dead_sweeps_claim_is_taken_over(tmp_path):
     store.upsert(run["id"], owner=f"{socket.gethostname()}:999999999:0")  # a dead process on this host
     store.close()
     assert run_sweep(s, log=lambda *_: None)["done"] == 1
+
+
+def test_state_tracking_sweep_file_resolves():
+    """examples/sweep_state_tracking.yaml (issue 22's comparison): every point resolves, every mixer on every task."""
+    runs = expand(load_sweep("examples/sweep_state_tracking.yaml"))
+    pairs = {(r["config"]["task"]["name"], r["config"]["model"]["mixer"]) for r in runs}
+    assert len(runs) == 108 and len(pairs) == 54
+    s5 = [r for r in runs if r["config"]["task"]["name"] == "word_problem"]
+    assert all(r["config"]["task"]["group"] == "S5" and r["config"]["task"]["test_lengths"] == [16, 64, 128] for r in s5)
