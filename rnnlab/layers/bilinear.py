@@ -43,6 +43,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
+from rnnlab.layers.parts import learned_initial_state
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.chunk import acc_dtype
 from rnnlab.ops.forms import check_form
@@ -85,8 +86,7 @@ class Bilinear(Mixer):
         self.out_proj = nn.Linear(n, d_model, bias=False)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
-        h0 = self.h0.to(device=device, dtype=dtype or torch.float32)
-        return {"h": h0.expand(batch_size, *h0.shape).clone()}
+        return {"h": learned_initial_state(self.h0, batch_size, device, dtype)}
 
     def state_size(self, seq_len: int) -> int:
         return self.d_state

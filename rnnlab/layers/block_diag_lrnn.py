@@ -28,6 +28,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
+from rnnlab.layers.parts import learned_initial_state
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.chunk import acc_dtype
 from rnnlab.ops.forms import check_form
@@ -57,8 +58,7 @@ class BlockDiagLRNN(Mixer):
         self.x0 = nn.Parameter(torch.randn(self.num_blocks, b))
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
-        x0 = self.x0.to(device=device, dtype=dtype or torch.float32)
-        return {"h": x0.expand(batch_size, *x0.shape).clone()}
+        return {"h": learned_initial_state(self.x0, batch_size, device, dtype)}
 
     def state_size(self, seq_len: int) -> int:
         return self.d_model
