@@ -24,6 +24,7 @@ HEADLINE_PREFERENCE = {
     "matrix": ["gla", "mamba2", "retnet", "linear_attention", "mlstm"],
     "delta": ["gated_deltanet", "deltanet"],
     "ttt": ["ttt_linear", "titans"],
+    "expressive": ["block_diag_lrnn", "bilinear"],
 }
 
 

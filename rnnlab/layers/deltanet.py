@@ -135,6 +135,7 @@ class _DeltaRuleMixer(Mixer):
                 f"num_householder={self.nh}, forget_gate={self.forget_gate}, negative_eigenvalues={self.negative_eigenvalues}")
 
 
+@register_mixer("deltanet_neg", family="delta", defaults={"negative_eigenvalues": True}, small={"num_heads": 2, "chunk_size": 16})
 @register_mixer("deltanet", family="delta", small={"num_heads": 2, "chunk_size": 16})
 class DeltaNet(_DeltaRuleMixer):
     """DeltaNet (Yang et al. 2024): x (B, T, D) -> y (B, T, D); see the module docstring.

@@ -92,6 +92,7 @@ class SelectiveBlock(Mixer):
         return f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, transition={self.transition!r}"
 
 
+@register_mixer("mamba_neg", family="diagonal", defaults={"negative_eigenvalues": True}, small={"d_state": 4, "chunk_size": 16})
 @register_mixer("mamba", family="diagonal", small={"d_state": 4, "chunk_size": 16})
 class Mamba(SelectiveBlock):
     """Mamba mixer: x (B, T, D) -> y (B, T, D); state conv (B, d_conv-1, d_inner), ssm (B, d_inner, d_state).

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.parts import ShortConv
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.chunk import acc_dtype
 from rnnlab.ops.forms import choose
 from rnnlab.ops.gla import chunk_simple_gla, fused_recurrent_simple_gla
 
@@ -71,27 +72,34 @@ class Mamba2(Mixer):
         return self.conv.state_size() + self.num_heads * self.d_state * self.headdim
 
     def _gated_norm(self, y: Tensor, z: Tensor) -> Tensor:
-        """RMSNorm(y ⊙ SiLU(z)) over groups of d_inner / ngroups channels, weight (d_inner,); float32."""
-        u = (y.float() * F.silu(z.float())).unflatten(-1, (self.ngroups, -1))
-        return F.rms_norm(u, u.shape[-1:], eps=self.norm_eps).flatten(-2) * self.norm_weight.float()
+        """RMSNorm(y ⊙ SiLU(z)) over groups of d_inner / ngroups channels, weight (d_inner,); in y's dtype (float32
+        or float64)."""
+        u = (y * F.silu(z.to(y.dtype))).unflatten(-1, (self.ngroups, -1))
+        return F.rms_norm(u, u.shape[-1:], eps=self.norm_eps).flatten(-2) * self.norm_weight.to(y.dtype)
 
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
+        return self.mix_projected(self.in_proj(x), state, form, x.dtype)
+
+    def mix_projected(self, zxbcdt: Tensor, state: State, form: str, dtype: torch.dtype) -> tuple[Tensor, State]:
+        """The block after its input projection: zxbcdt (B, T, 2·d_inner + 2·G·N + H) -> (y (B, T, D), state); dtype:
+        the input's (implicit_mamba2 adds its injection to the projection before this)."""
         H, G, N = self.num_heads, self.ngroups, self.d_state
-        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * G * N, H], -1)
+        z, xBC, dt = zxbcdt.split([self.d_inner, self.d_inner + 2 * G * N, H], -1)
         xBC, conv_state = self.conv(xBC, state["conv"])
         xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], -1)
         xs = rearrange(xs, "b t (h p) -> b t h p", h=H)
         # (B, T, G, N): the op shares each group's B, C (its k, q) with the group's H / G heads: one C Bᵀ per group
         Bm, Cm = Bm.unflatten(-1, (G, N)), Cm.unflatten(-1, (G, N))
-        delta = F.softplus(dt.float() + self.dt_bias.float())  # (B, T, H)
-        g = -torch.exp(self.A_log.float()) * delta  # log-decay Δ A <= 0
-        v = (xs.float() * delta[..., None]).to(x.dtype)
-        kw = dict(scale=1.0, initial_state=state["h"].float(), output_final_state=True)
+        acc = acc_dtype(zxbcdt)  # float32 (float64 for a float64 module)
+        delta = F.softplus(dt.to(acc) + self.dt_bias.to(acc))  # (B, T, H)
+        g = -torch.exp(self.A_log.to(acc)) * delta  # log-decay Δ A <= 0
+        v = (xs.to(acc) * delta[..., None]).to(dtype)
+        kw = dict(scale=1.0, initial_state=state["h"].to(acc), output_final_state=True)
         op = choose(form, {"chunk": partial(chunk_simple_gla, chunk_size=self.chunk_size), "recurrent": fused_recurrent_simple_gla}, "mamba2")
         y, h = op(Cm, Bm, v, g, **kw)
-        y = y.float() + self.D.float()[:, None] * xs.float()  # D skip
+        y = y.to(acc) + self.D.to(acc)[:, None] * xs.to(acc)  # D skip
         y = self._gated_norm(rearrange(y, "b t h p -> b t (h p)"), z)
-        out = self.out_proj(y.to(x.dtype))
+        out = self.out_proj(y.to(dtype))
         return out, {"conv": conv_state.to(state["conv"].dtype), "h": h.to(state["h"].dtype)}
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from rnnlab.ops.conv import causal_conv1d
 
-__all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos_sin", "positions"]
+__all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos_sin", "positions", "learned_initial_state"]
 
 
 class RMSNorm(nn.Module):
@@ -103,3 +103,10 @@ def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     x1, x2 = x.float().chunk(2, dim=-1)
     c, s = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
     return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).to(x.dtype)
+
+
+def learned_initial_state(h0: Tensor, batch_size: int, device=None, dtype=None) -> Tensor:
+    """A learned initial state h0 (*S) -> (batch_size, *S) rows (float32 unless ``dtype``), still attached to h0:
+    the ``init_state`` of mixers whose update is multiplicative (a zero state would stay zero)."""
+    h0 = h0.to(device=device, dtype=dtype or torch.float32)
+    return h0.expand(batch_size, *h0.shape).clone()

@@ -32,7 +32,7 @@ class MixerInfo:
     small: dict = field(default_factory=dict)
 
 
-FAMILIES = ("attention", "nonlinear", "diagonal", "matrix", "delta", "ttt", "other")
+FAMILIES = ("attention", "nonlinear", "diagonal", "matrix", "delta", "ttt", "expressive", "other")  # expressive: non-diagonal input-dependent transitions for state tracking
 _REGISTRY: dict[str, MixerInfo] = {}
 
 

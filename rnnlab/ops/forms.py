@@ -10,6 +10,7 @@ is the same ValueError everywhere and lists what that op accepts:
                scan, selective_scan's checkpointed chunks
     recurrent  token by token with the step fused into few ops (``fused_recurrent_*``): the decode form
     fft        a long convolution through FFTs (the LTI SSMs S4, S4D)
+    scan       a log-depth (Hillis–Steele) prefix scan over the whole sequence (``matrix_scan``)
     reference  the specification loop
 
 Earlier spellings stay accepted (:data:`ALIASES`: ``"parallel"`` and ``"chunked"`` were linear_scan's and
@@ -21,7 +22,7 @@ from typing import Callable, Mapping
 
 __all__ = ["FORMS", "ALIASES", "check_form", "choose"]
 
-FORMS = ("auto", "kernel", "chunk", "recurrent", "fft", "reference")
+FORMS = ("auto", "kernel", "chunk", "recurrent", "fft", "scan", "reference")
 ALIASES = {"parallel": "chunk", "chunked": "chunk"}
 
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from rnnlab.tasks import metrics as M
 
 __all__ = ["Batch", "Task", "register_task", "create_task", "available_tasks", "task_info", "task_options", "rng_for",
-           "IGNORE_INDEX"]
+           "IGNORE_INDEX", "right_padded"]
 
 IGNORE_INDEX = M.IGNORE_INDEX
 _SPLITS = {"train": 0, "test": 1}
@@ -197,3 +197,10 @@ def as_tensor_batch(inputs: np.ndarray, targets: np.ndarray, lengths: np.ndarray
     x = x.long() if not np.issubdtype(inputs.dtype, np.floating) else x.float()
     y = y.long() if not np.issubdtype(targets.dtype, np.floating) else y.float()
     return Batch(x, y, None if lengths is None else torch.as_tensor(np.asarray(lengths), dtype=torch.int64))
+
+
+def right_padded(tokens: np.ndarray, targets: np.ndarray, lengths: np.ndarray) -> Batch:
+    """(B, T) tokens and targets of full-length rows -> a Batch whose row b keeps its first lengths[b] positions:
+    tokens 0 and targets IGNORE_INDEX (not scored) after them, ``lengths`` recorded (the trainer's packing)."""
+    pad = np.arange(tokens.shape[1])[None] >= np.asarray(lengths)[:, None]
+    return as_tensor_batch(np.where(pad, 0, tokens), np.where(pad, IGNORE_INDEX, targets), lengths)

@@ -3,13 +3,16 @@
 Given g_1 .. g_T (tokens = group elements), the target at position t is the prefix product
 g_1 g_2 ... g_t (Merrill, Petty & Sabharwal 2024, "The Illusion of State in State-Space
 Models"; Liu et al. 2023). Groups: ``Z<m>`` (cyclic: the running sum mod m), ``S3``, ``S5``
-(symmetric), ``A5`` (alternating, the smallest non-solvable group: NC^1-complete). Three
+(symmetric), ``A5`` (alternating, the smallest non-solvable group: NC^1-complete). Four
 registered names share this one generator:
 
     parity        Z2, training lengths 3..40, test up to 256 (Grazzi et al. 2024, "Unlocking
                   State-Tracking in Linear RNNs Through Negative Eigenvalues", Sec. 5.1)
     modular_sum   Z<modulus> (running sum mod m)
+    sum           Z5 at Fan et al.'s lengths: train 40, test up to 500 (Fan, Chi & Rudnicky 2024, "Advancing
+                  Regular Language Reasoning in Linear Recurrent Neural Networks", Sum(M))
     word_problem  any group (default S5)
+    word_problem_s3  the same with S3 (solvable, non-abelian), a name of its own for sweeps
 
 Training lengths are drawn per sequence uniformly in [min_len, max_len] (right-padded, the
 padding not scored); each test length fixes the length. ``supervise="all"`` scores every prefix
@@ -27,7 +30,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from rnnlab.tasks.base import IGNORE_INDEX, Task, as_tensor_batch, register_task
+from rnnlab.tasks.base import IGNORE_INDEX, Task, as_tensor_batch, register_task, right_padded
 
 GROUPS = "Z<m> (e.g. Z2, Z5), S3, S5, A5"
 SUPERVISE = ("all", "last")
@@ -71,6 +74,7 @@ def multiplication_table(group: str) -> np.ndarray:
     return np.array([[index[compose(group, a, b)] for b in el] for a in el], np.int64)
 
 
+@register_task("word_problem_s3", defaults={"group": "S3"})
 @register_task("word_problem", defaults={"group": "S5"})
 @register_task("parity", defaults={"group": "Z2", "min_len": 3, "max_len": 40, "test_lengths": [40, 64, 128, 256]})
 class WordProblem(Task):
@@ -114,18 +118,20 @@ class WordProblem(Task):
         lens = None
         if seq_len is None and self.min_len < self.max_len:
             lens = rng.integers(self.min_len, self.max_len + 1, size=batch_size)
-            pad = np.arange(T)[None] >= lens[:, None]
-            tokens, targets = np.where(pad, 0, tokens), np.where(pad, IGNORE_INDEX, targets)
         if self.supervise == "last":  # only the whole word's product is scored (the papers' parity)
             last = (np.full(batch_size, T) if lens is None else lens) - 1
             keep = np.arange(T)[None] == last[:, None]
             targets = np.where(keep, targets, IGNORE_INDEX)
-        return as_tensor_batch(tokens, targets, lens)
+        if lens is not None:
+            return right_padded(tokens, targets, lens)
+        return as_tensor_batch(tokens, targets)
 
 
+@register_task("sum", defaults={"modulus": 5, "min_len": 40, "max_len": 40, "test_lengths": [40, 160, 500]})
 @register_task("modular_sum")
 class ModularSum(WordProblem):
-    """Running sum mod m at every position (the word problem of Z_m)."""
+    """Running sum mod m at every position (the word problem of Z_m). ``sum`` is Fan et al.'s Sum(M) with their
+    setting: M = 5, training length 40, tested up to 500 (the same task, not a new one)."""
 
     def __init__(self, modulus: int = 5, min_len: int = 16, max_len: int = 16, test_lengths: list[int] | None = None,
                  supervise: str = "all"):

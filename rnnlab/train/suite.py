@@ -21,6 +21,7 @@ PREFERRED = {
     "matrix": ["gla", "mamba2", "retnet", "hgrn2", "rwkv6", "mlstm", "linear_attention"],
     "delta": ["gated_deltanet", "deltanet", "deltaproduct", "rwkv7"],
     "ttt": ["ttt_linear", "titans", "ttt_mlp"],
+    "expressive": ["block_diag_lrnn", "bilinear"],
     "nonlinear": ["lstm", "gru", "slstm"],
 }
 BASE_MIXERS = ["attention", "sliding_attention", "lstm"]

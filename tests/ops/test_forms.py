@@ -5,11 +5,11 @@ import re
 import pytest
 import torch
 
-from rnnlab.ops import log_scan, rnn, scan, selective_scan, wkv4
+from rnnlab.ops import log_scan, matrix_scan, rnn, scan, selective_scan, wkv4
 from rnnlab.ops.forms import ALIASES, FORMS, check_form, choose
 
 OPS = {"linear_scan": scan.BACKENDS, "selective_scan": selective_scan.BACKENDS, "log_scan": scan.BACKENDS,
-       "wkv4": scan.BACKENDS, "rnn": rnn.BACKENDS}
+       "wkv4": scan.BACKENDS, "rnn": rnn.BACKENDS, "matrix_scan": matrix_scan.BACKENDS}
 
 
 @pytest.mark.parametrize("name", list(OPS))
@@ -35,6 +35,7 @@ def _calls():
         "log_scan": lambda be: log_scan.log_scan(-x.abs(), x, backend=be),
         "wkv4": lambda be: wkv4.wkv4(x, x, -torch.ones(3), torch.zeros(3), backend=be),
         "rnn": lambda be: rnn.elman(x, torch.eye(3), backend=be),
+        "matrix_scan": lambda be: matrix_scan.matrix_scan(x.unsqueeze(-1), backend=be),
     }
 
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnlab.ops import cfc, conv, delta, gla, hippo, hippo_rnn, log_scan, ltc, mlstm, reservoir, rnn, rwkv6, rwkv7, scan, selective_scan, ssm_kernels, wkv4
+from rnnlab.ops import (cfc, conv, delta, gla, hippo, hippo_rnn, log_scan, ltc, matrix_scan, mlstm, reservoir, rnn, rwkv6,
+                        rwkv7, scan, selective_scan, ssm_kernels, wkv4)
 from rnnlab.ops.varlen import cu_seqlens_from_lengths, map_state
 from rnnlab.testing import assert_close
 
@@ -149,6 +150,17 @@ def _wkv4(strong):
     return Case(wkv4.wkv4, wkv4.wkv4_ref, time, params, state=state)
 
 
+def _matrix_scan(backend, kind):
+    """Input-dependent transitions: near-orthogonal 3x3 matrices with b, the same normalized without b, diagonals in (-1, 1)."""
+    Q = torch.linalg.qr(torch.randn(1, T_ALL, H, 3, 3))[0] * (1 + 0.1 * torch.randn(1, T_ALL, H, 3, 1))
+    time = dict(A=2 * torch.rand(1, T_ALL, H, 3) - 1 if kind == "diag" else Q)
+    if kind != "normalize":
+        time["b"] = torch.randn(1, T_ALL, H, 3)
+    ref = lambda backend, **kw: matrix_scan.matrix_scan_ref(**kw)  # noqa: E731
+    return Case(matrix_scan.matrix_scan, ref, time, dict(normalize=kind == "normalize", backend=backend),
+                state=torch.randn(N, H, 3), final=None)
+
+
 def _diag_loop(u, C, log_z, Bbar, h0):
     """S4D's recurrence, the specification of diag_conv: h_t = e^{log_z} h_{t-1} + B̄ u_t, y_t = 2 Re(C h_t)."""
     h = h0 if h0 is not None else torch.zeros(u.shape[0], *C.shape, dtype=C.dtype)
@@ -245,6 +257,8 @@ CASES = {
     **{f"log_scan_{m}{'_strong' * s}": (lambda m=m, s=s: _log_scan(m, s)) for m in ("logaddexp", "heinsen") for s in (False, True)},
     **{f"wkv4{'_strong' * s}": (lambda s=s: _wkv4(s)) for s in (False, True)},
     **{f"diag_conv{'_strong' * s}": (lambda s=s: _diag_conv(s)) for s in (False, True)},
+    **{f"matrix_scan_{be}_{kind}": (lambda be=be, kind=kind: _matrix_scan(be, kind))
+       for be in ("chunk", "scan", "recurrent", "reference") for kind in ("full", "normalize", "diag")},
     "fft_causal_conv": _fft_causal_conv,
     "dense_ssm_conv": _dense_ssm,
     **{name: (lambda name=name: _continuous(name)) for name in ("ltc", "cfc", "hippo_rnn")},
@@ -390,7 +404,7 @@ PUBLIC_OPS = [
       for kind in ("delta_rule", "gated_delta_rule", "delta_product")),
     *(getattr(rwkv7, f"{form}_rwkv7") for form in ("chunk", "fused_recurrent", "naive_recurrent")),
     scan.linear_scan, scan.linear_scan_ref, selective_scan.selective_scan, selective_scan.selective_scan_ref,
-    log_scan.log_scan, log_scan.log_scan_ref, wkv4.wkv4, wkv4.wkv4_ref,
+    log_scan.log_scan, log_scan.log_scan_ref, wkv4.wkv4, wkv4.wkv4_ref, matrix_scan.matrix_scan, matrix_scan.matrix_scan_ref,
     ssm_kernels.diag_conv, ssm_kernels.fft_causal_conv, ssm_kernels.fft_causal_conv_ref, conv.causal_conv1d, conv.causal_conv1d_ref,
     ssm_kernels.dense_ssm_conv, ssm_kernels.dense_ssm_ref, hippo.project_ref, ltc.ltc, ltc.ltc_ref, cfc.cfc, cfc.cfc_ref,
     hippo_rnn.hippo_rnn, hippo_rnn.hippo_rnn_ref, reservoir.residual_reservoir, reservoir.residual_reservoir_ref,

@@ -282,3 +282,30 @@ def test_metrics_on_scored_positions_only():
     ref = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
     assert torch.allclose(loss / count, ref)
     assert m["bpb"] == pytest.approx(m["loss"] / np.log(2))
+
+
+def test_mod_arith_targets_are_the_expression_values():
+    """Every scored target is Python's value of the expression read so far (× before + and −), mod M."""
+    task = create_task("mod_arith", modulus=7, min_len=5, max_len=21)
+    sym = {7: "+", 8: "-", 9: "*"}
+    b = task.train_batch(16, seed=0, step=0)
+    for row, tgt, n in zip(b.inputs.tolist(), b.targets.tolist(), b.lengths.tolist()):
+        assert n % 2 == 1
+        expr = "".join(str(x) if x < 7 else sym[x] for x in row[:n])
+        for i in range(n):
+            assert tgt[i] == (eval(expr[: i + 1]) % 7 if i % 2 == 0 else IGNORE_INDEX)
+        assert all(t == IGNORE_INDEX for t in tgt[n:])
+    with pytest.raises(ValueError, match="odd length"):
+        create_task("mod_arith", test_lengths=[40])
+
+
+def test_even_pair_and_sum_targets():
+    b = create_task("even_pair", num_symbols=2).train_batch(8, seed=0, step=0)
+    x = b.inputs.numpy()
+    # binary EvenPair: #"ab" + #"ba" in the prefix is even iff its last symbol equals its first
+    changes = np.cumsum(np.concatenate([np.zeros((8, 1), int), (x[:, 1:] != x[:, :-1]).astype(int)], 1), 1)
+    assert np.array_equal(b.targets.numpy(), (changes % 2 == 0).astype(int))
+    task = create_task("sum")
+    b = task.train_batch(8, seed=0, step=0)
+    assert b.inputs.shape == (8, 40) and task.test_lengths == [40, 160, 500]
+    assert np.array_equal(b.targets.numpy(), np.cumsum(b.inputs.numpy(), 1) % 5)

@@ -198,3 +198,12 @@ def test_grid_axes_per_task_and_per_mixer_and_variants(tmp_path):
     assert {r["variant"] for r in runs} == {"model.embedding_init=unit", "model.embedding_init=gpt2"}
     with pytest.raises(ValueError, match="unknown mixers.lstm.grid key"):
         expand(load_sweep({**s, "mixers": {**s["mixers"], "lstm": {"grid": {"mixer": ["gru"]}}}}))
+
+
+def test_state_tracking_sweep_file_resolves():
+    """examples/sweep_state_tracking.yaml (issue 22's comparison): every point resolves, every mixer on every task."""
+    runs = expand(load_sweep("examples/sweep_state_tracking.yaml"))
+    pairs = {(r["config"]["task"]["name"], r["config"]["model"]["mixer"]) for r in runs}
+    assert len(runs) == 108 and len(pairs) == 54
+    s5 = [r for r in runs if r["config"]["task"]["name"] == "word_problem"]
+    assert all(r["config"]["task"]["group"] == "S5" and r["config"]["task"]["test_lengths"] == [16, 64, 128] for r in s5)
