@@ -1,0 +1,630 @@
+"""Test-time memory: a memory — a linear map or a two-layer MLP per head — trained while it reads, by gradient
+steps on an inner loss, and read with a query (TTT-Linear / TTT-MLP, Titans' neural memory).
+
+    q, k (B, T, H, K), v (B, T, H, V), per-token gates (B, T, H), initial_state (dict, below)
+    -> o (B, T, H, V) in v's dtype, final_state (dict, float32; float64 for float64 inputs) or None
+
+The memory of one head, with weights W = (W1, b1[, W2, b2]):
+
+    g(x; W) = x W1 + b1                      (depth 1: a linear map)
+            = φ(x W1 + b1) W2 + b2           (depth 2: an MLP, φ = GELU in its tanh form, or SiLU)
+    f(x; W) = [x +] [LN_{γ,β}] g(x; W)       (``residual``; ``ln_weight`` / ``ln_bias`` = the LN's γ, β, outer
+                                              parameters, never updated by the inner steps; eps 1e-6)
+    ℓ(W; k, v) = ‖f(k; W) − v‖²  (``loss="l2"``)  or  ½‖f(k; W) − v‖²  (``"half_l2"``)
+    u_t = ∇_W ℓ(W_{t'}; k_t, v_t)            every gradient of a mini-batch of b tokens is taken at the weights
+                                              W_{t'} the mini-batch started from (t' = t − t mod b)
+    o_t = f(q_t; W_t)                        read after the update with token t
+
+Two update rules, each a recurrence over tokens whose state is the memory's weights plus what the mini-batch
+needs: its starting weights, accumulators and the position r = t mod b of the next token (``pos``, int64):
+
+* ``*_ttt`` (Sun et al. 2024, "Learning to (Learn at Test Time): RNNs with Expressive Hidden States", §2.4
+  mini-batch TTT, §2.5 dual form, §2.7 learnable η; the token scale τ of the authors' code):
+
+      G_t = G_{t−1} + lr_t u_t,    W_t = W_{t'} − τ_r G_t      (G = 0 at a mini-batch start; r = t − t')
+
+  lr (B, T, H) ≥ 0 the per-token inner learning rate, tau (b,) ≥ 0 the scale of position r (its length is b).
+  State: the mini-batch's starting weights {"w1", "b1", ...}, the accumulators {"g_w1", "g_b1", ...}, "pos".
+  At the end of a mini-batch (r = b − 1) W_{t'} ← W_t and G ← 0. With tau ≡ 1 this is the paper's eq. for
+  mini-batch GD, W_t = W_{t'} − Σ_{s=t'}^{t} lr_s ∇ℓ(W_{t'}; x_s); the authors' code scales the sum by τ_r.
+* ``*_titans`` (Behrouz, Zhong & Mirrokni 2024, "Titans: Learning to Memorize at Test Time", §3.1 eqs. 9-14
+  surprise with momentum and forgetting, §3.2 the parallel form with gradients at the chunk's start):
+
+      S_t = η_t S_{t−1} − θ_t u_t,    M_t = (1 − α_t) M_{t−1} + S_t
+
+  theta (B, T, H) ≥ 0, log_eta = log η_t ≤ 0, log_decay = log(1 − α_t) ≤ 0 (B, T, H), carried in log space.
+  State: the chunk's starting memory {"w1", ...}, the memory {"m_w1", ...}, the momentum {"s_w1", ...}, "pos".
+
+Shapes of a state (per row, per head): "w1" (B, H, K, F), "b1" (B, H, F), "w2" (B, H, F, V), "b2" (B, H, V)
+(F = V at depth 1, where "w2"/"b2" are absent; "b*" absent without biases); the depth and the biases are read
+off the keys of ``initial_state``, which is required (the memory starts from learned weights).
+
+Forms, one signature:
+
+* ``naive_recurrent_*``: the specification. A loop over tokens; the inner gradient by autograd
+  (torch.func.grad of the loss written plainly), the rule as written above.
+* ``fused_recurrent_*``: the same loop with the gradient written by hand (the decode path).
+* ``chunk_*``: the mini-batch (dual) form (TTT §2.5; Titans §3.2). Per chunk of b tokens, one forward and
+  one hand-written backward of the memory at the chunk's starting weights give every token's gradient as
+  rank-one factors per layer, u_s = x_s ⊗ δ_s (x_s the layer's input, δ_s the loss gradient at its output).
+  The weights at token t are a linear combination of the carried tensors and of those factors,
+  W_t = Σ_j c_j(t) Z_j + Σ_{s ≤ t} C_ts x_s ⊗ δ_s, so a query reads them without forming W_t:
+  q W_t = Σ_j c_j(t) (q Z_j) + Σ_s C_ts (q · x_s) δ_s (an attention-like (b, b) product per layer, layer 2
+  reading the query's hidden activation). C and the c_j come from the gates alone (TTT: C_ts = −τ_t lr_s;
+  Titans: C = −(D_α ⊙ 1) (D_η) diag(θ) with D the pairwise decay ratios of the chunk, exps of differences of
+  cumulative log-gates), computed for all chunks at once; a loop over chunks carries the state. Autograd
+  differentiates the whole form, the hand-written inner gradient included (second order).
+  Rows at different positions r (a sequence continued from a state mid-mini-batch) are shifted by their r
+  (token t of row i sits at slot r_i + t of an aligned chunk grid; the empty slots carry zero rates, so they
+  change nothing); every row's final state is read at its last token.
+
+Chunk size 1 makes every form fully sequential: each gradient is taken at the weights of the previous token.
+Computed in float32 (float64 for float64 inputs) whatever the input dtype; the state stays float32.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from rnnlab.ops._exp import decay_exp
+from rnnlab.ops.chunk import acc_dtype, decay_ratios
+from rnnlab.ops.varlen import varlen
+
+__all__ = ["naive_recurrent_ttt", "fused_recurrent_ttt", "chunk_ttt", "naive_recurrent_titans", "fused_recurrent_titans",
+           "chunk_titans", "memory_keys", "layer_norm", "ACTIVATIONS", "LOSSES"]
+
+LN_EPS = 1e-6  # the TTT authors' LN epsilon
+
+
+# --------------------------------------------------------------------------- the memory model
+def _gelu(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def _gelu_grad(x: Tensor) -> Tensor:
+    """d/dx of GELU's tanh form, 0.5 x (1 + tanh(c (x + 0.044715 x³)))."""
+    c = math.sqrt(2 / math.pi)
+    t = torch.tanh(c * (x + 0.044715 * x ** 3))
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
+
+
+def _silu_grad(x: Tensor) -> Tensor:
+    s = torch.sigmoid(x)
+    return s * (1 + x * (1 - s))
+
+
+ACTIVATIONS = {"gelu": (_gelu, _gelu_grad), "silu": (F.silu, _silu_grad)}
+
+# inner losses of the error e = f(k) − v, summed over the value dim: (value, derivative)
+LOSSES = {
+    "l2": (lambda e: e.pow(2).sum(-1), lambda e: 2 * e),
+    "half_l2": (lambda e: 0.5 * e.pow(2).sum(-1), lambda e: e),
+}
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = LN_EPS) -> Tensor:
+    """LayerNorm over the last dim with the given γ (weight) and β (bias), written out (the spec's LN)."""
+    mu = x.mean(-1, keepdim=True)
+    var = (x - mu).pow(2).mean(-1, keepdim=True)
+    return (x - mu) * torch.rsqrt(var + eps) * weight + bias
+
+
+def _layer_norm_grad(x: Tensor, dy: Tensor, weight: Tensor, eps: float = LN_EPS) -> Tensor:
+    """∂/∂x of Σ dy · LN(x) (the authors' ln_fused_l2_bwd without the loss): x, dy (..., D), weight (..., D)."""
+    D = x.shape[-1]
+    mu = x.mean(-1, keepdim=True)
+    rstd = torch.rsqrt((x - mu).pow(2).mean(-1, keepdim=True) + eps)
+    xhat = (x - mu) * rstd
+    gx = dy * weight
+    return (gx - gx.mean(-1, keepdim=True) - xhat * (gx * xhat).sum(-1, keepdim=True) / D) * rstd
+
+
+@dataclass(frozen=True)
+class _Memory:
+    """What the memory is: depth (1 or 2), biases, φ, the LN (γ, β given) and residual of f, the inner loss."""
+
+    depth: int
+    bias: bool
+    activation: str
+    norm: bool
+    residual: bool
+    loss: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return memory_keys(self.depth, self.bias)
+
+
+def memory_keys(depth: int, bias: bool) -> tuple[str, ...]:
+    """The state keys of a memory's weights: ("w1", "b1", "w2", "b2") at depth 2 with biases."""
+    return tuple(n for i in range(1, depth + 1) for n in (f"w{i}", f"b{i}") if bias or n[0] == "w")
+
+
+def _layers(p: dict, mem: _Memory) -> list[tuple[Tensor, Tensor | None]]:
+    return [(p[f"w{i}"], p.get(f"b{i}")) for i in range(1, mem.depth + 1)]
+
+
+def _linear(h: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
+    """h (N, L, din) @ W (N, din, dout) + b (N, dout)."""
+    return torch.bmm(h, W) if b is None else torch.baddbmm(b.unsqueeze(1), h, W)
+
+
+def _outer(g: Tensor, x: Tensor, mem: _Memory, ln) -> Tensor:
+    """f from g: [x +] [LN] g."""
+    f = layer_norm(g, *ln) if mem.norm else g
+    return x + f if mem.residual else f
+
+
+def _model(p: dict, x: Tensor, mem: _Memory, ln) -> Tensor:
+    """f(x; W): x (N, L, K), the weights p as in the state (rows N) -> (N, L, V)."""
+    act = ACTIVATIONS[mem.activation][0]
+    h = x
+    for i, (W, b) in enumerate(_layers(p, mem)):
+        h = _linear(h, W, b)
+        if i < mem.depth - 1:
+            h = act(h)
+    return _outer(h, x, mem, ln)
+
+
+def _inner_loss(p: dict, k: Tensor, v: Tensor, mem: _Memory, ln) -> Tensor:
+    """Σ over rows and tokens of ℓ(W; k, v), written plainly (autograd takes the reference's gradients)."""
+    return LOSSES[mem.loss][0](_model(p, k, mem, ln) - v).sum()
+
+
+def _key_pass(P: list, k: Tensor, v: Tensor, mem: _Memory, ln) -> tuple[list[Tensor], list[Tensor]]:
+    """The inner gradient by hand. P the layers [(W, b)] at the anchor, k (N, L, K), v (N, L, V) ->
+    (xs, ds): per layer its inputs x_s (N, L, din) and the loss gradient δ_s at its output (N, L, dout), so
+    ∇_W ℓ_s = x_s ⊗ δ_s and ∇_b ℓ_s = δ_s."""
+    act, dact = ACTIVATIONS[mem.activation]
+    xs, pre, h = [k], [], k
+    for i, (W, b) in enumerate(P):
+        h = _linear(h, W, b)
+        if i < mem.depth - 1:
+            pre.append(h)
+            h = act(h)
+            xs.append(h)
+    g = h
+    dg = LOSSES[mem.loss][1](_outer(g, k, mem, ln) - v)
+    if mem.norm:
+        dg = _layer_norm_grad(g, dg, ln[0])
+    ds = [dg]
+    for i in range(mem.depth - 1, 0, -1):
+        ds.insert(0, torch.bmm(ds[0], P[i][0].transpose(1, 2)) * dact(pre[i - 1]))
+    return xs, ds
+
+
+def _manual_grad(p: dict, k: Tensor, v: Tensor, mem: _Memory, ln) -> dict:
+    """∇_W ℓ(W; k, v) summed over the L tokens, as a dict like p (the fused recurrent form's gradient)."""
+    xs, ds = _key_pass(_layers(p, mem), k, v, mem, ln)
+    out = {}
+    for i, (x, d) in enumerate(zip(xs, ds), 1):
+        out[f"w{i}"] = torch.bmm(x.transpose(1, 2), d)
+        if mem.bias:
+            out[f"b{i}"] = d.sum(1)
+    return out
+
+
+def _autograd_grad(p: dict, k: Tensor, v: Tensor, mem: _Memory, ln) -> dict:
+    return torch.func.grad(_inner_loss)(p, k, v, mem, ln)
+
+
+# --------------------------------------------------------------------------- the rules
+class _TTT:
+    """W_t = W_{t'} − τ_r G_t, G_t = G_{t−1} + lr_t u_t; carried: the accumulator G ("g_")."""
+
+    carried = ("g_",)
+
+    def __init__(self, lr: Tensor, tau: Tensor):
+        self.gates, self.tau = (lr,), tau
+
+    # the specification, one token: W0 the anchor, u the gradient, gates (lr,) (N,), r (N,) the position
+    def step(self, W0: dict, carried: tuple, u: dict, gates: tuple, r: Tensor):
+        (G,), (lr,) = carried, gates
+        G = {n: G[n] + _col(lr, G[n]) * u[n] for n in G}
+        tau = self.tau[r]
+        return {n: W0[n] - _col(tau, G[n]) * G[n] for n in W0}, (G,)
+
+    @staticmethod
+    def reset(carried: tuple, done: Tensor) -> tuple:
+        (G,) = carried
+        return ({n: torch.where(_col(done, t), torch.zeros_like(t), t) for n, t in G.items()},)
+
+    # the chunk form: gates (NC, N, L) for all chunks at once
+    def coefficients(self, gates: tuple, mask: Tensor) -> dict:
+        (lr,) = gates
+        L = lr.shape[-1]
+        tril = torch.ones(L, L, dtype=torch.bool, device=lr.device).tril()
+        C = torch.where(tril, -self.tau[:, None] * lr[..., None, :], 0.0)  # C_ts = −τ_t lr_s, s <= t
+        return {"C": C, "lr": lr}
+
+    def read_terms(self, c: dict, W0: list, carried: tuple) -> list:
+        (G,) = carried
+        return [(None, W0)] + ([(-self.tau, G)] if G is not None else [])
+
+    def at(self, c: dict, W0: list, carried: tuple, xs, ds, p: Tensor) -> tuple:
+        """The carried tensors after slot p (N,) of the chunk, no mini-batch end: G + Σ_{s<=p} lr_s u_s."""
+        (G,) = carried
+        L = c["lr"].shape[-1]
+        upto = torch.arange(L, device=p.device) <= p[:, None]
+        return (_combine([(None, G)] if G is not None else [], xs, ds, torch.where(upto, c["lr"], 0.0), W0),)
+
+    def complete(self, c: dict, W0: list, carried: tuple, xs, ds) -> tuple[list, tuple]:
+        """The state after a full mini-batch: W0 ← W_{b−1}, G ← 0 (None: a structural zero)."""
+        (G,) = carried
+        terms = [(None, W0)] + ([(-self.tau[-1].expand(W0[0][0].shape[0]), G)] if G is not None else [])
+        return _combine(terms, xs, ds, c["C"][:, -1], W0), (None,)
+
+
+class _Titans:
+    """S_t = η_t S_{t−1} − θ_t u_t, M_t = (1 − α_t) M_{t−1} + S_t; carried: M ("m_"), S ("s_")."""
+
+    carried = ("m_", "s_")
+
+    def __init__(self, theta: Tensor, log_eta: Tensor, log_decay: Tensor):
+        self.gates = (theta, log_eta, log_decay)
+
+    def step(self, W0: dict, carried: tuple, u: dict, gates: tuple, r: Tensor):
+        (M, S), (theta, log_eta, log_decay) = carried, gates
+        eta, keep = log_eta.exp(), log_decay.exp()
+        S = {n: _col(eta, S[n]) * S[n] - _col(theta, u[n]) * u[n] for n in S}
+        M = {n: _col(keep, M[n]) * M[n] + S[n] for n in M}
+        return M, (M, S)
+
+    @staticmethod
+    def reset(carried: tuple, done: Tensor) -> tuple:
+        return carried
+
+    def coefficients(self, gates: tuple, mask: Tensor) -> dict:
+        theta, log_eta, log_decay = gates
+        L = theta.shape[-1]
+        tril = torch.ones(L, L, dtype=torch.bool, device=theta.device).tril()
+        Le, La = log_eta.cumsum(-1)[..., None], log_decay.cumsum(-1)[..., None]  # (NC, N, L, 1) inclusive
+        Deta = torch.where(tril, decay_ratios(Le, Le), 0.0)       # Π_{s<p<=t} η_p
+        Dal = torch.where(tril, decay_ratios(La, La), 0.0) * mask[..., None, :]  # Π_{r<p<=t} (1 − α_p), real r only
+        P = decay_exp(Le[..., 0], max=0.0)                        # Π_{p<=t} η_p
+        return {
+            "C": -(Dal @ Deta) * theta[..., None, :],             # M_t's gradient terms
+            "E": -Deta * theta[..., None, :],                     # S_t's gradient terms
+            "A": decay_exp(La[..., 0], max=0.0),                  # M_t = A_t M + e_t S + Σ C_ts u_s
+            "e": (Dal @ P[..., None])[..., 0],
+            "P": P,                                               # S_t = P_t S + Σ E_ts u_s
+        }
+
+    def read_terms(self, c: dict, W0: list, carried: tuple) -> list:
+        M, S = carried
+        return [(c["A"], M), (c["e"], S)]
+
+    def at(self, c: dict, W0: list, carried: tuple, xs, ds, p: Tensor) -> tuple:
+        M, S = carried
+        row = lambda t: t.gather(-1, p[:, None])[:, 0]  # noqa: E731  (N, L) at slot p
+        mat = lambda t: t.gather(1, p[:, None, None].expand(-1, 1, t.shape[-1]))[:, 0]  # noqa: E731  (N, L, L) row p
+        return (_combine([(row(c["A"]), M), (row(c["e"]), S)], xs, ds, mat(c["C"]), W0),
+                _combine([(row(c["P"]), S)], xs, ds, mat(c["E"]), W0))
+
+    def complete(self, c: dict, W0: list, carried: tuple, xs, ds) -> tuple[list, tuple]:
+        M, S = carried
+        M = _combine([(c["A"][:, -1], M), (c["e"][:, -1], S)], xs, ds, c["C"][:, -1], W0)
+        S = _combine([(c["P"][:, -1], S)], xs, ds, c["E"][:, -1], W0)
+        return M, (M, S)
+
+
+def _col(c: Tensor, like: Tensor) -> Tensor:
+    """A per-row scalar c (N,) shaped to broadcast against like (N, ...)."""
+    return c.reshape(c.shape + (1,) * (like.dim() - 1))
+
+
+def _combine(terms: list, xs: list, ds: list, c: Tensor, like: list) -> list:
+    """Weights Σ_j coef_j Z_j + Σ_s c_s x_s ⊗ δ_s per layer (biases: Σ_j coef_j b_j + Σ_s c_s δ_s).
+    terms: [(coef (N,) or None = 1, layers [(W, b)])]; xs, ds from _key_pass; c (N, L); like: layers with the
+    memory's biases (None where it has none)."""
+    out = []
+    for i, (x, d) in enumerate(zip(xs, ds)):
+        cd = d * c[..., None]
+        W = torch.bmm(x.transpose(1, 2), cd)
+        b = cd.sum(1) if like[i][1] is not None else None
+        for coef, Z in terms:
+            ZW, Zb = Z[i]
+            W = W + (ZW if coef is None else _col(coef, ZW) * ZW)
+            if b is not None:
+                b = b + (Zb if coef is None else _col(coef, Zb) * Zb)
+        out.append((W, b))
+    return out
+
+
+# --------------------------------------------------------------------------- validation and state layout
+def _check(q, k, v, gates: dict, state, mem_from: str) -> _Memory | None:
+    for name, t in (("q", q), ("k", k), ("v", v), *gates.items()):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor")
+    if q.dim() != 4:
+        raise ValueError(f"q must be (B, T, H, K), got shape {tuple(q.shape)}")
+    B, T, H, K = q.shape
+    if tuple(k.shape) != (B, T, H, K):
+        raise ValueError(f"k must be (B, T, H, K) = {(B, T, H, K)} like q, got {tuple(k.shape)}")
+    if v.dim() != 4 or tuple(v.shape[:3]) != (B, T, H):
+        raise ValueError(f"v must be (B, T, H, V) with (B, T, H) = {(B, T, H)}, got {tuple(v.shape)}")
+    for name, t in gates.items():
+        if tuple(t.shape) != (B, T, H):
+            raise ValueError(f"{name} must be (B, T, H) = {(B, T, H)}, got {tuple(t.shape)}")
+    if not isinstance(state, dict) or "w1" not in state or "pos" not in state:
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"initial_state must be a dict holding the memory ('w1', ... as in {mem_from}) and 'pos', got {got}")
+
+
+def _spec(state: dict, activation: str, ln_weight, ln_bias, residual: bool, loss: str, carried: tuple, K: int, V: int, H: int) -> _Memory:
+    depth = 2 if "w2" in state else 1
+    bias = "b1" in state
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {loss!r}")
+    if (ln_weight is None) != (ln_bias is None):
+        raise ValueError("ln_weight and ln_bias go together (the LN's γ and β), got one of them")
+    mem = _Memory(depth, bias, activation, ln_weight is not None, residual, loss)
+    want = {n for n in mem.names} | {c + n for c in carried for n in mem.names} | {"pos"}
+    if set(state) != want:
+        raise ValueError(f"initial_state must hold the keys {sorted(want)}, got {sorted(state)}")
+    B = state["pos"].shape[0]
+    F_ = state["w1"].shape[-1]
+    shapes = {"w1": (B, H, K, F_), "b1": (B, H, F_), "w2": (B, H, F_, V), "b2": (B, H, V)}
+    if depth == 1:
+        shapes["w1"], shapes["b1"] = (B, H, K, V), (B, H, V)
+    for n in mem.names:
+        for c in ("",) + carried:
+            if tuple(state[c + n].shape) != shapes[n]:
+                raise ValueError(f"initial_state[{c + n!r}] must be {shapes[n]}, got {tuple(state[c + n].shape)}")
+    if tuple(state["pos"].shape) != (B,) or state["pos"].is_floating_point():
+        raise ValueError(f"initial_state['pos'] must be an int64 (B,) = ({B},) position tensor, got {state['pos'].dtype} {tuple(state['pos'].shape)}")
+    if mem.residual and K != V:
+        raise ValueError(f"a residual memory needs K == V, got K={K}, V={V}")
+    if mem.norm and (tuple(ln_weight.shape) != (H, V) or tuple(ln_bias.shape) != (H, V)):
+        raise ValueError(f"ln_weight and ln_bias must be (H, V) = {(H, V)}, got {tuple(ln_weight.shape)}, {tuple(ln_bias.shape)}")
+    return mem
+
+
+def _rows(t: Tensor, dt) -> Tensor:
+    """A state tensor (B, H, ...) -> (B·H, ...) in the compute dtype."""
+    return t.to(dt).reshape(-1, *t.shape[2:])
+
+
+def _unrows(t: Tensor, B: int) -> Tensor:
+    return t.reshape(B, -1, *t.shape[1:])
+
+
+def _ln_rows(ln_weight, ln_bias, B: int, dt):
+    """γ, β (H, V) -> (B·H, 1, V) (broadcast over a chunk's tokens), or None."""
+    if ln_weight is None:
+        return None
+    return tuple(t.to(dt).unsqueeze(0).expand(B, *t.shape).reshape(-1, 1, t.shape[-1]) for t in (ln_weight, ln_bias))
+
+
+# --------------------------------------------------------------------------- the recurrent forms
+def _recurrent(rule, grad_fn, q, k, v, initial_state, ln_weight, ln_bias, residual, activation, loss, L, output_final_state):
+    """The token loop shared by the naive (autograd gradient) and fused (hand-written gradient) forms."""
+    B, T, H, K = q.shape
+    dt = acc_dtype(q)
+    mem = _spec(initial_state, activation, ln_weight, ln_bias, residual, loss, rule.carried, K, v.shape[-1], H)
+    ln = _ln_rows(ln_weight, ln_bias, B, dt)
+    W0 = {n: _rows(initial_state[n], dt) for n in mem.names}
+    carried = tuple({n: _rows(initial_state[c + n], dt) for n in mem.names} for c in rule.carried)
+    r = initial_state["pos"].repeat_interleave(H)
+    rows = lambda t: rearrange(t.to(dt), "b t h ... -> t (b h) 1 ...")  # noqa: E731  one (N, 1, ...) slice per token
+    gates = [rearrange(g.to(dt), "b t h -> t (b h)").unbind(0) for g in rule.gates]
+    os = []
+    for t, (qt, kt, vt) in enumerate(zip(rows(q).unbind(0), rows(k).unbind(0), rows(v).unbind(0))):
+        u = grad_fn(W0, kt, vt, mem, ln)
+        Wt, carried = rule.step(W0, carried, u, tuple(g[t] for g in gates), r)
+        os.append(_model(Wt, qt, mem, ln)[:, 0])
+        r = r + 1
+        done = r == L
+        W0 = {n: torch.where(_col(done, W0[n]), Wt[n], W0[n]) for n in W0}
+        carried = rule.reset(carried, done)
+        r = torch.where(done, torch.zeros_like(r), r)
+    o = rearrange(torch.stack(os, 0), "t (b h) v -> b t h v", b=B).to(v.dtype)
+    if not output_final_state:
+        return o, None
+    final = {n: _unrows(W0[n], B) for n in mem.names}
+    for c, Z in zip(rule.carried, carried):
+        final.update({c + n: _unrows(Z[n], B) for n in mem.names})
+    final["pos"] = r.reshape(B, H)[:, 0].contiguous()
+    return o, final
+
+
+# --------------------------------------------------------------------------- the chunk form
+def _chunk(rule, q, k, v, initial_state, ln_weight, ln_bias, residual, activation, loss, L, output_final_state):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    dt = acc_dtype(q)
+    mem = _spec(initial_state, activation, ln_weight, ln_bias, residual, loss, rule.carried, K, V, H)
+    ln = _ln_rows(ln_weight, ln_bias, B, dt)
+    N = B * H
+    pos = initial_state["pos"].to(torch.int64)
+    # token t of row i sits at slot pos_i + t of a grid of NC aligned chunks (empty slots: zero inputs and rates)
+    host = pos.device.type == "cpu"
+    lo, hi = (int(pos.min()), int(pos.max())) if host else (0, L - 1)
+    NC = -(-(T + hi) // L)
+    if host and lo == hi:
+        place = lambda x: F.pad(x, (0, 0) * (x.dim() - 2) + (lo, NC * L - T - lo))  # noqa: E731
+    else:
+        slots = pos[:, None] + torch.arange(T, device=pos.device)  # (B, T)
+
+        def place(x):
+            idx = slots.reshape(B, T, *(1,) * (x.dim() - 2)).expand_as(x)
+            return x.new_zeros(B, NC * L, *x.shape[2:]).scatter(1, idx, x)
+    grid = lambda x: rearrange(place(x.to(dt)), "b (n l) h ... -> n (b h) l ...", l=L)  # noqa: E731
+    qc, kc, vc = grid(q), grid(k), grid(v)
+    mask = grid(torch.ones(B, T, H, dtype=dt, device=q.device))
+    coefs = rule.coefficients(tuple(grid(g) for g in rule.gates), mask)
+    # layer 1 reads q · k_s of its own chunk: the (L, L) products for all chunks at once
+    gram = torch.matmul(qc, kc.transpose(-1, -2))
+    if mem.bias:
+        gram = gram + 1
+    gram = gram * coefs["C"]
+    W0 = [(_rows(initial_state[f"w{i}"], dt), _rows(initial_state[f"b{i}"], dt) if mem.bias else None) for i in range(1, mem.depth + 1)]
+    carried = tuple([(_rows(initial_state[f"{c}w{i}"], dt), _rows(initial_state[f"{c}b{i}"], dt) if mem.bias else None)
+                     for i in range(1, mem.depth + 1)] for c in rule.carried)
+    # where each row's last token lands: chunk n_last, slot p_last
+    last = (pos + T - 1).repeat_interleave(H)
+    n_last, p_last = last // L, last % L
+    finals = sorted(set(n_last.tolist())) if host else [NC - 2, NC - 1]
+    final = None
+    outs = []
+    act = ACTIVATIONS[mem.activation][0]
+    for n in range(NC):
+        c = {key: val[n] for key, val in coefs.items()}
+        xs, ds = _key_pass(W0, kc[n], vc[n], mem, ln)
+        # read: layer i's pre-activation Σ_j coef_j (h Z_j) + Σ_s C_ts (h · x_s [+ 1]) δ_s
+        h = qc[n]
+        for i in range(mem.depth):
+            lin = None
+            for coef, Z in rule.read_terms(c, W0, carried):
+                part = _linear(h, *Z[i])
+                part = part if coef is None else part * coef[..., None]
+                lin = part if lin is None else lin + part
+            A = gram[n] if i == 0 else (torch.bmm(h, xs[i].transpose(1, 2)) + (1 if mem.bias else 0)) * c["C"]
+            lin = torch.baddbmm(lin, A, ds[i]) if lin is not None else torch.bmm(A, ds[i])
+            h = act(lin) if i < mem.depth - 1 else lin
+        outs.append(h)
+        if output_final_state and n in finals:
+            here = _final_rows(rule.at(c, W0, carried, xs, ds, p_last), W0)
+        W0_next, carried_next = rule.complete(c, W0, carried, xs, ds)
+        if output_final_state and n in finals:
+            done = (p_last == L - 1)
+            cand = _state_tuple(W0_next, carried_next, W0)
+            here = tuple(_where_rows(done, a, b) for a, b in zip(cand, here))
+            final = here if final is None else tuple(_where_rows(n_last == n, a, b) for a, b in zip(here, final))
+        W0, carried = W0_next, carried_next
+    g = rearrange(torch.stack(outs, 0), "n (b h) l v -> b (n l) h v", b=B)
+    if host and lo == hi:
+        g = g[:, lo:lo + T]
+    else:
+        g = g.gather(1, slots.reshape(B, T, 1, 1).expand(B, T, H, V))
+    lnw = None if ln is None else tuple(t.reshape(B, H, V) for t in ln)
+    o = _outer(g, q.to(dt), mem, None if lnw is None else (lnw[0][:, None], lnw[1][:, None]))
+    o = o.to(v.dtype)
+    if not output_final_state:
+        return o, None
+    out = {}
+    for key, Z in zip(("",) + rule.carried, final):
+        for i, (W, b) in enumerate(Z, 1):
+            out[f"{key}w{i}"] = _unrows(W, B)
+            if mem.bias:
+                out[f"{key}b{i}"] = _unrows(b, B)
+    out["pos"] = (pos + T) % L
+    return o, out
+
+
+def _state_tuple(W0: list, carried: tuple, like: list) -> tuple:
+    """(anchor, *carried) with structural zeros (None) made real."""
+    zeros = [(torch.zeros_like(W), None if b is None else torch.zeros_like(b)) for W, b in like]
+    return (W0,) + tuple(zeros if Z is None else Z for Z in carried)
+
+
+def _final_rows(carried_at: tuple, W0: list) -> tuple:
+    return _state_tuple(W0, carried_at, W0)
+
+
+def _where_rows(cond: Tensor, a: list, b: list) -> list:
+    """Per row (N,) of cond: layers of a where true, of b elsewhere."""
+    return [(torch.where(_col(cond, Wa), Wa, Wb), None if ba is None else torch.where(_col(cond, ba), ba, bb))
+            for (Wa, ba), (Wb, bb) in zip(a, b)]
+
+
+# --------------------------------------------------------------------------- public ops
+_TTT_TIME = ("q", "k", "v", "lr")
+_TITANS_TIME = ("q", "k", "v", "theta", "log_eta", "log_decay")
+
+
+def _tau(tau) -> Tensor:
+    if not isinstance(tau, Tensor) or tau.dim() != 1 or tau.numel() < 1 or not tau.is_floating_point():
+        raise ValueError(f"tau must be a 1-D float tensor of the b token scales (b >= 1), got {tau!r}")
+    return tau
+
+
+def _ttt(form, q, k, v, lr, tau, initial_state, ln_weight, ln_bias, residual, activation, loss, output_final_state):
+    _check(q, k, v, {"lr": lr}, initial_state, "a TTT state")
+    tau = _tau(tau)
+    dt = acc_dtype(q)
+    rule = _TTT(lr, tau.to(dt))
+    args = (q, k, v, initial_state, ln_weight, ln_bias, residual, activation, loss, tau.numel(), output_final_state)
+    if form == "chunk":
+        return _chunk(rule, *args)
+    return _recurrent(rule, _autograd_grad if form == "naive" else _manual_grad, *args)
+
+
+_TTT_DOC = """q, k (B, T, H, K), v (B, T, H, V), lr (B, T, H) the inner learning rates, tau (b,) the token scales
+    (b = the mini-batch size), initial_state (dict: "w1"[, "b1", "w2", "b2"], "g_w1", ..., "pos"), ln_weight /
+    ln_bias (H, V) or None -> (o (B, T, H, V), final_state or None). TTT's rule (module docstring):
+    W_t = W_{t'} − τ_r Σ_{s=t'}^{t} lr_s ∇ℓ(W_{t'}; k_s, v_s), o_t = f(q_t; W_t)."""
+
+
+@varlen(_TTT_TIME)
+def naive_recurrent_ttt(q, k, v, lr, tau, initial_state, ln_weight=None, ln_bias=None, residual=False, activation="gelu",
+                        loss="half_l2", output_final_state=False):
+    return _ttt("naive", q, k, v, lr, tau, initial_state, ln_weight, ln_bias, residual, activation, loss, output_final_state)
+
+
+@varlen(_TTT_TIME)
+def fused_recurrent_ttt(q, k, v, lr, tau, initial_state, ln_weight=None, ln_bias=None, residual=False, activation="gelu",
+                        loss="half_l2", output_final_state=False):
+    return _ttt("fused", q, k, v, lr, tau, initial_state, ln_weight, ln_bias, residual, activation, loss, output_final_state)
+
+
+@varlen(_TTT_TIME)
+def chunk_ttt(q, k, v, lr, tau, initial_state, ln_weight=None, ln_bias=None, residual=False, activation="gelu",
+              loss="half_l2", output_final_state=False):
+    return _ttt("chunk", q, k, v, lr, tau, initial_state, ln_weight, ln_bias, residual, activation, loss, output_final_state)
+
+
+naive_recurrent_ttt.__doc__ = _TTT_DOC + "\n    The specification: a token loop, the inner gradient by autograd.\n" + naive_recurrent_ttt.__doc__
+fused_recurrent_ttt.__doc__ = _TTT_DOC + "\n    A token loop with the inner gradient written by hand (the decode path).\n" + fused_recurrent_ttt.__doc__
+chunk_ttt.__doc__ = _TTT_DOC + "\n    The mini-batch dual form (module docstring).\n" + chunk_ttt.__doc__
+
+
+def _titans(form, q, k, v, theta, log_eta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, loss, chunk_size,
+            output_final_state):
+    _check(q, k, v, {"theta": theta, "log_eta": log_eta, "log_decay": log_decay}, initial_state, "a Titans state")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    rule = _Titans(theta, log_eta, log_decay)
+    args = (q, k, v, initial_state, ln_weight, ln_bias, residual, activation, loss, chunk_size, output_final_state)
+    if form == "chunk":
+        return _chunk(rule, *args)
+    return _recurrent(rule, _autograd_grad if form == "naive" else _manual_grad, *args)
+
+
+_TITANS_DOC = """q, k (B, T, H, K), v (B, T, H, V), theta (B, T, H) the inner learning rates θ_t, log_eta (B, T, H) log of the
+    momentum decay η_t, log_decay (B, T, H) log(1 − α_t) of the forgetting gate, initial_state (dict: "w1", ...,
+    "m_w1", ..., "s_w1", ..., "pos"), chunk_size b -> (o (B, T, H, V), final_state or None). Titans' rule (module
+    docstring): S_t = η_t S_{t−1} − θ_t ∇ℓ(M_{t'}; k_t, v_t), M_t = (1 − α_t) M_{t−1} + S_t, o_t = f(q_t; M_t)."""
+
+
+@varlen(_TITANS_TIME)
+def naive_recurrent_titans(q, k, v, theta, log_eta, log_decay, initial_state, ln_weight=None, ln_bias=None, residual=False,
+                           activation="gelu", loss="l2", chunk_size=16, output_final_state=False):
+    return _titans("naive", q, k, v, theta, log_eta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, loss,
+                   chunk_size, output_final_state)
+
+
+@varlen(_TITANS_TIME)
+def fused_recurrent_titans(q, k, v, theta, log_eta, log_decay, initial_state, ln_weight=None, ln_bias=None, residual=False,
+                           activation="gelu", loss="l2", chunk_size=16, output_final_state=False):
+    return _titans("fused", q, k, v, theta, log_eta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, loss,
+                   chunk_size, output_final_state)
+
+
+@varlen(_TITANS_TIME)
+def chunk_titans(q, k, v, theta, log_eta, log_decay, initial_state, ln_weight=None, ln_bias=None, residual=False,
+                 activation="gelu", loss="l2", chunk_size=16, output_final_state=False):
+    return _titans("chunk", q, k, v, theta, log_eta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, loss,
+                   chunk_size, output_final_state)
+
+
+naive_recurrent_titans.__doc__ = _TITANS_DOC + "\n    The specification: a token loop, the inner gradient by autograd.\n" + naive_recurrent_titans.__doc__
+fused_recurrent_titans.__doc__ = _TITANS_DOC + "\n    A token loop with the inner gradient written by hand (the decode path).\n" + fused_recurrent_titans.__doc__
+chunk_titans.__doc__ = _TITANS_DOC + "\n    The chunkwise (mini-batch) form (module docstring).\n" + chunk_titans.__doc__
