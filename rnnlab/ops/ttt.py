@@ -12,7 +12,8 @@ The memory of one head, with weights W = (W1, b1[, W2, b2]):
                                               parameters, never updated by the inner steps; eps 1e-6)
     ℓ(W; k, v) = ‖f(k; W) − v‖²  (``loss="l2"``)  or  ½‖f(k; W) − v‖²  (``"half_l2"``)
     u_t = ∇_W ℓ(W_{t'}; k_t, v_t)            every gradient of a mini-batch of b tokens is taken at the weights
-                                              W_{t'} the mini-batch started from (t' = t − t mod b)
+                                              W_{t'} the mini-batch started from (t' = t − t mod b); with
+                                              ``max_grad_norm`` scaled to at most that norm (all layers jointly)
     o_t = f(q_t; W_t)                        read after the update with token t
 
 Two update rules, each a recurrence over tokens whose state is the memory's weights plus what the mini-batch
@@ -126,7 +127,8 @@ def _layer_norm_grad(x: Tensor, dy: Tensor, weight: Tensor, eps: float = LN_EPS)
 
 @dataclass(frozen=True)
 class _Memory:
-    """What the memory is: depth (1 or 2), biases, φ, the LN (γ, β given) and residual of f, the inner loss."""
+    """What the memory is: depth (1 or 2), biases, φ, the LN (γ, β given) and residual of f, the inner loss, the
+    per-token gradient clipping."""
 
     depth: int
     bias: bool
@@ -134,6 +136,7 @@ class _Memory:
     norm: bool
     residual: bool
     loss: str
+    max_grad_norm: float | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -195,7 +198,16 @@ def _key_pass(P: list, k: Tensor, v: Tensor, mem: _Memory, ln) -> tuple[list[Ten
     ds = [dg]
     for i in range(mem.depth - 1, 0, -1):
         ds.insert(0, torch.bmm(ds[0], P[i][0].transpose(1, 2)) * dact(pre[i - 1]))
+    if mem.max_grad_norm is not None:  # ‖x ⊗ δ‖² = ‖x‖² ‖δ‖² per token and layer (+ ‖δ‖² for the bias)
+        sq = sum((x.pow(2).sum(-1) + (1 if mem.bias else 0)) * d.pow(2).sum(-1) for x, d in zip(xs, ds))
+        scale = _clip_scale(sq, mem.max_grad_norm)[..., None]
+        ds = [d * scale for d in ds]
     return xs, ds
+
+
+def _clip_scale(sq_norm: Tensor, max_norm: float) -> Tensor:
+    """min(1, max_norm / ‖u‖) from ‖u‖², written so that it is smooth where the clip is off (no 1/0)."""
+    return max_norm / torch.maximum(sq_norm.sqrt(), torch.full_like(sq_norm, max_norm))
 
 
 def _manual_grad(p: dict, k: Tensor, v: Tensor, mem: _Memory, ln) -> dict:
@@ -210,7 +222,12 @@ def _manual_grad(p: dict, k: Tensor, v: Tensor, mem: _Memory, ln) -> dict:
 
 
 def _autograd_grad(p: dict, k: Tensor, v: Tensor, mem: _Memory, ln) -> dict:
-    return torch.func.grad(_inner_loss)(p, k, v, mem, ln)
+    """The reference's gradient (one token, L = 1): autograd of the plain loss, then the clip by its norm."""
+    u = torch.func.grad(_inner_loss)(p, k, v, mem, ln)
+    if mem.max_grad_norm is not None:
+        scale = _clip_scale(sum(t.pow(2).flatten(1).sum(1) for t in u.values()), mem.max_grad_norm)
+        u = {n: _col(scale, t) * t for n, t in u.items()}
+    return u
 
 
 # --------------------------------------------------------------------------- the rules
@@ -356,7 +373,8 @@ def _check(q, k, v, gates: dict, state, mem_from: str) -> _Memory | None:
         raise ValueError(f"initial_state must be a dict holding the memory ('w1', ... as in {mem_from}) and 'pos', got {got}")
 
 
-def _spec(state: dict, activation: str, ln_weight, ln_bias, residual: bool, loss: str, carried: tuple, K: int, V: int, H: int) -> _Memory:
+def _spec(state: dict, activation: str, ln_weight, ln_bias, residual: bool, loss: str, max_grad_norm, carried: tuple, K: int, V: int,
+          H: int) -> _Memory:
     depth = 2 if "w2" in state else 1
     bias = "b1" in state
     if activation not in ACTIVATIONS:
@@ -365,7 +383,9 @@ def _spec(state: dict, activation: str, ln_weight, ln_bias, residual: bool, loss
         raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {loss!r}")
     if (ln_weight is None) != (ln_bias is None):
         raise ValueError("ln_weight and ln_bias go together (the LN's γ and β), got one of them")
-    mem = _Memory(depth, bias, activation, ln_weight is not None, residual, loss)
+    if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
+        raise ValueError(f"max_grad_norm must be None or > 0, got {max_grad_norm!r}")
+    mem = _Memory(depth, bias, activation, ln_weight is not None, residual, loss, None if max_grad_norm is None else float(max_grad_norm))
     want = {n for n in mem.names} | {c + n for c in carried for n in mem.names} | {"pos"}
     if set(state) != want:
         raise ValueError(f"initial_state must hold the keys {sorted(want)}, got {sorted(state)}")
@@ -404,11 +424,11 @@ def _ln_rows(ln_weight, ln_bias, B: int, dt):
 
 
 # --------------------------------------------------------------------------- the recurrent forms
-def _recurrent(rule, grad_fn, q, k, v, initial_state, ln_weight, ln_bias, residual, activation, loss, L, output_final_state):
+def _recurrent(rule, grad_fn, q, k, v, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, L, output_final_state):
     """The token loop shared by the naive (autograd gradient) and fused (hand-written gradient) forms."""
     B, T, H, K = q.shape
     dt = acc_dtype(q)
-    mem = _spec(initial_state, activation, ln_weight, ln_bias, residual, loss, rule.carried, K, v.shape[-1], H)
+    mem = _spec(initial_state, activation, ln_weight, ln_bias, residual, loss, max_grad_norm, rule.carried, K, v.shape[-1], H)
     ln = _ln_rows(ln_weight, ln_bias, B, dt)
     W0 = {n: _rows(initial_state[n], dt) for n in mem.names}
     carried = tuple({n: _rows(initial_state[c + n], dt) for n in mem.names} for c in rule.carried)
@@ -436,11 +456,11 @@ def _recurrent(rule, grad_fn, q, k, v, initial_state, ln_weight, ln_bias, residu
 
 
 # --------------------------------------------------------------------------- the chunk form
-def _chunk(rule, q, k, v, initial_state, ln_weight, ln_bias, residual, activation, loss, L, output_final_state):
+def _chunk(rule, q, k, v, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, L, output_final_state):
     B, T, H, K = q.shape
     V = v.shape[-1]
     dt = acc_dtype(q)
-    mem = _spec(initial_state, activation, ln_weight, ln_bias, residual, loss, rule.carried, K, V, H)
+    mem = _spec(initial_state, activation, ln_weight, ln_bias, residual, loss, max_grad_norm, rule.carried, K, V, H)
     ln = _ln_rows(ln_weight, ln_bias, B, dt)
     N = B * H
     pos = initial_state["pos"].to(torch.int64)
@@ -546,12 +566,12 @@ def _tau(tau) -> Tensor:
     return tau
 
 
-def _ttt(form, q, k, v, lr, tau, initial_state, ln_weight, ln_bias, residual, activation, loss, output_final_state):
+def _ttt(form, q, k, v, lr, tau, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, output_final_state):
     _check(q, k, v, {"lr": lr}, initial_state, "a TTT state")
     tau = _tau(tau)
     dt = acc_dtype(q)
     rule = _TTT(lr, tau.to(dt))
-    args = (q, k, v, initial_state, ln_weight, ln_bias, residual, activation, loss, tau.numel(), output_final_state)
+    args = (q, k, v, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, tau.numel(), output_final_state)
     if form == "chunk":
         return _chunk(rule, *args)
     return _recurrent(rule, _autograd_grad if form == "naive" else _manual_grad, *args)
@@ -565,20 +585,20 @@ _TTT_DOC = """q, k (B, T, H, K), v (B, T, H, V), lr (B, T, H) the inner learning
 
 @varlen(_TTT_TIME)
 def naive_recurrent_ttt(q, k, v, lr, tau, initial_state, ln_weight=None, ln_bias=None, residual=False, activation="gelu",
-                        loss="half_l2", output_final_state=False):
-    return _ttt("naive", q, k, v, lr, tau, initial_state, ln_weight, ln_bias, residual, activation, loss, output_final_state)
+                        loss="half_l2", max_grad_norm=None, output_final_state=False):
+    return _ttt("naive", q, k, v, lr, tau, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, output_final_state)
 
 
 @varlen(_TTT_TIME)
 def fused_recurrent_ttt(q, k, v, lr, tau, initial_state, ln_weight=None, ln_bias=None, residual=False, activation="gelu",
-                        loss="half_l2", output_final_state=False):
-    return _ttt("fused", q, k, v, lr, tau, initial_state, ln_weight, ln_bias, residual, activation, loss, output_final_state)
+                        loss="half_l2", max_grad_norm=None, output_final_state=False):
+    return _ttt("fused", q, k, v, lr, tau, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, output_final_state)
 
 
 @varlen(_TTT_TIME)
 def chunk_ttt(q, k, v, lr, tau, initial_state, ln_weight=None, ln_bias=None, residual=False, activation="gelu",
-              loss="half_l2", output_final_state=False):
-    return _ttt("chunk", q, k, v, lr, tau, initial_state, ln_weight, ln_bias, residual, activation, loss, output_final_state)
+              loss="half_l2", max_grad_norm=None, output_final_state=False):
+    return _ttt("chunk", q, k, v, lr, tau, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, output_final_state)
 
 
 naive_recurrent_ttt.__doc__ = _TTT_DOC + "\n    The specification: a token loop, the inner gradient by autograd.\n" + naive_recurrent_ttt.__doc__
@@ -586,13 +606,13 @@ fused_recurrent_ttt.__doc__ = _TTT_DOC + "\n    A token loop with the inner grad
 chunk_ttt.__doc__ = _TTT_DOC + "\n    The mini-batch dual form (module docstring).\n" + chunk_ttt.__doc__
 
 
-def _titans(form, q, k, v, theta, log_eta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, loss, chunk_size,
-            output_final_state):
+def _titans(form, q, k, v, theta, log_eta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm,
+            chunk_size, output_final_state):
     _check(q, k, v, {"theta": theta, "log_eta": log_eta, "log_decay": log_decay}, initial_state, "a Titans state")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     rule = _Titans(theta, log_eta, log_decay)
-    args = (q, k, v, initial_state, ln_weight, ln_bias, residual, activation, loss, chunk_size, output_final_state)
+    args = (q, k, v, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, chunk_size, output_final_state)
     if form == "chunk":
         return _chunk(rule, *args)
     return _recurrent(rule, _autograd_grad if form == "naive" else _manual_grad, *args)
@@ -606,23 +626,23 @@ _TITANS_DOC = """q, k (B, T, H, K), v (B, T, H, V), theta (B, T, H) the inner le
 
 @varlen(_TITANS_TIME)
 def naive_recurrent_titans(q, k, v, theta, log_eta, log_decay, initial_state, ln_weight=None, ln_bias=None, residual=False,
-                           activation="gelu", loss="l2", chunk_size=16, output_final_state=False):
+                           activation="gelu", loss="l2", max_grad_norm=None, chunk_size=16, output_final_state=False):
     return _titans("naive", q, k, v, theta, log_eta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, loss,
-                   chunk_size, output_final_state)
+                   max_grad_norm, chunk_size, output_final_state)
 
 
 @varlen(_TITANS_TIME)
 def fused_recurrent_titans(q, k, v, theta, log_eta, log_decay, initial_state, ln_weight=None, ln_bias=None, residual=False,
-                           activation="gelu", loss="l2", chunk_size=16, output_final_state=False):
+                           activation="gelu", loss="l2", max_grad_norm=None, chunk_size=16, output_final_state=False):
     return _titans("fused", q, k, v, theta, log_eta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, loss,
-                   chunk_size, output_final_state)
+                   max_grad_norm, chunk_size, output_final_state)
 
 
 @varlen(_TITANS_TIME)
 def chunk_titans(q, k, v, theta, log_eta, log_decay, initial_state, ln_weight=None, ln_bias=None, residual=False,
-                 activation="gelu", loss="l2", chunk_size=16, output_final_state=False):
+                 activation="gelu", loss="l2", max_grad_norm=None, chunk_size=16, output_final_state=False):
     return _titans("chunk", q, k, v, theta, log_eta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, loss,
-                   chunk_size, output_final_state)
+                   max_grad_norm, chunk_size, output_final_state)
 
 
 naive_recurrent_titans.__doc__ = _TITANS_DOC + "\n    The specification: a token loop, the inner gradient by autograd.\n" + naive_recurrent_titans.__doc__

@@ -91,6 +91,20 @@ def test_forms_equal_reference_float64(rule, depth, bias, T, pos):
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))
+def test_gradient_clipping_forms_equal_reference(rule):
+    """max_grad_norm (each token's inner gradient scaled to at most that norm): the clip is taken by hand from the
+    rank-one factors in the chunk and fused forms, from autograd's gradient in the reference; some tokens are
+    clipped and some are not."""
+    ins, params, state, kw = RULES[rule](2, 13, 2, True, pos=[2, 0])
+    kw = dict(kw, max_grad_norm=0.6)
+    ref = run(_form(rule, "naive_recurrent"), ins, params, state, kw)
+    for form in ("fused_recurrent", "chunk"):
+        compare(run(_form(rule, form), ins, params, state, kw), ref, TOLERANCE[torch.float64])
+    unclipped = run(_form(rule, "naive_recurrent"), ins, params, state, dict(kw, max_grad_norm=None))
+    assert (unclipped["o"] - ref["o"]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
 @pytest.mark.parametrize("depth", [1, 2])
 def test_chunk_equals_reference_float32(rule, depth):
     """The same in float32, at the table's float32 tolerance."""
