@@ -342,13 +342,13 @@ def _combine(terms: list, xs: list, ds: list, c: Tensor, like: list) -> list:
     out = []
     for i, (x, d) in enumerate(zip(xs, ds)):
         cd = d * c[..., None]
-        W = torch.bmm(x.transpose(1, 2), cd)
+        W = torch.bmm(x.transpose(1, 2), cd)  # fresh: the terms accumulate into it in place (one pass each)
         b = cd.sum(1) if like[i][1] is not None else None
         for coef, Z in terms:
             ZW, Zb = Z[i]
-            W = W + (ZW if coef is None else _col(coef, ZW) * ZW)
+            W = W.add_(ZW) if coef is None else W.addcmul_(ZW, _col(coef, ZW))
             if b is not None:
-                b = b + (Zb if coef is None else _col(coef, Zb) * Zb)
+                b = b.add_(Zb) if coef is None else b.addcmul_(Zb, _col(coef, Zb))
         out.append((W, b))
     return out
 
@@ -495,18 +495,23 @@ def _chunk(rule, q, k, v, initial_state, ln_weight, ln_bias, residual, activatio
     final = None
     outs = []
     act = ACTIVATIONS[mem.activation][0]
-    for n in range(NC):
-        c = {key: val[n] for key, val in coefs.items()}
-        xs, ds = _key_pass(W0, kc[n], vc[n], mem, ln)
+    # one unbind per tensor (indexing chunk n of a tensor that needs grad would allocate a full-size gradient
+    # per chunk in the backward: O(T²))
+    per_chunk = {key: val.unbind(0) for key, val in coefs.items()}
+    for n, (qn, kn, vn, gram_n) in enumerate(zip(qc.unbind(0), kc.unbind(0), vc.unbind(0), gram.unbind(0))):
+        c = {key: val[n] for key, val in per_chunk.items()}
+        xs, ds = _key_pass(W0, kn, vn, mem, ln)
         # read: layer i's pre-activation Σ_j coef_j (h Z_j) + Σ_s C_ts (h · x_s [+ 1]) δ_s
-        h = qc[n]
+        h = qn
         for i in range(mem.depth):
             lin = None
             for coef, Z in rule.read_terms(c, W0, carried):
                 part = _linear(h, *Z[i])
-                part = part if coef is None else part * coef[..., None]
-                lin = part if lin is None else lin + part
-            A = gram[n] if i == 0 else (torch.bmm(h, xs[i].transpose(1, 2)) + (1 if mem.bias else 0)) * c["C"]
+                if lin is None:
+                    lin = part if coef is None else part.mul_(coef[..., None])
+                else:
+                    lin = lin.add_(part) if coef is None else lin.addcmul_(part, coef[..., None])
+            A = gram_n if i == 0 else (torch.bmm(h, xs[i].transpose(1, 2)) + (1 if mem.bias else 0)) * c["C"]
             lin = torch.baddbmm(lin, A, ds[i]) if lin is not None else torch.bmm(A, ds[i])
             h = act(lin) if i < mem.depth - 1 else lin
         outs.append(h)
