@@ -54,6 +54,7 @@ def _logit(p: float) -> float:
 
 
 @register_mixer("titans", family="ttt", small={"num_heads": 2, "chunk_size": 8})
+@register_mixer("titans_linear", family="ttt", defaults={"memory_depth": 1}, small={"num_heads": 2, "chunk_size": 8})
 class Titans(Mixer):
     """Titans' neural memory: x (B, T, D) -> y (B, T, D); see the module docstring.
 
