@@ -76,8 +76,8 @@ from rnnlab.ops._exp import decay_exp
 from rnnlab.ops.chunk import acc_dtype, decay_ratios
 from rnnlab.ops.varlen import varlen
 
-__all__ = ["naive_recurrent_ttt", "fused_recurrent_ttt", "chunk_ttt", "naive_recurrent_titans", "fused_recurrent_titans",
-           "chunk_titans", "memory_keys", "layer_norm", "ACTIVATIONS", "LOSSES"]
+__all__ = [f"{form}_{rule}" for rule in ("ttt", "titans", "yaad", "moneta") for form in ("naive_recurrent", "fused_recurrent", "chunk")]
+__all__ += ["memory_keys", "layer_norm", "ACTIVATIONS", "LOSSES"]
 
 LN_EPS = 1e-6  # the TTT authors' LN epsilon
 
@@ -101,10 +101,19 @@ def _silu_grad(x: Tensor) -> Tensor:
 
 ACTIVATIONS = {"gelu": (_gelu, _gelu_grad), "silu": (F.silu, _silu_grad)}
 
-# inner losses of the error e = f(k) − v, summed over the value dim: (value, derivative)
+# inner losses of the error e = f(k) − v (…, V), summed over the value dim: (value, derivative); a: the per-token
+# parameter (Huber's δ_t, (…, 1)) or None; p: the ℓ_p exponent
+def _huber_value(e, a, p):
+    n = e.norm(dim=-1, keepdim=True)
+    return torch.where(n <= a, 0.5 * n * n, a * e.abs().sum(-1, keepdim=True))[..., 0]
+
+
 LOSSES = {
-    "l2": (lambda e: e.pow(2).sum(-1), lambda e: 2 * e),
-    "half_l2": (lambda e: 0.5 * e.pow(2).sum(-1), lambda e: e),
+    "l2": (lambda e, a, p: e.pow(2).sum(-1), lambda e, a, p: 2 * e),                      # Titans: ‖f(k) − v‖²
+    "half_l2": (lambda e, a, p: 0.5 * e.pow(2).sum(-1), lambda e, a, p: e),                # TTT: ½‖f(k) − v‖²
+    "lp": (lambda e, a, p: e.abs().pow(p).sum(-1), lambda e, a, p: p * e * e.abs().pow(p - 2)),  # Moneta: ‖·‖_p^p, p >= 2
+    # Yaad (Miras eq. 16): ∇ℓ₂ = e while ‖e‖₂ <= δ_t, else δ_t ∇ℓ₁ = δ_t sign(e)
+    "huber": (_huber_value, lambda e, a, p: torch.where(e.norm(dim=-1, keepdim=True) <= a, e, a * torch.sign(e))),
 }
 
 
@@ -137,6 +146,7 @@ class _Memory:
     residual: bool
     loss: str
     max_grad_norm: float | None = None
+    p: float = 2.0
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -174,13 +184,14 @@ def _model(p: dict, x: Tensor, mem: _Memory, ln) -> Tensor:
     return _outer(h, x, mem, ln)
 
 
-def _inner_loss(p: dict, k: Tensor, v: Tensor, mem: _Memory, ln) -> Tensor:
+def _inner_loss(p: dict, k: Tensor, v: Tensor, a, mem: _Memory, ln) -> Tensor:
     """Σ over rows and tokens of ℓ(W; k, v), written plainly (autograd takes the reference's gradients)."""
-    return LOSSES[mem.loss][0](_model(p, k, mem, ln) - v).sum()
+    return LOSSES[mem.loss][0](_model(p, k, mem, ln) - v, a, mem.p).sum()
 
 
-def _key_pass(P: list, k: Tensor, v: Tensor, mem: _Memory, ln) -> tuple[list[Tensor], list[Tensor]]:
-    """The inner gradient by hand. P the layers [(W, b)] at the anchor, k (N, L, K), v (N, L, V) ->
+def _key_pass(P: list, k: Tensor, v: Tensor, a, mem: _Memory, ln) -> tuple[list[Tensor], list[Tensor]]:
+    """The inner gradient by hand. P the layers [(W, b)] at the anchor, k (N, L, K), v (N, L, V), a (N, L, 1) the
+    loss's per-token parameter or None ->
     (xs, ds): per layer its inputs x_s (N, L, din) and the loss gradient δ_s at its output (N, L, dout), so
     ∇_W ℓ_s = x_s ⊗ δ_s and ∇_b ℓ_s = δ_s."""
     act, dact = ACTIVATIONS[mem.activation]
@@ -192,7 +203,7 @@ def _key_pass(P: list, k: Tensor, v: Tensor, mem: _Memory, ln) -> tuple[list[Ten
             h = act(h)
             xs.append(h)
     g = h
-    dg = LOSSES[mem.loss][1](_outer(g, k, mem, ln) - v)
+    dg = LOSSES[mem.loss][1](_outer(g, k, mem, ln) - v, a, mem.p)
     if mem.norm:
         dg = _layer_norm_grad(g, dg, ln[0])
     ds = [dg]
@@ -206,13 +217,14 @@ def _key_pass(P: list, k: Tensor, v: Tensor, mem: _Memory, ln) -> tuple[list[Ten
 
 
 def _clip_scale(sq_norm: Tensor, max_norm: float) -> Tensor:
-    """min(1, max_norm / ‖u‖) from ‖u‖², written so that it is smooth where the clip is off (no 1/0)."""
-    return max_norm / torch.maximum(sq_norm.sqrt(), torch.full_like(sq_norm, max_norm))
+    """min(1, max_norm / ‖u‖) from ‖u‖²: the max before the sqrt, so a zero gradient (an empty slot, a zero key)
+    never meets sqrt's infinite slope at 0."""
+    return max_norm / torch.maximum(sq_norm, torch.full_like(sq_norm, max_norm ** 2)).sqrt()
 
 
-def _manual_grad(p: dict, k: Tensor, v: Tensor, mem: _Memory, ln) -> dict:
+def _manual_grad(p: dict, k: Tensor, v: Tensor, a, mem: _Memory, ln) -> dict:
     """∇_W ℓ(W; k, v) summed over the L tokens, as a dict like p (the fused recurrent form's gradient)."""
-    xs, ds = _key_pass(_layers(p, mem), k, v, mem, ln)
+    xs, ds = _key_pass(_layers(p, mem), k, v, a, mem, ln)
     out = {}
     for i, (x, d) in enumerate(zip(xs, ds), 1):
         out[f"w{i}"] = torch.bmm(x.transpose(1, 2), d)
@@ -221,9 +233,9 @@ def _manual_grad(p: dict, k: Tensor, v: Tensor, mem: _Memory, ln) -> dict:
     return out
 
 
-def _autograd_grad(p: dict, k: Tensor, v: Tensor, mem: _Memory, ln) -> dict:
+def _autograd_grad(p: dict, k: Tensor, v: Tensor, a, mem: _Memory, ln) -> dict:
     """The reference's gradient (one token, L = 1): autograd of the plain loss, then the clip by its norm."""
-    u = torch.func.grad(_inner_loss)(p, k, v, mem, ln)
+    u = torch.func.grad(_inner_loss)(p, k, v, a, mem, ln)
     if mem.max_grad_norm is not None:
         scale = _clip_scale(sum(t.pow(2).flatten(1).sum(1) for t in u.values()), mem.max_grad_norm)
         u = {n: _col(scale, t) * t for n, t in u.items()}
@@ -239,8 +251,9 @@ class _TTT:
     def __init__(self, lr: Tensor, tau: Tensor):
         self.gates, self.tau = (lr,), tau
 
-    # the specification, one token: W0 the anchor, u the gradient, gates (lr,) (N,), r (N,) the position
-    def step(self, W0: dict, carried: tuple, u: dict, gates: tuple, r: Tensor):
+    # the specification, one token: W0 the anchor, u the gradient, gates (lr,) (N,), r (N,) the position,
+    # done (N,) whether the token ends its mini-batch
+    def step(self, W0: dict, carried: tuple, u: dict, gates: tuple, r: Tensor, done: Tensor):
         (G,), (lr,) = carried, gates
         G = {n: G[n] + _col(lr, G[n]) * u[n] for n in G}
         tau = self.tau[r]
@@ -250,6 +263,10 @@ class _TTT:
     def reset(carried: tuple, done: Tensor) -> tuple:
         (G,) = carried
         return ({n: torch.where(_col(done, t), torch.zeros_like(t), t) for n, t in G.items()},)
+
+    @staticmethod
+    def scale_grads(W0: list, ds: list) -> list:
+        return ds
 
     # the chunk form: gates (NC, N, L) for all chunks at once
     def coefficients(self, gates: tuple, mask: Tensor) -> dict:
@@ -270,64 +287,102 @@ class _TTT:
         upto = torch.arange(L, device=p.device) <= p[:, None]
         return (_combine([(None, G)] if G is not None else [], xs, ds, torch.where(upto, c["lr"], 0.0), W0),)
 
-    def complete(self, c: dict, W0: list, carried: tuple, xs, ds) -> tuple[list, tuple]:
-        """The state after a full mini-batch: W0 ← W_{b−1}, G ← 0 (None: a structural zero)."""
+    def complete(self, c: dict, W0: list, carried: tuple, xs, ds) -> tuple[list, tuple, None]:
+        """The state after a full mini-batch: W0 ← W_{b−1}, G ← 0 (None: a structural zero); no read rescale."""
         (G,) = carried
         terms = [(None, W0)] + ([(-self.tau[-1].expand(W0[0][0].shape[0]), G)] if G is not None else [])
-        return _combine(terms, xs, ds, c["C"][:, -1], W0), (None,)
+        return _combine(terms, xs, ds, c["C"][:, -1], W0), (None,), None
 
 
 class _Titans:
-    """S_t = η_t S_{t−1} − θ_t u_t, M_t = (1 − α_t) M_{t−1} + S_t; carried: M ("m_"), S ("s_")."""
+    """S_t = η_t S_{t−1} − θ_t u_t, M_t = (1 − α_t) M_{t−1} + S_t; carried: M ("m_"), S ("s_").
 
-    carried = ("m_", "s_")
+    Without momentum (log_eta None; carried M only): M_t = (1 − α_t) M_{t−1} − θ_t u_t, Yaad's rule (Miras eq. 26)
+    and Moneta's accumulator. With ``q`` (Moneta, Miras eq. 24): M holds A_t / ν_{t'}, the accumulator over the
+    normalizer of the chunk's start, ν = ‖A_{t'}‖_q^{q−2} (per layer, read off the anchor W_{t'} = A_{t'} / ν as
+    ν = ‖W_{t'}‖_q^{(q−2)/(3−q)}), so the gradient enters divided by ν and the read inside a chunk uses that
+    normalizer; the token that ends a chunk reads (and the next chunk starts from) the exact W = A / ‖A‖_q^{q−2}."""
 
-    def __init__(self, theta: Tensor, log_eta: Tensor, log_decay: Tensor):
-        self.gates = (theta, log_eta, log_decay)
+    def __init__(self, theta: Tensor, log_eta: Tensor | None, log_decay: Tensor, q: float | None = None):
+        self.momentum, self.q = log_eta is not None, q
+        self.gates = (theta, log_eta, log_decay) if self.momentum else (theta, log_decay)
+        self.carried = ("m_", "s_") if self.momentum else ("m_",)
 
-    def step(self, W0: dict, carried: tuple, u: dict, gates: tuple, r: Tensor):
-        (M, S), (theta, log_eta, log_decay) = carried, gates
-        eta, keep = log_eta.exp(), log_decay.exp()
-        S = {n: _col(eta, S[n]) * S[n] - _col(theta, u[n]) * u[n] for n in S}
-        M = {n: _col(keep, M[n]) * M[n] + S[n] for n in M}
-        return M, (M, S)
+    def _split(self, gates: tuple):
+        return gates if self.momentum else (gates[0], None, gates[1])
+
+    def _nu(self, W: Tensor) -> Tensor:
+        """ν per row of the anchor's weight W (N, din, dout): ‖W‖_q^{(q−2)/(3−q)}."""
+        return W.abs().pow(self.q).flatten(1).sum(1).pow((self.q - 2) / (self.q * (3 - self.q)))
+
+    def _normalized(self, M: Tensor, nu: Tensor) -> Tensor:
+        """The factor s with W = A / ‖A‖_q^{q−2} = s M for A = ν M: s = ν^{3−q} / ‖M‖_q^{q−2} (N,)."""
+        return nu.pow(3 - self.q) / M.abs().pow(self.q).flatten(1).sum(1).pow((self.q - 2) / self.q)
+
+    def step(self, W0: dict, carried: tuple, u: dict, gates: tuple, r: Tensor, done: Tensor):
+        theta, log_eta, log_decay = self._split(gates)
+        keep = log_decay.exp()
+        if self.q is not None:  # the gradient of the accumulator, over the chunk start's normalizer
+            u = {n: u[n] / _col(self._nu(W0["w" + n[1:]]), u[n]) for n in u}
+        if self.momentum:
+            M, S = carried
+            S = {n: _col(log_eta.exp(), S[n]) * S[n] - _col(theta, u[n]) * u[n] for n in S}
+            M = {n: _col(keep, M[n]) * M[n] + S[n] for n in M}
+        else:
+            (M,) = carried
+            M = {n: _col(keep, M[n]) * M[n] - _col(theta, u[n]) * u[n] for n in M}
+        if self.q is not None:  # the chunk's last token: the exact normalization
+            s = {n: self._normalized(M[n], self._nu(W0[n])) for n in M}
+            M = {n: torch.where(_col(done, M[n]), _col(s[n], M[n]) * M[n], M[n]) for n in M}
+        return M, ((M, S) if self.momentum else (M,))
 
     @staticmethod
     def reset(carried: tuple, done: Tensor) -> tuple:
         return carried
 
+    def scale_grads(self, W0: list, ds: list) -> list:
+        if self.q is None:
+            return ds
+        return [d / _col(self._nu(W), d) for d, (W, _) in zip(ds, W0)]
+
     def coefficients(self, gates: tuple, mask: Tensor) -> dict:
-        theta, log_eta, log_decay = gates
+        theta, log_eta, log_decay = self._split(gates)
         L = theta.shape[-1]
         tril = torch.ones(L, L, dtype=torch.bool, device=theta.device).tril()
-        Le, La = log_eta.cumsum(-1)[..., None], log_decay.cumsum(-1)[..., None]  # (NC, N, L, 1) inclusive
-        Deta = torch.where(tril, decay_ratios(Le, Le), 0.0)       # Π_{s<p<=t} η_p
-        Dal = torch.where(tril, decay_ratios(La, La), 0.0) * mask[..., None, :]  # Π_{r<p<=t} (1 − α_p), real r only
-        P = decay_exp(Le[..., 0], max=0.0)                        # Π_{p<=t} η_p
-        return {
-            "C": -(Dal @ Deta) * theta[..., None, :],             # M_t's gradient terms
-            "E": -Deta * theta[..., None, :],                     # S_t's gradient terms
-            "A": decay_exp(La[..., 0], max=0.0),                  # M_t = A_t M + e_t S + Σ C_ts u_s
-            "e": (Dal @ P[..., None])[..., 0],
-            "P": P,                                               # S_t = P_t S + Σ E_ts u_s
-        }
+        La = log_decay.cumsum(-1)[..., None]  # (NC, N, L, 1) inclusive
+        Dal = torch.where(tril, decay_ratios(La, La), 0.0)  # Π_{r<p<=t} (1 − α_p)
+        A = decay_exp(La[..., 0], max=0.0)                   # M_t = A_t M [+ e_t S] + Σ C_ts u_s
+        if not self.momentum:
+            return {"C": -Dal * theta[..., None, :], "A": A}
+        Le = log_eta.cumsum(-1)[..., None]
+        Deta = torch.where(tril, decay_ratios(Le, Le), 0.0)  # Π_{s<p<=t} η_p
+        Dal = Dal * mask[..., None, :]                        # only real tokens add S_r to M
+        P = decay_exp(Le[..., 0], max=0.0)                    # S_t = P_t S + Σ E_ts u_s
+        return {"C": -(Dal @ Deta) * theta[..., None, :], "E": -Deta * theta[..., None, :], "A": A,
+                "e": (Dal @ P[..., None])[..., 0], "P": P}
 
     def read_terms(self, c: dict, W0: list, carried: tuple) -> list:
-        M, S = carried
-        return [(c["A"], M), (c["e"], S)]
+        return [(c["A"], carried[0])] + ([(c["e"], carried[1])] if self.momentum else [])
+
+    def _memory_at(self, c, carried, xs, ds, row, mat, like):
+        terms = [(row(c["A"]), carried[0])] + ([(row(c["e"]), carried[1])] if self.momentum else [])
+        M = _combine(terms, xs, ds, mat(c["C"]), like)
+        if not self.momentum:
+            return (M,)
+        return M, _combine([(row(c["P"]), carried[1])], xs, ds, mat(c["E"]), like)
 
     def at(self, c: dict, W0: list, carried: tuple, xs, ds, p: Tensor) -> tuple:
-        M, S = carried
         row = lambda t: t.gather(-1, p[:, None])[:, 0]  # noqa: E731  (N, L) at slot p
         mat = lambda t: t.gather(1, p[:, None, None].expand(-1, 1, t.shape[-1]))[:, 0]  # noqa: E731  (N, L, L) row p
-        return (_combine([(row(c["A"]), M), (row(c["e"]), S)], xs, ds, mat(c["C"]), W0),
-                _combine([(row(c["P"]), S)], xs, ds, mat(c["E"]), W0))
+        return self._memory_at(c, carried, xs, ds, row, mat, W0)
 
-    def complete(self, c: dict, W0: list, carried: tuple, xs, ds) -> tuple[list, tuple]:
-        M, S = carried
-        M = _combine([(c["A"][:, -1], M), (c["e"][:, -1], S)], xs, ds, c["C"][:, -1], W0)
-        S = _combine([(c["P"][:, -1], S)], xs, ds, c["E"][:, -1], W0)
-        return M, (M, S)
+    def complete(self, c: dict, W0: list, carried: tuple, xs, ds) -> tuple[list, tuple, list | None]:
+        new = self._memory_at(c, carried, xs, ds, lambda t: t[:, -1], lambda t: t[:, -1], W0)
+        if self.q is None:
+            return new[0], new, None
+        s = [self._normalized(M, self._nu(W)) for (M, _), (W, _) in zip(new[0], W0)]
+        M = [(_col(si, M) * M, None if b is None else _col(si, b) * b) for si, (M, b) in zip(s, new[0])]
+        return M, (M,) + new[1:], s
 
 
 def _col(c: Tensor, like: Tensor) -> Tensor:
@@ -354,7 +409,7 @@ def _combine(terms: list, xs: list, ds: list, c: Tensor, like: list) -> list:
 
 
 # --------------------------------------------------------------------------- validation and state layout
-def _check(q, k, v, gates: dict, state, mem_from: str) -> _Memory | None:
+def _check(q, k, v, gates: dict, state) -> None:
     for name, t in (("q", q), ("k", k), ("v", v), *gates.items()):
         if not isinstance(t, Tensor) or not t.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor")
@@ -370,11 +425,11 @@ def _check(q, k, v, gates: dict, state, mem_from: str) -> _Memory | None:
             raise ValueError(f"{name} must be (B, T, H) = {(B, T, H)}, got {tuple(t.shape)}")
     if not isinstance(state, dict) or "w1" not in state or "pos" not in state:
         got = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"initial_state must be a dict holding the memory ('w1', ... as in {mem_from}) and 'pos', got {got}")
+        raise ValueError(f"initial_state must be a dict holding the memory ('w1', ...) and 'pos', got {got}")
 
 
 def _spec(state: dict, activation: str, ln_weight, ln_bias, residual: bool, loss: str, max_grad_norm, carried: tuple, K: int, V: int,
-          H: int) -> _Memory:
+          H: int, p: float = 2.0) -> _Memory:
     depth = 2 if "w2" in state else 1
     bias = "b1" in state
     if activation not in ACTIVATIONS:
@@ -385,7 +440,8 @@ def _spec(state: dict, activation: str, ln_weight, ln_bias, residual: bool, loss
         raise ValueError("ln_weight and ln_bias go together (the LN's γ and β), got one of them")
     if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
         raise ValueError(f"max_grad_norm must be None or > 0, got {max_grad_norm!r}")
-    mem = _Memory(depth, bias, activation, ln_weight is not None, residual, loss, None if max_grad_norm is None else float(max_grad_norm))
+    mem = _Memory(depth, bias, activation, ln_weight is not None, residual, loss, None if max_grad_norm is None else float(max_grad_norm),
+                  float(p))
     want = {n for n in mem.names} | {c + n for c in carried for n in mem.names} | {"pos"}
     if set(state) != want:
         raise ValueError(f"initial_state must hold the keys {sorted(want)}, got {sorted(state)}")
@@ -424,27 +480,26 @@ def _ln_rows(ln_weight, ln_bias, B: int, dt):
 
 
 # --------------------------------------------------------------------------- the recurrent forms
-def _recurrent(rule, grad_fn, q, k, v, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, L, output_final_state):
+def _recurrent(rule, grad_fn, mem: _Memory, q, k, v, a, initial_state, ln_weight, ln_bias, L, output_final_state):
     """The token loop shared by the naive (autograd gradient) and fused (hand-written gradient) forms."""
     B, T, H, K = q.shape
     dt = acc_dtype(q)
-    mem = _spec(initial_state, activation, ln_weight, ln_bias, residual, loss, max_grad_norm, rule.carried, K, v.shape[-1], H)
     ln = _ln_rows(ln_weight, ln_bias, B, dt)
     W0 = {n: _rows(initial_state[n], dt) for n in mem.names}
     carried = tuple({n: _rows(initial_state[c + n], dt) for n in mem.names} for c in rule.carried)
     r = initial_state["pos"].repeat_interleave(H)
     rows = lambda t: rearrange(t.to(dt), "b t h ... -> t (b h) 1 ...")  # noqa: E731  one (N, 1, ...) slice per token
     gates = [rearrange(g.to(dt), "b t h -> t (b h)").unbind(0) for g in rule.gates]
+    aa = rearrange(a.to(dt), "b t h -> t (b h) 1 1").unbind(0) if a is not None else [None] * T
     os = []
     for t, (qt, kt, vt) in enumerate(zip(rows(q).unbind(0), rows(k).unbind(0), rows(v).unbind(0))):
-        u = grad_fn(W0, kt, vt, mem, ln)
-        Wt, carried = rule.step(W0, carried, u, tuple(g[t] for g in gates), r)
+        u = grad_fn(W0, kt, vt, aa[t], mem, ln)
+        done = r + 1 == L
+        Wt, carried = rule.step(W0, carried, u, tuple(g[t] for g in gates), r, done)
         os.append(_model(Wt, qt, mem, ln)[:, 0])
-        r = r + 1
-        done = r == L
         W0 = {n: torch.where(_col(done, W0[n]), Wt[n], W0[n]) for n in W0}
         carried = rule.reset(carried, done)
-        r = torch.where(done, torch.zeros_like(r), r)
+        r = torch.where(done, torch.zeros_like(r), r + 1)
     o = rearrange(torch.stack(os, 0), "t (b h) v -> b t h v", b=B).to(v.dtype)
     if not output_final_state:
         return o, None
@@ -456,13 +511,11 @@ def _recurrent(rule, grad_fn, q, k, v, initial_state, ln_weight, ln_bias, residu
 
 
 # --------------------------------------------------------------------------- the chunk form
-def _chunk(rule, q, k, v, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, L, output_final_state):
+def _chunk(rule, mem: _Memory, q, k, v, a, initial_state, ln_weight, ln_bias, L, output_final_state):
     B, T, H, K = q.shape
     V = v.shape[-1]
     dt = acc_dtype(q)
-    mem = _spec(initial_state, activation, ln_weight, ln_bias, residual, loss, max_grad_norm, rule.carried, K, V, H)
     ln = _ln_rows(ln_weight, ln_bias, B, dt)
-    N = B * H
     pos = initial_state["pos"].to(torch.int64)
     # token t of row i sits at slot pos_i + t of a grid of NC aligned chunks (empty slots: zero inputs and rates)
     host = pos.device.type == "cpu"
@@ -478,6 +531,7 @@ def _chunk(rule, q, k, v, initial_state, ln_weight, ln_bias, residual, activatio
             return x.new_zeros(B, NC * L, *x.shape[2:]).scatter(1, idx, x)
     grid = lambda x: rearrange(place(x.to(dt)), "b (n l) h ... -> n (b h) l ...", l=L)  # noqa: E731
     qc, kc, vc = grid(q), grid(k), grid(v)
+    ac = grid(a)[..., None].unbind(0) if a is not None else [None] * NC
     mask = grid(torch.ones(B, T, H, dtype=dt, device=q.device))
     coefs = rule.coefficients(tuple(grid(g) for g in rule.gates), mask)
     # layer 1 reads q · k_s of its own chunk: the (L, L) products for all chunks at once
@@ -498,9 +552,12 @@ def _chunk(rule, q, k, v, initial_state, ln_weight, ln_bias, residual, activatio
     # one unbind per tensor (indexing chunk n of a tensor that needs grad would allocate a full-size gradient
     # per chunk in the backward: O(T²))
     per_chunk = {key: val.unbind(0) for key, val in coefs.items()}
+    last_slot = torch.arange(L, device=q.device) == L - 1
     for n, (qn, kn, vn, gram_n) in enumerate(zip(qc.unbind(0), kc.unbind(0), vc.unbind(0), gram.unbind(0))):
         c = {key: val[n] for key, val in per_chunk.items()}
-        xs, ds = _key_pass(W0, kn, vn, mem, ln)
+        xs, ds = _key_pass(W0, kn, vn, ac[n], mem, ln)
+        ds = rule.scale_grads(W0, ds)
+        W0_next, carried_next, last_scale = rule.complete(c, W0, carried, xs, ds)
         # read: layer i's pre-activation Σ_j coef_j (h Z_j) + Σ_s C_ts (h · x_s [+ 1]) δ_s
         h = qn
         for i in range(mem.depth):
@@ -513,16 +570,15 @@ def _chunk(rule, q, k, v, initial_state, ln_weight, ln_bias, residual, activatio
                     lin = lin.add_(part) if coef is None else lin.addcmul_(part, coef[..., None])
             A = gram_n if i == 0 else (torch.bmm(h, xs[i].transpose(1, 2)) + (1 if mem.bias else 0)) * c["C"]
             lin = torch.baddbmm(lin, A, ds[i]) if lin is not None else torch.bmm(A, ds[i])
+            if last_scale is not None:  # the chunk's last token reads the renormalized memory
+                lin = lin * torch.where(last_slot, last_scale[i][:, None], 1.0)[..., None]
             h = act(lin) if i < mem.depth - 1 else lin
         outs.append(h)
         if output_final_state and n in finals:
-            here = _final_rows(rule.at(c, W0, carried, xs, ds, p_last), W0)
-        W0_next, carried_next = rule.complete(c, W0, carried, xs, ds)
-        if output_final_state and n in finals:
-            done = (p_last == L - 1)
+            here = _state_tuple(W0, rule.at(c, W0, carried, xs, ds, p_last), W0)
             cand = _state_tuple(W0_next, carried_next, W0)
-            here = tuple(_where_rows(done, a, b) for a, b in zip(cand, here))
-            final = here if final is None else tuple(_where_rows(n_last == n, a, b) for a, b in zip(here, final))
+            here = tuple(_where_rows(p_last == L - 1, a_, b_) for a_, b_ in zip(cand, here))
+            final = here if final is None else tuple(_where_rows(n_last == n, a_, b_) for a_, b_ in zip(here, final))
         W0, carried = W0_next, carried_next
     g = rearrange(torch.stack(outs, 0), "n (b h) l v -> b (n l) h v", b=B)
     if host and lo == hi:
@@ -550,10 +606,6 @@ def _state_tuple(W0: list, carried: tuple, like: list) -> tuple:
     return (W0,) + tuple(zeros if Z is None else Z for Z in carried)
 
 
-def _final_rows(carried_at: tuple, W0: list) -> tuple:
-    return _state_tuple(W0, carried_at, W0)
-
-
 def _where_rows(cond: Tensor, a: list, b: list) -> list:
     """Per row (N,) of cond: layers of a where true, of b elsewhere."""
     return [(torch.where(_col(cond, Wa), Wa, Wb), None if ba is None else torch.where(_col(cond, ba), ba, bb))
@@ -561,10 +613,31 @@ def _where_rows(cond: Tensor, a: list, b: list) -> list:
 
 
 # --------------------------------------------------------------------------- public ops
-_TTT_TIME = ("q", "k", "v", "lr")
-_TITANS_TIME = ("q", "k", "v", "theta", "log_eta", "log_decay")
+def _run(form, rule, gates: dict, q, k, v, a, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, L,
+         output_final_state, p: float = 2.0):
+    """Validate, then run ``form`` ("naive", "fused" or "chunk") of ``rule``."""
+    _check(q, k, v, gates, initial_state)
+    if not isinstance(L, int) or L < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {L!r}")
+    mem = _spec(initial_state, activation, ln_weight, ln_bias, residual, loss, max_grad_norm, rule.carried, q.shape[-1], v.shape[-1],
+                q.shape[2], p)
+    if form == "chunk":
+        return _chunk(rule, mem, q, k, v, a, initial_state, ln_weight, ln_bias, L, output_final_state)
+    return _recurrent(rule, _autograd_grad if form == "naive" else _manual_grad, mem, q, k, v, a, initial_state, ln_weight, ln_bias, L,
+                      output_final_state)
 
 
+_FORM_DOC = {"naive": "The specification: a token loop, the inner gradient by autograd.",
+             "fused": "A token loop with the inner gradient written by hand (the decode path).",
+             "chunk": "The chunkwise (mini-batch, dual) form (module docstring)."}
+
+
+def _document(doc: str, *fns) -> None:
+    for fn, form in zip(fns, ("naive", "fused", "chunk")):
+        fn.__doc__ = doc + "\n    " + _FORM_DOC[form] + "\n" + (fn.__doc__ or "")
+
+
+# --- TTT
 def _tau(tau) -> Tensor:
     if not isinstance(tau, Tensor) or tau.dim() != 1 or tau.numel() < 1 or not tau.is_floating_point():
         raise ValueError(f"tau must be a 1-D float tensor of the b token scales (b >= 1), got {tau!r}")
@@ -572,84 +645,146 @@ def _tau(tau) -> Tensor:
 
 
 def _ttt(form, q, k, v, lr, tau, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, output_final_state):
-    _check(q, k, v, {"lr": lr}, initial_state, "a TTT state")
     tau = _tau(tau)
-    dt = acc_dtype(q)
-    rule = _TTT(lr, tau.to(dt))
-    args = (q, k, v, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, tau.numel(), output_final_state)
-    if form == "chunk":
-        return _chunk(rule, *args)
-    return _recurrent(rule, _autograd_grad if form == "naive" else _manual_grad, *args)
+    return _run(form, _TTT(lr, tau.to(acc_dtype(q))), {"lr": lr}, q, k, v, None, initial_state, ln_weight, ln_bias, residual, activation,
+                loss, max_grad_norm, tau.numel(), output_final_state)
 
 
-_TTT_DOC = """q, k (B, T, H, K), v (B, T, H, V), lr (B, T, H) the inner learning rates, tau (b,) the token scales
-    (b = the mini-batch size), initial_state (dict: "w1"[, "b1", "w2", "b2"], "g_w1", ..., "pos"), ln_weight /
-    ln_bias (H, V) or None -> (o (B, T, H, V), final_state or None). TTT's rule (module docstring):
-    W_t = W_{t'} − τ_r Σ_{s=t'}^{t} lr_s ∇ℓ(W_{t'}; k_s, v_s), o_t = f(q_t; W_t)."""
-
-
-@varlen(_TTT_TIME)
+@varlen(("q", "k", "v", "lr"))
 def naive_recurrent_ttt(q, k, v, lr, tau, initial_state, ln_weight=None, ln_bias=None, residual=False, activation="gelu",
                         loss="half_l2", max_grad_norm=None, output_final_state=False):
     return _ttt("naive", q, k, v, lr, tau, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, output_final_state)
 
 
-@varlen(_TTT_TIME)
+@varlen(("q", "k", "v", "lr"))
 def fused_recurrent_ttt(q, k, v, lr, tau, initial_state, ln_weight=None, ln_bias=None, residual=False, activation="gelu",
                         loss="half_l2", max_grad_norm=None, output_final_state=False):
     return _ttt("fused", q, k, v, lr, tau, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, output_final_state)
 
 
-@varlen(_TTT_TIME)
+@varlen(("q", "k", "v", "lr"))
 def chunk_ttt(q, k, v, lr, tau, initial_state, ln_weight=None, ln_bias=None, residual=False, activation="gelu",
               loss="half_l2", max_grad_norm=None, output_final_state=False):
     return _ttt("chunk", q, k, v, lr, tau, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, output_final_state)
 
 
-naive_recurrent_ttt.__doc__ = _TTT_DOC + "\n    The specification: a token loop, the inner gradient by autograd.\n" + naive_recurrent_ttt.__doc__
-fused_recurrent_ttt.__doc__ = _TTT_DOC + "\n    A token loop with the inner gradient written by hand (the decode path).\n" + fused_recurrent_ttt.__doc__
-chunk_ttt.__doc__ = _TTT_DOC + "\n    The mini-batch dual form (module docstring).\n" + chunk_ttt.__doc__
+_document("""q, k (B, T, H, K), v (B, T, H, V), lr (B, T, H) the inner learning rates, tau (b,) the token scales
+    (b = the mini-batch size), initial_state (dict: "w1"[, "b1", "w2", "b2"], "g_w1", ..., "pos"), ln_weight /
+    ln_bias (H, V) or None -> (o (B, T, H, V), final_state or None). TTT's rule (module docstring):
+    W_t = W_{t'} − τ_r Σ_{s=t'}^{t} lr_s ∇ℓ(W_{t'}; k_s, v_s), o_t = f(q_t; W_t).""", naive_recurrent_ttt, fused_recurrent_ttt, chunk_ttt)
 
 
+# --- Titans
 def _titans(form, q, k, v, theta, log_eta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm,
             chunk_size, output_final_state):
-    _check(q, k, v, {"theta": theta, "log_eta": log_eta, "log_decay": log_decay}, initial_state, "a Titans state")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    rule = _Titans(theta, log_eta, log_decay)
-    args = (q, k, v, initial_state, ln_weight, ln_bias, residual, activation, loss, max_grad_norm, chunk_size, output_final_state)
-    if form == "chunk":
-        return _chunk(rule, *args)
-    return _recurrent(rule, _autograd_grad if form == "naive" else _manual_grad, *args)
+    gates = {"theta": theta, "log_eta": log_eta, "log_decay": log_decay}
+    return _run(form, _Titans(theta, log_eta, log_decay), gates, q, k, v, None, initial_state, ln_weight, ln_bias, residual, activation,
+                loss, max_grad_norm, chunk_size, output_final_state)
 
 
-_TITANS_DOC = """q, k (B, T, H, K), v (B, T, H, V), theta (B, T, H) the inner learning rates θ_t, log_eta (B, T, H) log of the
-    momentum decay η_t, log_decay (B, T, H) log(1 − α_t) of the forgetting gate, initial_state (dict: "w1", ...,
-    "m_w1", ..., "s_w1", ..., "pos"), chunk_size b -> (o (B, T, H, V), final_state or None). Titans' rule (module
-    docstring): S_t = η_t S_{t−1} − θ_t ∇ℓ(M_{t'}; k_t, v_t), M_t = (1 − α_t) M_{t−1} + S_t, o_t = f(q_t; M_t)."""
-
-
-@varlen(_TITANS_TIME)
+@varlen(("q", "k", "v", "theta", "log_eta", "log_decay"))
 def naive_recurrent_titans(q, k, v, theta, log_eta, log_decay, initial_state, ln_weight=None, ln_bias=None, residual=False,
                            activation="gelu", loss="l2", max_grad_norm=None, chunk_size=16, output_final_state=False):
     return _titans("naive", q, k, v, theta, log_eta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, loss,
                    max_grad_norm, chunk_size, output_final_state)
 
 
-@varlen(_TITANS_TIME)
+@varlen(("q", "k", "v", "theta", "log_eta", "log_decay"))
 def fused_recurrent_titans(q, k, v, theta, log_eta, log_decay, initial_state, ln_weight=None, ln_bias=None, residual=False,
                            activation="gelu", loss="l2", max_grad_norm=None, chunk_size=16, output_final_state=False):
     return _titans("fused", q, k, v, theta, log_eta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, loss,
                    max_grad_norm, chunk_size, output_final_state)
 
 
-@varlen(_TITANS_TIME)
+@varlen(("q", "k", "v", "theta", "log_eta", "log_decay"))
 def chunk_titans(q, k, v, theta, log_eta, log_decay, initial_state, ln_weight=None, ln_bias=None, residual=False,
                  activation="gelu", loss="l2", max_grad_norm=None, chunk_size=16, output_final_state=False):
     return _titans("chunk", q, k, v, theta, log_eta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, loss,
                    max_grad_norm, chunk_size, output_final_state)
 
 
-naive_recurrent_titans.__doc__ = _TITANS_DOC + "\n    The specification: a token loop, the inner gradient by autograd.\n" + naive_recurrent_titans.__doc__
-fused_recurrent_titans.__doc__ = _TITANS_DOC + "\n    A token loop with the inner gradient written by hand (the decode path).\n" + fused_recurrent_titans.__doc__
-chunk_titans.__doc__ = _TITANS_DOC + "\n    The chunkwise (mini-batch) form (module docstring).\n" + chunk_titans.__doc__
+_document("""q, k (B, T, H, K), v (B, T, H, V), theta (B, T, H) the inner learning rates θ_t, log_eta (B, T, H) log of the
+    momentum decay η_t, log_decay (B, T, H) log(1 − α_t) of the forgetting gate, initial_state (dict: "w1", ...,
+    "m_w1", ..., "s_w1", ..., "pos"), chunk_size b -> (o (B, T, H, V), final_state or None). Titans' rule (module
+    docstring): S_t = η_t S_{t−1} − θ_t ∇ℓ(M_{t'}; k_t, v_t), M_t = (1 − α_t) M_{t−1} + S_t, o_t = f(q_t; M_t).""",
+          naive_recurrent_titans, fused_recurrent_titans, chunk_titans)
+
+
+# --- Miras: Yaad (Huber attentional bias, ℓ2 retention) and Moneta (ℓ_p bias, ℓ_q retention)
+def _yaad(form, q, k, v, theta, log_decay, delta, initial_state, ln_weight, ln_bias, residual, activation, max_grad_norm, chunk_size,
+          output_final_state):
+    gates = {"theta": theta, "log_decay": log_decay, "delta": delta}
+    return _run(form, _Titans(theta, None, log_decay), gates, q, k, v, delta, initial_state, ln_weight, ln_bias, residual, activation,
+                "huber", max_grad_norm, chunk_size, output_final_state)
+
+
+@varlen(("q", "k", "v", "theta", "log_decay", "delta"))
+def naive_recurrent_yaad(q, k, v, theta, log_decay, delta, initial_state, ln_weight=None, ln_bias=None, residual=False,
+                         activation="gelu", max_grad_norm=None, chunk_size=16, output_final_state=False):
+    return _yaad("naive", q, k, v, theta, log_decay, delta, initial_state, ln_weight, ln_bias, residual, activation, max_grad_norm,
+                 chunk_size, output_final_state)
+
+
+@varlen(("q", "k", "v", "theta", "log_decay", "delta"))
+def fused_recurrent_yaad(q, k, v, theta, log_decay, delta, initial_state, ln_weight=None, ln_bias=None, residual=False,
+                         activation="gelu", max_grad_norm=None, chunk_size=16, output_final_state=False):
+    return _yaad("fused", q, k, v, theta, log_decay, delta, initial_state, ln_weight, ln_bias, residual, activation, max_grad_norm,
+                 chunk_size, output_final_state)
+
+
+@varlen(("q", "k", "v", "theta", "log_decay", "delta"))
+def chunk_yaad(q, k, v, theta, log_decay, delta, initial_state, ln_weight=None, ln_bias=None, residual=False,
+               activation="gelu", max_grad_norm=None, chunk_size=16, output_final_state=False):
+    return _yaad("chunk", q, k, v, theta, log_decay, delta, initial_state, ln_weight, ln_bias, residual, activation, max_grad_norm,
+                 chunk_size, output_final_state)
+
+
+_document("""q, k (B, T, H, K), v (B, T, H, V), theta (B, T, H) the inner learning rates η_t, log_decay (B, T, H) log of the
+    retention α_t, delta (B, T, H) > 0 the Huber thresholds δ_t, initial_state (dict: "w1", ..., "m_w1", ..., "pos"),
+    chunk_size b -> (o, final_state or None). Yaad's rule (Behrouz et al. 2025, "It's All Connected", eqs. 16 and 26):
+    M_t = α_t M_{t−1} − η_t g_t with g_t = ∇ℓ₂ (error e = f(k) − v) while ‖e‖₂ <= δ_t, else δ_t ∇ℓ₁ = δ_t sign(e),
+    gradients at the chunk's starting memory M_{t'}.""", naive_recurrent_yaad, fused_recurrent_yaad, chunk_yaad)
+
+
+def _moneta(form, q, k, v, theta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, p, q_norm, max_grad_norm, chunk_size,
+            output_final_state):
+    if not (isinstance(p, (int, float)) and p >= 2):
+        raise ValueError(f"p must be a number >= 2 (the ℓ_p bias's gradient p·e·|e|^(p−2) is then smooth), got {p!r}")
+    if not (isinstance(q_norm, (int, float)) and q_norm >= 2 and q_norm != 3):
+        raise ValueError(f"q_norm must be a number >= 2 other than 3 (W = A / ‖A‖_q^(q−2) has unit norm at q = 3, A cannot be "
+                         f"recovered from it), got {q_norm!r}")
+    if "b1" in initial_state and q_norm != 2:
+        raise ValueError("Moneta's ℓ_q normalization is over the weight matrices: a memory without biases is expected")
+    gates = {"theta": theta, "log_decay": log_decay}
+    return _run(form, _Titans(theta, None, log_decay, q=float(q_norm)), gates, q, k, v, None, initial_state, ln_weight, ln_bias, residual,
+                activation, "lp", max_grad_norm, chunk_size, output_final_state, p=p)
+
+
+@varlen(("q", "k", "v", "theta", "log_decay"))
+def naive_recurrent_moneta(q, k, v, theta, log_decay, initial_state, ln_weight=None, ln_bias=None, residual=False, activation="gelu",
+                           p=3.0, q_norm=4.0, max_grad_norm=None, chunk_size=16, output_final_state=False):
+    return _moneta("naive", q, k, v, theta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, p, q_norm, max_grad_norm,
+                   chunk_size, output_final_state)
+
+
+@varlen(("q", "k", "v", "theta", "log_decay"))
+def fused_recurrent_moneta(q, k, v, theta, log_decay, initial_state, ln_weight=None, ln_bias=None, residual=False, activation="gelu",
+                           p=3.0, q_norm=4.0, max_grad_norm=None, chunk_size=16, output_final_state=False):
+    return _moneta("fused", q, k, v, theta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, p, q_norm, max_grad_norm,
+                   chunk_size, output_final_state)
+
+
+@varlen(("q", "k", "v", "theta", "log_decay"))
+def chunk_moneta(q, k, v, theta, log_decay, initial_state, ln_weight=None, ln_bias=None, residual=False, activation="gelu",
+                 p=3.0, q_norm=4.0, max_grad_norm=None, chunk_size=16, output_final_state=False):
+    return _moneta("chunk", q, k, v, theta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, p, q_norm, max_grad_norm,
+                   chunk_size, output_final_state)
+
+
+_document("""q, k (B, T, H, K), v (B, T, H, V), theta (B, T, H) the inner learning rates η_t, log_decay (B, T, H) log of the
+    retention α_t, initial_state (dict: "w1", ..., "m_w1", ..., "pos"; no biases), p, q_norm, chunk_size b ->
+    (o, final_state or None). Moneta's rule (Behrouz et al. 2025, "It's All Connected", eqs. 24-25):
+    A_t = α_t A_{t−1} − η_t ∇‖f(k_t) − v_t‖_p^p at W_{t'}, W_t = A_t / ‖A_t‖_q^{q−2} per weight matrix; inside a chunk
+    the normalizer of its start (the paper applies the normalization at chunk boundaries), exact at the chunk's last
+    token (so b = 1 is eq. 24 exactly). The state holds W_{t'} ("w*") and A_t / ‖A_{t'}‖_q^{q−2} ("m_w*").""",
+          naive_recurrent_moneta, fused_recurrent_moneta, chunk_moneta)

@@ -46,7 +46,23 @@ def _titans_case(B, T, depth, bias, b=5, pos=None, dtype=torch.float64, seed=0):
     return ins, {}, _state(B, depth, bias, ("m_", "s_"), pos, dtype, seed), dict(chunk_size=b)
 
 
-RULES = {"ttt": _ttt_case, "titans": _titans_case}
+def _miras_case(rule):
+    def case(B, T, depth, bias, b=5, pos=None, dtype=torch.float64, seed=0):
+        g = torch.Generator().manual_seed(seed + 1)
+        r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+        u = lambda *s: torch.rand(*s, generator=g, dtype=dtype)  # noqa: E731
+        unit = lambda *s: torch.nn.functional.normalize(r(*s), dim=-1)  # noqa: E731
+        ins = dict(q=unit(B, T, H, K), k=unit(B, T, H, K), v=r(B, T, H, K), theta=0.1 * u(B, T, H), log_decay=-0.2 * u(B, T, H))
+        if rule == "yaad":  # thresholds around the errors' norms: some tokens take the ℓ2 branch, some the ℓ1 one
+            ins["delta"] = 1.0 + 3 * u(B, T, H)
+        params = dict(ln_weight=1 + 0.2 * r(H, K), ln_bias=0.2 * r(H, K))
+        return ins, params, _state(B, depth, bias, ("m_",), pos, dtype, seed), dict(chunk_size=b, residual=True)
+    return case
+
+
+RULES = {"ttt": _ttt_case, "titans": _titans_case, "yaad": _miras_case("yaad"), "moneta": _miras_case("moneta")}
+# (rule, depth, bias): Moneta's ℓ_q normalization is over weight matrices, its memory has no biases
+MEMORIES = [(r, d, b) for r in sorted(RULES) for d in (1, 2) for b in (True, False) if not (r == "moneta" and b)]
 
 
 def _form(rule, form):
@@ -77,8 +93,7 @@ def compare(a, b, tol):
             assert torch.equal(a[name], b[name]), name
 
 
-@pytest.mark.parametrize("rule", sorted(RULES))
-@pytest.mark.parametrize("depth,bias", [(1, True), (1, False), (2, True), (2, False)])
+@pytest.mark.parametrize("rule,depth,bias", MEMORIES)
 @pytest.mark.parametrize("T,pos", [(1, [0, 3]), (5, [0, 0]), (13, [0, 0]), (13, [3, 1]), (24, [4, 0])])
 def test_forms_equal_reference_float64(rule, depth, bias, T, pos):
     """chunk and fused recurrent == the reference loop in float64 (the same math in another order): outputs,
@@ -94,9 +109,10 @@ def test_forms_equal_reference_float64(rule, depth, bias, T, pos):
 def test_gradient_clipping_forms_equal_reference(rule):
     """max_grad_norm (each token's inner gradient scaled to at most that norm): the clip is taken by hand from the
     rank-one factors in the chunk and fused forms, from autograd's gradient in the reference; some tokens are
-    clipped and some are not."""
-    ins, params, state, kw = RULES[rule](2, 13, 2, True, pos=[2, 0])
-    kw = dict(kw, max_grad_norm=0.6)
+    clipped and some are not. (Yaad's ℓ1-branch gradient δ_t sign(e) ⊗ x has norm ∝ δ_t, so once clipped its
+    derivative in δ_t is exactly 0: its clip is set where some of those tokens stay unclipped.)"""
+    ins, params, state, kw = RULES[rule](2, 13, 2, rule != "moneta", pos=[2, 0])
+    kw = dict(kw, max_grad_norm=20.0 if rule == "yaad" else 0.6)
     ref = run(_form(rule, "naive_recurrent"), ins, params, state, kw)
     for form in ("fused_recurrent", "chunk"):
         compare(run(_form(rule, form), ins, params, state, kw), ref, TOLERANCE[torch.float64])
@@ -104,41 +120,56 @@ def test_gradient_clipping_forms_equal_reference(rule):
     assert (unclipped["o"] - ref["o"]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("rule", sorted(RULES))
-@pytest.mark.parametrize("depth", [1, 2])
+# Moneta's depth-2 memory is ill-conditioned: the float64 chunk-vs-reference error at T = 37 is 1.8e-12 where the other
+# rules' is ~1e-15 (its ℓ_q normalizations and ℓ_3 bias amplify rounding ~1000x), so float32 disagrees at 1e-5 to
+# 5e-5 (measured), a property of the recurrence, not of the chunk form; its exactness is the float64 test above.
+FLOAT32 = [(r, d) for r in sorted(RULES) for d in (1, 2) if (r, d) != ("moneta", 2)]
+
+
+@pytest.mark.parametrize("rule,depth", FLOAT32)
 def test_chunk_equals_reference_float32(rule, depth):
     """The same in float32, at the table's float32 tolerance."""
-    ins, params, state, kw = RULES[rule](2, 37, depth, True, pos=[2, 0], dtype=torch.float32)
+    ins, params, state, kw = RULES[rule](2, 37, depth, rule != "moneta", pos=[2, 0], dtype=torch.float32)
     ref = run(_form(rule, "naive_recurrent"), ins, params, state, kw)
     compare(run(_form(rule, "chunk"), ins, params, state, kw), ref, TOLERANCE[torch.float32])
 
 
 def _online_gd(rule, ins, params, state, kw):
-    """Fully sequential semantics written plainly: each token's gradient at the previous token's weights."""
-    mem = M._Memory(2 if "w2" in state else 1, "b1" in state, "gelu", "ln_weight" in params, kw.get("residual", False),
-                    "half_l2" if rule == "ttt" else "l2")
+    """Fully sequential semantics written plainly from the papers' equations: each token's gradient at the weights
+    the previous token left (TTT; Titans eqs. 9-14; Yaad eq. 26; Moneta eq. 24 with W_t = A_t / ‖A_t‖_q^{q−2})."""
+    loss, p = {"ttt": ("half_l2", 2.0), "titans": ("l2", 2.0), "yaad": ("huber", 2.0), "moneta": ("lp", 3.0)}[rule]
+    mem = M._Memory(2 if "w2" in state else 1, "b1" in state, "gelu", "ln_weight" in params, kw.get("residual", False), loss, None, p)
     names = mem.names
     B = ins["q"].shape[0]
     rows = lambda t: t.reshape(B * H, *t.shape[2:])  # noqa: E731
-    W = {n: rows(state[n]) for n in names}
+    norm4 = lambda t: t.pow(4).flatten(1).sum(1).pow(0.25)  # noqa: E731  ‖·‖_4 per row
     ln = None
     if mem.norm:
         ln = tuple(p.unsqueeze(0).expand(B, H, K).reshape(B * H, 1, K) for p in (params["ln_weight"], params["ln_bias"]))
+    W = {n: rows(state["m_" + n] if rule != "ttt" else state[n]) for n in names}  # the memory the previous token left
     S = {n: rows(state["s_" + n]) for n in names} if rule == "titans" else None
-    if rule == "titans":  # M_{t-1} is the memory the previous token left
-        W = {n: rows(state["m_" + n]) for n in names}
+    A = {n: W[n] / norm4(W[n])[:, None, None].pow(2) for n in names} if rule == "moneta" else None  # ‖W‖_4 = 1/‖A‖_4
     out = []
     for t in range(ins["q"].shape[1]):
         tok = lambda x: x[:, t].reshape(B * H, 1, -1)  # noqa: E731
-        loss = lambda p: M.LOSSES[mem.loss][0](M._model(p, tok(ins["k"]), mem, ln) - tok(ins["v"])).sum()  # noqa: E731
-        grad = torch.func.grad(loss)(W)
+        a = ins["delta"][:, t].reshape(B * H, 1, 1) if rule == "yaad" else None
+        loss_fn = lambda w: M.LOSSES[loss][0](M._model(w, tok(ins["k"]), mem, ln) - tok(ins["v"]), a, p).sum()  # noqa: E731
+        grad = torch.func.grad(loss_fn)(W)
+        col = lambda x, like: x.reshape(-1, *(1,) * (like.dim() - 1))  # noqa: E731
         if rule == "ttt":
             step = params["tau"][0] * ins["lr"][:, t].reshape(-1)
-            W = {n: W[n] - M._col(step, W[n]) * grad[n] for n in names}
+            W = {n: W[n] - col(step, W[n]) * grad[n] for n in names}
         else:
-            eta, theta, keep = (ins[n][:, t].reshape(-1) for n in ("log_eta", "theta", "log_decay"))
-            S = {n: M._col(eta.exp(), S[n]) * S[n] - M._col(theta, grad[n]) * grad[n] for n in names}
-            W = {n: M._col(keep.exp(), W[n]) * W[n] + S[n] for n in names}
+            theta, keep = ins["theta"][:, t].reshape(-1), ins["log_decay"][:, t].reshape(-1).exp()
+            if rule == "titans":
+                eta = ins["log_eta"][:, t].reshape(-1).exp()
+                S = {n: col(eta, S[n]) * S[n] - col(theta, grad[n]) * grad[n] for n in names}
+                W = {n: col(keep, W[n]) * W[n] + S[n] for n in names}
+            elif rule == "yaad":
+                W = {n: col(keep, W[n]) * W[n] - col(theta, grad[n]) * grad[n] for n in names}
+            else:
+                A = {n: col(keep, A[n]) * A[n] - col(theta, grad[n]) * grad[n] for n in names}
+                W = {n: A[n] / norm4(A[n])[:, None, None].pow(2) for n in names}
         out.append(M._model(W, tok(ins["q"]), mem, ln)[:, 0])
     return torch.stack(out, 1).reshape(B, H, -1, K).transpose(1, 2)
 
@@ -147,8 +178,9 @@ def _online_gd(rule, ins, params, state, kw):
 @pytest.mark.parametrize("depth", [1, 2])
 def test_chunk_size_one_is_online_gradient_descent(rule, depth):
     """With mini-batches of one token the chunk form and the reference are plain online GD (with momentum and
-    forgetting for Titans): every gradient taken at the weights the previous token left."""
-    ins, params, state, kw = RULES[rule](2, 11, depth, True, b=1, pos=[0, 0])
+    forgetting for Titans, retention for Yaad, the ℓ_q-normalized accumulator for Moneta): every gradient taken at
+    the weights the previous token left."""
+    ins, params, state, kw = RULES[rule](2, 11, depth, rule != "moneta", b=1, pos=[0, 0])
     if rule == "ttt":  # a state at a mini-batch boundary: nothing accumulated
         state = {n: (torch.zeros_like(t) if n.startswith("g_") else t) for n, t in state.items()}
     else:  # ... and the chunk's starting memory is the memory
@@ -175,7 +207,7 @@ def test_mini_batch_gradients_at_the_start_weights():
 @pytest.mark.parametrize("split", [1, 4, 7, 10])
 def test_split_anywhere_equals_whole(rule, split):
     """The chunk form on [0:t) and then on [t:T) from the returned state == on [0:T), for t inside a mini-batch."""
-    ins, params, state, kw = RULES[rule](2, 17, 2, True, pos=[1, 3])
+    ins, params, state, kw = RULES[rule](2, 17, 2, rule != "moneta", pos=[1, 3])
     o, fin = _form(rule, "chunk")(**ins, **params, initial_state=state, output_final_state=True, **kw)
     first = {n: t[:, :split] for n, t in ins.items()}
     second = {n: t[:, split:] for n, t in ins.items()}
@@ -194,8 +226,9 @@ def test_packed_equals_separate(rule):
     """cu_seqlens: N sequences back to back, each from its own state (different positions) == one by one with the
     reference, values and gradients."""
     lengths = (5, 1, 12, 7)
-    ins, params, state, kw = RULES[rule](1, sum(lengths), 2, True)
-    state = _state(len(lengths), 2, True, ("g_",) if rule == "ttt" else ("m_", "s_"), pos=[0, 2, 4, 1])
+    ins, params, state, kw = RULES[rule](1, sum(lengths), 2, rule != "moneta")
+    carried = {"ttt": ("g_",), "titans": ("m_", "s_")}.get(rule, ("m_",))
+    state = _state(len(lengths), 2, rule != "moneta", carried, pos=[0, 2, 4, 1])
     cu = cu_seqlens_from_lengths(lengths)
     packed = run(_form(rule, "chunk"), ins, params, state, kw, cu_seqlens=cu)
     starts = cu[:-1].tolist()
