@@ -103,17 +103,36 @@ ACTIVATIONS = {"gelu": (_gelu, _gelu_grad), "silu": (F.silu, _silu_grad)}
 
 # inner losses of the error e = f(k) − v (…, V), summed over the value dim: (value, derivative); a: the per-token
 # parameter (Huber's δ_t, (…, 1)) or None; p: the ℓ_p exponent
+def _inside(e, a):
+    """‖e‖₂ <= δ, compared squared (no norm, whose slope at e = 0 is 0/0)."""
+    return e.pow(2).sum(-1, keepdim=True) <= a * a
+
+
 def _huber_value(e, a, p):
-    n = e.norm(dim=-1, keepdim=True)
-    return torch.where(n <= a, 0.5 * n * n, a * e.abs().sum(-1, keepdim=True))[..., 0]
+    return torch.where(_inside(e, a), 0.5 * e.pow(2).sum(-1, keepdim=True), a * e.abs().sum(-1, keepdim=True))[..., 0]
+
+
+def _norm_beyond(e, a):
+    """max(‖e‖₂, δ) from squares, floored at the dtype's tiny (an empty chunk slot has e = 0 and δ = 0)."""
+    return torch.maximum(e.pow(2).sum(-1, keepdim=True), a * a).clamp_min(torch.finfo(e.dtype).tiny).sqrt()
+
+
+def _huber_norm_value(e, a, p):
+    return torch.where(_inside(e, a), 0.5 * e.pow(2).sum(-1, keepdim=True), a * _norm_beyond(e, a) - 0.5 * a * a)[..., 0]
+
+
+def _huber_norm_grad(e, a, p):
+    return e * (a / _norm_beyond(e, a))  # e · min(1, δ/‖e‖), no norm at e = 0
 
 
 LOSSES = {
     "l2": (lambda e, a, p: e.pow(2).sum(-1), lambda e, a, p: 2 * e),                      # Titans: ‖f(k) − v‖²
     "half_l2": (lambda e, a, p: 0.5 * e.pow(2).sum(-1), lambda e, a, p: e),                # TTT: ½‖f(k) − v‖²
     "lp": (lambda e, a, p: e.abs().pow(p).sum(-1), lambda e, a, p: p * e * e.abs().pow(p - 2)),  # Moneta: ‖·‖_p^p, p >= 2
-    # Yaad (Miras eq. 16): ∇ℓ₂ = e while ‖e‖₂ <= δ_t, else δ_t ∇ℓ₁ = δ_t sign(e)
-    "huber": (_huber_value, lambda e, a, p: torch.where(e.norm(dim=-1, keepdim=True) <= a, e, a * torch.sign(e))),
+    # Yaad (Miras eq. 16): ∇ℓ₂ = e while ‖e‖₂ <= δ_t, else δ_t ∇ℓ₁ = δ_t sign(e) (jumps by up to √V at ‖e‖₂ = δ_t)
+    "huber_sign": (_huber_value, lambda e, a, p: torch.where(_inside(e, a), e, a * torch.sign(e))),
+    # Miras eq. 15: the Huber function of ‖e‖₂, gradient e · min(1, δ_t / ‖e‖₂) (continuous at the threshold)
+    "huber": (_huber_norm_value, _huber_norm_grad),
 }
 
 
@@ -311,13 +330,18 @@ class _Titans:
     def _split(self, gates: tuple):
         return gates if self.momentum else (gates[0], None, gates[1])
 
+    def _norm(self, W: Tensor) -> Tensor:
+        """‖W‖_q per row of W (N, ...), scaled by its largest entry first (no under- or overflow of |W|^q)."""
+        m = W.detach().abs().flatten(1).amax(1).clamp_min(torch.finfo(W.dtype).tiny)
+        return m * (W / _col(m, W)).abs().pow(self.q).flatten(1).sum(1).pow(1 / self.q)
+
     def _nu(self, W: Tensor) -> Tensor:
         """ν per row of the anchor's weight W (N, din, dout): ‖W‖_q^{(q−2)/(3−q)}."""
-        return W.abs().pow(self.q).flatten(1).sum(1).pow((self.q - 2) / (self.q * (3 - self.q)))
+        return self._norm(W).pow((self.q - 2) / (3 - self.q))
 
     def _normalized(self, M: Tensor, nu: Tensor) -> Tensor:
         """The factor s with W = A / ‖A‖_q^{q−2} = s M for A = ν M: s = ν^{3−q} / ‖M‖_q^{q−2} (N,)."""
-        return nu.pow(3 - self.q) / M.abs().pow(self.q).flatten(1).sum(1).pow((self.q - 2) / self.q)
+        return nu.pow(3 - self.q) / self._norm(M).pow(self.q - 2)
 
     def step(self, W0: dict, carried: tuple, u: dict, gates: tuple, r: Tensor, done: Tensor):
         theta, log_eta, log_decay = self._split(gates)
@@ -711,39 +735,42 @@ _document("""q, k (B, T, H, K), v (B, T, H, V), theta (B, T, H) the inner learni
 
 
 # --- Miras: Yaad (Huber attentional bias, ℓ2 retention) and Moneta (ℓ_p bias, ℓ_q retention)
-def _yaad(form, q, k, v, theta, log_decay, delta, initial_state, ln_weight, ln_bias, residual, activation, max_grad_norm, chunk_size,
-          output_final_state):
+def _yaad(form, q, k, v, theta, log_decay, delta, initial_state, ln_weight, ln_bias, residual, activation, huber, max_grad_norm,
+          chunk_size, output_final_state):
+    if huber not in ("norm", "sign"):
+        raise ValueError(f"huber must be 'norm' (Miras eq. 15) or 'sign' (eq. 16), got {huber!r}")
     gates = {"theta": theta, "log_decay": log_decay, "delta": delta}
     return _run(form, _Titans(theta, None, log_decay), gates, q, k, v, delta, initial_state, ln_weight, ln_bias, residual, activation,
-                "huber", max_grad_norm, chunk_size, output_final_state)
+                "huber" if huber == "norm" else "huber_sign", max_grad_norm, chunk_size, output_final_state)
 
 
 @varlen(("q", "k", "v", "theta", "log_decay", "delta"))
 def naive_recurrent_yaad(q, k, v, theta, log_decay, delta, initial_state, ln_weight=None, ln_bias=None, residual=False,
-                         activation="gelu", max_grad_norm=None, chunk_size=16, output_final_state=False):
-    return _yaad("naive", q, k, v, theta, log_decay, delta, initial_state, ln_weight, ln_bias, residual, activation, max_grad_norm,
+                         activation="gelu", huber="norm", max_grad_norm=None, chunk_size=16, output_final_state=False):
+    return _yaad("naive", q, k, v, theta, log_decay, delta, initial_state, ln_weight, ln_bias, residual, activation, huber, max_grad_norm,
                  chunk_size, output_final_state)
 
 
 @varlen(("q", "k", "v", "theta", "log_decay", "delta"))
 def fused_recurrent_yaad(q, k, v, theta, log_decay, delta, initial_state, ln_weight=None, ln_bias=None, residual=False,
-                         activation="gelu", max_grad_norm=None, chunk_size=16, output_final_state=False):
-    return _yaad("fused", q, k, v, theta, log_decay, delta, initial_state, ln_weight, ln_bias, residual, activation, max_grad_norm,
+                         activation="gelu", huber="norm", max_grad_norm=None, chunk_size=16, output_final_state=False):
+    return _yaad("fused", q, k, v, theta, log_decay, delta, initial_state, ln_weight, ln_bias, residual, activation, huber, max_grad_norm,
                  chunk_size, output_final_state)
 
 
 @varlen(("q", "k", "v", "theta", "log_decay", "delta"))
 def chunk_yaad(q, k, v, theta, log_decay, delta, initial_state, ln_weight=None, ln_bias=None, residual=False,
-               activation="gelu", max_grad_norm=None, chunk_size=16, output_final_state=False):
-    return _yaad("chunk", q, k, v, theta, log_decay, delta, initial_state, ln_weight, ln_bias, residual, activation, max_grad_norm,
+               activation="gelu", huber="norm", max_grad_norm=None, chunk_size=16, output_final_state=False):
+    return _yaad("chunk", q, k, v, theta, log_decay, delta, initial_state, ln_weight, ln_bias, residual, activation, huber, max_grad_norm,
                  chunk_size, output_final_state)
 
 
 _document("""q, k (B, T, H, K), v (B, T, H, V), theta (B, T, H) the inner learning rates η_t, log_decay (B, T, H) log of the
     retention α_t, delta (B, T, H) > 0 the Huber thresholds δ_t, initial_state (dict: "w1", ..., "m_w1", ..., "pos"),
-    chunk_size b -> (o, final_state or None). Yaad's rule (Behrouz et al. 2025, "It's All Connected", eqs. 16 and 26):
-    M_t = α_t M_{t−1} − η_t g_t with g_t = ∇ℓ₂ (error e = f(k) − v) while ‖e‖₂ <= δ_t, else δ_t ∇ℓ₁ = δ_t sign(e),
-    gradients at the chunk's starting memory M_{t'}.""", naive_recurrent_yaad, fused_recurrent_yaad, chunk_yaad)
+    huber, chunk_size b -> (o, final_state or None). Yaad's rule (Behrouz et al. 2025, "It's All Connected", eq. 26):
+    M_t = α_t M_{t−1} − η_t g_t, gradients at the chunk's starting memory M_{t'}, with the error e = f(k) − v and
+    huber="norm": g = ∇ H_δ(‖e‖₂) = e · min(1, δ_t / ‖e‖₂) (eq. 15, continuous at ‖e‖₂ = δ_t), or huber="sign":
+    g = e while ‖e‖₂ <= δ_t, else δ_t ∇‖e‖₁ = δ_t sign(e) (eq. 16).""", naive_recurrent_yaad, fused_recurrent_yaad, chunk_yaad)
 
 
 def _moneta(form, q, k, v, theta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, p, q_norm, max_grad_norm, chunk_size,

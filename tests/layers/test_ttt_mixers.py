@@ -10,7 +10,7 @@ import rnnlab
 from tests.conformance.checks import (D_MODEL, check_gradients, check_packed_equals_separate, check_parallel_equals_step,
                                       check_split_equals_full, factory)
 
-FAMILY = ["ttt_linear", "ttt_mlp", "titans"]
+FAMILY = ["ttt_linear", "ttt_mlp", "titans", "yaad", "moneta"]
 
 
 def _finite(t):
@@ -62,6 +62,8 @@ OPTIONS = [
     ("ttt_mlp", dict(mini_batch_size=1)),
     ("titans", dict(memory_depth=1)),
     ("titans", dict(memory_bias=True, max_grad_norm=0.5, chunk_size=5)),
+    ("yaad", dict(chunk_size=1, max_grad_norm=1.0)),
+    ("moneta", dict(p=2.0, q_norm=2.0, chunk_size=3)),
 ]
 
 

@@ -60,13 +60,19 @@ def _miras_case(rule):
     return case
 
 
-RULES = {"ttt": _ttt_case, "titans": _titans_case, "yaad": _miras_case("yaad"), "moneta": _miras_case("moneta")}
+def _yaad_sign_case(*args, **kw):
+    ins, params, state, options = _miras_case("yaad")(*args, **kw)
+    return ins, params, state, dict(options, huber="sign")
+
+
+RULES = {"ttt": _ttt_case, "titans": _titans_case, "yaad": _miras_case("yaad"), "moneta": _miras_case("moneta"),
+         "yaad_sign": _yaad_sign_case}
 # (rule, depth, bias): Moneta's ℓ_q normalization is over weight matrices, its memory has no biases
 MEMORIES = [(r, d, b) for r in sorted(RULES) for d in (1, 2) for b in (True, False) if not (r == "moneta" and b)]
 
 
 def _form(rule, form):
-    return getattr(M, f"{form}_{rule}")
+    return getattr(M, f"{form}_{rule.split('_')[0]}")
 
 
 def run(fn, ins, params, state, kw, seed=2, **extra):
@@ -112,7 +118,7 @@ def test_gradient_clipping_forms_equal_reference(rule):
     clipped and some are not. (Yaad's ℓ1-branch gradient δ_t sign(e) ⊗ x has norm ∝ δ_t, so once clipped its
     derivative in δ_t is exactly 0: its clip is set where some of those tokens stay unclipped.)"""
     ins, params, state, kw = RULES[rule](2, 13, 2, rule != "moneta", pos=[2, 0])
-    kw = dict(kw, max_grad_norm=20.0 if rule == "yaad" else 0.6)
+    kw = dict(kw, max_grad_norm=20.0 if rule.startswith("yaad") else 0.6)
     ref = run(_form(rule, "naive_recurrent"), ins, params, state, kw)
     for form in ("fused_recurrent", "chunk"):
         compare(run(_form(rule, form), ins, params, state, kw), ref, TOLERANCE[torch.float64])
@@ -137,7 +143,9 @@ def test_chunk_equals_reference_float32(rule, depth):
 def _online_gd(rule, ins, params, state, kw):
     """Fully sequential semantics written plainly from the papers' equations: each token's gradient at the weights
     the previous token left (TTT; Titans eqs. 9-14; Yaad eq. 26; Moneta eq. 24 with W_t = A_t / ‖A_t‖_q^{q−2})."""
-    loss, p = {"ttt": ("half_l2", 2.0), "titans": ("l2", 2.0), "yaad": ("huber", 2.0), "moneta": ("lp", 3.0)}[rule]
+    loss, p = {"ttt": ("half_l2", 2.0), "titans": ("l2", 2.0), "yaad": ("huber", 2.0), "yaad_sign": ("huber_sign", 2.0),
+               "moneta": ("lp", 3.0)}[rule]
+    rule = rule.split("_")[0]
     mem = M._Memory(2 if "w2" in state else 1, "b1" in state, "gelu", "ln_weight" in params, kw.get("residual", False), loss, None, p)
     names = mem.names
     B = ins["q"].shape[0]
@@ -178,8 +186,8 @@ def _online_gd(rule, ins, params, state, kw):
 @pytest.mark.parametrize("depth", [1, 2])
 def test_chunk_size_one_is_online_gradient_descent(rule, depth):
     """With mini-batches of one token the chunk form and the reference are plain online GD (with momentum and
-    forgetting for Titans, retention for Yaad, the ℓ_q-normalized accumulator for Moneta): every gradient taken at
-    the weights the previous token left."""
+    forgetting for Titans, retention and either Huber gradient for Yaad, the ℓ_q-normalized accumulator for Moneta):
+    every gradient taken at the weights the previous token left."""
     ins, params, state, kw = RULES[rule](2, 11, depth, rule != "moneta", b=1, pos=[0, 0])
     if rule == "ttt":  # a state at a mini-batch boundary: nothing accumulated
         state = {n: (torch.zeros_like(t) if n.startswith("g_") else t) for n, t in state.items()}
@@ -227,7 +235,7 @@ def test_packed_equals_separate(rule):
     reference, values and gradients."""
     lengths = (5, 1, 12, 7)
     ins, params, state, kw = RULES[rule](1, sum(lengths), 2, rule != "moneta")
-    carried = {"ttt": ("g_",), "titans": ("m_", "s_")}.get(rule, ("m_",))
+    carried = {"ttt": ("g_",), "titans": ("m_", "s_")}.get(rule, ("m_",))  # Miras: the memory only
     state = _state(len(lengths), 2, rule != "moneta", carried, pos=[0, 2, 4, 1])
     cu = cu_seqlens_from_lengths(lengths)
     packed = run(_form(rule, "chunk"), ins, params, state, kw, cu_seqlens=cu)
