@@ -72,6 +72,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from torch.utils.checkpoint import checkpoint
+
 from rnnlab.ops._exp import decay_exp
 from rnnlab.ops.chunk import acc_dtype, decay_ratios
 from rnnlab.ops.varlen import varlen
@@ -266,6 +268,7 @@ class _TTT:
     """W_t = W_{t'} − τ_r G_t, G_t = G_{t−1} + lr_t u_t; carried: the accumulator G ("g_")."""
 
     carried = ("g_",)
+    transform = None  # the carried tensors are the memory's weights
 
     def __init__(self, lr: Tensor, tau: Tensor):
         self.gates, self.tau = (lr,), tau
@@ -320,10 +323,13 @@ class _Titans:
     and Moneta's accumulator. With ``q`` (Moneta, Miras eq. 24): M holds A_t / ν_{t'}, the accumulator over the
     normalizer of the chunk's start, ν = ‖A_{t'}‖_q^{q−2} (per layer, read off the anchor W_{t'} = A_{t'} / ν as
     ν = ‖W_{t'}‖_q^{(q−2)/(3−q)}), so the gradient enters divided by ν and the read inside a chunk uses that
-    normalizer; the token that ends a chunk reads (and the next chunk starts from) the exact W = A / ‖A‖_q^{q−2}."""
+    normalizer; the token that ends a chunk reads (and the next chunk starts from) the exact W = A / ‖A‖_q^{q−2}.
+    With ``transform`` (Memora: a softmax per output column) M holds logits and the memory's weights are
+    transform(M): the gradients are taken with respect to those weights and the chunk form reads transform(M_t),
+    formed per token (:func:`_materialized_read`)."""
 
-    def __init__(self, theta: Tensor, log_eta: Tensor | None, log_decay: Tensor, q: float | None = None):
-        self.momentum, self.q = log_eta is not None, q
+    def __init__(self, theta: Tensor, log_eta: Tensor | None, log_decay: Tensor, q: float | None = None, transform=None):
+        self.momentum, self.q, self.transform = log_eta is not None, q, transform
         self.gates = (theta, log_eta, log_decay) if self.momentum else (theta, log_decay)
         self.carried = ("m_", "s_") if self.momentum else ("m_",)
 
@@ -407,6 +413,23 @@ class _Titans:
         s = [self._normalized(M, self._nu(W)) for (M, _), (W, _) in zip(new[0], W0)]
         M = [(_col(si, M) * M, None if b is None else _col(si, b) * b) for si, (M, b) in zip(s, new[0])]
         return M, (M,) + new[1:], s
+
+
+def _effective(rule, W: dict) -> dict:
+    """The memory's weights from a state's tensors: the rule's transform on the weight matrices (Memora's logits)."""
+    if rule.transform is None:
+        return W
+    return {n: (rule.transform(t) if n[0] == "w" else t) for n, t in W.items()}
+
+
+def _materialized_read(transform, h: Tensor, C: Tensor, x: Tensor, d: Tensor, coefs: list, Zs: list) -> Tensor:
+    """h (N, L, din) through the weights transform(Z_t) of every token t (N, L, din, dout), Z_t = Σ_j coef_j(t) Z_j +
+    Σ_{s<=t} C_ts x_s ⊗ δ_s: the read when the weights are not linear in the carried tensors. coefs: (N, L) per
+    term, Zs: (N, din, dout) per term."""
+    Z = torch.einsum("nts,nsk,nsf->ntkf", C, x, d)
+    for coef, Zj in zip(coefs, Zs):
+        Z = Z + coef[..., None, None] * Zj[:, None]
+    return torch.einsum("ntk,ntkf->ntf", h, transform(Z))
 
 
 def _col(c: Tensor, like: Tensor) -> Tensor:
@@ -517,10 +540,10 @@ def _recurrent(rule, grad_fn, mem: _Memory, q, k, v, a, initial_state, ln_weight
     aa = rearrange(a.to(dt), "b t h -> t (b h) 1 1").unbind(0) if a is not None else [None] * T
     os = []
     for t, (qt, kt, vt) in enumerate(zip(rows(q).unbind(0), rows(k).unbind(0), rows(v).unbind(0))):
-        u = grad_fn(W0, kt, vt, aa[t], mem, ln)
+        u = grad_fn(_effective(rule, W0), kt, vt, aa[t], mem, ln)
         done = r + 1 == L
         Wt, carried = rule.step(W0, carried, u, tuple(g[t] for g in gates), r, done)
-        os.append(_model(Wt, qt, mem, ln)[:, 0])
+        os.append(_model(_effective(rule, Wt), qt, mem, ln)[:, 0])
         W0 = {n: torch.where(_col(done, W0[n]), Wt[n], W0[n]) for n in W0}
         carried = rule.reset(carried, done)
         r = torch.where(done, torch.zeros_like(r), r + 1)
@@ -579,12 +602,18 @@ def _chunk(rule, mem: _Memory, q, k, v, a, initial_state, ln_weight, ln_bias, L,
     last_slot = torch.arange(L, device=q.device) == L - 1
     for n, (qn, kn, vn, gram_n) in enumerate(zip(qc.unbind(0), kc.unbind(0), vc.unbind(0), gram.unbind(0))):
         c = {key: val[n] for key, val in per_chunk.items()}
-        xs, ds = _key_pass(W0, kn, vn, ac[n], mem, ln)
+        xs, ds = _key_pass(W0 if rule.transform is None else [(rule.transform(W), b) for W, b in W0], kn, vn, ac[n], mem, ln)
         ds = rule.scale_grads(W0, ds)
         W0_next, carried_next, last_scale = rule.complete(c, W0, carried, xs, ds)
         # read: layer i's pre-activation Σ_j coef_j (h Z_j) + Σ_s C_ts (h · x_s [+ 1]) δ_s
         h = qn
         for i in range(mem.depth):
+            if rule.transform is not None:  # formed per token, recomputed in the backward (O(chunk) memory)
+                terms = rule.read_terms(c, W0, carried)
+                lin = checkpoint(_materialized_read, rule.transform, h, c["C"], xs[i], ds[i], [co for co, _ in terms],
+                                 [Z[i][0] for _, Z in terms], use_reentrant=False)
+                h = act(lin) if i < mem.depth - 1 else lin
+                continue
             lin = None
             for coef, Z in rule.read_terms(c, W0, carried):
                 part = _linear(h, *Z[i])
@@ -815,3 +844,50 @@ _document("""q, k (B, T, H, K), v (B, T, H, V), theta (B, T, H) the inner learni
     the normalizer of its start (the paper applies the normalization at chunk boundaries), exact at the chunk's last
     token (so b = 1 is eq. 24 exactly). The state holds W_{t'} ("w*") and A_t / ‖A_{t'}‖_q^{q−2} ("m_w*").""",
           naive_recurrent_moneta, fused_recurrent_moneta, chunk_moneta)
+
+
+def column_softmax(Z: Tensor) -> Tensor:
+    """Memora's weights from logits Z (..., din, dout): a softmax over the inputs of each output unit (the KL
+    retention keeps every column of W on the simplex ‖w‖₁ = c, Miras eq. 21, with c = 1)."""
+    return torch.softmax(Z, dim=-2)
+
+
+def _memora(form, q, k, v, theta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, max_grad_norm, chunk_size,
+            output_final_state):
+    if "b1" in initial_state:
+        raise ValueError("Memora's softmax retention acts on weight matrices: a memory without biases is expected")
+    gates = {"theta": theta, "log_decay": log_decay}
+    return _run(form, _Titans(theta, None, log_decay, transform=column_softmax), gates, q, k, v, None, initial_state, ln_weight, ln_bias,
+                residual, activation, "l2", max_grad_norm, chunk_size, output_final_state)
+
+
+@varlen(("q", "k", "v", "theta", "log_decay"))
+def naive_recurrent_memora(q, k, v, theta, log_decay, initial_state, ln_weight=None, ln_bias=None, residual=False, activation="gelu",
+                           max_grad_norm=None, chunk_size=16, output_final_state=False):
+    return _memora("naive", q, k, v, theta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, max_grad_norm, chunk_size,
+                   output_final_state)
+
+
+@varlen(("q", "k", "v", "theta", "log_decay"))
+def fused_recurrent_memora(q, k, v, theta, log_decay, initial_state, ln_weight=None, ln_bias=None, residual=False, activation="gelu",
+                           max_grad_norm=None, chunk_size=16, output_final_state=False):
+    return _memora("fused", q, k, v, theta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, max_grad_norm, chunk_size,
+                   output_final_state)
+
+
+@varlen(("q", "k", "v", "theta", "log_decay"))
+def chunk_memora(q, k, v, theta, log_decay, initial_state, ln_weight=None, ln_bias=None, residual=False, activation="gelu",
+                 max_grad_norm=None, chunk_size=16, output_final_state=False):
+    return _memora("chunk", q, k, v, theta, log_decay, initial_state, ln_weight, ln_bias, residual, activation, max_grad_norm, chunk_size,
+                   output_final_state)
+
+
+_document("""q, k (B, T, H, K), v (B, T, H, V), theta (B, T, H) the inner learning rates η_t, log_decay (B, T, H) log of the
+    retention α_t, initial_state (dict of logits: "w1", ..., "m_w1", ..., "pos"; no biases), chunk_size b ->
+    (o, final_state or None). Memora's rule (Behrouz et al. 2025, "It's All Connected", eq. 27):
+    W_t = Softmax(α_t log W_{t−1} − η_t ∇‖f(k_t) − v_t‖²) per output column. Since a softmax ignores a constant per
+    column, log W_{t−1} can be replaced by the logits Z_{t−1}: Z_t = α_t Z_{t−1} − η_t ∇ℓ(W_{t'}), W_t = Softmax(Z_t),
+    a linear recurrence on the logits (the state) with the gradients at the chunk's start W_{t'}; b = 1 is eq. 27
+    exactly. The chunk form forms W_t per token (memory O(b·din·dout) per chunk, recomputed in the backward).""",
+          naive_recurrent_memora, fused_recurrent_memora, chunk_memora)
+__all__ += ["naive_recurrent_memora", "fused_recurrent_memora", "chunk_memora", "column_softmax"]

@@ -10,7 +10,7 @@ import rnnlab
 from tests.conformance.checks import (D_MODEL, check_gradients, check_packed_equals_separate, check_parallel_equals_step,
                                       check_split_equals_full, factory)
 
-FAMILY = ["ttt_linear", "ttt_mlp", "titans", "yaad", "moneta"]
+FAMILY = ["ttt_linear", "ttt_mlp", "titans", "yaad", "moneta", "memora"]
 
 
 def _finite(t):
