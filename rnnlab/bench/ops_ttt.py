@@ -1,6 +1,7 @@
-"""Op benchmarks of the test-time-memory family (rnnlab/ops/ttt.py): TTT's rule with a linear and an MLP inner model
-(f = x + LN(g), ½‖f(k) − v‖², mini-batch b = 16), Titans' rule with a linear and an MLP memory (‖M(k) − v‖²,
-momentum and forgetting, b = 16). Every form — the reference token loop (autograd inner gradients), the fused
+"""Op benchmarks of the test-time-memory family (rnnlab/ops/ttt.py, rnnlab/ops/lact.py): TTT's rule with a linear and
+an MLP inner model (f = x + LN(g), ½‖f(k) − v‖², mini-batch b = 16), Titans' rule with a linear and an MLP memory
+(‖M(k) − v‖², momentum and forgetting, b = 16), the Miras rules (Yaad, Moneta, Memora: two-layer memories, b = 16)
+and LaCT (SwiGLU fast weights, chunks of 256). Every form — the reference token loop (autograd inner gradients), the fused
 recurrent loop (hand-written gradients) and the chunk (mini-batch dual) form — against the reference.
 
 Shapes: H = 4 heads, K = V = 64 (d_model 256 split as the mixers do), MLP hidden 4K; gates drawn in the ranges the
@@ -12,9 +13,10 @@ from __future__ import annotations
 import torch
 
 from rnnlab.bench.registry import OpBench, register_op_bench
+from rnnlab.ops import lact as LA
 from rnnlab.ops import ttt as M
 
-__all__ = ["make_inputs", "chunk_flops"]
+__all__ = ["make_inputs", "miras_inputs", "lact_inputs", "chunk_flops"]
 
 H, K, C = 4, 64, 16
 
@@ -57,6 +59,55 @@ def make_inputs(rule: str, depth: int, B: int, T: int, dtype: torch.dtype = torc
                 log_eta=leaf(torch.log(0.3 + 0.4 * rand(B, T, H))), log_decay=leaf(torch.log1p(-0.002 * rand(B, T, H))),
                 initial_state=state, chunk_size=C)
 
+
+def miras_inputs(rule: str, B: int, T: int, dtype: torch.dtype = torch.float32, device="cpu") -> dict:
+    """Inputs of the Miras ops (yaad, moneta, memora) as their layers build them: a two-layer memory (hidden 4K, no
+    biases), f = x + LN(g), unit keys, η ≈ 0.005, α ≈ 0.999 (Memora: logits N(0, 2²))."""
+    F = 4 * K
+    leaf = lambda t, dt=torch.float32: t.to(dt).requires_grad_()  # noqa: E731
+    q, k = (torch.nn.functional.normalize(torch.randn(B, T, H, K, device=device), dim=-1) for _ in range(2))
+    state = {}
+    for n, shape in (("w1", (B, H, K, F)), ("w2", (B, H, F, K))):
+        w = 2.0 * torch.randn(shape, device=device) if rule == "memora" else torch.randn(shape, device=device) / shape[2] ** 0.5
+        state[n] = leaf(w)
+        state["m_" + n] = w.clone()
+    state["pos"] = torch.zeros(B, dtype=torch.int64, device=device)
+    ins = dict(q=leaf(q, dtype), k=leaf(k, dtype), v=leaf(torch.randn(B, T, H, K, device=device), dtype),
+               theta=leaf(0.01 * torch.rand(B, T, H, device=device)), log_decay=leaf(torch.full((B, T, H), -1e-3, device=device)),
+               initial_state=state, ln_weight=leaf(torch.ones(H, K, device=device)), ln_bias=leaf(torch.zeros(H, K, device=device)),
+               residual=True, chunk_size=C)
+    if rule == "yaad":
+        ins["delta"] = leaf(K ** 0.5 * torch.rand(B, T, H, device=device))
+    return ins
+
+
+def lact_inputs(B: int, T: int, dtype: torch.dtype = torch.float32, device="cpu", chunk: int = 256) -> dict:
+    """Inputs of the LaCT ops as the `lact` layer builds them: SwiGLU fast weights (hidden 2K), chunks of 256."""
+    F = 2 * K
+    leaf = lambda t, dt=torch.float32: t.to(dt).requires_grad_()  # noqa: E731
+    state = {}
+    for n, shape in (("w1", (B, H, K, F)), ("w3", (B, H, K, F)), ("w2", (B, H, F, K))):
+        state[n] = leaf(torch.randn(shape, device=device) / shape[2] ** 0.5)
+        state["g_" + n] = torch.zeros(shape, device=device)
+        state["m_" + n] = torch.zeros(shape, device=device)
+    state["pos"] = torch.zeros(B, dtype=torch.int64, device=device)
+    q, k = (torch.nn.functional.normalize(torch.randn(B, T, H, K, device=device), dim=-1) for _ in range(2))
+    return dict(q=leaf(q, dtype), k=leaf(k, dtype), v=leaf(torch.randn(B, T, H, K, device=device), dtype),
+                lr=leaf(0.1 * torch.rand(B, T, H, device=device)), initial_state=state, chunk_size=chunk, beta=0.5)
+
+
+for _rule in ("yaad", "moneta", "memora"):
+    register_op_bench(OpBench(
+        name=f"chunk_{_rule}", family="ttt",
+        make_inputs=lambda B, T, dtype, device, r=_rule: miras_inputs(r, B, T, dtype, device),
+        forms={"reference": getattr(M, f"naive_recurrent_{_rule}"), "fused_recurrent": getattr(M, f"fused_recurrent_{_rule}"),
+               "chunk": getattr(M, f"chunk_{_rule}")},
+        flops=lambda B, T: chunk_flops(B, T, 2, 1),
+    ))
+register_op_bench(OpBench(
+    name="chunk_lact", family="ttt", make_inputs=lact_inputs,
+    forms={"reference": LA.naive_recurrent_lact, "fused_recurrent": LA.fused_recurrent_lact, "chunk": LA.chunk_lact},
+))
 
 for _rule in ("ttt", "titans"):
     for _depth, _kind in ((1, "linear"), (2, "mlp")):
