@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import rnnlab
+from rnnlab.testing import assert_close
 from tests.conformance.checks import (D_MODEL, check_gradients, check_packed_equals_separate, check_parallel_equals_step,
                                       check_split_equals_full, factory)
 
@@ -73,3 +74,28 @@ OPTIONS = [
                          ids=lambda c: c.__name__[6:])
 def test_options_conform(name, options, check):
     check(factory(name, **options))
+
+
+@pytest.mark.parametrize("preset", ["titans_mal", "titans_mag"])
+def test_titans_hybrid_presets(preset):
+    """The MAL / MAG presets build a model whose prefill + token-by-token decoding equals the whole forward."""
+    from rnnlab.models import SequenceModel, presets
+
+    torch.manual_seed(0)
+    model = SequenceModel(getattr(presets, preset)(d_model=32, n_layers=2, vocab_size=50, window=8, num_heads=2, chunk_size=4)).eval()
+    tokens = torch.randint(0, 50, (2, 13))
+    with torch.no_grad():
+        full, _ = model(tokens)
+        _, state = model(tokens[:, :6])
+        steps = []
+        for t in range(6, 13):
+            logits, state = model.step(tokens[:, t], state)
+            steps.append(logits)
+    assert_close(torch.stack(steps, 1), full[:, 6:], name=f"{preset}: decoding vs full forward")
+
+
+def test_titans_mal_needs_pairs():
+    from rnnlab.models import presets
+
+    with pytest.raises(ValueError, match="even n_layers"):
+        presets.titans_mal(n_layers=3)
