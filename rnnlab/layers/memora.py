@@ -29,7 +29,7 @@ class Memora(MirasMixer):
     """Memora: x (B, T, D) -> y (B, T, D) (module docstring); options as Yaad's.
     State floats: 3·(W−1)·H·hd + 2·H·2·e·hd² + 1 (e = memory_expansion)."""
 
-    ops = (chunk_memora, fused_recurrent_memora)
+    ops = {"chunk": chunk_memora, "recurrent": fused_recurrent_memora}
 
     def __init__(self, d_model: int, num_heads: int = 4, memory_expansion: int = 4, chunk_size: int = 16, base_lr: float = 0.01,
                  max_grad_norm: float | None = None, conv_size: int = 4):

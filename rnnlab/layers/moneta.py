@@ -30,7 +30,7 @@ class Moneta(MirasMixer):
     """Moneta: x (B, T, D) -> y (B, T, D) (module docstring). p: the attentional bias's exponent; q_norm: the retention's
     norm; the other options as Yaad's. State floats: 3·(W−1)·H·hd + 2·H·2·e·hd² + 1 (e = memory_expansion)."""
 
-    ops = (chunk_moneta, fused_recurrent_moneta)
+    ops = {"chunk": chunk_moneta, "recurrent": fused_recurrent_moneta}
 
     def __init__(self, d_model: int, num_heads: int = 4, memory_expansion: int = 4, chunk_size: int = 16, base_lr: float = 0.01,
                  max_grad_norm: float | None = None, conv_size: int = 4, p: float = 3.0, q_norm: float = 4.0):

@@ -38,7 +38,7 @@ class Yaad(MirasMixer):
     huber: "norm" (eq. 15) or "sign" (eq. 16).
     State floats: 3·(W−1)·H·hd + 2·H·2·e·hd² + 1 (e = memory_expansion)."""
 
-    ops = (chunk_yaad, fused_recurrent_yaad)
+    ops = {"chunk": chunk_yaad, "recurrent": fused_recurrent_yaad}
     n_extra = 1
 
     def __init__(self, d_model: int, num_heads: int = 4, memory_expansion: int = 4, chunk_size: int = 16, base_lr: float = 0.01,

@@ -8,6 +8,8 @@ import torch
 from rnnlab.ops import lact as LA
 from rnnlab.ops.varlen import cu_seqlens_from_lengths
 from rnnlab.testing import TOLERANCE, assert_close
+from tests.ops.test_ttt import compare
+from tests.ops.test_ttt import run as run_ttt
 
 H, K, Fh = 2, 6, 8
 
@@ -27,26 +29,9 @@ def _case(B, T, pos=None, dtype=torch.float64, seed=0):
     return ins, state
 
 
-def run(fn, ins, state, seed=1, **kw):
-    leaves = {n: t.detach().clone().requires_grad_() for n, t in ins.items()}
-    s0 = {n: (t.detach().clone().requires_grad_() if t.is_floating_point() else t) for n, t in state.items()}
-    o, fin = fn(**leaves, initial_state=s0, output_final_state=True, **kw)
-    g = torch.Generator().manual_seed(seed)
-    loss = (o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum()
-    for n in sorted(fin):
-        if fin[n].is_floating_point():
-            loss = loss + (fin[n] * torch.randn(fin[n].shape, generator=g, dtype=fin[n].dtype)).sum()
-    wrt = {**leaves, **{f"state[{n}]": t for n, t in s0.items() if t.is_floating_point()}}
-    grads = torch.autograd.grad(loss, list(wrt.values()))
-    return {"o": o, **{f"final[{n}]": t for n, t in fin.items()}, **{f"d{n}": gr for n, gr in zip(wrt, grads)}}
-
-
-def compare(a, b, tol):
-    for name in b:
-        if b[name].is_floating_point():
-            assert_close(a[name], b[name], tol, name)
-        else:
-            assert torch.equal(a[name], b[name]), name
+def run(fn, ins, state, **kw):
+    """Values and every gradient under random cotangents (tests/ops/test_ttt.py's harness)."""
+    return run_ttt(fn, ins, {}, state, kw)
 
 
 @pytest.mark.parametrize("ns", ["muon", "cubic", "none"])
