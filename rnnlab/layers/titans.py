@@ -1,5 +1,5 @@
 """Titans' neural long-term memory (Behrouz, Zhong & Mirrokni 2024, "Titans: Learning to Memorize at Test Time",
-§3.1-3.2 and §4.4), as a token mixer (the paper's LMM; MAC / MAG / MAL combine it with attention: titans_hybrids.py).
+§3.1-3.2 and §4.4; equation numbers of arXiv 2501.00663v1), as a token mixer (the paper's LMM; MAG: titans_mag.py, MAL: rnnlab.models.presets.titans_mal).
 
     q, k, v = SiLU(ShortConv(W x)) per head (§4.4: 1-D depthwise conv after each projection, SiLU);
     q, k ℓ2-normalized (§4.4)

@@ -1,12 +1,12 @@
-"""Titans' memory as a gate (MAG; Behrouz, Zhong & Mirrokni 2024, "Titans: Learning to Memorize at Test Time", §4.2,
-eqs. 26-28): sliding-window attention and the neural memory read the same input side by side, and the memory's
+"""Titans' memory as a gate (MAG; Behrouz, Zhong & Mirrokni 2024, "Titans: Learning to Memorize at Test Time", §4.2):
+sliding-window attention and the neural memory read the same input side by side, and the memory's
 output gates the attention's,
 
     y = SWA(x),   m = LMM(x),   o = RMSNorm(y) ⊙ σ(RMSNorm(m))      (normalized with learnable weights, then σ)
 
 built from the existing mixers: `sliding_attention` (rnnlab/layers/attention.py) and `titans` (titans.py).
 Simplification, said here and in the README: the paper prepends learnable persistent-memory tokens to the
-attention's input (eq. 26); they are not included (the attention mixer has no persistent tokens).
+attention's input; they are not included (the attention mixer has no persistent tokens).
 Memory as a layer (MAL: the memory layer, then sliding-window attention) is a model preset of the two mixers in
 sequence: rnnlab.models.presets.titans_mal. Memory as context (MAC) is not built (see docs/architecture.md).
 
