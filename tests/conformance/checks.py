@@ -76,7 +76,7 @@ def check_gradients(make, T=37):
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for p in mixer.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.dtype) * (p.detach().float().std() if p.numel() > 1 else torch.tensor(1.0)).clamp_min(0.1))
+            p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.dtype) * (p.detach().float().std() if p.numel() > 1 else torch.ones(())).clamp_min(0.1))
     x = _x(BATCH, T, seed=3).requires_grad_()
     y1, s = mixer(x[:, :20])
     y2, _ = mixer(x[:, 20:], s)
@@ -211,7 +211,7 @@ def check_packed_equals_separate(make, lengths=PACKED_LENGTHS, prefixes=PREFIXES
     g = torch.Generator().manual_seed(11)
     with torch.no_grad():  # perturb so zero-initialised branches are live (as check_gradients)
         for p in mixer.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.dtype) * (p.detach().float().std() if p.numel() > 1 else torch.tensor(1.0)).clamp_min(0.1))
+            p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.dtype) * (p.detach().float().std() if p.numel() > 1 else torch.ones(())).clamp_min(0.1))
     xs = [_x(1, L, seed=200 + i) for i, L in enumerate(lengths)]
     inits = []
     with torch.no_grad():
