@@ -40,13 +40,19 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(a) * b)
 
 
+def make_norm(kind: str, d_model: int, eps: float) -> nn.Module:
+    """ModelConfig.norm: "rms" -> RMSNorm (weight), "layer" -> LayerNorm (weight and bias)."""
+    return RMSNorm(d_model, eps) if kind == "rms" else nn.LayerNorm(d_model, eps=eps)
+
+
 class Block(nn.Module):
     """Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, mixer: Mixer, mlp: nn.Module | None, d_model: int, eps: float = 1e-6, dropout: float = 0.0):
+    def __init__(self, mixer: Mixer, mlp: nn.Module | None, d_model: int, eps: float = 1e-6, dropout: float = 0.0,
+                 norm: str = "rms"):
         super().__init__()
-        self.norm1, self.mixer = RMSNorm(d_model, eps), mixer
-        self.norm2 = RMSNorm(d_model, eps) if mlp is not None else None
+        self.norm1, self.mixer = make_norm(norm, d_model, eps), mixer
+        self.norm2 = make_norm(norm, d_model, eps) if mlp is not None else None
         self.mlp = mlp
         self.drop = nn.Dropout(dropout)
 
@@ -97,10 +103,11 @@ class SequenceModel(nn.Module):
             elif c.mlp == "swiglu":
                 mlp = SwiGLU(c.d_model, c.mlp_ratio)
             else:
-                mlp = create_mixer(c.mlp, c.d_model)
-            blocks.append(Block(mixer, mlp, c.d_model, c.norm_eps, c.dropout))
+                mlp = create_mixer(c.mlp, c.d_model, **c.mlp_kwargs)
+            blocks.append(Block(mixer, mlp, c.d_model, c.norm_eps, c.dropout, c.norm))
         self.blocks = nn.ModuleList(blocks)
-        self.norm = RMSNorm(c.d_model, c.norm_eps)
+        self.embed_norm = make_norm(c.norm, c.d_model, c.norm_eps) if c.embed_norm else None
+        self.norm = make_norm(c.norm, c.d_model, c.norm_eps)
         out = {"lm": c.vocab_size, "classify": c.num_classes, "regress": c.out_dim}[c.head]
         self.head = nn.Linear(c.d_model, out, bias=c.head != "lm")
         if c.tie_embeddings:
@@ -155,6 +162,8 @@ class SequenceModel(nn.Module):
         x = self.embed(inputs)
         if self.embed_scale != 1.0:
             x = x * self.embed_scale
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
         if state is None:
             state = self.init_state(batch, inputs.device)
         else:

@@ -1,0 +1,207 @@
+"""The HF architectures ``from_hf`` / ``to_hf`` map onto rnnlab mixers (rules: rnnlab/interop/convert.py).
+
+- Mamba (``mamba``) and Falcon Mamba (``falcon_mamba``): embedding -> [RMSNorm -> ``mamba``] x L -> RMSNorm ->
+  head, no MLP; the mixer with HF's ``use_bias`` / ``use_conv_bias`` and, for Falcon Mamba, its weightless RMS
+  norms of Δ, B, C (``bcdt_norm_eps`` = ``mixer_rms_eps``).
+- Mamba-2 (``mamba2``): the same backbone around the ``mamba2`` mixer (z, xBC, dt in one projection, gated
+  RMSNorm per group, norm after the gate). HF's ``time_step_limit`` must be its default (0, inf).
+- RWKV-4 (``rwkv``): embedding -> LayerNorm (ln0) -> [LayerNorm -> ``rwkv4`` time-mix, LayerNorm ->
+  ``rwkv4_channel_mix``] x L -> LayerNorm -> head. HF's inference-time rescaling (``rescale_every``: hidden
+  states halved every few layers, weights divided to match; equal up to LayerNorm's eps) is undone: rnnlab
+  runs the unscaled network, as HF does in training mode.
+
+The residual stream is float32 in rnnlab (HF's ``residual_in_fp32``); HF configs whose activation is not SiLU
+(Mamba, Mamba-2) or whose RWKV sizes rnnlab's layers do not have (attention_hidden_size != hidden_size, an
+intermediate size that is not a multiple of hidden_size) are refused with a ValueError naming the field.
+"""
+from __future__ import annotations
+
+import math
+
+from einops import rearrange
+
+from rnnlab.interop.convert import Arch, Rule, register_arch
+from rnnlab.models.config import ModelConfig
+
+_INF = float("inf")
+
+
+def _need(cfg, name: str, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"from_hf({cfg.model_type}): {name} = {getattr(cfg, name, None)!r} has no rnnlab counterpart "
+                         f"(rnnlab maps {expected})")
+
+
+def _squeeze_conv(t):  # HF's nn.Conv1d weight (C, 1, W) <-> ShortConv's (C, W)
+    return t[:, 0]
+
+
+def _unsqueeze_conv(t):
+    return t[:, None]
+
+
+def _backbone(prefix: str, embed: str, final_norm: str, head: str = "lm_head.weight") -> list[Rule]:
+    return [Rule(f"{prefix}.{embed}.weight", "embed.weight"), Rule(f"{prefix}.{final_norm}.weight", "norm.weight"),
+            Rule(head, "head.weight")]
+
+
+def _lm(hf_cfg, mixer: str, mixer_kwargs: dict, **kw) -> ModelConfig:
+    return ModelConfig(mixer=mixer, mixer_kwargs=mixer_kwargs, d_model=hf_cfg.hidden_size, n_layers=hf_cfg.num_hidden_layers,
+                       vocab_size=hf_cfg.vocab_size, tie_embeddings=bool(hf_cfg.tie_word_embeddings),
+                       embedding_init="gpt2",  # the embedding enters unscaled, as in every HF recurrent LM here
+                       **kw)
+
+
+# --- Mamba and Falcon Mamba ------------------------------------------------------------------------------------
+
+def _mamba_config(cfg) -> ModelConfig:
+    _need(cfg, "hidden_act", cfg.hidden_act == "silu", "SiLU")
+    rank = int(cfg.time_step_rank)
+    kw = {"d_state": cfg.state_size, "expand": cfg.expand, "d_conv": cfg.conv_kernel,
+          "dt_rank": "auto" if rank == math.ceil(cfg.hidden_size / 16) else rank,
+          "bias": bool(cfg.use_bias), "conv_bias": bool(cfg.use_conv_bias)}
+    if cfg.model_type == "falcon_mamba":
+        kw["bcdt_norm_eps"] = float(cfg.mixer_rms_eps)
+    return _lm(cfg, "mamba", kw, mlp=None, norm_eps=cfg.layer_norm_epsilon)
+
+
+def _mamba_to_hf(mc: ModelConfig, model_type: str):
+    import transformers
+
+    kw = mc.layer_kwargs()[0]
+    falcon = model_type == "falcon_mamba"
+    extra = {"mixer_rms_eps": kw["bcdt_norm_eps"]} if falcon and "bcdt_norm_eps" in kw else {}
+    cls = transformers.FalconMambaConfig if falcon else transformers.MambaConfig
+    return cls(vocab_size=mc.vocab_size, hidden_size=mc.d_model, num_hidden_layers=mc.n_layers, state_size=kw.get("d_state", 16),
+               expand=kw.get("expand", 2), conv_kernel=kw.get("d_conv", 4), time_step_rank=_rank(kw.get("dt_rank", "auto"), mc.d_model),
+               use_bias=kw.get("bias", False), use_conv_bias=kw.get("conv_bias", True), layer_norm_epsilon=mc.norm_eps,
+               tie_word_embeddings=mc.tie_embeddings, hidden_act="silu", **extra)
+
+
+def _rank(dt_rank, d_model: int) -> int:
+    return math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+
+
+def _mamba_rules(cfg) -> list[Rule]:
+    m, b = "backbone.layers.{i}.mixer", "blocks.{i}.mixer"
+    rules = _backbone("backbone", "embeddings", "norm_f") + [
+        Rule("backbone.layers.{i}.norm.weight", "blocks.{i}.norm1.weight"),
+        Rule(f"{m}.conv1d.weight", f"{b}.conv.weight", _squeeze_conv, _unsqueeze_conv),
+    ]
+    names = ["in_proj.weight", "x_proj.weight", "dt_proj.weight", "dt_proj.bias", "A_log", "D", "out_proj.weight"]
+    names += ["in_proj.bias", "out_proj.bias"] if cfg.use_bias else []
+    rules += [Rule(f"{m}.{n}", f"{b}.{n}") for n in names]
+    if cfg.use_conv_bias:
+        rules.append(Rule(f"{m}.conv1d.bias", f"{b}.conv.bias"))
+    return rules
+
+
+register_arch(Arch("Mamba", ("mamba",), "MambaForCausalLM", _mamba_config, lambda mc: _mamba_to_hf(mc, "mamba"), _mamba_rules))
+register_arch(Arch("Falcon Mamba", ("falcon_mamba",), "FalconMambaForCausalLM", _mamba_config,
+                   lambda mc: _mamba_to_hf(mc, "falcon_mamba"), _mamba_rules))
+
+
+# --- Mamba-2 ---------------------------------------------------------------------------------------------------
+
+def _mamba2_config(cfg) -> ModelConfig:
+    _need(cfg, "hidden_act", cfg.hidden_act == "silu", "SiLU")
+    _need(cfg, "time_step_limit", tuple(cfg.time_step_limit) == (0.0, _INF), "the default (0.0, inf) only")
+    d_inner = cfg.expand * cfg.hidden_size
+    _need(cfg, "num_heads", cfg.num_heads * cfg.head_dim == d_inner, f"num_heads * head_dim == expand * hidden_size = {d_inner}")
+    kw = {"d_state": cfg.state_size, "d_conv": cfg.conv_kernel, "expand": cfg.expand, "headdim": cfg.head_dim,
+          "ngroups": cfg.n_groups, "chunk_size": cfg.chunk_size, "norm_eps": cfg.layer_norm_epsilon,
+          "bias": bool(cfg.use_bias), "conv_bias": bool(cfg.use_conv_bias)}
+    return _lm(cfg, "mamba2", kw, mlp=None, norm_eps=cfg.layer_norm_epsilon)
+
+
+def _mamba2_to_hf(mc: ModelConfig):
+    import transformers
+
+    kw = mc.layer_kwargs()[0]
+    expand, headdim = kw.get("expand", 2), kw.get("headdim", 64)
+    return transformers.Mamba2Config(
+        vocab_size=mc.vocab_size, hidden_size=mc.d_model, num_hidden_layers=mc.n_layers, state_size=kw.get("d_state", 128),
+        conv_kernel=kw.get("d_conv", 4), expand=expand, head_dim=headdim, num_heads=expand * mc.d_model // headdim,
+        n_groups=kw.get("ngroups", 1), chunk_size=kw.get("chunk_size", 64), layer_norm_epsilon=mc.norm_eps,
+        use_bias=kw.get("bias", False), use_conv_bias=kw.get("conv_bias", True), tie_word_embeddings=mc.tie_embeddings,
+        hidden_act="silu", time_step_limit=(0.0, _INF))
+
+
+def _mamba2_rules(cfg) -> list[Rule]:
+    m, b = "backbone.layers.{i}.mixer", "blocks.{i}.mixer"
+    rules = _backbone("backbone", "embeddings", "norm_f") + [
+        Rule("backbone.layers.{i}.norm.weight", "blocks.{i}.norm1.weight"),
+        Rule(f"{m}.conv1d.weight", f"{b}.conv.weight", _squeeze_conv, _unsqueeze_conv),
+        Rule(f"{m}.norm.weight", f"{b}.norm_weight"),
+    ]
+    names = ["in_proj.weight", "dt_bias", "A_log", "D", "out_proj.weight"] + (["in_proj.bias", "out_proj.bias"] if cfg.use_bias else [])
+    rules += [Rule(f"{m}.{n}", f"{b}.{n}") for n in names]
+    if cfg.use_conv_bias:
+        rules.append(Rule(f"{m}.conv1d.bias", f"{b}.conv.bias"))
+    return rules
+
+
+register_arch(Arch("Mamba-2", ("mamba2",), "Mamba2ForCausalLM", _mamba2_config, _mamba2_to_hf, _mamba2_rules))
+
+
+# --- RWKV-4 ----------------------------------------------------------------------------------------------------
+
+def _rwkv_config(cfg) -> ModelConfig:
+    D = cfg.hidden_size
+    att = cfg.attention_hidden_size or D
+    inter = cfg.intermediate_size or 4 * D
+    _need(cfg, "attention_hidden_size", att == D, "attention_hidden_size == hidden_size")
+    _need(cfg, "intermediate_size", inter % D == 0, "a multiple of hidden_size")
+    _need(cfg, "layer_norm_epsilon", cfg.layer_norm_epsilon == 1e-5, "1e-5, the eps of HF's final LayerNorm")
+    return _lm(cfg, "rwkv4", {}, mlp="rwkv4_channel_mix", mlp_kwargs={"expansion": inter // D}, norm="layer",
+               embed_norm=True, norm_eps=cfg.layer_norm_epsilon)
+
+
+def _rwkv_to_hf(mc: ModelConfig):
+    import transformers
+
+    return transformers.RwkvConfig(vocab_size=mc.vocab_size, hidden_size=mc.d_model, num_hidden_layers=mc.n_layers,
+                                   attention_hidden_size=mc.d_model, intermediate_size=mc.mlp_kwargs.get("expansion", 4) * mc.d_model,
+                                   layer_norm_epsilon=mc.norm_eps, tie_word_embeddings=mc.tie_embeddings)
+
+
+def _flat(t):  # HF's time_mix_* (1, 1, D) <-> rnnlab's (D,)
+    return t.reshape(-1)
+
+
+def _unflat(t):
+    return rearrange(t, "d -> 1 1 d")
+
+
+def _rwkv_rules(cfg) -> list[Rule]:
+    a, f, b = "rwkv.blocks.{i}.attention", "rwkv.blocks.{i}.feed_forward", "blocks.{i}"
+    rules = _backbone("rwkv", "embeddings", "ln_out", head="head.weight") + [
+        Rule("rwkv.ln_out.bias", "norm.bias"),
+        Rule("rwkv.blocks.0.pre_ln.weight", "embed_norm.weight"), Rule("rwkv.blocks.0.pre_ln.bias", "embed_norm.bias"),
+    ]
+    for n in ("weight", "bias"):
+        rules += [Rule(f"rwkv.blocks.{{i}}.ln1.{n}", f"{b}.norm1.{n}"), Rule(f"rwkv.blocks.{{i}}.ln2.{n}", f"{b}.norm2.{n}")]
+    rules += [Rule(f"{a}.{n}", f"{b}.mixer.{n}") for n in ("time_decay", "time_first", "key.weight", "value.weight",
+                                                           "receptance.weight", "output.weight")]
+    rules += [Rule(f"{a}.time_mix_{hf}", f"{b}.mixer.time_mix_{r}", _flat, _unflat) for hf, r in (("key", "k"), ("value", "v"), ("receptance", "r"))]
+    rules += [Rule(f"{f}.time_mix_{hf}", f"{b}.mlp.time_mix_{r}", _flat, _unflat) for hf, r in (("key", "k"), ("receptance", "r"))]
+    rules += [Rule(f"{f}.{n}.weight", f"{b}.mlp.{n}.weight") for n in ("key", "receptance", "value")]
+    return rules
+
+
+def _rwkv_unrescale(hf_model, state: dict) -> dict:
+    """HF's RwkvModel divides each block's attention.output and feed_forward.value weights by 2^(i // rescale_every)
+    in place when it first runs in eval mode (and halves the hidden states to match); multiply them back."""
+    base = getattr(hf_model, "rwkv", hf_model)
+    every = hf_model.config.rescale_every
+    if not getattr(base, "layers_are_rescaled", False) or not every:
+        return state
+    state = dict(state)
+    for k in list(state):
+        m = k.split(".")
+        if k.endswith(("attention.output.weight", "feed_forward.value.weight")) and "blocks" in m:
+            state[k] = state[k] * 2 ** (int(m[m.index("blocks") + 1]) // every)
+    return state
+
+
+register_arch(Arch("RWKV-4", ("rwkv",), "RwkvForCausalLM", _rwkv_config, _rwkv_to_hf, _rwkv_rules, fix_hf_state=_rwkv_unrescale))

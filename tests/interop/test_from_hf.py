@@ -1,0 +1,132 @@
+"""HF recurrent checkpoints in rnnlab: tiny random HF models built locally (nothing downloaded) give the same
+logits through rnnlab's forms as through transformers, in the parallel form, token by token and in left-padded
+batches; to_hf brings them back."""
+import importlib.util
+
+import pytest
+import torch
+
+if importlib.util.find_spec("transformers") is None:
+    pytest.skip("HF interop tests need transformers (pip install 'rnnlab[hf]')", allow_module_level=True)
+if importlib.util.find_spec("fla") is not None:  # HF's recurrent layers would call its Triton kernels on CPU tensors
+    pytest.skip("flash-linear-attention is importable: HF's recurrent layers would run its Triton kernels", allow_module_level=True)
+
+import transformers  # noqa: E402
+from rnnlab import ModelConfig, SequenceModel  # noqa: E402
+from rnnlab.interop import from_hf, hf_architectures, to_hf  # noqa: E402
+from rnnlab.testing import PEER_TOLERANCE, assert_close  # noqa: E402
+
+transformers.logging.set_verbosity_error()
+V, T = 64, 13
+
+# model_type -> (config class, tiny config): 2 layers, odd sizes where the architecture allows them
+CONFIGS = {
+    "mamba": ("MambaConfig", dict(hidden_size=24, state_size=5, expand=2, conv_kernel=4, time_step_rank=3, use_bias=True)),
+    "falcon_mamba": ("FalconMambaConfig", dict(hidden_size=24, state_size=5, expand=2, conv_kernel=3, mixer_rms_eps=1e-6,
+                                               use_conv_bias=False)),
+    "mamba2": ("Mamba2Config", dict(hidden_size=32, state_size=8, expand=2, head_dim=16, num_heads=4, n_groups=2,
+                                    conv_kernel=4, chunk_size=8, use_bias=True, tie_word_embeddings=False)),
+    "rwkv": ("RwkvConfig", dict(hidden_size=32, attention_hidden_size=32, intermediate_size=96, context_length=64)),
+}
+
+
+def hf_model(model_type, **over):
+    cls, kw = CONFIGS[model_type]
+    torch.manual_seed(0)
+    cfg = getattr(transformers, cls)(vocab_size=V, num_hidden_layers=2, **{**kw, **over})
+    model = getattr(transformers, hf_architectures()[model_type].hf_class)(cfg).eval()
+    with torch.no_grad():  # move every tensor off its initial value (zero biases, unit norms) so that each one matters
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p) * p.abs().mean().clamp_min(0.1))
+    return model
+
+
+def hf_logits(model, ids, mask=None):
+    with torch.no_grad():
+        return model(ids, attention_mask=mask, use_cache=False).logits
+
+
+def test_every_architecture_has_a_tiny_config_here():
+    assert set(CONFIGS) == set(hf_architectures())
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_logits_equal_hf_parallel_stepped_and_left_padded(model_type):
+    hf = hf_model(model_type)
+    model = from_hf(hf)
+    ids = torch.randint(0, V, (3, T), generator=torch.Generator().manual_seed(1))
+    expected = hf_logits(hf, ids)
+    with torch.no_grad():
+        assert_close(model(ids)[0], expected, PEER_TOLERANCE, "parallel")
+        state, steps = None, []
+        for t in range(T):  # the recurrent form, one token at a time
+            out, state = model(ids[:, t : t + 1], state)
+            steps.append(out)
+        assert_close(torch.cat(steps, 1), expected, PEER_TOLERANCE, "stepped")
+        # left-padded rows of lengths 13, 6, 1: each row's logits are its sequence's alone (HF run per row, unpadded)
+        lengths, mask = [13, 6, 1], torch.zeros(3, T, dtype=torch.long)
+        padded = ids.clone()
+        for b, n in enumerate(lengths):
+            mask[b, T - n :] = 1
+            padded[b, : T - n] = 0
+        got = model(padded, attention_mask=mask)[0]
+        for b, n in enumerate(lengths):
+            assert_close(got[b, T - n :], hf_logits(hf, ids[b : b + 1, T - n :])[0], PEER_TOLERANCE, f"left-padded row {b}")
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_to_hf_round_trips_and_paths_load(model_type, tmp_path):
+    hf = hf_model(model_type)
+    model = from_hf(hf)
+    back = to_hf(model, model_type)
+    assert type(back) is type(hf)
+    ids = torch.randint(0, V, (2, T))
+    assert torch.equal(hf_logits(back, ids), hf_logits(hf, ids))
+    hf.save_pretrained(tmp_path)  # a local checkpoint folder: config.json + safetensors, read without modeling code
+    loaded = from_hf(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids)[0], model(ids)[0])
+
+
+def test_hf_generate_from_a_cache_equals_rnnlab_generate():
+    """HF's own recurrent decoding (its cache) and rnnlab's give the same greedy tokens. (HF's RWKV decodes one row
+    only: its single-token shift broadcasts a (B, D) state against (B, 1, D) inputs into (B, B, D).)"""
+    for model_type in ("mamba", "falcon_mamba", "mamba2", "rwkv"):
+        hf = hf_model(model_type)
+        ids = torch.randint(1, V, (1 if model_type == "rwkv" else 2, 7))
+        got = hf.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+        assert torch.equal(got, from_hf(hf).generate(ids, 8, temperature=0)), model_type
+
+
+def test_rwkv_inference_rescaling_is_undone():
+    """HF's RWKV halves its hidden states every `rescale_every` layers in eval mode and divides the weights in place."""
+    hf = hf_model("rwkv", rescale_every=1, layer_norm_epsilon=1e-5)
+    ids = torch.randint(0, V, (2, T))
+    expected = hf_logits(hf, ids)  # runs rescaled (weights now divided)
+    assert hf.rwkv.layers_are_rescaled
+    with torch.no_grad():
+        assert_close(from_hf(hf)(ids)[0], expected, 1e-3)  # rescaled LayerNorm inputs: equal up to its eps
+
+
+def test_what_has_no_counterpart_is_refused():
+    with pytest.raises(ValueError, match="hidden_act"):
+        from_hf(hf_model("mamba", hidden_act="gelu"))
+    with pytest.raises(ValueError, match="attention_hidden_size"):
+        from_hf(hf_model("rwkv", attention_hidden_size=16))
+    with pytest.raises(ValueError, match="model_type 'gpt2'"):
+        from_hf(transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=V)))
+    neg = SequenceModel(ModelConfig(mixer="mamba", mixer_kwargs={"negative_eigenvalues": True}, vocab_size=V, d_model=16, n_layers=1, mlp=None))
+    with pytest.raises(ValueError, match="negative_eigenvalues"):
+        to_hf(neg, "mamba")
+    with pytest.raises(ValueError, match="mlp"):
+        to_hf(SequenceModel(ModelConfig(mixer="mamba", vocab_size=V, d_model=16, n_layers=1)), "mamba")  # SwiGLU MLP
+
+
+def test_an_rnnlab_trained_mamba_exports_with_its_embedding_scale_folded():
+    model = SequenceModel(ModelConfig(mixer="mamba", mixer_kwargs={"d_state": 4, "dt_min": 1e-4}, vocab_size=V, d_model=16,
+                                      n_layers=2, mlp=None)).eval()
+    assert model.embed_scale != 1.0  # "unit" embeddings
+    hf = to_hf(model, "mamba")
+    ids = torch.randint(0, V, (2, T))
+    with torch.no_grad():
+        assert_close(hf_logits(hf, ids), model(ids)[0], PEER_TOLERANCE)
