@@ -4,13 +4,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["rel_err", "assert_close", "TOLERANCE", "PEER_TOLERANCE"]
+__all__ = ["rel_err", "assert_close", "TOLERANCE"]
 
 # Relative error (see rel_err) allowed between two forms of the same computation.
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 2e-2, torch.float16: 5e-3}
-# rnnlab vs another library's implementation of the same float32 model (HF transformers' checkpoints, issue 19):
-# different operation orders (a loop against a chunked form) through every layer of a model
-PEER_TOLERANCE = 1e-4
 
 
 def rel_err(actual: Tensor, expected: Tensor) -> float:
