@@ -138,6 +138,40 @@ def test_tied_embeddings_stay_tied_after_loading(tmp_path):
     assert torch.equal(hf.model.embed.weight, model.embed.weight)
 
 
+def test_the_lm_eval_harness_loading_path(tmp_path):
+    """What lm-evaluation-harness's HF backend (lm_eval.models.huggingface.HFLM, 0.4.x) does with a model folder,
+    without the harness: AutoConfig and AutoModelForCausalLM.from_pretrained with its arguments, logits of a
+    right-padded batch (loglikelihood), generate with a left-padded mask, stopping criteria and use_cache."""
+    import transformers
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    model = tiny(["gated_deltanet", "attention"])
+    RnnlabForCausalLM.from_rnnlab(model, pad_token_id=0, eos_token_id=1).save_pretrained(tmp_path)
+    AutoConfig.from_pretrained(str(tmp_path), revision="main", trust_remote_code=False)
+    dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), revision="main", trust_remote_code=False, gguf_file=None,
+                                              quantization_config=None, subfolder="", **{dtype_arg: "auto"}).eval()
+    rows = [torch.randint(2, V, (n,)) for n in (9, 4)]
+    batch = torch.zeros(2, 9, dtype=torch.long)  # right padding, as the harness pads loglikelihood batches
+    for b, r in enumerate(rows):
+        batch[b, : len(r)] = r
+    with torch.no_grad():
+        logits = hf(batch).logits
+        for b, r in enumerate(rows):
+            assert torch.allclose(logits[b, : len(r)], model(r[None])[0][0], atol=1e-5)
+
+    class StopAfter(StoppingCriteria):  # the harness's stop-sequence criteria return one flag per row
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    ids, mask = left_padded([6, 3], 6, seed=5)
+    out = hf.generate(input_ids=ids, attention_mask=mask, max_length=6 + 5, stopping_criteria=StoppingCriteriaList([StopAfter()]),
+                      pad_token_id=0, use_cache=True, do_sample=False)
+    expected = model.generate(ids, 5, temperature=0, attention_mask=mask)
+    done = (expected[:, 6:] == 1).int().cumsum(1) > 0  # after an eos (1) HF pads with pad_token_id
+    assert torch.equal(out[:, :6], ids) and torch.equal(out[:, 6:][~done], expected[:, 6:][~done])
+
+
 def test_import_rnnlab_does_not_import_transformers():
     import subprocess
     import sys
