@@ -14,9 +14,10 @@ import importlib.util
 if importlib.util.find_spec("transformers") is None:  # pragma: no cover - depends on the environment
     raise ImportError("rnnlab.interop needs HF transformers: pip install 'rnnlab[hf]'")
 
+from rnnlab.interop.archs import layer_from_hf  # noqa: E402
 from rnnlab.interop.convert import from_hf, hf_architectures, to_hf  # noqa: E402
 from rnnlab.interop.hf import RnnlabCache, RnnlabCausalLMOutput, RnnlabConfig, RnnlabForCausalLM, register  # noqa: E402
 
 register()
 
-__all__ = ["from_hf", "to_hf", "hf_architectures", "RnnlabConfig", "RnnlabCache", "RnnlabForCausalLM", "RnnlabCausalLMOutput", "register"]
+__all__ = ["from_hf", "to_hf", "hf_architectures", "layer_from_hf", "RnnlabConfig", "RnnlabCache", "RnnlabForCausalLM", "RnnlabCausalLMOutput", "register"]

@@ -5,6 +5,8 @@
   norms of Δ, B, C (``bcdt_norm_eps`` = ``mixer_rms_eps``).
 - Mamba-2 (``mamba2``): the same backbone around the ``mamba2`` mixer (z, xBC, dt in one projection, gated
   RMSNorm per group, norm after the gate). HF's ``time_step_limit`` must be its default (0, inf).
+- Layers (``layer_from_hf``): Qwen3-Next's and Qwen3.5's gated DeltaNet -> ``gated_deltanet`` (equal key and
+  value head counts), the recurrent layers of those hybrid stacks on their own.
 - RWKV-4 (``rwkv``): embedding -> LayerNorm (ln0) -> [LayerNorm -> ``rwkv4`` time-mix, LayerNorm ->
   ``rwkv4_channel_mix``] x L -> LayerNorm -> head. HF's inference-time rescaling (``rescale_every``: hidden
   states halved every few layers, weights divided to match; equal up to LayerNorm's eps) is undone: rnnlab
@@ -205,3 +207,56 @@ def _rwkv_unrescale(hf_model, state: dict) -> dict:
 
 
 register_arch(Arch("RWKV-4", ("rwkv",), "RwkvForCausalLM", _rwkv_config, _rwkv_to_hf, _rwkv_rules, fix_hf_state=_rwkv_unrescale))
+
+
+# --- layers of hybrid stacks: Qwen3-Next / Qwen3.5 gated DeltaNet -----------------------------------------------
+
+def layer_from_hf(layer):
+    """A transformers layer of a hybrid stack -> the rnnlab mixer computing the same function, with its weights.
+    Supported: Qwen3NextGatedDeltaNet, Qwen3_5GatedDeltaNet (-> gated_deltanet)."""
+    name = type(layer).__name__
+    if name not in LAYERS:
+        raise ValueError(f"layer_from_hf: no mapping for {name}; supported: {', '.join(sorted(LAYERS))}")
+    return LAYERS[name](layer)
+
+
+def gated_deltanet_from_hf(layer):
+    """A transformers ``Qwen3NextGatedDeltaNet`` or ``Qwen3_5GatedDeltaNet`` layer -> rnnlab ``gated_deltanet`` mixer
+    with its weights (the layer alone: the stacks around it, with gated attention and mixture-of-experts MLPs,
+    have no rnnlab counterpart yet). Equal key and value head counts only (Qwen3-Next's checkpoints use twice as
+    many value heads, which rnnlab's gated_deltanet does not have)."""
+    import torch
+
+    from rnnlab.layers.registry import create_mixer
+
+    H, Hv, K, V = layer.num_k_heads, layer.num_v_heads, layer.head_k_dim, layer.head_v_dim
+    if Hv != H:
+        raise ValueError(f"gated_deltanet_from_hf: {Hv} value heads for {H} key heads; rnnlab's gated_deltanet has one "
+                         "value head per key head")
+    if layer.activation != "silu":
+        raise ValueError(f"gated_deltanet_from_hf: conv activation {layer.activation!r}; rnnlab's is SiLU")
+    mixer = create_mixer("gated_deltanet", layer.hidden_size, num_heads=H, head_dim=K, expand_v=V / K,
+                         conv_size=layer.conv_kernel_size, norm_eps=float(layer.layer_norm_epsilon))
+    if V != mixer.head_v:
+        raise ValueError(f"gated_deltanet_from_hf: value head size {V} is not a whole multiple of the key head size {K}")
+    D = layer.hidden_size
+    if hasattr(layer, "in_proj_qkvz"):  # Qwen3-Next: rows grouped per key head, [q, k, v, z] then [b, a]
+        qkvz = layer.in_proj_qkvz.weight.view(H, 2 * K + 2 * V, D)
+        q, k, v, z = (rearrange(t, "h r d -> (h r) d") for t in qkvz.split([K, K, V, V], 1))
+        b, a = (rearrange(t, "h r d -> (h r) d") for t in layer.in_proj_ba.weight.view(H, 2, D).split([1, 1], 1))
+    else:  # Qwen3.5: [q (all heads), k, v] and separate z, b, a
+        q, k, v = layer.in_proj_qkv.weight.split([H * K, H * K, H * V], 0)
+        z, b, a = layer.in_proj_z.weight, layer.in_proj_b.weight, layer.in_proj_a.weight
+    cq, ck, cv = layer.conv1d.weight[:, 0].split([H * K, H * K, H * V], 0)
+    with torch.no_grad():
+        for dst, src in ((mixer.q_proj.weight, q), (mixer.k_proj.weight, k), (mixer.v_proj.weight, v), (mixer.g_proj.weight, z),
+                         (mixer.b_proj.weight, b), (mixer.a_proj.weight, a), (mixer.q_conv.weight, cq), (mixer.k_conv.weight, ck),
+                         (mixer.v_conv.weight, cv), (mixer.A_log, layer.A_log), (mixer.dt_bias, layer.dt_bias),
+                         (mixer.o_norm.weight, layer.norm.weight), (mixer.o_proj.weight, layer.out_proj.weight)):
+            if dst.shape != src.shape:
+                raise ValueError(f"gated_deltanet_from_hf: shape {tuple(src.shape)} for {tuple(dst.shape)}")
+            dst.copy_(src)
+    return mixer.eval()
+
+
+LAYERS = {"Qwen3NextGatedDeltaNet": gated_deltanet_from_hf, "Qwen3_5GatedDeltaNet": gated_deltanet_from_hf}

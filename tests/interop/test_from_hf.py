@@ -13,7 +13,7 @@ if importlib.util.find_spec("fla") is not None:  # HF's recurrent layers would c
 
 import transformers  # noqa: E402
 from rnnlab import ModelConfig, SequenceModel  # noqa: E402
-from rnnlab.interop import from_hf, hf_architectures, to_hf  # noqa: E402
+from rnnlab.interop import from_hf, hf_architectures, layer_from_hf, to_hf  # noqa: E402
 from rnnlab.testing import assert_close  # noqa: E402
 
 transformers.logging.set_verbosity_error()
@@ -137,3 +137,46 @@ def test_an_rnnlab_trained_mamba_exports_with_its_embedding_scale_folded():
     ids = torch.randint(0, V, (2, T))
     with torch.no_grad():
         assert_close(hf_logits(hf, ids), model(ids)[0])
+
+
+@pytest.mark.parametrize("cls", ["qwen3_next.modeling_qwen3_next.Qwen3NextGatedDeltaNet", "qwen3_5.modeling_qwen3_5.Qwen3_5GatedDeltaNet"])
+def test_qwen_gated_deltanet_layers_equal_rnnlab_gated_deltanet(cls):
+    """The gated DeltaNet layers of Qwen3-Next's and Qwen3.5's hybrid stacks -> rnnlab's gated_deltanet: the same
+    outputs in the parallel form, token by token and for packed sequences (each equal to HF on that sequence)."""
+    import importlib
+
+    module, name = cls.rsplit(".", 1)
+    try:
+        layer_cls = getattr(importlib.import_module(f"transformers.models.{module}"), name)
+    except (ImportError, AttributeError):
+        pytest.skip(f"this transformers has no {name}")
+    config_cls = {"Qwen3NextGatedDeltaNet": "Qwen3NextConfig", "Qwen3_5GatedDeltaNet": "Qwen3_5TextConfig"}[name]
+    cfg = getattr(transformers, config_cls)(hidden_size=32, linear_num_value_heads=2, linear_num_key_heads=2, linear_key_head_dim=8,
+                                            linear_value_head_dim=16, linear_conv_kernel_dim=4, num_hidden_layers=1,
+                                            layer_types=["linear_attention"], num_attention_heads=2, num_key_value_heads=2, head_dim=16)
+    torch.manual_seed(0)
+    layer = layer_cls(cfg, 0).eval()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    mixer = layer_from_hf(layer)
+    x = torch.randn(2, T, 32)
+
+    def hf(x):
+        out = layer(x)
+        return out[0] if isinstance(out, tuple) else out
+
+    with torch.no_grad():
+        expected = hf(x)
+        assert_close(mixer(x)[0], expected, name="parallel")
+        state, steps = None, []
+        for t in range(T):
+            y, state = mixer(x[:, t : t + 1], state)
+            steps.append(y)
+        assert_close(torch.cat(steps, 1), expected, name="stepped")
+        packed, _ = mixer(torch.cat([x[0, :5], x[1]])[None], cu_seqlens=torch.tensor([0, 5, 5 + T]))
+        assert_close(packed[0, :5], hf(x[:1, :5])[0], name="packed 0")
+        assert_close(packed[0, 5:], expected[1], name="packed 1")
+    cfg.linear_num_value_heads = 4
+    with pytest.raises(ValueError, match="value heads"):
+        layer_from_hf(layer_cls(cfg, 0))
