@@ -6,7 +6,8 @@
 - Mamba-2 (``mamba2``): the same backbone around the ``mamba2`` mixer (z, xBC, dt in one projection, gated
   RMSNorm per group, norm after the gate). HF's ``time_step_limit`` must be its default (0, inf).
 - Layers (``layer_from_hf``): Qwen3-Next's and Qwen3.5's gated DeltaNet -> ``gated_deltanet`` (equal key and
-  value head counts), the recurrent layers of those hybrid stacks on their own.
+  value head counts), RecurrentGemma's recurrent block -> ``hawk`` (``gate_blocks``, ``reset_first_token``): the
+  recurrent layers of those hybrid stacks on their own.
 - RWKV-4 (``rwkv``): embedding -> LayerNorm (ln0) -> [LayerNorm -> ``rwkv4`` time-mix, LayerNorm ->
   ``rwkv4_channel_mix``] x L -> LayerNorm -> head. HF's inference-time rescaling (``rescale_every``: hidden
   states halved every few layers, weights divided to match; equal up to LayerNorm's eps) is undone: rnnlab
@@ -213,7 +214,7 @@ register_arch(Arch("RWKV-4", ("rwkv",), "RwkvForCausalLM", _rwkv_config, _rwkv_t
 
 def layer_from_hf(layer):
     """A transformers layer of a hybrid stack -> the rnnlab mixer computing the same function, with its weights.
-    Supported: Qwen3NextGatedDeltaNet, Qwen3_5GatedDeltaNet (-> gated_deltanet)."""
+    Supported: Qwen3NextGatedDeltaNet, Qwen3_5GatedDeltaNet (-> gated_deltanet), RecurrentGemmaRecurrentBlock (-> hawk)."""
     name = type(layer).__name__
     if name not in LAYERS:
         raise ValueError(f"layer_from_hf: no mapping for {name}; supported: {', '.join(sorted(LAYERS))}")
@@ -259,4 +260,34 @@ def gated_deltanet_from_hf(layer):
     return mixer.eval()
 
 
-LAYERS = {"Qwen3NextGatedDeltaNet": gated_deltanet_from_hf, "Qwen3_5GatedDeltaNet": gated_deltanet_from_hf}
+def hawk_from_hf(block):
+    """A transformers ``RecurrentGemmaRecurrentBlock`` (Griffin's recurrent block with the RG-LRU) -> rnnlab ``hawk``
+    with recurrentgemma's options: block-diagonal gates (one block per head) and the first-token reset. HF's
+    ``recurrent_param`` is -Lambda (log a = -8 r softplus(recurrent_param)); its gate weights are (in, out) per block."""
+    import torch
+
+    from rnnlab.layers.registry import create_mixer
+
+    cfg_act = getattr(block.act_fn, "__class__", type(block.act_fn)).__name__
+    lru = block.rg_lru
+    D, Dr = block.hidden_size, block.lru_width
+    mixer = create_mixer("hawk", D, expansion=Dr / D, conv_size=block.conv1d_width, gate_blocks=lru.num_attention_heads,
+                         reset_first_token=True)
+    if mixer.d_rnn != Dr or cfg_act not in ("PytorchGELUTanh", "GELUTanh"):
+        raise ValueError(f"hawk_from_hf: lru_width {Dr} for hidden_size {D} and activation {cfg_act}; rnnlab maps "
+                         "round(expansion * d_model) channels and tanh-approximated GeLU")
+    pairs = [(mixer.linear_y.weight, block.linear_y.weight), (mixer.linear_y.bias, block.linear_y.bias),
+             (mixer.linear_x.weight, block.linear_x.weight), (mixer.linear_x.bias, block.linear_x.bias),
+             (mixer.linear_out.weight, block.linear_out.weight), (mixer.linear_out.bias, block.linear_out.bias),
+             (mixer.conv.weight, block.conv_1d.weight[:, 0]), (mixer.conv.bias, block.conv_1d.bias),
+             (mixer.Lambda, -lru.recurrent_param),
+             (mixer.gate_x.weight, lru.input_gate_weight.transpose(1, 2)), (mixer.gate_x.bias, lru.input_gate_bias.reshape(-1)),
+             (mixer.gate_a.weight, lru.recurrent_gate_weight.transpose(1, 2)), (mixer.gate_a.bias, lru.recurrent_gate_bias.reshape(-1))]
+    with torch.no_grad():
+        for dst, src in pairs:
+            dst.copy_(src)
+    return mixer.eval()
+
+
+LAYERS = {"Qwen3NextGatedDeltaNet": gated_deltanet_from_hf, "Qwen3_5GatedDeltaNet": gated_deltanet_from_hf,
+          "RecurrentGemmaRecurrentBlock": hawk_from_hf}

@@ -14,7 +14,8 @@ def test_mixer_conforms(name, check):
 # options that change what a mixer computes, added for checkpoint mappings (rnnlab.interop, issue 19): every check
 # holds with them on too
 VARIANTS = {"mamba[bias,no conv bias,falcon norms]": ("mamba", {"bias": True, "conv_bias": False, "bcdt_norm_eps": 1e-6}),
-            "mamba2[bias,no conv bias]": ("mamba2", {"bias": True, "conv_bias": False})}
+            "mamba2[bias,no conv bias]": ("mamba2", {"bias": True, "conv_bias": False}),
+            "hawk[gate_blocks=4,reset_first_token]": ("hawk", {"gate_blocks": 4, "reset_first_token": True})}
 
 
 @pytest.mark.parametrize("check", sorted(CHECKS))

@@ -180,3 +180,34 @@ def test_qwen_gated_deltanet_layers_equal_rnnlab_gated_deltanet(cls):
     cfg.linear_num_value_heads = 4
     with pytest.raises(ValueError, match="value heads"):
         layer_from_hf(layer_cls(cfg, 0))
+
+
+def test_recurrentgemma_recurrent_block_equals_rnnlab_hawk():
+    """RecurrentGemma's recurrent block (conv + RG-LRU with per-head gates and the first-token reset) -> rnnlab's hawk
+    with gate_blocks and reset_first_token: the same outputs, parallel, token by token, and packed."""
+    from transformers.models.recurrent_gemma.modeling_recurrent_gemma import RecurrentGemmaRecurrentBlock
+
+    cfg = transformers.RecurrentGemmaConfig(hidden_size=32, lru_width=48, num_attention_heads=4, num_key_value_heads=1,
+                                            conv1d_width=4, num_hidden_layers=1, head_dim=8)
+    torch.manual_seed(0)
+    block = RecurrentGemmaRecurrentBlock(cfg, 0).eval()
+    with torch.no_grad():  # HF leaves these uninitialized until the model's _init_weights
+        for p in block.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+    mixer = layer_from_hf(block)
+    x = torch.randn(2, T, 32)
+
+    def hf(x):
+        return block(x, torch.arange(x.shape[1])[None].expand(x.shape[0], -1), None, use_cache=False)[0]
+
+    with torch.no_grad():
+        expected = hf(x)
+        assert_close(mixer(x)[0], expected, name="parallel")
+        state, steps = None, []
+        for t in range(T):
+            y, state = mixer(x[:, t : t + 1], state)
+            steps.append(y)
+        assert_close(torch.cat(steps, 1), expected, name="stepped")
+        packed, _ = mixer(torch.cat([x[0, :4], x[1]])[None], cu_seqlens=torch.tensor([0, 4, 4 + T]))
+        assert_close(packed[0, :4], hf(x[:1, :4])[0], name="packed 0")
+        assert_close(packed[0, 4:], expected[1], name="packed 1")
