@@ -139,6 +139,22 @@ def test_an_rnnlab_trained_mamba_exports_with_its_embedding_scale_folded():
         assert_close(hf_logits(hf, ids), model(ids)[0])
 
 
+def check_layer_equals_hf(mixer, hf, x, cut):
+    """An rnnlab mixer == an HF layer (``hf``: x (B, T, D) -> y) in the parallel form, token by token, and packed:
+    row 0's first ``cut`` tokens and row 1 back to back, each equal to HF on that sequence alone."""
+    with torch.no_grad():
+        expected = hf(x)
+        assert_close(mixer(x)[0], expected, name="parallel")
+        state, steps = None, []
+        for t in range(x.shape[1]):
+            y, state = mixer(x[:, t : t + 1], state)
+            steps.append(y)
+        assert_close(torch.cat(steps, 1), expected, name="stepped")
+        packed, _ = mixer(torch.cat([x[0, :cut], x[1]])[None], cu_seqlens=torch.tensor([0, cut, cut + x.shape[1]]))
+        assert_close(packed[0, :cut], hf(x[:1, :cut])[0], name="packed 0")
+        assert_close(packed[0, cut:], expected[1], name="packed 1")
+
+
 @pytest.mark.parametrize("cls", ["qwen3_next.modeling_qwen3_next.Qwen3NextGatedDeltaNet", "qwen3_5.modeling_qwen3_5.Qwen3_5GatedDeltaNet"])
 def test_qwen_gated_deltanet_layers_equal_rnnlab_gated_deltanet(cls):
     """The gated DeltaNet layers of Qwen3-Next's and Qwen3.5's hybrid stacks -> rnnlab's gated_deltanet: the same
@@ -166,17 +182,7 @@ def test_qwen_gated_deltanet_layers_equal_rnnlab_gated_deltanet(cls):
         out = layer(x)
         return out[0] if isinstance(out, tuple) else out
 
-    with torch.no_grad():
-        expected = hf(x)
-        assert_close(mixer(x)[0], expected, name="parallel")
-        state, steps = None, []
-        for t in range(T):
-            y, state = mixer(x[:, t : t + 1], state)
-            steps.append(y)
-        assert_close(torch.cat(steps, 1), expected, name="stepped")
-        packed, _ = mixer(torch.cat([x[0, :5], x[1]])[None], cu_seqlens=torch.tensor([0, 5, 5 + T]))
-        assert_close(packed[0, :5], hf(x[:1, :5])[0], name="packed 0")
-        assert_close(packed[0, 5:], expected[1], name="packed 1")
+    check_layer_equals_hf(mixer, hf, x, cut=5)
     cfg.linear_num_value_heads = 4
     with pytest.raises(ValueError, match="value heads"):
         layer_from_hf(layer_cls(cfg, 0))
@@ -200,14 +206,4 @@ def test_recurrentgemma_recurrent_block_equals_rnnlab_hawk():
     def hf(x):
         return block(x, torch.arange(x.shape[1])[None].expand(x.shape[0], -1), None, use_cache=False)[0]
 
-    with torch.no_grad():
-        expected = hf(x)
-        assert_close(mixer(x)[0], expected, name="parallel")
-        state, steps = None, []
-        for t in range(T):
-            y, state = mixer(x[:, t : t + 1], state)
-            steps.append(y)
-        assert_close(torch.cat(steps, 1), expected, name="stepped")
-        packed, _ = mixer(torch.cat([x[0, :4], x[1]])[None], cu_seqlens=torch.tensor([0, 4, 4 + T]))
-        assert_close(packed[0, :4], hf(x[:1, :4])[0], name="packed 0")
-        assert_close(packed[0, 4:], expected[1], name="packed 1")
+    check_layer_equals_hf(mixer, hf, x, cut=4)
