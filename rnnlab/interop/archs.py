@@ -8,6 +8,9 @@
 - Layers (``layer_from_hf``): Qwen3-Next's and Qwen3.5's gated DeltaNet -> ``gated_deltanet`` (equal key and
   value head counts), RecurrentGemma's recurrent block -> ``hawk`` (``gate_blocks``, ``reset_first_token``): the
   recurrent layers of those hybrid stacks on their own.
+- Bamba (``bamba``): RMSNorm -> (``mamba2`` | ``attention``) -> RMSNorm -> SwiGLU per layer, the attention layers
+  at ``attn_layer_indices`` with grouped-query heads (``num_kv_heads``) and rotary embeddings on half of each head
+  (``rotary_dim``), HF's q, k, v projections fused into rnnlab's one ``qkv`` matrix.
 - RWKV-4 (``rwkv``): embedding -> LayerNorm (ln0) -> [LayerNorm -> ``rwkv4`` time-mix, LayerNorm ->
   ``rwkv4_channel_mix``] x L -> LayerNorm -> head. HF's inference-time rescaling (``rescale_every``: hidden
   states halved every few layers, weights divided to match; equal up to LayerNorm's eps) is undone: rnnlab
@@ -48,7 +51,7 @@ def _backbone(prefix: str, embed: str, final_norm: str, head: str = "lm_head.wei
             Rule(head, "head.weight")]
 
 
-def _lm(hf_cfg, mixer: str, mixer_kwargs: dict, **kw) -> ModelConfig:
+def _lm(hf_cfg, mixer: str | list[str], mixer_kwargs: dict | list[dict], **kw) -> ModelConfig:
     return ModelConfig(mixer=mixer, mixer_kwargs=mixer_kwargs, d_model=hf_cfg.hidden_size, n_layers=hf_cfg.num_hidden_layers,
                        vocab_size=hf_cfg.vocab_size, tie_embeddings=bool(hf_cfg.tie_word_embeddings),
                        embedding_init="gpt2",  # the embedding enters unscaled, as in every HF recurrent LM here
@@ -130,21 +133,98 @@ def _mamba2_to_hf(mc: ModelConfig):
         hidden_act="silu", time_step_limit=(0.0, _INF))
 
 
+def _mamba2_mixer_rules(m: str, b: str, bias: bool, conv_bias: bool) -> list[Rule]:
+    """HF's Mamba2Mixer (or Bamba's copy of it) at ``m`` <-> rnnlab's mamba2 mixer at ``b``."""
+    names = ["in_proj.weight", "dt_bias", "A_log", "D", "out_proj.weight"] + (["in_proj.bias", "out_proj.bias"] if bias else [])
+    rules = [Rule(f"{m}.{n}", f"{b}.{n}") for n in names]
+    rules += [Rule(f"{m}.conv1d.weight", f"{b}.conv.weight", _squeeze_conv, _unsqueeze_conv), Rule(f"{m}.norm.weight", f"{b}.norm_weight")]
+    return rules + ([Rule(f"{m}.conv1d.bias", f"{b}.conv.bias")] if conv_bias else [])
+
+
 def _mamba2_rules(cfg) -> list[Rule]:
-    m, b = "backbone.layers.{i}.mixer", "blocks.{i}.mixer"
-    rules = _backbone("backbone", "embeddings", "norm_f") + [
-        Rule("backbone.layers.{i}.norm.weight", "blocks.{i}.norm1.weight"),
-        Rule(f"{m}.conv1d.weight", f"{b}.conv.weight", _squeeze_conv, _unsqueeze_conv),
-        Rule(f"{m}.norm.weight", f"{b}.norm_weight"),
-    ]
-    names = ["in_proj.weight", "dt_bias", "A_log", "D", "out_proj.weight"] + (["in_proj.bias", "out_proj.bias"] if cfg.use_bias else [])
-    rules += [Rule(f"{m}.{n}", f"{b}.{n}") for n in names]
-    if cfg.use_conv_bias:
-        rules.append(Rule(f"{m}.conv1d.bias", f"{b}.conv.bias"))
-    return rules
+    return (_backbone("backbone", "embeddings", "norm_f") + [Rule("backbone.layers.{i}.norm.weight", "blocks.{i}.norm1.weight")]
+            + _mamba2_mixer_rules("backbone.layers.{i}.mixer", "blocks.{i}.mixer", cfg.use_bias, cfg.use_conv_bias))
 
 
 register_arch(Arch("Mamba-2", ("mamba2",), "Mamba2ForCausalLM", _mamba2_config, _mamba2_to_hf, _mamba2_rules))
+
+
+# --- Bamba: Mamba-2 and attention layers, each followed by a SwiGLU MLP --------------------------------------------
+
+def _swiglu_ratio(d_model: int, hidden: int) -> float:
+    """The mlp_ratio whose SwiGLU has exactly ``hidden`` units (rnnlab rounds 2/3·ratio·d up to a multiple of 8)."""
+    from rnnlab.models.model import SwiGLU
+
+    ratio = 1.5 * hidden / d_model
+    if SwiGLU.hidden_size(d_model, ratio) != hidden:
+        raise ValueError(f"intermediate_size {hidden} has no rnnlab SwiGLU counterpart (a multiple of 8 is needed)")
+    return ratio
+
+
+def _bamba_config(cfg) -> ModelConfig:
+    _need(cfg, "hidden_act", cfg.hidden_act == "silu", "SiLU")
+    _need(cfg, "time_step_limit", tuple(cfg.time_step_limit) == (0.0, _INF), "the default (0.0, inf) only")
+    _need(cfg, "mlp_bias", not cfg.mlp_bias, "SwiGLU MLPs without biases")
+    rope = getattr(cfg, "rope_parameters", None) or {"rope_type": "default", "rope_theta": getattr(cfg, "rope_theta", 10000.0)}
+    _need(cfg, "rope_parameters", rope.get("rope_type", "default") == "default", "the default rotary embedding")
+    H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    _need(cfg, "head_dim", head_dim * H == cfg.hidden_size, "head_dim == hidden_size / num_attention_heads")
+    attn = {"num_heads": H, "num_kv_heads": Hkv, "rotary_dim": int(head_dim * getattr(cfg, "partial_rotary_factor", 0.5)),
+            "rope_base": float(rope["rope_theta"]), "bias": bool(cfg.attention_bias)}
+    ssm = {"d_state": cfg.mamba_d_state, "d_conv": cfg.mamba_d_conv, "expand": cfg.mamba_expand, "headdim": cfg.mamba_d_head,
+           "ngroups": cfg.mamba_n_groups, "chunk_size": cfg.mamba_chunk_size, "norm_eps": cfg.rms_norm_eps,
+           "bias": bool(cfg.mamba_proj_bias), "conv_bias": bool(cfg.mamba_conv_bias)}
+    kinds = ["attention" if i in (cfg.attn_layer_indices or []) else "mamba2" for i in range(cfg.num_hidden_layers)]
+    return _lm(cfg, kinds, [attn if k == "attention" else ssm for k in kinds], mlp="swiglu",
+               mlp_ratio=_swiglu_ratio(cfg.hidden_size, cfg.intermediate_size), norm_eps=cfg.rms_norm_eps)
+
+
+def _bamba_to_hf(mc: ModelConfig):
+    import transformers
+
+    from rnnlab.models.model import SwiGLU
+
+    kinds, kws = mc.layer_mixers(), mc.layer_kwargs()
+    attn = next((kw for k, kw in zip(kinds, kws) if k == "attention"), {"num_heads": 4})
+    ssm = next((kw for k, kw in zip(kinds, kws) if k == "mamba2"), {})
+    H = attn.get("num_heads", 4)
+    expand, headdim = ssm.get("expand", 2), ssm.get("headdim", 64)
+    rope = attn.get("rope_base", 10000.0)
+    rope_kw = {"rope_parameters": {"rope_type": "default", "rope_theta": rope}} if int(transformers.__version__.split(".")[0]) >= 5 else {}
+    return transformers.BambaConfig(
+        vocab_size=mc.vocab_size, hidden_size=mc.d_model, num_hidden_layers=mc.n_layers, tie_word_embeddings=mc.tie_embeddings,
+        intermediate_size=SwiGLU.hidden_size(mc.d_model, mc.mlp_ratio), num_attention_heads=H,
+        num_key_value_heads=attn.get("num_kv_heads") or H, attention_bias=attn.get("bias", False),
+        attn_layer_indices=[i for i, k in enumerate(kinds) if k == "attention"], mamba_n_heads=expand * mc.d_model // headdim,
+        mamba_d_head=headdim, mamba_n_groups=ssm.get("ngroups", 1), mamba_d_state=ssm.get("d_state", 128),
+        mamba_d_conv=ssm.get("d_conv", 4), mamba_expand=expand, mamba_chunk_size=ssm.get("chunk_size", 64),
+        mamba_conv_bias=ssm.get("conv_bias", True), mamba_proj_bias=ssm.get("bias", False), rms_norm_eps=mc.norm_eps,
+        hidden_act="silu", mlp_bias=False, **rope_kw)
+
+
+def _bamba_rules(cfg) -> list[Rule]:
+    L, b = "model.layers.{i}", "blocks.{i}"
+    H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
+    hd = cfg.hidden_size // H
+    sizes = [H * hd, Hkv * hd, Hkv * hd]
+
+    def qkv_rule(kind: str) -> Rule:
+        return Rule(tuple(f"{L}.self_attn.{n}_proj.{kind}" for n in "qkv"), f"{b}.mixer.qkv.{kind}",
+                    to_hf=lambda t: tuple(t.split(sizes, 0)))
+
+    rules = _backbone("model", "embed_tokens", "final_layernorm") + [
+        Rule(f"{L}.input_layernorm.weight", f"{b}.norm1.weight"), Rule(f"{L}.pre_ff_layernorm.weight", f"{b}.norm2.weight"),
+        Rule((f"{L}.feed_forward.gate_proj.weight", f"{L}.feed_forward.up_proj.weight"), f"{b}.mlp.w13.weight"),
+        Rule(f"{L}.feed_forward.down_proj.weight", f"{b}.mlp.w2.weight"),
+        qkv_rule("weight"), Rule(f"{L}.self_attn.o_proj.weight", f"{b}.mixer.out.weight"),
+    ]
+    if cfg.attention_bias:
+        rules += [qkv_rule("bias"), Rule(f"{L}.self_attn.o_proj.bias", f"{b}.mixer.out.bias")]
+    return rules + _mamba2_mixer_rules(f"{L}.mamba", f"{b}.mixer", cfg.mamba_proj_bias, cfg.mamba_conv_bias)
+
+
+register_arch(Arch("Bamba", ("bamba",), "BambaForCausalLM", _bamba_config, _bamba_to_hf, _bamba_rules))
 
 
 # --- RWKV-4 ----------------------------------------------------------------------------------------------------

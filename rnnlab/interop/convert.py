@@ -33,21 +33,36 @@ from rnnlab.models.model import SequenceModel
 __all__ = ["Rule", "Arch", "register_arch", "from_hf", "to_hf", "hf_architectures"]
 
 
-def _same(t: Tensor) -> Tensor:
-    return t
-
-
 @dataclass(frozen=True)
 class Rule:
-    """One tensor: ``hf`` and ``rnnlab`` names ({i} = layer index); ``to_rnnlab`` / ``to_hf`` change its layout."""
+    """One rnnlab tensor: its ``rnnlab`` name and its ``hf`` name, or several HF names whose tensors it concatenates
+    (rows of one fused projection: SwiGLU's gate and up, attention's q, k, v); ``{i}`` = layer index.
+    ``to_rnnlab(*hf_tensors)`` and ``to_hf(tensor) -> tensor (one name) or tuple (several)`` change the layout;
+    several names default to concatenating rows and splitting them back in equal parts."""
 
-    hf: str
+    hf: str | tuple[str, ...]
     rnnlab: str
-    to_rnnlab: Callable[[Tensor], Tensor] = _same
-    to_hf: Callable[[Tensor], Tensor] = _same
+    to_rnnlab: Callable[..., Tensor] | None = None
+    to_hf: Callable[[Tensor], Tensor | tuple[Tensor, ...]] | None = None
 
-    def pattern(self, side: str) -> re.Pattern:
-        return re.compile(re.escape(getattr(self, side)).replace(r"\{i\}", r"(\d+)") + "$")
+    @property
+    def hf_names(self) -> tuple[str, ...]:
+        return (self.hf,) if isinstance(self.hf, str) else tuple(self.hf)
+
+    def forward(self, *tensors: Tensor) -> Tensor:
+        if self.to_rnnlab is not None:
+            return self.to_rnnlab(*tensors)
+        return tensors[0] if len(tensors) == 1 else torch.cat(tensors, 0)
+
+    def backward(self, t: Tensor) -> tuple[Tensor, ...]:
+        if self.to_hf is not None:
+            out = self.to_hf(t)
+            return out if isinstance(out, tuple) else (out,)
+        return (t,) if len(self.hf_names) == 1 else t.chunk(len(self.hf_names), 0)
+
+
+def _pattern(name: str) -> re.Pattern:
+    return re.compile(re.escape(name).replace(r"\{i\}", r"(\d+)") + "$")
 
 
 @dataclass(frozen=True)
@@ -108,29 +123,42 @@ def _read_path(path: Path) -> tuple[object, dict[str, Tensor]]:
     return AutoConfig.from_pretrained(str(path)), state
 
 
-def _rename(state: dict[str, Tensor], rules: list[Rule], src: str, dst: str) -> dict[str, Tensor]:
-    """Map every tensor of ``state`` (names on side ``src``) to side ``dst``; unclaimed names are an error."""
-    compiled = [(r, r.pattern(src)) for r in rules]
+def _rename(state: dict[str, Tensor], rules: list[Rule], src: str) -> dict[str, Tensor]:
+    """Map every tensor of ``state`` from side ``src`` ("hf" or "rnnlab") to the other; unclaimed names are an error."""
     out: dict[str, Tensor] = {}
     unclaimed = []
+    parts: dict[tuple[int, str | None], dict[int, Tensor]] = {}  # (rule, layer) -> {part: tensor}, HF side
+    matchers = [(n, j, _pattern(name)) for n, rule in enumerate(rules)
+                for j, name in ([(0, rule.rnnlab)] if src == "rnnlab" else enumerate(rule.hf_names))]
     for name, t in state.items():
-        for rule, pat in compiled:
+        for n, j, pat in matchers:
             m = pat.match(name)
             if m:
-                new = getattr(rule, dst).replace("{i}", m.group(1)) if m.groups() else getattr(rule, dst)
-                out[new] = (rule.to_rnnlab if dst == "rnnlab" else rule.to_hf)(t)
+                layer = m.group(1) if m.groups() else None
+                rule = rules[n]
+                if src == "rnnlab":
+                    for h, piece in zip(rule.hf_names, rule.backward(t), strict=True):
+                        out[h.replace("{i}", layer) if layer is not None else h] = piece
+                else:
+                    parts.setdefault((n, layer), {})[j] = t
                 break
         else:
             unclaimed.append(name)
     if unclaimed:
         raise ValueError(f"no rnnlab counterpart for tensor(s) {unclaimed[:6]}{' ...' if len(unclaimed) > 6 else ''}")
+    for (n, layer), got in parts.items():
+        rule = rules[n]
+        if len(got) != len(rule.hf_names):
+            raise ValueError(f"{rule.rnnlab}: the checkpoint has {len(got)} of its {len(rule.hf_names)} parts {rule.hf_names}")
+        name = rule.rnnlab.replace("{i}", layer) if layer is not None else rule.rnnlab
+        out[name] = rule.forward(*(got[j] for j in range(len(got))))
     return out
 
 
 def from_hf(model_or_path, dtype: torch.dtype = torch.float32) -> SequenceModel:
     """An HF causal LM (a transformers model, or the path of a local checkpoint folder) -> rnnlab SequenceModel.
 
-    Supported model types: ``hf_architectures()`` (Mamba, Falcon Mamba, Mamba-2, RWKV-4). The model runs
+    Supported model types: ``hf_architectures()`` (Mamba, Falcon Mamba, Mamba-2, Bamba, RWKV-4). The model runs
     through rnnlab's own forms, state and boundary handling; its logits equal the HF model's (tests/interop)."""
     if isinstance(model_or_path, (str, Path)):
         hf_config, state = _read_path(Path(model_or_path))
@@ -144,10 +172,10 @@ def from_hf(model_or_path, dtype: torch.dtype = torch.float32) -> SequenceModel:
     config = arch.config_from_hf(hf_config)
     rules = arch.rules(hf_config)
     if config.tie_embeddings:  # the tied head is the embedding: HF may list it under the head's name too
-        head = [r for r in rules if r.rnnlab == "head.weight"]
-        state = {k: v for k, v in state.items() if not any(r.pattern("hf").match(k) for r in head)}
+        head = [_pattern(h) for r in rules if r.rnnlab == "head.weight" for h in r.hf_names]
+        state = {k: v for k, v in state.items() if not any(p.match(k) for p in head)}
         rules = [r for r in rules if r.rnnlab != "head.weight"]
-    tensors = _rename(state, rules, "hf", "rnnlab")
+    tensors = _rename(state, rules, "hf")
     model = SequenceModel(config)
     expected = set(model.state_dict())
     if config.tie_embeddings:
@@ -215,7 +243,7 @@ def to_hf(model: SequenceModel, model_type: str):
     if model.config.tie_embeddings:
         state.pop("head.weight", None)
         rules = [r for r in rules if r.rnnlab != "head.weight"]
-    tensors = _rename(state, rules, "rnnlab", "hf")
+    tensors = _rename(state, rules, "rnnlab")
     hf = getattr(transformers, arch.hf_class)(hf_config)
     result = hf.load_state_dict(tensors, strict=False)
     tied = {"lm_head.weight", "head.weight"} if model.config.tie_embeddings else set()

@@ -31,9 +31,13 @@ class SwiGLU(nn.Module):
 
     def __init__(self, d_model: int, ratio: float = 4.0):
         super().__init__()
-        hidden = 8 * math.ceil(2 * ratio * d_model / 3 / 8)
+        hidden = self.hidden_size(d_model, ratio)
         self.w13 = nn.Linear(d_model, 2 * hidden, bias=False)
         self.w2 = nn.Linear(hidden, d_model, bias=False)
+
+    @staticmethod
+    def hidden_size(d_model: int, ratio: float) -> int:
+        return 8 * math.ceil(2 * ratio * d_model / 3 / 8)
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = self.w13(x).chunk(2, -1)

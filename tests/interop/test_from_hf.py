@@ -29,6 +29,10 @@ CONFIGS = {
     "mamba2": ("Mamba2Config", dict(hidden_size=32, state_size=8, expand=2, head_dim=16, num_heads=4,
                                     n_groups=2 if int(transformers.__version__.split(".")[0]) >= 5 else 1,
                                     conv_kernel=4, chunk_size=8, use_bias=True, tie_word_embeddings=False)),
+    # two Mamba-2 layers around a grouped-query attention layer (4 query heads, 2 key/value heads, rotary on half)
+    "bamba": ("BambaConfig", dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+                                  attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=8,
+                                  mamba_chunk_size=8, attention_bias=True, num_hidden_layers=3)),
     "rwkv": ("RwkvConfig", dict(hidden_size=32, attention_hidden_size=32, intermediate_size=96, context_length=64)),
 }
 
@@ -36,7 +40,7 @@ CONFIGS = {
 def hf_model(model_type, **over):
     cls, kw = CONFIGS[model_type]
     torch.manual_seed(0)
-    cfg = getattr(transformers, cls)(vocab_size=V, num_hidden_layers=2, **{**kw, **over})
+    cfg = getattr(transformers, cls)(vocab_size=V, **{"num_hidden_layers": 2, **kw, **over})
     model = getattr(transformers, hf_architectures()[model_type].hf_class)(cfg).eval()
     with torch.no_grad():  # move every tensor off its initial value (zero biases, unit norms) so that each one matters
         for p in model.parameters():
@@ -94,7 +98,7 @@ def test_to_hf_round_trips_and_paths_load(model_type, tmp_path):
 def test_hf_generate_from_a_cache_equals_rnnlab_generate():
     """HF's own recurrent decoding (its cache) and rnnlab's give the same greedy tokens. (HF's RWKV decodes one row
     only: its single-token shift broadcasts a (B, D) state against (B, 1, D) inputs into (B, B, D).)"""
-    for model_type in ("mamba", "falcon_mamba", "mamba2", "rwkv"):
+    for model_type in ("mamba", "falcon_mamba", "mamba2", "bamba", "rwkv"):
         hf = hf_model(model_type)
         ids = torch.randint(1, V, (1 if model_type == "rwkv" else 2, 7))
         got = hf.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
