@@ -163,15 +163,15 @@ def _swiglu_ratio(d_model: int, hidden: int) -> float:
 
 def _bamba_config(cfg) -> ModelConfig:
     _need(cfg, "hidden_act", cfg.hidden_act == "silu", "SiLU")
-    _need(cfg, "time_step_limit", tuple(cfg.time_step_limit) == (0.0, _INF), "the default (0.0, inf) only")
-    _need(cfg, "mlp_bias", not cfg.mlp_bias, "SwiGLU MLPs without biases")
+    _need(cfg, "time_step_limit", tuple(getattr(cfg, "time_step_limit", (0.0, _INF))) == (0.0, _INF), "the default (0.0, inf) only")
+    _need(cfg, "mlp_bias", not getattr(cfg, "mlp_bias", False), "SwiGLU MLPs without biases")
     rope = getattr(cfg, "rope_parameters", None) or {"rope_type": "default", "rope_theta": getattr(cfg, "rope_theta", 10000.0)}
     _need(cfg, "rope_parameters", rope.get("rope_type", "default") == "default", "the default rotary embedding")
     H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
     _need(cfg, "head_dim", head_dim * H == cfg.hidden_size, "head_dim == hidden_size / num_attention_heads")
     attn = {"num_heads": H, "num_kv_heads": Hkv, "rotary_dim": int(head_dim * getattr(cfg, "partial_rotary_factor", 0.5)),
-            "rope_base": float(rope["rope_theta"]), "bias": bool(cfg.attention_bias)}
+            "rope_base": float(rope["rope_theta"]), "bias": bool(getattr(cfg, "attention_bias", False))}
     ssm = {"d_state": cfg.mamba_d_state, "d_conv": cfg.mamba_d_conv, "expand": cfg.mamba_expand, "headdim": cfg.mamba_d_head,
            "ngroups": cfg.mamba_n_groups, "chunk_size": cfg.mamba_chunk_size, "norm_eps": cfg.rms_norm_eps,
            "bias": bool(cfg.mamba_proj_bias), "conv_bias": bool(cfg.mamba_conv_bias)}
@@ -219,7 +219,7 @@ def _bamba_rules(cfg) -> list[Rule]:
         Rule(f"{L}.feed_forward.down_proj.weight", f"{b}.mlp.w2.weight"),
         qkv_rule("weight"), Rule(f"{L}.self_attn.o_proj.weight", f"{b}.mixer.out.weight"),
     ]
-    if cfg.attention_bias:
+    if getattr(cfg, "attention_bias", False):
         rules += [qkv_rule("bias"), Rule(f"{L}.self_attn.o_proj.bias", f"{b}.mixer.out.bias")]
     return rules + _mamba2_mixer_rules(f"{L}.mamba", f"{b}.mixer", cfg.mamba_proj_bias, cfg.mamba_conv_bias)
 

@@ -2,6 +2,7 @@
 logits through rnnlab's forms as through transformers, in the parallel form, token by token and in left-padded
 batches, within the float32 tolerance of rnnlab.testing (measured: 1e-7 to 5e-7 relative); to_hf brings them back."""
 import importlib.util
+import inspect
 
 import pytest
 import torch
@@ -200,7 +201,8 @@ def test_recurrentgemma_recurrent_block_equals_rnnlab_hawk():
     cfg = transformers.RecurrentGemmaConfig(hidden_size=32, lru_width=48, num_attention_heads=4, num_key_value_heads=1,
                                             conv1d_width=4, num_hidden_layers=1, head_dim=8)
     torch.manual_seed(0)
-    block = RecurrentGemmaRecurrentBlock(cfg, 0).eval()
+    takes_index = "layer_idx" in inspect.signature(RecurrentGemmaRecurrentBlock.__init__).parameters  # 5.x
+    block = (RecurrentGemmaRecurrentBlock(cfg, 0) if takes_index else RecurrentGemmaRecurrentBlock(cfg)).eval()
     with torch.no_grad():  # HF leaves these uninitialized until the model's _init_weights
         for p in block.parameters():
             torch.nn.init.normal_(p, std=0.3)
@@ -208,6 +210,9 @@ def test_recurrentgemma_recurrent_block_equals_rnnlab_hawk():
     x = torch.randn(2, T, 32)
 
     def hf(x):
-        return block(x, torch.arange(x.shape[1])[None].expand(x.shape[0], -1), None, use_cache=False)[0]
+        pos = torch.arange(x.shape[1])
+        extra = {"cache_position": pos} if "cache_position" in inspect.signature(block.forward).parameters else {}  # 4.x
+        out = block(x, pos[None].expand(x.shape[0], -1), None, use_cache=False, **extra)
+        return out[0] if isinstance(out, tuple) else out  # 5.x returns (y, None)
 
     check_layer_equals_hf(mixer, hf, x, cut=4)
