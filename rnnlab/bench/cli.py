@@ -57,7 +57,7 @@ def register(subparsers) -> None:
     p.add_argument("--ops", help="comma-separated op benchmark names, 'all' (default) or 'none'")
     p.add_argument("--no-peers", action="store_true", help="skip the peer implementations")
     p.add_argument("--no-packing", action="store_true", help="skip the packed-vs-padded training rows")
-    p.add_argument("--hf-models", help="comma-separated HF model types (mamba, falcon_mamba, mamba2, rwkv: random weights) "
+    p.add_argument("--hf-models", help="comma-separated HF model types (mamba, falcon_mamba, mamba2, bamba, rwkv: random weights) "
                    "or local checkpoint folders: each timed as imported by rnnlab.interop.from_hf and as the transformers original")
     p.add_argument("--seq-lens", help="comma-separated lengths (default 512,2048,8192; --quick 128,512)")
     p.add_argument("--batch", type=int, help="batch for train/prefill (default 4; --quick 2)")

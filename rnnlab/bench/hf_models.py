@@ -1,6 +1,6 @@
 """Imported HF models against their originals: ``rnnlab bench --hf-models mamba,rwkv,path/to/checkpoint``.
 
-Each entry is an HF model type that ``rnnlab.interop.from_hf`` maps (a 2-layer model of width ``--d-model``
+Each entry is an HF model type that ``rnnlab.interop.from_hf`` maps (mamba, falcon_mamba, mamba2, bamba, rwkv: a 2-layer model of width ``--d-model``
 with random weights, vocabulary 512: nothing is downloaded) or a local checkpoint folder. The transformers
 model and its rnnlab import (``from_hf``) are timed in the same process on the same token ids, as whole causal
 LMs: train (forward + backward through the logits), prefill (forward), decode (one token with the cache /
@@ -21,7 +21,7 @@ from rnnlab.bench.runner import Subject
 __all__ = ["build_hf_model_pairs", "check_hf_entries", "MODEL_TYPES"]
 
 VOCAB, LAYERS = 512, 2
-MODEL_TYPES = ("mamba", "falcon_mamba", "mamba2", "rwkv")  # what _hf_config builds
+MODEL_TYPES = ("mamba", "falcon_mamba", "mamba2", "bamba", "rwkv")  # what _hf_config builds
 
 
 def check_hf_entries(entries: list[str]) -> None:
@@ -46,6 +46,11 @@ def _hf_config(model_type: str, D: int):
         head_dim = 64 if (2 * D) % 64 == 0 else 2 * D // 4
         return transformers.Mamba2Config(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, state_size=64,
                                          head_dim=head_dim, num_heads=2 * D // head_dim, n_groups=1, chunk_size=64)
+    if model_type == "bamba":  # a Mamba-2 layer, then a grouped-query attention layer
+        return transformers.BambaConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, intermediate_size=2 * D,
+                                        num_attention_heads=4, num_key_value_heads=2, attn_layer_indices=[1],
+                                        mamba_n_heads=2 * D // 64 if D % 32 == 0 else 4, mamba_d_head="auto", mamba_n_groups=1,
+                                        mamba_d_state=64, mamba_chunk_size=64)
     if model_type == "rwkv":
         return transformers.RwkvConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, context_length=1 << 16)
     raise ValueError(f"--hf-models: no bench config for model type {model_type!r}")
