@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -80,8 +80,6 @@ class Arch:
     config_to_hf: Callable[[ModelConfig], object]
     rules: Callable[[object], list[Rule]]
     fix_hf_state: Callable[[object, dict], dict] | None = None
-    notes: str = ""
-    aliases: tuple[str, ...] = field(default_factory=tuple)
 
 
 _ARCHS: dict[str, Arch] = {}
@@ -192,7 +190,8 @@ def from_hf(model_or_path, dtype: torch.dtype = torch.float32) -> SequenceModel:
 # that an rnnlab model has an HF equivalent (a trained model's dt_min says nothing about its weights)
 INIT_OR_KERNEL_OPTIONS = frozenset({"dt_min", "dt_max", "dt_init_floor", "A_init_range", "zero_init", "layer_id", "num_layers",
                                     "backend", "chunk_size"})
-# ModelConfig fields that do not change the function of a token LM in eval mode
+# ModelConfig fields that do not change the function of a token LM in eval mode, or that to_hf accounts for
+# (embedding_init: its scale is folded into the exported embedding)
 _NOT_FUNCTIONAL = ("dropout", "embedding_init", "pool", "num_classes", "out_dim", "input_dim")
 
 

@@ -167,9 +167,10 @@ class RnnlabCausalLMOutput(ModelOutput):
     past_key_values: RnnlabCache | None = None
 
 
-# keyword arguments some transformers versions or tools send that carry nothing rnnlab needs:
-# positions are part of the state (per row, from the attention mask), so only their absence is accepted
+# generate's arguments that start assisted / speculative decoding (refused: it crops the cache)
 _ASSISTED = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
+# keyword arguments some transformers versions or tools send that carry nothing rnnlab needs: positions are part
+# of the state (per row, from the attention mask), inputs are token ids; only their absence (None) is accepted
 _ABSENT_ONLY = ("position_ids", "cache_position", "inputs_embeds", "head_mask", "token_type_ids")
 
 
