@@ -5,6 +5,7 @@
     rnnlab bench --mixers gla,attention --compare old.json # speed ratio to an earlier run
     rnnlab bench --headline docs/img/headline.png          # README plot (attention + one mixer per family)
     rnnlab bench --from-json a.json b.json --markdown t.md # re-render saved results, no timing
+    rnnlab bench --mixers none --ops none --no-peers --hf-models mamba,rwkv  # from_hf imports vs their HF originals
 """
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ def register(subparsers) -> None:
     p.add_argument("--ops", help="comma-separated op benchmark names, 'all' (default) or 'none'")
     p.add_argument("--no-peers", action="store_true", help="skip the peer implementations")
     p.add_argument("--no-packing", action="store_true", help="skip the packed-vs-padded training rows")
+    p.add_argument("--hf-models", help="comma-separated HF model types (mamba, falcon_mamba, mamba2, bamba, rwkv: random weights) "
+                   "or local checkpoint folders: each timed as imported by rnnlab.interop.from_hf and as the transformers original")
     p.add_argument("--seq-lens", help="comma-separated lengths (default 512,2048,8192; --quick 128,512)")
     p.add_argument("--batch", type=int, help="batch for train/prefill (default 4; --quick 2)")
     p.add_argument("--d-model", type=int, help="model width (default 256; --quick 128)")
@@ -105,6 +108,7 @@ def _config_from_args(args):
         modes=modes, dtypes=dtypes, decode_batches=csv_list(args.decode_batches, positive_int, "--decode-batches"), threads=threads, reps=args.reps,
         warmup=args.warmup, budget_s=args.budget, max_call_s=args.max_call_s,
         memory=False if args.no_memory else None, packing=False if args.no_packing or args.headline else None,
+        hf_models=csv_list(args.hf_models, what="--hf-models"),
     )
 
 
@@ -117,6 +121,10 @@ def _check_names(cfg) -> None:
         bad = sorted(set(names or []) - set(valid))
         if bad:
             raise ValueError(f"unknown {what}(s) {bad}; valid choices: {', '.join(valid)}")
+    if cfg.hf_models:
+        from rnnlab.bench.hf_models import check_hf_entries
+
+        check_hf_entries(cfg.hf_models)
 
 
 def cmd_bench(args) -> int:

@@ -63,6 +63,7 @@ class BenchConfig:
     ops: list[str] | None = None  # None: every registered op bench; []: none
     peers: bool = True
     packing: bool = True  # the packed-vs-padded training rows (rnnlab/bench/packing.py), when "train" is in modes
+    hf_models: list[str] = field(default_factory=list)  # HF model types or checkpoint folders: import vs original (bench/hf_models.py)
     seq_lens: list[int] = field(default_factory=lambda: [512, 2048, 8192])
     batch: int = 4
     d_model: int = 256
@@ -460,6 +461,14 @@ def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
         notes.extend(peer_notes)
         for n in peer_notes:
             log(f"  peers: {n}")
+    if cfg.hf_models:
+        from rnnlab.bench.hf_models import build_hf_model_pairs
+
+        pairs, pair_notes = build_hf_model_pairs(cfg.hf_models, cfg.d_model, cfg.seed)
+        peer_subjects += pairs  # the import (a "mixer" row) before its original (a "peer" row)
+        notes.extend(pair_notes)
+        for n in pair_notes:
+            log(f"  hf models: {n}")
     n_items = len(names) + len(op_names) + len(peer_subjects)
     done = 0
 
@@ -522,10 +531,10 @@ def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
         try:
             new = _bench_subject(sub, cfg, log, deadline())
         except Exception as e:
-            new = [_row(kind="peer", name=sub.name, mode=m, dtype=cfg.dtypes[0], batch=cfg.batch, error=f"runner: {_err(e)}") for m in cfg.modes]
+            new = [_row(kind=sub.kind, name=sub.name, mode=m, dtype=cfg.dtypes[0], batch=cfg.batch, error=f"runner: {_err(e)}") for m in cfg.modes]
         rows.extend(new)
         done += 1
-        log(f"  peer  {sub.name:24s} {time.time() - t0:6.1f} s  {_summary(new)}")
+        log(f"  {sub.kind:5s} {sub.name:24s} {time.time() - t0:6.1f} s  {_summary(new)}")
     peer_ratios(rows)
 
     if not (rows and any(r["peak_mem_bytes"] is not None for r in rows)) and cfg.memory:

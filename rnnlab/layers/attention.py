@@ -11,6 +11,12 @@ is kept in SDPA's (B, H, L, dh) layout, so a decode step hands it over without a
 Rows at different positions share one cache: each row's entries are right-aligned and the last
 min(pos, L) of them are real (the rest, zeros from merging shorter rows, are masked out), so
 prompts of different lengths decode together with no host sync.
+
+Options for checkpoints (``rnnlab.interop``, e.g. Bamba): ``num_kv_heads`` < num_heads shares each key/value
+head among num_heads / num_kv_heads query heads (grouped-query attention, Ainslie et al. 2023; the cache holds
+num_kv_heads heads), and ``rotary_dim`` rotates only the first rotary_dim entries of each head (partial rotary, as
+GPT-NeoX; its frequencies are those of a rotary_dim-sized head). The projection is one matrix whose rows are
+[q (H·dh), k (H_kv·dh), v (H_kv·dh)].
 """
 from __future__ import annotations
 
@@ -29,32 +35,47 @@ from rnnlab.layers.registry import register_mixer
 class Attention(Mixer):
     """x (B, T, D) -> y (B, T, D); causal softmax attention, ``num_heads`` heads of size D/num_heads."""
 
-    def __init__(self, d_model: int, num_heads: int = 4, window: int | None = None, rope_base: float = 10000.0, bias: bool = False):
+    def __init__(self, d_model: int, num_heads: int = 4, window: int | None = None, rope_base: float = 10000.0, bias: bool = False,
+                 num_kv_heads: int | None = None, rotary_dim: int | None = None):
         super().__init__(d_model)
         if d_model % num_heads or (d_model // num_heads) % 2:
             raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads} into an even head size (rotary)")
         if window is not None and window < 1:
             raise ValueError(f"window must be a positive int or None, got {window}")
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
         self.num_heads, self.head_dim, self.window, self.rope_base = num_heads, d_model // num_heads, window, rope_base
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.num_kv_heads = num_kv_heads
+        self.rotary_dim = self.head_dim if rotary_dim is None else rotary_dim
+        if self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.head_dim:
+            raise ValueError(f"rotary_dim must be even and in (0, head_dim = {self.head_dim}], got {rotary_dim}")
+        self.qkv = nn.Linear(d_model, d_model + 2 * num_kv_heads * self.head_dim, bias=bias)
         self.out = nn.Linear(d_model, d_model, bias=bias)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
-        kv = torch.zeros(batch_size, self.num_heads, 0, self.head_dim, device=device, dtype=dtype or torch.float32)
+        kv = torch.zeros(batch_size, self.num_kv_heads, 0, self.head_dim, device=device, dtype=dtype or torch.float32)
         return {"k": kv, "v": kv.clone(), "pos": torch.zeros(batch_size, device=device, dtype=torch.int64)}
 
     def _cache_len(self, seq_len: int) -> int:
         return seq_len if self.window is None else min(seq_len, self.window - 1)
 
     def state_size(self, seq_len: int) -> int:
-        return 2 * self._cache_len(seq_len) * self.d_model + 1
+        return 2 * self._cache_len(seq_len) * self.num_kv_heads * self.head_dim + 1
+
+    def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """x (B, T, h, dh): rotary positions on the first rotary_dim entries of each head."""
+        if self.rotary_dim == self.head_dim:
+            return rotary(x, cos, sin)
+        return torch.cat([rotary(x[..., : self.rotary_dim], cos, sin), x[..., self.rotary_dim :]], -1)
 
     def _attend(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         B, T, _ = x.shape
-        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b t h d", three=3, h=self.num_heads)
+        hd, hkv = self.head_dim, self.num_kv_heads
+        q, k, v = (rearrange(t, "b t (h d) -> b t h d", d=hd) for t in self.qkv(x).split([self.d_model, hkv * hd, hkv * hd], -1))
         pos = state["pos"]
-        cos, sin = rotary_cos_sin(positions(pos, T), self.head_dim, self.rope_base)
-        q, k = rotary(q, cos, sin).transpose(1, 2), rotary(k, cos, sin).transpose(1, 2)  # (B, H, T, dh)
+        cos, sin = rotary_cos_sin(positions(pos, T), self.rotary_dim, self.rope_base)
+        q, k = self._rotate(q, cos, sin).transpose(1, 2), self._rotate(k, cos, sin).transpose(1, 2)  # (B, H, T, dh), (B, H_kv, T, dh)
         k_all = torch.cat([state["k"].to(k.dtype), k], 2)  # (B, H, L+T, dh)
         v_all = torch.cat([state["v"].to(v.dtype), v.transpose(1, 2)], 2)
         L = k_all.shape[2] - T
@@ -71,7 +92,8 @@ class Attention(Mixer):
                 i = torch.arange(T, device=x.device)[:, None] + L
                 mask = mask & ((j <= i) & ((i - j) < self.window if self.window is not None else True))
             causal = False
-        o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=causal)  # (B, H, T, dh)
+        o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=causal,
+                                           enable_gqa=hkv != self.num_heads)  # (B, H, T, dh)
         y = self.out(rearrange(o, "b h t d -> b t (h d)"))
         keep = self._cache_len(L + T)
         new = {"k": k_all[:, :, L + T - keep :], "v": v_all[:, :, L + T - keep :], "pos": pos + T}
@@ -81,4 +103,5 @@ class Attention(Mixer):
     step = _attend  # one token against the cache: the same computation, no separate form
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, num_heads={self.num_heads}, window={self.window}"
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, window={self.window}, "
+                f"rotary_dim={self.rotary_dim}")

@@ -23,10 +23,11 @@ class GatedDeltaNet(_DeltaRuleMixer):
     """Gated DeltaNet: x (B, T, D) -> y (B, T, D); state conv_q/conv_k/conv_v and S (B, H, K, V).
 
     num_heads: heads H; head_dim: key size K (default D / H); expand_v: V = expand_v · K;
-    conv_size: short-conv width; chunk_size: chunk of the WY form; negative_eigenvalues: β = 2σ(·).
+    conv_size: short-conv width; chunk_size: chunk of the WY form; negative_eigenvalues: β = 2σ(·);
+    norm_eps: eps of the output RMSNorm (Qwen3-Next's checkpoints use 1e-6).
     """
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None, expand_v: float = 2.0, conv_size: int = 4,
-                 chunk_size: int = 64, negative_eigenvalues: bool = False):
+                 chunk_size: int = 64, negative_eigenvalues: bool = False, norm_eps: float = 1e-5):
         super().__init__(d_model, num_heads, head_dim, expand_v, conv_size, chunk_size, negative_eigenvalues,
-                         num_householder=1, forget_gate=True, output_gate=True)
+                         num_householder=1, forget_gate=True, output_gate=True, norm_eps=norm_eps)

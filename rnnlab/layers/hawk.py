@@ -22,17 +22,25 @@ recurrentgemma code.  Simplifications: the gate weights W_a, W_x are dense D_rnn
 (recurrentgemma uses block-diagonal per-head weights); no reset of the state at document
 boundaries (recurrentgemma's ``segment_pos``); GeLU is the tanh approximation (recurrentgemma's).
 Training runs the recurrence through ``rnnlab.ops.scan.linear_scan``.
+
+Options for recurrentgemma's checkpoints (``rnnlab.interop``): ``gate_blocks`` = n makes W_a and W_x
+block-diagonal with n blocks (recurrentgemma's per-head gates; 1 = dense, the default above), and
+``reset_first_token`` lets the first token of every sequence enter the state unscaled, h_0 = i_0 ⊙ x_0
+(recurrentgemma's reset at ``segment_pos == 0``, where eq. 4 would scale it by sqrt(1 − a_0²)); it keeps each
+row's position in the state ("pos", (B,) int64).
 """
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
-from rnnlab.layers.parts import ShortConv
+from rnnlab.layers.parts import ShortConv, positions
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import BACKENDS, linear_scan
@@ -54,6 +62,30 @@ class _SqrtBoundDerivative(torch.autograd.Function):
         return g / torch.sqrt(torch.clamp(4 * x, min=1 / MAX_SQRT_GRADIENT**2))
 
 
+class BlockDiagonalLinear(nn.Module):
+    """x (..., n·w) -> (..., n·w): block j maps x[..., j·w:(j+1)·w] by weight[j] (w, w) (out, in), plus a bias;
+    recurrentgemma's BlockDiagonalLinear (its per-head RG-LRU gates). ``in_features`` as nn.Linear, for the init."""
+
+    def __init__(self, d_in: int, d_out: int, blocks: int):
+        super().__init__()
+        if d_in != d_out or d_in % blocks:
+            raise ValueError(f"BlockDiagonalLinear needs d_in == d_out divisible by blocks, got {d_in}, {d_out}, {blocks}")
+        self.blocks, self.in_features = blocks, d_in // blocks
+        self.weight = nn.Parameter(torch.empty(blocks, d_in // blocks, d_in // blocks))
+        self.bias = nn.Parameter(torch.zeros(d_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xb = rearrange(x, "... (n w) -> ... n w", n=self.blocks)
+        return rearrange(torch.einsum("...ni,noi->...no", xb, self.weight.to(x.dtype)), "... n w -> ... (n w)") + self.bias.to(x.dtype)
+
+
+def _linear32(lin: nn.Module, x: Tensor) -> Tensor:
+    """A gate projection (nn.Linear or BlockDiagonalLinear) in float32 whatever the parameters' dtype."""
+    if isinstance(lin, nn.Linear):
+        return F.linear(x, lin.weight.float(), lin.bias.float())
+    return lin(x.float())  # BlockDiagonalLinear computes in x's dtype
+
+
 @register_mixer("hawk", family="diagonal", small={"expansion": 1.0})
 class Hawk(Mixer):
     """Griffin's recurrent block: GeLU gate branch ⊙ (Linear -> Conv1D -> RG-LRU), then Linear."""
@@ -67,6 +99,8 @@ class Hawk(Mixer):
         a_min: float = 0.9,
         a_max: float = 0.999,
         backend: str = "auto",
+        gate_blocks: int = 1,
+        reset_first_token: bool = False,
     ):
         super().__init__(d_model)
         if not 0.0 < a_min < a_max < 1.0:
@@ -77,8 +111,12 @@ class Hawk(Mixer):
         self.linear_y = nn.Linear(d_model, Dr)
         self.linear_x = nn.Linear(d_model, Dr)
         self.conv = ShortConv(Dr, conv_size, bias=True, activation=None)
-        self.gate_a = nn.Linear(Dr, Dr)
-        self.gate_x = nn.Linear(Dr, Dr)
+        if Dr % gate_blocks:
+            raise ValueError(f"Hawk: d_rnn = {Dr} must be divisible by gate_blocks={gate_blocks}")
+        self.reset_first_token = reset_first_token
+        gate = nn.Linear if gate_blocks == 1 else partial(BlockDiagonalLinear, blocks=gate_blocks)
+        self.gate_a = gate(Dr, Dr)
+        self.gate_x = gate(Dr, Dr)
         self.linear_out = nn.Linear(Dr, d_model)
         # LeCun-normal weights, zero biases (recurrentgemma's initialisers)
         for lin in (self.linear_y, self.linear_x, self.gate_a, self.gate_x, self.linear_out):
@@ -91,41 +129,50 @@ class Hawk(Mixer):
         no_weight_decay(self.Lambda)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
-        return {
+        state = {
             "conv": self.conv.init_state(batch_size, device, dtype or torch.float32),
             "h": torch.zeros(batch_size, self.d_rnn, device=device, dtype=dtype or torch.float32),
         }
+        if self.reset_first_token:
+            state["pos"] = torch.zeros(batch_size, device=device, dtype=torch.int64)
+        return state
 
     def state_size(self, seq_len: int) -> int:
-        return self.conv.state_size() + self.d_rnn
+        return self.conv.state_size() + self.d_rnn + int(self.reset_first_token)
 
     def log_a(self, r: Tensor) -> Tensor:
         """r (..., D_rnn) recurrence gate -> log a_t = c r_t log sigmoid(Lambda) (<= 0)."""
         return -self.c * r * F.softplus(-self.Lambda.float())
 
-    def _coeffs(self, x: Tensor, conv_state: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """x (B, T, D) -> a, b (B, T, D_rnn) float32, gate branch (B, T, D_rnn), new conv state."""
+    def _coeffs(self, x: Tensor, state: State) -> tuple[Tensor, Tensor, Tensor, State]:
+        """x (B, T, D) -> a, b (B, T, D_rnn) float32, gate branch (B, T, D_rnn), the new state less h."""
         gate = F.gelu(self.linear_y(x), approximate="tanh")
-        xc, conv_state = self.conv(self.linear_x(x), conv_state)
+        xc, conv_state = self.conv(self.linear_x(x), state["conv"].to(x.dtype))
         xf = xc.float()
-        r = torch.sigmoid(F.linear(xf, self.gate_a.weight.float(), self.gate_a.bias.float()))
-        i = torch.sigmoid(F.linear(xf, self.gate_x.weight.float(), self.gate_x.bias.float()))
+        r = torch.sigmoid(_linear32(self.gate_a, xf))
+        i = torch.sigmoid(_linear32(self.gate_x, xf))
         log_a = self.log_a(r)
-        b = _SqrtBoundDerivative.apply(-torch.expm1(2 * log_a)) * (i * xf)
-        return log_a.exp(), b, gate, conv_state
+        scale = _SqrtBoundDerivative.apply(-torch.expm1(2 * log_a))
+        new = {"conv": conv_state.float()}
+        if self.reset_first_token:  # a sequence's first token: h_0 = i_0 x_0 (a_0 = 0, no sqrt(1 - a_0^2))
+            first = (positions(state["pos"], x.shape[1]) == 0)[..., None]
+            scale, log_a = scale.masked_fill(first, 1.0), log_a.masked_fill(first, float("-inf"))
+            new["pos"] = state["pos"] + x.shape[1]
+        return log_a.exp(), scale * (i * xf), gate, new
 
     def _out(self, h: Tensor, gate: Tensor) -> Tensor:
         return self.linear_out(h.to(gate.dtype) * gate)
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        a, b, gate, conv_state = self._coeffs(x, state["conv"].to(x.dtype))
+        a, b, gate, new = self._coeffs(x, state)
         h, h_last = linear_scan(a, b, state["h"].float(), backend=self.backend)
-        return self._out(h, gate), {"conv": conv_state.float(), "h": h_last}
+        return self._out(h, gate), {**new, "h": h_last}
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        a, b, gate, conv_state = self._coeffs(x, state["conv"].to(x.dtype))
+        a, b, gate, new = self._coeffs(x, state)
         h = a[:, 0] * state["h"].float() + b[:, 0]
-        return self._out(h.unsqueeze(1), gate), {"conv": conv_state.float(), "h": h}
+        return self._out(h.unsqueeze(1), gate), {**new, "h": h}
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, d_rnn={self.d_rnn}, c={self.c}, backend={self.backend!r}"
+        return (f"d_model={self.d_model}, d_rnn={self.d_rnn}, c={self.c}, backend={self.backend!r}, "
+                f"gate_blocks={getattr(self.gate_a, 'blocks', 1)}, reset_first_token={self.reset_first_token}")

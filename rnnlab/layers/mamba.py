@@ -13,6 +13,11 @@ Negative Eigenvalues").
 Initialization as the paper (§3.6, App. E) / mamba_simple.py: A = −exp(A_log), A_log = log(1..N)
 per channel (S4D-real); D = 1; Δ log-uniform in [1e-3, 1e-1] (floor 1e-4), b_Δ = softplus⁻¹(Δ);
 W_Δ ~ U(±dt_rank^-1/2); A_log and D carry no weight decay.
+
+Options for checkpoints (``rnnlab.interop.from_hf``): ``bias`` (W_in / W_out biases: mamba_ssm's and HF's
+``use_bias``), ``conv_bias`` (``use_conv_bias``), and ``bcdt_norm_eps``: Falcon Mamba's weightless RMS norms
+of Δ (before W_Δ), B and C, each over its own last dim (Zuo et al. 2024, "Falcon Mamba: The First Competitive
+Attention-free 7B Language Model", Sec. 3.1: norms that stabilise training at scale); None = Mamba's block.
 """
 from __future__ import annotations
 
@@ -39,17 +44,19 @@ class SelectiveBlock(Mixer):
 
     transition = "exp"
 
-    def __init__(self, d_model: int, d_state: int, expand: int, d_conv: int, dt_rank: int | str, backend: str, chunk_size: int):
+    def __init__(self, d_model: int, d_state: int, expand: int, d_conv: int, dt_rank: int | str, backend: str, chunk_size: int,
+                 bias: bool = False, conv_bias: bool = True, bcdt_norm_eps: float | None = None):
         super().__init__(d_model)
+        self.bcdt_norm_eps = bcdt_norm_eps
         self.d_state, self.d_inner = d_state, expand * d_model
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.backend, self.chunk_size = check_form(backend, BACKENDS, type(self).__name__), chunk_size
         di = self.d_inner
-        self.in_proj = nn.Linear(d_model, 2 * di, bias=False)
-        self.conv = ShortConv(di, d_conv, bias=True, activation="silu")
+        self.in_proj = nn.Linear(d_model, 2 * di, bias=bias)
+        self.conv = ShortConv(di, d_conv, bias=conv_bias, activation="silu")
         self.x_proj = nn.Linear(di, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, di, bias=True)
-        self.out_proj = nn.Linear(di, d_model, bias=False)
+        self.out_proj = nn.Linear(di, d_model, bias=bias)
         std = self.dt_rank**-0.5
         nn.init.uniform_(self.dt_proj.weight, -std, std)
         self.D = nn.Parameter(torch.ones(di))
@@ -72,6 +79,8 @@ class SelectiveBlock(Mixer):
         xi, z = self.in_proj(x).chunk(2, dim=-1)
         xi, conv_state = self.conv(xi, state["conv"])
         dt, Bm, Cm = self.x_proj(xi).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.bcdt_norm_eps is not None:  # Falcon Mamba: weightless RMS norms, in float32
+            dt, Bm, Cm = (F.rms_norm(t.float(), t.shape[-1:], eps=self.bcdt_norm_eps).to(t.dtype) for t in (dt, Bm, Cm))
         dt, A, Bm, Cm = self._scan_params(self.dt_proj(dt).float(), Bm.float(), Cm.float())  # float32: they touch the state
         return xi, dt, A, Bm, Cm, z, conv_state
 
@@ -99,13 +108,15 @@ class Mamba(SelectiveBlock):
 
     d_state: N; expand: d_inner = expand·d_model; d_conv: conv width; dt_rank: rank of the Δ
     projection ("auto" = ceil(d_model/16)); dt_min/dt_max/dt_init_floor: Δ initialization;
-    negative_eigenvalues: transition 2·exp(ΔA) − 1; backend/chunk_size: selective_scan's.
+    negative_eigenvalues: transition 2·exp(ΔA) − 1; backend/chunk_size: selective_scan's; bias, conv_bias,
+    bcdt_norm_eps: see the module docstring.
     """
 
     def __init__(self, d_model: int, d_state: int = 16, expand: int = 2, d_conv: int = 4, dt_rank: int | str = "auto",
                  dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4, negative_eigenvalues: bool = False,
-                 backend: str = "auto", chunk_size: int = 64):
-        super().__init__(d_model, d_state, expand, d_conv, dt_rank, backend, chunk_size)
+                 backend: str = "auto", chunk_size: int = 64, bias: bool = False, conv_bias: bool = True,
+                 bcdt_norm_eps: float | None = None):
+        super().__init__(d_model, d_state, expand, d_conv, dt_rank, backend, chunk_size, bias, conv_bias, bcdt_norm_eps)
         self.transition = "exp_neg" if negative_eigenvalues else "exp"
         di = self.d_inner
         # b_Δ = softplus^-1(Δ0), Δ0 log-uniform in [dt_min, dt_max] (mamba_simple.py)

@@ -15,6 +15,8 @@ scale 1; the state h (B, H, N, P) is the op's
 (B, H, K, V). Initialization as the authors' mamba_ssm: A ~ U(1, 16), dt log-uniform in
 [0.001, 0.1] (floor 1e-4) with dt_bias = softplus⁻¹(dt), D = 1; A_log, dt_bias, D are not
 weight-decayed. State: conv buffer (B, W-1, d_inner + 2·ngroups·N) and h (B, H, N, P).
+Options for checkpoints (``rnnlab.interop.from_hf``): ``bias`` (W_in / W_out biases, mamba_ssm's and HF's
+``use_bias``) and ``conv_bias`` (``use_conv_bias``).
 """
 from __future__ import annotations
 
@@ -39,11 +41,12 @@ __all__ = ["Mamba2"]
 @register_mixer("mamba2", family="matrix", small={"headdim": 16, "d_state": 16, "ngroups": 2, "chunk_size": 16})
 class Mamba2(Mixer):
     """x (B, T, D) -> y (B, T, D). d_state: N; expand: d_inner = expand·D; headdim: P (heads
-    H = d_inner / P); ngroups: groups sharing B, C; d_conv: conv width; chunk_size: SSD chunk."""
+    H = d_inner / P); ngroups: groups sharing B, C; d_conv: conv width; chunk_size: SSD chunk; bias, conv_bias:
+    biases of the projections and of the conv."""
 
     def __init__(self, d_model: int, d_state: int = 128, d_conv: int = 4, expand: int = 2, headdim: int = 64, ngroups: int = 1,
                  chunk_size: int = 64, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
-                 A_init_range: tuple[float, float] = (1.0, 16.0), norm_eps: float = 1e-5):
+                 A_init_range: tuple[float, float] = (1.0, 16.0), norm_eps: float = 1e-5, bias: bool = False, conv_bias: bool = True):
         super().__init__(d_model)
         d_inner = expand * d_model
         if headdim < 1 or d_inner % headdim:
@@ -54,14 +57,14 @@ class Mamba2(Mixer):
         self.d_inner, self.d_state, self.headdim, self.ngroups, self.num_heads = d_inner, d_state, headdim, ngroups, H
         self.chunk_size, self.norm_eps = chunk_size, norm_eps
         conv_dim = d_inner + 2 * ngroups * d_state
-        self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * ngroups * d_state + H, bias=False)
-        self.conv = ShortConv(conv_dim, d_conv, bias=True, activation="silu")
+        self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * ngroups * d_state + H, bias=bias)
+        self.conv = ShortConv(conv_dim, d_conv, bias=conv_bias, activation="silu")
         dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(*A_init_range)))
         self.D = nn.Parameter(torch.ones(H))
         self.norm_weight = nn.Parameter(torch.ones(d_inner))
-        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
         no_weight_decay(self.dt_bias, self.A_log, self.D)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:

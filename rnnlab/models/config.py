@@ -8,6 +8,7 @@ from typing import Any
 __all__ = ["ModelConfig"]
 
 HEADS = ("lm", "classify", "regress")
+NORMS = ("rms", "layer")
 EMBEDDING_INITS = ("unit", "gpt2")
 READOUTS = ("gradient", "ridge")
 
@@ -34,6 +35,8 @@ class ModelConfig:
     """Sequence pooling for head="classify": "last" token (causal) or "mean"."""
     mlp: str | None = "swiglu"
     """Second sub-layer of each block: "swiglu", None (mixer only), or any registered mixer name (e.g. rwkv6_channel_mix)."""
+    mlp_kwargs: dict = field(default_factory=dict)
+    """Keyword arguments of the MLP slot when it is a registered mixer (e.g. {"expansion": 4} for rwkv4_channel_mix)."""
     mlp_ratio: float = 4.0
     """SwiGLU hidden size = 2/3 * mlp_ratio * d_model, rounded up to a multiple of 8 (LLaMA's rule)."""
     tie_embeddings: bool = False
@@ -54,6 +57,10 @@ class ModelConfig:
     mixer without parameters, e.g. deep_res_esn, res_rmn): the features zero-padded to d_model run through the layers'
     mixers in turn (no norms, residuals or MLPs: set mlp=None), and the linear head is fitted in closed form by ridge
     regression over the training stream (train.ridge is the regularization; rnnlab.models.readout)."""
+    norm: str = "rms"
+    """The blocks' and the final norm: "rms" (RMSNorm, a weight) or "layer" (LayerNorm, weight and bias: RWKV-4's)."""
+    embed_norm: bool = False
+    """A norm of that kind right after the embedding (RWKV-4's ln0 before its first block)."""
 
     def __post_init__(self):
         from rnnlab.layers.registry import available_mixers, check_mixer_options
@@ -90,6 +97,10 @@ class ModelConfig:
             raise ValueError(f"mixer_kwargs must be a dict or a list of one dict per layer, got {self.mixer_kwargs!r}")
         for m, k in zip(mixers, self.layer_kwargs()):  # bad options fail here, before any model is built
             check_mixer_options(m, self.d_model, k)
+        if not isinstance(self.mlp_kwargs, dict) or (self.mlp_kwargs and self.mlp in (None, "swiglu")):
+            raise ValueError(f"mlp_kwargs must be a dict, empty unless mlp is a registered mixer, got {self.mlp_kwargs!r}")
+        if self.mlp not in (None, "swiglu"):
+            check_mixer_options(self.mlp, self.d_model, self.mlp_kwargs)
         if (self.vocab_size is None) == (self.input_dim is None):
             raise ValueError("set exactly one of vocab_size (token inputs) or input_dim (feature inputs)")
         if self.head not in HEADS:
@@ -102,6 +113,10 @@ class ModelConfig:
             raise ValueError('head="regress" needs out_dim')
         if self.embedding_init not in EMBEDDING_INITS:
             raise ValueError(f"embedding_init must be one of {EMBEDDING_INITS}, got {self.embedding_init!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if not isinstance(self.embed_norm, bool):
+            raise ValueError(f"embed_norm must be a bool, got {self.embed_norm!r}")
         if self.pool not in ("last", "mean"):
             raise ValueError(f'pool must be "last" or "mean", got {self.pool!r}')
         if self.tie_embeddings and (self.head != "lm" or self.vocab_size is None):

@@ -32,22 +32,32 @@ class SwiGLU(nn.Module):
 
     def __init__(self, d_model: int, ratio: float = 4.0):
         super().__init__()
-        hidden = 8 * math.ceil(2 * ratio * d_model / 3 / 8)
+        hidden = self.hidden_size(d_model, ratio)
         self.w13 = nn.Linear(d_model, 2 * hidden, bias=False)
         self.w2 = nn.Linear(hidden, d_model, bias=False)
+
+    @staticmethod
+    def hidden_size(d_model: int, ratio: float) -> int:
+        return 8 * math.ceil(2 * ratio * d_model / 3 / 8)
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = self.w13(x).chunk(2, -1)
         return self.w2(F.silu(a) * b)
 
 
+def make_norm(kind: str, d_model: int, eps: float) -> nn.Module:
+    """ModelConfig.norm: "rms" -> RMSNorm (weight), "layer" -> LayerNorm (weight and bias)."""
+    return RMSNorm(d_model, eps) if kind == "rms" else nn.LayerNorm(d_model, eps=eps)
+
+
 class Block(nn.Module):
     """Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, mixer: Mixer, mlp: nn.Module | None, d_model: int, eps: float = 1e-6, dropout: float = 0.0):
+    def __init__(self, mixer: Mixer, mlp: nn.Module | None, d_model: int, eps: float = 1e-6, dropout: float = 0.0,
+                 norm: str = "rms"):
         super().__init__()
-        self.norm1, self.mixer = RMSNorm(d_model, eps), mixer
-        self.norm2 = RMSNorm(d_model, eps) if mlp is not None else None
+        self.norm1, self.mixer = make_norm(norm, d_model, eps), mixer
+        self.norm2 = make_norm(norm, d_model, eps) if mlp is not None else None
         self.mlp = mlp
         self.drop = nn.Dropout(dropout)
 
@@ -87,7 +97,7 @@ class SequenceModel(nn.Module):
         super().__init__()
         self.config = c = config
         out = {"lm": c.vocab_size, "classify": c.num_classes, "regress": c.out_dim}[c.head]
-        self.embed_scale = 1.0
+        self.embed_scale, self.embed_norm = 1.0, None
         if c.readout == "ridge":  # an untrained reservoir model with a closed-form head (rnnlab.models.readout)
             self.embed = PadFeatures(c.input_dim, c.d_model)
             self.blocks = nn.ModuleList(ReservoirBlock(create_mixer(name, c.d_model, **kw))
@@ -110,10 +120,12 @@ class SequenceModel(nn.Module):
             elif c.mlp == "swiglu":
                 mlp = SwiGLU(c.d_model, c.mlp_ratio)
             else:
-                mlp = create_mixer(c.mlp, c.d_model)
-            blocks.append(Block(mixer, mlp, c.d_model, c.norm_eps, c.dropout))
+                mlp = create_mixer(c.mlp, c.d_model, **c.mlp_kwargs)
+            blocks.append(Block(mixer, mlp, c.d_model, c.norm_eps, c.dropout, c.norm))
         self.blocks = nn.ModuleList(blocks)
-        self.norm = RMSNorm(c.d_model, c.norm_eps)
+        if c.embed_norm:
+            self.embed_norm = make_norm(c.norm, c.d_model, c.norm_eps)
+        self.norm = make_norm(c.norm, c.d_model, c.norm_eps)
         self.head = nn.Linear(c.d_model, out, bias=c.head != "lm")
         if c.tie_embeddings:
             self.head.weight = self.embed.weight
@@ -174,6 +186,8 @@ class SequenceModel(nn.Module):
         x = self.embed(inputs)
         if self.embed_scale != 1.0:
             x = x * self.embed_scale
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
         if state is None:
             state = self.init_state(batch, inputs.device)
         else:

@@ -196,6 +196,23 @@ def test_hf_peers_when_transformers_is_installed():
         assert y.shape == x.shape and torch.isfinite(y).all(), s.name
 
 
+def test_hf_models_time_the_import_against_its_original(tmp_path):
+    """--hf-models: an HF model and its from_hf import timed in one run, the original's row carrying the ratio;
+    a checkpoint folder works as an entry too."""
+    transformers = pytest.importorskip("transformers")
+    transformers.RwkvForCausalLM(transformers.RwkvConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2)).save_pretrained(tmp_path)
+    cfg = tiny_config(mixers=[], ops=[], packing=False, memory=False, decode_batches=[1], hf_models=["mamba2", str(tmp_path)])
+    result = run_bench(cfg, log=lambda s: None)
+    validate_result(result)
+    rows = {(r["kind"], r["name"], r["mode"], r["seq_len"]): r for r in result["rows"]}
+    for ours, theirs in (("from_hf:mamba2", "hf:Mamba2ForCausalLM"), (f"from_hf:{tmp_path.name}", "hf:RwkvForCausalLM")):
+        for mode in ("train", "prefill"):
+            assert rows[("mixer", ours, mode, 16)]["tokens_per_s"] > 0, result["notes"]
+            assert rows[("peer", theirs, mode, 16)]["ratio"] > 0
+        assert rows[("peer", theirs, "decode", 8)]["latency_us"] > 0
+    assert "from_hf:mamba2" in format_tables(result)
+
+
 def test_timing_and_memory_probe():
     t = time_call(lambda: sum(range(1000)), warmup=1, reps=4, budget_s=10.0)
     assert t.n == 4 and t.lo <= t.median <= t.hi
@@ -214,6 +231,7 @@ def test_timing_and_memory_probe():
 @pytest.mark.parametrize("argv, match", [
     (["--mixers", "nosuch"], "unknown mixer"), (["--ops", "nosuch"], "unknown op benchmark"),
     (["--reps", "0"], "reps must be >= 1"), (["--threads", "0"], "threads must be a positive int"),
+    (["--hf-models", "gpt2"], "neither model types"),
 ])
 def test_bad_bench_arguments_exit_2_before_timing(argv, match, capsys):
     from rnnlab.cli import main

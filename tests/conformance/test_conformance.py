@@ -9,3 +9,19 @@ from tests.conformance.checks import CHECKS, factory
 @pytest.mark.parametrize("name", rnnlab.available_mixers())
 def test_mixer_conforms(name, check):
     CHECKS[check](factory(name))
+
+
+# options that change what a mixer computes, added for checkpoint mappings (rnnlab.interop, issue 19): every check
+# holds with them on too
+VARIANTS = {"mamba[bias,no conv bias,falcon norms]": ("mamba", {"bias": True, "conv_bias": False, "bcdt_norm_eps": 1e-6}),
+            "mamba2[bias,no conv bias]": ("mamba2", {"bias": True, "conv_bias": False}),
+            "hawk[gate_blocks=4,reset_first_token]": ("hawk", {"gate_blocks": 4, "reset_first_token": True}),
+            "attention[gqa,partial rotary]": ("attention", {"num_heads": 4, "num_kv_heads": 2, "rotary_dim": 4}),
+            "sliding_attention[gqa]": ("sliding_attention", {"num_heads": 4, "num_kv_heads": 1})}
+
+
+@pytest.mark.parametrize("check", sorted(CHECKS))
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_mixer_option_variants_conform(variant, check):
+    name, options = VARIANTS[variant]
+    CHECKS[check](factory(name, **options))

@@ -12,7 +12,9 @@ MODELS = {
     "recurrent": ["lstm", "gated_deltanet"],
     "attention": ["attention", "sliding_attention"],
     "hybrid": ["mamba", "attention", "rwkv6"],
+    "layer_norm": ["rwkv4", "mamba"],  # RWKV-4's model: LayerNorms, ln0 after the embedding, a mixer as the MLP
 }
+OPTIONS = {"layer_norm": dict(norm="layer", embed_norm=True, mlp="rwkv4_channel_mix", mlp_kwargs={"expansion": 2})}
 LENGTHS = (1, 5, 40)
 
 
@@ -22,7 +24,8 @@ def model_of(kind, head="lm", **kw):
     kwargs = [rnnlab.mixer_info(m).small for m in mixers]
     cfg = ModelConfig(mixer=mixers, vocab_size=50 if head != "regress" else 0, input_dim=6 if head == "regress" else None,
                       d_model=32, n_layers=len(mixers), mixer_kwargs=kwargs, head=head,
-                      **({"num_classes": 3} if head == "classify" else {}), **({"out_dim": 2} if head == "regress" else {}), **kw)
+                      **({"num_classes": 3} if head == "classify" else {}), **({"out_dim": 2} if head == "regress" else {}),
+                      **{**OPTIONS.get(kind, {}), **kw})
     return SequenceModel(cfg).eval()
 
 
@@ -132,6 +135,9 @@ def test_bad_variable_length_inputs_raise():
     ({"n_layers": 0}, "n_layers must be a positive int"), ({"mlp_ratio": 0}, "mlp_ratio must be a number > 0"),
     ({"norm_eps": -1}, "norm_eps must be a number > 0"), ({"vocab_size": 0}, "vocab_size must be a positive int"),
     ({"d_model": True}, "d_model must be a positive int"), ({"dropout": 1.5}, "dropout must be in"),
+    ({"norm": "batch"}, "norm must be one of"), ({"embed_norm": 1}, "embed_norm must be a bool"),
+    ({"mlp_kwargs": {"expansion": 2}}, "mlp_kwargs must be a dict, empty unless"),
+    ({"mlp": "rwkv4_channel_mix", "mlp_kwargs": {"width": 2}}, "unknown option"),
 ])
 def test_bad_model_configs_name_the_field(change, match):
     with pytest.raises(ValueError, match=match):

@@ -1,0 +1,118 @@
+"""Imported HF models against their originals: ``rnnlab bench --hf-models mamba,rwkv,path/to/checkpoint``.
+
+Each entry is an HF model type that ``rnnlab.interop.from_hf`` maps (mamba, falcon_mamba, mamba2, bamba, rwkv: a 2-layer model of width ``--d-model``
+with random weights, vocabulary 512: nothing is downloaded) or a local checkpoint folder. The transformers
+model and its rnnlab import (``from_hf``) are timed in the same process on the same token ids, as whole causal
+LMs: train (forward + backward through the logits), prefill (forward), decode (one token with the cache /
+state after a prefill). The import is a row of kind "mixer" named ``from_hf:<type>``; the original a "peer" row
+whose ratio is the import's speed over the original's. Token ids come from the runner's inputs (x (B, T, D) ->
+ids (B, T)), so both see the same tokens; the train cotangent is applied to the first D logits.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from rnnlab.bench.runner import Subject
+
+__all__ = ["build_hf_model_pairs", "check_hf_entries", "MODEL_TYPES"]
+
+VOCAB, LAYERS = 512, 2
+MODEL_TYPES = ("mamba", "falcon_mamba", "mamba2", "bamba", "rwkv")  # what _hf_config builds
+
+
+def check_hf_entries(entries: list[str]) -> None:
+    """Each entry is a model type of MODEL_TYPES or an existing folder: a ValueError before any timing otherwise."""
+    bad = [e for e in entries if e not in MODEL_TYPES and not Path(e).is_dir()]
+    if bad:
+        raise ValueError(f"--hf-models: {bad} are neither model types ({', '.join(MODEL_TYPES)}) nor checkpoint folders")
+
+
+def _ids(x: Tensor, vocab: int) -> Tensor:
+    """The runner's float inputs (B, T, D) -> token ids (B, T), the same for both models."""
+    return (x[..., 0].float().abs() * 7919).long().remainder(vocab)
+
+
+def _hf_config(model_type: str, D: int):
+    import transformers
+
+    if model_type in ("mamba", "falcon_mamba"):
+        cls = transformers.FalconMambaConfig if model_type == "falcon_mamba" else transformers.MambaConfig
+        return cls(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, state_size=16)
+    if model_type == "mamba2":
+        head_dim = 64 if (2 * D) % 64 == 0 else 2 * D // 4
+        return transformers.Mamba2Config(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, state_size=64,
+                                         head_dim=head_dim, num_heads=2 * D // head_dim, n_groups=1, chunk_size=64)
+    if model_type == "bamba":  # a Mamba-2 layer, then a grouped-query attention layer
+        return transformers.BambaConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, intermediate_size=2 * D,
+                                        num_attention_heads=4, num_key_value_heads=2, attn_layer_indices=[1],
+                                        mamba_n_heads=2 * D // 64 if D % 32 == 0 else 4, mamba_d_head="auto", mamba_n_groups=1,
+                                        mamba_d_state=64, mamba_chunk_size=64)
+    if model_type == "rwkv":
+        return transformers.RwkvConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, context_length=1 << 16)
+    raise ValueError(f"--hf-models: no bench config for model type {model_type!r}")
+
+
+def _hf_subject(hf, vs: str, label: str) -> Subject:
+    """The transformers model as a Subject; decode passes its cache back under the name its output used."""
+    V = hf.config.vocab_size
+    D = hf.config.hidden_size
+    takes_position = "cache_position" in inspect.signature(hf.forward).parameters
+
+    def prefill(x):
+        out = hf(_ids(x, V), use_cache=True)
+        name = next(n for n in ("cache", "cache_params", "past_key_values", "state") if getattr(out, n, None) is not None)
+        return {"name": name, "cache": getattr(out, name), "pos": x.shape[1]}
+
+    def step(x, s):
+        kw = {s["name"]: s["cache"]}
+        if takes_position:  # transformers 4.x's Mamba needs it with a cache
+            kw["cache_position"] = torch.tensor([s["pos"]])
+        out = hf(_ids(x, V), use_cache=True, **kw)
+        return out.logits, {**s, "cache": getattr(out, s["name"]), "pos": s["pos"] + 1}
+
+    return Subject("peer", f"hf:{type(hf).__name__}", "model", hf, fwd=lambda x: hf(_ids(x, V), use_cache=False).logits[..., :D],
+                   prefill=prefill, step=step, vs=vs, note=f"{label}; transformers' CPU path")
+
+
+def _rnnlab_subject(model, name: str, label: str) -> Subject:
+    V, D = model.config.vocab_size, model.config.d_model
+    return Subject("mixer", name, "model", model, fwd=lambda x: model(_ids(x, V))[0][..., :D],
+                   prefill=lambda x: model(_ids(x, V))[1], step=lambda x, s: model(_ids(x, V), s),
+                   state_floats=model.state_size, note=f"{label}; rnnlab.interop.from_hf")
+
+
+def build_hf_model_pairs(entries: list[str], d_model: int, seed: int = 0) -> tuple[list[Subject], list[str]]:
+    """--hf-models entries -> (subjects: the rnnlab import then the HF original, per entry; notes on failures)."""
+    import importlib.util
+
+    if importlib.util.find_spec("fla") is not None:
+        return [], ["--hf-models: flash-linear-attention is importable (HF's layers would call its Triton kernels on CPU); skipped"]
+    if importlib.util.find_spec("transformers") is None:
+        return [], ["--hf-models: HF transformers not installed (pip install 'rnnlab[hf]'); skipped"]
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    from rnnlab.interop import from_hf, hf_architectures
+
+    hf_logging.set_verbosity_error()
+    subjects, notes = [], []
+    for entry in entries:
+        try:
+            torch.manual_seed(seed)
+            if Path(entry).is_dir():
+                hf = transformers.AutoModelForCausalLM.from_pretrained(entry, dtype=torch.float32)
+                label, tag = f"checkpoint {entry}", Path(entry).name
+            else:
+                cfg = _hf_config(entry, d_model)
+                hf = getattr(transformers, hf_architectures()[entry].hf_class)(cfg)
+                label, tag = f"{LAYERS} layers, d_model {d_model}, vocab {VOCAB}, random weights", entry
+            hf.eval()
+            name = f"from_hf:{tag}"
+            subjects += [_rnnlab_subject(from_hf(hf), name, label), _hf_subject(hf, name, label)]
+        except Exception as e:
+            notes.append(f"--hf-models {entry}: could not be built ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    return subjects, notes

@@ -1,0 +1,373 @@
+"""The HF architectures ``from_hf`` / ``to_hf`` map onto rnnlab mixers (rules: rnnlab/interop/convert.py).
+
+- Mamba (``mamba``) and Falcon Mamba (``falcon_mamba``): embedding -> [RMSNorm -> ``mamba``] x L -> RMSNorm ->
+  head, no MLP; the mixer with HF's ``use_bias`` / ``use_conv_bias`` and, for Falcon Mamba, its weightless RMS
+  norms of Δ, B, C (``bcdt_norm_eps`` = ``mixer_rms_eps``).
+- Mamba-2 (``mamba2``): the same backbone around the ``mamba2`` mixer (z, xBC, dt in one projection, gated
+  RMSNorm per group, norm after the gate). HF's ``time_step_limit`` must be its default (0, inf).
+- Layers (``layer_from_hf``): Qwen3-Next's and Qwen3.5's gated DeltaNet -> ``gated_deltanet`` (equal key and
+  value head counts), RecurrentGemma's recurrent block -> ``hawk`` (``gate_blocks``, ``reset_first_token``): the
+  recurrent layers of those hybrid stacks on their own.
+- Bamba (``bamba``): RMSNorm -> (``mamba2`` | ``attention``) -> RMSNorm -> SwiGLU per layer, the attention layers
+  at ``attn_layer_indices`` with grouped-query heads (``num_kv_heads``) and rotary embeddings on half of each head
+  (``rotary_dim``), HF's q, k, v projections fused into rnnlab's one ``qkv`` matrix.
+- RWKV-4 (``rwkv``): embedding -> LayerNorm (ln0) -> [LayerNorm -> ``rwkv4`` time-mix, LayerNorm ->
+  ``rwkv4_channel_mix``] x L -> LayerNorm -> head. HF's inference-time rescaling (``rescale_every``: hidden
+  states halved every few layers, weights divided to match; equal up to LayerNorm's eps) is undone: rnnlab
+  runs the unscaled network, as HF does in training mode.
+
+The residual stream is float32 in rnnlab (HF's ``residual_in_fp32``); HF configs whose activation is not SiLU
+(Mamba, Mamba-2) or whose RWKV sizes rnnlab's layers do not have (attention_hidden_size != hidden_size, an
+intermediate size that is not a multiple of hidden_size) are refused with a ValueError naming the field.
+"""
+from __future__ import annotations
+
+import math
+
+from einops import rearrange
+
+from rnnlab.interop.convert import Arch, Rule, register_arch
+from rnnlab.models.config import ModelConfig
+
+_INF = float("inf")
+
+
+def _need(cfg, name: str, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"from_hf({cfg.model_type}): {name} = {getattr(cfg, name, None)!r} has no rnnlab counterpart "
+                         f"(rnnlab maps {expected})")
+
+
+def _squeeze_conv(t):  # HF's nn.Conv1d weight (C, 1, W) <-> ShortConv's (C, W)
+    return t[:, 0]
+
+
+def _unsqueeze_conv(t):
+    return t[:, None]
+
+
+def _backbone(prefix: str, embed: str, final_norm: str, head: str = "lm_head.weight") -> list[Rule]:
+    return [Rule(f"{prefix}.{embed}.weight", "embed.weight"), Rule(f"{prefix}.{final_norm}.weight", "norm.weight"),
+            Rule(head, "head.weight")]
+
+
+def _lm(hf_cfg, mixer: str | list[str], mixer_kwargs: dict | list[dict], **kw) -> ModelConfig:
+    return ModelConfig(mixer=mixer, mixer_kwargs=mixer_kwargs, d_model=hf_cfg.hidden_size, n_layers=hf_cfg.num_hidden_layers,
+                       vocab_size=hf_cfg.vocab_size, tie_embeddings=bool(hf_cfg.tie_word_embeddings),
+                       embedding_init="gpt2",  # the embedding enters unscaled, as in every HF recurrent LM here
+                       **kw)
+
+
+# --- Mamba and Falcon Mamba ------------------------------------------------------------------------------------
+
+def _mamba_config(cfg) -> ModelConfig:
+    _need(cfg, "hidden_act", cfg.hidden_act == "silu", "SiLU")
+    rank = int(cfg.time_step_rank)
+    kw = {"d_state": cfg.state_size, "expand": cfg.expand, "d_conv": cfg.conv_kernel,
+          "dt_rank": "auto" if rank == math.ceil(cfg.hidden_size / 16) else rank,
+          "bias": bool(cfg.use_bias), "conv_bias": bool(cfg.use_conv_bias)}
+    if cfg.model_type == "falcon_mamba":
+        kw["bcdt_norm_eps"] = float(cfg.mixer_rms_eps)
+    return _lm(cfg, "mamba", kw, mlp=None, norm_eps=cfg.layer_norm_epsilon)
+
+
+def _mamba_to_hf(mc: ModelConfig, model_type: str):
+    import transformers
+
+    kw = mc.layer_kwargs()[0]
+    falcon = model_type == "falcon_mamba"
+    extra = {"mixer_rms_eps": kw["bcdt_norm_eps"]} if falcon and "bcdt_norm_eps" in kw else {}
+    cls = transformers.FalconMambaConfig if falcon else transformers.MambaConfig
+    return cls(vocab_size=mc.vocab_size, hidden_size=mc.d_model, num_hidden_layers=mc.n_layers, state_size=kw.get("d_state", 16),
+               expand=kw.get("expand", 2), conv_kernel=kw.get("d_conv", 4), time_step_rank=_rank(kw.get("dt_rank", "auto"), mc.d_model),
+               use_bias=kw.get("bias", False), use_conv_bias=kw.get("conv_bias", True), layer_norm_epsilon=mc.norm_eps,
+               tie_word_embeddings=mc.tie_embeddings, hidden_act="silu", **extra)
+
+
+def _rank(dt_rank, d_model: int) -> int:
+    return math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+
+
+def _mamba_rules(cfg) -> list[Rule]:
+    m, b = "backbone.layers.{i}.mixer", "blocks.{i}.mixer"
+    rules = _backbone("backbone", "embeddings", "norm_f") + [
+        Rule("backbone.layers.{i}.norm.weight", "blocks.{i}.norm1.weight"),
+        Rule(f"{m}.conv1d.weight", f"{b}.conv.weight", _squeeze_conv, _unsqueeze_conv),
+    ]
+    names = ["in_proj.weight", "x_proj.weight", "dt_proj.weight", "dt_proj.bias", "A_log", "D", "out_proj.weight"]
+    names += ["in_proj.bias", "out_proj.bias"] if cfg.use_bias else []
+    rules += [Rule(f"{m}.{n}", f"{b}.{n}") for n in names]
+    if cfg.use_conv_bias:
+        rules.append(Rule(f"{m}.conv1d.bias", f"{b}.conv.bias"))
+    return rules
+
+
+register_arch(Arch("Mamba", ("mamba",), "MambaForCausalLM", _mamba_config, lambda mc: _mamba_to_hf(mc, "mamba"), _mamba_rules))
+register_arch(Arch("Falcon Mamba", ("falcon_mamba",), "FalconMambaForCausalLM", _mamba_config,
+                   lambda mc: _mamba_to_hf(mc, "falcon_mamba"), _mamba_rules))
+
+
+# --- Mamba-2 ---------------------------------------------------------------------------------------------------
+
+def _mamba2_config(cfg) -> ModelConfig:
+    _need(cfg, "hidden_act", cfg.hidden_act == "silu", "SiLU")
+    _need(cfg, "time_step_limit", tuple(cfg.time_step_limit) == (0.0, _INF), "the default (0.0, inf) only")
+    d_inner = cfg.expand * cfg.hidden_size
+    _need(cfg, "num_heads", cfg.num_heads * cfg.head_dim == d_inner, f"num_heads * head_dim == expand * hidden_size = {d_inner}")
+    kw = {"d_state": cfg.state_size, "d_conv": cfg.conv_kernel, "expand": cfg.expand, "headdim": cfg.head_dim,
+          "ngroups": cfg.n_groups, "chunk_size": cfg.chunk_size, "norm_eps": cfg.layer_norm_epsilon,
+          "bias": bool(cfg.use_bias), "conv_bias": bool(cfg.use_conv_bias)}
+    return _lm(cfg, "mamba2", kw, mlp=None, norm_eps=cfg.layer_norm_epsilon)
+
+
+def _mamba2_to_hf(mc: ModelConfig):
+    import transformers
+
+    kw = mc.layer_kwargs()[0]
+    expand, headdim = kw.get("expand", 2), kw.get("headdim", 64)
+    return transformers.Mamba2Config(
+        vocab_size=mc.vocab_size, hidden_size=mc.d_model, num_hidden_layers=mc.n_layers, state_size=kw.get("d_state", 128),
+        conv_kernel=kw.get("d_conv", 4), expand=expand, head_dim=headdim, num_heads=expand * mc.d_model // headdim,
+        n_groups=kw.get("ngroups", 1), chunk_size=kw.get("chunk_size", 64), layer_norm_epsilon=mc.norm_eps,
+        use_bias=kw.get("bias", False), use_conv_bias=kw.get("conv_bias", True), tie_word_embeddings=mc.tie_embeddings,
+        hidden_act="silu", time_step_limit=(0.0, _INF))
+
+
+def _mamba2_mixer_rules(m: str, b: str, bias: bool, conv_bias: bool) -> list[Rule]:
+    """HF's Mamba2Mixer (or Bamba's copy of it) at ``m`` <-> rnnlab's mamba2 mixer at ``b``."""
+    names = ["in_proj.weight", "dt_bias", "A_log", "D", "out_proj.weight"] + (["in_proj.bias", "out_proj.bias"] if bias else [])
+    rules = [Rule(f"{m}.{n}", f"{b}.{n}") for n in names]
+    rules += [Rule(f"{m}.conv1d.weight", f"{b}.conv.weight", _squeeze_conv, _unsqueeze_conv), Rule(f"{m}.norm.weight", f"{b}.norm_weight")]
+    return rules + ([Rule(f"{m}.conv1d.bias", f"{b}.conv.bias")] if conv_bias else [])
+
+
+def _mamba2_rules(cfg) -> list[Rule]:
+    return (_backbone("backbone", "embeddings", "norm_f") + [Rule("backbone.layers.{i}.norm.weight", "blocks.{i}.norm1.weight")]
+            + _mamba2_mixer_rules("backbone.layers.{i}.mixer", "blocks.{i}.mixer", cfg.use_bias, cfg.use_conv_bias))
+
+
+register_arch(Arch("Mamba-2", ("mamba2",), "Mamba2ForCausalLM", _mamba2_config, _mamba2_to_hf, _mamba2_rules))
+
+
+# --- Bamba: Mamba-2 and attention layers, each followed by a SwiGLU MLP --------------------------------------------
+
+def _swiglu_ratio(d_model: int, hidden: int) -> float:
+    """The mlp_ratio whose SwiGLU has exactly ``hidden`` units (rnnlab rounds 2/3·ratio·d up to a multiple of 8)."""
+    from rnnlab.models.model import SwiGLU
+
+    ratio = 1.5 * hidden / d_model
+    if SwiGLU.hidden_size(d_model, ratio) != hidden:
+        raise ValueError(f"intermediate_size {hidden} has no rnnlab SwiGLU counterpart (a multiple of 8 is needed)")
+    return ratio
+
+
+def _bamba_config(cfg) -> ModelConfig:
+    _need(cfg, "hidden_act", cfg.hidden_act == "silu", "SiLU")
+    _need(cfg, "time_step_limit", tuple(getattr(cfg, "time_step_limit", (0.0, _INF))) == (0.0, _INF), "the default (0.0, inf) only")
+    _need(cfg, "mlp_bias", not getattr(cfg, "mlp_bias", False), "SwiGLU MLPs without biases")
+    rope = getattr(cfg, "rope_parameters", None) or {"rope_type": "default", "rope_theta": getattr(cfg, "rope_theta", 10000.0)}
+    _need(cfg, "rope_parameters", rope.get("rope_type", "default") == "default", "the default rotary embedding")
+    H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    _need(cfg, "head_dim", head_dim * H == cfg.hidden_size, "head_dim == hidden_size / num_attention_heads")
+    attn = {"num_heads": H, "num_kv_heads": Hkv, "rotary_dim": int(head_dim * getattr(cfg, "partial_rotary_factor", 0.5)),
+            "rope_base": float(rope["rope_theta"]), "bias": bool(getattr(cfg, "attention_bias", False))}
+    ssm = {"d_state": cfg.mamba_d_state, "d_conv": cfg.mamba_d_conv, "expand": cfg.mamba_expand, "headdim": cfg.mamba_d_head,
+           "ngroups": cfg.mamba_n_groups, "chunk_size": cfg.mamba_chunk_size, "norm_eps": cfg.rms_norm_eps,
+           "bias": bool(cfg.mamba_proj_bias), "conv_bias": bool(cfg.mamba_conv_bias)}
+    kinds = ["attention" if i in (cfg.attn_layer_indices or []) else "mamba2" for i in range(cfg.num_hidden_layers)]
+    return _lm(cfg, kinds, [attn if k == "attention" else ssm for k in kinds], mlp="swiglu",
+               mlp_ratio=_swiglu_ratio(cfg.hidden_size, cfg.intermediate_size), norm_eps=cfg.rms_norm_eps)
+
+
+def _bamba_to_hf(mc: ModelConfig):
+    import transformers
+
+    from rnnlab.models.model import SwiGLU
+
+    kinds, kws = mc.layer_mixers(), mc.layer_kwargs()
+    attn = next((kw for k, kw in zip(kinds, kws) if k == "attention"), {"num_heads": 4})
+    ssm = next((kw for k, kw in zip(kinds, kws) if k == "mamba2"), {})
+    H = attn.get("num_heads", 4)
+    expand, headdim = ssm.get("expand", 2), ssm.get("headdim", 64)
+    rope = attn.get("rope_base", 10000.0)
+    rope_kw = {"rope_parameters": {"rope_type": "default", "rope_theta": rope}} if int(transformers.__version__.split(".")[0]) >= 5 else {}
+    return transformers.BambaConfig(
+        vocab_size=mc.vocab_size, hidden_size=mc.d_model, num_hidden_layers=mc.n_layers, tie_word_embeddings=mc.tie_embeddings,
+        intermediate_size=SwiGLU.hidden_size(mc.d_model, mc.mlp_ratio), num_attention_heads=H,
+        num_key_value_heads=attn.get("num_kv_heads") or H, attention_bias=attn.get("bias", False),
+        attn_layer_indices=[i for i, k in enumerate(kinds) if k == "attention"], mamba_n_heads=expand * mc.d_model // headdim,
+        mamba_d_head=headdim, mamba_n_groups=ssm.get("ngroups", 1), mamba_d_state=ssm.get("d_state", 128),
+        mamba_d_conv=ssm.get("d_conv", 4), mamba_expand=expand, mamba_chunk_size=ssm.get("chunk_size", 64),
+        mamba_conv_bias=ssm.get("conv_bias", True), mamba_proj_bias=ssm.get("bias", False), rms_norm_eps=mc.norm_eps,
+        hidden_act="silu", mlp_bias=False, **rope_kw)
+
+
+def _bamba_rules(cfg) -> list[Rule]:
+    L, b = "model.layers.{i}", "blocks.{i}"
+    H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
+    hd = cfg.hidden_size // H
+    sizes = [H * hd, Hkv * hd, Hkv * hd]
+
+    def qkv_rule(kind: str) -> Rule:
+        return Rule(tuple(f"{L}.self_attn.{n}_proj.{kind}" for n in "qkv"), f"{b}.mixer.qkv.{kind}",
+                    to_hf=lambda t: tuple(t.split(sizes, 0)))
+
+    rules = _backbone("model", "embed_tokens", "final_layernorm") + [
+        Rule(f"{L}.input_layernorm.weight", f"{b}.norm1.weight"), Rule(f"{L}.pre_ff_layernorm.weight", f"{b}.norm2.weight"),
+        Rule((f"{L}.feed_forward.gate_proj.weight", f"{L}.feed_forward.up_proj.weight"), f"{b}.mlp.w13.weight"),
+        Rule(f"{L}.feed_forward.down_proj.weight", f"{b}.mlp.w2.weight"),
+        qkv_rule("weight"), Rule(f"{L}.self_attn.o_proj.weight", f"{b}.mixer.out.weight"),
+    ]
+    if getattr(cfg, "attention_bias", False):
+        rules += [qkv_rule("bias"), Rule(f"{L}.self_attn.o_proj.bias", f"{b}.mixer.out.bias")]
+    return rules + _mamba2_mixer_rules(f"{L}.mamba", f"{b}.mixer", cfg.mamba_proj_bias, cfg.mamba_conv_bias)
+
+
+register_arch(Arch("Bamba", ("bamba",), "BambaForCausalLM", _bamba_config, _bamba_to_hf, _bamba_rules))
+
+
+# --- RWKV-4 ----------------------------------------------------------------------------------------------------
+
+def _rwkv_config(cfg) -> ModelConfig:
+    D = cfg.hidden_size
+    att = cfg.attention_hidden_size or D
+    inter = cfg.intermediate_size or 4 * D
+    _need(cfg, "attention_hidden_size", att == D, "attention_hidden_size == hidden_size")
+    _need(cfg, "intermediate_size", inter % D == 0, "a multiple of hidden_size")
+    _need(cfg, "layer_norm_epsilon", cfg.layer_norm_epsilon == 1e-5, "1e-5, the eps of HF's final LayerNorm")
+    return _lm(cfg, "rwkv4", {}, mlp="rwkv4_channel_mix", mlp_kwargs={"expansion": inter // D}, norm="layer",
+               embed_norm=True, norm_eps=cfg.layer_norm_epsilon)
+
+
+def _rwkv_to_hf(mc: ModelConfig):
+    import transformers
+
+    return transformers.RwkvConfig(vocab_size=mc.vocab_size, hidden_size=mc.d_model, num_hidden_layers=mc.n_layers,
+                                   attention_hidden_size=mc.d_model, intermediate_size=mc.mlp_kwargs.get("expansion", 4) * mc.d_model,
+                                   layer_norm_epsilon=mc.norm_eps, tie_word_embeddings=mc.tie_embeddings)
+
+
+def _flat(t):  # HF's time_mix_* (1, 1, D) <-> rnnlab's (D,)
+    return t.reshape(-1)
+
+
+def _unflat(t):
+    return rearrange(t, "d -> 1 1 d")
+
+
+def _rwkv_rules(cfg) -> list[Rule]:
+    a, f, b = "rwkv.blocks.{i}.attention", "rwkv.blocks.{i}.feed_forward", "blocks.{i}"
+    rules = _backbone("rwkv", "embeddings", "ln_out", head="head.weight") + [
+        Rule("rwkv.ln_out.bias", "norm.bias"),
+        Rule("rwkv.blocks.0.pre_ln.weight", "embed_norm.weight"), Rule("rwkv.blocks.0.pre_ln.bias", "embed_norm.bias"),
+    ]
+    for n in ("weight", "bias"):
+        rules += [Rule(f"rwkv.blocks.{{i}}.ln1.{n}", f"{b}.norm1.{n}"), Rule(f"rwkv.blocks.{{i}}.ln2.{n}", f"{b}.norm2.{n}")]
+    rules += [Rule(f"{a}.{n}", f"{b}.mixer.{n}") for n in ("time_decay", "time_first", "key.weight", "value.weight",
+                                                           "receptance.weight", "output.weight")]
+    rules += [Rule(f"{a}.time_mix_{hf}", f"{b}.mixer.time_mix_{r}", _flat, _unflat) for hf, r in (("key", "k"), ("value", "v"), ("receptance", "r"))]
+    rules += [Rule(f"{f}.time_mix_{hf}", f"{b}.mlp.time_mix_{r}", _flat, _unflat) for hf, r in (("key", "k"), ("receptance", "r"))]
+    rules += [Rule(f"{f}.{n}.weight", f"{b}.mlp.{n}.weight") for n in ("key", "receptance", "value")]
+    return rules
+
+
+def _rwkv_unrescale(hf_model, state: dict) -> dict:
+    """HF's RwkvModel divides each block's attention.output and feed_forward.value weights by 2^(i // rescale_every)
+    in place when it first runs in eval mode (and halves the hidden states to match); multiply them back."""
+    base = getattr(hf_model, "rwkv", hf_model)
+    every = hf_model.config.rescale_every
+    if not getattr(base, "layers_are_rescaled", False) or not every:
+        return state
+    state = dict(state)
+    for k in list(state):
+        m = k.split(".")
+        if k.endswith(("attention.output.weight", "feed_forward.value.weight")) and "blocks" in m:
+            state[k] = state[k] * 2 ** (int(m[m.index("blocks") + 1]) // every)
+    return state
+
+
+register_arch(Arch("RWKV-4", ("rwkv",), "RwkvForCausalLM", _rwkv_config, _rwkv_to_hf, _rwkv_rules, fix_hf_state=_rwkv_unrescale))
+
+
+# --- layers of hybrid stacks: Qwen3-Next / Qwen3.5 gated DeltaNet -----------------------------------------------
+
+def layer_from_hf(layer):
+    """A transformers layer of a hybrid stack -> the rnnlab mixer computing the same function, with its weights.
+    Supported: Qwen3NextGatedDeltaNet, Qwen3_5GatedDeltaNet (-> gated_deltanet), RecurrentGemmaRecurrentBlock (-> hawk)."""
+    name = type(layer).__name__
+    if name not in LAYERS:
+        raise ValueError(f"layer_from_hf: no mapping for {name}; supported: {', '.join(sorted(LAYERS))}")
+    return LAYERS[name](layer)
+
+
+def gated_deltanet_from_hf(layer):
+    """A transformers ``Qwen3NextGatedDeltaNet`` or ``Qwen3_5GatedDeltaNet`` layer -> rnnlab ``gated_deltanet`` mixer
+    with its weights (the layer alone: the stacks around it, with gated attention and mixture-of-experts MLPs,
+    have no rnnlab counterpart yet). Equal key and value head counts only (Qwen3-Next's checkpoints use twice as
+    many value heads, which rnnlab's gated_deltanet does not have)."""
+    import torch
+
+    from rnnlab.layers.registry import create_mixer
+
+    H, Hv, K, V = layer.num_k_heads, layer.num_v_heads, layer.head_k_dim, layer.head_v_dim
+    if Hv != H:
+        raise ValueError(f"gated_deltanet_from_hf: {Hv} value heads for {H} key heads; rnnlab's gated_deltanet has one "
+                         "value head per key head")
+    if layer.activation != "silu":
+        raise ValueError(f"gated_deltanet_from_hf: conv activation {layer.activation!r}; rnnlab's is SiLU")
+    mixer = create_mixer("gated_deltanet", layer.hidden_size, num_heads=H, head_dim=K, expand_v=V / K,
+                         conv_size=layer.conv_kernel_size, norm_eps=float(layer.layer_norm_epsilon))
+    if V != mixer.head_v:
+        raise ValueError(f"gated_deltanet_from_hf: value head size {V} is not a whole multiple of the key head size {K}")
+    D = layer.hidden_size
+    if hasattr(layer, "in_proj_qkvz"):  # Qwen3-Next: rows grouped per key head, [q, k, v, z] then [b, a]
+        qkvz = layer.in_proj_qkvz.weight.view(H, 2 * K + 2 * V, D)
+        q, k, v, z = (rearrange(t, "h r d -> (h r) d") for t in qkvz.split([K, K, V, V], 1))
+        b, a = (rearrange(t, "h r d -> (h r) d") for t in layer.in_proj_ba.weight.view(H, 2, D).split([1, 1], 1))
+    else:  # Qwen3.5: [q (all heads), k, v] and separate z, b, a
+        q, k, v = layer.in_proj_qkv.weight.split([H * K, H * K, H * V], 0)
+        z, b, a = layer.in_proj_z.weight, layer.in_proj_b.weight, layer.in_proj_a.weight
+    cq, ck, cv = layer.conv1d.weight[:, 0].split([H * K, H * K, H * V], 0)
+    with torch.no_grad():
+        for dst, src in ((mixer.q_proj.weight, q), (mixer.k_proj.weight, k), (mixer.v_proj.weight, v), (mixer.g_proj.weight, z),
+                         (mixer.b_proj.weight, b), (mixer.a_proj.weight, a), (mixer.q_conv.weight, cq), (mixer.k_conv.weight, ck),
+                         (mixer.v_conv.weight, cv), (mixer.A_log, layer.A_log), (mixer.dt_bias, layer.dt_bias),
+                         (mixer.o_norm.weight, layer.norm.weight), (mixer.o_proj.weight, layer.out_proj.weight)):
+            if dst.shape != src.shape:
+                raise ValueError(f"gated_deltanet_from_hf: shape {tuple(src.shape)} for {tuple(dst.shape)}")
+            dst.copy_(src)
+    return mixer.eval()
+
+
+def hawk_from_hf(block):
+    """A transformers ``RecurrentGemmaRecurrentBlock`` (Griffin's recurrent block with the RG-LRU) -> rnnlab ``hawk``
+    with recurrentgemma's options: block-diagonal gates (one block per head) and the first-token reset. HF's
+    ``recurrent_param`` is -Lambda (log a = -8 r softplus(recurrent_param)); its gate weights are (in, out) per block."""
+    import torch
+
+    from rnnlab.layers.registry import create_mixer
+
+    cfg_act = getattr(block.act_fn, "__class__", type(block.act_fn)).__name__
+    lru = block.rg_lru
+    D, Dr = block.hidden_size, block.lru_width
+    mixer = create_mixer("hawk", D, expansion=Dr / D, conv_size=block.conv1d_width, gate_blocks=lru.num_attention_heads,
+                         reset_first_token=True)
+    if mixer.d_rnn != Dr or cfg_act not in ("PytorchGELUTanh", "GELUTanh"):
+        raise ValueError(f"hawk_from_hf: lru_width {Dr} for hidden_size {D} and activation {cfg_act}; rnnlab maps "
+                         "round(expansion * d_model) channels and tanh-approximated GeLU")
+    pairs = [(mixer.linear_y.weight, block.linear_y.weight), (mixer.linear_y.bias, block.linear_y.bias),
+             (mixer.linear_x.weight, block.linear_x.weight), (mixer.linear_x.bias, block.linear_x.bias),
+             (mixer.linear_out.weight, block.linear_out.weight), (mixer.linear_out.bias, block.linear_out.bias),
+             (mixer.conv.weight, block.conv_1d.weight[:, 0]), (mixer.conv.bias, block.conv_1d.bias),
+             (mixer.Lambda, -lru.recurrent_param),
+             (mixer.gate_x.weight, lru.input_gate_weight.transpose(1, 2)), (mixer.gate_x.bias, lru.input_gate_bias.reshape(-1)),
+             (mixer.gate_a.weight, lru.recurrent_gate_weight.transpose(1, 2)), (mixer.gate_a.bias, lru.recurrent_gate_bias.reshape(-1))]
+    with torch.no_grad():
+        for dst, src in pairs:
+            dst.copy_(src)
+    return mixer.eval()
+
+
+LAYERS = {"Qwen3NextGatedDeltaNet": gated_deltanet_from_hf, "Qwen3_5GatedDeltaNet": gated_deltanet_from_hf,
+          "RecurrentGemmaRecurrentBlock": hawk_from_hf}

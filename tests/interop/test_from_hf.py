@@ -1,0 +1,219 @@
+"""HF recurrent checkpoints in rnnlab: tiny random HF models built locally (nothing downloaded) give the same
+logits through rnnlab's forms as through transformers, in the parallel form, token by token and in left-padded
+batches, within the float32 tolerance of rnnlab.testing (measured: 1e-7 to 5e-7 relative); to_hf brings them back."""
+import importlib.util
+import inspect
+
+import pytest
+import torch
+
+if importlib.util.find_spec("transformers") is None:
+    pytest.skip("HF interop tests need transformers (pip install 'rnnlab[hf]')", allow_module_level=True)
+if importlib.util.find_spec("fla") is not None:  # HF's recurrent layers would call its Triton kernels on CPU tensors
+    pytest.skip("flash-linear-attention is importable: HF's recurrent layers would run its Triton kernels", allow_module_level=True)
+
+import transformers  # noqa: E402
+from rnnlab import ModelConfig, SequenceModel  # noqa: E402
+from rnnlab.interop import from_hf, hf_architectures, layer_from_hf, to_hf  # noqa: E402
+from rnnlab.testing import assert_close  # noqa: E402
+
+transformers.logging.set_verbosity_error()
+V, T = 64, 13
+
+# model_type -> (config class, tiny config): 2 layers, odd sizes where the architecture allows them
+CONFIGS = {
+    "mamba": ("MambaConfig", dict(hidden_size=24, state_size=5, expand=2, conv_kernel=4, time_step_rank=3, use_bias=True)),
+    "falcon_mamba": ("FalconMambaConfig", dict(hidden_size=24, state_size=5, expand=2, conv_kernel=3, mixer_rms_eps=1e-6,
+                                               use_conv_bias=False)),
+    # n_groups > 1 only from transformers 5: 4.x's CPU path normalizes over all of d_inner instead of per group
+    # (mamba_ssm's RMSNormGated(group_size=d_inner / ngroups), which rnnlab's mamba2 and transformers 5 follow)
+    "mamba2": ("Mamba2Config", dict(hidden_size=32, state_size=8, expand=2, head_dim=16, num_heads=4,
+                                    n_groups=2 if int(transformers.__version__.split(".")[0]) >= 5 else 1,
+                                    conv_kernel=4, chunk_size=8, use_bias=True, tie_word_embeddings=False)),
+    # two Mamba-2 layers around a grouped-query attention layer (4 query heads, 2 key/value heads, rotary on half)
+    "bamba": ("BambaConfig", dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+                                  attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=8,
+                                  mamba_chunk_size=8, attention_bias=True, num_hidden_layers=3)),
+    "rwkv": ("RwkvConfig", dict(hidden_size=32, attention_hidden_size=32, intermediate_size=96, context_length=64)),
+}
+
+
+def hf_model(model_type, **over):
+    cls, kw = CONFIGS[model_type]
+    torch.manual_seed(0)
+    cfg = getattr(transformers, cls)(vocab_size=V, **{"num_hidden_layers": 2, **kw, **over})
+    model = getattr(transformers, hf_architectures()[model_type].hf_class)(cfg).eval()
+    with torch.no_grad():  # move every tensor off its initial value (zero biases, unit norms) so that each one matters
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p) * p.abs().mean().clamp_min(0.1))
+    return model
+
+
+def hf_logits(model, ids, mask=None):
+    with torch.no_grad():
+        return model(ids, attention_mask=mask, use_cache=False).logits
+
+
+def test_every_architecture_has_a_tiny_config_here():
+    assert set(CONFIGS) == set(hf_architectures())
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_logits_equal_hf_parallel_stepped_and_left_padded(model_type):
+    hf = hf_model(model_type)
+    model = from_hf(hf)
+    ids = torch.randint(0, V, (3, T), generator=torch.Generator().manual_seed(1))
+    expected = hf_logits(hf, ids)
+    with torch.no_grad():
+        assert_close(model(ids)[0], expected, name="parallel")
+        state, steps = None, []
+        for t in range(T):  # the recurrent form, one token at a time
+            out, state = model(ids[:, t : t + 1], state)
+            steps.append(out)
+        assert_close(torch.cat(steps, 1), expected, name="stepped")
+        # left-padded rows of lengths 13, 6, 1: each row's logits are its sequence's alone (HF run per row, unpadded)
+        lengths, mask = [13, 6, 1], torch.zeros(3, T, dtype=torch.long)
+        padded = ids.clone()
+        for b, n in enumerate(lengths):
+            mask[b, T - n :] = 1
+            padded[b, : T - n] = 0
+        got = model(padded, attention_mask=mask)[0]
+        for b, n in enumerate(lengths):
+            assert_close(got[b, T - n :], hf_logits(hf, ids[b : b + 1, T - n :])[0], name=f"left-padded row {b}")
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_to_hf_round_trips_and_paths_load(model_type, tmp_path):
+    hf = hf_model(model_type)
+    model = from_hf(hf)
+    back = to_hf(model, model_type)
+    assert type(back) is type(hf)
+    ids = torch.randint(0, V, (2, T))
+    assert torch.equal(hf_logits(back, ids), hf_logits(hf, ids))
+    hf.save_pretrained(tmp_path)  # a local checkpoint folder: config.json + safetensors, read without modeling code
+    loaded = from_hf(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids)[0], model(ids)[0])
+
+
+def test_hf_generate_from_a_cache_equals_rnnlab_generate():
+    """HF's own recurrent decoding (its cache) and rnnlab's give the same greedy tokens. (HF's RWKV decodes one row
+    only: its single-token shift broadcasts a (B, D) state against (B, 1, D) inputs into (B, B, D).)"""
+    for model_type in ("mamba", "falcon_mamba", "mamba2", "bamba", "rwkv"):
+        hf = hf_model(model_type)
+        ids = torch.randint(1, V, (1 if model_type == "rwkv" else 2, 7))
+        got = hf.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+        assert torch.equal(got, from_hf(hf).generate(ids, 8, temperature=0)), model_type
+
+
+def test_rwkv_inference_rescaling_is_undone():
+    """HF's RWKV halves its hidden states every `rescale_every` layers in eval mode and divides its weights in place;
+    from_hf multiplies them back: the model equals HF's unscaled network (train mode, which restores the weights)."""
+    hf = hf_model("rwkv", rescale_every=1)
+    ids = torch.randint(0, V, (2, T))
+    hf_logits(hf, ids)  # an eval-mode run rescales the weights in place
+    assert hf.rwkv.layers_are_rescaled
+    model = from_hf(hf)
+    with torch.no_grad():
+        unscaled = hf.train()(ids, use_cache=False).logits
+    assert not hf.rwkv.layers_are_rescaled
+    assert_close(model(ids)[0], unscaled)
+
+
+def test_what_has_no_counterpart_is_refused():
+    with pytest.raises(ValueError, match="hidden_act"):
+        from_hf(hf_model("mamba", hidden_act="gelu"))
+    with pytest.raises(ValueError, match="attention_hidden_size"):
+        from_hf(hf_model("rwkv", attention_hidden_size=16))
+    with pytest.raises(ValueError, match="model_type 'gpt2'"):
+        from_hf(transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=V)))
+    neg = SequenceModel(ModelConfig(mixer="mamba", mixer_kwargs={"negative_eigenvalues": True}, vocab_size=V, d_model=16, n_layers=1, mlp=None))
+    with pytest.raises(ValueError, match="negative_eigenvalues"):
+        to_hf(neg, "mamba")
+    with pytest.raises(ValueError, match="mlp"):
+        to_hf(SequenceModel(ModelConfig(mixer="mamba", vocab_size=V, d_model=16, n_layers=1)), "mamba")  # SwiGLU MLP
+
+
+def test_an_rnnlab_trained_mamba_exports_with_its_embedding_scale_folded():
+    model = SequenceModel(ModelConfig(mixer="mamba", mixer_kwargs={"d_state": 4, "dt_min": 1e-4}, vocab_size=V, d_model=16,
+                                      n_layers=2, mlp=None)).eval()
+    assert model.embed_scale != 1.0  # "unit" embeddings
+    hf = to_hf(model, "mamba")
+    ids = torch.randint(0, V, (2, T))
+    with torch.no_grad():
+        assert_close(hf_logits(hf, ids), model(ids)[0])
+
+
+def check_layer_equals_hf(mixer, hf, x, cut):
+    """An rnnlab mixer == an HF layer (``hf``: x (B, T, D) -> y) in the parallel form, token by token, and packed:
+    row 0's first ``cut`` tokens and row 1 back to back, each equal to HF on that sequence alone."""
+    with torch.no_grad():
+        expected = hf(x)
+        assert_close(mixer(x)[0], expected, name="parallel")
+        state, steps = None, []
+        for t in range(x.shape[1]):
+            y, state = mixer(x[:, t : t + 1], state)
+            steps.append(y)
+        assert_close(torch.cat(steps, 1), expected, name="stepped")
+        packed, _ = mixer(torch.cat([x[0, :cut], x[1]])[None], cu_seqlens=torch.tensor([0, cut, cut + x.shape[1]]))
+        assert_close(packed[0, :cut], hf(x[:1, :cut])[0], name="packed 0")
+        assert_close(packed[0, cut:], expected[1], name="packed 1")
+
+
+@pytest.mark.parametrize("cls", ["qwen3_next.modeling_qwen3_next.Qwen3NextGatedDeltaNet", "qwen3_5.modeling_qwen3_5.Qwen3_5GatedDeltaNet"])
+def test_qwen_gated_deltanet_layers_equal_rnnlab_gated_deltanet(cls):
+    """The gated DeltaNet layers of Qwen3-Next's and Qwen3.5's hybrid stacks -> rnnlab's gated_deltanet: the same
+    outputs in the parallel form, token by token and for packed sequences (each equal to HF on that sequence)."""
+    import importlib
+
+    module, name = cls.rsplit(".", 1)
+    try:
+        layer_cls = getattr(importlib.import_module(f"transformers.models.{module}"), name)
+    except (ImportError, AttributeError):
+        pytest.skip(f"this transformers has no {name}")
+    config_cls = {"Qwen3NextGatedDeltaNet": "Qwen3NextConfig", "Qwen3_5GatedDeltaNet": "Qwen3_5TextConfig"}[name]
+    cfg = getattr(transformers, config_cls)(hidden_size=32, linear_num_value_heads=2, linear_num_key_heads=2, linear_key_head_dim=8,
+                                            linear_value_head_dim=16, linear_conv_kernel_dim=4, num_hidden_layers=1,
+                                            layer_types=["linear_attention"], num_attention_heads=2, num_key_value_heads=2, head_dim=16)
+    torch.manual_seed(0)
+    layer = layer_cls(cfg, 0).eval()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    mixer = layer_from_hf(layer)
+    x = torch.randn(2, T, 32)
+
+    def hf(x):
+        out = layer(x)
+        return out[0] if isinstance(out, tuple) else out
+
+    check_layer_equals_hf(mixer, hf, x, cut=5)
+    cfg.linear_num_value_heads = 4
+    with pytest.raises(ValueError, match="value heads"):
+        layer_from_hf(layer_cls(cfg, 0))
+
+
+def test_recurrentgemma_recurrent_block_equals_rnnlab_hawk():
+    """RecurrentGemma's recurrent block (conv + RG-LRU with per-head gates and the first-token reset) -> rnnlab's hawk
+    with gate_blocks and reset_first_token: the same outputs, parallel, token by token, and packed."""
+    from transformers.models.recurrent_gemma.modeling_recurrent_gemma import RecurrentGemmaRecurrentBlock
+
+    cfg = transformers.RecurrentGemmaConfig(hidden_size=32, lru_width=48, num_attention_heads=4, num_key_value_heads=1,
+                                            conv1d_width=4, num_hidden_layers=1, head_dim=8)
+    torch.manual_seed(0)
+    takes_index = "layer_idx" in inspect.signature(RecurrentGemmaRecurrentBlock.__init__).parameters  # 5.x
+    block = (RecurrentGemmaRecurrentBlock(cfg, 0) if takes_index else RecurrentGemmaRecurrentBlock(cfg)).eval()
+    with torch.no_grad():  # HF leaves these uninitialized until the model's _init_weights
+        for p in block.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+    mixer = layer_from_hf(block)
+    x = torch.randn(2, T, 32)
+
+    def hf(x):
+        pos = torch.arange(x.shape[1])
+        extra = {"cache_position": pos} if "cache_position" in inspect.signature(block.forward).parameters else {}  # 4.x
+        block.rg_lru.recurrent_states = None  # 4.x keeps the last call's state in the module even without a cache
+        out = block(x, pos[None].expand(x.shape[0], -1), None, use_cache=False, **extra)
+        return out[0] if isinstance(out, tuple) else out  # 5.x returns (y, None)
+
+    check_layer_equals_hf(mixer, hf, x, cut=4)
