@@ -39,7 +39,8 @@ def check_option(where: str, key: str, annotation, value, min_int: int | None = 
     if not _admits(allowed, value):
         names = " or ".join(getattr(t, "__name__", str(t)).replace("NoneType", "None") for t in allowed)
         raise ValueError(f"{where}{key} must be {names}, got {value!r} ({type(value).__name__})")
-    if min_int is not None and isinstance(value, int) and not isinstance(value, bool) and value < min_int:
+    counts = int in allowed  # a float option given as an int (grad_clip=0) is a number, not a count
+    if counts and min_int is not None and isinstance(value, int) and not isinstance(value, bool) and value < min_int:
         raise ValueError(f"{where}{key} must be an int >= {min_int}, got {value}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where}{key} must be a finite number, got {value}")

@@ -97,8 +97,12 @@ class Task:
         """ValueError if the task cannot generate sequences of this length."""
 
     # --- shared ----------------------------------------------------------------
-    def train_batch(self, batch_size: int, seed: int, step: int) -> Batch:
-        return self.sample(batch_size, None, rng_for(seed, "train", step), "train")
+    def train_batch(self, batch_size: int, seed: int, step: int, rows: slice | None = None) -> Batch:
+        """The training batch of ``step``, or only its ``rows`` (a data-parallel process's share). A synthetic task
+        draws the whole batch and keeps the rows (its examples come from one generator per step); a task that reads
+        data overrides this to read only the rows it returns."""
+        batch = self.sample(batch_size, None, rng_for(seed, "train", step), "train")
+        return batch if rows is None else batch.rows(rows)
 
     def test_batches(self, seq_len: int, num_examples: int, batch_size: int, seed: int) -> Iterator[Batch]:
         """The fixed test set at one length: num_examples sequences in batches (independent of training data)."""

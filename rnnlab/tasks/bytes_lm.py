@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnlab.tasks.base import Task, as_tensor_batch, register_task
+from rnnlab.tasks.base import Task, as_tensor_batch, register_task, rng_for
 
 
 def default_corpus() -> str:
@@ -118,6 +118,16 @@ class BytesLM(Task):
     def sample(self, batch_size, seq_len, rng, split):
         T = seq_len or self.seq_len
         data = self.train_bytes if split == "train" else self.valid_bytes
-        starts = rng.integers(0, len(data) - T - 1, size=batch_size)
+        return self._windows(data, rng.integers(0, len(data) - T - 1, size=batch_size), T)
+
+    def train_batch(self, batch_size, seed, step, rows=None):
+        """Reads only the windows of ``rows``: the offsets of the whole batch are drawn, as ``sample`` draws them."""
+        if rows is None:
+            return super().train_batch(batch_size, seed, step)
+        starts = rng_for(seed, "train", step).integers(0, len(self.train_bytes) - self.seq_len - 1, size=batch_size)
+        return self._windows(self.train_bytes, starts[rows], self.seq_len)
+
+    @staticmethod
+    def _windows(data: np.ndarray, starts: np.ndarray, T: int):
         win = data[starts[:, None] + np.arange(T + 1)[None]].astype(np.int64)
         return as_tensor_batch(win[:, :-1], win[:, 1:])

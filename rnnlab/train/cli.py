@@ -7,6 +7,7 @@ import json
 import sys
 
 from rnnlab.options import positive_int
+from rnnlab.train.launchers import LAUNCHERS
 
 __all__ = ["register", "build_train_config"]
 
@@ -94,6 +95,8 @@ def cmd_sweep(args) -> int:
             spec["workers"] = args.workers
         if args.db:
             spec["db"] = args.db
+        if args.launcher:
+            spec["launcher"] = args.launcher
         counts = run_sweep(spec)
     except ValueError as e:
         print(f"rnnlab sweep: error: {e}", file=sys.stderr)
@@ -199,6 +202,9 @@ def register(sub) -> None:
     p.add_argument("file", help="sweep file (YAML/TOML/JSON; see examples/sweep_small.yaml)")
     p.add_argument("--workers", type=int, help="parallel processes (overrides the file)")
     p.add_argument("--db", help="results database (overrides the file)")
+    p.add_argument("--launcher", choices=LAUNCHERS,
+                   help="where the runs execute (overrides the file's launcher; default local): local processes, "
+                        "a SLURM job array through submitit, or Ray tasks (docs/scale.md)")
     p.add_argument("--no-report", dest="no_report", action="store_true")
     p.set_defaults(func=cmd_sweep)
 

@@ -23,9 +23,13 @@ from typing import Any
 
 from rnnlab.options import check_option
 
-__all__ = ["TrainConfig", "load_file", "apply_overrides", "parse_value", "resolve", "default_run_dir", "config_hash"]
+__all__ = ["RUNTIME_KEYS", "PARALLEL", "TrainConfig", "load_file", "apply_overrides", "parse_value", "resolve", "default_run_dir", "config_hash"]
 
 SECTIONS = ("task", "model", "train", "run_dir")
+# train options that say how a run is executed, not what it computes (up to float summation order): left out of
+# the run's identity (config_hash) and free to change on --resume (another device, process count or engine)
+RUNTIME_KEYS = ("progress", "threads", "device", "parallel", "grad_accum")
+PARALLEL = ("ddp", "fsdp")  # train.parallel: the data-parallel engines (rnnlab.train.distributed)
 _MIN_INT = {"warmup": 0, "seed": 0}  # TrainConfig ints that may be 0; the others are counts >= 1
 
 
@@ -65,6 +69,12 @@ class TrainConfig:
     ridge: float = 1e-6
     """Regularization λ of the closed-form readout fit (model readout="ridge": no gradient steps; each step adds a
     training batch to the ridge sums, the head is solved at every evaluation and at the end)."""
+    grad_accum: int = 1
+    """Micro-batches per step and process: each process runs batch_size / (processes * grad_accum) rows at a time
+    and updates once per step, so the global batch does not depend on the number of devices."""
+    parallel: str = "ddp"
+    """The data-parallel engine under torchrun (ignored on one process): "ddp" (DistributedDataParallel) or
+    "fsdp" (FSDP2 fully_shard per block, then the root). rnnlab.train.distributed; docs/scale.md."""
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
@@ -79,6 +89,10 @@ class TrainConfig:
         for f in ("weight_decay", "grad_clip", "ridge"):
             if getattr(self, f) < 0:
                 raise ValueError(f"train.{f} must be >= 0, got {getattr(self, f)!r}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"train.parallel must be one of {', '.join(PARALLEL)}; got {self.parallel!r}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"train.batch_size={self.batch_size} must be divisible by train.grad_accum={self.grad_accum}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"train.on_nonfinite must be one of stop, skip; got {self.on_nonfinite!r}")
         if not self.lr > 0:
@@ -177,7 +191,7 @@ def merge(base: dict, top: dict) -> dict:
 
 def config_hash(config: dict) -> str:
     keep = {k: config[k] for k in ("task", "model", "train") if k in config}
-    keep["train"] = {k: v for k, v in keep.get("train", {}).items() if k not in ("progress", "threads", "device")}
+    keep["train"] = {k: v for k, v in keep.get("train", {}).items() if k not in RUNTIME_KEYS}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 

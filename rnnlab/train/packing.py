@@ -1,12 +1,20 @@
-"""Packed training batches: variable-length examples back to back in a fixed token budget, no padding.
+"""Training batches, one process's share: its rows of the global batch, or its examples packed back to back.
 
-With ``train.pack = true`` a step's examples are drawn from the step's own generator
-(``rng_for(seed, "train", step)``, so a packed run resumes exactly like an unpacked one) batch after
-batch until the next example would overflow the budget (``train.pack_tokens``, default
-``batch_size * task.seq_len``: the padded batch's size). Each example is cut to its real length
-(``Batch.lengths``), the examples are concatenated into one (1, T_total) row with ``cu_seqlens``, and
-the model resets every recurrence, conv and position at the boundaries (the mixer contract). The
-loss is the same per-token mean over scored targets; only the padding's compute is gone.
+A step's global batch is a function of (seed, step) only (``rng_for(seed, "train", step)``), cut into
+``shards`` = processes x gradient-accumulation micro-batches; process r runs shards r * grad_accum ...
+(r + 1) * grad_accum - 1 (rnnlab.train.distributed). What a step trains on therefore does not depend on the
+number of processes, and a resumed run, on any number of them, sees the batches an uninterrupted one would.
+
+- Padded (``train.pack = false``): shard j holds rows [j b, (j + 1) b) of the global batch, b = batch_size /
+  shards. ``Task.train_batch(..., rows=)`` returns just those rows (a real-data task reads only their windows).
+- Packed (``train.pack = true``): examples are drawn batch after batch until the next one would overflow the
+  step's budget (``train.pack_tokens``, default ``batch_size * task.seq_len``: the padded batch's size). Each is
+  cut to its real length (``Batch.lengths``); shard j takes every shards-th example, concatenated into one
+  (1, T_total) row with ``cu_seqlens``, and the model resets every recurrence, conv and position at the
+  boundaries (the mixer contract). A step always holds at least one example per shard.
+
+The loss is the per-token mean over the scored targets of the whole global batch: each shard reports its
+``count``, the trainer sums them over micro-batches and processes, and only the padding's compute is gone.
 """
 from __future__ import annotations
 
@@ -18,45 +26,54 @@ from torch import Tensor
 from rnnlab.ops.varlen import cu_seqlens_from_lengths
 from rnnlab.tasks.base import Task, rng_for
 
-__all__ = ["PackedBatch", "packed_batch"]
+__all__ = ["TrainBatch", "train_shard", "packed_batch"]
 
 
 @dataclass
-class PackedBatch:
-    """inputs (1, T_total[, F]); targets (1, T_total[, O]) or (N,) for classification; cu_seqlens (N + 1,);
-    count: scored targets over all processes' examples (the loss's denominator); tokens: real tokens, all processes."""
+class TrainBatch:
+    """inputs (b, T[, F]) padded rows, or (1, T_total[, F]) packed examples with cu_seqlens (N + 1,); targets to
+    match ((N,) for packed classification); count: scored targets in this shard; tokens: its tokens."""
 
     inputs: Tensor
     targets: Tensor
-    cu_seqlens: Tensor
-    count: Tensor
+    cu_seqlens: Tensor | None
+    count: int
     tokens: int
 
-    def to(self, device) -> "PackedBatch":
-        return PackedBatch(self.inputs.to(device), self.targets.to(device), self.cu_seqlens.to(device), self.count.to(device), self.tokens)
+    def to(self, device) -> "TrainBatch":
+        cu = None if self.cu_seqlens is None else self.cu_seqlens.to(device)
+        return TrainBatch(self.inputs.to(device), self.targets.to(device), cu, self.count, self.tokens)
+
+
+def train_shard(task: Task, step: int, shard: int, shards: int, *, batch_size: int, seed: int, pack: bool,
+                pack_tokens: int | None) -> TrainBatch:
+    """Shard ``shard`` of ``shards`` of the global batch of ``step`` (padded rows, or packed examples)."""
+    if pack:
+        return packed_batch(task, batch_size, seed, step, pack_tokens, shard, shards)
+    b = batch_size // shards
+    rows = task.train_batch(batch_size, seed, step, rows=slice(shard * b, (shard + 1) * b))
+    return TrainBatch(rows.inputs, rows.targets, None, int(task.count_scored(rows.targets)),
+                      rows.inputs.shape[0] * rows.inputs.shape[1])
 
 
 def packed_batch(task: Task, batch_size: int, seed: int, step: int, budget: int | None = None,
-                 rank: int = 0, world: int = 1) -> PackedBatch:
-    """The packed batch of ``step``: examples filling ``budget`` tokens (per process: budget // world),
-    process ``rank`` taking every world-th example."""
-    budget = (budget or batch_size * task.seq_len) // world * world
+                 shard: int = 0, shards: int = 1) -> TrainBatch:
+    """The packed batch of ``step``: examples filling ``budget`` tokens; shard ``shard`` takes every shards-th."""
+    budget = budget or batch_size * task.seq_len
     rng = rng_for(seed, "train", step)
     rows, total = [], 0
     while True:
         b = task.sample(batch_size, None, rng, "train")
         lengths = b.row_lengths()
         for i, n in enumerate(lengths):
-            if total + n > budget and len(rows) >= world:
-                return _pack(task, rows, rank, world)
+            if total + n > budget and len(rows) >= shards:
+                return _pack(task, rows[shard::shards])
             rows.append((b.inputs[i, :n], b.targets[i] if task.output == "classify" else b.targets[i, :n]))
             total += n
 
 
-def _pack(task: Task, rows: list, rank: int, world: int) -> PackedBatch:
-    mine = rows[rank::world]
-    count = sum(int(task.count_scored(t[None]).item()) for _, t in rows)
+def _pack(task: Task, mine: list) -> TrainBatch:
     inputs = torch.cat([x for x, _ in mine])[None]
     targets = torch.stack([t for _, t in mine]) if task.output == "classify" else torch.cat([t for _, t in mine])[None]
     cu = cu_seqlens_from_lengths([len(x) for x, _ in mine])
-    return PackedBatch(inputs, targets, cu, torch.tensor(max(count, 1)), sum(len(x) for x, _ in rows))
+    return TrainBatch(inputs, targets, cu, int(task.count_scored(targets)), inputs.shape[1])

@@ -17,34 +17,40 @@ A sweep file (YAML, TOML or JSON) is data::
     mixers: {attention: {model: {mixer_kwargs: {num_heads: 2}}},     # per-mixer config
              mamba@neg: {model: {mixer_kwargs: {negative_eigenvalues: true}}},  # grid mixer "mamba@neg": a variant
              slstm: {grid: {lr: [3.0e-3, 1.0e-2]}}}    # a mixer's own grid axes replace the global ones
+    launcher: local                # or slurm (submitit), ray; `rnnlab sweep --launcher` overrides it
+    slurm: {partition: gpu, gpus_per_node: 1, timeout_min: 120}   # rnnlab.train.launchers.SlurmOptions
+    ray: {address: auto, num_gpus: 1}                             # rnnlab.train.launchers.RayOptions
 
 Every grid point is resolved (validated) before anything runs, so a bad grid fails at once.
 A run's id is the hash of its resolved config: re-running a sweep skips runs already
 "done"; unfinished ones resume from their last checkpoint; a run whose process fails is
 recorded as "failed" with its error tail and never silently dropped. A run is claimed in the database
 before it starts (``Store.claim``): two sweeps on one database share the runs instead of both running them,
-and a dead sweep's claims are taken over.
+and a dead sweep's claims are taken over. A run whose ``result.json`` was written while no sweep watched it
+(a SLURM job outlives a killed sweep) is recorded from that file, not run again.
+
+The sweep process is the coordinator for every launcher (rnnlab.train.launchers): it alone writes the
+database; the runs write only their own run directories.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from rnnlab.train.config import config_hash, load_file, merge, resolve
+from rnnlab.train.launchers import LAUNCHERS, check_launcher_options, make_launcher
 from rnnlab.train.store import Store
 
 __all__ = ["expand", "run_sweep", "load_sweep"]
 
 GRID_KEYS = {"mixer": ("model", "mixer"), "d_model": ("model", "d_model"), "n_layers": ("model", "n_layers"),
              "lr": ("train", "lr"), "seed": ("train", "seed"), "task": ("task", "name"), "pack": ("train", "pack")}
-SWEEP_KEYS = ("name", "out_dir", "db", "workers", "threads_per_worker", "grid", "base", "tasks", "mixers")
+SWEEP_KEYS = ("name", "out_dir", "db", "workers", "threads_per_worker", "grid", "base", "tasks", "mixers", "launcher",
+              "slurm", "ray")
 
 
 def _path(key: str) -> tuple[str, ...]:
@@ -98,6 +104,11 @@ def load_sweep(path_or_dict) -> dict:
         v = spec[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"sweep {key} must be a positive int, got {v!r}")
+    spec.setdefault("launcher", "local")
+    if spec["launcher"] not in LAUNCHERS:
+        raise ValueError(f"sweep launcher must be one of {', '.join(LAUNCHERS)}; got {spec['launcher']!r}")
+    for key in ("slurm", "ray"):
+        check_launcher_options(key, spec.get(key))
     return spec
 
 
@@ -186,17 +197,6 @@ def _owner_alive(owner: str) -> bool:
     return True
 
 
-def _die_with_parent() -> None:
-    """Runs in the worker before exec (Linux): SIGKILL it when the sweep process dies, so a killed
-    sweep leaves no orphan training on (the restarted sweep resumes the run from its checkpoint)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _children_cpu_s() -> float:
     """CPU seconds used by finished child processes (0 where the resource module is missing)."""
     try:
@@ -207,8 +207,25 @@ def _children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def _finished(run: dict) -> dict | None:
+    """The run's result.json when the run directory holds this run finished (its config.json is this run's), else None."""
+    run_dir = Path(run["config"]["run_dir"])
+    try:
+        config, result = (json.loads((run_dir / f).read_text()) for f in ("config.json", "result.json"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return result if config_hash(config) == run["id"] else None
+
+
+def _failure(run_dir: Path, launcher_error: str) -> str:
+    """A failed run's error: the tail of its stderr.log, or what the launcher knows (killed, timed out, lost)."""
+    err = (run_dir / "stderr.log").read_text()[-4000:] if (run_dir / "stderr.log").exists() else ""
+    return err if err.strip() else launcher_error
+
+
 def run_sweep(spec: dict, log=print) -> dict[str, int]:
-    """Run every not-yet-done grid point, ``workers`` at a time. -> counts {"done", "failed", "skipped"}."""
+    """Run every not-yet-done grid point through the spec's launcher, ``workers`` at a time.
+    -> counts {"done", "failed", "skipped"}."""
     spec = load_sweep(spec)
     runs = expand(spec)
     store = Store(spec["db"])
@@ -220,58 +237,70 @@ def run_sweep(spec: dict, log=print) -> dict[str, int]:
         else:
             todo.append(r)
     log(f"sweep {spec['name']!r}: {len(runs)} runs, {skipped} already done, {len(todo)} to run, "
-        f"{spec['workers']} worker(s) -> {spec['db']}")
+        f"{spec['workers']} worker(s), launcher {spec['launcher']} -> {spec['db']}")
     counts = {"done": 0, "failed": 0, "skipped": skipped}
-    # every thread pool a worker may start (torch/OpenMP, MKL, numba's kernels) sized to its share of the cores
-    n = str(spec["threads_per_worker"])
-    env = dict(os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, NUMBA_NUM_THREADS=n)
-    env.pop("WORLD_SIZE", None)
-    active: list[tuple[subprocess.Popen, dict, float]] = []
+    launcher = make_launcher(spec) if todo else None
+    active: list[tuple[object, dict, float]] = []
     queue = list(todo)
     t0, cpu0 = time.time(), _children_cpu_s()
     me = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
     elsewhere = 0
-    while queue or active:
-        while queue and len(active) < spec["workers"]:
-            r = queue.pop(0)
-            if not store.claim(r["id"], me, _owner_alive, error=None, **_row_fields(spec, r)):
-                elsewhere += 1  # done meanwhile, or running in another live sweep on this database: not ours
-                continue
-            run_dir = Path(r["config"]["run_dir"])
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "sweep_config.json").write_text(json.dumps(r["config"]))
-            with open(run_dir / "stderr.log", "w") as err_file:
-                proc = subprocess.Popen([sys.executable, "-m", "rnnlab.train.worker", str(run_dir / "sweep_config.json")],
-                                        stdout=subprocess.DEVNULL, stderr=err_file, env=env,
-                                        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-            active.append((proc, r, time.time()))
-        time.sleep(0.1)
-        for item in list(active):
-            proc, r, started = item
-            if proc.poll() is None:
-                continue
-            active.remove(item)
-            run_dir = Path(r["config"]["run_dir"])
-            result_path = run_dir / "result.json"
-            if proc.returncode == 0 and result_path.exists():
-                res = json.loads(result_path.read_text())
-                store.upsert(r["id"], status="done", score=res["score"], num_parameters=res["num_parameters"],
-                             state_size=res["state_size"], steps=res["steps"], wall_s=res["wall_s"], result=res,
-                             curve=_curve(run_dir))
-                counts["done"] += 1
-                log(f"  done   {run_dir.name}: {res['primary_metric']}={res['score']:.4f} ({res['steps']} steps, "
-                    f"{res['wall_s']:.1f}s)  [{time.time() - t0:.0f}s]")
-            else:
-                err = (run_dir / "stderr.log").read_text()[-4000:] if (run_dir / "stderr.log").exists() else ""
-                err = err or f"worker exited with code {proc.returncode}"
-                store.upsert(r["id"], status="failed", error=err, wall_s=time.time() - started, curve=_curve(run_dir))
-                counts["failed"] += 1
-                last = [ln for ln in err.strip().splitlines() if ln.strip()][-1:] or [""]
-                log(f"  FAILED {run_dir.name}: {last[0]}")
-    store.close()
+
+    def record_done(r: dict, res: dict, note: str = "") -> None:
+        run_dir = Path(r["config"]["run_dir"])
+        store.upsert(r["id"], status="done", score=res["score"], num_parameters=res["num_parameters"],
+                     state_size=res["state_size"], steps=res["steps"], wall_s=res["wall_s"], result=res,
+                     curve=_curve(run_dir))
+        counts["done"] += 1
+        log(f"  done   {run_dir.name}: {res['primary_metric']}={res['score']:.4f} ({res['steps']} steps, "
+            f"{res['wall_s']:.1f}s){note}  [{time.time() - t0:.0f}s]")
+
+    try:
+        while queue or active:
+            batch = []
+            while queue and len(active) + len(batch) < launcher.slots:
+                r = queue.pop(0)
+                if not store.claim(r["id"], me, _owner_alive, error=None, **_row_fields(spec, r)):
+                    elsewhere += 1  # done meanwhile, or running in another live sweep on this database: not ours
+                    continue
+                res = _finished(r)
+                if res is not None:  # finished while no sweep watched it
+                    record_done(r, res, " (finished while no sweep was running)")
+                    continue
+                run_dir = Path(r["config"]["run_dir"])
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "stderr.log").unlink(missing_ok=True)  # an earlier attempt's
+                (run_dir / "sweep_config.json").write_text(json.dumps(r["config"]))
+                batch.append(r)
+            if batch:
+                handles = launcher.submit([Path(r["config"]["run_dir"]) / "sweep_config.json" for r in batch])
+                active += [(h, r, time.time()) for h, r in zip(handles, batch)]
+            time.sleep(launcher.poll_s)
+            for item in list(active):
+                handle, r, started = item
+                outcome = launcher.poll(handle)
+                if outcome is None:
+                    continue
+                active.remove(item)
+                ok, launcher_error = outcome
+                run_dir = Path(r["config"]["run_dir"])
+                res = _finished(r) if ok else None
+                if res is not None:
+                    record_done(r, res)
+                else:
+                    err = _failure(run_dir, launcher_error or "the run ended without a result.json")
+                    store.upsert(r["id"], status="failed", error=err, wall_s=time.time() - started, curve=_curve(run_dir))
+                    counts["failed"] += 1
+                    last = [ln for ln in err.strip().splitlines() if ln.strip()][-1:] or [""]
+                    log(f"  FAILED {run_dir.name}: {last[0]}")
+    finally:
+        if launcher is not None:
+            launcher.close()
+        store.close()
     counts["skipped"] += elsewhere
     if elsewhere:
         log(f"  {elsewhere} run(s) were done or running in another sweep on {spec['db']} and left to it")
+    cpu = f", {_children_cpu_s() - cpu0:.0f} s CPU over all worker processes" if spec["launcher"] == "local" else ""
     log(f"sweep {spec['name']!r} finished: {counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped in "
-        f"{time.time() - t0:.0f} s wall, {_children_cpu_s() - cpu0:.0f} s CPU over all worker processes")
+        f"{time.time() - t0:.0f} s wall{cpu}")
     return counts

@@ -29,9 +29,10 @@ from tqdm import tqdm
 from rnnlab.runtime import scoped_threads, set_threads
 from rnnlab.tasks import metrics as M
 from rnnlab.train import distributed as D
-from rnnlab.train.checkpoint import atomic_write, load_latest, previous_path, read_metadata, save_checkpoint
-from rnnlab.train.config import resolve
-from rnnlab.train.packing import packed_batch
+from rnnlab.train.checkpoint import (atomic_write, checkpoint_tensors, load_model, load_optimizer, load_rng, previous_path,
+                                     read_latest, read_metadata, write_checkpoint)
+from rnnlab.train.config import RUNTIME_KEYS, resolve
+from rnnlab.train.packing import train_shard
 
 __all__ = ["get_lr", "evaluate", "train", "score_of", "NonFiniteError", "RunDirInUse"]
 
@@ -181,35 +182,48 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
     device = _device(tc.device)
     if tc.threads:
         set_threads(tc.threads)  # undone on return: @scoped_threads above
-    rank, world = D.init_from_env(device)
+    rank, world, device = D.init_from_env(device)
     main = rank == 0
-    if tc.batch_size % world:
-        raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the {world} processes")
+    accum = tc.grad_accum
+    if tc.batch_size % (world * accum):
+        raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the {world} processes x "
+                         f"train.grad_accum={accum} micro-batches")
     run_dir = Path(resolved["run_dir"])
     ckpt = run_dir / CKPT
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         old = _old_config(run_dir / CONFIG) if resume else None
         if old is not None:
-            diff = [s for s in ("task", "model", "train") if {k: v for k, v in old[s].items() if k not in ("progress", "threads", "device")}
-                    != {k: v for k, v in resolved[s].items() if k not in ("progress", "threads", "device")}]
+            diff = [s for s in ("task", "model", "train") if {k: v for k, v in old[s].items() if k not in RUNTIME_KEYS}
+                    != {k: v for k, v in resolved[s].items() if k not in RUNTIME_KEYS}]
             if diff:
                 raise ValueError(f"--resume: config section(s) {diff} differ from {run_dir / CONFIG}; resume needs the same config")
         atomic_write(run_dir / CONFIG, json.dumps(resolved, indent=2))
 
     torch.manual_seed(tc.seed)
     model = SequenceModel(model_cfg).to(device)
-    params = [p for g in model.param_groups(tc.weight_decay) for p in g["params"]]
-    optimizer = torch.optim.AdamW(model.param_groups(tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2))
+    # AdamW groups by parameter name: FSDP replaces the parameters (and their no-decay tags) when it shards them
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = [{**g, "params": [names[id(p)] for p in g["params"]]} for g in model.param_groups(tc.weight_decay)]
     start, extra = 0, {"best": None, "wall_s": 0.0, "cpu_s": 0.0}
-    loaded = load_latest(ckpt, model, optimizer) if resume else None  # the newest good one (warns on a corrupt one)
+    loaded = read_latest(ckpt) if resume else None  # the newest good one (warns on a corrupt one)
     if loaded is not None:
-        start, extra = loaded
+        start, extra, tensors = loaded
+        load_model(model, tensors)  # whole, before any sharding
+        load_rng(tensors)
         if main:
             _truncate_jsonl(run_dir / METRICS, start)
     elif main:
         for stale in (run_dir / METRICS, run_dir / RESULT, ckpt, previous_path(ckpt)):  # a fresh run: nothing of an older one may be resumed
             stale.unlink(missing_ok=True)
+    net = D.wrap(model, tc.parallel)  # what the step calls: DDP around the model, or the model sharded in place
+    current = dict(model.named_parameters())
+    optimizer = torch.optim.AdamW([{**g, "params": [current[n] for n in g["params"]]} for g in groups], lr=tc.lr,
+                                  betas=(tc.beta1, tc.beta2))
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if loaded is not None:
+        load_optimizer(optimizer, tensors)
+        del tensors
 
     b = tc.batch_size // world
     ridge = model_cfg.readout == "ridge"  # closed-form readout: batches are summed into the ridge sums, no gradient steps
@@ -238,13 +252,9 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
             if main and (step % tc.log_every == 0 or step == tc.steps):
                 _write_jsonl(run_dir / METRICS, {"step": step, "ridge_rows": int(model.ridge.rows), "batch_rows": rows})
         else:
-            step, loss, gnorm, tokens = _gradient_step(model, optimizer, params, task, tc, step, rank, world, b, device, run_dir, main)
+            step, lval, gnorm, tokens = _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, run_dir, main)
             tok_last += tokens
             if step % tc.log_every == 0 or step == tc.steps:
-                # the logged loss is the global-batch loss: sum the per-process parts
-                lval = loss.detach().clone()
-                if world > 1:
-                    torch.distributed.all_reduce(lval)
                 now = time.time()
                 tps = tok_last / max(now - t_last, 1e-9)
                 t_last, tok_last = now, 0
@@ -262,13 +272,15 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
             best = s if best is None or (s > best if higher else s < best) else best
             if main:
                 _write_jsonl(run_dir / METRICS, {"step": step, "eval": {str(k): v for k, v in evals.items()}, "score": s})
-            bar.set_postfix(**({} if ridge else {"loss": f"{float(loss.detach()):.4f}"}), **{metric: f"{s:.3f}"})
+            bar.set_postfix(**({} if ridge else {"loss": f"{float(lval):.4f}"}), **{metric: f"{s:.3f}"})
             stopped_early = reached(s) and step < tc.steps
         if step % tc.ckpt_every == 0 or step == tc.steps or stopped_early:
+            tensors = checkpoint_tensors(model, optimizer)  # every process: a sharded model is gathered to the first
             if main:
-                save_checkpoint(ckpt, model, optimizer, step,
-                                {"best": best, "evals": {str(k): v for k, v in (evals or {}).items()},
-                                 "wall_s": time.time() - wall0, "cpu_s": time.process_time() - cpu0})
+                write_checkpoint(ckpt, tensors, step,
+                                 {"best": best, "evals": {str(k): v for k, v in (evals or {}).items()},
+                                  "wall_s": time.time() - wall0, "cpu_s": time.process_time() - cpu0})
+            del tensors
         bar.update(1)
     bar.close()
     if ridge:
@@ -301,32 +313,33 @@ def _fit(model, tc, world: int) -> None:
     model.fit_readout(tc.ridge, gram, moment)
 
 
-def _gradient_step(model, optimizer, params, task, tc, step, rank, world, b, device, run_dir, main):
-    """One AdamW step on batch ``step`` -> (step + 1, loss, gradient norm, tokens)."""
+def _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, run_dir, main):
+    """One AdamW step on global batch ``step`` -> (step + 1, global-batch loss, gradient norm, tokens of the global batch).
+    This process runs its train.grad_accum micro-batches, shards rank * accum ... of the global batch
+    (rnnlab.train.packing); DDP / FSDP reduce the gradients at the last one."""
+    accum = tc.grad_accum
     lr = get_lr(step, tc.lr, tc.warmup, tc.steps, tc.min_lr_ratio)
     for g in optimizer.param_groups:
         g["lr"] = lr
-    if tc.pack:  # examples back to back, no padding (rnnlab.train.packing)
-        batch = packed_batch(task, tc.batch_size, tc.seed, step, tc.pack_tokens, rank, world).to(device)
-        count, tokens = batch.count, batch.tokens
-        with _autocast(device, tc.bf16):
-            out, _ = model(batch.inputs, cu_seqlens=batch.cu_seqlens)
-    else:
-        full = task.train_batch(tc.batch_size, tc.seed, step)
-        count = task.count_scored(full.targets).clamp_min(1).to(device)
-        tokens = full.inputs.shape[0] * full.inputs.shape[1]
-        batch = full.rows(slice(rank * b, (rank + 1) * b)).to(device)
-        with _autocast(device, tc.bf16):
-            out, _ = model(batch.inputs)
-    loss_sum, _ = task.loss_terms(out.float(), batch.targets)
-    loss = loss_sum / count
+    micro = [train_shard(task, step, rank * accum + m, world * accum, batch_size=tc.batch_size, seed=tc.seed,
+                         pack=tc.pack, pack_tokens=tc.pack_tokens).to(device) for m in range(accum)]
+    totals = D.all_reduce_sum(torch.tensor([sum(mb.count for mb in micro), sum(mb.tokens for mb in micro)], device=device))
+    count, tokens = totals[0].clamp_min(1).to(device), int(totals[1])  # over the global batch
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    D.all_reduce_grads(params)
-    gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else math.inf)
-    if not (torch.isfinite(loss.detach()) and torch.isfinite(gnorm)):
-        what = f"non-finite {'loss' if not torch.isfinite(loss.detach()) else 'gradient norm'} at step {step + 1} " \
-               f"(loss {float(loss.detach())}, gradient norm {float(gnorm)}, lr {lr:g})"
+    lval = torch.zeros((), device=device)
+    for m, mb in enumerate(micro):
+        with D.no_sync(net, sync=m == accum - 1):
+            with _autocast(device, tc.bf16):
+                out, _ = net(mb.inputs, cu_seqlens=mb.cu_seqlens)
+            loss_sum, _ = task.loss_terms(out.float(), mb.targets)
+            loss = loss_sum / count  # this shard's part of the global-batch mean
+            (loss * world).backward()  # DDP and FSDP average over processes: the scaling makes it the sum
+        lval += loss.detach()
+    lval = D.all_reduce_sum(lval)  # the global-batch loss, the same on every process
+    gnorm = D.full_tensor(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else math.inf))
+    if not (torch.isfinite(lval) and torch.isfinite(gnorm)):  # global values: every process decides alike
+        what = f"non-finite {'loss' if not torch.isfinite(lval) else 'gradient norm'} at step {step + 1} " \
+               f"(loss {float(lval)}, gradient norm {float(gnorm)}, lr {lr:g})"
         if tc.on_nonfinite == "stop":
             raise NonFiniteError(f"{what}; the weights of step {step} are in the last checkpoint "
                                  "(train.on_nonfinite=skip skips such steps instead)")
@@ -335,7 +348,7 @@ def _gradient_step(model, optimizer, params, task, tc, step, rank, world, b, dev
             _write_jsonl(run_dir / METRICS, {"step": step + 1, "skipped": what})
     else:
         optimizer.step()
-    return step + 1, loss, gnorm, tokens
+    return step + 1, lval, gnorm, tokens
 
 
 def checkpoint_step(run_dir: str | Path) -> int | None:

@@ -41,3 +41,12 @@ def test_a_sweep_records_a_nonfinite_run_as_failed(tmp_path):
 
     (row,) = Store(spec["out_dir"] + "/runs.db").rows()
     assert row["status"] == "failed" and "non-finite" in row["error"] and "at step" in row["error"]
+
+
+def test_float_settings_given_as_ints_are_numbers_not_counts():
+    """train.grad_clip=0 (no clipping) and weight_decay=0 are valid; counts such as steps still must be >= 1."""
+    from rnnlab.train.config import TrainConfig
+
+    assert TrainConfig(grad_clip=0, weight_decay=0).grad_clip == 0
+    with pytest.raises(ValueError, match="train.steps must be an int >= 1, got 0"):
+        TrainConfig(steps=0)

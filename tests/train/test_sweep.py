@@ -1,9 +1,11 @@
 """Sweeps into SQLite: parallel runs, failures recorded with their error, re-runs skip finished
-runs (also after the sweep process itself was killed), and the report reads the database."""
+runs (also after the sweep process itself was killed, under every launcher), and the report reads the database."""
+import json
 import signal
 import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -50,8 +52,26 @@ def test_sweep_records_done_and_failed_and_skips_on_rerun(tmp_path):
         assert (tmp_path / "rep" / png).stat().st_size > 1000
 
 
-def test_killed_sweep_restarts_keeping_finished_results(tmp_path, env1):
-    s = spec(tmp_path, mixers=("attention",), lrs=(1e-3, 2e-3, 3e-3))
+ENGINE = {"slurm": "submitit", "ray": "ray"}
+LAUNCHER_OPTIONS = {"local": {}, "slurm": {"slurm": {"cluster": "local", "timeout_min": 10}},  # submitit's local executor
+                    "ray": {"ray": {"init": {"num_cpus": 2, "object_store_memory": 80_000_000}}}}  # Ray on this machine
+
+
+def _done_count(db) -> int:
+    try:
+        return sqlite3.connect(str(db)).execute("SELECT count(*) FROM runs WHERE status='done'").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+@pytest.mark.parametrize("launcher", ["local", "slurm", "ray"])
+def test_killed_sweep_restarts_keeping_finished_results(tmp_path, env1, launcher):
+    """The sweep process (the coordinator) is SIGKILLed after its first finished run and started again: finished
+    runs are kept (not run again), the rest are resubmitted and resume; the database is intact and holds each run
+    once. Under slurm the jobs outlive the coordinator (as SLURM jobs do); under local and ray they die with it."""
+    if launcher in ENGINE:
+        pytest.importorskip(ENGINE[launcher], reason=f"--launcher {launcher} needs the rnnlab[{launcher}] extra")
+    s = {**spec(tmp_path, mixers=("attention",), lrs=(1e-3, 2e-3, 3e-3)), "launcher": launcher, **LAUNCHER_OPTIONS[launcher]}
     s["workers"] = 1
     s["base"]["train"]["steps"] = 60
     f = tmp_path / "sweep.yaml"
@@ -59,24 +79,25 @@ def test_killed_sweep_restarts_keeping_finished_results(tmp_path, env1):
     db = tmp_path / "runs" / "runs.db"
     proc = subprocess.Popen([PY, "-m", "rnnlab.cli", "sweep", str(f), "--no-report"], env=env1,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    done = 0
-    while time.time() < deadline and done < 1:
+    deadline = time.time() + 240
+    while time.time() < deadline and _done_count(db) < 1:
         time.sleep(0.05)
-        if db.exists():
-            try:
-                done = sqlite3.connect(str(db)).execute("SELECT count(*) FROM runs WHERE status='done'").fetchone()[0]
-            except sqlite3.OperationalError:
-                pass
-    proc.send_signal(signal.SIGKILL)  # the sweep parent dies; its current worker is orphaned
+    proc.send_signal(signal.SIGKILL)  # the coordinator dies; its current runs are orphaned (or die with it)
     proc.wait()
     first = {r["id"]: r["updated"] for r in Store(db).rows(status="done")}
     assert 1 <= len(first) < 3
     time.sleep(1.1)
     counts = run_sweep(load_sweep(str(f)), log=lambda *_: None)
     rows = Store(db).rows()
-    assert counts["skipped"] == len(first) and all(r["status"] == "done" for r in rows) and len(rows) == 3
+    assert counts["skipped"] == len(first) and counts["done"] == 3 - len(first) and counts["failed"] == 0
+    assert all(r["status"] == "done" for r in rows) and len(rows) == 3 and len({r["id"] for r in rows}) == 3
     assert all(r["updated"] == first[r["id"]] for r in rows if r["id"] in first)
+    con = sqlite3.connect(str(db))
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    for r in rows:  # every run trained to its end, each logged step once
+        recs = [json.loads(ln) for ln in (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        logged = [rec["step"] for rec in recs if "loss" in rec]
+        assert logged == list(range(10, 61, 10)) and r["steps"] == 60, logged
 
 
 def test_bad_sweep_fails_before_running(tmp_path):

@@ -57,13 +57,15 @@ class _RNNFunction(torch.autograd.Function):
         W3 = weight_hh.detach().float().reshape(-1, weight_hh.shape[-2], weight_hh.shape[-1]).contiguous()  # (NH, G*Kh, Kh)
         NH = W3.shape[0]
         gxf = gx.detach().float().contiguous()
-        bias = torch.zeros(GH) if bias_hh is None else bias_hh.detach().float().contiguous()
+        # parameters reach numpy as copies: a numpy view marks a storage non-resizable, and FSDP frees and refills a
+        # parameter's storage around each use (WT below is always a copy)
+        bias = torch.zeros(GH) if bias_hh is None else bias_hh.detach().to(torch.float32, copy=True)
         S0 = torch.stack([s.detach().float() for s in s0], 1).contiguous()  # (B, NS, H)
         hs = torch.empty(B, T, H)
         acts = torch.empty(B, T, GH)
         aux = torch.empty(B, T, _NUM_AUX[cell], H)
         ST = torch.empty(B, NS, H)
-        WT = W3.transpose(1, 2).contiguous()  # (NH, Kh, G*Kh)
+        WT = W3.transpose(1, 2).clone(memory_format=torch.contiguous_format)  # (NH, Kh, G*Kh), always a copy
         run_rows(fwd, B, flag, _np(gxf), _np(WT), _np(bias), _np(S0), _np(hs), _np(acts), _np(aux), _np(ST), min_rows=_MIN_ROWS)
         ctx.save_for_backward(hs, acts, aux, S0, weight_hh)  # weight_hh itself: autograd's in-place check
         ctx.meta = (cell, flag, weight_hh.shape, weight_hh.dtype, bias_hh is not None, gx.dtype, NH)
@@ -74,7 +76,7 @@ class _RNNFunction(torch.autograd.Function):
         hs, acts, aux, S0, weight_hh = ctx.saved_tensors
         cell, flag, w_shape, w_dtype, has_bias, gx_dtype, NH = ctx.meta
         _, bwd = load_kernels(cell)
-        W3 = weight_hh.detach().float().reshape(NH, -1, weight_hh.shape[-1]).contiguous()  # (NH, G*Kh, Kh)
+        W3 = weight_hh.detach().to(torch.float32, copy=True).reshape(NH, -1, weight_hh.shape[-1])  # (NH, G*Kh, Kh), a copy: forward says why
         B, T, H = hs.shape
         GH = acts.shape[-1]
         dhf = dh.float().contiguous()
