@@ -20,7 +20,9 @@ from rnnlab.cli import main
 from rnnlab.testing import assert_close
 from tests.train.conftest import PY, TINY_ARGS
 
-ARGS = [*TINY_ARGS, "--steps", "12", "train.eval_every=6", "train.ckpt_every=6"]
+# no gradient clipping: FSDP sums the shards' norms in another order, so clipped steps agree only to rounding
+# (test_killed_ddp_run_resumed_under_fsdp_ends_bit_for_bit)
+ARGS = [*TINY_ARGS, "--steps", "12", "train.eval_every=6", "train.ckpt_every=6", "train.grad_clip=0"]
 TORCHRUN = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rnnlab.cli", "train"]
 
 
