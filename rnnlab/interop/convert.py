@@ -28,7 +28,7 @@ from torch import Tensor
 
 from rnnlab.layers.registry import mixer_info
 from rnnlab.models.config import ModelConfig
-from rnnlab.models.model import SequenceModel
+from rnnlab.models.model import SequenceModel, SwiGLU
 
 __all__ = ["Rule", "Arch", "register_arch", "from_hf", "to_hf", "hf_architectures"]
 
@@ -211,8 +211,9 @@ def _functional(mc: ModelConfig) -> dict:
     d["mixer"] = mc.layer_mixers()
     d["mixer_kwargs"] = [_complete(m, k) for m, k in zip(mc.layer_mixers(), mc.layer_kwargs())]
     d["mlp_kwargs"] = _complete(mc.mlp, mc.mlp_kwargs) if mc.mlp not in (None, "swiglu") else {}
-    if mc.mlp != "swiglu":
-        d.pop("mlp_ratio")
+    d.pop("mlp_ratio")
+    if mc.mlp == "swiglu":  # what the ratio computes: the hidden size (ratios rounding to the same size are one function)
+        d["mlp_hidden"] = SwiGLU.hidden_size(mc.d_model, mc.mlp_ratio)
     return d
 
 
