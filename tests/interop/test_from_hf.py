@@ -38,11 +38,13 @@ CONFIGS = {
     "rwkv": ("RwkvConfig", dict(hidden_size=32, attention_hidden_size=32, intermediate_size=96, context_length=64)),
 }
 # xLSTM (transformers 4.57 and later): xLSTM 7B's layout, q/k half the width of v; chunk 8 so that 13 tokens take HF's
-# chunkwise kernel and its recurrent tail; widths multiples of 64 (HF's cache rounds them up to 64); no EOS (its
+# chunkwise kernel and its recurrent tail (4.57's chunkwise kernel cannot run: it calls a tensor, `vecM_k_combine(...)`;
+# chunk 64 keeps 4.x on its recurrent kernel); widths multiples of 64 (HF's cache rounds them up to 64); no EOS (its
 # default, 2, would be banned by min_new_tokens in HF's generate but not in rnnlab's)
 if hasattr(transformers, "xLSTMConfig"):
     CONFIGS["xlstm"] = ("xLSTMConfig", dict(hidden_size=128, num_heads=2, qk_dim_factor=0.5, ffn_round_up_to_multiple_of=8,
-                                            chunk_size=8, autocast_kernel_dtype="float32",
+                                            chunk_size=8 if int(transformers.__version__.split(".")[0]) >= 5 else 64,
+                                            autocast_kernel_dtype="float32",
                                             eos_token_id=None))
 
 
