@@ -15,6 +15,10 @@
   ``rwkv4_channel_mix``] x L -> LayerNorm -> head. HF's inference-time rescaling (``rescale_every``: hidden
   states halved every few layers, weights divided to match; equal up to LayerNorm's eps) is undone: rnnlab
   runs the unscaled network, as HF does in training mode.
+- xLSTM (``xlstm``, xLSTM 7B's architecture): embedding -> [RMSNorm -> ``mlstm`` (layout "dense": dense q, k, v,
+  sigmoid output gate, soft-capped gates from x, eps in the denominator), RMSNorm -> SwiGLU] x L -> RMSNorm -> head
+  -> logit soft cap; HF's "single" (q, k, v, o and i, f apart) and "fused" weight layouts. Zamba2 is refused with its
+  reason (NOT_MAPPED).
 
 The residual stream is float32 in rnnlab (HF's ``residual_in_fp32``); HF configs whose activation is not SiLU
 (Mamba, Mamba-2) or whose RWKV sizes rnnlab's layers do not have (attention_hidden_size != hidden_size, an
@@ -350,6 +354,20 @@ def _xlstm_rules(cfg) -> list[Rule]:
 
 
 register_arch(Arch("xLSTM", ("xlstm",), "xLSTMForCausalLM", _xlstm_config, _xlstm_to_hf, _xlstm_rules))
+
+
+# --- architectures refused, and why (from_hf names the reason) -------------------------------------------------
+
+NOT_MAPPED = {
+    "zamba2": "Zamba2's attention is one block shared by several layers: it reads the hidden state concatenated with the "
+              "embeddings (width 2 * hidden_size), carries per-layer LoRA adapters on q, k, v and its MLP, and its output "
+              "enters through a per-layer linear added to the next Mamba-2 layer's input; an rnnlab layer owns its weights "
+              "and sees only the residual stream, so the mapping is not direct (its Mamba-2 layers alone would be)",
+    "recurrent_gemma": "only its recurrent blocks map (layer_from_hf -> hawk): its local attention, GeGLU MLPs and (1 + w) "
+                       "norms have no rnnlab counterpart yet",
+    "qwen3_next": "only its gated DeltaNet layers map (layer_from_hf), with equal key and value head counts: its gated "
+                  "attention and mixture-of-experts MLPs have no rnnlab counterpart yet",
+}
 
 
 # --- layers of hybrid stacks: Qwen3-Next / Qwen3.5 gated DeltaNet -----------------------------------------------

@@ -99,9 +99,12 @@ def hf_architectures() -> dict[str, Arch]:
 
 
 def _arch_of(model_type: str) -> Arch:
+    from rnnlab.interop.archs import NOT_MAPPED
+
     archs = hf_architectures()
     if model_type not in archs:
-        raise ValueError(f"from_hf: no mapping for HF model_type {model_type!r}; supported: {', '.join(sorted(archs))}")
+        why = f" ({NOT_MAPPED[model_type]})" if model_type in NOT_MAPPED else ""
+        raise ValueError(f"from_hf: no mapping for HF model_type {model_type!r}{why}; supported: {', '.join(sorted(archs))}")
     return archs[model_type]
 
 
@@ -156,7 +159,7 @@ def _rename(state: dict[str, Tensor], rules: list[Rule], src: str) -> dict[str, 
 def from_hf(model_or_path, dtype: torch.dtype = torch.float32) -> SequenceModel:
     """An HF causal LM (a transformers model, or the path of a local checkpoint folder) -> rnnlab SequenceModel.
 
-    Supported model types: ``hf_architectures()`` (Mamba, Falcon Mamba, Mamba-2, Bamba, RWKV-4). The model runs
+    Supported model types: ``hf_architectures()`` (Mamba, Falcon Mamba, Mamba-2, Bamba, RWKV-4, xLSTM). The model runs
     through rnnlab's own forms, state and boundary handling; its logits equal the HF model's (tests/interop)."""
     if isinstance(model_or_path, (str, Path)):
         hf_config, state = _read_path(Path(model_or_path))

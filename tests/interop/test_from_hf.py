@@ -4,6 +4,7 @@ batches, within the float32 tolerance of rnnlab.testing (measured: 1e-7 to 5e-7 
 input gates amplify float32 rounding, 2.4e-6 to 5e-6); to_hf brings them back."""
 import importlib.util
 import inspect
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -138,6 +139,10 @@ def test_what_has_no_counterpart_is_refused():
         from_hf(hf_model("mamba", hidden_act="gelu"))
     with pytest.raises(ValueError, match="attention_hidden_size"):
         from_hf(hf_model("rwkv", attention_hidden_size=16))
+    if hasattr(transformers, "Zamba2Config"):  # shared attention blocks on concatenated embeddings: refused with the reason
+        zamba2 = SimpleNamespace(config=transformers.Zamba2Config(), state_dict=dict)  # the config decides; no 1.2B model built
+        with pytest.raises(ValueError, match="'zamba2' \\(Zamba2's attention is one block shared"):
+            from_hf(zamba2)
     with pytest.raises(ValueError, match="model_type 'gpt2'"):
         from_hf(transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=V)))
     neg = SequenceModel(ModelConfig(mixer="mamba", mixer_kwargs={"negative_eigenvalues": True}, vocab_size=V, d_model=16, n_layers=1, mlp=None))
