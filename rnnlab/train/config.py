@@ -189,10 +189,38 @@ def merge(base: dict, top: dict) -> dict:
     return out
 
 
+def _defaults(section: str, config: dict) -> dict:
+    """A section's default values: the dataclass fields of ModelConfig / TrainConfig, the task's options."""
+    if section == "task":
+        from rnnlab.tasks import task_options
+
+        try:
+            return task_options(config.get("task", {}).get("name"))
+        except (ValueError, KeyError):  # an unknown task: nothing is dropped
+            return {}
+    from rnnlab.models import ModelConfig
+
+    cls = ModelConfig if section == "model" else TrainConfig
+    return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+            for f in dataclasses.fields(cls)}
+
+
+def identity(config: dict) -> dict:
+    """What makes a run the run it is: its task, model and train settings, without runtime keys and without
+    the settings that equal their defaults, so a setting added later (at a default that keeps the old behaviour)
+    leaves runs stored before it existed the same runs (their ids, their --resume)."""
+    keep = {}
+    for section in ("task", "model", "train"):
+        if section in config:
+            defaults = _defaults(section, config)
+            keep[section] = {k: v for k, v in config[section].items()
+                             if not (section == "train" and k in RUNTIME_KEYS) and not (k in defaults and defaults[k] == v)}
+    return keep
+
+
 def config_hash(config: dict) -> str:
-    keep = {k: config[k] for k in ("task", "model", "train") if k in config}
-    keep["train"] = {k: v for k, v in keep.get("train", {}).items() if k not in RUNTIME_KEYS}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
+    """A run's id: the hash of its identity()."""
+    return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def default_run_dir(config: dict) -> str:

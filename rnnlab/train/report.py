@@ -131,7 +131,7 @@ def make_report(db: str | Path, out_dir: str | Path | None = None, sweep: str | 
     cpu = sum((r["result"] or {}).get("cpu_s") or 0.0 for r in done)
     n_failed = sum(r["status"] == "failed" for r in rows)
     md = [f"# rnnlab report\n\nDatabase `{db}`: {len(rows)} runs "
-          f"({len(done)} done, {n_failed} failed, {len(rows) - len(done) - n_failed} unfinished; training time summed over "
+          f"({len(done)} done, {n_failed} failed, {sum(r['status'] not in ('done', 'failed', 'duplicate') for r in rows)} unfinished; training time summed over "
           f"done runs: {wall:.0f} s wall, {cpu:.0f} s CPU). "
           "Per model (task, mixer [variant], size): the learning rate with the best mean primary metric over seeds "
           "(`score`, averaged over test lengths); metrics are means over those seeds, `score` shows their spread "

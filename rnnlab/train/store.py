@@ -26,6 +26,7 @@ COLUMNS = {
     "steps": "INTEGER", "wall_s": "REAL", "config": "TEXT", "result": "TEXT", "curve": "TEXT", "run_dir": "TEXT",
     "updated": "TEXT", "owner": "TEXT", "variant": "TEXT",
 }
+DUPLICATE = "duplicate"  # status of a second stored copy of one run (Store.adopt); reports read only "done" rows
 ADDED = ("owner", "variant")  # columns newer than the first stores: added to an old database on open, not required to read it
 
 
@@ -92,6 +93,29 @@ class Store:
         except BaseException:
             self.db.rollback()
             raise
+
+    def adopt(self, ids: list[str], identity) -> int:
+        """Give stored runs the ids they have now: a run stored under an older id whose config has identity
+        ``identity(config)`` in ``ids`` (and no row of that id yet) is re-keyed, so results stored before an id
+        scheme or a default changed stay found. -> number of runs re-keyed."""
+        wanted, moved = set(ids), 0  # a second old row of one identity is marked DUPLICATE, not deleted
+        for row in self.db.execute("SELECT id, config FROM runs").fetchall():
+            if row["id"] in wanted or not row["config"]:
+                continue
+            try:
+                new = identity(json.loads(row["config"]))
+            except (ValueError, KeyError, TypeError):  # a config this version cannot read: left as it is
+                continue
+            if new not in wanted:
+                continue
+            if self.status(new) is None:
+                self.db.execute("UPDATE runs SET id = ? WHERE id = ?", (new, row["id"]))
+                moved += 1
+            elif self.status(row["id"]) != DUPLICATE:  # the same run stored twice under older ids: counted once
+                self.db.execute("UPDATE runs SET status = ?, error = ? WHERE id = ?",
+                                (DUPLICATE, f"the same run as {new}", row["id"]))
+        self.db.commit()
+        return moved
 
     def status(self, run_id: str) -> str | None:
         row = self.db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()

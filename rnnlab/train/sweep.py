@@ -229,6 +229,9 @@ def run_sweep(spec: dict, log=print) -> dict[str, int]:
     spec = load_sweep(spec)
     runs = expand(spec)
     store = Store(spec["db"])
+    adopted = store.adopt([r["id"] for r in runs], config_hash)
+    if adopted:
+        log(f"  {adopted} stored run(s) re-keyed to this version's run ids")
     todo = []
     skipped = 0
     for r in runs:

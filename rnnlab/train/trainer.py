@@ -31,7 +31,7 @@ from rnnlab.tasks import metrics as M
 from rnnlab.train import distributed as D
 from rnnlab.train.checkpoint import (atomic_write, checkpoint_tensors, load_model, load_optimizer, load_rng, previous_path,
                                      read_latest, read_metadata, write_checkpoint)
-from rnnlab.train.config import RUNTIME_KEYS, resolve
+from rnnlab.train.config import identity, resolve
 from rnnlab.train.packing import train_shard
 
 __all__ = ["get_lr", "evaluate", "train", "score_of", "NonFiniteError", "RunDirInUse"]
@@ -194,8 +194,8 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         old = _old_config(run_dir / CONFIG) if resume else None
         if old is not None:
-            diff = [s for s in ("task", "model", "train") if {k: v for k, v in old[s].items() if k not in RUNTIME_KEYS}
-                    != {k: v for k, v in resolved[s].items() if k not in RUNTIME_KEYS}]
+            was, now = identity(old), identity(resolved)
+            diff = [s for s in ("task", "model", "train") if was.get(s) != now.get(s)]
             if diff:
                 raise ValueError(f"--resume: config section(s) {diff} differ from {run_dir / CONFIG}; resume needs the same config")
         atomic_write(run_dir / CONFIG, json.dumps(resolved, indent=2))

@@ -229,3 +229,40 @@ def test_state_tracking_sweep_file_resolves():
     assert len(runs) == 108 and len(pairs) == 54
     s5 = [r for r in runs if r["config"]["task"]["name"] == "word_problem"]
     assert all(r["config"]["task"]["group"] == "S5" and r["config"]["task"]["test_lengths"] == [16, 64, 128] for r in s5)
+
+
+def test_a_setting_added_at_its_default_keeps_stored_runs_found(tmp_path):
+    """Run ids leave out settings at their defaults, and a sweep re-keys runs stored under an older id of the
+    same identity (here: the id scheme that hashed every default), marking a second stored copy as duplicate:
+    results stored before a setting existed stay found and are not run again."""
+    import hashlib
+
+    from rnnlab.train.config import RUNTIME_KEYS, config_hash
+    from rnnlab.train.store import Store
+
+    s = spec(tmp_path, mixers=("attention",), lrs=(1e-3,))
+    s["base"]["train"]["steps"] = 4
+    assert run_sweep(s, log=lambda *_: None)["done"] == 1
+    (run,) = expand(load_sweep(s))
+    old = {k: run["config"][k] for k in ("task", "model", "train")}  # the old scheme: every default hashed
+    old["train"] = {k: v for k, v in old["train"].items() if k not in RUNTIME_KEYS}
+    old_id = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:12]
+    assert old_id != run["id"]
+    db = tmp_path / "runs" / "runs.db"
+    store = Store(db)
+    row = store.rows()[0]
+    store.db.execute("UPDATE runs SET id = ? WHERE id = ?", (old_id, run["id"]))
+    store.upsert("0ld0ld0ld0ld", status="done", config=row["config"], task=row["task"], mixer=row["mixer"])
+    store.db.commit()
+    store.close()
+    counts = run_sweep(s, log=lambda *_: None)
+    assert counts == {"done": 0, "failed": 0, "skipped": 1}
+    rows = {r["id"]: r["status"] for r in Store(db).rows()}
+    assert rows[run["id"]] == "done" and sorted(rows.values()) == ["done", "duplicate"]  # one re-keyed, one marked
+    # a setting at its default is not part of the identity; a changed one is
+    cfg = run["config"]
+    from rnnlab.train.config import TrainConfig
+
+    assert config_hash({**cfg, "train": {**cfg["train"], "beta2": TrainConfig.beta2}}) == run["id"]
+    assert config_hash({**cfg, "train": {**cfg["train"], "beta2": 0.5}}) != run["id"]
+    assert config_hash({**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "beta2"}}) == run["id"]
