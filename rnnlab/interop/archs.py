@@ -15,6 +15,10 @@
   ``rwkv4_channel_mix``] x L -> LayerNorm -> head. HF's inference-time rescaling (``rescale_every``: hidden
   states halved every few layers, weights divided to match; equal up to LayerNorm's eps) is undone: rnnlab
   runs the unscaled network, as HF does in training mode.
+- xLSTM (``xlstm``, xLSTM 7B's architecture): embedding -> [RMSNorm -> ``mlstm`` (layout "dense": dense q, k, v,
+  sigmoid output gate, soft-capped gates from x, eps in the denominator), RMSNorm -> SwiGLU] x L -> RMSNorm -> head
+  -> logit soft cap; HF's "single" (q, k, v, o and i, f apart) and "fused" weight layouts. Zamba2 is refused with its
+  reason (NOT_MAPPED).
 
 The residual stream is float32 in rnnlab (HF's ``residual_in_fp32``); HF configs whose activation is not SiLU
 (Mamba, Mamba-2) or whose RWKV sizes rnnlab's layers do not have (attention_hidden_size != hidden_size, an
@@ -288,6 +292,82 @@ def _rwkv_unrescale(hf_model, state: dict) -> dict:
 
 
 register_arch(Arch("RWKV-4", ("rwkv",), "RwkvForCausalLM", _rwkv_config, _rwkv_to_hf, _rwkv_rules, fix_hf_state=_rwkv_unrescale))
+
+
+# --- xLSTM (xLSTM 7B's architecture): mLSTM layers ("dense" layout) and SwiGLU MLPs ----------------------------
+
+def _xlstm_config(cfg) -> ModelConfig:
+    D, H = cfg.hidden_size, cfg.num_heads
+    qk, v = int(D * cfg.qk_dim_factor), int(D * cfg.v_dim_factor)  # the widths HF's xLSTMLayer builds
+    _need(cfg, "use_bias", not cfg.use_bias, "xLSTM 7B's layers without biases")
+    _need(cfg, "add_out_norm", cfg.add_out_norm, "a final RMSNorm (HF's own xLSTMModel always applies it)")
+    _need(cfg, "v_dim_factor", v == round(D * cfg.v_dim_factor) and v % H == 0, "hidden_size * v_dim_factor a multiple of num_heads")
+    _need(cfg, "qk_dim_factor", qk % H == 0, "hidden_size * qk_dim_factor a multiple of num_heads")
+    kw = {"num_heads": H, "proj_factor": v / D, "layout": "dense", "qk_dim_factor": qk / v, "norm_eps": float(cfg.norm_eps),
+          "eps": float(cfg.eps), "gate_soft_cap": None if cfg.gate_soft_cap is None else float(cfg.gate_soft_cap),
+          "chunk_size": cfg.chunk_size}
+    up = int(((D * cfg.ffn_proj_factor + cfg.ffn_round_up_to_multiple_of - 1) // cfg.ffn_round_up_to_multiple_of)
+             * cfg.ffn_round_up_to_multiple_of)  # HF's xLSTMFeedForward.up_proj_dim
+    cap = cfg.output_logit_soft_cap
+    return _lm(cfg, "mlstm", kw, mlp="swiglu", mlp_ratio=_swiglu_ratio(D, up), norm_eps=float(cfg.norm_eps),
+               logit_soft_cap=None if cap is None else float(cap))
+
+
+def _xlstm_to_hf(mc: ModelConfig):
+    import transformers
+
+    from rnnlab.models.model import SwiGLU
+
+    kw = mc.layer_kwargs()[0]
+    D, proj = mc.d_model, kw.get("proj_factor", 2.0)
+    hidden = SwiGLU.hidden_size(D, mc.mlp_ratio)
+    if kw.get("gate_soft_cap") is None or mc.logit_soft_cap is None:  # HF's config types them as numbers
+        raise ValueError(f"to_hf(xlstm): xLSTMConfig needs both soft caps; this model has mlstm gate_soft_cap="
+                         f"{kw.get('gate_soft_cap')} and logit_soft_cap={mc.logit_soft_cap}")
+    return transformers.xLSTMConfig(
+        vocab_size=mc.vocab_size, hidden_size=D, num_hidden_layers=mc.n_layers, num_heads=kw.get("num_heads", 4),
+        qk_dim_factor=kw.get("qk_dim_factor", 1.0) * proj, v_dim_factor=proj, norm_eps=mc.norm_eps, eps=kw.get("eps", 0.0),
+        gate_soft_cap=kw.get("gate_soft_cap"), output_logit_soft_cap=mc.logit_soft_cap, ffn_proj_factor=hidden / D,
+        ffn_round_up_to_multiple_of=8, chunk_size=kw.get("chunk_size", 64), use_bias=False, add_out_norm=True,
+        tie_word_embeddings=mc.tie_embeddings, weight_mode="single", autocast_kernel_dtype="float32")
+
+
+def _xlstm_rules(cfg) -> list[Rule]:
+    L, b = "backbone.blocks.{i}", "blocks.{i}"
+    m, x = f"{L}.mlstm_layer", f"{b}.mixer"
+    qk, v = int(cfg.hidden_size * cfg.qk_dim_factor), int(cfg.hidden_size * cfg.v_dim_factor)
+    rules = _backbone("backbone", "embeddings", "out_norm") + [
+        Rule(f"{L}.norm_mlstm.weight", f"{b}.norm1.weight"), Rule(f"{L}.norm_ffn.weight", f"{b}.norm2.weight"),
+        Rule(f"{m}.multihead_norm.weight", f"{x}.norm_weight"), Rule(f"{m}.out_proj.weight", f"{x}.proj_down.weight"),
+        Rule(f"{L}.ffn.proj_down.weight", f"{b}.mlp.w2.weight"),
+    ]
+    if cfg.weight_mode == "fused":  # HF's fused layout is rnnlab's: [q | k | v | o], [i~ | f~], [gate | up]
+        return rules + [Rule(f"{m}.qkv_opreact.weight", f"{x}.in_proj.weight"), Rule(f"{m}.ifgate_preact.weight", f"{x}.gates.weight"),
+                        Rule(f"{m}.ifgate_preact.bias", f"{x}.gates.bias"), Rule(f"{L}.ffn.proj_up_gate_z.weight", f"{b}.mlp.w13.weight")]
+    return rules + [
+        Rule(tuple(f"{m}.{n}.weight" for n in ("q", "k", "v", "ogate_preact")), f"{x}.in_proj.weight",
+             to_hf=lambda t: tuple(t.split([qk, qk, v, v], 0))),
+        Rule((f"{m}.igate_preact.weight", f"{m}.fgate_preact.weight"), f"{x}.gates.weight"),
+        Rule((f"{m}.igate_preact.bias", f"{m}.fgate_preact.bias"), f"{x}.gates.bias"),
+        Rule((f"{L}.ffn.proj_up_gate.weight", f"{L}.ffn.proj_up.weight"), f"{b}.mlp.w13.weight"),
+    ]
+
+
+register_arch(Arch("xLSTM", ("xlstm",), "xLSTMForCausalLM", _xlstm_config, _xlstm_to_hf, _xlstm_rules))
+
+
+# --- architectures refused, and why (from_hf names the reason) -------------------------------------------------
+
+NOT_MAPPED = {
+    "zamba2": "Zamba2's attention is one block shared by several layers: it reads the hidden state concatenated with the "
+              "embeddings (width 2 * hidden_size), carries per-layer LoRA adapters on q, k, v and its MLP, and its output "
+              "enters through a per-layer linear added to the next Mamba-2 layer's input; an rnnlab layer owns its weights "
+              "and sees only the residual stream, so the mapping is not direct (its Mamba-2 layers alone would be)",
+    "recurrent_gemma": "only its recurrent blocks map (layer_from_hf -> hawk): its local attention, GeGLU MLPs and (1 + w) "
+                       "norms have no rnnlab counterpart yet",
+    "qwen3_next": "only its gated DeltaNet layers map (layer_from_hf), with equal key and value head counts: its gated "
+                  "attention and mixture-of-experts MLPs have no rnnlab counterpart yet",
+}
 
 
 # --- layers of hybrid stacks: Qwen3-Next / Qwen3.5 gated DeltaNet -----------------------------------------------

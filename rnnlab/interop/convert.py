@@ -28,7 +28,7 @@ from torch import Tensor
 
 from rnnlab.layers.registry import mixer_info
 from rnnlab.models.config import ModelConfig
-from rnnlab.models.model import SequenceModel
+from rnnlab.models.model import SequenceModel, SwiGLU
 
 __all__ = ["Rule", "Arch", "register_arch", "from_hf", "to_hf", "hf_architectures"]
 
@@ -99,9 +99,12 @@ def hf_architectures() -> dict[str, Arch]:
 
 
 def _arch_of(model_type: str) -> Arch:
+    from rnnlab.interop.archs import NOT_MAPPED
+
     archs = hf_architectures()
     if model_type not in archs:
-        raise ValueError(f"from_hf: no mapping for HF model_type {model_type!r}; supported: {', '.join(sorted(archs))}")
+        why = f" ({NOT_MAPPED[model_type]})" if model_type in NOT_MAPPED else ""
+        raise ValueError(f"from_hf: no mapping for HF model_type {model_type!r}{why}; supported: {', '.join(sorted(archs))}")
     return archs[model_type]
 
 
@@ -156,7 +159,7 @@ def _rename(state: dict[str, Tensor], rules: list[Rule], src: str) -> dict[str, 
 def from_hf(model_or_path, dtype: torch.dtype = torch.float32) -> SequenceModel:
     """An HF causal LM (a transformers model, or the path of a local checkpoint folder) -> rnnlab SequenceModel.
 
-    Supported model types: ``hf_architectures()`` (Mamba, Falcon Mamba, Mamba-2, Bamba, RWKV-4). The model runs
+    Supported model types: ``hf_architectures()`` (Mamba, Falcon Mamba, Mamba-2, Bamba, RWKV-4, xLSTM). The model runs
     through rnnlab's own forms, state and boundary handling; its logits equal the HF model's (tests/interop)."""
     if isinstance(model_or_path, (str, Path)):
         hf_config, state = _read_path(Path(model_or_path))
@@ -211,8 +214,9 @@ def _functional(mc: ModelConfig) -> dict:
     d["mixer"] = mc.layer_mixers()
     d["mixer_kwargs"] = [_complete(m, k) for m, k in zip(mc.layer_mixers(), mc.layer_kwargs())]
     d["mlp_kwargs"] = _complete(mc.mlp, mc.mlp_kwargs) if mc.mlp not in (None, "swiglu") else {}
-    if mc.mlp != "swiglu":
-        d.pop("mlp_ratio")
+    d.pop("mlp_ratio")
+    if mc.mlp == "swiglu":  # what the ratio computes: the hidden size (ratios rounding to the same size are one function)
+        d["mlp_hidden"] = SwiGLU.hidden_size(mc.d_model, mc.mlp_ratio)
     return d
 
 

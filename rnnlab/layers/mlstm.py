@@ -17,7 +17,22 @@ heads, input bias N(0, 0.1²), skip 1, norm weight 1. The output gate of the cel
 SiLU(z) branch, as in the paper's block. Difference from the authors' code: no ε = 1e-6 added to the
 normalizer max(|n_tᵀ q_t|, e^{-m_t}) (the paper's eq. 21 has none).
 
-State: conv (B, 3, d_inner), C (B, H, d, d), n (B, H, d), m (B, H); float32 (d = d_inner / H).
+``layout="dense"``: the mLSTM layer of xLSTM 7B (Beck, Pöppel, Lippe, Kurle, Blies, Klambauer, Böck &
+Hochreiter 2025, "xLSTM 7B: A Recurrent LLM for Fast and Efficient Inference", Fig. 1 and its architecture
+section; HF transformers' ``xLSTMLayer``), the "post-up-projection" layer the authors scale to 7B parameters:
+
+    q, k, v, o = x W_q, x W_k, x W_v, x W_o              dense, q/k of width qk_dim_factor · d_inner
+    i~, f~ = cap · tanh((x W_if + b_if) / cap)            gates from x, soft-capped (``gate_soft_cap``)
+    h~ = mLSTM(q, k, v, i~, f~; eps)                      ``eps`` added to the stabilized denominator
+    y = (LayerNorm_head(h~) ⊙ w ⊙ sigmoid(o)) W_down      no conv, no skip, sigmoid output gate
+
+Init as the authors' code: W_q, W_k, W_v, W_o small-init, W_down Wang-init, gate weights zero, input bias -10
+(their negative input-gate bias), forget bias linspace(3, 6). (The SwiGLU MLP, RMSNorms and the logit soft cap
+of xLSTM 7B are the model's: ModelConfig mlp="swiglu", logit_soft_cap.) ``gate_soft_cap`` and ``eps`` apply to
+either layout.
+
+State: conv (B, 3, d_inner) ("block" only), C (B, H, dk, d), n (B, H, dk), m (B, H); float32 (d = d_inner / H,
+dk = qk_dim_factor · d).
 """
 from __future__ import annotations
 
@@ -72,49 +87,76 @@ class HeadwiseLinear(nn.Module):
 
 @register_mixer("mlstm", family="matrix", small={"num_heads": 2, "chunk_size": 16})
 class MLSTM(Mixer):
-    """x (B, T, D) -> y (B, T, D). num_heads: H; proj_factor: d_inner = proj_factor · D; conv_size: causal
-    conv width; qkv_block_size: block size of the q/k/v projections; num_layers: depth, for W_down's
-    init; chunk_size: chunk of the parallel form; forget_gate: "sigmoid" (paper default) or "exp"."""
+    """x (B, T, D) -> y (B, T, D). num_heads: H; proj_factor: d_inner = proj_factor · D (the value width);
+    conv_size, qkv_block_size: causal conv width and q/k/v block size ("block" layout); num_layers: depth, for
+    W_down's init; chunk_size: chunk of the parallel form; forget_gate: "sigmoid" (paper default) or "exp";
+    norm_eps: the per-head norm's; layout: "block" (the paper's pre-up-projection block) or "dense" (xLSTM 7B's
+    layer); qk_dim_factor: q/k width / d_inner ("dense"); gate_soft_cap: cap of the gate pre-activations (None:
+    none); eps: added to the cell's stabilized denominator (0: the paper's eq. 21)."""
 
     def __init__(self, d_model: int, num_heads: int = 4, proj_factor: float = 2.0, conv_size: int = 4, qkv_block_size: int = 4,
-                 num_layers: int = 1, chunk_size: int = 64, forget_gate: str = "sigmoid", norm_eps: float = 1e-5):
+                 num_layers: int = 1, chunk_size: int = 64, forget_gate: str = "sigmoid", norm_eps: float = 1e-5,
+                 layout: str = "block", qk_dim_factor: float = 1.0, gate_soft_cap: float | None = None, eps: float = 0.0):
         super().__init__(d_model)
         d_inner = int(round(proj_factor * d_model))
-        if num_heads < 1 or d_inner % num_heads or d_inner % qkv_block_size:
-            raise ValueError(f"d_inner = proj_factor * d_model = {d_inner} must be divisible by num_heads={num_heads} "
-                             f"and qkv_block_size={qkv_block_size}")
+        qk_dim = int(round(qk_dim_factor * d_inner))
+        if layout not in ("block", "dense"):
+            raise ValueError(f"layout must be 'block' or 'dense', got {layout!r}")
+        if layout == "block" and qk_dim_factor != 1.0:
+            raise ValueError(f"qk_dim_factor={qk_dim_factor} needs layout='dense' (the block's q/k have width d_inner)")
+        if num_heads < 1 or d_inner % num_heads or qk_dim % num_heads or (layout == "block" and d_inner % qkv_block_size):
+            raise ValueError(f"d_inner = proj_factor * d_model = {d_inner} and qk_dim = qk_dim_factor * d_inner = {qk_dim} must be "
+                             f"divisible by num_heads={num_heads} (and d_inner by qkv_block_size={qkv_block_size} for layout='block')")
         if forget_gate not in ("sigmoid", "exp"):
             raise ValueError(f"forget_gate must be 'sigmoid' or 'exp', got {forget_gate!r}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if gate_soft_cap is not None and not gate_soft_cap > 0:
+            raise ValueError(f"gate_soft_cap must be > 0 or None, got {gate_soft_cap}")
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
         H = num_heads
-        self.d_inner, self.num_heads, self.head_dim = d_inner, H, d_inner // H
-        self.chunk_size, self.forget_gate, self.norm_eps = chunk_size, forget_gate, norm_eps
-        self.proj_up = nn.Linear(d_model, 2 * d_inner, bias=False)
-        self.conv = ShortConv(d_inner, conv_size, bias=True, activation="silu")
-        self.qk = HeadwiseLinear(d_inner, qkv_block_size, 2 * qkv_block_size)  # q and k blocks side by side
-        self.v = HeadwiseLinear(d_inner, qkv_block_size)
-        self.gates = nn.Linear(3 * d_inner, 2 * H)  # [i~ | f~]
+        self.d_inner, self.qk_dim, self.num_heads, self.head_dim = d_inner, qk_dim, H, d_inner // H
+        self.chunk_size, self.forget_gate, self.norm_eps, self.layout = chunk_size, forget_gate, norm_eps, layout
+        self.gate_soft_cap, self.eps = gate_soft_cap, eps
+        if layout == "block":
+            self.proj_up = nn.Linear(d_model, 2 * d_inner, bias=False)
+            self.conv = ShortConv(d_inner, conv_size, bias=True, activation="silu")
+            self.qk = HeadwiseLinear(d_inner, qkv_block_size, 2 * qkv_block_size)  # q and k blocks side by side
+            self.v = HeadwiseLinear(d_inner, qkv_block_size)
+            self.gates = nn.Linear(3 * d_inner, 2 * H)  # [i~ | f~] from [q, k, v]
+        else:
+            self.in_proj = nn.Linear(d_model, 2 * qk_dim + 2 * d_inner, bias=False)  # [q | k | v | o]
+            self.gates = nn.Linear(d_model, 2 * H)  # [i~ | f~] from x
         self.norm_weight = nn.Parameter(torch.ones(d_inner))
-        self.skip = nn.Parameter(torch.ones(d_inner))
+        if layout == "block":
+            self.skip = nn.Parameter(torch.ones(d_inner))
         self.proj_down = nn.Linear(d_inner, d_model, bias=False)
         with torch.no_grad():
-            nn.init.normal_(self.proj_up.weight, std=math.sqrt(2 / (5 * d_model)))
+            nn.init.normal_(self.proj_up.weight if layout == "block" else self.in_proj.weight, std=math.sqrt(2 / (5 * d_model)))
             nn.init.normal_(self.proj_down.weight, std=2 / num_layers / math.sqrt(d_model))
             nn.init.zeros_(self.gates.weight)
-            nn.init.normal_(self.gates.bias[:H], std=0.1)
+            if layout == "block":
+                nn.init.normal_(self.gates.bias[:H], std=0.1)
+            else:
+                nn.init.constant_(self.gates.bias[:H], -10.0)
             self.gates.bias[H:] = torch.linspace(3.0, 6.0, H)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
-        H, d = self.num_heads, self.head_dim
+        H, d, dk = self.num_heads, self.head_dim, self.qk_dim // self.num_heads
         z = lambda *shape: torch.zeros(batch_size, *shape, device=device, dtype=dtype or torch.float32)  # noqa: E731
-        return {"conv": self.conv.init_state(batch_size, device, dtype), "C": z(H, d, d), "n": z(H, d), "m": z(H)}
+        conv = {"conv": self.conv.init_state(batch_size, device, dtype)} if self.layout == "block" else {}
+        return {**conv, "C": z(H, dk, d), "n": z(H, dk), "m": z(H)}
 
     def state_size(self, seq_len: int) -> int:
-        H, d = self.num_heads, self.head_dim
-        return self.conv.state_size() + H * (d * d + d + 1)
+        H, d, dk = self.num_heads, self.head_dim, self.qk_dim // self.num_heads
+        return (self.conv.state_size() if self.layout == "block" else 0) + H * (dk * d + dk + 1)
 
-    def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
+    def _inputs(self, x: Tensor, state: State) -> tuple[Tensor, ...]:
+        """x -> q, k, v, gate pre-activations [i~ | f~], the output branch's input (c or o), z (or None), conv state."""
+        if self.layout == "dense":
+            q, k, v, o = self.in_proj(x).split([self.qk_dim, self.qk_dim, self.d_inner, self.d_inner], -1)
+            return q, k, v, self.gates(x), o, None, None
         xm, z = self.proj_up(x).chunk(2, -1)
         c, conv_state = self.conv(xm, state["conv"])
         bs = self.v.block_size
@@ -122,15 +164,26 @@ class MLSTM(Mixer):
         v = self.v(xm)
         W, E = self.gates.weight, self.d_inner  # gates([q, k, v]) without materializing the concatenation
         g = F.linear(q, W[:, :E], self.gates.bias) + F.linear(k, W[:, E : 2 * E]) + F.linear(v, W[:, 2 * E :])
-        i, f = rearrange(g.float(), "b t (two h) -> two b t h", two=2)
+        return q, k, v, g, c, z, conv_state
+
+    def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
+        q, k, v, g, c, z, conv_state = self._inputs(x, state)
+        g = g.float()
+        if self.gate_soft_cap is not None:
+            g = self.gate_soft_cap * torch.tanh(g / self.gate_soft_cap)
+        i, f = rearrange(g, "b t (two h) -> two b t h", two=2)
         heads = lambda t: rearrange(t, "b t (h d) -> b t h d", h=self.num_heads)  # noqa: E731
         s0 = tuple(state[key].float() for key in ("C", "n", "m"))
-        kw = dict(initial_state=s0, output_final_state=True, forget_gate=self.forget_gate)  # scale: d^-1/2 on k (eq. 22)
+        kw = dict(initial_state=s0, output_final_state=True, forget_gate=self.forget_gate, eps=self.eps)  # scale: d^-1/2 (eq. 22)
         op = choose(form, {"chunk": partial(chunk_mlstm, chunk_size=self.chunk_size), "recurrent": fused_recurrent_mlstm}, "mlstm")
         h, (C, n, m) = op(heads(q), heads(k), heads(v), i, f, **kw)
         h = F.layer_norm(h, h.shape[-1:], eps=self.norm_eps).flatten(-2)  # GroupNorm over heads = LayerNorm per head
-        h = torch.addcmul(self.skip.to(c.dtype) * c, h, self.norm_weight.to(h.dtype)) * F.silu(z)
-        new = {"conv": conv_state.to(state["conv"].dtype), "C": C, "n": n, "m": m}
+        w = self.norm_weight.to(h.dtype)
+        if self.layout == "dense":
+            h = h * w * torch.sigmoid(c)
+        else:
+            h = torch.addcmul(self.skip.to(c.dtype) * c, h, w) * F.silu(z)
+        new = {"C": C, "n": n, "m": m} if conv_state is None else {"conv": conv_state, "C": C, "n": n, "m": m}
         return self.proj_down(h.to(x.dtype)), {key: t.to(state[key].dtype) for key, t in new.items()}
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -142,4 +195,5 @@ class MLSTM(Mixer):
         return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, d_inner={self.d_inner}, heads={self.num_heads}x{self.head_dim}, forget_gate={self.forget_gate!r}"
+        return (f"d_model={self.d_model}, d_inner={self.d_inner}, heads={self.num_heads}x{self.head_dim}, layout={self.layout!r}, "
+                f"forget_gate={self.forget_gate!r}")

@@ -124,8 +124,9 @@ class ConvMemoryMixer(Mixer):
         v = rearrange(v, "b t (h d) -> b t h d", h=H)
         pre = rearrange(self.gate_proj(x).float(), "b t (g h) -> b t h g", h=H)
         mem = {n: state[n] for n in state if not n.startswith("conv_")}
-        o, new = self.ops[form](q, k, v, **self._op_inputs(pre), initial_state=mem, chunk_size=self.chunk_size,
-                                max_grad_norm=self.max_grad_norm, output_final_state=True)
+        clip = {} if self.max_grad_norm is None else {"max_grad_norm": self.max_grad_norm}  # ops without clipping (atlas)
+        o, new = self.ops[form](q, k, v, **self._op_inputs(pre), initial_state=mem, chunk_size=self.chunk_size, **clip,
+                                output_final_state=True)
         o = self.o_norm(o, rearrange(self.g_proj(x), "b t (h d) -> b t h d", h=H))
         y = self.o_proj(rearrange(o, "b t h d -> b t (h d)").to(x.dtype))
         new = {n: (t.to(state[n].dtype) if t.is_floating_point() else t) for n, t in new.items()}

@@ -61,6 +61,8 @@ class ModelConfig:
     """The blocks' and the final norm: "rms" (RMSNorm, a weight) or "layer" (LayerNorm, weight and bias: RWKV-4's)."""
     embed_norm: bool = False
     """A norm of that kind right after the embedding (RWKV-4's ln0 before its first block)."""
+    logit_soft_cap: float | None = None
+    """head="lm": logits -> cap * tanh(logits / cap) (xLSTM 7B's output soft cap, 30; Gemma 2's); None: none."""
 
     def __post_init__(self):
         from rnnlab.layers.registry import available_mixers, check_mixer_options
@@ -117,6 +119,9 @@ class ModelConfig:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if not isinstance(self.embed_norm, bool):
             raise ValueError(f"embed_norm must be a bool, got {self.embed_norm!r}")
+        if self.logit_soft_cap is not None and not (isinstance(self.logit_soft_cap, (int, float)) and self.logit_soft_cap > 0
+                                                    and self.head == "lm"):
+            raise ValueError(f'logit_soft_cap must be a number > 0 (head="lm") or None, got {self.logit_soft_cap!r}')
         if self.pool not in ("last", "mean"):
             raise ValueError(f'pool must be "last" or "mean", got {self.pool!r}')
         if self.tie_embeddings and (self.head != "lm" or self.vocab_size is None):

@@ -171,7 +171,8 @@ class SequenceModel(nn.Module):
                 raise ValueError("pass cu_seqlens (packed) or attention_mask (padded), not both")
             return self._forward_padded(inputs, state, attention_mask)
         x, new = self.features(inputs, state, cu_seqlens=cu_seqlens)
-        return self.head(x), new
+        out, cap = self.head(x), self.config.logit_soft_cap
+        return (out if cap is None else cap * torch.tanh(out / cap)), new
 
     def features(self, inputs: Tensor, state: State | None = None, *, cu_seqlens: Tensor | None = None) -> tuple[Tensor, State]:
         """What the head reads: inputs -> (features (B, T, D), or (B, D) / (N, D) pooled for "classify"; state)."""

@@ -11,12 +11,15 @@ Per head, with k_t already scaled by ``scale`` (the paper's k_t = W_k x_t / sqrt
     i'_t    = exp(i~_t - m_t),  f'_t = exp(log f_t + m_{t-1} - m_t)          (eqs. 16-17)
     C_t     = f'_t C_{t-1} + i'_t k_t v_t^T                     (eq. 19; stored (K, V) = C_paper^T)
     n_t     = f'_t n_{t-1} + i'_t k_t                            (eq. 20)
-    h~_t    = C_t^T q_t / max(|n_t^T q_t|, exp(-m_t))            (eq. 21, stabilized)
+    h~_t    = C_t^T q_t / (max(|n_t^T q_t|, exp(-m_t)) + eps)    (eq. 21, stabilized)
 
 The stored (C, n) are the paper's un-stabilized memory scaled by exp(-m_t), so the
 floor exp(-m_t) is the paper's "1": the output equals the un-stabilized formula
 exactly, and no exponent exceeds 0 (safe for input-gate pre-activations far beyond
 30 in float32 and bfloat16). The output gate o_t (eq. 24) belongs to the layer.
+``eps`` (default 0, the paper's eq. 21) is the authors' code's term added to the
+stabilized denominator (xLSTM 7B's kernels: 1e-6); it acts as eps * exp(m_t) on the
+un-stabilized one, so it depends on the stabilizer, which all three forms share.
 
 State: the tuple ``(C, n, m)`` in float32; ``initial_state=None`` means C = 0, n = 0,
 m = 0 (xLSTM's convention; with C = n = 0 the value of m does not change any output).
@@ -44,7 +47,8 @@ __all__ = ["chunk_mlstm", "fused_recurrent_mlstm", "naive_recurrent_mlstm", "MLS
 MLSTMState = tuple[Tensor, Tensor, Tensor]  # C (B, H, K, V), n (B, H, K), m (B, H); float32
 
 
-def _check(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, initial_state, forget_gate: str, chunk_size: int | None = None):
+def _check(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, initial_state, forget_gate: str, eps: float,
+           chunk_size: int | None = None):
     if q.dim() != 4:
         raise ValueError(f"q must be (B, T, H, K), got shape {tuple(q.shape)}")
     B, T, H, K = q.shape
@@ -60,6 +64,8 @@ def _check(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, initial_state,
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     if forget_gate not in ("sigmoid", "exp"):
         raise ValueError(f"forget_gate must be 'sigmoid' or 'exp', got {forget_gate!r}")
+    if not (isinstance(eps, (int, float)) and eps >= 0):
+        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     V = v.shape[-1]
@@ -100,12 +106,13 @@ def naive_recurrent_mlstm(
     initial_state: MLSTMState | None = None,
     output_final_state: bool = False,
     forget_gate: str = "sigmoid",
+    eps: float = 0.0,
 ) -> tuple[Tensor, MLSTMState | None]:
     """q, k (B, T, H, K), v (B, T, H, V), i, f (B, T, H) -> (h (B, T, H, V), (C, n, m) or None).
 
     Reference loop: the stabilized mLSTM step of the module docstring, token by token,
     in float32. ``scale`` (default K^-1/2) multiplies k as in eq. 22."""
-    _check(q, k, v, i, f, initial_state, forget_gate)
+    _check(q, k, v, i, f, initial_state, forget_gate, eps)
     scale, ig, logf, (C, n, m) = _prepare(q, k, v, i, f, scale, initial_state, forget_gate)
     acc = ig.dtype
     hs = []
@@ -117,7 +124,7 @@ def naive_recurrent_mlstm(
         C = f_s[..., None, None] * C + i_s[..., None, None] * kt[..., :, None] * vt[..., None, :]
         n = f_s[..., None] * n + i_s[..., None] * kt
         num = torch.einsum("bhkv,bhk->bhv", C, qt)
-        den = torch.maximum((n * qt).sum(-1).abs(), torch.exp(-m_new))
+        den = torch.maximum((n * qt).sum(-1).abs(), torch.exp(-m_new)) + eps
         hs.append(num / den[..., None])
         m = m_new
     h = torch.stack(hs, 1).to(v.dtype)
@@ -135,6 +142,7 @@ def fused_recurrent_mlstm(
     initial_state: MLSTMState | None = None,
     output_final_state: bool = False,
     forget_gate: str = "sigmoid",
+    eps: float = 0.0,
 ) -> tuple[Tensor, MLSTMState | None]:
     """q, k (B, T, H, K), v (B, T, H, V), i, f (B, T, H) -> (h (B, T, H, V), (C, n, m) or None).
 
@@ -142,7 +150,7 @@ def fused_recurrent_mlstm(
     computed for all t up front (m_t by a scan over scalars) and the normalizer folded
     into the state as an extra value column, so a step is two fused ops; the decoding
     path (T == 1) of the mLSTM layer."""
-    _check(q, k, v, i, f, initial_state, forget_gate)
+    _check(q, k, v, i, f, initial_state, forget_gate, eps)
     scale, ig, logf, (C, n, m) = _prepare(q, k, v, i, f, scale, initial_state, forget_gate)
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -163,7 +171,7 @@ def fused_recurrent_mlstm(
         Cn = torch.addcmul(ft[..., None, None] * Cn, kt[..., :, None], vt[..., None, :])
         outs.append(torch.einsum("bhkv,bhk->bhv", Cn, qt))
     o = torch.stack(outs, 1)  # (B, T, H, V+1)
-    h = o[..., :V] / torch.maximum(o[..., V].abs(), torch.exp(-mt))[..., None]
+    h = o[..., :V] / (torch.maximum(o[..., V].abs(), torch.exp(-mt)) + eps)[..., None]
     final = (Cn[..., :V], Cn[..., V], mt[:, -1]) if output_final_state else None
     return h.to(v.dtype), final
 
@@ -180,6 +188,7 @@ def chunk_mlstm(
     output_final_state: bool = False,
     chunk_size: int = 64,
     forget_gate: str = "sigmoid",
+    eps: float = 0.0,
 ) -> tuple[Tensor, MLSTMState | None]:
     """q, k (B, T, H, K), v (B, T, H, V), i, f (B, T, H) -> (h (B, T, H, V), (C, n, m) or None).
 
@@ -195,7 +204,7 @@ def chunk_mlstm(
     (bfloat16 inputs included: the normalizer is a sum of terms of both signs, so bfloat16-rounded
     scores would cost it its precision, as in xLSTM's kernels); the numerator matmuls run in
     bfloat16 for bfloat16 inputs. Gradients by autograd (memory O(T * chunk_size))."""
-    _check(q, k, v, i, f, initial_state, forget_gate, chunk_size)
+    _check(q, k, v, i, f, initial_state, forget_gate, eps, chunk_size)
     scale, ig, logf, (C, n, m) = _prepare(q, k, v, i, f, scale, initial_state, forget_gate)
     B, T, H, K = q.shape
     acc, dt = acc_dtype(q), mm_dtype(q)
@@ -235,6 +244,6 @@ def chunk_mlstm(
     w_in = decay_exp(m_in[..., None] - Mt)[..., None]  # (B, H, NC, L, 1)
     num = mac(S.to(dt), vc).to(acc) + w_in * mac(qc.to(dt), C_in.to(dt)).to(acc)  # (B, H, NC, L, V)
     den = S.sum(-1, keepdim=True) + w_in * mac(qc, n_in[..., None])  # (B, H, NC, L, 1) float32
-    h = num / torch.maximum(den.abs(), torch.exp(-(b + Mt))[..., None])
+    h = num / (torch.maximum(den.abs(), torch.exp(-(b + Mt))[..., None]) + eps)
     h = rearrange(h, "b h n l v -> b (n l) h v")[:, :T].to(v.dtype)
     return h, ((C, n, m) if output_final_state else None)

@@ -17,7 +17,10 @@ VARIANTS = {"mamba[bias,no conv bias,falcon norms]": ("mamba", {"bias": True, "c
             "mamba2[bias,no conv bias]": ("mamba2", {"bias": True, "conv_bias": False}),
             "hawk[gate_blocks=4,reset_first_token]": ("hawk", {"gate_blocks": 4, "reset_first_token": True}),
             "attention[gqa,partial rotary]": ("attention", {"num_heads": 4, "num_kv_heads": 2, "rotary_dim": 4}),
-            "sliding_attention[gqa]": ("sliding_attention", {"num_heads": 4, "num_kv_heads": 1})}
+            "sliding_attention[gqa]": ("sliding_attention", {"num_heads": 4, "num_kv_heads": 1}),
+            "mlstm[dense (xLSTM 7B),qk half,gate soft cap,eps]": ("mlstm", {"layout": "dense", "qk_dim_factor": 0.5,
+                                                                           "gate_soft_cap": 15.0, "eps": 1e-6}),
+            "mlstm[block,gate soft cap,eps]": ("mlstm", {"gate_soft_cap": 15.0, "eps": 1e-6})}
 
 
 @pytest.mark.parametrize("check", sorted(CHECKS))

@@ -1,8 +1,10 @@
 """HF recurrent checkpoints in rnnlab: tiny random HF models built locally (nothing downloaded) give the same
 logits through rnnlab's forms as through transformers, in the parallel form, token by token and in left-padded
-batches, within the float32 tolerance of rnnlab.testing (measured: 1e-7 to 5e-7 relative); to_hf brings them back."""
+batches, within the float32 tolerance of rnnlab.testing (measured: 1e-7 to 5e-7 relative; xLSTM, whose exponential
+input gates amplify float32 rounding, 2.4e-6 to 5e-6); to_hf brings them back."""
 import importlib.util
 import inspect
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -36,6 +38,15 @@ CONFIGS = {
                                   mamba_chunk_size=8, attention_bias=True, num_hidden_layers=3)),
     "rwkv": ("RwkvConfig", dict(hidden_size=32, attention_hidden_size=32, intermediate_size=96, context_length=64)),
 }
+# xLSTM (transformers 4.57 and later): xLSTM 7B's layout, q/k half the width of v; chunk 8 so that 13 tokens take HF's
+# chunkwise kernel and its recurrent tail (4.57's chunkwise kernel cannot run: it calls a tensor, `vecM_k_combine(...)`;
+# chunk 64 keeps 4.x on its recurrent kernel); widths multiples of 64 (HF's cache rounds them up to 64); no EOS (its
+# default, 2, would be banned by min_new_tokens in HF's generate but not in rnnlab's)
+if hasattr(transformers, "xLSTMConfig"):
+    CONFIGS["xlstm"] = ("xLSTMConfig", dict(hidden_size=128, num_heads=2, qk_dim_factor=0.5, ffn_round_up_to_multiple_of=8,
+                                            chunk_size=8 if int(transformers.__version__.split(".")[0]) >= 5 else 64,
+                                            autocast_kernel_dtype="float32",
+                                            eos_token_id=None))
 
 
 def hf_model(model_type, **over):
@@ -46,6 +57,9 @@ def hf_model(model_type, **over):
     with torch.no_grad():  # move every tensor off its initial value (zero biases, unit norms) so that each one matters
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p) * p.abs().mean().clamp_min(0.1))
+        for n, p in model.named_parameters():  # xLSTM: gates of every size (its input bias -10 would keep i~ near -10),
+            if "gate_preact" in n:  # so that the soft cap, the stabilizer and the exponential input gate all act
+                p.copy_(torch.randn_like(p) * (3.0 if n.endswith("bias") else 0.5))
     return model
 
 
@@ -55,7 +69,7 @@ def hf_logits(model, ids, mask=None):
 
 
 def test_every_architecture_has_a_tiny_config_here():
-    assert set(CONFIGS) == set(hf_architectures())
+    assert set(CONFIGS) == {t for t, arch in hf_architectures().items() if hasattr(transformers, arch.hf_class)}
 
 
 @pytest.mark.parametrize("model_type", sorted(CONFIGS))
@@ -99,7 +113,7 @@ def test_to_hf_round_trips_and_paths_load(model_type, tmp_path):
 def test_hf_generate_from_a_cache_equals_rnnlab_generate():
     """HF's own recurrent decoding (its cache) and rnnlab's give the same greedy tokens. (HF's RWKV decodes one row
     only: its single-token shift broadcasts a (B, D) state against (B, 1, D) inputs into (B, B, D).)"""
-    for model_type in ("mamba", "falcon_mamba", "mamba2", "bamba", "rwkv"):
+    for model_type in sorted(CONFIGS):
         hf = hf_model(model_type)
         ids = torch.randint(1, V, (1 if model_type == "rwkv" else 2, 7))
         got = hf.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
@@ -125,6 +139,10 @@ def test_what_has_no_counterpart_is_refused():
         from_hf(hf_model("mamba", hidden_act="gelu"))
     with pytest.raises(ValueError, match="attention_hidden_size"):
         from_hf(hf_model("rwkv", attention_hidden_size=16))
+    if hasattr(transformers, "Zamba2Config"):  # shared attention blocks on concatenated embeddings: refused with the reason
+        zamba2 = SimpleNamespace(config=transformers.Zamba2Config(), state_dict=dict)  # the config decides; no 1.2B model built
+        with pytest.raises(ValueError, match="'zamba2' \\(Zamba2's attention is one block shared"):
+            from_hf(zamba2)
     with pytest.raises(ValueError, match="model_type 'gpt2'"):
         from_hf(transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=V)))
     neg = SequenceModel(ModelConfig(mixer="mamba", mixer_kwargs={"negative_eigenvalues": True}, vocab_size=V, d_model=16, n_layers=1, mlp=None))
@@ -217,3 +235,84 @@ def test_recurrentgemma_recurrent_block_equals_rnnlab_hawk():
         return out[0] if isinstance(out, tuple) else out  # 5.x returns (y, None)
 
     check_layer_equals_hf(mixer, hf, x, cut=4)
+
+
+needs_xlstm = pytest.mark.skipif(not hasattr(transformers, "xLSTMConfig"), reason="this transformers has no xLSTM (4.57 and later)")
+
+
+@needs_xlstm
+def test_xlstm_maps_onto_the_dense_mlstm_layout_and_its_caps_matter():
+    """xLSTM -> mlstm layout="dense" with HF's gate soft cap, denominator eps and the model's logit soft cap.
+
+    Measured (transformers 5.25, the tiny config above, gate weights N(0, 0.5^2) over width 128, biases N(0, 3^2):
+    pre-activations up to the cap 15): rnnlab vs HF in test_logits_equal_hf_parallel_stepped_and_left_padded 2.4e-6
+    relative parallel, 5.0e-6 token by token; over input seeds 0-5 at most 5.3e-6 and 5.1e-6. That is float32
+    rounding amplified by the large gates, not the mapping: HF's own cached steps differ from its parallel form by
+    4.1e-6, and rnnlab float32 and HF float32 are 2.2e-6 and 2.1e-6 from rnnlab run in float64. (With N(0, 1) gate
+    weights, 2.7e-5 parallel: one token after a chunk boundary with i~ = 13.7, where rnnlab float32 is 3.2e-5 and HF
+    float32 1.3e-4 from float64.) Dropping the gate cap changes the logits by 0.39, the logit cap by 5.7e-4, so both
+    are exercised; eps = 1e-6 is below float32 rounding here (2.9e-6 without it). to_hf reproduces HF bit for bit."""
+    hf = hf_model("xlstm")
+    model = from_hf(hf)
+    kw = model.config.mixer_kwargs
+    assert (kw["layout"], kw["qk_dim_factor"], kw["gate_soft_cap"], kw["eps"]) == ("dense", 0.5, 15.0, 1e-6)
+    assert model.config.logit_soft_cap == 30.0
+    ids = torch.randint(0, V, (2, T))
+    expected = hf_logits(hf, ids)
+    for change in ({"mixer_kwargs": {**kw, "gate_soft_cap": None}}, {"logit_soft_cap": None}):
+        other = SequenceModel(model.config.replace(**change)).eval()
+        other.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            assert not torch.allclose(other(ids)[0], expected, rtol=1e-4, atol=1e-4), change
+
+
+@needs_xlstm
+def test_xlstm_fused_weight_layout_loads(tmp_path):
+    """weight_mode="fused" checkpoints ([q | k | v | o], [i~ | f~], [gate | up] in one matrix each: rnnlab's own layout)
+    load from a folder. (transformers 5.25 cannot build a fused xLSTM itself: its _init_weights fails on the fused
+    gate bias; the folder is the single-layout model's tensors concatenated.)"""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    hf = hf_model("xlstm")
+    hf.save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    fused = {}
+    for name, t in state.items():
+        layer, _, leaf = name.rpartition(".mlstm_layer.")
+        if layer and leaf in ("q.weight", "k.weight", "v.weight", "ogate_preact.weight"):
+            if leaf == "q.weight":
+                fused[f"{layer}.mlstm_layer.qkv_opreact.weight"] = torch.cat(
+                    [state[f"{layer}.mlstm_layer.{n}.weight"] for n in ("q", "k", "v", "ogate_preact")])
+        elif layer and leaf.startswith(("igate_preact", "fgate_preact")):
+            kind = leaf.split(".")[1]
+            fused[f"{layer}.mlstm_layer.ifgate_preact.{kind}"] = torch.cat(
+                [state[f"{layer}.mlstm_layer.{g}_preact.{kind}"] for g in ("igate", "fgate")])
+        elif name.endswith(("ffn.proj_up_gate.weight", "ffn.proj_up.weight")):
+            block = name.rpartition(".ffn.")[0]
+            fused[f"{block}.ffn.proj_up_gate_z.weight"] = torch.cat([state[f"{block}.ffn.proj_up_gate.weight"], state[f"{block}.ffn.proj_up.weight"]])
+        else:
+            fused[name] = t
+    save_file({k: v.contiguous() for k, v in fused.items()}, str(tmp_path / "model.safetensors"))
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "weight_mode": "fused"}))
+    ids = torch.randint(0, V, (2, T))
+    with torch.no_grad():
+        assert torch.equal(from_hf(tmp_path)(ids)[0], from_hf(hf)(ids)[0])
+
+
+@needs_xlstm
+def test_an_rnnlab_dense_mlstm_model_exports_to_xlstm_and_the_rest_is_refused():
+    kw = {"layout": "dense", "num_heads": 2, "proj_factor": 1.0, "qk_dim_factor": 0.5, "gate_soft_cap": 15.0, "norm_eps": 1e-6}
+    model = SequenceModel(ModelConfig(mixer="mlstm", mixer_kwargs=kw, vocab_size=V, d_model=64, n_layers=2, logit_soft_cap=30.0)).eval()
+    hf = to_hf(model, "xlstm")  # rnnlab's "unit" embedding scale folded into HF's embedding (untied head)
+    ids = torch.randint(0, V, (2, T))
+    with torch.no_grad():
+        assert_close(hf_logits(hf, ids), model(ids)[0])
+    for bad, field in (({**kw, "norm_eps": 1e-5}, "norm_eps"), ({**kw, "layout": "block", "qk_dim_factor": 1.0}, "layout"),
+                       ({**kw, "gate_soft_cap": None}, "gate_soft_cap")):
+        with pytest.raises(ValueError, match=field):
+            to_hf(SequenceModel(model.config.replace(mixer_kwargs=bad)), "xlstm")
+    with pytest.raises(ValueError, match="use_bias"):
+        from_hf(hf_model("xlstm", use_bias=True))

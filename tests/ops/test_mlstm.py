@@ -77,6 +77,17 @@ def test_exp_forget_gate(form):
     _compare(_run(FORMS[form], args, state, **kw), _run(M.naive_recurrent_mlstm, args, state, **kw), TOL)
 
 
+@pytest.mark.parametrize("form", ["chunk", "fused_recurrent"])
+def test_denominator_eps(form):
+    """eps (xLSTM 7B's 1e-6) added to the stabilized denominator: every form equals the reference loop, values and
+    gradients, with input gates up to 15 (its soft cap); eps changes the output (the forms share the stabilizer m_t)."""
+    args, state = _inputs(2, 37, 2, 8, 16, seed=7, imax=15.0)
+    kw = dict(eps=1e-6, chunk_size=8) if form == "chunk" else dict(eps=1e-6)
+    _compare(_run(FORMS[form], args, state, **kw), _run(M.naive_recurrent_mlstm, args, state, eps=1e-6), TOL)
+    h0, _ = M.naive_recurrent_mlstm(*args, initial_state=state)
+    assert not torch.equal(M.naive_recurrent_mlstm(*args, initial_state=state, eps=1e-6)[0], h0)
+
+
 # --- the xLSTM paper's equations, transcribed independently (float64, no stabilizer) -----------
 def _paper_mlstm(q, k, v, i, f, scale, C0, n0, m0, forget_gate="sigmoid"):
     """Beck et al. 2024, eqs. 19-27, un-stabilized, head-first float64:

@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnlab.ops import (cfc, conv, delta, gla, hippo, hippo_rnn, log_scan, ltc, matrix_scan, mlstm, reservoir, rnn, rwkv6,
-                        rwkv7, scan, selective_scan, ssm_kernels, wkv4)
+from rnnlab.ops import (cfc, conv, delta, gla, hippo, hippo_rnn, log_scan, ltc, matrix_scan, mlstm, plstm, reservoir, rnn,
+                        rwkv6, rwkv7, scan, selective_scan, ssm_kernels, wkv4)
 from rnnlab.ops.varlen import cu_seqlens_from_lengths, map_state
 from rnnlab.testing import assert_close
 
@@ -161,6 +161,13 @@ def _matrix_scan(backend, kind):
                 state=torch.randn(N, H, 3), final=None)
 
 
+def _plstm(backend):
+    """pLSTM's source / signed transition / mark / direct gates per head (rnnlab.ops.plstm)."""
+    gates = dict(S=torch.rand(1, T_ALL, H), T=2 * torch.rand(1, T_ALL, H) - 1, M=torch.rand(1, T_ALL, H), D=torch.rand(1, T_ALL, H))
+    ref = lambda backend, chunk_size, **kw: plstm.plstm_ref(**kw)  # noqa: E731
+    return Case(plstm.plstm, ref, {**_qkv(), **gates}, dict(backend=backend, chunk_size=16), state=torch.randn(N, H, K, V), final=None)
+
+
 def _diag_loop(u, C, log_z, Bbar, h0):
     """S4D's recurrence, the specification of diag_conv: h_t = e^{log_z} h_{t-1} + B̄ u_t, y_t = 2 Re(C h_t)."""
     h = h0 if h0 is not None else torch.zeros(u.shape[0], *C.shape, dtype=C.dtype)
@@ -259,6 +266,7 @@ CASES = {
     **{f"diag_conv{'_strong' * s}": (lambda s=s: _diag_conv(s)) for s in (False, True)},
     **{f"matrix_scan_{be}_{kind}": (lambda be=be, kind=kind: _matrix_scan(be, kind))
        for be in ("chunk", "scan", "recurrent", "reference") for kind in ("full", "normalize", "diag")},
+    **{f"plstm_{be}": (lambda be=be: _plstm(be)) for be in ("chunk", "recurrent", "reference")},
     "fft_causal_conv": _fft_causal_conv,
     "dense_ssm_conv": _dense_ssm,
     **{name: (lambda name=name: _continuous(name)) for name in ("ltc", "cfc", "hippo_rnn")},
@@ -405,6 +413,7 @@ PUBLIC_OPS = [
     *(getattr(rwkv7, f"{form}_rwkv7") for form in ("chunk", "fused_recurrent", "naive_recurrent")),
     scan.linear_scan, scan.linear_scan_ref, selective_scan.selective_scan, selective_scan.selective_scan_ref,
     log_scan.log_scan, log_scan.log_scan_ref, wkv4.wkv4, wkv4.wkv4_ref, matrix_scan.matrix_scan, matrix_scan.matrix_scan_ref,
+    plstm.plstm, plstm.plstm_ref,
     ssm_kernels.diag_conv, ssm_kernels.fft_causal_conv, ssm_kernels.fft_causal_conv_ref, conv.causal_conv1d, conv.causal_conv1d_ref,
     ssm_kernels.dense_ssm_conv, ssm_kernels.dense_ssm_ref, hippo.project_ref, ltc.ltc, ltc.ltc_ref, cfc.cfc, cfc.cfc_ref,
     hippo_rnn.hippo_rnn, hippo_rnn.hippo_rnn_ref, reservoir.residual_reservoir, reservoir.residual_reservoir_ref,
