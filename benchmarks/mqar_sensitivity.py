@@ -120,12 +120,16 @@ def main():
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--settings", help="comma-separated indices of the steps toward the check to run (default: all)")
     args = ap.parse_args()
     set_threads(args.threads)
     results = []
-    setting = dict(RNNLAB)
+    cumulative, setting = [], dict(RNNLAB)
     for name, change in STEPS_TOWARD_CHECK:
-        setting.update(change)
+        setting = {**setting, **change}
+        cumulative.append((name, setting))
+    chosen = range(len(cumulative)) if not args.settings else [int(i) for i in args.settings.split(",")]
+    for name, setting in (cumulative[i] for i in chosen):
         variants = [("rnnlab", "unit"), ("rnnlab", "gpt2"), ("torch", "unit")]
         for kind, emb in variants:
             s = {**setting, "embedding_init": emb}
