@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from rnnlab.layers.registry import mixer_info
-from rnnlab.models.config import ModelConfig
+from rnnlab.models.config import MLPS, ModelConfig
 from rnnlab.models.model import SequenceModel, SwiGLU
 
 __all__ = ["Rule", "Arch", "register_arch", "from_hf", "to_hf", "hf_architectures"]
@@ -213,9 +213,11 @@ def _functional(mc: ModelConfig) -> dict:
     d = {k: v for k, v in mc.to_dict().items() if k not in _NOT_FUNCTIONAL}
     d["mixer"] = mc.layer_mixers()
     d["mixer_kwargs"] = [_complete(m, k) for m, k in zip(mc.layer_mixers(), mc.layer_kwargs())]
-    d["mlp_kwargs"] = _complete(mc.mlp, mc.mlp_kwargs) if mc.mlp not in (None, "swiglu") else {}
-    d.pop("mlp_ratio")
-    if mc.mlp == "swiglu":  # what the ratio computes: the hidden size (ratios rounding to the same size are one function)
+    d["mlp"] = mlps = mc.layer_mlps()
+    d["mlp_kwargs"] = [_complete(m, k) if m not in MLPS else {} for m, k in zip(mlps, mc.layer_mlp_kwargs())]
+    for key in ("mlp_ratio", "mixer_every", "mlp_every"):  # the rules are in the per-layer lists
+        d.pop(key)
+    if any(m in ("swiglu", "geglu") for m in mlps):  # what the ratio computes: the hidden size (ratios rounding to the same size are one function)
         d["mlp_hidden"] = SwiGLU.hidden_size(mc.d_model, mc.mlp_ratio)
     return d
 

@@ -236,7 +236,7 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
         c, i = model.config, int(parts[1])
         with torch.device("cpu"):
             fresh = (create_mixer(c.layer_mixers()[i], c.d_model, **c.layer_kwargs()[i]) if parts[2] == "mixer"
-                     else create_mixer(c.mlp, c.d_model, **c.mlp_kwargs))
+                     else create_mixer(c.layer_mlps()[i], c.d_model, **c.layer_mlp_kwargs()[i]))
         source = fresh.get_submodule(".".join(parts[3:])) if len(parts) > 3 else fresh
         with torch.no_grad():
             for name in names:

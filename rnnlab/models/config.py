@@ -5,12 +5,56 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ModelConfig"]
+__all__ = ["ModelConfig", "pattern_rules"]
 
 HEADS = ("lm", "classify", "regress")
 NORMS = ("rms", "layer")
 EMBEDDING_INITS = ("unit", "gpt2")
 READOUTS = ("gradient", "ridge")
+MLPS = ("swiglu", "geglu", None)
+"""The MLP slot's built-in choices; any other name is a registered mixer."""
+
+
+def pattern_rules(pattern: list[str]) -> tuple[str, dict[str, list[int]]]:
+    """A repeating layer pattern -> (mixer, mixer_every): ["hawk", "hawk", "sliding_attention"] ->
+    ("hawk", {"sliding_attention": [3, 2]}); the pattern's most frequent name is the base."""
+    if not pattern or not all(isinstance(p, str) for p in pattern):
+        raise ValueError(f"a layer pattern is a non-empty list of mixer names, got {pattern!r}")
+    base = max(pattern, key=pattern.count)
+    rules = {}
+    for i, name in enumerate(pattern):
+        if name != base:
+            rules.setdefault(name, [len(pattern)]).append(i)
+    return base, rules
+
+
+def _apply_rules(base, rules: dict, n_layers: int, field_name: str) -> list:
+    """``base`` (one value or one per layer) with {name: [period, offset, ...]} rules applied: layer i takes ``name``
+    where i % period is one of the offsets."""
+    layers = list(base) if isinstance(base, (list, tuple)) else [base] * n_layers
+    if not isinstance(rules, dict):
+        raise ValueError(f"{field_name} must be a dict {{name: [period, offset, ...]}}, got {rules!r}")
+    owner = {}
+    for name, rule in rules.items():
+        ok = (isinstance(rule, (list, tuple)) and len(rule) >= 2 and all(isinstance(r, int) and not isinstance(r, bool) for r in rule)
+              and rule[0] >= 1 and all(0 <= o < rule[0] for o in rule[1:]))
+        if not ok:
+            raise ValueError(f"{field_name}[{name!r}] must be [period, offset, ...] with period >= 1 and 0 <= offset < period, "
+                             f"got {rule!r}")
+        for i in range(n_layers):
+            if i % rule[0] in rule[1:]:
+                if i in owner:
+                    raise ValueError(f"{field_name}: rules {owner[i]!r} and {name!r} both claim layer {i}")
+                owner[i], layers[i] = name, name
+    return layers
+
+
+def _per_layer_kwargs(kw, names: list) -> list[dict]:
+    """One dict for all layers, one per layer, or one per name (a dict whose keys are all names in ``names``)."""
+    if isinstance(kw, (list, tuple)):
+        return [dict(k) for k in kw]
+    by_name = bool(kw) and all(k in names and isinstance(v, dict) for k, v in kw.items())
+    return [dict(kw.get(n, {})) if by_name else dict(kw) for n in names]
 
 
 @dataclass(frozen=True)
@@ -20,7 +64,13 @@ class ModelConfig:
     mixer: str | list[str] = "attention"
     """Registered mixer name, or one name per layer (hybrids, e.g. ["lstm", "lstm", "attention"])."""
     mixer_kwargs: dict | list[dict] = field(default_factory=dict)
-    """Keyword arguments for the mixer(s): one dict for all layers, or one per layer."""
+    """Keyword arguments for the mixer(s): one dict for all layers, one per layer, or one per mixer name
+    ({"hawk": {...}, "sliding_attention": {"window": 2048}}: a dict whose keys are all names of this config's mixers)."""
+    mixer_every: dict = field(default_factory=dict)
+    """Period/offset rules over ``mixer``, the way papers say hybrids: {name: [period, offset, ...]} puts that mixer at
+    the layers i with i % period among the offsets. {"attention": [8, 4]} is Jamba's "attention every 8th layer,
+    offset 4"; mixer="hawk" with {"sliding_attention": [3, 2]} repeats Griffin's (hawk, hawk, local attention)
+    pattern, truncated at n_layers (``pattern_rules`` writes any repeating pattern as rules). Rules may not overlap."""
     d_model: int = 64
     n_layers: int = 2
     vocab_size: int | None = None
@@ -33,12 +83,17 @@ class ModelConfig:
     out_dim: int | None = None
     pool: str = "last"
     """Sequence pooling for head="classify": "last" token (causal) or "mean"."""
-    mlp: str | None = "swiglu"
-    """Second sub-layer of each block: "swiglu", None (mixer only), or any registered mixer name (e.g. rwkv6_channel_mix)."""
+    mlp: str | None | list = "swiglu"
+    """Second sub-layer of each block: "swiglu", "geglu" (Griffin's gated MLP: GeLU, tanh approximation), None (mixer
+    only), or any registered mixer name (e.g. rwkv6_channel_mix); or one of these per layer (a list of n_layers)."""
+    mlp_every: dict = field(default_factory=dict)
+    """Period/offset rules over ``mlp``, as ``mixer_every`` ({"none": [2, 1]}: no MLP at odd layers)."""
     mlp_kwargs: dict = field(default_factory=dict)
-    """Keyword arguments of the MLP slot when it is a registered mixer (e.g. {"expansion": 4} for rwkv4_channel_mix)."""
+    """Keyword arguments of the MLP slot when it is a registered mixer (e.g. {"expansion": 4} for rwkv4_channel_mix),
+    or one dict per registered-mixer MLP name, as ``mixer_kwargs``."""
     mlp_ratio: float = 4.0
-    """SwiGLU hidden size = 2/3 * mlp_ratio * d_model, rounded up to a multiple of 8 (LLaMA's rule)."""
+    """SwiGLU / GeGLU hidden size = 2/3 * mlp_ratio * d_model, rounded up to a multiple of 8 (LLaMA's rule; Griffin's
+    expansion M = 3, a hidden size of 3 * d_model, is mlp_ratio=4.5)."""
     tie_embeddings: bool = False
     embedding_init: str = "unit"
     """Token embeddings: "unit" enters the residual stream at unit scale per entry (weights N(0, 1/d_model), the
@@ -85,24 +140,27 @@ class ModelConfig:
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
+        for name in ("mixer", "mixer_kwargs", "mlp"):
+            v = getattr(self, name)
+            if isinstance(v, (list, tuple)) and len(v) != self.n_layers:
+                raise ValueError(f"{name} list has {len(v)} entries but n_layers={self.n_layers}")
         mixers = self.layer_mixers()
         valid = available_mixers()
-        for m in mixers + ([self.mlp] if self.mlp not in (None, "swiglu") else []):
+        for m in mixers + [m for m in self.layer_mlps() if m not in MLPS]:
             if m not in valid:
                 raise ValueError(f"unknown mixer {m!r}; valid choices: {', '.join(valid)}")
-        if isinstance(self.mixer, list) and len(self.mixer) != self.n_layers:
-            raise ValueError(f"mixer list has {len(self.mixer)} entries but n_layers={self.n_layers}")
-        if isinstance(self.mixer_kwargs, list) and len(self.mixer_kwargs) != self.n_layers:
-            raise ValueError(f"mixer_kwargs list has {len(self.mixer_kwargs)} entries but n_layers={self.n_layers}")
         kw = self.mixer_kwargs if isinstance(self.mixer_kwargs, (list, tuple)) else [self.mixer_kwargs]
         if not all(isinstance(k, dict) for k in kw):
-            raise ValueError(f"mixer_kwargs must be a dict or a list of one dict per layer, got {self.mixer_kwargs!r}")
+            raise ValueError(f"mixer_kwargs must be a dict, a list of one dict per layer or a dict of one dict per mixer "
+                             f"name, got {self.mixer_kwargs!r}")
         for m, k in zip(mixers, self.layer_kwargs()):  # bad options fail here, before any model is built
             check_mixer_options(m, self.d_model, k)
-        if not isinstance(self.mlp_kwargs, dict) or (self.mlp_kwargs and self.mlp in (None, "swiglu")):
+        mlp_kwargs = self.layer_mlp_kwargs()
+        if not isinstance(self.mlp_kwargs, dict) or any(k and m in MLPS for m, k in zip(self.layer_mlps(), mlp_kwargs)):
             raise ValueError(f"mlp_kwargs must be a dict, empty unless mlp is a registered mixer, got {self.mlp_kwargs!r}")
-        if self.mlp not in (None, "swiglu"):
-            check_mixer_options(self.mlp, self.d_model, self.mlp_kwargs)
+        for m, k in zip(self.layer_mlps(), mlp_kwargs):
+            if m not in MLPS:
+                check_mixer_options(m, self.d_model, k)
         if (self.vocab_size is None) == (self.input_dim is None):
             raise ValueError("set exactly one of vocab_size (token inputs) or input_dim (feature inputs)")
         if self.head not in HEADS:
@@ -140,11 +198,18 @@ class ModelConfig:
                                  f"got mlp={self.mlp!r}, dropout={self.dropout}")
 
     def layer_mixers(self) -> list[str]:
-        return list(self.mixer) if isinstance(self.mixer, (list, tuple)) else [self.mixer] * self.n_layers
+        """The mixer of each layer: ``mixer`` (one name or one per layer) with the ``mixer_every`` rules applied."""
+        return _apply_rules(self.mixer, self.mixer_every, self.n_layers, "mixer_every")
 
     def layer_kwargs(self) -> list[dict]:
-        kw = self.mixer_kwargs
-        return [dict(k) for k in kw] if isinstance(kw, (list, tuple)) else [dict(kw) for _ in range(self.n_layers)]
+        return _per_layer_kwargs(self.mixer_kwargs, self.layer_mixers())
+
+    def layer_mlps(self) -> list[str | None]:
+        """The MLP of each layer ("swiglu", "geglu", a registered mixer name, or None), ``mlp_every`` applied."""
+        return [None if m == "none" else m for m in _apply_rules(self.mlp, self.mlp_every, self.n_layers, "mlp_every")]
+
+    def layer_mlp_kwargs(self) -> list[dict]:
+        return _per_layer_kwargs(self.mlp_kwargs, self.layer_mlps())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

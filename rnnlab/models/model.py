@@ -1,7 +1,7 @@
 """SequenceModel: embedding -> N pre-norm blocks (any mixer per layer) -> final norm -> head.
 
-Block: x + Mixer(RMSNorm(x)), then x + MLP(RMSNorm(x)); the MLP is SwiGLU
-(Shazeer 2020), None, or any registered mixer (RWKV's channel-mix). The model
+Block: x + Mixer(RMSNorm(x)), then x + MLP(RMSNorm(x)); the MLP is SwiGLU or GeGLU
+(Shazeer 2020), None, or any registered mixer (RWKV's channel-mix), chosen per layer. The model
 state is {"<layer>.mixer.<key>": tensor, "<layer>.mlp.<key>": ...}: a flat
 dict with batch in dim 0, so it moves, indexes and saves like a mixer state.
 
@@ -12,6 +12,7 @@ real tokens, left padding as HF's generate sends), which is converted to the pac
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -28,10 +29,15 @@ __all__ = ["SequenceModel", "Block", "SwiGLU"]
 
 
 class SwiGLU(nn.Module):
-    """y = W2 (silu(W1 x) * W3 x); hidden = 2/3 * ratio * d rounded up to a multiple of 8."""
+    """y = W2 (silu(W1 x) * W3 x); hidden = 2/3 * ratio * d rounded up to a multiple of 8. With
+    ``activation="gelu"`` it is GeGLU, GeLU in its tanh approximation (Shazeer 2020; Griffin's gated MLP block,
+    De et al. 2024 Sec. 2.2, and recurrentgemma's ``gelu_pytorch_tanh``)."""
 
-    def __init__(self, d_model: int, ratio: float = 4.0):
+    def __init__(self, d_model: int, ratio: float = 4.0, activation: str = "silu"):
         super().__init__()
+        if activation not in ("silu", "gelu"):
+            raise ValueError(f'activation must be "silu" or "gelu", got {activation!r}')
+        self.act = F.silu if activation == "silu" else partial(F.gelu, approximate="tanh")
         hidden = self.hidden_size(d_model, ratio)
         self.w13 = nn.Linear(d_model, 2 * hidden, bias=False)
         self.w2 = nn.Linear(hidden, d_model, bias=False)
@@ -42,7 +48,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = self.w13(x).chunk(2, -1)
-        return self.w2(F.silu(a) * b)
+        return self.w2(self.act(a) * b)
 
 
 def make_norm(kind: str, d_model: int, eps: float) -> nn.Module:
@@ -113,14 +119,12 @@ class SequenceModel(nn.Module):
             nn.init.normal_(self.embed.weight, std=c.d_model ** -0.5 if unit else 0.02)
             self.embed_scale = c.d_model ** 0.5 if unit else 1.0
         blocks = []
-        for name, kw in zip(c.layer_mixers(), c.layer_kwargs()):
+        for name, kw, mlp, mlp_kw in zip(c.layer_mixers(), c.layer_kwargs(), c.layer_mlps(), c.layer_mlp_kwargs()):
             mixer = create_mixer(name, c.d_model, **kw)
-            if c.mlp is None:
-                mlp = None
-            elif c.mlp == "swiglu":
-                mlp = SwiGLU(c.d_model, c.mlp_ratio)
-            else:
-                mlp = create_mixer(c.mlp, c.d_model, **c.mlp_kwargs)
+            if mlp in ("swiglu", "geglu"):
+                mlp = SwiGLU(c.d_model, c.mlp_ratio, "silu" if mlp == "swiglu" else "gelu")
+            elif mlp is not None:
+                mlp = create_mixer(mlp, c.d_model, **mlp_kw)
             blocks.append(Block(mixer, mlp, c.d_model, c.norm_eps, c.dropout, c.norm))
         self.blocks = nn.ModuleList(blocks)
         if c.embed_norm:

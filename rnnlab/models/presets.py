@@ -1,14 +1,130 @@
 """Model presets as functions (torchtune's llama3_8b()): hybrids written as data, from registered mixers.
 
+    hawk(size)        Hawk (De et al. 2024, "Griffin", Sec. 2): RG-LRU recurrent blocks (`hawk`), each with a GeGLU MLP
+    griffin(size)     Griffin (ibid.): two recurrent blocks, then one local multi-query attention block, repeated
+    recurrentgemma(size)  RecurrentGemma 2B / 9B (Botev et al. 2024): Griffin with recurrentgemma's options
+    samba(size)       Samba (Ren et al. 2024): Mamba and sliding-window attention alternating, each with a SwiGLU MLP
+    hybrid_ratio(linear_mixer, ratio)  ``ratio`` linear-mixer layers, then one full-attention layer, repeated
     titans_mal(...)   Titans' memory as a layer (MAL, Behrouz et al. 2024, §4.3): each pair of layers is the neural
                       memory (`titans`) followed by sliding-window attention (`sliding_attention`)
     titans_mag(...)   Titans' memory as a gate (MAG, §4.2): every layer the `titans_mag` mixer
+
+``size`` picks a published shape ("2b", "1.3b", ...) or "tiny" (a few layers of width 64, for tasks and tests);
+``config``: other ModelConfig fields, which win over the preset's. ``build("griffin", size="1b")`` builds by name
+(``rnnlab train model.preset=griffin model.preset_options.size=tiny``). Hybrids are written with
+``ModelConfig.mixer_every`` (period/offset rules) and per-mixer-name kwargs, so changing n_layers keeps the pattern.
 """
 from __future__ import annotations
 
 from rnnlab.models.config import ModelConfig
 
-__all__ = ["titans_mal", "titans_mag"]
+__all__ = ["PRESETS", "build", "hawk", "griffin", "recurrentgemma", "samba", "hybrid_ratio", "titans_mal", "titans_mag"]
+
+GRIFFIN_MLP_RATIO = 4.5
+"""Griffin's gated MLP has expansion M = 3 (hidden 3 * d_model, Sec. 2.2); rnnlab's rule 2/3 * ratio * d_model gives
+that at ratio 4.5."""
+
+# Griffin / Hawk shapes: width D, RNN width, depth, heads (attention heads, and the blocks of the RG-LRU gates). "7b" is
+# the 7B of De et al. 2024 (Appendix C), as the authors' code writes it (google-deepmind/recurrentgemma, common.py,
+# Preset.GRIFFIN_PAPER_7B / HAWK_PAPER_7B): MLP width 3 * D, local attention window 1024, vocabulary 256000, embeddings
+# neither scaled by sqrt(D) nor logits soft-capped.
+GRIFFIN_SHAPES = {
+    "tiny": (64, 64, 3, 2),
+    "7b": (4096, 5632, 32, 32),
+}
+
+# Botev et al. 2024 (RecurrentGemma), Table 1 / the released configs: width, depth, heads, vocabulary; RNN width = width,
+# MLP expansion 3, local attention window 2048, one key/value head, RoPE on half of each head (head size 256).
+RECURRENTGEMMA_SHAPES = {
+    "tiny": (64, 3, 2, 256),
+    "2b": (2560, 26, 10, 256000),
+    "9b": (4096, 38, 16, 256000),
+}
+
+# microsoft/Samba lit_gpt/config.py (Samba_421M, Samba_1.3B): width, layers (Mamba and SWA alternating, each with an
+# MLP), heads, SwiGLU hidden size, vocabulary; window 2048.
+SAMBA_SHAPES = {
+    "tiny": (64, 4, 2, 128, 256),
+    "421m": (1536, 12, 12, 4096, 32000),
+    "1.3b": (2304, 18, 18, 6144, 32000),
+}
+
+
+def _shape(table: dict, size: str, preset: str):
+    if size not in table:
+        raise ValueError(f"{preset}: unknown size {size!r}; valid sizes: {', '.join(table)}")
+    return table[size]
+
+
+def _griffin_like(mixer_every: dict, size: str, preset: str, vocab_size: int | None, window: int, **config) -> ModelConfig:
+    D, rnn, depth, heads = _shape(GRIFFIN_SHAPES, size, preset)
+    vocab_size = (256 if size == "tiny" else 256000) if vocab_size is None else vocab_size
+    kwargs = {"hawk": {"expansion": rnn / D, "gate_blocks": heads},
+              "sliding_attention": {"num_heads": heads, "num_kv_heads": 1, "window": window if size != "tiny" else 16}}
+    base = dict(mixer="hawk", mixer_every=mixer_every, mixer_kwargs={k: kwargs[k] for k in ["hawk", *mixer_every]}, d_model=D,
+                n_layers=depth, vocab_size=vocab_size, mlp="geglu", mlp_ratio=GRIFFIN_MLP_RATIO, tie_embeddings=True,
+                embedding_init="gpt2")
+    return ModelConfig(**{**base, **config})
+
+
+def hawk(size: str = "tiny", vocab_size: int | None = None, **config) -> ModelConfig:
+    """Hawk (De et al. 2024, Sec. 2): ``depth`` residual blocks, each the recurrent block (`hawk`, RNN width from
+    GRIFFIN_SHAPES, RG-LRU gates block-diagonal with one block per head as in the authors' code) then a GeGLU MLP of
+    expansion 3; embeddings tied to the head (Sec. 2.1), unscaled (embedding_init="gpt2", the authors' 7B preset)."""
+    return _griffin_like({}, size, "hawk", vocab_size, 1024, **config)
+
+
+def griffin(size: str = "tiny", vocab_size: int | None = None, window: int = 1024, **config) -> ModelConfig:
+    """Griffin (De et al. 2024, Sec. 2.4): blocks repeating (recurrent, recurrent, local MQA attention), i.e.
+    `sliding_attention` every 3rd layer at offset 2, window 1024 (the paper's); one key/value head (MQA); GeGLU MLPs
+    of expansion 3; tied, unscaled embeddings. Shapes: GRIFFIN_SHAPES; "tiny" is d_model 64, 3 layers, window 16."""
+    return _griffin_like({"sliding_attention": [3, 2]}, size, "griffin", vocab_size, window, **config)
+
+
+def recurrentgemma(size: str = "tiny", vocab_size: int | None = None, **config) -> ModelConfig:
+    """RecurrentGemma (Botev et al. 2024): Griffin with RNN width = width, (recurrent, recurrent, local MQA attention)
+    repeated and truncated at the depth (2B: 26 layers end on two recurrent ones), window 2048, one key/value head of size
+    256, RoPE on half of each head (``rotary_dim``), recurrentgemma's block-diagonal RG-LRU gates (one block per head)
+    and first-token reset, GeGLU MLPs of expansion 3, embeddings scaled by sqrt(width) and tied, logits soft-capped at 30.
+    Differences from the checkpoints, stated: no biases on the attention output and the MLPs (recurrentgemma has them:
+    ~0.5M of 2.7B parameters), rnnlab's RMSNorm scales by w (recurrentgemma's by 1 + w: a reparameterization).
+    Shapes: google-deepmind/recurrentgemma common.py (RECURRENT_GEMMA_2B_V1 / 9B_V1) and HF's config.json files."""
+    D, depth, heads, vocab = _shape(RECURRENTGEMMA_SHAPES, size, "recurrentgemma")
+    tiny = size == "tiny"
+    head_dim = D // heads
+    kwargs = {"hawk": {"expansion": 1.0, "gate_blocks": heads, "reset_first_token": True},
+              "sliding_attention": {"num_heads": heads, "num_kv_heads": 1, "window": 16 if tiny else 2048,
+                                    "rotary_dim": head_dim // 2}}
+    base = dict(mixer="hawk", mixer_every={"sliding_attention": [3, 2]}, mixer_kwargs=kwargs, d_model=D, n_layers=depth,
+                vocab_size=vocab if vocab_size is None else vocab_size, mlp="geglu", mlp_ratio=GRIFFIN_MLP_RATIO,
+                tie_embeddings=True, embedding_init="unit", logit_soft_cap=30.0)
+    return ModelConfig(**{**base, **config})
+
+
+def samba(size: str = "tiny", vocab_size: int | None = None, **config) -> ModelConfig:
+    """Samba (Ren et al. 2024, "Samba: Simple Hybrid State Space Models", Sec. 2): layers alternating Mamba and
+    sliding-window attention (window 2048, full-width rotary), each followed by a SwiGLU MLP: (Mamba, MLP, SWA, MLP)
+    repeated. Shapes from microsoft/Samba's lit_gpt/config.py; untied embeddings (its separate lm_head). "tiny" is
+    d_model 64, 4 layers, window 16."""
+    D, depth, heads, hidden, vocab = _shape(SAMBA_SHAPES, size, "samba")
+    kwargs = {"mamba": {}, "sliding_attention": {"num_heads": heads, "window": 16 if size == "tiny" else 2048}}
+    base = dict(mixer="mamba", mixer_every={"sliding_attention": [2, 1]}, mixer_kwargs=kwargs, d_model=D, n_layers=depth,
+                vocab_size=vocab if vocab_size is None else vocab_size, mlp="swiglu", mlp_ratio=1.5 * hidden / D)
+    return ModelConfig(**{**base, **config})
+
+
+def hybrid_ratio(linear_mixer: str = "gated_deltanet", ratio: int | None = 3, d_model: int = 64, n_layers: int = 8,
+                 vocab_size: int | None = 256, linear_kwargs: dict | None = None, num_heads: int = 4, **config) -> ModelConfig:
+    """``ratio`` layers of ``linear_mixer``, then one full-attention layer, repeated ("A Systematic Analysis of Hybrid
+    Linear Attention", 2025: linear:full at 3:1 to 6:1); ``ratio=None``: every layer linear. Attention sits at the
+    layers i with i % (ratio + 1) == ratio, so the stack ends on attention when n_layers is a multiple of ratio + 1."""
+    if ratio is not None and (not isinstance(ratio, int) or isinstance(ratio, bool) or ratio < 1):
+        raise ValueError(f"hybrid_ratio: ratio must be an int >= 1 (linear layers per attention layer) or None, got {ratio!r}")
+    every = {} if ratio is None else {"attention": [ratio + 1, ratio]}
+    kwargs = {linear_mixer: dict(linear_kwargs or {}), "attention": {"num_heads": num_heads}}
+    base = dict(mixer=linear_mixer, mixer_every=every, mixer_kwargs={k: kwargs[k] for k in [linear_mixer, *every]},
+                d_model=d_model, n_layers=n_layers, vocab_size=vocab_size)
+    return ModelConfig(**{**base, **config})
 
 
 def titans_mal(d_model: int = 256, n_layers: int = 4, vocab_size: int | None = 256, window: int = 64, num_heads: int = 4,
@@ -28,3 +144,13 @@ def titans_mag(d_model: int = 256, n_layers: int = 4, vocab_size: int | None = 2
     """MAG: ``n_layers`` layers of the `titans_mag` mixer (sliding-window attention gated by the neural memory)."""
     kw = {"num_heads": num_heads, "window": window, "memory_depth": memory_depth, "chunk_size": chunk_size}
     return ModelConfig(mixer="titans_mag", mixer_kwargs=kw, d_model=d_model, n_layers=n_layers, vocab_size=vocab_size, **config)
+
+
+PRESETS = {f.__name__: f for f in (hawk, griffin, recurrentgemma, samba, hybrid_ratio, titans_mal, titans_mag)}
+
+
+def build(name: str, **options) -> ModelConfig:
+    """A preset by name: ``build("recurrentgemma", size="2b")``; ``options`` go to the preset function."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[name](**options)

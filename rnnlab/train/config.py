@@ -6,7 +6,8 @@
      "run_dir": "runs/<name>"}
 
 Sources, later wins: defaults < a TOML/YAML/JSON file < command-line flags < dotted overrides
-(``train.lr=3e-3 task.num_kv_pairs=8 model.mixer_kwargs.num_heads=2``). ``resolve`` builds
+(``train.lr=3e-3 task.num_kv_pairs=8 model.mixer_kwargs.num_heads=2``); ``model.preset=griffin`` (with
+``model.preset_options.size=tiny``) starts the model from rnnlab.models.presets. ``resolve`` builds
 the task and the ModelConfig once, so an unknown task, mixer or option, or a test length the
 task cannot generate, raises ValueError (naming the valid choices) before any training.
 """
@@ -256,11 +257,18 @@ def resolve(config: dict):
     task_full = {"name": name, **task_options(name), **tcfg}
     task_full["test_lengths"] = task.test_lengths
     mdict = dict(config.get("model") or {})
+    preset, preset_options = mdict.pop("preset", None), mdict.pop("preset_options", {})
     io = task.model_io()
     clash = {k for k in io if k in mdict and mdict[k] is not None and mdict[k] != io[k]}
     if clash:
         raise ValueError(f"model option(s) {sorted(clash)} are fixed by task {name!r} ({ {k: io[k] for k in clash} })")
     mdict.update(io)
+    if preset is not None:  # model.preset=griffin (rnnlab.models.presets); the other model keys win over the preset's
+        from rnnlab.models.presets import build
+
+        if not isinstance(preset_options, dict):
+            raise ValueError(f"model.preset_options must be a mapping of the preset's options, got {preset_options!r}")
+        mdict = {**build(preset, **preset_options).to_dict(), **mdict}
     model_cfg = ModelConfig.from_dict(mdict)
     train_cfg = TrainConfig.from_dict(dict(config.get("train") or {}))
     resolved = {"task": task_full, "model": model_cfg.to_dict(), "train": train_cfg.to_dict()}
