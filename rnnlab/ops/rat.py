@@ -119,7 +119,8 @@ def naive_recurrent_rat(q: Tensor, k: Tensor, v: Tensor, g: Tensor, chunk_size: 
 
 # --------------------------------------------------------------------------- decode step
 def _step(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: dict, L: int, scale: float, rope: Rope | None):
-    """One token, q, k, v, g (B, H, K), for rows at their own positions -> (o (B, H, K), new state)."""
+    """One token, q, k, v, g (B, H, K), for rows at their own positions -> (o (B, H, K), new state).
+    At a chunk end it reads two flags on the host (whether the cache grows: a shape), no read otherwise."""
     pos = s["pos"]
     keep = (pos % L != 0)[:, None, None]  # a row at a chunk start restarts its recurrence
     hk = torch.where(keep, g * s["k"], 0) + (1 - g) * k
