@@ -1,5 +1,6 @@
 """RAT (Wei, Yadav, Pascanu & Gulcehre 2025, "RAT: Bridging RNN Efficiency and Attention Accuracy in Language
-Modeling", arXiv 2507.04416; equations from the authors' post, PDF numbering unchecked): a gated recurrence inside chunks of L tokens, softmax attention across them.
+Modeling", arXiv 2507.04416; equations from the authors' post, PDF numbering unchecked): a gated recurrence
+inside chunks of L tokens, softmax attention across them.
 
     z, v, f, q, k = x W                                  q, k: ``ngroups`` heads shared by the num_heads heads
     g = σ(f + b_g),  b_g = log u, u ~ U(1, L − 1)        per channel; g(0) = u / (1 + u) ∈ (1/2, (L − 1)/L)

@@ -3,7 +3,8 @@
     q, k, v, g (B, T, H, K) (g in (0, 1)), chunk_size L -> o (B, T, H, K), final state (dict below)
 
 Wei, Yadav, Pascanu, Gulcehre 2025, "RAT: Bridging RNN Efficiency and Attention Accuracy in Language
-Modeling" (arXiv 2507.04416; the equations as the authors' post and code write them: the PDF's section and equation numbers were not available to check). Token t is (c, l): chunk
+Modeling" (arXiv 2507.04416; the equations as the authors' post and code write them: the PDF's section and
+equation numbers were not available to check). Token t is (c, l): chunk
 c = t // L, slot l in it. Per head,
 
     k̃_{c,l} = g_{c,l} ⊙ k̃_{c,l-1} + (1 − g_{c,l}) ⊙ k_{c,l},   k̃_{c,-1} = 0     (intra-chunk RNN)
