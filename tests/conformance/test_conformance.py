@@ -20,7 +20,8 @@ VARIANTS = {"mamba[bias,no conv bias,falcon norms]": ("mamba", {"bias": True, "c
             "sliding_attention[gqa]": ("sliding_attention", {"num_heads": 4, "num_kv_heads": 1}),
             "mlstm[dense (xLSTM 7B),qk half,gate soft cap,eps]": ("mlstm", {"layout": "dense", "qk_dim_factor": 0.5,
                                                                            "gate_soft_cap": 15.0, "eps": 1e-6}),
-            "mlstm[block,gate soft cap,eps]": ("mlstm", {"gate_soft_cap": 15.0, "eps": 1e-6})}
+            "mlstm[block,gate soft cap,eps]": ("mlstm", {"gate_soft_cap": 15.0, "eps": 1e-6}),
+            "rat[nope,ngroups=1,chunk 3]": ("rat", {"rope_base": None, "ngroups": 1, "chunk_size": 3})}
 
 
 @pytest.mark.parametrize("check", sorted(CHECKS))

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnlab.ops import (cfc, conv, delta, gla, hippo, hippo_rnn, log_scan, ltc, matrix_scan, mlstm, plstm, reservoir, rnn,
+from rnnlab.ops import (cfc, conv, delta, gla, hippo, hippo_rnn, log_scan, ltc, matrix_scan, mlstm, plstm, rat, reservoir, rnn,
                         rwkv6, rwkv7, scan, selective_scan, ssm_kernels, wkv4)
 from rnnlab.ops.varlen import cu_seqlens_from_lengths, map_state
 from rnnlab.testing import assert_close
@@ -411,6 +411,7 @@ PUBLIC_OPS = [
     *(getattr(delta, f"{form}_{kind}") for form in ("chunk", "fused_recurrent", "naive_recurrent")
       for kind in ("delta_rule", "gated_delta_rule", "delta_product")),
     *(getattr(rwkv7, f"{form}_rwkv7") for form in ("chunk", "fused_recurrent", "naive_recurrent")),
+    *(getattr(rat, f"{form}_rat") for form in ("chunk", "fused_recurrent", "naive_recurrent")),
     scan.linear_scan, scan.linear_scan_ref, selective_scan.selective_scan, selective_scan.selective_scan_ref,
     log_scan.log_scan, log_scan.log_scan_ref, wkv4.wkv4, wkv4.wkv4_ref, matrix_scan.matrix_scan, matrix_scan.matrix_scan_ref,
     plstm.plstm, plstm.plstm_ref,
