@@ -85,11 +85,13 @@ class ModelConfig:
     """Sequence pooling for head="classify": "last" token (causal) or "mean"."""
     mlp: str | None | list = "swiglu"
     """Second sub-layer of each block: "swiglu", "geglu" (Griffin's gated MLP: GeLU, tanh approximation), None (mixer
-    only), or any registered mixer name (e.g. rwkv6_channel_mix); or one of these per layer (a list of n_layers)."""
+    only), or any registered mixer name (e.g. rwkv6_channel_mix, or "moe": a mixture of experts, rnnlab.layers.moe); or one
+    of these per layer (a list of n_layers)."""
     mlp_every: dict = field(default_factory=dict)
     """Period/offset rules over ``mlp``, as ``mixer_every`` ({"none": [2, 1]}: no MLP at odd layers)."""
     mlp_kwargs: dict = field(default_factory=dict)
-    """Keyword arguments of the MLP slot when it is a registered mixer (e.g. {"expansion": 4} for rwkv4_channel_mix),
+    """Keyword arguments of the MLP slot when it is a registered mixer (e.g. {"expansion": 4} for rwkv4_channel_mix,
+    {"num_experts": 16, "top_k": 2, "hidden_size": 14336} for moe),
     or one dict per registered-mixer MLP name, as ``mixer_kwargs``."""
     mlp_ratio: float = 4.0
     """SwiGLU / GeGLU hidden size = 2/3 * mlp_ratio * d_model, rounded up to a multiple of 8 (LLaMA's rule; Griffin's

@@ -1,7 +1,7 @@
 """SequenceModel: embedding -> N pre-norm blocks (any mixer per layer) -> final norm -> head.
 
 Block: x + Mixer(RMSNorm(x)), then x + MLP(RMSNorm(x)); the MLP is SwiGLU or GeGLU
-(Shazeer 2020), None, or any registered mixer (RWKV's channel-mix), chosen per layer. The model
+(Shazeer 2020), None, or any registered mixer (RWKV's channel-mix, the mixture of experts ``moe``), chosen per layer. The model
 state is {"<layer>.mixer.<key>": tensor, "<layer>.mlp.<key>": ...}: a flat
 dict with batch in dim 0, so it moves, indexes and saves like a mixer state.
 
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
+from rnnlab.layers.moe import MoE
 from rnnlab.layers.parts import RMSNorm
 from rnnlab.layers.registry import create_mixer
 from rnnlab.models.config import ModelConfig
@@ -144,6 +145,17 @@ class SequenceModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def num_active_parameters(self) -> int:
+        """Parameters that touch one token: the total less the experts each MoE layer leaves unused (all but top_k)."""
+        idle = sum((m.num_experts - m.top_k) * (m.w13[0].numel() + m.w2[0].numel()) for m in self.modules() if isinstance(m, MoE))
+        return self.num_parameters() - idle
+
+    def aux_loss(self) -> Tensor | None:
+        """The mean over the MoE layers (rnnlab.layers.moe) of their load-balancing losses in the last forward call;
+        None when the model has none. The trainer adds it times train.aux_loss_coef."""
+        losses = [m.aux_loss for m in self.modules() if isinstance(m, MoE) and m.aux_loss is not None]
+        return torch.stack(losses).mean() if losses else None
 
     # --- forward ---------------------------------------------------------------
     def _check_inputs(self, inputs: Tensor) -> None:

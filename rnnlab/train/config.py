@@ -67,6 +67,9 @@ class TrainConfig:
     """Pack variable-length examples back to back into a token budget, no padding (rnnlab.train.packing)."""
     pack_tokens: int | None = None
     """Token budget of a packed step (default batch_size * the task's seq_len)."""
+    aux_loss_coef: float = 0.01
+    """Weight of the models' auxiliary loss (the MoE layers' load-balancing loss, SequenceModel.aux_loss(); Switch
+    Transformer's α = 0.01) added to the task loss; logged unweighted as "aux_loss". No effect on a model without MoE."""
     ridge: float = 1e-6
     """Regularization λ of the closed-form readout fit (model readout="ridge": no gradient steps; each step adds a
     training batch to the ridge sums, the head is solved at every evaluation and at the end)."""
@@ -87,7 +90,7 @@ class TrainConfig:
         for f, lo, hi in (("beta1", 0, 1), ("beta2", 0, 1), ("min_lr_ratio", 0, 1.0001)):
             if not lo <= getattr(self, f) < hi:
                 raise ValueError(f"train.{f} must lie in [{lo}, {min(hi, 1)}{')' if hi == 1 else ']'}, got {getattr(self, f)!r}")
-        for f in ("weight_decay", "grad_clip", "ridge"):
+        for f in ("weight_decay", "grad_clip", "ridge", "aux_loss_coef"):
             if getattr(self, f) < 0:
                 raise ValueError(f"train.{f} must be >= 0, got {getattr(self, f)!r}")
         if self.parallel not in PARALLEL:

@@ -252,14 +252,15 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
             if main and (step % tc.log_every == 0 or step == tc.steps):
                 _write_jsonl(run_dir / METRICS, {"step": step, "ridge_rows": int(model.ridge.rows), "batch_rows": rows})
         else:
-            step, lval, gnorm, tokens = _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, run_dir, main)
+            step, lval, gnorm, tokens, aux = _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, run_dir,
+                                                            main, model)
             tok_last += tokens
             if step % tc.log_every == 0 or step == tc.steps:
                 now = time.time()
                 tps = tok_last / max(now - t_last, 1e-9)
                 t_last, tok_last = now, 0
                 rec = {"step": step, "loss": float(lval), "lr": get_lr(step - 1, tc.lr, tc.warmup, tc.steps, tc.min_lr_ratio),
-                       "grad_norm": float(gnorm), "tokens_per_s": tps}
+                       "grad_norm": float(gnorm), "tokens_per_s": tps, **({} if aux is None else {"aux_loss": float(aux)})}
                 if main:
                     _write_jsonl(run_dir / METRICS, rec)
                 bar.set_postfix(loss=f"{float(lval):.4f}", **({metric: f"{score_of(evals, metric):.3f}"} if evals else {}),
@@ -313,10 +314,11 @@ def _fit(model, tc, world: int) -> None:
     model.fit_readout(tc.ridge, gram, moment)
 
 
-def _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, run_dir, main):
-    """One AdamW step on global batch ``step`` -> (step + 1, global-batch loss, gradient norm, tokens of the global batch).
-    This process runs its train.grad_accum micro-batches, shards rank * accum ... of the global batch
-    (rnnlab.train.packing); DDP / FSDP reduce the gradients at the last one."""
+def _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, run_dir, main, model):
+    """One AdamW step on global batch ``step`` -> (step + 1, global-batch loss, gradient norm, tokens of the global batch,
+    the auxiliary loss averaged over micro-batches and processes or None). This process runs its train.grad_accum
+    micro-batches, shards rank * accum ... of the global batch (rnnlab.train.packing); DDP / FSDP reduce the gradients
+    at the last one. ``model.aux_loss()`` (MoE load balancing) joins the loss times train.aux_loss_coef."""
     accum = tc.grad_accum
     lr = get_lr(step, tc.lr, tc.warmup, tc.steps, tc.min_lr_ratio)
     for g in optimizer.param_groups:
@@ -327,15 +329,25 @@ def _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, 
     count, tokens = totals[0].clamp_min(1).to(device), int(totals[1])  # over the global batch
     optimizer.zero_grad(set_to_none=True)
     lval = torch.zeros((), device=device)
+    aux_sum = None
     for m, mb in enumerate(micro):
         with D.no_sync(net, sync=m == accum - 1):
             with _autocast(device, tc.bf16):
                 out, _ = net(mb.inputs, cu_seqlens=mb.cu_seqlens)
             loss_sum, _ = task.loss_terms(out.float(), mb.targets)
             loss = loss_sum / count  # this shard's part of the global-batch mean
-            (loss * world).backward()  # DDP and FSDP average over processes: the scaling makes it the sum
+            aux = model.aux_loss()
+            if aux is not None:  # the mean over processes and micro-batches, after the scaling below
+                aux = aux.float() / (world * accum)
+                aux_sum = aux.detach() if aux_sum is None else aux_sum + aux.detach()
+                loss_total = loss + tc.aux_loss_coef * aux
+            else:
+                loss_total = loss
+            (loss_total * world).backward()  # DDP and FSDP average over processes: the scaling makes it the sum
         lval += loss.detach()
     lval = D.all_reduce_sum(lval)  # the global-batch loss, the same on every process
+    if aux_sum is not None:
+        aux_sum = D.all_reduce_sum(aux_sum)
     gnorm = D.full_tensor(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else math.inf))
     if not (torch.isfinite(lval) and torch.isfinite(gnorm)):  # global values: every process decides alike
         what = f"non-finite {'loss' if not torch.isfinite(lval) else 'gradient norm'} at step {step + 1} " \
@@ -348,7 +360,7 @@ def _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, 
             _write_jsonl(run_dir / METRICS, {"step": step + 1, "skipped": what})
     else:
         optimizer.step()
-    return step + 1, lval, gnorm, tokens
+    return step + 1, lval, gnorm, tokens, aux_sum
 
 
 def checkpoint_step(run_dir: str | Path) -> int | None:

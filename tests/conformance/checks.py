@@ -325,7 +325,8 @@ def check_bad_cu_seqlens(make):
     except ValueError as e:
         assert "batch size" in str(e) and "2" in str(e), f"state/cu_seqlens mismatch error is unclear: {e}"
     else:
-        raise AssertionError("a state of 3 rows was accepted for 2 packed sequences")
+        if mixer.init_state(3):  # a stateless mixer (moe: {}) has no rows to mismatch
+            raise AssertionError("a state of 3 rows was accepted for 2 packed sequences")
     try:
         mixer(_x(2, 10), cu_seqlens=torch.tensor([0, 4, 10]))
     except ValueError as e:
