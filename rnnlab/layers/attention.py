@@ -15,7 +15,8 @@ prompts of different lengths decode together with no host sync.
 Options for checkpoints (``rnnlab.interop``, e.g. Bamba): ``num_kv_heads`` < num_heads shares each key/value
 head among num_heads / num_kv_heads query heads (grouped-query attention, Ainslie et al. 2023; the cache holds
 num_kv_heads heads), and ``rotary_dim`` rotates only the first rotary_dim entries of each head (partial rotary, as
-GPT-NeoX; its frequencies are those of a rotary_dim-sized head). The projection is one matrix whose rows are
+GPT-NeoX; its frequencies are those of a rotary_dim-sized head); ``rope_base=None`` uses no positions at all (NoPE:
+Jamba's attention layers, whose Mamba layers supply the order). The projection is one matrix whose rows are
 [q (H·dh), k (H_kv·dh), v (H_kv·dh)].
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ from rnnlab.layers.registry import register_mixer
 class Attention(Mixer):
     """x (B, T, D) -> y (B, T, D); causal softmax attention, ``num_heads`` heads of size D/num_heads."""
 
-    def __init__(self, d_model: int, num_heads: int = 4, window: int | None = None, rope_base: float = 10000.0, bias: bool = False,
+    def __init__(self, d_model: int, num_heads: int = 4, window: int | None = None, rope_base: float | None = 10000.0, bias: bool = False,
                  num_kv_heads: int | None = None, rotary_dim: int | None = None):
         super().__init__(d_model)
         if d_model % num_heads or (d_model // num_heads) % 2:
@@ -74,8 +75,10 @@ class Attention(Mixer):
         hd, hkv = self.head_dim, self.num_kv_heads
         q, k, v = (rearrange(t, "b t (h d) -> b t h d", d=hd) for t in self.qkv(x).split([self.d_model, hkv * hd, hkv * hd], -1))
         pos = state["pos"]
-        cos, sin = rotary_cos_sin(positions(pos, T), self.rotary_dim, self.rope_base)
-        q, k = self._rotate(q, cos, sin).transpose(1, 2), self._rotate(k, cos, sin).transpose(1, 2)  # (B, H, T, dh), (B, H_kv, T, dh)
+        if self.rope_base is not None:  # None: no positions (NoPE, Jamba's attention layers)
+            cos, sin = rotary_cos_sin(positions(pos, T), self.rotary_dim, self.rope_base)
+            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, dh), (B, H_kv, T, dh)
         k_all = torch.cat([state["k"].to(k.dtype), k], 2)  # (B, H, L+T, dh)
         v_all = torch.cat([state["v"].to(v.dtype), v.transpose(1, 2)], 2)
         L = k_all.shape[2] - T

@@ -4,6 +4,8 @@
     griffin(size)     Griffin (ibid.): two recurrent blocks, then one local multi-query attention block, repeated
     recurrentgemma(size)  RecurrentGemma 2B / 9B (Botev et al. 2024): Griffin with recurrentgemma's options
     samba(size)       Samba (Ren et al. 2024): Mamba and sliding-window attention alternating, each with a SwiGLU MLP
+    jamba(size)       Jamba (Lieber et al. 2024): Mamba with one attention layer in 8 (offset 4), a mixture of experts
+                      (16 experts, top 2) as every other layer's MLP
     hybrid_ratio(linear_mixer, ratio)  ``ratio`` linear-mixer layers, then one full-attention layer, repeated
     titans_mal(...)   Titans' memory as a layer (MAL, Behrouz et al. 2024, §4.3): each pair of layers is the neural
                       memory (`titans`) followed by sliding-window attention (`sliding_attention`)
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from rnnlab.models.config import ModelConfig
 
-__all__ = ["PRESETS", "build", "hawk", "griffin", "recurrentgemma", "samba", "hybrid_ratio", "titans_mal", "titans_mag"]
+__all__ = ["PRESETS", "build", "hawk", "griffin", "recurrentgemma", "samba", "jamba", "hybrid_ratio", "titans_mal", "titans_mag"]
 
 GRIFFIN_MLP_RATIO = 4.5
 """Griffin's gated MLP has expansion M = 3 (hidden 3 * d_model, Sec. 2.2); rnnlab's rule 2/3 * ratio * d_model gives
@@ -113,6 +115,42 @@ def samba(size: str = "tiny", vocab_size: int | None = None, **config) -> ModelC
     return ModelConfig(**{**base, **config})
 
 
+# Jamba v0.1 (Lieber et al. 2024, Sec. 3.1; ai21labs/Jamba-v0.1 config.json): width, layers, heads, key/value heads,
+# experts, top-k, expert (and dense MLP) hidden size, vocabulary.
+JAMBA_SHAPES = {
+    "tiny": (64, 8, 2, 1, 4, 2, 128, 256),
+    "v0.1": (4096, 32, 32, 8, 16, 2, 14336, 65536),
+}
+
+
+def jamba(size: str = "tiny", vocab_size: int | None = None, **config) -> ModelConfig:
+    """Jamba (Lieber et al. 2024, "Jamba: A Hybrid Transformer-Mamba Language Model", Sec. 2-3, Fig. 1): Jamba blocks of
+    l = 8 layers with an attention-to-Mamba ratio a:m = 1:7, attention at offset 4 of each block (layers 4, 12, 20, 28;
+    the released config's attn_layer_period 8 / offset 4), and a mixture of experts replacing the MLP every e = 2 layers
+    (odd layers: expert_layer_period 2 / offset 1), n = 16 experts of which K = 2 are used per token, SwiGLU experts
+    and MLPs of hidden 14336. Attention: 32 heads, 8 key/value heads (GQA), no positional encoding (Sec. 6.2: the Mamba
+    layers supply position; ``rope_base=None``). Mamba (Gu & Dao 2023): d_state 16, conv 4, expand 2, dt rank 256,
+    no projection biases, conv bias, RMSNorm on dt, B and C (Sec. 6.3, for stability at scale). Untied embeddings,
+    vocabulary 65536, RMSNorm everywhere. Published size (Sec. 3.1, Table 1): 52B total, 12B active parameters;
+    ``SequenceModel.num_active_parameters`` counts the latter.
+
+    Choices, stated: the MoE weights are the router's softmax probabilities of the top 2 without renormalizing
+    (``normalize_topk=False``: ai21labs' modeling_jamba.py; the paper does not say, mlx-lm's port renormalizes); the
+    dt/B/C norms are weightless here (rnnlab's mamba ``bcdt_norm_eps``, Falcon Mamba's), the released checkpoint's have
+    weights (256 + 16 + 16 per Mamba layer, 8K parameters in all); the load-balancing loss coefficient is the
+    trainer's (``train.aux_loss_coef``; the release's router_aux_loss_coef 0.001 in HF's convention is 0.002 in
+    rnnlab's, rnnlab.ops.moe). "tiny": d_model 64, 8 layers (the same pattern), 4 experts of hidden 128, vocabulary 256."""
+    D, depth, heads, kv_heads, experts, top_k, hidden, vocab = _shape(JAMBA_SHAPES, size, "jamba")
+    kwargs = {"mamba": {"d_state": 16, "d_conv": 4, "expand": 2, "dt_rank": "auto" if size == "tiny" else 256,
+                        "bias": False, "conv_bias": True, "bcdt_norm_eps": 1e-6},
+              "attention": {"num_heads": heads, "num_kv_heads": kv_heads, "rope_base": None}}
+    base = dict(mixer="mamba", mixer_every={"attention": [8, 4]}, mixer_kwargs=kwargs, d_model=D, n_layers=depth,
+                vocab_size=vocab if vocab_size is None else vocab_size, mlp="swiglu", mlp_every={"moe": [2, 1]},
+                mlp_kwargs={"moe": {"num_experts": experts, "top_k": top_k, "hidden_size": hidden, "normalize_topk": False}},
+                mlp_ratio=1.5 * hidden / D, embedding_init="gpt2")
+    return ModelConfig(**{**base, **config})
+
+
 def hybrid_ratio(linear_mixer: str = "gated_deltanet", ratio: int | None = 3, d_model: int = 64, n_layers: int = 8,
                  vocab_size: int | None = 256, linear_kwargs: dict | None = None, num_heads: int = 4, **config) -> ModelConfig:
     """``ratio`` layers of ``linear_mixer``, then one full-attention layer, repeated ("A Systematic Analysis of Hybrid
@@ -146,7 +184,7 @@ def titans_mag(d_model: int = 256, n_layers: int = 4, vocab_size: int | None = 2
     return ModelConfig(mixer="titans_mag", mixer_kwargs=kw, d_model=d_model, n_layers=n_layers, vocab_size=vocab_size, **config)
 
 
-PRESETS = {f.__name__: f for f in (hawk, griffin, recurrentgemma, samba, hybrid_ratio, titans_mal, titans_mag)}
+PRESETS = {f.__name__: f for f in (hawk, griffin, recurrentgemma, samba, jamba, hybrid_ratio, titans_mal, titans_mag)}
 
 
 def build(name: str, **options) -> ModelConfig:

@@ -133,7 +133,7 @@ def test_period_offset_rules_patterns_and_per_layer_mlps():
         ModelConfig(mixer="gla", mlp=["swiglu"] * 3, n_layers=2, vocab_size=10)
 
 
-@pytest.mark.parametrize("preset, options", [("hawk", {}), ("griffin", {}), ("recurrentgemma", {}), ("samba", {}),
+@pytest.mark.parametrize("preset, options", [("hawk", {}), ("griffin", {}), ("recurrentgemma", {}), ("samba", {}), ("jamba", {}),
                                              ("hybrid_ratio", {"linear_mixer": "gla", "ratio": 1, "n_layers": 2})])
 def test_tiny_presets_train_with_rnnlab_train_and_generate(tmp_path, preset, options):
     """`rnnlab train model.preset=<name>` trains the tiny shape 3 steps on a small task; the trained model generates."""
@@ -150,3 +150,26 @@ def test_tiny_presets_train_with_rnnlab_train_and_generate(tmp_path, preset, opt
     prompt = torch.randint(0, cfg.vocab_size, (2, 5))
     out = model.eval().generate(prompt, 4, temperature=0)
     assert out.shape == (2, 9) and torch.equal(out[:, :5], prompt)
+
+
+def test_jamba_counts_and_pattern_match_the_paper():
+    """Jamba v0.1 (Lieber et al. 2024, Sec. 3.1): 52B total, 12B active parameters; Jamba blocks of 8 layers with
+    a:m = 1:7, attention at offset 4 (the release's attn_layer_offset), MoE every e = 2 layers (odd layers), 16 experts,
+    top 2; 32 heads, 8 key/value heads, no positional encoding; Mamba d_state 16, conv 4, expand 2, dt rank 256 with
+    the dt/B/C norms."""
+    cfg = presets.jamba("v0.1")
+    m = meta_model(cfg)
+    assert abs(m.num_parameters() / 52e9 - 1) < 0.02 and abs(m.num_active_parameters() / 12e9 - 1) < 0.02
+    mixers, mlps = cfg.layer_mixers(), cfg.layer_mlps()
+    for block in range(4):  # every Jamba block: 7 Mamba layers and one attention layer, at offset 4
+        layers = mixers[8 * block: 8 * block + 8]
+        assert layers.count("attention") == 1 and layers.count("mamba") == 7 and layers[4] == "attention"
+    assert mlps == ["swiglu", "moe"] * 16
+    attn, mamba, moe = m.blocks[4].mixer, m.blocks[0].mixer, m.blocks[1].mlp
+    assert (attn.num_heads, attn.num_kv_heads, attn.rope_base) == (32, 8, None)
+    assert (mamba.d_state, mamba.d_inner, mamba.dt_rank, mamba.bcdt_norm_eps) == (16, 8192, 256, 1e-6)
+    assert mamba.conv.kernel_size == 4
+    assert (moe.num_experts, moe.top_k, moe.hidden_size, moe.normalize_topk) == (16, 2, 14336, False)
+    assert m.blocks[0].mlp.w2.in_features == 14336 and m.head.weight is not m.embed.weight
+    tiny = presets.jamba("tiny")
+    assert tiny.layer_mixers()[4] == "attention" and tiny.layer_mlps() == ["swiglu", "moe"] * 4
