@@ -30,6 +30,8 @@ that at ratio 4.5."""
 # the 7B of De et al. 2024 (Appendix C), as the authors' code writes it (google-deepmind/recurrentgemma, common.py,
 # Preset.GRIFFIN_PAPER_7B / HAWK_PAPER_7B): MLP width 3 * D, local attention window 1024, vocabulary 256000, embeddings
 # neither scaled by sqrt(D) nor logits soft-capped.
+# The other sizes of De et al.'s Appendix C table (100M to 14B) are not here: the table could not be retrieved and
+# checked in the session that added the 7B ones, and a shape written from memory is not a published shape.
 GRIFFIN_SHAPES = {
     "tiny": (64, 64, 3, 2),
     "7b": (4096, 5632, 32, 32),

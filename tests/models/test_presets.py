@@ -173,3 +173,22 @@ def test_jamba_counts_and_pattern_match_the_paper():
     assert m.blocks[0].mlp.w2.in_features == 14336 and m.head.weight is not m.embed.weight
     tiny = presets.jamba("tiny")
     assert tiny.layer_mixers()[4] == "attention" and tiny.layer_mlps() == ["swiglu", "moe"] * 4
+
+
+def test_hybrid_ratio_study_sweep_file():
+    """examples/sweep_hybrid_ratio.yaml (issue 18 item 5): 3 partners x ratios 1:1, 3:1, 6:1, all-linear x MQAR and
+    parity = 24 runs, every model hybrid_ratio at d_model 32 and 8 layers: 4, 2, 1, 0 attention layers."""
+    from pathlib import Path
+
+    from rnnlab.train.sweep import expand, load_sweep
+
+    runs = expand(load_sweep(str(Path(__file__).parents[2] / "examples" / "sweep_hybrid_ratio.yaml")))
+    assert len(runs) == 24
+    seen = set()
+    for r in runs:
+        cfg = ModelConfig.from_dict({k: v for k, v in r["config"]["model"].items()})
+        ratio = r["config"]["model"]["mixer_every"].get("attention", [None])[0]
+        attention = cfg.layer_mixers().count("attention")
+        assert attention == {2: 4, 4: 2, 7: 1, None: 0}[ratio] and cfg.layer_mixers().count(r["name"]) == 8 - attention
+        seen.add((r["name"], r["config"]["task"]["name"], ratio))
+    assert {m for m, _, _ in seen} == {"gated_deltanet", "hgrn2", "gla"} and len(seen) == 24
