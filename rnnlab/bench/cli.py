@@ -6,6 +6,7 @@
     rnnlab bench --headline docs/img/headline.png          # README plot (attention + one mixer per family)
     rnnlab bench --from-json a.json b.json --markdown t.md # re-render saved results, no timing
     rnnlab bench --mixers none --ops none --no-peers --hf-models mamba,rwkv  # from_hf imports vs their HF originals
+    rnnlab bench --generate                                # SequenceModel.generate tokens/s, 6 layers, next to HF's generate
 """
 from __future__ import annotations
 
@@ -60,6 +61,10 @@ def register(subparsers) -> None:
     p.add_argument("--no-packing", action="store_true", help="skip the packed-vs-padded training rows")
     p.add_argument("--hf-models", help="comma-separated HF model types (mamba, falcon_mamba, mamba2, bamba, rwkv: random weights) "
                    "or local checkpoint folders: each timed as imported by rnnlab.interop.from_hf and as the transformers original")
+    p.add_argument("--generate", action="store_true",
+                   help="model-level generation: SequenceModel.generate tokens/s of a 6-layer d_model 256 model per mixer "
+                        "(--mixers; default one per family), prefill 512, 256 new tokens, next to HF's generate on the same "
+                        "weights for --hf-models (default mamba,mamba2,rwkv,xlstm,recurrent_gemma)")
     p.add_argument("--seq-lens", help="comma-separated lengths (default 512,2048,8192; --quick 128,512)")
     p.add_argument("--batch", type=int, help="batch for train/prefill (default 4; --quick 2)")
     p.add_argument("--d-model", type=int, help="model width (default 256; --quick 128)")
@@ -127,7 +132,46 @@ def _check_names(cfg) -> None:
         check_hf_entries(cfg.hf_models)
 
 
+def _cmd_generate(args) -> int:
+    from rnnlab.bench.generate import GenerateConfig, format_generate, run_generate
+    from rnnlab.layers.registry import available_mixers
+    from rnnlab.runtime import usable_cpus
+
+    try:
+        kw = {"threads": args.threads if args.threads is not None else usable_cpus()}
+        if args.mixers is not None:
+            kw["mixers"] = available_mixers() if args.mixers == "all" else [] if args.mixers == "none" else csv_list(args.mixers)
+            bad = sorted(set(kw["mixers"]) - set(available_mixers()))
+            if bad:
+                raise ValueError(f"unknown mixer(s) {bad}; valid choices: {', '.join(available_mixers())}")
+        if args.hf_models is not None:
+            kw["hf_models"] = [] if args.hf_models == "none" else csv_list(args.hf_models, what="--hf-models")
+        for key, value in (("d_model", args.d_model), ("reps", args.reps)):
+            if value is not None:
+                kw[key] = positive_int(value)
+        if args.decode_batches:
+            kw["batches"] = csv_list(args.decode_batches, positive_int, "--decode-batches")
+        cfg = GenerateConfig.quick(**kw) if args.quick else GenerateConfig(**kw)
+    except ValueError as e:
+        print(f"rnnlab bench: error: {e}", file=sys.stderr)
+        return 2
+    result = run_generate(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(format_generate(result))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"\nwrote {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(format_generate(result, fmt="md") + "\n")
+        print(f"wrote {args.markdown}")
+    return 0
+
+
 def cmd_bench(args) -> int:
+    if args.generate:
+        return _cmd_generate(args)
     from rnnlab.bench.report import (format_compare, format_machine, format_tables, load_result, merge_results,
                                      plot_headline, validate_result, write_plots)
     from rnnlab.bench.runner import run_bench

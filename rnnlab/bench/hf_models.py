@@ -18,10 +18,10 @@ from torch import Tensor
 
 from rnnlab.bench.runner import Subject
 
-__all__ = ["build_hf_model_pairs", "check_hf_entries", "MODEL_TYPES"]
+__all__ = ["build_hf_model_pairs", "check_hf_entries", "hf_bench_config", "MODEL_TYPES"]
 
 VOCAB, LAYERS = 512, 2
-MODEL_TYPES = ("mamba", "falcon_mamba", "mamba2", "bamba", "rwkv")  # what _hf_config builds
+MODEL_TYPES = ("mamba", "falcon_mamba", "mamba2", "bamba", "rwkv", "xlstm")  # what hf_bench_config builds and from_hf maps
 
 
 def check_hf_entries(entries: list[str]) -> None:
@@ -36,24 +36,31 @@ def _ids(x: Tensor, vocab: int) -> Tensor:
     return (x[..., 0].float().abs() * 7919).long().remainder(vocab)
 
 
-def _hf_config(model_type: str, D: int):
+def hf_bench_config(model_type: str, D: int, layers: int = LAYERS, vocab: int = VOCAB):
+    """A transformers config of ``model_type`` at width D with ``layers`` layers (random weights, nothing downloaded)."""
     import transformers
 
     if model_type in ("mamba", "falcon_mamba"):
         cls = transformers.FalconMambaConfig if model_type == "falcon_mamba" else transformers.MambaConfig
-        return cls(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, state_size=16)
+        return cls(vocab_size=vocab, hidden_size=D, num_hidden_layers=layers, state_size=16)
     if model_type == "mamba2":
         head_dim = 64 if (2 * D) % 64 == 0 else 2 * D // 4
-        return transformers.Mamba2Config(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, state_size=64,
+        return transformers.Mamba2Config(vocab_size=vocab, hidden_size=D, num_hidden_layers=layers, state_size=64,
                                          head_dim=head_dim, num_heads=2 * D // head_dim, n_groups=1, chunk_size=64)
     if model_type == "bamba":  # a Mamba-2 layer, then a grouped-query attention layer
-        return transformers.BambaConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, intermediate_size=2 * D,
-                                        num_attention_heads=4, num_key_value_heads=2, attn_layer_indices=[1],
+        return transformers.BambaConfig(vocab_size=vocab, hidden_size=D, num_hidden_layers=layers, intermediate_size=2 * D,
+                                        num_attention_heads=4, num_key_value_heads=2, attn_layer_indices=list(range(1, layers, 2)),
                                         mamba_n_heads=2 * D // 64 if D % 32 == 0 else 4, mamba_d_head="auto", mamba_n_groups=1,
                                         mamba_d_state=64, mamba_chunk_size=64)
     if model_type == "rwkv":
-        return transformers.RwkvConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, context_length=1 << 16)
-    raise ValueError(f"--hf-models: no bench config for model type {model_type!r}")
+        return transformers.RwkvConfig(vocab_size=vocab, hidden_size=D, num_hidden_layers=layers, context_length=1 << 16)
+    if model_type == "xlstm":  # xLSTM 7B's layout (q/k half of v), heads of 128 (HF's cache rounds q/k head widths up to 64),
+        return transformers.xLSTMConfig(vocab_size=vocab, hidden_size=D, num_hidden_layers=layers, num_heads=max(1, D // 128),
+                                        qk_dim_factor=0.5, chunk_size=64, autocast_kernel_dtype="float32", eos_token_id=None)  # float32 kernels, no EOS
+    if model_type == "recurrent_gemma":  # Griffin's pattern (recurrent, recurrent, local attention)
+        return transformers.RecurrentGemmaConfig(vocab_size=vocab, hidden_size=D, num_hidden_layers=layers, num_attention_heads=4,
+                                                 num_key_value_heads=1, lru_width=D, intermediate_size=3 * D, attention_window_size=2048)
+    raise ValueError(f"no bench config for HF model type {model_type!r}")
 
 
 def _hf_subject(hf, vs: str, label: str) -> Subject:
@@ -107,7 +114,7 @@ def build_hf_model_pairs(entries: list[str], d_model: int, seed: int = 0) -> tup
                 hf = transformers.AutoModelForCausalLM.from_pretrained(entry, dtype=torch.float32)
                 label, tag = f"checkpoint {entry}", Path(entry).name
             else:
-                cfg = _hf_config(entry, d_model)
+                cfg = hf_bench_config(entry, d_model)
                 hf = getattr(transformers, hf_architectures()[entry].hf_class)(cfg)
                 label, tag = f"{LAYERS} layers, d_model {d_model}, vocab {VOCAB}, random weights", entry
             hf.eval()

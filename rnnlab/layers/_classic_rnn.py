@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
 from rnnlab.ops.forms import check_form
-from rnnlab.ops.rnn import BACKENDS, CELLS, rnn
+from rnnlab.ops.rnn import BACKENDS, CELLS, rnn, torch_rnn
 from rnnlab.ops.rnn.reference import NONLINEARITIES, cell_step, recurrent_matmul
 
 _STATE_KEYS = {"elman": ("h",), "lstm": ("h", "c"), "gru": ("h",)}
@@ -77,8 +77,24 @@ class ClassicRNN(Mixer):
     def _out(self, h: Tensor) -> Tensor:
         return h if self.out_proj is None else self.out_proj(h)
 
+    def _torch_prefill(self, x: Tensor, state: State) -> bool:
+        """Whether ``parallel`` runs torch.nn's own fused layer (oneDNN on CPU, cuDNN on a GPU): with backend "auto",
+        a torch.nn-shaped layer (one head), and no gradient wanted (prefill, evaluation), where it is the fastest
+        forward there is; training keeps the kernel with its hand-written backward."""
+        if self.backend != "auto" or self.num_heads != 1 or torch.is_autocast_enabled(x.device.type):
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())
+                                        or any(t.requires_grad for t in state.values())):
+            return False
+        dtypes = {x.dtype, self.weight_ih_l0.dtype, *(t.dtype for t in state.values())}
+        return len(dtypes) == 1 and x.dtype in (torch.float32, torch.float64)
+
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         keys = _STATE_KEYS[self.cell]
+        if self._torch_prefill(x, state):
+            h, final = torch_rnn(self.cell, x, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0,
+                                 tuple(state[k] for k in keys), self.nonlinearity)
+            return self._out(h), dict(zip(keys, final))
         h, final = rnn(self.cell, self._gx(x), self.weight_hh_l0, self.bias_hh_l0 if self.cell == "gru" else None,
                        initial_state=tuple(state[k] for k in keys), output_final_state=True, backend=self.backend,
                        nonlinearity=self.nonlinearity)

@@ -7,7 +7,10 @@ in Longformer / Mistral / Griffin's local attention), so the cache keeps w-1 tok
 
 State: {"k": (B, H, L, dh), "v": (B, H, L, dh), "pos": (B,) int64} — L = tokens cached
 (min(T, window-1) with a window, T without), pos = tokens seen per row (its rotary offset). The cache
-is kept in SDPA's (B, H, L, dh) layout, so a decode step hands it over without a transposing copy.
+is kept in SDPA's (B, H, L, dh) layout, so a decode step hands it over without a transposing copy; the state's
+tensors are exactly the content (``state_size`` counts it), views into a buffer with spare capacity that a
+decode step appends to in place (rnnlab.layers.kv_cache: doubling for full attention, an amortized sliding
+buffer for a window; a state stepped twice is never changed).
 Rows at different positions share one cache: each row's entries are right-aligned and the last
 min(pos, L) of them are real (the rest, zeros from merging shorter rows, are masked out), so
 prompts of different lengths decode together with no host sync.
@@ -27,6 +30,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
+from rnnlab.layers.kv_cache import kv_append
 from rnnlab.layers.parts import positions, rotary, rotary_cos_sin
 from rnnlab.layers.registry import register_mixer
 
@@ -79,8 +83,9 @@ class Attention(Mixer):
             cos, sin = rotary_cos_sin(positions(pos, T), self.rotary_dim, self.rope_base)
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, dh), (B, H_kv, T, dh)
-        k_all = torch.cat([state["k"].to(k.dtype), k], 2)  # (B, H, L+T, dh)
-        v_all = torch.cat([state["v"].to(v.dtype), v.transpose(1, 2)], 2)
+        keep = self._cache_len(state["k"].shape[2] + T)
+        k_all, k_kept = kv_append(state["k"], k, keep)  # (B, H, L+T, dh), written in place where it can be
+        v_all, v_kept = kv_append(state["v"], v.transpose(1, 2), keep)
         L = k_all.shape[2] - T
         mask, causal = None, T > 1
         # every row's cache all real (no row merged from a shorter one): no mask. Read on the host only on CPU,
@@ -98,8 +103,7 @@ class Attention(Mixer):
         o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=causal,
                                            enable_gqa=hkv != self.num_heads)  # (B, H, T, dh)
         y = self.out(rearrange(o, "b h t d -> b t (h d)"))
-        keep = self._cache_len(L + T)
-        new = {"k": k_all[:, :, L + T - keep :], "v": v_all[:, :, L + T - keep :], "pos": pos + T}
+        new = {"k": k_kept, "v": v_kept, "pos": pos + T}
         return y, new
 
     parallel = _attend

@@ -140,7 +140,7 @@ class Mixer(nn.Module):
         """Keys, batch size and dtype of a given state: a float64 (complex128) state goes with float64 x only
         (docs/architecture.md, the state dtype policy; float64 x accepts a float32 state and widens it)."""
         wide = x_dtype == torch.float64
-        expected = self.init_state(1, device="meta")
+        expected = self._state_spec()
         if not isinstance(state, dict) or set(state) != set(expected):
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"{type(self).__name__} expects a state dict with keys {sorted(expected)}, got {got}")
@@ -160,6 +160,14 @@ class Mixer(nn.Module):
             if not wide and t.dtype in (torch.float64, torch.complex128):
                 raise ValueError(f"{type(self).__name__}: state[{key!r}] is {t.dtype}, expected float32 (or a bfloat16 cache) "
                                  f"for {x_dtype} x: a float64 state goes with float64 x only")
+
+    def _state_spec(self) -> State:
+        """``init_state(1)`` on the meta device, built once: what ``check_state`` compares a given state with at every
+        call (a mixer's state layout is fixed by its constructor's options)."""
+        spec = self.__dict__.get("_state_spec_cache")
+        if spec is None:
+            spec = self.__dict__["_state_spec_cache"] = self.init_state(1, device="meta")
+        return spec
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}"

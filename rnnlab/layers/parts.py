@@ -22,11 +22,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.weight is not None:
-            y = y * self.weight.float()
-        return y.to(x.dtype)
+        # torch's rms_norm: the same float32 arithmetic (bit for bit) as x * rsqrt(mean(x²) + eps) * w, one call
+        return F.rms_norm(x.float(), (x.shape[-1],), None if self.weight is None else self.weight.float(), self.eps).to(x.dtype)
 
 
 class GatedRMSNorm(RMSNorm):

@@ -82,15 +82,18 @@ class Block(nn.Module):
         sub = lambda prefix: {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}  # noqa: E731
         kw = {"dt": dt} if dt is not None and self.mixer.takes_dt else {}
         y, ms = self.mixer(self.norm1(x), sub("mixer."), cu_seqlens=packing, **kw)
-        x = x + self.drop(y)
+        x = x + self._drop(y)
         new = {f"mixer.{k}": v for k, v in ms.items()}
         if isinstance(self.mlp, Mixer):
             y, ps = self.mlp(self.norm2(x), sub("mlp."), cu_seqlens=packing)
             new.update({f"mlp.{k}": v for k, v in ps.items()})
-            x = x + self.drop(y)
+            x = x + self._drop(y)
         elif self.mlp is not None:
-            x = x + self.drop(self.mlp(self.norm2(x)))
+            x = x + self._drop(self.mlp(self.norm2(x)))
         return x, new
+
+    def _drop(self, y: Tensor) -> Tensor:
+        return self.drop(y) if self.training and self.drop.p > 0 else y  # no module call per token at decode
 
 
 class SequenceModel(nn.Module):

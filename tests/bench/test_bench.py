@@ -213,6 +213,19 @@ def test_hf_models_time_the_import_against_its_original(tmp_path):
     assert "from_hf:mamba2" in format_tables(result)
 
 
+def test_generate_times_models_and_hf_generate_on_the_same_weights(tmp_path, capsys):
+    """--generate: a row per mixer model, and for an HF architecture its import and HF's generate on the same
+    weights, the import's row carrying the ratio; greedy tokens of the two agree."""
+    pytest.importorskip("transformers")
+    out = _cli(["--generate", "--quick", "--mixers", "lstm,attention", "--hf-models", "mamba", "--threads", "1",
+                "--json", str(tmp_path / "g.json")], capsys)
+    rows = {r["name"]: r for r in json.load(open(tmp_path / "g.json"))["rows"]}
+    assert set(rows) == {"lstm", "attention", "from_hf:mamba", "hf:MambaForCausalLM"}
+    assert all(r["prefill_tok_s"] > 0 and r["generate_tok_s"] > 0 for r in rows.values())
+    assert rows["from_hf:mamba"]["ratio"] > 0 and rows["from_hf:mamba"]["same_tokens"] is True
+    assert "from_hf:mamba" in out and "vs HF" in out
+
+
 def test_timing_and_memory_probe():
     t = time_call(lambda: sum(range(1000)), warmup=1, reps=4, budget_s=10.0)
     assert t.n == 4 and t.lo <= t.median <= t.hi

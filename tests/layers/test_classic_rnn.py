@@ -10,7 +10,7 @@ import rnnlab
 from rnnlab.layers.elman import Elman
 from rnnlab.layers.gru import GRU
 from rnnlab.layers.lstm import LSTM
-from rnnlab.testing import assert_close
+from rnnlab.testing import TOLERANCE, assert_close
 
 # name -> (torch class, mixer class, torch kwargs)
 CASES = {
@@ -145,3 +145,31 @@ def test_bad_arguments():
         rnnlab.create_mixer("elman", 8, nonlinearity="gelu")
     with pytest.raises(ValueError, match="hidden_size must be an int >= 1"):
         rnnlab.create_mixer("lstm", 8, hidden_size=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_only_prefill_on_torch_fused_kernel(name, dtype):
+    """Without gradients (prefill, evaluation) backend "auto" runs torch.nn's fused layer: exactly torch.nn's
+    outputs, and the numba kernel's (which computes in float32, so at float32 tolerance) from a given state, at
+    awkward lengths, packed."""
+    tcls, mcls, kw = CASES[name]
+    gen = torch.Generator().manual_seed(3)
+    m = mcls(D, hidden_size=D, **kw).to(dtype)
+    kernel = mcls(D, hidden_size=D, backend="kernel", **kw).to(dtype)
+    kernel.load_state_dict(m.state_dict())
+    x = torch.randn(3, 13, D, generator=gen, dtype=dtype)
+    s, hidden = _state_in(name, gen, 3)
+    s = {k: v[:, :D].to(dtype) for k, v in s.items()}
+    with torch.no_grad():
+        assert m._torch_prefill(x, s) and not kernel._torch_prefill(x, s)
+        y, f = m(x, s)
+        ref, ref_hidden = m.to_torch()(x, tuple(h[:, :, :D].to(dtype) for h in hidden) if name == "lstm" else hidden[:, :, :D].to(dtype))
+        assert torch.equal(y, ref) and all(torch.equal(f[k], v) for k, v in _torch_state(name, ref_hidden).items())
+        cu = torch.tensor([0, 1, 18, 39])
+        for args in ((x, s, None), (x.reshape(1, -1, D), s, cu)):
+            (y, f), (yk, fk) = m(*args[:2], cu_seqlens=args[2]), kernel(*args[:2], cu_seqlens=args[2])
+            assert_close(y, yk, TOLERANCE[torch.float32])
+            for k in f:
+                assert_close(f[k], fk[k], TOLERANCE[torch.float32])
+    assert not m._torch_prefill(x.requires_grad_(), s)  # training keeps the kernel and its backward

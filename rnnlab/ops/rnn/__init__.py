@@ -26,7 +26,7 @@ from rnnlab.ops.rnn.reference import CELLS, elman_ref, gru_ref, lstm_ref, rnn_re
 from rnnlab.ops.varlen import varlen
 
 __all__ = ["elman", "lstm", "gru", "slstm", "rnn", "elman_ref", "lstm_ref", "gru_ref", "slstm_ref", "rnn_ref",
-           "resolve_backend", "BACKENDS", "CELLS"]
+           "resolve_backend", "torch_rnn", "BACKENDS", "CELLS"]
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "kernel", "reference")  # rnnlab.ops.forms
@@ -67,6 +67,21 @@ def rnn(cell: str, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None = None,
     from rnnlab.ops.rnn.kernel import rnn_kernel
 
     return rnn_kernel(cell, gx, weight_hh, bias_hh, initial_state, output_final_state, nonlinearity, forget_gate)
+
+
+_TORCH_FUSED = {"lstm": torch.lstm, "gru": torch.gru, ("elman", "tanh"): torch.rnn_tanh, ("elman", "relu"): torch.rnn_relu}
+
+
+def torch_rnn(cell: str, x: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor, bias_hh: Tensor,
+              initial_state: tuple[Tensor, ...], nonlinearity: str = "tanh") -> tuple[Tensor, tuple[Tensor, ...]]:
+    """torch.nn's fused one-layer RNN (the kernel torch.nn.LSTM/GRU/RNN run: oneDNN on CPU, cuDNN on CUDA) on the
+    raw input: x (B, T, D), torch.nn's weights (weight_hh (G*H, H): one head), initial_state (h,) or (h, c) each
+    (B, H) -> (h (B, T, H), final state). The same equations as ``rnn(cell, x Wᵢₕᵀ + b, ...)`` (reference.py),
+    which the tests hold it to; the layers use it for forward-only calls (rnnlab.layers._classic_rnn)."""
+    fn = _TORCH_FUSED[cell if cell != "elman" else ("elman", nonlinearity)]
+    hx = tuple(s.unsqueeze(0).contiguous() for s in initial_state)  # torch's (num_layers, B, H)
+    out = fn(x, hx if cell == "lstm" else hx[0], [weight_ih, weight_hh, bias_ih, bias_hh], True, 1, 0.0, False, False, True)
+    return out[0], tuple(s[0] for s in out[1:]) if cell == "lstm" else (out[1][0],)
 
 
 @varlen(("gx",))
