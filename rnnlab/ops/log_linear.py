@@ -148,14 +148,19 @@ def _check(q, k, v, g, beta, lam, initial_state, chunk_size=None):
                          f"so at least {int(last).bit_length() + 1} are needed")
 
 
-# --------------------------------------------------------------------------- reference loop
-def _naive(q, k, v, g, beta, lam, scale, initial_state, output_final_state):
-    """Row by row, token by token, with a dict {level: state} and the transition built explicitly."""
+def _setup(q, v, scale, initial_state):
+    """The shapes, the accumulation dtype, the scale (None: K^-1/2) and the initial levels (ascending) and positions."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     acc = acc_dtype(q)
-    scale = K ** -0.5 if scale is None else scale
-    S0, pos0 = _state_in(initial_state, B, H, K, V, q.device, acc)
+    S0, pos = _state_in(initial_state, B, H, K, V, q.device, acc)
+    return B, T, H, K, V, acc, (K ** -0.5 if scale is None else scale), S0, pos
+
+
+# --------------------------------------------------------------------------- reference loop
+def _naive(q, k, v, g, beta, lam, scale, initial_state, output_final_state):
+    """Row by row, token by token, with a dict {level: state} and the transition built explicitly."""
+    B, T, H, K, V, acc, scale, S0, pos0 = _setup(q, v, scale, initial_state)
     eye = torch.eye(K, dtype=acc, device=q.device)
     q, k, v, lam = q.to(acc), k.to(acc), v.to(acc), lam.to(acc)
     outs, finals, ends = [], [], []
@@ -207,11 +212,7 @@ def naive_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, level_scales, 
 
 # --------------------------------------------------------------------------- fused recurrent (the decode step)
 def _fused(q, k, v, g, beta, lam, scale, initial_state, output_final_state):
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    acc = acc_dtype(q)
-    scale = K ** -0.5 if scale is None else scale
-    S, pos = _state_in(initial_state, B, H, K, V, q.device, acc)
+    B, T, H, K, V, acc, scale, S, pos = _setup(q, v, scale, initial_state)
     q, k, v, lam = q.to(acc) * scale, k.to(acc), v.to(acc), lam.to(acc)
     outs = []
     for t in range(T):
@@ -298,12 +299,8 @@ def _pieces_delta(qc, kc, gc, bc, scale):
 
 def _chunk(q, k, v, g, beta, lam, scale, initial_state, output_final_state, C):
     """The chunkwise hierarchy (module docstring); the underlying form's pieces from _pieces_scalar/_pieces_delta."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    acc = acc_dtype(q)
-    scale = K ** -0.5 if scale is None else scale
+    B, T, H, K, V, acc, scale, S0, pos = _setup(q, v, scale, initial_state)
     c = C.bit_length() - 1
-    S0, pos = _state_in(initial_state, B, H, K, V, q.device, acc)
     n0 = S0.shape[2]
     r, a = pos % C, pos // C
     rs = r.tolist()
