@@ -105,22 +105,27 @@ class _DeltaRuleMixer(Mixer):
         g = None
         if self.forget_gate:
             g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())  # (B, T, H)
+        o, core = self._core(q, k, v, g, beta, x, state, form)
+        if self.g_proj is not None:
+            o = self.o_norm(o, rearrange(self.g_proj(x), "b t (h v) -> b t h v", h=H))
+        else:
+            o = self.o_norm(o)
+        y = self.o_proj(rearrange(o, "b t h v -> b t (h v)").to(x.dtype))
+        return y, {"conv_q": cq.to(state["conv_q"].dtype), "conv_k": ck.to(state["conv_k"].dtype), "conv_v": cv.to(state["conv_v"].dtype), **core}
+
+    def _core(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
+        """The recurrence: q (B, T, H, K), k (B, T, H, n_h, K), v (B, T, H, n_h, V), g (B, T, H) or None, beta (B, T, H, n_h)
+        -> (o (B, T, H, V), its state entries); x (the layer input) for subclasses (log_linear_gated_deltanet)."""
         kw = dict(initial_state=state["S"].float(), output_final_state=True)
-        if nh == 1:
+        if self.nh == 1:
             op = choose(form, {"chunk": partial(chunk_gated_delta_rule, chunk_size=self.chunk_size),
                                "recurrent": fused_recurrent_gated_delta_rule}, type(self).__name__)
             o, S = op(q, k[:, :, :, 0], v[:, :, :, 0], g, beta[..., 0], **kw)
         else:
             op = choose(form, {"chunk": partial(chunk_delta_product, chunk_size=self.chunk_size),
                                "recurrent": fused_recurrent_delta_product}, type(self).__name__)
-            o, S = op(q, k, v, g, beta, nh, **kw)
-        if self.g_proj is not None:
-            o = self.o_norm(o, rearrange(self.g_proj(x), "b t (h v) -> b t h v", h=H))
-        else:
-            o = self.o_norm(o)
-        y = self.o_proj(rearrange(o, "b t h v -> b t (h v)").to(x.dtype))
-        sd = state["S"].dtype
-        return y, {"conv_q": cq.to(state["conv_q"].dtype), "conv_k": ck.to(state["conv_k"].dtype), "conv_v": cv.to(state["conv_v"].dtype), "S": S.to(sd)}
+            o, S = op(q, k, v, g, beta, self.nh, **kw)
+        return o, {"S": S.to(state["S"].dtype)}
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y (B, T, D), state): chunkwise WY form."""

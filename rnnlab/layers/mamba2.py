@@ -87,7 +87,8 @@ class Mamba2(Mixer):
         """The block after its input projection: zxbcdt (B, T, 2·d_inner + 2·G·N + H) -> (y (B, T, D), state); dtype:
         the input's (implicit_mamba2 adds its injection to the projection before this)."""
         H, G, N = self.num_heads, self.ngroups, self.d_state
-        z, xBC, dt = zxbcdt.split([self.d_inner, self.d_inner + 2 * G * N, H], -1)
+        sizes = [self.d_inner, self.d_inner + 2 * G * N, H]
+        z, xBC, dt, extra = zxbcdt.split(sizes + [zxbcdt.shape[-1] - sum(sizes)], -1)  # extra: a subclass's (log_linear_mamba2)
         xBC, conv_state = self.conv(xBC, state["conv"])
         xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], -1)
         xs = rearrange(xs, "b t (h p) -> b t h p", h=H)
@@ -97,13 +98,18 @@ class Mamba2(Mixer):
         delta = F.softplus(dt.to(acc) + self.dt_bias.to(acc))  # (B, T, H)
         g = -torch.exp(self.A_log.to(acc)) * delta  # log-decay Δ A <= 0
         v = (xs.to(acc) * delta[..., None]).to(dtype)
-        kw = dict(scale=1.0, initial_state=state["h"].to(acc), output_final_state=True)
-        op = choose(form, {"chunk": partial(chunk_simple_gla, chunk_size=self.chunk_size), "recurrent": fused_recurrent_simple_gla}, "mamba2")
-        y, h = op(Cm, Bm, v, g, **kw)
+        y, core = self._ssd(Cm, Bm, v, g, extra, state, form)
         y = y.to(acc) + self.D.to(acc)[:, None] * xs.to(acc)  # D skip
         y = self._gated_norm(rearrange(y, "b t h p -> b t (h p)"), z)
         out = self.out_proj(y.to(dtype))
-        return out, {"conv": conv_state.to(state["conv"].dtype), "h": h.to(state["h"].dtype)}
+        return out, {"conv": conv_state.to(state["conv"].dtype), **core}
+
+    def _ssd(self, Cm: Tensor, Bm: Tensor, v: Tensor, g: Tensor, extra: Tensor, state: State, form: str) -> tuple[Tensor, State]:
+        """The SSD core: C, B (B, T, G, N), v = Δx (B, T, H, P), g = ΔA (B, T, H) -> (y (B, T, H, P), its state entries)."""
+        kw = dict(scale=1.0, initial_state=state["h"].to(g.dtype), output_final_state=True)
+        op = choose(form, {"chunk": partial(chunk_simple_gla, chunk_size=self.chunk_size), "recurrent": fused_recurrent_simple_gla}, "mamba2")
+        y, h = op(Cm, Bm, v, g, **kw)
+        return y, {"h": h.to(state["h"].dtype)}
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y, state): chunkwise SSD."""

@@ -96,6 +96,11 @@ class Task:
     def check_length(self, seq_len: int) -> None:
         """ValueError if the task cannot generate sequences of this length."""
 
+    def context_len(self, seq_len: int) -> int | None:
+        """The leading tokens of a sequence of this length that form its context (the documents / key-value pairs the
+        questions are about: what JRT-Prompt repeats); None for a task without one (the default)."""
+        return None
+
     # --- shared ----------------------------------------------------------------
     def train_batch(self, batch_size: int, seed: int, step: int, rows: slice | None = None) -> Batch:
         """The training batch of ``step``, or only its ``rows`` (a data-parallel process's share). A synthetic task
@@ -112,6 +117,18 @@ class Task:
             n = min(batch_size, num_examples - done)
             yield self.sample(n, seq_len, rng, "test")
             done += n
+
+    def jrt_prompt(self, batch: Batch) -> Batch:
+        """JRT-Prompt (Arora et al. 2024, "Just read twice", §3.2): the context given twice before the questions —
+        inputs [context, context, rest], the first copy unscored, every target shifted with its token (the
+        ``eval_prompt="jrt_prompt"`` evaluation mode of the trainer). ValueError for a task without a context."""
+        c = self.context_len(batch.inputs.shape[1])
+        if c is None or self.output != "lm":
+            raise ValueError(f"{self.name}: no jrt_prompt evaluation (it needs an lm task that declares its context: "
+                             f"context_len); tasks with one: mqar, set_disjointness")
+        inputs = torch.cat([batch.inputs[:, :c], batch.inputs], 1)
+        targets = torch.cat([torch.full_like(batch.targets[:, :c], IGNORE_INDEX), batch.targets], 1)
+        return Batch(inputs, targets, None if batch.lengths is None else batch.lengths + c)
 
     def loss_terms(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """(sum of per-item losses over scored items, number of scored items)."""

@@ -36,6 +36,10 @@ class MQAR(Task):
             raise ValueError(f"mqar: length {seq_len} impossible with num_kv_pairs={self.num_kv_pairs}; "
                              f"lengths must be even and >= 4*num_kv_pairs = {4 * self.num_kv_pairs}")
 
+    def context_len(self, seq_len: int) -> int:
+        """The key-value pairs (what JRT-Prompt gives twice)."""
+        return 2 * self.num_kv_pairs
+
     def model_io(self):
         return {"vocab_size": self.vocab_size, "head": "lm"}
 

@@ -30,6 +30,7 @@ SECTIONS = ("task", "model", "train", "run_dir")
 # train options that say how a run is executed, not what it computes (up to float summation order): left out of
 # the run's identity (config_hash) and free to change on --resume (another device, process count or engine)
 RUNTIME_KEYS = ("progress", "threads", "device", "parallel", "grad_accum")
+EVAL_PROMPTS = ("plain", "jrt_prompt")  # train.eval_prompt: how test sequences are shown (Task.jrt_prompt)
 PARALLEL = ("ddp", "fsdp")  # train.parallel: the data-parallel engines (rnnlab.train.distributed)
 _MIN_INT = {"warmup": 0, "seed": 0}  # TrainConfig ints that may be 0; the others are counts >= 1
 
@@ -56,6 +57,9 @@ class TrainConfig:
     eval_examples: int = 256
     """Test sequences per test length (fixed set, drawn independently of training data)."""
     eval_batch_size: int = 64
+    eval_prompt: str = "plain"
+    """How test sequences are shown: "plain", or "jrt_prompt" (Arora et al. 2024: the task's context given twice
+    before its questions, ``Task.jrt_prompt``; lm tasks that declare a context: mqar, set_disjointness)."""
     log_every: int = 10
     ckpt_every: int = 200
     seed: int = 0
@@ -97,6 +101,8 @@ class TrainConfig:
             raise ValueError(f"train.parallel must be one of {', '.join(PARALLEL)}; got {self.parallel!r}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"train.batch_size={self.batch_size} must be divisible by train.grad_accum={self.grad_accum}")
+        if self.eval_prompt not in EVAL_PROMPTS:
+            raise ValueError(f"train.eval_prompt must be one of {', '.join(EVAL_PROMPTS)}; got {self.eval_prompt!r}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"train.on_nonfinite must be one of stop, skip; got {self.on_nonfinite!r}")
         if not self.lr > 0:

@@ -76,6 +76,8 @@ def evaluate(model, task, train_cfg, device) -> dict[int, dict[str, float]]:
     for L in task.test_lengths:
         sums: dict[str, float] = {}
         for batch in task.test_batches(L, train_cfg.eval_examples, train_cfg.eval_batch_size, train_cfg.seed):
+            if train_cfg.eval_prompt == "jrt_prompt":
+                batch = task.jrt_prompt(batch)
             batch = batch.to(device)
             with _autocast(device, train_cfg.bf16):
                 y, _ = model(batch.inputs)
@@ -168,6 +170,8 @@ def train(config: dict, resume: bool = False, overwrite: bool = False, wait: boo
     ``train.threads``, when set, is the torch and numba thread count for this call only: the caller's counts
     are restored afterwards (rnnlab.runtime.scoped_threads). The allocator is left alone (rnnlab.runtime)."""
     resolved, task, model_cfg, tc = resolve(config)
+    if tc.eval_prompt == "jrt_prompt" and (task.output != "lm" or task.context_len(task.test_lengths[0]) is None):
+        raise ValueError(f"train.eval_prompt=jrt_prompt needs an lm task that declares its context; {task.name} does not")
     run_dir = Path(resolved["run_dir"])
     if not resume and not overwrite and (run_dir / RESULT).exists():
         raise ValueError(f"{run_dir} holds a finished run ({RESULT}); resume it (--resume), or replace it (--overwrite), "

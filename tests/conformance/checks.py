@@ -33,9 +33,14 @@ def _clone_state(state):
 
 
 def _rollout(mixer, x, state=None):
-    """Token-by-token recurrent form: one ``forward`` call per token."""
+    """Token-by-token recurrent form: one ``forward`` call per token. A mixer with a non-causal prompt prefix
+    (``prompt_len``, e.g. jrt_rnn) gets its prompt in one call first, as its semantics require."""
     ys = []
-    for t in range(x.shape[1]):
+    start = min(getattr(mixer, "prompt_len", 0), x.shape[1]) if state is None else 0
+    if start:
+        y, state = mixer(x[:, :start])
+        ys.append(y)
+    for t in range(start, x.shape[1]):
         y, state = mixer(x[:, t : t + 1], state)
         ys.append(y)
     return torch.cat(ys, 1), state
@@ -60,6 +65,7 @@ def check_split_equals_full(make, splits=((37, 11), (67, 33), (67, 1), (67, 66))
     with torch.no_grad():
         for T, t in splits:
             x = _x(BATCH, T, seed=100 + T)
+            t = max(t, getattr(mixer, "prompt_len", 0))  # a non-causal prompt prefix is given whole (jrt_rnn)
             y_full, s_full = mixer(x)
             y1, s1 = mixer(x[:, :t])
             y2, s2 = mixer(x[:, t:], _clone_state(s1))
