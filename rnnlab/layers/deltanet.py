@@ -22,7 +22,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
-from rnnlab.layers.parts import GatedRMSNorm, RMSNorm, ShortConv
+from rnnlab.layers.parts import GatedRMSNorm, RMSNorm, ShortConv, fused_linear
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.delta import chunk_delta_product, chunk_gated_delta_rule, fused_recurrent_delta_product, fused_recurrent_gated_delta_rule, l2norm
 from rnnlab.ops.forms import choose
@@ -93,21 +93,23 @@ class _DeltaRuleMixer(Mixer):
 
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         H, nh = self.num_heads, self.nh
-        q, cq = self.q_conv(self.q_proj(x), state["conv_q"])
-        k, ck = self.k_conv(self.k_proj(x), state["conv_k"])
-        v, cv = self.v_conv(self.v_proj(x), state["conv_v"])
+        layers = [self.q_proj, self.k_proj, self.v_proj, self.b_proj] + [p for p in (getattr(self, "a_proj", None), self.g_proj) if p is not None]
+        q, k, v, b, *gates = fused_linear(x, layers)
+        q, cq = self.q_conv(q, state["conv_q"])
+        k, ck = self.k_conv(k, state["conv_k"])
+        v, cv = self.v_conv(v, state["conv_v"])
         q = l2norm(rearrange(q, "b t (h k) -> b t h k", h=H)).to(x.dtype)
         k = l2norm(rearrange(k, "b t (n h k) -> b t h n k", h=H, n=nh)).to(x.dtype)
         v = rearrange(v, "b t (n h v) -> b t h n v", h=H, n=nh)
-        beta = torch.sigmoid(rearrange(self.b_proj(x), "b t (n h) -> b t h n", h=H).float())
+        beta = torch.sigmoid(rearrange(b, "b t (n h) -> b t h n", h=H).float())
         if self.negative_eigenvalues:
             beta = 2 * beta
         g = None
         if self.forget_gate:
-            g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())  # (B, T, H)
+            g = -self.A_log.float().exp() * F.softplus(gates[0].float() + self.dt_bias.float())  # (B, T, H)
         o, core = self._core(q, k, v, g, beta, x, state, form)
         if self.g_proj is not None:
-            o = self.o_norm(o, rearrange(self.g_proj(x), "b t (h v) -> b t h v", h=H))
+            o = self.o_norm(o, rearrange(gates[-1], "b t (h v) -> b t h v", h=H))
         else:
             o = self.o_norm(o)
         y = self.o_proj(rearrange(o, "b t h v -> b t (h v)").to(x.dtype))

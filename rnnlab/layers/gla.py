@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
-from rnnlab.layers.parts import GatedRMSNorm, LoRA
+from rnnlab.layers.parts import GatedRMSNorm, LoRA, fused_linear
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.forms import choose
 from rnnlab.ops.gla import chunk_gla, fused_recurrent_gla
@@ -69,12 +69,13 @@ class GLA(Mixer):
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         H = self.num_heads
         split = lambda t: rearrange(t, "b t (h d) -> b t h d", h=H)
-        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        g = split(F.logsigmoid(self.gk_proj(x).float()) / self.tau)  # (B, T, H, K) log α_t <= 0
+        q, k, v, low, og = fused_linear(x, [self.q_proj, self.k_proj, self.v_proj, self.gk_proj.down, self.g_proj])
+        q, k, v, og = split(q), split(k), split(v), split(og)
+        g = split(F.logsigmoid(self.gk_proj.up_from(low).float()) / self.tau)  # (B, T, H, K) log α_t <= 0
         kw = dict(initial_state=state["S"].float(), output_final_state=True)  # scale = K^-1/2
         op = choose(form, {"chunk": partial(chunk_gla, chunk_size=self.chunk_size), "recurrent": fused_recurrent_gla}, "gla")
         o, S = op(q, k, v, g, **kw)
-        o = self.o_norm(o, split(self.g_proj(x)))
+        o = self.o_norm(o, og)
         return self.o_proj(rearrange(o, "b t h d -> b t (h d)")), {"S": S.to(state["S"].dtype)}
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:

@@ -40,7 +40,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
-from rnnlab.layers.parts import ShortConv, positions
+from rnnlab.layers.parts import ShortConv, fused_linear, positions
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import BACKENDS, linear_scan
@@ -146,8 +146,9 @@ class Hawk(Mixer):
 
     def _coeffs(self, x: Tensor, state: State) -> tuple[Tensor, Tensor, Tensor, State]:
         """x (B, T, D) -> a, b (B, T, D_rnn) float32, gate branch (B, T, D_rnn), the new state less h."""
-        gate = F.gelu(self.linear_y(x), approximate="tanh")
-        xc, conv_state = self.conv(self.linear_x(x), state["conv"].to(x.dtype))
+        y, xr = fused_linear(x, [self.linear_y, self.linear_x])
+        gate = F.gelu(y, approximate="tanh")
+        xc, conv_state = self.conv(xr, state["conv"].to(x.dtype))
         xf = xc.float()
         r = torch.sigmoid(_linear32(self.gate_a, xf))
         i = torch.sigmoid(_linear32(self.gate_x, xf))

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from rnnlab.ops.conv import causal_conv1d
 
-__all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos_sin", "positions", "learned_initial_state"]
+__all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos_sin", "positions", "learned_initial_state",
+           "fused_linear"]
 
 
 class RMSNorm(nn.Module):
@@ -79,7 +80,31 @@ class LoRA(nn.Module):
             nn.init.zeros_(self.up.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.up(self.act(self.down(x)))
+        return self.up_from(self.down(x))
+
+    def up_from(self, low: Tensor) -> Tensor:
+        """The second half: ``self.down(x)`` (computed elsewhere, e.g. fused with other projections) -> output."""
+        return self.up(self.act(low))
+
+
+def fused_linear(x: Tensor, layers: list[nn.Linear]) -> list[Tensor]:
+    """``[layer(x) for layer in layers]`` in one matmul when no gradient is wanted (decode, prefill, evaluation):
+    the layers' weights (and biases) concatenated once and cached on the first layer, rebuilt when any of them
+    changes (an optimizer step, ``load_state_dict``, ``.to()``: the tensors' version counters and storage). One
+    matrix-vector product per token instead of one per projection: fewer calls and one pass over the weights.
+    Under autograd the layers run one by one (the parameters' gradients stay where they are)."""
+    weights = [layer.weight for layer in layers]
+    if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+        return [layer(x) for layer in layers]
+    biases = [layer.bias for layer in layers]
+    key = tuple((t._version, t.data_ptr(), t.dtype) for t in weights + [b for b in biases if b is not None])
+    cache = layers[0].__dict__.get("_fused_linear")
+    if cache is None or cache[0] != key or len(cache[3]) != len(layers):
+        with torch.no_grad():
+            bias = None if all(b is None for b in biases) else torch.cat(
+                [b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(weights, biases)])
+            cache = layers[0].__dict__["_fused_linear"] = (key, torch.cat(weights), bias, [w.shape[0] for w in weights])
+    return list(F.linear(x, cache[1], cache[2]).split(cache[3], -1))
 
 
 def rotary_cos_sin(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:

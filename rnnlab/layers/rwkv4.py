@@ -4,7 +4,7 @@ the time-mix ``rwkv4`` and the channel-mix ``rwkv4_channel_mix`` (use it as the 
 
 Time-mix, x (B, T, D) -> y (B, T, D); state {"shift": (B, D), "wkv": (B, 3, D) [num, den, max]}:
 
-    x'_t = mu ⊙ x_t + (1 - mu) ⊙ x_{t-1}                        token shift, one mu per r, k, v (eqs. 11-13)
+    x'_t = mu ⊙ x_t + (1 - mu) ⊙ x_{t-1}                        token shift, one mu per r, k, v (eqs. 11-13; torch.lerp)
     r_t = W_r x'_t,  k_t = W_k x'_t,  v_t = W_v x'_t
     wkv_t = WKV(k, v; w = -exp(time_decay), u = time_first)     (eq. 14, ``rnnlab.ops.wkv4``)
     y_t = W_o (sigmoid(r_t) ⊙ wkv_t)                             (eq. 15)
@@ -94,9 +94,9 @@ class RWKV4(Mixer):
     def _mix(self, x: Tensor, state: State, op) -> tuple[Tensor, State]:
         xx = _token_shift(x, state["shift"])
         mk, mv, mr = (m.to(x.dtype) for m in (self.time_mix_k, self.time_mix_v, self.time_mix_r))
-        k = self.key(x * mk + xx * (1 - mk))
-        v = self.value(x * mv + xx * (1 - mv))
-        r = self.receptance(x * mr + xx * (1 - mr))
+        k = self.key(torch.lerp(xx, x, mk))
+        v = self.value(torch.lerp(xx, x, mv))
+        r = self.receptance(torch.lerp(xx, x, mr))
         w = -torch.exp(self.time_decay.float())
         wkv, s = op(k, v, w, self.time_first.float(), state["wkv"].float(), output_final_state=True)
         y = self.output((torch.sigmoid(r.float()) * wkv.float()).to(x.dtype))
@@ -138,8 +138,8 @@ class RWKV4ChannelMix(Mixer):
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         xx = _token_shift(x, state["shift"])
         mk, mr = self.time_mix_k.to(x.dtype), self.time_mix_r.to(x.dtype)
-        k = torch.square(F.relu(self.key(x * mk + xx * (1 - mk))))
-        y = torch.sigmoid(self.receptance(x * mr + xx * (1 - mr))) * self.value(k)
+        k = torch.square(F.relu(self.key(torch.lerp(xx, x, mk))))
+        y = torch.sigmoid(self.receptance(torch.lerp(xx, x, mr))) * self.value(k)
         return y, {"shift": x[:, -1].float()}
 
     step = parallel  # the same computation for one token

@@ -150,7 +150,7 @@ def fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state
         if a is not None:
             S = S * a
         u = bvr - bkr @ S  # (B, H, 1, V)
-        S = torch.baddbmm(S.flatten(0, 1), kc.flatten(0, 1), u.flatten(0, 1)).view_as(S)
+        S = torch.addcmul(S, kc, u)  # the rank-one update k uᵀ: elementwise (a bmm with inner size 1 costs ~7x)
         os.append(qr @ S)
     o = torch.cat(os, -2).transpose(1, 2).to(v.dtype)  # (B, H, T, V) -> (B, T, H, V)
     return o, (S if output_final_state else None)
