@@ -48,15 +48,28 @@ def _vs(name: str, registered: set[str]) -> str | None:
 # --- plain PyTorch peers ------------------------------------------------------
 
 def _rnn_peer(cls, name: str, D: int, vs) -> Subject:
+    """torch.nn.LSTM / GRU: train and prefill through the layer (oneDNN); decode through the cell's kernel on the
+    same weights (what torch.nn.LSTMCell / GRUCell run: a layer called on one token costs several times more)."""
     rnn = cls(D, D, batch_first=True)
-    n_state = 2 * D if cls is nn.LSTM else D
+    lstm = cls is nn.LSTM
+    cell = torch.lstm_cell if lstm else torch.gru_cell
+
+    def step(x, s):
+        h = cell(x[:, 0], s if lstm else s[0], rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        return (h[0] if lstm else h), (h if lstm else (h,))
+
+    def prefill(x):
+        hidden = rnn(x)[1]
+        return (hidden[0][0], hidden[1][0]) if lstm else (hidden[0],)
+
     return Subject(
         "peer", name, "nonlinear", rnn,
         fwd=lambda x: rnn(x)[0],
-        prefill=lambda x: rnn(x)[1],
-        step=lambda x, s: rnn(x, s),
-        state_floats=lambda T: n_state,
+        prefill=prefill,
+        step=step,
+        state_floats=lambda T: 2 * D if lstm else D,
         vs=vs,
+        note=f"decode: torch.nn.{'LSTMCell' if lstm else 'GRUCell'}'s kernel on the layer's weights",
     )
 
 

@@ -77,12 +77,13 @@ class Attention(Mixer):
     def _attend(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         B, T, _ = x.shape
         hd, hkv = self.head_dim, self.num_kv_heads
-        q, k, v = (rearrange(t, "b t (h d) -> b t h d", d=hd) for t in self.qkv(x).split([self.d_model, hkv * hd, hkv * hd], -1))
+        qk, v = self.qkv(x).split([self.d_model + hkv * hd, hkv * hd], -1)
+        qk, v = rearrange(qk, "b t (h d) -> b t h d", d=hd), rearrange(v, "b t (h d) -> b t h d", d=hd)
         pos = state["pos"]
         if self.rope_base is not None:  # None: no positions (NoPE, Jamba's attention layers)
             cos, sin = rotary_cos_sin(positions(pos, T), self.rotary_dim, self.rope_base)
-            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, dh), (B, H_kv, T, dh)
+            qk = self._rotate(qk, cos, sin)  # queries and keys in one call (their heads side by side)
+        q, k = (t.transpose(1, 2) for t in qk.split([self.num_heads, hkv], 2))  # (B, H, T, dh), (B, H_kv, T, dh)
         keep = self._cache_len(state["k"].shape[2] + T)
         k_all, k_kept = kv_append(state["k"], k, keep)  # (B, H, L+T, dh), written in place where it can be
         v_all, v_kept = kv_append(state["v"], v.transpose(1, 2), keep)
