@@ -231,6 +231,110 @@ def _bamba_rules(cfg) -> list[Rule]:
 register_arch(Arch("Bamba", ("bamba",), "BambaForCausalLM", _bamba_config, _bamba_to_hf, _bamba_rules))
 
 
+# --- RecurrentGemma: (recurrent, recurrent, local attention) residual blocks, each with a GeGLU MLP ------------------
+
+def _rope(cfg) -> tuple[float, float | None]:
+    """(rope_theta, partial_rotary_factor or None) from a 5.x ``rope_parameters`` or 4.x attributes; default RoPE only."""
+    rope = getattr(cfg, "rope_parameters", None) or {"rope_type": "default", "rope_theta": getattr(cfg, "rope_theta", 10000.0),
+                                                     "partial_rotary_factor": getattr(cfg, "partial_rotary_factor", None)}
+    _need(cfg, "rope_parameters", rope.get("rope_type", "default") == "default", "the default rotary embedding")
+    return float(rope["rope_theta"]), rope.get("partial_rotary_factor")
+
+
+def _rope_to_hf(theta: float, partial: float) -> dict:
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return {"rope_parameters": {"rope_type": "default", "rope_theta": theta, "partial_rotary_factor": partial}}
+    return {"rope_theta": theta, "partial_rotary_factor": partial}
+
+
+def _one_plus(t):  # Gemma's RMSNorm scales by (1 + w): rnnlab's weight is 1 + w (HF computes 1 + w first: the same numbers)
+    return t + 1
+
+
+def _minus_one(t):
+    return t - 1
+
+
+def _gemma_norm(hf: str, rnnlab: str) -> Rule:
+    return Rule(hf, rnnlab, _one_plus, _minus_one)
+
+
+def _bf16_sqrt(d: int) -> float:
+    """HF's RecurrentGemma multiplies the embedding by its ``normalizer``, sqrt(hidden_size) stored in bfloat16."""
+    import torch
+
+    return float(torch.tensor(d ** 0.5, dtype=torch.bfloat16))
+
+
+def _rg_config(cfg) -> ModelConfig:
+    D, H = cfg.hidden_size, cfg.num_attention_heads
+    _need(cfg, "hidden_activation", cfg.hidden_activation in ("gelu_pytorch_tanh", "gelu_tanh"), "the tanh-approximated GeLU")
+    _need(cfg, "head_dim", cfg.head_dim * H == D, "head_dim == hidden_size / num_attention_heads")
+    theta, partial = _rope(cfg)
+    rec = {"expansion": cfg.lru_width / D, "conv_size": cfg.conv1d_width, "gate_blocks": H, "reset_first_token": True}
+    att = {"num_heads": H, "num_kv_heads": cfg.num_key_value_heads, "window": cfg.attention_window_size, "rope_base": theta,
+           "rotary_dim": int(cfg.head_dim * (0.5 if partial is None else partial)), "bias": bool(cfg.attention_bias),
+           "out_bias": True}
+    kinds = ["hawk" if t == "linear_attention" else "sliding_attention" for t in cfg.layers_block_type]
+    return _lm(cfg, kinds, [rec if k == "hawk" else att for k in kinds], mlp="geglu", mlp_bias=True,
+               mlp_ratio=_swiglu_ratio(D, cfg.intermediate_size // 2), norm_eps=cfg.rms_norm_eps,
+               logit_soft_cap=float(cfg.logits_soft_cap), embed_scale=_bf16_sqrt(D))
+
+
+def _rg_to_hf(mc: ModelConfig):
+    import transformers
+
+    from rnnlab.models.model import SwiGLU
+
+    kinds, kws = mc.layer_mixers(), mc.layer_kwargs()
+    rec = next((kw for k, kw in zip(kinds, kws) if k == "hawk"), {})
+    att = next((kw for k, kw in zip(kinds, kws) if k != "hawk"), {"num_heads": rec.get("gate_blocks", 1)})
+    H = att.get("num_heads", 4)
+    if mc.logit_soft_cap is None:
+        raise ValueError("to_hf(recurrent_gemma): RecurrentGemma always soft-caps its logits; this model has logit_soft_cap=None")
+    return transformers.RecurrentGemmaConfig(
+        vocab_size=mc.vocab_size, hidden_size=mc.d_model, num_hidden_layers=mc.n_layers, num_attention_heads=H,
+        num_key_value_heads=att.get("num_kv_heads") or H, intermediate_size=2 * SwiGLU.hidden_size(mc.d_model, mc.mlp_ratio),
+        lru_width=round(rec.get("expansion", 4 / 3) * mc.d_model), attention_window_size=att.get("window") or 0,
+        conv1d_width=rec.get("conv_size", 4), logits_soft_cap=mc.logit_soft_cap, rms_norm_eps=mc.norm_eps,
+        attention_bias=att.get("bias", False), block_types=["recurrent" if k == "hawk" else "attention" for k in kinds],
+        tie_word_embeddings=mc.tie_embeddings, hidden_activation="gelu_pytorch_tanh",
+        **_rope_to_hf(att.get("rope_base", 10000.0), (att.get("rotary_dim") or mc.d_model // H) / (mc.d_model // H)))
+
+
+def _rg_rules(cfg) -> list[Rule]:
+    L, b = "model.layers.{i}", "blocks.{i}"
+    t, m, f = f"{L}.temporal_block", f"{b}.mixer", f"{L}.mlp_block"
+    H, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    sizes = [H * hd, Hkv * hd, Hkv * hd]
+    neg, blocks = (lambda x: -x), (lambda x: x.transpose(1, 2))  # -Lambda; (in, out) <-> (out, in) per block
+    unflat = lambda x: x.reshape(H, -1)  # noqa: E731  (gate biases: (H, w) <-> (H·w,))
+
+    def qkv_rule(kind: str) -> Rule:
+        return Rule(tuple(f"{t}.{n}_proj.{kind}" for n in "qkv"), f"{m}.qkv.{kind}", to_hf=lambda x: tuple(x.split(sizes, 0)))
+
+    rules = [Rule("model.embed_tokens.weight", "embed.weight"), _gemma_norm("model.final_norm.weight", "norm.weight"),
+             Rule("lm_head.weight", "head.weight"), _gemma_norm(f"{L}.temporal_pre_norm.weight", f"{b}.norm1.weight"),
+             _gemma_norm(f"{L}.channel_pre_norm.weight", f"{b}.norm2.weight"),
+             Rule((f"{f}.gate_proj.weight", f"{f}.up_proj.weight"), f"{b}.mlp.w13.weight"),
+             Rule((f"{f}.gate_proj.bias", f"{f}.up_proj.bias"), f"{b}.mlp.w13.bias"),
+             Rule(f"{f}.down_proj.weight", f"{b}.mlp.w2.weight"), Rule(f"{f}.down_proj.bias", f"{b}.mlp.w2.bias")]
+    rules += [Rule(f"{t}.{n}.{k}", f"{m}.{n}.{k}") for n in ("linear_y", "linear_x", "linear_out") for k in ("weight", "bias")]
+    rules += [Rule(f"{t}.conv_1d.weight", f"{m}.conv.weight", _squeeze_conv, _unsqueeze_conv), Rule(f"{t}.conv_1d.bias", f"{m}.conv.bias"),
+              Rule(f"{t}.rg_lru.recurrent_param", f"{m}.Lambda", neg, neg)]
+    for hf, r in (("input", "gate_x"), ("recurrent", "gate_a")):
+        rules += [Rule(f"{t}.rg_lru.{hf}_gate_weight", f"{m}.{r}.weight", blocks, blocks),
+                  Rule(f"{t}.rg_lru.{hf}_gate_bias", f"{m}.{r}.bias", lambda x: x.reshape(-1), unflat)]
+    rules += [qkv_rule("weight"), Rule(f"{t}.o_proj.weight", f"{m}.out.weight"), Rule(f"{t}.o_proj.bias", f"{m}.out.bias")]
+    return rules + ([qkv_rule("bias")] if cfg.attention_bias else [])
+
+
+register_arch(Arch("RecurrentGemma", ("recurrent_gemma",), "RecurrentGemmaForCausalLM", _rg_config, _rg_to_hf, _rg_rules,
+                   scales_embedding=True))
+
+
 # --- RWKV-4 ----------------------------------------------------------------------------------------------------
 
 def _rwkv_config(cfg) -> ModelConfig:
@@ -363,8 +467,6 @@ NOT_MAPPED = {
               "embeddings (width 2 * hidden_size), carries per-layer LoRA adapters on q, k, v and its MLP, and its output "
               "enters through a per-layer linear added to the next Mamba-2 layer's input; an rnnlab layer owns its weights "
               "and sees only the residual stream, so the mapping is not direct (its Mamba-2 layers alone would be)",
-    "recurrent_gemma": "only its recurrent blocks map (layer_from_hf -> hawk): its local attention, GeGLU MLPs and (1 + w) "
-                       "norms have no rnnlab counterpart yet",
     "qwen3_next": "only its gated DeltaNet layers map (layer_from_hf), with equal key and value head counts: its gated "
                   "attention and mixture-of-experts MLPs have no rnnlab counterpart yet",
 }

@@ -71,7 +71,9 @@ class Arch:
 
     ``rules(hf_config)`` lists the rules for that config (optional tensors such as biases appear only when
     present); ``fix_hf_state(hf_model, state)`` undoes what an HF model does to its own weights in place
-    (RWKV's inference rescaling), given the live model."""
+    (RWKV's inference rescaling), given the live model. ``scales_embedding``: the HF model multiplies the embedding
+    lookup itself (RecurrentGemma's normalizer), so ``to_hf`` checks rnnlab's scale through the config instead of
+    folding it into the exported embedding."""
 
     name: str
     model_types: tuple[str, ...]
@@ -80,6 +82,7 @@ class Arch:
     config_to_hf: Callable[[ModelConfig], object]
     rules: Callable[[object], list[Rule]]
     fix_hf_state: Callable[[object, dict], dict] | None = None
+    scales_embedding: bool = False
 
 
 _ARCHS: dict[str, Arch] = {}
@@ -192,7 +195,7 @@ def from_hf(model_or_path, dtype: torch.dtype = torch.float32) -> SequenceModel:
 # options that choose an initialization or a kernel, not the function a layer computes: ignored when checking
 # that an rnnlab model has an HF equivalent (a trained model's dt_min says nothing about its weights)
 INIT_OR_KERNEL_OPTIONS = frozenset({"dt_min", "dt_max", "dt_init_floor", "A_init_range", "zero_init", "layer_id", "num_layers",
-                                    "backend", "chunk_size"})
+                                    "backend", "chunk_size", "a_min", "a_max"})
 # ModelConfig fields that do not change the function of a token LM in eval mode, or that to_hf accounts for
 # (embedding_init: its scale is folded into the exported embedding)
 _NOT_FUNCTIONAL = ("dropout", "embedding_init", "pool", "num_classes", "out_dim", "input_dim")
@@ -211,6 +214,7 @@ def _complete(name: str, kwargs: dict) -> dict:
 def _functional(mc: ModelConfig) -> dict:
     """What a ModelConfig computes: mixers per layer with complete options, norms, sizes, heads."""
     d = {k: v for k, v in mc.to_dict().items() if k not in _NOT_FUNCTIONAL}
+    d["embed_scale"] = mc.embedding_scale()  # what embedding_init and embed_scale compute together
     d["mixer"] = mc.layer_mixers()
     d["mixer_kwargs"] = [_complete(m, k) for m, k in zip(mc.layer_mixers(), mc.layer_kwargs())]
     d["mlp"] = mlps = mc.layer_mlps()
@@ -234,17 +238,20 @@ def to_hf(model: SequenceModel, model_type: str):
     mc = model.config
     if mc.head != "lm" or mc.vocab_size is None:
         raise ValueError(f'to_hf: needs a token language model (head="lm"), got head={mc.head!r}')
-    if model.embed_scale != 1.0 and mc.tie_embeddings:
+    if model.embed_scale != 1.0 and mc.tie_embeddings and not arch.scales_embedding:
         raise ValueError(f"to_hf: the embedding is scaled by {model.embed_scale:.4g} (embedding_init={mc.embedding_init!r}) and tied "
                          f"to the head; {arch.name} has an unscaled embedding, so the two cannot both be exported")
     hf_config = arch.config_to_hf(mc)
     want, back = _functional(mc), _functional(arch.config_from_hf(hf_config))
+    if not arch.scales_embedding:  # folded into the exported embedding below
+        want.pop("embed_scale"), back.pop("embed_scale")
     if want != back:
         diff = {k: v for k, v in want.items() if back.get(k) != v}
         raise ValueError(f"to_hf: this rnnlab model has no exact {arch.name} equivalent; differing field(s): {diff}")
     rules = arch.rules(hf_config)
     state = {k: v.detach().float() for k, v in model.state_dict().items()}
-    state["embed.weight"] = state["embed.weight"] * model.embed_scale
+    if not arch.scales_embedding:
+        state["embed.weight"] = state["embed.weight"] * model.embed_scale
     if model.config.tie_embeddings:
         state.pop("head.weight", None)
         rules = [r for r in rules if r.rnnlab != "head.weight"]

@@ -37,6 +37,11 @@ CONFIGS = {
                                   attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=8,
                                   mamba_chunk_size=8, attention_bias=True, num_hidden_layers=3)),
     "rwkv": ("RwkvConfig", dict(hidden_size=32, attention_hidden_size=32, intermediate_size=96, context_length=64)),
+    # (recurrent, recurrent, local attention): RG-LRU width 48 over 4 heads, 4 query heads sharing 2 key/value heads with
+    # rotary on half of each, a window of 5 (shorter than the 13 tokens), biased q, k, v, GeGLU of 48 units
+    "recurrent_gemma": ("RecurrentGemmaConfig", dict(hidden_size=32, lru_width=48, num_attention_heads=4, num_key_value_heads=2,
+                                                     intermediate_size=96, attention_window_size=5, attention_bias=True,
+                                                     num_hidden_layers=3)),
 }
 # xLSTM (transformers 4.57 and later): xLSTM 7B's layout, q/k half the width of v; chunk 8 so that 13 tokens take HF's
 # chunkwise kernel and its recurrent tail (4.57's chunkwise kernel cannot run: it calls a tensor, `vecM_k_combine(...)`;
