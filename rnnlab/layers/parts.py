@@ -14,7 +14,7 @@ __all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos
 
 
 class RMSNorm(nn.Module):
-    """y = x / rms(x) * weight over the last dim (Zhang & Sennrich 2019); computed in float32."""
+    """y = x / rms(x) * weight over the last dim (Zhang & Sennrich 2019); computed in float32 (float64 for float64 x)."""
 
     def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True):
         super().__init__()
@@ -22,10 +22,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.weight is not None:
-            y = y * self.weight.float()
+            y = y * self.weight.to(xf.dtype)
         return y.to(x.dtype)
 
 
