@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import math
 
+import torch
 from einops import rearrange
 
-from rnnlab.interop.convert import Arch, Rule, register_arch
+from rnnlab.interop.convert import Arch, Rule, _rename, register_arch
+from rnnlab.layers.registry import create_mixer
 from rnnlab.models.config import ModelConfig
 
 _INF = float("inf")
@@ -263,8 +265,6 @@ def _gemma_norm(hf: str, rnnlab: str) -> Rule:
 
 def _bf16_sqrt(d: int) -> float:
     """HF's RecurrentGemma multiplies the embedding by its ``normalizer``, sqrt(hidden_size) stored in bfloat16."""
-    import torch
-
     return float(torch.tensor(d ** 0.5, dtype=torch.bfloat16))
 
 
@@ -485,51 +485,56 @@ def layer_from_hf(layer):
 
 def gated_deltanet_from_hf(layer):
     """A transformers ``Qwen3NextGatedDeltaNet`` or ``Qwen3_5GatedDeltaNet`` layer -> rnnlab ``gated_deltanet`` mixer
-    with its weights (the layer alone: the stacks around it, with gated attention and mixture-of-experts MLPs,
-    have no rnnlab counterpart yet). Equal key and value head counts only (Qwen3-Next's checkpoints use twice as
-    many value heads, which rnnlab's gated_deltanet does not have)."""
-    import torch
-
-    from rnnlab.layers.registry import create_mixer
-
-    H, Hv, K, V = layer.num_k_heads, layer.num_v_heads, layer.head_k_dim, layer.head_v_dim
-    if Hv != H:
-        raise ValueError(f"gated_deltanet_from_hf: {Hv} value heads for {H} key heads; rnnlab's gated_deltanet has one "
-                         "value head per key head")
-    if layer.activation != "silu":
-        raise ValueError(f"gated_deltanet_from_hf: conv activation {layer.activation!r}; rnnlab's is SiLU")
-    mixer = create_mixer("gated_deltanet", layer.hidden_size, num_heads=H, head_dim=K, expand_v=V / K,
-                         conv_size=layer.conv_kernel_size, norm_eps=float(layer.layer_norm_epsilon))
-    if V != mixer.head_v:
-        raise ValueError(f"gated_deltanet_from_hf: value head size {V} is not a whole multiple of the key head size {K}")
-    D = layer.hidden_size
-    if hasattr(layer, "in_proj_qkvz"):  # Qwen3-Next: rows grouped per key head, [q, k, v, z] then [b, a]
-        qkvz = layer.in_proj_qkvz.weight.view(H, 2 * K + 2 * V, D)
-        q, k, v, z = (rearrange(t, "h r d -> (h r) d") for t in qkvz.split([K, K, V, V], 1))
-        b, a = (rearrange(t, "h r d -> (h r) d") for t in layer.in_proj_ba.weight.view(H, 2, D).split([1, 1], 1))
-    else:  # Qwen3.5: [q (all heads), k, v] and separate z, b, a
-        q, k, v = layer.in_proj_qkv.weight.split([H * K, H * K, H * V], 0)
-        z, b, a = layer.in_proj_z.weight, layer.in_proj_b.weight, layer.in_proj_a.weight
-    cq, ck, cv = layer.conv1d.weight[:, 0].split([H * K, H * K, H * V], 0)
-    with torch.no_grad():
-        for dst, src in ((mixer.q_proj.weight, q), (mixer.k_proj.weight, k), (mixer.v_proj.weight, v), (mixer.g_proj.weight, z),
-                         (mixer.b_proj.weight, b), (mixer.a_proj.weight, a), (mixer.q_conv.weight, cq), (mixer.k_conv.weight, ck),
-                         (mixer.v_conv.weight, cv), (mixer.A_log, layer.A_log), (mixer.dt_bias, layer.dt_bias),
-                         (mixer.o_norm.weight, layer.norm.weight), (mixer.o_proj.weight, layer.out_proj.weight)):
-            if dst.shape != src.shape:
-                raise ValueError(f"gated_deltanet_from_hf: shape {tuple(src.shape)} for {tuple(dst.shape)}")
-            dst.copy_(src)
+    with its weights, grouped value heads included (``num_v_heads``: the released checkpoints' 32 value heads on 16 key
+    heads). Whole Qwen3.5 models map with ``from_hf``; Qwen3-Next's need its mixture-of-experts MLPs (not in rnnlab)."""
+    dims = (layer.num_k_heads, layer.num_v_heads, layer.head_k_dim, layer.head_v_dim)
+    mixer = create_mixer("gated_deltanet", layer.hidden_size, **_gdn_kwargs(*dims, layer.conv_kernel_size, layer.activation,
+                                                                            layer.layer_norm_epsilon))
+    rules = _gdn_rules("", "", *dims, qwen3_next=hasattr(layer, "in_proj_qkvz"))
+    mixer.load_state_dict(_rename({k: v.detach() for k, v in layer.state_dict().items()}, rules, "hf"))
     return mixer.eval()
+
+
+def _gdn_kwargs(H: int, Hv: int, K: int, V: int, conv: int, activation: str, eps: float) -> dict:
+    """The gated_deltanet options of a Qwen3-Next / Qwen3.5 gated DeltaNet: key heads H, value heads Hv, head sizes K, V."""
+    if activation != "silu":
+        raise ValueError(f"gated DeltaNet: conv activation {activation!r}; rnnlab's is SiLU")
+    if Hv % H:
+        raise ValueError(f"gated DeltaNet: {Hv} value heads for {H} key heads (not a multiple)")
+    return {"num_heads": H, "num_v_heads": Hv, "head_dim": K, "expand_v": V / K, "conv_size": conv, "norm_eps": float(eps)}
+
+
+def _gdn_rules(m: str, x: str, H: int, Hv: int, K: int, V: int, qwen3_next: bool) -> list[Rule]:
+    """HF's Qwen3.5 (or Qwen3-Next) gated DeltaNet at prefix ``m`` <-> rnnlab's gated_deltanet at ``x`` ("" = the layer
+    alone). Qwen3.5 holds [q | k | v] in in_proj_qkv and z, b, a apart; Qwen3-Next groups rows per key head:
+    [q, k, v (G heads), z (G heads)] and [b (G), a (G)]. The conv is over [q | k | v] in both."""
+    hf = lambda n: f"{m}.{n}" if m else n  # noqa: E731
+    rl = lambda *ns: tuple(f"{x}.{n}" if x else n for n in ns)  # noqa: E731
+    G, qkv = Hv // H, [H * K, H * K, Hv * V]
+    rules = [Rule(hf("conv1d.weight"), rl("q_conv.weight", "k_conv.weight", "v_conv.weight"),
+                  lambda w: tuple(w[:, 0].split(qkv, 0)), lambda *t: torch.cat(t, 0)[:, None]),
+             Rule(hf("A_log"), rl("A_log")), Rule(hf("dt_bias"), rl("dt_bias")), Rule(hf("norm.weight"), rl("o_norm.weight")),
+             Rule(hf("out_proj.weight"), rl("o_proj.weight"))]
+    if not qwen3_next:
+        return rules + [Rule(hf("in_proj_qkv.weight"), rl("q_proj.weight", "k_proj.weight", "v_proj.weight"), lambda w: tuple(w.split(qkv, 0))),
+                        Rule(hf("in_proj_z.weight"), rl("g_proj.weight")), Rule(hf("in_proj_b.weight"), rl("b_proj.weight")),
+                        Rule(hf("in_proj_a.weight"), rl("a_proj.weight"))]
+
+    def ungroup(sizes):  # per-key-head row groups -> one matrix per part, heads in order (value head h·G + g)
+        return lambda w: tuple(rearrange(t, "h r d -> (h r) d") for t in w.view(H, sum(sizes), w.shape[-1]).split(sizes, 1))
+
+    def group(*parts):
+        return torch.cat([t.view(H, -1, t.shape[-1]) for t in parts], 1).flatten(0, 1)
+
+    return rules + [Rule(hf("in_proj_qkvz.weight"), rl("q_proj.weight", "k_proj.weight", "v_proj.weight", "g_proj.weight"),
+                         ungroup([K, K, G * V, G * V]), group),
+                    Rule(hf("in_proj_ba.weight"), rl("b_proj.weight", "a_proj.weight"), ungroup([G, G]), group)]
 
 
 def hawk_from_hf(block):
     """A transformers ``RecurrentGemmaRecurrentBlock`` (Griffin's recurrent block with the RG-LRU) -> rnnlab ``hawk``
     with recurrentgemma's options: block-diagonal gates (one block per head) and the first-token reset. HF's
     ``recurrent_param`` is -Lambda (log a = -8 r softplus(recurrent_param)); its gate weights are (in, out) per block."""
-    import torch
-
-    from rnnlab.layers.registry import create_mixer
-
     cfg_act = getattr(block.act_fn, "__class__", type(block.act_fn)).__name__
     lru = block.rg_lru
     D, Dr = block.hidden_size, block.lru_width

@@ -35,30 +35,40 @@ __all__ = ["Rule", "Arch", "register_arch", "from_hf", "to_hf", "hf_architecture
 
 @dataclass(frozen=True)
 class Rule:
-    """One rnnlab tensor: its ``rnnlab`` name and its ``hf`` name, or several HF names whose tensors it concatenates
-    (rows of one fused projection: SwiGLU's gate and up, attention's q, k, v); ``{i}`` = layer index.
-    ``to_rnnlab(*hf_tensors)`` and ``to_hf(tensor) -> tensor (one name) or tuple (several)`` change the layout;
-    several names default to concatenating rows and splitting them back in equal parts."""
+    """rnnlab tensor(s) and HF tensor(s) holding the same numbers: ``hf`` one HF name or several, ``rnnlab`` one rnnlab
+    name or several (``{i}`` = layer index). Several HF names into one rnnlab tensor: rows of one fused projection
+    (SwiGLU's gate and up, attention's q, k, v); one HF tensor into several rnnlab ones: the reverse (Qwen3.5's
+    in_proj_qkv into q_proj, k_proj, v_proj). ``to_rnnlab(*hf_tensors)`` and ``to_hf(*rnnlab_tensors)`` change the
+    layout, each returning a tensor or a tuple (one per name on the other side); by default several tensors
+    concatenate their rows and one tensor splits into equal parts."""
 
     hf: str | tuple[str, ...]
-    rnnlab: str
-    to_rnnlab: Callable[..., Tensor] | None = None
-    to_hf: Callable[[Tensor], Tensor | tuple[Tensor, ...]] | None = None
+    rnnlab: str | tuple[str, ...]
+    to_rnnlab: Callable[..., Tensor | tuple[Tensor, ...]] | None = None
+    to_hf: Callable[..., Tensor | tuple[Tensor, ...]] | None = None
 
     @property
     def hf_names(self) -> tuple[str, ...]:
         return (self.hf,) if isinstance(self.hf, str) else tuple(self.hf)
 
-    def forward(self, *tensors: Tensor) -> Tensor:
-        if self.to_rnnlab is not None:
-            return self.to_rnnlab(*tensors)
-        return tensors[0] if len(tensors) == 1 else torch.cat(tensors, 0)
+    @property
+    def rnnlab_names(self) -> tuple[str, ...]:
+        return (self.rnnlab,) if isinstance(self.rnnlab, str) else tuple(self.rnnlab)
 
-    def backward(self, t: Tensor) -> tuple[Tensor, ...]:
-        if self.to_hf is not None:
-            out = self.to_hf(t)
-            return out if isinstance(out, tuple) else (out,)
-        return (t,) if len(self.hf_names) == 1 else t.chunk(len(self.hf_names), 0)
+    def names(self, side: str) -> tuple[str, ...]:
+        return self.hf_names if side == "hf" else self.rnnlab_names
+
+    def convert(self, src: str, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """The tensors of side ``src`` ("hf" or "rnnlab"), in its name order -> the other side's, in its name order."""
+        fn = self.to_rnnlab if src == "hf" else self.to_hf
+        n_out = len(self.names("rnnlab" if src == "hf" else "hf"))
+        if fn is not None:
+            out = fn(*tensors)
+        elif len(tensors) > 1:
+            out = torch.cat(tensors, 0)
+        else:
+            out = tensors[0] if n_out == 1 else tensors[0].chunk(n_out, 0)
+        return out if isinstance(out, tuple) else (out,)
 
 
 def _pattern(name: str) -> re.Pattern:
@@ -129,33 +139,27 @@ def _read_path(path: Path) -> tuple[object, dict[str, Tensor]]:
 
 def _rename(state: dict[str, Tensor], rules: list[Rule], src: str) -> dict[str, Tensor]:
     """Map every tensor of ``state`` from side ``src`` ("hf" or "rnnlab") to the other; unclaimed names are an error."""
+    dst = "rnnlab" if src == "hf" else "hf"
     out: dict[str, Tensor] = {}
     unclaimed = []
-    parts: dict[tuple[int, str | None], dict[int, Tensor]] = {}  # (rule, layer) -> {part: tensor}, HF side
-    matchers = [(n, j, _pattern(name)) for n, rule in enumerate(rules)
-                for j, name in ([(0, rule.rnnlab)] if src == "rnnlab" else enumerate(rule.hf_names))]
+    parts: dict[tuple[int, str | None], dict[int, Tensor]] = {}  # (rule, layer) -> {part: tensor}, side src
+    matchers = [(n, j, _pattern(name)) for n, rule in enumerate(rules) for j, name in enumerate(rule.names(src))]
     for name, t in state.items():
         for n, j, pat in matchers:
             m = pat.match(name)
             if m:
-                layer = m.group(1) if m.groups() else None
-                rule = rules[n]
-                if src == "rnnlab":
-                    for h, piece in zip(rule.hf_names, rule.backward(t), strict=True):
-                        out[h.replace("{i}", layer) if layer is not None else h] = piece
-                else:
-                    parts.setdefault((n, layer), {})[j] = t
+                parts.setdefault((n, m.group(1) if m.groups() else None), {})[j] = t
                 break
         else:
             unclaimed.append(name)
     if unclaimed:
-        raise ValueError(f"no rnnlab counterpart for tensor(s) {unclaimed[:6]}{' ...' if len(unclaimed) > 6 else ''}")
+        raise ValueError(f"no {dst} counterpart for tensor(s) {unclaimed[:6]}{' ...' if len(unclaimed) > 6 else ''}")
     for (n, layer), got in parts.items():
         rule = rules[n]
-        if len(got) != len(rule.hf_names):
-            raise ValueError(f"{rule.rnnlab}: the checkpoint has {len(got)} of its {len(rule.hf_names)} parts {rule.hf_names}")
-        name = rule.rnnlab.replace("{i}", layer) if layer is not None else rule.rnnlab
-        out[name] = rule.forward(*(got[j] for j in range(len(got))))
+        if len(got) != len(rule.names(src)):
+            raise ValueError(f"{rule.names(dst)}: the {src} side has {len(got)} of its {len(rule.names(src))} parts {rule.names(src)}")
+        for name, piece in zip(rule.names(dst), rule.convert(src, *(got[j] for j in range(len(got)))), strict=True):
+            out[name.replace("{i}", layer) if layer is not None else name] = piece
     return out
 
 

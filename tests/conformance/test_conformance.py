@@ -24,6 +24,7 @@ VARIANTS = {"mamba[bias,no conv bias,falcon norms]": ("mamba", {"bias": True, "c
             "mlstm[dense (xLSTM 7B),qk half,gate soft cap,eps]": ("mlstm", {"layout": "dense", "qk_dim_factor": 0.5,
                                                                            "gate_soft_cap": 15.0, "eps": 1e-6}),
             "mlstm[block,gate soft cap,eps]": ("mlstm", {"gate_soft_cap": 15.0, "eps": 1e-6}),
+            "gated_deltanet[num_v_heads=4 (grouped value heads)]": ("gated_deltanet", {"num_heads": 2, "num_v_heads": 4, "chunk_size": 16}),
             "rat[nope,ngroups=1,chunk 3]": ("rat", {"rope_base": None, "ngroups": 1, "chunk_size": 3})}
 
 
