@@ -1,6 +1,6 @@
 """Imported HF models against their originals: ``rnnlab bench --hf-models mamba,rwkv,path/to/checkpoint``.
 
-Each entry is an HF model type that ``rnnlab.interop.from_hf`` maps (mamba, falcon_mamba, mamba2, bamba, rwkv: a 2-layer model of width ``--d-model``
+Each entry is an HF model type that ``rnnlab.interop.from_hf`` maps (MODEL_TYPES: a 2-layer model of width ``--d-model``
 with random weights, vocabulary 512: nothing is downloaded) or a local checkpoint folder. The transformers
 model and its rnnlab import (``from_hf``) are timed in the same process on the same token ids, as whole causal
 LMs: train (forward + backward through the logits), prefill (forward), decode (one token with the cache /
@@ -21,7 +21,7 @@ from rnnlab.bench.runner import Subject
 __all__ = ["build_hf_model_pairs", "check_hf_entries", "MODEL_TYPES"]
 
 VOCAB, LAYERS = 512, 2
-MODEL_TYPES = ("mamba", "falcon_mamba", "mamba2", "bamba", "rwkv")  # what _hf_config builds
+MODEL_TYPES = ("mamba", "falcon_mamba", "mamba2", "bamba", "rwkv", "recurrent_gemma", "qwen3_5_text")  # what _hf_config builds
 
 
 def check_hf_entries(entries: list[str]) -> None:
@@ -53,16 +53,37 @@ def _hf_config(model_type: str, D: int):
                                         mamba_d_state=64, mamba_chunk_size=64)
     if model_type == "rwkv":
         return transformers.RwkvConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, context_length=1 << 16)
+    if model_type == "recurrent_gemma":  # a recurrent block, then local attention (window 2048, one key/value head)
+        return transformers.RecurrentGemmaConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, intermediate_size=6 * D,
+                                                 num_attention_heads=max(1, D // 64), num_key_value_heads=1,
+                                                 block_types=["recurrent", "attention"])
+    if model_type == "qwen3_5_text":  # a gated DeltaNet layer (twice as many value heads as key heads), then gated attention
+        heads = max(1, D // 64)
+        return transformers.Qwen3_5TextConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, intermediate_size=3 * D,
+                                              num_attention_heads=heads, num_key_value_heads=1, head_dim=64,
+                                              linear_num_key_heads=heads, linear_num_value_heads=2 * heads, linear_key_head_dim=64,
+                                              linear_value_head_dim=64, layer_types=["linear_attention", "full_attention"])
     raise ValueError(f"--hf-models: no bench config for model type {model_type!r}")
 
 
 def _hf_subject(hf, vs: str, label: str) -> Subject:
-    """The transformers model as a Subject; decode passes its cache back under the name its output used."""
+    """The transformers model as a Subject; decode passes its cache back under the name its output used.
+    RecurrentGemma returns no cache (its recurrent state lives in its modules): it is handed one, updated in place,
+    and told each step's position."""
     V = hf.config.vocab_size
     D = hf.config.hidden_size
-    takes_position = "cache_position" in inspect.signature(hf.forward).parameters
+    params = inspect.signature(hf.forward).parameters
+    takes_position = "cache_position" in params
+    handed = type(hf).__name__ == "RecurrentGemmaForCausalLM"
 
     def prefill(x):
+        if handed:
+            from transformers import DynamicCache
+
+            name = "cache" if "cache" in params else "past_key_values"
+            cache = DynamicCache(config=hf.config)
+            hf(_ids(x, V), use_cache=True, **{name: cache})
+            return {"name": name, "cache": cache, "pos": x.shape[1]}
         out = hf(_ids(x, V), use_cache=True)
         name = next(n for n in ("cache", "cache_params", "past_key_values", "state") if getattr(out, n, None) is not None)
         return {"name": name, "cache": getattr(out, name), "pos": x.shape[1]}
@@ -71,8 +92,10 @@ def _hf_subject(hf, vs: str, label: str) -> Subject:
         kw = {s["name"]: s["cache"]}
         if takes_position:  # transformers 4.x's Mamba needs it with a cache
             kw["cache_position"] = torch.tensor([s["pos"]])
+        if handed:
+            kw["position_ids"] = torch.full((x.shape[0], 1), s["pos"])
         out = hf(_ids(x, V), use_cache=True, **kw)
-        return out.logits, {**s, "cache": getattr(out, s["name"]), "pos": s["pos"] + 1}
+        return out.logits, {**s, "cache": s["cache"] if handed else getattr(out, s["name"]), "pos": s["pos"] + 1}
 
     return Subject("peer", f"hf:{type(hf).__name__}", "model", hf, fwd=lambda x: hf(_ids(x, V), use_cache=False).logits[..., :D],
                    prefill=prefill, step=step, vs=vs, note=f"{label}; transformers' CPU path")

@@ -304,13 +304,31 @@ def _rg_to_hf(mc: ModelConfig):
         **_rope_to_hf(att.get("rope_base", 10000.0), (att.get("rotary_dim") or mc.d_model // H) / (mc.d_model // H)))
 
 
+def _rg_recurrent_rules(t: str, m: str, H: int) -> list[Rule]:
+    """HF's RecurrentGemmaRecurrentBlock at prefix ``t`` <-> rnnlab's hawk (gate_blocks=H, reset_first_token) at ``m``
+    ("" = the block alone). HF's recurrent_param is -Lambda (log a = -8 r softplus(recurrent_param)); its gate weights
+    are (H, in, out) blocks, rnnlab's (H, out, in), or one dense (out, in) matrix when H = 1."""
+    hf = lambda n: f"{t}.{n}" if t else n  # noqa: E731
+    rl = lambda n: f"{m}.{n}" if m else n  # noqa: E731
+    neg = lambda x: -x  # noqa: E731
+    if H == 1:
+        blocks, unblocks = (lambda x: x[0].T), (lambda x: x.T[None])
+    else:
+        blocks = unblocks = lambda x: x.transpose(1, 2)
+    rules = [Rule(hf(f"{n}.{k}"), rl(f"{n}.{k}")) for n in ("linear_y", "linear_x", "linear_out") for k in ("weight", "bias")]
+    rules += [Rule(hf("conv_1d.weight"), rl("conv.weight"), _squeeze_conv, _unsqueeze_conv), Rule(hf("conv_1d.bias"), rl("conv.bias")),
+              Rule(hf("rg_lru.recurrent_param"), rl("Lambda"), neg, neg)]
+    for g, r in (("input", "gate_x"), ("recurrent", "gate_a")):
+        rules += [Rule(hf(f"rg_lru.{g}_gate_weight"), rl(f"{r}.weight"), blocks, unblocks),
+                  Rule(hf(f"rg_lru.{g}_gate_bias"), rl(f"{r}.bias"), lambda x: x.reshape(-1), lambda x: x.reshape(H, -1))]
+    return rules
+
+
 def _rg_rules(cfg) -> list[Rule]:
     L, b = "model.layers.{i}", "blocks.{i}"
     t, m, f = f"{L}.temporal_block", f"{b}.mixer", f"{L}.mlp_block"
     H, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     sizes = [H * hd, Hkv * hd, Hkv * hd]
-    neg, blocks = (lambda x: -x), (lambda x: x.transpose(1, 2))  # -Lambda; (in, out) <-> (out, in) per block
-    unflat = lambda x: x.reshape(H, -1)  # noqa: E731  (gate biases: (H, w) <-> (H·w,))
 
     def qkv_rule(kind: str) -> Rule:
         return Rule(tuple(f"{t}.{n}_proj.{kind}" for n in "qkv"), f"{m}.qkv.{kind}", to_hf=lambda x: tuple(x.split(sizes, 0)))
@@ -321,18 +339,84 @@ def _rg_rules(cfg) -> list[Rule]:
              Rule((f"{f}.gate_proj.weight", f"{f}.up_proj.weight"), f"{b}.mlp.w13.weight"),
              Rule((f"{f}.gate_proj.bias", f"{f}.up_proj.bias"), f"{b}.mlp.w13.bias"),
              Rule(f"{f}.down_proj.weight", f"{b}.mlp.w2.weight"), Rule(f"{f}.down_proj.bias", f"{b}.mlp.w2.bias")]
-    rules += [Rule(f"{t}.{n}.{k}", f"{m}.{n}.{k}") for n in ("linear_y", "linear_x", "linear_out") for k in ("weight", "bias")]
-    rules += [Rule(f"{t}.conv_1d.weight", f"{m}.conv.weight", _squeeze_conv, _unsqueeze_conv), Rule(f"{t}.conv_1d.bias", f"{m}.conv.bias"),
-              Rule(f"{t}.rg_lru.recurrent_param", f"{m}.Lambda", neg, neg)]
-    for hf, r in (("input", "gate_x"), ("recurrent", "gate_a")):
-        rules += [Rule(f"{t}.rg_lru.{hf}_gate_weight", f"{m}.{r}.weight", blocks, blocks),
-                  Rule(f"{t}.rg_lru.{hf}_gate_bias", f"{m}.{r}.bias", lambda x: x.reshape(-1), unflat)]
+    rules += _rg_recurrent_rules(t, m, H)
     rules += [qkv_rule("weight"), Rule(f"{t}.o_proj.weight", f"{m}.out.weight"), Rule(f"{t}.o_proj.bias", f"{m}.out.bias")]
     return rules + ([qkv_rule("bias")] if cfg.attention_bias else [])
 
 
 register_arch(Arch("RecurrentGemma", ("recurrent_gemma",), "RecurrentGemmaForCausalLM", _rg_config, _rg_to_hf, _rg_rules,
                    scales_embedding=True))
+
+
+# --- Qwen3.5 (dense): gated DeltaNet and gated full-attention layers, each followed by a SwiGLU MLP ------------------
+
+def _qwen35_config(cfg) -> ModelConfig:
+    D, H = cfg.hidden_size, cfg.num_attention_heads
+    _need(cfg, "hidden_act", cfg.hidden_act == "silu", "SiLU")
+    theta, partial = _rope(cfg)
+    attn = {"num_heads": H, "num_kv_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim, "rope_base": theta,
+            "rotary_dim": int(cfg.head_dim * (1.0 if partial is None else partial)), "bias": bool(cfg.attention_bias),
+            "qk_norm": True, "output_gate": True, "norm_eps": float(cfg.rms_norm_eps)}
+    gdn = _gdn_kwargs(cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim,
+                      cfg.linear_conv_kernel_dim, cfg.hidden_act, cfg.rms_norm_eps)
+    kinds = {"linear_attention": "gated_deltanet", "full_attention": "attention"}
+    bad = sorted({t for t in cfg.layer_types if t not in kinds})
+    _need(cfg, "layer_types", not bad, "linear_attention and full_attention layers")
+    mixers = [kinds[t] for t in cfg.layer_types]
+    return _lm(cfg, mixers, [gdn if k == "gated_deltanet" else attn for k in mixers], mlp="swiglu",
+               mlp_ratio=_swiglu_ratio(D, cfg.intermediate_size), norm_eps=float(cfg.rms_norm_eps))
+
+
+def _qwen35_to_hf(mc: ModelConfig):
+    import transformers
+
+    from rnnlab.models.model import SwiGLU
+
+    kinds, kws = mc.layer_mixers(), mc.layer_kwargs()
+    attn = next((kw for k, kw in zip(kinds, kws) if k == "attention"), {"num_heads": 4})
+    gdn = next((kw for k, kw in zip(kinds, kws) if k == "gated_deltanet"), {})
+    H, K = attn.get("num_heads", 4), gdn.get("head_dim") or mc.d_model // gdn.get("num_heads", 4)
+    hd = attn.get("head_dim") or mc.d_model // H
+    return transformers.Qwen3_5TextConfig(
+        vocab_size=mc.vocab_size, hidden_size=mc.d_model, num_hidden_layers=mc.n_layers, num_attention_heads=H,
+        num_key_value_heads=attn.get("num_kv_heads") or H, head_dim=hd, intermediate_size=SwiGLU.hidden_size(mc.d_model, mc.mlp_ratio),
+        rms_norm_eps=mc.norm_eps, attention_bias=attn.get("bias", False), tie_word_embeddings=mc.tie_embeddings, hidden_act="silu",
+        layer_types=["full_attention" if k == "attention" else "linear_attention" for k in kinds],
+        linear_num_key_heads=gdn.get("num_heads", 4), linear_num_value_heads=gdn.get("num_v_heads") or gdn.get("num_heads", 4),
+        linear_key_head_dim=K, linear_value_head_dim=int(K * gdn.get("expand_v", 2.0)), linear_conv_kernel_dim=gdn.get("conv_size", 4),
+        **_rope_to_hf(attn.get("rope_base", 10000.0), (attn.get("rotary_dim") or hd) / hd))
+
+
+def _qwen35_rules(cfg) -> list[Rule]:
+    L, b = "model.layers.{i}", "blocks.{i}"
+    a, m = f"{L}.self_attn", f"{b}.mixer"
+    H, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+
+    def to_rnnlab(q, k, v):  # HF's q_proj rows per head: [q (hd), gate (hd)]; rnnlab's projection: [q | k | v | gate]
+        qg = q.view(H, 2, hd, *q.shape[1:])
+        return torch.cat([qg[:, 0].flatten(0, 1), k, v, qg[:, 1].flatten(0, 1)])
+
+    def to_hf(t):
+        q, k, v, g = t.split([H * hd, Hkv * hd, Hkv * hd, H * hd])
+        return torch.stack([q.view(H, hd, *q.shape[1:]), g.view(H, hd, *g.shape[1:])], 1).flatten(0, 2), k, v
+
+    def proj(kind):
+        return Rule(tuple(f"{a}.{n}_proj.{kind}" for n in "qkv"), f"{m}.qkv.{kind}", to_rnnlab, to_hf)
+
+    rules = [Rule("model.embed_tokens.weight", "embed.weight"), _gemma_norm("model.norm.weight", "norm.weight"),
+             Rule("lm_head.weight", "head.weight"), _gemma_norm(f"{L}.input_layernorm.weight", f"{b}.norm1.weight"),
+             _gemma_norm(f"{L}.post_attention_layernorm.weight", f"{b}.norm2.weight"),
+             Rule((f"{L}.mlp.gate_proj.weight", f"{L}.mlp.up_proj.weight"), f"{b}.mlp.w13.weight"),
+             Rule(f"{L}.mlp.down_proj.weight", f"{b}.mlp.w2.weight"),
+             proj("weight"), Rule(f"{a}.o_proj.weight", f"{m}.out.weight"),
+             _gemma_norm(f"{a}.q_norm.weight", f"{m}.q_norm.weight"), _gemma_norm(f"{a}.k_norm.weight", f"{m}.k_norm.weight")]
+    if cfg.attention_bias:
+        rules += [proj("bias"), Rule(f"{a}.o_proj.bias", f"{m}.out.bias")]
+    return rules + _gdn_rules(f"{L}.linear_attn", m, cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim,
+                              cfg.linear_value_head_dim, qwen3_next=False)
+
+
+register_arch(Arch("Qwen3.5", ("qwen3_5_text",), "Qwen3_5ForCausalLM", _qwen35_config, _qwen35_to_hf, _qwen35_rules))
 
 
 # --- RWKV-4 ----------------------------------------------------------------------------------------------------
@@ -467,8 +551,11 @@ NOT_MAPPED = {
               "embeddings (width 2 * hidden_size), carries per-layer LoRA adapters on q, k, v and its MLP, and its output "
               "enters through a per-layer linear added to the next Mamba-2 layer's input; an rnnlab layer owns its weights "
               "and sees only the residual stream, so the mapping is not direct (its Mamba-2 layers alone would be)",
-    "qwen3_next": "only its gated DeltaNet layers map (layer_from_hf), with equal key and value head counts: its gated "
-                  "attention and mixture-of-experts MLPs have no rnnlab counterpart yet",
+    "qwen3_next": "only its gated DeltaNet layers map (layer_from_hf, grouped value heads included): its sparse "
+                  "mixture-of-experts MLPs (with a shared expert) have no rnnlab counterpart yet; its gated attention is "
+                  "Qwen3.5's (mapped)",
+    "qwen3_5": "a Qwen3.5 checkpoint with its vision tower: only the text model maps, as a Qwen3_5ForCausalLM "
+               "(model_type 'qwen3_5_text') holding the language model's weights",
 }
 
 
@@ -533,26 +620,14 @@ def _gdn_rules(m: str, x: str, H: int, Hv: int, K: int, V: int, qwen3_next: bool
 
 def hawk_from_hf(block):
     """A transformers ``RecurrentGemmaRecurrentBlock`` (Griffin's recurrent block with the RG-LRU) -> rnnlab ``hawk``
-    with recurrentgemma's options: block-diagonal gates (one block per head) and the first-token reset. HF's
-    ``recurrent_param`` is -Lambda (log a = -8 r softplus(recurrent_param)); its gate weights are (in, out) per block."""
-    cfg_act = getattr(block.act_fn, "__class__", type(block.act_fn)).__name__
-    lru = block.rg_lru
-    D, Dr = block.hidden_size, block.lru_width
-    mixer = create_mixer("hawk", D, expansion=Dr / D, conv_size=block.conv1d_width, gate_blocks=lru.num_attention_heads,
-                         reset_first_token=True)
-    if mixer.d_rnn != Dr or cfg_act not in ("PytorchGELUTanh", "GELUTanh"):
-        raise ValueError(f"hawk_from_hf: lru_width {Dr} for hidden_size {D} and activation {cfg_act}; rnnlab maps "
+    with recurrentgemma's options: block-diagonal gates (one block per head) and the first-token reset."""
+    act = type(block.act_fn).__name__
+    D, Dr, H = block.hidden_size, block.lru_width, block.rg_lru.num_attention_heads
+    mixer = create_mixer("hawk", D, expansion=Dr / D, conv_size=block.conv1d_width, gate_blocks=H, reset_first_token=True)
+    if mixer.d_rnn != Dr or act not in ("PytorchGELUTanh", "GELUTanh"):
+        raise ValueError(f"hawk_from_hf: lru_width {Dr} for hidden_size {D} and activation {act}; rnnlab maps "
                          "round(expansion * d_model) channels and tanh-approximated GeLU")
-    pairs = [(mixer.linear_y.weight, block.linear_y.weight), (mixer.linear_y.bias, block.linear_y.bias),
-             (mixer.linear_x.weight, block.linear_x.weight), (mixer.linear_x.bias, block.linear_x.bias),
-             (mixer.linear_out.weight, block.linear_out.weight), (mixer.linear_out.bias, block.linear_out.bias),
-             (mixer.conv.weight, block.conv_1d.weight[:, 0]), (mixer.conv.bias, block.conv_1d.bias),
-             (mixer.Lambda, -lru.recurrent_param),
-             (mixer.gate_x.weight, lru.input_gate_weight.transpose(1, 2)), (mixer.gate_x.bias, lru.input_gate_bias.reshape(-1)),
-             (mixer.gate_a.weight, lru.recurrent_gate_weight.transpose(1, 2)), (mixer.gate_a.bias, lru.recurrent_gate_bias.reshape(-1))]
-    with torch.no_grad():
-        for dst, src in pairs:
-            dst.copy_(src)
+    mixer.load_state_dict(_rename({k: v.detach() for k, v in block.state_dict().items()}, _rg_recurrent_rules("", "", H), "hf"))
     return mixer.eval()
 
 

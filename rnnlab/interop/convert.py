@@ -166,7 +166,8 @@ def _rename(state: dict[str, Tensor], rules: list[Rule], src: str) -> dict[str, 
 def from_hf(model_or_path, dtype: torch.dtype = torch.float32) -> SequenceModel:
     """An HF causal LM (a transformers model, or the path of a local checkpoint folder) -> rnnlab SequenceModel.
 
-    Supported model types: ``hf_architectures()`` (Mamba, Falcon Mamba, Mamba-2, Bamba, RWKV-4, xLSTM). The model runs
+    Supported model types: ``hf_architectures()`` (Mamba, Falcon Mamba, Mamba-2, Bamba, RWKV-4, xLSTM, RecurrentGemma,
+    Qwen3.5's text model). The model runs
     through rnnlab's own forms, state and boundary handling; its logits equal the HF model's (tests/interop)."""
     if isinstance(model_or_path, (str, Path)):
         hf_config, state = _read_path(Path(model_or_path))
@@ -234,8 +235,10 @@ def to_hf(model: SequenceModel, model_type: str):
     """rnnlab SequenceModel -> the transformers causal LM of ``model_type`` (same weights, copied), when the
     model computes what that architecture can express; a ValueError names the fields it cannot.
 
-    Initialization and kernel options do not matter (INIT_OR_KERNEL_OPTIONS). rnnlab's "unit" embedding scale
-    (the lookup times sqrt(d_model)) is folded into the exported embedding when the head is not tied to it."""
+    Initialization and kernel options do not matter (INIT_OR_KERNEL_OPTIONS). rnnlab's embedding scale (the lookup
+    times sqrt(d_model) for "unit") is folded into the exported embedding when the head is not tied to it, except for
+    architectures that scale the lookup themselves (``Arch.scales_embedding``: RecurrentGemma), where it must equal
+    theirs (ModelConfig ``embed_scale``)."""
     import transformers
 
     arch = _arch_of(model_type)
