@@ -155,6 +155,21 @@ def test_hf_generate_from_a_cache_equals_rnnlab_generate():
         assert torch.equal(got, from_hf(hf).generate(ids, 8, temperature=0)), model_type
 
 
+def test_the_recurrentgemma_preset_exports_with_hfs_embedding_scale():
+    """rnnlab's `recurrentgemma` preset is RecurrentGemma's architecture: it exports exactly (its (1 + w) norms, per-head
+    gates, biases, window, soft cap) when its embedding scale is HF's bfloat16 sqrt(d_model) (the tiny shape's sqrt(64) = 8
+    is one; 2B's sqrt(2560) = 50.596 is 50.5 in HF: set embed_scale), and another scale is refused."""
+    from rnnlab.models import presets
+
+    model = SequenceModel(presets.recurrentgemma("tiny", vocab_size=V)).eval()
+    hf = to_hf(model, "recurrent_gemma")
+    ids = torch.randint(0, V, (2, T))
+    with torch.no_grad():
+        assert_close(hf_logits(hf, ids), model(ids)[0])
+    with pytest.raises(ValueError, match="embed_scale"):
+        to_hf(SequenceModel(presets.recurrentgemma("tiny", vocab_size=V, embed_scale=8.5)), "recurrent_gemma")
+
+
 def test_recurrentgemma_with_one_head_has_dense_gates():
     """One head: HF's (1, w, w) gate blocks are rnnlab's dense (w, w) gate matrices (hawk gate_blocks=1); both ways."""
     hf = hf_model("recurrent_gemma", num_attention_heads=1, num_key_value_heads=1)
