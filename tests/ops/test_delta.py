@@ -249,17 +249,10 @@ def test_matches_transformers_qwen3_next(l2):
         pytest.skip("this transformers version has no Qwen3-Next (torch_chunk_gated_delta_rule)")
     # HF's conventions: same (B, T, H, K) layout and argument order, scale fixed at K^-1/2 (our default),
     # use_qk_l2norm_in_kernel normalizes q and k with eps 1e-6 inside, outputs in q's dtype.
-    ins, h0 = make(2, 100, 2, 16, 16, True, beta_max=2.0)
-    with torch.no_grad():
-        o, s = D.chunk_gated_delta_rule(**ins, initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=l2)
-        o_hf, s_hf = torch_chunk_gated_delta_rule(ins["q"], ins["k"], ins["v"], ins["g"], ins["beta"], chunk_size=64,
-                                                  initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=l2)
-    assert_close(o, o_hf.to(o.dtype), 1e-5, "o")
-    assert_close(s, s_hf.float(), 1e-5, "final_state")
-    ins, h0 = make_grouped(2, 100, 2, 2, 16, 16)
-    with torch.no_grad():
-        o, s = D.chunk_gated_delta_rule(**ins, initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=l2)
-        o_hf, s_hf = torch_chunk_gated_delta_rule(ins["q"], ins["k"], ins["v"], ins["g"], ins["beta"], chunk_size=64,
-                                                  initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=l2)
-    assert_close(o, o_hf.to(o.dtype), 1e-5, "o (grouped value heads)")
-    assert_close(s, s_hf.float(), 1e-5, "final_state (grouped value heads)")
+    for what, (ins, h0) in (("", make(2, 100, 2, 16, 16, True, beta_max=2.0)), (" (grouped value heads)", make_grouped(2, 100, 2, 2, 16, 16))):
+        with torch.no_grad():
+            o, s = D.chunk_gated_delta_rule(**ins, initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=l2)
+            o_hf, s_hf = torch_chunk_gated_delta_rule(ins["q"], ins["k"], ins["v"], ins["g"], ins["beta"], chunk_size=64,
+                                                      initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=l2)
+        assert_close(o, o_hf.to(o.dtype), 1e-5, "o" + what)
+        assert_close(s, s_hf.float(), 1e-5, "final_state" + what)
