@@ -167,8 +167,8 @@ def from_hf(model_or_path, dtype: torch.dtype = torch.float32) -> SequenceModel:
     """An HF causal LM (a transformers model, or the path of a local checkpoint folder) -> rnnlab SequenceModel.
 
     Supported model types: ``hf_architectures()`` (Mamba, Falcon Mamba, Mamba-2, Bamba, RWKV-4, xLSTM, RecurrentGemma,
-    Qwen3.5's text model). The model runs
-    through rnnlab's own forms, state and boundary handling; its logits equal the HF model's (tests/interop)."""
+    Qwen3.5's text model). The model runs through rnnlab's own forms, state and boundary handling; its logits equal
+    the HF model's (tests/interop)."""
     if isinstance(model_or_path, (str, Path)):
         hf_config, state = _read_path(Path(model_or_path))
         live = None
