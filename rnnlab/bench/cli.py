@@ -64,7 +64,7 @@ def register(subparsers) -> None:
     p.add_argument("--generate", action="store_true",
                    help="model-level generation: SequenceModel.generate tokens/s of a 6-layer d_model 256 model per mixer "
                         "(--mixers; default one per family), prefill 512, 256 new tokens, next to HF's generate on the same "
-                        "weights for --hf-models (default mamba,mamba2,rwkv,xlstm,recurrent_gemma)")
+                        "weights for --hf-models (default mamba,mamba2,rwkv,xlstm,recurrent_gemma,qwen3_5_text)")
     p.add_argument("--seq-lens", help="comma-separated lengths (default 512,2048,8192; --quick 128,512)")
     p.add_argument("--batch", type=int, help="batch for train/prefill (default 4; --quick 2)")
     p.add_argument("--d-model", type=int, help="model width (default 256; --quick 128)")

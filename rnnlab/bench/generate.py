@@ -3,7 +3,7 @@
 Times ``SequenceModel.generate`` (greedy) for a model of ``layers`` blocks of one mixer each (default 6 layers,
 d_model 256, SwiGLU MLP, vocabulary 512, random weights): prefill a prompt of ``prompt`` tokens, then generate
 ``new`` tokens (default 512 and 256) at each decode batch. Next to it, for the architectures transformers has and
-``rnnlab.interop`` maps (``--hf-models``; default mamba, mamba2, rwkv, xlstm and recurrent_gemma where mapped),
+``rnnlab.interop`` maps (``--hf-models``; default mamba, mamba2, rwkv, xlstm, recurrent_gemma and qwen3_5_text),
 HF's own ``generate`` and rnnlab's on the *same weights* (``from_hf``), in the same process, interleaved, with
 the greedy tokens compared (identical weights, so they agree unless float32 rounding flips a near-tie).
 
@@ -24,7 +24,7 @@ __all__ = ["GenerateConfig", "run_generate", "format_generate", "GENERATE_MIXERS
 # one mixer per family (and the architectures HF has), the default set of the table
 GENERATE_MIXERS = ["attention", "lstm", "gru", "mamba", "hawk", "rwkv4", "gla", "mamba2", "mlstm", "gated_deltanet",
                    "rwkv7", "ttt_linear", "bilinear"]
-GENERATE_HF = ["mamba", "mamba2", "rwkv", "xlstm", "recurrent_gemma"]
+GENERATE_HF = ["mamba", "mamba2", "rwkv", "xlstm", "recurrent_gemma", "qwen3_5_text"]
 
 
 @dataclass

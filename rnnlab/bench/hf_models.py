@@ -1,6 +1,6 @@
 """Imported HF models against their originals: ``rnnlab bench --hf-models mamba,rwkv,path/to/checkpoint``.
 
-Each entry is an HF model type that ``rnnlab.interop.from_hf`` maps (mamba, falcon_mamba, mamba2, bamba, rwkv: a 2-layer model of width ``--d-model``
+Each entry is an HF model type that ``rnnlab.interop.from_hf`` maps (MODEL_TYPES: a 2-layer model of width ``--d-model``
 with random weights, vocabulary 512: nothing is downloaded) or a local checkpoint folder. The transformers
 model and its rnnlab import (``from_hf``) are timed in the same process on the same token ids, as whole causal
 LMs: train (forward + backward through the logits), prefill (forward), decode (one token with the cache /
@@ -21,7 +21,7 @@ from rnnlab.bench.runner import Subject
 __all__ = ["build_hf_model_pairs", "check_hf_entries", "hf_bench_config", "MODEL_TYPES"]
 
 VOCAB, LAYERS = 512, 2
-MODEL_TYPES = ("mamba", "falcon_mamba", "mamba2", "bamba", "rwkv", "xlstm")  # what hf_bench_config builds and from_hf maps
+MODEL_TYPES = ("mamba", "falcon_mamba", "mamba2", "bamba", "rwkv", "xlstm", "recurrent_gemma", "qwen3_5_text")  # what hf_bench_config builds
 
 
 def check_hf_entries(entries: list[str]) -> None:
@@ -57,19 +57,38 @@ def hf_bench_config(model_type: str, D: int, layers: int = LAYERS, vocab: int = 
     if model_type == "xlstm":  # xLSTM 7B's layout (q/k half of v), heads of 128 (HF's cache rounds q/k head widths up to 64),
         return transformers.xLSTMConfig(vocab_size=vocab, hidden_size=D, num_hidden_layers=layers, num_heads=max(1, D // 128),
                                         qk_dim_factor=0.5, chunk_size=64, autocast_kernel_dtype="float32", eos_token_id=None)  # float32 kernels, no EOS
-    if model_type == "recurrent_gemma":  # Griffin's pattern (recurrent, recurrent, local attention)
-        return transformers.RecurrentGemmaConfig(vocab_size=vocab, hidden_size=D, num_hidden_layers=layers, num_attention_heads=4,
-                                                 num_key_value_heads=1, lru_width=D, intermediate_size=3 * D, attention_window_size=2048)
-    raise ValueError(f"no bench config for HF model type {model_type!r}")
+    if model_type == "recurrent_gemma":  # Griffin's (recurrent, recurrent, local attention) pattern; 2 layers: one of each
+        return transformers.RecurrentGemmaConfig(vocab_size=vocab, hidden_size=D, num_hidden_layers=layers, intermediate_size=6 * D,
+                                                 num_attention_heads=max(1, D // 64), num_key_value_heads=1,
+                                                 block_types=["recurrent", "recurrent", "attention"] if layers >= 3 else ["recurrent", "attention"])
+    if model_type == "qwen3_5_text":  # gated DeltaNet layers (twice as many value heads as key heads), gated attention every 4th
+        heads = max(1, D // 64)
+        return transformers.Qwen3_5TextConfig(vocab_size=vocab, hidden_size=D, num_hidden_layers=layers, intermediate_size=3 * D,
+                                              num_attention_heads=heads, num_key_value_heads=1, head_dim=64,
+                                              linear_num_key_heads=heads, linear_num_value_heads=2 * heads, linear_key_head_dim=64,
+                                              linear_value_head_dim=64, layer_types=["full_attention" if i % 4 == 3 or (layers < 4 and i == layers - 1) else "linear_attention"
+                                                           for i in range(layers)])
+    raise ValueError(f"--hf-models: no bench config for model type {model_type!r}")
 
 
 def _hf_subject(hf, vs: str, label: str) -> Subject:
-    """The transformers model as a Subject; decode passes its cache back under the name its output used."""
+    """The transformers model as a Subject; decode passes its cache back under the name its output used.
+    RecurrentGemma returns no cache (its recurrent state lives in its modules): it is handed one, updated in place,
+    and told each step's position."""
     V = hf.config.vocab_size
     D = hf.config.hidden_size
-    takes_position = "cache_position" in inspect.signature(hf.forward).parameters
+    params = inspect.signature(hf.forward).parameters
+    takes_position = "cache_position" in params
+    handed = type(hf).__name__ == "RecurrentGemmaForCausalLM"
 
     def prefill(x):
+        if handed:
+            from transformers import DynamicCache
+
+            name = "cache" if "cache" in params else "past_key_values"
+            cache = DynamicCache(config=hf.config)
+            hf(_ids(x, V), use_cache=True, **{name: cache})
+            return {"name": name, "cache": cache, "pos": x.shape[1]}
         out = hf(_ids(x, V), use_cache=True)
         name = next(n for n in ("cache", "cache_params", "past_key_values", "state") if getattr(out, n, None) is not None)
         return {"name": name, "cache": getattr(out, name), "pos": x.shape[1]}
@@ -78,8 +97,10 @@ def _hf_subject(hf, vs: str, label: str) -> Subject:
         kw = {s["name"]: s["cache"]}
         if takes_position:  # transformers 4.x's Mamba needs it with a cache
             kw["cache_position"] = torch.tensor([s["pos"]])
+        if handed:
+            kw["position_ids"] = torch.full((x.shape[0], 1), s["pos"])
         out = hf(_ids(x, V), use_cache=True, **kw)
-        return out.logits, {**s, "cache": getattr(out, s["name"]), "pos": s["pos"] + 1}
+        return out.logits, {**s, "cache": s["cache"] if handed else getattr(out, s["name"]), "pos": s["pos"] + 1}
 
     return Subject("peer", f"hf:{type(hf).__name__}", "model", hf, fwd=lambda x: hf(_ids(x, V), use_cache=False).logits[..., :D],
                    prefill=prefill, step=step, vs=vs, note=f"{label}; transformers' CPU path")

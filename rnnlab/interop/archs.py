@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import math
 
+import torch
 from einops import rearrange
 
-from rnnlab.interop.convert import Arch, Rule, register_arch
+from rnnlab.interop.convert import Arch, Rule, _rename, register_arch
+from rnnlab.layers.registry import create_mixer
 from rnnlab.models.config import ModelConfig
 
 _INF = float("inf")
@@ -231,6 +233,192 @@ def _bamba_rules(cfg) -> list[Rule]:
 register_arch(Arch("Bamba", ("bamba",), "BambaForCausalLM", _bamba_config, _bamba_to_hf, _bamba_rules))
 
 
+# --- RecurrentGemma: (recurrent, recurrent, local attention) residual blocks, each with a GeGLU MLP ------------------
+
+def _rope(cfg) -> tuple[float, float | None]:
+    """(rope_theta, partial_rotary_factor or None) from a 5.x ``rope_parameters`` or 4.x attributes; default RoPE only."""
+    rope = getattr(cfg, "rope_parameters", None) or {"rope_type": "default", "rope_theta": getattr(cfg, "rope_theta", 10000.0),
+                                                     "partial_rotary_factor": getattr(cfg, "partial_rotary_factor", None)}
+    _need(cfg, "rope_parameters", rope.get("rope_type", "default") == "default", "the default rotary embedding")
+    return float(rope["rope_theta"]), rope.get("partial_rotary_factor")
+
+
+def _rope_to_hf(theta: float, partial: float) -> dict:
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return {"rope_parameters": {"rope_type": "default", "rope_theta": theta, "partial_rotary_factor": partial}}
+    return {"rope_theta": theta, "partial_rotary_factor": partial}
+
+
+def _one_plus(t):  # Gemma's RMSNorm scales by (1 + w): rnnlab's weight is 1 + w (HF computes 1 + w first: the same numbers)
+    return t + 1
+
+
+def _minus_one(t):
+    return t - 1
+
+
+def _gemma_norm(hf: str, rnnlab: str) -> Rule:
+    return Rule(hf, rnnlab, _one_plus, _minus_one)
+
+
+def _bf16_sqrt(d: int) -> float:
+    """HF's RecurrentGemma multiplies the embedding by its ``normalizer``, sqrt(hidden_size) stored in bfloat16."""
+    return float(torch.tensor(d ** 0.5, dtype=torch.bfloat16))
+
+
+def _rg_config(cfg) -> ModelConfig:
+    D, H = cfg.hidden_size, cfg.num_attention_heads
+    _need(cfg, "hidden_activation", cfg.hidden_activation in ("gelu_pytorch_tanh", "gelu_tanh"), "the tanh-approximated GeLU")
+    _need(cfg, "head_dim", cfg.head_dim * H == D, "head_dim == hidden_size / num_attention_heads")
+    theta, partial = _rope(cfg)
+    rec = {"expansion": cfg.lru_width / D, "conv_size": cfg.conv1d_width, "gate_blocks": H, "reset_first_token": True}
+    att = {"num_heads": H, "num_kv_heads": cfg.num_key_value_heads, "window": cfg.attention_window_size, "rope_base": theta,
+           "rotary_dim": int(cfg.head_dim * (0.5 if partial is None else partial)), "bias": bool(cfg.attention_bias),
+           "out_bias": True}
+    kinds = ["hawk" if t == "linear_attention" else "sliding_attention" for t in cfg.layers_block_type]
+    return _lm(cfg, kinds, [rec if k == "hawk" else att for k in kinds], mlp="geglu", mlp_bias=True,
+               mlp_ratio=_swiglu_ratio(D, cfg.intermediate_size // 2), norm_eps=cfg.rms_norm_eps,
+               logit_soft_cap=float(cfg.logits_soft_cap), embed_scale=_bf16_sqrt(D))
+
+
+def _rg_to_hf(mc: ModelConfig):
+    import transformers
+
+    from rnnlab.models.model import SwiGLU
+
+    kinds, kws = mc.layer_mixers(), mc.layer_kwargs()
+    rec = next((kw for k, kw in zip(kinds, kws) if k == "hawk"), {})
+    att = next((kw for k, kw in zip(kinds, kws) if k != "hawk"), {"num_heads": rec.get("gate_blocks", 1)})
+    H = att.get("num_heads", 4)
+    if mc.logit_soft_cap is None:
+        raise ValueError("to_hf(recurrent_gemma): RecurrentGemma always soft-caps its logits; this model has logit_soft_cap=None")
+    return transformers.RecurrentGemmaConfig(
+        vocab_size=mc.vocab_size, hidden_size=mc.d_model, num_hidden_layers=mc.n_layers, num_attention_heads=H,
+        num_key_value_heads=att.get("num_kv_heads") or H, intermediate_size=2 * SwiGLU.hidden_size(mc.d_model, mc.mlp_ratio),
+        lru_width=round(rec.get("expansion", 4 / 3) * mc.d_model), attention_window_size=att.get("window") or 0,
+        conv1d_width=rec.get("conv_size", 4), logits_soft_cap=mc.logit_soft_cap, rms_norm_eps=mc.norm_eps,
+        attention_bias=att.get("bias", False), block_types=["recurrent" if k == "hawk" else "attention" for k in kinds],
+        tie_word_embeddings=mc.tie_embeddings, hidden_activation="gelu_pytorch_tanh",
+        **_rope_to_hf(att.get("rope_base", 10000.0), (att.get("rotary_dim") or mc.d_model // H) / (mc.d_model // H)))
+
+
+def _rg_recurrent_rules(t: str, m: str, H: int) -> list[Rule]:
+    """HF's RecurrentGemmaRecurrentBlock at prefix ``t`` <-> rnnlab's hawk (gate_blocks=H, reset_first_token) at ``m``
+    ("" = the block alone). HF's recurrent_param is -Lambda (log a = -8 r softplus(recurrent_param)); its gate weights
+    are (H, in, out) blocks, rnnlab's (H, out, in), or one dense (out, in) matrix when H = 1."""
+    hf = lambda n: f"{t}.{n}" if t else n  # noqa: E731
+    rl = lambda n: f"{m}.{n}" if m else n  # noqa: E731
+    neg = lambda x: -x  # noqa: E731
+    if H == 1:
+        blocks, unblocks = (lambda x: x[0].T), (lambda x: x.T[None])
+    else:
+        blocks = unblocks = lambda x: x.transpose(1, 2)
+    rules = [Rule(hf(f"{n}.{k}"), rl(f"{n}.{k}")) for n in ("linear_y", "linear_x", "linear_out") for k in ("weight", "bias")]
+    rules += [Rule(hf("conv_1d.weight"), rl("conv.weight"), _squeeze_conv, _unsqueeze_conv), Rule(hf("conv_1d.bias"), rl("conv.bias")),
+              Rule(hf("rg_lru.recurrent_param"), rl("Lambda"), neg, neg)]
+    for g, r in (("input", "gate_x"), ("recurrent", "gate_a")):
+        rules += [Rule(hf(f"rg_lru.{g}_gate_weight"), rl(f"{r}.weight"), blocks, unblocks),
+                  Rule(hf(f"rg_lru.{g}_gate_bias"), rl(f"{r}.bias"), lambda x: x.reshape(-1), lambda x: x.reshape(H, -1))]
+    return rules
+
+
+def _rg_rules(cfg) -> list[Rule]:
+    L, b = "model.layers.{i}", "blocks.{i}"
+    t, m, f = f"{L}.temporal_block", f"{b}.mixer", f"{L}.mlp_block"
+    H, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    sizes = [H * hd, Hkv * hd, Hkv * hd]
+
+    def qkv_rule(kind: str) -> Rule:
+        return Rule(tuple(f"{t}.{n}_proj.{kind}" for n in "qkv"), f"{m}.qkv.{kind}", to_hf=lambda x: tuple(x.split(sizes, 0)))
+
+    rules = [Rule("model.embed_tokens.weight", "embed.weight"), _gemma_norm("model.final_norm.weight", "norm.weight"),
+             Rule("lm_head.weight", "head.weight"), _gemma_norm(f"{L}.temporal_pre_norm.weight", f"{b}.norm1.weight"),
+             _gemma_norm(f"{L}.channel_pre_norm.weight", f"{b}.norm2.weight"),
+             Rule((f"{f}.gate_proj.weight", f"{f}.up_proj.weight"), f"{b}.mlp.w13.weight"),
+             Rule((f"{f}.gate_proj.bias", f"{f}.up_proj.bias"), f"{b}.mlp.w13.bias"),
+             Rule(f"{f}.down_proj.weight", f"{b}.mlp.w2.weight"), Rule(f"{f}.down_proj.bias", f"{b}.mlp.w2.bias")]
+    rules += _rg_recurrent_rules(t, m, H)
+    rules += [qkv_rule("weight"), Rule(f"{t}.o_proj.weight", f"{m}.out.weight"), Rule(f"{t}.o_proj.bias", f"{m}.out.bias")]
+    return rules + ([qkv_rule("bias")] if cfg.attention_bias else [])
+
+
+register_arch(Arch("RecurrentGemma", ("recurrent_gemma",), "RecurrentGemmaForCausalLM", _rg_config, _rg_to_hf, _rg_rules,
+                   scales_embedding=True))
+
+
+# --- Qwen3.5 (dense): gated DeltaNet and gated full-attention layers, each followed by a SwiGLU MLP ------------------
+
+def _qwen35_config(cfg) -> ModelConfig:
+    D, H = cfg.hidden_size, cfg.num_attention_heads
+    _need(cfg, "hidden_act", cfg.hidden_act == "silu", "SiLU")
+    theta, partial = _rope(cfg)
+    attn = {"num_heads": H, "num_kv_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim, "rope_base": theta,
+            "rotary_dim": int(cfg.head_dim * (1.0 if partial is None else partial)), "bias": bool(cfg.attention_bias),
+            "qk_norm": True, "output_gate": True, "norm_eps": float(cfg.rms_norm_eps)}
+    gdn = _gdn_kwargs(cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim, cfg.linear_value_head_dim,
+                      cfg.linear_conv_kernel_dim, cfg.hidden_act, cfg.rms_norm_eps)
+    kinds = {"linear_attention": "gated_deltanet", "full_attention": "attention"}
+    bad = sorted({t for t in cfg.layer_types if t not in kinds})
+    _need(cfg, "layer_types", not bad, "linear_attention and full_attention layers")
+    mixers = [kinds[t] for t in cfg.layer_types]
+    return _lm(cfg, mixers, [gdn if k == "gated_deltanet" else attn for k in mixers], mlp="swiglu",
+               mlp_ratio=_swiglu_ratio(D, cfg.intermediate_size), norm_eps=float(cfg.rms_norm_eps))
+
+
+def _qwen35_to_hf(mc: ModelConfig):
+    import transformers
+
+    from rnnlab.models.model import SwiGLU
+
+    kinds, kws = mc.layer_mixers(), mc.layer_kwargs()
+    attn = next((kw for k, kw in zip(kinds, kws) if k == "attention"), {"num_heads": 4})
+    gdn = next((kw for k, kw in zip(kinds, kws) if k == "gated_deltanet"), {})
+    H, K = attn.get("num_heads", 4), gdn.get("head_dim") or mc.d_model // gdn.get("num_heads", 4)
+    hd = attn.get("head_dim") or mc.d_model // H
+    return transformers.Qwen3_5TextConfig(
+        vocab_size=mc.vocab_size, hidden_size=mc.d_model, num_hidden_layers=mc.n_layers, num_attention_heads=H,
+        num_key_value_heads=attn.get("num_kv_heads") or H, head_dim=hd, intermediate_size=SwiGLU.hidden_size(mc.d_model, mc.mlp_ratio),
+        rms_norm_eps=mc.norm_eps, attention_bias=attn.get("bias", False), tie_word_embeddings=mc.tie_embeddings, hidden_act="silu",
+        layer_types=["full_attention" if k == "attention" else "linear_attention" for k in kinds],
+        linear_num_key_heads=gdn.get("num_heads", 4), linear_num_value_heads=gdn.get("num_v_heads") or gdn.get("num_heads", 4),
+        linear_key_head_dim=K, linear_value_head_dim=int(K * gdn.get("expand_v", 2.0)), linear_conv_kernel_dim=gdn.get("conv_size", 4),
+        **_rope_to_hf(attn.get("rope_base", 10000.0), (attn.get("rotary_dim") or hd) / hd))
+
+
+def _qwen35_rules(cfg) -> list[Rule]:
+    L, b = "model.layers.{i}", "blocks.{i}"
+    a, m = f"{L}.self_attn", f"{b}.mixer"
+    H, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+
+    def to_rnnlab(q, k, v):  # HF's q_proj rows per head: [q (hd), gate (hd)]; rnnlab's projection: [q | k | v | gate]
+        qg = q.view(H, 2, hd, *q.shape[1:])
+        return torch.cat([qg[:, 0].flatten(0, 1), k, v, qg[:, 1].flatten(0, 1)])
+
+    def to_hf(t):
+        q, k, v, g = t.split([H * hd, Hkv * hd, Hkv * hd, H * hd])
+        return torch.stack([q.view(H, hd, *q.shape[1:]), g.view(H, hd, *g.shape[1:])], 1).flatten(0, 2), k, v
+
+    def proj(kind):
+        return Rule(tuple(f"{a}.{n}_proj.{kind}" for n in "qkv"), f"{m}.qkv.{kind}", to_rnnlab, to_hf)
+
+    rules = [Rule("model.embed_tokens.weight", "embed.weight"), _gemma_norm("model.norm.weight", "norm.weight"),
+             Rule("lm_head.weight", "head.weight"), _gemma_norm(f"{L}.input_layernorm.weight", f"{b}.norm1.weight"),
+             _gemma_norm(f"{L}.post_attention_layernorm.weight", f"{b}.norm2.weight"),
+             Rule((f"{L}.mlp.gate_proj.weight", f"{L}.mlp.up_proj.weight"), f"{b}.mlp.w13.weight"),
+             Rule(f"{L}.mlp.down_proj.weight", f"{b}.mlp.w2.weight"),
+             proj("weight"), Rule(f"{a}.o_proj.weight", f"{m}.out.weight"),
+             _gemma_norm(f"{a}.q_norm.weight", f"{m}.q_norm.weight"), _gemma_norm(f"{a}.k_norm.weight", f"{m}.k_norm.weight")]
+    if cfg.attention_bias:
+        rules += [proj("bias"), Rule(f"{a}.o_proj.bias", f"{m}.out.bias")]
+    return rules + _gdn_rules(f"{L}.linear_attn", m, cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim,
+                              cfg.linear_value_head_dim, qwen3_next=False)
+
+
+register_arch(Arch("Qwen3.5", ("qwen3_5_text",), "Qwen3_5ForCausalLM", _qwen35_config, _qwen35_to_hf, _qwen35_rules))
+
+
 # --- RWKV-4 ----------------------------------------------------------------------------------------------------
 
 def _rwkv_config(cfg) -> ModelConfig:
@@ -363,10 +551,11 @@ NOT_MAPPED = {
               "embeddings (width 2 * hidden_size), carries per-layer LoRA adapters on q, k, v and its MLP, and its output "
               "enters through a per-layer linear added to the next Mamba-2 layer's input; an rnnlab layer owns its weights "
               "and sees only the residual stream, so the mapping is not direct (its Mamba-2 layers alone would be)",
-    "recurrent_gemma": "only its recurrent blocks map (layer_from_hf -> hawk): its local attention, GeGLU MLPs and (1 + w) "
-                       "norms have no rnnlab counterpart yet",
-    "qwen3_next": "only its gated DeltaNet layers map (layer_from_hf), with equal key and value head counts: its gated "
-                  "attention and mixture-of-experts MLPs have no rnnlab counterpart yet",
+    "qwen3_next": "only its gated DeltaNet layers map (layer_from_hf, grouped value heads included): its sparse "
+                  "mixture-of-experts MLPs (with a shared expert) have no rnnlab counterpart yet; its gated attention is "
+                  "Qwen3.5's (mapped)",
+    "qwen3_5": "a Qwen3.5 checkpoint with its vision tower: only the text model maps, as a Qwen3_5ForCausalLM "
+               "(model_type 'qwen3_5_text') holding the language model's weights",
 }
 
 
@@ -383,69 +572,62 @@ def layer_from_hf(layer):
 
 def gated_deltanet_from_hf(layer):
     """A transformers ``Qwen3NextGatedDeltaNet`` or ``Qwen3_5GatedDeltaNet`` layer -> rnnlab ``gated_deltanet`` mixer
-    with its weights (the layer alone: the stacks around it, with gated attention and mixture-of-experts MLPs,
-    have no rnnlab counterpart yet). Equal key and value head counts only (Qwen3-Next's checkpoints use twice as
-    many value heads, which rnnlab's gated_deltanet does not have)."""
-    import torch
-
-    from rnnlab.layers.registry import create_mixer
-
-    H, Hv, K, V = layer.num_k_heads, layer.num_v_heads, layer.head_k_dim, layer.head_v_dim
-    if Hv != H:
-        raise ValueError(f"gated_deltanet_from_hf: {Hv} value heads for {H} key heads; rnnlab's gated_deltanet has one "
-                         "value head per key head")
-    if layer.activation != "silu":
-        raise ValueError(f"gated_deltanet_from_hf: conv activation {layer.activation!r}; rnnlab's is SiLU")
-    mixer = create_mixer("gated_deltanet", layer.hidden_size, num_heads=H, head_dim=K, expand_v=V / K,
-                         conv_size=layer.conv_kernel_size, norm_eps=float(layer.layer_norm_epsilon))
-    if V != mixer.head_v:
-        raise ValueError(f"gated_deltanet_from_hf: value head size {V} is not a whole multiple of the key head size {K}")
-    D = layer.hidden_size
-    if hasattr(layer, "in_proj_qkvz"):  # Qwen3-Next: rows grouped per key head, [q, k, v, z] then [b, a]
-        qkvz = layer.in_proj_qkvz.weight.view(H, 2 * K + 2 * V, D)
-        q, k, v, z = (rearrange(t, "h r d -> (h r) d") for t in qkvz.split([K, K, V, V], 1))
-        b, a = (rearrange(t, "h r d -> (h r) d") for t in layer.in_proj_ba.weight.view(H, 2, D).split([1, 1], 1))
-    else:  # Qwen3.5: [q (all heads), k, v] and separate z, b, a
-        q, k, v = layer.in_proj_qkv.weight.split([H * K, H * K, H * V], 0)
-        z, b, a = layer.in_proj_z.weight, layer.in_proj_b.weight, layer.in_proj_a.weight
-    cq, ck, cv = layer.conv1d.weight[:, 0].split([H * K, H * K, H * V], 0)
-    with torch.no_grad():
-        for dst, src in ((mixer.q_proj.weight, q), (mixer.k_proj.weight, k), (mixer.v_proj.weight, v), (mixer.g_proj.weight, z),
-                         (mixer.b_proj.weight, b), (mixer.a_proj.weight, a), (mixer.q_conv.weight, cq), (mixer.k_conv.weight, ck),
-                         (mixer.v_conv.weight, cv), (mixer.A_log, layer.A_log), (mixer.dt_bias, layer.dt_bias),
-                         (mixer.o_norm.weight, layer.norm.weight), (mixer.o_proj.weight, layer.out_proj.weight)):
-            if dst.shape != src.shape:
-                raise ValueError(f"gated_deltanet_from_hf: shape {tuple(src.shape)} for {tuple(dst.shape)}")
-            dst.copy_(src)
+    with its weights, grouped value heads included (``num_v_heads``: the released checkpoints' 32 value heads on 16 key
+    heads). Whole Qwen3.5 models map with ``from_hf``; Qwen3-Next's need its mixture-of-experts MLPs (not in rnnlab)."""
+    dims = (layer.num_k_heads, layer.num_v_heads, layer.head_k_dim, layer.head_v_dim)
+    mixer = create_mixer("gated_deltanet", layer.hidden_size, **_gdn_kwargs(*dims, layer.conv_kernel_size, layer.activation,
+                                                                            layer.layer_norm_epsilon))
+    rules = _gdn_rules("", "", *dims, qwen3_next=hasattr(layer, "in_proj_qkvz"))
+    mixer.load_state_dict(_rename({k: v.detach() for k, v in layer.state_dict().items()}, rules, "hf"))
     return mixer.eval()
+
+
+def _gdn_kwargs(H: int, Hv: int, K: int, V: int, conv: int, activation: str, eps: float) -> dict:
+    """The gated_deltanet options of a Qwen3-Next / Qwen3.5 gated DeltaNet: key heads H, value heads Hv, head sizes K, V."""
+    if activation != "silu":
+        raise ValueError(f"gated DeltaNet: conv activation {activation!r}; rnnlab's is SiLU")
+    if Hv % H:
+        raise ValueError(f"gated DeltaNet: {Hv} value heads for {H} key heads (not a multiple)")
+    return {"num_heads": H, "num_v_heads": Hv, "head_dim": K, "expand_v": V / K, "conv_size": conv, "norm_eps": float(eps)}
+
+
+def _gdn_rules(m: str, x: str, H: int, Hv: int, K: int, V: int, qwen3_next: bool) -> list[Rule]:
+    """HF's Qwen3.5 (or Qwen3-Next) gated DeltaNet at prefix ``m`` <-> rnnlab's gated_deltanet at ``x`` ("" = the layer
+    alone). Qwen3.5 holds [q | k | v] in in_proj_qkv and z, b, a apart; Qwen3-Next groups rows per key head:
+    [q, k, v (G heads), z (G heads)] and [b (G), a (G)]. The conv is over [q | k | v] in both."""
+    hf = lambda n: f"{m}.{n}" if m else n  # noqa: E731
+    rl = lambda *ns: tuple(f"{x}.{n}" if x else n for n in ns)  # noqa: E731
+    G, qkv = Hv // H, [H * K, H * K, Hv * V]
+    rules = [Rule(hf("conv1d.weight"), rl("q_conv.weight", "k_conv.weight", "v_conv.weight"),
+                  lambda w: tuple(w[:, 0].split(qkv, 0)), lambda *t: torch.cat(t, 0)[:, None]),
+             Rule(hf("A_log"), rl("A_log")), Rule(hf("dt_bias"), rl("dt_bias")), Rule(hf("norm.weight"), rl("o_norm.weight")),
+             Rule(hf("out_proj.weight"), rl("o_proj.weight"))]
+    if not qwen3_next:
+        return rules + [Rule(hf("in_proj_qkv.weight"), rl("q_proj.weight", "k_proj.weight", "v_proj.weight"), lambda w: tuple(w.split(qkv, 0))),
+                        Rule(hf("in_proj_z.weight"), rl("g_proj.weight")), Rule(hf("in_proj_b.weight"), rl("b_proj.weight")),
+                        Rule(hf("in_proj_a.weight"), rl("a_proj.weight"))]
+
+    def ungroup(sizes):  # per-key-head row groups -> one matrix per part, heads in order (value head h·G + g)
+        return lambda w: tuple(rearrange(t, "h r d -> (h r) d") for t in w.view(H, sum(sizes), w.shape[-1]).split(sizes, 1))
+
+    def group(*parts):
+        return torch.cat([t.view(H, -1, t.shape[-1]) for t in parts], 1).flatten(0, 1)
+
+    return rules + [Rule(hf("in_proj_qkvz.weight"), rl("q_proj.weight", "k_proj.weight", "v_proj.weight", "g_proj.weight"),
+                         ungroup([K, K, G * V, G * V]), group),
+                    Rule(hf("in_proj_ba.weight"), rl("b_proj.weight", "a_proj.weight"), ungroup([G, G]), group)]
 
 
 def hawk_from_hf(block):
     """A transformers ``RecurrentGemmaRecurrentBlock`` (Griffin's recurrent block with the RG-LRU) -> rnnlab ``hawk``
-    with recurrentgemma's options: block-diagonal gates (one block per head) and the first-token reset. HF's
-    ``recurrent_param`` is -Lambda (log a = -8 r softplus(recurrent_param)); its gate weights are (in, out) per block."""
-    import torch
-
-    from rnnlab.layers.registry import create_mixer
-
-    cfg_act = getattr(block.act_fn, "__class__", type(block.act_fn)).__name__
-    lru = block.rg_lru
-    D, Dr = block.hidden_size, block.lru_width
-    mixer = create_mixer("hawk", D, expansion=Dr / D, conv_size=block.conv1d_width, gate_blocks=lru.num_attention_heads,
-                         reset_first_token=True)
-    if mixer.d_rnn != Dr or cfg_act not in ("PytorchGELUTanh", "GELUTanh"):
-        raise ValueError(f"hawk_from_hf: lru_width {Dr} for hidden_size {D} and activation {cfg_act}; rnnlab maps "
+    with recurrentgemma's options: block-diagonal gates (one block per head) and the first-token reset."""
+    act = type(block.act_fn).__name__
+    D, Dr, H = block.hidden_size, block.lru_width, block.rg_lru.num_attention_heads
+    mixer = create_mixer("hawk", D, expansion=Dr / D, conv_size=block.conv1d_width, gate_blocks=H, reset_first_token=True)
+    if mixer.d_rnn != Dr or act not in ("PytorchGELUTanh", "GELUTanh"):
+        raise ValueError(f"hawk_from_hf: lru_width {Dr} for hidden_size {D} and activation {act}; rnnlab maps "
                          "round(expansion * d_model) channels and tanh-approximated GeLU")
-    pairs = [(mixer.linear_y.weight, block.linear_y.weight), (mixer.linear_y.bias, block.linear_y.bias),
-             (mixer.linear_x.weight, block.linear_x.weight), (mixer.linear_x.bias, block.linear_x.bias),
-             (mixer.linear_out.weight, block.linear_out.weight), (mixer.linear_out.bias, block.linear_out.bias),
-             (mixer.conv.weight, block.conv_1d.weight[:, 0]), (mixer.conv.bias, block.conv_1d.bias),
-             (mixer.Lambda, -lru.recurrent_param),
-             (mixer.gate_x.weight, lru.input_gate_weight.transpose(1, 2)), (mixer.gate_x.bias, lru.input_gate_bias.reshape(-1)),
-             (mixer.gate_a.weight, lru.recurrent_gate_weight.transpose(1, 2)), (mixer.gate_a.bias, lru.recurrent_gate_bias.reshape(-1))]
-    with torch.no_grad():
-        for dst, src in pairs:
-            dst.copy_(src)
+    mixer.load_state_dict(_rename({k: v.detach() for k, v in block.state_dict().items()}, _rg_recurrent_rules("", "", H), "hf"))
     return mixer.eval()
 
 

@@ -35,30 +35,40 @@ __all__ = ["Rule", "Arch", "register_arch", "from_hf", "to_hf", "hf_architecture
 
 @dataclass(frozen=True)
 class Rule:
-    """One rnnlab tensor: its ``rnnlab`` name and its ``hf`` name, or several HF names whose tensors it concatenates
-    (rows of one fused projection: SwiGLU's gate and up, attention's q, k, v); ``{i}`` = layer index.
-    ``to_rnnlab(*hf_tensors)`` and ``to_hf(tensor) -> tensor (one name) or tuple (several)`` change the layout;
-    several names default to concatenating rows and splitting them back in equal parts."""
+    """rnnlab tensor(s) and HF tensor(s) holding the same numbers: ``hf`` one HF name or several, ``rnnlab`` one rnnlab
+    name or several (``{i}`` = layer index). Several HF names into one rnnlab tensor: rows of one fused projection
+    (SwiGLU's gate and up, attention's q, k, v); one HF tensor into several rnnlab ones: the reverse (Qwen3.5's
+    in_proj_qkv into q_proj, k_proj, v_proj). ``to_rnnlab(*hf_tensors)`` and ``to_hf(*rnnlab_tensors)`` change the
+    layout, each returning a tensor or a tuple (one per name on the other side); by default several tensors
+    concatenate their rows and one tensor splits into equal parts."""
 
     hf: str | tuple[str, ...]
-    rnnlab: str
-    to_rnnlab: Callable[..., Tensor] | None = None
-    to_hf: Callable[[Tensor], Tensor | tuple[Tensor, ...]] | None = None
+    rnnlab: str | tuple[str, ...]
+    to_rnnlab: Callable[..., Tensor | tuple[Tensor, ...]] | None = None
+    to_hf: Callable[..., Tensor | tuple[Tensor, ...]] | None = None
 
     @property
     def hf_names(self) -> tuple[str, ...]:
         return (self.hf,) if isinstance(self.hf, str) else tuple(self.hf)
 
-    def forward(self, *tensors: Tensor) -> Tensor:
-        if self.to_rnnlab is not None:
-            return self.to_rnnlab(*tensors)
-        return tensors[0] if len(tensors) == 1 else torch.cat(tensors, 0)
+    @property
+    def rnnlab_names(self) -> tuple[str, ...]:
+        return (self.rnnlab,) if isinstance(self.rnnlab, str) else tuple(self.rnnlab)
 
-    def backward(self, t: Tensor) -> tuple[Tensor, ...]:
-        if self.to_hf is not None:
-            out = self.to_hf(t)
-            return out if isinstance(out, tuple) else (out,)
-        return (t,) if len(self.hf_names) == 1 else t.chunk(len(self.hf_names), 0)
+    def names(self, side: str) -> tuple[str, ...]:
+        return self.hf_names if side == "hf" else self.rnnlab_names
+
+    def convert(self, src: str, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """The tensors of side ``src`` ("hf" or "rnnlab"), in its name order -> the other side's, in its name order."""
+        fn = self.to_rnnlab if src == "hf" else self.to_hf
+        n_out = len(self.names("rnnlab" if src == "hf" else "hf"))
+        if fn is not None:
+            out = fn(*tensors)
+        elif len(tensors) > 1:
+            out = torch.cat(tensors, 0)
+        else:
+            out = tensors[0] if n_out == 1 else tensors[0].chunk(n_out, 0)
+        return out if isinstance(out, tuple) else (out,)
 
 
 def _pattern(name: str) -> re.Pattern:
@@ -71,7 +81,9 @@ class Arch:
 
     ``rules(hf_config)`` lists the rules for that config (optional tensors such as biases appear only when
     present); ``fix_hf_state(hf_model, state)`` undoes what an HF model does to its own weights in place
-    (RWKV's inference rescaling), given the live model."""
+    (RWKV's inference rescaling), given the live model. ``scales_embedding``: the HF model multiplies the embedding
+    lookup itself (RecurrentGemma's normalizer), so ``to_hf`` checks rnnlab's scale through the config instead of
+    folding it into the exported embedding."""
 
     name: str
     model_types: tuple[str, ...]
@@ -80,6 +92,7 @@ class Arch:
     config_to_hf: Callable[[ModelConfig], object]
     rules: Callable[[object], list[Rule]]
     fix_hf_state: Callable[[object, dict], dict] | None = None
+    scales_embedding: bool = False
 
 
 _ARCHS: dict[str, Arch] = {}
@@ -126,41 +139,36 @@ def _read_path(path: Path) -> tuple[object, dict[str, Tensor]]:
 
 def _rename(state: dict[str, Tensor], rules: list[Rule], src: str) -> dict[str, Tensor]:
     """Map every tensor of ``state`` from side ``src`` ("hf" or "rnnlab") to the other; unclaimed names are an error."""
+    dst = "rnnlab" if src == "hf" else "hf"
     out: dict[str, Tensor] = {}
     unclaimed = []
-    parts: dict[tuple[int, str | None], dict[int, Tensor]] = {}  # (rule, layer) -> {part: tensor}, HF side
-    matchers = [(n, j, _pattern(name)) for n, rule in enumerate(rules)
-                for j, name in ([(0, rule.rnnlab)] if src == "rnnlab" else enumerate(rule.hf_names))]
+    parts: dict[tuple[int, str | None], dict[int, Tensor]] = {}  # (rule, layer) -> {part: tensor}, side src
+    matchers = [(n, j, _pattern(name)) for n, rule in enumerate(rules) for j, name in enumerate(rule.names(src))]
     for name, t in state.items():
         for n, j, pat in matchers:
             m = pat.match(name)
             if m:
-                layer = m.group(1) if m.groups() else None
-                rule = rules[n]
-                if src == "rnnlab":
-                    for h, piece in zip(rule.hf_names, rule.backward(t), strict=True):
-                        out[h.replace("{i}", layer) if layer is not None else h] = piece
-                else:
-                    parts.setdefault((n, layer), {})[j] = t
+                parts.setdefault((n, m.group(1) if m.groups() else None), {})[j] = t
                 break
         else:
             unclaimed.append(name)
     if unclaimed:
-        raise ValueError(f"no rnnlab counterpart for tensor(s) {unclaimed[:6]}{' ...' if len(unclaimed) > 6 else ''}")
+        raise ValueError(f"no {dst} counterpart for tensor(s) {unclaimed[:6]}{' ...' if len(unclaimed) > 6 else ''}")
     for (n, layer), got in parts.items():
         rule = rules[n]
-        if len(got) != len(rule.hf_names):
-            raise ValueError(f"{rule.rnnlab}: the checkpoint has {len(got)} of its {len(rule.hf_names)} parts {rule.hf_names}")
-        name = rule.rnnlab.replace("{i}", layer) if layer is not None else rule.rnnlab
-        out[name] = rule.forward(*(got[j] for j in range(len(got))))
+        if len(got) != len(rule.names(src)):
+            raise ValueError(f"{rule.names(dst)}: the {src} side has {len(got)} of its {len(rule.names(src))} parts {rule.names(src)}")
+        for name, piece in zip(rule.names(dst), rule.convert(src, *(got[j] for j in range(len(got)))), strict=True):
+            out[name.replace("{i}", layer) if layer is not None else name] = piece
     return out
 
 
 def from_hf(model_or_path, dtype: torch.dtype = torch.float32) -> SequenceModel:
     """An HF causal LM (a transformers model, or the path of a local checkpoint folder) -> rnnlab SequenceModel.
 
-    Supported model types: ``hf_architectures()`` (Mamba, Falcon Mamba, Mamba-2, Bamba, RWKV-4, xLSTM). The model runs
-    through rnnlab's own forms, state and boundary handling; its logits equal the HF model's (tests/interop)."""
+    Supported model types: ``hf_architectures()`` (Mamba, Falcon Mamba, Mamba-2, Bamba, RWKV-4, xLSTM, RecurrentGemma,
+    Qwen3.5's text model). The model runs through rnnlab's own forms, state and boundary handling; its logits equal
+    the HF model's (tests/interop)."""
     if isinstance(model_or_path, (str, Path)):
         hf_config, state = _read_path(Path(model_or_path))
         live = None
@@ -192,7 +200,7 @@ def from_hf(model_or_path, dtype: torch.dtype = torch.float32) -> SequenceModel:
 # options that choose an initialization or a kernel, not the function a layer computes: ignored when checking
 # that an rnnlab model has an HF equivalent (a trained model's dt_min says nothing about its weights)
 INIT_OR_KERNEL_OPTIONS = frozenset({"dt_min", "dt_max", "dt_init_floor", "A_init_range", "zero_init", "layer_id", "num_layers",
-                                    "backend", "chunk_size"})
+                                    "backend", "chunk_size", "a_min", "a_max"})
 # ModelConfig fields that do not change the function of a token LM in eval mode, or that to_hf accounts for
 # (embedding_init: its scale is folded into the exported embedding)
 _NOT_FUNCTIONAL = ("dropout", "embedding_init", "pool", "num_classes", "out_dim", "input_dim")
@@ -211,6 +219,7 @@ def _complete(name: str, kwargs: dict) -> dict:
 def _functional(mc: ModelConfig) -> dict:
     """What a ModelConfig computes: mixers per layer with complete options, norms, sizes, heads."""
     d = {k: v for k, v in mc.to_dict().items() if k not in _NOT_FUNCTIONAL}
+    d["embed_scale"] = mc.embedding_scale()  # what embedding_init and embed_scale compute together
     d["mixer"] = mc.layer_mixers()
     d["mixer_kwargs"] = [_complete(m, k) for m, k in zip(mc.layer_mixers(), mc.layer_kwargs())]
     d["mlp"] = mlps = mc.layer_mlps()
@@ -226,25 +235,30 @@ def to_hf(model: SequenceModel, model_type: str):
     """rnnlab SequenceModel -> the transformers causal LM of ``model_type`` (same weights, copied), when the
     model computes what that architecture can express; a ValueError names the fields it cannot.
 
-    Initialization and kernel options do not matter (INIT_OR_KERNEL_OPTIONS). rnnlab's "unit" embedding scale
-    (the lookup times sqrt(d_model)) is folded into the exported embedding when the head is not tied to it."""
+    Initialization and kernel options do not matter (INIT_OR_KERNEL_OPTIONS). rnnlab's embedding scale (the lookup
+    times sqrt(d_model) for "unit") is folded into the exported embedding when the head is not tied to it, except for
+    architectures that scale the lookup themselves (``Arch.scales_embedding``: RecurrentGemma), where it must equal
+    theirs (ModelConfig ``embed_scale``)."""
     import transformers
 
     arch = _arch_of(model_type)
     mc = model.config
     if mc.head != "lm" or mc.vocab_size is None:
         raise ValueError(f'to_hf: needs a token language model (head="lm"), got head={mc.head!r}')
-    if model.embed_scale != 1.0 and mc.tie_embeddings:
+    if model.embed_scale != 1.0 and mc.tie_embeddings and not arch.scales_embedding:
         raise ValueError(f"to_hf: the embedding is scaled by {model.embed_scale:.4g} (embedding_init={mc.embedding_init!r}) and tied "
                          f"to the head; {arch.name} has an unscaled embedding, so the two cannot both be exported")
     hf_config = arch.config_to_hf(mc)
     want, back = _functional(mc), _functional(arch.config_from_hf(hf_config))
+    if not arch.scales_embedding:  # folded into the exported embedding below
+        want.pop("embed_scale"), back.pop("embed_scale")
     if want != back:
         diff = {k: v for k, v in want.items() if back.get(k) != v}
         raise ValueError(f"to_hf: this rnnlab model has no exact {arch.name} equivalent; differing field(s): {diff}")
     rules = arch.rules(hf_config)
     state = {k: v.detach().float() for k, v in model.state_dict().items()}
-    state["embed.weight"] = state["embed.weight"] * model.embed_scale
+    if not arch.scales_embedding:
+        state["embed.weight"] = state["embed.weight"] * model.embed_scale
     if model.config.tie_embeddings:
         state.pop("head.weight", None)
         rules = [r for r in rules if r.rnnlab != "head.weight"]

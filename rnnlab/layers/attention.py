@@ -21,6 +21,13 @@ num_kv_heads heads), and ``rotary_dim`` rotates only the first rotary_dim entrie
 GPT-NeoX; its frequencies are those of a rotary_dim-sized head); ``rope_base=None`` uses no positions at all (NoPE:
 Jamba's attention layers, whose Mamba layers supply the order). The projection is one matrix whose rows are
 [q (H·dh), k (H_kv·dh), v (H_kv·dh)].
+
+More options for checkpoints, each off by default: ``out_bias`` (a bias on the output projection alone:
+RecurrentGemma's, whose q, k, v have none), ``head_dim`` (heads of any size, H·dh need not be d_model: Qwen3.5's
+256), ``qk_norm`` (an RMSNorm over each head of q and k, before the rotation, eps ``norm_eps``: Qwen3's) and
+``output_gate`` (the heads' outputs times sigmoid(W_g x) before the output projection, W_g being H·dh more rows of
+the projection: [q, k, v, g]; Qwen3.5's gated attention, Qiu et al. 2025, "Gated Attention for Large Language
+Models", its G1 position).
 """
 from __future__ import annotations
 
@@ -31,32 +38,39 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.kv_cache import kv_append
-from rnnlab.layers.parts import positions, rotary, rotary_cos_sin
+from rnnlab.layers.parts import RMSNorm, positions, rotary, rotary_cos_sin
 from rnnlab.layers.registry import register_mixer
 
 
 @register_mixer("attention", family="attention", small={"num_heads": 2})
 @register_mixer("sliding_attention", family="attention", defaults={"window": 64}, small={"num_heads": 2, "window": 16})
 class Attention(Mixer):
-    """x (B, T, D) -> y (B, T, D); causal softmax attention, ``num_heads`` heads of size D/num_heads."""
+    """x (B, T, D) -> y (B, T, D); causal softmax attention, ``num_heads`` heads of size D/num_heads (or ``head_dim``)."""
 
     def __init__(self, d_model: int, num_heads: int = 4, window: int | None = None, rope_base: float | None = 10000.0, bias: bool = False,
-                 num_kv_heads: int | None = None, rotary_dim: int | None = None):
+                 num_kv_heads: int | None = None, rotary_dim: int | None = None, out_bias: bool | None = None,
+                 head_dim: int | None = None, qk_norm: bool = False, output_gate: bool = False, norm_eps: float = 1e-6):
         super().__init__(d_model)
-        if d_model % num_heads or (d_model // num_heads) % 2:
+        if head_dim is None and (d_model % num_heads or (d_model // num_heads) % 2):
             raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads} into an even head size (rotary)")
+        if head_dim is not None and (head_dim < 2 or head_dim % 2):
+            raise ValueError(f"head_dim must be an even int >= 2 (rotary), got {head_dim}")
         if window is not None and window < 1:
             raise ValueError(f"window must be a positive int or None, got {window}")
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
-        self.num_heads, self.head_dim, self.window, self.rope_base = num_heads, d_model // num_heads, window, rope_base
-        self.num_kv_heads = num_kv_heads
+        self.num_heads, self.window, self.rope_base = num_heads, window, rope_base
+        self.head_dim = d_model // num_heads if head_dim is None else head_dim
+        self.num_kv_heads, self.output_gate = num_kv_heads, output_gate
         self.rotary_dim = self.head_dim if rotary_dim is None else rotary_dim
         if self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.head_dim:
             raise ValueError(f"rotary_dim must be even and in (0, head_dim = {self.head_dim}], got {rotary_dim}")
-        self.qkv = nn.Linear(d_model, d_model + 2 * num_kv_heads * self.head_dim, bias=bias)
-        self.out = nn.Linear(d_model, d_model, bias=bias)
+        inner = num_heads * self.head_dim
+        self.qkv = nn.Linear(d_model, (2 if output_gate else 1) * inner + 2 * num_kv_heads * self.head_dim, bias=bias)
+        self.out = nn.Linear(inner, d_model, bias=bias if out_bias is None else out_bias)
+        self.q_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         kv = torch.zeros(batch_size, self.num_kv_heads, 0, self.head_dim, device=device, dtype=dtype or torch.float32)
@@ -76,14 +90,16 @@ class Attention(Mixer):
 
     def _attend(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         B, T, _ = x.shape
-        hd, hkv = self.head_dim, self.num_kv_heads
-        qk, v = self.qkv(x).split([self.d_model + hkv * hd, hkv * hd], -1)
-        qk, v = rearrange(qk, "b t (h d) -> b t h d", d=hd), rearrange(v, "b t (h d) -> b t h d", d=hd)
+        hd, hkv, inner = self.head_dim, self.num_kv_heads, self.num_heads * self.head_dim
+        q, k, v, *gate = self.qkv(x).split([inner, hkv * hd, hkv * hd] + [inner] * self.output_gate, -1)
+        q, k, v = (rearrange(t, "b t (h d) -> b t h d", d=hd) for t in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         pos = state["pos"]
         if self.rope_base is not None:  # None: no positions (NoPE, Jamba's attention layers)
             cos, sin = rotary_cos_sin(positions(pos, T), self.rotary_dim, self.rope_base)
-            qk = self._rotate(qk, cos, sin)  # queries and keys in one call (their heads side by side)
-        q, k = (t.transpose(1, 2) for t in qk.split([self.num_heads, hkv], 2))  # (B, H, T, dh), (B, H_kv, T, dh)
+            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, dh), (B, H_kv, T, dh)
         keep = self._cache_len(state["k"].shape[2] + T)
         k_all, k_kept = kv_append(state["k"], k, keep)  # (B, H, L+T, dh), written in place where it can be
         v_all, v_kept = kv_append(state["v"], v.transpose(1, 2), keep)
@@ -103,7 +119,8 @@ class Attention(Mixer):
             causal = False
         o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=causal,
                                            enable_gqa=hkv != self.num_heads)  # (B, H, T, dh)
-        y = self.out(rearrange(o, "b h t d -> b t (h d)"))
+        o = rearrange(o, "b h t d -> b t (h d)")
+        y = self.out(o * torch.sigmoid(gate[0]) if gate else o)
         new = {"k": k_kept, "v": v_kept, "pos": pos + T}
         return y, new
 
@@ -111,5 +128,5 @@ class Attention(Mixer):
     step = _attend  # one token against the cache: the same computation, no separate form
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, window={self.window}, "
-                f"rotary_dim={self.rotary_dim}")
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, num_kv_heads={self.num_kv_heads}, "
+                f"window={self.window}, rotary_dim={self.rotary_dim}, qk_norm={self.q_norm is not None}, output_gate={self.output_gate}")

@@ -36,11 +36,14 @@ class _DeltaRuleMixer(Mixer):
     so weights load across), per-head output norm (gated or not), output projection.
 
     x (B, T, D) -> y (B, T, D). State: short-conv buffers conv_q (B, W-1, H·K), conv_k
-    (B, W-1, H·n_h·K), conv_v (B, W-1, H·n_h·V) and the matrix memory S (B, H, K, V), float32.
+    (B, W-1, H·n_h·K), conv_v (B, W-1, HV·n_h·V) and the matrix memory S (B, HV, K, V), float32.
+    ``num_v_heads`` HV = G·H (n_h = 1 only): grouped value heads, each query/key head shared by G consecutive value
+    heads, which carry their own β, gate, state and output norm (the ops repeat q and k; rnnlab.ops.delta).
     """
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int | None, expand_v: float, conv_size: int, chunk_size: int,
-                 negative_eigenvalues: bool, num_householder: int, forget_gate: bool, output_gate: bool, norm_eps: float = 1e-5):
+                 negative_eigenvalues: bool, num_householder: int, forget_gate: bool, output_gate: bool, norm_eps: float = 1e-5,
+                 num_v_heads: int | None = None):
         super().__init__(d_model)
         head_dim = d_model // num_heads if head_dim is None else head_dim
         if num_heads < 1 or head_dim < 1:
@@ -53,31 +56,35 @@ class _DeltaRuleMixer(Mixer):
         self.head_v = int(head_dim * expand_v)
         if self.head_v < 1:
             raise ValueError(f"expand_v * head_dim must be >= 1, got {expand_v} * {head_dim}")
-        self.nh, self.chunk_size, self.negative_eigenvalues = num_householder, chunk_size, negative_eigenvalues
+        HV = num_heads if num_v_heads is None else num_v_heads
+        if HV < 1 or HV % num_heads or (HV != num_heads and num_householder != 1):
+            raise ValueError(f"num_v_heads must be a positive multiple of num_heads={num_heads} (grouped value heads, one "
+                             f"Householder step per token), got {num_v_heads} with num_householder={num_householder}")
+        self.nh, self.chunk_size, self.negative_eigenvalues, self.num_v_heads = num_householder, chunk_size, negative_eigenvalues, HV
         H, K, V, nh = num_heads, self.head_k, self.head_v, num_householder
         self.q_proj = nn.Linear(d_model, H * K, bias=False)
         self.k_proj = nn.Linear(d_model, H * nh * K, bias=False)
-        self.v_proj = nn.Linear(d_model, H * nh * V, bias=False)
-        self.b_proj = nn.Linear(d_model, H * nh, bias=False)
+        self.v_proj = nn.Linear(d_model, HV * nh * V, bias=False)
+        self.b_proj = nn.Linear(d_model, HV * nh, bias=False)
         self.q_conv = ShortConv(H * K, conv_size, bias=False, activation="silu")
         self.k_conv = ShortConv(H * nh * K, conv_size, bias=False, activation="silu")
-        self.v_conv = ShortConv(H * nh * V, conv_size, bias=False, activation="silu")
+        self.v_conv = ShortConv(HV * nh * V, conv_size, bias=False, activation="silu")
         self.forget_gate = forget_gate
         if forget_gate:  # Mamba-2 gate (Gated DeltaNet §3.4): g = −exp(A_log) · softplus(W_a x + dt_bias)
-            self.a_proj = nn.Linear(d_model, H, bias=False)
-            A = torch.empty(H).uniform_(0, 16)
+            self.a_proj = nn.Linear(d_model, HV, bias=False)
+            A = torch.empty(HV).uniform_(0, 16)
             self.A_log = nn.Parameter(torch.log(A))
             dt_min, dt_max = 0.001, 0.1
-            dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=1e-4)
+            dt = torch.exp(torch.rand(HV) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=1e-4)
             self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
             no_weight_decay(self.A_log, self.dt_bias)
         if output_gate:
-            self.g_proj = nn.Linear(d_model, H * V, bias=False)
+            self.g_proj = nn.Linear(d_model, HV * V, bias=False)
             self.o_norm = GatedRMSNorm(V, eps=norm_eps, activation="silu")
         else:
             self.g_proj = None
             self.o_norm = RMSNorm(V, eps=norm_eps)
-        self.o_proj = nn.Linear(H * V, d_model, bias=False)
+        self.o_proj = nn.Linear(HV * V, d_model, bias=False)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         dtype = dtype or torch.float32
@@ -85,14 +92,14 @@ class _DeltaRuleMixer(Mixer):
             "conv_q": self.q_conv.init_state(batch_size, device, dtype),
             "conv_k": self.k_conv.init_state(batch_size, device, dtype),
             "conv_v": self.v_conv.init_state(batch_size, device, dtype),
-            "S": torch.zeros(batch_size, self.num_heads, self.head_k, self.head_v, device=device, dtype=dtype),
+            "S": torch.zeros(batch_size, self.num_v_heads, self.head_k, self.head_v, device=device, dtype=dtype),
         }
 
     def state_size(self, seq_len: int) -> int:
-        return self.q_conv.state_size() + self.k_conv.state_size() + self.v_conv.state_size() + self.num_heads * self.head_k * self.head_v
+        return self.q_conv.state_size() + self.k_conv.state_size() + self.v_conv.state_size() + self.num_v_heads * self.head_k * self.head_v
 
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
-        H, nh = self.num_heads, self.nh
+        H, HV, nh = self.num_heads, self.num_v_heads, self.nh
         layers = [self.q_proj, self.k_proj, self.v_proj, self.b_proj] + [p for p in (getattr(self, "a_proj", None), self.g_proj) if p is not None]
         q, k, v, b, *gates = fused_linear(x, layers)
         q, cq = self.q_conv(q, state["conv_q"])
@@ -100,16 +107,16 @@ class _DeltaRuleMixer(Mixer):
         v, cv = self.v_conv(v, state["conv_v"])
         q = l2norm(rearrange(q, "b t (h k) -> b t h k", h=H)).to(x.dtype)
         k = l2norm(rearrange(k, "b t (n h k) -> b t h n k", h=H, n=nh)).to(x.dtype)
-        v = rearrange(v, "b t (n h v) -> b t h n v", h=H, n=nh)
-        beta = torch.sigmoid(rearrange(b, "b t (n h) -> b t h n", h=H).float())
+        v = rearrange(v, "b t (n h v) -> b t h n v", h=HV, n=nh)
+        beta = torch.sigmoid(rearrange(b, "b t (n h) -> b t h n", h=HV).float())
         if self.negative_eigenvalues:
             beta = 2 * beta
         g = None
         if self.forget_gate:
-            g = -self.A_log.float().exp() * F.softplus(gates[0].float() + self.dt_bias.float())  # (B, T, H)
+            g = -self.A_log.float().exp() * F.softplus(gates[0].float() + self.dt_bias.float())  # (B, T, HV)
         o, core = self._core(q, k, v, g, beta, x, state, form)
         if self.g_proj is not None:
-            o = self.o_norm(o, rearrange(gates[-1], "b t (h v) -> b t h v", h=H))
+            o = self.o_norm(o, rearrange(gates[-1], "b t (h v) -> b t h v", h=HV))
         else:
             o = self.o_norm(o)
         y = self.o_proj(rearrange(o, "b t h v -> b t (h v)").to(x.dtype))
@@ -138,7 +145,7 @@ class _DeltaRuleMixer(Mixer):
         return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_k={self.head_k}, head_v={self.head_v}, "
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, num_v_heads={self.num_v_heads}, head_k={self.head_k}, head_v={self.head_v}, "
                 f"num_householder={self.nh}, forget_gate={self.forget_gate}, negative_eigenvalues={self.negative_eigenvalues}")
 
 

@@ -24,10 +24,13 @@ class GatedDeltaNet(_DeltaRuleMixer):
 
     num_heads: heads H; head_dim: key size K (default D / H); expand_v: V = expand_v · K;
     conv_size: short-conv width; chunk_size: chunk of the WY form; negative_eigenvalues: β = 2σ(·);
-    norm_eps: eps of the output RMSNorm (Qwen3-Next's checkpoints use 1e-6).
+    norm_eps: eps of the output RMSNorm (Qwen3-Next's checkpoints use 1e-6); num_v_heads: HV value heads (default
+    H), a multiple of H: each query/key head shared by HV / H consecutive value heads, each with its own β, gate,
+    state (B, HV, K, V), output gate and norm (grouped value heads: Qwen3-Next's and Qwen3.5's checkpoints, 16 key
+    and 32 value heads; the paper's heads are HV = H).
     """
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None, expand_v: float = 2.0, conv_size: int = 4,
-                 chunk_size: int = 64, negative_eigenvalues: bool = False, norm_eps: float = 1e-5):
+                 chunk_size: int = 64, negative_eigenvalues: bool = False, norm_eps: float = 1e-5, num_v_heads: int | None = None):
         super().__init__(d_model, num_heads, head_dim, expand_v, conv_size, chunk_size, negative_eigenvalues,
-                         num_householder=1, forget_gate=True, output_gate=True, norm_eps=norm_eps)
+                         num_householder=1, forget_gate=True, output_gate=True, norm_eps=norm_eps, num_v_heads=num_v_heads)

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.parts import ShortConv, fused_linear, positions
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.chunk import acc_dtype
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import BACKENDS, linear_scan
 
@@ -80,10 +81,11 @@ class BlockDiagonalLinear(nn.Module):
 
 
 def _linear32(lin: nn.Module, x: Tensor) -> Tensor:
-    """A gate projection (nn.Linear or BlockDiagonalLinear) in float32 whatever the parameters' dtype."""
+    """A gate projection (nn.Linear or BlockDiagonalLinear) in x's dtype (float32, or float64 for a float64 module),
+    whatever the parameters' dtype."""
     if isinstance(lin, nn.Linear):
-        return F.linear(x, lin.weight.float(), lin.bias.float())
-    return lin(x.float())  # BlockDiagonalLinear computes in x's dtype
+        return F.linear(x, lin.weight.to(x.dtype), lin.bias.to(x.dtype))
+    return lin(x)  # BlockDiagonalLinear computes in x's dtype
 
 
 @register_mixer("hawk", family="diagonal", small={"expansion": 1.0})
@@ -142,19 +144,19 @@ class Hawk(Mixer):
 
     def log_a(self, r: Tensor) -> Tensor:
         """r (..., D_rnn) recurrence gate -> log a_t = c r_t log sigmoid(Lambda) (<= 0)."""
-        return -self.c * r * F.softplus(-self.Lambda.float())
+        return -self.c * r * F.softplus(-self.Lambda.to(acc_dtype(r)))
 
     def _coeffs(self, x: Tensor, state: State) -> tuple[Tensor, Tensor, Tensor, State]:
         """x (B, T, D) -> a, b (B, T, D_rnn) float32, gate branch (B, T, D_rnn), the new state less h."""
         y, xr = fused_linear(x, [self.linear_y, self.linear_x])
         gate = F.gelu(y, approximate="tanh")
         xc, conv_state = self.conv(xr, state["conv"].to(x.dtype))
-        xf = xc.float()
+        xf = xc.to(acc_dtype(xc))  # float32 (float64 in a float64 module: the dtype policy)
         r = torch.sigmoid(_linear32(self.gate_a, xf))
         i = torch.sigmoid(_linear32(self.gate_x, xf))
         log_a = self.log_a(r)
         scale = _SqrtBoundDerivative.apply(-torch.expm1(2 * log_a))
-        new = {"conv": conv_state.float()}
+        new = {"conv": conv_state.to(xf.dtype)}
         if self.reset_first_token:  # a sequence's first token: h_0 = i_0 x_0 (a_0 = 0, no sqrt(1 - a_0^2))
             first = (positions(state["pos"], x.shape[1]) == 0)[..., None]
             scale, log_a = scale.masked_fill(first, 1.0), log_a.masked_fill(first, float("-inf"))
@@ -166,12 +168,12 @@ class Hawk(Mixer):
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         a, b, gate, new = self._coeffs(x, state)
-        h, h_last = linear_scan(a, b, state["h"].float(), backend=self.backend)
+        h, h_last = linear_scan(a, b, state["h"].to(a.dtype), backend=self.backend)
         return self._out(h, gate), {**new, "h": h_last}
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         a, b, gate, new = self._coeffs(x, state)
-        h = a[:, 0] * state["h"].float() + b[:, 0]
+        h = a[:, 0] * state["h"].to(a.dtype) + b[:, 0]
         return self._out(h.unsqueeze(1), gate), {**new, "h": h}
 
     def extra_repr(self) -> str:

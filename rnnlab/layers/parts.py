@@ -15,7 +15,7 @@ __all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos
 
 
 class RMSNorm(nn.Module):
-    """y = x / rms(x) * weight over the last dim (Zhang & Sennrich 2019); computed in float32."""
+    """y = x / rms(x) * weight over the last dim (Zhang & Sennrich 2019); computed in float32 (float64 for float64 x)."""
 
     def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True):
         super().__init__()
@@ -23,8 +23,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
 
     def forward(self, x: Tensor) -> Tensor:
-        # torch's rms_norm: the same float32 arithmetic (bit for bit) as x * rsqrt(mean(x²) + eps) * w, one call
-        return F.rms_norm(x.float(), (x.shape[-1],), None if self.weight is None else self.weight.float(), self.eps).to(x.dtype)
+        # torch's rms_norm: the same arithmetic (bit for bit) as x * rsqrt(mean(x²) + eps) * w in one call; float32
+        # (float64 in a float64 module: the dtype policy)
+        acc = torch.promote_types(x.dtype, torch.float32)
+        w = None if self.weight is None else self.weight.to(acc)
+        return F.rms_norm(x.to(acc), (x.shape[-1],), w, self.eps).to(x.dtype)
 
 
 class GatedRMSNorm(RMSNorm):

@@ -120,6 +120,11 @@ class ModelConfig:
     """A norm of that kind right after the embedding (RWKV-4's ln0 before its first block)."""
     logit_soft_cap: float | None = None
     """head="lm": logits -> cap * tanh(logits / cap) (xLSTM 7B's output soft cap, 30; Gemma 2's); None: none."""
+    mlp_bias: bool = False
+    """Biases on the SwiGLU / GeGLU projections (RecurrentGemma's MLPs have them)."""
+    embed_scale: float | None = None
+    """The multiplier of the token embedding lookup; None: the one ``embedding_init`` implies (sqrt(d_model) for
+    "unit", 1 for "gpt2"). Checkpoints fix it: HF's RecurrentGemma multiplies by sqrt(d_model) rounded to bfloat16."""
 
     def __post_init__(self):
         from rnnlab.layers.registry import available_mixers, check_mixer_options
@@ -182,6 +187,11 @@ class ModelConfig:
         if self.logit_soft_cap is not None and not (isinstance(self.logit_soft_cap, (int, float)) and self.logit_soft_cap > 0
                                                     and self.head == "lm"):
             raise ValueError(f'logit_soft_cap must be a number > 0 (head="lm") or None, got {self.logit_soft_cap!r}')
+        if not isinstance(self.mlp_bias, bool):
+            raise ValueError(f"mlp_bias must be a bool, got {self.mlp_bias!r}")
+        if self.embed_scale is not None and not (isinstance(self.embed_scale, (int, float)) and not isinstance(self.embed_scale, bool)
+                                                 and self.embed_scale > 0 and self.vocab_size is not None):
+            raise ValueError(f"embed_scale must be a number > 0 (token inputs) or None, got {self.embed_scale!r}")
         if self.pool not in ("last", "mean"):
             raise ValueError(f'pool must be "last" or "mean", got {self.pool!r}')
         if self.tie_embeddings and (self.head != "lm" or self.vocab_size is None):
@@ -198,6 +208,12 @@ class ModelConfig:
             if self.mlp is not None or self.dropout:
                 raise ValueError(f'readout="ridge" builds input -> mixers -> linear head: set mlp=None and dropout=0, '
                                  f"got mlp={self.mlp!r}, dropout={self.dropout}")
+
+    def embedding_scale(self) -> float:
+        """The multiplier of the token embedding lookup: ``embed_scale``, else sqrt(d_model) for "unit", 1 for "gpt2"."""
+        if self.embed_scale is not None:
+            return float(self.embed_scale)
+        return self.d_model ** 0.5 if self.embedding_init == "unit" else 1.0
 
     def layer_mixers(self) -> list[str]:
         """The mixer of each layer: ``mixer`` (one name or one per layer) with the ``mixer_every`` rules applied."""

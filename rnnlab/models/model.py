@@ -32,16 +32,17 @@ __all__ = ["SequenceModel", "Block", "SwiGLU"]
 class SwiGLU(nn.Module):
     """y = W2 (silu(W1 x) * W3 x); hidden = 2/3 * ratio * d rounded up to a multiple of 8. With
     ``activation="gelu"`` it is GeGLU, GeLU in its tanh approximation (Shazeer 2020; Griffin's gated MLP block,
-    De et al. 2024 Sec. 2.2, and recurrentgemma's ``gelu_pytorch_tanh``)."""
+    De et al. 2024 Sec. 2.2, and recurrentgemma's ``gelu_pytorch_tanh``). ``bias``: biases on the three projections
+    (recurrentgemma's MLPs)."""
 
-    def __init__(self, d_model: int, ratio: float = 4.0, activation: str = "silu"):
+    def __init__(self, d_model: int, ratio: float = 4.0, activation: str = "silu", bias: bool = False):
         super().__init__()
         if activation not in ("silu", "gelu"):
             raise ValueError(f'activation must be "silu" or "gelu", got {activation!r}')
         self.act = F.silu if activation == "silu" else partial(F.gelu, approximate="tanh")
         hidden = self.hidden_size(d_model, ratio)
-        self.w13 = nn.Linear(d_model, 2 * hidden, bias=False)
-        self.w2 = nn.Linear(hidden, d_model, bias=False)
+        self.w13 = nn.Linear(d_model, 2 * hidden, bias=bias)
+        self.w2 = nn.Linear(hidden, d_model, bias=bias)
 
     @staticmethod
     def hidden_size(d_model: int, ratio: float) -> int:
@@ -121,12 +122,12 @@ class SequenceModel(nn.Module):
         if c.vocab_size:  # ModelConfig.embedding_init says why
             unit = c.embedding_init == "unit"
             nn.init.normal_(self.embed.weight, std=c.d_model ** -0.5 if unit else 0.02)
-            self.embed_scale = c.d_model ** 0.5 if unit else 1.0
+            self.embed_scale = c.embedding_scale()
         blocks = []
         for name, kw, mlp, mlp_kw in zip(c.layer_mixers(), c.layer_kwargs(), c.layer_mlps(), c.layer_mlp_kwargs()):
             mixer = create_mixer(name, c.d_model, **kw)
             if mlp in ("swiglu", "geglu"):
-                mlp = SwiGLU(c.d_model, c.mlp_ratio, "silu" if mlp == "swiglu" else "gelu")
+                mlp = SwiGLU(c.d_model, c.mlp_ratio, "silu" if mlp == "swiglu" else "gelu", c.mlp_bias)
             elif mlp is not None:
                 mlp = create_mixer(mlp, c.d_model, **mlp_kw)
             blocks.append(Block(mixer, mlp, c.d_model, c.norm_eps, c.dropout, c.norm))

@@ -89,18 +89,20 @@ def recurrentgemma(size: str = "tiny", vocab_size: int | None = None, **config) 
     """RecurrentGemma (Botev et al. 2024): Griffin with RNN width = width, (recurrent, recurrent, local MQA attention)
     repeated and truncated at the depth (2B: 26 layers end on two recurrent ones), window 2048, one key/value head of size
     256, RoPE on half of each head (``rotary_dim``), recurrentgemma's block-diagonal RG-LRU gates (one block per head)
-    and first-token reset, GeGLU MLPs of expansion 3, embeddings scaled by sqrt(width) and tied, logits soft-capped at 30.
-    Differences from the checkpoints, stated: no biases on the attention output and the MLPs (recurrentgemma has them:
-    ~0.5M of 2.7B parameters), rnnlab's RMSNorm scales by w (recurrentgemma's by 1 + w: a reparameterization).
+    and first-token reset, GeGLU MLPs of expansion 3 with biases, a bias on the attention output (none on q, k, v),
+    embeddings scaled by sqrt(width) and tied, logits soft-capped at 30. Differences from the checkpoints, stated:
+    rnnlab's RMSNorm scales by w (recurrentgemma's by 1 + w: a reparameterization, converted by rnnlab.interop), and
+    the embedding scale is the exact sqrt(width) where HF's code rounds it to bfloat16 (``embed_scale=`` sets it; to_hf
+    needs HF's).
     Shapes: google-deepmind/recurrentgemma common.py (RECURRENT_GEMMA_2B_V1 / 9B_V1) and HF's config.json files."""
     D, depth, heads, vocab = _shape(RECURRENTGEMMA_SHAPES, size, "recurrentgemma")
     tiny = size == "tiny"
     head_dim = D // heads
     kwargs = {"hawk": {"expansion": 1.0, "gate_blocks": heads, "reset_first_token": True},
               "sliding_attention": {"num_heads": heads, "num_kv_heads": 1, "window": 16 if tiny else 2048,
-                                    "rotary_dim": head_dim // 2}}
+                                    "rotary_dim": head_dim // 2, "out_bias": True}}
     base = dict(mixer="hawk", mixer_every={"sliding_attention": [3, 2]}, mixer_kwargs=kwargs, d_model=D, n_layers=depth,
-                vocab_size=vocab if vocab_size is None else vocab_size, mlp="geglu", mlp_ratio=GRIFFIN_MLP_RATIO,
+                vocab_size=vocab if vocab_size is None else vocab_size, mlp="geglu", mlp_ratio=GRIFFIN_MLP_RATIO, mlp_bias=True,
                 tie_embeddings=True, embedding_init="unit", logit_soft_cap=30.0)
     return ModelConfig(**{**base, **config})
 

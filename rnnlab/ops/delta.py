@@ -5,6 +5,12 @@
 q, k (B, T, H, K); v (B, T, H, V); beta (B, T, H); g (B, T, H) the log-decay log α_t ≤ 0
 (absent = 0 for the plain delta rule); state S (B, H, K, V) in float32.
 
+Grouped value heads (the (gated) delta rule's forms, not DeltaProduct's): v, g, beta and the state may have
+HV = G·H heads, value head j reading query/key head j // G (fla's GVA and Qwen3-Next's / Qwen3.5's checkpoints:
+16 key heads, 32 value heads). Each form repeats q and k to HV heads on entry (``_group``: HV·K more floats per
+token, small beside the HV·K·V state; autograd sums the gradients of a group's copies), so every form computes
+the same recurrence per value head as with HV = H.
+
 * DeltaNet: Yang, Wang, Zhang, Shen & Kim 2024, "Parallelizing Linear Transformers with the
   Delta Rule over Sequence Length", eq. 1 (recurrence) and §3.2 (chunkwise WY form).
 * Gated DeltaNet: Yang, Kautz & Hatamizadeh 2025, "Gated Delta Networks", eq. 10 (gated delta
@@ -82,6 +88,20 @@ def _check(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, init
         raise ValueError(f"initial_state must be (B, H, K, V) = {(B, H, K, v.shape[-1])}, got {tuple(initial_state.shape)}")
 
 
+def _group(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Grouped value heads: q, k (B, T, H, K) and v (B, T, G·H, V) -> q, k repeated to (B, T, G·H, K), value head j
+    reading head j // G (consecutive value heads share a key head, as repeat_interleave). Other shapes pass
+    through unchanged (``_check`` names what is wrong)."""
+    if not all(isinstance(t, Tensor) and t.dim() == 4 for t in (q, k, v)):
+        return q, k
+    H, HV = q.shape[2], v.shape[2]
+    if HV == H or k.shape[2] != H:
+        return q, k
+    if HV % H:
+        raise ValueError(f"v has {HV} heads for {H} query/key heads: grouped value heads need a multiple of them")
+    return q.repeat_interleave(HV // H, 2), k.repeat_interleave(HV // H, 2)
+
+
 def _prep(q, k, scale, use_qk_l2norm_in_kernel):
     """float32 q (scaled) and k, optionally L2-normalized over K."""
     if use_qk_l2norm_in_kernel:
@@ -118,8 +138,10 @@ def naive_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state
 
     The specification (Gated DeltaNet eq. 10): S_t = exp(g_t)(I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,
     o_t = S_tᵀ (scale q_t), with the K×K transition matrix built explicitly each step (the loop that
-    DeltaProduct's reference runs with one sub-step per token).
+    DeltaProduct's reference runs with one sub-step per token). v, g, beta and the state may have G·H heads
+    (grouped value heads, see the module docstring).
     """
+    q, k = _group(q, k, v)
     _check(q, k, v, g, beta, initial_state)
     return _naive(q, k[:, :, :, None], v[:, :, :, None], g, beta[..., None], scale, initial_state, output_final_state, use_qk_l2norm_in_kernel)
 
@@ -136,7 +158,9 @@ def naive_recurrent_delta_rule(q, k, v, beta, scale=None, initial_state=None, ou
 def fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False):
     """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H) or None, beta (B, T, H), initial_state (B, H, K, V)
     -> (o (B, T, H, V), final_state or None). Rank-one form of the loop, O(KV) per token:
-    S ← αS; u = β(v − Sᵀk); S ← S + k uᵀ; o = Sᵀq. Element-wise work is hoisted out of the loop."""
+    S ← αS; u = β(v − Sᵀk); S ← S + k uᵀ; o = Sᵀq. Element-wise work is hoisted out of the loop.
+    Grouped value heads as the reference."""
+    q, k = _group(q, k, v)
     _check(q, k, v, g, beta, initial_state)
     B, T, H, K = q.shape
     qs, ks = _prep(q, k, scale, use_qk_l2norm_in_kernel)
@@ -334,8 +358,10 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
     initial_state (B, H, K, V) or None -> (o (B, T, H, V) in v's dtype, final_state (B, H, K, V) float32 or None).
 
     Gated DeltaNet (Yang et al. 2025, eq. 10, §3.3), chunkwise WY/UT form; see ``_chunk_core``.
-    scale defaults to K^-1/2. Computation in float32 whatever the input dtype.
+    scale defaults to K^-1/2. Computation in float32 whatever the input dtype. Grouped value heads: v, g, beta and
+    initial_state with G·H heads (module docstring).
     """
+    q, k = _group(q, k, v)
     _check(q, k, v, g, beta, initial_state)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")

@@ -21,9 +21,13 @@ VARIANTS = {"mamba[bias,no conv bias,falcon norms]": ("mamba", {"bias": True, "c
             "attention[nope,gqa]": ("attention", {"num_heads": 4, "num_kv_heads": 2, "rope_base": None}),
             "moe[shared expert gated,gelu,raw top-k]": ("moe", {"shared_hidden_size": 16, "shared_gate": True,
                                                                 "activation": "gelu", "normalize_topk": False}),
+            "sliding_attention[gqa,out bias (RecurrentGemma)]": ("sliding_attention", {"num_heads": 4, "num_kv_heads": 2, "out_bias": True}),
+            "attention[head_dim,qk norm,output gate (Qwen3.5)]": ("attention", {"num_heads": 4, "num_kv_heads": 2, "head_dim": 12,
+                                                                             "qk_norm": True, "output_gate": True, "rotary_dim": 4}),
             "mlstm[dense (xLSTM 7B),qk half,gate soft cap,eps]": ("mlstm", {"layout": "dense", "qk_dim_factor": 0.5,
                                                                            "gate_soft_cap": 15.0, "eps": 1e-6}),
             "mlstm[block,gate soft cap,eps]": ("mlstm", {"gate_soft_cap": 15.0, "eps": 1e-6}),
+            "gated_deltanet[num_v_heads=4 (grouped value heads)]": ("gated_deltanet", {"num_heads": 2, "num_v_heads": 4, "chunk_size": 16}),
             "rat[nope,ngroups=1,chunk 3]": ("rat", {"rope_base": None, "ngroups": 1, "chunk_size": 3})}
 
 

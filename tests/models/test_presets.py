@@ -33,8 +33,8 @@ def griffin_cycle(n: int) -> list[str]:
 @pytest.mark.parametrize("size, total, non_embedding", [("2b", 2.68e9, 2.03e9), ("9b", 8.58e9, 7.53e9)])
 def test_recurrentgemma_parameter_counts_match_the_paper(size, total, non_embedding):
     """Botev et al. 2024 (RecurrentGemma), Table 1: 2B has 2.68B parameters, 2.03B of them outside the embedding;
-    9B has 8.58B, 7.53B outside the embedding (vocabulary 256000, tied). rnnlab's preset lacks recurrentgemma's biases
-    on the attention output and the MLPs (~0.5M at 2B), well inside the paper's rounding."""
+    9B has 8.58B, 7.53B outside the embedding (vocabulary 256000, tied), biases on the attention output and the MLPs
+    included."""
     n, ne = counts(presets.recurrentgemma(size))
     assert abs(n / total - 1) < 0.02 and abs(ne / non_embedding - 1) < 0.02, (n, ne)
 

@@ -194,6 +194,34 @@ def test_delta_product_nh2_is_interleaved_delta_rule(form):
     assert_close(s, s2, 1e-6)
 
 
+# --------------------------------------------------------------------------- grouped value heads
+def make_grouped(B, T, H, G, K, V, seed=0):
+    """q, k with H heads; v, g, beta and the state with G·H (value head j reads key head j // G)."""
+    gen = torch.Generator().manual_seed(seed)
+    ins = dict(q=torch.randn(B, T, H, K, generator=gen), k=D.l2norm(torch.randn(B, T, H, K, generator=gen)),
+               v=torch.randn(B, T, G * H, V, generator=gen), g=-torch.rand(B, T, G * H, generator=gen) * 0.2,
+               beta=torch.rand(B, T, G * H, generator=gen) * 2)
+    return {n: t.requires_grad_() for n, t in ins.items()}, torch.randn(B, G * H, K, V, generator=gen).requires_grad_()
+
+
+@pytest.mark.parametrize("T", [1, 37, 65])
+def test_grouped_value_heads(T):
+    """The reference with G·H value heads == the reference with q, k repeated per group (the specification: every value
+    head a gated delta rule on its key head); chunk and fused == the reference in values and in every gradient (q's and
+    k's summed over their group), with an initial state, at lengths 1, a prime and one past a chunk."""
+    ins, h0 = make_grouped(2, T, 2, 3, 16, 8)
+    ref = run(D.naive_recurrent_gated_delta_rule, ins, h0)
+    with torch.no_grad():
+        o, s = D.naive_recurrent_gated_delta_rule(ins["q"].repeat_interleave(3, 2), ins["k"].repeat_interleave(3, 2), ins["v"], ins["g"],
+                                                  ins["beta"], initial_state=h0, output_final_state=True)
+    assert_close(ref["o"], o, name="o")
+    assert_close(ref["final_state"], s, name="final_state")
+    for form in ("chunk", "fused_recurrent"):
+        compare(run(getattr(D, f"{form}_gated_delta_rule"), ins, h0), ref)
+    with pytest.raises(ValueError, match="grouped value heads"):
+        D.chunk_gated_delta_rule(ins["q"], ins["k"], ins["v"][:, :, :5], ins["g"][..., :5], ins["beta"][..., :5])
+
+
 # --------------------------------------------------------------------------- bad input
 def test_bad_shapes_raise():
     ins, h0 = make(1, 5, 2, 8, 8, True)
@@ -212,7 +240,8 @@ def test_bad_shapes_raise():
 # --------------------------------------------------------------------------- peer
 @pytest.mark.parametrize("l2", [False, True])
 def test_matches_transformers_qwen3_next(l2):
-    """Equal in values to HF transformers' pure-PyTorch torch_chunk_gated_delta_rule (Qwen3-Next)."""
+    """Equal in values to HF transformers' pure-PyTorch torch_chunk_gated_delta_rule (Qwen3-Next), with one value head
+    per key head and with two (its grouped value heads)."""
     pytest.importorskip("transformers", reason="HF transformers (optional extra rnnlab[peers]) is not installed")
     try:
         from transformers.models.qwen3_next.modeling_qwen3_next import torch_chunk_gated_delta_rule
@@ -220,10 +249,10 @@ def test_matches_transformers_qwen3_next(l2):
         pytest.skip("this transformers version has no Qwen3-Next (torch_chunk_gated_delta_rule)")
     # HF's conventions: same (B, T, H, K) layout and argument order, scale fixed at K^-1/2 (our default),
     # use_qk_l2norm_in_kernel normalizes q and k with eps 1e-6 inside, outputs in q's dtype.
-    ins, h0 = make(2, 100, 2, 16, 16, True, beta_max=2.0)
-    with torch.no_grad():
-        o, s = D.chunk_gated_delta_rule(**ins, initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=l2)
-        o_hf, s_hf = torch_chunk_gated_delta_rule(ins["q"], ins["k"], ins["v"], ins["g"], ins["beta"], chunk_size=64,
-                                                  initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=l2)
-    assert_close(o, o_hf.to(o.dtype), 1e-5, "o")
-    assert_close(s, s_hf.float(), 1e-5, "final_state")
+    for what, (ins, h0) in (("", make(2, 100, 2, 16, 16, True, beta_max=2.0)), (" (grouped value heads)", make_grouped(2, 100, 2, 2, 16, 16))):
+        with torch.no_grad():
+            o, s = D.chunk_gated_delta_rule(**ins, initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=l2)
+            o_hf, s_hf = torch_chunk_gated_delta_rule(ins["q"], ins["k"], ins["v"], ins["g"], ins["beta"], chunk_size=64,
+                                                      initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=l2)
+        assert_close(o, o_hf.to(o.dtype), 1e-5, "o" + what)
+        assert_close(s, s_hf.float(), 1e-5, "final_state" + what)

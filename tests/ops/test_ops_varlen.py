@@ -95,16 +95,18 @@ def _rwkv6(form, strong):
                 state=torch.randn(N, H, K, V), ill=_ill(form, strong, ("dw",)))
 
 
-def _delta(form, kind, strong):
+def _delta(form, kind, strong, groups=1):
+    """``groups`` G: G·H value heads (grouped value heads, the gated delta rule)."""
     nh = 2 if kind == "delta_product" else None
     extra = () if nh is None else (nh,)
+    HV = groups * H
     time = dict(q=torch.randn(1, T_ALL, H, K), k=F.normalize(torch.randn(1, T_ALL, H, *extra, K), dim=-1),
-                v=torch.randn(1, T_ALL, H, *extra, V), beta=2 * torch.rand(1, T_ALL, H, *extra))
+                v=torch.randn(1, T_ALL, HV, *extra, V), beta=2 * torch.rand(1, T_ALL, HV, *extra))
     if kind != "delta_rule":
-        time["g"] = _strong(1, T_ALL, H) if strong else -0.3 * torch.rand(1, T_ALL, H)
+        time["g"] = _strong(1, T_ALL, HV) if strong else -0.3 * torch.rand(1, T_ALL, HV)
     params = {} if nh is None else dict(num_householder=nh)
     name = f"{form}_{kind}" if kind != "delta_rule" else f"{form}_delta_rule"
-    return Case(getattr(delta, name), getattr(delta, f"naive_recurrent_{kind}"), time, params, state=torch.randn(N, H, K, V),
+    return Case(getattr(delta, name), getattr(delta, f"naive_recurrent_{kind}"), time, params, state=torch.randn(N, HV, K, V),
                 ill=_ill(form, strong, ("dg",)))
 
 
@@ -257,6 +259,8 @@ CASES = {
     **{f"{form}_{kind}{'_strong' * s}": (lambda form=form, kind=kind, s=s: _delta(form, kind, s))
        for form in ("chunk", "fused_recurrent", "naive_recurrent") for kind in ("delta_rule", "gated_delta_rule", "delta_product")
        for s in ((False, True) if kind != "delta_rule" else (False,))},
+    **{f"{form}_gated_delta_rule_grouped_v": (lambda form=form: _delta(form, "gated_delta_rule", False, groups=2))
+       for form in ("chunk", "fused_recurrent", "naive_recurrent")},
     **{f"{form}_rwkv7{'_strong' * s}": (lambda form=form, s=s: _rwkv7(form, s)) for form in ("chunk", "fused_recurrent", "naive_recurrent") for s in (False, True)},
     **{f"linear_scan_{be}{'_strong' * s}": (lambda be=be, s=s: _linear_scan(be, s)) for be in ("auto", "parallel", "reference") for s in (False, True)},
     "linear_scan_broadcast_a": lambda: _linear_scan("auto", False, broadcast=True),
