@@ -20,7 +20,7 @@ import numpy as np
 
 from rnnlab.tasks.base import Task, as_tensor_batch, right_padded
 
-__all__ = ["NextSymbolSets", "balanced_walks", "set_classes"]
+__all__ = ["NextSymbolSets", "BalancedWords", "balanced_walks", "set_classes"]
 
 
 def set_classes(allowed: np.ndarray) -> np.ndarray:
@@ -112,3 +112,13 @@ class NextSymbolSets(Task):
         if seq_len is None:
             return right_padded(words, targets, lengths)
         return as_tensor_batch(words, targets)
+
+
+class BalancedWords(NextSymbolSets):
+    """Languages of balanced bracket words (one bracket opened and closed per pair): even lengths >= 2."""
+
+    def valid_length(self, n):
+        return n >= 2 and n % 2 == 0
+
+    def length_rule(self):
+        return "balanced words have even lengths >= 2"

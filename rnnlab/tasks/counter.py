@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from rnnlab.tasks.base import register_task
-from rnnlab.tasks.char_prediction import NextSymbolSets, balanced_walks
+from rnnlab.tasks.char_prediction import BalancedWords, NextSymbolSets, balanced_walks
 
 __all__ = ["AnBn", "ShuffleDyck"]
 
@@ -70,7 +70,7 @@ class AnBn(NextSymbolSets):
 
 
 @register_task("shuffle_dyck")
-class ShuffleDyck(NextSymbolSets):
+class ShuffleDyck(BalancedWords):
     """Shuffle-k Dyck: at every position, the brackets (then END) that may follow (Sarrof et al. 2024)."""
 
     def __init__(self, num_types: int = 2, min_len: int = 2, max_len: int = 50, test_lengths: list[int] | None = None):
@@ -79,12 +79,6 @@ class ShuffleDyck(NextSymbolSets):
         self.num_types = num_types
         self.num_symbols = 2 * num_types
         super().__init__(min_len, max_len, test_lengths)
-
-    def valid_length(self, n):
-        return n >= 2 and n % 2 == 0
-
-    def length_rule(self):
-        return "balanced words have even lengths >= 2"
 
     def words(self, lengths, T, rng):
         B, k = len(lengths), self.num_types

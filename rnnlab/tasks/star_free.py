@@ -18,13 +18,13 @@ from __future__ import annotations
 import numpy as np
 
 from rnnlab.tasks.base import register_task
-from rnnlab.tasks.char_prediction import NextSymbolSets, balanced_walks
+from rnnlab.tasks.char_prediction import BalancedWords, balanced_walks
 
 __all__ = ["DyckDepthN"]
 
 
 @register_task("d_n")
-class DyckDepthN(NextSymbolSets):
+class DyckDepthN(BalancedWords):
     """D_n = (a D_{n-1} b)*: at every position, the symbols (a, b, END) that may follow (Sarrof et al. 2024)."""
 
     num_symbols = 2
@@ -34,12 +34,6 @@ class DyckDepthN(NextSymbolSets):
             raise ValueError(f"d_n: depth must be an int >= 1, got {depth!r}")
         self.depth = depth
         super().__init__(min_len, max_len, test_lengths)
-
-    def valid_length(self, n):
-        return n >= 2 and n % 2 == 0
-
-    def length_rule(self):
-        return "words of D_n have even lengths >= 2"
 
     def words(self, lengths, T, rng):
         return (balanced_walks(lengths, T, self.depth, rng) < 0).astype(np.int64)  # a = up = 0, b = down = 1
