@@ -1,8 +1,8 @@
 """The character-prediction task of the formal-language suites: at every position, the set of symbols that may follow.
 
 *Bhattamishra, Ahuja & Goyal 2020, "On the Ability and Limitations of Transformers to Recognize Formal Languages",
-Sec. 5 (character prediction); the suite Sarrof, Veitsman & Hahn 2024 ("The Expressive Capacity of State Space Models:
-A Formal Language Perspective", Sec. 5, Fig. 3) train Mamba on (github.com/lacoco-lab/ssm_expressivity).* A word of
+(character prediction); the suite Sarrof, Veitsman & Hahn 2024 ("The Expressive Capacity of State Space Models:
+A Formal Language Perspective", experiments) train Mamba on (github.com/lacoco-lab/ssm_expressivity).* A word of
 the language is read one symbol at a time; after each prefix the target is the set of symbols (END included) that can
 continue it to a word of the language. The set is one class: the bitmask ``sum 2^s`` over the allowed symbols s, END
 being bit ``num_symbols`` — which is what the authors' cross-entropy training does (each distinct target set one

@@ -1,8 +1,8 @@
 """Counter languages (character prediction) from Sarrof et al.'s suite: a^n b^n (c^n (d^n)) and Shuffle-Dyck.
 
 *Sarrof, Veitsman & Hahn 2024, "The Expressive Capacity of State Space Models: A Formal Language Perspective",
-Sec. 5 and Fig. 3 (the counter languages of Bhattamishra et al. 2020, Sec. 5: Dyck-1, Shuffle-2/4/6, a^n b^n,
-a^n b^n c^n, a^n b^n c^n d^n, Boolean-3/5); Theorem 6: SSMs keep unbounded counters exactly, but at finite precision
+experiments (the counter languages of Bhattamishra et al. 2020: Dyck-1, Shuffle-2/4/6, a^n b^n,
+a^n b^n c^n, a^n b^n c^n d^n, Boolean-3/5); their result: SSMs keep unbounded counters exactly, but at finite precision
 the comparison a counter needs degrades with length.* The target after every prefix is the set of symbols (END
 included) that may follow, one class per set (char_prediction.py).
 

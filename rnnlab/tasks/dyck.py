@@ -1,7 +1,7 @@
 """Bounded Dyck(K, m): K bracket types nested at most m deep; the target is the bracket that must close next.
 
 *Sarrof, Veitsman & Hahn 2024, "The Expressive Capacity of State Space Models: A Formal Language Perspective",
-Sec. 5 and Fig. 4 (Theorem 5: a two-layer SSM models bounded hierarchical structure with optimal memory, without
+experiments (their result: a two-layer SSM models bounded hierarchical structure with optimal memory, without
 simulating a stack); the setting and metric of Yao et al. 2021 ("Self-Attention Networks Can Process Bounded
 Hierarchical Languages") and Hewitt et al. 2020, as in the authors' code (github.com/lacoco-lab/ssm_expressivity,
 bounded_dyck_expt): K = 8, m = 10, trained on lengths 1–700, tested on 701–1400.* Words are drawn from their

@@ -2,7 +2,7 @@
 
 *Liu, Ash, Goel, Krishnamurthy & Zhang 2023, "Exposing Attention Glitches with Flip-Flop Language Modeling",
 Definition 1 and Sec. 3; used by Sarrof, Veitsman & Hahn 2024 ("The Expressive Capacity of State Space Models",
-Sec. 5, Fig. 4; Theorem 3: a two-layer SSM models flip-flop at any length).* FFL(p_i): T/2 instruction–bit pairs;
+experiments and their flip-flop result: a two-layer SSM models it at any length).* FFL(p_i): T/2 instruction–bit pairs;
 the first instruction is ``w``, the last ``r``, the others ``w``, ``r``, ``i`` with probabilities
 ((1 − p_i)/2, (1 − p_i)/2, p_i). The bit after ``w`` or ``i`` is uniform; the bit after ``r`` is the bit of the most
 recent ``w`` — the only deterministic tokens, and the only scored ones: the target at each ``r`` is the next bit

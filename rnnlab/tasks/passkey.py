@@ -1,8 +1,8 @@
 """Passkey retrieval: a digit key hidden at a controlled depth in filler, asked for at the end.
 
-*Mohtashami & Jaggi 2023, "Landmark Attention: Random-Access Infinite Context Length for Transformers", Sec. 4.2
-(the passkey test); Chen et al. 2024, "Stuffed Mamba: State Collapse and State Capacity of RNN-Based Long-Context
-Modeling", Sec. 5 (a 5-digit passkey, trained at one length, retrieved at growing lengths: accuracy collapses past
+*Mohtashami & Jaggi 2023, "Landmark Attention: Random-Access Infinite Context Length for Transformers" (the
+passkey test); Chen et al. 2024, "Stuffed Mamba: State Collapse and State Capacity of RNN-Based Long-Context
+Modeling" (a 5-digit passkey, trained at one length, retrieved at growing lengths: accuracy collapses past
 the length the state can hold).* Token-level version of the prompt "<filler> The pass key is 71432. <filler> What is
 the pass key? The pass key is 71432":
 

@@ -1,7 +1,7 @@
 """D_n, the star-free languages of dot-depth n (character prediction), from Sarrof et al.'s star-free suite.
 
 *Sarrof, Veitsman & Hahn 2024, "The Expressive Capacity of State Space Models: A Formal Language Perspective",
-Sec. 5 and Fig. 3 (the languages D_2, D_3, D_4, D_12 of Bhattamishra et al. 2020, Sec. 5); Theorem 4: SSMs with
+experiments (the languages D_2, D_3, D_4, D_12 of Bhattamishra et al. 2020); their result: SSMs with
 non-negative gates predictively model every star-free language at any length.* Over {a, b}:
 D_0 = {ε}, D_n = (a D_{n-1} b)* — the balanced strings of nesting depth at most n (Dyck-1 bounded at n), star-free
 for every n (Brzozowski & Knast's dot-depth hierarchy). After a prefix of depth d (#a − #b): a may follow iff d < n,
