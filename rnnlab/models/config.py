@@ -118,6 +118,10 @@ class ModelConfig:
     """A norm of that kind right after the embedding (RWKV-4's ln0 before its first block)."""
     logit_soft_cap: float | None = None
     """head="lm": logits -> cap * tanh(logits / cap) (xLSTM 7B's output soft cap, 30; Gemma 2's); None: none."""
+    learned_init_state: bool = False
+    """A learned initial state (LongSSM, Wang et al. 2024): one parameter per recurrent state tensor of every layer
+    (``SequenceModel.recurrent_state_keys``), zeros at initialization, not weight-decayed; every sequence that starts
+    without a given state (training, evaluation, generate) starts from it. ``train.init_state = "learned"`` sets it."""
 
     def __post_init__(self):
         from rnnlab.layers.registry import available_mixers, check_mixer_options
