@@ -85,6 +85,13 @@ class TrainConfig:
     """Standard deviation of the "gaussian" initial state, per entry."""
     passed_windows: int = 4
     """init_state="passed": windows per stream (a stream is one training sequence passed_windows * seq_len long)."""
+    objective: str = "next_token"
+    """"next_token": the task's own batches. "birdie": Birdie's mixture of objectives (copying, deshuffling, infilling,
+    selective copying, next-token) with its reward-driven controller (rnnlab.train.birdie; token "lm" tasks)."""
+    birdie_weights: dict | None = None
+    """objective="birdie": the mixture's starting (and exploration) weights by objective name; None = uniform."""
+    birdie_every: int = 50
+    """objective="birdie": steps between the controller's updates (each measures every objective's held-out loss)."""
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
@@ -107,6 +114,10 @@ class TrainConfig:
 
         if self.init_state not in INIT_STATES:
             raise ValueError(f"train.init_state must be one of {', '.join(INIT_STATES)}; got {self.init_state!r}")
+        if self.objective not in ("next_token", "birdie"):
+            raise ValueError(f"train.objective must be one of next_token, birdie; got {self.objective!r}")
+        if self.objective == "birdie" and self.init_state in ("other_sequence", "passed"):
+            raise ValueError(f'train.objective="birdie" cannot be combined with train.init_state={self.init_state!r}')
         if self.init_state_scale < 0:
             raise ValueError(f"train.init_state_scale must be >= 0, got {self.init_state_scale!r}")
         if self.on_nonfinite not in ("stop", "skip"):
@@ -277,6 +288,11 @@ def resolve(config: dict):
         mdict["learned_init_state"] = True
     preset, preset_options = mdict.pop("preset", None), mdict.pop("preset_options", {})
     io = task.model_io()
+    if train_cfg.objective == "birdie":  # Birdie's special tokens follow the task's vocabulary
+        from rnnlab.train.birdie import N_SPECIAL, check_birdie
+
+        check_birdie(task)
+        io["vocab_size"] += N_SPECIAL
     clash = {k for k in io if k in mdict and mdict[k] is not None and mdict[k] != io[k]}
     if clash:
         raise ValueError(f"model option(s) {sorted(clash)} are fixed by task {name!r} ({ {k: io[k] for k in clash} })")

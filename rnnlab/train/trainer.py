@@ -32,6 +32,7 @@ from rnnlab.train import distributed as D
 from rnnlab.train.checkpoint import (atomic_write, checkpoint_tensors, load_model, load_optimizer, load_rng, previous_path,
                                      read_latest, read_metadata, write_checkpoint)
 from rnnlab.train.config import identity, resolve
+from rnnlab.train.birdie import Birdie
 from rnnlab.train.init_state import start_states
 from rnnlab.train.packing import train_shard
 
@@ -223,6 +224,10 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
                                   betas=(tc.beta1, tc.beta2))
     params = [p for g in optimizer.param_groups for p in g["params"]]
     starts = start_states(model, task, tc, world)  # train.init_state (None: the model's own initial state)
+    birdie = Birdie(task, tc) if tc.objective == "birdie" else None  # rnnlab.train.birdie
+    if birdie is not None and loaded is not None:
+        birdie.controller.load(extra.get("birdie"))
+    source = birdie or starts  # what makes the training batches, when not rnnlab.train.packing
     if loaded is not None:
         load_optimizer(optimizer, tensors)
         if starts is not None:
@@ -257,7 +262,11 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
                 _write_jsonl(run_dir / METRICS, {"step": step, "ridge_rows": int(model.ridge.rows), "batch_rows": rows})
         else:
             step, lval, gnorm, tokens = _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, run_dir, main,
-                                                       starts)
+                                                       starts, train_shard if source is None else source.train_shard)
+            if birdie is not None and step % tc.birdie_every == 0:
+                rec = birdie.update(model, step, device)
+                if main:
+                    _write_jsonl(run_dir / METRICS, {"step": step, "birdie": rec})
             tok_last += tokens
             if step % tc.log_every == 0 or step == tc.steps:
                 now = time.time()
@@ -286,7 +295,8 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
             if main:
                 write_checkpoint(ckpt, tensors, step,
                                  {"best": best, "evals": {str(k): v for k, v in (evals or {}).items()},
-                                  "wall_s": time.time() - wall0, "cpu_s": time.process_time() - cpu0})
+                                  "wall_s": time.time() - wall0, "cpu_s": time.process_time() - cpu0,
+                                  **({"birdie": birdie.controller.state()} if birdie is not None else {})})
             del tensors
         bar.update(1)
     bar.close()
@@ -320,16 +330,16 @@ def _fit(model, tc, world: int) -> None:
     model.fit_readout(tc.ridge, gram, moment)
 
 
-def _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, run_dir, main, starts=None):
+def _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, run_dir, main, starts=None,
+                   shard_of=train_shard):
     """One AdamW step on global batch ``step`` -> (step + 1, global-batch loss, gradient norm, tokens of the global batch).
     This process runs its train.grad_accum micro-batches, shards rank * accum ... of the global batch
     (rnnlab.train.packing); DDP / FSDP reduce the gradients at the last one. ``starts``: the initial states
-    (rnnlab.train.init_state), None for the model's own."""
+    (rnnlab.train.init_state), None for the model's own; ``shard_of``: what makes a shard's batch."""
     accum = tc.grad_accum
     lr = get_lr(step, tc.lr, tc.warmup, tc.steps, tc.min_lr_ratio)
     for g in optimizer.param_groups:
         g["lr"] = lr
-    shard_of = train_shard if starts is None else starts.train_shard
     micro = [shard_of(task, step, rank * accum + m, world * accum, batch_size=tc.batch_size, seed=tc.seed,
                       pack=tc.pack, pack_tokens=tc.pack_tokens).to(device) for m in range(accum)]
     totals = D.all_reduce_sum(torch.tensor([sum(mb.count for mb in micro), sum(mb.tokens for mb in micro)], device=device))
