@@ -199,8 +199,8 @@ def from_hf(model_or_path, dtype: torch.dtype = torch.float32) -> SequenceModel:
 
 # options that choose an initialization or a kernel, not the function a layer computes: ignored when checking
 # that an rnnlab model has an HF equivalent (a trained model's dt_min says nothing about its weights)
-INIT_OR_KERNEL_OPTIONS = frozenset({"dt_min", "dt_max", "dt_init_floor", "A_init_range", "zero_init", "layer_id", "num_layers",
-                                    "backend", "chunk_size", "a_min", "a_max"})
+INIT_OR_KERNEL_OPTIONS = frozenset({"dt_min", "dt_max", "dt_init_floor", "A_init_range", "zero_init", "init", "layer_id",
+                                    "num_layers", "backend", "chunk_size", "a_min", "a_max"})
 # ModelConfig fields that do not change the function of a token LM in eval mode, or that to_hf accounts for
 # (embedding_init: its scale is folded into the exported embedding)
 _NOT_FUNCTIONAL = ("dropout", "embedding_init", "pool", "num_classes", "out_dim", "input_dim")

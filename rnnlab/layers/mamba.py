@@ -18,6 +18,14 @@ Options for checkpoints (``rnnlab.interop.from_hf``): ``bias`` (W_in / W_out bia
 ``use_bias``), ``conv_bias`` (``use_conv_bias``), and ``bcdt_norm_eps``: Falcon Mamba's weightless RMS norms
 of Δ (before W_Δ), B and C, each over its own last dim (Zuo et al. 2024, "Falcon Mamba: The First Competitive
 Attention-free 7B Language Model", Sec. 3.1: norms that stabilise training at scale); None = Mamba's block.
+
+``init="mimetic"``: Trockman et al. 2024, "Mimetic Initialization Helps State Space Models Learn to Recall"
+(arXiv 2410.11135, Sec. 3): the layer's implied attention map y_i = Σ_j C_iᵀ (Π_{j<k<=i} Ā_k) Δ_j B_j x_j is started
+close to linear attention's: (1) decays near 1 (A = −exp(A_log) drawn from −U(0, 1] instead of S4D-real's −(n+1), so
+Ā = exp(Δ A) >= exp(−Δ), 0.90 at the largest initial Δ = 0.1), and (2) W_C = W_B (the C rows of W_x copied from its
+B rows: C_t = B_t at initialization, so C_iᵀ B_j = x_iᵀ W_Bᵀ W_B x_j is a positive semi-definite Gram kernel like
+q = k attention). The range of A is this library's choice for "Ā ≈ 1" (the paper's text on its exact range could
+not be retrieved here); Δ and every other parameter keep the default initialization (``mimetic_init``).
 """
 from __future__ import annotations
 
@@ -33,7 +41,20 @@ from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.selective_scan import BACKENDS, selective_scan, selective_scan_step
 
-__all__ = ["Mamba", "SelectiveBlock"]
+__all__ = ["Mamba", "SelectiveBlock", "INITS", "check_init", "mimetic_A_log"]
+
+INITS = ("default", "mimetic")  # Mamba's / Mamba-2's ``init`` option
+
+
+def check_init(init: str, who: str) -> str:
+    if init not in INITS:
+        raise ValueError(f"{who}: init must be one of {', '.join(INITS)}; got {init!r}")
+    return init
+
+
+def mimetic_A_log(*shape: int) -> Tensor:
+    """Mimetic init's A_log: A = −exp(A_log) ~ −U(0, 1], so the decay exp(Δ A) starts near 1 (module docstring)."""
+    return torch.log1p(-torch.rand(*shape))  # log of U(0, 1]
 
 
 class SelectiveBlock(Mixer):
@@ -109,14 +130,15 @@ class Mamba(SelectiveBlock):
     d_state: N; expand: d_inner = expand·d_model; d_conv: conv width; dt_rank: rank of the Δ
     projection ("auto" = ceil(d_model/16)); dt_min/dt_max/dt_init_floor: Δ initialization;
     negative_eigenvalues: transition 2·exp(ΔA) − 1; backend/chunk_size: selective_scan's; bias, conv_bias,
-    bcdt_norm_eps: see the module docstring.
+    bcdt_norm_eps, init ("default" | "mimetic"): see the module docstring.
     """
 
     def __init__(self, d_model: int, d_state: int = 16, expand: int = 2, d_conv: int = 4, dt_rank: int | str = "auto",
                  dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4, negative_eigenvalues: bool = False,
                  backend: str = "auto", chunk_size: int = 64, bias: bool = False, conv_bias: bool = True,
-                 bcdt_norm_eps: float | None = None):
+                 bcdt_norm_eps: float | None = None, init: str = "default"):
         super().__init__(d_model, d_state, expand, d_conv, dt_rank, backend, chunk_size, bias, conv_bias, bcdt_norm_eps)
+        self.init = check_init(init, "Mamba")
         self.transition = "exp_neg" if negative_eigenvalues else "exp"
         di = self.d_inner
         # b_Δ = softplus^-1(Δ0), Δ0 log-uniform in [dt_min, dt_max] (mamba_simple.py)
@@ -126,6 +148,15 @@ class Mamba(SelectiveBlock):
         # S4D-real: A_n = -(n + 1)
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(di, 1))
         no_weight_decay(self.A_log)
+        if init == "mimetic":  # after every default draw: the default initialization is unchanged
+            self.mimetic_init()
+
+    @torch.no_grad()
+    def mimetic_init(self) -> None:
+        """Trockman et al. 2024 (module docstring): A near 0 (decays near 1) and W_C = W_B (C rows of x_proj = its B rows)."""
+        self.A_log.copy_(mimetic_A_log(*self.A_log.shape))
+        r, N = self.dt_rank, self.d_state
+        self.x_proj.weight[r + N:] = self.x_proj.weight[r:r + N]
 
     def _scan_params(self, dt: Tensor, Bm: Tensor, Cm: Tensor):
         return F.softplus(dt), -torch.exp(self.A_log.float()), Bm, Cm

@@ -17,6 +17,11 @@ scale 1; the state h (B, H, N, P) is the op's
 weight-decayed. State: conv buffer (B, W-1, d_inner + 2·ngroups·N) and h (B, H, N, P).
 Options for checkpoints (``rnnlab.interop.from_hf``): ``bias`` (W_in / W_out biases, mamba_ssm's and HF's
 ``use_bias``) and ``conv_bias`` (``use_conv_bias``).
+
+``init="mimetic"`` (Trockman et al. 2024, Sec. 3; rnnlab.layers.mamba's docstring): per head A ~ −U(0, 1] (decays
+exp(Δ A) near 1), and C = B at initialization: the C rows of W_in and the C channels of the conv (weights and
+biases) are copied from the B ones, so C_t = B_t exactly and every group's C Bᵀ is a positive semi-definite Gram
+kernel, as linear attention with q = k. dt and every other parameter keep the default initialization.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.parts import ShortConv
+from rnnlab.layers.mamba import check_init, mimetic_A_log
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.chunk import acc_dtype
 from rnnlab.ops.forms import choose
@@ -42,12 +48,14 @@ __all__ = ["Mamba2"]
 class Mamba2(Mixer):
     """x (B, T, D) -> y (B, T, D). d_state: N; expand: d_inner = expand·D; headdim: P (heads
     H = d_inner / P); ngroups: groups sharing B, C; d_conv: conv width; chunk_size: SSD chunk; bias, conv_bias:
-    biases of the projections and of the conv."""
+    biases of the projections and of the conv; init: "default" or "mimetic" (module docstring)."""
 
     def __init__(self, d_model: int, d_state: int = 128, d_conv: int = 4, expand: int = 2, headdim: int = 64, ngroups: int = 1,
                  chunk_size: int = 64, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
-                 A_init_range: tuple[float, float] = (1.0, 16.0), norm_eps: float = 1e-5, bias: bool = False, conv_bias: bool = True):
+                 A_init_range: tuple[float, float] = (1.0, 16.0), norm_eps: float = 1e-5, bias: bool = False, conv_bias: bool = True,
+                 init: str = "default"):
         super().__init__(d_model)
+        self.init = check_init(init, "Mamba2")
         d_inner = expand * d_model
         if headdim < 1 or d_inner % headdim:
             raise ValueError(f"d_inner = expand * d_model = {d_inner} must be divisible by headdim={headdim}")
@@ -66,6 +74,22 @@ class Mamba2(Mixer):
         self.norm_weight = nn.Parameter(torch.ones(d_inner))
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
         no_weight_decay(self.dt_bias, self.A_log, self.D)
+        if init == "mimetic":  # after every default draw: the default initialization is unchanged
+            self.mimetic_init()
+
+    @torch.no_grad()
+    def mimetic_init(self) -> None:
+        """Trockman et al. 2024 (module docstring): A near 0 per head, C = B (W_in rows and conv channels copied)."""
+        self.A_log.copy_(mimetic_A_log(self.num_heads))
+        di, GN = self.d_inner, self.ngroups * self.d_state
+        b, c = slice(2 * di, 2 * di + GN), slice(2 * di + GN, 2 * di + 2 * GN)  # rows of W_in: z, x, B, C, dt
+        self.in_proj.weight[c] = self.in_proj.weight[b]
+        if self.in_proj.bias is not None:
+            self.in_proj.bias[c] = self.in_proj.bias[b]
+        b, c = slice(di, di + GN), slice(di + GN, di + 2 * GN)  # channels of the conv: x, B, C
+        self.conv.weight[c] = self.conv.weight[b]
+        if self.conv.bias is not None:
+            self.conv.bias[c] = self.conv.bias[b]
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         return {"conv": self.conv.init_state(batch_size, device, dtype),

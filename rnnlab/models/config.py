@@ -125,6 +125,10 @@ class ModelConfig:
     embed_scale: float | None = None
     """The multiplier of the token embedding lookup; None: the one ``embedding_init`` implies (sqrt(d_model) for
     "unit", 1 for "gpt2"). Checkpoints fix it: HF's RecurrentGemma multiplies by sqrt(d_model) rounded to bfloat16."""
+    learned_init_state: bool = False
+    """A learned initial state (LongSSM, Wang et al. 2024): one parameter per recurrent state tensor of every layer
+    (``SequenceModel.recurrent_state_keys``), zeros at initialization, not weight-decayed; every sequence that starts
+    without a given state (training, evaluation, generate) starts from it. ``train.init_state = "learned"`` sets it."""
 
     def __post_init__(self):
         from rnnlab.layers.registry import available_mixers, check_mixer_options

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnlab.layers.base import Mixer, State
+from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.moe import MoE
 from rnnlab.layers.parts import RMSNorm
 from rnnlab.layers.registry import create_mixer
@@ -109,6 +109,7 @@ class SequenceModel(nn.Module):
         self.config = c = config
         out = {"lm": c.vocab_size, "classify": c.num_classes, "regress": c.out_dim}[c.head]
         self.embed_scale, self.embed_norm = 1.0, None
+        self.init_keys, self.init_params = [], None  # ModelConfig.learned_init_state
         if c.readout == "ridge":  # an untrained reservoir model with a closed-form head (rnnlab.models.readout)
             self.embed = PadFeatures(c.input_dim, c.d_model)
             self.blocks = nn.ModuleList(ReservoirBlock(create_mixer(name, c.d_model, **kw))
@@ -138,10 +139,32 @@ class SequenceModel(nn.Module):
         self.head = nn.Linear(c.d_model, out, bias=c.head != "lm")
         if c.tie_embeddings:
             self.head.weight = self.embed.weight
+        if c.learned_init_state:  # LongSSM's learned initial state, zeros at first (ModelConfig.learned_init_state)
+            zero = self.init_state(1, "meta")
+            self.init_keys = self.recurrent_state_keys()
+            if not self.init_keys:
+                raise ValueError(f"learned_init_state: mixer(s) {c.layer_mixers()} hold no recurrent state to learn")
+            self.init_params = nn.ParameterList(
+                torch.zeros(zero[k].shape[1:] + ((2,) if zero[k].is_complex() else ())) for k in self.init_keys)
+            no_weight_decay(*self.init_params)
 
     # --- state ---------------------------------------------------------------
     def init_state(self, batch_size: int, device=None) -> State:
-        return {f"{i}.{k}": v for i, b in enumerate(self.blocks) for k, v in b.init_state(batch_size, device).items()}
+        """The state before any token: the layers' init_state, or with ``learned_init_state`` the learned one."""
+        state = {f"{i}.{k}": v for i, b in enumerate(self.blocks) for k, v in b.init_state(batch_size, device).items()}
+        for k, p in zip(self.init_keys, self.init_params or ()):
+            v = torch.view_as_complex(p) if state[k].is_complex() else p
+            state[k] = v.to(state[k].device).unsqueeze(0).repeat(batch_size, *[1] * v.dim())
+        return state
+
+    def recurrent_state_keys(self) -> list[str]:
+        """The keys of the model state that hold a fixed-size floating-point recurrence: every real or complex tensor
+        whose shape does not grow with the tokens (SSM / matrix states, RNN hidden and cell states, conv tails,
+        token-shift states). Not: integer tensors (positions, ``pos``) and tensors with a dimension that grows with the
+        tokens seen (attention's KV cache ``k`` / ``v``: size 0 in ``init_state``). What ``train.init_state``
+        perturbs (gaussian), takes from another sequence (other_sequence) and learns (learned)."""
+        zero = {f"{i}.{k}": v for i, b in enumerate(self.blocks) for k, v in b.init_state(1, "meta").items()}
+        return [k for k, t in zero.items() if (t.is_floating_point() or t.is_complex()) and 0 not in t.shape]
 
     def state_size(self, seq_len: int) -> int:
         """Floats held per sequence after seq_len tokens, summed over layers."""

@@ -83,6 +83,22 @@ class TrainConfig:
     parallel: str = "ddp"
     """The data-parallel engine under torchrun (ignored on one process): "ddp" (DistributedDataParallel) or
     "fsdp" (FSDP2 fully_shard per block, then the root). rnnlab.train.distributed; docs/scale.md."""
+    init_state: str = "zeros"
+    """The initial state of every training sequence (rnnlab.train.init_state): "zeros"; "gaussian" (every recurrent
+    state tensor N(0, init_state_scale²)); "other_sequence" (the final state of another sequence: the previous step's);
+    "passed" (state passing: consecutive steps train on consecutive windows of the same streams); "learned" (a
+    learned initial state, model.learned_init_state). Evaluation starts from the model's own initial state."""
+    init_state_scale: float = 1.0
+    """Standard deviation of the "gaussian" initial state, per entry."""
+    passed_windows: int = 4
+    """init_state="passed": windows per stream (a stream is one training sequence passed_windows * seq_len long)."""
+    objective: str = "next_token"
+    """"next_token": the task's own batches. "birdie": Birdie's mixture of objectives (copying, deshuffling, infilling,
+    selective copying, next-token) with its reward-driven controller (rnnlab.train.birdie; token "lm" tasks)."""
+    birdie_weights: dict | None = None
+    """objective="birdie": the mixture's starting (and exploration) weights by objective name; None = uniform."""
+    birdie_every: int = 50
+    """objective="birdie": steps between the controller's updates (each measures every objective's held-out loss)."""
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
@@ -103,6 +119,16 @@ class TrainConfig:
             raise ValueError(f"train.batch_size={self.batch_size} must be divisible by train.grad_accum={self.grad_accum}")
         if self.eval_prompt not in EVAL_PROMPTS:
             raise ValueError(f"train.eval_prompt must be one of {', '.join(EVAL_PROMPTS)}; got {self.eval_prompt!r}")
+        from rnnlab.train.init_state import INIT_STATES
+
+        if self.init_state not in INIT_STATES:
+            raise ValueError(f"train.init_state must be one of {', '.join(INIT_STATES)}; got {self.init_state!r}")
+        if self.objective not in ("next_token", "birdie"):
+            raise ValueError(f"train.objective must be one of next_token, birdie; got {self.objective!r}")
+        if self.objective == "birdie" and self.init_state in ("other_sequence", "passed"):
+            raise ValueError(f'train.objective="birdie" cannot be combined with train.init_state={self.init_state!r}')
+        if self.init_state_scale < 0:
+            raise ValueError(f"train.init_state_scale must be >= 0, got {self.init_state_scale!r}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"train.on_nonfinite must be one of stop, skip; got {self.on_nonfinite!r}")
         if not self.lr > 0:
@@ -265,9 +291,17 @@ def resolve(config: dict):
     task = create_task(name, **tcfg)
     task_full = {"name": name, **task_options(name), **tcfg}
     task_full["test_lengths"] = task.test_lengths
+    train_cfg = TrainConfig.from_dict(dict(config.get("train") or {}))
     mdict = dict(config.get("model") or {})
+    if train_cfg.init_state == "learned":  # the learned initial state is the model's (rnnlab.train.init_state)
+        mdict["learned_init_state"] = True
     preset, preset_options = mdict.pop("preset", None), mdict.pop("preset_options", {})
     io = task.model_io()
+    if train_cfg.objective == "birdie":  # Birdie's special tokens follow the task's vocabulary
+        from rnnlab.train.birdie import N_SPECIAL, check_birdie
+
+        check_birdie(task)
+        io["vocab_size"] += N_SPECIAL
     clash = {k for k in io if k in mdict and mdict[k] is not None and mdict[k] != io[k]}
     if clash:
         raise ValueError(f"model option(s) {sorted(clash)} are fixed by task {name!r} ({ {k: io[k] for k in clash} })")
@@ -279,7 +313,6 @@ def resolve(config: dict):
             raise ValueError(f"model.preset_options must be a mapping of the preset's options, got {preset_options!r}")
         mdict = {**build(preset, **preset_options).to_dict(), **mdict}
     model_cfg = ModelConfig.from_dict(mdict)
-    train_cfg = TrainConfig.from_dict(dict(config.get("train") or {}))
     resolved = {"task": task_full, "model": model_cfg.to_dict(), "train": train_cfg.to_dict()}
     resolved["run_dir"] = config.get("run_dir") or default_run_dir(resolved)
     resolved["task_info"] = {"primary_metric": task.primary_metric, "higher_is_better": task.higher_is_better,

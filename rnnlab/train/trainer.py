@@ -32,6 +32,8 @@ from rnnlab.train import distributed as D
 from rnnlab.train.checkpoint import (atomic_write, checkpoint_tensors, load_model, load_optimizer, load_rng, previous_path,
                                      read_latest, read_metadata, write_checkpoint)
 from rnnlab.train.config import identity, resolve
+from rnnlab.train.birdie import Birdie
+from rnnlab.train.init_state import start_states
 from rnnlab.train.packing import train_shard
 
 __all__ = ["get_lr", "evaluate", "train", "score_of", "NonFiniteError", "RunDirInUse"]
@@ -225,8 +227,15 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
     optimizer = torch.optim.AdamW([{**g, "params": [current[n] for n in g["params"]]} for g in groups], lr=tc.lr,
                                   betas=(tc.beta1, tc.beta2))
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    starts = start_states(model, task, tc, world)  # train.init_state (None: the model's own initial state)
+    birdie = Birdie(task, tc) if tc.objective == "birdie" else None  # rnnlab.train.birdie
+    if birdie is not None and loaded is not None:
+        birdie.controller.load(extra.get("birdie"))
+    source = birdie or starts  # what makes the training batches, when not rnnlab.train.packing
     if loaded is not None:
         load_optimizer(optimizer, tensors)
+        if starts is not None:
+            starts.load(tensors, device)  # the carried states
         del tensors
 
     b = tc.batch_size // world
@@ -257,7 +266,11 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
                 _write_jsonl(run_dir / METRICS, {"step": step, "ridge_rows": int(model.ridge.rows), "batch_rows": rows})
         else:
             step, lval, gnorm, tokens, aux = _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, run_dir,
-                                                            main, model)
+                                                            main, model, starts, train_shard if source is None else source.train_shard)
+            if birdie is not None and step % tc.birdie_every == 0:
+                rec = birdie.update(model, step, device)
+                if main:
+                    _write_jsonl(run_dir / METRICS, {"step": step, "birdie": rec})
             tok_last += tokens
             if step % tc.log_every == 0 or step == tc.steps:
                 now = time.time()
@@ -281,10 +294,13 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
             stopped_early = reached(s) and step < tc.steps
         if step % tc.ckpt_every == 0 or step == tc.steps or stopped_early:
             tensors = checkpoint_tensors(model, optimizer)  # every process: a sharded model is gathered to the first
+            if main and starts is not None:
+                tensors.update(starts.tensors())  # carried states (one process: rnnlab.train.init_state)
             if main:
                 write_checkpoint(ckpt, tensors, step,
                                  {"best": best, "evals": {str(k): v for k, v in (evals or {}).items()},
-                                  "wall_s": time.time() - wall0, "cpu_s": time.process_time() - cpu0})
+                                  "wall_s": time.time() - wall0, "cpu_s": time.process_time() - cpu0,
+                                  **({"birdie": birdie.controller.state()} if birdie is not None else {})})
             del tensors
         bar.update(1)
     bar.close()
@@ -318,17 +334,19 @@ def _fit(model, tc, world: int) -> None:
     model.fit_readout(tc.ridge, gram, moment)
 
 
-def _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, run_dir, main, model):
+def _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, run_dir, main, model, starts=None,
+                   shard_of=train_shard):
     """One AdamW step on global batch ``step`` -> (step + 1, global-batch loss, gradient norm, tokens of the global batch,
     the auxiliary loss averaged over micro-batches and processes or None). This process runs its train.grad_accum
     micro-batches, shards rank * accum ... of the global batch (rnnlab.train.packing); DDP / FSDP reduce the gradients
-    at the last one. ``model.aux_loss()`` (MoE load balancing) joins the loss times train.aux_loss_coef."""
+    at the last one. ``model.aux_loss()`` (MoE load balancing) joins the loss times train.aux_loss_coef. ``starts``:
+    the initial states (rnnlab.train.init_state), None for the model's own; ``shard_of``: what makes a shard's batch."""
     accum = tc.grad_accum
     lr = get_lr(step, tc.lr, tc.warmup, tc.steps, tc.min_lr_ratio)
     for g in optimizer.param_groups:
         g["lr"] = lr
-    micro = [train_shard(task, step, rank * accum + m, world * accum, batch_size=tc.batch_size, seed=tc.seed,
-                         pack=tc.pack, pack_tokens=tc.pack_tokens).to(device) for m in range(accum)]
+    micro = [shard_of(task, step, rank * accum + m, world * accum, batch_size=tc.batch_size, seed=tc.seed,
+                      pack=tc.pack, pack_tokens=tc.pack_tokens).to(device) for m in range(accum)]
     totals = D.all_reduce_sum(torch.tensor([sum(mb.count for mb in micro), sum(mb.tokens for mb in micro)], device=device))
     count, tokens = totals[0].clamp_min(1).to(device), int(totals[1])  # over the global batch
     optimizer.zero_grad(set_to_none=True)
@@ -336,8 +354,13 @@ def _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, 
     aux_sum = None
     for m, mb in enumerate(micro):
         with D.no_sync(net, sync=m == accum - 1):
+            j = rank * accum + m
+            rows = mb.inputs.shape[0] if mb.cu_seqlens is None else len(mb.cu_seqlens) - 1
+            state = None if starts is None else starts.initial(step, j, rows, device)
             with _autocast(device, tc.bf16):
-                out, _ = net(mb.inputs, cu_seqlens=mb.cu_seqlens)
+                out, final = net(mb.inputs, state, cu_seqlens=mb.cu_seqlens)
+            if starts is not None:
+                starts.record(j, final)
             loss_sum, _ = task.loss_terms(out.float(), mb.targets)
             loss = loss_sum / count  # this shard's part of the global-batch mean
             aux = model.aux_loss()

@@ -15,6 +15,8 @@ def test_mixer_conforms(name, check):
 # holds with them on too
 VARIANTS = {"mamba[bias,no conv bias,falcon norms]": ("mamba", {"bias": True, "conv_bias": False, "bcdt_norm_eps": 1e-6}),
             "mamba2[bias,no conv bias]": ("mamba2", {"bias": True, "conv_bias": False}),
+            "mamba[mimetic init]": ("mamba", {"init": "mimetic"}),
+            "mamba2[mimetic init,bias]": ("mamba2", {"init": "mimetic", "bias": True}),
             "hawk[gate_blocks=4,reset_first_token]": ("hawk", {"gate_blocks": 4, "reset_first_token": True}),
             "attention[gqa,partial rotary]": ("attention", {"num_heads": 4, "num_kv_heads": 2, "rotary_dim": 4}),
             "sliding_attention[gqa]": ("sliding_attention", {"num_heads": 4, "num_kv_heads": 1}),
