@@ -477,6 +477,9 @@ def _qwen3_next_to_hf(mc: ModelConfig):
     fields = _qwen_config_to_hf(mc)
     if moe is None:  # no sparse layer: HF's num_experts = 0 builds dense MLPs everywhere
         return transformers.Qwen3NextConfig(intermediate_size=SwiGLU.hidden_size(mc.d_model, mc.mlp_ratio), num_experts=0, **fields)
+    if not moe.get("shared_hidden_size") or not moe.get("shared_gate", False):
+        raise ValueError("to_hf(qwen3_next): Qwen3-Next's sparse blocks always have a shared expert with a sigmoid gate; this "
+                         f"model's moe has shared_hidden_size={moe.get('shared_hidden_size')}, shared_gate={moe.get('shared_gate', False)}")
     return transformers.Qwen3NextConfig(
         intermediate_size=SwiGLU.hidden_size(mc.d_model, mc.mlp_ratio), num_experts=moe.get("num_experts", 8),
         num_experts_per_tok=moe.get("top_k", 2), moe_intermediate_size=moe.get("hidden_size") or glu_hidden_size(mc.d_model),

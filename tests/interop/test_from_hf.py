@@ -426,3 +426,26 @@ def test_qwen3_next_routes_every_token_to_hfs_experts(variant):
     for i in sparse:
         assert torch.equal(chosen["rnnlab"][i], chosen["hf"][i]), i
         assert len(chosen["hf"][i].unique()) == 5, "every expert serves some token"
+    moe = model.config.mlp_kwargs["moe"]
+    flipped = {"moe": {**moe, "normalize_topk": not moe["normalize_topk"]}}
+    other = SequenceModel(model.config.replace(mlp_kwargs=flipped)).eval()  # the renormalization matters here
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(other(ids)[0], expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_qwen3_next
+def test_an_rnnlab_moe_hybrid_exports_to_qwen3_next():
+    """An rnnlab model of Qwen3-Next's shape (gated DeltaNet + gated attention, moe MLPs with a gated shared expert)
+    exports (to_hf) with the same logits; a moe without the shared gate has no Qwen3-Next counterpart."""
+    gdn = {"num_heads": 2, "num_v_heads": 4, "head_dim": 8, "expand_v": 2.0, "norm_eps": 1e-6}
+    att = {"num_heads": 4, "num_kv_heads": 2, "head_dim": 16, "rotary_dim": 4, "qk_norm": True, "output_gate": True, "norm_eps": 1e-6}
+    moe = {"num_experts": 4, "top_k": 2, "hidden_size": 16, "shared_hidden_size": 24, "shared_gate": True}
+    config = ModelConfig(mixer=["gated_deltanet", "attention"], mixer_kwargs={"gated_deltanet": gdn, "attention": att}, d_model=32,
+                         n_layers=2, vocab_size=V, mlp="moe", mlp_kwargs={"moe": moe})
+    model = SequenceModel(config).eval()
+    ids = torch.randint(0, V, (2, T))
+    with torch.no_grad():
+        assert_close(hf_logits(to_hf(model, "qwen3_next"), ids), model(ids)[0])
+    with pytest.raises(ValueError, match="shared_gate=False"):
+        to_hf(SequenceModel(config.replace(mlp_kwargs={"moe": {**moe, "shared_gate": False}})), "qwen3_next")
