@@ -21,7 +21,7 @@ from rnnlab.bench.runner import Subject
 __all__ = ["build_hf_model_pairs", "check_hf_entries", "hf_bench_config", "MODEL_TYPES"]
 
 VOCAB, LAYERS = 512, 2
-MODEL_TYPES = ("mamba", "falcon_mamba", "mamba2", "bamba", "rwkv", "xlstm", "recurrent_gemma", "qwen3_5_text")  # what hf_bench_config builds
+MODEL_TYPES = ("mamba", "falcon_mamba", "mamba2", "bamba", "rwkv", "xlstm", "recurrent_gemma", "qwen3_5_text", "qwen3_next")  # what hf_bench_config builds
 
 
 def check_hf_entries(entries: list[str]) -> None:
@@ -61,13 +61,16 @@ def hf_bench_config(model_type: str, D: int, layers: int = LAYERS, vocab: int = 
         return transformers.RecurrentGemmaConfig(vocab_size=vocab, hidden_size=D, num_hidden_layers=layers, intermediate_size=6 * D,
                                                  num_attention_heads=max(1, D // 64), num_key_value_heads=1,
                                                  block_types=["recurrent", "recurrent", "attention"] if layers >= 3 else ["recurrent", "attention"])
-    if model_type == "qwen3_5_text":  # gated DeltaNet layers (twice as many value heads as key heads), gated attention every 4th
-        heads = max(1, D // 64)
-        return transformers.Qwen3_5TextConfig(vocab_size=vocab, hidden_size=D, num_hidden_layers=layers, intermediate_size=3 * D,
-                                              num_attention_heads=heads, num_key_value_heads=1, head_dim=64,
-                                              linear_num_key_heads=heads, linear_num_value_heads=2 * heads, linear_key_head_dim=64,
-                                              linear_value_head_dim=64, layer_types=["full_attention" if i % 4 == 3 or (layers < 4 and i == layers - 1) else "linear_attention"
-                                                           for i in range(layers)])
+    if model_type in ("qwen3_5_text", "qwen3_next"):  # gated DeltaNet layers (twice as many value heads as key heads), gated
+        heads = max(1, D // 64)                        # attention every 4th; Qwen3-Next: sparse MoE blocks (8 experts, top 2)
+        kw = dict(vocab_size=vocab, hidden_size=D, num_hidden_layers=layers, intermediate_size=3 * D, num_attention_heads=heads,
+                  num_key_value_heads=1, head_dim=64, linear_num_key_heads=heads, linear_num_value_heads=2 * heads,
+                  linear_key_head_dim=64, linear_value_head_dim=64,
+                  layer_types=["full_attention" if i % 4 == 3 or (layers < 4 and i == layers - 1) else "linear_attention" for i in range(layers)])
+        if model_type == "qwen3_next":
+            return transformers.Qwen3NextConfig(**kw, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=D // 2,
+                                                shared_expert_intermediate_size=D)
+        return transformers.Qwen3_5TextConfig(**kw)
     raise ValueError(f"--hf-models: no bench config for model type {model_type!r}")
 
 

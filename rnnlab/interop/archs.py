@@ -5,8 +5,8 @@
   norms of Δ, B, C (``bcdt_norm_eps`` = ``mixer_rms_eps``).
 - Mamba-2 (``mamba2``): the same backbone around the ``mamba2`` mixer (z, xBC, dt in one projection, gated
   RMSNorm per group, norm after the gate). HF's ``time_step_limit`` must be its default (0, inf).
-- Layers (``layer_from_hf``): Qwen3-Next's and Qwen3.5's gated DeltaNet -> ``gated_deltanet`` (equal key and
-  value head counts), RecurrentGemma's recurrent block -> ``hawk`` (``gate_blocks``, ``reset_first_token``): the
+- Layers (``layer_from_hf``): Qwen3-Next's and Qwen3.5's gated DeltaNet -> ``gated_deltanet`` (grouped value heads
+  ``num_v_heads``), RecurrentGemma's recurrent block -> ``hawk`` (``gate_blocks``, ``reset_first_token``): the
   recurrent layers of those hybrid stacks on their own.
 - Bamba (``bamba``): RMSNorm -> (``mamba2`` | ``attention``) -> RMSNorm -> SwiGLU per layer, the attention layers
   at ``attn_layer_indices`` with grouped-query heads (``num_kv_heads``) and rotary embeddings on half of each head
@@ -17,8 +17,13 @@
   runs the unscaled network, as HF does in training mode.
 - xLSTM (``xlstm``, xLSTM 7B's architecture): embedding -> [RMSNorm -> ``mlstm`` (layout "dense": dense q, k, v,
   sigmoid output gate, soft-capped gates from x, eps in the denominator), RMSNorm -> SwiGLU] x L -> RMSNorm -> head
-  -> logit soft cap; HF's "single" (q, k, v, o and i, f apart) and "fused" weight layouts. Zamba2 is refused with its
-  reason (NOT_MAPPED).
+  -> logit soft cap; HF's "single" (q, k, v, o and i, f apart) and "fused" weight layouts.
+- Qwen3.5's text model (``qwen3_5_text``) and Qwen3-Next (``qwen3_next``): (1 + w) RMSNorm -> (``gated_deltanet`` |
+  ``attention`` with ``output_gate``, ``qk_norm``, ``head_dim``) per ``layer_types`` -> (1 + w) RMSNorm -> MLP: a SwiGLU
+  (Qwen3.5; Qwen3-Next's ``mlp_only_layers`` and layers off its ``decoder_sparse_step``) or Qwen3-Next's sparse mixture
+  of experts -> ``moe`` (top ``num_experts_per_tok`` of the router's softmax, renormalized as ``norm_topk_prob`` says,
+  SwiGLU experts, a shared expert scaled by sigmoid(``shared_expert_gate``)), chosen per layer (ModelConfig ``mlp`` list).
+Zamba2 is refused with its reason (NOT_MAPPED).
 
 The residual stream is float32 in rnnlab (HF's ``residual_in_fp32``); HF configs whose activation is not SiLU
 (Mamba, Mamba-2) or whose RWKV sizes rnnlab's layers do not have (attention_hidden_size != hidden_size, an
@@ -27,11 +32,13 @@ intermediate size that is not a multiple of hidden_size) are refused with a Valu
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from einops import rearrange
 
 from rnnlab.interop.convert import Arch, Rule, _rename, register_arch
+from rnnlab.layers.moe import glu_hidden_size
 from rnnlab.layers.registry import create_mixer
 from rnnlab.models.config import ModelConfig
 
@@ -348,10 +355,13 @@ register_arch(Arch("RecurrentGemma", ("recurrent_gemma",), "RecurrentGemmaForCau
                    scales_embedding=True))
 
 
-# --- Qwen3.5 (dense): gated DeltaNet and gated full-attention layers, each followed by a SwiGLU MLP ------------------
+# --- Qwen3.5 (dense) and Qwen3-Next: gated DeltaNet and gated full-attention layers, each followed by an MLP -------
+# (Qwen3.5: a SwiGLU; Qwen3-Next: its sparse mixture of experts with a gated shared expert, or a SwiGLU at the layers
+# of mlp_only_layers / off decoder_sparse_step). Their layers are the same but for the DeltaNet's projection layout.
 
-def _qwen35_config(cfg) -> ModelConfig:
-    D, H = cfg.hidden_size, cfg.num_attention_heads
+def _qwen_mixers(cfg) -> tuple[list[str], list[dict]]:
+    """The per-layer mixers of a Qwen3.5 / Qwen3-Next config (its ``layer_types``) and their options."""
+    H = cfg.num_attention_heads
     _need(cfg, "hidden_act", cfg.hidden_act == "silu", "SiLU")
     theta, partial = _rope(cfg)
     attn = {"num_heads": H, "num_kv_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim, "rope_base": theta,
@@ -363,23 +373,25 @@ def _qwen35_config(cfg) -> ModelConfig:
     bad = sorted({t for t in cfg.layer_types if t not in kinds})
     _need(cfg, "layer_types", not bad, "linear_attention and full_attention layers")
     mixers = [kinds[t] for t in cfg.layer_types]
-    return _lm(cfg, mixers, [gdn if k == "gated_deltanet" else attn for k in mixers], mlp="swiglu",
-               mlp_ratio=_swiglu_ratio(D, cfg.intermediate_size), norm_eps=float(cfg.rms_norm_eps))
+    return mixers, [gdn if k == "gated_deltanet" else attn for k in mixers]
 
 
-def _qwen35_to_hf(mc: ModelConfig):
-    import transformers
+def _qwen35_config(cfg) -> ModelConfig:
+    mixers, kwargs = _qwen_mixers(cfg)
+    return _lm(cfg, mixers, kwargs, mlp="swiglu", mlp_ratio=_swiglu_ratio(cfg.hidden_size, cfg.intermediate_size),
+               norm_eps=float(cfg.rms_norm_eps))
 
-    from rnnlab.models.model import SwiGLU
 
+def _qwen_config_to_hf(mc: ModelConfig) -> dict:
+    """The Qwen3Next / Qwen3_5Text config fields of a model's mixers, sizes and norms (not its MLPs)."""
     kinds, kws = mc.layer_mixers(), mc.layer_kwargs()
     attn = next((kw for k, kw in zip(kinds, kws) if k == "attention"), {"num_heads": 4})
     gdn = next((kw for k, kw in zip(kinds, kws) if k == "gated_deltanet"), {})
     H, K = attn.get("num_heads", 4), gdn.get("head_dim") or mc.d_model // gdn.get("num_heads", 4)
     hd = attn.get("head_dim") or mc.d_model // H
-    return transformers.Qwen3_5TextConfig(
+    return dict(
         vocab_size=mc.vocab_size, hidden_size=mc.d_model, num_hidden_layers=mc.n_layers, num_attention_heads=H,
-        num_key_value_heads=attn.get("num_kv_heads") or H, head_dim=hd, intermediate_size=SwiGLU.hidden_size(mc.d_model, mc.mlp_ratio),
+        num_key_value_heads=attn.get("num_kv_heads") or H, head_dim=hd,
         rms_norm_eps=mc.norm_eps, attention_bias=attn.get("bias", False), tie_word_embeddings=mc.tie_embeddings, hidden_act="silu",
         layer_types=["full_attention" if k == "attention" else "linear_attention" for k in kinds],
         linear_num_key_heads=gdn.get("num_heads", 4), linear_num_value_heads=gdn.get("num_v_heads") or gdn.get("num_heads", 4),
@@ -387,7 +399,21 @@ def _qwen35_to_hf(mc: ModelConfig):
         **_rope_to_hf(attn.get("rope_base", 10000.0), (attn.get("rotary_dim") or hd) / hd))
 
 
-def _qwen35_rules(cfg) -> list[Rule]:
+def _qwen35_to_hf(mc: ModelConfig):
+    import transformers
+
+    from rnnlab.models.model import SwiGLU
+
+    return transformers.Qwen3_5TextConfig(intermediate_size=SwiGLU.hidden_size(mc.d_model, mc.mlp_ratio), **_qwen_config_to_hf(mc))
+
+
+def _swiglu_rules(f: str, b: str) -> list[Rule]:
+    """An HF gated MLP (gate_proj, up_proj, down_proj) at ``f`` <-> rnnlab's SwiGLU at ``b``."""
+    return [Rule((f"{f}.gate_proj.weight", f"{f}.up_proj.weight"), f"{b}.w13.weight"), Rule(f"{f}.down_proj.weight", f"{b}.w2.weight")]
+
+
+def _qwen_rules(cfg, qwen3_next: bool) -> list[Rule]:
+    """Embedding, (1 + w) norms, gated attention and gated DeltaNet of a Qwen3.5 / Qwen3-Next model (not its MLPs)."""
     L, b = "model.layers.{i}", "blocks.{i}"
     a, m = f"{L}.self_attn", f"{b}.mixer"
     H, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -406,17 +432,99 @@ def _qwen35_rules(cfg) -> list[Rule]:
     rules = [Rule("model.embed_tokens.weight", "embed.weight"), _gemma_norm("model.norm.weight", "norm.weight"),
              Rule("lm_head.weight", "head.weight"), _gemma_norm(f"{L}.input_layernorm.weight", f"{b}.norm1.weight"),
              _gemma_norm(f"{L}.post_attention_layernorm.weight", f"{b}.norm2.weight"),
-             Rule((f"{L}.mlp.gate_proj.weight", f"{L}.mlp.up_proj.weight"), f"{b}.mlp.w13.weight"),
-             Rule(f"{L}.mlp.down_proj.weight", f"{b}.mlp.w2.weight"),
              proj("weight"), Rule(f"{a}.o_proj.weight", f"{m}.out.weight"),
              _gemma_norm(f"{a}.q_norm.weight", f"{m}.q_norm.weight"), _gemma_norm(f"{a}.k_norm.weight", f"{m}.k_norm.weight")]
     if cfg.attention_bias:
         rules += [proj("bias"), Rule(f"{a}.o_proj.bias", f"{m}.out.bias")]
     return rules + _gdn_rules(f"{L}.linear_attn", m, cfg.linear_num_key_heads, cfg.linear_num_value_heads, cfg.linear_key_head_dim,
-                              cfg.linear_value_head_dim, qwen3_next=False)
+                              cfg.linear_value_head_dim, qwen3_next=qwen3_next)
+
+
+def _qwen35_rules(cfg) -> list[Rule]:
+    return _qwen_rules(cfg, qwen3_next=False) + _swiglu_rules("model.layers.{i}.mlp", "blocks.{i}.mlp")
 
 
 register_arch(Arch("Qwen3.5", ("qwen3_5_text",), "Qwen3_5ForCausalLM", _qwen35_config, _qwen35_to_hf, _qwen35_rules))
+
+
+def _qwen3_next_moe_layers(cfg) -> list[bool]:
+    """Which layers hold HF's Qwen3NextSparseMoeBlock (its Qwen3NextDecoderLayer's rule); the others a dense MLP."""
+    return [i not in cfg.mlp_only_layers and cfg.num_experts > 0 and (i + 1) % cfg.decoder_sparse_step == 0
+            for i in range(cfg.num_hidden_layers)]
+
+
+def _qwen3_next_config(cfg) -> ModelConfig:
+    mixers, kwargs = _qwen_mixers(cfg)
+    sparse = _qwen3_next_moe_layers(cfg)
+    _need(cfg, "shared_expert_intermediate_size", cfg.shared_expert_intermediate_size > 0 or not any(sparse), "a shared expert")
+    moe = {"num_experts": cfg.num_experts, "top_k": cfg.num_experts_per_tok, "hidden_size": cfg.moe_intermediate_size,
+           "activation": "silu", "normalize_topk": bool(cfg.norm_topk_prob),
+           "shared_hidden_size": cfg.shared_expert_intermediate_size, "shared_gate": True}
+    mlps = ["moe" if s else "swiglu" for s in sparse]
+    extra = {"mlp_kwargs": {"moe": moe}} if any(sparse) else {}
+    if not all(sparse):  # the dense MLPs' size (unused when every layer is sparse)
+        extra["mlp_ratio"] = _swiglu_ratio(cfg.hidden_size, cfg.intermediate_size)
+    return _lm(cfg, mixers, kwargs, mlp=mlps[0] if len(set(mlps)) == 1 else mlps, norm_eps=float(cfg.rms_norm_eps), **extra)
+
+
+def _qwen3_next_to_hf(mc: ModelConfig):
+    import transformers
+
+    from rnnlab.models.model import SwiGLU
+
+    mlps = mc.layer_mlps()
+    moe = next((kw for m, kw in zip(mlps, mc.layer_mlp_kwargs()) if m == "moe"), None)
+    fields = _qwen_config_to_hf(mc)
+    if moe is None:  # no sparse layer: HF's num_experts = 0 builds dense MLPs everywhere
+        return transformers.Qwen3NextConfig(intermediate_size=SwiGLU.hidden_size(mc.d_model, mc.mlp_ratio), num_experts=0, **fields)
+    if not moe.get("shared_hidden_size") or not moe.get("shared_gate", False):
+        raise ValueError("to_hf(qwen3_next): Qwen3-Next's sparse blocks always have a shared expert with a sigmoid gate; this "
+                         f"model's moe has shared_hidden_size={moe.get('shared_hidden_size')}, shared_gate={moe.get('shared_gate', False)}")
+    return transformers.Qwen3NextConfig(
+        intermediate_size=SwiGLU.hidden_size(mc.d_model, mc.mlp_ratio), num_experts=moe.get("num_experts", 8),
+        num_experts_per_tok=moe.get("top_k", 2), moe_intermediate_size=moe.get("hidden_size") or glu_hidden_size(mc.d_model),
+        norm_topk_prob=moe.get("normalize_topk", True), shared_expert_intermediate_size=moe.get("shared_hidden_size") or 0,
+        decoder_sparse_step=1, mlp_only_layers=[i for i, m in enumerate(mlps) if m != "moe"], **fields)
+
+
+def _qwen3_next_rules(cfg) -> list[Rule]:
+    """Qwen3-Next: Qwen3.5's layers with its own DeltaNet layout, and sparse MoE blocks -> rnnlab's moe: router (E, D),
+    experts' gate_up_proj (E, 2I, D) = [gate | up] rows and down_proj (E, D, I) transposed into w13 (E, D, 2I) and
+    w2 (E, I, D), the shared expert's gate and up into the shared w13 (D, 2S), its sigmoid gate as it is. Where a
+    layer's MLP is dense the SwiGLU rules apply (a rule claims only the tensors present)."""
+    f, r = "model.layers.{i}.mlp", "blocks.{i}.mlp"
+    T = lambda t: t.transpose(-1, -2)  # noqa: E731
+    return _qwen_rules(cfg, qwen3_next=True) + _swiglu_rules(f, r) + [
+        Rule(f"{f}.gate.weight", f"{r}.router.weight"), Rule(f"{f}.shared_expert_gate.weight", f"{r}.shared_gate.weight"),
+        Rule(f"{f}.experts.gate_up_proj", f"{r}.w13", T, T), Rule(f"{f}.experts.down_proj", f"{r}.w2", T, T),
+        Rule((f"{f}.shared_expert.gate_proj.weight", f"{f}.shared_expert.up_proj.weight"), f"{r}.shared.w13",
+             lambda g, u: torch.cat([g, u]).T, lambda w: tuple(w.T.chunk(2))),
+        Rule(f"{f}.shared_expert.down_proj.weight", f"{r}.shared.w2", T, T)]
+
+
+def _qwen3_next_stack_experts(state: dict) -> dict:
+    """Checkpoints (and transformers 4.x models) hold each expert's gate_proj, up_proj, down_proj apart; 5.x stacks them
+    as experts.gate_up_proj (E, 2I, D) = [gate | up] rows and experts.down_proj (E, D, I), the layout the rules read
+    (transformers' own qwen2_moe conversion on load). ``mtp.*`` (the multi-token-prediction head) is dropped, as
+    HF's causal LM drops it on load."""
+    out, experts = {}, {}
+    for k, t in state.items():
+        m = re.match(r"(.+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$", k)
+        if m:
+            experts.setdefault(m.group(1), {})[(int(m.group(2)), m.group(3))] = t
+        elif not k.startswith("mtp."):
+            out[k] = t
+    for prefix, parts in experts.items():
+        E = len(parts) // 3
+        if set(parts) != {(e, n) for e in range(E) for n in ("gate_proj", "up_proj", "down_proj")}:
+            raise ValueError(f"from_hf(qwen3_next): {prefix} does not hold gate_proj, up_proj and down_proj of experts 0..{E - 1}")
+        out[f"{prefix}.gate_up_proj"] = torch.stack([torch.cat([parts[e, "gate_proj"], parts[e, "up_proj"]]) for e in range(E)])
+        out[f"{prefix}.down_proj"] = torch.stack([parts[e, "down_proj"] for e in range(E)])
+    return out
+
+
+register_arch(Arch("Qwen3-Next", ("qwen3_next",), "Qwen3NextForCausalLM", _qwen3_next_config, _qwen3_next_to_hf, _qwen3_next_rules,
+                   read_hf_state=_qwen3_next_stack_experts))
 
 
 # --- RWKV-4 ----------------------------------------------------------------------------------------------------
@@ -551,9 +659,6 @@ NOT_MAPPED = {
               "embeddings (width 2 * hidden_size), carries per-layer LoRA adapters on q, k, v and its MLP, and its output "
               "enters through a per-layer linear added to the next Mamba-2 layer's input; an rnnlab layer owns its weights "
               "and sees only the residual stream, so the mapping is not direct (its Mamba-2 layers alone would be)",
-    "qwen3_next": "only its gated DeltaNet layers map (layer_from_hf, grouped value heads included): its sparse "
-                  "mixture-of-experts MLPs (with a shared expert) have no rnnlab counterpart yet; its gated attention is "
-                  "Qwen3.5's (mapped)",
     "qwen3_5": "a Qwen3.5 checkpoint with its vision tower: only the text model maps, as a Qwen3_5ForCausalLM "
                "(model_type 'qwen3_5_text') holding the language model's weights",
 }
@@ -573,7 +678,7 @@ def layer_from_hf(layer):
 def gated_deltanet_from_hf(layer):
     """A transformers ``Qwen3NextGatedDeltaNet`` or ``Qwen3_5GatedDeltaNet`` layer -> rnnlab ``gated_deltanet`` mixer
     with its weights, grouped value heads included (``num_v_heads``: the released checkpoints' 32 value heads on 16 key
-    heads). Whole Qwen3.5 models map with ``from_hf``; Qwen3-Next's need its mixture-of-experts MLPs (not in rnnlab)."""
+    heads). Whole Qwen3.5 and Qwen3-Next models map with ``from_hf``."""
     dims = (layer.num_k_heads, layer.num_v_heads, layer.head_k_dim, layer.head_v_dim)
     mixer = create_mixer("gated_deltanet", layer.hidden_size, **_gdn_kwargs(*dims, layer.conv_kernel_size, layer.activation,
                                                                             layer.layer_norm_epsilon))

@@ -83,7 +83,9 @@ class Arch:
     present); ``fix_hf_state(hf_model, state)`` undoes what an HF model does to its own weights in place
     (RWKV's inference rescaling), given the live model. ``scales_embedding``: the HF model multiplies the embedding
     lookup itself (RecurrentGemma's normalizer), so ``to_hf`` checks rnnlab's scale through the config instead of
-    folding it into the exported embedding."""
+    folding it into the exported embedding. ``read_hf_state(state)`` brings any HF state (a checkpoint's or a live
+    model's) to the one layout the rules read (Qwen3-Next's experts: one tensor per expert on disk and in 4.x models,
+    stacked in 5.x models) and drops what the HF causal LM itself ignores on load."""
 
     name: str
     model_types: tuple[str, ...]
@@ -93,6 +95,7 @@ class Arch:
     rules: Callable[[object], list[Rule]]
     fix_hf_state: Callable[[object, dict], dict] | None = None
     scales_embedding: bool = False
+    read_hf_state: Callable[[dict], dict] | None = None
 
 
 _ARCHS: dict[str, Arch] = {}
@@ -167,7 +170,7 @@ def from_hf(model_or_path, dtype: torch.dtype = torch.float32) -> SequenceModel:
     """An HF causal LM (a transformers model, or the path of a local checkpoint folder) -> rnnlab SequenceModel.
 
     Supported model types: ``hf_architectures()`` (Mamba, Falcon Mamba, Mamba-2, Bamba, RWKV-4, xLSTM, RecurrentGemma,
-    Qwen3.5's text model). The model runs through rnnlab's own forms, state and boundary handling; its logits equal
+    Qwen3.5's text model, Qwen3-Next). The model runs through rnnlab's own forms, state and boundary handling; its logits equal
     the HF model's (tests/interop)."""
     if isinstance(model_or_path, (str, Path)):
         hf_config, state = _read_path(Path(model_or_path))
@@ -178,6 +181,8 @@ def from_hf(model_or_path, dtype: torch.dtype = torch.float32) -> SequenceModel:
     arch = _arch_of(hf_config.model_type)
     if live is not None and arch.fix_hf_state is not None:
         state = arch.fix_hf_state(live, state)
+    if arch.read_hf_state is not None:
+        state = arch.read_hf_state(state)
     config = arch.config_from_hf(hf_config)
     rules = arch.rules(hf_config)
     if config.tie_embeddings:  # the tied head is the embedding: HF may list it under the head's name too

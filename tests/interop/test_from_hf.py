@@ -50,6 +50,14 @@ if hasattr(transformers, "Qwen3_5TextConfig"):
         hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=16, attention_bias=True,
         linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=16, num_hidden_layers=4,
         layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"]))
+# Qwen3-Next: Qwen3.5's layers (its DeltaNet with per-key-head grouped projections) with sparse MoE blocks: 5 experts
+# of 12 units, top 2 renormalized, a gated shared expert of 20 units; layer 2 a dense SwiGLU of 48 (mlp_only_layers)
+if hasattr(transformers, "Qwen3NextConfig"):
+    CONFIGS["qwen3_next"] = ("Qwen3NextConfig", dict(
+        hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=16, attention_bias=True,
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=16, num_hidden_layers=4,
+        layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"], num_experts=5,
+        num_experts_per_tok=2, moe_intermediate_size=12, shared_expert_intermediate_size=20, mlp_only_layers=[2]))
 # xLSTM (transformers 4.57 and later): xLSTM 7B's layout, q/k half the width of v; chunk 8 so that 13 tokens take HF's
 # chunkwise kernel and its recurrent tail (4.57's chunkwise kernel cannot run: it calls a tensor, `vecM_k_combine(...)`;
 # chunk 64 keeps 4.x on its recurrent kernel); widths multiples of 64 (HF's cache rounds them up to 64); no EOS (its
@@ -112,7 +120,7 @@ def test_logits_equal_hf_parallel_stepped_and_left_padded(model_type):
 # The others run their recurrent layers over the padding: RecurrentGemma's recurrent blocks ignore the mask (rows of
 # 6 and 1 real tokens off by 0.25 and 0.53 relative; its RG-LRU also resets at position 0, a padding token), and so do
 # RWKV's, xLSTM's, and the CPU paths of Mamba and Mamba-2 (3e-3 to 1): there rnnlab is compared with HF run per row.
-HONOURS_LEFT_PADDING = ("bamba", "falcon_mamba", "qwen3_5_text")
+HONOURS_LEFT_PADDING = ("bamba", "falcon_mamba", "qwen3_5_text", "qwen3_next")
 
 
 @pytest.mark.parametrize("model_type", [t for t in HONOURS_LEFT_PADDING if t in CONFIGS])
@@ -204,10 +212,9 @@ def test_what_has_no_counterpart_is_refused():
         zamba2 = SimpleNamespace(config=transformers.Zamba2Config(), state_dict=dict)  # the config decides; no 1.2B model built
         with pytest.raises(ValueError, match="'zamba2' \\(Zamba2's attention is one block shared"):
             from_hf(zamba2)
-    if hasattr(transformers, "Qwen3NextConfig"):  # whole Qwen3-Next: its MoE MLPs are not in rnnlab (its DeltaNet layers map)
-        qwen3_next = SimpleNamespace(config=transformers.Qwen3NextConfig(), state_dict=dict)
-        with pytest.raises(ValueError, match="mixture-of-experts"):
-            from_hf(qwen3_next)
+    if "qwen3_next" in CONFIGS:  # a sparse layer without a shared expert: rnnlab's moe has no gate without one
+        with pytest.raises(ValueError, match="shared_expert_intermediate_size"):
+            from_hf(hf_model("qwen3_next", shared_expert_intermediate_size=0))
     with pytest.raises(ValueError, match="model_type 'gpt2'"):
         from_hf(transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=V)))
     neg = SequenceModel(ModelConfig(mixer="mamba", mixer_kwargs={"negative_eigenvalues": True}, vocab_size=V, d_model=16, n_layers=1, mlp=None))
@@ -382,3 +389,63 @@ def test_an_rnnlab_dense_mlstm_model_exports_to_xlstm_and_the_rest_is_refused():
             to_hf(SequenceModel(model.config.replace(mixer_kwargs=bad)), "xlstm")
     with pytest.raises(ValueError, match="use_bias"):
         from_hf(hf_model("xlstm", use_bias=True))
+
+
+needs_qwen3_next = pytest.mark.skipif("qwen3_next" not in CONFIGS, reason="this transformers has no Qwen3-Next")
+
+
+@needs_qwen3_next
+@pytest.mark.parametrize("variant", [{}, {"norm_topk_prob": False, "decoder_sparse_step": 2, "mlp_only_layers": []}])
+def test_qwen3_next_routes_every_token_to_hfs_experts(variant):
+    """Qwen3-Next's sparse blocks -> rnnlab's moe: each token's top-k experts are HF's (compared per layer from the
+    router logits each side computes), with the top-k probabilities renormalized or not (norm_topk_prob), and the
+    dense layers where decoder_sparse_step / mlp_only_layers put them; the logits equal HF's."""
+    hf = hf_model("qwen3_next", **variant)
+    from rnnlab.ops.moe import route
+
+    model = from_hf(hf)
+    sparse = [i for i, layer in enumerate(hf.model.layers) if hasattr(layer.mlp, "gate")]
+    assert model.config.layer_mlps() == ["moe" if i in sparse else "swiglu" for i in range(4)]
+    assert sparse == ([0, 1, 3] if not variant else [1, 3])
+    assert all(model.blocks[i].mlp.normalize_topk == hf.config.norm_topk_prob for i in sparse)
+    chosen = {"hf": {}, "rnnlab": {}}
+
+    def keep(side, i):  # HF's router returns (logits, weights, indices); rnnlab's moe ranks its router's logits (route)
+        def hook(module, inputs, output):
+            top = output[2] if side == "hf" else route(output, 2, True)[1]
+            chosen[side][i] = top.sort(-1).values
+        return hook
+
+    for i in sparse:
+        hf.model.layers[i].mlp.gate.register_forward_hook(keep("hf", i))
+        model.blocks[i].mlp.router.register_forward_hook(keep("rnnlab", i))
+    ids = torch.randint(0, V, (3, T), generator=torch.Generator().manual_seed(2))
+    expected = hf_logits(hf, ids)
+    with torch.no_grad():
+        assert_close(model(ids)[0], expected)
+    for i in sparse:
+        assert torch.equal(chosen["rnnlab"][i], chosen["hf"][i]), i
+        assert len(chosen["hf"][i].unique()) == 5, "every expert serves some token"
+    moe = model.config.mlp_kwargs["moe"]
+    flipped = {"moe": {**moe, "normalize_topk": not moe["normalize_topk"]}}
+    other = SequenceModel(model.config.replace(mlp_kwargs=flipped)).eval()  # the renormalization matters here
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(other(ids)[0], expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_qwen3_next
+def test_an_rnnlab_moe_hybrid_exports_to_qwen3_next():
+    """An rnnlab model of Qwen3-Next's shape (gated DeltaNet + gated attention, moe MLPs with a gated shared expert)
+    exports (to_hf) with the same logits; a moe without the shared gate has no Qwen3-Next counterpart."""
+    gdn = {"num_heads": 2, "num_v_heads": 4, "head_dim": 8, "expand_v": 2.0, "norm_eps": 1e-6}
+    att = {"num_heads": 4, "num_kv_heads": 2, "head_dim": 16, "rotary_dim": 4, "qk_norm": True, "output_gate": True, "norm_eps": 1e-6}
+    moe = {"num_experts": 4, "top_k": 2, "hidden_size": 16, "shared_hidden_size": 24, "shared_gate": True}
+    config = ModelConfig(mixer=["gated_deltanet", "attention"], mixer_kwargs={"gated_deltanet": gdn, "attention": att}, d_model=32,
+                         n_layers=2, vocab_size=V, mlp="moe", mlp_kwargs={"moe": moe})
+    model = SequenceModel(config).eval()
+    ids = torch.randint(0, V, (2, T))
+    with torch.no_grad():
+        assert_close(hf_logits(to_hf(model, "qwen3_next"), ids), model(ids)[0])
+    with pytest.raises(ValueError, match="shared_gate=False"):
+        to_hf(SequenceModel(config.replace(mlp_kwargs={"moe": {**moe, "shared_gate": False}})), "qwen3_next")
