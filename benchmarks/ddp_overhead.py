@@ -20,8 +20,9 @@ A timed step runs between two barriers (all processes start together; the slowes
 batch x seq_len / seconds per step. The methods run in turns: each round runs ``--steps`` timed steps of every
 method, in an order rotated every round, after ``--warmup`` untimed steps of each, so a change of a shared
 machine's load hits them alike. Reported: the median over rounds of each method's tokens/s, its min-max, and the
-median over rounds of the per-round ratio to ``flat``. At the end the three synchronised models (they trained on
-the same batches) are compared: their weights agree up to float summation order, so they did the same work.
+median over rounds of the per-round ratio to ``flat``; and the time of one all-reduce of the flat gradient alone.
+At the end the three synchronised models (they trained on the same batches) are compared: their weights agree up
+to float summation order (measured: bit for bit), so they did the same work.
 """
 from __future__ import annotations
 
@@ -122,8 +123,15 @@ def worker(rank, args, port, out):
 
     whole = {m: [full_tensor(p.detach()) for p in runs[m][1].parameters()] for m in ("ddp", "fsdp", "flat")}
     agree = {m: max(rel_err(a, b) for a, b in zip(whole[m], whole["flat"])) for m in ("ddp", "fsdp")}
+    # the communication alone: one all-reduce of a buffer the size of the flat gradient
+    buf, ar = torch.zeros(sum(p.numel() for p in runs["flat"][3])), []
+    for _ in range(10):
+        dist.barrier()
+        t0 = time.perf_counter()
+        dist.all_reduce(buf)
+        ar.append(time.perf_counter() - t0)
     if rank == 0:
-        out.put({"times": times, "agree": agree, "params": runs["flat"][1].num_parameters()})
+        out.put({"times": times, "agree": agree, "params": runs["flat"][1].num_parameters(), "all_reduce_s": statistics.median(ar)})
     dist.destroy_process_group()
 
 
@@ -164,10 +172,12 @@ def main(argv=None):
     print(f"{'method':<8} {'tokens/s (median)':>18} {'min-max':>17} {'/ flat (median of rounds)':>26}")
     for m in METHODS:
         print(f"{m:<8} {statistics.median(tps[m]):>18,.0f} {min(tps[m]):>8,.0f}-{max(tps[m]):<8,.0f} {ratio[m]:>26.3f}")
+    print(f"one all-reduce of the {res['params'] * 4 / 1e6:.1f} MB flat gradient: {res['all_reduce_s'] * 1e3:.1f} ms (median of 10); "
+          f"a step of flat: {statistics.median(res['times']['flat']) * 1e3:.0f} ms")
     print("weights after the run vs flat (rel. error): " + ", ".join(f"{m} {e:.1e}" for m, e in res["agree"].items()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "tokens_per_s": tps, "ratio_to_flat": ratio, "agree": res["agree"],
+            json.dump({"args": vars(args), "tokens_per_s": tps, "all_reduce_s": res["all_reduce_s"], "ratio_to_flat": ratio, "agree": res["agree"],
                        "load": [load0, os.getloadavg()[0]], "torch": torch.__version__}, f, indent=1)
 
 
