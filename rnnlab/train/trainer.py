@@ -238,10 +238,12 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
             starts.load(tensors, device)  # the carried states
         del tensors
 
-    b = tc.batch_size // world
     ridge = model_cfg.readout == "ridge"  # closed-form readout: batches are summed into the ridge sums, no gradient steps
     if ridge and tc.pack:
         raise ValueError('train.pack is not supported with model.readout="ridge" (the ridge sums read whole rows)')
+    if ridge and tc.parallel == "fsdp":  # the fit writes whole tensors into the head; use ddp (nothing to shard)
+        raise ValueError('train.parallel="fsdp" is not supported with model.readout="ridge" (its only trained parameters '
+                         'are the head\'s, set in closed form); use train.parallel="ddp"')
     metric, higher = task.primary_metric, task.higher_is_better
     reached = lambda s: tc.target is not None and (s >= tc.target if higher else s <= tc.target)  # noqa: E731
     best, evals, stopped_early = extra.get("best"), extra.get("evals") or None, False
@@ -257,10 +259,8 @@ def _train(resolved, task, model_cfg, tc, resume: bool) -> dict[str, Any]:
         stopped_early = True  # the checkpointed run had already stopped at its target
     model.train()
     while step < tc.steps and not stopped_early:
-        if ridge:  # the closed-form readout: this step's batch joins the ridge sums
-            full = task.train_batch(tc.batch_size, tc.seed, step)
-            batch = full.rows(slice(rank * b, (rank + 1) * b)).to(device)
-            rows = model.accumulate(batch.inputs, batch.targets)
+        if ridge:  # the closed-form readout: this process's shards of the step's batch join the ridge sums
+            rows = sum(model.accumulate(mb.inputs, mb.targets) for mb in _micro_batches(task, tc, step, rank, world, device))
             step += 1
             if main and (step % tc.log_every == 0 or step == tc.steps):
                 _write_jsonl(run_dir / METRICS, {"step": step, "ridge_rows": int(model.ridge.rows), "batch_rows": rows})
@@ -334,6 +334,14 @@ def _fit(model, tc, world: int) -> None:
     model.fit_readout(tc.ridge, gram, moment)
 
 
+def _micro_batches(task, tc, step, rank, world, device, shard_of=train_shard) -> list:
+    """This process's train.grad_accum shards of global batch ``step``: shards rank * accum ... of world * accum
+    (rnnlab.train.packing; ``shard_of``: what makes a shard's batch, e.g. rnnlab.train.birdie's objectives)."""
+    accum = tc.grad_accum
+    return [shard_of(task, step, rank * accum + m, world * accum, batch_size=tc.batch_size, seed=tc.seed,
+                     pack=tc.pack, pack_tokens=tc.pack_tokens).to(device) for m in range(accum)]
+
+
 def _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, run_dir, main, model, starts=None,
                    shard_of=train_shard):
     """One AdamW step on global batch ``step`` -> (step + 1, global-batch loss, gradient norm, tokens of the global batch,
@@ -345,8 +353,7 @@ def _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, 
     lr = get_lr(step, tc.lr, tc.warmup, tc.steps, tc.min_lr_ratio)
     for g in optimizer.param_groups:
         g["lr"] = lr
-    micro = [shard_of(task, step, rank * accum + m, world * accum, batch_size=tc.batch_size, seed=tc.seed,
-                      pack=tc.pack, pack_tokens=tc.pack_tokens).to(device) for m in range(accum)]
+    micro = _micro_batches(task, tc, step, rank, world, device, shard_of)
     totals = D.all_reduce_sum(torch.tensor([sum(mb.count for mb in micro), sum(mb.tokens for mb in micro)], device=device))
     count, tokens = totals[0].clamp_min(1).to(device), int(totals[1])  # over the global batch
     optimizer.zero_grad(set_to_none=True)

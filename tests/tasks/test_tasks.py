@@ -52,6 +52,42 @@ def test_shapes_masks_determinism(name):
             assert not torch.equal(tb.inputs, tr.inputs)
 
 
+def _small_corpus(root):
+    for i in range(12):
+        (root / f"f{i:02d}.py").write_text(f"# file {i}\n" + "x = %d\n" % i * 40)
+    return str(root)
+
+
+def _equal(a, b):
+    return a.shape == b.shape and torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
+
+
+@pytest.mark.parametrize("name", available_tasks())
+def test_a_shard_of_the_train_batch_is_the_slice_of_the_whole(name, tmp_path, monkeypatch):
+    """``train_batch(rows=)`` (what rnnlab.train.packing.train_shard reads for one process's micro-batch) equals the
+    whole batch's rows, for every task; bytes_lm (on a small local corpus) also reads only the windows it returns."""
+    from rnnlab.train.packing import train_shard
+
+    task = make(name, corpus=_small_corpus(tmp_path), seq_len=16, valid_fraction=0.3) if name == "bytes_lm" else make(name)
+    whole = task.train_batch(12, seed=3, step=5)
+    if name == "bytes_lm":
+        read = []
+        real = type(task)._windows
+        monkeypatch.setattr(type(task), "_windows", staticmethod(lambda d, starts, T: read.append(len(starts)) or real(d, starts, T)))
+    for shards in (2, 3, 4):
+        b = 12 // shards
+        for j in range(shards):
+            part = task.train_batch(12, seed=3, step=5, rows=slice(j * b, (j + 1) * b))
+            ref = whole.rows(slice(j * b, (j + 1) * b))
+            assert _equal(part.inputs, ref.inputs) and _equal(part.targets, ref.targets), (shards, j)
+            assert (part.lengths is None) == (ref.lengths is None) and (part.lengths is None or torch.equal(part.lengths, ref.lengths))
+            shard = train_shard(task, 5, j, shards, batch_size=12, seed=3, pack=False, pack_tokens=None)
+            assert _equal(shard.inputs, ref.inputs) and _equal(shard.targets, ref.targets) and shard.cu_seqlens is None
+            assert shard.count == int(task.count_scored(ref.targets)) and shard.tokens == ref.inputs.shape[0] * ref.inputs.shape[1]
+    if name == "bytes_lm":
+        assert read == [b for shards in (2, 3, 4) for b in [12 // shards] * (2 * shards)]  # its own windows only
+
+
 def test_registry_errors_name_choices():
     with pytest.raises(ValueError, match="valid choices: .*mqar"):
         create_task("mqarr")

@@ -43,6 +43,21 @@ def test_packed_batch_holds_the_padded_examples_without_padding(name):
     assert full.tokens <= 16 * task.seq_len and len(full.cu_seqlens) - 1 > 16
 
 
+@pytest.mark.parametrize("shards", [2, 3])
+def test_packed_shards_split_the_global_packed_batch(shards):
+    """Shard j of a packed step holds examples j, j + shards, ...: together exactly the one-process packed batch."""
+    task = _task("parity")
+    whole = packed_batch(task, 16, seed=3, step=5)
+    cuts = whole.cu_seqlens.tolist()
+    examples = [whole.inputs[0, a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    parts = [packed_batch(task, 16, seed=3, step=5, shard=j, shards=shards) for j in range(shards)]
+    for j, part in enumerate(parts):
+        c = part.cu_seqlens.tolist()
+        mine = [part.inputs[0, a:b] for a, b in zip(c[:-1], c[1:])]
+        assert len(mine) == len(examples[j::shards]) and all(torch.equal(x, y) for x, y in zip(mine, examples[j::shards]))
+    assert sum(p.count for p in parts) == whole.count and sum(p.tokens for p in parts) == whole.tokens
+
+
 @pytest.mark.parametrize("mixer", ["lstm", "attention", "mamba"])
 def test_packed_loss_and_gradients_equal_the_padded_batch(mixer):
     task = _task("copy")

@@ -106,6 +106,27 @@ def test_two_processes_with_grad_accum_equal_one_process_on_the_global_batch(tmp
     assert not torch.equal(a["model.head.weight"], torch.zeros_like(a["model.head.weight"]))
 
 
+PACKED = [*ARGS, "train.pack=true", "task.min_len=3"]  # parity of lengths 3..12, packed back to back
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_packed_batches_on_two_processes_equal_one_process(tmp_path, env1, parallel):
+    """train.pack under DDP / FSDP: each process packs its own examples of the step (every second one) into one
+    row with cu_seqlens. Bit for bit the run of one process accumulating the same two packed shards, and up to
+    summation order the run of one process packing the whole global batch into one row."""
+    _torchrun([*PACKED, f"train.parallel={parallel}", "--run-dir", str(tmp_path / "two")], env1)
+    assert main(["train", *PACKED, "train.grad_accum=2", "--run-dir", str(tmp_path / "accum2")]) == 0
+    assert main(["train", *PACKED, "--run-dir", str(tmp_path / "one")]) == 0
+    _same(tmp_path / "accum2", tmp_path / "two")
+    a, b = _state(tmp_path / "one"), _state(tmp_path / "two")
+    for k in a:
+        assert_close(b[k], a[k], name=k)
+    logged = [json.loads(ln) for ln in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(ln) for ln in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    losses = [(r["loss"], q["loss"]) for r, q in zip(logged, ref) if "loss" in r]
+    assert len(losses) == 2 and all(abs(x - y) <= 1e-5 * abs(y) for x, y in losses)
+
+
 def test_fsdp_run_resumes_on_another_number_of_processes(tmp_path, env1, accum2):
     """One process's checkpoint resumed by two FSDP processes, and two FSDP processes' checkpoint resumed by one:
     both continue exactly as the uninterrupted run."""

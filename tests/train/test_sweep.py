@@ -101,6 +101,13 @@ def test_killed_sweep_restarts_keeping_finished_results(tmp_path, env1, launcher
         assert logged == [*range(10, n + 1, 10), *([n] if n % 10 else [])] and r["steps"] == n, logged
 
 
+def test_importing_rnnlab_does_not_import_the_engines():
+    """ray and submitit are optional extras, imported only by the launcher that uses them."""
+    code = ("import sys, rnnlab, rnnlab.cli, rnnlab.train.sweep, rnnlab.train.launchers, rnnlab.train.worker; "
+            "bad = {'ray', 'submitit'} & set(sys.modules); assert not bad, bad")
+    subprocess.run([PY, "-c", code], check=True)
+
+
 def test_bad_sweep_fails_before_running(tmp_path):
     s = spec(tmp_path)
     s["grid"]["mixer"] = ["attention", "nope"]
