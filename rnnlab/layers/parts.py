@@ -13,8 +13,13 @@ from rnnlab.ops.conv import causal_conv1d
 __all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos_sin", "positions", "learned_initial_state"]
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """x in float32, or float64 kept (the float64 policy: no rounding to float32 on the way)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class RMSNorm(nn.Module):
-    """y = x / rms(x) * weight over the last dim (Zhang & Sennrich 2019); computed in float32."""
+    """y = x / rms(x) * weight over the last dim (Zhang & Sennrich 2019); computed in float32 (float64 for float64)."""
 
     def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True):
         super().__init__()
@@ -22,10 +27,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
+        xf = at_least_float32(x)
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.weight is not None:
-            y = y * self.weight.float()
+            y = y * self.weight.to(xf.dtype)
         return y.to(x.dtype)
 
 
@@ -38,7 +43,7 @@ class GatedRMSNorm(RMSNorm):
         self.act = {"silu": F.silu, "sigmoid": torch.sigmoid}[activation]
 
     def forward(self, x: Tensor, gate: Tensor) -> Tensor:  # type: ignore[override]
-        return super().forward(x) * self.act(gate.float()).to(x.dtype)
+        return super().forward(x) * self.act(at_least_float32(gate)).to(x.dtype)
 
 
 class ShortConv(nn.Module):
@@ -100,7 +105,7 @@ def positions(pos: Tensor, T: int) -> Tensor:
 
 def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate pairs (x[..., :d/2], x[..., d/2:]) of x (B, T, H, d) by the angles of cos/sin (T, d/2) or (B, T, d/2)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
+    x1, x2 = at_least_float32(x).chunk(2, dim=-1)
     c, s = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
     return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).to(x.dtype)
 
