@@ -17,6 +17,11 @@ head among num_heads / num_kv_heads query heads (grouped-query attention, Ainsli
 num_kv_heads heads), and ``rotary_dim`` rotates only the first rotary_dim entries of each head (partial rotary, as
 GPT-NeoX; its frequencies are those of a rotary_dim-sized head). The projection is one matrix whose rows are
 [q (H·dh), k (H_kv·dh), v (H_kv·dh)].
+
+``persistent_tokens`` = N_p > 0 adds N_p learnable tokens (N_p, D) whose keys and values (through the same projection,
+not rotated: they have no position) every query sees besides its window — Titans' persistent memory (Behrouz et al.
+2024, §3.3) in MAG / MAL's SW-Attn* (§4.2-4.3: prepended to the sequence, they stay visible to every query). They are
+parameters, not state: a packed sequence, a split or a decode step sees them alike.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ class Attention(Mixer):
     """x (B, T, D) -> y (B, T, D); causal softmax attention, ``num_heads`` heads of size D/num_heads."""
 
     def __init__(self, d_model: int, num_heads: int = 4, window: int | None = None, rope_base: float = 10000.0, bias: bool = False,
-                 num_kv_heads: int | None = None, rotary_dim: int | None = None):
+                 num_kv_heads: int | None = None, rotary_dim: int | None = None, persistent_tokens: int = 0):
         super().__init__(d_model)
         if d_model % num_heads or (d_model // num_heads) % 2:
             raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads} into an even head size (rotary)")
@@ -52,6 +57,8 @@ class Attention(Mixer):
             raise ValueError(f"rotary_dim must be even and in (0, head_dim = {self.head_dim}], got {rotary_dim}")
         self.qkv = nn.Linear(d_model, d_model + 2 * num_kv_heads * self.head_dim, bias=bias)
         self.out = nn.Linear(d_model, d_model, bias=bias)
+        # unit-scale inputs like the (normalized) x; None: no persistent tokens
+        self.persistent = nn.Parameter(torch.randn(persistent_tokens, d_model)) if persistent_tokens else None
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         kv = torch.zeros(batch_size, self.num_kv_heads, 0, self.head_dim, device=device, dtype=dtype or torch.float32)
@@ -92,7 +99,17 @@ class Attention(Mixer):
                 i = torch.arange(T, device=x.device)[:, None] + L
                 mask = mask & ((j <= i) & ((i - j) < self.window if self.window is not None else True))
             causal = False
-        o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=causal,
+        k_att, v_att = k_all, v_all
+        if self.persistent is not None:  # a prefix every query sees: its keys/values first, the mask's columns all True
+            _, pk, pv = (rearrange(t, "n (h d) -> h n d", d=hd).expand(B, -1, -1, -1)
+                         for t in self.qkv(self.persistent.to(x.dtype)).split([self.d_model, hkv * hd, hkv * hd], -1))
+            k_att, v_att = torch.cat([pk, k_all], 2), torch.cat([pv, v_all], 2)
+            if mask is None and causal:
+                mask = torch.ones(T, L + T, dtype=torch.bool, device=x.device).tril(L)
+            if mask is not None:
+                mask = torch.cat([mask.new_ones(*mask.shape[:-1], pk.shape[2]), mask.expand(*mask.shape[:-2], T, L + T)], -1)
+            causal = False
+        o = F.scaled_dot_product_attention(q, k_att, v_att, attn_mask=mask, is_causal=causal,
                                            enable_gqa=hkv != self.num_heads)  # (B, H, T, dh)
         y = self.out(rearrange(o, "b h t d -> b t (h d)"))
         keep = self._cache_len(L + T)
@@ -104,4 +121,4 @@ class Attention(Mixer):
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, window={self.window}, "
-                f"rotary_dim={self.rotary_dim}")
+                f"rotary_dim={self.rotary_dim}" + (f", persistent_tokens={self.persistent.shape[0]}" if self.persistent is not None else ""))

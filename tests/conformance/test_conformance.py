@@ -18,6 +18,8 @@ VARIANTS = {"mamba[bias,no conv bias,falcon norms]": ("mamba", {"bias": True, "c
             "hawk[gate_blocks=4,reset_first_token]": ("hawk", {"gate_blocks": 4, "reset_first_token": True}),
             "attention[gqa,partial rotary]": ("attention", {"num_heads": 4, "num_kv_heads": 2, "rotary_dim": 4}),
             "sliding_attention[gqa]": ("sliding_attention", {"num_heads": 4, "num_kv_heads": 1}),
+            "sliding_attention[gqa,persistent tokens]": ("sliding_attention", {"num_heads": 4, "num_kv_heads": 2, "persistent_tokens": 3}),
+            "attention[persistent tokens]": ("attention", {"persistent_tokens": 2}),
             "mlstm[dense (xLSTM 7B),qk half,gate soft cap,eps]": ("mlstm", {"layout": "dense", "qk_dim_factor": 0.5,
                                                                            "gate_soft_cap": 15.0, "eps": 1e-6}),
             "mlstm[block,gate soft cap,eps]": ("mlstm", {"gate_soft_cap": 15.0, "eps": 1e-6}),
