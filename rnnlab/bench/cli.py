@@ -77,6 +77,8 @@ def register(subparsers) -> None:
     p.add_argument("--budget", type=float, help="seconds of timed calls per measurement before stopping early")
     p.add_argument("--max-call-s", type=float, help="skip lengths whose predicted single call exceeds this (s)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
+    p.add_argument("--max-memory-gb", type=float, help="memory cap of the run beyond what it holds at the start (default: 90%% of "
+                   "the available memory); a row that needs more is recorded as failed and the run goes on")
     p.add_argument("--quick", action="store_true", help="small shapes and few reps: every mixer in < 3 min on 2 cores")
     p.add_argument("--json", metavar="OUT", help="write the result (schema rnnlab-bench/1) to this file")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots to this folder")
@@ -111,7 +113,7 @@ def _config_from_args(args):
     return BenchConfig.preset(
         quick=args.quick, mixers=mixers, ops=ops, peers=peers, seq_lens=seq_lens, batch=batch, d_model=d_model,
         modes=modes, dtypes=dtypes, decode_batches=csv_list(args.decode_batches, positive_int, "--decode-batches"), threads=threads, reps=args.reps,
-        warmup=args.warmup, budget_s=args.budget, max_call_s=args.max_call_s,
+        warmup=args.warmup, budget_s=args.budget, max_call_s=args.max_call_s, max_memory_gb=args.max_memory_gb,
         memory=False if args.no_memory else None, packing=False if args.no_packing or args.headline else None,
         hf_models=csv_list(args.hf_models, what="--hf-models"),
     )

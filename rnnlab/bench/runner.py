@@ -19,7 +19,9 @@ step at batch 1 and 16 after a prefill of ``context`` tokens (for mixers whose s
 attention, at every context in ``seq_lens``; otherwise once, after the shortest), tokens/s =
 batch / latency. ``peak_mem_bytes``: peak memory a call held beyond what was resident before
 it (rnnlab.bench.timing.peak_rss_delta). A failing mixer gives rows with ``error`` set; the
-run continues. Lengths predicted to exceed ``max_call_s`` per call (linear extrapolation from
+run continues, also when a row runs out of memory: the run holds a memory cap (``max_memory_gb``,
+rnnlab.bench.timing.memory_cap), so an allocation past it raises in that row instead of the kernel killing the
+process. Lengths predicted to exceed ``max_call_s`` per call (linear extrapolation from
 the previous length) are skipped with a ``note``.
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Callable
 import torch
 
 from rnnlab.bench.machine import describe_machine, measure_roofline
-from rnnlab.bench.timing import BenchTimeout, peak_rss_delta, time_call, time_limit
+from rnnlab.bench.timing import BenchTimeout, memory_cap, peak_rss_delta, time_call, time_limit
 from rnnlab.runtime import scoped_threads
 
 __all__ = ["BenchConfig", "run_bench", "SCHEMA_VERSION", "ROW_FIELDS", "row_key", "Subject", "DTYPES", "MODES"]
@@ -79,6 +81,7 @@ class BenchConfig:
     time_budget_s: float | None = None  # whole run: past each benchmark's equal share, only its shortest T runs
     timeout_s: float = 120.0  # hard limit for one measurement (warm-up + reps + memory)
     memory: bool = True
+    max_memory_gb: float | None = None  # the run's memory cap beyond what it holds at the start (None: 90% of the available)
     quick: bool = False
     device: str = "cpu"
     seed: int = 0
@@ -431,7 +434,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     in force. The allocator is left alone: ``rnnlab bench`` tunes it, and ``machine.malloc_tuned`` says
     whether it was (rnnlab.runtime.tune_allocator)."""
     cfg.validate()
-    with scoped_threads(cfg.threads or None):
+    extra = None if cfg.max_memory_gb is None else int(cfg.max_memory_gb * 2**30)
+    with scoped_threads(cfg.threads or None), memory_cap(extra) as cap:  # an allocation past it fails one row, not the run
+        if cap is not None:
+            log(f"memory cap: {cap / 2**30:.1f} GiB of data memory (a row that needs more records the error and the run goes on)")
         return _run_bench(cfg, log)
 
 

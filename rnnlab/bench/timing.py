@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Timing", "time_call", "race", "fwd_and_train", "peak_rss_delta", "memory_probe_available", "time_limit",
+__all__ = ["Timing", "time_call", "race", "fwd_and_train", "peak_rss_delta", "memory_probe_available", "time_limit", "memory_cap",
            "BenchTimeout"]
 
 
@@ -193,3 +193,44 @@ def time_limit(seconds: float | None):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def _meminfo_bytes(path: str, key: str) -> int | None:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def memory_cap(extra_bytes: int | None = None, fraction: float = 0.9):
+    """Cap the process's data memory inside the block (Linux RLIMIT_DATA, which counts the heap and private anonymous
+    mappings: every torch CPU tensor) at what it holds now plus ``extra_bytes`` (None: ``fraction`` of the memory the
+    system has available now). An allocation beyond it then raises (torch: RuntimeError "not enough memory", Python:
+    MemoryError), which the runner records as that row's error, instead of the kernel's out-of-memory killer ending the
+    whole run. Restored on exit; no-op where the limit or /proc is unavailable. Yields the cap in bytes or None."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        yield None
+        return
+    held = _meminfo_bytes("/proc/self/status", "VmData")
+    if extra_bytes is None:
+        avail = _meminfo_bytes("/proc/meminfo", "MemAvailable")
+        extra_bytes = None if avail is None else int(fraction * avail)
+    if held is None or extra_bytes is None or not hasattr(resource, "RLIMIT_DATA"):
+        yield None
+        return
+    old = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = held + extra_bytes
+    if old[1] != resource.RLIM_INFINITY:
+        cap = min(cap, old[1])
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, old[1]))
+    try:
+        yield cap
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, old)

@@ -28,6 +28,11 @@ RecurrentGemma's, whose q, k, v have none), ``head_dim`` (heads of any size, H·
 ``output_gate`` (the heads' outputs times sigmoid(W_g x) before the output projection, W_g being H·dh more rows of
 the projection: [q, k, v, g]; Qwen3.5's gated attention, Qiu et al. 2025, "Gated Attention for Large Language
 Models", its G1 position).
+
+``persistent_tokens`` = N_p > 0 adds N_p learnable tokens (N_p, D) whose keys and values (through the same projection,
+not rotated: they have no position) every query sees besides its window — Titans' persistent memory (Behrouz et al.
+2024, §3.3) in MAG / MAL's SW-Attn* (§4.2-4.3: prepended to the sequence, they stay visible to every query). They are
+parameters, not state: a packed sequence, a split or a decode step sees them alike.
 """
 from __future__ import annotations
 
@@ -49,7 +54,8 @@ class Attention(Mixer):
 
     def __init__(self, d_model: int, num_heads: int = 4, window: int | None = None, rope_base: float | None = 10000.0, bias: bool = False,
                  num_kv_heads: int | None = None, rotary_dim: int | None = None, out_bias: bool | None = None,
-                 head_dim: int | None = None, qk_norm: bool = False, output_gate: bool = False, norm_eps: float = 1e-6):
+                 head_dim: int | None = None, qk_norm: bool = False, output_gate: bool = False, norm_eps: float = 1e-6,
+                 persistent_tokens: int = 0):
         super().__init__(d_model)
         if head_dim is None and (d_model % num_heads or (d_model // num_heads) % 2):
             raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads} into an even head size (rotary)")
@@ -71,6 +77,8 @@ class Attention(Mixer):
         self.out = nn.Linear(inner, d_model, bias=bias if out_bias is None else out_bias)
         self.q_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
+        # unit-scale inputs like the (normalized) x; None: no persistent tokens
+        self.persistent = nn.Parameter(torch.randn(persistent_tokens, d_model)) if persistent_tokens else None
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         kv = torch.zeros(batch_size, self.num_kv_heads, 0, self.head_dim, device=device, dtype=dtype or torch.float32)
@@ -117,7 +125,20 @@ class Attention(Mixer):
                 i = torch.arange(T, device=x.device)[:, None] + L
                 mask = mask & ((j <= i) & ((i - j) < self.window if self.window is not None else True))
             causal = False
-        o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=causal,
+        k_att, v_att = k_all, v_all
+        if self.persistent is not None:  # a prefix every query sees: its keys/values first, the mask's columns all True
+            _, pk, pv, *_ = self.qkv(self.persistent.to(x.dtype)).split([inner, hkv * hd, hkv * hd] + [inner] * self.output_gate, -1)
+            pk, pv = (rearrange(t, "n (h d) -> n h d", d=hd) for t in (pk, pv))
+            if self.k_norm is not None:
+                pk = self.k_norm(pk)
+            pk, pv = (t.transpose(0, 1).expand(B, -1, -1, -1) for t in (pk, pv))  # (B, H_kv, N_p, dh)
+            k_att, v_att = torch.cat([pk, k_all], 2), torch.cat([pv, v_all], 2)
+            if mask is None and causal:
+                mask = torch.ones(T, L + T, dtype=torch.bool, device=x.device).tril(L)
+            if mask is not None:
+                mask = torch.cat([mask.new_ones(*mask.shape[:-1], pk.shape[2]), mask.expand(*mask.shape[:-2], T, L + T)], -1)
+            causal = False
+        o = F.scaled_dot_product_attention(q, k_att, v_att, attn_mask=mask, is_causal=causal,
                                            enable_gqa=hkv != self.num_heads)  # (B, H, T, dh)
         o = rearrange(o, "b h t d -> b t (h d)")
         y = self.out(o * torch.sigmoid(gate[0]) if gate else o)
@@ -129,4 +150,5 @@ class Attention(Mixer):
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, num_kv_heads={self.num_kv_heads}, "
-                f"window={self.window}, rotary_dim={self.rotary_dim}, qk_norm={self.q_norm is not None}, output_gate={self.output_gate}")
+                f"window={self.window}, rotary_dim={self.rotary_dim}, qk_norm={self.q_norm is not None}, output_gate={self.output_gate}"
+                + (f", persistent_tokens={self.persistent.shape[0]}" if self.persistent is not None else ""))

@@ -14,6 +14,11 @@ __all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos
            "fused_linear"]
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """x in float32, or float64 kept (the float64 policy: no rounding to float32 on the way)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class RMSNorm(nn.Module):
     """y = x / rms(x) * weight over the last dim (Zhang & Sennrich 2019); computed in float32 (float64 for float64 x)."""
 
@@ -25,9 +30,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # torch's rms_norm: the same arithmetic (bit for bit) as x * rsqrt(mean(x²) + eps) * w in one call; float32
         # (float64 in a float64 module: the dtype policy)
-        acc = torch.promote_types(x.dtype, torch.float32)
-        w = None if self.weight is None else self.weight.to(acc)
-        return F.rms_norm(x.to(acc), (x.shape[-1],), w, self.eps).to(x.dtype)
+        xf = at_least_float32(x)
+        w = None if self.weight is None else self.weight.to(xf.dtype)
+        return F.rms_norm(xf, (x.shape[-1],), w, self.eps).to(x.dtype)
 
 
 class GatedRMSNorm(RMSNorm):
@@ -39,7 +44,7 @@ class GatedRMSNorm(RMSNorm):
         self.act = {"silu": F.silu, "sigmoid": torch.sigmoid}[activation]
 
     def forward(self, x: Tensor, gate: Tensor) -> Tensor:  # type: ignore[override]
-        return super().forward(x) * self.act(gate.float()).to(x.dtype)
+        return super().forward(x) * self.act(at_least_float32(gate)).to(x.dtype)
 
 
 class ShortConv(nn.Module):
@@ -125,7 +130,7 @@ def positions(pos: Tensor, T: int) -> Tensor:
 
 def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate pairs (x[..., :d/2], x[..., d/2:]) of x (B, T, H, d) by the angles of cos/sin (T, d/2) or (B, T, d/2)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
+    x1, x2 = at_least_float32(x).chunk(2, dim=-1)
     c, s = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
     return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).to(x.dtype)
 

@@ -83,7 +83,7 @@ def create_mixer(name: str, d_model: int, **kwargs: Any):
     return info.cls(d_model, **{**info.defaults, **kwargs})
 
 
-NON_NEGATIVE = ("layer_id", "layer_idx")  # int options that may be 0; every other int option is a size or count >= 1
+NON_NEGATIVE = ("layer_id", "layer_idx", "persistent_tokens")  # int options that may be 0; every other int option is a size or count >= 1
 
 
 def check_mixer_options(name: str, d_model: int, kwargs: dict) -> None:

@@ -39,7 +39,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
-from rnnlab.layers.parts import GatedRMSNorm, ShortConv
+from rnnlab.layers.parts import GatedRMSNorm, ShortConv, at_least_float32
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.delta import l2norm
 from rnnlab.ops.ttt import chunk_titans, fused_recurrent_titans, memory_keys
@@ -122,7 +122,7 @@ class ConvMemoryMixer(Mixer):
         q = l2norm(rearrange(q, "b t (h d) -> b t h d", h=H)).to(x.dtype)
         k = l2norm(rearrange(k, "b t (h d) -> b t h d", h=H)).to(x.dtype)
         v = rearrange(v, "b t (h d) -> b t h d", h=H)
-        pre = rearrange(self.gate_proj(x).float(), "b t (g h) -> b t h g", h=H)
+        pre = rearrange(at_least_float32(self.gate_proj(x)), "b t (g h) -> b t h g", h=H)
         mem = {n: state[n] for n in state if not n.startswith("conv_")}
         clip = {} if self.max_grad_norm is None else {"max_grad_norm": self.max_grad_norm}  # ops without clipping (atlas)
         o, new = self.ops[form](q, k, v, **self._op_inputs(pre), initial_state=mem, chunk_size=self.chunk_size, **clip,

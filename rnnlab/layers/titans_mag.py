@@ -5,10 +5,14 @@ output gates the attention's,
     y = SWA(x),   m = LMM(x),   o = RMSNorm(y) ⊙ σ(RMSNorm(m))      (normalized with learnable weights, then σ)
 
 built from the existing mixers: `sliding_attention` (rnnlab/layers/attention.py) and `titans` (titans.py).
-Simplification, said here and in the README: the paper prepends learnable persistent-memory tokens to the
-attention's input; they are not included (the attention mixer has no persistent tokens).
+Persistent memory (§3.3, eq. 26: x̃ = [p_1 … p_{N_p}] ‖ x), ``persistent_tokens`` = N_p (default 4, 0: none): learnable
+tokens whose keys and values every attention query sees besides its window (the attention mixer's option; SW-Attn*
+of Fig. 3b keeps them visible), so they are parameters, not state, and a packed sequence, a split or a decode step
+sees them alike. Choice, said here and in the README: the memory branch does not read them. Run over fixed learned
+tokens from a fixed learned M_0, the memory would only reach another fixed state, which a learned initial memory
+(titans.py: M_0 is learned) already expresses, bar the momentum and conv states the tokens would leave.
 Memory as a layer (MAL: the memory layer, then sliding-window attention) is a model preset of the two mixers in
-sequence: rnnlab.models.presets.titans_mal. Memory as context (MAC) is not built (see docs/architecture.md).
+sequence: rnnlab.models.presets.titans_mal; memory as context (MAC): titans_mac.py.
 
 State: the memory's state under "mem_" and the attention's cache under "attn_".
 """
@@ -29,11 +33,12 @@ __all__ = ["TitansMAG"]
 @register_mixer("titans_mag", family="ttt", small={"num_heads": 2, "chunk_size": 8, "window": 16})
 class TitansMAG(Mixer):
     """MAG: x (B, T, D) -> y (B, T, D) (module docstring). num_heads: H of both branches; window: the attention's;
-    memory_depth, chunk_size: the memory's. State floats: the memory's + the windowed cache's, 2·min(T, w − 1)·D + 1."""
+    memory_depth, chunk_size: the memory's; persistent_tokens: N_p. State floats: the memory's + the windowed cache's, 2·min(T, w − 1)·D + 1."""
 
-    def __init__(self, d_model: int, num_heads: int = 4, window: int = 64, memory_depth: int = 2, chunk_size: int = 16):
+    def __init__(self, d_model: int, num_heads: int = 4, window: int = 64, memory_depth: int = 2, chunk_size: int = 16,
+                 persistent_tokens: int = 4):
         super().__init__(d_model)
-        self.attn = Attention(d_model, num_heads=num_heads, window=window)
+        self.attn = Attention(d_model, num_heads=num_heads, window=window, persistent_tokens=persistent_tokens)
         self.memory = Titans(d_model, num_heads=num_heads, memory_depth=memory_depth, chunk_size=chunk_size)
         self.attn_norm, self.memory_norm = RMSNorm(d_model), RMSNorm(d_model)
 

@@ -170,21 +170,27 @@ def hybrid_ratio(linear_mixer: str = "gated_deltanet", ratio: int | None = 3, d_
 
 
 def titans_mal(d_model: int = 256, n_layers: int = 4, vocab_size: int | None = 256, window: int = 64, num_heads: int = 4,
-               memory_depth: int = 2, chunk_size: int = 16, **config) -> ModelConfig:
+               memory_depth: int = 2, chunk_size: int = 16, persistent_tokens: int = 4, **config) -> ModelConfig:
     """MAL: ``n_layers`` (even) layers alternating the neural memory and sliding-window attention (window ``window``).
-    The paper's persistent-memory tokens before the memory layer are not included. ``config``: other ModelConfig fields."""
+    Persistent memory (§3.3; N_p = ``persistent_tokens``, 0: none): learnable tokens every query of each attention layer
+    sees besides its window (the attention mixer's option: parameters, not state, so packing and decoding see them
+    alike). Choice: the paper prepends them to the memory layer's input; a memory run over fixed learned tokens from a
+    learned M_0 only reaches another fixed state, which the learned M_0 expresses, so the memory does not read them.
+    ``config``: other ModelConfig fields."""
     if n_layers < 2 or n_layers % 2:
         raise ValueError(f"titans_mal needs an even n_layers >= 2 (memory, then attention), got {n_layers}")
     memory = {"num_heads": num_heads, "memory_depth": memory_depth, "chunk_size": chunk_size}
-    attention = {"num_heads": num_heads, "window": window}
+    attention = {"num_heads": num_heads, "window": window, "persistent_tokens": persistent_tokens}
     return ModelConfig(mixer=["titans", "sliding_attention"] * (n_layers // 2), mixer_kwargs=[memory, attention] * (n_layers // 2),
                        d_model=d_model, n_layers=n_layers, vocab_size=vocab_size, **config)
 
 
 def titans_mag(d_model: int = 256, n_layers: int = 4, vocab_size: int | None = 256, window: int = 64, num_heads: int = 4,
-               memory_depth: int = 2, chunk_size: int = 16, **config) -> ModelConfig:
-    """MAG: ``n_layers`` layers of the `titans_mag` mixer (sliding-window attention gated by the neural memory)."""
-    kw = {"num_heads": num_heads, "window": window, "memory_depth": memory_depth, "chunk_size": chunk_size}
+               memory_depth: int = 2, chunk_size: int = 16, persistent_tokens: int = 4, **config) -> ModelConfig:
+    """MAG: ``n_layers`` layers of the `titans_mag` mixer (sliding-window attention gated by the neural memory, with
+    ``persistent_tokens`` persistent-memory tokens)."""
+    kw = {"num_heads": num_heads, "window": window, "memory_depth": memory_depth, "chunk_size": chunk_size,
+          "persistent_tokens": persistent_tokens}
     return ModelConfig(mixer="titans_mag", mixer_kwargs=kw, d_model=d_model, n_layers=n_layers, vocab_size=vocab_size, **config)
 
 

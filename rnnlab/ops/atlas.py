@@ -208,7 +208,8 @@ def _chunk_memories(mem, ns, qf, xs, ds, band, lm, ld, lr, S0: list, M0: list):
         h = torch.einsum("ntk,ntkf->ntf", h, Mt)
         if i < mem.depth - 1:
             h = act(h)
-    return h, [S[:, -1] for S in Ss], [Mt[:, -1] for Mt in Ms]
+    # clones: a view of the last token would keep every token's S_t and M_t of the chunk alive (O(T) memories)
+    return h, [S[:, -1].clone() for S in Ss], [Mt[:, -1].clone() for Mt in Ms]
 
 
 def _chunk(mem, q, k, v, gates, initial_state, coef, ns, L, output_final_state):
@@ -238,18 +239,32 @@ def _chunk(mem, q, k, v, gates, initial_state, coef, ns, L, output_final_state):
     band_shape = ((band_shape >= 0) & (band_shape <= P)).to(dt)  # token s of the chunk sits at window slot P + s
     n_last = ((pos + T - 1) // L).repeat_interleave(H)
     ends = ((pos + T) % L == 0).repeat_interleave(H)
+    chunks = list(zip(grid(q), *windows, mask, grid(gates["log_momentum"]), grid(gates["log_decay"]), grid(gates["lr"])))
+
+    def run_group(n0: int, group: list, W0: dict, S: dict, Mt: dict):
+        """Chunks n0, n0 + 1, ... of ``group`` from the carried (W0, S, M) -> (their outputs, the carried after them)."""
+        outs = []
+        for n, (qn, kn, vn, gn, mn, lm, ld, lr) in enumerate(group, n0):
+            xs, ds = _factors(_layers(W0, mem), polynomial_features(kn, coef), vn, gn, mem)
+            band = band_shape * mn[..., None]  # empty slots take no gradient
+            o, S_end, M_end = checkpoint(_chunk_memories, mem, ns, polynomial_features(qn, coef), xs, ds, band, lm, ld, lr,
+                                         [S[n_] for n_ in mem.names], [Mt[n_] for n_ in mem.names], use_reentrant=False)
+            outs.append(o)
+            S, Mt = dict(zip(mem.names, S_end)), dict(zip(mem.names, M_end))
+            complete = ((n < n_last) | ((n == n_last) & ends))[:, None, None]  # rows past their last token keep their anchor
+            W0 = {n_: torch.where(complete, Mt[n_], W0[n_]) for n_ in mem.names}
+        return torch.stack(outs, 0), W0, S, Mt
+
+    # groups of ~√NC chunks, each checkpointed: the backward keeps the carried memories at group ends only and recomputes
+    # a group's chunks (their features, key passes and carried memories) when it reaches it, so the memory-sized tensors
+    # alive at once are O(√NC) (not one per chunk), and the per-token memories O(b) (one chunk's, _chunk_memories)
+    size = max(1, round(NC ** 0.5))
     outs = []
-    chunks = zip(grid(q), *windows, mask, grid(gates["log_momentum"]), grid(gates["log_decay"]), grid(gates["lr"]))
-    for n, (qn, kn, vn, gn, mn, lm, ld, lr) in enumerate(chunks):
-        xs, ds = _factors(_layers(W0, mem), polynomial_features(kn, coef), vn, gn, mem)
-        band = band_shape * mn[..., None]  # empty slots take no gradient
-        o, S_end, M_end = checkpoint(_chunk_memories, mem, ns, polynomial_features(qn, coef), xs, ds, band, lm, ld, lr,
-                                     [S[n_] for n_ in mem.names], [Mt[n_] for n_ in mem.names], use_reentrant=False)
+    for n0 in range(0, NC, size):
+        group = chunks[n0:n0 + size]
+        o, W0, S, Mt = checkpoint(run_group, n0, group, W0, S, Mt, use_reentrant=False) if len(chunks) > 1 else run_group(n0, group, W0, S, Mt)
         outs.append(o)
-        S, Mt = dict(zip(mem.names, S_end)), dict(zip(mem.names, M_end))
-        complete = ((n < n_last) | ((n == n_last) & ends))[:, None, None]  # rows past their last token keep their anchor
-        W0 = {n_: torch.where(complete, Mt[n_], W0[n_]) for n_ in mem.names}
-    o = rearrange(torch.stack(outs, 0), "n (b h) l v -> b (n l) h v", b=B)
+    o = rearrange(torch.cat(outs, 0), "n (b h) l v -> b (n l) h v", b=B)
     o = o.gather(1, slots.reshape(B, T, 1, 1).expand(B, T, H, V)).to(v.dtype)
     if not output_final_state:
         return o, None

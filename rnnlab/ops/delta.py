@@ -61,8 +61,8 @@ _FLA_PRODUCT = ("head_first", "cu_seqlens_cpu")
 
 
 def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
-    """x (..., K) -> x / sqrt(‖x‖² + eps) over the last dim (fla's l2norm), computed in float32."""
-    xf = x.float()
+    """x (..., K) -> x / sqrt(‖x‖² + eps) over the last dim (fla's l2norm), computed in float32 (float64 kept)."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
     return xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)
 
 

@@ -113,6 +113,25 @@ def test_failing_subject_is_recorded_and_the_run_continues():
     assert by_name["attention"]["tokens_per_s"]
 
 
+def test_out_of_memory_row_is_recorded_and_the_run_continues():
+    """Under the run's memory cap (memory_cap, as run_bench holds it) a subject that allocates past it fails its own rows
+    with the allocator's error; the next subject still runs."""
+    from rnnlab.bench.timing import memory_cap
+
+    def hog(x):
+        return x + torch.ones(1 << 31, dtype=torch.uint8).sum()  # 2 GiB
+
+    lin = torch.nn.Linear(32, 32)
+    cfg = tiny_config(modes=["prefill"], memory=False)
+    with memory_cap(256 << 20) as cap:
+        if cap is None:
+            pytest.skip("no RLIMIT_DATA here")
+        rows = _bench_subject(Subject("mixer", "hog", "other", lin, fwd=hog), cfg, log=lambda s: None)
+        ok = _bench_subject(Subject("mixer", "linear", "other", lin, fwd=lin), cfg, log=lambda s: None)
+    assert "allocate" in rows[0]["error"] and not rows[0]["tokens_per_s"]
+    assert all(r["tokens_per_s"] for r in ok)
+
+
 def _cli(argv, capsys) -> str:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))

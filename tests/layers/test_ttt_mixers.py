@@ -11,7 +11,7 @@ from rnnlab.testing import assert_close
 from tests.conformance.checks import (D_MODEL, check_gradients, check_packed_equals_separate, check_parallel_equals_step,
                                       check_split_equals_full, factory)
 
-FAMILY = ["ttt_linear", "ttt_mlp", "titans", "yaad", "moneta", "memora", "lact", "atlas"]
+FAMILY = ["ttt_linear", "ttt_mlp", "titans", "titans_linear", "titans_mag", "titans_mac", "yaad", "moneta", "memora", "lact", "atlas"]
 
 
 def _finite(t):

@@ -116,3 +116,55 @@ def test_bad_inputs_raise():
         A.chunk_atlas(**ins, feature_coef=torch.ones(1, dtype=torch.float64), initial_state=state, window=3)
     with pytest.raises(ValueError, match="gamma"):
         A.chunk_atlas(**dict(ins, gamma=ins["gamma"][:, :2]), **params, initial_state=state, window=3)
+
+
+@pytest.mark.parametrize("ns", ["cubic", "none"])
+@pytest.mark.parametrize("depth,degree", [(1, None), (2, 2)])
+def test_chunk_equals_reference_float32(depth, degree, ns):
+    """The chunk form == the reference loop in float32 (values and gradients), at the table's float32 tolerance; 37
+    tokens (a prime), rows starting mid-chunk, a window of 4. (Muon's quintic is left out: its slope 3.4445 per step
+    amplifies the rounding of the momentum's small singular values, see the `atlas` layer's docstring; it is exact in
+    float64 above.)"""
+    ins, params, state = _case(2, 37, depth, degree, window=4, pos=[2, 0], dtype=torch.float32)
+    kw = dict(window=4, chunk_size=5, newton_schulz=ns)
+    compare(run(A.chunk_atlas, ins, params, state, kw), run(A.naive_recurrent_atlas, ins, params, state, kw), TOLERANCE[torch.float32])
+
+
+def _recall(n_pairs, reps, alpha, ns, lr=0.25, seed=0):
+    """A linear memory (no feature map, window 1, no momentum, chunks of 1) from zero, fed n_pairs orthonormal keys
+    with random values, the whole list ``reps`` times -> the retrieval error ‖k M − v‖ / ‖v‖ of every pair (oldest
+    first) after the stream."""
+    Kd = 8
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.linalg.qr(torch.randn(Kd, Kd, generator=g, dtype=torch.float64))[0][:n_pairs]
+    vals = torch.randn(n_pairs, Kd, generator=g, dtype=torch.float64)
+    k, v = keys.repeat(reps, 1)[None, :, None], vals.repeat(reps, 1)[None, :, None]  # (1, T, 1, K)
+    T = k.shape[1]
+    full = lambda x: torch.full((1, T, 1), x, dtype=torch.float64)  # noqa: E731
+    zero = torch.zeros(1, 1, Kd, Kd, dtype=torch.float64)
+    state = {"w1": zero, "m_w1": zero, "s_w1": zero, "buf_k": zero[:, :, :0], "buf_v": zero[:, :, :0],
+             "buf_gamma": zero[:, :, :0, 0], "pos": torch.zeros(1, dtype=torch.int64)}
+    _, fin = A.chunk_atlas(k, k, v, full(lr), full(-50.0), full(float(torch.log1p(torch.tensor(-alpha)))), full(1.0), state,
+                           window=1, newton_schulz=ns, chunk_size=1, output_final_state=True)
+    return ((keys @ fin["m_w1"][0, 0] - vals).norm(dim=-1) / vals.norm(dim=-1))
+
+
+@pytest.mark.parametrize("ns", ["none", "cubic"])
+def test_memory_learns_with_more_inner_steps(ns):
+    """ATLAS's memory learns at test time: the retrieval error of the seen keys falls as the stream repeats them (more
+    inner steps). Without Newton–Schulz each step halves a key's error (η = 0.25, ∇ = 2 k (k M − v)); with it the
+    orthogonalized step has a fixed size, so the error falls to about η and no further."""
+    errs = [float(_recall(4, reps, 0.0, ns).mean()) for reps in (1, 2, 4, 8)]
+    if ns == "none":
+        assert all(a > b for a, b in zip(errs, errs[1:])) and errs[-1] < 0.01 * errs[0], errs
+    else:
+        assert errs[-1] < 0.5 * errs[0], errs
+
+
+def test_forgetting_trades_old_keys_for_new():
+    """The retention α_t (log_decay): with α < 1 the oldest pairs fade (α per token since they were written) while the
+    newest stay; with α = 1 (no forgetting) the old pairs stay as well as the new ones."""
+    keep, forget = _recall(6, 8, 0.0, "none"), _recall(6, 8, 0.1, "none")
+    assert keep.max() < 0.01, keep                                   # α = 1: every pair still retrieved
+    assert forget[0] > 0.5 and forget[-1] < 0.4, forget             # α = 0.9: the oldest pair fading (0.61), the newest less (0.35)
+    assert (forget[1:] <= forget[:-1] + 1e-9).all(), forget         # older pairs are forgotten more
