@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.parts import RMSNorm
+from rnnlab.layers.grid import GRID_MODULES, create_grid_mixer
 from rnnlab.layers.registry import create_mixer
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.readout import PadFeatures, ReservoirBlock, RidgeReadout
@@ -120,7 +121,7 @@ class SequenceModel(nn.Module):
             self.embed_scale = c.d_model ** 0.5 if unit else 1.0
         blocks = []
         for name, kw, mlp, mlp_kw in zip(c.layer_mixers(), c.layer_kwargs(), c.layer_mlps(), c.layer_mlp_kwargs()):
-            mixer = create_mixer(name, c.d_model, **kw)
+            mixer = (create_grid_mixer if name in GRID_MODULES else create_mixer)(name, c.d_model, **kw)
             if mlp in ("swiglu", "geglu"):
                 mlp = SwiGLU(c.d_model, c.mlp_ratio, "silu" if mlp == "swiglu" else "gelu")
             elif mlp is not None:
