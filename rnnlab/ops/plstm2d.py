@@ -133,8 +133,12 @@ def plstm2d(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D:
         return s * valid.view(*valid.shape, *(1,) * (s.dim() - 3)).to(s.dtype) if gate else s
 
     q, k, v, D = skew(q), skew(k), skew(v), skew(D, True)
-    S, T, M = skew(S, True), skew(T, True), skew(M, True)
+    S, T, M = skew(S, True)[..., None, None], skew(T, True)[..., None, None], skew(M, True)[..., None, None]
     kv = einsum(k, v, "b d x h k, b d x h v -> b d x h k v")
+    now = scale * (D * (q * k).sum(-1))[..., None] * v  # the direct term of every cell at once
+    # one slice per diagonal, cut once (indexing [:, d] in the loop would cost a full-size zero tensor per step backward)
+    q, kv, S, T, M = ((scale * q[..., None]).unbind(1), kv.unbind(1), S.unbind(1), T.unbind(1), M.unbind(1))
+    # 2 x 2 gates as elementwise products: an einsum over the (out, in) pair costs more than it saves
     r_prev = C_left.new_zeros(B, X, *C_left.shape[2:])  # the r- and d-edges leaving the diagonal before, by x
     d_prev = torch.zeros_like(r_prev)
     zero = r_prev[:, :1]
@@ -145,14 +149,14 @@ def plstm2d(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D:
         d_in = d_prev  # the d-edge of (x, d - x - 1): the same x; cell (d, 0) the upper boundary (an off-grid zero before)
         if d < X:
             d_in = torch.cat([d_prev[:, :d], C_top[:, d:d + 1], d_prev[:, d + 1:]], 1)
-        C_in = torch.stack([r_in, d_in], 3)  # (B, X, H, 2 [l, u], K, V)
-        ys.append(scale * (einsum(q[:, d], M[:, d], C_in, "b x h k, b x h i, b x h i k v -> b x h v")
-                           + (D[:, d] * (q[:, d] * k[:, d]).sum(-1))[..., None] * v[:, d]))
-        C_out = einsum(T[:, d], C_in, "b x h o i, b x h i k v -> b x h o k v") + S[:, d][..., None, None] * kv[:, d, :, :, None]
-        r_prev, d_prev = C_out[:, :, :, 0], C_out[:, :, :, 1]
+        (Sr, Sd), ((Trl, Tru), (Tdl, Tdu)), (Ml, Mu) = S[d].unbind(3), (t.unbind(3) for t in T[d].unbind(3)), M[d].unbind(3)
+        ys.append((q[d] * (Ml * r_in + Mu * d_in)).sum(-2))
+        r_prev = Trl * r_in + Tru * d_in + Sr * kv[d]
+        d_prev = Tdl * r_in + Tdu * d_in + Sd * kv[d]
         if d >= X - 1:  # cell (X-1, d-X+1) ends a row of the grid's r-edges
             right[d - X + 1] = r_prev[:, X - 1]
         if d >= Y - 1:  # cell (d-Y+1, Y-1) ends a column's d-edges
             bottom[d - Y + 1] = d_prev[:, d - Y + 1]
-    y = rearrange(torch.stack(ys, 1), "b d x h v -> b (d x) h v")[:, unskew]
+    ys = torch.stack(ys, 1) + now
+    y = rearrange(ys, "b d x h v -> b (d x) h v")[:, unskew]
     return rearrange(y, "b (x y) h v -> b x y h v", x=X).to(out_dtype), (torch.stack(right, 1), torch.stack(bottom, 1))
