@@ -102,16 +102,13 @@ def plstm2d_ref(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor
     return torch.stack(rows, 1).to(out_dtype), (torch.stack(right, 1), torch.stack(bottom, 1))
 
 
-def _skew(X: int, Y: int, device) -> tuple[Tensor, Tensor, Tensor]:
-    """-> (index (X+Y-1, X) into the flattened grid of cell (x, d - x) on diagonal d, valid (X+Y-1, X) bool,
-    unskew (X·Y,): where cell (x, y) lies in the flattened skewed layout)."""
-    d = torch.arange(X + Y - 1, device=device)[:, None]
-    x = torch.arange(X, device=device)[None, :]
-    y = d - x
-    valid = (y >= 0) & (y < Y)
-    index = torch.where(valid, x * Y + y, 0)
-    xs, ys = torch.meshgrid(torch.arange(X, device=device), torch.arange(Y, device=device), indexing="ij")
-    return index, valid, ((xs + ys) * X + xs).flatten()
+def _diagonals(X: int, Y: int, device) -> tuple[Tensor, Tensor, list[int], list[int]]:
+    """The cells in wavefront order: -> (order (X·Y,): flat index x·Y + y of the cells of diagonal 0, 1, ..., each by
+    increasing x; back (X·Y,): where each flat cell lies in that order; counts and first x of every diagonal)."""
+    lo = [max(0, d - Y + 1) for d in range(X + Y - 1)]
+    counts = [min(d, X - 1) + 1 - lo[d] for d in range(X + Y - 1)]
+    order = torch.tensor([x * Y + d - x for d in range(X + Y - 1) for x in range(lo[d], lo[d] + counts[d])], device=device)
+    return order, torch.argsort(order), counts, lo
 
 
 def plstm2d(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D: Tensor,
@@ -126,37 +123,31 @@ def plstm2d(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D:
     (q, k, v, S, T, M, D), (C_left, C_top) = _prepare(q, k, v, S, T, M, D, initial_state)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     B, X, Y = q.shape[:3]
-    index, valid, unskew = _skew(X, Y, q.device)
-
-    def skew(t: Tensor, gate: bool = False) -> Tensor:  # (B, X, Y, ...) -> (B, X+Y-1, X, ...), zero gates off the grid
-        s = t.flatten(1, 2)[:, index]
-        return s * valid.view(*valid.shape, *(1,) * (s.dim() - 3)).to(s.dtype) if gate else s
-
-    q, k, v, D = skew(q), skew(k), skew(v), skew(D, True)
-    S, T, M = skew(S, True)[..., None, None], skew(T, True)[..., None, None], skew(M, True)[..., None, None]
-    kv = einsum(k, v, "b d x h k, b d x h v -> b d x h k v")
+    order, back, counts, lo = _diagonals(X, Y, q.device)
+    # cells in wavefront order, then one slice per diagonal, cut once (views; their backward is one concatenation)
+    diag = lambda t: t.flatten(1, 2)[:, order].split(counts, 1)  # noqa: E731
     now = scale * (D * (q * k).sum(-1))[..., None] * v  # the direct term of every cell at once
-    # one slice per diagonal, cut once (indexing [:, d] in the loop would cost a full-size zero tensor per step backward)
-    q, kv, S, T, M = ((scale * q[..., None]).unbind(1), kv.unbind(1), S.unbind(1), T.unbind(1), M.unbind(1))
-    # 2 x 2 gates as elementwise products: an einsum over the (out, in) pair costs more than it saves
-    r_prev = C_left.new_zeros(B, X, *C_left.shape[2:])  # the r- and d-edges leaving the diagonal before, by x
-    d_prev = torch.zeros_like(r_prev)
-    zero = r_prev[:, :1]
+    kv = diag(einsum(k, v, "b x y h k, b x y h v -> b x y h k v"))
+    q, S, T, M = diag(scale * q[..., None]), diag(S[..., None, None]), diag(T[..., None, None]), diag(M[..., None, None])
     ys, right, bottom = [], [None] * Y, [None] * X
     for d in range(X + Y - 1):
-        # cell (x, d - x) reads the r-edge of (x - 1, d - x): one x along; cell (0, d) the left boundary
-        r_in = torch.cat([C_left[:, d:d + 1] if d < Y else zero, r_prev[:, :-1]], 1)
-        d_in = d_prev  # the d-edge of (x, d - x - 1): the same x; cell (d, 0) the upper boundary (an off-grid zero before)
+        # diagonal d holds the cells x = lo[d] .. lo[d] + counts[d] - 1 (y = d - x); the diagonal before, from lo[d-1].
+        # Cell (x, d-x) reads the r-edge of (x-1, d-x) (the left boundary at x = 0) and the d-edge of (x, d-x-1)
+        # (the upper boundary at y = 0); the gates' 2 x 2 pairs as elementwise products (cheaper than an einsum).
+        hi = lo[d] + counts[d]
+        r_in = r_prev[:, :hi - 1 - lo[d - 1]] if d else C_left[:, :0]
+        if d < Y:
+            r_in = torch.cat([C_left[:, d:d + 1], r_in], 1)
+        d_in = d_prev[:, lo[d] - lo[d - 1]:min(hi, d) - lo[d - 1]] if d else C_top[:, :0]
         if d < X:
-            d_in = torch.cat([d_prev[:, :d], C_top[:, d:d + 1], d_prev[:, d + 1:]], 1)
+            d_in = torch.cat([d_in, C_top[:, d:d + 1]], 1)
         (Sr, Sd), ((Trl, Tru), (Tdl, Tdu)), (Ml, Mu) = S[d].unbind(3), (t.unbind(3) for t in T[d].unbind(3)), M[d].unbind(3)
         ys.append((q[d] * (Ml * r_in + Mu * d_in)).sum(-2))
         r_prev = Trl * r_in + Tru * d_in + Sr * kv[d]
         d_prev = Tdl * r_in + Tdu * d_in + Sd * kv[d]
         if d >= X - 1:  # cell (X-1, d-X+1) ends a row of the grid's r-edges
-            right[d - X + 1] = r_prev[:, X - 1]
+            right[d - X + 1] = r_prev[:, X - 1 - lo[d]]
         if d >= Y - 1:  # cell (d-Y+1, Y-1) ends a column's d-edges
-            bottom[d - Y + 1] = d_prev[:, d - Y + 1]
-    ys = torch.stack(ys, 1) + now
-    y = rearrange(ys, "b d x h v -> b (d x) h v")[:, unskew]
+            bottom[d - Y + 1] = d_prev[:, d - Y + 1 - lo[d]]
+    y = torch.cat(ys, 1)[:, back] + now.flatten(1, 2)
     return rearrange(y, "b (x y) h v -> b x y h v", x=X).to(out_dtype), (torch.stack(right, 1), torch.stack(bottom, 1))
