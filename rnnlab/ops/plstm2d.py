@@ -22,8 +22,8 @@ Forms (one signature; rnnlab.ops.forms):
 - ``reference`` (``plstm2d_ref``): cell by cell in raster order (a topological order of the DAG), differentiated by
   autograd step by step: the specification.
 - ``wavefront``: the cells of one anti-diagonal x + y = d depend only on the diagonal before, so the X + Y - 1
-  diagonals run in turn, each one batched over its cells (the grid is skewed once by a gather so a diagonal is a
-  slice, padding cells have zero gates and never reach a real one). X + Y - 1 steps instead of X·Y; autograd.
+  diagonals run in turn, each one batched over its cells (the cells are gathered once into diagonal order and split
+  into one view per diagonal: no padding cells). X + Y - 1 steps instead of X·Y; autograd.
   The paper's hierarchical (log-depth) form is not built.
 
 Inputs in bfloat16/float16 are computed in float32 (float64 stays float64); y has v's dtype, the states the compute
