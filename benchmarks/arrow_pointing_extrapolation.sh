@@ -5,9 +5,9 @@
 # usage: benchmarks/arrow_pointing_extrapolation.sh [steps] [out_dir] [d_model] [test_lengths] [mixers]
 # (hold /tmp/rnnlab-bench.lock while it runs)
 set -euo pipefail
-STEPS=${1:-300}
+STEPS=${1:-3000}
 OUT=${2:-runs/arrow_pointing}
-DM=${3:-32}
+DM=${3:-16}
 TEST=${4:-[64,256,1024]}
 MIXERS=${5:-plstm2d plstm attention}
 for mixer in $MIXERS; do
