@@ -89,12 +89,16 @@ NON_NEGATIVE = ("layer_id", "layer_idx", "persistent_tokens")  # int options tha
 def check_mixer_options(name: str, d_model: int, kwargs: dict) -> None:
     """What ``create_mixer`` would reject, without building anything: an unknown name or option, or a value
     that does not fit the option's annotation in ``__init__`` (rnnlab.options: types, ints >= 1, finite)."""
-    info = mixer_info(name)
-    valid = _accepted_kwargs(info.cls)
+    check_options(mixer_info(name).cls, f"mixer {name!r}", d_model, kwargs)
+
+
+def check_options(cls: type, what: str, d_model: int, kwargs: dict) -> None:
+    """``cls(d_model, **kwargs)``'s options against its ``__init__``: unknown names, values off their annotations."""
+    valid = _accepted_kwargs(cls)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for mixer {name!r}; valid options: {', '.join(valid) or '(none)'}")
-    hints = typing.get_type_hints(info.cls.__init__)
+        raise ValueError(f"unknown option(s) {unknown} for {what}; valid options: {', '.join(valid) or '(none)'}")
+    hints = typing.get_type_hints(cls.__init__)
     for key, value in {"d_model": d_model, **kwargs}.items():
         if key in hints:
-            check_option(f"mixer {name!r}: ", key, hints[key], value, min_int=0 if key in NON_NEGATIVE else 1)
+            check_option(f"{what}: ", key, hints[key], value, min_int=0 if key in NON_NEGATIVE else 1)

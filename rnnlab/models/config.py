@@ -131,6 +131,7 @@ class ModelConfig:
     without a given state (training, evaluation, generate) starts from it. ``train.init_state = "learned"`` sets it."""
 
     def __post_init__(self):
+        from rnnlab.layers.grid import GRID_MODULES, check_grid_options
         from rnnlab.layers.registry import available_mixers, check_mixer_options
 
         def positive_int(name, allow_none=False):
@@ -156,7 +157,7 @@ class ModelConfig:
             if isinstance(v, (list, tuple)) and len(v) != self.n_layers:
                 raise ValueError(f"{name} list has {len(v)} entries but n_layers={self.n_layers}")
         mixers = self.layer_mixers()
-        valid = available_mixers()
+        valid = available_mixers() + list(GRID_MODULES)  # 2-D grid modules (rnnlab.layers.grid) stand in a mixer's slot
         for m in mixers + [m for m in self.layer_mlps() if m not in MLPS]:
             if m not in valid:
                 raise ValueError(f"unknown mixer {m!r}; valid choices: {', '.join(valid)}")
@@ -165,7 +166,7 @@ class ModelConfig:
             raise ValueError(f"mixer_kwargs must be a dict, a list of one dict per layer or a dict of one dict per mixer "
                              f"name, got {self.mixer_kwargs!r}")
         for m, k in zip(mixers, self.layer_kwargs()):  # bad options fail here, before any model is built
-            check_mixer_options(m, self.d_model, k)
+            (check_grid_options if m in GRID_MODULES else check_mixer_options)(m, self.d_model, k)
         mlp_kwargs = self.layer_mlp_kwargs()
         if not isinstance(self.mlp_kwargs, dict) or any(k and m in MLPS for m, k in zip(self.layer_mlps(), mlp_kwargs)):
             raise ValueError(f"mlp_kwargs must be a dict, empty unless mlp is a registered mixer, got {self.mlp_kwargs!r}")

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.moe import MoE
 from rnnlab.layers.parts import RMSNorm
+from rnnlab.layers.grid import GRID_MODULES, create_grid_mixer
 from rnnlab.layers.registry import create_mixer
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.readout import PadFeatures, ReservoirBlock, RidgeReadout
@@ -126,7 +127,7 @@ class SequenceModel(nn.Module):
             self.embed_scale = c.embedding_scale()
         blocks = []
         for name, kw, mlp, mlp_kw in zip(c.layer_mixers(), c.layer_kwargs(), c.layer_mlps(), c.layer_mlp_kwargs()):
-            mixer = create_mixer(name, c.d_model, **kw)
+            mixer = (create_grid_mixer if name in GRID_MODULES else create_mixer)(name, c.d_model, **kw)
             if mlp in ("swiglu", "geglu"):
                 mlp = SwiGLU(c.d_model, c.mlp_ratio, "silu" if mlp == "swiglu" else "gelu", c.mlp_bias)
             elif mlp is not None:

@@ -11,6 +11,7 @@ is the same ValueError everywhere and lists what that op accepts:
     recurrent  token by token with the step fused into few ops (``fused_recurrent_*``): the decode form
     fft        a long convolution through FFTs (the LTI SSMs S4, S4D)
     scan       a log-depth (Hillis–Steele) prefix scan over the whole sequence (``matrix_scan``)
+    wavefront  a 2-D grid's anti-diagonals in turn, each batched over its cells (``plstm2d``)
     reference  the specification loop
 
 Earlier spellings stay accepted (:data:`ALIASES`: ``"parallel"`` and ``"chunked"`` were linear_scan's and
@@ -22,7 +23,7 @@ from typing import Callable, Mapping
 
 __all__ = ["FORMS", "ALIASES", "check_form", "choose"]
 
-FORMS = ("auto", "kernel", "chunk", "recurrent", "fft", "scan", "reference")
+FORMS = ("auto", "kernel", "chunk", "recurrent", "fft", "scan", "wavefront", "reference")
 ALIASES = {"parallel": "chunk", "chunked": "chunk"}
 
 

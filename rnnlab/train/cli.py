@@ -13,10 +13,12 @@ __all__ = ["register", "build_train_config"]
 
 
 def _choices_help() -> str:
+    from rnnlab.layers.grid import GRID_MODULES
     from rnnlab.layers.registry import available_mixers
     from rnnlab.tasks import available_tasks
 
-    return f"tasks: {', '.join(available_tasks())}. mixers: {', '.join(available_mixers())}."
+    return (f"tasks: {', '.join(available_tasks())}. mixers: {', '.join(available_mixers())}. 2-D grid modules (square "
+            f"lengths, e.g. arrow_pointing): {', '.join(GRID_MODULES)}.")
 
 
 def build_train_config(args) -> dict:
