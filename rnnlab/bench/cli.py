@@ -159,6 +159,12 @@ def _cmd_generate(args) -> int:
         return 2
     result = run_generate(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(format_generate(result))
+    _write_files(args, result, lambda: format_generate(result, fmt="md"))
+    return 0
+
+
+def _write_files(args, result: dict, markdown) -> None:
+    """--json: the result as JSON; --markdown: ``markdown()``'s text (built only when asked for)."""
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
@@ -166,9 +172,8 @@ def _cmd_generate(args) -> int:
         print(f"\nwrote {args.json}")
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(format_generate(result, fmt="md") + "\n")
+            f.write(markdown() + "\n")
         print(f"wrote {args.markdown}")
-    return 0
 
 
 def cmd_bench(args) -> int:
@@ -197,15 +202,7 @@ def cmd_bench(args) -> int:
     print(format_machine(result))
     print()
     print(format_tables(result))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"\nwrote {args.json}")
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write("```\n" + format_machine(result) + "\n```\n\n" + format_tables(result, fmt="md") + "\n")
-        print(f"wrote {args.markdown}")
+    _write_files(args, result, lambda: "```\n" + format_machine(result) + "\n```\n\n" + format_tables(result, fmt="md"))
     if args.plots:
         for path in write_plots(result, args.plots):
             print(f"wrote {path}")

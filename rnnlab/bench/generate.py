@@ -134,10 +134,9 @@ def _hf_pair(model_type: str, cfg: GenerateConfig):
 
     if importlib.util.find_spec("transformers") is None:
         raise RuntimeError("HF transformers not installed (pip install 'rnnlab[hf]')")
-    import transformers
     from transformers.utils import logging as hf_logging
 
-    from rnnlab.bench.hf_models import hf_bench_config
+    from rnnlab.bench.hf_models import hf_bench_model
     from rnnlab.interop import from_hf, hf_architectures
 
     hf_logging.set_verbosity_error()
@@ -145,8 +144,7 @@ def _hf_pair(model_type: str, cfg: GenerateConfig):
     archs = hf_architectures()
     if model_type not in archs:
         raise ValueError(f"rnnlab.interop has no mapping for {model_type!r} (maps: {', '.join(sorted(archs))})")
-    hf_cfg = hf_bench_config(model_type, cfg.d_model, cfg.layers, cfg.vocab)
-    hf = getattr(transformers, archs[model_type].hf_class)(hf_cfg).eval()
+    hf = hf_bench_model(model_type, cfg.d_model, cfg.layers, cfg.vocab)
     return hf, from_hf(hf).eval()
 
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from rnnlab.bench.runner import Subject
 
-__all__ = ["build_hf_model_pairs", "check_hf_entries", "hf_bench_config", "MODEL_TYPES"]
+__all__ = ["build_hf_model_pairs", "check_hf_entries", "hf_bench_config", "hf_bench_model", "MODEL_TYPES"]
 
 VOCAB, LAYERS = 512, 2
 MODEL_TYPES = ("mamba", "falcon_mamba", "mamba2", "bamba", "rwkv", "xlstm", "recurrent_gemma", "qwen3_5_text", "qwen3_next")  # what hf_bench_config builds
@@ -74,6 +74,15 @@ def hf_bench_config(model_type: str, D: int, layers: int = LAYERS, vocab: int = 
     raise ValueError(f"--hf-models: no bench config for model type {model_type!r}")
 
 
+def hf_bench_model(model_type: str, D: int, layers: int = LAYERS, vocab: int = VOCAB):
+    """A random-weight transformers causal LM of ``hf_bench_config``'s shape, in eval mode (the caller seeds torch)."""
+    import transformers
+
+    from rnnlab.interop import hf_architectures
+
+    return getattr(transformers, hf_architectures()[model_type].hf_class)(hf_bench_config(model_type, D, layers, vocab)).eval()
+
+
 def _hf_subject(hf, vs: str, label: str) -> Subject:
     """The transformers model as a Subject; decode passes its cache back under the name its output used.
     RecurrentGemma returns no cache (its recurrent state lives in its modules): it is handed one, updated in place,
@@ -127,7 +136,7 @@ def build_hf_model_pairs(entries: list[str], d_model: int, seed: int = 0) -> tup
     import transformers
     from transformers.utils import logging as hf_logging
 
-    from rnnlab.interop import from_hf, hf_architectures
+    from rnnlab.interop import from_hf
 
     hf_logging.set_verbosity_error()
     subjects, notes = [], []
@@ -138,8 +147,7 @@ def build_hf_model_pairs(entries: list[str], d_model: int, seed: int = 0) -> tup
                 hf = transformers.AutoModelForCausalLM.from_pretrained(entry, dtype=torch.float32)
                 label, tag = f"checkpoint {entry}", Path(entry).name
             else:
-                cfg = hf_bench_config(entry, d_model)
-                hf = getattr(transformers, hf_architectures()[entry].hf_class)(cfg)
+                hf = hf_bench_model(entry, d_model)
                 label, tag = f"{LAYERS} layers, d_model {d_model}, vocab {VOCAB}, random weights", entry
             hf.eval()
             name = f"from_hf:{tag}"
