@@ -26,15 +26,21 @@ GRIFFIN_MLP_RATIO = 4.5
 """Griffin's gated MLP has expansion M = 3 (hidden 3 * d_model, Sec. 2.2); rnnlab's rule 2/3 * ratio * d_model gives
 that at ratio 4.5."""
 
-# Griffin / Hawk shapes: width D, RNN width, depth, heads (attention heads, and the blocks of the RG-LRU gates). "7b" is
-# the 7B of De et al. 2024 (Appendix C), as the authors' code writes it (google-deepmind/recurrentgemma, common.py,
-# Preset.GRIFFIN_PAPER_7B / HAWK_PAPER_7B): MLP width 3 * D, local attention window 1024, vocabulary 256000, embeddings
-# neither scaled by sqrt(D) nor logits soft-capped.
-# The other sizes of De et al.'s Appendix C table (100M to 14B) are not here: the table could not be retrieved and
-# checked in the session that added the 7B ones, and a shape written from memory is not a published shape.
+# Griffin / Hawk shapes: width D, RNN width, depth, heads (attention heads, and the blocks of the RG-LRU gates), from
+# De et al. 2024, Appendix C, Table 2 (shared by their MQA, Hawk and Griffin families); the 7B as the authors' code
+# writes it too (google-deepmind/recurrentgemma, common.py, Preset.GRIFFIN_PAPER_7B / HAWK_PAPER_7B). MLP width 3 * D,
+# local attention window 1024, vocabulary 256000, embeddings neither scaled by sqrt(D) nor logits soft-capped.
+# The size names are nominal: one shape serves all three families, whose non-embedding counts at a shape differ by up
+# to 25% (MQA vs Hawk); e.g. 200M is Hawk 177M, Griffin 165M (tests/models/test_presets.py writes every count out).
 GRIFFIN_SHAPES = {
     "tiny": (64, 64, 3, 2),
+    "100m": (768, 1024, 12, 6),
+    "200m": (1024, 1536, 12, 8),
+    "400m": (1536, 2048, 12, 12),
+    "1.3b": (2048, 2560, 24, 16),
+    "3b": (3072, 4096, 24, 24),
     "7b": (4096, 5632, 32, 32),
+    "14b": (5120, 8192, 40, 40),
 }
 
 # Botev et al. 2024 (RecurrentGemma), Table 1 / the released configs: width, depth, heads, vocabulary; RNN width = width,
@@ -60,10 +66,11 @@ def _shape(table: dict, size: str, preset: str):
     return table[size]
 
 
-def _griffin_like(mixer_every: dict, size: str, preset: str, vocab_size: int | None, window: int, **config) -> ModelConfig:
+def _griffin_like(mixer_every: dict, size: str, preset: str, vocab_size: int | None, window: int, gate_blocks: int,
+                  **config) -> ModelConfig:
     D, rnn, depth, heads = _shape(GRIFFIN_SHAPES, size, preset)
     vocab_size = (256 if size == "tiny" else 256000) if vocab_size is None else vocab_size
-    kwargs = {"hawk": {"expansion": rnn / D, "gate_blocks": heads},
+    kwargs = {"hawk": {"expansion": rnn / D, "gate_blocks": gate_blocks},
               "sliding_attention": {"num_heads": heads, "num_kv_heads": 1, "window": window if size != "tiny" else 16}}
     base = dict(mixer="hawk", mixer_every=mixer_every, mixer_kwargs={k: kwargs[k] for k in ["hawk", *mixer_every]}, d_model=D,
                 n_layers=depth, vocab_size=vocab_size, mlp="geglu", mlp_ratio=GRIFFIN_MLP_RATIO, tie_embeddings=True,
@@ -71,18 +78,22 @@ def _griffin_like(mixer_every: dict, size: str, preset: str, vocab_size: int | N
     return ModelConfig(**{**base, **config})
 
 
-def hawk(size: str = "tiny", vocab_size: int | None = None, **config) -> ModelConfig:
+def hawk(size: str = "tiny", vocab_size: int | None = None, gate_blocks: int = 16, **config) -> ModelConfig:
     """Hawk (De et al. 2024, Sec. 2): ``depth`` residual blocks, each the recurrent block (`hawk`, RNN width from
-    GRIFFIN_SHAPES, RG-LRU gates block-diagonal with one block per head as in the authors' code) then a GeGLU MLP of
-    expansion 3; embeddings tied to the head (Sec. 2.1), unscaled (embedding_init="gpt2", the authors' 7B preset)."""
-    return _griffin_like({}, size, "hawk", vocab_size, 1024, **config)
+    GRIFFIN_SHAPES) then a GeGLU MLP of expansion 3; embeddings tied to the head (Sec. 2.1), unscaled
+    (embedding_init="gpt2", the authors' 7B preset). The RG-LRU gates W_a, W_x are block-diagonal with 16 blocks, as
+    Sec. 4.1 says of all the paper's experiments; the authors' code's paper presets (GRIFFIN_PAPER_7B) use one block
+    per head instead: ``gate_blocks=32`` at 7B."""
+    return _griffin_like({}, size, "hawk", vocab_size, 1024, gate_blocks, **config)
 
 
-def griffin(size: str = "tiny", vocab_size: int | None = None, window: int = 1024, **config) -> ModelConfig:
+def griffin(size: str = "tiny", vocab_size: int | None = None, window: int = 1024, gate_blocks: int = 16,
+            **config) -> ModelConfig:
     """Griffin (De et al. 2024, Sec. 2.4): blocks repeating (recurrent, recurrent, local MQA attention), i.e.
     `sliding_attention` every 3rd layer at offset 2, window 1024 (the paper's); one key/value head (MQA); GeGLU MLPs
-    of expansion 3; tied, unscaled embeddings. Shapes: GRIFFIN_SHAPES; "tiny" is d_model 64, 3 layers, window 16."""
-    return _griffin_like({"sliding_attention": [3, 2]}, size, "griffin", vocab_size, window, **config)
+    of expansion 3; tied, unscaled embeddings; RG-LRU gates of ``gate_blocks`` blocks (16, Sec. 4.1; see `hawk`).
+    Shapes: GRIFFIN_SHAPES; "tiny" is d_model 64, 3 layers, window 16."""
+    return _griffin_like({"sliding_attention": [3, 2]}, size, "griffin", vocab_size, window, gate_blocks, **config)
 
 
 def recurrentgemma(size: str = "tiny", vocab_size: int | None = None, **config) -> ModelConfig:
