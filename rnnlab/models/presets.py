@@ -12,7 +12,7 @@
     titans_mag(...)   Titans' memory as a gate (MAG, §4.2): every layer the `titans_mag` mixer
 
 ``size`` picks a published shape ("2b", "1.3b", ...) or "tiny" (a few layers of width 64, for tasks and tests);
-``config``: other ModelConfig fields, which win over the preset's. ``build("griffin", size="1b")`` builds by name
+``config``: other ModelConfig fields, which win over the preset's. ``build("griffin", size="1.3b")`` builds by name
 (``rnnlab train model.preset=griffin model.preset_options.size=tiny``). Hybrids are written with
 ``ModelConfig.mixer_every`` (period/offset rules) and per-mixer-name kwargs, so changing n_layers keeps the pattern.
 """

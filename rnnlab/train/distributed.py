@@ -118,5 +118,9 @@ def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def shutdown() -> None:
+    """Leave the process group at the end of a run. The barrier first: no process tears its group down (closing its
+    connections, joining gloo's worker threads) while another still has collectives of the run in flight — a rank
+    that left early aborted its peer once under load ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
