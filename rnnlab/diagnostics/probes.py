@@ -8,8 +8,8 @@ whole): run tokens [0, p), change layer i's part of the returned state, continue
 every registered mixer, attention included (its state is the KV cache):
 
     "none"   the state as returned (the split itself: equals the unmodified model, tested)
-    "zero"   every floating-point tensor of the layer's state zeroed and a cache that grows with the tokens (attention's
-             k / v) emptied: the layer forgets the prefix; integer positions (``pos``) are kept
+    "zero"   every floating-point tensor of the layer's state zeroed, and a KV cache (attention's k / v, growing along
+             dim 2) emptied: the layer forgets the prefix; integer positions (``pos``) are kept
     "patch"  the layer's whole state replaced by the state the same model reached on ``source`` after p tokens
              ("replace with another input's state"; the source's row b goes into row b)
 
@@ -57,13 +57,11 @@ def _edit(state: State, layer: int, mode: str, source: State | None, grows: set[
 
 
 def _growing_keys(model) -> set[str]:
-    """State keys with a dimension that grows with the tokens (size 0 in init_state: attention's k / v), all in
-    dim 2 (rnnlab.layers.kv_cache's (B, H, L, dh) layout)."""
+    """KV caches: state keys that grow with the tokens along dim 2 (size 0 there in init_state: attention's k / v in
+    rnnlab.layers.kv_cache's (B, H, L, dh) layout), which "zero" empties. Tensors growing elsewhere (log-linear
+    attention's levels) are zeroed like any state: zeros hold nothing."""
     zero = model.init_state(1, "meta")
-    for k, t in zero.items():
-        if 0 in t.shape and t.shape.index(0) != 2:
-            raise ValueError(f"state {k!r} grows along dim {t.shape.index(0)}; the probes expect a cache (B, H, L, dh)")
-    return {k for k, t in zero.items() if 0 in t.shape}
+    return {k for k, t in zero.items() if t.dim() > 2 and t.shape[2] == 0}
 
 
 def _check(model, inputs: Tensor, layer: int, position: int, mode: str, source: Tensor | None) -> None:

@@ -95,7 +95,8 @@ def context_prefix(model, task, inputs, cu_seqlens=None) -> int | None:
     """The prompt prefix of a task's own rows (B, T) for a model with bidirectional layers (ModelConfig.bidirectional_every,
     rnnlab.models.bidirectional): the task's declared context (``Task.context_len``: MQAR's key-value pairs, whose
     targets are not scored), 0 for a task without one; None for a causal model or packed rows."""
-    if model.config.bidirectional_every is None or cu_seqlens is not None or task.output != "lm":
+    every = getattr(getattr(model, "config", None), "bidirectional_every", None)  # evaluate takes any module
+    if every is None or cu_seqlens is not None or task.output != "lm":
         return None
     return task.context_len(inputs.shape[1]) or 0
 
