@@ -129,6 +129,11 @@ class ModelConfig:
     """A learned initial state (LongSSM, Wang et al. 2024): one parameter per recurrent state tensor of every layer
     (``SequenceModel.recurrent_state_keys``), zeros at initialization, not weight-decayed; every sequence that starts
     without a given state (training, evaluation, generate) starts from it. ``train.init_state = "learned"`` sets it."""
+    bidirectional_every: int | None = None
+    """Birdie's bidirectional prefix (Blouir et al. 2024, §3.1): layers i with i % k == 0 get a second mixer of the
+    same kind that reads the prompt prefix right to left (``SequenceModel.forward(prefix_len=)``; k = 2 is the
+    paper's half of the layers); None: every layer causal. rnnlab.models.bidirectional says what differs from the
+    paper."""
 
     def __post_init__(self):
         from rnnlab.layers.grid import GRID_MODULES, check_grid_options
@@ -143,7 +148,7 @@ class ModelConfig:
 
         for name in ("d_model", "n_layers"):
             positive_int(name)
-        for name in ("vocab_size", "input_dim", "num_classes", "out_dim"):
+        for name in ("vocab_size", "input_dim", "num_classes", "out_dim", "bidirectional_every"):
             positive_int(name, allow_none=True)
         if not (isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio > 0):
             raise ValueError(f"mlp_ratio must be a number > 0, got {self.mlp_ratio!r}")
@@ -167,6 +172,8 @@ class ModelConfig:
                              f"name, got {self.mixer_kwargs!r}")
         for m, k in zip(mixers, self.layer_kwargs()):  # bad options fail here, before any model is built
             (check_grid_options if m in GRID_MODULES else check_mixer_options)(m, self.d_model, k)
+        if self.bidirectional_every is not None and (self.readout != "gradient" or any(m in GRID_MODULES for m in mixers)):
+            raise ValueError("bidirectional_every needs sequence mixers trained by gradient (no grid modules, readout=\"gradient\")")
         mlp_kwargs = self.layer_mlp_kwargs()
         if not isinstance(self.mlp_kwargs, dict) or any(k and m in MLPS for m, k in zip(self.layer_mlps(), mlp_kwargs)):
             raise ValueError(f"mlp_kwargs must be a dict, empty unless mlp is a registered mixer, got {self.mlp_kwargs!r}")

@@ -23,6 +23,7 @@ from rnnlab.layers.moe import MoE
 from rnnlab.layers.parts import RMSNorm
 from rnnlab.layers.grid import GRID_MODULES, create_grid_mixer
 from rnnlab.layers.registry import create_mixer
+from rnnlab.models.bidirectional import check_prefix_len, reverse_prefix
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.readout import PadFeatures, ReservoirBlock, RidgeReadout
 from rnnlab.ops.varlen import Packing, cu_seqlens_from_lengths
@@ -60,12 +61,13 @@ def make_norm(kind: str, d_model: int, eps: float) -> nn.Module:
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x)). ``rev``: a second mixer reading the prompt
+    prefix right to left, added to the mixer's output (Birdie's bidirectional prefix, rnnlab.models.bidirectional)."""
 
     def __init__(self, mixer: Mixer, mlp: nn.Module | None, d_model: int, eps: float = 1e-6, dropout: float = 0.0,
-                 norm: str = "rms"):
+                 norm: str = "rms", rev: Mixer | None = None):
         super().__init__()
-        self.norm1, self.mixer = make_norm(norm, d_model, eps), mixer
+        self.norm1, self.mixer, self.rev = make_norm(norm, d_model, eps), mixer, rev
         self.norm2 = make_norm(norm, d_model, eps) if mlp is not None else None
         self.mlp = mlp
         self.drop = nn.Dropout(dropout)
@@ -79,11 +81,16 @@ class Block(nn.Module):
     def state_size(self, seq_len: int) -> int:
         return self.mixer.state_size(seq_len) + (self.mlp.state_size(seq_len) if isinstance(self.mlp, Mixer) else 0)
 
-    def forward(self, x: Tensor, state: State, packing: Packing | None = None, dt: Tensor | None = None) -> tuple[Tensor, State]:
-        """``dt`` (B, T): per-token time steps, handed to a mixer that takes them (``takes_dt``), else unused."""
+    def forward(self, x: Tensor, state: State, packing: Packing | None = None, dt: Tensor | None = None,
+                prefix_len: Tensor | None = None) -> tuple[Tensor, State]:
+        """``dt`` (B, T): per-token time steps, handed to a mixer that takes them (``takes_dt``), else unused.
+        ``prefix_len`` (B,): the prompt tokens ``rev`` reads right to left (None: none; unused without ``rev``)."""
         sub = lambda prefix: {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}  # noqa: E731
         kw = {"dt": dt} if dt is not None and self.mixer.takes_dt else {}
-        y, ms = self.mixer(self.norm1(x), sub("mixer."), cu_seqlens=packing, **kw)
+        h = self.norm1(x)
+        y, ms = self.mixer(h, sub("mixer."), cu_seqlens=packing, **kw)
+        if self.rev is not None:  # no prefix with packing (SequenceModel checks): every token alone, rows do not matter
+            y = y + reverse_prefix(self.rev, h, prefix_len)
         x = x + self._drop(y)
         new = {f"mixer.{k}": v for k, v in ms.items()}
         if isinstance(self.mlp, Mixer):
@@ -126,13 +133,15 @@ class SequenceModel(nn.Module):
             nn.init.normal_(self.embed.weight, std=c.d_model ** -0.5 if unit else 0.02)
             self.embed_scale = c.embedding_scale()
         blocks = []
-        for name, kw, mlp, mlp_kw in zip(c.layer_mixers(), c.layer_kwargs(), c.layer_mlps(), c.layer_mlp_kwargs()):
+        for i, (name, kw, mlp, mlp_kw) in enumerate(zip(c.layer_mixers(), c.layer_kwargs(), c.layer_mlps(), c.layer_mlp_kwargs())):
             mixer = (create_grid_mixer if name in GRID_MODULES else create_mixer)(name, c.d_model, **kw)
             if mlp in ("swiglu", "geglu"):
                 mlp = SwiGLU(c.d_model, c.mlp_ratio, "silu" if mlp == "swiglu" else "gelu", c.mlp_bias)
             elif mlp is not None:
                 mlp = create_mixer(mlp, c.d_model, **mlp_kw)
-            blocks.append(Block(mixer, mlp, c.d_model, c.norm_eps, c.dropout, c.norm))
+            bidirectional = c.bidirectional_every is not None and i % c.bidirectional_every == 0
+            rev = create_mixer(name, c.d_model, **kw) if bidirectional else None  # drawn after the layer's own parameters
+            blocks.append(Block(mixer, mlp, c.d_model, c.norm_eps, c.dropout, c.norm, rev))
         self.blocks = nn.ModuleList(blocks)
         if c.embed_norm:
             self.embed_norm = make_norm(c.norm, c.d_model, c.norm_eps)
@@ -201,26 +210,34 @@ class SequenceModel(nn.Module):
             raise ValueError(f"expected float features of shape (B, T, {c.input_dim}), got {tuple(inputs.shape)} {inputs.dtype}")
 
     def forward(self, inputs: Tensor, state: State | None = None, *, cu_seqlens: Tensor | None = None,
-                attention_mask: Tensor | None = None) -> tuple[Tensor, State]:
+                attention_mask: Tensor | None = None, prefix_len: Tensor | int | None = None) -> tuple[Tensor, State]:
         """inputs (B, T) or (B, T, input_dim) -> (outputs, state).
 
         cu_seqlens (N + 1,) int64: inputs are (1, T_total) holding N sequences; the state has N rows;
         outputs are (1, T_total, ...) ("lm", "regress") or (N, num_classes) ("classify").
         attention_mask (B, T) of 0/1: row b's sequence is its tokens where the mask is 1, in order (left
         padding, as HF's generate sends, or right padding); outputs keep the (B, T) layout, zeros at
-        the padding; the state has B rows, each after its own last real token."""
+        the padding; the state has B rows, each after its own last real token.
+        prefix_len (B,) or int: each row's first tokens of this call form the prompt that the bidirectional layers
+        (``ModelConfig.bidirectional_every``) also read right to left (rnnlab.models.bidirectional); ignored by a
+        model without them; not with cu_seqlens or attention_mask."""
         if attention_mask is not None:
             self._check_inputs(inputs)
-            if cu_seqlens is not None:
-                raise ValueError("pass cu_seqlens (packed) or attention_mask (padded), not both")
+            if cu_seqlens is not None or prefix_len is not None:
+                raise ValueError("pass cu_seqlens (packed) or attention_mask (padded), not both; prefix_len takes neither")
             return self._forward_padded(inputs, state, attention_mask)
-        x, new = self.features(inputs, state, cu_seqlens=cu_seqlens)
+        x, new = self.features(inputs, state, cu_seqlens=cu_seqlens, prefix_len=prefix_len)
         out, cap = self.head(x), self.config.logit_soft_cap
         return (out if cap is None else cap * torch.tanh(out / cap)), new
 
-    def features(self, inputs: Tensor, state: State | None = None, *, cu_seqlens: Tensor | None = None) -> tuple[Tensor, State]:
+    def features(self, inputs: Tensor, state: State | None = None, *, cu_seqlens: Tensor | None = None,
+                 prefix_len: Tensor | int | None = None) -> tuple[Tensor, State]:
         """What the head reads: inputs -> (features (B, T, D), or (B, D) / (N, D) pooled for "classify"; state)."""
         self._check_inputs(inputs)
+        if prefix_len is not None:
+            if cu_seqlens is not None:
+                raise ValueError("prefix_len is not supported with packed inputs (cu_seqlens): give padded rows")
+            prefix_len = check_prefix_len(prefix_len, inputs.shape[0], inputs.shape[1], inputs.device)
         packing = None
         if cu_seqlens is not None:
             if inputs.shape[0] != 1:
@@ -240,7 +257,8 @@ class SequenceModel(nn.Module):
         new: State = {}
         for i, block in enumerate(self.blocks):
             prefix = f"{i}."
-            x, s = block(x, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, packing, dt)
+            kw = {} if prefix_len is None else {"prefix_len": prefix_len}  # a reservoir block takes none
+            x, s = block(x, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, packing, dt, **kw)
             new.update({prefix + k: v for k, v in s.items()})
         x = self.norm(x)
         if self.config.head == "classify":

@@ -29,10 +29,10 @@ exponentiated-gradient (Hedge) steps w_i ∝ w_i exp(η r_i), η = ``ETA``, mixe
 exploration: w = (1 - γ) w + γ w_prior, γ decaying from 1/2 to 0.05 by a cosine over the first half of training
 (the paper's explore-then-exploit schedule), 0.05 after.
 
-Not done: Birdie's bidirectional prefix for SSMs (half the state channels read the prompt right to left, causal
-after it) does not fit the mixer contract: every mixer is causal with one state that ``step`` continues token by
-token, so a bidirectional prefix needs a new forward argument (the prefix length) and a reverse pass in every
-mixer; it is left out.
+Bidirectional prefix (``model.bidirectional_every``, rnnlab.models.bidirectional, which says how it differs from
+the paper): a transformed row's prefix is its prompt, the tokens before SEP (none of them scored); a next_token row's
+is the task's declared context (``Task.context_len``, e.g. MQAR's key-value pairs), else 0. Every batch carries its
+rows' prefix lengths, and a causal model ignores them.
 """
 from __future__ import annotations
 
@@ -183,10 +183,14 @@ class Birdie:
         return OBJECTIVES[np.random.default_rng([self.seed, 3, step]).choice(len(OBJECTIVES), p=self.controller.weights)]
 
     def _batch(self, objective: str, batch, rngs):
+        """-> (inputs, targets, prefix_len (b,): each row's prompt, the tokens before SEP; the task's context for
+        next_token rows)."""
         if objective == "next_token":
-            return batch.inputs, batch.targets
+            context = self.task.context_len(batch.inputs.shape[1]) or 0
+            return batch.inputs, batch.targets, torch.full((batch.inputs.shape[0],), context, dtype=torch.int64)
         rows = [transform(objective, x, self.task.seq_len, self.sp, g) for x, g in zip(batch.inputs, rngs)]
-        return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+        x = torch.stack([r[0] for r in rows])
+        return x, torch.stack([r[1] for r in rows]), (x == self.sp.SEP).int().argmax(1)
 
     def train_shard(self, task: Task, step: int, shard: int, shards: int, *, batch_size: int, seed: int, pack: bool,
                     pack_tokens: int | None) -> TrainBatch:
@@ -194,8 +198,8 @@ class Birdie:
         b = batch_size // shards
         rows = range(shard * b, (shard + 1) * b)
         batch = task.train_batch(batch_size, seed, step, rows=slice(rows.start, rows.stop))
-        x, y = self._batch(self.objective(step), batch, [np.random.default_rng([seed, 4, step, r]) for r in rows])
-        return TrainBatch(x, y, None, int(task.count_scored(y)), x.shape[0] * x.shape[1])
+        x, y, prefix = self._batch(self.objective(step), batch, [np.random.default_rng([seed, 4, step, r]) for r in rows])
+        return TrainBatch(x, y, None, int(task.count_scored(y)), x.shape[0] * x.shape[1], prefix)
 
     @torch.no_grad()
     def update(self, model, step: int, device) -> dict:
@@ -203,8 +207,8 @@ class Birdie:
         was = model.training
         model.eval()
         losses = []
-        for x, y in self.held_out:
-            out, _ = model(x.to(device))
+        for x, y, prefix in self.held_out:
+            out, _ = model(x.to(device), prefix_len=prefix.to(device))
             s, n = self.task.loss_terms(out.float(), y.to(device))
             losses.append(float(s) / max(float(n), 1.0))
         model.train(was)

@@ -1,4 +1,4 @@
-"""Sub-commands ``train``, ``sweep``, ``report`` and ``suite``; ``register(subparsers)`` adds them
+"""Sub-commands ``train``, ``sweep``, ``report``, ``suite``, ``reproduce`` and ``diagnose``; ``register(subparsers)`` adds them
 to the ``rnnlab`` parser (rnnlab/cli.py)."""
 from __future__ import annotations
 
@@ -159,6 +159,30 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_diagnose(args) -> int:
+    from rnnlab.train.diagnose import DIAGNOSTICS, diagnose_run
+
+    try:
+        rec = diagnose_run(args.run_dir, args.length, args.examples, args.stride, args.probe, args.probe_positions)
+    except ValueError as e:
+        print(f"rnnlab diagnose: error: {e}", file=sys.stderr)
+        return 2
+    st = rec["state_stats"]
+    print(f"length {rec['length']} (trained at {rec['train_len']}), {rec['examples']} sequences")
+    for i, layer in enumerate(st["layers"]):
+        print(f"layer {i}: state norm {layer['norm'][0]:.3g} at 0 -> {layer['norm'][-1]:.3g} at {st['positions'][-1]} "
+              f"(max {max(layer['norm']):.3g}; max |entry| {max(layer['max_abs']):.3g})")
+    if "probe" in rec:
+        loc = rec["probe"]["located"]
+        print(f"probe ({rec['probe']['mode']}): located layer {loc['layer']} at position {loc['position']}: "
+              f"target log-prob {loc['delta_logp']:+.3f}, accuracy {rec['probe']['clean']['acc']:.3f} -> {loc['acc']:.3f}")
+    if rec.get("heads", {}).get("heads"):
+        loc = rec["heads"]["located"]
+        print(f"heads: located layer {loc['layer']} head {loc['head']}: target log-prob {loc['delta_logp']:+.3f}")
+    print(f"written: {args.run_dir}/{DIAGNOSTICS}")
+    return 0
+
+
 def _collect_interleaved_overrides(parser: argparse.ArgumentParser) -> None:
     """argparse fills a nargs="*" positional from one run of positionals only; overrides written
     between or after options (``--lr 1e-3 task.seq_len=64 --steps 9 train.seed=1``) come back as
@@ -226,6 +250,22 @@ def register(sub) -> None:
     p.add_argument("--workers", type=positive_int, default=2)
     p.add_argument("--out-dir", dest="out_dir", help="default runs/repro/<name>-<quick|full>")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("diagnose", help="state statistics vs position and causal probes on a trained run",
+                       description="Per-layer state norm, mean and spread against position on the run's test set "
+                                   "(default: its longest test length), and for lm tasks the located layer: each "
+                                   "layer's state knocked out (or patched from another sequence) at a grid of "
+                                   "positions, and each attention head knocked out. Writes RUN_DIR/diagnostics.json, "
+                                   "which `rnnlab report` plots (state_stats.png) and tabulates.")
+    p.add_argument("run_dir", help="a run directory (config.json and a checkpoint)")
+    p.add_argument("--length", type=positive_int, help="sequence length (default: the run's longest test length)")
+    p.add_argument("--examples", type=positive_int, default=8, help="test sequences (default %(default)s)")
+    p.add_argument("--stride", type=positive_int, help="read the state every this many tokens (default length // 64)")
+    p.add_argument("--probe", choices=["zero", "patch", "none", "off"], default="zero",
+                   help="state intervention of the located-layer sweep (off: no probes; default %(default)s)")
+    p.add_argument("--probe-positions", dest="probe_positions", type=positive_int, default=16,
+                   help="evenly spaced positions of the sweep (default %(default)s)")
+    p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("suite", help="the curated comparison of mixers on MQAR, parity and selective copying")
     g = p.add_mutually_exclusive_group()

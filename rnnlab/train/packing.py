@@ -32,17 +32,20 @@ __all__ = ["TrainBatch", "train_shard", "packed_batch"]
 @dataclass
 class TrainBatch:
     """inputs (b, T[, F]) padded rows, or (1, T_total[, F]) packed examples with cu_seqlens (N + 1,); targets to
-    match ((N,) for packed classification); count: scored targets in this shard; tokens: its tokens."""
+    match ((N,) for packed classification); count: scored targets in this shard; tokens: its tokens; prefix_len (b,):
+    each row's prompt prefix for bidirectional layers (rnnlab.models.bidirectional; None: the task's context)."""
 
     inputs: Tensor
     targets: Tensor
     cu_seqlens: Tensor | None
     count: int
     tokens: int
+    prefix_len: Tensor | None = None
 
     def to(self, device) -> "TrainBatch":
         cu = None if self.cu_seqlens is None else self.cu_seqlens.to(device)
-        return TrainBatch(self.inputs.to(device), self.targets.to(device), cu, self.count, self.tokens)
+        prefix = None if self.prefix_len is None else self.prefix_len.to(device)
+        return TrainBatch(self.inputs.to(device), self.targets.to(device), cu, self.count, self.tokens, prefix)
 
 
 def train_shard(task: Task, step: int, shard: int, shards: int, *, batch_size: int, seed: int, pack: bool,

@@ -11,9 +11,12 @@ converged (``converged``: the run reached its target, or its loss stopped fallin
     state_size.png    primary metric vs state floats per sequence, one panel per task (the Zoology plot)
     length.png        primary metric vs test length, one panel per task (length generalization)
     loss.png          training loss curves, one panel per task
+    state_stats.png   per-layer state norm and spread vs position, one panel per task, for the runs that
+                      ``rnnlab diagnose`` has diagnosed (their diagnostics.json), with the located-layer table
 """
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean
@@ -172,6 +175,9 @@ def make_report(db: str | Path, out_dir: str | Path | None = None, sweep: str | 
                                          [[r["task"], r["mixer"], r["d_model"], f"{r['lr']:g}",
                                            ([ln for ln in (r["error"] or "").strip().splitlines() if ln.strip()] or ["?"])[-1].replace("|", "/")[:160]]
                                           for r in failed]), ""]
+    diagnosed = [(r, d) for r in best if (d := _diagnostics(r)) is not None]
+    if diagnosed:
+        md += _diagnostics_section(diagnosed, out)
     if best:
         _plots(best, by_task, tasks, out)
         md += ["## Plots\n", "![metric vs state size](state_size.png)\n", "![metric vs test length](length.png)\n",
@@ -179,6 +185,77 @@ def make_report(db: str | Path, out_dir: str | Path | None = None, sweep: str | 
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path
+
+
+def _diagnostics(run: dict) -> dict | None:
+    """The run's diagnostics.json (written by ``rnnlab diagnose``), or None."""
+    from rnnlab.train.diagnose import DIAGNOSTICS
+
+    try:
+        return json.loads((Path(run.get("run_dir") or "") / DIAGNOSTICS).read_text()) if run.get("run_dir") else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _diagnostics_section(diagnosed: list[tuple[dict, dict]], out: Path) -> list[str]:
+    """The located-layer table and state_stats.png for the diagnosed runs."""
+    rows = []
+    for r, d in diagnosed:
+        st = d["state_stats"]
+        norms = ", ".join(f"{layer['norm'][-1]:.3g}" for layer in st["layers"])
+        p, h = d.get("probe"), (d.get("heads") or {}).get("located")
+        loc = p["located"] if p else None
+        rows.append([r["task"], r["mixer"], f"{d['length']} ({d['train_len']})", norms,
+                     p["mode"] if p else None, loc["layer"] if loc else None, loc["position"] if loc else None,
+                     loc["delta_logp"] if loc else None,
+                     f"{p['clean']['acc']:.3f} -> {loc['acc']:.3f}" if loc else None,
+                     f"{h['layer']}.{h['head']} ({h['delta_logp']:+.3f})" if h else None])
+    _state_plot(diagnosed, out)
+    return ["## State diagnostics and probes (`rnnlab diagnose`)\n",
+            "State norm per layer after the last token; the located layer is the (layer, position) whose state "
+            "intervention lowers the target's log-probability most (Δ log p, mean over scored positions); the located "
+            "head, the attention head whose knockout does.\n",
+            _table(["task", "mixer", "length (train)", "state norm per layer", "probe", "located layer", "position",
+                    "Δ log p", "accuracy", "located head (Δ log p)"], rows), "",
+            "![state statistics vs position](state_stats.png)\n"]
+
+
+def _state_plot(diagnosed: list[tuple[dict, dict]], out: Path) -> None:
+    """state_stats.png: rows norm / std of the entries, one column per task; a line per (mixer, layer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r, _ in diagnosed})
+    mixers = sorted({r["mixer"] for r, _ in diagnosed})
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(mixers)}
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks) + 2.4, 6.4), squeeze=False)
+    fig.suptitle("state per layer vs position (dotted: training length)")
+    for col, t in enumerate(tasks):
+        for r, d in diagnosed:
+            if r["task"] != t:
+                continue
+            st = d["state_stats"]
+            for i, layer in enumerate(st["layers"]):
+                for row, key in enumerate(("norm", "std")):
+                    axes[row][col].plot(st["positions"], layer[key], styles[i % len(styles)], color=colors[r["mixer"]],
+                                        lw=1, label=f"{r['mixer']} layer {i}")
+            for row in range(2):
+                axes[row][col].axvline(d["train_len"], color="gray", ls=":", lw=1)
+        axes[0][col].set_title(t)
+        axes[0][col].set_ylabel("state norm (mean over sequences)")
+        axes[1][col].set_ylabel("std of the state's entries")
+        axes[1][col].set_xlabel("position (tokens)")
+    handles = {}
+    for ax in axes.flat:
+        for hnd, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, hnd)
+    fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1 - 2.2 / (4.6 * len(tasks) + 2.4), 0.95))
+    fig.savefig(out / "state_stats.png", dpi=110)
+    plt.close(fig)
 
 
 def _plots(best, by_task, tasks, out: Path) -> None:

@@ -36,7 +36,7 @@ from rnnlab.train.birdie import Birdie
 from rnnlab.train.init_state import start_states
 from rnnlab.train.packing import train_shard
 
-__all__ = ["get_lr", "evaluate", "train", "score_of", "NonFiniteError", "RunDirInUse"]
+__all__ = ["get_lr", "evaluate", "train", "score_of", "context_prefix", "NonFiniteError", "RunDirInUse"]
 
 CKPT, CONFIG, METRICS, RESULT, LOCK = "checkpoint.safetensors", "config.json", "metrics.jsonl", "result.json", ".lock"
 
@@ -78,15 +78,27 @@ def evaluate(model, task, train_cfg, device) -> dict[int, dict[str, float]]:
     for L in task.test_lengths:
         sums: dict[str, float] = {}
         for batch in task.test_batches(L, train_cfg.eval_examples, train_cfg.eval_batch_size, train_cfg.seed):
+            prefix = context_prefix(model, task, batch.inputs)
             if train_cfg.eval_prompt == "jrt_prompt":
                 batch = task.jrt_prompt(batch)
+                prefix = None if prefix is None else 2 * prefix  # the context given twice
             batch = batch.to(device)
             with _autocast(device, train_cfg.bf16):
-                y, _ = model(batch.inputs)
+                y, _ = model(batch.inputs, **({} if prefix is None else {"prefix_len": prefix}))
             sums = M.add_sums(sums, task.metric_sums(y.float(), batch.targets))
         out[L] = task.finalize(sums)
     model.train(was)
     return out
+
+
+def context_prefix(model, task, inputs, cu_seqlens=None) -> int | None:
+    """The prompt prefix of a task's own rows (B, T) for a model with bidirectional layers (ModelConfig.bidirectional_every,
+    rnnlab.models.bidirectional): the task's declared context (``Task.context_len``: MQAR's key-value pairs, whose
+    targets are not scored), 0 for a task without one; None for a causal model or packed rows."""
+    every = getattr(getattr(model, "config", None), "bidirectional_every", None)  # evaluate takes any module
+    if every is None or cu_seqlens is not None or task.output != "lm":
+        return None
+    return task.context_len(inputs.shape[1]) or 0
 
 
 def score_of(evals: dict, metric: str) -> float:
@@ -364,8 +376,9 @@ def _gradient_step(net, optimizer, params, task, tc, step, rank, world, device, 
             j = rank * accum + m
             rows = mb.inputs.shape[0] if mb.cu_seqlens is None else len(mb.cu_seqlens) - 1
             state = None if starts is None else starts.initial(step, j, rows, device)
+            prefix = mb.prefix_len if mb.prefix_len is not None else context_prefix(model, task, mb.inputs, mb.cu_seqlens)
             with _autocast(device, tc.bf16):
-                out, final = net(mb.inputs, state, cu_seqlens=mb.cu_seqlens)
+                out, final = net(mb.inputs, state, cu_seqlens=mb.cu_seqlens, **({} if prefix is None else {"prefix_len": prefix}))
             if starts is not None:
                 starts.record(j, final)
             loss_sum, _ = task.loss_terms(out.float(), mb.targets)

@@ -125,3 +125,42 @@ def test_birdie_needs_a_token_lm_task_long_enough(tmp_path):
         check_birdie(create_task("lorenz"))
     with pytest.raises(ValueError, match="needs task.seq_len >= 24, got 12"):
         train(tiny_config(tmp_path, objective="birdie"))
+
+
+def test_bidirectional_prefix_through_the_trainer(tmp_path):
+    """model.bidirectional_every: every objective's rows carry their prompt (the tokens before SEP, none scored) as the
+    prefix; next_token rows the task's context (bytes_lm: none); a run trains the reverse mixer and evaluates."""
+    cfg = config(tmp_path, objective="birdie", birdie_every=2)
+    cfg["task"]["seq_len"] = 24
+    cfg["model"] = {**cfg["model"], "bidirectional_every": 2}
+    from rnnlab.train.config import resolve
+
+    _, task, _, tc = resolve(cfg)
+    bird = Birdie(task, tc)
+    for o, (x, y, prefix) in zip(OBJECTIVES, bird.held_out):
+        for row, p in zip(x, prefix.tolist()):
+            if o == "next_token":
+                assert p == 0
+            else:
+                assert row[p] == bird.sp.SEP and bird.sp.SEP not in row[:p].tolist()
+        assert all((y[r, :p] == IGNORE_INDEX).all() for r, p in enumerate(prefix.tolist()))
+    res = train(cfg)
+    assert math.isfinite(res["score"])
+    from safetensors.torch import load_file
+
+    w = load_file(tmp_path / "run/checkpoint.safetensors")
+    assert any(k.startswith("model.blocks.0.rev.") for k in w) and not any(k.startswith("model.blocks.1.rev.") for k in w)
+
+
+def test_a_tasks_context_is_the_prefix_of_its_own_rows():
+    from rnnlab.models import ModelConfig, SequenceModel
+    from rnnlab.tasks import create_task
+    from rnnlab.tasks.base import rng_for
+    from rnnlab.train.trainer import context_prefix
+
+    mq = create_task("mqar", seq_len=32, num_kv_pairs=4, vocab_size=32)
+    b = mq.sample(4, 32, rng_for(0, "test", 32), "test")
+    kw = dict(mixer="mamba", vocab_size=32, d_model=16, n_layers=2)
+    c = context_prefix(SequenceModel(ModelConfig(**kw, bidirectional_every=2)), mq, b.inputs)
+    assert c == mq.context_len(32) > 0 and (b.targets[:, :c] == IGNORE_INDEX).all()  # the key-value pairs, unscored
+    assert context_prefix(SequenceModel(ModelConfig(**kw)), mq, b.inputs) is None
