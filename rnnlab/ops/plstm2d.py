@@ -32,6 +32,7 @@ dtype.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor
 
@@ -40,7 +41,7 @@ from rnnlab.ops.forms import check_form
 
 __all__ = ["plstm2d", "plstm2d_ref", "BACKENDS"]
 
-BACKENDS = ("auto", "wavefront", "reference")  # rnnlab.ops.forms
+BACKENDS = ("auto", "wavefront", "hierarchical", "reference")  # rnnlab.ops.forms
 
 
 def _check(q, k, v, S, T, M, D, h0, who: str) -> None:
@@ -102,52 +103,174 @@ def plstm2d_ref(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor
     return torch.stack(rows, 1).to(out_dtype), (torch.stack(right, 1), torch.stack(bottom, 1))
 
 
-def _diagonals(X: int, Y: int, device) -> tuple[Tensor, Tensor, list[int], list[int]]:
-    """The cells in wavefront order: -> (order (X·Y,): flat index x·Y + y of the cells of diagonal 0, 1, ..., each by
-    increasing x; back (X·Y,): where each flat cell lies in that order; counts and first x of every diagonal)."""
+def _spans(X: int, Y: int) -> tuple[list[int], list[int]]:
+    """The anti-diagonals d = x + y of an X x Y grid: -> (lo, counts): diagonal d holds x = lo[d] .. lo[d] + counts[d] - 1."""
     lo = [max(0, d - Y + 1) for d in range(X + Y - 1)]
-    counts = [min(d, X - 1) + 1 - lo[d] for d in range(X + Y - 1)]
+    return lo, [min(d, X - 1) + 1 - lo[d] for d in range(X + Y - 1)]
+
+
+def _diagonals(X: int, Y: int, device) -> tuple[Tensor, Tensor, list[int]]:
+    """The cells in wavefront order: -> (order (X·Y,): flat index x·Y + y of the cells of diagonal 0, 1, ..., each by
+    increasing x; back (X·Y,): where each flat cell lies in that order; counts of every diagonal)."""
+    lo, counts = _spans(X, Y)
     order = torch.tensor([x * Y + d - x for d in range(X + Y - 1) for x in range(lo[d], lo[d] + counts[d])], device=device)
-    return order, torch.argsort(order), counts, lo
+    return order, torch.argsort(order), counts
 
 
-def plstm2d(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D: Tensor,
-            initial_state: tuple[Tensor, Tensor] | None = None, scale: float | None = None,
-            backend: str = "auto") -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """Shapes as the module doc. backend: "auto" (= "wavefront"), "wavefront", "reference"; scale None = K^-1/2."""
-    form = check_form(backend, BACKENDS, "plstm2d")
-    if form == "reference":
-        return plstm2d_ref(q, k, v, S, T, M, D, initial_state, scale)
-    _check(q, k, v, S, T, M, D, initial_state, "plstm2d")
-    out_dtype = v.dtype
-    (q, k, v, S, T, M, D), (C_left, C_top) = _prepare(q, k, v, S, T, M, D, initial_state)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    B, X, Y = q.shape[:3]
-    order, back, counts, lo = _diagonals(X, Y, q.device)
+def _sweep(X: int, Y: int, left: Tensor, top: Tensor, step) -> tuple[Tensor, Tensor]:
+    """The grid DAG's wavefront over an X x Y grid of nodes (cells, or blocks of cells): left (B, Y, ...) and top
+    (B, X, ...) the edge states entering from the left and from above; ``step(d, r_in, d_in) -> (r_out, d_out)`` runs
+    the nodes of anti-diagonal d (by increasing x), r_in / d_in (B, counts[d], ...) the r- and d-edges entering them.
+    -> (right (B, Y, ...), bottom (B, X, ...)): the edges leaving the grid."""
+    lo, counts = _spans(X, Y)
+    right, bottom = [None] * Y, [None] * X
+    for d in range(X + Y - 1):
+        # node (x, d-x) reads the r-edge of (x-1, d-x) (the left boundary at x = 0) and the d-edge of (x, d-x-1)
+        # (the upper boundary at y = 0); the diagonal before holds x from lo[d-1]
+        hi = lo[d] + counts[d]
+        r_in = r_prev[:, :hi - 1 - lo[d - 1]] if d else left[:, :0]
+        if d < Y:
+            r_in = torch.cat([left[:, d:d + 1], r_in], 1)
+        d_in = d_prev[:, lo[d] - lo[d - 1]:min(hi, d) - lo[d - 1]] if d else top[:, :0]
+        if d < X:
+            d_in = torch.cat([d_in, top[:, d:d + 1]], 1)
+        r_prev, d_prev = step(d, r_in, d_in)
+        if d >= X - 1:  # node (X-1, d-X+1) ends a row's r-edges
+            right[d - X + 1] = r_prev[:, X - 1 - lo[d]]
+        if d >= Y - 1:  # node (d-Y+1, Y-1) ends a column's d-edges
+            bottom[d - Y + 1] = d_prev[:, d - Y + 1 - lo[d]]
+    return torch.stack(right, 1), torch.stack(bottom, 1)
+
+
+def _wavefront(q, k, v, S, T, M, D, C_left, C_top, scale):
+    """The cells' anti-diagonals in turn, each batched (module doc); inputs prepared, shapes as the module doc."""
+    X, Y = q.shape[1:3]
+    order, back, counts = _diagonals(X, Y, q.device)
     # cells in wavefront order, then one slice per diagonal, cut once (views; their backward is one concatenation)
     diag = lambda t: t.flatten(1, 2)[:, order].split(counts, 1)  # noqa: E731
     now = scale * (D * (q * k).sum(-1))[..., None] * v  # the direct term of every cell at once
     kv = diag(einsum(k, v, "b x y h k, b x y h v -> b x y h k v"))
     q, S, T, M = diag(scale * q[..., None]), diag(S[..., None, None]), diag(T[..., None, None]), diag(M[..., None, None])
-    ys, right, bottom = [], [None] * Y, [None] * X
-    for d in range(X + Y - 1):
-        # diagonal d holds the cells x = lo[d] .. lo[d] + counts[d] - 1 (y = d - x); the diagonal before, from lo[d-1].
-        # Cell (x, d-x) reads the r-edge of (x-1, d-x) (the left boundary at x = 0) and the d-edge of (x, d-x-1)
-        # (the upper boundary at y = 0); the gates' 2 x 2 pairs as elementwise products (cheaper than an einsum).
-        hi = lo[d] + counts[d]
-        r_in = r_prev[:, :hi - 1 - lo[d - 1]] if d else C_left[:, :0]
-        if d < Y:
-            r_in = torch.cat([C_left[:, d:d + 1], r_in], 1)
-        d_in = d_prev[:, lo[d] - lo[d - 1]:min(hi, d) - lo[d - 1]] if d else C_top[:, :0]
-        if d < X:
-            d_in = torch.cat([d_in, C_top[:, d:d + 1]], 1)
+    ys = []
+
+    def step(d, r_in, d_in):  # the gates' 2 x 2 pairs as elementwise products (cheaper than an einsum)
         (Sr, Sd), ((Trl, Tru), (Tdl, Tdu)), (Ml, Mu) = S[d].unbind(3), (t.unbind(3) for t in T[d].unbind(3)), M[d].unbind(3)
         ys.append((q[d] * (Ml * r_in + Mu * d_in)).sum(-2))
-        r_prev = Trl * r_in + Tru * d_in + Sr * kv[d]
-        d_prev = Tdl * r_in + Tdu * d_in + Sd * kv[d]
-        if d >= X - 1:  # cell (X-1, d-X+1) ends a row of the grid's r-edges
-            right[d - X + 1] = r_prev[:, X - 1 - lo[d]]
-        if d >= Y - 1:  # cell (d-Y+1, Y-1) ends a column's d-edges
-            bottom[d - Y + 1] = d_prev[:, d - Y + 1 - lo[d]]
+        return Trl * r_in + Tru * d_in + Sr * kv[d], Tdl * r_in + Tdu * d_in + Sd * kv[d]
+
+    final = _sweep(X, Y, C_left, C_top, step)
     y = torch.cat(ys, 1)[:, back] + now.flatten(1, 2)
-    return rearrange(y, "b (x y) h v -> b x y h v", x=X).to(out_dtype), (torch.stack(right, 1), torch.stack(bottom, 1))
+    return rearrange(y, "b (x y) h v -> b x y h v", x=X), final
+
+
+def _cell_maps(S: Tensor, T: Tensor, M: Tensor, D: Tensor) -> Tensor:
+    """Gates (..) -> every cell's map W (.., 3, 3) from [C_l, C_u, k vᵀ] to [C_r, C_d, y]: [[T, S], [M, D]]."""
+    return torch.cat([torch.cat([T, S[..., None]], -1), torch.cat([M, D[..., None]], -1)[..., None, :]], -2)
+
+
+def _placement(parts: dict[str, int], want: list[str], device) -> Tensor:
+    """Rows (or columns) laid out as ``parts`` (name -> size, in order) -> the index that lays them out as ``want``."""
+    start, at = {}, 0
+    for name, size in parts.items():
+        start[name], at = at, at + size
+    return torch.cat([torch.arange(start[n], start[n] + parts[n], device=device) for n in want])
+
+
+def _merge(W: Tensor, cells: Tensor, px: int, py: int, axis: int) -> tuple[Tensor, Tensor]:
+    """Join neighbouring blocks of px x py cells in pairs along ``axis`` (0: x, 1: y), A the first, B the second.
+
+    W (.., nx, ny, py + px + n, py + px + n), n = px·py: each block's map from its entering edges [l (py), u (px)]
+    and its cells' k vᵀ (n) to its leaving edges [r (py), d (px)] and its cells' outputs (n), in those row and column
+    orders; cells (n, 2): the (x, y) in the block of each cell, in W's cell order. A's leaving edges on the shared side
+    ("mid": A's r-edges along x, its d-edges along y) are B's entering edges there, so B's rows, which read mid through
+    B[:, mid], read A's inputs through B[:, mid] @ A[mid, :]; A's other rows read A's inputs only. The joined cells
+    are A's then B's (a Z-order, undone once at the end)."""
+    A, B = (W[..., 0::2, :, :, :], W[..., 1::2, :, :, :]) if axis == 0 else (W[..., 0::2, :, :], W[..., 1::2, :, :])
+    n, E, dev = px * py, px + py, W.device
+    mid = torch.arange(py, device=dev) if axis == 0 else torch.arange(py, E, device=dev)
+    # A's rows but mid, B's columns but mid (the entering edges [l, u] are laid out like the leaving [r, d])
+    keep = torch.cat([torch.arange(py, E, device=dev) if axis == 0 else torch.arange(py, device=dev),
+                      torch.arange(E, E + n, device=dev)])
+    A_out, B_in = A.index_select(-2, keep), B.index_select(-1, keep)
+    W = torch.cat([torch.cat([A_out, A_out.new_zeros(*A_out.shape[:-1], B_in.shape[-1])], -1),
+                   torch.cat([B.index_select(-1, mid) @ A.index_select(-2, mid), B_in], -1)], -2)
+    # rows now: A's non-mid outputs, B's outputs; columns: A's inputs, B's non-mid inputs; back to [edges, cells]
+    rows = {"Ad" if axis == 0 else "Ar": px if axis == 0 else py, "Ay": n, "Br": py, "Bd": px, "By": n}
+    cols = {"Al": py, "Au": px, "Akv": n, f"B{'u' if axis == 0 else 'l'}": px if axis == 0 else py, "Bkv": n}
+    if axis == 0:  # joined edges: r = B's r, d = A's d then B's; l = A's l, u = A's u then B's
+        W = W.index_select(-2, _placement(rows, ["Br", "Ad", "Bd", "Ay", "By"], dev))
+        W = W.index_select(-1, _placement(cols, ["Al", "Au", "Bu", "Akv", "Bkv"], dev))
+        cells = torch.cat([cells, cells + torch.tensor([px, 0], device=cells.device)])
+    else:  # r = A's r then B's, d = B's d; l = A's l then B's, u = A's u
+        W = W.index_select(-2, _placement(rows, ["Ar", "Br", "Bd", "Ay", "By"], dev))
+        W = W.index_select(-1, _placement(cols, ["Al", "Bl", "Au", "Akv", "Bkv"], dev))
+        cells = torch.cat([cells, cells + torch.tensor([0, py], device=cells.device)])
+    return W, cells
+
+
+def _hierarchical(q, k, v, S, T, M, D, C_left, C_top, scale, block: int):
+    """Blocks of up to block x block cells, each block's map built in log2 levels of pairwise merges, then the blocks'
+    wavefront (module doc); inputs prepared, shapes as the module doc."""
+    B, X, Y, H = q.shape[:4]
+    px, py = (min(1 << (n - 1).bit_length(), block) for n in (X, Y))  # block sides: powers of two
+    Xp, Yp = -(-X // px) * px, -(-Y // py) * py
+    # padded cells pass their r-edge on (x >= X, inside a real row) or their d-edge (y >= Y): boundary states stay exact
+    W = _cell_maps(S, T, M, D)
+    if (Xp, Yp) != (X, Y):
+        xs, ys = torch.arange(Xp, device=q.device)[:, None], torch.arange(Yp, device=q.device)[None]
+        through = torch.zeros(Xp, Yp, 1, 3, 3, dtype=W.dtype, device=W.device)
+        through[..., 0, 0], through[..., 1, 1] = ((xs >= X) & (ys < Y))[..., None], ((xs < X) & (ys >= Y))[..., None]
+        pad = lambda t, inner: F.pad(t, (0, 0) * inner + (0, Yp - Y, 0, Xp - X))  # noqa: E731  inner: dims after y
+        W = pad(W, 3) + through
+        q, k, v = pad(q, 2), pad(k, 2), pad(v, 2)
+        C_left, C_top = F.pad(C_left, (0, 0, 0, 0, 0, 0, 0, Yp - Y)), F.pad(C_top, (0, 0, 0, 0, 0, 0, 0, Xp - X))
+    nx, ny = Xp // px, Yp // py
+    W = rearrange(W, "b x y h i j -> (b h) x y i j")
+    cells, bx, by = torch.zeros(1, 2, dtype=torch.long, device=q.device), 1, 1
+    while bx < px or by < py:  # alternate the axes: blocks stay square until one side is done
+        axis = 0 if bx < px and (bx <= by or by == py) else 1
+        W, cells = _merge(W, cells, bx, by, axis)
+        bx, by = (2 * bx, by) if axis == 0 else (bx, 2 * by)
+    E, raster = px + py, cells[:, 0] * py + cells[:, 1]
+    blocks = lambda t: rearrange(t, "b (i p) (j r) h e -> (b h) i j (p r) e", p=px, r=py)[..., raster, :]  # noqa: E731
+    q, k, v = blocks(scale * q), blocks(k), blocks(v)
+    TT, SS, MM, GG = W[..., :E, :E], W[..., :E, E:], W[..., E:, :E], W[..., E:, E:]
+    source = einsum(SS, k, v, "n i j e c, n i j c k, n i j c v -> n i j e k v")  # the cells' part of the leaving edges
+    order, back, counts = _diagonals(nx, ny, q.device)
+    diag = lambda t: t.flatten(1, 2)[:, order].split(counts, 1)  # noqa: E731
+    TTd, sourced, entered = diag(TT), diag(source), []
+
+    def step(d, r_in, d_in):
+        entered.append(torch.cat([r_in, d_in], 2))
+        out = einsum(TTd[d], entered[-1], "n c f e, n c e k v -> n c f k v") + sourced[d]
+        return out[:, :, :py], out[:, :, py:]
+
+    split = lambda t, p: rearrange(t, "b (i p) h k v -> (b h) i p k v", p=p)  # noqa: E731
+    right, bottom = _sweep(nx, ny, split(C_left, py), split(C_top, px), step)
+    entering = rearrange(torch.cat(entered, 1)[:, back], "n (i j) e k v -> n i j e (k v)", i=nx)
+    seen = rearrange(MM @ entering, "n i j c (k v) -> n i j c k v", k=q.shape[-1])
+    y = (q[..., None] * seen).sum(-2) + ((q @ k.transpose(-1, -2)) * GG) @ v
+    y = rearrange(y[..., torch.argsort(raster), :], "(b h) i j (p r) v -> b (i p) (j r) h v", h=H, p=px)[:, :X, :Y]
+    join = lambda t, n: rearrange(t, "(b h) i p k v -> b (i p) h k v", h=H)[:, :n]  # noqa: E731
+    return y, (join(right, Y), join(bottom, X))
+
+
+def plstm2d(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D: Tensor,
+            initial_state: tuple[Tensor, Tensor] | None = None, scale: float | None = None,
+            backend: str = "auto", block: int = 16) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Shapes as the module doc. backend: "auto" (= "wavefront"), "wavefront", "hierarchical", "reference"; scale None =
+    K^-1/2; block: the hierarchical form's largest block side (a power of two >= 1)."""
+    form = check_form(backend, BACKENDS, "plstm2d")
+    if form == "reference":
+        return plstm2d_ref(q, k, v, S, T, M, D, initial_state, scale)
+    if block < 1 or block & (block - 1):
+        raise ValueError(f"plstm2d: block must be a power of two >= 1, got {block}")
+    _check(q, k, v, S, T, M, D, initial_state, "plstm2d")
+    out_dtype = v.dtype
+    (q, k, v, S, T, M, D), (C_left, C_top) = _prepare(q, k, v, S, T, M, D, initial_state)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if form == "hierarchical":
+        y, final = _hierarchical(q, k, v, S, T, M, D, C_left, C_top, scale, block)
+    else:
+        y, final = _wavefront(q, k, v, S, T, M, D, C_left, C_top, scale)
+    return y.to(out_dtype), final
