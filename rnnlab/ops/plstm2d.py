@@ -163,49 +163,39 @@ def _wavefront(q, k, v, S, T, M, D, C_left, C_top, scale):
     return rearrange(y, "b (x y) h v -> b x y h v", x=X), final
 
 
-def _cell_maps(S: Tensor, T: Tensor, M: Tensor, D: Tensor) -> Tensor:
-    """Gates (..) -> every cell's map W (.., 3, 3) from [C_l, C_u, k vᵀ] to [C_r, C_d, y]: [[T, S], [M, D]]."""
-    return torch.cat([torch.cat([T, S[..., None]], -1), torch.cat([M, D[..., None]], -1)[..., None, :]], -2)
+def _insert(base: Tensor, extra: Tensor, at: int, dim: int) -> Tensor:
+    """``extra`` put into ``base`` before its index ``at`` along ``dim`` (negative)."""
+    return torch.cat([base.narrow(dim, 0, at), extra, base.narrow(dim, at, base.shape[dim] - at)], dim)
 
 
-def _placement(parts: dict[str, int], want: list[str], device) -> Tensor:
-    """Rows (or columns) laid out as ``parts`` (name -> size, in order) -> the index that lays them out as ``want``."""
-    start, at = {}, 0
-    for name, size in parts.items():
-        start[name], at = at, at + size
-    return torch.cat([torch.arange(start[n], start[n] + parts[n], device=device) for n in want])
+def _merge(blocks: tuple[Tensor, Tensor, Tensor, Tensor], cells: Tensor, px: int, py: int, axis: int):
+    """Join neighbouring blocks of px x py cells in pairs along ``axis`` (0: x, 1: y): A the first of a pair, B the
+    second. A block is its linear map from its entering edges [l (py), u (px)] and its n = px·py cells' k vᵀ to its
+    leaving edges [r (py), d (px)] and its cells' outputs, in four parts over (.., nx, ny): transition T (E, E),
+    source S (E, n), mark M (n, E), gating G (n, n), E = py + px, rows out, columns in; cells (n, 2): each cell's
+    (x, y) in the block, in the parts' cell order.
 
-
-def _merge(W: Tensor, cells: Tensor, px: int, py: int, axis: int) -> tuple[Tensor, Tensor]:
-    """Join neighbouring blocks of px x py cells in pairs along ``axis`` (0: x, 1: y), A the first, B the second.
-
-    W (.., nx, ny, py + px + n, py + px + n), n = px·py: each block's map from its entering edges [l (py), u (px)]
-    and its cells' k vᵀ (n) to its leaving edges [r (py), d (px)] and its cells' outputs (n), in those row and column
-    orders; cells (n, 2): the (x, y) in the block of each cell, in W's cell order. A's leaving edges on the shared side
-    ("mid": A's r-edges along x, its d-edges along y) are B's entering edges there, so B's rows, which read mid through
-    B[:, mid], read A's inputs through B[:, mid] @ A[mid, :]; A's other rows read A's inputs only. The joined cells
-    are A's then B's (a Z-order, undone once at the end)."""
-    A, B = (W[..., 0::2, :, :, :], W[..., 1::2, :, :, :]) if axis == 0 else (W[..., 0::2, :, :], W[..., 1::2, :, :])
-    n, E, dev = px * py, px + py, W.device
-    mid = torch.arange(py, device=dev) if axis == 0 else torch.arange(py, E, device=dev)
-    # A's rows but mid, B's columns but mid (the entering edges [l, u] are laid out like the leaving [r, d])
-    keep = torch.cat([torch.arange(py, E, device=dev) if axis == 0 else torch.arange(py, device=dev),
-                      torch.arange(E, E + n, device=dev)])
-    A_out, B_in = A.index_select(-2, keep), B.index_select(-1, keep)
-    W = torch.cat([torch.cat([A_out, A_out.new_zeros(*A_out.shape[:-1], B_in.shape[-1])], -1),
-                   torch.cat([B.index_select(-1, mid) @ A.index_select(-2, mid), B_in], -1)], -2)
-    # rows now: A's non-mid outputs, B's outputs; columns: A's inputs, B's non-mid inputs; back to [edges, cells]
-    rows = {"Ad" if axis == 0 else "Ar": px if axis == 0 else py, "Ay": n, "Br": py, "Bd": px, "By": n}
-    cols = {"Al": py, "Au": px, "Akv": n, f"B{'u' if axis == 0 else 'l'}": px if axis == 0 else py, "Bkv": n}
-    if axis == 0:  # joined edges: r = B's r, d = A's d then B's; l = A's l, u = A's u then B's
-        W = W.index_select(-2, _placement(rows, ["Br", "Ad", "Bd", "Ay", "By"], dev))
-        W = W.index_select(-1, _placement(cols, ["Al", "Au", "Bu", "Akv", "Bkv"], dev))
-        cells = torch.cat([cells, cells + torch.tensor([px, 0], device=cells.device)])
-    else:  # r = A's r then B's, d = B's d; l = A's l then B's, u = A's u
-        W = W.index_select(-2, _placement(rows, ["Ar", "Br", "Bd", "Ay", "By"], dev))
-        W = W.index_select(-1, _placement(cols, ["Al", "Bl", "Au", "Akv", "Bkv"], dev))
-        cells = torch.cat([cells, cells + torch.tensor([0, py], device=cells.device)])
-    return W, cells
+    A's leaving edges on the shared side ("mid": its r-edges along x, its d-edges along y) are B's entering edges
+    there, so whatever of B reads mid (B's columns mid) reads A's inputs through those columns @ A's rows mid; the
+    rest of A reads A's inputs only. The joined edges stay in order (r: B's r along x, A's then B's along y; d: A's
+    then B's along x, B's along y; l, u likewise): A's other leaving edges go into B's rows at ``row_at``, B's other
+    entering edges into A's columns at ``col_at``; the joined cells are A's then B's (a Z-order, undone at the end).
+    -> the joined parts and cells."""
+    pair = (lambda t, i: t[..., i::2, :, :, :]) if axis == 0 else (lambda t, i: t[..., i::2, :, :])  # noqa: E731
+    (TA, SA, MA, GA), (TB, SB, MB, GB) = ([pair(t, i) for t in blocks] for i in (0, 1))
+    E = px + py
+    mid, keep = (slice(0, py), slice(py, E)) if axis == 0 else (slice(py, E), slice(0, py))
+    row_at, col_at = (py, E) if axis == 0 else (0, py)
+    tA, sA = TA[..., mid, :], SA[..., mid, :]  # what leaves A through mid
+    tB, mB = TB[..., :, mid], MB[..., :, mid]  # what of B reads mid
+    zero = lambda a, b: a.new_zeros(*a.shape[:-1], b.shape[-1])  # noqa: E731  rows of a, as many columns as b
+    T = _insert(_insert(tB @ tA, TB[..., keep], col_at, -1), _insert(TA[..., keep, :], zero(TA[..., keep, :], TB[..., keep]), col_at, -1),
+                row_at, -2)
+    S = _insert(torch.cat([tB @ sA, SB], -1), torch.cat([SA[..., keep, :], zero(SA[..., keep, :], SB)], -1), row_at, -2)
+    M = torch.cat([_insert(MA, zero(MA, MB[..., keep]), col_at, -1), _insert(mB @ tA, MB[..., keep], col_at, -1)], -2)
+    G = torch.cat([torch.cat([GA, zero(GA, GB)], -1), torch.cat([mB @ sA, GB], -1)], -2)
+    step = torch.tensor([px, 0] if axis == 0 else [0, py], device=cells.device)
+    return (T, S, M, G), torch.cat([cells, cells + step])
 
 
 def _hierarchical(q, k, v, S, T, M, D, C_left, C_top, scale, block: int):
@@ -214,27 +204,29 @@ def _hierarchical(q, k, v, S, T, M, D, C_left, C_top, scale, block: int):
     B, X, Y, H = q.shape[:4]
     px, py = (min(1 << (n - 1).bit_length(), block) for n in (X, Y))  # block sides: powers of two
     Xp, Yp = -(-X // px) * px, -(-Y // py) * py
-    # padded cells pass their r-edge on (x >= X, inside a real row) or their d-edge (y >= Y): boundary states stay exact
-    W = _cell_maps(S, T, M, D)
+    S, M, D = S[..., None], M[..., None, :], D[..., None, None]  # a cell's parts: T (2, 2), S (2, 1), M (1, 2), G (1, 1)
     if (Xp, Yp) != (X, Y):
-        xs, ys = torch.arange(Xp, device=q.device)[:, None], torch.arange(Yp, device=q.device)[None]
-        through = torch.zeros(Xp, Yp, 1, 3, 3, dtype=W.dtype, device=W.device)
-        through[..., 0, 0], through[..., 1, 1] = ((xs >= X) & (ys < Y))[..., None], ((xs < X) & (ys >= Y))[..., None]
+        # padded cells pass their r-edge on (x >= X, inside a real row) or their d-edge (y >= Y), and read and write
+        # nothing else: the real cells and the boundary states are those of the unpadded grid
         pad = lambda t, inner: F.pad(t, (0, 0) * inner + (0, Yp - Y, 0, Xp - X))  # noqa: E731  inner: dims after y
-        W = pad(W, 3) + through
+        xs, ys = torch.arange(Xp, device=q.device)[:, None, None], torch.arange(Yp, device=q.device)[None, :, None]
+        r_on, d_on = (xs >= X) & (ys < Y), (xs < X) & (ys >= Y)  # (Xp, Yp, 1)
+        off = torch.zeros_like(r_on)
+        through = torch.stack([torch.stack([r_on, off], -1), torch.stack([off, d_on], -1)], -2)  # (Xp, Yp, 1, 2, 2)
+        T, S, M, D = pad(T, 3) + through.to(T.dtype), pad(S, 3), pad(M, 3), pad(D, 3)
         q, k, v = pad(q, 2), pad(k, 2), pad(v, 2)
         C_left, C_top = F.pad(C_left, (0, 0, 0, 0, 0, 0, 0, Yp - Y)), F.pad(C_top, (0, 0, 0, 0, 0, 0, 0, Xp - X))
     nx, ny = Xp // px, Yp // py
-    W = rearrange(W, "b x y h i j -> (b h) x y i j")
+    parts = tuple(rearrange(t, "b x y h i j -> (b h) x y i j") for t in (T, S, M, D))
     cells, bx, by = torch.zeros(1, 2, dtype=torch.long, device=q.device), 1, 1
     while bx < px or by < py:  # alternate the axes: blocks stay square until one side is done
         axis = 0 if bx < px and (bx <= by or by == py) else 1
-        W, cells = _merge(W, cells, bx, by, axis)
+        parts, cells = _merge(parts, cells, bx, by, axis)
         bx, by = (2 * bx, by) if axis == 0 else (bx, 2 * by)
-    E, raster = px + py, cells[:, 0] * py + cells[:, 1]
+    TT, SS, MM, GG = parts
+    raster = cells[:, 0] * py + cells[:, 1]
     blocks = lambda t: rearrange(t, "b (i p) (j r) h e -> (b h) i j (p r) e", p=px, r=py)[..., raster, :]  # noqa: E731
     q, k, v = blocks(scale * q), blocks(k), blocks(v)
-    TT, SS, MM, GG = W[..., :E, :E], W[..., :E, E:], W[..., E:, :E], W[..., E:, E:]
     source = einsum(SS, k, v, "n i j e c, n i j c k, n i j c v -> n i j e k v")  # the cells' part of the leaving edges
     order, back, counts = _diagonals(nx, ny, q.device)
     diag = lambda t: t.flatten(1, 2)[:, order].split(counts, 1)  # noqa: E731
