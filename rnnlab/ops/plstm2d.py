@@ -24,7 +24,19 @@ Forms (one signature; rnnlab.ops.forms):
 - ``wavefront``: the cells of one anti-diagonal x + y = d depend only on the diagonal before, so the X + Y - 1
   diagonals run in turn, each one batched over its cells (the cells are gathered once into diagonal order and split
   into one view per diagonal: no padding cells). X + Y - 1 steps instead of X·Y; autograd.
-  The paper's hierarchical (log-depth) form is not built.
+- ``hierarchical``: the paper's parallelization of the grid (its log-time form for regular grids, in the formulation of
+  the authors' code, github.com/ml-jku/plstm ``src/plstm/torch/plstm_2d.py``: transition / source / mark / gating
+  matrices of ever larger meta-cells, level by level, then a recurrence over the meta-cells; written here from the
+  equations). A block of cells is one linear map from the states on its entering edges [l, u] and its cells' k vᵀ
+  to the states on its leaving edges [r, d] and its cells' outputs, in four parts: transition T (edges -> edges),
+  source S (cells -> edges), mark M (edges -> cells) and gating G (cells -> cells; the direct D on its diagonal).
+  A cell is the block [[T, S], [M, D]]; two neighbouring blocks join by routing the first one's leaving edges on
+  the shared side into the second one's entering edges (a matrix product per part, ``_merge``), so log2(block)
+  levels along each axis, each batched over all blocks, build blocks of up to ``block`` x ``block`` cells (the grid
+  padded with pass-through cells to multiples of the block side, a power of two). The blocks' boundary states then
+  run the wavefront above over the grid of blocks (one step when one block holds the grid), and each cell reads
+  y = qᵀ (M · the block's entering states) + Σ_c' G_cc' (q · k_c') v_c' (a masked attention inside the block).
+  Memory and work grow with the block's area squared (G); autograd.
 
 Inputs in bfloat16/float16 are computed in float32 (float64 stays float64); y has v's dtype, the states the compute
 dtype.
@@ -227,7 +239,8 @@ def _hierarchical(q, k, v, S, T, M, D, C_left, C_top, scale, block: int):
     raster = cells[:, 0] * py + cells[:, 1]
     blocks = lambda t: rearrange(t, "b (i p) (j r) h e -> (b h) i j (p r) e", p=px, r=py)[..., raster, :]  # noqa: E731
     q, k, v = blocks(scale * q), blocks(k), blocks(v)
-    source = einsum(SS, k, v, "n i j e c, n i j c k, n i j c v -> n i j e k v")  # the cells' part of the leaving edges
+    kv = rearrange(k[..., :, None] * v[..., None, :], "n i j c k v -> n i j c (k v)")
+    source = rearrange(SS @ kv, "n i j e (k v) -> n i j e k v", k=k.shape[-1])  # the cells' part of the leaving edges
     order, back, counts = _diagonals(nx, ny, q.device)
     diag = lambda t: t.flatten(1, 2)[:, order].split(counts, 1)  # noqa: E731
     TTd, sourced, entered = diag(TT), diag(source), []
@@ -239,9 +252,10 @@ def _hierarchical(q, k, v, S, T, M, D, C_left, C_top, scale, block: int):
 
     split = lambda t, p: rearrange(t, "b (i p) h k v -> (b h) i p k v", p=p)  # noqa: E731
     right, bottom = _sweep(nx, ny, split(C_left, py), split(C_top, px), step)
-    entering = rearrange(torch.cat(entered, 1)[:, back], "n (i j) e k v -> n i j e (k v)", i=nx)
-    seen = rearrange(MM @ entering, "n i j c (k v) -> n i j c k v", k=q.shape[-1])
-    y = (q[..., None] * seen).sum(-2) + ((q @ k.transpose(-1, -2)) * GG) @ v
+    entering = rearrange(torch.cat(entered, 1)[:, back], "n (i j) e k v -> n i j (e k) v", i=nx)
+    # qᵀ (M C) as one product: (M_ce q_c) over (e, k) times C over (e, k)
+    y = rearrange(MM[..., None] * q[..., None, :], "n i j c e k -> n i j c (e k)") @ entering
+    y = y + ((q @ k.transpose(-1, -2)) * GG) @ v
     y = rearrange(y[..., torch.argsort(raster), :], "(b h) i j (p r) v -> b (i p) (j r) h v", h=H, p=px)[:, :X, :Y]
     join = lambda t, n: rearrange(t, "(b h) i p k v -> b (i p) h k v", h=H)[:, :n]  # noqa: E731
     return y, (join(right, Y), join(bottom, X))
