@@ -239,8 +239,9 @@ def _hierarchical(q, k, v, S, T, M, D, C_left, C_top, scale, block: int):
     raster = cells[:, 0] * py + cells[:, 1]
     blocks = lambda t: rearrange(t, "b (i p) (j r) h e -> (b h) i j (p r) e", p=px, r=py)[..., raster, :]  # noqa: E731
     q, k, v = blocks(scale * q), blocks(k), blocks(v)
-    kv = rearrange(k[..., :, None] * v[..., None, :], "n i j c k v -> n i j c (k v)")
-    source = rearrange(SS @ kv, "n i j e (k v) -> n i j e k v", k=k.shape[-1])  # the cells' part of the leaving edges
+    # the cells' part of the leaving edges, Σ_c S_ec k_c v_cᵀ, as (S_ec k_c) over c times v (no (cells, K, V) k vᵀ)
+    source = rearrange(rearrange(SS[..., None] * k[..., None, :, :], "n i j e c k -> n i j (e k) c") @ v,
+                       "n i j (e k) v -> n i j e k v", k=k.shape[-1])
     order, back, counts = _diagonals(nx, ny, q.device)
     diag = lambda t: t.flatten(1, 2)[:, order].split(counts, 1)  # noqa: E731
     TTd, sourced, entered = diag(TT), diag(source), []
