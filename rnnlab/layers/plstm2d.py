@@ -83,7 +83,7 @@ class PLSTM2D(nn.Module):
     so a cut grid equals the whole only with conv_size = 1."""
 
     def __init__(self, d_model: int, num_heads: int = 4, mode: str = "P", transition: str = "tanh", conv_size: int = 3,
-                 backend: str = "auto", block: int = 16):
+                 backend: str = "auto", block: int = 4):
         super().__init__()
         if num_heads < 1 or d_model % num_heads:
             raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")

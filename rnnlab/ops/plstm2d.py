@@ -264,9 +264,10 @@ def _hierarchical(q, k, v, S, T, M, D, C_left, C_top, scale, block: int):
 
 def plstm2d(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D: Tensor,
             initial_state: tuple[Tensor, Tensor] | None = None, scale: float | None = None,
-            backend: str = "auto", block: int = 16) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """Shapes as the module doc. backend: "auto" (= "wavefront"), "wavefront", "hierarchical", "reference"; scale None =
-    K^-1/2; block: the hierarchical form's largest block side (a power of two >= 1)."""
+            backend: str = "auto", block: int = 4) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Shapes as the module doc. backend: "auto" (= "hierarchical", the faster on CPU: docs/benchmarks.md), "wavefront",
+    "hierarchical", "reference"; scale None = K^-1/2; block: the hierarchical form's largest block side (a power of
+    two >= 1; 4 measured fastest on CPU at 16x16 and 32x32, where 8 and 16 pay for the blocks' n² gating parts)."""
     form = check_form(backend, BACKENDS, "plstm2d")
     if form == "reference":
         return plstm2d_ref(q, k, v, S, T, M, D, initial_state, scale)
@@ -276,7 +277,7 @@ def plstm2d(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D:
     out_dtype = v.dtype
     (q, k, v, S, T, M, D), (C_left, C_top) = _prepare(q, k, v, S, T, M, D, initial_state)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if form == "hierarchical":
+    if form in ("auto", "hierarchical"):
         y, final = _hierarchical(q, k, v, S, T, M, D, C_left, C_top, scale, block)
     else:
         y, final = _wavefront(q, k, v, S, T, M, D, C_left, C_top, scale)
