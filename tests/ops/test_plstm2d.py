@@ -33,9 +33,9 @@ def _run(fn, x, seed=1, **kw):
     return {"y": y, "C_right": C_right, "C_bottom": C_bottom, **{f"d{n}": d for n, d in zip(leaves, grads)}}
 
 
-# (backend, block): the hierarchical form as one block of the whole grid (log-depth merges only), and as blocks of
-# 2 x 2 (merges, a wavefront over the blocks, the grid padded to even sides where a side is odd)
-FORMS = [("wavefront", 16), ("hierarchical", 16), ("hierarchical", 2)]
+# (backend, block): the hierarchical form as one block of the whole grid (log-depth merges only), as blocks of 2 x 2
+# (merges, a wavefront over the blocks, the grid padded to even sides where a side is odd), and as the default
+FORMS = [("wavefront", 4), ("hierarchical", 16), ("hierarchical", 2), ("auto", 4)]
 
 
 @pytest.mark.parametrize("backend,block", FORMS)
