@@ -201,7 +201,8 @@ def _merge(blocks: tuple[Tensor, Tensor, Tensor, Tensor], cells: Tensor, px: int
     tA, sA = TA[..., mid, :], SA[..., mid, :]  # what leaves A through mid
     tB, mB = TB[..., :, mid], MB[..., :, mid]  # what of B reads mid
     zero = lambda a, b: a.new_zeros(*a.shape[:-1], b.shape[-1])  # noqa: E731  rows of a, as many columns as b
-    T = _insert(_insert(tB @ tA, TB[..., keep], col_at, -1), _insert(TA[..., keep, :], zero(TA[..., keep, :], TB[..., keep]), col_at, -1),
+    A_rest = TA[..., keep, :]
+    T = _insert(_insert(tB @ tA, TB[..., keep], col_at, -1), _insert(A_rest, zero(A_rest, TB[..., keep]), col_at, -1),
                 row_at, -2)
     S = _insert(torch.cat([tB @ sA, SB], -1), torch.cat([SA[..., keep, :], zero(SA[..., keep, :], SB)], -1), row_at, -2)
     M = torch.cat([_insert(MA, zero(MA, MB[..., keep]), col_at, -1), _insert(mB @ tA, MB[..., keep], col_at, -1)], -2)

@@ -1,7 +1,8 @@
 """PLSTM2D (pLSTM on 2-D grids) and GridMixer: shapes and gradients in both modes on odd grids; the P-mode bound
 (per incoming edge, the |T| to the two outgoing edges sum to <= 1) and the D-mode multitree (T^dl = 0, |T| <= 1)
 on random gate inputs; the wavefront, hierarchical and reference forms agree through the layer's four orientations;
-the boundary state joins two halves of a grid cut along x or y into the whole grid; every cell sees the whole grid; a SequenceModel with mixer="plstm2d" reads square lengths and refuses others."""
+the boundary state joins two halves of a grid cut along x or y into the whole grid; every cell sees the whole grid;
+a SequenceModel with mixer="plstm2d" reads square lengths and refuses others."""
 import pytest
 import torch
 

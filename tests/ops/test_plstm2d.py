@@ -1,7 +1,8 @@
 """plstm2d (pLSTM's Source-Transition-Mark recurrence on a 2-D grid): the wavefront form (anti-diagonals batched) and
 the hierarchical form (blocks merged in log-depth levels, whole-grid and smaller blocks with padding) against the
 cell-by-cell reference differentiated by autograd: outputs, final boundary states and the gradients of q, k, v, every
-gate and both initial boundary states under random cotangents; grids 1x1, 1x5, 5x1, 3x7, 8x8, 6x5; float64 and float32; a one-row grid equals the 1-D plstm op; the grid DAG's dependence cone; bad input."""
+gate and both initial boundary states under random cotangents; grids 1x1, 1x5, 5x1, 3x7, 8x8, 6x5; float64 and
+float32; a one-row grid equals the 1-D plstm op; the grid DAG's dependence cone; bad input."""
 import pytest
 import torch
 
