@@ -72,19 +72,21 @@ def time_call(fn: Callable[[], object], *, warmup: int = 1, reps: int = 5, budge
 # --- peak memory --------------------------------------------------------------
 
 def race(fns: dict[str, Callable[[], object]], budget_s: float, max_rounds: int = 7, min_rounds: int = 2,
-         stat: Callable[[list[float]], object] = min) -> dict:
+         stat: Callable[[list[float]], object] = min, clock: Callable[[], float] = time.perf_counter) -> dict:
     """{name: zero-argument fn} -> {name: stat(seconds of its timed calls)}. The fns run in turns, one call
     of each per round after one warm-up round, so that a change of the machine's load hits every row of a
-    comparison alike; at least ``min_rounds`` rounds, at most ``max_rounds``, none started after ``budget_s``."""
+    comparison alike; at least ``min_rounds`` rounds, at most ``max_rounds``, none started after ``budget_s``
+    (wall seconds). ``clock`` times the calls (``time.process_time`` with one torch thread: CPU seconds, which
+    a loaded machine's descheduling does not inflate)."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {n: [] for n in fns}
     start = time.perf_counter()
     for r in range(max_rounds):
         for n, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[n].append(time.perf_counter() - t0)
+            times[n].append(clock() - t0)
         if r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
             break
     return {n: stat(t) for n, t in times.items()}

@@ -42,6 +42,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.parts import RMSNorm
+from rnnlab.ops.chunk import acc_dtype
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.plstm2d import BACKENDS, plstm2d
 
@@ -54,14 +55,35 @@ _GATES = {"P": ("S", "T", "M", "rho"), "D": ("Sr", "Sd", "Trl", "Tdu", "Tru", "M
 _BIAS = {"S": -5.0, "Sr": -5.0, "Sd": -5.0, "M": -5.0, "Ml": -5.0, "Mu": -5.0, "T": 1.0, "Trl": 1.0, "Tdu": 1.0, "Tru": 1.0}
 
 
+def _into_op(C: Tensor, axis: int) -> Tensor:
+    """A layer's boundary state (B, 4, n, ...), indexed in the unflipped grid -> the op's (4B, n, ...), indexed in
+    each orientation's flipped grid (n runs along ``axis`` of the grid: 1 = x, 2 = y)."""
+    return torch.cat([C[:, o].flip(1) if axis in f else C[:, o] for o, f in enumerate(_FLIPS)])
+
+
+def _out_of_op(C: Tensor, axis: int) -> Tensor:
+    """The inverse of _into_op: (4B, n, ...) -> (B, 4, n, ...)."""
+    return torch.stack([c.flip(1) if axis in f else c for c, f in zip(C.chunk(len(_FLIPS)), _FLIPS)], 1)
+
+
 class PLSTM2D(nn.Module):
     """x (B, X, Y, D) -> y (B, X, Y, D): pLSTM over the grid in four orientations (module doc).
 
     num_heads: H; mode: "P" | "D"; transition: "tanh" (signed) | "logsigmoid" (positive); conv_size: the
-    depthwise conv's width (odd); backend: rnnlab.ops.plstm2d's form."""
+    depthwise conv's width (odd); backend: rnnlab.ops.plstm2d's form; block: its hierarchical form's block side.
+
+    Boundary state (optional; ``forward(x, initial_state, return_state=True)``): per orientation o (the grid flipped
+    along ``_FLIPS[o]``: none, x, y, both), the op's edge states entering the grid on o's two source sides and
+    leaving it on the two far sides, indexed in the unflipped grid's coordinates:
+    initial_state = (C_in_x (B, 4, Y, H, K, V): the edges crossing the x-side where o enters (x = 0, or x = X - 1
+    where o flips x), C_in_y (B, 4, X, H, K, V): likewise the y-side), None: zeros; the final state (C_out_x, C_out_y)
+    the same shapes on the opposite sides. A grid cut in two along x (A then B) is the whole grid when each half
+    gets, for the orientations crossing the cut towards it, the other half's C_out_x there (A's for o = 0, 2; B's
+    for o = 1, 3). Only the recurrence's state crosses: the depthwise conv's window (conv_size // 2 cells) does not,
+    so a cut grid equals the whole only with conv_size = 1."""
 
     def __init__(self, d_model: int, num_heads: int = 4, mode: str = "P", transition: str = "tanh", conv_size: int = 3,
-                 backend: str = "auto"):
+                 backend: str = "auto", block: int = 4):
         super().__init__()
         if num_heads < 1 or d_model % num_heads:
             raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
@@ -74,6 +96,9 @@ class PLSTM2D(nn.Module):
         D, H, O = d_model, num_heads, len(_FLIPS)
         self.d_model, self.num_heads, self.head_dim, self.mode, self.transition = D, H, D // H, mode, transition
         self.backend = check_form(backend, BACKENDS, "plstm2d")
+        if block < 1 or block & (block - 1):
+            raise ValueError(f"block must be a power of two >= 1, got {block}")
+        self.block = block
         self.conv = nn.Conv2d(D, D, conv_size, padding=conv_size // 2, groups=D)
         self.q_proj, self.k_proj, self.v_proj = (nn.Linear(D, D, bias=False) for _ in range(3))
         names = _GATES[mode]
@@ -101,25 +126,36 @@ class PLSTM2D(nn.Module):
         T = torch.stack([torch.stack([Trl, Tru], -1), torch.stack([torch.zeros_like(Tdu), Tdu], -1)], -2)
         return (torch.sigmoid(torch.stack([g["Sr"], g["Sd"]], -1)), T, torch.sigmoid(torch.stack([g["Ml"], g["Mu"]], -1)))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, initial_state: tuple[Tensor, Tensor] | None = None, return_state: bool = False):
+        """x (B, X, Y, D) -> y (B, X, Y, D), or (y, final boundary state) with return_state (class doc)."""
         if x.dim() != 4 or x.shape[-1] != self.d_model or x.shape[1] == 0 or x.shape[2] == 0:
             raise ValueError(f"PLSTM2D expects x of shape (B, X, Y, D) = (batch, X >= 1, Y >= 1, {self.d_model}), got {tuple(x.shape)}")
         B, O, H = x.shape[0], len(_FLIPS), self.num_heads
+        h0 = None
+        if initial_state is not None:
+            want = [(B, O, n, H, self.head_dim, self.head_dim) for n in (x.shape[2], x.shape[1])]
+            if len(initial_state) != 2 or [tuple(C.shape) for C in initial_state] != want:
+                raise ValueError(f"PLSTM2D: initial_state must be (C_in_x {want[0]}, C_in_y {want[1]}), got "
+                                 f"{[tuple(C.shape) for C in initial_state]}")
+            h0 = (_into_op(initial_state[0], 2), _into_op(initial_state[1], 1))
         c = nn.functional.silu(rearrange(self.conv(rearrange(x, "b x y d -> b d x y")), "b d x y -> b x y d"))
         heads = lambda t: rearrange(t, "b x y (h d) -> b x y h d", h=H)  # noqa: E731
-        gates = rearrange(self.gates(c).float(), "b x y (g o h) -> g o b x y h", g=len(_GATES[self.mode]), o=O)
+        acc = acc_dtype(x)  # gates in float32 at least (float64 stays float64)
+        gates = rearrange(self.gates(c).to(acc), "b x y (g o h) -> g o b x y h", g=len(_GATES[self.mode]), o=O)
         S, T, M = self._transitions(dict(zip(_GATES[self.mode], gates)))  # (O, B, X, Y, H, ...)
-        shared = (heads(self.q_proj(c)), heads(self.k_proj(c)), heads(self.v_proj(x)), torch.sigmoid(self.direct(c).float()))
+        shared = (heads(self.q_proj(c)), heads(self.k_proj(c)), heads(self.v_proj(x)), torch.sigmoid(self.direct(c).to(acc)))
         flip = lambda t, f: t.flip(f) if f else t  # noqa: E731
         # the four orientations run as one batch of 4B grids, each flipped so its source corner is (0, 0)
         per = lambda t: torch.cat([flip(t, f) for f in _FLIPS])  # noqa: E731
         along = lambda t: torch.cat([flip(t[o], f) for o, f in enumerate(_FLIPS)])  # noqa: E731
         q, k, v, Dg = map(per, shared)
-        y, _ = plstm2d(q, k, v, along(S), along(T), along(M), Dg, backend=self.backend)
+        y, (C_x, C_y) = plstm2d(q, k, v, along(S), along(T), along(M), Dg, initial_state=h0, backend=self.backend,
+                                block=self.block)
         y = self.norm(y).chunk(O)
         y = torch.stack([flip(t, f) for t, f in zip(y, _FLIPS)]).mean(0)
         y = rearrange(y, "b x y h d -> b x y (h d)") * self.norm_weight
-        return self.o_proj(y.to(x.dtype)) + self.passthrough * x
+        y = self.o_proj(y.to(x.dtype)) + self.passthrough * x
+        return (y, (_out_of_op(C_x, 2), _out_of_op(C_y, 1))) if return_state else y
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, mode={self.mode!r}, transition={self.transition!r}"

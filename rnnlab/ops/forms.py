@@ -12,6 +12,7 @@ is the same ValueError everywhere and lists what that op accepts:
     fft        a long convolution through FFTs (the LTI SSMs S4, S4D)
     scan       a log-depth (Hillis–Steele) prefix scan over the whole sequence (``matrix_scan``)
     wavefront  a 2-D grid's anti-diagonals in turn, each batched over its cells (``plstm2d``)
+    hierarchical  a 2-D grid's blocks built by log-depth pairwise merges, then the blocks' wavefront (``plstm2d``)
     reference  the specification loop
 
 Earlier spellings stay accepted (:data:`ALIASES`: ``"parallel"`` and ``"chunked"`` were linear_scan's and
@@ -23,7 +24,7 @@ from typing import Callable, Mapping
 
 __all__ = ["FORMS", "ALIASES", "check_form", "choose"]
 
-FORMS = ("auto", "kernel", "chunk", "recurrent", "fft", "scan", "wavefront", "reference")
+FORMS = ("auto", "kernel", "chunk", "recurrent", "fft", "scan", "wavefront", "hierarchical", "reference")
 ALIASES = {"parallel": "chunk", "chunked": "chunk"}
 
 

@@ -1,11 +1,12 @@
 """PLSTM2D (pLSTM on 2-D grids) and GridMixer: shapes and gradients in both modes on odd grids; the P-mode bound
 (per incoming edge, the |T| to the two outgoing edges sum to <= 1) and the D-mode multitree (T^dl = 0, |T| <= 1)
-on random gate inputs; the wavefront and reference forms agree through the layer's four orientations; every cell
-sees the whole grid; a SequenceModel with mixer="plstm2d" reads square lengths and refuses others."""
+on random gate inputs; the wavefront, hierarchical and reference forms agree through the layer's four orientations;
+the boundary state joins two halves of a grid cut along x or y into the whole grid; every cell sees the whole grid;
+a SequenceModel with mixer="plstm2d" reads square lengths and refuses others."""
 import pytest
 import torch
 
-from rnnlab.layers.plstm2d import PLSTM2D, _GATES
+from rnnlab.layers.plstm2d import _FLIPS, _GATES, PLSTM2D
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.model import SequenceModel
 from rnnlab.testing import assert_close
@@ -38,15 +39,48 @@ def test_modes_keep_the_bound(transition):
             assert (T[:, 1, 0] == 0).all() and (T.abs() <= 1).all()
 
 
-def test_wavefront_equals_reference_through_the_layer():
+def _random_gates(layer: PLSTM2D) -> PLSTM2D:
+    with torch.no_grad():  # input-dependent gates away from their constant init, sources and marks open (S, M ~ 0.5)
+        layer.gates.weight.normal_(0, 0.5), layer.direct.weight.normal_(0, 0.5), layer.gates.bias.normal_(0, 1)
+    return layer
+
+
+@pytest.mark.parametrize("backend", ["wavefront", "hierarchical"])
+def test_forms_equal_reference_through_the_layer(backend):
     torch.manual_seed(0)
-    layer = PLSTM2D(8, num_heads=2, mode="P").double()
-    with torch.no_grad():  # input-dependent gates away from their constant init
-        layer.gates.weight.normal_(0, 0.5), layer.direct.weight.normal_(0, 0.5)
+    layer = _random_gates(PLSTM2D(8, num_heads=2, mode="P", backend=backend, block=2).double())
     x = torch.randn(2, 3, 4, 8, dtype=torch.float64)
     want = layer(x)
     layer.backend = "reference"
     assert_close(layer(x), want, name="y")
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_boundary_state_joins_two_halves(axis):
+    """The grid cut along x (axis 1) or y (axis 2) into A then B: each half, given the other half's final state on
+    the cut for the orientations crossing it towards this half (zeros elsewhere), gives the whole grid's output, and
+    the halves' final states make the whole grid's."""
+    torch.manual_seed(0)
+    layer = _random_gates(PLSTM2D(8, num_heads=2, conv_size=1).double())
+    x = torch.randn(2, 5, 6, 8, dtype=torch.float64)
+    want, whole = layer(x, return_state=True)
+    A, B = x.split([2, x.shape[axis] - 2], axis)
+    cut = 0 if axis == 1 else 1  # the state crossing a cut along x is C_x (indexed by y), along y C_y
+    forward = torch.tensor([axis not in f for f in _FLIPS]).view(1, -1, 1, 1, 1, 1)  # orientations going A -> B
+    (_, fa), (_, fb) = layer(A, return_state=True), layer(B, return_state=True)
+
+    def given(other, mine, towards):  # the other half's crossing state for the orientations towards this half
+        state = [torch.zeros_like(mine[0]), torch.zeros_like(mine[1])]
+        state[cut] = torch.where(towards, other[cut], 0.0)
+        return tuple(state)
+
+    ya, fa2 = layer(A, initial_state=given(fb, fa, ~forward), return_state=True)
+    yb, fb2 = layer(B, initial_state=given(fa, fb, forward), return_state=True)
+    assert_close(torch.cat([ya, yb], axis), want, name="y")  # (the halves without the exchange: ~0.1 off)
+    assert_close(torch.where(forward, fb2[cut], fa2[cut]), whole[cut], name="state on the far sides of the cut")
+    assert_close(torch.cat([fa2[1 - cut], fb2[1 - cut]], 2), whole[1 - cut], name="state along the cut")
+    with pytest.raises(ValueError, match="initial_state must be"):
+        layer(A, initial_state=given(fb, fa, ~forward)[::-1])
 
 
 def test_every_cell_sees_the_whole_grid():

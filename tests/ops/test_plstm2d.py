@@ -1,7 +1,8 @@
-"""plstm2d (pLSTM's Source-Transition-Mark recurrence on a 2-D grid): the wavefront form (anti-diagonals batched)
-against the cell-by-cell reference differentiated by autograd: outputs, final boundary states and the gradients of
-q, k, v, every gate and both initial boundary states under random cotangents; grids 1x1, 1x5, 5x1, 3x7, 8x8;
-float64 and float32; a one-row grid equals the 1-D plstm op; the grid DAG's dependence cone; bad input."""
+"""plstm2d (pLSTM's Source-Transition-Mark recurrence on a 2-D grid): the wavefront form (anti-diagonals batched) and
+the hierarchical form (blocks merged in log-depth levels, whole-grid and smaller blocks with padding) against the
+cell-by-cell reference differentiated by autograd: outputs, final boundary states and the gradients of q, k, v, every
+gate and both initial boundary states under random cotangents; grids 1x1, 1x5, 5x1, 3x7, 8x8, 6x5; float64 and
+float32; a one-row grid equals the 1-D plstm op; the grid DAG's dependence cone; bad input."""
 import pytest
 import torch
 
@@ -33,20 +34,27 @@ def _run(fn, x, seed=1, **kw):
     return {"y": y, "C_right": C_right, "C_bottom": C_bottom, **{f"d{n}": d for n, d in zip(leaves, grads)}}
 
 
-@pytest.mark.parametrize("X,Y", [(1, 1), (1, 5), (5, 1), (3, 7), (8, 8)])
-def test_wavefront_matches_reference(X, Y):
+# (backend, block): the hierarchical form as one block of the whole grid (log-depth merges only), as blocks of 2 x 2
+# (merges, a wavefront over the blocks, the grid padded to even sides where a side is odd), and as the default
+FORMS = [("wavefront", 4), ("hierarchical", 16), ("hierarchical", 2), ("auto", 4)]
+
+
+@pytest.mark.parametrize("backend,block", FORMS)
+@pytest.mark.parametrize("X,Y", [(1, 1), (1, 5), (5, 1), (3, 7), (8, 8), (6, 5)])
+def test_forms_match_reference(backend, block, X, Y):
     x = _inputs(X, Y)
-    got, want = _run(plstm2d, x, backend="wavefront"), _run(plstm2d_ref, x)
+    got, want = _run(plstm2d, x, backend=backend, block=block), _run(plstm2d_ref, x)
     for name in want:
         assert_close(got[name], want[name], name=name)
 
 
-def test_float32_against_float64_reference():
+@pytest.mark.parametrize("backend,block", FORMS)
+def test_float32_against_float64_reference(backend, block):
     x = _inputs(4, 6, dtype=torch.float32)
-    got = _run(plstm2d, x)
+    got = _run(plstm2d, x, backend=backend, block=block)
     want = _run(plstm2d_ref, {n: (tuple(s.double() for s in t) if isinstance(t, tuple) else t.double()) for n, t in x.items()})
     for name in want:
-        assert_close(got[name], want[name].float(), 1e-5, name=name)
+        assert_close(got[name], want[name].float(), name=name)
 
 
 def test_one_row_is_the_sequence_op():
@@ -63,11 +71,12 @@ def test_one_row_is_the_sequence_op():
     assert_close(C_bottom[:, 0], C, name="C")
 
 
-def test_dependence_cone():
+@pytest.mark.parametrize("backend", ["wavefront", "hierarchical"])
+def test_dependence_cone(backend):
     """Cell (x, y) depends only on the cells (x', y') with x' <= x and y' <= y (the grid DAG's ancestors)."""
     x = _inputs(4, 5, B=1)
     v = x["v"].clone().requires_grad_()
-    y, _ = plstm2d(**{**x, "v": v})
+    y, _ = plstm2d(**{**x, "v": v}, backend=backend)
     (g,) = torch.autograd.grad(y[0, 2, 3].sum(), v)
     touched = g[0].abs().sum((-1, -2)) > 0
     xs, ys = torch.meshgrid(torch.arange(4), torch.arange(5), indexing="ij")
@@ -82,3 +91,5 @@ def test_errors():
         plstm2d(**{**x, "initial_state": x["initial_state"][::-1]})
     with pytest.raises(ValueError, match="backend must be one of"):
         plstm2d(**x, backend="chunk")
+    with pytest.raises(ValueError, match="block must be a power of two"):
+        plstm2d(**x, backend="hierarchical", block=3)
