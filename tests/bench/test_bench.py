@@ -279,3 +279,29 @@ def test_bad_compare_file_fails_before_timing(tmp_path, capsys):
     bad.write_text("{not json")
     assert main(["bench", "--quick", "--mixers", "none", "--ops", "none", "--compare", str(bad)]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_slow_calls_run_once_and_the_baseline_length_can_be_lifted():
+    """A call predicted (from the previous length) over slow_call_s runs once: no warm-up, one timed call that is also
+    the memory probe. BenchConfig.max_baseline_len lifts an op's own cap on its reference loop; without it the
+    reference row above the cap is a skipped row with a note."""
+    from rnnlab.bench.registry import OpBench
+    from rnnlab.bench.runner import _bench_op
+
+    calls = []
+
+    def form(x):
+        calls.append(x.shape[1])
+        return x * 2
+
+    op = OpBench(name="toy", family="toy", make_inputs=lambda B, T, dtype, device: dict(x=torch.randn(B, T, requires_grad=True)),
+                 forms={"reference": form, "fast": form}, max_baseline_len=8)
+    rows = _bench_op(op, tiny_config(modes=["train"], warmup=1, reps=3, budget_s=60.0, slow_call_s=1e-9, max_baseline_len=16), {}, lambda s: None)
+    at = {(r["form"], r["seq_len"]): r for r in rows}
+    assert at["reference", 8]["time_s"]["n"] == 3 and at["fast", 8]["time_s"]["n"] == 3
+    assert at["reference", 16]["time_s"]["n"] == 1 and at["fast", 16]["time_s"]["n"] == 1
+    assert calls.count(16) == 1 + 1 + 1  # the cotangent's no-grad call, then one call per form
+    assert at["fast", 16]["ratio"] is not None and at["reference", 16]["error"] is None
+    capped = _bench_op(op, tiny_config(), {}, lambda s: None)
+    ref16 = next(r for r in capped if r["form"] == "reference" and r["seq_len"] == 16)
+    assert ref16["time_s"] is None and "max_baseline_len=8" in ref16["note"]
