@@ -23,6 +23,11 @@ from rnnlab.ops import ttt as M
 __all__ = ["make_inputs", "miras_inputs", "lact_inputs", "atlas_inputs", "chunk_flops"]
 
 H, K, C = 4, 64, 16
+# the token loops' train rows run in segments above these lengths (OpBench.segments): their graphs hold several memory
+# copies per token (saved tensors of the fused loop at B 4: ~1 MB per token with a linear memory, 6-8.5 MB with an MLP,
+# Moneta 23 MB, LaCT 25 MB; ATLAS's 4161-wide memory is 17 MB a copy), so a segment's backward (≤ ~6 GB) is what fits
+# the bench's memory cap at T 8192
+LOOP_SEGMENTS = {"reference": 256, "fused_recurrent": 256}
 
 
 def chunk_flops(B: int, T: int, depth: int, carried: int) -> float:
@@ -123,6 +128,7 @@ def atlas_inputs(B: int, T: int, dtype: torch.dtype = torch.float32, device="cpu
 register_op_bench(OpBench(
     name="chunk_atlas", family="ttt", make_inputs=atlas_inputs,
     forms={"reference": AT.naive_recurrent_atlas, "fused_recurrent": AT.fused_recurrent_atlas, "chunk": AT.chunk_atlas},
+    segments={"reference": 64, "fused_recurrent": 64},
 ))
 for _rule in ("yaad", "moneta", "memora"):
     register_op_bench(OpBench(
@@ -130,11 +136,12 @@ for _rule in ("yaad", "moneta", "memora"):
         make_inputs=lambda B, T, dtype, device, r=_rule: miras_inputs(r, B, T, dtype, device),
         forms={"reference": getattr(M, f"naive_recurrent_{_rule}"), "fused_recurrent": getattr(M, f"fused_recurrent_{_rule}"),
                "chunk": getattr(M, f"chunk_{_rule}")},
-        flops=lambda B, T: chunk_flops(B, T, 2, 1),
+        flops=lambda B, T: chunk_flops(B, T, 2, 1), segments=LOOP_SEGMENTS,
     ))
 register_op_bench(OpBench(
     name="chunk_lact", family="ttt", make_inputs=lact_inputs,
     forms={"reference": LA.naive_recurrent_lact, "fused_recurrent": LA.fused_recurrent_lact, "chunk": LA.chunk_lact},
+    segments=LOOP_SEGMENTS,
 ))
 
 for _rule in ("ttt", "titans"):
@@ -144,5 +151,5 @@ for _rule in ("ttt", "titans"):
             make_inputs=lambda B, T, dtype, device, r=_rule, d=_depth: make_inputs(r, d, B, T, dtype, device),
             forms={"reference": getattr(M, f"naive_recurrent_{_rule}"), "fused_recurrent": getattr(M, f"fused_recurrent_{_rule}"),
                    "chunk": getattr(M, f"chunk_{_rule}")},
-            flops=lambda B, T, d=_depth, c=(1 if _rule == "ttt" else 2): chunk_flops(B, T, d, c),
+            flops=lambda B, T, d=_depth, c=(1 if _rule == "ttt" else 2): chunk_flops(B, T, d, c), segments=LOOP_SEGMENTS,
         ))

@@ -360,6 +360,17 @@ def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def _segmented_backward(f, inputs: dict, T: int, seg: int, cot) -> None:
+    """f's forward + backward over consecutive segments of ``seg`` tokens (inputs' (B, T, ...) tensors sliced), each
+    from the previous segment's final state, detached (OpBench.segments)."""
+    state = inputs["initial_state"]
+    for s in range(0, T, seg):
+        part = {n: v[:, s:s + seg] if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[1] == T else v for n, v in inputs.items()}
+        out, state = f(**dict(part, initial_state=state, output_final_state=True))
+        out.backward(cot[:, s:s + seg])
+        state = {n: t.detach() for n, t in state.items()}
+
+
 def _bench_op(op, cfg: BenchConfig, roofline: dict, log, deadline: float | None = None) -> list[dict]:
     rows = []
     for dname in cfg.dtypes:
@@ -391,15 +402,23 @@ def _bench_op(op, cfg: BenchConfig, roofline: dict, log, deadline: float | None 
                         continue
                     try:
                         if mode == "train":
-                            if cot is None:
+                            if cot is None:  # its shape, from a form that is not a slow loop where there is one
                                 with torch.no_grad():
-                                    o = _first(fn_form(**inputs))
+                                    o = _first(next((f for n, f in op.forms.items() if n != op.baseline and n not in op.segments),
+                                                    fn_form)(**inputs))
                                 cot = torch.randn_like(o)
 
-                            def fn(f=fn_form):
+                            seg = op.segments.get(form)
+                            if seg is not None and T > seg:
+                                r["note"] = f"forward + backward in segments of {seg} tokens, the state carried (detached)"
+
+                            def fn(f=fn_form, seg=seg if seg is not None and T > seg else None):
                                 for leaf in leaves:
                                     leaf.grad = None
-                                _first(f(**inputs)).backward(cot)
+                                if seg is None:
+                                    _first(f(**inputs)).backward(cot)
+                                else:
+                                    _segmented_backward(f, inputs, T, seg, cot)
                         else:
                             def fn(f=fn_form):
                                 with torch.no_grad():

@@ -16,6 +16,7 @@ from rnnlab.bench.report import (format_compare, format_tables, load_result, mer
 from rnnlab.bench.runner import ROW_FIELDS, SCHEMA_VERSION, BenchConfig, Subject, _bench_subject, run_bench
 from rnnlab.bench.timing import memory_probe_available, peak_rss_delta, time_call
 from rnnlab.layers.registry import available_mixers
+from rnnlab.testing import TOLERANCE, assert_close
 
 
 def tiny_config(**kw) -> BenchConfig:
@@ -305,3 +306,33 @@ def test_slow_calls_run_once_and_the_baseline_length_can_be_lifted():
     capped = _bench_op(op, tiny_config(), {}, lambda s: None)
     ref16 = next(r for r in capped if r["form"] == "reference" and r["seq_len"] == 16)
     assert ref16["time_s"] is None and "max_baseline_len=8" in ref16["note"]
+
+
+def test_segmented_loop_rows_carry_the_state_and_say_so():
+    """OpBench.segments: a token loop's train row above the segment length runs segment by segment from the carried
+    state (its note says so); forward values of the segments equal the whole (split anywhere == whole)."""
+    from rnnlab.bench import ops_ttt
+    from rnnlab.bench.registry import get_op_bench
+    from rnnlab.bench.runner import _bench_op, _segmented_backward
+
+    op = get_op_bench("chunk_titans_linear")
+    rows = _bench_op(op, tiny_config(modes=["train"], seq_lens=[8, 24], batch=1), {}, lambda s: None)
+    at = {(r["form"], r["seq_len"]): r for r in rows}
+    seg = ops_ttt.LOOP_SEGMENTS["reference"]
+    assert all(r["error"] is None for r in rows)
+    assert "segments" not in (at["reference", 24]["note"] or "")  # T <= seg: one piece
+    torch.manual_seed(0)
+    T = 2 * seg + 3
+    ins = op.make_inputs(1, T, torch.float32, "cpu")
+    outs = []
+
+    def record(**kw):
+        o, st = op.forms["reference"](**kw)
+        outs.append(o.detach())
+        return o, st
+
+    _segmented_backward(record, ins, T, seg, torch.ones(1, T, 4, 64))
+    assert [o.shape[1] for o in outs] == [seg, seg, 3] and ins["q"].grad is not None
+    with torch.no_grad():
+        whole = op.forms["chunk"](**ins)[0]
+    assert_close(torch.cat(outs, 1), whole, TOLERANCE[torch.float32], "segments vs the whole")
