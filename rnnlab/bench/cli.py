@@ -76,6 +76,11 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, help="untimed warm-up calls (default 1)")
     p.add_argument("--budget", type=float, help="seconds of timed calls per measurement before stopping early")
     p.add_argument("--max-call-s", type=float, help="skip lengths whose predicted single call exceeds this (s)")
+    p.add_argument("--slow-call-s", type=float, help="a call predicted (from the previous length) to take longer than this runs "
+                   "once: no warm-up, one timed call that is also the memory probe (default 30)")
+    p.add_argument("--timeout-s", type=float, help="hard limit of one measurement in seconds (default 120; its warm-up: 3x)")
+    p.add_argument("--max-baseline-len", type=int, help="run every op's baseline (reference) loop up to this T (default: each "
+                   "op's own, 2048)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
     p.add_argument("--max-memory-gb", type=float, help="memory cap of the run beyond what it holds at the start (default: 90%% of "
                    "the available memory); a row that needs more is recorded as failed and the run goes on")
@@ -114,6 +119,7 @@ def _config_from_args(args):
         quick=args.quick, mixers=mixers, ops=ops, peers=peers, seq_lens=seq_lens, batch=batch, d_model=d_model,
         modes=modes, dtypes=dtypes, decode_batches=csv_list(args.decode_batches, positive_int, "--decode-batches"), threads=threads, reps=args.reps,
         warmup=args.warmup, budget_s=args.budget, max_call_s=args.max_call_s, max_memory_gb=args.max_memory_gb,
+        slow_call_s=args.slow_call_s, timeout_s=args.timeout_s, max_baseline_len=args.max_baseline_len,
         memory=False if args.no_memory else None, packing=False if args.no_packing or args.headline else None,
         hf_models=csv_list(args.hf_models, what="--hf-models"),
     )

@@ -1,7 +1,8 @@
 """Op benchmarks of the test-time-memory family (rnnlab/ops/ttt.py, rnnlab/ops/lact.py): TTT's rule with a linear and
 an MLP inner model (f = x + LN(g), ½‖f(k) − v‖², mini-batch b = 16), Titans' rule with a linear and an MLP memory
 (‖M(k) − v‖², momentum and forgetting, b = 16), the Miras rules (Yaad, Moneta, Memora: two-layer memories, b = 16)
-and LaCT (SwiGLU fast weights, chunks of 256). Every form — the reference token loop (autograd inner gradients), the fused
+LaCT (SwiGLU fast weights, chunks of 256) and ATLAS (the Omega rule over 4 tokens, degree-2 polynomial features: a memory
+input of Σ_{i<=2} K^i = 4161 features, 2 layers, Newton–Schulz "cubic", b = 16; rnnlab/ops/atlas.py). Every form — the reference token loop (autograd inner gradients), the fused
 recurrent loop (hand-written gradients) and the chunk (mini-batch dual) form — against the reference.
 
 Shapes: H = 4 heads, K = V = 64 (d_model 256 split as the mixers do), MLP hidden 4K; gates drawn in the ranges the
@@ -10,15 +11,23 @@ layers produce at initialization; keys ℓ2-normalized for Titans (its layer nor
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from rnnlab.bench.registry import OpBench, register_op_bench
+from rnnlab.ops import atlas as AT
 from rnnlab.ops import lact as LA
 from rnnlab.ops import ttt as M
 
-__all__ = ["make_inputs", "miras_inputs", "lact_inputs", "chunk_flops"]
+__all__ = ["make_inputs", "miras_inputs", "lact_inputs", "atlas_inputs", "chunk_flops"]
 
 H, K, C = 4, 64, 16
+# the token loops' train rows run in segments above these lengths (OpBench.segments): their graphs hold several memory
+# copies per token (saved tensors of the fused loop at B 4: ~1 MB per token with a linear memory, 6-8.5 MB with an MLP,
+# Moneta 23 MB, LaCT 25 MB; ATLAS's 4161-wide memory is 17 MB a copy), so a segment's backward (≤ ~6 GB) is what fits
+# the bench's memory cap at T 8192
+LOOP_SEGMENTS = {"reference": 256, "fused_recurrent": 256}
 
 
 def chunk_flops(B: int, T: int, depth: int, carried: int) -> float:
@@ -96,17 +105,43 @@ def lact_inputs(B: int, T: int, dtype: torch.dtype = torch.float32, device="cpu"
                 lr=leaf(0.1 * torch.rand(B, T, H, device=device)), initial_state=state, chunk_size=chunk, beta=0.5)
 
 
+def atlas_inputs(B: int, T: int, dtype: torch.dtype = torch.float32, device="cpu", head_dim: int = K, degree: int | None = 2) -> dict:
+    """Inputs of the ATLAS ops as the `atlas` layer builds them at its defaults: unit q, k; a two-layer memory (hidden
+    head_dim) on degree-``degree`` features (coefficients 1/√(i!)); η ≈ 0.05, θ ≈ 0.5, α ≈ 0.99, γ ≈ 0.5; window 4."""
+    c, Kf = 4, AT.feature_dim(head_dim, degree)
+    leaf = lambda t, dt=torch.float32: t.to(dt).requires_grad_()  # noqa: E731
+    rand = lambda *s: torch.rand(*s, device=device)  # noqa: E731
+    q, k = (torch.nn.functional.normalize(torch.randn(B, T, H, head_dim, device=device), dim=-1) for _ in range(2))
+    state = {}
+    for n, shape in (("w1", (B, H, Kf, head_dim)), ("w2", (B, H, head_dim, head_dim))):
+        w = torch.randn(shape, device=device) / shape[2] ** 0.5
+        state.update({n: leaf(w), "m_" + n: w.clone(), "s_" + n: torch.zeros(shape, device=device)})
+    state.update(buf_k=torch.zeros(B, H, c - 1, head_dim, device=device), buf_v=torch.zeros(B, H, c - 1, head_dim, device=device),
+                 buf_gamma=torch.zeros(B, H, c - 1, device=device), pos=torch.zeros(B, dtype=torch.int64, device=device))
+    coef = None if degree is None else leaf(torch.tensor([1 / math.sqrt(math.factorial(i)) for i in range(degree + 1)], device=device))
+    return dict(q=leaf(q, dtype), k=leaf(k, dtype), v=leaf(torch.randn(B, T, H, head_dim, device=device), dtype),
+                lr=leaf(0.05 + 0.01 * rand(B, T, H)), log_momentum=leaf(torch.log(0.4 + 0.2 * rand(B, T, H))),
+                log_decay=leaf(torch.log(0.98 + 0.01 * rand(B, T, H))), gamma=leaf(0.4 + 0.2 * rand(B, T, H)), initial_state=state,
+                window=c, feature_coef=coef, newton_schulz="cubic", chunk_size=C)
+
+
+register_op_bench(OpBench(
+    name="chunk_atlas", family="ttt", make_inputs=atlas_inputs,
+    forms={"reference": AT.naive_recurrent_atlas, "fused_recurrent": AT.fused_recurrent_atlas, "chunk": AT.chunk_atlas},
+    segments={"reference": 64, "fused_recurrent": 64},
+))
 for _rule in ("yaad", "moneta", "memora"):
     register_op_bench(OpBench(
         name=f"chunk_{_rule}", family="ttt",
         make_inputs=lambda B, T, dtype, device, r=_rule: miras_inputs(r, B, T, dtype, device),
         forms={"reference": getattr(M, f"naive_recurrent_{_rule}"), "fused_recurrent": getattr(M, f"fused_recurrent_{_rule}"),
                "chunk": getattr(M, f"chunk_{_rule}")},
-        flops=lambda B, T: chunk_flops(B, T, 2, 1),
+        flops=lambda B, T: chunk_flops(B, T, 2, 1), segments=LOOP_SEGMENTS,
     ))
 register_op_bench(OpBench(
     name="chunk_lact", family="ttt", make_inputs=lact_inputs,
     forms={"reference": LA.naive_recurrent_lact, "fused_recurrent": LA.fused_recurrent_lact, "chunk": LA.chunk_lact},
+    segments=LOOP_SEGMENTS,
 ))
 
 for _rule in ("ttt", "titans"):
@@ -116,5 +151,5 @@ for _rule in ("ttt", "titans"):
             make_inputs=lambda B, T, dtype, device, r=_rule, d=_depth: make_inputs(r, d, B, T, dtype, device),
             forms={"reference": getattr(M, f"naive_recurrent_{_rule}"), "fused_recurrent": getattr(M, f"fused_recurrent_{_rule}"),
                    "chunk": getattr(M, f"chunk_{_rule}")},
-            flops=lambda B, T, d=_depth, c=(1 if _rule == "ttt" else 2): chunk_flops(B, T, d, c),
+            flops=lambda B, T, d=_depth, c=(1 if _rule == "ttt" else 2): chunk_flops(B, T, d, c), segments=LOOP_SEGMENTS,
         ))

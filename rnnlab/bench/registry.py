@@ -10,7 +10,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 __all__ = ["OpBench", "register_op_bench", "available_op_benches", "get_op_bench"]
@@ -25,6 +25,10 @@ class OpBench:
     flops: Callable[[int, int], float] | None = None
     baseline: str = "reference"
     max_baseline_len: int = 2048  # reference loops are slow: skip them above this T
+    # form -> L: that form's train rows above T = L run segment by segment (L tokens each, from the previous segment's
+    # final state, detached; the op takes initial_state and output_final_state): a token loop's graph holds whole
+    # memories per token, O(T) memory copies, which the backward of one segment bounds. Work per token is unchanged.
+    segments: dict = field(default_factory=dict)
 
 
 _OPS: dict[str, OpBench] = {}

@@ -22,7 +22,9 @@ it (rnnlab.bench.timing.peak_rss_delta). A failing mixer gives rows with ``error
 run continues, also when a row runs out of memory: the run holds a memory cap (``max_memory_gb``,
 rnnlab.bench.timing.memory_cap), so an allocation past it raises in that row instead of the kernel killing the
 process. Lengths predicted to exceed ``max_call_s`` per call (linear extrapolation from
-the previous length) are skipped with a ``note``.
+the previous length) are skipped with a ``note``. A call predicted to take over ``slow_call_s`` runs once: no warm-up,
+one timed call that is also the memory probe (``time_s["n"]`` = 1; the slow reference loops at T 8192). An op's
+baseline loop runs up to its ``max_baseline_len`` (``BenchConfig.max_baseline_len`` overrides it for every op).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from typing import Callable
 import torch
 
 from rnnlab.bench.machine import describe_machine, measure_roofline
-from rnnlab.bench.timing import BenchTimeout, memory_cap, peak_rss_delta, time_call, time_limit
+from rnnlab.bench.timing import BenchTimeout, Timing, memory_cap, peak_rss_delta, time_call, time_limit
 from rnnlab.runtime import scoped_threads
 
 __all__ = ["BenchConfig", "run_bench", "SCHEMA_VERSION", "ROW_FIELDS", "row_key", "Subject", "DTYPES", "MODES"]
@@ -80,6 +82,8 @@ class BenchConfig:
     max_call_s: float = 15.0  # skip a length whose predicted single call exceeds this
     time_budget_s: float | None = None  # whole run: past each benchmark's equal share, only its shortest T runs
     timeout_s: float = 120.0  # hard limit for one measurement (warm-up + reps + memory)
+    slow_call_s: float = 30.0  # a call predicted above this runs once: no warm-up, one timed call that is the memory probe
+    max_baseline_len: int | None = None  # None: each op's own max_baseline_len (the reference loops stop there)
     memory: bool = True
     max_memory_gb: float | None = None  # the run's memory cap beyond what it holds at the start (None: 90% of the available)
     quick: bool = False
@@ -109,6 +113,8 @@ class BenchConfig:
             raise ValueError(f"seq_lens must be integers >= 2, got {self.seq_lens}")
         if self.batch < 1 or self.d_model < 1:
             raise ValueError(f"batch and d_model must be positive, got {self.batch}, {self.d_model}")
+        if self.slow_call_s <= 0 or (self.max_baseline_len is not None and self.max_baseline_len < 1):
+            raise ValueError(f"slow_call_s and max_baseline_len must be positive, got {self.slow_call_s}, {self.max_baseline_len}")
         if self.reps < 1 or self.warmup < 0:
             raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={self.reps}, warmup={self.warmup}")
         if self.threads is not None and self.threads < 1:
@@ -190,12 +196,15 @@ class _Skipper:
             return self.reason
         if self.last is not None and self.deadline is not None and time.time() > self.deadline:
             return "skipped: this benchmark's share of the time budget (--quick) is spent"
-        if self.last is not None:
+        pred = self.predict(T)
+        if pred is not None and pred > self.max_call_s:
             T0, t0 = self.last
-            pred = t0 * T / T0
-            if pred > self.max_call_s:
-                return f"skipped: predicted {pred:.2g} s per call (T={T0} took {t0:.2g} s) > max_call_s={self.max_call_s:g}"
+            return f"skipped: predicted {pred:.2g} s per call (T={T0} took {t0:.2g} s) > max_call_s={self.max_call_s:g}"
         return None
+
+    def predict(self, T: int) -> float | None:
+        """Seconds per call at T, linear in T from the last length measured (None before the first)."""
+        return None if self.last is None else self.last[1] * T / self.last[0]
 
     def record(self, T: int, seconds: float) -> None:
         self.last = (T, seconds)
@@ -204,8 +213,16 @@ class _Skipper:
         self.reason = f"skipped after failure at a shorter length ({why[:80]})"
 
 
-def _measure(fn, cfg: BenchConfig, memory: bool):
-    """Warm-up (own, 3x longer limit: JIT compiles), then timed calls and the memory probe within timeout_s."""
+def _measure(fn, cfg: BenchConfig, memory: bool, predicted: float | None = None):
+    """Warm-up (own, 3x longer limit: JIT compiles), then timed calls and the memory probe within timeout_s. A call
+    predicted over ``cfg.slow_call_s`` runs once, timed and probed for memory together (the probe's own cost, a
+    malloc_trim and two reads of /proc, is milliseconds against those seconds)."""
+    if predicted is not None and predicted > cfg.slow_call_s:
+        with time_limit(cfg.timeout_s):
+            t0 = time.perf_counter()
+            mem = peak_rss_delta(fn, device=cfg.device) if memory else fn()
+            dt = time.perf_counter() - t0
+        return Timing(dt, dt, dt, 1), mem
     with time_limit(3 * cfg.timeout_s):
         for _ in range(cfg.warmup):
             fn()
@@ -262,7 +279,7 @@ def _bench_subject(sub: Subject, cfg: BenchConfig, log, deadline: float | None =
                             with torch.no_grad():
                                 sub.fwd(x)
 
-                    t, mem = _measure(fn, cfg, cfg.memory)
+                    t, mem = _measure(fn, cfg, cfg.memory, skip.predict(T))
                     skip.record(T, t.median)
                     r.update(tokens_per_s=cfg.batch * T / t.median, time_s=t.to_dict(), peak_mem_bytes=mem)
                 except (Exception, BenchTimeout) as e:
@@ -343,6 +360,17 @@ def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def _segmented_backward(f, inputs: dict, T: int, seg: int, cot) -> None:
+    """f's forward + backward over consecutive segments of ``seg`` tokens (inputs' (B, T, ...) tensors sliced), each
+    from the previous segment's final state, detached (OpBench.segments)."""
+    state = inputs["initial_state"]
+    for s in range(0, T, seg):
+        part = {n: v[:, s:s + seg] if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[1] == T else v for n, v in inputs.items()}
+        out, state = f(**dict(part, initial_state=state, output_final_state=True))
+        out.backward(cot[:, s:s + seg])
+        state = {n: t.detach() for n, t in state.items()}
+
+
 def _bench_op(op, cfg: BenchConfig, roofline: dict, log, deadline: float | None = None) -> list[dict]:
     rows = []
     for dname in cfg.dtypes:
@@ -364,8 +392,9 @@ def _bench_op(op, cfg: BenchConfig, roofline: dict, log, deadline: float | None 
                 for form, fn_form in op.forms.items():
                     r = _row(kind="op", name=op.name, family=op.family, form=form, mode=mode, dtype=dname, batch=cfg.batch, seq_len=T)
                     why = skips[form].check(T)
-                    if not why and form == op.baseline and T > op.max_baseline_len:
-                        why = f"skipped: baseline loop above max_baseline_len={op.max_baseline_len}"
+                    max_len = op.max_baseline_len if cfg.max_baseline_len is None else cfg.max_baseline_len
+                    if not why and form == op.baseline and T > max_len:
+                        why = f"skipped: baseline loop above max_baseline_len={max_len}"
                     if why:
                         r["note"] = why
                         rows.append(r)
@@ -373,21 +402,29 @@ def _bench_op(op, cfg: BenchConfig, roofline: dict, log, deadline: float | None 
                         continue
                     try:
                         if mode == "train":
-                            if cot is None:
+                            if cot is None:  # its shape, from a form that is not a slow loop where there is one
                                 with torch.no_grad():
-                                    o = _first(fn_form(**inputs))
+                                    o = _first(next((f for n, f in op.forms.items() if n != op.baseline and n not in op.segments),
+                                                    fn_form)(**inputs))
                                 cot = torch.randn_like(o)
 
-                            def fn(f=fn_form):
+                            seg = op.segments.get(form)
+                            if seg is not None and T > seg:
+                                r["note"] = f"forward + backward in segments of {seg} tokens, the state carried (detached)"
+
+                            def fn(f=fn_form, seg=seg if seg is not None and T > seg else None):
                                 for leaf in leaves:
                                     leaf.grad = None
-                                _first(f(**inputs)).backward(cot)
+                                if seg is None:
+                                    _first(f(**inputs)).backward(cot)
+                                else:
+                                    _segmented_backward(f, inputs, T, seg, cot)
                         else:
                             def fn(f=fn_form):
                                 with torch.no_grad():
                                     f(**inputs)
 
-                        t, mem = _measure(fn, cfg, cfg.memory)
+                        t, mem = _measure(fn, cfg, cfg.memory, skips[form].predict(T))
                         skips[form].record(T, t.median)
                         r.update(tokens_per_s=cfg.batch * T / t.median, time_s=t.to_dict(), peak_mem_bytes=mem)
                         if op.flops is not None:

@@ -45,12 +45,11 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from rnnlab.ops._exp import decay_exp
 from rnnlab.ops.chunk import acc_dtype, decay_ratios
 from rnnlab.ops.lact import NEWTON_SCHULZ, newton_schulz
-from rnnlab.ops.ttt import ACTIVATIONS, LOSSES, _key_pass, _layers, _Memory, _model, memory_keys
+from rnnlab.ops.ttt import ACTIVATIONS, LOSSES, _key_pass, _layers, _Memory, _model, checkpoint_tree, memory_keys
 from rnnlab.ops.varlen import varlen
 
 __all__ = ["naive_recurrent_atlas", "fused_recurrent_atlas", "chunk_atlas", "polynomial_features", "feature_dim"]
@@ -247,8 +246,8 @@ def _chunk(mem, q, k, v, gates, initial_state, coef, ns, L, output_final_state):
         for n, (qn, kn, vn, gn, mn, lm, ld, lr) in enumerate(group, n0):
             xs, ds = _factors(_layers(W0, mem), polynomial_features(kn, coef), vn, gn, mem)
             band = band_shape * mn[..., None]  # empty slots take no gradient
-            o, S_end, M_end = checkpoint(_chunk_memories, mem, ns, polynomial_features(qn, coef), xs, ds, band, lm, ld, lr,
-                                         [S[n_] for n_ in mem.names], [Mt[n_] for n_ in mem.names], use_reentrant=False)
+            o, S_end, M_end = checkpoint_tree(_chunk_memories, mem, ns, polynomial_features(qn, coef), xs, ds, band, lm, ld, lr,
+                                              [S[n_] for n_ in mem.names], [Mt[n_] for n_ in mem.names])
             outs.append(o)
             S, Mt = dict(zip(mem.names, S_end)), dict(zip(mem.names, M_end))
             complete = ((n < n_last) | ((n == n_last) & ends))[:, None, None]  # rows past their last token keep their anchor
@@ -262,7 +261,7 @@ def _chunk(mem, q, k, v, gates, initial_state, coef, ns, L, output_final_state):
     outs = []
     for n0 in range(0, NC, size):
         group = chunks[n0:n0 + size]
-        o, W0, S, Mt = checkpoint(run_group, n0, group, W0, S, Mt, use_reentrant=False) if len(chunks) > 1 else run_group(n0, group, W0, S, Mt)
+        o, W0, S, Mt = checkpoint_tree(run_group, n0, group, W0, S, Mt) if len(chunks) > 1 else run_group(n0, group, W0, S, Mt)
         outs.append(o)
     o = rearrange(torch.cat(outs, 0), "n (b h) l v -> b (n l) h v", b=B)
     o = o.gather(1, slots.reshape(B, T, 1, 1).expand(B, T, H, V)).to(v.dtype)

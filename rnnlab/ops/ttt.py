@@ -72,6 +72,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.checkpoint import checkpoint
 
 from rnnlab.ops._exp import decay_exp
@@ -422,6 +423,15 @@ def _effective(rule, W: dict) -> dict:
     return {n: (rule.transform(t) if n[0] == "w" else t) for n, t in W.items()}
 
 
+def checkpoint_tree(fn, *args):
+    """checkpoint(fn, *args) (non-reentrant) with every tensor inside args' lists, tuples and dicts passed as an input of
+    its own. checkpoint saves only top-level tensor arguments its way; a list or dict argument it keeps by strong
+    reference in the graph until the backward, so a chunk loop passing its memories in lists would keep every chunk's
+    memory alive (O(T) memory copies, the ATLAS chunk form's growth until this)."""
+    leaves, spec = tree_flatten(args)
+    return checkpoint(lambda *flat: fn(*tree_unflatten(list(flat), spec)), *leaves, use_reentrant=False)
+
+
 def _materialized_read(transform, h: Tensor, C: Tensor, x: Tensor, d: Tensor, coefs: list, Zs: list) -> Tensor:
     """h (N, L, din) through the weights transform(Z_t) of every token t (N, L, din, dout), Z_t = Σ_j coef_j(t) Z_j +
     Σ_{s<=t} C_ts x_s ⊗ δ_s: the read when the weights are not linear in the carried tensors. coefs: (N, L) per
@@ -610,8 +620,8 @@ def _chunk(rule, mem: _Memory, q, k, v, a, initial_state, ln_weight, ln_bias, L,
         for i in range(mem.depth):
             if rule.transform is not None:  # formed per token, recomputed in the backward (O(chunk) memory)
                 terms = rule.read_terms(c, W0, carried)
-                lin = checkpoint(_materialized_read, rule.transform, h, c["C"], xs[i], ds[i], [co for co, _ in terms],
-                                 [Z[i][0] for _, Z in terms], use_reentrant=False)
+                lin = checkpoint_tree(_materialized_read, rule.transform, h, c["C"], xs[i], ds[i], [co for co, _ in terms],
+                                      [Z[i][0] for _, Z in terms])
                 h = act(lin) if i < mem.depth - 1 else lin
                 continue
             lin = None

@@ -16,6 +16,7 @@ from rnnlab.bench.report import (format_compare, format_tables, load_result, mer
 from rnnlab.bench.runner import ROW_FIELDS, SCHEMA_VERSION, BenchConfig, Subject, _bench_subject, run_bench
 from rnnlab.bench.timing import memory_probe_available, peak_rss_delta, time_call
 from rnnlab.layers.registry import available_mixers
+from rnnlab.testing import TOLERANCE, assert_close
 
 
 def tiny_config(**kw) -> BenchConfig:
@@ -279,3 +280,59 @@ def test_bad_compare_file_fails_before_timing(tmp_path, capsys):
     bad.write_text("{not json")
     assert main(["bench", "--quick", "--mixers", "none", "--ops", "none", "--compare", str(bad)]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_slow_calls_run_once_and_the_baseline_length_can_be_lifted():
+    """A call predicted (from the previous length) over slow_call_s runs once: no warm-up, one timed call that is also
+    the memory probe. BenchConfig.max_baseline_len lifts an op's own cap on its reference loop; without it the
+    reference row above the cap is a skipped row with a note."""
+    from rnnlab.bench.registry import OpBench
+    from rnnlab.bench.runner import _bench_op
+
+    calls = []
+
+    def form(x):
+        calls.append(x.shape[1])
+        return x * 2
+
+    op = OpBench(name="toy", family="toy", make_inputs=lambda B, T, dtype, device: dict(x=torch.randn(B, T, requires_grad=True)),
+                 forms={"reference": form, "fast": form}, max_baseline_len=8)
+    rows = _bench_op(op, tiny_config(modes=["train"], warmup=1, reps=3, budget_s=60.0, slow_call_s=1e-9, max_baseline_len=16), {}, lambda s: None)
+    at = {(r["form"], r["seq_len"]): r for r in rows}
+    assert at["reference", 8]["time_s"]["n"] == 3 and at["fast", 8]["time_s"]["n"] == 3
+    assert at["reference", 16]["time_s"]["n"] == 1 and at["fast", 16]["time_s"]["n"] == 1
+    assert calls.count(16) == 1 + 1 + 1  # the cotangent's no-grad call, then one call per form
+    assert at["fast", 16]["ratio"] is not None and at["reference", 16]["error"] is None
+    capped = _bench_op(op, tiny_config(), {}, lambda s: None)
+    ref16 = next(r for r in capped if r["form"] == "reference" and r["seq_len"] == 16)
+    assert ref16["time_s"] is None and "max_baseline_len=8" in ref16["note"]
+
+
+def test_segmented_loop_rows_carry_the_state_and_say_so():
+    """OpBench.segments: a token loop's train row above the segment length runs segment by segment from the carried
+    state (its note says so); forward values of the segments equal the whole (split anywhere == whole)."""
+    from rnnlab.bench import ops_ttt
+    from rnnlab.bench.registry import get_op_bench
+    from rnnlab.bench.runner import _bench_op, _segmented_backward
+
+    op = get_op_bench("chunk_titans_linear")
+    rows = _bench_op(op, tiny_config(modes=["train"], seq_lens=[8, 24], batch=1), {}, lambda s: None)
+    at = {(r["form"], r["seq_len"]): r for r in rows}
+    seg = ops_ttt.LOOP_SEGMENTS["reference"]
+    assert all(r["error"] is None for r in rows)
+    assert "segments" not in (at["reference", 24]["note"] or "")  # T <= seg: one piece
+    torch.manual_seed(0)
+    T = 2 * seg + 3
+    ins = op.make_inputs(1, T, torch.float32, "cpu")
+    outs = []
+
+    def record(**kw):
+        o, st = op.forms["reference"](**kw)
+        outs.append(o.detach())
+        return o, st
+
+    _segmented_backward(record, ins, T, seg, torch.ones(1, T, 4, 64))
+    assert [o.shape[1] for o in outs] == [seg, seg, 3] and ins["q"].grad is not None
+    with torch.no_grad():
+        whole = op.forms["chunk"](**ins)[0]
+    assert_close(torch.cat(outs, 1), whole, TOLERANCE[torch.float32], "segments vs the whole")
