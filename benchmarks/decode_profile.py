@@ -1,0 +1,84 @@
+"""Issue-20 counter: what one decode step costs in calls, not seconds (a shared machine's load does not move it).
+
+    python benchmarks/decode_profile.py [--mixers attention,mlstm,...] [--peers] [--context 512] [--batch 1]
+        [--d-model 256] [--top 0]
+
+For each mixer (built as ``rnnlab bench`` builds it: ``create_mixer(name, d_model)``), a prefill of ``--context``
+tokens, then one step ``mixer(x1, state)`` under ``torch.inference_mode`` — the bench's decode call — counted three
+ways:
+
+* ``top``: top-level ATen calls (the torch profiler's events with no parent: what Python dispatched, each paying
+  the dispatcher's fixed cost);
+* ``aten``: every ATen call, nested ones included (a ``linear`` is a ``t`` and an ``mm``, ...);
+* ``py``: Python function calls (``sys.setprofile``'s 'call' events: the interpreter's share).
+
+``--peers`` adds the peers' steps (the SDPA attention with a static cache; HF's RWKV-4, RG-LRU and xLSTM mLSTM
+when transformers is installed). ``--top N`` lists the N most frequent ATen ops of each step. Timings are
+``rnnlab bench --modes decode``'s job (under ``flock /tmp/rnnlab-bench.lock``); these counts need no lock.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+
+import torch
+
+from rnnlab.bench.peers import build_peers
+from rnnlab.bench.runner import BenchConfig, _mixer_subject
+
+
+def count_step(step, x1, state) -> dict:
+    """One call ``step(x1, state)`` -> {"aten": n, "top": n, "py": n, "ops": Counter}; the state is not advanced."""
+    with torch.inference_mode():
+        step(x1, state)  # warm: caches built on the first call (fused weights, specs) are not per-token costs
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            step(x1, state)
+        events = [e for e in prof.events() if e.name.startswith("aten::")]
+        ops = collections.Counter(e.name[6:] for e in events if e.cpu_parent is None)
+        calls = [0]
+
+        def tracer(frame, event, arg):
+            if event == "call":
+                calls[0] += 1
+
+        sys.setprofile(tracer)
+        try:
+            step(x1, state)
+        finally:
+            sys.setprofile(None)
+    return {"aten": len(events), "top": sum(ops.values()), "py": calls[0], "ops": ops}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mixers", default="attention,mlstm,hawk,mamba2,gated_deltanet,gla")
+    p.add_argument("--peers", action="store_true")
+    p.add_argument("--context", type=int, default=512)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--top", type=int, default=0)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg = BenchConfig.preset(d_model=a.d_model)
+    names = [n for n in a.mixers.split(",") if n]
+    subjects = [_mixer_subject(n, cfg) for n in names]
+    if a.peers:
+        subjects += [s for s in build_peers(a.d_model, only_vs=set(names))[0] if s.step is not None]
+    g = torch.Generator().manual_seed(0)
+    print(f"one decode step, B={a.batch}, d_model={a.d_model}, context {a.context}: calls per step")
+    print(f"{'subject':28s} {'top':>6s} {'aten':>6s} {'py':>6s}")
+    for s in subjects:
+        s.module.eval()
+        x = torch.randn(a.batch, a.context, a.d_model, generator=g)
+        x1 = torch.randn(a.batch, 1, a.d_model, generator=g)
+        with torch.inference_mode():
+            state = s.prefill(x)
+        r = count_step(s.step, x1, state)
+        print(f"{s.name:28s} {r['top']:6d} {r['aten']:6d} {r['py']:6d}")
+        if a.top:
+            print("    " + ", ".join(f"{k} {n}" for k, n in r["ops"].most_common(a.top)))
+
+
+if __name__ == "__main__":
+    main()
