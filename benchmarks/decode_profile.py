@@ -29,11 +29,12 @@ from rnnlab.bench.runner import BenchConfig, _mixer_subject
 
 
 def count_step(step, x1, state) -> dict:
-    """One call ``step(x1, state)`` -> {"aten": n, "top": n, "py": n, "ops": Counter}; the state is not advanced."""
+    """One call ``step(x1, state)`` -> {"aten": n, "top": n, "py": n, "ops": Counter}, each call continuing from the
+    last one's state (a state stepped twice may take a slower path: attention's cache copies then)."""
     with torch.inference_mode():
-        step(x1, state)  # warm: caches built on the first call (fused weights, specs) are not per-token costs
+        state = step(x1, state)[1]  # warm: caches built on the first call (fused weights, specs) are not per-token costs
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            step(x1, state)
+            state = step(x1, state)[1]
         events = [e for e in prof.events() if e.name.startswith("aten::")]
         ops = collections.Counter(e.name[6:] for e in events if e.cpu_parent is None)
         calls = [0]
@@ -44,7 +45,7 @@ def count_step(step, x1, state) -> dict:
 
         sys.setprofile(tracer)
         try:
-            step(x1, state)
+            state = step(x1, state)[1]
         finally:
             sys.setprofile(None)
     return {"aten": len(events), "top": sum(ops.values()), "py": calls[0], "ops": ops}

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from rnnlab.ops.conv import causal_conv1d
 
 __all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos_sin", "positions", "learned_initial_state",
-           "fused_linear"]
+           "fused_linear", "rotary_rows", "rotary_at"]
 
 
 def at_least_float32(x: Tensor) -> Tensor:
@@ -133,6 +133,22 @@ def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     x1, x2 = at_least_float32(x).chunk(2, dim=-1)
     c, s = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
     return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).to(x.dtype)
+
+
+def rotary_rows(n: int, dim: int, base: float = 10000.0, device=None) -> Tensor:
+    """(n, 2, 1, 1, dim) float32: for position p, row p holds C = [cos, cos] and S = [-sin, sin] of
+    ``rotary_cos_sin`` (the same numbers), so that ``rotary_at(x, C, S)`` rotates one token (a decode step's
+    rotation: a lookup and four calls where computing the angles and ``rotary`` take about twenty)."""
+    cos, sin = rotary_cos_sin(torch.arange(n, device=device), dim, base)  # (n, dim/2)
+    return torch.stack([torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)], 1)[:, :, None, None]
+
+
+def rotary_at(x: Tensor, C: Tensor, S: Tensor) -> Tensor:
+    """x (B, h, 1, d), C and S (B, 1, 1, d) rows of ``rotary_rows`` -> ``rotary`` of x, bit for bit:
+    [x1, x2]·C + [x2, x1]·S = [x1·c − x2·s, x2·c + x1·s] (a − b = a + (−b) and a + b = b + a exactly in IEEE),
+    computed in x's dtype promoted with float32 (C's) as ``rotary`` computes, and returned in x's dtype."""
+    y = x * C + x.roll(x.shape[-1] // 2, -1) * S
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 def learned_initial_state(h0: Tensor, batch_size: int, device=None, dtype=None) -> Tensor:
