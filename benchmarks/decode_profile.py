@@ -12,6 +12,10 @@ ways:
 * ``aten``: every ATen call, nested ones included (a ``linear`` is a ``t`` and an ``mm``, ...);
 * ``py``: Python function calls (``sys.setprofile``'s 'call' events: the interpreter's share).
 
+``--time R`` times the steps too (hold ``flock /tmp/rnnlab-bench.lock``): R rounds, each 16 steps of every subject in
+turn (so a shared machine's load hits them alike), the median µs per step of each, and its ratio to the first
+subject's in the same rounds. ``--threads`` sets torch's threads (default 2, as the bench).
+
 ``--peers`` adds the peers' steps (the SDPA attention with a static cache; HF's RWKV-4, RG-LRU and xLSTM mLSTM
 when transformers is installed). ``--top N`` lists the N most frequent ATen ops of each step. Timings are
 ``rnnlab bench --modes decode``'s job (under ``flock /tmp/rnnlab-bench.lock``); these counts need no lock.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
+import time
 
 import torch
 
@@ -51,6 +56,19 @@ def count_step(step, x1, state) -> dict:
     return {"aten": len(events), "top": sum(ops.values()), "py": calls[0], "ops": ops}
 
 
+def time_steps(subjects, states, x1, rounds: int, per_round: int = 16) -> list[float]:
+    """Median µs per step of each subject, the subjects' steps interleaved round by round."""
+    lat = [[] for _ in subjects]
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for i, s in enumerate(subjects):
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    states[i] = s.step(x1, states[i])[1]
+                    lat[i].append(time.perf_counter() - t0)
+    return [sorted(v)[len(v) // 2] * 1e6 for v in lat]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mixers", default="attention,mlstm,hawk,mamba2,gated_deltanet,gla")
@@ -59,8 +77,10 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--top", type=int, default=0)
+    p.add_argument("--time", type=int, default=0, metavar="ROUNDS")
+    p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     cfg = BenchConfig.preset(d_model=a.d_model)
     names = [n for n in a.mixers.split(",") if n]
     subjects = [_mixer_subject(n, cfg) for n in names]
@@ -69,16 +89,23 @@ def main(argv=None) -> None:
     g = torch.Generator().manual_seed(0)
     print(f"one decode step, B={a.batch}, d_model={a.d_model}, context {a.context}: calls per step")
     print(f"{'subject':28s} {'top':>6s} {'aten':>6s} {'py':>6s}")
+    states = []
+    x1 = torch.randn(a.batch, 1, a.d_model, generator=g)
     for s in subjects:
         s.module.eval()
         x = torch.randn(a.batch, a.context, a.d_model, generator=g)
-        x1 = torch.randn(a.batch, 1, a.d_model, generator=g)
         with torch.inference_mode():
             state = s.prefill(x)
         r = count_step(s.step, x1, state)
+        states.append(s.prefill(x) if a.time else None)
         print(f"{s.name:28s} {r['top']:6d} {r['aten']:6d} {r['py']:6d}")
         if a.top:
             print("    " + ", ".join(f"{k} {n}" for k, n in r["ops"].most_common(a.top)))
+    if a.time:
+        med = time_steps(subjects, states, x1, a.time)
+        print(f"µs per step (median of {a.time} rounds x 16 steps, interleaved; {a.threads} threads)")
+        for s, t in zip(subjects, med):
+            print(f"{s.name:28s} {t:8.1f}  {med[0] / t:5.2f}x of {subjects[0].name}'s speed")
 
 
 if __name__ == "__main__":
