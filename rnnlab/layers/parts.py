@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from rnnlab.ops.conv import causal_conv1d
 
 __all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos_sin", "positions", "learned_initial_state",
-           "fused_linear", "rotary_rows", "rotary_at"]
+           "fused_linear", "param_derived", "rotary_rows", "rotary_at"]
 
 
 def at_least_float32(x: Tensor) -> Tensor:
@@ -97,22 +97,35 @@ class LoRA(nn.Module):
 
 def fused_linear(x: Tensor, layers: list[nn.Linear]) -> list[Tensor]:
     """``[layer(x) for layer in layers]`` in one matmul when no gradient is wanted (decode, prefill, evaluation):
-    the layers' weights (and biases) concatenated once and cached on the first layer, rebuilt when any of them
-    changes (an optimizer step, ``load_state_dict``, ``.to()``: the tensors' version counters and storage). One
-    matrix-vector product per token instead of one per projection: fewer calls and one pass over the weights.
-    Under autograd the layers run one by one (the parameters' gradients stay where they are)."""
+    the layers' weights (and biases) concatenated once and cached on the first layer (``param_derived``), rebuilt
+    when any of them changes. One matrix-vector product per token instead of one per projection: fewer calls and
+    one pass over the weights. Under autograd the layers run one by one (the parameters' gradients stay where
+    they are)."""
     weights = [layer.weight for layer in layers]
     if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
         return [layer(x) for layer in layers]
     biases = [layer.bias for layer in layers]
-    key = tuple((t._version, t.data_ptr(), t.dtype) for t in weights + [b for b in biases if b is not None])
-    cache = layers[0].__dict__.get("_fused_linear")
-    if cache is None or cache[0] != key or len(cache[3]) != len(layers):
+
+    def concat(*_):
+        bias = None if all(b is None for b in biases) else torch.cat(
+            [b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(weights, biases)])
+        return torch.cat(weights), bias, [w.shape[0] for w in weights]
+
+    weight, bias, sizes = param_derived(layers[0], "_fused_linear", concat, *weights, *[b for b in biases if b is not None])
+    return list(F.linear(x, weight, bias).split(sizes, -1))
+
+
+def param_derived(owner: nn.Module, name: str, fn, *params: Tensor):
+    """``fn(*params)`` computed once without autograd and cached on ``owner`` under ``name``, recomputed when any of
+    ``params`` changes: an optimizer step, ``load_state_dict``, ``.to()`` (the tensors' version counters, storage and
+    dtype are the key). For what a decode step would otherwise derive from its parameters every token (a decay rate's
+    softplus, concatenated weights). Call it only where no gradient is wanted: the result is detached."""
+    key = tuple((t._version, t.data_ptr(), t.dtype) for t in params)
+    cache = owner.__dict__.get(name)
+    if cache is None or cache[0] != key:
         with torch.no_grad():
-            bias = None if all(b is None for b in biases) else torch.cat(
-                [b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(weights, biases)])
-            cache = layers[0].__dict__["_fused_linear"] = (key, torch.cat(weights), bias, [w.shape[0] for w in weights])
-    return list(F.linear(x, cache[1], cache[2]).split(cache[3], -1))
+            cache = owner.__dict__[name] = (key, fn(*params))
+    return cache[1]
 
 
 def rotary_cos_sin(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
