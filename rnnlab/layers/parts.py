@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnlab.ops.chunk import cast
 from rnnlab.ops.conv import causal_conv1d
 
 __all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos_sin", "positions", "learned_initial_state",
@@ -15,8 +16,8 @@ __all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos
 
 
 def at_least_float32(x: Tensor) -> Tensor:
-    """x in float32, or float64 kept (the float64 policy: no rounding to float32 on the way)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+    """x in float32, or float64 kept (the float64 policy: no rounding to float32 on the way); no call when it is."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 class RMSNorm(nn.Module):
@@ -31,8 +32,8 @@ class RMSNorm(nn.Module):
         # torch's rms_norm: the same arithmetic (bit for bit) as x * rsqrt(mean(x²) + eps) * w in one call; float32
         # (float64 in a float64 module: the dtype policy)
         xf = at_least_float32(x)
-        w = None if self.weight is None else self.weight.to(xf.dtype)
-        return F.rms_norm(xf, (x.shape[-1],), w, self.eps).to(x.dtype)
+        w = None if self.weight is None else cast(self.weight, xf.dtype)
+        return cast(F.rms_norm(xf, (x.shape[-1],), w, self.eps), x.dtype)
 
 
 class GatedRMSNorm(RMSNorm):
@@ -44,7 +45,7 @@ class GatedRMSNorm(RMSNorm):
         self.act = {"silu": F.silu, "sigmoid": torch.sigmoid}[activation]
 
     def forward(self, x: Tensor, gate: Tensor) -> Tensor:  # type: ignore[override]
-        return super().forward(x) * self.act(at_least_float32(gate)).to(x.dtype)
+        return super().forward(x) * cast(self.act(at_least_float32(gate)), x.dtype)
 
 
 class ShortConv(nn.Module):
