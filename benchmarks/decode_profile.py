@@ -96,8 +96,8 @@ def main(argv=None) -> None:
         x = torch.randn(a.batch, a.context, a.d_model, generator=g)
         with torch.inference_mode():
             state = s.prefill(x)
-        r = count_step(s.step, x1, state)
-        states.append(s.prefill(x) if a.time else None)
+            r = count_step(s.step, x1, state)
+            states.append(s.prefill(x) if a.time else None)
         print(f"{s.name:28s} {r['top']:6d} {r['aten']:6d} {r['py']:6d}")
         if a.top:
             print("    " + ", ".join(f"{k} {n}" for k, n in r["ops"].most_common(a.top)))
