@@ -22,7 +22,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
-from rnnlab.layers.parts import GatedRMSNorm, RMSNorm, ShortConv, fused_linear, param_derived
+from rnnlab.layers.parts import GatedRMSNorm, RMSNorm, ShortConv, fused_conv_step, fused_linear, param_derived
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.chunk import cast
 from rnnlab.ops.delta import chunk_delta_product, chunk_gated_delta_rule, fused_recurrent_delta_product, fused_recurrent_gated_delta_rule, l2norm
@@ -103,9 +103,8 @@ class _DeltaRuleMixer(Mixer):
         H, HV, nh = self.num_heads, self.num_v_heads, self.nh
         layers = [self.q_proj, self.k_proj, self.v_proj, self.b_proj] + [p for p in (getattr(self, "a_proj", None), self.g_proj) if p is not None]
         q, k, v, b, *gates = fused_linear(x, layers)
-        q, cq = self.q_conv(q, state["conv_q"])
-        k, ck = self.k_conv(k, state["conv_k"])
-        v, cv = self.v_conv(v, state["conv_v"])
+        (q, cq), (k, ck), (v, cv) = fused_conv_step([q, k, v], [self.q_conv, self.k_conv, self.v_conv],
+                                                    [state["conv_q"], state["conv_k"], state["conv_v"]])
         q = cast(l2norm(rearrange(q, "b t (h k) -> b t h k", h=H)), x.dtype)
         k = cast(l2norm(rearrange(k, "b t (n h k) -> b t h n k", h=H, n=nh)), x.dtype)
         v = rearrange(v, "b t (n h v) -> b t h n v", h=HV, n=nh)

@@ -12,7 +12,7 @@ from rnnlab.ops.chunk import cast
 from rnnlab.ops.conv import causal_conv1d
 
 __all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos_sin", "positions", "learned_initial_state",
-           "fused_linear", "param_derived", "rotary_rows", "rotary_at"]
+           "fused_linear", "fused_conv_step", "param_derived", "rotary_rows", "rotary_at"]
 
 
 def at_least_float32(x: Tensor) -> Tensor:
@@ -114,6 +114,25 @@ def fused_linear(x: Tensor, layers: list[nn.Linear]) -> list[Tensor]:
 
     weight, bias, sizes = param_derived(layers[0], "_fused_linear", concat, *weights, *[b for b in biases if b is not None])
     return list(F.linear(x, weight, bias).split(sizes, -1))
+
+
+def fused_conv_step(xs: list[Tensor], convs: list["ShortConv"], states: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """``[conv(x, s) for x, conv, s in zip(xs, convs, states)]``, x (B, 1, C_i), s (B, W-1, C_i): one decode token
+    through several short convs as one conv over their channels side by side (a depthwise conv treats every channel
+    alike: the same numbers, bit for bit at layer widths; at a few tiny widths torch may order the window's sum
+    otherwise, a last-bit difference), weights concatenated once (``param_derived``). Only without autograd and for convs of
+    one width, activation and bias kind; otherwise (and for T > 1) the convs one by one."""
+    first = convs[0]
+    alike = all(c.kernel_size == first.kernel_size and c.activation == first.activation and (c.bias is None) == (first.bias is None)
+                for c in convs)
+    params = [c.weight for c in convs] + [c.bias for c in convs if c.bias is not None]
+    if xs[0].shape[1] != 1 or not alike or (torch.is_grad_enabled() and any(t.requires_grad for t in params + list(xs) + list(states))):
+        return [c(x, s) for x, c, s in zip(xs, convs, states)]
+    w, b = param_derived(first, "_fused_conv", lambda *_: (torch.cat([c.weight for c in convs]),
+                                                          None if first.bias is None else torch.cat([c.bias for c in convs])), *params)
+    y, final = causal_conv1d(torch.cat(xs, -1), w, b, torch.cat(states, -1), activation=first.activation)
+    sizes = [x.shape[-1] for x in xs]
+    return list(zip(y.split(sizes, -1), final.split(sizes, -1)))
 
 
 def param_derived(owner: nn.Module, name: str, fn, *params: Tensor):
