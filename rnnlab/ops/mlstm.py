@@ -190,16 +190,31 @@ def mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, scale: flo
     V = v.shape[-1]
     acc = ig.dtype
     it, lft = ig[:, 0], logf[:, 0]  # (B, H)
-    m_new = torch.maximum(lft + m, it)
-    f_s = torch.exp(lft + m - m_new)
+    lfm = lft + m
+    m_new = torch.maximum(lfm, it)
+    f_s = torch.exp(lfm - m_new)
     i_s = torch.exp(it - m_new).unsqueeze(-1)  # (B, H, 1)
-    Cn = torch.cat([C, n.unsqueeze(-1)], -1)  # (B, H, K, V+1): the normalizer as value column V
+    Cn = _joined(C, n)  # (B, H, K, V+1): the normalizer as value column V
     ve = torch.cat([cast(v[:, 0], acc) * i_s, i_s], -1)  # [v, 1]·i_s (1·i_s = i_s exactly)
-    Cn = torch.addcmul(f_s.view(B, H, 1, 1) * Cn, (cast(k[:, 0], acc) * scale).unsqueeze(-1), ve.unsqueeze(-2))
+    Cn = (f_s.view(B, H, 1, 1) * Cn).addcmul_((cast(k[:, 0], acc) * scale).unsqueeze(-1), ve.unsqueeze(-2))
     o = (cast(q[:, 0], acc).unsqueeze(-2) @ Cn).squeeze(-2)  # (B, H, V+1)
     den = torch.maximum(o[..., V].abs(), torch.exp(-m_new))
     h = o[..., :V] / (den + eps if eps else den).unsqueeze(-1)  # den >= 0: den + 0 == den
-    return cast(h, v.dtype).unsqueeze(1), (Cn[..., :V], Cn[..., V], m_new)
+    C, n = Cn[..., :V], Cn[..., V]
+    C._joined = Cn  # the next step reads [C | n] back without a copy (``_joined``); a plain attribute, as views made
+    # under inference mode record no base
+    return cast(h, v.dtype).unsqueeze(1), (C, n, m_new)
+
+
+def _joined(C: Tensor, n: Tensor) -> Tensor:
+    """[C | n] (B, H, K, V+1): the tensor itself when C and n are its [..., :V] and [..., V] views (the state the last
+    step returned: no copy; checked by storage offsets and strides, so any other C or n is concatenated)."""
+    base, V = getattr(C, "_joined", None), C.shape[-1]
+    if (base is not None and base.shape == (*C.shape[:-1], V + 1) and base.dtype == C.dtype == n.dtype
+            and C.data_ptr() == base.data_ptr() and C.stride() == base.stride()
+            and n.data_ptr() == base.data_ptr() + V * base.element_size() and n.stride() == base.stride()[:-1]):
+        return base
+    return torch.cat([C, n.unsqueeze(-1)], -1)
 
 
 @varlen(("q", "k", "v", "i", "f"), fla=("head_first",))
