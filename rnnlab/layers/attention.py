@@ -165,7 +165,8 @@ class Attention(Mixer):
             q, k, v, *gate = heads.split([H, hkv, hkv] + [H] * self.output_gate, 1)
             qk = torch.cat([self.q_norm(q), self.k_norm(k)], 1)
         if self.rope_base is not None:
-            C, S = self._rotary_rows(max(p))[pos].unbind(1)  # (B, 1, 1, dh) each
+            start, rows = self._rotary_rows(min(p), max(p))
+            C, S = (rows[p[0] - start] if B == 1 else rows[pos - start]).unbind(-4)  # (B or 1, 1, 1, dh) each
             qk = rotary_at(qk, C, S)
         q, k = qk.split([H, hkv], 1)
         keep = self._cache_len(L + 1)
@@ -175,12 +176,15 @@ class Attention(Mixer):
         y = self.out(o * torch.sigmoid(gate[0].reshape(B, 1, H * hd)) if gate else o)
         return y, {"k": k_kept, "v": v_kept, "pos": pos + 1}
 
-    def _rotary_rows(self, last: int) -> Tensor:
-        """``parts.rotary_rows`` for positions 0..last at least (CPU), cached on the module; doubled when outgrown."""
-        rows = self.__dict__.get("_rotary_rows_cache")
-        if rows is None or rows.shape[0] <= last:
-            rows = self.__dict__["_rotary_rows_cache"] = rotary_rows(max(2 * (last + 1), 256), self.rotary_dim, self.rope_base)
-        return rows
+    def _rotary_rows(self, lo: int, hi: int) -> tuple[int, Tensor]:
+        """(start, ``parts.rotary_rows`` of positions start, start + 1, ...) covering lo..hi (CPU), cached on the
+        module and recomputed from lo when outgrown: at least 256 rows, so once per 256 tokens, and never more than
+        twice the spread of the rows' positions (a sliding window's memory stays constant however far it decodes)."""
+        cache = self.__dict__.get("_rotary_rows_cache")
+        if cache is None or not cache[0] <= lo <= hi < cache[0] + cache[1].shape[0]:
+            n = max(2 * (hi - lo + 1), 256)
+            cache = self.__dict__["_rotary_rows_cache"] = (lo, rotary_rows(n, self.rotary_dim, self.rope_base, start=lo))
+        return cache
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, num_kv_heads={self.num_kv_heads}, "

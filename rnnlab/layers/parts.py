@@ -168,11 +168,11 @@ def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).to(x.dtype)
 
 
-def rotary_rows(n: int, dim: int, base: float = 10000.0, device=None) -> Tensor:
-    """(n, 2, 1, 1, dim) float32: for position p, row p holds C = [cos, cos] and S = [-sin, sin] of
+def rotary_rows(n: int, dim: int, base: float = 10000.0, device=None, start: int = 0) -> Tensor:
+    """(n, 2, 1, 1, dim) float32: for position start + i, row i holds C = [cos, cos] and S = [-sin, sin] of
     ``rotary_cos_sin`` (the same numbers), so that ``rotary_at(x, C, S)`` rotates one token (a decode step's
     rotation: a lookup and four calls where computing the angles and ``rotary`` take about twenty)."""
-    cos, sin = rotary_cos_sin(torch.arange(n, device=device), dim, base)  # (n, dim/2)
+    cos, sin = rotary_cos_sin(torch.arange(start, start + n, device=device), dim, base)  # (n, dim/2)
     return torch.stack([torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)], 1)[:, :, None, None]
 
 

@@ -66,3 +66,19 @@ def test_rows_at_different_positions_take_the_masked_form():
         y, _ = m(x1, s)
         y_ref, _ = m._attend(x1, s)
     assert torch.equal(y, y_ref)
+
+
+def test_rotary_rows_stay_few_far_into_a_sequence():
+    """The cached cos/sin rows cover the positions being decoded, not all positions so far: a sliding window far into
+    a stream keeps constant memory, and the step still equals the general form there."""
+    torch.manual_seed(0)
+    m = create_mixer("sliding_attention", 16, num_heads=2, window=4).eval()
+    with torch.no_grad():
+        _, s = m(torch.randn(2, 6, 16))
+        s["pos"] = torch.tensor([10**7, 10**7 + 3])  # rows far on, at different positions (caches all real)
+        x1 = torch.randn(2, 1, 16)
+        y, _ = m(x1, s)
+        y_ref, _ = m._attend(x1, s)
+    assert torch.equal(y, y_ref)
+    start, rows = m.__dict__["_rotary_rows_cache"]
+    assert start == 10**7 and rows.shape[0] == 256
