@@ -37,6 +37,7 @@ dk = qk_dim_factor · d).
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,8 @@ from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.parts import ShortConv
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.chunk import cast
-from rnnlab.ops.mlstm import chunk_mlstm, mlstm_step
+from rnnlab.ops.forms import choose
+from rnnlab.ops.mlstm import chunk_mlstm, fused_recurrent_mlstm, mlstm_step
 
 __all__ = ["MLSTM", "HeadwiseLinear"]
 
@@ -184,26 +186,31 @@ class MLSTM(Mixer):
         new = {"C": C, "n": n, "m": m} if conv_state is None else {"conv": conv_state, "C": C, "n": n, "m": m}
         return self.proj_down(cast(h, x.dtype)), {key: cast(t, state[key].dtype) for key, t in new.items()}
 
-    def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, T, D) -> (y, state): chunkwise mLSTM."""
+    def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
+        """x (B, T, D) -> (y, state) by the chunkwise ("chunk") or the recurrent ("recurrent") form; one token of the
+        recurrent form runs ``ops.mlstm.mlstm_step`` (the form's token without its time-axis bookkeeping or re-checking
+        the shapes this layer builds; heads as views)."""
+        op = choose(form, {"chunk": partial(chunk_mlstm, chunk_size=self.chunk_size), "recurrent": fused_recurrent_mlstm}, "mlstm")
         q, k, v, g, c, z, conv_state = self._inputs(x, state)
-        i, f = rearrange(self._gates(g), "b t (two h) -> two b t h", two=2)
-        heads = lambda t: rearrange(t, "b t (h d) -> b t h d", h=self.num_heads)  # noqa: E731
-        s0 = tuple(state[key].float() for key in ("C", "n", "m"))
-        kw = dict(initial_state=s0, output_final_state=True, forget_gate=self.forget_gate, eps=self.eps)  # scale: d^-1/2 (eq. 22)
-        h, final = chunk_mlstm(heads(q), heads(k), heads(v), i, f, chunk_size=self.chunk_size, **kw)
+        (B, T, _), H = x.shape, self.num_heads
+        s0 = tuple(cast(state[key], torch.float32) for key in ("C", "n", "m"))
+        kw = dict(initial_state=s0, forget_gate=self.forget_gate, eps=self.eps)  # scale: d^-1/2 (eq. 22)
+        if T == 1 and op is fused_recurrent_mlstm:
+            i, f = self._gates(g).view(B, 1, 2, H).unbind(2)
+            h, final = mlstm_step(q.view(B, 1, H, -1), k.view(B, 1, H, -1), v.view(B, 1, H, -1), i, f, **kw)
+        else:
+            i, f = rearrange(self._gates(g), "b t (two h) -> two b t h", two=2)
+            heads = lambda t: rearrange(t, "b t (h d) -> b t h d", h=H)  # noqa: E731
+            h, final = op(heads(q), heads(k), heads(v), i, f, output_final_state=True, **kw)
         return self._output(x, h, c, z, conv_state, final, state)
 
+    def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """x (B, T, D) -> (y, state): chunkwise mLSTM."""
+        return self._mix(x, state, "chunk")
+
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, 1, D) -> (y, state): one recurrent mLSTM step (``ops.mlstm.mlstm_step``: the recurrent form's token,
-        without its time-axis bookkeeping or re-checking shapes this layer builds; heads as views at one token)."""
-        q, k, v, g, c, z, conv_state = self._inputs(x, state)
-        B, H = x.shape[0], self.num_heads
-        i, f = self._gates(g).view(B, 1, 2, H).unbind(2)
-        s0 = tuple(cast(state[key], torch.float32) for key in ("C", "n", "m"))
-        h, final = mlstm_step(q.view(B, 1, H, -1), k.view(B, 1, H, -1), v.view(B, 1, H, -1), i, f, initial_state=s0,
-                              forget_gate=self.forget_gate, eps=self.eps)
-        return self._output(x, h, c, z, conv_state, final, state)
+        """x (B, 1, D) -> (y, state): one recurrent mLSTM step."""
+        return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, heads={self.num_heads}x{self.head_dim}, layout={self.layout!r}, "
