@@ -11,6 +11,8 @@ Subclasses implement ``parallel(x, state)`` (T > 1, the training form) and
 ``step(x, state)`` (T == 1, the recurrent form); both take and return a state
 dict. ``forward`` validates the input, fills a missing state from
 ``init_state`` and dispatches on T; that policy lives here and nowhere else.
+A state is validated once: the one the last call returned (the same tensors under
+the same keys, same batch) is not re-checked, so a decode loop pays no per-token checks.
 
 Packed batches (fla's convention): with ``cu_seqlens`` (int64, [0, ..., T], N + 1 offsets) x is
 (1, T, D) holding N sequences and every state tensor has N in dim 0 (initial states in, final
@@ -29,6 +31,7 @@ so other mixers' signatures never change). A mixer without ``takes_dt`` rejects 
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -91,7 +94,7 @@ class Mixer(nn.Module):
         wide = x.dtype == torch.float64  # the state dtype policy (docs/architecture.md): float64 in, float64 state
         if state is None:
             state = self.init_state(batch, device=x.device, dtype=torch.float64 if wide else None)
-        else:
+        elif not self._returned_earlier(state, batch, wide):
             self.check_state(state, batch, packed=packing is not None, x_dtype=x.dtype)
         if batch == 0:  # an empty batch (a filtered-out microbatch): empty outputs, the empty state as given
             return x.new_zeros(x.shape), state
@@ -102,7 +105,23 @@ class Mixer(nn.Module):
         if wide:  # layers that compute their state in float32 return it as float64 here, once for all
             state = {k: v.to(torch.complex128 if v.is_complex() else torch.float64) if v.is_floating_point() or v.is_complex() else v
                      for k, v in state.items()}
+        self.__dict__["_returned_state"] = (batch, wide, [(k, weakref.ref(v)) for k, v in state.items()])
         return y, state
+
+    def __getstate__(self):  # pickling (torch.save of a module, multiprocessing): the weak references stay behind
+        return {k: v for k, v in super().__getstate__().items() if k != "_returned_state"}
+
+    def _returned_earlier(self, state: State, batch: int, wide: bool) -> bool:
+        """Whether ``state`` is, key for key and tensor for tensor, the state the last call returned, for the same batch
+        size and float64-ness: checked then, so a decode loop skips ``check_state`` (a replaced or added entry, another
+        batch or dtype policy is checked in full). Weak references: the mixer keeps no state alive."""
+        seen = self.__dict__.get("_returned_state")
+        if seen is None or seen[0] != batch or seen[1] != wide or not isinstance(state, dict) or len(state) != len(seen[2]):
+            return False
+        for (key, ref), (k, t) in zip(seen[2], state.items()):
+            if k != key or ref() is not t:
+                return False
+        return True
 
     def _dispatch(self, x: Tensor, state: State, dt: Tensor | None = None) -> tuple[Tensor, State]:
         kw = {} if dt is None else {"dt": dt}  # only time-step mixers ever see the keyword
@@ -128,13 +147,25 @@ class Mixer(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"{type(self).__name__} expects a floating-point x, got dtype {x.dtype}")
-        # the module's dtype: its first parameter, or for an untrained mixer (a reservoir: buffers only) its first floating buffer
-        p = next(self.parameters(), None)
-        if p is None:
-            p = next((b for b in self.buffers() if b.is_floating_point()), None)
+        p = self._dtype_reference()
         if p is not None and p.is_floating_point() and x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):
             raise ValueError(f"{type(self).__name__} has {p.dtype} parameters and expects x of dtype {p.dtype}, got {x.dtype}: "
                              f"cast the module (module.to({x.dtype})) or run under torch.autocast")
+
+    def _dtype_reference(self) -> Tensor | None:
+        """The tensor whose dtype is the module's: its first parameter, or for an untrained mixer (a reservoir: buffers
+        only) its first floating buffer. The parameter is remembered with its owner and name and reused while it is
+        still registered there (``.to()`` converts a parameter in place; ``load_state_dict(assign=True)`` or an
+        assignment replaces it, and the search runs again): a decode step skips walking the module tree."""
+        found = self.__dict__.get("_dtype_param")
+        if found is not None and found[0]._parameters.get(found[1]) is found[2]:
+            return found[2]
+        for owner in self.modules():
+            for name, p in owner._parameters.items():
+                if p is not None:
+                    self.__dict__["_dtype_param"] = (owner, name, p)
+                    return p
+        return next((b for b in self.buffers() if b.is_floating_point()), None)
 
     def check_state(self, state: State, batch_size: int, packed: bool = False, x_dtype: torch.dtype = torch.float32) -> None:
         """Keys, batch size and dtype of a given state: a float64 (complex128) state goes with float64 x only

@@ -22,8 +22,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
-from rnnlab.layers.parts import GatedRMSNorm, RMSNorm, ShortConv, fused_linear
+from rnnlab.layers.parts import GatedRMSNorm, RMSNorm, ShortConv, fused_conv_step, fused_linear, param_derived
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.chunk import cast
 from rnnlab.ops.delta import chunk_delta_product, chunk_gated_delta_rule, fused_recurrent_delta_product, fused_recurrent_gated_delta_rule, l2norm
 from rnnlab.ops.forms import choose
 
@@ -102,30 +103,36 @@ class _DeltaRuleMixer(Mixer):
         H, HV, nh = self.num_heads, self.num_v_heads, self.nh
         layers = [self.q_proj, self.k_proj, self.v_proj, self.b_proj] + [p for p in (getattr(self, "a_proj", None), self.g_proj) if p is not None]
         q, k, v, b, *gates = fused_linear(x, layers)
-        q, cq = self.q_conv(q, state["conv_q"])
-        k, ck = self.k_conv(k, state["conv_k"])
-        v, cv = self.v_conv(v, state["conv_v"])
-        q = l2norm(rearrange(q, "b t (h k) -> b t h k", h=H)).to(x.dtype)
-        k = l2norm(rearrange(k, "b t (n h k) -> b t h n k", h=H, n=nh)).to(x.dtype)
+        (q, cq), (k, ck), (v, cv) = fused_conv_step([q, k, v], [self.q_conv, self.k_conv, self.v_conv],
+                                                    [state["conv_q"], state["conv_k"], state["conv_v"]])
+        q = cast(l2norm(rearrange(q, "b t (h k) -> b t h k", h=H)), x.dtype)
+        k = cast(l2norm(rearrange(k, "b t (n h k) -> b t h n k", h=H, n=nh)), x.dtype)
         v = rearrange(v, "b t (n h v) -> b t h n v", h=HV, n=nh)
-        beta = torch.sigmoid(rearrange(b, "b t (n h) -> b t h n", h=HV).float())
+        beta = torch.sigmoid(cast(rearrange(b, "b t (n h) -> b t h n", h=HV), torch.float32))
         if self.negative_eigenvalues:
             beta = 2 * beta
         g = None
         if self.forget_gate:
-            g = -self.A_log.float().exp() * F.softplus(gates[0].float() + self.dt_bias.float())  # (B, T, HV)
+            g = self._A() * F.softplus(cast(gates[0], torch.float32) + cast(self.dt_bias, torch.float32))  # (B, T, HV)
         o, core = self._core(q, k, v, g, beta, x, state, form)
         if self.g_proj is not None:
             o = self.o_norm(o, rearrange(gates[-1], "b t (h v) -> b t h v", h=HV))
         else:
             o = self.o_norm(o)
-        y = self.o_proj(rearrange(o, "b t h v -> b t (h v)").to(x.dtype))
-        return y, {"conv_q": cq.to(state["conv_q"].dtype), "conv_k": ck.to(state["conv_k"].dtype), "conv_v": cv.to(state["conv_v"].dtype), **core}
+        y = self.o_proj(cast(o.flatten(-2), x.dtype))  # (B, T, H·V)
+        return y, {"conv_q": cast(cq, state["conv_q"].dtype), "conv_k": cast(ck, state["conv_k"].dtype),
+                   "conv_v": cast(cv, state["conv_v"].dtype), **core}
+
+    def _A(self) -> Tensor:
+        """-exp(A_log) (HV,) float32; without autograd computed once while A_log is unchanged (parts.param_derived)."""
+        if torch.is_grad_enabled() and self.A_log.requires_grad:
+            return -self.A_log.float().exp()
+        return param_derived(self, "_neg_exp_A_log", lambda a: -a.float().exp(), self.A_log)
 
     def _core(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         """The recurrence: q (B, T, H, K), k (B, T, H, n_h, K), v (B, T, H, n_h, V), g (B, T, H) or None, beta (B, T, H, n_h)
         -> (o (B, T, H, V), its state entries); x (the layer input) for subclasses (log_linear_gated_deltanet)."""
-        kw = dict(initial_state=state["S"].float(), output_final_state=True)
+        kw = dict(initial_state=cast(state["S"], torch.float32), output_final_state=True)
         if self.nh == 1:
             op = choose(form, {"chunk": partial(chunk_gated_delta_rule, chunk_size=self.chunk_size),
                                "recurrent": fused_recurrent_gated_delta_rule}, type(self).__name__)
@@ -134,7 +141,7 @@ class _DeltaRuleMixer(Mixer):
             op = choose(form, {"chunk": partial(chunk_delta_product, chunk_size=self.chunk_size),
                                "recurrent": fused_recurrent_delta_product}, type(self).__name__)
             o, S = op(q, k, v, g, beta, self.nh, **kw)
-        return o, {"S": S.to(state["S"].dtype)}
+        return o, {"S": cast(S, state["S"].dtype)}
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y (B, T, D), state): chunkwise WY form."""

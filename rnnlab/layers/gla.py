@@ -17,12 +17,12 @@ from __future__ import annotations
 from functools import partial
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.parts import GatedRMSNorm, LoRA, fused_linear
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.chunk import cast
 from rnnlab.ops.forms import choose
 from rnnlab.ops.gla import chunk_gla, fused_recurrent_gla
 
@@ -68,15 +68,15 @@ class GLA(Mixer):
 
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         H = self.num_heads
-        split = lambda t: rearrange(t, "b t (h d) -> b t h d", h=H)
+        split = lambda t: t.unflatten(-1, (H, -1))  # (B, T, H·d) -> (B, T, H, d); not einops: a decode step's calls count
         q, k, v, low, og = fused_linear(x, [self.q_proj, self.k_proj, self.v_proj, self.gk_proj.down, self.g_proj])
         q, k, v, og = split(q), split(k), split(v), split(og)
-        g = split(F.logsigmoid(self.gk_proj.up_from(low).float()) / self.tau)  # (B, T, H, K) log α_t <= 0
-        kw = dict(initial_state=state["S"].float(), output_final_state=True)  # scale = K^-1/2
+        g = split(F.logsigmoid(cast(self.gk_proj.up_from(low), torch.float32)) / self.tau)  # (B, T, H, K) log α_t <= 0
+        kw = dict(initial_state=cast(state["S"], torch.float32), output_final_state=True)  # scale = K^-1/2
         op = choose(form, {"chunk": partial(chunk_gla, chunk_size=self.chunk_size), "recurrent": fused_recurrent_gla}, "gla")
         o, S = op(q, k, v, g, **kw)
         o = self.o_norm(o, og)
-        return self.o_proj(rearrange(o, "b t h d -> b t (h d)")), {"S": S.to(state["S"].dtype)}
+        return self.o_proj(o.flatten(-2)), {"S": cast(S, state["S"].dtype)}  # o (B, T, H·d)
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y, state): chunkwise form."""

@@ -40,9 +40,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
-from rnnlab.layers.parts import ShortConv, fused_linear, positions
+from rnnlab.layers.parts import ShortConv, fused_linear, param_derived, positions
 from rnnlab.layers.registry import register_mixer
-from rnnlab.ops.chunk import acc_dtype
+from rnnlab.ops.chunk import acc_dtype, cast
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import BACKENDS, linear_scan
 
@@ -84,8 +84,12 @@ def _linear32(lin: nn.Module, x: Tensor) -> Tensor:
     """A gate projection (nn.Linear or BlockDiagonalLinear) in x's dtype (float32, or float64 for a float64 module),
     whatever the parameters' dtype."""
     if isinstance(lin, nn.Linear):
-        return F.linear(x, lin.weight.to(x.dtype), lin.bias.to(x.dtype))
+        return F.linear(x, cast(lin.weight, x.dtype), cast(lin.bias, x.dtype))
     return lin(x)  # BlockDiagonalLinear computes in x's dtype
+
+
+def _needs_grad(x: Tensor, *params: Tensor) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
 
 
 @register_mixer("hawk", family="diagonal", small={"expansion": 1.0})
@@ -144,19 +148,28 @@ class Hawk(Mixer):
 
     def log_a(self, r: Tensor) -> Tensor:
         """r (..., D_rnn) recurrence gate -> log a_t = c r_t log sigmoid(Lambda) (<= 0)."""
-        return -self.c * r * F.softplus(-self.Lambda.to(acc_dtype(r)))
+        acc = acc_dtype(r)
+        if _needs_grad(r, self.Lambda):
+            return -self.c * r * F.softplus(-self.Lambda.to(acc))
+        # without autograd (decode, prefill) softplus(-Lambda) is a constant of the parameters: computed once
+        return -self.c * r * param_derived(self, f"_softplus_neg_lambda_{acc}", lambda lam: F.softplus(-lam.to(acc)), self.Lambda)
 
     def _coeffs(self, x: Tensor, state: State) -> tuple[Tensor, Tensor, Tensor, State]:
         """x (B, T, D) -> a, b (B, T, D_rnn) float32, gate branch (B, T, D_rnn), the new state less h."""
         y, xr = fused_linear(x, [self.linear_y, self.linear_x])
         gate = F.gelu(y, approximate="tanh")
-        xc, conv_state = self.conv(xr, state["conv"].to(x.dtype))
-        xf = xc.to(acc_dtype(xc))  # float32 (float64 in a float64 module: the dtype policy)
-        r = torch.sigmoid(_linear32(self.gate_a, xf))
-        i = torch.sigmoid(_linear32(self.gate_x, xf))
+        xc, conv_state = self.conv(xr, cast(state["conv"], x.dtype))
+        xf = cast(xc, acc_dtype(xc))  # float32 (float64 in a float64 module: the dtype policy)
+        if isinstance(self.gate_a, nn.Linear) and self.gate_a.weight.dtype == xf.dtype:  # one matmul without autograd
+            r, i = fused_linear(xf, [self.gate_a, self.gate_x])
+            r, i = torch.sigmoid(r), torch.sigmoid(i)
+        else:
+            r, i = torch.sigmoid(_linear32(self.gate_a, xf)), torch.sigmoid(_linear32(self.gate_x, xf))
         log_a = self.log_a(r)
-        scale = _SqrtBoundDerivative.apply(-torch.expm1(2 * log_a))
-        new = {"conv": conv_state.to(xf.dtype)}
+        # sqrt(1 - a²); its bounded derivative matters only under autograd (the Function's call costs more than the op)
+        one_minus_a2 = -torch.expm1(2 * log_a)
+        scale = _SqrtBoundDerivative.apply(one_minus_a2) if _needs_grad(one_minus_a2) else torch.sqrt(one_minus_a2)
+        new = {"conv": cast(conv_state, xf.dtype)}
         if self.reset_first_token:  # a sequence's first token: h_0 = i_0 x_0 (a_0 = 0, no sqrt(1 - a_0^2))
             first = (positions(state["pos"], x.shape[1]) == 0)[..., None]
             scale, log_a = scale.masked_fill(first, 1.0), log_a.masked_fill(first, float("-inf"))
@@ -164,16 +177,16 @@ class Hawk(Mixer):
         return log_a.exp(), scale * (i * xf), gate, new
 
     def _out(self, h: Tensor, gate: Tensor) -> Tensor:
-        return self.linear_out(h.to(gate.dtype) * gate)
+        return self.linear_out(cast(h, gate.dtype) * gate)
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         a, b, gate, new = self._coeffs(x, state)
-        h, h_last = linear_scan(a, b, state["h"].to(a.dtype), backend=self.backend)
+        h, h_last = linear_scan(a, b, cast(state["h"], a.dtype), backend=self.backend)
         return self._out(h, gate), {**new, "h": h_last}
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         a, b, gate, new = self._coeffs(x, state)
-        h = a[:, 0] * state["h"].to(a.dtype) + b[:, 0]
+        h = a[:, 0] * cast(state["h"], a.dtype) + b[:, 0]  # not addcmul: its fused multiply-add rounds otherwise
         return self._out(h.unsqueeze(1), gate), {**new, "h": h}
 
     def extra_repr(self) -> str:

@@ -31,7 +31,8 @@ def kv_append(cache: Tensor, new: Tensor, keep: int | None = None) -> tuple[Tens
     L, T = cache.shape[2], new.shape[2]
     total = L + T
     n = total if keep is None else min(keep, total)
-    cache = cache.to(new.dtype)
+    if cache.dtype != new.dtype:
+        cache = cache.to(new.dtype)
     if torch.is_grad_enabled() and (cache.requires_grad or new.requires_grad):
         full = torch.cat([cache, new], 2)
         return full, full[:, :, total - n:]
@@ -42,9 +43,9 @@ def kv_append(cache: Tensor, new: Tensor, keep: int | None = None) -> tuple[Tens
         buf = new.new_empty(*new.shape[:2], capacity, new.shape[3])
         buf[:, :, :L] = cache
         start = 0
-    buf[:, :, start + L: start + total] = new
+    buf.narrow(2, start + L, T).copy_(new)  # narrow: one call where indexing with slices takes two or three
     buf._kv_tail = start + total
-    full = buf[:, :, start: start + total]
-    kept = buf[:, :, start + total - n: start + total]
+    full = buf.narrow(2, start, total)
+    kept = full if n == total else buf.narrow(2, start + total - n, n)
     kept._kv_buf, kept._kv_start = buf, start + total - n
     return full, kept

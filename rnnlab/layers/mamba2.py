@@ -34,10 +34,10 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
-from rnnlab.layers.parts import ShortConv
+from rnnlab.layers.parts import ShortConv, param_derived
 from rnnlab.layers.mamba import check_init, mimetic_A_log
 from rnnlab.layers.registry import register_mixer
-from rnnlab.ops.chunk import acc_dtype
+from rnnlab.ops.chunk import acc_dtype, cast
 from rnnlab.ops.forms import choose
 from rnnlab.ops.gla import chunk_simple_gla, fused_recurrent_simple_gla
 
@@ -101,8 +101,8 @@ class Mamba2(Mixer):
     def _gated_norm(self, y: Tensor, z: Tensor) -> Tensor:
         """RMSNorm(y ⊙ SiLU(z)) over groups of d_inner / ngroups channels, weight (d_inner,); in y's dtype (float32
         or float64)."""
-        u = (y * F.silu(z.to(y.dtype))).unflatten(-1, (self.ngroups, -1))
-        return F.rms_norm(u, u.shape[-1:], eps=self.norm_eps).flatten(-2) * self.norm_weight.to(y.dtype)
+        u = (y * F.silu(cast(z, y.dtype))).unflatten(-1, (self.ngroups, -1))
+        return F.rms_norm(u, u.shape[-1:], eps=self.norm_eps).flatten(-2) * cast(self.norm_weight, y.dtype)
 
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         return self.mix_projected(self.in_proj(x), state, form, x.dtype)
@@ -119,21 +119,27 @@ class Mamba2(Mixer):
         # (B, T, G, N): the op shares each group's B, C (its k, q) with the group's H / G heads: one C Bᵀ per group
         Bm, Cm = Bm.unflatten(-1, (G, N)), Cm.unflatten(-1, (G, N))
         acc = acc_dtype(zxbcdt)  # float32 (float64 for a float64 module)
-        delta = F.softplus(dt.to(acc) + self.dt_bias.to(acc))  # (B, T, H)
-        g = -torch.exp(self.A_log.to(acc)) * delta  # log-decay Δ A <= 0
-        v = (xs.to(acc) * delta[..., None]).to(dtype)
+        delta = F.softplus(cast(dt, acc) + cast(self.dt_bias, acc))  # (B, T, H)
+        g = self._A(acc) * delta  # log-decay Δ A <= 0
+        v = cast(cast(xs, acc) * delta[..., None], dtype)
         y, core = self._ssd(Cm, Bm, v, g, extra, state, form)
-        y = y.to(acc) + self.D.to(acc)[:, None] * xs.to(acc)  # D skip
-        y = self._gated_norm(rearrange(y, "b t h p -> b t (h p)"), z)
-        out = self.out_proj(y.to(dtype))
-        return out, {"conv": conv_state.to(state["conv"].dtype), **core}
+        y = cast(y, acc) + cast(self.D, acc)[:, None] * cast(xs, acc)  # D skip
+        y = self._gated_norm(y.flatten(-2), z)  # (B, T, H·P)
+        out = self.out_proj(cast(y, dtype))
+        return out, {"conv": cast(conv_state, state["conv"].dtype), **core}
+
+    def _A(self, acc: torch.dtype) -> Tensor:
+        """A = -exp(A_log) (H,) in acc; without autograd computed once while A_log is unchanged (parts.param_derived)."""
+        if torch.is_grad_enabled() and self.A_log.requires_grad:
+            return -torch.exp(self.A_log.to(acc))
+        return param_derived(self, f"_neg_exp_A_log_{acc}", lambda a: -torch.exp(a.to(acc)), self.A_log)
 
     def _ssd(self, Cm: Tensor, Bm: Tensor, v: Tensor, g: Tensor, extra: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         """The SSD core: C, B (B, T, G, N), v = Δx (B, T, H, P), g = ΔA (B, T, H) -> (y (B, T, H, P), its state entries)."""
-        kw = dict(scale=1.0, initial_state=state["h"].to(g.dtype), output_final_state=True)
+        kw = dict(scale=1.0, initial_state=cast(state["h"], g.dtype), output_final_state=True)
         op = choose(form, {"chunk": partial(chunk_simple_gla, chunk_size=self.chunk_size), "recurrent": fused_recurrent_simple_gla}, "mamba2")
         y, h = op(Cm, Bm, v, g, **kw)
-        return y, {"h": h.to(state["h"].dtype)}
+        return y, {"h": cast(h, state["h"].dtype)}
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y, state): chunkwise SSD."""

@@ -47,8 +47,9 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.parts import ShortConv
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops.chunk import cast
 from rnnlab.ops.forms import choose
-from rnnlab.ops.mlstm import chunk_mlstm, fused_recurrent_mlstm
+from rnnlab.ops.mlstm import chunk_mlstm, fused_recurrent_mlstm, mlstm_step
 
 __all__ = ["MLSTM", "HeadwiseLinear"]
 
@@ -76,7 +77,8 @@ class HeadwiseLinear(nn.Module):
         nb, d_in = self.num_blocks, self.block_size
         if x.numel() <= _FEW_ROWS * x.shape[-1]:  # decode: building the block-diagonal matrices would dominate;
             # a broadcast multiply and sum over d_in (a few thousand products: einsum's bmm costs ~5x that)
-            y = (x.reshape(-1, nb, 1, d_in) * self.weight[:, rows].to(x.dtype)).sum(-1)
+            w = self.weight if rows == slice(None) else self.weight[:, rows]
+            y = (x.reshape(-1, nb, 1, d_in) * cast(w, x.dtype)).sum(-1)
             return y.reshape(*x.shape[:-1], -1)
         g = max(c for c in range(1, nb + 1) if nb % c == 0 and c * d_in <= max(64, d_in))
         w = self.weight[:, rows].to(x.dtype).unflatten(0, (nb // g, g))  # (ng, g, d_out, d_in)
@@ -167,25 +169,40 @@ class MLSTM(Mixer):
         g = F.linear(q, W[:, :E], self.gates.bias) + F.linear(k, W[:, E : 2 * E]) + F.linear(v, W[:, 2 * E :])
         return q, k, v, g, c, z, conv_state
 
-    def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
-        q, k, v, g, c, z, conv_state = self._inputs(x, state)
-        g = g.float()
-        if self.gate_soft_cap is not None:
-            g = self.gate_soft_cap * torch.tanh(g / self.gate_soft_cap)
-        i, f = rearrange(g, "b t (two h) -> two b t h", two=2)
-        heads = lambda t: rearrange(t, "b t (h d) -> b t h d", h=self.num_heads)  # noqa: E731
-        s0 = tuple(state[key].float() for key in ("C", "n", "m"))
-        kw = dict(initial_state=s0, output_final_state=True, forget_gate=self.forget_gate, eps=self.eps)  # scale: d^-1/2 (eq. 22)
-        op = choose(form, {"chunk": partial(chunk_mlstm, chunk_size=self.chunk_size), "recurrent": fused_recurrent_mlstm}, "mlstm")
-        h, (C, n, m) = op(heads(q), heads(k), heads(v), i, f, **kw)
+    def _gates(self, g: Tensor) -> Tensor:
+        """Gate pre-activations [i~ | f~] (B, T, 2H) in float32, soft-capped if asked."""
+        g = cast(g, torch.float32)
+        return g if self.gate_soft_cap is None else self.gate_soft_cap * torch.tanh(g / self.gate_soft_cap)
+
+    def _output(self, x: Tensor, h: Tensor, c: Tensor, z: Tensor | None, conv_state: Tensor | None, final, state: State):
+        """The cell's h (B, T, H, d) -> (y, new state): per-head norm, output gate (and skip), down-projection."""
         h = F.layer_norm(h, h.shape[-1:], eps=self.norm_eps).flatten(-2)  # GroupNorm over heads = LayerNorm per head
-        w = self.norm_weight.to(h.dtype)
+        w = cast(self.norm_weight, h.dtype)
         if self.layout == "dense":
             h = h * w * torch.sigmoid(c)
         else:
-            h = torch.addcmul(self.skip.to(c.dtype) * c, h, w) * F.silu(z)
+            h = torch.addcmul(cast(self.skip, c.dtype) * c, h, w) * F.silu(z)
+        C, n, m = final
         new = {"C": C, "n": n, "m": m} if conv_state is None else {"conv": conv_state, "C": C, "n": n, "m": m}
-        return self.proj_down(h.to(x.dtype)), {key: t.to(state[key].dtype) for key, t in new.items()}
+        return self.proj_down(cast(h, x.dtype)), {key: cast(t, state[key].dtype) for key, t in new.items()}
+
+    def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
+        """x (B, T, D) -> (y, state) by the chunkwise ("chunk") or the recurrent ("recurrent") form; one token of the
+        recurrent form runs ``ops.mlstm.mlstm_step`` (the form's token without its time-axis bookkeeping or re-checking
+        the shapes this layer builds; heads as views)."""
+        op = choose(form, {"chunk": partial(chunk_mlstm, chunk_size=self.chunk_size), "recurrent": fused_recurrent_mlstm}, "mlstm")
+        q, k, v, g, c, z, conv_state = self._inputs(x, state)
+        (B, T, _), H = x.shape, self.num_heads
+        s0 = tuple(cast(state[key], torch.float32) for key in ("C", "n", "m"))
+        kw = dict(initial_state=s0, forget_gate=self.forget_gate, eps=self.eps)  # scale: d^-1/2 (eq. 22)
+        if T == 1 and op is fused_recurrent_mlstm:
+            i, f = self._gates(g).view(B, 1, 2, H).unbind(2)
+            h, final = mlstm_step(q.view(B, 1, H, -1), k.view(B, 1, H, -1), v.view(B, 1, H, -1), i, f, **kw)
+        else:
+            i, f = rearrange(self._gates(g), "b t (two h) -> two b t h", two=2)
+            heads = lambda t: rearrange(t, "b t (h d) -> b t h d", h=H)  # noqa: E731
+            h, final = op(heads(q), heads(k), heads(v), i, f, output_final_state=True, **kw)
+        return self._output(x, h, c, z, conv_state, final, state)
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y, state): chunkwise mLSTM."""

@@ -8,15 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnlab.ops.chunk import cast
 from rnnlab.ops.conv import causal_conv1d
 
 __all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos_sin", "positions", "learned_initial_state",
-           "fused_linear"]
+           "fused_linear", "fused_conv_step", "param_derived", "rotary_rows", "rotary_at"]
 
 
 def at_least_float32(x: Tensor) -> Tensor:
-    """x in float32, or float64 kept (the float64 policy: no rounding to float32 on the way)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+    """x in float32, or float64 kept (the float64 policy: no rounding to float32 on the way); no call when it is."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 class RMSNorm(nn.Module):
@@ -31,8 +32,8 @@ class RMSNorm(nn.Module):
         # torch's rms_norm: the same arithmetic (bit for bit) as x * rsqrt(mean(x²) + eps) * w in one call; float32
         # (float64 in a float64 module: the dtype policy)
         xf = at_least_float32(x)
-        w = None if self.weight is None else self.weight.to(xf.dtype)
-        return F.rms_norm(xf, (x.shape[-1],), w, self.eps).to(x.dtype)
+        w = None if self.weight is None else cast(self.weight, xf.dtype)
+        return cast(F.rms_norm(xf, (x.shape[-1],), w, self.eps), x.dtype)
 
 
 class GatedRMSNorm(RMSNorm):
@@ -44,7 +45,7 @@ class GatedRMSNorm(RMSNorm):
         self.act = {"silu": F.silu, "sigmoid": torch.sigmoid}[activation]
 
     def forward(self, x: Tensor, gate: Tensor) -> Tensor:  # type: ignore[override]
-        return super().forward(x) * self.act(at_least_float32(gate)).to(x.dtype)
+        return super().forward(x) * cast(self.act(at_least_float32(gate)), x.dtype)
 
 
 class ShortConv(nn.Module):
@@ -97,22 +98,54 @@ class LoRA(nn.Module):
 
 def fused_linear(x: Tensor, layers: list[nn.Linear]) -> list[Tensor]:
     """``[layer(x) for layer in layers]`` in one matmul when no gradient is wanted (decode, prefill, evaluation):
-    the layers' weights (and biases) concatenated once and cached on the first layer, rebuilt when any of them
-    changes (an optimizer step, ``load_state_dict``, ``.to()``: the tensors' version counters and storage). One
-    matrix-vector product per token instead of one per projection: fewer calls and one pass over the weights.
-    Under autograd the layers run one by one (the parameters' gradients stay where they are)."""
+    the layers' weights (and biases) concatenated once and cached on the first layer (``param_derived``), rebuilt
+    when any of them changes. One matrix-vector product per token instead of one per projection: fewer calls and
+    one pass over the weights. Under autograd the layers run one by one (the parameters' gradients stay where
+    they are)."""
     weights = [layer.weight for layer in layers]
     if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
         return [layer(x) for layer in layers]
     biases = [layer.bias for layer in layers]
-    key = tuple((t._version, t.data_ptr(), t.dtype) for t in weights + [b for b in biases if b is not None])
-    cache = layers[0].__dict__.get("_fused_linear")
-    if cache is None or cache[0] != key or len(cache[3]) != len(layers):
+
+    def concat(*_):
+        bias = None if all(b is None for b in biases) else torch.cat(
+            [b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(weights, biases)])
+        return torch.cat(weights), bias, [w.shape[0] for w in weights]
+
+    weight, bias, sizes = param_derived(layers[0], "_fused_linear", concat, *weights, *[b for b in biases if b is not None])
+    return list(F.linear(x, weight, bias).split(sizes, -1))
+
+
+def fused_conv_step(xs: list[Tensor], convs: list["ShortConv"], states: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """``[conv(x, s) for x, conv, s in zip(xs, convs, states)]``, x (B, 1, C_i), s (B, W-1, C_i): one decode token
+    through several short convs as one conv over their channels side by side (a depthwise conv treats every channel
+    alike: the same numbers, bit for bit at layer widths; at a few tiny widths torch may order the window's sum
+    otherwise, a last-bit difference), weights concatenated once (``param_derived``). Only without autograd and for convs of
+    one width, activation and bias kind; otherwise (and for T > 1) the convs one by one."""
+    first = convs[0]
+    alike = all(c.kernel_size == first.kernel_size and c.activation == first.activation and (c.bias is None) == (first.bias is None)
+                for c in convs)
+    params = [c.weight for c in convs] + [c.bias for c in convs if c.bias is not None]
+    if xs[0].shape[1] != 1 or not alike or (torch.is_grad_enabled() and any(t.requires_grad for t in params + list(xs) + list(states))):
+        return [c(x, s) for x, c, s in zip(xs, convs, states)]
+    w, b = param_derived(first, "_fused_conv", lambda *_: (torch.cat([c.weight for c in convs]),
+                                                          None if first.bias is None else torch.cat([c.bias for c in convs])), *params)
+    y, final = causal_conv1d(torch.cat(xs, -1), w, b, torch.cat(states, -1), activation=first.activation)
+    sizes = [x.shape[-1] for x in xs]
+    return list(zip(y.split(sizes, -1), final.split(sizes, -1)))
+
+
+def param_derived(owner: nn.Module, name: str, fn, *params: Tensor):
+    """``fn(*params)`` computed once without autograd and cached on ``owner`` under ``name``, recomputed when any of
+    ``params`` changes: an optimizer step, ``load_state_dict``, ``.to()`` (the tensors' version counters, storage and
+    dtype are the key). For what a decode step would otherwise derive from its parameters every token (a decay rate's
+    softplus, concatenated weights). Call it only where no gradient is wanted: the result is detached."""
+    key = tuple((t._version, t.data_ptr(), t.dtype) for t in params)
+    cache = owner.__dict__.get(name)
+    if cache is None or cache[0] != key:
         with torch.no_grad():
-            bias = None if all(b is None for b in biases) else torch.cat(
-                [b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(weights, biases)])
-            cache = layers[0].__dict__["_fused_linear"] = (key, torch.cat(weights), bias, [w.shape[0] for w in weights])
-    return list(F.linear(x, cache[1], cache[2]).split(cache[3], -1))
+            cache = owner.__dict__[name] = (key, fn(*params))
+    return cache[1]
 
 
 def rotary_cos_sin(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
@@ -133,6 +166,22 @@ def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     x1, x2 = at_least_float32(x).chunk(2, dim=-1)
     c, s = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
     return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).to(x.dtype)
+
+
+def rotary_rows(n: int, dim: int, base: float = 10000.0, device=None, start: int = 0) -> Tensor:
+    """(n, 2, 1, 1, dim) float32: for position start + i, row i holds C = [cos, cos] and S = [-sin, sin] of
+    ``rotary_cos_sin`` (the same numbers), so that ``rotary_at(x, C, S)`` rotates one token (a decode step's
+    rotation: a lookup and four calls where computing the angles and ``rotary`` take about twenty)."""
+    cos, sin = rotary_cos_sin(torch.arange(start, start + n, device=device), dim, base)  # (n, dim/2)
+    return torch.stack([torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)], 1)[:, :, None, None]
+
+
+def rotary_at(x: Tensor, C: Tensor, S: Tensor) -> Tensor:
+    """x (B, h, 1, d), C and S (B, 1, 1, d) rows of ``rotary_rows`` -> ``rotary`` of x, bit for bit:
+    [x1, x2]·C + [x2, x1]·S = [x1·c − x2·s, x2·c + x1·s] (a − b = a + (−b) and a + b = b + a exactly in IEEE),
+    computed in x's dtype promoted with float32 (C's) as ``rotary`` computes, and returned in x's dtype."""
+    y = x * C + x.roll(x.shape[-1] // 2, -1) * S
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 def learned_initial_state(h0: Tensor, batch_size: int, device=None, dtype=None) -> Tensor:

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from rnnlab.ops._exp import decay_exp
 
-__all__ = ["MAX_EXP", "acc_dtype", "mm_dtype", "to_chunks", "chunk_major", "unchunk", "mac", "decay_ratios", "midpoint",
+__all__ = ["MAX_EXP", "acc_dtype", "cast", "mm_dtype", "to_chunks", "chunk_major", "unchunk", "mac", "decay_ratios", "midpoint",
            "midpoint_bound", "decay_gram", "exact_decay_gram", "unit_lower_inverse", "UnitLowerSolve", "pass_forward",
            "pass_backward", "ChunkPass"]
 
@@ -44,6 +44,12 @@ MAX_EXP = 40.0
 def acc_dtype(x: Tensor) -> torch.dtype:
     """Accumulation dtype: float64 for float64 inputs, else float32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """t in ``dtype``, with no call when it already is: ``Tensor.to`` returns t then too, but pays a dispatch, and a
+    decode step's conversions are mostly such no-ops."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def mm_dtype(x: Tensor) -> torch.dtype:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from rnnlab.ops.chunk import cast
 from rnnlab.ops.varlen import varlen
 
 __all__ = ["causal_conv1d", "causal_conv1d_ref"]
@@ -88,8 +89,8 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, initial
         raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
     B, T, C = x.shape
     W = weight.shape[-1]
-    h0 = x.new_zeros(B, W - 1, C) if initial_state is None else initial_state.to(x.dtype)
-    w, b = weight.to(x.dtype), (bias.to(x.dtype) if bias is not None else None)
+    h0 = x.new_zeros(B, W - 1, C) if initial_state is None else cast(initial_state, x.dtype)
+    w, b = cast(weight, x.dtype), (cast(bias, x.dtype) if bias is not None else None)
     if T == 1:  # decode: one dot product per channel, no autograd.Function (mul + sum: einsum's bmm costs 3x at this size)
         window = torch.cat([h0, x], 1)  # (B, W, C)
         y = (window * w.t()).sum(1, keepdim=True)

@@ -41,7 +41,7 @@ from einops import rearrange
 from torch import Tensor
 
 from rnnlab.ops._exp import decay_exp
-from rnnlab.ops.chunk import chunk_major, decay_ratios, mac, pass_backward, pass_forward, unchunk, unit_lower_inverse
+from rnnlab.ops.chunk import acc_dtype, cast, chunk_major, decay_ratios, mac, pass_backward, pass_forward, unchunk, unit_lower_inverse
 from rnnlab.ops.varlen import varlen
 
 __all__ = [
@@ -62,7 +62,7 @@ _FLA_PRODUCT = ("head_first", "cu_seqlens_cpu")
 
 def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
     """x (..., K) -> x / sqrt(‖x‖² + eps) over the last dim (fla's l2norm), computed in float32 (float64 kept)."""
-    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    xf = cast(x, acc_dtype(x))  # float32, float64 kept
     return xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)
 
 
@@ -107,7 +107,7 @@ def _prep(q, k, scale, use_qk_l2norm_in_kernel):
     if use_qk_l2norm_in_kernel:
         q, k = l2norm(q), l2norm(k)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return q.float() * scale, k.float()
+    return cast(q, torch.float32) * scale, cast(k, torch.float32)
 
 
 # --------------------------------------------------------------------------- reference loop
@@ -164,11 +164,12 @@ def fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state
     _check(q, k, v, g, beta, initial_state)
     B, T, H, K = q.shape
     qs, ks = _prep(q, k, scale, use_qk_l2norm_in_kernel)
-    S = q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32) if initial_state is None else initial_state.float()
+    S = q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32) if initial_state is None else cast(initial_state, torch.float32)
     kcol, krow, qrow = ks[..., :, None], ks[..., None, :], qs[..., None, :]  # (B, T, H, K, 1), (B, T, H, 1, K)
-    bv = (beta.float()[..., None] * v.float())[..., None, :]  # (B, T, H, 1, V)
-    bk = beta.float()[..., None, None] * krow  # (B, T, H, 1, K)
-    alpha = g.float().exp()[..., None, None].unbind(1) if g is not None else [None] * T
+    beta = cast(beta, torch.float32)
+    bv = (beta[..., None] * cast(v, torch.float32))[..., None, :]  # (B, T, H, 1, V)
+    bk = beta[..., None, None] * krow  # (B, T, H, 1, K)
+    alpha = cast(g, torch.float32).exp()[..., None, None].unbind(1) if g is not None else [None] * T
     os = []
     for kc, kr, bkr, bvr, qr, a in zip(kcol.unbind(1), krow.unbind(1), bk.unbind(1), bv.unbind(1), qrow.unbind(1), alpha):
         if a is not None:
@@ -176,7 +177,7 @@ def fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state
         u = bvr - bkr @ S  # (B, H, 1, V)
         S = torch.addcmul(S, kc, u)  # the rank-one update k uᵀ: elementwise (a bmm with inner size 1 costs ~7x)
         os.append(qr @ S)
-    o = torch.cat(os, -2).transpose(1, 2).to(v.dtype)  # (B, H, T, V) -> (B, T, H, V)
+    o = cast((torch.cat(os, -2) if T > 1 else os[0]).transpose(1, 2), v.dtype)  # (B, H, T, V) -> (B, T, H, V)
     return o, (S if output_final_state else None)
 
 

@@ -63,7 +63,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnlab.ops._exp import decay_exp
-from rnnlab.ops.chunk import MAX_EXP, acc_dtype, decay_gram, decay_ratios, mac, midpoint, midpoint_bound, mm_dtype, to_chunks
+from rnnlab.ops.chunk import MAX_EXP, acc_dtype, cast, decay_gram, decay_ratios, mac, midpoint, midpoint_bound, mm_dtype, to_chunks
 from rnnlab.ops.varlen import varlen
 
 __all__ = [
@@ -120,7 +120,7 @@ def _decay_shape(g: Tensor | None, kind: str) -> Tensor | None:
     """g -> (B, T, H, K or 1) in float32/64, or None."""
     if g is None:
         return None
-    g = g.to(acc_dtype(g) if g.dtype == torch.float64 else torch.float32)
+    g = cast(g, acc_dtype(g) if g.dtype == torch.float64 else torch.float32)
     return g if kind == "vector" else g[..., None]
 
 
@@ -185,19 +185,19 @@ def _fused(q, k, v, g, kind, scale, initial_state, output_final_state):
     V = v.shape[-1]
     acc = acc_dtype(q)
     scale = K ** -0.5 if scale is None else scale
-    S = q.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else initial_state.to(acc)
-    qs = (q.to(acc) * scale)[..., None, :]  # (B, T, H, 1, K)
-    ks, vs = k.to(acc)[..., :, None], v.to(acc)[..., None, :]
+    S = q.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else cast(initial_state, acc)
+    qs = (cast(q, acc) * scale)[..., None, :]  # (B, T, H, 1, K)
+    ks, vs = cast(k, acc)[..., :, None], cast(v, acc)[..., None, :]
     steps = [qs.unbind(1), ks.unbind(1), vs.unbind(1)]
     if g is not None:
-        decay = torch.exp(_decay_shape(g, kind).to(acc))[..., None]  # (B, T, H, K or 1, 1)
+        decay = torch.exp(cast(_decay_shape(g, kind), acc))[..., None]  # (B, T, H, K or 1, 1)
         steps.append(decay.unbind(1))
     os = []
     for qt, kt, vt, *dt in zip(*steps):
         S = torch.addcmul(S * dt[0] if dt else S, kt, vt)  # (B, H, K, V)
         os.append(qt @ S)  # (B, H, 1, V)
-    o = torch.cat(os, 2).transpose(1, 2)  # (B, T, H, V)
-    return o.to(v.dtype), (S if output_final_state else None)
+    o = (torch.cat(os, 2) if T > 1 else os[0]).transpose(1, 2)  # (B, T, H, V); one token (decode): no copy
+    return cast(o, v.dtype), (S if output_final_state else None)
 
 
 @varlen(("q", "k", "v", "g"), fla=_FLA_RECURRENT + ("gv",))

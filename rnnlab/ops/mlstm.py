@@ -39,10 +39,10 @@ from einops import rearrange
 from torch import Tensor
 
 from rnnlab.ops._exp import decay_exp
-from rnnlab.ops.chunk import acc_dtype, decay_ratios, mac, mm_dtype, to_chunks
+from rnnlab.ops.chunk import acc_dtype, cast, decay_ratios, mac, mm_dtype, to_chunks
 from rnnlab.ops.varlen import varlen
 
-__all__ = ["chunk_mlstm", "fused_recurrent_mlstm", "naive_recurrent_mlstm", "MLSTMState"]
+__all__ = ["chunk_mlstm", "fused_recurrent_mlstm", "mlstm_step", "naive_recurrent_mlstm", "MLSTMState"]
 
 MLSTMState = tuple[Tensor, Tensor, Tensor]  # C (B, H, K, V), n (B, H, K), m (B, H); float32
 
@@ -84,14 +84,14 @@ def _prepare(q, k, v, i, f, scale, initial_state, forget_gate):
     V = v.shape[-1]
     scale = K ** -0.5 if scale is None else scale
     acc = acc_dtype(q)
-    logf = F.logsigmoid(f.to(acc)) if forget_gate == "sigmoid" else f.to(acc)
-    ig = i.to(acc)
+    logf = F.logsigmoid(cast(f, acc)) if forget_gate == "sigmoid" else cast(f, acc)
+    ig = cast(i, acc)
     if initial_state is None:
         C0 = q.new_zeros(B, H, K, V, dtype=acc)
         n0 = q.new_zeros(B, H, K, dtype=acc)
         m0 = q.new_zeros(B, H, dtype=acc)
     else:
-        C0, n0, m0 = (t.to(acc) for t in initial_state)
+        C0, n0, m0 = (cast(t, acc) for t in initial_state)
     return scale, ig, logf, (C0, n0, m0)
 
 
@@ -151,6 +151,9 @@ def fused_recurrent_mlstm(
     into the state as an extra value column, so a step is two fused ops; the decoding
     path (T == 1) of the mLSTM layer."""
     _check(q, k, v, i, f, initial_state, forget_gate, eps)
+    if q.shape[1] == 1:
+        h, final = mlstm_step(q, k, v, i, f, scale, initial_state, forget_gate, eps)
+        return h, final if output_final_state else None
     scale, ig, logf, (C, n, m) = _prepare(q, k, v, i, f, scale, initial_state, forget_gate)
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -174,6 +177,44 @@ def fused_recurrent_mlstm(
     h = o[..., :V] / (torch.maximum(o[..., V].abs(), torch.exp(-mt)) + eps)[..., None]
     final = (Cn[..., :V], Cn[..., V], mt[:, -1]) if output_final_state else None
     return h.to(v.dtype), final
+
+
+def mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, scale: float | None = None,
+               initial_state: MLSTMState | None = None, forget_gate: str = "sigmoid", eps: float = 0.0) -> tuple[Tensor, MLSTMState]:
+    """q, k (B, 1, H, K), v (B, 1, H, V), i, f (B, 1, H) -> (h (B, 1, H, V), (C, n, m)): one token of
+    :func:`fused_recurrent_mlstm`, its arithmetic op for op (the same numbers, bit for bit) without the scan's
+    bookkeeping over a time axis: the decode step, about half the calls. No input checks (``fused_recurrent_mlstm``
+    checks, then runs this at T == 1; a layer whose shapes are right by construction calls it directly)."""
+    scale, ig, logf, (C, n, m) = _prepare(q, k, v, i, f, scale, initial_state, forget_gate)
+    B, _, H, K = q.shape
+    V = v.shape[-1]
+    acc = ig.dtype
+    it, lft = ig[:, 0], logf[:, 0]  # (B, H)
+    lfm = lft + m
+    m_new = torch.maximum(lfm, it)
+    f_s = torch.exp(lfm - m_new)
+    i_s = torch.exp(it - m_new).unsqueeze(-1)  # (B, H, 1)
+    Cn = _joined(C, n)  # (B, H, K, V+1): the normalizer as value column V
+    ve = torch.cat([cast(v[:, 0], acc) * i_s, i_s], -1)  # [v, 1]·i_s (1·i_s = i_s exactly)
+    Cn = (f_s.view(B, H, 1, 1) * Cn).addcmul_((cast(k[:, 0], acc) * scale).unsqueeze(-1), ve.unsqueeze(-2))
+    o = (cast(q[:, 0], acc).unsqueeze(-2) @ Cn).squeeze(-2)  # (B, H, V+1)
+    den = torch.maximum(o[..., V].abs(), torch.exp(-m_new))
+    h = o[..., :V] / (den + eps if eps else den).unsqueeze(-1)  # den >= 0: den + 0 == den
+    C, n = Cn[..., :V], Cn[..., V]
+    C._joined = Cn  # the next step reads [C | n] back without a copy (``_joined``); a plain attribute, as views made
+    # under inference mode record no base
+    return cast(h, v.dtype).unsqueeze(1), (C, n, m_new)
+
+
+def _joined(C: Tensor, n: Tensor) -> Tensor:
+    """[C | n] (B, H, K, V+1): the tensor itself when C and n are its [..., :V] and [..., V] views (the state the last
+    step returned: no copy; checked by storage offsets and strides, so any other C or n is concatenated)."""
+    base, V = getattr(C, "_joined", None), C.shape[-1]
+    if (base is not None and base.shape == (*C.shape[:-1], V + 1) and base.dtype == C.dtype == n.dtype
+            and C.data_ptr() == base.data_ptr() and C.stride() == base.stride()
+            and n.data_ptr() == base.data_ptr() + V * base.element_size() and n.stride() == base.stride()[:-1]):
+        return base
+    return torch.cat([C, n.unsqueeze(-1)], -1)
 
 
 @varlen(("q", "k", "v", "i", "f"), fla=("head_first",))

@@ -41,3 +41,32 @@ def test_equals_the_layers_one_by_one_and_follows_every_change():
     assert all(y.dtype == torch.float64 for y in out)
     for a, b in zip(out, _separate(x.double(), layers)):
         torch.testing.assert_close(a, b)
+
+
+def test_fused_conv_step_equals_the_convs_one_by_one():
+    """parts.fused_conv_step: one decode token through several short convs as one conv, bit for bit at layer widths
+    (a few tiny widths may round the sum's last bit otherwise: torch picks the reduction's order by shape), following
+    a weight change; under autograd (and for T > 1) the convs themselves."""
+    from rnnlab.layers.parts import ShortConv, fused_conv_step
+    from rnnlab.testing import assert_close
+
+    torch.manual_seed(0)
+    for widths, exact in (((64, 64, 128), True), ((8, 8, 12), False)):
+        convs = [ShortConv(c, 4, bias=False, activation="silu") for c in widths]
+        xs = [torch.randn(3, 1, c.channels) for c in convs]
+        states = [torch.randn(3, 3, c.channels) for c in convs]
+        for _ in range(2):
+            with torch.no_grad():
+                fused = fused_conv_step(xs, convs, states)
+                ref = [c(x, s) for x, c, s in zip(xs, convs, states)]
+            for (y, f), (y_r, f_r) in zip(fused, ref):
+                assert torch.equal(f, f_r)
+                if exact:
+                    assert torch.equal(y, y_r)
+                else:
+                    assert_close(y, y_r)
+            with torch.no_grad():
+                convs[1].weight.mul_(2)  # the cached concatenation must follow
+    out = fused_conv_step(xs, convs, states)  # under autograd: the convs one by one, gradients reach each weight
+    sum(y.sum() for y, _ in out).backward()
+    assert all(c.weight.grad is not None for c in convs)

@@ -154,3 +154,18 @@ def test_recurrentgemma_residual_block_equals_the_paper_transcription_and_hf():
     with torch.no_grad():
         got = layer(x, torch.arange(T)[None].expand(2, -1), None, use_cache=False)
     assert_close(got, griffin_residual_block(x, w, True), TOLERANCE[torch.float32], name="HF RecurrentGemmaDecoderLayer")
+
+
+def test_decode_follows_a_changed_lambda():
+    """Without autograd softplus(-Lambda) is cached (parts.param_derived): an in-place update of Lambda (an optimizer
+    step) must reach the next decode step, which then equals the step computed under autograd."""
+    torch.manual_seed(0)
+    m = rnnlab.create_mixer("hawk", 12)
+    x, s = torch.randn(2, 1, 12), m.init_state(2)
+    with torch.no_grad():
+        before, _ = m(x, s)
+        m.Lambda.add_(1.5)
+        after, _ = m(x, s)
+    ref, _ = m(x, s)  # under autograd: computed from Lambda, nothing cached (the gate projections one by one)
+    assert not torch.equal(before, after)
+    assert_close(after, ref.detach())

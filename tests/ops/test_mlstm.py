@@ -187,3 +187,37 @@ def test_bad_inputs_raise():
         M.chunk_mlstm(q, k, v, i, f, chunk_size=0)
     with pytest.raises(ValueError, match="floating-point"):
         M.chunk_mlstm(q, k, v.long(), i, f)
+
+
+@pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_step_is_the_scan_at_one_token_bit_for_bit(forget_gate, dtype):
+    """mlstm_step (fused_recurrent_mlstm at T == 1, the decode step) == the scan's own tokens: two steps give the
+    first two outputs and the final state of one T = 2 call exactly."""
+    args, state = _inputs(2, 2, 3, 16, 8, dtype=dtype)
+    state = tuple(s.to(torch.float64 if dtype == torch.float64 else torch.float32) for s in state)
+    kw = dict(forget_gate=forget_gate, eps=1e-6)
+    h_scan, final_scan = M.fused_recurrent_mlstm(*args, initial_state=state, output_final_state=True, **kw)
+    s, hs = state, []
+    for t in range(2):
+        h, s = M.mlstm_step(*(a[:, t:t + 1] for a in args), initial_state=s, **kw)
+        hs.append(h)
+    assert torch.equal(torch.cat(hs, 1), h_scan)
+    assert all(torch.equal(a, b) for a, b in zip(s, final_scan))
+
+
+def test_step_reads_its_own_state_back_without_a_copy_and_never_changes_it():
+    """mlstm_step keeps [C | n] as one tensor between steps (C and n its views); a state stepped twice is unchanged
+    and gives the same result, and a replaced n is read (not the tensor it replaced)."""
+    args, state = _inputs(2, 3, 2, 8, 4)
+    with torch.inference_mode():
+        _, s1 = M.mlstm_step(*(a[:, :1] for a in args), initial_state=state)
+        snapshot = tuple(t.clone() for t in s1)
+        step2 = lambda s: M.mlstm_step(*(a[:, 1:2] for a in args), initial_state=s)  # noqa: E731
+        (ha, sa), (hb, sb) = step2(s1), step2(s1)
+        assert all(torch.equal(t, u) for t, u in zip(s1, snapshot))
+        assert torch.equal(ha, hb) and all(torch.equal(t, u) for t, u in zip(sa, sb))
+        h_copy, _ = step2(tuple(t.clone() for t in s1))  # plain tensors: concatenated, the same numbers
+        assert torch.equal(h_copy, ha)
+        h_new_n, _ = step2((s1[0], torch.zeros_like(s1[1]), s1[2]))
+        assert not torch.equal(h_new_n, ha)
