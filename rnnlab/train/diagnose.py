@@ -16,7 +16,7 @@ import torch
 from rnnlab.diagnostics import locate, locate_heads, state_stats
 from rnnlab.diagnostics.probes import MODES
 
-__all__ = ["DIAGNOSTICS", "diagnose_run", "load_run"]
+__all__ = ["DIAGNOSTICS", "diagnose_run", "load_run", "summarize"]
 
 DIAGNOSTICS = "diagnostics.json"
 
@@ -68,3 +68,24 @@ def diagnose_run(run_dir: str | Path, length: int | None = None, examples: int =
 
     atomic_write(Path(run_dir) / DIAGNOSTICS, json.dumps(record))
     return record
+
+
+def summarize(record: dict) -> dict:
+    """A diagnostics record -> the numbers a reproduction's claims read: "norm_growth" (the largest over layers of
+    the state norm after the whole test length over the norm at the training length: Stuffed Mamba's collapse),
+    "located_layer" / "located_position" (the state probe that hurts the answer most) and "head_layer" (the layer
+    of the head whose knockout hurts most), each where the record has it."""
+    out = {}
+    stats = record.get("state_stats")
+    if stats and stats["positions"]:
+        pos = stats["positions"]
+        at_train = min(range(len(pos)), key=lambda j: abs(pos[j] - record["train_len"]))
+        growth = [layer["norm"][-1] / layer["norm"][at_train] for layer in stats["layers"] if layer["norm"][at_train] > 0]
+        if growth:
+            out["norm_growth"] = max(growth)
+    if "located" in (record.get("probe") or {}):
+        out["located_layer"] = record["probe"]["located"]["layer"]
+        out["located_position"] = record["probe"]["located"]["position"]
+    if "located" in (record.get("heads") or {}):
+        out["head_layer"] = record["heads"]["located"]["layer"]
+    return out

@@ -40,7 +40,9 @@ class Claim:
 
     task / mixer: the report's model label (``mixer`` may carry a variant tag, "mamba@neg"); d_model / n_layers
     pick one size (None: the largest run).
-    metric / lengths: the metric averaged over these test lengths (None: all of the task's test lengths).
+    metric / lengths: the metric averaged over these test lengths (None: all of the task's test lengths);
+        "diag.<name>" reads the run's diagnostics summary instead (rnnlab.train.diagnose.summarize: the located
+        layer of the state probes, the located head's layer, the state-norm growth past the training length).
     paper: the paper's value on rnnlab's scale, or None when the paper states only an outcome.
     outcome: "solves" / "fails" (what the paper's number means at ``solved_at``); derived from ``paper`` if None.
     chance: scale accuracies as (acc - chance) / (1 - chance) (the papers' "scaled accuracy").
@@ -80,6 +82,9 @@ class Experiment:
     shared: str | None = None
     """Experiments with the same ``shared`` name run into one database (runs/repro/<shared>-<size>), so a run
     two papers share (the same task, model and budget) is trained once."""
+    diagnose: tuple[str, ...] = ()
+    """Tasks whose done runs ``rnnlab diagnose`` reads after the sweep (once; diagnostics.json is kept): the report
+    then draws their state statistics and located layers, and "diag.*" claims read them."""
 
 
 def _experiments() -> dict[str, Experiment]:
@@ -105,7 +110,10 @@ def get_experiment(name: str) -> Experiment:
 
 
 def _value(entry: dict, claim: Claim) -> float | None:
-    """The claim's number from one aggregated model: its metric averaged over the claim's lengths, scaled."""
+    """The claim's number from one aggregated model: its metric averaged over the claim's lengths, scaled (or the
+    run's diagnostics summary for a "diag.*" metric)."""
+    if claim.metric.startswith("diag."):
+        return (entry["result"].get("diagnostics") or {}).get(claim.metric[len("diag."):])
     metrics = entry["result"]["metrics"]
     lengths = [str(L) for L in claim.lengths] if claim.lengths else list(metrics)
     vals = [metrics[L][claim.metric] for L in lengths if L in metrics and claim.metric in metrics[L]]
@@ -176,6 +184,25 @@ def render(exp: Experiment, results: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _add_diagnostics(rows: list[dict], tasks: tuple[str, ...], log=print) -> None:
+    """Diagnose the done runs of ``tasks`` that have no diagnostics.json yet, and put each run's summary into its
+    row's result (``result["diagnostics"]``, where "diag.*" claims read it)."""
+    import json
+
+    from rnnlab.train.diagnose import DIAGNOSTICS, diagnose_run, summarize
+
+    for r in rows:
+        if r["status"] != "done" or r["task"] not in tasks:
+            continue
+        path = Path(r["run_dir"]) / DIAGNOSTICS
+        if path.exists():
+            record = json.loads(path.read_text())
+        else:
+            log(f"diagnosing {r['run_dir']}")
+            record = diagnose_run(r["run_dir"])
+        r["result"] = {**r["result"], "diagnostics": summarize(record)}
+
+
 def run_experiment(name: str, quick: bool = True, workers: int = 2, out_dir: str | None = None, log=print) -> Path:
     """Run (or finish: done runs are kept) one reproduction; write its report and <name>.md. -> that file."""
     from rnnlab.train.sweep import load_sweep, run_sweep
@@ -188,10 +215,11 @@ def run_experiment(name: str, quick: bool = True, workers: int = 2, out_dir: str
     t0 = time.time()
     counts = run_sweep(spec, log=log)
     wall = time.time() - t0
-    make_report(spec["db"], out / "report")
     store = Store(spec["db"], create=False)
     rows = store.rows()
     store.close()
+    _add_diagnostics(rows, exp.diagnose, log)
+    make_report(spec["db"], out / "report")
     done = [r for r in rows if r["status"] == "done"]
     cpu = sum((r["result"] or {}).get("cpu_s") or 0.0 for r in done)
     base = spec.get("base", {})
