@@ -1,9 +1,13 @@
 """`rnnlab diagnose` on a trained run writes diagnostics.json, and `rnnlab report` then plots the state statistics
-(state_stats.png) and tabulates the located layer."""
+(state_stats.png) and tabulates the located layer; a reproduction diagnoses its runs and its "diag.*" claims read the
+summary."""
 import json
+from pathlib import Path
 
 from rnnlab.cli import main
+from rnnlab.train.diagnose import summarize
 from rnnlab.train.report import make_report
+from rnnlab.train.reproduce import Claim, Experiment, _add_diagnostics, evaluate_claims
 from rnnlab.train.store import Store
 from rnnlab.train.sweep import run_sweep
 
@@ -32,3 +36,23 @@ def test_diagnose_a_sweeps_run_and_report_it(tmp_path, capsys):
     assert "State diagnostics and probes" in text and "state_stats.png" in text
     assert (tmp_path / "rep" / "state_stats.png").stat().st_size > 1000
     assert main(["diagnose", str(tmp_path)]) == 2  # not a run directory
+
+    # the summary a reproduction's claims read, from the attention run's record
+    rec = json.loads(open(f"{runs['attention']}/diagnostics.json").read())
+    summ = summarize(rec)
+    norms = [layer["norm"] for layer in rec["state_stats"]["layers"]]  # positions 0, 8, 16, 24, 32: train_len at 2
+    assert summ["norm_growth"] == max(n[-1] / n[2] for n in norms)
+    assert (summ["located_layer"], summ["located_position"]) == (rec["probe"]["located"]["layer"],
+                                                                  rec["probe"]["located"]["position"])
+    assert summ["head_layer"] == rec["heads"]["located"]["layer"]
+    # a reproduction diagnoses the runs that have no record yet (mamba's is removed) and keeps the others
+    Path(runs["mamba"], "diagnostics.json").unlink()
+    rows, seen = Store(db).rows(), []
+    _add_diagnostics(rows, ("mqar",), log=seen.append)
+    assert seen == [f"diagnosing {runs['mamba']}"] and Path(runs["mamba"], "diagnostics.json").exists()
+    by = {r["mixer"]: r for r in rows}
+    assert by["attention"]["result"]["diagnostics"] == summ and "head_layer" not in by["mamba"]["result"]["diagnostics"]
+    claim = Claim("head", "mqar", "attention", metric="diag.head_layer", paper=summ["head_layer"], tolerance=0.25)
+    exp = Experiment("t", "T", "P", "C", spec=lambda q: {}, claims=(claim,))
+    (res,) = evaluate_claims(exp, rows)
+    assert res["value"] == summ["head_layer"] and res["verdict"] == "reproduced"
