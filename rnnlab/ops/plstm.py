@@ -44,26 +44,42 @@ __all__ = ["plstm", "plstm_ref", "BACKENDS"]
 BACKENDS = ("auto", "chunk", "recurrent", "reference")  # rnnlab.ops.forms
 
 
-def _check(q, k, v, S, T, M, D, h0, who: str) -> None:
-    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"{who}: q, k must be (B, T, H, K) and v (B, T, H, V) alike, got {tuple(q.shape)}, "
+def check_inputs(q, k, v, gates: dict, axes: tuple[str, ...], who: str) -> None:
+    """The 1-D and 2-D forms' common checks: q, k (B, *axes, H, K) and v (B, *axes, H, V) alike; every gate
+    (B, *axes, H, *tail) for ``gates = {name: (tensor, tail)}``; at least one position along each axis."""
+    lead = ", ".join(("B", *axes, "H"))
+    if q.dim() != len(axes) + 3 or k.shape != q.shape or v.dim() != q.dim() or v.shape[:-1] != q.shape[:-1]:
+        raise ValueError(f"{who}: q, k must be ({lead}, K) and v ({lead}, V) alike, got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
-    for name, g in (("S", S), ("T", T), ("M", M), ("D", D)):
-        if tuple(g.shape) != tuple(q.shape[:3]):
-            raise ValueError(f"{who}: gate {name} must be (B, T, H) = {tuple(q.shape[:3])}, got {tuple(g.shape)}")
-    if q.shape[1] == 0:
-        raise ValueError(f"{who}: expects T >= 1")
+    grid = tuple(q.shape[:-1])
+    for name, (g, tail) in gates.items():
+        if tuple(g.shape) != grid + tail:
+            raise ValueError(f"{who}: gate {name} must be ({lead}{''.join(f', {n}' for n in tail)}) = {grid + tail}, "
+                             f"got {tuple(g.shape)}")
+    if 0 in q.shape[1:-2]:
+        raise ValueError(f"{who}: expects {', '.join(axes)} >= 1, got {tuple(q.shape[1:-2])}")
+
+
+def promoted(q, k, v, S, T, M, D) -> list[Tensor]:
+    """The inputs in their common accumulation dtype (acc_dtype of each, promoted)."""
+    dt = acc_dtype(v)
+    for t in (q, k, S, T, M, D):
+        dt = torch.promote_types(dt, acc_dtype(t))
+    return [t.to(dt) for t in (q, k, v, S, T, M, D)]
+
+
+def _check(q, k, v, S, T, M, D, h0, who: str) -> None:
+    check_inputs(q, k, v, {name: (g, ()) for name, g in zip("STMD", (S, T, M, D))}, ("T",), who)
     want = (q.shape[0], q.shape[2], q.shape[3], v.shape[3])
     if h0 is not None and tuple(h0.shape) != want:
         raise ValueError(f"{who}: initial_state must be (B, H, K, V) = {want}, got {tuple(h0.shape)}")
 
 
 def _prepare(q, k, v, S, T, M, D, h0):
-    dt = acc_dtype(v)
-    for t in (q, k, S, T, M, D):
-        dt = torch.promote_types(dt, acc_dtype(t))
+    inputs = promoted(q, k, v, S, T, M, D)
+    dt = inputs[0].dtype
     C0 = q.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[3], dtype=dt) if h0 is None else h0.to(dt)
-    return [t.to(dt) for t in (q, k, v, S, T, M, D)], C0
+    return inputs, C0
 
 
 @varlen(("q", "k", "v", "S", "T", "M", "D"), final=None)

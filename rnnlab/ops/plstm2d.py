@@ -48,8 +48,8 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor
 
-from rnnlab.ops.chunk import acc_dtype
 from rnnlab.ops.forms import check_form
+from rnnlab.ops.plstm import check_inputs, promoted
 
 __all__ = ["plstm2d", "plstm2d_ref", "BACKENDS"]
 
@@ -57,16 +57,7 @@ BACKENDS = ("auto", "wavefront", "hierarchical", "reference")  # rnnlab.ops.form
 
 
 def _check(q, k, v, S, T, M, D, h0, who: str) -> None:
-    if q.dim() != 5 or k.shape != q.shape or v.dim() != 5 or v.shape[:4] != q.shape[:4]:
-        raise ValueError(f"{who}: q, k must be (B, X, Y, H, K) and v (B, X, Y, H, V) alike, got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
-    grid = tuple(q.shape[:4])
-    for name, g, tail in (("S", S, (2,)), ("T", T, (2, 2)), ("M", M, (2,)), ("D", D, ())):
-        if tuple(g.shape) != grid + tail:
-            raise ValueError(f"{who}: gate {name} must be (B, X, Y, H{''.join(f', {n}' for n in tail)}) = {grid + tail}, "
-                             f"got {tuple(g.shape)}")
-    if q.shape[1] == 0 or q.shape[2] == 0:
-        raise ValueError(f"{who}: expects a grid of X, Y >= 1, got {tuple(q.shape[1:3])}")
+    check_inputs(q, k, v, {"S": (S, (2,)), "T": (T, (2, 2)), "M": (M, (2,)), "D": (D, ())}, ("X", "Y"), who)
     if h0 is not None:
         B, X, Y, H, K = q.shape
         want = ((B, Y, H, K, v.shape[-1]), (B, X, H, K, v.shape[-1]))
@@ -76,13 +67,12 @@ def _check(q, k, v, S, T, M, D, h0, who: str) -> None:
 
 
 def _prepare(q, k, v, S, T, M, D, h0):
-    dt = acc_dtype(v)
-    for t in (q, k, S, T, M, D):
-        dt = torch.promote_types(dt, acc_dtype(t))
+    inputs = promoted(q, k, v, S, T, M, D)
+    dt = inputs[0].dtype
     B, X, Y, H, K = q.shape
     if h0 is None:
         h0 = (q.new_zeros(B, Y, H, K, v.shape[-1], dtype=dt), q.new_zeros(B, X, H, K, v.shape[-1], dtype=dt))
-    return [t.to(dt) for t in (q, k, v, S, T, M, D)], tuple(t.to(dt) for t in h0)
+    return inputs, tuple(t.to(dt) for t in h0)
 
 
 def plstm2d_ref(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D: Tensor,
