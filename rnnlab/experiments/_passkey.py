@@ -9,6 +9,7 @@ MODELS = {
     "mamba@other_sequence": {"train": {"init_state": "other_sequence"}},
 }
 LENGTHS = (64, 128, 256, 512, 1024)
+DIAGNOSE = {"examples": 32, "probe": "off"}  # the state statistics to 16x (probes at 1024 tokens would cost more than training)
 
 
 def spec(quick: bool) -> dict:

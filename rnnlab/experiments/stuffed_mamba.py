@@ -10,7 +10,7 @@ d_state 1 (the paper's mitigation here is the state size at a fixed length; its 
 forget-strength adjustment and state normalization, are not built). Every run is then diagnosed at 16x: the state
 norm against position (report/state_stats.png) and its growth from 1x to 16x ("diag.norm_growth").
 The sweep is shared with length_generalization (rnnlab/experiments/_passkey.py)."""
-from rnnlab.experiments._passkey import spec
+from rnnlab.experiments._passkey import DIAGNOSE, spec
 from rnnlab.train.reproduce import Claim, Experiment
 
 EXPERIMENT = Experiment(
@@ -21,7 +21,7 @@ EXPERIMENT = Experiment(
           "trained range; a state small enough for the training length learns to forget and keeps retrieving.",
     spec=spec,
     shared="passkey_state",
-    diagnose=("passkey",),
+    diagnose={"passkey": DIAGNOSE},
     claims=(
         Claim("Mamba (d_state 16), passkey at the training length", "passkey", "mamba", metric="seq_acc",
               lengths=(64,), outcome="solves", source="Sec. 5 (in-length retrieval)"),

@@ -5,8 +5,8 @@ Claims: attention and Mamba both learn ATR (Sec. 5: the same models that succeed
 ATR); attention does it with induction — the association is read by a head of its second layer (Sec. 4: the
 knockout of that head destroys the answer), while an SSM computes the association in its state (Sec. 4: "only at
 the last state"). rnnlab trains 2-layer models (d_model 64) on ATR at the task's defaults (grammar seed 0, T = 64),
-then diagnoses each run (rnnlab diagnose: each layer's state zeroed at 16 positions, each attention head knocked
-out); "diag.head_layer" is the layer (0-based) of the head whose knockout hurts the answer most, and
+then diagnoses each run on 256 test documents (rnnlab diagnose: each layer's state zeroed at 16 positions, each
+attention head knocked out at every position); "diag.head_layer" is the layer (0-based) of the head whose knockout hurts the answer most, and
 "diag.located_layer" the layer whose state-zeroing does."""
 from rnnlab.experiments._common import sweep
 from rnnlab.train.reproduce import Claim, Experiment
@@ -24,11 +24,11 @@ EXPERIMENT = Experiment(
     claim="attention and Mamba both learn associative treecall; attention reads the association with a "
           "second-layer (induction) head.",
     spec=spec,
-    diagnose=("treecall",),
+    diagnose={"treecall": {"examples": 256}},
     claims=(
         Claim("attention, ATR accuracy", "treecall", "attention", outcome="solves", source="Sec. 5 (ATR: succeeds)"),
         Claim("Mamba, ATR accuracy", "treecall", "mamba", outcome="solves", source="Sec. 5 (ATR: succeeds)"),
-        Claim("attention, the layer of the head whose knockout hurts most", "treecall", "attention",
+        Claim("attention, the layer of the head whose knockout (everywhere) hurts most", "treecall", "attention",
               metric="diag.head_layer", paper=1.0, tolerance=0.25, solved_at=0.5,
               source="Sec. 4 (induction: a second-layer head reads the key)"),
     ),

@@ -82,9 +82,10 @@ class Experiment:
     shared: str | None = None
     """Experiments with the same ``shared`` name run into one database (runs/repro/<shared>-<size>), so a run
     two papers share (the same task, model and budget) is trained once."""
-    diagnose: tuple[str, ...] = ()
-    """Tasks whose done runs ``rnnlab diagnose`` reads after the sweep (once; diagnostics.json is kept): the report
-    then draws their state statistics and located layers, and "diag.*" claims read them."""
+    diagnose: dict[str, dict] | None = None
+    """{task: options of rnnlab.train.diagnose.diagnose_run}: the done runs of these tasks are diagnosed after the
+    sweep (once; diagnostics.json is kept), so the report draws their state statistics and located layers, and
+    "diag.*" claims read them."""
 
 
 def _experiments() -> dict[str, Experiment]:
@@ -184,9 +185,9 @@ def render(exp: Experiment, results: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _add_diagnostics(rows: list[dict], tasks: tuple[str, ...], log=print) -> None:
-    """Diagnose the done runs of ``tasks`` that have no diagnostics.json yet, and put each run's summary into its
-    row's result (``result["diagnostics"]``, where "diag.*" claims read it)."""
+def _add_diagnostics(rows: list[dict], tasks: dict[str, dict], log=print) -> None:
+    """Diagnose the done runs of ``tasks`` ({task: diagnose_run options}) that have no diagnostics.json yet, and put
+    each run's summary into its row's result (``result["diagnostics"]``, where "diag.*" claims read it)."""
     import json
 
     from rnnlab.train.diagnose import DIAGNOSTICS, diagnose_run, summarize
@@ -199,7 +200,7 @@ def _add_diagnostics(rows: list[dict], tasks: tuple[str, ...], log=print) -> Non
             record = json.loads(path.read_text())
         else:
             log(f"diagnosing {r['run_dir']}")
-            record = diagnose_run(r["run_dir"])
+            record = diagnose_run(r["run_dir"], **tasks[r["task"]])
         r["result"] = {**r["result"], "diagnostics": summarize(record)}
 
 
@@ -218,7 +219,7 @@ def run_experiment(name: str, quick: bool = True, workers: int = 2, out_dir: str
     store = Store(spec["db"], create=False)
     rows = store.rows()
     store.close()
-    _add_diagnostics(rows, exp.diagnose, log)
+    _add_diagnostics(rows, exp.diagnose or {}, log)
     make_report(spec["db"], out / "report")
     done = [r for r in rows if r["status"] == "done"]
     cpu = sum((r["result"] or {}).get("cpu_s") or 0.0 for r in done)

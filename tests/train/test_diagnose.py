@@ -48,10 +48,10 @@ def test_diagnose_a_sweeps_run_and_report_it(tmp_path, capsys):
     # a reproduction diagnoses the runs that have no record yet (mamba's is removed) and keeps the others
     Path(runs["mamba"], "diagnostics.json").unlink()
     rows, seen = Store(db).rows(), []
-    _add_diagnostics(rows, ("mqar",), log=seen.append)
+    _add_diagnostics(rows, {"mqar": {"examples": 2, "probe": "off"}}, log=seen.append)
     assert seen == [f"diagnosing {runs['mamba']}"] and Path(runs["mamba"], "diagnostics.json").exists()
     by = {r["mixer"]: r for r in rows}
-    assert by["attention"]["result"]["diagnostics"] == summ and "head_layer" not in by["mamba"]["result"]["diagnostics"]
+    assert by["attention"]["result"]["diagnostics"] == summ and list(by["mamba"]["result"]["diagnostics"]) == ["norm_growth"]
     claim = Claim("head", "mqar", "attention", metric="diag.head_layer", paper=summ["head_layer"], tolerance=0.25)
     exp = Experiment("t", "T", "P", "C", spec=lambda q: {}, claims=(claim,))
     (res,) = evaluate_claims(exp, rows)
