@@ -15,7 +15,9 @@ def test_converged_reads_the_end_of_the_loss_curve():
     flat = [[i, 0.5] for i in range(100)]
     falling = [[i, 1.0 - i / 100] for i in range(100)]
     assert converged(_run(1.0, curve=flat))
-    assert not converged(_run(1.0, curve=falling))  # last tenth ~10 % below the tenth before
+    assert not converged(_run(1.0, curve=falling))  # last quarter ~50 % below the quarter before
+    slow = [[i, 1.0 - 0.3 * i / 100] for i in range(100)]  # ~3 % per tenth, ~9 % per quarter: still learning
+    assert not converged(_run(1.0, curve=slow))
     assert converged(_run(1.0, curve=falling, stopped_early=True))  # reached its target
     assert not converged(_run(1.0, curve=[[0, 1.0], [1, 0.9]]))  # too short to tell
 
