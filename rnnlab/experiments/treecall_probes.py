@@ -21,16 +21,22 @@ EXPERIMENT = Experiment(
     name="treecall_probes",
     title="Associative treecall and where the association is stored (Arora et al. 2025)",
     paper="Arora, Rathi, Selvam, Csordás, Jurafsky & Potts 2025",
-    claim="attention and Mamba both learn associative treecall; attention reads the association with a "
-          "second-layer (induction) head.",
+    claim="attention and Mamba both learn associative treecall; attention reads the association in its second "
+          "layer (an induction head), and an SSM holds it in a single layer's state.",
     spec=spec,
     diagnose={"treecall": {"examples": 256}},
     claims=(
         Claim("attention, ATR accuracy", "treecall", "attention", outcome="solves", source="Sec. 5 (ATR: succeeds)"),
         Claim("Mamba, ATR accuracy", "treecall", "mamba", outcome="solves", source="Sec. 5 (ATR: succeeds)"),
+        Claim("attention, the layer whose state (KV cache) zeroed hurts most", "treecall", "attention",
+              metric="diag.located_layer", paper=1.0, tolerance=0.25, solved_at=0.5,
+              source="Sec. 4 (induction: the second layer reads the association)"),
         Claim("attention, the layer of the head whose knockout (everywhere) hurts most", "treecall", "attention",
               metric="diag.head_layer", paper=1.0, tolerance=0.25, solved_at=0.5,
               source="Sec. 4 (induction: a second-layer head reads the key)"),
+        Claim("Mamba, the layer whose state zeroed hurts most", "treecall", "mamba", metric="diag.located_layer",
+              paper=1.0, tolerance=0.25, solved_at=0.5,
+              source="Sec. 4 (SSMs: the association in a single layer's last state)"),
     ),
     notes="rnnlab's located layers are 0-based: 1 is the second of two layers.",
 )
