@@ -23,7 +23,7 @@ from statistics import mean
 
 from rnnlab.train.store import Store
 
-__all__ = ["aggregate", "converged", "make_report", "STILL_FALLING"]
+__all__ = ["aggregate", "converged", "make_report", "read_diagnostics", "STILL_FALLING"]
 
 STILL_FALLING = 0.05  # loss over the last quarter of the logged steps this much below the quarter before it: not converged
 
@@ -176,7 +176,7 @@ def make_report(db: str | Path, out_dir: str | Path | None = None, sweep: str | 
                                          [[r["task"], r["mixer"], r["d_model"], f"{r['lr']:g}",
                                            ([ln for ln in (r["error"] or "").strip().splitlines() if ln.strip()] or ["?"])[-1].replace("|", "/")[:160]]
                                           for r in failed]), ""]
-    diagnosed = [(r, d) for r in best if (d := _diagnostics(r)) is not None]
+    diagnosed = [(r, d) for r in best if (d := read_diagnostics(r)) is not None]
     if diagnosed:
         md += _diagnostics_section(diagnosed, out)
     if best:
@@ -188,7 +188,7 @@ def make_report(db: str | Path, out_dir: str | Path | None = None, sweep: str | 
     return path
 
 
-def _diagnostics(run: dict) -> dict | None:
+def read_diagnostics(run: dict) -> dict | None:
     """The run's diagnostics.json (written by ``rnnlab diagnose``), or None."""
     from rnnlab.train.diagnose import DIAGNOSTICS
 

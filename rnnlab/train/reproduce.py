@@ -25,7 +25,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Callable
 
-from rnnlab.train.report import aggregate, make_report, spread
+from rnnlab.train.report import aggregate, make_report, read_diagnostics, spread
 from rnnlab.train.store import Store
 
 __all__ = ["Claim", "Experiment", "available_experiments", "get_experiment", "evaluate_claims", "run_experiment",
@@ -188,17 +188,13 @@ def render(exp: Experiment, results: list[dict], header: str) -> str:
 def _add_diagnostics(rows: list[dict], tasks: dict[str, dict], log=print) -> None:
     """Diagnose the done runs of ``tasks`` ({task: diagnose_run options}) that have no diagnostics.json yet, and put
     each run's summary into its row's result (``result["diagnostics"]``, where "diag.*" claims read it)."""
-    import json
-
-    from rnnlab.train.diagnose import DIAGNOSTICS, diagnose_run, summarize
+    from rnnlab.train.diagnose import diagnose_run, summarize
 
     for r in rows:
         if r["status"] != "done" or r["task"] not in tasks:
             continue
-        path = Path(r["run_dir"]) / DIAGNOSTICS
-        if path.exists():
-            record = json.loads(path.read_text())
-        else:
+        record = read_diagnostics(r)
+        if record is None:
             log(f"diagnosing {r['run_dir']}")
             record = diagnose_run(r["run_dir"], **tasks[r["task"]])
         r["result"] = {**r["result"], "diagnostics": summarize(record)}
