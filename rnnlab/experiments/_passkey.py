@@ -17,3 +17,7 @@ DIAGNOSE = {"examples": 32, "probe": "off"}  # the state statistics to 16x (prob
 def spec(quick: bool) -> dict:
     tasks = {"passkey": {"task": {"seq_len": 64, "test_lengths": list(LENGTHS)}, "train": {"target": 0.999}}}
     return sweep(quick, ["mamba", *MODELS], tasks, steps=600, full_steps=4000, seeds=2, extra_mixers=MODELS)
+
+
+SHARED = {"spec": spec, "shared": "passkey_state", "diagnose": {"passkey": DIAGNOSE}}
+"""What both experiments pass to Experiment: this sweep, its one database, and its diagnosis."""

@@ -7,7 +7,7 @@ final state of another sequence (state passing) — covers them, and the model t
 Table 1: Mamba trained at 2k extrapolates to 8x and beyond with state passing). rnnlab measures it on the passkey
 task at T = 64 tested at 8x (512), Mamba d_model 64, 2 layers, with train.init_state = zeros / gaussian (scale 1 and
 0.3) / other_sequence (rnnlab.train.init_state). The sweep is shared with stuffed_mamba (rnnlab/experiments/_passkey.py)."""
-from rnnlab.experiments._passkey import DIAGNOSE, spec
+from rnnlab.experiments._passkey import SHARED
 from rnnlab.train.reproduce import Claim, Experiment
 
 EXPERIMENT = Experiment(
@@ -16,9 +16,7 @@ EXPERIMENT = Experiment(
     paper="Buitrago & Gu 2025; Wang et al. 2024 (LongSSM)",
     claim="a Mamba trained from the zero state fails at 8x its training length; trained from Gaussian or "
           "passed (another sequence's) initial states it does not.",
-    spec=spec,
-    shared="passkey_state",
-    diagnose={"passkey": DIAGNOSE},
+    **SHARED,
     claims=(
         Claim("Mamba from zeros, passkey at 8x", "passkey", "mamba", metric="seq_acc", lengths=(512,),
               outcome="fails", source="Sec. 4 (trained from zeros: fails past the training length)"),

@@ -10,7 +10,7 @@ d_state 1 (the paper's mitigation here is the state size at a fixed length; its 
 forget-strength adjustment and state normalization, are not built). Every run is then diagnosed at 16x: the state
 norm against position (report/state_stats.png) and its growth from 1x to 16x ("diag.norm_growth").
 The sweep is shared with length_generalization (rnnlab/experiments/_passkey.py)."""
-from rnnlab.experiments._passkey import DIAGNOSE, spec
+from rnnlab.experiments._passkey import SHARED
 from rnnlab.train.reproduce import Claim, Experiment
 
 EXPERIMENT = Experiment(
@@ -19,9 +19,7 @@ EXPERIMENT = Experiment(
     paper="Chen, Zhang, Hu, Han, Liu & Sun 2024 (COLM 2025)",
     claim="a Mamba whose state is large for its training length fails past that length as its state leaves the "
           "trained range; a state small enough for the training length learns to forget and keeps retrieving.",
-    spec=spec,
-    shared="passkey_state",
-    diagnose={"passkey": DIAGNOSE},
+    **SHARED,
     claims=(
         Claim("Mamba (d_state 16), passkey at the training length", "passkey", "mamba", metric="seq_acc",
               lengths=(64,), outcome="solves", source="Sec. 5 (in-length retrieval)"),
