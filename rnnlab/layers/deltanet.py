@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.parts import GatedRMSNorm, RMSNorm, ShortConv, fused_conv_step, fused_linear, param_derived
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.chunk import cast
 from rnnlab.ops.delta import chunk_delta_product, chunk_gated_delta_rule, fused_recurrent_delta_product, fused_recurrent_gated_delta_rule, l2norm
 from rnnlab.ops.forms import choose
@@ -99,10 +100,12 @@ class _DeltaRuleMixer(Mixer):
     def state_size(self, seq_len: int) -> int:
         return self.q_conv.state_size() + self.k_conv.state_size() + self.v_conv.state_size() + self.num_v_heads * self.head_k * self.head_v
 
+    def _in_layers(self) -> list[nn.Linear]:
+        return [self.q_proj, self.k_proj, self.v_proj, self.b_proj] + [p for p in (getattr(self, "a_proj", None), self.g_proj) if p is not None]
+
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         H, HV, nh = self.num_heads, self.num_v_heads, self.nh
-        layers = [self.q_proj, self.k_proj, self.v_proj, self.b_proj] + [p for p in (getattr(self, "a_proj", None), self.g_proj) if p is not None]
-        q, k, v, b, *gates = fused_linear(x, layers)
+        q, k, v, b, *gates = fused_linear(x, self._in_layers())
         (q, cq), (k, ck), (v, cv) = fused_conv_step([q, k, v], [self.q_conv, self.k_conv, self.v_conv],
                                                     [state["conv_q"], state["conv_k"], state["conv_v"]])
         q = cast(l2norm(rearrange(q, "b t (h k) -> b t h k", h=H)), x.dtype)
@@ -148,8 +151,23 @@ class _DeltaRuleMixer(Mixer):
         return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, 1, D) -> (y (B, 1, D), state): the rank-one recurrent update."""
+        """x (B, 1, D) -> (y (B, 1, D), state): the rank-one recurrent update (on CPU without autograd the fused decode
+        kernel, rnnlab.ops.decode, from the projection to the output norm)."""
+        if type(self)._core is _DeltaRuleMixer._core and decode.usable(x, *state.values(), self.o_proj.weight):
+            return self._decode(x, state)
         return self._mix(x, state, "recurrent")
+
+    def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        keys = ["conv_q", "conv_k", "conv_v", "S"]
+        w = self.o_norm.weight  # the stand-in for the forget gate's parameters when there is none (never read then)
+        gate = [self._A().to(x.dtype), self.dt_bias] if self.forget_gate else [w, w]
+        K, V, HV = self.head_k, self.head_v, self.num_v_heads
+        o, new = decode.fused_step(
+            "delta_decode", self, fused_linear(x, self._in_layers(), whole=True), [state[k] for k in keys],
+            [self.q_conv.weight, self.k_conv.weight, self.v_conv.weight, *gate, w], HV * V,
+            [self.num_heads * K, self.nh * self.num_heads * K, self.nh * HV * V, V],
+            self.num_heads, self.nh, self.o_norm.eps, 2.0 if self.negative_eigenvalues else 1.0, self.forget_gate, self.g_proj is not None)
+        return self.o_proj(o), dict(zip(keys, new))
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, num_v_heads={self.num_v_heads}, head_k={self.head_k}, head_v={self.head_v}, "

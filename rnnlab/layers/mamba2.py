@@ -37,6 +37,7 @@ from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.parts import ShortConv, param_derived
 from rnnlab.layers.mamba import check_init, mimetic_A_log
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.chunk import acc_dtype, cast
 from rnnlab.ops.forms import choose
 from rnnlab.ops.gla import chunk_simple_gla, fused_recurrent_simple_gla
@@ -146,7 +147,15 @@ class Mamba2(Mixer):
         return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, 1, D) -> (y, state): one recurrent SSD step."""
+        """x (B, 1, D) -> (y, state): one recurrent SSD step (on CPU without autograd the fused decode kernel,
+        rnnlab.ops.decode, from the projection to the output norm)."""
+        if type(self)._ssd is Mamba2._ssd and decode.usable(x, *state.values(), self.A_log, float64=True):
+            w = self.norm_weight  # the stand-in for the conv's bias when it has none (never read then)
+            out, (conv, h) = decode.fused_step(
+                "ssd_decode", self, self.in_proj(x), [state["conv"], state["h"]],
+                [self.conv.weight, w if self.conv.bias is None else self.conv.bias, self.dt_bias, self._A(x.dtype), self.D, w],
+                self.d_inner, [state["conv"].shape[-1]], self.conv.bias is not None, self.ngroups, self.norm_eps)
+            return self.out_proj(out), {"conv": conv, "h": h}
         return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.parts import ShortConv
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.chunk import cast
 from rnnlab.ops.forms import choose
 from rnnlab.ops.mlstm import chunk_mlstm, fused_recurrent_mlstm, mlstm_step
@@ -209,7 +210,17 @@ class MLSTM(Mixer):
         return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, 1, D) -> (y, state): one recurrent mLSTM step."""
+        """x (B, 1, D) -> (y, state): one recurrent mLSTM step (layout "block" on CPU without autograd: the fused decode
+        kernel, rnnlab.ops.decode, from the up- to the down-projection)."""
+        if self.layout == "block" and decode.usable(x, *state.values(), self.skip):
+            keys = ["conv", "C", "n", "m"]
+            E, H = self.d_inner, self.num_heads
+            out, new = decode.fused_step(
+                "mlstm_decode", self, self.proj_up(x), [state[k] for k in keys],
+                [self.conv.weight, self.conv.bias, self.qk.weight, self.v.weight, self.gates.weight, self.gates.bias,
+                 self.norm_weight, self.skip], E, [E, E, E, E, 2 * H, self.head_dim],
+                float(self.gate_soft_cap or 0.0), self.forget_gate == "sigmoid", self.eps, self.norm_eps)
+            return self.proj_down(out), dict(zip(keys, new))
         return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:

@@ -96,15 +96,16 @@ class LoRA(nn.Module):
         return self.up(self.act(low))
 
 
-def fused_linear(x: Tensor, layers: list[nn.Linear]) -> list[Tensor]:
+def fused_linear(x: Tensor, layers: list[nn.Linear], whole: bool = False) -> list[Tensor] | Tensor:
     """``[layer(x) for layer in layers]`` in one matmul when no gradient is wanted (decode, prefill, evaluation):
     the layers' weights (and biases) concatenated once and cached on the first layer (``param_derived``), rebuilt
     when any of them changes. One matrix-vector product per token instead of one per projection: fewer calls and
     one pass over the weights. Under autograd the layers run one by one (the parameters' gradients stay where
-    they are)."""
+    they are). ``whole``: the outputs side by side in one tensor (..., Σ out), unsplit."""
     weights = [layer.weight for layer in layers]
     if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
-        return [layer(x) for layer in layers]
+        outs = [layer(x) for layer in layers]
+        return torch.cat(outs, -1) if whole else outs
     biases = [layer.bias for layer in layers]
 
     def concat(*_):
@@ -113,7 +114,8 @@ def fused_linear(x: Tensor, layers: list[nn.Linear]) -> list[Tensor]:
         return torch.cat(weights), bias, [w.shape[0] for w in weights]
 
     weight, bias, sizes = param_derived(layers[0], "_fused_linear", concat, *weights, *[b for b in biases if b is not None])
-    return list(F.linear(x, weight, bias).split(sizes, -1))
+    y = F.linear(x, weight, bias)
+    return y if whole else list(y.split(sizes, -1))
 
 
 def fused_conv_step(xs: list[Tensor], convs: list["ShortConv"], states: list[Tensor]) -> list[tuple[Tensor, Tensor]]:

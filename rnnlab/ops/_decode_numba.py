@@ -1,0 +1,246 @@
+"""numba kernels of rnnlab.ops.decode: one decode token of a layer, from its input projection's output to its output
+projection's input, in one compiled call (CPU, float32/float64).
+
+A layer's step in PyTorch is 40-80 small ATen calls at ~2-8 µs each (views, a conv over a 4-wide window, norms,
+gates, a rank-one update), against 60-100 µs of real work in its two projections: the calls, not the arithmetic,
+cost the time (issue 20; docs/benchmarks.md). Each kernel here does that middle in one pass over the row, in
+the same order of operations as the layer's torch step (which stays the reference: tests/ops/test_decode.py).
+
+Every array is an argument (outputs allocated by the caller); each kernel runs batch rows [lo, hi) without the GIL
+(``_threads.run_rows``). Arithmetic is in the arrays' dtype (float32, or float64 for a float64 module); scalars
+are float64, so a float32 row's sums are float32 rounded once per element, as torch's are.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+_FM = {"reassoc", "contract"}  # vectorizable reductions; no NaN/inf assumptions
+_KERNEL = dict(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+_INLINE = dict(cache=True, inline="always", fastmath=_FM, error_model="numpy")
+
+
+@njit(**_INLINE)
+def _silu(x):  # pragma: no cover - compiled
+    return x / (1.0 + math.exp(-x))
+
+
+@njit(**_INLINE)
+def _softplus(x):  # pragma: no cover - compiled
+    """torch's softplus (beta 1, threshold 20)."""
+    return x if x > 20.0 else math.log1p(math.exp(x))
+
+
+@njit(**_INLINE)
+def _conv_silu(x, state, w, bias, has_bias, y, new_state):  # pragma: no cover - compiled
+    """One token of the depthwise causal conv with SiLU (rnnlab.ops.conv): x (C,) the new input, state (W-1, C) the
+    last W-1 inputs (older first), w (C, W), bias (C,) -> y (C,), new_state (W-1, C) = [state[1:], x]."""
+    W, C = w.shape[1], w.shape[0]
+    for c in range(C):
+        acc = bias[c] if has_bias else 0.0
+        for j in range(W - 1):
+            acc += state[j, c] * w[c, j]
+        acc += x[c] * w[c, W - 1]
+        y[c] = _silu(acc)
+    for j in range(W - 2):
+        for c in range(C):
+            new_state[j, c] = state[j + 1, c]
+    if W > 1:
+        for c in range(C):
+            new_state[W - 2, c] = x[c]
+
+
+@njit(**_INLINE)
+def _l2norm(x, lo, n, eps):  # pragma: no cover - compiled
+    """x[lo:lo+n] /= sqrt(‖x[lo:lo+n]‖² + eps) (rnnlab.ops.delta.l2norm)."""
+    s = 0.0
+    for i in range(lo, lo + n):
+        s += x[i] * x[i]
+    r = 1.0 / math.sqrt(s + eps)
+    for i in range(lo, lo + n):
+        x[i] = x[i] * r
+
+
+@njit(**_INLINE)
+def _rms_gate(o, w, eps, gate, gated, out):  # pragma: no cover - compiled
+    """out = o / sqrt(mean(o²) + eps) · w (· SiLU(gate) when gated): RMSNorm / GatedRMSNorm over one head."""
+    n = o.shape[0]
+    s = 0.0
+    for j in range(n):
+        s += o[j] * o[j]
+    r = 1.0 / math.sqrt(s / n + eps)
+    for j in range(n):
+        v = o[j] * r * w[j]
+        out[j] = v * _silu(gate[j]) if gated else v
+
+
+@njit(**_KERNEL)
+def delta_decode(proj, cq, ck, cv, S, wq, wk, wv, negA, dt_bias, norm_w, out, cq2, ck2, cv2, S2, qc, kc, vc, o,
+                 H, nh, eps, beta_scale, forget, gated, lo, hi):  # pragma: no cover - compiled
+    """The delta-rule layers' token (rnnlab.layers.deltanet ``_DeltaRuleMixer``), per row b:
+    proj (B, P) = [q (H·K) | k (n_h·H·K) | v (n_h·HV·V) | b (n_h·HV) | a (HV) if forget | g (HV·V) if gated];
+    q, k, v = SiLU(conv) with states cq, ck, cv (B, W-1, ·) and weights wq, wk, wv (·, W); q, k L2-normalized per
+    head; β = beta_scale·σ(b); α = exp(negA · softplus(a + dt_bias)); per value head h (key head h // (HV/H)):
+    S ← αS, then n_h times u = β(v − Sᵀk), S ← S + k uᵀ; o = Sᵀ(scale·q); out = (Gated)RMSNorm(o) (B, HV·V).
+    New states cq2, ck2, cv2, S2; scratch rows qc, kc, vc, o (B, ·); scale = 1/√K."""
+    HV, K, V = S.shape[1], S.shape[2], S.shape[3]
+    scale = 1.0 / math.sqrt(K)
+    QK, KK, VV = H * K, nh * H * K, nh * HV * V
+    ob = QK + KK + VV
+    oa = ob + nh * HV
+    og = oa + (HV if forget else 0)
+    G = HV // H
+    for b in range(lo, hi):
+        x, q, k, v, ob_ = proj[b], qc[b], kc[b], vc[b], o[b]
+        _conv_silu(x[0:QK], cq[b], wq, wq[:, 0], False, q, cq2[b])
+        _conv_silu(x[QK:QK + KK], ck[b], wk, wk[:, 0], False, k, ck2[b])
+        _conv_silu(x[QK + KK:ob], cv[b], wv, wv[:, 0], False, v, cv2[b])
+        for h in range(H):
+            _l2norm(q, h * K, K, 1e-6)
+        for i in range(nh * H):
+            _l2norm(k, i * K, K, 1e-6)
+        for h in range(HV):
+            Sb, Sn = S[b, h], S2[b, h]
+            alpha = math.exp(negA[h] * _softplus(x[oa + h] + dt_bias[h])) if forget else 1.0
+            for i in range(K):
+                for j in range(V):
+                    Sn[i, j] = alpha * Sb[i, j]
+            for n in range(nh):
+                kh = (n * H + h // G) * K
+                vh = (n * HV + h) * V
+                beta = beta_scale / (1.0 + math.exp(-x[ob + n * HV + h]))
+                for j in range(V):
+                    ob_[j] = 0.0
+                for i in range(K):
+                    ki = k[kh + i]
+                    for j in range(V):
+                        ob_[j] += ki * Sn[i, j]
+                for j in range(V):
+                    ob_[j] = beta * (v[vh + j] - ob_[j])
+                for i in range(K):
+                    ki = k[kh + i]
+                    for j in range(V):
+                        Sn[i, j] += ki * ob_[j]
+            for j in range(V):
+                ob_[j] = 0.0
+            qh = (h // G) * K
+            for i in range(K):
+                qi = scale * q[qh + i]
+                for j in range(V):
+                    ob_[j] += qi * Sn[i, j]
+            _rms_gate(ob_[:V], norm_w, eps, x[og + h * V:og + (h + 1) * V], gated, out[b, h * V:(h + 1) * V])
+
+
+@njit(**_KERNEL)
+def ssd_decode(proj, conv, h, conv_w, conv_b, dt_bias, neg_A, D, norm_w, out, conv2, h2, xbc, has_bias, G, eps,
+               lo, hi):  # pragma: no cover - compiled
+    """Mamba-2's token (rnnlab.layers.mamba2), per row b: proj (B, ·) = [z (H·P) | xBC (H·P + 2·G·N) | dt (H) | ...];
+    xBC = SiLU(conv) with state conv (B, W-1, ·), weights conv_w, conv_b; x, B, C = xBC's parts; per head i (group
+    i // (H/G)): Δ = softplus(dt + dt_bias), h ← exp(neg_A·Δ) h + B (Δx)ᵀ, y = hᵀC + D x; out = RMSNorm over each
+    group's channels of y ⊙ SiLU(z), times norm_w. New states conv2, h2; scratch xbc (B, H·P + 2·G·N)."""
+    H, N, P = h.shape[1], h.shape[2], h.shape[3]
+    E = H * P
+    Cc = E + 2 * G * N
+    R = H // G
+    L = E // G
+    for b in range(lo, hi):
+        x, u, y = proj[b], xbc[b], out[b]
+        _conv_silu(x[E:E + Cc], conv[b], conv_w, conv_b, has_bias, u, conv2[b])
+        for i in range(H):
+            delta = _softplus(x[E + Cc + i] + dt_bias[i])
+            decay = math.exp(neg_A[i] * delta)
+            bo = E + (i // R) * N
+            co = E + G * N + (i // R) * N
+            yi = y[i * P:(i + 1) * P]
+            for p in range(P):
+                yi[p] = 0.0
+            for n in range(N):
+                bn, cn = u[bo + n], u[co + n]
+                hs, hd = h[b, i, n], h2[b, i, n]
+                for p in range(P):
+                    v = decay * hs[p] + bn * (u[i * P + p] * delta)
+                    hd[p] = v
+                    yi[p] += cn * v
+            for p in range(P):
+                yi[p] = (yi[p] + D[i] * u[i * P + p]) * _silu(x[i * P + p])
+        for g in range(G):
+            s = 0.0
+            for c in range(g * L, (g + 1) * L):
+                s += y[c] * y[c]
+            r = 1.0 / math.sqrt(s / L + eps)
+            for c in range(g * L, (g + 1) * L):
+                y[c] = y[c] * r * norm_w[c]
+
+
+@njit(**_INLINE)
+def _headwise(x, w, r0, y):  # pragma: no cover - compiled
+    """y[j·R + o] = Σ_d w[j, r0 + o, d] x[j·d_in + d], o < R = y.size / nb: rows r0.. of each block (mLSTM's
+    HeadwiseLinear)."""
+    nb, d_in = w.shape[0], w.shape[2]
+    R = y.shape[0] // nb
+    for j in range(nb):
+        for o in range(R):
+            s = 0.0
+            for d in range(d_in):
+                s += w[j, r0 + o, d] * x[j * d_in + d]
+            y[j * R + o] = s
+
+
+@njit(**_KERNEL)
+def mlstm_decode(up, conv, C, n, m, conv_w, conv_b, qk_w, v_w, gate_w, gate_b, norm_w, skip, out, conv2, C2, n2, m2,
+                 cb, qb, kb, vb, gb, ob, cap, sigmoid_forget, eps, norm_eps, lo, hi):  # pragma: no cover - compiled
+    """The mLSTM block's token (rnnlab.layers.mlstm, layout "block"), per row b: up (B, 2E) = [x_m | z]; c = SiLU(conv
+    x_m); q, k = the headwise projections of c, v of x_m; [ĩ | f̃] = gate_w [q; k; v] + gate_b (soft-capped when cap > 0);
+    per head (K = V = E / H): the stabilized cell (rnnlab.ops.mlstm.mlstm_step: m' = max(log f + m, ĩ), C ← f'C +
+    i'(k/√K) vᵀ, n ← f'n + i' k/√K, h = Cᵀq / (max(|nᵀq|, e^−m') + eps)), LayerNorm per head, then out = (skip ⊙ c +
+    norm_w ⊙ h) ⊙ SiLU(z). New states conv2, C2, n2, m2; scratch rows cb, qb, kb, vb (B, E), gb (B, 2H), ob (B, V)."""
+    H, K = C.shape[1], C.shape[2]
+    E = H * K
+    scale = 1.0 / math.sqrt(K)
+    for b in range(lo, hi):
+        xm, z, c, q, k, v, g, o, y = up[b, :E], up[b, E:], cb[b], qb[b], kb[b], vb[b], gb[b], ob[b], out[b]
+        _conv_silu(xm, conv[b], conv_w, conv_b, True, c, conv2[b])
+        bs = qk_w.shape[2]
+        _headwise(c, qk_w, 0, q)
+        _headwise(c, qk_w, bs, k)
+        _headwise(xm, v_w, 0, v)
+        for r in range(2 * H):
+            s = gate_b[r]
+            for e in range(E):
+                s += gate_w[r, e] * q[e] + gate_w[r, E + e] * k[e] + gate_w[r, 2 * E + e] * v[e]
+            g[r] = cap * math.tanh(s / cap) if cap > 0.0 else s
+        for h in range(H):
+            it, ft = g[h], g[H + h]
+            logf = min(ft, 0.0) - math.log1p(math.exp(-abs(ft))) if sigmoid_forget else ft
+            lfm = logf + m[b, h]
+            m_new = max(lfm, it)
+            f_s, i_s = math.exp(lfm - m_new), math.exp(it - m_new)
+            m2[b, h] = m_new
+            Ch, C2h, nh, n2h = C[b, h], C2[b, h], n[b, h], n2[b, h]
+            for j in range(K):
+                o[j] = 0.0
+            qn = 0.0
+            for a in range(K):
+                ka, qa = k[h * K + a] * scale, q[h * K + a]
+                nv = f_s * nh[a] + ka * i_s
+                n2h[a] = nv
+                qn += qa * nv
+                for j in range(K):
+                    cv = f_s * Ch[a, j] + ka * (v[h * K + j] * i_s)
+                    C2h[a, j] = cv
+                    o[j] += qa * cv
+            den = max(abs(qn), math.exp(-m_new)) + eps
+            mean = 0.0
+            for j in range(K):
+                o[j] = o[j] / den
+                mean += o[j]
+            mean /= K
+            var = 0.0
+            for j in range(K):
+                var += (o[j] - mean) * (o[j] - mean)
+            r = 1.0 / math.sqrt(var / K + norm_eps)
+            for j in range(K):
+                e = h * K + j
+                y[e] = (skip[e] * c[e] + (o[j] - mean) * r * norm_w[e]) * _silu(z[e])

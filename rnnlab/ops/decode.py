@@ -1,0 +1,94 @@
+"""Fused decode tokens: one call for the middle of a layer's step (between its input and output projections), on
+CPU without autograd. The kernels are in ``_decode_numba.py``; the layers' torch steps are their reference
+(tests/ops/test_decode.py: many tokens, batch rows split over threads, every flag).
+
+``usable(x, *tensors)`` is the one policy: a decode token (T = 1) on CPU, no gradient wanted, and x, the state and
+the parameters all float32 (or all float64, ``float64=True``, for a layer whose torch step computes in float64: a
+kernel in float64 would otherwise be more exact than the layer's own recurrent and parallel forms); anything else
+(CUDA, autograd, bfloat16, mixed dtypes) runs the layer's torch step. ``enabled(False)`` turns the kernels off
+(the tests' reference; a bisection aid).
+
+``fused_step`` is the one calling convention: a kernel takes (input row, states, weights, output, new states,
+scratch rows, scalars, lo, hi). The new states are fresh tensors (a state a caller holds never changes); the
+weights' numpy views are cached on the layer while the tensors are the same (a decode token would otherwise spend
+more on converting ten parameters than on its arithmetic).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rnnlab.ops._threads import run_rows
+
+__all__ = ["usable", "enabled", "fused_step"]
+
+_ON = True
+_KERNELS = None  # the compiled module, or False when numba is missing
+_MIN_ROWS = 4  # batch rows per thread: below 2·4 rows one thread (a thread hand-off costs more than a row)
+
+
+def _kernels():
+    global _KERNELS
+    if _KERNELS is None:
+        try:
+            from rnnlab.ops import _decode_numba
+            _KERNELS = _decode_numba
+        except ImportError:  # pragma: no cover - numba is a declared dependency
+            _KERNELS = False
+    return _KERNELS
+
+
+@contextlib.contextmanager
+def enabled(on: bool):
+    """Within the block the fused decode kernels are used (True) or not (False)."""
+    global _ON
+    before, _ON = _ON, on
+    try:
+        yield
+    finally:
+        _ON = before
+
+
+def usable(x: Tensor, *tensors: Tensor, float64: bool = False) -> bool:
+    """Whether a fused decode kernel may run x (B, 1, D) with ``tensors`` (state entries, parameters)."""
+    if not _ON or x.shape[1] != 1 or x.device.type != "cpu" or not (x.dtype == torch.float32 or (float64 and x.dtype == torch.float64)):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in tensors)):
+        return False
+    return all(t.dtype == x.dtype and t.device.type == "cpu" for t in tensors) and _kernels() is not False
+
+
+def _arr(t: Tensor) -> np.ndarray:
+    return t.numpy() if not t.requires_grad and t.is_contiguous() else t.detach().contiguous().numpy()
+
+
+def _weights(owner, weights: list[Tensor]) -> list[np.ndarray]:
+    """numpy views of ``weights``, cached on ``owner`` while each is the same tensor on the same memory (an optimizer
+    step or load_state_dict writes in place: the views see it; ``.to()`` or an assignment gives new memory)."""
+    key = [(w, w.data_ptr()) for w in weights]
+    cached = owner.__dict__.get("_decode_weights")
+    if cached is None or len(cached[0]) != len(key) or any(a is not b or p != q for (a, p), (b, q) in zip(cached[0], key)):
+        cached = owner.__dict__["_decode_weights"] = (key, [_arr(w) for w in weights])
+    return cached[1]
+
+
+def fused_step(kernel: str, owner, x: Tensor, states: list[Tensor], weights: list[Tensor], out_width: int,
+               scratch: list[int], *scalars) -> tuple[Tensor, list[Tensor]]:
+    """Run ``_decode_numba.<kernel>`` on x (B, 1, ·) (a layer's input projection) -> (out (B, 1, out_width), the new
+    states, each shaped as its old one). ``owner``: the layer, which caches the weights' views; ``scratch``: the widths
+    of the kernel's per-row scratch rows."""
+    B = x.shape[0]
+    out = torch.empty(B, out_width, dtype=x.dtype)
+    new = [torch.empty_like(s) for s in states]
+    npdt = out.numpy().dtype
+    arrays = [_arr(x.view(B, -1)), *map(_arr, states), *_weights(owner, weights), out.numpy(), *(t.numpy() for t in new),
+              *(np.empty((B, w), npdt) for w in scratch)]
+    fn = getattr(_kernels(), kernel)
+    if B < 2 * _MIN_ROWS:
+        fn(*arrays, *scalars, 0, B)
+    else:
+        run_rows(fn, B, *arrays, *scalars, min_rows=_MIN_ROWS)
+    return out.view(B, 1, out_width), new

@@ -1,0 +1,136 @@
+"""The fused decode kernels (rnnlab.ops.decode) equal the layers' torch steps: outputs and every state entry over many
+tokens, batch rows split over threads, each flag of each layer; they step only where the policy allows, and a
+stepped state is never written."""
+import pytest
+import torch
+
+from rnnlab.layers.parts import ShortConv
+from rnnlab.layers.registry import create_mixer
+from rnnlab.ops import decode
+from rnnlab.testing import assert_close
+
+D = 32
+CASES = [
+    ("deltanet", {"num_heads": 2}),
+    ("deltanet_neg", {"num_heads": 2}),
+    ("gated_deltanet", {"num_heads": 2}),
+    ("gated_deltanet", {"num_heads": 2, "num_v_heads": 4, "negative_eigenvalues": True}),
+    ("deltaproduct", {"num_heads": 2}),
+    ("mamba2", {"headdim": 8, "d_state": 8}),
+    ("mamba2", {"headdim": 8, "d_state": 8, "ngroups": 2, "conv_bias": False, "bias": True}),
+    ("mlstm", {"num_heads": 2}),
+    ("mlstm", {"num_heads": 4, "forget_gate": "exp", "gate_soft_cap": 15.0, "eps": 1e-6}),
+]
+
+
+def _steps(m, x, state, kernels: bool):
+    ys = []
+    with decode.enabled(kernels):
+        for t in range(x.shape[1]):
+            y, state = m(x[:, t : t + 1], state)
+            ys.append(y)
+    return torch.cat(ys, 1), state
+
+
+def _mixer(name, kw, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    m = create_mixer(name, D, **kw).eval().to(dtype)
+    with torch.no_grad():  # trained-looking gates: the defaults' biases keep some of them saturated
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return m
+
+
+@pytest.mark.parametrize("batch", [1, 9])  # 9 rows: split over two threads
+@pytest.mark.parametrize("name,kw", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
+def test_kernel_equals_torch_step(name, kw, batch):
+    m = _mixer(name, kw)
+    x = torch.randn(batch, 16, D)
+    with torch.inference_mode():
+        _, s0 = m(torch.randn(batch, 7, D))  # a prefilled state
+        y_ref, s_ref = _steps(m, x, s0, kernels=False)
+        y, s = _steps(m, x, s0, kernels=True)
+    assert_close(y, y_ref, name=f"{name} y")
+    assert s.keys() == s_ref.keys()
+    for key in s_ref:
+        assert s[key].dtype == s_ref[key].dtype and s[key].shape == s_ref[key].shape
+        assert_close(s[key], s_ref[key], name=f"{name} state {key}")
+
+
+def test_float64_policy():
+    """mamba2 computes in float64 for a float64 module (its kernel too: equal to 1e-10); the delta rule and mLSTM
+    compute in float32 inside, so their float64 steps stay the torch step's."""
+    m = _mixer("mamba2", {"headdim": 8, "d_state": 8}, torch.float64)
+    x = torch.randn(2, 12, D, dtype=torch.float64)
+    with torch.inference_mode():
+        y_ref, s_ref = _steps(m, x, None, kernels=False)
+        y, s = _steps(m, x, None, kernels=True)
+    assert_close(y, y_ref, name="y")
+    assert_close(s["h"], s_ref["h"], name="h")
+    x1 = torch.randn(1, 1, D, dtype=torch.float64)
+    for name in ("gated_deltanet", "mlstm"):
+        assert not decode.usable(x1, *_mixer(name, {"num_heads": 2}, torch.float64).parameters())
+
+
+def test_policy():
+    x1 = torch.randn(1, 1, D)
+    p = torch.randn(3, requires_grad=True)
+    assert decode.usable(x1, p.detach())
+    assert not decode.usable(x1, p)  # a gradient is wanted
+    with torch.no_grad():
+        assert decode.usable(x1, p)
+        assert not decode.usable(torch.randn(1, 2, D), p)  # two tokens: the layer's parallel form
+        assert not decode.usable(x1.bfloat16(), p.bfloat16())
+        assert not decode.usable(x1, p.double())  # mixed dtypes
+        with decode.enabled(False):
+            assert not decode.usable(x1, p)
+
+
+def test_training_mode_keeps_autograd():
+    m = _mixer("gated_deltanet", {"num_heads": 2})
+    y, s = m(torch.randn(2, 1, D))
+    y.sum().backward()  # the torch step ran: gradients reach the projections
+    assert m.q_proj.weight.grad is not None and m.q_proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name,kw", [CASES[2], CASES[5], CASES[7]])
+def test_weights_follow_updates(name, kw):
+    """The weights' cached views see in-place updates (an optimizer step, load_state_dict) and are rebuilt when a
+    parameter is replaced."""
+    m = _mixer(name, kw)
+    x = torch.randn(2, 4, D)
+    with torch.inference_mode():
+        _steps(m, x, None, kernels=True)  # views cached
+    other = _mixer(name, kw, seed=1)
+    m.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(1.01)
+    for conv in [mod for mod in m.modules() if isinstance(mod, ShortConv)]:  # read by every kernel
+        conv.weight = torch.nn.Parameter(conv.weight.detach() * 0.9)
+    with torch.inference_mode():
+        y_ref, _ = _steps(m, x, None, kernels=False)
+        y, _ = _steps(m, x, None, kernels=True)
+    assert_close(y, y_ref, name="y")
+
+
+def test_stepped_state_unchanged():
+    m = _mixer("mlstm", {"num_heads": 2})
+    with torch.inference_mode():
+        _, s0 = m(torch.randn(1, 5, D))
+        before = {k: v.clone() for k, v in s0.items()}
+        x1 = torch.randn(1, 1, D)
+        y1, _ = m(x1, s0)
+        y2, _ = m(x1, s0)  # the same state stepped twice (a branch): the same token out, s0 untouched
+    assert torch.equal(y1, y2)
+    for k in before:
+        assert torch.equal(s0[k], before[k])
+
+
+def test_bad_state_still_fails():
+    m = _mixer("mamba2", {"headdim": 8, "d_state": 8})
+    with torch.inference_mode():
+        _, s = m(torch.randn(1, 3, D))
+        s = {**s, "h": s["h"][..., :-1]}
+        with pytest.raises(ValueError, match="h"):
+            m(torch.randn(1, 1, D), s)
