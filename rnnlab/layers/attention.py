@@ -42,9 +42,10 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
-from rnnlab.layers.kv_cache import kv_append
+from rnnlab.layers.kv_cache import kv_append, kv_commit, kv_reserve
 from rnnlab.layers.parts import RMSNorm, positions, rotary, rotary_at, rotary_cos_sin, rotary_rows
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 
 
 @register_mixer("attention", family="attention", small={"num_heads": 2})
@@ -157,6 +158,8 @@ class Attention(Mixer):
         if (x.device.type != "cpu" or self.persistent is not None or self.rotary_dim != self.head_dim
                 or min(p := pos.tolist()) < L):
             return self._attend(x, state)
+        if self.q_norm is None and decode.usable(x, state["k"], state["v"], self.qkv.weight, float64=True):
+            return self._decode(x, state, p)
         B, H, hkv, hd = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
         heads = self.qkv(x).view(B, -1, 1, hd)  # (B, H + 2 H_kv (+ H), 1, dh): T = 1, so the heads are a view
         if self.q_norm is None:
@@ -175,6 +178,19 @@ class Attention(Mixer):
         o = F.scaled_dot_product_attention(q, k_all, v_all, enable_gqa=hkv != H).reshape(B, 1, H * hd)
         y = self.out(o * torch.sigmoid(gate[0].reshape(B, 1, H * hd)) if gate else o)
         return y, {"k": k_kept, "v": v_kept, "pos": pos + 1}
+
+    def _decode(self, x: Tensor, state: State, p: list[int]) -> tuple[Tensor, State]:
+        """``step``'s fast case on CPU without autograd in one kernel (rnnlab.ops.decode): the rotation, the new k and v
+        written into the cache's buffer (``kv_reserve``: in place where the cache may append) and the attention."""
+        pos, L = state["pos"], state["k"].shape[2]
+        n = self._cache_len(L + 1)
+        (kbuf, ks), (vbuf, vs) = kv_reserve(state["k"], 1, n, x), kv_reserve(state["v"], 1, n, x)
+        rows, idx = None, pos
+        if self.rope_base is not None:
+            first, table = self._rotary_rows(min(p), max(p))
+            rows, idx = table.view(table.shape[0], 2, -1), pos - first
+        o = decode.attention_decode(self.qkv(x), rows, idx, kbuf, vbuf, ks, vs, L, heads=self.num_heads, gated=self.output_gate)
+        return self.out(o), {"k": kv_commit(kbuf, ks, L + 1, n)[1], "v": kv_commit(vbuf, vs, L + 1, n)[1], "pos": pos + 1}
 
     def _rotary_rows(self, lo: int, hi: int) -> tuple[int, Tensor]:
         """(start, ``parts.rotary_rows`` of positions start, start + 1, ...) covering lo..hi (CPU), cached on the

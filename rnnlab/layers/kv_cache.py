@@ -36,14 +36,29 @@ def kv_append(cache: Tensor, new: Tensor, keep: int | None = None) -> tuple[Tens
     if torch.is_grad_enabled() and (cache.requires_grad or new.requires_grad):
         full = torch.cat([cache, new], 2)
         return full, full[:, :, total - n:]
+    buf, start = kv_reserve(cache, T, n, new)
+    buf.narrow(2, start + L, T).copy_(new)  # narrow: one call where indexing with slices takes two or three
+    return kv_commit(buf, start, total, n)
+
+
+def kv_reserve(cache: Tensor, T: int, n: int, like: Tensor) -> tuple[Tensor, int]:
+    """(buf, start): a buffer (B, H, capacity, d) holding ``cache``'s L entries at [start, start + L) with room for T
+    more at start + L, for the caller to write (in ``like``'s dtype and device; no autograd); n: the entries the
+    state will keep. The cache's own buffer when it may append in place (module docstring), else a fresh one."""
+    L = cache.shape[2]
     buf, start = getattr(cache, "_kv_buf", None), getattr(cache, "_kv_start", 0)
-    if not (buf is not None and buf._kv_tail == start + L and start + total <= buf.shape[2]
-            and buf.dtype == new.dtype and buf.device == new.device):
-        capacity = max(2 * (n if keep is not None else total), n + T, MIN_CAPACITY)
-        buf = new.new_empty(*new.shape[:2], capacity, new.shape[3])
+    if not (buf is not None and buf._kv_tail == start + L and start + L + T <= buf.shape[2]
+            and buf.dtype == like.dtype and buf.device == like.device):
+        capacity = max(2 * n, n + T, MIN_CAPACITY)
+        buf = like.new_empty(*cache.shape[:2], capacity, cache.shape[3])
         buf[:, :, :L] = cache
         start = 0
-    buf.narrow(2, start + L, T).copy_(new)  # narrow: one call where indexing with slices takes two or three
+    return buf, start
+
+
+def kv_commit(buf: Tensor, start: int, total: int, n: int) -> tuple[Tensor, Tensor]:
+    """After the write of ``kv_reserve``'s slots: (full, kept), the views of the total = L + T entries from start
+    and of the last n of them; the buffer's tail moves to their end."""
     buf._kv_tail = start + total
     full = buf.narrow(2, start, total)
     kept = full if n == total else buf.narrow(2, start + total - n, n)

@@ -23,11 +23,12 @@ from torch import Tensor
 
 from rnnlab.ops._threads import run_rows
 
-__all__ = ["usable", "enabled", "fused_step"]
+__all__ = ["usable", "enabled", "fused_step", "attention_decode"]
 
 _ON = True
 _KERNELS = None  # the compiled module, or False when numba is missing
 _MIN_ROWS = 4  # batch rows per thread: below 2·4 rows one thread (a thread hand-off costs more than a row)
+_SPLIT_WORK = 1 << 16  # attention: multiply-adds (units · keys · d) from which the units go over numba's threads
 
 
 def _kernels():
@@ -54,11 +55,12 @@ def enabled(on: bool):
 
 def usable(x: Tensor, *tensors: Tensor, float64: bool = False) -> bool:
     """Whether a fused decode kernel may run x (B, 1, D) with ``tensors`` (state entries, parameters)."""
-    if not _ON or x.shape[1] != 1 or x.device.type != "cpu" or not (x.dtype == torch.float32 or (float64 and x.dtype == torch.float64)):
+    dt = x.dtype
+    if not _ON or x.shape[1] != 1 or not x.is_cpu or not (dt == torch.float32 or (float64 and dt == torch.float64)):
         return False
     if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in tensors)):
         return False
-    return all(t.dtype == x.dtype and t.device.type == "cpu" for t in tensors) and _kernels() is not False
+    return all(t.dtype == dt and t.is_cpu for t in tensors) and _kernels() is not False
 
 
 def _arr(t: Tensor) -> np.ndarray:
@@ -92,3 +94,24 @@ def fused_step(kernel: str, owner, x: Tensor, states: list[Tensor], weights: lis
     else:
         run_rows(fn, B, *arrays, *scalars, min_rows=_MIN_ROWS)
     return out.view(B, 1, out_width), new
+
+
+def attention_decode(qkv: Tensor, rows: Tensor | None, idx: Tensor, kbuf: Tensor, vbuf: Tensor, kstart: int, vstart: int,
+                     L: int, *, heads: int, gated: bool) -> Tensor:
+    """One token of softmax attention (``_decode_numba.attention_decode``): qkv (B, 1, P) the fused projection, rows
+    (n, 2, d) rotary rows (None: no rotary) indexed by idx (B,), kbuf, vbuf (B, H_kv, capacity, d) holding the cache
+    at [kstart, kstart + L), [vstart, vstart + L) -> out (B, 1, H·d); the new k and v are written at the slot after. The
+    (row, query head) units go over numba's threads when the attention is long enough to pay for the fork."""
+    B, d = qkv.shape[0], kbuf.shape[3]
+    out = torch.empty(B, heads * d, dtype=qkv.dtype)
+    units = B * heads
+    npdt = out.numpy().dtype
+    x = _arr(qkv.view(B, -1))
+    args = (x, _arr(rows) if rows is not None else x[:, None], _arr(idx), kbuf.numpy(), vbuf.numpy(), kstart, vstart, L, out.numpy(),
+            np.empty((units, L + 1), npdt), np.empty((units, d), npdt), np.empty((units, d), npdt), heads, rows is not None, gated,
+            qkv.dtype == torch.float32)
+    if units * (L + 1) * d < _SPLIT_WORK:
+        _kernels().attention_decode(*args, 0, units)
+    else:
+        _kernels().attention_decode_parallel(*args)
+    return out.view(B, 1, -1)

@@ -134,3 +134,40 @@ def test_bad_state_still_fails():
         s = {**s, "h": s["h"][..., :-1]}
         with pytest.raises(ValueError, match="h"):
             m(torch.randn(1, 1, D), s)
+
+
+ATTENTION = [
+    ("attention", {"num_heads": 2}),
+    ("attention", {"num_heads": 4, "num_kv_heads": 2, "output_gate": True}),
+    ("attention", {"num_heads": 2, "rope_base": None}),
+    ("sliding_attention", {"num_heads": 2, "window": 6}),
+]
+
+
+@pytest.mark.parametrize("threads", [False, True])
+@pytest.mark.parametrize("name,kw", ATTENTION, ids=[f"{n}-{i}" for i, (n, _) in enumerate(ATTENTION)])
+def test_attention_kernel_equals_torch_step(name, kw, threads, monkeypatch):
+    """The attention kernel (rotation, the cache write in place, softmax attention) against the torch step; threads:
+    the units spread over numba's threads (the threshold lowered so that small shapes take that path)."""
+    if threads:
+        monkeypatch.setattr(decode, "_SPLIT_WORK", 0)
+    _test_attention(name, kw, torch.float32)
+
+
+def test_attention_kernel_float64():
+    _test_attention("attention", {"num_heads": 2}, torch.float64)
+
+
+def _test_attention(name, kw, dtype):
+    m = _mixer(name, kw, dtype)
+    x = torch.randn(3, 20, D, dtype=dtype)
+    with torch.inference_mode():
+        _, s0 = m(torch.randn(3, 9, D, dtype=dtype))
+        y_ref, s_ref = _steps(m, x, s0, kernels=False)
+        y, s = _steps(m, x, s0, kernels=True)
+        y_again, _ = _steps(m, x, s0, kernels=True)  # s0 stepped again (a branch): its cache was not written over
+    assert_close(y, y_ref, name="y")
+    assert torch.equal(y, y_again)
+    for key in ("k", "v"):
+        assert_close(s[key], s_ref[key], name=key)
+    assert torch.equal(s["pos"], s_ref["pos"])
