@@ -150,16 +150,17 @@ class Attention(Mixer):
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, 1, D): one token against the cache, ``_attend``'s numbers in about a third of its calls. Where every
-        row's cache is all real (no row merged from a shorter one: no mask; pos read on the host, so on CPU only), with
-        full-width rotary (or none) and no persistent tokens: heads as views of the projection (no transposes at one
-        token), q and k rotated together with a cached row of cos/sin (``parts.rotary_rows``), no mask and no
-        angles to compute. Anything else runs ``_attend``."""
+        row's cache is all real (no row merged from a shorter one: no mask; pos read on the host, so on CPU only) and no
+        persistent tokens: on CPU without autograd the fused kernel (``_decode``); otherwise, with full-width rotary (or
+        none), heads as views of the projection (no transposes at one token), q and k rotated together with a cached
+        row of cos/sin (``parts.rotary_rows``), no mask and no angles to compute. Anything else runs ``_attend``."""
         pos, L = state["pos"], state["k"].shape[2]
-        if (x.device.type != "cpu" or self.persistent is not None or self.rotary_dim != self.head_dim
-                or min(p := pos.tolist()) < L):
+        if x.device.type != "cpu" or self.persistent is not None or min(p := pos.tolist()) < L:
             return self._attend(x, state)
-        if self.q_norm is None and decode.usable(x, state["k"], state["v"], self.qkv.weight, float64=True):
+        if decode.usable(x, state["k"], state["v"], self.qkv.weight, float64=True):
             return self._decode(x, state, p)
+        if self.rotary_dim != self.head_dim:
+            return self._attend(x, state)
         B, H, hkv, hd = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
         heads = self.qkv(x).view(B, -1, 1, hd)  # (B, H + 2 H_kv (+ H), 1, dh): T = 1, so the heads are a view
         if self.q_norm is None:
@@ -180,8 +181,9 @@ class Attention(Mixer):
         return y, {"k": k_kept, "v": v_kept, "pos": pos + 1}
 
     def _decode(self, x: Tensor, state: State, p: list[int]) -> tuple[Tensor, State]:
-        """``step``'s fast case on CPU without autograd in one kernel (rnnlab.ops.decode): the rotation, the new k and v
-        written into the cache's buffer (``kv_reserve``: in place where the cache may append) and the attention."""
+        """``step``'s fast case on CPU without autograd in one kernel (rnnlab.ops.decode): the q/k norms, the (partial)
+        rotation, the new k and v written into the cache's buffer (``kv_reserve``: in place where the cache may append)
+        and the attention."""
         pos, L = state["pos"], state["k"].shape[2]
         n = self._cache_len(L + 1)
         (kbuf, ks), (vbuf, vs) = kv_reserve(state["k"], 1, n, x), kv_reserve(state["v"], 1, n, x)
@@ -189,7 +191,9 @@ class Attention(Mixer):
         if self.rope_base is not None:
             first, table = self._rotary_rows(min(p), max(p))
             rows, idx = table.view(table.shape[0], 2, -1), pos - first
-        o = decode.attention_decode(self.qkv(x), rows, idx, kbuf, vbuf, ks, vs, L, heads=self.num_heads, gated=self.output_gate)
+        qk_norm = None if self.q_norm is None else (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
+        o = decode.attention_decode(self, self.qkv(x), rows, idx, kbuf, vbuf, ks, vs, L, heads=self.num_heads, qk_norm=qk_norm,
+                                    gated=self.output_gate)
         return self.out(o), {"k": kv_commit(kbuf, ks, L + 1, n)[1], "v": kv_commit(vbuf, vs, L + 1, n)[1], "pos": pos + 1}
 
     def _rotary_rows(self, lo: int, hi: int) -> tuple[int, Tensor]:

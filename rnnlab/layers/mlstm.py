@@ -45,7 +45,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
-from rnnlab.layers.parts import ShortConv
+from rnnlab.layers.parts import ShortConv, fused_linear
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops import decode
 from rnnlab.ops.chunk import cast
@@ -210,18 +210,25 @@ class MLSTM(Mixer):
         return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, 1, D) -> (y, state): one recurrent mLSTM step (layout "block" on CPU without autograd: the fused decode
-        kernel, rnnlab.ops.decode, from the up- to the down-projection)."""
-        if self.layout == "block" and decode.usable(x, *state.values(), self.skip):
-            keys = ["conv", "C", "n", "m"]
-            E, H = self.d_inner, self.num_heads
+        """x (B, 1, D) -> (y, state): one recurrent mLSTM step (on CPU without autograd the fused decode kernel of the
+        layout, rnnlab.ops.decode, from the input projection to the output projection's input)."""
+        if decode.usable(x, *state.values(), self.norm_weight):
+            return self._decode(x, state)
+        return self._mix(x, state, "recurrent")
+
+    def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        E, H, cap, sig = self.d_inner, self.num_heads, float(self.gate_soft_cap or 0.0), self.forget_gate == "sigmoid"
+        keys = ["conv", "C", "n", "m"] if self.layout == "block" else ["C", "n", "m"]
+        if self.layout == "block":
             out, new = decode.fused_step(
                 "mlstm_decode", self, self.proj_up(x), [state[k] for k in keys],
                 [self.conv.weight, self.conv.bias, self.qk.weight, self.v.weight, self.gates.weight, self.gates.bias,
-                 self.norm_weight, self.skip], E, [E, E, E, E, 2 * H, self.head_dim],
-                float(self.gate_soft_cap or 0.0), self.forget_gate == "sigmoid", self.eps, self.norm_eps)
-            return self.proj_down(out), dict(zip(keys, new))
-        return self._mix(x, state, "recurrent")
+                 self.norm_weight, self.skip], E, [E, E, E, E, 2 * H, self.head_dim], cap, sig, self.eps, self.norm_eps)
+        else:
+            out, new = decode.fused_step("mlstm_dense_decode", self, fused_linear(x, [self.in_proj, self.gates], whole=True),
+                                         [state[k] for k in keys], [self.norm_weight], E, [self.head_dim], cap, sig, self.eps,
+                                         self.norm_eps)
+        return self.proj_down(out), dict(zip(keys, new))
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, heads={self.num_heads}x{self.head_dim}, layout={self.layout!r}, "

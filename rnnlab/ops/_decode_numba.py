@@ -188,17 +188,58 @@ def _headwise(x, w, r0, y):  # pragma: no cover - compiled
             y[j * R + o] = s
 
 
+@njit(**_INLINE)
+def _mlstm_head(q, k, v, it, ft, m, C, n, C2, n2, sigmoid_forget, eps, norm_eps, o):  # pragma: no cover - compiled
+    """One head of the stabilized mLSTM cell (rnnlab.ops.mlstm.mlstm_step) and its LayerNorm (no affine): q, k (K,),
+    v (V,), gate pre-activations it, ft, the old state m, C (K, V), n (K,) -> o (V,) the normed h, new C2, n2;
+    returns m' = max(log f + m, ĩ). C ← f'C + i'(k/√K) vᵀ, n ← f'n + i' k/√K, h = Cᵀq / (max(|nᵀq|, e^−m') + eps)."""
+    K, V = C.shape[0], C.shape[1]
+    scale = 1.0 / math.sqrt(K)
+    logf = min(ft, 0.0) - math.log1p(math.exp(-abs(ft))) if sigmoid_forget else ft
+    lfm = logf + m
+    m_new = max(lfm, it)
+    f_s, i_s = math.exp(lfm - m_new), math.exp(it - m_new)
+    for j in range(V):
+        o[j] = 0.0
+    qn = 0.0
+    for a in range(K):
+        ka, qa = k[a] * scale, q[a]
+        nv = f_s * n[a] + ka * i_s
+        n2[a] = nv
+        qn += qa * nv
+        for j in range(V):
+            cv = f_s * C[a, j] + ka * (v[j] * i_s)
+            C2[a, j] = cv
+            o[j] += qa * cv
+    den = max(abs(qn), math.exp(-m_new)) + eps
+    mean = 0.0
+    for j in range(V):
+        o[j] = o[j] / den
+        mean += o[j]
+    mean /= V
+    var = 0.0
+    for j in range(V):
+        var += (o[j] - mean) * (o[j] - mean)
+    r = 1.0 / math.sqrt(var / V + norm_eps)
+    for j in range(V):
+        o[j] = (o[j] - mean) * r
+    return m_new
+
+
+@njit(**_INLINE)
+def _cap(x, cap):  # pragma: no cover - compiled
+    return cap * math.tanh(x / cap) if cap > 0.0 else x
+
+
 @njit(**_KERNEL)
 def mlstm_decode(up, conv, C, n, m, conv_w, conv_b, qk_w, v_w, gate_w, gate_b, norm_w, skip, out, conv2, C2, n2, m2,
                  cb, qb, kb, vb, gb, ob, cap, sigmoid_forget, eps, norm_eps, lo, hi):  # pragma: no cover - compiled
     """The mLSTM block's token (rnnlab.layers.mlstm, layout "block"), per row b: up (B, 2E) = [x_m | z]; c = SiLU(conv
     x_m); q, k = the headwise projections of c, v of x_m; [ĩ | f̃] = gate_w [q; k; v] + gate_b (soft-capped when cap > 0);
-    per head (K = V = E / H): the stabilized cell (rnnlab.ops.mlstm.mlstm_step: m' = max(log f + m, ĩ), C ← f'C +
-    i'(k/√K) vᵀ, n ← f'n + i' k/√K, h = Cᵀq / (max(|nᵀq|, e^−m') + eps)), LayerNorm per head, then out = (skip ⊙ c +
-    norm_w ⊙ h) ⊙ SiLU(z). New states conv2, C2, n2, m2; scratch rows cb, qb, kb, vb (B, E), gb (B, 2H), ob (B, V)."""
+    per head (K = V = E / H) the cell and its norm (``_mlstm_head``), then out = (skip ⊙ c + norm_w ⊙ h) ⊙ SiLU(z).
+    New states conv2, C2, n2, m2; scratch rows cb, qb, kb, vb (B, E), gb (B, 2H), ob (B, V)."""
     H, K = C.shape[1], C.shape[2]
     E = H * K
-    scale = 1.0 / math.sqrt(K)
     for b in range(lo, hi):
         xm, z, c, q, k, v, g, o, y = up[b, :E], up[b, E:], cb[b], qb[b], kb[b], vb[b], gb[b], ob[b], out[b]
         _conv_silu(xm, conv[b], conv_w, conv_b, True, c, conv2[b])
@@ -210,40 +251,34 @@ def mlstm_decode(up, conv, C, n, m, conv_w, conv_b, qk_w, v_w, gate_w, gate_b, n
             s = gate_b[r]
             for e in range(E):
                 s += gate_w[r, e] * q[e] + gate_w[r, E + e] * k[e] + gate_w[r, 2 * E + e] * v[e]
-            g[r] = cap * math.tanh(s / cap) if cap > 0.0 else s
+            g[r] = _cap(s, cap)
         for h in range(H):
-            it, ft = g[h], g[H + h]
-            logf = min(ft, 0.0) - math.log1p(math.exp(-abs(ft))) if sigmoid_forget else ft
-            lfm = logf + m[b, h]
-            m_new = max(lfm, it)
-            f_s, i_s = math.exp(lfm - m_new), math.exp(it - m_new)
-            m2[b, h] = m_new
-            Ch, C2h, nh, n2h = C[b, h], C2[b, h], n[b, h], n2[b, h]
-            for j in range(K):
-                o[j] = 0.0
-            qn = 0.0
-            for a in range(K):
-                ka, qa = k[h * K + a] * scale, q[h * K + a]
-                nv = f_s * nh[a] + ka * i_s
-                n2h[a] = nv
-                qn += qa * nv
-                for j in range(K):
-                    cv = f_s * Ch[a, j] + ka * (v[h * K + j] * i_s)
-                    C2h[a, j] = cv
-                    o[j] += qa * cv
-            den = max(abs(qn), math.exp(-m_new)) + eps
-            mean = 0.0
-            for j in range(K):
-                o[j] = o[j] / den
-                mean += o[j]
-            mean /= K
-            var = 0.0
-            for j in range(K):
-                var += (o[j] - mean) * (o[j] - mean)
-            r = 1.0 / math.sqrt(var / K + norm_eps)
+            sl = slice(h * K, (h + 1) * K)
+            m2[b, h] = _mlstm_head(q[sl], k[sl], v[sl], g[h], g[H + h], m[b, h], C[b, h], n[b, h], C2[b, h], n2[b, h],
+                                   sigmoid_forget, eps, norm_eps, o)
             for j in range(K):
                 e = h * K + j
-                y[e] = (skip[e] * c[e] + (o[j] - mean) * r * norm_w[e]) * _silu(z[e])
+                y[e] = (skip[e] * c[e] + o[j] * norm_w[e]) * _silu(z[e])
+
+
+@njit(**_KERNEL)
+def mlstm_dense_decode(proj, C, n, m, norm_w, out, C2, n2, m2, ob, cap, sigmoid_forget, eps, norm_eps, lo, hi):  # pragma: no cover - compiled
+    """The dense mLSTM layer's token (rnnlab.layers.mlstm, layout "dense", xLSTM 7B's), per row b: proj (B, ·) =
+    [q (H·K) | k (H·K) | v (E) | o (E) | ĩ (H) | f̃ (H)] (the input projection and the gates side by side; the gates
+    soft-capped when cap > 0); per head the cell and its norm (``_mlstm_head``), then out = norm_w ⊙ h ⊙ σ(o).
+    New states C2, n2, m2; scratch ob (B, V)."""
+    H, K, V = C.shape[1], C.shape[2], C.shape[3]
+    QK, E = H * K, H * V
+    for b in range(lo, hi):
+        x, o, y = proj[b], ob[b], out[b]
+        gi = 2 * QK + 2 * E
+        for h in range(H):
+            m2[b, h] = _mlstm_head(x[h * K:(h + 1) * K], x[QK + h * K:QK + (h + 1) * K], x[2 * QK + h * V:2 * QK + (h + 1) * V],
+                                   _cap(x[gi + h], cap), _cap(x[gi + H + h], cap), m[b, h], C[b, h], n[b, h], C2[b, h],
+                                   n2[b, h], sigmoid_forget, eps, norm_eps, o)
+            for j in range(V):
+                e = h * V + j
+                y[e] = o[j] * norm_w[e] / (1.0 + math.exp(-x[2 * QK + E + e]))
 
 
 @njit(**_INLINE)
@@ -268,34 +303,51 @@ def _exp_row(s, n, fast):  # pragma: no cover - compiled
             s[i] = math.exp(s[i])
 
 
+@njit(**_INLINE)
+def _rms_rotate(x, w, normed, eps, rotate, C, S, rd):  # pragma: no cover - compiled
+    """In place on one head x (d,): RMSNorm with weight w when ``normed``, then the rotation of its first rd entries by
+    a row (C, S) of ``parts.rotary_rows`` (pairs i, i + rd/2: x·C + roll(x)·S, as ``parts.rotary_at``)."""
+    d = x.shape[0]
+    if normed:
+        s = 0.0
+        for i in range(d):
+            s += x[i] * x[i]
+        r = 1.0 / math.sqrt(s / d + eps)
+        for i in range(d):
+            x[i] = x[i] * r * w[i]
+    if rotate:
+        half = rd // 2
+        for i in range(half):
+            a, b = x[i], x[i + half]
+            x[i] = a * C[i] + b * S[i]
+            x[i + half] = b * C[i + half] + a * S[i + half]
+
+
 @njit(**_KERNEL)
-def attention_decode(qkv, rows, idx, kbuf, vbuf, kstart, vstart, L, out, sc, qr, kr, H, rotate, gated, fast, lo, hi):  # pragma: no cover - compiled
+def attention_decode(qkv, rows, idx, kbuf, vbuf, q_w, k_w, kstart, vstart, L, out, sc, qr, kr, H, rotate, normed, eps, gated,
+                     fast, lo, hi):  # pragma: no cover - compiled
     """Softmax attention's token (rnnlab.layers.attention ``step``) for units u = b·H + h in [lo, hi): qkv (B, P) =
-    [q (H·d) | k (H_kv·d) | v (H_kv·d) | gate (H·d) if gated]; q and k rotated by row idx[b] of rows (n, 2, d) =
-    (C, S) of ``parts.rotary_rows`` when ``rotate``; head h reads kv head h // (H / H_kv) of kbuf, vbuf (B, H_kv, cap, d)
-    at [kstart, kstart + L), [vstart, vstart + L) and the new token; out (B, H·d) = softmax(q kᵀ/√d) v (· σ(gate)). The
+    [q (H·d) | k (H_kv·d) | v (H_kv·d) | gate (H·d) if gated]; q and k RMS-normed per head with weights q_w, k_w when
+    ``normed`` (eps), then their first rd entries rotated by row idx[b] of rows (n, 2, rd) = (C, S) of
+    ``parts.rotary_rows`` when ``rotate``; head h reads kv head h // (H / H_kv) of kbuf, vbuf (B, H_kv, cap, d) at
+    [kstart, kstart + L), [vstart, vstart + L) and the new token; out (B, H·d) = softmax(q kᵀ/√d) v (· σ(gate)). The
     first query head of each kv head writes the new k, v at slots kstart + L, vstart + L (no unit reads them). fast:
-    float32 rows (the vectorized exp). Scratch: sc
-    (B·H, L + 1), qr, kr (B·H, d)."""
+    float32 rows (the vectorized exp). Scratch: sc (B·H, L + 1), qr, kr (B·H, d)."""
     hkv, d = kbuf.shape[1], kbuf.shape[3]
     G = H // hkv
-    half = d // 2
+    rd = rows.shape[2]
     scale = 1.0 / math.sqrt(d)
     for u in range(lo, hi):
         b, h = u // H, u % H
         j = h // G
         x, q, k, s = qkv[b], qr[u], kr[u], sc[u]
         qo, ko, vo = h * d, (H + j) * d, (H + hkv + j) * d
-        if rotate:
-            C, S = rows[idx[b], 0], rows[idx[b], 1]
-            for i in range(d):
-                i2 = (i + half) % d
-                q[i] = x[qo + i] * C[i] + x[qo + i2] * S[i]
-                k[i] = x[ko + i] * C[i] + x[ko + i2] * S[i]
-        else:
-            for i in range(d):
-                q[i] = x[qo + i]
-                k[i] = x[ko + i]
+        for i in range(d):
+            q[i] = x[qo + i]
+            k[i] = x[ko + i]
+        C, S = rows[idx[b], 0], rows[idx[b], 1]
+        _rms_rotate(q, q_w, normed, eps, rotate, C, S, rd)
+        _rms_rotate(k, k_w, normed, eps, rotate, C, S, rd)
         Kb, Vb = kbuf[b, j], vbuf[b, j]
         zero = q[0] - q[0]  # accumulate in the rows' dtype (float32 vectorizes twice as wide as float64)
         for t in range(L):
@@ -334,8 +386,10 @@ def attention_decode(qkv, rows, idx, kbuf, vbuf, kstart, vstart, L, out, sc, qr,
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
-def attention_decode_parallel(qkv, rows, idx, kbuf, vbuf, kstart, vstart, L, out, sc, qr, kr, H, rotate, gated, fast):  # pragma: no cover - compiled
+def attention_decode_parallel(qkv, rows, idx, kbuf, vbuf, q_w, k_w, kstart, vstart, L, out, sc, qr, kr, H, rotate, normed, eps,
+                              gated, fast):  # pragma: no cover - compiled
     """``attention_decode`` with its units spread over numba's threads (the OpenMP pool torch uses: a fork costs a few µs,
     where a Python thread hand-off costs ~25; measured at 4 heads × 64, L = 512: 18.5 µs against 28 on one thread)."""
     for u in prange(qkv.shape[0] * H):
-        attention_decode(qkv, rows, idx, kbuf, vbuf, kstart, vstart, L, out, sc, qr, kr, H, rotate, gated, fast, u, u + 1)
+        attention_decode(qkv, rows, idx, kbuf, vbuf, q_w, k_w, kstart, vstart, L, out, sc, qr, kr, H, rotate, normed, eps, gated,
+                         fast, u, u + 1)

@@ -5,6 +5,8 @@ import torch
 
 from rnnlab.layers.parts import positions, rotary, rotary_at, rotary_cos_sin, rotary_rows
 from rnnlab.layers.registry import create_mixer
+from rnnlab.ops import decode
+from rnnlab.testing import assert_close
 
 
 @pytest.mark.parametrize("dim", [2, 8, 20, 64, 128])
@@ -47,7 +49,7 @@ def test_step_equals_the_general_form_bit_for_bit(kw, dtype):
     torch.manual_seed(0)
     m = create_mixer("attention", 24, num_heads=2, **kw).to(dtype).eval()
     x = torch.randn(3, 19, 24, dtype=dtype)
-    with torch.no_grad():
+    with torch.no_grad(), decode.enabled(False):  # the torch step (the fused kernel is tests/ops/test_decode.py's)
         _, s0 = m(x[:, :7])
         y_fast, s_fast = _steps(m, x[:, 7:], s0, m.step)
         y_ref, s_ref = _steps(m, x[:, 7:], s0, m._attend)
@@ -77,8 +79,11 @@ def test_rotary_rows_stay_few_far_into_a_sequence():
         _, s = m(torch.randn(2, 6, 16))
         s["pos"] = torch.tensor([10**7, 10**7 + 3])  # rows far on, at different positions (caches all real)
         x1 = torch.randn(2, 1, 16)
-        y, _ = m(x1, s)
+        with decode.enabled(False):
+            y, _ = m(x1, s)
+        y_kernel, _ = m(x1, s)  # the fused kernel reads the same rows
         y_ref, _ = m._attend(x1, s)
     assert torch.equal(y, y_ref)
+    assert_close(y_kernel, y_ref)
     start, rows = m.__dict__["_rotary_rows_cache"]
     assert start == 10**7 and rows.shape[0] == 256

@@ -20,6 +20,8 @@ CASES = [
     ("mamba2", {"headdim": 8, "d_state": 8, "ngroups": 2, "conv_bias": False, "bias": True}),
     ("mlstm", {"num_heads": 2}),
     ("mlstm", {"num_heads": 4, "forget_gate": "exp", "gate_soft_cap": 15.0, "eps": 1e-6}),
+    ("mlstm", {"num_heads": 2, "layout": "dense"}),
+    ("mlstm", {"num_heads": 4, "layout": "dense", "qk_dim_factor": 0.5, "gate_soft_cap": 15.0, "forget_gate": "exp"}),
 ]
 
 
@@ -141,6 +143,8 @@ ATTENTION = [
     ("attention", {"num_heads": 4, "num_kv_heads": 2, "output_gate": True}),
     ("attention", {"num_heads": 2, "rope_base": None}),
     ("sliding_attention", {"num_heads": 2, "window": 6}),
+    ("attention", {"num_heads": 2, "qk_norm": True, "output_gate": True, "rotary_dim": 4}),  # Qwen3.5's
+    ("sliding_attention", {"num_heads": 2, "window": 5, "rotary_dim": 8}),  # RecurrentGemma's partial rotary
 ]
 
 
