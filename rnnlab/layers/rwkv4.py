@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
+from rnnlab.layers.parts import param_derived
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import BACKENDS
 from rnnlab.ops.wkv4 import EMPTY_MAX, wkv4, wkv4_ref
@@ -106,7 +108,21 @@ class RWKV4(Mixer):
         return self._mix(x, state, lambda *a, **kw: wkv4(*a, **kw, backend=self.backend))
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        return self._mix(x, state, wkv4_ref)  # one token: the recurrence itself
+        """One token: the recurrence itself; on CPU without autograd the three token-shift lerps as one call, the three
+        projections as one bmm and the WKV with its gate in the fused decode kernel (rnnlab.ops.decode)."""
+        if decode.usable(x, *state.values(), self.time_decay):
+            return self._decode(x, state)
+        return self._mix(x, state, wkv4_ref)
+
+    def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        mix, weights, w = param_derived(self, "_decode_params", lambda *p: (
+            torch.stack(p[:3])[:, None], torch.stack([lin.t() for lin in p[3:6]]), -torch.exp(p[6])),
+            self.time_mix_k, self.time_mix_v, self.time_mix_r, self.key.weight, self.value.weight, self.receptance.weight,
+            self.time_decay)
+        x1 = x[:, 0]
+        kvr = torch.bmm(torch.lerp(state["shift"], x1, mix), weights).transpose(0, 1)  # (B, 3, D): [k, v, r]
+        out, (wkv,) = decode.fused_step("rwkv4_decode", self, kvr, [state["wkv"]], [w, self.time_first], self.d_model, [])
+        return self.output(out), {"shift": x1, "wkv": wkv}
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, backend={self.backend!r}"

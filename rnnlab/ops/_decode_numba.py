@@ -393,3 +393,26 @@ def attention_decode_parallel(qkv, rows, idx, kbuf, vbuf, q_w, k_w, kstart, vsta
     for u in prange(qkv.shape[0] * H):
         attention_decode(qkv, rows, idx, kbuf, vbuf, q_w, k_w, kstart, vstart, L, out, sc, qr, kr, H, rotate, normed, eps, gated,
                          fast, u, u + 1)
+
+
+@njit(**_KERNEL)
+def rwkv4_decode(kvr, wkv, w, u, out, wkv2, lo, hi):  # pragma: no cover - compiled
+    """RWKV-4 time-mix's token (rnnlab.layers.rwkv4) after its projections, per row b: kvr (B, 3D) = [k | v | r], the
+    state wkv (B, 3, D) = [num, den, max], w = −exp(time_decay), u = time_first (D,) -> out (B, D) = σ(r) ⊙ WKV and the
+    new state wkv2; WKV in the official kernel's stabilized arithmetic (rnnlab.ops.wkv4.wkv4_ref)."""
+    D = w.shape[0]
+    for b in range(lo, hi):
+        x = kvr[b]
+        for c in range(D):
+            k, v, r = x[c], x[D + c], x[2 * D + c]
+            aa, bb, pp = wkv[b, 0, c], wkv[b, 1, c], wkv[b, 2, c]
+            ww = u[c] + k
+            q = max(pp, ww)
+            e1, e2 = math.exp(pp - q), math.exp(ww - q)
+            out[b, c] = (e1 * aa + e2 * v) / (e1 * bb + e2) / (1.0 + math.exp(-r))
+            ww = pp + w[c]
+            p = max(ww, k)
+            e1, e2 = math.exp(ww - p), math.exp(k - p)
+            wkv2[b, 0, c] = e1 * aa + e2 * v
+            wkv2[b, 1, c] = e1 * bb + e2
+            wkv2[b, 2, c] = p

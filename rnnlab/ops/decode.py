@@ -86,7 +86,7 @@ def fused_step(kernel: str, owner, x: Tensor, states: list[Tensor], weights: lis
     out = torch.empty(B, out_width, dtype=x.dtype)
     new = [torch.empty_like(s) for s in states]
     npdt = out.numpy().dtype
-    arrays = [_arr(x.view(B, -1)), *map(_arr, states), *_weights(owner, weights), out.numpy(), *(t.numpy() for t in new),
+    arrays = [_arr(x.reshape(B, -1)), *map(_arr, states), *_weights(owner, weights), out.numpy(), *(t.numpy() for t in new),
               *(np.empty((B, w), npdt) for w in scratch)]
     fn = getattr(_kernels(), kernel)
     if B < 2 * _MIN_ROWS:

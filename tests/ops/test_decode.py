@@ -22,6 +22,7 @@ CASES = [
     ("mlstm", {"num_heads": 4, "forget_gate": "exp", "gate_soft_cap": 15.0, "eps": 1e-6}),
     ("mlstm", {"num_heads": 2, "layout": "dense"}),
     ("mlstm", {"num_heads": 4, "layout": "dense", "qk_dim_factor": 0.5, "gate_soft_cap": 15.0, "forget_gate": "exp"}),
+    ("rwkv4", {"zero_init": False, "layer_id": 1, "num_layers": 3}),
 ]
 
 
@@ -95,10 +96,10 @@ def test_training_mode_keeps_autograd():
     assert m.q_proj.weight.grad is not None and m.q_proj.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name,kw", [CASES[2], CASES[5], CASES[7]])
+@pytest.mark.parametrize("name,kw", [CASES[2], CASES[5], CASES[7], CASES[-1]])
 def test_weights_follow_updates(name, kw):
-    """The weights' cached views see in-place updates (an optimizer step, load_state_dict) and are rebuilt when a
-    parameter is replaced."""
+    """The weights' cached views see in-place updates (an optimizer step, load_state_dict; rwkv4's derived weights are
+    recomputed) and are rebuilt when a parameter is replaced."""
     m = _mixer(name, kw)
     x = torch.randn(2, 4, D)
     with torch.inference_mode():
