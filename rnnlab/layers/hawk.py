@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.parts import ShortConv, fused_linear, param_derived, positions
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.chunk import acc_dtype, cast
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import BACKENDS, linear_scan
@@ -185,9 +186,26 @@ class Hawk(Mixer):
         return self._out(h, gate), {**new, "h": h_last}
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One token; on CPU without autograd the block between its projections in the fused decode kernel
+        (rnnlab.ops.decode)."""
+        if decode.usable(x, state["conv"], state["h"], self.Lambda, float64=True):
+            return self._decode(x, state)
         a, b, gate, new = self._coeffs(x, state)
         h = a[:, 0] * cast(state["h"], a.dtype) + b[:, 0]  # not addcmul: its fused multiply-add rounds otherwise
         return self._out(h.unsqueeze(1), gate), {**new, "h": h}
+
+    def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        R = self.d_rnn
+        # the gates as (nb, w, w) blocks (a dense gate: one block) and softplus(−Λ), kept while the parameters are unchanged
+        wa, wx, sp = param_derived(self, "_decode_gates", lambda a, b, lam: (
+            *(w if w.dim() == 3 else w.view(1, R, R) for w in (a, b)), F.softplus(-lam)), self.gate_a.weight, self.gate_x.weight, self.Lambda)
+        keys = ["conv", "h"] + ["pos"] * self.reset_first_token
+        pos = state["pos"] if self.reset_first_token else state["h"].new_zeros(x.shape[0], dtype=torch.int64)
+        out, new = decode.fused_step(
+            "hawk_decode", self, fused_linear(x, [self.linear_y, self.linear_x], whole=True), [state["conv"], state["h"], pos],
+            [self.conv.weight, self.conv.bias, wa, wx, self.gate_a.bias, self.gate_x.bias, sp],
+            R, [R], self.c, self.reset_first_token)
+        return self.linear_out(out), dict(zip(keys, new))
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_rnn={self.d_rnn}, c={self.c}, backend={self.backend!r}, "

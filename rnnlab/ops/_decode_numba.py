@@ -416,3 +416,47 @@ def rwkv4_decode(kvr, wkv, w, u, out, wkv2, lo, hi):  # pragma: no cover - compi
             wkv2[b, 0, c] = e1 * aa + e2 * v
             wkv2[b, 1, c] = e1 * bb + e2
             wkv2[b, 2, c] = p
+
+
+@njit(**_KERNEL)
+def hawk_decode(proj, conv, h, pos, conv_w, conv_b, wa, wx, ba, bx, sp, out, conv2, h2, pos2, xc, c, reset, lo, hi):  # pragma: no cover - compiled
+    """Griffin's recurrent block's token (rnnlab.layers.hawk, RG-LRU) after its input projections, per row b: proj
+    (B, 2R) = [y | x]; x_c = conv(x) (bias, no activation) with state conv (B, W-1, R); r = σ(W_a x_c + b_a), i = σ(W_x
+    x_c + b_x) with W_a, W_x block-diagonal (nb, w, w), nb·w = R (nb = 1: dense); log a = −c·r·sp, sp = softplus(−Λ);
+    h ← a h + √(1 − a²)(i ⊙ x_c), at a sequence's first token (``reset`` and pos = 0) h = i ⊙ x_c; out (B, R) =
+    h ⊙ GeLU_tanh(y). New states conv2, h2, pos2 = pos + 1; scratch xc (B, R)."""
+    R = h.shape[1]
+    nb, w = wa.shape[0], wa.shape[2]
+    for b in range(lo, hi):
+        x, u = proj[b], xc[b]
+        W = conv_w.shape[1]
+        for k in range(R):
+            acc = conv_b[k]
+            for j in range(W - 1):
+                acc += conv[b, j, k] * conv_w[k, j]
+            u[k] = acc + x[R + k] * conv_w[k, W - 1]
+        for j in range(W - 2):
+            for k in range(R):
+                conv2[b, j, k] = conv[b, j + 1, k]
+        if W > 1:
+            for k in range(R):
+                conv2[b, W - 2, k] = x[R + k]
+        first = reset and pos[b] == 0
+        pos2[b] = pos[b] + 1
+        for n in range(nb):
+            for o in range(w):
+                k = n * w + o
+                ra, rx = ba[k], bx[k]
+                for i in range(w):
+                    ra += wa[n, o, i] * u[n * w + i]
+                    rx += wx[n, o, i] * u[n * w + i]
+                ra = 1.0 / (1.0 + math.exp(-ra))
+                rx = 1.0 / (1.0 + math.exp(-rx))
+                log_a = -c * ra * sp[k]
+                if first:
+                    hk = rx * u[k]
+                else:
+                    hk = math.exp(log_a) * h[b, k] + math.sqrt(-math.expm1(2.0 * log_a)) * (rx * u[k])
+                h2[b, k] = hk
+                y = x[k]
+                out[b, k] = hk * (0.5 * y * (1.0 + math.tanh(0.7978845608028654 * (y + 0.044715 * y * y * y))))

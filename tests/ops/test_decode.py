@@ -22,6 +22,8 @@ CASES = [
     ("mlstm", {"num_heads": 4, "forget_gate": "exp", "gate_soft_cap": 15.0, "eps": 1e-6}),
     ("mlstm", {"num_heads": 2, "layout": "dense"}),
     ("mlstm", {"num_heads": 4, "layout": "dense", "qk_dim_factor": 0.5, "gate_soft_cap": 15.0, "forget_gate": "exp"}),
+    ("hawk", {}),
+    ("hawk", {"expansion": 1.0, "gate_blocks": 4, "reset_first_token": True}),  # RecurrentGemma's
     ("rwkv4", {"zero_init": False, "layer_id": 1, "num_layers": 3}),
 ]
 
@@ -57,22 +59,36 @@ def test_kernel_equals_torch_step(name, kw, batch):
     assert s.keys() == s_ref.keys()
     for key in s_ref:
         assert s[key].dtype == s_ref[key].dtype and s[key].shape == s_ref[key].shape
-        assert_close(s[key], s_ref[key], name=f"{name} state {key}")
+        if s[key].is_floating_point():
+            assert_close(s[key], s_ref[key], name=f"{name} state {key}")
+        else:  # positions
+            assert torch.equal(s[key], s_ref[key])
 
 
 def test_float64_policy():
-    """mamba2 computes in float64 for a float64 module (its kernel too: equal to 1e-10); the delta rule and mLSTM
-    compute in float32 inside, so their float64 steps stay the torch step's."""
-    m = _mixer("mamba2", {"headdim": 8, "d_state": 8}, torch.float64)
-    x = torch.randn(2, 12, D, dtype=torch.float64)
-    with torch.inference_mode():
-        y_ref, s_ref = _steps(m, x, None, kernels=False)
-        y, s = _steps(m, x, None, kernels=True)
-    assert_close(y, y_ref, name="y")
-    assert_close(s["h"], s_ref["h"], name="h")
+    """The delta rule and mLSTM compute in float32 inside, so their float64 steps stay the torch step's (a float64 kernel
+    would be more exact than the layer's own forms); mamba2, hawk and attention compute in float64 and take it."""
     x1 = torch.randn(1, 1, D, dtype=torch.float64)
     for name in ("gated_deltanet", "mlstm"):
         assert not decode.usable(x1, *_mixer(name, {"num_heads": 2}, torch.float64).parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_first_tokens_from_the_empty_state(dtype):
+    """Stepping from the initial state: RG-LRU's first-token reset (pos 0) and mamba2's float64 arithmetic (its torch
+    step computes in float64: the kernel equals it to 1e-10)."""
+    for name, kw in [("hawk", {"expansion": 1.0, "gate_blocks": 2, "reset_first_token": True}), ("mamba2", {"headdim": 8, "d_state": 8})]:
+        m = _mixer(name, kw, dtype)
+        x = torch.randn(2, 12, D, dtype=dtype)
+        with torch.inference_mode():
+            y_ref, s_ref = _steps(m, x, None, kernels=False)
+            y, s = _steps(m, x, None, kernels=True)
+        assert_close(y, y_ref, name=f"{name} y")
+        for key in s_ref:
+            if s[key].is_floating_point():
+                assert_close(s[key], s_ref[key], name=f"{name} {key}")
+            else:  # positions
+                assert torch.equal(s[key], s_ref[key])
 
 
 def test_policy():
