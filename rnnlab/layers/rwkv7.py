@@ -34,8 +34,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
-from rnnlab.layers.parts import LoRA
+from rnnlab.layers.parts import LoRA, param_derived
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.rwkv7 import chunk_rwkv7, fused_recurrent_rwkv7
 
 __all__ = ["RWKV7TimeMix", "RWKV7ChannelMix"]
@@ -150,8 +151,23 @@ class RWKV7TimeMix(Mixer):
         return self._mix(x, state, functools.partial(chunk_rwkv7, chunk_size=self.chunk_size))
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, 1, D) -> (y (B, 1, D), state): one diagonal-plus-rank-one update."""
+        """x (B, 1, D) -> (y (B, 1, D), state): one diagonal-plus-rank-one update (on CPU without autograd the fused
+        decode kernel, rnnlab.ops.decode, up to the output projection)."""
+        if decode.usable(x, *state.values(), self.x_r):
+            return self._decode(x, state)
         return self._mix(x, state, fused_recurrent_rwkv7)
+
+    def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        mu = param_derived(self, "_decode_mu", lambda *m: torch.stack(m), self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g)
+        w, a, g = self.w_lora, self.a_lora, self.g_lora
+        D, N = self.d_model, self.head_size
+        out, (shift, S) = decode.fused_step(
+            "rwkv7_decode", self, x, [state["shift"], state["S"]],
+            [mu, self.receptance.weight, self.key.weight, self.value.weight, w.down.weight, w.up.weight, w.up.bias,
+             a.down.weight, a.up.weight, a.up.bias, g.down.weight, g.up.weight, self.k_k, self.k_a, self.r_k, self.ln_x.weight,
+             self.ln_x.bias], D, [6 * D] + [D] * 6 + [max(w.down.out_features, a.down.out_features, g.down.out_features), N],
+            self.ln_x.eps)
+        return self.output(out), {"shift": shift, "S": S}
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, head_size={self.head_size}"

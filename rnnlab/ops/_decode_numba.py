@@ -460,3 +460,96 @@ def hawk_decode(proj, conv, h, pos, conv_w, conv_b, wa, wx, ba, bx, sp, out, con
                 h2[b, k] = hk
                 y = x[k]
                 out[b, k] = hk * (0.5 * y * (1.0 + math.tanh(0.7978845608028654 * (y + 0.044715 * y * y * y))))
+
+
+@njit(**_INLINE)
+def _matvec(W, x, bias, has_bias, y):  # pragma: no cover - compiled
+    """y = W x (+ bias): W (out, in) row-major, one dot product per output."""
+    for o in range(W.shape[0]):
+        s = bias[o] if has_bias else 0.0
+        for i in range(W.shape[1]):
+            s += W[o, i] * x[i]
+        y[o] = s
+
+
+@njit(**_KERNEL)
+def rwkv7_decode(x, shift, S, mu, Wr, Wk, Wv, wd, wu, wb, ad, au, ab, gd, gu, k_k, k_a, r_k, ln_w, ln_b, out, shift2, S2,
+                 xs, r, k, v, lw, la, lg, low, aS, ln_eps, lo, hi):  # pragma: no cover - compiled
+    """RWKV-7 time-mix's token (rnnlab.layers.rwkv7) before its output projection, per row b: x (B, D) the input,
+    shift (B, D) the previous one, S (B, H, N, N) stored transposed; mu (6, D) the token-shift mixes of r, w, k, v, a, g;
+    r, k, v = W x◇; log w = −e^{−1/2} σ(wb + wu tanh(wd x_w)); a = σ(ab + au ad x_a); g = gu σ(gd x_g); per head κ̂ =
+    normalize(k ⊙ k_k), k̃ = k ⊙ (1 + (a − 1) ⊙ k_a); Sᵀ ← e^{log w} ⊙ Sᵀ + (κ̂ ⊙ a)(−κ̂ᵀSᵀ) + k̃ vᵀ, o = S r
+    (rnnlab.ops.rwkv7.fused_recurrent_rwkv7 with a = −κ̂, b = κ̂ ⊙ a); out = (GroupNorm_head(o) + (r·(r_k ⊙ k̃)) v) ⊙ g.
+    New states shift2 = x, S2; scratch rows xs (B, 6D), r, k, v, lw, la, lg (B, D), low (B, rank), aS (B, N)."""
+    D = x.shape[1]
+    H, N = S.shape[1], S.shape[2]
+    ew = math.exp(-0.5)
+    for bi in range(lo, hi):
+        xb, pb, xm = x[bi], shift[bi], xs[bi]
+        for c in range(D):
+            dx = pb[c] - xb[c]
+            for j in range(6):
+                xm[j * D + c] = xb[c] + dx * mu[j, c]
+            shift2[bi, c] = xb[c]
+        rb, kb, vb, wl, al, gl, lr = r[bi], k[bi], v[bi], lw[bi], la[bi], lg[bi], low[bi]
+        _matvec(Wr, xm[0:D], wb, False, rb)
+        _matvec(Wk, xm[2 * D:3 * D], wb, False, kb)
+        _matvec(Wv, xm[3 * D:4 * D], wb, False, vb)
+        h1 = lr[:wd.shape[0]]
+        _matvec(wd, xm[D:2 * D], wb, False, h1)
+        for i in range(h1.shape[0]):
+            h1[i] = math.tanh(h1[i])
+        _matvec(wu, h1, wb, True, wl)
+        h1 = lr[:ad.shape[0]]
+        _matvec(ad, xm[4 * D:5 * D], wb, False, h1)
+        _matvec(au, h1, ab, True, al)
+        h1 = lr[:gd.shape[0]]
+        _matvec(gd, xm[5 * D:6 * D], wb, False, h1)
+        for i in range(h1.shape[0]):
+            h1[i] = 1.0 / (1.0 + math.exp(-h1[i]))
+        _matvec(gu, h1, wb, False, gl)
+        for c in range(D):
+            wl[c] = math.exp(-ew / (1.0 + math.exp(-wl[c])))  # the decay e^{log w}
+            al[c] = 1.0 / (1.0 + math.exp(-al[c]))
+        a_s = aS[bi]
+        for h in range(H):
+            o0 = h * N
+            nrm = 0.0
+            for i in range(N):
+                kk = kb[o0 + i] * k_k[o0 + i]
+                nrm += kk * kk
+            nrm = 1.0 / max(math.sqrt(nrm), 1e-12)
+            Sb, Sn = S[bi, h], S2[bi, h]
+            for j in range(N):
+                a_s[j] = 0.0
+            for i in range(N):
+                kh = -kb[o0 + i] * k_k[o0 + i] * nrm  # a = −κ̂
+                for j in range(N):
+                    a_s[j] += kh * Sb[i, j]
+            bonus = 0.0
+            for i in range(N):
+                c = o0 + i
+                kap = kb[c] * k_k[c] * nrm
+                bb = kap * al[c]  # b = κ̂ ⊙ a
+                kt = kb[c] * (1.0 + (al[c] - 1.0) * k_a[c])  # k̃
+                bonus += rb[c] * r_k[h, i] * kt
+                for j in range(N):
+                    Sn[i, j] = Sb[i, j] * wl[c] + bb * a_s[j] + kt * vb[o0 + j]
+            ob = out[bi, o0:o0 + N]
+            for j in range(N):
+                ob[j] = 0.0
+            for i in range(N):
+                ri = rb[o0 + i]
+                for j in range(N):
+                    ob[j] += ri * Sn[i, j]
+            mean = 0.0
+            for j in range(N):
+                mean += ob[j]
+            mean /= N
+            var = 0.0
+            for j in range(N):
+                var += (ob[j] - mean) * (ob[j] - mean)
+            rs = 1.0 / math.sqrt(var / N + ln_eps)
+            for j in range(N):
+                c = o0 + j
+                ob[j] = ((ob[j] - mean) * rs * ln_w[c] + ln_b[c] + bonus * vb[c]) * gl[c]

@@ -24,6 +24,7 @@ CASES = [
     ("mlstm", {"num_heads": 4, "layout": "dense", "qk_dim_factor": 0.5, "gate_soft_cap": 15.0, "forget_gate": "exp"}),
     ("hawk", {}),
     ("hawk", {"expansion": 1.0, "gate_blocks": 4, "reset_first_token": True}),  # RecurrentGemma's
+    ("rwkv7", {"head_size": 8, "zero_init_output": False, "layer_idx": 2, "num_layers": 4}),
     ("rwkv4", {"zero_init": False, "layer_id": 1, "num_layers": 3}),
 ]
 
