@@ -33,8 +33,10 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
+from rnnlab.layers.parts import param_derived
 from rnnlab.layers.registry import register_mixer
 from rnnlab.layers.rwkv4 import RWKV4ChannelMix, _rwkv_linear
+from rnnlab.ops import decode
 from rnnlab.ops.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6
 
 __all__ = ["RWKV6TimeMix", "RWKV6ChannelMix"]
@@ -121,8 +123,24 @@ class RWKV6TimeMix(Mixer):
         return self._mix(x, state, functools.partial(chunk_rwkv6, chunk_size=self.chunk_size))
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, 1, D) -> (y, state): one recurrent update."""
+        """x (B, 1, D) -> (y, state): one recurrent update (on CPU without autograd the fused decode kernel,
+        rnnlab.ops.decode, up to the output projection)."""
+        if decode.usable(x, *state.values(), self.maa_x):
+            return self._decode(x, state)
         return self._mix(x, state, fused_recurrent_rwkv6)
+
+    def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        # the LoRAs' input-major factors transposed to (out, in) rows, kept while the parameters are unchanged
+        w1t, w2t, dw1t, dw2t = param_derived(self, "_decode_loras", lambda w1, w2, d1, d2: (
+            w1.t().contiguous(), w2.transpose(1, 2).contiguous(), d1.t().contiguous(), d2.t().contiguous()),
+            self.maa_w1, self.maa_w2, self.decay_w1, self.decay_w2)
+        D = self.d_model
+        out, (shift, S) = decode.fused_step(
+            "rwkv6_decode", self, x, [state["shift"], state["S"]],
+            [self.maa_x, self.maa, w1t, w2t, self.receptance.weight, self.key.weight, self.value.weight, self.gate.weight,
+             self.time_decay, dw1t, dw2t, self.time_first, self.ln_x.weight, self.ln_x.bias], D,
+            [5 * D, self.maa_w1.shape[1], D, D, D, D, D, self.decay_w1.shape[1]], self.ln_x.eps)
+        return self.output(out), {"shift": shift, "S": S}
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, head_size={self.head_size}"

@@ -553,3 +553,76 @@ def rwkv7_decode(x, shift, S, mu, Wr, Wk, Wv, wd, wu, wb, ad, au, ab, gd, gu, k_
             for j in range(N):
                 c = o0 + j
                 ob[j] = ((ob[j] - mean) * rs * ln_w[c] + ln_b[c] + bonus * vb[c]) * gl[c]
+
+
+@njit(**_INLINE)
+def _group_norm_head(o, w, b, eps):  # pragma: no cover - compiled
+    """o (N,) -> (o − mean) / √(var + eps) · w + b in place (GroupNorm over one head's channels)."""
+    N = o.shape[0]
+    mean = 0.0
+    for j in range(N):
+        mean += o[j]
+    mean /= N
+    var = 0.0
+    for j in range(N):
+        var += (o[j] - mean) * (o[j] - mean)
+    rs = 1.0 / math.sqrt(var / N + eps)
+    for j in range(N):
+        o[j] = (o[j] - mean) * rs * w[j] + b[j]
+
+
+@njit(**_KERNEL)
+def rwkv6_decode(x, shift, S, maa_x, maa, w1t, w2t, Wr, Wk, Wv, Wg, time_decay, dw1t, dw2t, u, ln_w, ln_b, out, shift2, S2,
+                 xs, lora, r, k, v, g, dd, low, ln_eps, lo, hi):  # pragma: no cover - compiled
+    """RWKV-6 time-mix's token (rnnlab.layers.rwkv6) before its output projection, per row b: x, shift (B, D), S (B, H,
+    N, N); the data-dependent token shift x◇ = x + (x_{t-1} − x)(maa◇ + w2◇ tanh(w1 (x + (x_{t-1} − x) maa_x))) for
+    ◇ = w, k, v, r, g (w1t, w2t transposed: (5r, D), (5, D, r)); r, k, v = W x◇, g = SiLU(W_g x_g); decay e^{−e^d},
+    d = time_decay + dw2 tanh(dw1 x_w) (transposed); per head o = Sᵀr + (r·(u ⊙ k)) v, then S ← decay ⊙ S + k vᵀ
+    (rnnlab.ops.rwkv6.fused_recurrent_rwkv6, scale 1); out = GroupNorm_head(o) ⊙ g. New states shift2 = x, S2;
+    scratch rows xs (B, 5D), lora (B, 5r), r, k, v, g, dd (B, D), low (B, rank of the decay)."""
+    D = x.shape[1]
+    H, N = S.shape[1], S.shape[2]
+    R = w2t.shape[2]
+    for bi in range(lo, hi):
+        xb, pb, xm, lr, db, lw = x[bi], shift[bi], xs[bi], lora[bi], dd[bi], low[bi]
+        for c in range(D):
+            db[c] = xb[c] + (pb[c] - xb[c]) * maa_x[c]  # x + xx ⊙ maa_x (dd as scratch)
+            shift2[bi, c] = xb[c]
+        _matvec(w1t, db, maa_x, False, lr)
+        for j in range(lr.shape[0]):
+            lr[j] = math.tanh(lr[j])
+        for f in range(5):
+            for c in range(D):
+                m = maa[f, c]
+                for j in range(R):
+                    m += w2t[f, c, j] * lr[f * R + j]
+                xm[f * D + c] = xb[c] + (pb[c] - xb[c]) * m
+        rb, kb, vb, gb = r[bi], k[bi], v[bi], g[bi]
+        _matvec(Wr, xm[3 * D:4 * D], maa_x, False, rb)
+        _matvec(Wk, xm[D:2 * D], maa_x, False, kb)
+        _matvec(Wv, xm[2 * D:3 * D], maa_x, False, vb)
+        _matvec(Wg, xm[4 * D:5 * D], maa_x, False, gb)
+        _matvec(dw1t, xm[0:D], maa_x, False, lw)
+        for j in range(lw.shape[0]):
+            lw[j] = math.tanh(lw[j])
+        _matvec(dw2t, lw, time_decay, True, db)
+        for c in range(D):
+            db[c] = math.exp(-math.exp(db[c]))
+            gb[c] = _silu(gb[c])
+        for h in range(H):
+            o0 = h * N
+            Sb, Sn = S[bi, h], S2[bi, h]
+            ob = out[bi, o0:o0 + N]
+            bonus = 0.0
+            for i in range(N):
+                bonus += rb[o0 + i] * u[h, i] * kb[o0 + i]
+            for j in range(N):
+                ob[j] = bonus * vb[o0 + j]
+            for i in range(N):
+                ri, ki, di = rb[o0 + i], kb[o0 + i], db[o0 + i]
+                for j in range(N):
+                    ob[j] += ri * Sb[i, j]
+                    Sn[i, j] = di * Sb[i, j] + ki * vb[o0 + j]
+            _group_norm_head(ob, ln_w[o0:o0 + N], ln_b[o0:o0 + N], ln_eps)
+            for j in range(N):
+                ob[j] *= gb[o0 + j]

@@ -25,6 +25,7 @@ CASES = [
     ("hawk", {}),
     ("hawk", {"expansion": 1.0, "gate_blocks": 4, "reset_first_token": True}),  # RecurrentGemma's
     ("rwkv7", {"head_size": 8, "zero_init_output": False, "layer_idx": 2, "num_layers": 4}),
+    ("rwkv6", {"head_size": 8, "zero_init": False, "layer_idx": 1, "num_layers": 3, "mix_rank": 4, "decay_rank": 8}),
     ("rwkv4", {"zero_init": False, "layer_id": 1, "num_layers": 3}),
 ]
 
