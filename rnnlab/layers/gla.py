@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.parts import GatedRMSNorm, LoRA, fused_linear
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.chunk import cast
 from rnnlab.ops.forms import choose
 from rnnlab.ops.gla import chunk_gla, fused_recurrent_gla
@@ -83,7 +84,14 @@ class GLA(Mixer):
         return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, 1, D) -> (y, state): one recurrent update."""
+        """x (B, 1, D) -> (y, state): one recurrent update (on CPU without autograd the fused decode kernel,
+        rnnlab.ops.decode, between the projections)."""
+        if decode.usable(x, state["S"], self.o_norm.weight):
+            proj = fused_linear(x, [self.q_proj, self.k_proj, self.v_proj, self.gk_proj.down, self.g_proj], whole=True)
+            out, (S,) = decode.fused_step("gla_decode", self, proj, [state["S"]],
+                                          [self.gk_proj.up.weight, self.gk_proj.up.bias, self.o_norm.weight],
+                                          self.num_heads * self.head_v, [self.num_heads * self.head_k], self.tau, self.o_norm.eps)
+            return self.o_proj(out), {"S": S}
         return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:

@@ -12,7 +12,7 @@ from rnnlab.ops.chunk import cast
 from rnnlab.ops.conv import causal_conv1d
 
 __all__ = ["RMSNorm", "GatedRMSNorm", "ShortConv", "LoRA", "rotary", "rotary_cos_sin", "positions", "learned_initial_state",
-           "fused_linear", "fused_conv_step", "param_derived", "rotary_rows", "rotary_at"]
+           "fused_linear", "fused_conv_step", "param_derived", "rotary_rows", "rotary_at", "rotary_inv_freq"]
 
 
 def at_least_float32(x: Tensor) -> Tensor:
@@ -153,9 +153,13 @@ def param_derived(owner: nn.Module, name: str, fn, *params: Tensor):
 def rotary_cos_sin(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
     """positions (..., T) integer -> cos, sin of shape (..., T, dim/2) in float32 (Su et al. 2021, eq. 34).
     Per-row positions (B, T) give every row its own offset (rows at different positions)."""
-    inv_freq = base ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
-    angles = positions.float()[..., None] * inv_freq
+    angles = positions.float()[..., None] * rotary_inv_freq(dim, base, positions.device)
     return angles.cos(), angles.sin()
+
+
+def rotary_inv_freq(dim: int, base: float = 10000.0, device=None) -> Tensor:
+    """(dim/2,) float32: the rotary frequencies base^(−2i/dim); angle i of position p is p · inv_freq[i] in float32."""
+    return base ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
 
 
 def positions(pos: Tensor, T: int) -> Tensor:

@@ -24,8 +24,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
-from rnnlab.layers.parts import positions, rotary, rotary_cos_sin
+from rnnlab.layers.parts import fused_linear, positions, rotary, rotary_cos_sin, rotary_inv_freq
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import choose
 from rnnlab.ops.gla import chunk_simple_gla, fused_recurrent_simple_gla
 
@@ -85,7 +86,17 @@ class RetNet(Mixer):
         return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, 1, D) -> (y, state): recurrent retention (eq. 6)."""
+        """x (B, 1, D) -> (y, state): recurrent retention (eq. 6); on CPU without autograd the fused decode kernel
+        (rnnlab.ops.decode) between the projections."""
+        if decode.usable(x, state["S"], self.q_proj.weight):
+            inv_freq = self.__dict__.get("_inv_freq")  # a constant of the module (CPU: this path)
+            if inv_freq is None:
+                inv_freq = self.__dict__["_inv_freq"] = rotary_inv_freq(self.head_k, self.rope_base)
+            proj = fused_linear(x, [self.q_proj, self.k_proj, self.v_proj, self.g_proj], whole=True)
+            out, (S, pos) = decode.fused_step("retnet_decode", self, proj, [state["S"], state["pos"]],
+                                              [inv_freq, self.log_gamma, self.group_norm.weight, self.group_norm.bias],
+                                              self.num_heads * self.head_v, [2 * self.head_k], self.group_norm.eps)
+            return self.o_proj(out), {"S": S, "pos": pos}
         return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:

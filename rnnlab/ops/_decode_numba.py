@@ -626,3 +626,71 @@ def rwkv6_decode(x, shift, S, maa_x, maa, w1t, w2t, Wr, Wk, Wv, Wg, time_decay, 
             _group_norm_head(ob, ln_w[o0:o0 + N], ln_b[o0:o0 + N], ln_eps)
             for j in range(N):
                 ob[j] *= gb[o0 + j]
+
+
+@njit(**_INLINE)
+def _decay_write_read(Sb, Sn, q, scale, k, v, a, per_key, o):  # pragma: no cover - compiled
+    """One head of gated linear attention (rnnlab.ops.gla ``_fused``): Sn = a ⊙ Sb + k vᵀ (a (K,) per key when
+    ``per_key``, else a[0] for all), then o = Snᵀ (scale · q)."""
+    K, V = Sb.shape[0], Sb.shape[1]
+    for j in range(V):
+        o[j] = 0.0
+    for i in range(K):
+        ai = a[i] if per_key else a[0]
+        ki, qi = k[i], scale * q[i]
+        for j in range(V):
+            s = ai * Sb[i, j] + ki * v[j]
+            Sn[i, j] = s
+            o[j] += qi * s
+
+
+@njit(**_KERNEL)
+def gla_decode(proj, S, up_w, up_b, norm_w, out, S2, a, tau, eps, lo, hi):  # pragma: no cover - compiled
+    """GLA's token (rnnlab.layers.gla) between its projections, per row b: proj (B, ·) = [q (H·K) | k (H·K) | v (H·V) |
+    low (r) | og (H·V)]; the per-key decay α = exp(logσ(up_w low + up_b) / τ); per head the update and read-out
+    (``_decay_write_read``, scale 1/√K); out = GatedRMSNorm(o, og) (B, H·V). New state S2; scratch a (B, H·K)."""
+    H, K, V = S.shape[1], S.shape[2], S.shape[3]
+    QK, E, r = H * K, H * V, up_w.shape[1]
+    scale = 1.0 / math.sqrt(K)
+    for b in range(lo, hi):
+        x, ab = proj[b], a[b]
+        _matvec(up_w, x[2 * QK + E:2 * QK + E + r], up_b, True, ab)
+        for i in range(QK):
+            z = ab[i]
+            ab[i] = math.exp((min(z, 0.0) - math.log1p(math.exp(-abs(z)))) / tau)
+        og = 2 * QK + E + r
+        for h in range(H):
+            ob = out[b, h * V:(h + 1) * V]
+            _decay_write_read(S[b, h], S2[b, h], x[h * K:(h + 1) * K], scale, x[QK + h * K:QK + (h + 1) * K],
+                              x[2 * QK + h * V:2 * QK + (h + 1) * V], ab[h * K:(h + 1) * K], True, ob)
+            _rms_gate(ob, norm_w, eps, x[og + h * V:og + (h + 1) * V], True, ob)
+
+
+@njit(**_KERNEL)
+def retnet_decode(proj, S, pos, inv_freq, log_gamma, gn_w, gn_b, out, S2, pos2, qk, eps, lo, hi):  # pragma: no cover - compiled
+    """RetNet's token (rnnlab.layers.retnet) between its projections, per row b: proj (B, ·) = [q (H·K) | k (H·K) |
+    v (H·V) | g (H·V)]; q and k rotated at position pos[b] (angles pos · inv_freq in float32, as ``parts.rotary_cos_sin``);
+    per head the decay γ_h = exp(log_gamma[h]) update and read-out (``_decay_write_read``, scale 1/√K); out =
+    GroupNorm_head(o) ⊙ SiLU(g) (B, H·V). New states S2, pos2 = pos + 1; scratch qk (B, 2K)."""
+    H, K, V = S.shape[1], S.shape[2], S.shape[3]
+    QK, E, half = H * K, H * V, K // 2
+    scale = 1.0 / math.sqrt(K)
+    a = np.empty(1, S.dtype)
+    for b in range(lo, hi):
+        x, q, k = proj[b], qk[b, :K], qk[b, K:]
+        p = np.float32(pos[b])
+        pos2[b] = pos[b] + 1
+        for h in range(H):
+            for i in range(half):
+                ang = p * inv_freq[i]  # float32, as the torch path
+                c, s = math.cos(ang), math.sin(ang)
+                for t, o0 in ((q, h * K), (k, QK + h * K)):
+                    x1, x2 = x[o0 + i], x[o0 + half + i]
+                    t[i] = x1 * c - x2 * s
+                    t[half + i] = x1 * s + x2 * c
+            a[0] = math.exp(log_gamma[h])
+            ob = out[b, h * V:(h + 1) * V]
+            _decay_write_read(S[b, h], S2[b, h], q, scale, k, x[2 * QK + h * V:2 * QK + (h + 1) * V], a, False, ob)
+            _group_norm_head(ob, gn_w[h * V:(h + 1) * V], gn_b[h * V:(h + 1) * V], eps)
+            for j in range(V):
+                ob[j] *= _silu(x[2 * QK + E + h * V + j])

@@ -26,6 +26,8 @@ CASES = [
     ("hawk", {"expansion": 1.0, "gate_blocks": 4, "reset_first_token": True}),  # RecurrentGemma's
     ("rwkv7", {"head_size": 8, "zero_init_output": False, "layer_idx": 2, "num_layers": 4}),
     ("rwkv6", {"head_size": 8, "zero_init": False, "layer_idx": 1, "num_layers": 3, "mix_rank": 4, "decay_rank": 8}),
+    ("gla", {"num_heads": 2}),
+    ("retnet", {"num_heads": 2}),
     ("rwkv4", {"zero_init": False, "layer_id": 1, "num_layers": 3}),
 ]
 
@@ -91,6 +93,18 @@ def test_first_tokens_from_the_empty_state(dtype):
                 assert_close(s[key], s_ref[key], name=f"{name} {key}")
             else:  # positions
                 assert torch.equal(s[key], s_ref[key])
+
+
+def test_retnet_far_positions():
+    """RetNet's rotation far into a stream: the kernel's float32 angles are the torch path's."""
+    m = _mixer("retnet", {"num_heads": 2})
+    with torch.inference_mode():
+        _, s0 = m(torch.randn(2, 3, D))
+        s0 = {**s0, "pos": torch.tensor([10**6, 3 * 10**6 + 7])}
+        x = torch.randn(2, 5, D)
+        y_ref, _ = _steps(m, x, s0, kernels=False)
+        y, _ = _steps(m, x, s0, kernels=True)
+    assert_close(y, y_ref)
 
 
 def test_policy():
