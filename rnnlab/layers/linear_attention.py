@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import choose
 from rnnlab.ops.gla import chunk_linear_attn, fused_recurrent_linear_attn
 
@@ -34,6 +35,11 @@ def linear_attention_heads(q: Tensor, k: Tensor, v: Tensor, state: State, form: 
     along as an extra value column of ones, so S and z share one (F, V+1) matrix inside the op.
     Shared by ``linear_attention`` and ``based``."""
     normalize = "z" in state
+    if form == "recurrent" and decode.usable(q, k, v, *state.values()):  # one token: the fused kernel (rnnlab.ops.decode)
+        z = state["z"] if normalize else state["S"].new_zeros(state["S"].shape[:-1])
+        o, (S, z) = decode.fused_step("linear_attn_decode", None, [q, k, v], [state["S"], z], [], v.shape[2] * v.shape[3], [],
+                                      normalize, eps)
+        return o.view(v.shape), {"S": S, "z": z} if normalize else {"S": S}
     S0 = state["S"].float()
     if normalize:
         v = torch.cat([v, torch.ones_like(v[..., :1])], -1)

@@ -694,3 +694,32 @@ def retnet_decode(proj, S, pos, inv_freq, log_gamma, gn_w, gn_b, out, S2, pos2, 
             _group_norm_head(ob, gn_w[h * V:(h + 1) * V], gn_b[h * V:(h + 1) * V], eps)
             for j in range(V):
                 ob[j] *= _silu(x[2 * QK + E + h * V + j])
+
+
+@njit(**_KERNEL)
+def linear_attn_decode(q, k, v, S, z, out, S2, z2, normalize, eps, lo, hi):  # pragma: no cover - compiled
+    """One token of (normalized) linear attention over feature-mapped q, k (B, H·F) and v (B, H·V) (rnnlab.layers.
+    linear_attention ``linear_attention_heads``, scale 1), per row b and head h: S ← S + k vᵀ, z ← z + k; o = Sᵀq, divided
+    by zᵀq + eps when ``normalize`` -> out (B, H·V). New states S2, z2 (z2 = z + k also unnormalized: the caller
+    drops it)."""
+    H, F, V = S.shape[1], S.shape[2], S.shape[3]
+    for b in range(lo, hi):
+        for h in range(H):
+            qh, kh, vh = q[b, h * F:(h + 1) * F], k[b, h * F:(h + 1) * F], v[b, h * V:(h + 1) * V]
+            ob = out[b, h * V:(h + 1) * V]
+            Sb, Sn = S[b, h], S2[b, h]
+            for j in range(V):
+                ob[j] = 0.0
+            den = 0.0
+            for i in range(F):
+                ki, qi = kh[i], qh[i]
+                zi = z[b, h, i] + ki
+                z2[b, h, i] = zi
+                den += qi * zi
+                for j in range(V):
+                    s = Sb[i, j] + ki * vh[j]
+                    Sn[i, j] = s
+                    ob[j] += qi * s
+            if normalize:
+                for j in range(V):
+                    ob[j] = ob[j] / (den + eps)

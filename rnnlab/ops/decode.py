@@ -70,6 +70,8 @@ def _arr(t: Tensor) -> np.ndarray:
 def _weights(owner, weights: list[Tensor]) -> list[np.ndarray]:
     """numpy views of ``weights``, cached on ``owner`` while each is the same tensor on the same memory (an optimizer
     step or load_state_dict writes in place: the views see it; ``.to()`` or an assignment gives new memory)."""
+    if not weights:
+        return []
     key = [(w, w.data_ptr()) for w in weights]
     cached = owner.__dict__.get("_decode_weights")
     if cached is None or len(cached[0]) != len(key) or any(a is not b or p != q for (a, p), (b, q) in zip(cached[0], key)):
@@ -77,17 +79,18 @@ def _weights(owner, weights: list[Tensor]) -> list[np.ndarray]:
     return cached[1]
 
 
-def fused_step(kernel: str, owner, x: Tensor, states: list[Tensor], weights: list[Tensor], out_width: int,
+def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor], weights: list[Tensor], out_width: int,
                scratch: list[int], *scalars) -> tuple[Tensor, list[Tensor]]:
-    """Run ``_decode_numba.<kernel>`` on x (B, 1, ·) (a layer's input projection) -> (out (B, 1, out_width), the new
-    states, each shaped as its old one). ``owner``: the layer, which caches the weights' views; ``scratch``: the widths
-    of the kernel's per-row scratch rows."""
-    B = x.shape[0]
-    out = torch.empty(B, out_width, dtype=x.dtype)
+    """Run ``_decode_numba.<kernel>`` on x (B, 1, ·) (a layer's input projection; or a list of such inputs) -> (out
+    (B, 1, out_width), the new states, each shaped as its old one). ``owner``: the layer, which caches the weights'
+    views; ``scratch``: the widths of the kernel's per-row scratch rows."""
+    xs = x if isinstance(x, (list, tuple)) else [x]
+    B = xs[0].shape[0]
+    out = torch.empty(B, out_width, dtype=xs[0].dtype)
     new = [torch.empty_like(s) for s in states]
     npdt = out.numpy().dtype
-    arrays = [_arr(x.reshape(B, -1)), *map(_arr, states), *_weights(owner, weights), out.numpy(), *(t.numpy() for t in new),
-              *(np.empty((B, w), npdt) for w in scratch)]
+    arrays = [*(_arr(t.reshape(B, -1)) for t in xs), *map(_arr, states), *_weights(owner, weights), out.numpy(),
+              *(t.numpy() for t in new), *(np.empty((B, w), npdt) for w in scratch)]
     fn = getattr(_kernels(), kernel)
     if B < 2 * _MIN_ROWS:
         fn(*arrays, *scalars, 0, B)

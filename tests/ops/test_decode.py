@@ -28,6 +28,10 @@ CASES = [
     ("rwkv6", {"head_size": 8, "zero_init": False, "layer_idx": 1, "num_layers": 3, "mix_rank": 4, "decay_rank": 8}),
     ("gla", {"num_heads": 2}),
     ("retnet", {"num_heads": 2}),
+    ("linear_attention", {"num_heads": 2}),
+    ("linear_attention", {"num_heads": 2, "normalize": False}),
+    ("based", {"num_heads": 2, "feature_dim": 4, "window": 8}),
+    ("jrt_rnn", {"num_heads": 2}),
     ("rwkv4", {"zero_init": False, "layer_id": 1, "num_layers": 3}),
 ]
 
