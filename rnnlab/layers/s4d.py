@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
+from rnnlab.layers.parts import param_derived
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.ssm_kernels import diag_conv, zoh_diag
@@ -93,5 +94,7 @@ class S4D(Mixer):
         return self._out(y, x), {"h": torch.view_as_real(h)}
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        y, h = self._recur(*self._ssm(), torch.view_as_complex(state["h"].float().contiguous()), x[:, 0].float())
+        ssm = self._ssm() if torch.is_grad_enabled() else param_derived(  # decode: the constants of the parameters, once
+            self, "_decode_ssm", lambda *_: self._ssm(), self.log_A_real, self.A_imag, self.log_dt, self.C)
+        y, h = self._recur(*ssm, torch.view_as_complex(state["h"].float().contiguous()), x[:, 0].float())
         return self._out(y.unsqueeze(1), x), {"h": torch.view_as_real(h)}
