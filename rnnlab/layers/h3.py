@@ -24,6 +24,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
+from rnnlab.layers.parts import param_derived
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.conv import causal_conv1d, causal_conv1d_ref
 from rnnlab.ops.forms import check_form
@@ -83,10 +84,19 @@ class H3(Mixer):
         """(D, N) in lag order: tap 0 (the current key) carries D_K."""
         return torch.cat([self.shift_C[:, :1] + self.shift_D[:, None], self.shift_C[:, 1:]], 1).to(f)
 
+    def _constants(self, f: torch.dtype):
+        """(shift kernel, (C, ΔA, B̄), D per channel) of the parameters; without autograd computed once per parameter
+        change (a decode step would otherwise rebuild them every token)."""
+        make = lambda *_: (self._shift_kernel(f), self._diag(), self.D.to(f).repeat_interleave(self.head_dim ** 2))  # noqa: E731
+        if torch.is_grad_enabled():
+            return make()
+        return param_derived(self, f"_constants_{f}", make, self.shift_C, self.shift_D, self.log_A_real, self.A_imag, self.log_dt,
+                             self.C, self.D)
+
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         f = torch.float32  # the SSMs' compute dtype (S4D's policy)
         q, k, v = (p(x).to(f) for p in (self.q_proj, self.k_proj, self.v_proj))
-        W, k0 = self._shift_kernel(f), state["k"].to(f)
+        (W, (C, dtA, Bbar), Dr), k0 = self._constants(f), state["k"].to(f)
         if form == "fft":  # the shift SSM as one FFT convolution over [state, keys]
             ks = torch.cat([k0, k], 1)
             kbar, k_state = fft_causal_conv(ks, W)[:, k0.shape[1]:], ks[:, ks.shape[1] - k0.shape[1]:]
@@ -95,7 +105,6 @@ class H3(Mixer):
             kbar, k_state = conv(k, W.flip(-1), None, k0)
         d = self.head_dim
         kv = (rearrange(kbar, "b t (h i) -> b t h i 1", i=d) * rearrange(v, "b t (h j) -> b t h 1 j", j=d)).flatten(2)
-        C, dtA, Bbar = self._diag()
         h = torch.view_as_complex(state["h"].to(f).contiguous())
         if form == "fft":
             fresh = not h.requires_grad and not bool(h.any())  # zero state: skip its output terms
@@ -106,7 +115,7 @@ class H3(Mixer):
                 h = torch.exp(dtA) * h + Bbar * ut[..., None]
                 ys.append(2 * (h * C).sum(-1).real)
             y = torch.stack(ys, 1)
-        y = y + self.D.to(f).repeat_interleave(d * d) * kv  # (B, T, H·d·d)
+        y = y + Dr * kv  # (B, T, H·d·d)
         o = (rearrange(y, "b t (h i j) -> b t h i j", i=d, j=d) * rearrange(q, "b t (h i) -> b t h i 1", i=d)).sum(-2)
         out = self.out_proj(rearrange(o, "b t h j -> b t (h j)").to(x.dtype))
         return out, {"k": k_state, "h": torch.view_as_real(h)}
