@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.parts import ShortConv
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.rnn import BACKENDS, slstm
 from rnnlab.ops.rnn.reference import FORGET_GATES, cell_step, recurrent_matmul
@@ -118,12 +119,26 @@ class SLSTM(Mixer):
         return self._norm(h), new
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        if decode.usable(x, *state.values(), self.bias):  # CPU without autograd: the fused decode kernel (rnnlab.ops.decode)
+            return self._decode(x, state)
         gx, new = self._gates(x, state)
         cell = tuple(state[k].float() for k in _CELL_KEYS)
         out = cell_step("slstm", gx[:, 0].float(), recurrent_matmul(cell[0], self.weight_hh.float()), cell,
                         forget_gate=self.forget_gate)
         new.update(zip(_CELL_KEYS, out))
         return self._norm(out[0][:, None].to(x.dtype)), new
+
+    def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        H, conv = self.hidden_size, self.conv is not None
+        keys = list(_CELL_KEYS) + ["conv"] * conv
+        # without a conv, stand-ins for its weights and state (never read then)
+        conv_w, conv_b = (self.conv.weight, self.conv.bias) if conv else (self.__dict__.setdefault("_no_conv", x.new_zeros(1, 1)), self.bias)
+        conv_state = state["conv"] if conv else x.new_zeros(x.shape[0], 1, H)
+        out, new = decode.fused_step(
+            "slstm_decode", self, x, [*(state[k] for k in _CELL_KEYS), conv_state],
+            [conv_w, conv_b, self.weight_if, self.weight_zo, self.weight_hh, self.bias, self.norm_weight], H, [H, 4 * H], conv,
+            self.forget_gate == "sigmoid")
+        return out, dict(zip(keys, new))
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, forget_gate={self.forget_gate!r}, backend={self.backend!r}"

@@ -556,8 +556,8 @@ def rwkv7_decode(x, shift, S, mu, Wr, Wk, Wv, wd, wu, wb, ad, au, ab, gd, gu, k_
 
 
 @njit(**_INLINE)
-def _group_norm_head(o, w, b, eps):  # pragma: no cover - compiled
-    """o (N,) -> (o − mean) / √(var + eps) · w + b in place (GroupNorm over one head's channels)."""
+def _group_norm_head(o, w, b, has_bias, eps):  # pragma: no cover - compiled
+    """o (N,) -> (o − mean) / √(var + eps) · w (+ b) in place (GroupNorm over one head's channels)."""
     N = o.shape[0]
     mean = 0.0
     for j in range(N):
@@ -568,7 +568,7 @@ def _group_norm_head(o, w, b, eps):  # pragma: no cover - compiled
         var += (o[j] - mean) * (o[j] - mean)
     rs = 1.0 / math.sqrt(var / N + eps)
     for j in range(N):
-        o[j] = (o[j] - mean) * rs * w[j] + b[j]
+        o[j] = (o[j] - mean) * rs * w[j] + b[j] if has_bias else (o[j] - mean) * rs * w[j]
 
 
 @njit(**_KERNEL)
@@ -623,7 +623,7 @@ def rwkv6_decode(x, shift, S, maa_x, maa, w1t, w2t, Wr, Wk, Wv, Wg, time_decay, 
                 for j in range(N):
                     ob[j] += ri * Sb[i, j]
                     Sn[i, j] = di * Sb[i, j] + ki * vb[o0 + j]
-            _group_norm_head(ob, ln_w[o0:o0 + N], ln_b[o0:o0 + N], ln_eps)
+            _group_norm_head(ob, ln_w[o0:o0 + N], ln_b[o0:o0 + N], True, ln_eps)
             for j in range(N):
                 ob[j] *= gb[o0 + j]
 
@@ -691,7 +691,7 @@ def retnet_decode(proj, S, pos, inv_freq, log_gamma, gn_w, gn_b, out, S2, pos2, 
             a[0] = math.exp(log_gamma[h])
             ob = out[b, h * V:(h + 1) * V]
             _decay_write_read(S[b, h], S2[b, h], q, scale, k, x[2 * QK + h * V:2 * QK + (h + 1) * V], a, False, ob)
-            _group_norm_head(ob, gn_w[h * V:(h + 1) * V], gn_b[h * V:(h + 1) * V], eps)
+            _group_norm_head(ob, gn_w[h * V:(h + 1) * V], gn_b[h * V:(h + 1) * V], True, eps)
             for j in range(V):
                 ob[j] *= _silu(x[2 * QK + E + h * V + j])
 
@@ -723,3 +723,46 @@ def linear_attn_decode(q, k, v, S, z, out, S2, z2, normalize, eps, lo, hi):  # p
             if normalize:
                 for j in range(V):
                     ob[j] = ob[j] / (den + eps)
+
+
+@njit(**_KERNEL)
+def slstm_decode(x, h, c, n, m, conv, conv_w, conv_b, w_if, w_zo, w_hh, bias, norm_w, out, h2, c2, n2, m2, conv2, xc, g,
+                 has_conv, sigmoid_forget, lo, hi):  # pragma: no cover - compiled
+    """The sLSTM layer's token (rnnlab.layers.slstm), per row b: x (B, H); x_c = SiLU(conv x) (when ``has_conv``, state
+    conv (B, W-1, H)); gates gate-major [i | f | z | o] = [w_if x_c | w_zo x] + bias + R h, the input and recurrent
+    projections head-wise (w_if, w_zo (2, NH, Kh, Kh); w_hh (NH, 4Kh, Kh), rows g·Kh + j); the stabilized cell
+    (rnnlab.ops.rnn.reference ``cell_step("slstm")``: m' = max(log f + m, i), c ← f'c + i' tanh z, n ← f'n + i',
+    h = σ(o) c / n); out = GroupNorm over heads of h (weight only, eps 1e-5). New states h2, c2, n2, m2, conv2; scratch
+    xc (B, H), g (B, 4H)."""
+    H = h.shape[1]
+    NH, Kh = w_if.shape[1], w_if.shape[2]
+    for b in range(lo, hi):
+        xb, u, gb = x[b], xc[b], g[b]
+        if has_conv:
+            _conv_silu(xb, conv[b], conv_w, conv_b, True, u, conv2[b])
+        else:
+            for k in range(H):
+                u[k] = xb[k]
+        for q in range(4):
+            src = u if q < 2 else xb
+            W = w_if[q] if q < 2 else w_zo[q - 2]
+            for hd in range(NH):
+                for j in range(Kh):
+                    s = bias[q * H + hd * Kh + j]
+                    for k in range(Kh):
+                        s += W[hd, j, k] * src[hd * Kh + k] + w_hh[hd, q * Kh + j, k] * h[b, hd * Kh + k]
+                    gb[q * H + hd * Kh + j] = s
+        for k in range(H):
+            i, f, z, o = gb[k], gb[H + k], gb[2 * H + k], gb[3 * H + k]
+            logf = min(f, 0.0) - math.log1p(math.exp(-abs(f))) if sigmoid_forget else f
+            mn = max(logf + m[b, k], i)
+            ig, fg = math.exp(i - mn), math.exp(logf + m[b, k] - mn)
+            cn = fg * c[b, k] + ig * math.tanh(z)
+            nn_ = fg * n[b, k] + ig
+            c2[b, k], n2[b, k], m2[b, k] = cn, nn_, mn
+            h2[b, k] = cn / nn_ / (1.0 + math.exp(-o))
+        ob = out[b]
+        for hd in range(NH):
+            for j in range(Kh):
+                ob[hd * Kh + j] = h2[b, hd * Kh + j]
+            _group_norm_head(ob[hd * Kh:(hd + 1) * Kh], norm_w[hd * Kh:(hd + 1) * Kh], norm_w, False, 1e-5)

@@ -32,6 +32,8 @@ CASES = [
     ("linear_attention", {"num_heads": 2, "normalize": False}),
     ("based", {"num_heads": 2, "feature_dim": 4, "window": 8}),
     ("jrt_rnn", {"num_heads": 2}),
+    ("slstm", {"num_heads": 2}),
+    ("slstm", {"num_heads": 4, "forget_gate": "exp"}),
     ("rwkv4", {"zero_init": False, "layer_id": 1, "num_layers": 3}),
 ]
 
@@ -97,6 +99,23 @@ def test_first_tokens_from_the_empty_state(dtype):
                 assert_close(s[key], s_ref[key], name=f"{name} {key}")
             else:  # positions
                 assert torch.equal(s[key], s_ref[key])
+
+
+def test_slstm_without_conv():
+    """sLSTM built without its conv (conv_kernel=0, a constructor option the registry's option policy does not offer)."""
+    from rnnlab.layers.slstm import SLSTM
+
+    torch.manual_seed(0)
+    m = SLSTM(D, num_heads=2, conv_kernel=0).eval()
+    x = torch.randn(3, 10, D)
+    with torch.inference_mode():
+        _, s0 = m(torch.randn(3, 4, D))
+        y_ref, s_ref = _steps(m, x, s0, kernels=False)
+        y, s = _steps(m, x, s0, kernels=True)
+    assert_close(y, y_ref)
+    assert s.keys() == s_ref.keys()
+    for key in s_ref:
+        assert_close(s[key], s_ref[key], name=key)
 
 
 def test_retnet_far_positions():
