@@ -17,6 +17,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from rnnlab.ops._exp_numba import exp_row_f32
+
 _FM = {"reassoc", "contract"}  # vectorizable reductions; no NaN/inf assumptions
 _KERNEL = dict(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
 _INLINE = dict(cache=True, inline="always", fastmath=_FM, error_model="numpy")
@@ -283,21 +285,10 @@ def mlstm_dense_decode(proj, C, n, m, norm_w, out, C2, n2, m2, ob, cap, sigmoid_
 
 @njit(**_INLINE)
 def _exp_row(s, n, fast):  # pragma: no cover - compiled
-    """s[:n] = exp(s[:n]) for arguments <= 0: float32 rows (``fast``) by a vectorizable range reduction (x = k ln2 + r, a
-    degree-7 polynomial for e^r, 2^k by the exponent bits; relative error < 1e-7, the selective-scan kernel's), the
-    argument floored at -87 (e^-87 ~ 1.6e-38, below which float32 is denormal); float64 rows by math.exp."""
+    """s[:n] = exp(s[:n]) for arguments <= 0: float32 rows (``fast``) by ``_exp_numba.exp_row_f32`` (floored at -87),
+    float64 rows by math.exp."""
     if fast:
-        ib = np.empty(n, np.int32)
-        for i in range(n):
-            v = max(s[i], np.float32(-87.0))
-            k = math.floor(v * np.float32(1.4426950408889634) + np.float32(0.5))
-            r = (v - k * np.float32(0.693145751953125)) - k * np.float32(1.4286068203094173e-06)
-            s[i] = np.float32(1.0) + r * (np.float32(1.0) + r * (np.float32(0.5) + r * (np.float32(1 / 6) + r * (
-                np.float32(1 / 24) + r * (np.float32(1 / 120) + r * (np.float32(1 / 720) + r * np.float32(1 / 5040)))))))
-            ib[i] = (np.int32(k) + np.int32(127)) << 23
-        f = ib.view(np.float32)
-        for i in range(n):
-            s[i] *= f[i]
+        exp_row_f32(s, np.empty(n, np.int32), n, -87.0)
     else:
         for i in range(n):
             s[i] = math.exp(s[i])

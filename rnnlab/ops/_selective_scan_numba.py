@@ -14,8 +14,7 @@ transition codes: 0 "exp": a = exp(dt*A); 1 "exp_neg": a = 2 exp(dt*A) - 1;
 
 exp: numba has no vector libm on this platform (no SVML), and a scalar libm exp per state element
 costs ~4x the rest of the step. For float32 a row of exponentials is a vectorizable range reduction
-(x = k ln2 + r, degree-7 polynomial for exp(r), 2^k built in the exponent bits of an int32 scratch
-row, ``_transition``, the one place both kernels form a_t; relative error < 1e-7). Its argument is clamped
+(``_exp_numba.exp_row_f32``, called by ``_transition``, the one place both kernels form a_t). Its argument is clamped
 to [-30, 88]: a decay below e^-30 ≈ 9e-14 is rounded up to it, which keeps a_t·h out of float32's
 denormal range, where every multiply is slow (forward+backward at dt·A down to -320 measured 3x the time
 of mild decays with the old floor of -87; rnnlab/ops/_exp.py does the same for the chunk forms).
@@ -30,9 +29,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from numba import njit
 
+from rnnlab.ops._exp_numba import exp_row_f32
 from rnnlab.ops._noalias import NoAliasCompiler
 
 _FM = {"reassoc", "contract"}  # lets the d-loop reductions vectorize; no NaN/inf assumptions
@@ -59,15 +58,8 @@ def _transition(dtr, An, bn, mode, a, ib, fast):  # pragma: no cover - compiled
         return
     if fast:
         for d in range(D):
-            v = min(max(np.float32(dtr[d] * An[d]), np.float32(-30.0)), np.float32(88.0))
-            k = math.floor(v * np.float32(1.4426950408889634) + np.float32(0.5))
-            r = (v - k * np.float32(0.693145751953125)) - k * np.float32(1.4286068203094173e-06)
-            a[d] = np.float32(1.0) + r * (np.float32(1.0) + r * (np.float32(0.5) + r * (np.float32(1 / 6) + r * (
-                np.float32(1 / 24) + r * (np.float32(1 / 120) + r * (np.float32(1 / 720) + r * np.float32(1 / 5040)))))))
-            ib[d] = (np.int32(k) + np.int32(127)) << 23
-        f = ib.view(np.float32)
-        for d in range(D):
-            a[d] *= f[d]
+            a[d] = dtr[d] * An[d]
+        exp_row_f32(a, ib, D, -30.0)
     else:
         for d in range(D):
             a[d] = math.exp(dtr[d] * An[d])
