@@ -188,7 +188,7 @@ class Hawk(Mixer):
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """One token; on CPU without autograd the block between its projections in the fused decode kernel
         (rnnlab.ops.decode)."""
-        if decode.usable(x, state["conv"], state["h"], self.Lambda, float64=True):
+        if decode.usable(x, state["conv"], state["h"], self.Lambda, float64=True, max_batch=4):  # gates row by row
             return self._decode(x, state)
         a, b, gate, new = self._coeffs(x, state)
         h = a[:, 0] * cast(state["h"], a.dtype) + b[:, 0]  # not addcmul: its fused multiply-add rounds otherwise

@@ -125,7 +125,7 @@ class RWKV6TimeMix(Mixer):
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, 1, D) -> (y, state): one recurrent update (on CPU without autograd the fused decode kernel,
         rnnlab.ops.decode, up to the output projection)."""
-        if decode.usable(x, *state.values(), self.maa_x):
+        if decode.usable(x, *state.values(), self.maa_x, max_batch=8):  # projections row by row: B <= 8
             return self._decode(x, state)
         return self._mix(x, state, fused_recurrent_rwkv6)
 

@@ -153,7 +153,7 @@ class RWKV7TimeMix(Mixer):
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, 1, D) -> (y (B, 1, D), state): one diagonal-plus-rank-one update (on CPU without autograd the fused
         decode kernel, rnnlab.ops.decode, up to the output projection)."""
-        if decode.usable(x, *state.values(), self.x_r):
+        if decode.usable(x, *state.values(), self.x_r, max_batch=8):  # projections row by row: B <= 8
             return self._decode(x, state)
         return self._mix(x, state, fused_recurrent_rwkv7)
 

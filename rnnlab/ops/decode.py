@@ -53,10 +53,14 @@ def enabled(on: bool):
         _ON = before
 
 
-def usable(x: Tensor, *tensors: Tensor, float64: bool = False) -> bool:
-    """Whether a fused decode kernel may run x (B, 1, D) with ``tensors`` (state entries, parameters)."""
+def usable(x: Tensor, *tensors: Tensor, float64: bool = False, max_batch: int | None = None) -> bool:
+    """Whether a fused decode kernel may run x (B, 1, D) with ``tensors`` (state entries, parameters). ``max_batch``:
+    for a kernel that runs projections row by row (matrix-vector products), the batch above which torch's one matmul
+    over the rows wins."""
     dt = x.dtype
     if not _ON or x.shape[1] != 1 or not x.is_cpu or not (dt == torch.float32 or (float64 and dt == torch.float64)):
+        return False
+    if max_batch is not None and x.shape[0] > max_batch:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in tensors)):
         return False
