@@ -31,6 +31,7 @@ import torch
 
 from rnnlab.bench.peers import build_peers
 from rnnlab.bench.runner import BenchConfig, _mixer_subject
+from rnnlab.runtime import tune_allocator
 
 
 def count_step(step, x1, state) -> dict:
@@ -81,6 +82,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    tune_allocator()  # as `rnnlab bench`: a fresh large state reuses freed heap memory (rnnlab/runtime.py)
     cfg = BenchConfig.preset(d_model=a.d_model)
     names = [n for n in a.mixers.split(",") if n]
     subjects = [_mixer_subject(n, cfg) for n in names]
