@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
-from rnnlab.layers.parts import ShortConv
+from rnnlab.layers.parts import ShortConv, param_derived
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.selective_scan import BACKENDS, selective_scan, selective_scan_step
 
@@ -160,3 +161,20 @@ class Mamba(SelectiveBlock):
 
     def _scan_params(self, dt: Tensor, Bm: Tensor, Cm: Tensor):
         return F.softplus(dt), -torch.exp(self.A_log.float()), Bm, Cm
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One token; on CPU without autograd the fused decode kernel between the projections (rnnlab.ops.decode)."""
+        if decode.usable(x, *state.values(), self.D):
+            return self._decode(x, state)
+        return super().step(x, state)
+
+    def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        neg_A = param_derived(self, "_neg_exp_A_log", lambda a: -torch.exp(a.float()), self.A_log)
+        conv_b = self.conv.bias if self.conv.bias is not None else self.D  # a stand-in when the conv has no bias
+        out, (conv, h) = decode.fused_step(
+            "mamba_decode", self, self.in_proj(x), [state["conv"], state["ssm"]],
+            [self.conv.weight, conv_b, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, neg_A, self.D],
+            self.d_inner, [self.d_inner, self.dt_rank + 2 * self.d_state, self.d_inner, self.d_inner * self.d_state],
+            self.conv.bias is not None, self.transition == "exp_neg", -1.0 if self.bcdt_norm_eps is None else float(self.bcdt_norm_eps),
+            x.dtype == torch.float32)
+        return self.out_proj(out), {"conv": conv, "ssm": h}

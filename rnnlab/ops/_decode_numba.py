@@ -757,3 +757,47 @@ def slstm_decode(x, h, c, n, m, conv, conv_w, conv_b, w_if, w_zo, w_hh, bias, no
             for j in range(Kh):
                 ob[hd * Kh + j] = h2[b, hd * Kh + j]
             _group_norm_head(ob[hd * Kh:(hd + 1) * Kh], norm_w[hd * Kh:(hd + 1) * Kh], norm_w, False, 1e-5)
+
+
+@njit(**_KERNEL)
+def mamba_decode(proj, conv, h, conv_w, conv_b, x_w, dt_w, dt_b, neg_A, D, out, conv2, h2, xc, dbc, dts, ea, has_bias, neg,
+                 norm_eps, fast, lo, hi):  # pragma: no cover - compiled
+    """Mamba's token (rnnlab.layers.mamba, ``SelectiveBlock``) between its projections, per row b: proj (B, 2E) =
+    [x | z]; x_c = SiLU(conv x) (state conv (B, W-1, E)); [δ | B | C] = x_w x_c (rank r, N, N), each RMS-normed
+    (weightless, ``norm_eps``) when norm_eps >= 0 (Falcon Mamba); Δ = softplus(dt_w δ + dt_b); per channel d and state
+    n: a = exp(Δ_d A_dn) (2a − 1 when ``neg``), h ← a h + Δ_d x_d B_n, y_d = Σ_n C_n h_dn
+    (rnnlab.ops.selective_scan.selective_scan_step); out = (y + D x_c) ⊙ SiLU(z) (B, E). New states conv2, h2; scratch
+    xc, dts (B, E), dbc (B, r + 2N), ea (B, E·N) the decays, all E·N exponentials as one row (``fast``: float32, the
+    vectorized exp)."""
+    E, N = h.shape[1], h.shape[2]
+    r = dt_w.shape[1]
+    for b in range(lo, hi):
+        x, u, q, dtb, e = proj[b], xc[b], dbc[b], dts[b], ea[b]
+        _conv_silu(x[:E], conv[b], conv_w, conv_b, has_bias, u, conv2[b])
+        _matvec(x_w, u, dt_b, False, q)
+        if norm_eps >= 0.0:
+            for o0, n0 in ((0, r), (r, N), (r + N, N)):
+                s = 0.0
+                for i in range(o0, o0 + n0):
+                    s += q[i] * q[i]
+                s = 1.0 / math.sqrt(s / n0 + norm_eps)
+                for i in range(o0, o0 + n0):
+                    q[i] = q[i] * s
+        _matvec(dt_w, q[:r], dt_b, True, dtb)
+        for d in range(E):
+            dtb[d] = _softplus(dtb[d])
+            for n in range(N):
+                e[d * N + n] = dtb[d] * neg_A[d, n]
+        _exp_row(e, E * N, fast)
+        for d in range(E):
+            dx = dtb[d] * u[d]
+            hs, hd = h[b, d], h2[b, d]
+            y = 0.0
+            for n in range(N):
+                a = e[d * N + n]
+                if neg:
+                    a = 2.0 * a - 1.0
+                v = a * hs[n] + dx * q[r + n]
+                hd[n] = v
+                y += v * q[r + N + n]
+            out[b, d] = (y + D[d] * u[d]) * _silu(x[E + d])

@@ -34,6 +34,9 @@ CASES = [
     ("jrt_rnn", {"num_heads": 2}),
     ("slstm", {"num_heads": 2}),
     ("slstm", {"num_heads": 4, "forget_gate": "exp"}),
+    ("mamba", {"d_state": 4}),
+    ("mamba_neg", {"d_state": 4, "conv_bias": False}),
+    ("mamba", {"d_state": 4, "bcdt_norm_eps": 1e-5, "bias": True}),  # Falcon Mamba's norms
     ("rwkv4", {"zero_init": False, "layer_id": 1, "num_layers": 3}),
 ]
 
