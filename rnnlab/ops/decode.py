@@ -8,8 +8,9 @@ kernel in float64 would otherwise be more exact than the layer's own recurrent a
 (CUDA, autograd, bfloat16, mixed dtypes) runs the layer's torch step. ``enabled(False)`` turns the kernels off
 (the tests' reference; a bisection aid).
 
-``fused_step`` is the one calling convention: a kernel takes (input row, states, weights, output, new states,
-scratch rows, scalars, lo, hi). The new states are fresh tensors (a state a caller holds never changes); the
+``fused_step`` is the one calling convention: a kernel takes (input rows, states, weights, output, new states,
+scratch rows, scalars, lo, hi), batch rows [lo, hi) (split over threads from 2·_MIN_ROWS rows); attention's kernel,
+which writes the cache in place, has its own entry (``attention_decode``). The new states are fresh tensors (a state a caller holds never changes); the
 weights' numpy views are cached on the layer while the tensors are the same (a decode token would otherwise spend
 more on converting ten parameters than on its arithmetic).
 """
