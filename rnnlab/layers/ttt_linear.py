@@ -32,9 +32,10 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
-from rnnlab.layers.parts import rotary, rotary_cos_sin
+from rnnlab.layers.parts import fused_linear, param_derived, rotary, rotary_cos_sin, rotary_inv_freq
 from rnnlab.layers.registry import register_mixer
-from rnnlab.ops.ttt import chunk_ttt, fused_recurrent_ttt, memory_keys
+from rnnlab.ops import decode
+from rnnlab.ops.ttt import LN_EPS, chunk_ttt, fused_recurrent_ttt, memory_keys
 
 __all__ = ["TTTLinear"]
 
@@ -127,8 +128,27 @@ class _TTTMixer(Mixer):
         return self._mix(x, state, chunk_ttt)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, 1, D) -> (y, state): the per-token primal update (fused_recurrent_ttt)."""
+        """x (B, 1, D) -> (y, state): the per-token primal update (fused_recurrent_ttt); TTT-Linear on CPU without
+        autograd runs the fused decode kernel (rnnlab.ops.decode) between the projections."""
+        if self.depth == 1 and decode.usable(x, *(t for t in state.values() if t.is_floating_point()), self.lr_bias):
+            return self._decode(x, state)
         return self._mix(x, state, fused_recurrent_ttt)
+
+    def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        keys = ["w1", "g_w1", "b1", "g_b1", "pos"]
+        tau = self._tau() if self.token_offset is None else param_derived(self, "_decode_tau", lambda _: self._tau(), self.token_offset)
+        inv_freq = self.__dict__.get("_inv_freq")  # a constant of the module (CPU: this path)
+        if inv_freq is None:
+            inv_freq = self.__dict__["_inv_freq"] = rotary_inv_freq(self.head_dim, self.rope_base)
+        K = self.head_dim
+        out, new = decode.fused_step(
+            "ttt_linear_decode", self, [fused_linear(x, [self.q_proj, self.k_proj, self.v_proj], whole=True), x],
+            [state[k] for k in keys], [self.lr_weight, self.lr_bias, tau, self.ln_weight, self.ln_bias, inv_freq,
+                                       self.post_norm.weight, self.post_norm.bias],
+            self.d_model, [2 * K, 3 * K], self.base_lr / K, self.rope, LN_EPS, self.post_norm.eps)
+        if self.g_proj is not None:
+            out = F.gelu(self.g_proj(x), approximate="tanh") * out
+        return self.o_proj(out), dict(zip(keys, new))
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, mini_batch_size={self.mini_batch_size}, depth={self.depth}, "

@@ -801,3 +801,115 @@ def mamba_decode(proj, conv, h, conv_w, conv_b, x_w, dt_w, dt_b, neg_A, D, out, 
                 hd[n] = v
                 y += v * q[r + N + n]
             out[b, d] = (y + D[d] * u[d]) * _silu(x[E + d])
+
+
+@njit(**_INLINE)
+def _ln_head(x, w, b, eps, y):  # pragma: no cover - compiled
+    """y = LayerNorm_{w, b}(x) over one head (the TTT spec's layer_norm); returns 1/σ."""
+    n = x.shape[0]
+    mu = 0.0
+    for j in range(n):
+        mu += x[j]
+    mu /= n
+    var = 0.0
+    for j in range(n):
+        var += (x[j] - mu) * (x[j] - mu)
+    rstd = 1.0 / math.sqrt(var / n + eps)
+    for j in range(n):
+        y[j] = (x[j] - mu) * rstd * w[j] + b[j]
+    return rstd
+
+
+@njit(**_KERNEL)
+def ttt_linear_decode(proj, x, w1, g_w1, b1, g_b1, pos, lr_w, lr_b, tau, ln_w, ln_b, inv_freq, post_w, post_b, out, w1n, g_w1n,
+                      b1n, g_b1n, pos2, qk, gz, lr_scale, rope, eps, post_eps, lo, hi):  # pragma: no cover - compiled
+    """TTT-Linear's token (rnnlab.layers.ttt_linear, rnnlab.ops.ttt ``_TTT`` with the hand-written gradient), per row b:
+    proj (B, 3D) = [q | k | v], x (B, D) the layer input; q, k rotated at r = pos[b] (the position in the mini-batch of
+    b = len(tau)) when ``rope``; per head: lr = lr_scale σ(lr_w x + lr_b); g = k W0 + b0, the gradient of ½‖k + LN(g) −
+    v‖² at the anchor W0 (δ = LN'(g)ᵀ e, u_W = k δᵀ, u_b = δ); G ← G + lr u; W = W0 − τ_r G; o = q + LN(q W + b);
+    at the mini-batch's end (r = b − 1) W0 ← W, G ← 0, r ← 0. out (B, D) = LayerNorm_{post}(o) over all heads. New
+    states w1n, g_w1n, b1n, g_b1n, pos2; scratch qk (B, 2K), gz (B, 3K)."""
+    H, K = w1.shape[1], w1.shape[2]
+    D = H * K
+    L = tau.shape[0]
+    half = K // 2
+    for bi in range(lo, hi):
+        xr, pr, q, k, g = proj[bi], x[bi], qk[bi, :K], qk[bi, K:], gz[bi]
+        r = pos[bi]
+        done = r + 1 == L
+        pos2[bi] = 0 if done else r + 1
+        t = tau[r]
+        ob = out[bi]
+        for h in range(H):
+            for i in range(K):
+                q[i], k[i] = xr[h * K + i], xr[D + h * K + i]
+            if rope:
+                p = np.float32(r)
+                for i in range(half):
+                    ang = p * inv_freq[i]
+                    c, s = math.cos(ang), math.sin(ang)
+                    a1, a2 = q[i], q[half + i]
+                    q[i], q[half + i] = a1 * c - a2 * s, a1 * s + a2 * c
+                    a1, a2 = k[i], k[half + i]
+                    k[i], k[half + i] = a1 * c - a2 * s, a1 * s + a2 * c
+            z = lr_b[h]
+            for j in range(D):
+                z += lr_w[h, j] * pr[j]
+            lr = lr_scale / (1.0 + math.exp(-z))
+            W0, G, B0, GB = w1[bi, h], g_w1[bi, h], b1[bi, h], g_b1[bi, h]
+            Wn, Gn, Bn, GBn = w1n[bi, h], g_w1n[bi, h], b1n[bi, h], g_b1n[bi, h]
+            gg, ln, dg = g[:K], g[K:2 * K], g[2 * K:]
+            for j in range(K):
+                gg[j] = B0[j]
+            for i in range(K):
+                for j in range(K):
+                    gg[j] += k[i] * W0[i, j]
+            rstd = _ln_head(gg, ln_w[h], ln_b[h], eps, ln)
+            mu = 0.0
+            for j in range(K):
+                mu += gg[j]
+            mu /= K
+            m1, m2 = 0.0, 0.0  # the LayerNorm gradient: (gx − mean(gx) − x̂ mean(gx x̂)) rstd, gx = e γ
+            for j in range(K):
+                e = k[j] + ln[j] - xr[2 * D + h * K + j]
+                gx = e * ln_w[h, j]
+                xh = (gg[j] - mu) * rstd
+                dg[j] = gx
+                m1 += gx
+                m2 += gx * xh
+            m1 /= K
+            m2 /= K
+            for j in range(K):
+                dg[j] = (dg[j] - m1 - (gg[j] - mu) * rstd * m2) * rstd
+            for j in range(K):  # the bias: G_b += lr δ; b = b0 − τ G_b
+                GBn[j] = GB[j] + lr * dg[j]
+                gg[j] = B0[j] - t * GBn[j]  # gg: the current bias
+            for i in range(K):
+                ki, qi = k[i], q[i]
+                for j in range(K):
+                    gv = G[i, j] + lr * ki * dg[j]
+                    Gn[i, j] = gv
+                    Wn[i, j] = W0[i, j] - t * gv
+            for j in range(K):  # read: q W + b (ln as the accumulator)
+                ln[j] = gg[j]
+            for i in range(K):
+                qi = q[i]
+                for j in range(K):
+                    ln[j] += qi * Wn[i, j]
+            _ln_head(ln, ln_w[h], ln_b[h], eps, dg)
+            for j in range(K):
+                ob[h * K + j] = q[j] + dg[j]
+            if done:  # the mini-batch's end: the anchor moves to W, the accumulators restart
+                for j in range(K):
+                    Bn[j] = gg[j]
+                    GBn[j] = 0.0
+                for i in range(K):
+                    for j in range(K):
+                        Gn[i, j] = 0.0
+            else:
+                for j in range(K):
+                    Bn[j] = B0[j]
+                for i in range(K):
+                    for j in range(K):
+                        Wn[i, j] = W0[i, j]
+        _group_norm_head(ob, post_w, post_b, True, post_eps)
