@@ -39,8 +39,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
-from rnnlab.layers.parts import GatedRMSNorm, ShortConv, at_least_float32
+from rnnlab.layers.parts import GatedRMSNorm, ShortConv, at_least_float32, fused_linear
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.delta import l2norm
 from rnnlab.ops.ttt import chunk_titans, fused_recurrent_titans, memory_keys
 
@@ -174,3 +175,20 @@ class Titans(ConvMemoryMixer):
 
     def _op_inputs(self, pre: Tensor) -> dict:
         return dict(theta=self.base_lr * torch.sigmoid(pre[..., 0]), log_eta=F.logsigmoid(pre[..., 1]), log_decay=F.logsigmoid(-pre[..., 2]))
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One token; a linear memory without biases on CPU without autograd runs the fused decode kernel
+        (rnnlab.ops.decode) between the projections."""
+        if self.depth == 1 and not self.bias and decode.usable(x, *(t for t in state.values() if t.is_floating_point()), self.w1):
+            return self._decode(x, state)
+        return super().step(x, state)
+
+    def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        keys = ["conv_q", "conv_k", "conv_v", "w1", "m_w1", "s_w1", "pos"]
+        proj = fused_linear(x, [self.q_proj, self.k_proj, self.v_proj, self.gate_proj, self.g_proj], whole=True)
+        out, new = decode.fused_step(
+            "titans_linear_decode", self, proj, [state[k] for k in keys],
+            [self.q_conv.weight, self.k_conv.weight, self.v_conv.weight, self.o_norm.weight], self.num_heads * self.head_dim,
+            [self.num_heads * self.head_dim] * 3 + [self.head_dim], self.base_lr,
+            -1.0 if self.max_grad_norm is None else float(self.max_grad_norm), self.chunk_size, self.o_norm.eps)
+        return self.o_proj(out), dict(zip(keys, new))

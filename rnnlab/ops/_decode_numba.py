@@ -913,3 +913,62 @@ def ttt_linear_decode(proj, x, w1, g_w1, b1, g_b1, pos, lr_w, lr_b, tau, ln_w, l
                     for j in range(K):
                         Wn[i, j] = W0[i, j]
         _group_norm_head(ob, post_w, post_b, True, post_eps)
+
+
+@njit(**_KERNEL)
+def titans_linear_decode(proj, cq, ck, cv, w1, m1, s1, pos, wq, wk, wv, norm_w, out, cq2, ck2, cv2, w1n, m1n, s1n, pos2, qc, kc,
+                         vc, e, base_lr, max_norm, L, eps, lo, hi):  # pragma: no cover - compiled
+    """Titans' token with a linear memory (rnnlab.layers.titans, memory_depth 1 without biases; rnnlab.ops.ttt
+    ``_Titans`` with momentum), per row b: proj (B, ·) = [q | k | v (H·K each) | gate pre-activations (3H, gate-major) |
+    g (H·K)]; q, k, v = SiLU(conv) (states cq, ck, cv; weights wq, wk, wv), q and k ℓ2-normalized per head; θ = base_lr
+    σ(·), η = σ(·), 1 − α = σ(−·); the gradient of ‖k M0 − v‖² at the chunk's anchor M0 = w1 (u = k ⊗ 2e, clipped to
+    ``max_norm`` when >= 0); S ← η S − θ u, M ← (1 − α) M + S; o = q M; at the chunk's end (r = L − 1) the anchor moves
+    to M. out (B, H·K) = RMSNorm_head(o) ⊙ SiLU(g). New states cq2, ck2, cv2, w1n, m1n, s1n, pos2; scratch qc, kc, vc
+    (B, H·K), e (B, K)."""
+    H, K = w1.shape[1], w1.shape[2]
+    E = H * K
+    for bi in range(lo, hi):
+        x, q, k, v, eb = proj[bi], qc[bi], kc[bi], vc[bi], e[bi]
+        _conv_silu(x[0:E], cq[bi], wq, wq[:, 0], False, q, cq2[bi])
+        _conv_silu(x[E:2 * E], ck[bi], wk, wk[:, 0], False, k, ck2[bi])
+        _conv_silu(x[2 * E:3 * E], cv[bi], wv, wv[:, 0], False, v, cv2[bi])
+        r = pos[bi]
+        done = r + 1 == L
+        pos2[bi] = 0 if done else r + 1
+        go = 3 * E + 3 * H
+        for h in range(H):
+            _l2norm(q, h * K, K, 1e-6)
+            _l2norm(k, h * K, K, 1e-6)
+            theta = base_lr / (1.0 + math.exp(-x[3 * E + h]))
+            eta = 1.0 / (1.0 + math.exp(-x[3 * E + H + h]))
+            keep = 1.0 / (1.0 + math.exp(x[3 * E + 2 * H + h]))
+            W0, M, S = w1[bi, h], m1[bi, h], s1[bi, h]
+            Wn, Mn, Sn = w1n[bi, h], m1n[bi, h], s1n[bi, h]
+            kh, qh = k[h * K:(h + 1) * K], q[h * K:(h + 1) * K]
+            for j in range(K):
+                eb[j] = -v[h * K + j]
+            for i in range(K):
+                for j in range(K):
+                    eb[j] += kh[i] * W0[i, j]
+            sk, se = 0.0, 0.0
+            for j in range(K):
+                eb[j] = 2.0 * eb[j]  # δ = ∂‖e‖²/∂(kM) = 2e
+                se += eb[j] * eb[j]
+                sk += kh[j] * kh[j]
+            if max_norm >= 0.0:  # ‖k ⊗ δ‖ = ‖k‖ ‖δ‖
+                sc = max_norm / math.sqrt(max(sk * se, max_norm * max_norm))
+                for j in range(K):
+                    eb[j] *= sc
+            ob = out[bi, h * K:(h + 1) * K]
+            for j in range(K):
+                ob[j] = 0.0
+            for i in range(K):
+                ki, qi = kh[i], qh[i]
+                for j in range(K):
+                    s = eta * S[i, j] - theta * ki * eb[j]
+                    Sn[i, j] = s
+                    mv = keep * M[i, j] + s
+                    Mn[i, j] = mv
+                    ob[j] += qi * mv
+                    Wn[i, j] = mv if done else W0[i, j]
+            _rms_gate(ob, norm_w, eps, x[go + h * K:go + (h + 1) * K], True, ob)
