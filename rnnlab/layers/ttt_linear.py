@@ -128,24 +128,24 @@ class _TTTMixer(Mixer):
         return self._mix(x, state, chunk_ttt)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, 1, D) -> (y, state): the per-token primal update (fused_recurrent_ttt); TTT-Linear on CPU without
-        autograd runs the fused decode kernel (rnnlab.ops.decode) between the projections."""
-        if self.depth == 1 and decode.usable(x, *(t for t in state.values() if t.is_floating_point()), self.lr_bias):
+        """x (B, 1, D) -> (y, state): the per-token primal update (fused_recurrent_ttt); on CPU without autograd the fused
+        decode kernel of the memory's depth (rnnlab.ops.decode) between the projections."""
+        if decode.usable(x, *(t for t in state.values() if t.is_floating_point()), self.lr_bias):
             return self._decode(x, state)
         return self._mix(x, state, fused_recurrent_ttt)
 
     def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        keys = ["w1", "g_w1", "b1", "g_b1", "pos"]
+        keys = [c + n for n in self._names for c in ("", "g_")] + ["pos"]  # w1, g_w1, b1, g_b1[, w2, g_w2, b2, g_b2], pos
         tau = self._tau() if self.token_offset is None else param_derived(self, "_decode_tau", lambda _: self._tau(), self.token_offset)
         inv_freq = self.__dict__.get("_inv_freq")  # a constant of the module (CPU: this path)
         if inv_freq is None:
             inv_freq = self.__dict__["_inv_freq"] = rotary_inv_freq(self.head_dim, self.rope_base)
-        K = self.head_dim
+        K, F_ = self.head_dim, self.b1.shape[-1]
         out, new = decode.fused_step(
-            "ttt_linear_decode", self, [fused_linear(x, [self.q_proj, self.k_proj, self.v_proj], whole=True), x],
-            [state[k] for k in keys], [self.lr_weight, self.lr_bias, tau, self.ln_weight, self.ln_bias, inv_freq,
-                                       self.post_norm.weight, self.post_norm.bias],
-            self.d_model, [2 * K, 3 * K], self.base_lr / K, self.rope, LN_EPS, self.post_norm.eps)
+            "ttt_linear_decode" if self.depth == 1 else "ttt_mlp_decode", self,
+            [fused_linear(x, [self.q_proj, self.k_proj, self.v_proj], whole=True), x], [state[k] for k in keys],
+            [self.lr_weight, self.lr_bias, tau, self.ln_weight, self.ln_bias, inv_freq, self.post_norm.weight, self.post_norm.bias],
+            self.d_model, [2 * K] + [3 * F_] * (self.depth - 1) + [3 * K], self.base_lr / K, self.rope, LN_EPS, self.post_norm.eps)
         if self.g_proj is not None:
             out = F.gelu(self.g_proj(x), approximate="tanh") * out
         return self.o_proj(out), dict(zip(keys, new))

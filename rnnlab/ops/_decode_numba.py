@@ -820,6 +820,75 @@ def _ln_head(x, w, b, eps, y):  # pragma: no cover - compiled
     return rstd
 
 
+@njit(**_INLINE)
+def _ttt_head_inputs(xr, pr, h, r, rope, inv_freq, lr_w, lr_b, lr_scale, q, k):  # pragma: no cover - compiled
+    """Head h of a TTT token: q, k (K,) from the projection row xr = [q | k | v], rotated at r (the position in the
+    mini-batch) when ``rope``; returns lr = lr_scale σ(lr_w[h] · pr + lr_b[h]), pr the layer's input row."""
+    K, D = q.shape[0], pr.shape[0]
+    half = K // 2
+    for i in range(K):
+        q[i], k[i] = xr[h * K + i], xr[D + h * K + i]
+    if rope:
+        p = np.float32(r)
+        for i in range(half):
+            ang = p * inv_freq[i]  # float32, as parts.rotary_cos_sin
+            c, s = math.cos(ang), math.sin(ang)
+            a1, a2 = q[i], q[half + i]
+            q[i], q[half + i] = a1 * c - a2 * s, a1 * s + a2 * c
+            a1, a2 = k[i], k[half + i]
+            k[i], k[half + i] = a1 * c - a2 * s, a1 * s + a2 * c
+    z = lr_b[h]
+    for j in range(D):
+        z += lr_w[h, j] * pr[j]
+    return lr_scale / (1.0 + math.exp(-z))
+
+
+@njit(**_INLINE)
+def _ttt_out_grad(g, k, v, w, b, eps, ln, dg):  # pragma: no cover - compiled
+    """The TTT loss's gradient at the memory's last pre-activation g (K,): ln = LN_{w,b}(g), e = k + ln − v, dg =
+    LN'(g)ᵀ (e ⊙ w) = (gx − mean gx − x̂ mean(gx x̂)) / σ (rnnlab.ops.ttt ``_layer_norm_grad``)."""
+    K = g.shape[0]
+    rstd = _ln_head(g, w, b, eps, ln)
+    mu = 0.0
+    for j in range(K):
+        mu += g[j]
+    mu /= K
+    m1, m2 = 0.0, 0.0
+    for j in range(K):
+        gx = (k[j] + ln[j] - v[j]) * w[j]
+        dg[j] = gx
+        m1 += gx
+        m2 += gx * (g[j] - mu) * rstd
+    m1 /= K
+    m2 /= K
+    for j in range(K):
+        dg[j] = (dg[j] - m1 - (g[j] - mu) * rstd * m2) * rstd
+
+
+@njit(**_INLINE)
+def _ttt_update(W0, G, u_in, u_out, lr, t, done, Wn, Gn):  # pragma: no cover - compiled
+    """One weight matrix of the TTT rule: Gn = G + lr u_in ⊗ u_out, Wn = W0 − τ Gn (the read's weights); the caller
+    moves the anchor after the read."""
+    for i in range(W0.shape[0]):
+        a = lr * u_in[i]
+        for j in range(W0.shape[1]):
+            gv = G[i, j] + a * u_out[j]
+            Gn[i, j] = gv
+            Wn[i, j] = W0[i, j] - t * gv
+
+
+@njit(**_INLINE)
+def _ttt_settle(W0, Wn, Gn, done):  # pragma: no cover - compiled
+    """After the read: at the mini-batch's end the anchor is the read's weights and the accumulator restarts;
+    otherwise the anchor stays (Wn back to W0). Works on matrices and bias rows alike (flattened)."""
+    w0, wn, gn = W0.reshape(W0.size), Wn.reshape(Wn.size), Gn.reshape(Gn.size)
+    for i in range(wn.shape[0]):
+        if done:
+            gn[i] = 0.0
+        else:
+            wn[i] = w0[i]
+
+
 @njit(**_KERNEL)
 def ttt_linear_decode(proj, x, w1, g_w1, b1, g_b1, pos, lr_w, lr_b, tau, ln_w, ln_b, inv_freq, post_w, post_b, out, w1n, g_w1n,
                       b1n, g_b1n, pos2, qk, gz, lr_scale, rope, eps, post_eps, lo, hi):  # pragma: no cover - compiled
@@ -832,87 +901,40 @@ def ttt_linear_decode(proj, x, w1, g_w1, b1, g_b1, pos, lr_w, lr_b, tau, ln_w, l
     H, K = w1.shape[1], w1.shape[2]
     D = H * K
     L = tau.shape[0]
-    half = K // 2
+    one = np.ones(1, w1.dtype)
     for bi in range(lo, hi):
-        xr, pr, q, k, g = proj[bi], x[bi], qk[bi, :K], qk[bi, K:], gz[bi]
+        xr, q, k, g = proj[bi], qk[bi, :K], qk[bi, K:], gz[bi]
         r = pos[bi]
         done = r + 1 == L
         pos2[bi] = 0 if done else r + 1
         t = tau[r]
         ob = out[bi]
         for h in range(H):
-            for i in range(K):
-                q[i], k[i] = xr[h * K + i], xr[D + h * K + i]
-            if rope:
-                p = np.float32(r)
-                for i in range(half):
-                    ang = p * inv_freq[i]
-                    c, s = math.cos(ang), math.sin(ang)
-                    a1, a2 = q[i], q[half + i]
-                    q[i], q[half + i] = a1 * c - a2 * s, a1 * s + a2 * c
-                    a1, a2 = k[i], k[half + i]
-                    k[i], k[half + i] = a1 * c - a2 * s, a1 * s + a2 * c
-            z = lr_b[h]
-            for j in range(D):
-                z += lr_w[h, j] * pr[j]
-            lr = lr_scale / (1.0 + math.exp(-z))
-            W0, G, B0, GB = w1[bi, h], g_w1[bi, h], b1[bi, h], g_b1[bi, h]
-            Wn, Gn, Bn, GBn = w1n[bi, h], g_w1n[bi, h], b1n[bi, h], g_b1n[bi, h]
+            lr = _ttt_head_inputs(xr, x[bi], h, r, rope, inv_freq, lr_w, lr_b, lr_scale, q, k)
             gg, ln, dg = g[:K], g[K:2 * K], g[2 * K:]
-            for j in range(K):
-                gg[j] = B0[j]
-            for i in range(K):
-                for j in range(K):
-                    gg[j] += k[i] * W0[i, j]
-            rstd = _ln_head(gg, ln_w[h], ln_b[h], eps, ln)
-            mu = 0.0
-            for j in range(K):
-                mu += gg[j]
-            mu /= K
-            m1, m2 = 0.0, 0.0  # the LayerNorm gradient: (gx − mean(gx) − x̂ mean(gx x̂)) rstd, gx = e γ
-            for j in range(K):
-                e = k[j] + ln[j] - xr[2 * D + h * K + j]
-                gx = e * ln_w[h, j]
-                xh = (gg[j] - mu) * rstd
-                dg[j] = gx
-                m1 += gx
-                m2 += gx * xh
-            m1 /= K
-            m2 /= K
-            for j in range(K):
-                dg[j] = (dg[j] - m1 - (gg[j] - mu) * rstd * m2) * rstd
-            for j in range(K):  # the bias: G_b += lr δ; b = b0 − τ G_b
-                GBn[j] = GB[j] + lr * dg[j]
-                gg[j] = B0[j] - t * GBn[j]  # gg: the current bias
-            for i in range(K):
-                ki, qi = k[i], q[i]
-                for j in range(K):
-                    gv = G[i, j] + lr * ki * dg[j]
-                    Gn[i, j] = gv
-                    Wn[i, j] = W0[i, j] - t * gv
-            for j in range(K):  # read: q W + b (ln as the accumulator)
-                ln[j] = gg[j]
-            for i in range(K):
-                qi = q[i]
-                for j in range(K):
-                    ln[j] += qi * Wn[i, j]
+            _matvec_t(w1[bi, h], k, b1[bi, h], gg)
+            _ttt_out_grad(gg, k, xr[2 * D + h * K:2 * D + (h + 1) * K], ln_w[h], ln_b[h], eps, ln, dg)
+            _ttt_update(b1[bi, h].reshape(1, K), g_b1[bi, h].reshape(1, K), one, dg, lr, t, done, b1n[bi, h].reshape(1, K),
+                        g_b1n[bi, h].reshape(1, K))
+            _ttt_update(w1[bi, h], g_w1[bi, h], k, dg, lr, t, done, w1n[bi, h], g_w1n[bi, h])
+            _matvec_t(w1n[bi, h], q, b1n[bi, h], ln)  # the read: q W + b
             _ln_head(ln, ln_w[h], ln_b[h], eps, dg)
             for j in range(K):
                 ob[h * K + j] = q[j] + dg[j]
-            if done:  # the mini-batch's end: the anchor moves to W, the accumulators restart
-                for j in range(K):
-                    Bn[j] = gg[j]
-                    GBn[j] = 0.0
-                for i in range(K):
-                    for j in range(K):
-                        Gn[i, j] = 0.0
-            else:
-                for j in range(K):
-                    Bn[j] = B0[j]
-                for i in range(K):
-                    for j in range(K):
-                        Wn[i, j] = W0[i, j]
+            _ttt_settle(w1[bi, h], w1n[bi, h], g_w1n[bi, h], done)
+            _ttt_settle(b1[bi, h], b1n[bi, h], g_b1n[bi, h], done)
         _group_norm_head(ob, post_w, post_b, True, post_eps)
+
+
+@njit(**_INLINE)
+def _matvec_t(W, x, bias, y):  # pragma: no cover - compiled
+    """y = xᵀ W + bias: W (in, out) row-major (a memory's weight as the state holds it)."""
+    for j in range(W.shape[1]):
+        y[j] = bias[j]
+    for i in range(W.shape[0]):
+        xi = x[i]
+        for j in range(W.shape[1]):
+            y[j] += xi * W[i, j]
 
 
 @njit(**_KERNEL)
@@ -972,3 +994,70 @@ def titans_linear_decode(proj, cq, ck, cv, w1, m1, s1, pos, wq, wk, wv, norm_w, 
                     ob[j] += qi * mv
                     Wn[i, j] = mv if done else W0[i, j]
             _rms_gate(ob, norm_w, eps, x[go + h * K:go + (h + 1) * K], True, ob)
+
+
+@njit(**_INLINE)
+def _gelu_tanh(x):  # pragma: no cover - compiled
+    return 0.5 * x * (1.0 + math.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+
+@njit(**_INLINE)
+def _gelu_tanh_grad(x):  # pragma: no cover - compiled
+    """d/dx of GELU's tanh form (rnnlab.ops.ttt ``_gelu_grad``)."""
+    c = 0.7978845608028654
+    t = math.tanh(c * (x + 0.044715 * x * x * x))
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x)
+
+
+@njit(**_KERNEL)
+def ttt_mlp_decode(proj, x, w1, g_w1, b1, g_b1, w2, g_w2, b2, g_b2, pos, lr_w, lr_b, tau, ln_w, ln_b, inv_freq, post_w, post_b, out,
+                   w1n, g_w1n, b1n, g_b1n, w2n, g_w2n, b2n, g_b2n, pos2, qk, hz, gz, lr_scale, rope, eps, post_eps, lo,
+                   hi):  # pragma: no cover - compiled
+    """TTT-MLP's token (rnnlab.layers.ttt_mlp): ``ttt_linear_decode`` with the memory g(x) = GELU(x W1 + b1) W2 + b2
+    (hidden F, GELU's tanh form): the gradient δ2 at g as there, δ1 = (W2 δ2) ⊙ GELU'(x W1 + b1); the four weights
+    updated by the rule (u_W1 = k ⊗ δ1, u_b1 = δ1, u_W2 = GELU(k W1 + b1) ⊗ δ2, u_b2 = δ2); o = q + LN(g(q; W)). Scratch qk
+    (B, 2K), hz (B, 3F), gz (B, 3K)."""
+    H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
+    D = H * K
+    L = tau.shape[0]
+    one = np.ones(1, w1.dtype)
+    for bi in range(lo, hi):
+        xr, q, k, g = proj[bi], qk[bi, :K], qk[bi, K:], gz[bi]
+        h1, a, d1 = hz[bi, :F], hz[bi, F:2 * F], hz[bi, 2 * F:]
+        r = pos[bi]
+        done = r + 1 == L
+        pos2[bi] = 0 if done else r + 1
+        t = tau[r]
+        ob = out[bi]
+        for h in range(H):
+            lr = _ttt_head_inputs(xr, x[bi], h, r, rope, inv_freq, lr_w, lr_b, lr_scale, q, k)
+            gg, ln, dg = g[:K], g[K:2 * K], g[2 * K:]
+            W1, W2 = w1[bi, h], w2[bi, h]
+            _matvec_t(W1, k, b1[bi, h], h1)
+            for f in range(F):
+                a[f] = _gelu_tanh(h1[f])
+            _matvec_t(W2, a, b2[bi, h], gg)
+            _ttt_out_grad(gg, k, xr[2 * D + h * K:2 * D + (h + 1) * K], ln_w[h], ln_b[h], eps, ln, dg)
+            for f in range(F):
+                s = 0.0
+                for j in range(K):
+                    s += W2[f, j] * dg[j]
+                d1[f] = s * _gelu_tanh_grad(h1[f])
+            _ttt_update(b2[bi, h].reshape(1, K), g_b2[bi, h].reshape(1, K), one, dg, lr, t, done, b2n[bi, h].reshape(1, K),
+                        g_b2n[bi, h].reshape(1, K))
+            _ttt_update(W2, g_w2[bi, h], a, dg, lr, t, done, w2n[bi, h], g_w2n[bi, h])
+            _ttt_update(b1[bi, h].reshape(1, F), g_b1[bi, h].reshape(1, F), one, d1, lr, t, done, b1n[bi, h].reshape(1, F),
+                        g_b1n[bi, h].reshape(1, F))
+            _ttt_update(W1, g_w1[bi, h], k, d1, lr, t, done, w1n[bi, h], g_w1n[bi, h])
+            _matvec_t(w1n[bi, h], q, b1n[bi, h], h1)  # the read: GELU(q W1 + b1) W2 + b2
+            for f in range(F):
+                a[f] = _gelu_tanh(h1[f])
+            _matvec_t(w2n[bi, h], a, b2n[bi, h], ln)
+            _ln_head(ln, ln_w[h], ln_b[h], eps, dg)
+            for j in range(K):
+                ob[h * K + j] = q[j] + dg[j]
+            for Wo, Wnn, Gnn in ((w1[bi, h], w1n[bi, h], g_w1n[bi, h]), (w2[bi, h], w2n[bi, h], g_w2n[bi, h])):
+                _ttt_settle(Wo, Wnn, Gnn, done)
+            _ttt_settle(b1[bi, h], b1n[bi, h], g_b1n[bi, h], done)
+            _ttt_settle(b2[bi, h], b2n[bi, h], g_b2n[bi, h], done)
+        _group_norm_head(ob, post_w, post_b, True, post_eps)

@@ -39,6 +39,7 @@ CASES = [
     ("mamba", {"d_state": 4, "bcdt_norm_eps": 1e-5, "bias": True}),  # Falcon Mamba's norms
     ("ttt_linear", {"num_heads": 2, "mini_batch_size": 4}),  # crosses mini-batch ends
     ("ttt_linear", {"num_heads": 4, "mini_batch_size": 8, "rope": False, "token_scale": False, "gate": True}),
+    ("ttt_mlp", {"num_heads": 2, "mini_batch_size": 4}),
     ("titans_linear", {"num_heads": 2, "chunk_size": 4}),  # crosses chunk ends
     ("titans_linear", {"num_heads": 4, "chunk_size": 8, "max_grad_norm": 0.05}),  # the clip active
     ("rwkv4", {"zero_init": False, "layer_id": 1, "num_layers": 3}),
@@ -96,7 +97,8 @@ def test_first_tokens_from_the_empty_state(dtype):
     mamba2's float64 arithmetic (its torch step computes in float64: the kernel equals it to 1e-10)."""
     cases = [("hawk", {"expansion": 1.0, "gate_blocks": 2, "reset_first_token": True}), ("mamba2", {"headdim": 8, "d_state": 8})]
     if dtype == torch.float32:  # TTT-Linear and Titans from their learned initial weights (expanded in the state)
-        cases += [("ttt_linear", {"num_heads": 2, "mini_batch_size": 4}), ("titans_linear", {"num_heads": 2, "chunk_size": 4})]
+        cases += [("ttt_linear", {"num_heads": 2, "mini_batch_size": 4}), ("ttt_mlp", {"num_heads": 2, "mini_batch_size": 4}),
+                  ("titans_linear", {"num_heads": 2, "chunk_size": 4})]
     for name, kw in cases:
         m = _mixer(name, kw, dtype)
         x = torch.randn(2, 12, D, dtype=dtype)
