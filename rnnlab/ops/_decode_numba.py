@@ -533,33 +533,10 @@ def rwkv7_decode(x, shift, S, mu, Wr, Wk, Wv, wd, wu, wb, ad, au, ab, gd, gu, k_
                 ri = rb[o0 + i]
                 for j in range(N):
                     ob[j] += ri * Sn[i, j]
-            mean = 0.0
-            for j in range(N):
-                mean += ob[j]
-            mean /= N
-            var = 0.0
-            for j in range(N):
-                var += (ob[j] - mean) * (ob[j] - mean)
-            rs = 1.0 / math.sqrt(var / N + ln_eps)
+            _ln_head(ob, ln_w[o0:o0 + N], ln_b[o0:o0 + N], True, ln_eps, ob)
             for j in range(N):
                 c = o0 + j
-                ob[j] = ((ob[j] - mean) * rs * ln_w[c] + ln_b[c] + bonus * vb[c]) * gl[c]
-
-
-@njit(**_INLINE)
-def _group_norm_head(o, w, b, has_bias, eps):  # pragma: no cover - compiled
-    """o (N,) -> (o − mean) / √(var + eps) · w (+ b) in place (GroupNorm over one head's channels)."""
-    N = o.shape[0]
-    mean = 0.0
-    for j in range(N):
-        mean += o[j]
-    mean /= N
-    var = 0.0
-    for j in range(N):
-        var += (o[j] - mean) * (o[j] - mean)
-    rs = 1.0 / math.sqrt(var / N + eps)
-    for j in range(N):
-        o[j] = (o[j] - mean) * rs * w[j] + b[j] if has_bias else (o[j] - mean) * rs * w[j]
+                ob[j] = (ob[j] + bonus * vb[c]) * gl[c]
 
 
 @njit(**_KERNEL)
@@ -614,7 +591,7 @@ def rwkv6_decode(x, shift, S, maa_x, maa, w1t, w2t, Wr, Wk, Wv, Wg, time_decay, 
                 for j in range(N):
                     ob[j] += ri * Sb[i, j]
                     Sn[i, j] = di * Sb[i, j] + ki * vb[o0 + j]
-            _group_norm_head(ob, ln_w[o0:o0 + N], ln_b[o0:o0 + N], True, ln_eps)
+            _ln_head(ob, ln_w[o0:o0 + N], ln_b[o0:o0 + N], True, ln_eps, ob)
             for j in range(N):
                 ob[j] *= gb[o0 + j]
 
@@ -682,7 +659,7 @@ def retnet_decode(proj, S, pos, inv_freq, log_gamma, gn_w, gn_b, out, S2, pos2, 
             a[0] = math.exp(log_gamma[h])
             ob = out[b, h * V:(h + 1) * V]
             _decay_write_read(S[b, h], S2[b, h], q, scale, k, x[2 * QK + h * V:2 * QK + (h + 1) * V], a, False, ob)
-            _group_norm_head(ob, gn_w[h * V:(h + 1) * V], gn_b[h * V:(h + 1) * V], True, eps)
+            _ln_head(ob, gn_w[h * V:(h + 1) * V], gn_b[h * V:(h + 1) * V], True, eps, ob)
             for j in range(V):
                 ob[j] *= _silu(x[2 * QK + E + h * V + j])
 
@@ -756,7 +733,7 @@ def slstm_decode(x, h, c, n, m, conv, conv_w, conv_b, w_if, w_zo, w_hh, bias, no
         for hd in range(NH):
             for j in range(Kh):
                 ob[hd * Kh + j] = h2[b, hd * Kh + j]
-            _group_norm_head(ob[hd * Kh:(hd + 1) * Kh], norm_w[hd * Kh:(hd + 1) * Kh], norm_w, False, 1e-5)
+            _ln_head(ob[hd * Kh:(hd + 1) * Kh], norm_w[hd * Kh:(hd + 1) * Kh], norm_w, False, 1e-5, ob[hd * Kh:(hd + 1) * Kh])
 
 
 @njit(**_KERNEL)
@@ -804,8 +781,9 @@ def mamba_decode(proj, conv, h, conv_w, conv_b, x_w, dt_w, dt_b, neg_A, D, out, 
 
 
 @njit(**_INLINE)
-def _ln_head(x, w, b, eps, y):  # pragma: no cover - compiled
-    """y = LayerNorm_{w, b}(x) over one head (the TTT spec's layer_norm); returns 1/σ."""
+def _ln_head(x, w, b, has_bias, eps, y):  # pragma: no cover - compiled
+    """y = (x − mean) / √(var + eps) · w (+ b) over one head (LayerNorm; GroupNorm's per-group part; the TTT spec's
+    layer_norm); y may be x. Returns 1/σ."""
     n = x.shape[0]
     mu = 0.0
     for j in range(n):
@@ -816,7 +794,7 @@ def _ln_head(x, w, b, eps, y):  # pragma: no cover - compiled
         var += (x[j] - mu) * (x[j] - mu)
     rstd = 1.0 / math.sqrt(var / n + eps)
     for j in range(n):
-        y[j] = (x[j] - mu) * rstd * w[j] + b[j]
+        y[j] = (x[j] - mu) * rstd * w[j] + b[j] if has_bias else (x[j] - mu) * rstd * w[j]
     return rstd
 
 
@@ -848,7 +826,7 @@ def _ttt_out_grad(g, k, v, w, b, eps, ln, dg):  # pragma: no cover - compiled
     """The TTT loss's gradient at the memory's last pre-activation g (K,): ln = LN_{w,b}(g), e = k + ln − v, dg =
     LN'(g)ᵀ (e ⊙ w) = (gx − mean gx − x̂ mean(gx x̂)) / σ (rnnlab.ops.ttt ``_layer_norm_grad``)."""
     K = g.shape[0]
-    rstd = _ln_head(g, w, b, eps, ln)
+    rstd = _ln_head(g, w, b, True, eps, ln)
     mu = 0.0
     for j in range(K):
         mu += g[j]
@@ -918,12 +896,12 @@ def ttt_linear_decode(proj, x, w1, g_w1, b1, g_b1, pos, lr_w, lr_b, tau, ln_w, l
                         g_b1n[bi, h].reshape(1, K))
             _ttt_update(w1[bi, h], g_w1[bi, h], k, dg, lr, t, done, w1n[bi, h], g_w1n[bi, h])
             _matvec_t(w1n[bi, h], q, b1n[bi, h], ln)  # the read: q W + b
-            _ln_head(ln, ln_w[h], ln_b[h], eps, dg)
+            _ln_head(ln, ln_w[h], ln_b[h], True, eps, dg)
             for j in range(K):
                 ob[h * K + j] = q[j] + dg[j]
             _ttt_settle(w1[bi, h], w1n[bi, h], g_w1n[bi, h], done)
             _ttt_settle(b1[bi, h], b1n[bi, h], g_b1n[bi, h], done)
-        _group_norm_head(ob, post_w, post_b, True, post_eps)
+        _ln_head(ob, post_w, post_b, True, post_eps, ob)
 
 
 @njit(**_INLINE)
@@ -1053,11 +1031,11 @@ def ttt_mlp_decode(proj, x, w1, g_w1, b1, g_b1, w2, g_w2, b2, g_b2, pos, lr_w, l
             for f in range(F):
                 a[f] = _gelu_tanh(h1[f])
             _matvec_t(w2n[bi, h], a, b2n[bi, h], ln)
-            _ln_head(ln, ln_w[h], ln_b[h], eps, dg)
+            _ln_head(ln, ln_w[h], ln_b[h], True, eps, dg)
             for j in range(K):
                 ob[h * K + j] = q[j] + dg[j]
             for Wo, Wnn, Gnn in ((w1[bi, h], w1n[bi, h], g_w1n[bi, h]), (w2[bi, h], w2n[bi, h], g_w2n[bi, h])):
                 _ttt_settle(Wo, Wnn, Gnn, done)
             _ttt_settle(b1[bi, h], b1n[bi, h], g_b1n[bi, h], done)
             _ttt_settle(b2[bi, h], b2n[bi, h], g_b2n[bi, h], done)
-        _group_norm_head(ob, post_w, post_b, True, post_eps)
+        _ln_head(ob, post_w, post_b, True, post_eps, ob)
