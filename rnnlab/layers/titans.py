@@ -177,18 +177,19 @@ class Titans(ConvMemoryMixer):
         return dict(theta=self.base_lr * torch.sigmoid(pre[..., 0]), log_eta=F.logsigmoid(pre[..., 1]), log_decay=F.logsigmoid(-pre[..., 2]))
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """One token; a linear memory without biases on CPU without autograd runs the fused decode kernel
+        """One token; a memory without biases on CPU without autograd runs the fused decode kernel of its depth
         (rnnlab.ops.decode) between the projections."""
-        if self.depth == 1 and not self.bias and decode.usable(x, *(t for t in state.values() if t.is_floating_point()), self.w1):
+        if not self.bias and decode.usable(x, *(t for t in state.values() if t.is_floating_point()), self.w1):
             return self._decode(x, state)
         return super().step(x, state)
 
     def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        keys = ["conv_q", "conv_k", "conv_v", "w1", "m_w1", "s_w1", "pos"]
+        keys = ["conv_q", "conv_k", "conv_v"] + [c + n for n in self._names for c in ("", "m_", "s_")] + ["pos"]
         proj = fused_linear(x, [self.q_proj, self.k_proj, self.v_proj, self.gate_proj, self.g_proj], whole=True)
+        E, deep = self.num_heads * self.head_dim, self.depth == 2
         out, new = decode.fused_step(
-            "titans_linear_decode", self, proj, [state[k] for k in keys],
-            [self.q_conv.weight, self.k_conv.weight, self.v_conv.weight, self.o_norm.weight], self.num_heads * self.head_dim,
-            [self.num_heads * self.head_dim] * 3 + [self.head_dim], self.base_lr,
+            "titans_mlp_decode" if deep else "titans_linear_decode", self, proj, [state[k] for k in keys],
+            [self.q_conv.weight, self.k_conv.weight, self.v_conv.weight, self.o_norm.weight], E,
+            [E] * 3 + [self.head_dim] + ([3 * self.w1.shape[-1]] if deep else []), self.base_lr,
             -1.0 if self.max_grad_norm is None else float(self.max_grad_norm), self.chunk_size, self.o_norm.eps)
         return self.o_proj(out), dict(zip(keys, new))

@@ -890,12 +890,12 @@ def ttt_linear_decode(proj, x, w1, g_w1, b1, g_b1, pos, lr_w, lr_b, tau, ln_w, l
         for h in range(H):
             lr = _ttt_head_inputs(xr, x[bi], h, r, rope, inv_freq, lr_w, lr_b, lr_scale, q, k)
             gg, ln, dg = g[:K], g[K:2 * K], g[2 * K:]
-            _matvec_t(w1[bi, h], k, b1[bi, h], gg)
+            _matvec_t(w1[bi, h], k, b1[bi, h], True, gg)
             _ttt_out_grad(gg, k, xr[2 * D + h * K:2 * D + (h + 1) * K], ln_w[h], ln_b[h], eps, ln, dg)
             _ttt_update(b1[bi, h].reshape(1, K), g_b1[bi, h].reshape(1, K), one, dg, lr, t, done, b1n[bi, h].reshape(1, K),
                         g_b1n[bi, h].reshape(1, K))
             _ttt_update(w1[bi, h], g_w1[bi, h], k, dg, lr, t, done, w1n[bi, h], g_w1n[bi, h])
-            _matvec_t(w1n[bi, h], q, b1n[bi, h], ln)  # the read: q W + b
+            _matvec_t(w1n[bi, h], q, b1n[bi, h], True, ln)  # the read: q W + b
             _ln_head(ln, ln_w[h], ln_b[h], True, eps, dg)
             for j in range(K):
                 ob[h * K + j] = q[j] + dg[j]
@@ -905,14 +905,56 @@ def ttt_linear_decode(proj, x, w1, g_w1, b1, g_b1, pos, lr_w, lr_b, tau, ln_w, l
 
 
 @njit(**_INLINE)
-def _matvec_t(W, x, bias, y):  # pragma: no cover - compiled
-    """y = xᵀ W + bias: W (in, out) row-major (a memory's weight as the state holds it)."""
+def _matvec_t(W, x, bias, has_bias, y):  # pragma: no cover - compiled
+    """y = xᵀ W (+ bias): W (in, out) row-major (a memory's weight as the state holds it)."""
     for j in range(W.shape[1]):
-        y[j] = bias[j]
+        y[j] = bias[j] if has_bias else 0.0
     for i in range(W.shape[0]):
         xi = x[i]
         for j in range(W.shape[1]):
             y[j] += xi * W[i, j]
+
+
+@njit(**_INLINE)
+def _titans_inputs(x, cq, ck, cv, wq, wk, wv, q, k, v, cq2, ck2, cv2, H, K):  # pragma: no cover - compiled
+    """A Titans row's q, k, v = SiLU(conv) of [q | k | v] (H·K each) in x (states cq, ck, cv -> cq2, ck2, cv2), q and k
+    ℓ2-normalized per head."""
+    E = H * K
+    _conv_silu(x[0:E], cq, wq, wq[:, 0], False, q, cq2)
+    _conv_silu(x[E:2 * E], ck, wk, wk[:, 0], False, k, ck2)
+    _conv_silu(x[2 * E:3 * E], cv, wv, wv[:, 0], False, v, cv2)
+    for h in range(H):
+        _l2norm(q, h * K, K, 1e-6)
+        _l2norm(k, h * K, K, 1e-6)
+
+
+@njit(**_INLINE)
+def _titans_gates(x, o, H, h, base_lr):  # pragma: no cover - compiled
+    """Head h's gates from the pre-activations at x[o:o + 3H] (gate-major): θ = base_lr σ, η = σ, 1 − α = σ(−·)."""
+    theta = base_lr / (1.0 + math.exp(-x[o + h]))
+    eta = 1.0 / (1.0 + math.exp(-x[o + H + h]))
+    keep = 1.0 / (1.0 + math.exp(x[o + 2 * H + h]))
+    return theta, eta, keep
+
+
+@njit(**_INLINE)
+def _clip(sq, max_norm):  # pragma: no cover - compiled
+    """The per-token clip factor min(1, max_norm / ‖u‖) from ‖u‖² (1 when max_norm < 0: no clipping)."""
+    return max_norm / math.sqrt(max(sq, max_norm * max_norm)) if max_norm >= 0.0 else 1.0
+
+
+@njit(**_INLINE)
+def _momentum_update(W0, M, S, u_in, u_out, theta, eta, keep, done, Wn, Mn, Sn):  # pragma: no cover - compiled
+    """One weight matrix of Titans' rule: Sn = η S − θ u_in ⊗ u_out, Mn = (1 − α) M + Sn; the anchor Wn = Mn at the
+    chunk's end, else W0."""
+    for i in range(W0.shape[0]):
+        a = theta * u_in[i]
+        for j in range(W0.shape[1]):
+            sv = eta * S[i, j] - a * u_out[j]
+            Sn[i, j] = sv
+            mv = keep * M[i, j] + sv
+            Mn[i, j] = mv
+            Wn[i, j] = mv if done else W0[i, j]
 
 
 @njit(**_KERNEL)
@@ -929,49 +971,26 @@ def titans_linear_decode(proj, cq, ck, cv, w1, m1, s1, pos, wq, wk, wv, norm_w, 
     E = H * K
     for bi in range(lo, hi):
         x, q, k, v, eb = proj[bi], qc[bi], kc[bi], vc[bi], e[bi]
-        _conv_silu(x[0:E], cq[bi], wq, wq[:, 0], False, q, cq2[bi])
-        _conv_silu(x[E:2 * E], ck[bi], wk, wk[:, 0], False, k, ck2[bi])
-        _conv_silu(x[2 * E:3 * E], cv[bi], wv, wv[:, 0], False, v, cv2[bi])
+        _titans_inputs(x, cq[bi], ck[bi], cv[bi], wq, wk, wv, q, k, v, cq2[bi], ck2[bi], cv2[bi], H, K)
         r = pos[bi]
         done = r + 1 == L
         pos2[bi] = 0 if done else r + 1
-        go = 3 * E + 3 * H
         for h in range(H):
-            _l2norm(q, h * K, K, 1e-6)
-            _l2norm(k, h * K, K, 1e-6)
-            theta = base_lr / (1.0 + math.exp(-x[3 * E + h]))
-            eta = 1.0 / (1.0 + math.exp(-x[3 * E + H + h]))
-            keep = 1.0 / (1.0 + math.exp(x[3 * E + 2 * H + h]))
-            W0, M, S = w1[bi, h], m1[bi, h], s1[bi, h]
-            Wn, Mn, Sn = w1n[bi, h], m1n[bi, h], s1n[bi, h]
+            theta, eta, keep = _titans_gates(x, 3 * E, H, h, base_lr)
             kh, qh = k[h * K:(h + 1) * K], q[h * K:(h + 1) * K]
-            for j in range(K):
-                eb[j] = -v[h * K + j]
-            for i in range(K):
-                for j in range(K):
-                    eb[j] += kh[i] * W0[i, j]
+            _matvec_t(w1[bi, h], kh, eb, False, eb)
             sk, se = 0.0, 0.0
             for j in range(K):
-                eb[j] = 2.0 * eb[j]  # δ = ∂‖e‖²/∂(kM) = 2e
+                eb[j] = 2.0 * (eb[j] - v[h * K + j])  # δ = ∂‖k M0 − v‖²/∂(k M0) = 2e
                 se += eb[j] * eb[j]
                 sk += kh[j] * kh[j]
-            if max_norm >= 0.0:  # ‖k ⊗ δ‖ = ‖k‖ ‖δ‖
-                sc = max_norm / math.sqrt(max(sk * se, max_norm * max_norm))
-                for j in range(K):
-                    eb[j] *= sc
-            ob = out[bi, h * K:(h + 1) * K]
+            c = _clip(sk * se, max_norm)  # ‖k ⊗ δ‖ = ‖k‖ ‖δ‖
             for j in range(K):
-                ob[j] = 0.0
-            for i in range(K):
-                ki, qi = kh[i], qh[i]
-                for j in range(K):
-                    s = eta * S[i, j] - theta * ki * eb[j]
-                    Sn[i, j] = s
-                    mv = keep * M[i, j] + s
-                    Mn[i, j] = mv
-                    ob[j] += qi * mv
-                    Wn[i, j] = mv if done else W0[i, j]
-            _rms_gate(ob, norm_w, eps, x[go + h * K:go + (h + 1) * K], True, ob)
+                eb[j] *= c
+            _momentum_update(w1[bi, h], m1[bi, h], s1[bi, h], kh, eb, theta, eta, keep, done, w1n[bi, h], m1n[bi, h], s1n[bi, h])
+            ob = out[bi, h * K:(h + 1) * K]
+            _matvec_t(m1n[bi, h], qh, norm_w, False, ob)
+            _rms_gate(ob, norm_w, eps, x[3 * E + 3 * H + h * K:3 * E + 3 * H + (h + 1) * K], True, ob)
 
 
 @njit(**_INLINE)
@@ -1011,10 +1030,10 @@ def ttt_mlp_decode(proj, x, w1, g_w1, b1, g_b1, w2, g_w2, b2, g_b2, pos, lr_w, l
             lr = _ttt_head_inputs(xr, x[bi], h, r, rope, inv_freq, lr_w, lr_b, lr_scale, q, k)
             gg, ln, dg = g[:K], g[K:2 * K], g[2 * K:]
             W1, W2 = w1[bi, h], w2[bi, h]
-            _matvec_t(W1, k, b1[bi, h], h1)
+            _matvec_t(W1, k, b1[bi, h], True, h1)
             for f in range(F):
                 a[f] = _gelu_tanh(h1[f])
-            _matvec_t(W2, a, b2[bi, h], gg)
+            _matvec_t(W2, a, b2[bi, h], True, gg)
             _ttt_out_grad(gg, k, xr[2 * D + h * K:2 * D + (h + 1) * K], ln_w[h], ln_b[h], eps, ln, dg)
             for f in range(F):
                 s = 0.0
@@ -1027,10 +1046,10 @@ def ttt_mlp_decode(proj, x, w1, g_w1, b1, g_b1, w2, g_w2, b2, g_b2, pos, lr_w, l
             _ttt_update(b1[bi, h].reshape(1, F), g_b1[bi, h].reshape(1, F), one, d1, lr, t, done, b1n[bi, h].reshape(1, F),
                         g_b1n[bi, h].reshape(1, F))
             _ttt_update(W1, g_w1[bi, h], k, d1, lr, t, done, w1n[bi, h], g_w1n[bi, h])
-            _matvec_t(w1n[bi, h], q, b1n[bi, h], h1)  # the read: GELU(q W1 + b1) W2 + b2
+            _matvec_t(w1n[bi, h], q, b1n[bi, h], True, h1)  # the read: GELU(q W1 + b1) W2 + b2
             for f in range(F):
                 a[f] = _gelu_tanh(h1[f])
-            _matvec_t(w2n[bi, h], a, b2n[bi, h], ln)
+            _matvec_t(w2n[bi, h], a, b2n[bi, h], True, ln)
             _ln_head(ln, ln_w[h], ln_b[h], True, eps, dg)
             for j in range(K):
                 ob[h * K + j] = q[j] + dg[j]
@@ -1039,3 +1058,55 @@ def ttt_mlp_decode(proj, x, w1, g_w1, b1, g_b1, w2, g_w2, b2, g_b2, pos, lr_w, l
             _ttt_settle(b1[bi, h], b1n[bi, h], g_b1n[bi, h], done)
             _ttt_settle(b2[bi, h], b2n[bi, h], g_b2n[bi, h], done)
         _ln_head(ob, post_w, post_b, True, post_eps, ob)
+
+
+@njit(**_KERNEL)
+def titans_mlp_decode(proj, cq, ck, cv, w1, m1, s1, w2, m2, s2, pos, wq, wk, wv, norm_w, out, cq2, ck2, cv2, w1n, m1n, s1n, w2n,
+                      m2n, s2n, pos2, qc, kc, vc, e, hz, base_lr, max_norm, L, eps, lo, hi):  # pragma: no cover - compiled
+    """``titans_linear_decode`` with the deep memory M(x) = GELU(x W1) W2 (hidden F, GELU's tanh form, no biases): the
+    gradient of ‖M0(k) − v‖² at the anchor (δ2 = 2e, δ1 = (W2 δ2) ⊙ GELU'(k W1); u_W1 = k ⊗ δ1, u_W2 = GELU(k W1) ⊗ δ2;
+    clipped jointly: ‖u‖² = ‖k‖²‖δ1‖² + ‖a‖²‖δ2‖²), each weight by the momentum rule, o = M_t(q). Scratch as there
+    plus hz (B, 3F)."""
+    H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
+    E = H * K
+    for bi in range(lo, hi):
+        x, q, k, v, eb = proj[bi], qc[bi], kc[bi], vc[bi], e[bi]
+        h1, a, d1 = hz[bi, :F], hz[bi, F:2 * F], hz[bi, 2 * F:]
+        _titans_inputs(x, cq[bi], ck[bi], cv[bi], wq, wk, wv, q, k, v, cq2[bi], ck2[bi], cv2[bi], H, K)
+        r = pos[bi]
+        done = r + 1 == L
+        pos2[bi] = 0 if done else r + 1
+        for h in range(H):
+            theta, eta, keep = _titans_gates(x, 3 * E, H, h, base_lr)
+            kh, qh = k[h * K:(h + 1) * K], q[h * K:(h + 1) * K]
+            W1, W2 = w1[bi, h], w2[bi, h]
+            _matvec_t(W1, kh, h1, False, h1)
+            sa = 0.0
+            for f in range(F):
+                a[f] = _gelu_tanh(h1[f])
+                sa += a[f] * a[f]
+            _matvec_t(W2, a, eb, False, eb)
+            se, sk, s1_ = 0.0, 0.0, 0.0
+            for j in range(K):
+                eb[j] = 2.0 * (eb[j] - v[h * K + j])
+                se += eb[j] * eb[j]
+                sk += kh[j] * kh[j]
+            for f in range(F):
+                sv = 0.0
+                for j in range(K):
+                    sv += W2[f, j] * eb[j]
+                d1[f] = sv * _gelu_tanh_grad(h1[f])
+                s1_ += d1[f] * d1[f]
+            c = _clip(sk * s1_ + sa * se, max_norm)
+            for j in range(K):
+                eb[j] *= c
+            for f in range(F):
+                d1[f] *= c
+            _momentum_update(W2, m2[bi, h], s2[bi, h], a, eb, theta, eta, keep, done, w2n[bi, h], m2n[bi, h], s2n[bi, h])
+            _momentum_update(W1, m1[bi, h], s1[bi, h], kh, d1, theta, eta, keep, done, w1n[bi, h], m1n[bi, h], s1n[bi, h])
+            _matvec_t(m1n[bi, h], qh, h1, False, h1)  # the read: GELU(q M1) M2
+            for f in range(F):
+                a[f] = _gelu_tanh(h1[f])
+            ob = out[bi, h * K:(h + 1) * K]
+            _matvec_t(m2n[bi, h], a, ob, False, ob)
+            _rms_gate(ob, norm_w, eps, x[3 * E + 3 * H + h * K:3 * E + 3 * H + (h + 1) * K], True, ob)

@@ -42,6 +42,8 @@ CASES = [
     ("ttt_mlp", {"num_heads": 2, "mini_batch_size": 4}),
     ("titans_linear", {"num_heads": 2, "chunk_size": 4}),  # crosses chunk ends
     ("titans_linear", {"num_heads": 4, "chunk_size": 8, "max_grad_norm": 0.05}),  # the clip active
+    ("titans", {"num_heads": 2, "chunk_size": 4}),  # the deep memory
+    ("titans", {"num_heads": 2, "chunk_size": 8, "max_grad_norm": 0.05, "memory_expansion": 2}),
     ("rwkv4", {"zero_init": False, "layer_id": 1, "num_layers": 3}),
 ]
 
@@ -98,7 +100,7 @@ def test_first_tokens_from_the_empty_state(dtype):
     cases = [("hawk", {"expansion": 1.0, "gate_blocks": 2, "reset_first_token": True}), ("mamba2", {"headdim": 8, "d_state": 8})]
     if dtype == torch.float32:  # TTT-Linear and Titans from their learned initial weights (expanded in the state)
         cases += [("ttt_linear", {"num_heads": 2, "mini_batch_size": 4}), ("ttt_mlp", {"num_heads": 2, "mini_batch_size": 4}),
-                  ("titans_linear", {"num_heads": 2, "chunk_size": 4})]
+                  ("titans_linear", {"num_heads": 2, "chunk_size": 4}), ("titans", {"num_heads": 2, "chunk_size": 4})]
     for name, kw in cases:
         m = _mixer(name, kw, dtype)
         x = torch.randn(2, 12, D, dtype=dtype)
