@@ -30,22 +30,38 @@ def _silu(x):  # pragma: no cover - compiled
 
 
 @njit(**_INLINE)
+def _sigmoid(x):  # pragma: no cover - compiled
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@njit(**_INLINE)
+def _logsigmoid(x):  # pragma: no cover - compiled
+    """log σ(x) without overflow (torch's logsigmoid)."""
+    return min(x, 0.0) - math.log1p(math.exp(-abs(x)))
+
+
+@njit(**_INLINE)
+def _gelu_tanh(x):  # pragma: no cover - compiled
+    return 0.5 * x * (1.0 + math.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+
+@njit(**_INLINE)
 def _softplus(x):  # pragma: no cover - compiled
     """torch's softplus (beta 1, threshold 20)."""
     return x if x > 20.0 else math.log1p(math.exp(x))
 
 
 @njit(**_INLINE)
-def _conv_silu(x, state, w, bias, has_bias, y, new_state):  # pragma: no cover - compiled
-    """One token of the depthwise causal conv with SiLU (rnnlab.ops.conv): x (C,) the new input, state (W-1, C) the
-    last W-1 inputs (older first), w (C, W), bias (C,) -> y (C,), new_state (W-1, C) = [state[1:], x]."""
+def _conv(x, state, w, bias, has_bias, silu, y, new_state):  # pragma: no cover - compiled
+    """One token of the depthwise causal conv, with SiLU when ``silu`` (rnnlab.ops.conv): x (C,) the new input, state
+    (W-1, C) the last W-1 inputs (older first), w (C, W), bias (C,) -> y (C,), new_state (W-1, C) = [state[1:], x]."""
     W, C = w.shape[1], w.shape[0]
     for c in range(C):
         acc = bias[c] if has_bias else 0.0
         for j in range(W - 1):
             acc += state[j, c] * w[c, j]
         acc += x[c] * w[c, W - 1]
-        y[c] = _silu(acc)
+        y[c] = _silu(acc) if silu else acc
     for j in range(W - 2):
         for c in range(C):
             new_state[j, c] = state[j + 1, c]
@@ -63,6 +79,21 @@ def _l2norm(x, lo, n, eps):  # pragma: no cover - compiled
     r = 1.0 / math.sqrt(s + eps)
     for i in range(lo, lo + n):
         x[i] = x[i] * r
+
+
+@njit(**_INLINE)
+def _rotate_pair(q, k, p, inv_freq):  # pragma: no cover - compiled
+    """q, k (K,) rotated in place at the integer position p: pairs (i, i + K/2) by the angle p · inv_freq[i] computed in
+    float32 (``parts.rotary_cos_sin``): [x1 c − x2 s, x1 s + x2 c]."""
+    half = q.shape[0] // 2
+    pf = np.float32(p)
+    for i in range(half):
+        ang = pf * inv_freq[i]
+        c, s = math.cos(ang), math.sin(ang)
+        a1, a2 = q[i], q[half + i]
+        q[i], q[half + i] = a1 * c - a2 * s, a1 * s + a2 * c
+        a1, a2 = k[i], k[half + i]
+        k[i], k[half + i] = a1 * c - a2 * s, a1 * s + a2 * c
 
 
 @njit(**_INLINE)
@@ -96,9 +127,9 @@ def delta_decode(proj, cq, ck, cv, S, wq, wk, wv, negA, dt_bias, norm_w, out, cq
     G = HV // H
     for b in range(lo, hi):
         x, q, k, v, ob_ = proj[b], qc[b], kc[b], vc[b], o[b]
-        _conv_silu(x[0:QK], cq[b], wq, wq[:, 0], False, q, cq2[b])
-        _conv_silu(x[QK:QK + KK], ck[b], wk, wk[:, 0], False, k, ck2[b])
-        _conv_silu(x[QK + KK:ob], cv[b], wv, wv[:, 0], False, v, cv2[b])
+        _conv(x[0:QK], cq[b], wq, wq[:, 0], False, True, q, cq2[b])
+        _conv(x[QK:QK + KK], ck[b], wk, wk[:, 0], False, True, k, ck2[b])
+        _conv(x[QK + KK:ob], cv[b], wv, wv[:, 0], False, True, v, cv2[b])
         for h in range(H):
             _l2norm(q, h * K, K, 1e-6)
         for i in range(nh * H):
@@ -112,13 +143,8 @@ def delta_decode(proj, cq, ck, cv, S, wq, wk, wv, negA, dt_bias, norm_w, out, cq
             for n in range(nh):
                 kh = (n * H + h // G) * K
                 vh = (n * HV + h) * V
-                beta = beta_scale / (1.0 + math.exp(-x[ob + n * HV + h]))
-                for j in range(V):
-                    ob_[j] = 0.0
-                for i in range(K):
-                    ki = k[kh + i]
-                    for j in range(V):
-                        ob_[j] += ki * Sn[i, j]
+                beta = beta_scale * _sigmoid(x[ob + n * HV + h])
+                _matvec_t(Sn, k[kh:kh + K], ob_, False, ob_)  # Sᵀk
                 for j in range(V):
                     ob_[j] = beta * (v[vh + j] - ob_[j])
                 for i in range(K):
@@ -149,7 +175,7 @@ def ssd_decode(proj, conv, h, conv_w, conv_b, dt_bias, neg_A, D, norm_w, out, co
     L = E // G
     for b in range(lo, hi):
         x, u, y = proj[b], xbc[b], out[b]
-        _conv_silu(x[E:E + Cc], conv[b], conv_w, conv_b, has_bias, u, conv2[b])
+        _conv(x[E:E + Cc], conv[b], conv_w, conv_b, has_bias, True, u, conv2[b])
         for i in range(H):
             delta = _softplus(x[E + Cc + i] + dt_bias[i])
             decay = math.exp(neg_A[i] * delta)
@@ -168,12 +194,7 @@ def ssd_decode(proj, conv, h, conv_w, conv_b, dt_bias, neg_A, D, norm_w, out, co
             for p in range(P):
                 yi[p] = (yi[p] + D[i] * u[i * P + p]) * _silu(x[i * P + p])
         for g in range(G):
-            s = 0.0
-            for c in range(g * L, (g + 1) * L):
-                s += y[c] * y[c]
-            r = 1.0 / math.sqrt(s / L + eps)
-            for c in range(g * L, (g + 1) * L):
-                y[c] = y[c] * r * norm_w[c]
+            _rms_gate(y[g * L:(g + 1) * L], norm_w[g * L:(g + 1) * L], eps, y, False, y[g * L:(g + 1) * L])
 
 
 @njit(**_INLINE)
@@ -191,13 +212,14 @@ def _headwise(x, w, r0, y):  # pragma: no cover - compiled
 
 
 @njit(**_INLINE)
-def _mlstm_head(q, k, v, it, ft, m, C, n, C2, n2, sigmoid_forget, eps, norm_eps, o):  # pragma: no cover - compiled
-    """One head of the stabilized mLSTM cell (rnnlab.ops.mlstm.mlstm_step) and its LayerNorm (no affine): q, k (K,),
-    v (V,), gate pre-activations it, ft, the old state m, C (K, V), n (K,) -> o (V,) the normed h, new C2, n2;
+def _mlstm_head(q, k, v, it, ft, m, C, n, C2, n2, sigmoid_forget, eps, norm_w, norm_eps, o):  # pragma: no cover - compiled
+    """One head of the stabilized mLSTM cell (rnnlab.ops.mlstm.mlstm_step) and its norm (a LayerNorm without bias,
+    weight norm_w (V,): the layer's GroupNorm over heads): q, k (K,), v (V,), gate pre-activations it, ft, the old
+    state m, C (K, V), n (K,) -> o (V,) the normed h, new C2, n2;
     returns m' = max(log f + m, ĩ). C ← f'C + i'(k/√K) vᵀ, n ← f'n + i' k/√K, h = Cᵀq / (max(|nᵀq|, e^−m') + eps)."""
     K, V = C.shape[0], C.shape[1]
     scale = 1.0 / math.sqrt(K)
-    logf = min(ft, 0.0) - math.log1p(math.exp(-abs(ft))) if sigmoid_forget else ft
+    logf = _logsigmoid(ft) if sigmoid_forget else ft
     lfm = logf + m
     m_new = max(lfm, it)
     f_s, i_s = math.exp(lfm - m_new), math.exp(it - m_new)
@@ -214,17 +236,9 @@ def _mlstm_head(q, k, v, it, ft, m, C, n, C2, n2, sigmoid_forget, eps, norm_eps,
             C2[a, j] = cv
             o[j] += qa * cv
     den = max(abs(qn), math.exp(-m_new)) + eps
-    mean = 0.0
     for j in range(V):
         o[j] = o[j] / den
-        mean += o[j]
-    mean /= V
-    var = 0.0
-    for j in range(V):
-        var += (o[j] - mean) * (o[j] - mean)
-    r = 1.0 / math.sqrt(var / V + norm_eps)
-    for j in range(V):
-        o[j] = (o[j] - mean) * r
+    _ln_head(o, norm_w, norm_w, False, norm_eps, o)
     return m_new
 
 
@@ -238,13 +252,13 @@ def mlstm_decode(up, conv, C, n, m, conv_w, conv_b, qk_w, v_w, gate_w, gate_b, n
                  cb, qb, kb, vb, gb, ob, cap, sigmoid_forget, eps, norm_eps, lo, hi):  # pragma: no cover - compiled
     """The mLSTM block's token (rnnlab.layers.mlstm, layout "block"), per row b: up (B, 2E) = [x_m | z]; c = SiLU(conv
     x_m); q, k = the headwise projections of c, v of x_m; [ĩ | f̃] = gate_w [q; k; v] + gate_b (soft-capped when cap > 0);
-    per head (K = V = E / H) the cell and its norm (``_mlstm_head``), then out = (skip ⊙ c + norm_w ⊙ h) ⊙ SiLU(z).
+    per head (K = V = E / H) the cell and its norm with weight norm_w (``_mlstm_head``), then out = (skip ⊙ c + h) ⊙ SiLU(z).
     New states conv2, C2, n2, m2; scratch rows cb, qb, kb, vb (B, E), gb (B, 2H), ob (B, V)."""
     H, K = C.shape[1], C.shape[2]
     E = H * K
     for b in range(lo, hi):
         xm, z, c, q, k, v, g, o, y = up[b, :E], up[b, E:], cb[b], qb[b], kb[b], vb[b], gb[b], ob[b], out[b]
-        _conv_silu(xm, conv[b], conv_w, conv_b, True, c, conv2[b])
+        _conv(xm, conv[b], conv_w, conv_b, True, True, c, conv2[b])
         bs = qk_w.shape[2]
         _headwise(c, qk_w, 0, q)
         _headwise(c, qk_w, bs, k)
@@ -257,17 +271,17 @@ def mlstm_decode(up, conv, C, n, m, conv_w, conv_b, qk_w, v_w, gate_w, gate_b, n
         for h in range(H):
             sl = slice(h * K, (h + 1) * K)
             m2[b, h] = _mlstm_head(q[sl], k[sl], v[sl], g[h], g[H + h], m[b, h], C[b, h], n[b, h], C2[b, h], n2[b, h],
-                                   sigmoid_forget, eps, norm_eps, o)
+                                   sigmoid_forget, eps, norm_w[sl], norm_eps, o)
             for j in range(K):
                 e = h * K + j
-                y[e] = (skip[e] * c[e] + o[j] * norm_w[e]) * _silu(z[e])
+                y[e] = (skip[e] * c[e] + o[j]) * _silu(z[e])
 
 
 @njit(**_KERNEL)
 def mlstm_dense_decode(proj, C, n, m, norm_w, out, C2, n2, m2, ob, cap, sigmoid_forget, eps, norm_eps, lo, hi):  # pragma: no cover - compiled
     """The dense mLSTM layer's token (rnnlab.layers.mlstm, layout "dense", xLSTM 7B's), per row b: proj (B, ·) =
     [q (H·K) | k (H·K) | v (E) | o (E) | ĩ (H) | f̃ (H)] (the input projection and the gates side by side; the gates
-    soft-capped when cap > 0); per head the cell and its norm (``_mlstm_head``), then out = norm_w ⊙ h ⊙ σ(o).
+    soft-capped when cap > 0); per head the cell and its norm with weight norm_w (``_mlstm_head``), then out = h ⊙ σ(o).
     New states C2, n2, m2; scratch ob (B, V)."""
     H, K, V = C.shape[1], C.shape[2], C.shape[3]
     QK, E = H * K, H * V
@@ -277,10 +291,9 @@ def mlstm_dense_decode(proj, C, n, m, norm_w, out, C2, n2, m2, ob, cap, sigmoid_
         for h in range(H):
             m2[b, h] = _mlstm_head(x[h * K:(h + 1) * K], x[QK + h * K:QK + (h + 1) * K], x[2 * QK + h * V:2 * QK + (h + 1) * V],
                                    _cap(x[gi + h], cap), _cap(x[gi + H + h], cap), m[b, h], C[b, h], n[b, h], C2[b, h],
-                                   n2[b, h], sigmoid_forget, eps, norm_eps, o)
+                                   n2[b, h], sigmoid_forget, eps, norm_w[h * V:(h + 1) * V], norm_eps, o)
             for j in range(V):
-                e = h * V + j
-                y[e] = o[j] * norm_w[e] / (1.0 + math.exp(-x[2 * QK + E + e]))
+                y[h * V + j] = o[j] * _sigmoid(x[2 * QK + E + h * V + j])
 
 
 @njit(**_INLINE)
@@ -298,14 +311,8 @@ def _exp_row(s, n, fast):  # pragma: no cover - compiled
 def _rms_rotate(x, w, normed, eps, rotate, C, S, rd):  # pragma: no cover - compiled
     """In place on one head x (d,): RMSNorm with weight w when ``normed``, then the rotation of its first rd entries by
     a row (C, S) of ``parts.rotary_rows`` (pairs i, i + rd/2: x·C + roll(x)·S, as ``parts.rotary_at``)."""
-    d = x.shape[0]
     if normed:
-        s = 0.0
-        for i in range(d):
-            s += x[i] * x[i]
-        r = 1.0 / math.sqrt(s / d + eps)
-        for i in range(d):
-            x[i] = x[i] * r * w[i]
+        _rms_gate(x, w, eps, x, False, x)
     if rotate:
         half = rd // 2
         for i in range(half):
@@ -369,7 +376,7 @@ def attention_decode(qkv, rows, idx, kbuf, vbuf, q_w, k_w, kstart, vstart, L, ou
         for i in range(d):
             o[i] = o[i] / z
             if gated:
-                o[i] = o[i] / (1.0 + math.exp(-x[(H + 2 * hkv + h) * d + i]))
+                o[i] = o[i] * _sigmoid(x[(H + 2 * hkv + h) * d + i])
         if h % G == 0:
             for i in range(d):
                 Kb[kstart + L, i] = k[i]
@@ -400,7 +407,7 @@ def rwkv4_decode(kvr, wkv, w, u, out, wkv2, lo, hi):  # pragma: no cover - compi
             ww = u[c] + k
             q = max(pp, ww)
             e1, e2 = math.exp(pp - q), math.exp(ww - q)
-            out[b, c] = (e1 * aa + e2 * v) / (e1 * bb + e2) / (1.0 + math.exp(-r))
+            out[b, c] = (e1 * aa + e2 * v) / (e1 * bb + e2) * _sigmoid(r)
             ww = pp + w[c]
             p = max(ww, k)
             e1, e2 = math.exp(ww - p), math.exp(k - p)
@@ -420,18 +427,7 @@ def hawk_decode(proj, conv, h, pos, conv_w, conv_b, wa, wx, ba, bx, sp, out, con
     nb, w = wa.shape[0], wa.shape[2]
     for b in range(lo, hi):
         x, u = proj[b], xc[b]
-        W = conv_w.shape[1]
-        for k in range(R):
-            acc = conv_b[k]
-            for j in range(W - 1):
-                acc += conv[b, j, k] * conv_w[k, j]
-            u[k] = acc + x[R + k] * conv_w[k, W - 1]
-        for j in range(W - 2):
-            for k in range(R):
-                conv2[b, j, k] = conv[b, j + 1, k]
-        if W > 1:
-            for k in range(R):
-                conv2[b, W - 2, k] = x[R + k]
+        _conv(x[R:], conv[b], conv_w, conv_b, True, False, u, conv2[b])
         first = reset and pos[b] == 0
         pos2[b] = pos[b] + 1
         for n in range(nb):
@@ -441,16 +437,14 @@ def hawk_decode(proj, conv, h, pos, conv_w, conv_b, wa, wx, ba, bx, sp, out, con
                 for i in range(w):
                     ra += wa[n, o, i] * u[n * w + i]
                     rx += wx[n, o, i] * u[n * w + i]
-                ra = 1.0 / (1.0 + math.exp(-ra))
-                rx = 1.0 / (1.0 + math.exp(-rx))
+                ra, rx = _sigmoid(ra), _sigmoid(rx)
                 log_a = -c * ra * sp[k]
                 if first:
                     hk = rx * u[k]
                 else:
                     hk = math.exp(log_a) * h[b, k] + math.sqrt(-math.expm1(2.0 * log_a)) * (rx * u[k])
                 h2[b, k] = hk
-                y = x[k]
-                out[b, k] = hk * (0.5 * y * (1.0 + math.tanh(0.7978845608028654 * (y + 0.044715 * y * y * y))))
+                out[b, k] = hk * _gelu_tanh(x[k])
 
 
 @njit(**_INLINE)
@@ -497,11 +491,11 @@ def rwkv7_decode(x, shift, S, mu, Wr, Wk, Wv, wd, wu, wb, ad, au, ab, gd, gu, k_
         h1 = lr[:gd.shape[0]]
         _matvec(gd, xm[5 * D:6 * D], wb, False, h1)
         for i in range(h1.shape[0]):
-            h1[i] = 1.0 / (1.0 + math.exp(-h1[i]))
+            h1[i] = _sigmoid(h1[i])
         _matvec(gu, h1, wb, False, gl)
         for c in range(D):
-            wl[c] = math.exp(-ew / (1.0 + math.exp(-wl[c])))  # the decay e^{log w}
-            al[c] = 1.0 / (1.0 + math.exp(-al[c]))
+            wl[c] = math.exp(-ew * _sigmoid(wl[c]))  # the decay e^{log w}
+            al[c] = _sigmoid(al[c])
         a_s = aS[bi]
         for h in range(H):
             o0 = h * N
@@ -527,12 +521,7 @@ def rwkv7_decode(x, shift, S, mu, Wr, Wk, Wv, wd, wu, wb, ad, au, ab, gd, gu, k_
                 for j in range(N):
                     Sn[i, j] = Sb[i, j] * wl[c] + bb * a_s[j] + kt * vb[o0 + j]
             ob = out[bi, o0:o0 + N]
-            for j in range(N):
-                ob[j] = 0.0
-            for i in range(N):
-                ri = rb[o0 + i]
-                for j in range(N):
-                    ob[j] += ri * Sn[i, j]
+            _matvec_t(Sn, rb[o0:o0 + N], ob, False, ob)  # o = S r (S stored transposed)
             _ln_head(ob, ln_w[o0:o0 + N], ln_b[o0:o0 + N], True, ln_eps, ob)
             for j in range(N):
                 c = o0 + j
@@ -625,7 +614,7 @@ def gla_decode(proj, S, up_w, up_b, norm_w, out, S2, a, tau, eps, lo, hi):  # pr
         _matvec(up_w, x[2 * QK + E:2 * QK + E + r], up_b, True, ab)
         for i in range(QK):
             z = ab[i]
-            ab[i] = math.exp((min(z, 0.0) - math.log1p(math.exp(-abs(z)))) / tau)
+            ab[i] = math.exp(_logsigmoid(z) / tau)
         og = 2 * QK + E + r
         for h in range(H):
             ob = out[b, h * V:(h + 1) * V]
@@ -641,21 +630,16 @@ def retnet_decode(proj, S, pos, inv_freq, log_gamma, gn_w, gn_b, out, S2, pos2, 
     per head the decay γ_h = exp(log_gamma[h]) update and read-out (``_decay_write_read``, scale 1/√K); out =
     GroupNorm_head(o) ⊙ SiLU(g) (B, H·V). New states S2, pos2 = pos + 1; scratch qk (B, 2K)."""
     H, K, V = S.shape[1], S.shape[2], S.shape[3]
-    QK, E, half = H * K, H * V, K // 2
+    QK, E = H * K, H * V
     scale = 1.0 / math.sqrt(K)
     a = np.empty(1, S.dtype)
     for b in range(lo, hi):
         x, q, k = proj[b], qk[b, :K], qk[b, K:]
-        p = np.float32(pos[b])
         pos2[b] = pos[b] + 1
         for h in range(H):
-            for i in range(half):
-                ang = p * inv_freq[i]  # float32, as the torch path
-                c, s = math.cos(ang), math.sin(ang)
-                for t, o0 in ((q, h * K), (k, QK + h * K)):
-                    x1, x2 = x[o0 + i], x[o0 + half + i]
-                    t[i] = x1 * c - x2 * s
-                    t[half + i] = x1 * s + x2 * c
+            for i in range(K):
+                q[i], k[i] = x[h * K + i], x[QK + h * K + i]
+            _rotate_pair(q, k, pos[b], inv_freq)
             a[0] = math.exp(log_gamma[h])
             ob = out[b, h * V:(h + 1) * V]
             _decay_write_read(S[b, h], S2[b, h], q, scale, k, x[2 * QK + h * V:2 * QK + (h + 1) * V], a, False, ob)
@@ -707,7 +691,7 @@ def slstm_decode(x, h, c, n, m, conv, conv_w, conv_b, w_if, w_zo, w_hh, bias, no
     for b in range(lo, hi):
         xb, u, gb = x[b], xc[b], g[b]
         if has_conv:
-            _conv_silu(xb, conv[b], conv_w, conv_b, True, u, conv2[b])
+            _conv(xb, conv[b], conv_w, conv_b, True, True, u, conv2[b])
         else:
             for k in range(H):
                 u[k] = xb[k]
@@ -722,13 +706,13 @@ def slstm_decode(x, h, c, n, m, conv, conv_w, conv_b, w_if, w_zo, w_hh, bias, no
                     gb[q * H + hd * Kh + j] = s
         for k in range(H):
             i, f, z, o = gb[k], gb[H + k], gb[2 * H + k], gb[3 * H + k]
-            logf = min(f, 0.0) - math.log1p(math.exp(-abs(f))) if sigmoid_forget else f
+            logf = _logsigmoid(f) if sigmoid_forget else f
             mn = max(logf + m[b, k], i)
             ig, fg = math.exp(i - mn), math.exp(logf + m[b, k] - mn)
             cn = fg * c[b, k] + ig * math.tanh(z)
             nn_ = fg * n[b, k] + ig
             c2[b, k], n2[b, k], m2[b, k] = cn, nn_, mn
-            h2[b, k] = cn / nn_ / (1.0 + math.exp(-o))
+            h2[b, k] = cn / nn_ * _sigmoid(o)
         ob = out[b]
         for hd in range(NH):
             for j in range(Kh):
@@ -750,7 +734,7 @@ def mamba_decode(proj, conv, h, conv_w, conv_b, x_w, dt_w, dt_b, neg_A, D, out, 
     r = dt_w.shape[1]
     for b in range(lo, hi):
         x, u, q, dtb, e = proj[b], xc[b], dbc[b], dts[b], ea[b]
-        _conv_silu(x[:E], conv[b], conv_w, conv_b, has_bias, u, conv2[b])
+        _conv(x[:E], conv[b], conv_w, conv_b, has_bias, True, u, conv2[b])
         _matvec(x_w, u, dt_b, False, q)
         if norm_eps >= 0.0:
             for o0, n0 in ((0, r), (r, N), (r + N, N)):
@@ -799,26 +783,28 @@ def _ln_head(x, w, b, has_bias, eps, y):  # pragma: no cover - compiled
 
 
 @njit(**_INLINE)
+def _advance(pos, pos2, b, L):  # pragma: no cover - compiled
+    """Row b's position r in its mini-batch (chunk) of L tokens and whether this token ends it; pos2[b] = r + 1, or 0
+    at the end (the test-time-memory rules' "pos")."""
+    r = pos[b]
+    done = r + 1 == L
+    pos2[b] = 0 if done else r + 1
+    return r, done
+
+
+@njit(**_INLINE)
 def _ttt_head_inputs(xr, pr, h, r, rope, inv_freq, lr_w, lr_b, lr_scale, q, k):  # pragma: no cover - compiled
     """Head h of a TTT token: q, k (K,) from the projection row xr = [q | k | v], rotated at r (the position in the
     mini-batch) when ``rope``; returns lr = lr_scale σ(lr_w[h] · pr + lr_b[h]), pr the layer's input row."""
     K, D = q.shape[0], pr.shape[0]
-    half = K // 2
     for i in range(K):
         q[i], k[i] = xr[h * K + i], xr[D + h * K + i]
     if rope:
-        p = np.float32(r)
-        for i in range(half):
-            ang = p * inv_freq[i]  # float32, as parts.rotary_cos_sin
-            c, s = math.cos(ang), math.sin(ang)
-            a1, a2 = q[i], q[half + i]
-            q[i], q[half + i] = a1 * c - a2 * s, a1 * s + a2 * c
-            a1, a2 = k[i], k[half + i]
-            k[i], k[half + i] = a1 * c - a2 * s, a1 * s + a2 * c
+        _rotate_pair(q, k, r, inv_freq)
     z = lr_b[h]
     for j in range(D):
         z += lr_w[h, j] * pr[j]
-    return lr_scale / (1.0 + math.exp(-z))
+    return lr_scale * _sigmoid(z)
 
 
 @njit(**_INLINE)
@@ -882,9 +868,7 @@ def ttt_linear_decode(proj, x, w1, g_w1, b1, g_b1, pos, lr_w, lr_b, tau, ln_w, l
     one = np.ones(1, w1.dtype)
     for bi in range(lo, hi):
         xr, q, k, g = proj[bi], qk[bi, :K], qk[bi, K:], gz[bi]
-        r = pos[bi]
-        done = r + 1 == L
-        pos2[bi] = 0 if done else r + 1
+        r, done = _advance(pos, pos2, bi, L)
         t = tau[r]
         ob = out[bi]
         for h in range(H):
@@ -920,9 +904,9 @@ def _titans_inputs(x, cq, ck, cv, wq, wk, wv, q, k, v, cq2, ck2, cv2, H, K):  # 
     """A Titans row's q, k, v = SiLU(conv) of [q | k | v] (H·K each) in x (states cq, ck, cv -> cq2, ck2, cv2), q and k
     ℓ2-normalized per head."""
     E = H * K
-    _conv_silu(x[0:E], cq, wq, wq[:, 0], False, q, cq2)
-    _conv_silu(x[E:2 * E], ck, wk, wk[:, 0], False, k, ck2)
-    _conv_silu(x[2 * E:3 * E], cv, wv, wv[:, 0], False, v, cv2)
+    _conv(x[0:E], cq, wq, wq[:, 0], False, True, q, cq2)
+    _conv(x[E:2 * E], ck, wk, wk[:, 0], False, True, k, ck2)
+    _conv(x[2 * E:3 * E], cv, wv, wv[:, 0], False, True, v, cv2)
     for h in range(H):
         _l2norm(q, h * K, K, 1e-6)
         _l2norm(k, h * K, K, 1e-6)
@@ -931,10 +915,7 @@ def _titans_inputs(x, cq, ck, cv, wq, wk, wv, q, k, v, cq2, ck2, cv2, H, K):  # 
 @njit(**_INLINE)
 def _titans_gates(x, o, H, h, base_lr):  # pragma: no cover - compiled
     """Head h's gates from the pre-activations at x[o:o + 3H] (gate-major): θ = base_lr σ, η = σ, 1 − α = σ(−·)."""
-    theta = base_lr / (1.0 + math.exp(-x[o + h]))
-    eta = 1.0 / (1.0 + math.exp(-x[o + H + h]))
-    keep = 1.0 / (1.0 + math.exp(x[o + 2 * H + h]))
-    return theta, eta, keep
+    return base_lr * _sigmoid(x[o + h]), _sigmoid(x[o + H + h]), _sigmoid(-x[o + 2 * H + h])
 
 
 @njit(**_INLINE)
@@ -972,9 +953,7 @@ def titans_linear_decode(proj, cq, ck, cv, w1, m1, s1, pos, wq, wk, wv, norm_w, 
     for bi in range(lo, hi):
         x, q, k, v, eb = proj[bi], qc[bi], kc[bi], vc[bi], e[bi]
         _titans_inputs(x, cq[bi], ck[bi], cv[bi], wq, wk, wv, q, k, v, cq2[bi], ck2[bi], cv2[bi], H, K)
-        r = pos[bi]
-        done = r + 1 == L
-        pos2[bi] = 0 if done else r + 1
+        r, done = _advance(pos, pos2, bi, L)
         for h in range(H):
             theta, eta, keep = _titans_gates(x, 3 * E, H, h, base_lr)
             kh, qh = k[h * K:(h + 1) * K], q[h * K:(h + 1) * K]
@@ -991,11 +970,6 @@ def titans_linear_decode(proj, cq, ck, cv, w1, m1, s1, pos, wq, wk, wv, norm_w, 
             ob = out[bi, h * K:(h + 1) * K]
             _matvec_t(m1n[bi, h], qh, norm_w, False, ob)
             _rms_gate(ob, norm_w, eps, x[3 * E + 3 * H + h * K:3 * E + 3 * H + (h + 1) * K], True, ob)
-
-
-@njit(**_INLINE)
-def _gelu_tanh(x):  # pragma: no cover - compiled
-    return 0.5 * x * (1.0 + math.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
 
 
 @njit(**_INLINE)
@@ -1021,9 +995,7 @@ def ttt_mlp_decode(proj, x, w1, g_w1, b1, g_b1, w2, g_w2, b2, g_b2, pos, lr_w, l
     for bi in range(lo, hi):
         xr, q, k, g = proj[bi], qk[bi, :K], qk[bi, K:], gz[bi]
         h1, a, d1 = hz[bi, :F], hz[bi, F:2 * F], hz[bi, 2 * F:]
-        r = pos[bi]
-        done = r + 1 == L
-        pos2[bi] = 0 if done else r + 1
+        r, done = _advance(pos, pos2, bi, L)
         t = tau[r]
         ob = out[bi]
         for h in range(H):
@@ -1073,9 +1045,7 @@ def titans_mlp_decode(proj, cq, ck, cv, w1, m1, s1, w2, m2, s2, pos, wq, wk, wv,
         x, q, k, v, eb = proj[bi], qc[bi], kc[bi], vc[bi], e[bi]
         h1, a, d1 = hz[bi, :F], hz[bi, F:2 * F], hz[bi, 2 * F:]
         _titans_inputs(x, cq[bi], ck[bi], cv[bi], wq, wk, wv, q, k, v, cq2[bi], ck2[bi], cv2[bi], H, K)
-        r = pos[bi]
-        done = r + 1 == L
-        pos2[bi] = 0 if done else r + 1
+        r, done = _advance(pos, pos2, bi, L)
         for h in range(H):
             theta, eta, keep = _titans_gates(x, 3 * E, H, h, base_lr)
             kh, qh = k[h * K:(h + 1) * K], q[h * K:(h + 1) * K]
