@@ -24,7 +24,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
-from rnnlab.layers.parts import fused_linear, positions, rotary, rotary_cos_sin, rotary_inv_freq
+from rnnlab.layers.parts import fused_linear, param_derived, positions, rotary, rotary_cos_sin, rotary_inv_freq
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops import decode
 from rnnlab.ops.forms import choose
@@ -89,9 +89,7 @@ class RetNet(Mixer):
         """x (B, 1, D) -> (y, state): recurrent retention (eq. 6); on CPU without autograd the fused decode kernel
         (rnnlab.ops.decode) between the projections."""
         if decode.usable(x, state["S"], self.q_proj.weight):
-            inv_freq = self.__dict__.get("_inv_freq")  # a constant of the module (CPU: this path)
-            if inv_freq is None:
-                inv_freq = self.__dict__["_inv_freq"] = rotary_inv_freq(self.head_k, self.rope_base)
+            inv_freq = param_derived(self, "_inv_freq", lambda: rotary_inv_freq(self.head_k, self.rope_base))  # a constant
             proj = fused_linear(x, [self.q_proj, self.k_proj, self.v_proj, self.g_proj], whole=True)
             out, (S, pos) = decode.fused_step("retnet_decode", self, proj, [state["S"], state["pos"]],
                                               [inv_freq, self.log_gamma, self.group_norm.weight, self.group_norm.bias],

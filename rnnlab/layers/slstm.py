@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
-from rnnlab.layers.parts import ShortConv
+from rnnlab.layers.parts import ShortConv, param_derived
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
@@ -132,7 +132,7 @@ class SLSTM(Mixer):
         H, conv = self.hidden_size, self.conv is not None
         keys = list(_CELL_KEYS) + ["conv"] * conv
         # without a conv, stand-ins for its weights and state (never read then)
-        conv_w, conv_b = (self.conv.weight, self.conv.bias) if conv else (self.__dict__.setdefault("_no_conv", x.new_zeros(1, 1)), self.bias)
+        conv_w, conv_b = (self.conv.weight, self.conv.bias) if conv else (param_derived(self, "_no_conv", lambda: x.new_zeros(1, 1)), self.bias)
         conv_state = state["conv"] if conv else x.new_zeros(x.shape[0], 1, H)
         out, new = decode.fused_step(
             "slstm_decode", self, x, [*(state[k] for k in _CELL_KEYS), conv_state],

@@ -136,10 +136,9 @@ class _TTTMixer(Mixer):
 
     def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         keys = [c + n for n in self._names for c in ("", "g_")] + ["pos"]  # w1, g_w1, b1, g_b1[, w2, g_w2, b2, g_b2], pos
-        tau = self._tau() if self.token_offset is None else param_derived(self, "_decode_tau", lambda _: self._tau(), self.token_offset)
-        inv_freq = self.__dict__.get("_inv_freq")  # a constant of the module (CPU: this path)
-        if inv_freq is None:
-            inv_freq = self.__dict__["_inv_freq"] = rotary_inv_freq(self.head_dim, self.rope_base)
+        # the token scales (a constant without token_offset) and the rotary frequencies, computed once
+        tau = param_derived(self, "_decode_tau", lambda *_: self._tau(), *([] if self.token_offset is None else [self.token_offset]))
+        inv_freq = param_derived(self, "_inv_freq", lambda: rotary_inv_freq(self.head_dim, self.rope_base))
         K, F_ = self.head_dim, self.b1.shape[-1]
         out, new = decode.fused_step(
             "ttt_linear_decode" if self.depth == 1 else "ttt_mlp_decode", self,
