@@ -58,6 +58,15 @@ class MirasMixer(ConvMemoryMixer):
     def _gates(self, pre: Tensor) -> dict:
         raise NotImplementedError
 
+    def _decode_rule(self) -> tuple:
+        """The rule's scalars of ``_decode_numba.miras_decode``: (loss code, p, δ scale, q_norm or −1, softmax)."""
+        raise NotImplementedError
+
+    def _decode_spec(self) -> tuple:
+        K, F_ = self.head_dim, self.w1.shape[-1]
+        return ("miras_decode", [self.ln_weight, self.ln_bias], [3 * K, 3 * F_, 2 * K * F_ + 2 * max(K, F_)],
+                (2 + self.n_extra, *self._decode_rule()))
+
     def _op_inputs(self, pre: Tensor) -> dict:
         return dict(theta=self.base_lr * torch.sigmoid(pre[..., 0]), log_decay=F.logsigmoid(pre[..., 1]), ln_weight=self.ln_weight,
                     ln_bias=self.ln_bias, residual=True, **self._gates(pre))

@@ -40,3 +40,6 @@ class Memora(MirasMixer):
 
     def _gates(self, pre: Tensor) -> dict:
         return {}
+
+    def _decode_rule(self) -> tuple:
+        return 0, 2.0, 0.0, -1.0, True

@@ -41,3 +41,6 @@ class Moneta(MirasMixer):
 
     def _gates(self, pre: Tensor) -> dict:
         return {"p": self.p, "q_norm": self.q_norm}
+
+    def _decode_rule(self) -> tuple:
+        return 3, float(self.p), 0.0, float(self.q_norm), False

@@ -139,8 +139,27 @@ class ConvMemoryMixer(Mixer):
         return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, 1, D) -> (y, state): one token of the op's recurrence."""
-        return self._mix(x, state, "recurrent")
+        """x (B, 1, D) -> (y, state): one token of the op's recurrence. Where the subclass has a fused decode kernel
+        (``_decode_spec``) and the memory no biases, on CPU without autograd that kernel runs between the projections
+        (rnnlab.ops.decode)."""
+        spec = None if self.bias else self._decode_spec()
+        if spec is None or not decode.usable(x, *(t for t in state.values() if t.is_floating_point()), self.w1):
+            return self._mix(x, state, "recurrent")
+        kernel, weights, scratch, scalars = spec
+        keys = ["conv_q", "conv_k", "conv_v"] + [c + n for n in self._names for c in ("",) + self.carried] + ["pos"]
+        proj = fused_linear(x, [self.q_proj, self.k_proj, self.v_proj, self.gate_proj, self.g_proj], whole=True)
+        E = self.num_heads * self.head_dim
+        max_norm = -1.0 if self.max_grad_norm is None else float(self.max_grad_norm)
+        out, new = decode.fused_step(kernel, self, proj, [state[k] for k in keys],
+                                     [self.q_conv.weight, self.k_conv.weight, self.v_conv.weight, *weights, self.o_norm.weight], E,
+                                     [E] * 3 + scratch, self.base_lr, max_norm, self.chunk_size, self.o_norm.eps, *scalars)
+        return self.o_proj(out), dict(zip(keys, new))
+
+    def _decode_spec(self) -> tuple | None:
+        """The subclass's fused decode kernel: (its name in rnnlab.ops._decode_numba, the weights between the convs'
+        and the output norm's, the widths of its scratch rows after q, k, v, its scalars after base_lr, max_norm,
+        chunk_size, eps), or None (the torch step)."""
+        return None
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, memory_depth={self.depth}, "
@@ -176,20 +195,7 @@ class Titans(ConvMemoryMixer):
     def _op_inputs(self, pre: Tensor) -> dict:
         return dict(theta=self.base_lr * torch.sigmoid(pre[..., 0]), log_eta=F.logsigmoid(pre[..., 1]), log_decay=F.logsigmoid(-pre[..., 2]))
 
-    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """One token; a memory without biases on CPU without autograd runs the fused decode kernel of its depth
-        (rnnlab.ops.decode) between the projections."""
-        if not self.bias and decode.usable(x, *(t for t in state.values() if t.is_floating_point()), self.w1):
-            return self._decode(x, state)
-        return super().step(x, state)
-
-    def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        keys = ["conv_q", "conv_k", "conv_v"] + [c + n for n in self._names for c in ("", "m_", "s_")] + ["pos"]
-        proj = fused_linear(x, [self.q_proj, self.k_proj, self.v_proj, self.gate_proj, self.g_proj], whole=True)
-        E, deep = self.num_heads * self.head_dim, self.depth == 2
-        out, new = decode.fused_step(
-            "titans_mlp_decode" if deep else "titans_linear_decode", self, proj, [state[k] for k in keys],
-            [self.q_conv.weight, self.k_conv.weight, self.v_conv.weight, self.o_norm.weight], E,
-            [E] * 3 + [self.head_dim] + ([3 * self.w1.shape[-1]] if deep else []), self.base_lr,
-            -1.0 if self.max_grad_norm is None else float(self.max_grad_norm), self.chunk_size, self.o_norm.eps)
-        return self.o_proj(out), dict(zip(keys, new))
+    def _decode_spec(self) -> tuple:
+        deep = self.depth == 2
+        return ("titans_mlp_decode" if deep else "titans_linear_decode", [], [self.head_dim] + ([3 * self.w1.shape[-1]] if deep else []),
+                ())

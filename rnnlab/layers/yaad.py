@@ -53,3 +53,6 @@ class Yaad(MirasMixer):
 
     def _gates(self, pre: Tensor) -> dict:
         return {"delta": self.delta_scale * F.softplus(pre[..., 2]), "huber": self.huber}
+
+    def _decode_rule(self) -> tuple:
+        return 1 if self.huber == "norm" else 2, 2.0, self.delta_scale, -1.0, False

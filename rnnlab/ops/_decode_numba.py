@@ -97,8 +97,9 @@ def _rotate_pair(q, k, p, inv_freq):  # pragma: no cover - compiled
 
 
 @njit(**_INLINE)
-def _rms_gate(o, w, eps, gate, gated, out):  # pragma: no cover - compiled
-    """out = o / sqrt(mean(o²) + eps) · w (· SiLU(gate) when gated): RMSNorm / GatedRMSNorm over one head."""
+def _rms_gate(o, w, eps, gate, act, out):  # pragma: no cover - compiled
+    """out = o / sqrt(mean(o²) + eps) · w · act(gate): RMSNorm (act 0: no gate) / GatedRMSNorm over one head, act 1
+    SiLU, 2 σ."""
     n = o.shape[0]
     s = 0.0
     for j in range(n):
@@ -106,7 +107,7 @@ def _rms_gate(o, w, eps, gate, gated, out):  # pragma: no cover - compiled
     r = 1.0 / math.sqrt(s / n + eps)
     for j in range(n):
         v = o[j] * r * w[j]
-        out[j] = v * _silu(gate[j]) if gated else v
+        out[j] = v if act == 0 else v * (_silu(gate[j]) if act == 1 else _sigmoid(gate[j]))
 
 
 @njit(**_KERNEL)
@@ -158,7 +159,7 @@ def delta_decode(proj, cq, ck, cv, S, wq, wk, wv, negA, dt_bias, norm_w, out, cq
                 qi = scale * q[qh + i]
                 for j in range(V):
                     ob_[j] += qi * Sn[i, j]
-            _rms_gate(ob_[:V], norm_w, eps, x[og + h * V:og + (h + 1) * V], gated, out[b, h * V:(h + 1) * V])
+            _rms_gate(ob_[:V], norm_w, eps, x[og + h * V:og + (h + 1) * V], 1 if gated else 0, out[b, h * V:(h + 1) * V])
 
 
 @njit(**_KERNEL)
@@ -194,7 +195,7 @@ def ssd_decode(proj, conv, h, conv_w, conv_b, dt_bias, neg_A, D, norm_w, out, co
             for p in range(P):
                 yi[p] = (yi[p] + D[i] * u[i * P + p]) * _silu(x[i * P + p])
         for g in range(G):
-            _rms_gate(y[g * L:(g + 1) * L], norm_w[g * L:(g + 1) * L], eps, y, False, y[g * L:(g + 1) * L])
+            _rms_gate(y[g * L:(g + 1) * L], norm_w[g * L:(g + 1) * L], eps, y, 0, y[g * L:(g + 1) * L])
 
 
 @njit(**_INLINE)
@@ -312,7 +313,7 @@ def _rms_rotate(x, w, normed, eps, rotate, C, S, rd):  # pragma: no cover - comp
     """In place on one head x (d,): RMSNorm with weight w when ``normed``, then the rotation of its first rd entries by
     a row (C, S) of ``parts.rotary_rows`` (pairs i, i + rd/2: x·C + roll(x)·S, as ``parts.rotary_at``)."""
     if normed:
-        _rms_gate(x, w, eps, x, False, x)
+        _rms_gate(x, w, eps, x, 0, x)
     if rotate:
         half = rd // 2
         for i in range(half):
@@ -620,7 +621,7 @@ def gla_decode(proj, S, up_w, up_b, norm_w, out, S2, a, tau, eps, lo, hi):  # pr
             ob = out[b, h * V:(h + 1) * V]
             _decay_write_read(S[b, h], S2[b, h], x[h * K:(h + 1) * K], scale, x[QK + h * K:QK + (h + 1) * K],
                               x[2 * QK + h * V:2 * QK + (h + 1) * V], ab[h * K:(h + 1) * K], True, ob)
-            _rms_gate(ob, norm_w, eps, x[og + h * V:og + (h + 1) * V], True, ob)
+            _rms_gate(ob, norm_w, eps, x[og + h * V:og + (h + 1) * V], 1, ob)
 
 
 @njit(**_KERNEL)
@@ -808,25 +809,33 @@ def _ttt_head_inputs(xr, pr, h, r, rope, inv_freq, lr_w, lr_b, lr_scale, q, k): 
 
 
 @njit(**_INLINE)
-def _ttt_out_grad(g, k, v, w, b, eps, ln, dg):  # pragma: no cover - compiled
-    """The TTT loss's gradient at the memory's last pre-activation g (K,): ln = LN_{w,b}(g), e = k + ln − v, dg =
-    LN'(g)ᵀ (e ⊙ w) = (gx − mean gx − x̂ mean(gx x̂)) / σ (rnnlab.ops.ttt ``_layer_norm_grad``)."""
+def _ln_back(g, dy, w, rstd, dg):  # pragma: no cover - compiled
+    """dg = LN'(g)ᵀ (dy ⊙ w) = (gx − mean gx − x̂ mean(gx x̂)) σ⁻¹, gx = dy ⊙ w, for LN_{w,·} over one head with 1/σ =
+    ``rstd`` (rnnlab.ops.ttt ``_layer_norm_grad``); dg may be dy."""
     K = g.shape[0]
-    rstd = _ln_head(g, w, b, True, eps, ln)
     mu = 0.0
     for j in range(K):
         mu += g[j]
     mu /= K
     m1, m2 = 0.0, 0.0
     for j in range(K):
-        gx = (k[j] + ln[j] - v[j]) * w[j]
-        dg[j] = gx
+        gx = dy[j] * w[j]
         m1 += gx
         m2 += gx * (g[j] - mu) * rstd
     m1 /= K
     m2 /= K
     for j in range(K):
-        dg[j] = (dg[j] - m1 - (g[j] - mu) * rstd * m2) * rstd
+        dg[j] = (dy[j] * w[j] - m1 - (g[j] - mu) * rstd * m2) * rstd
+
+
+@njit(**_INLINE)
+def _ttt_out_grad(g, k, v, w, b, eps, ln, dg):  # pragma: no cover - compiled
+    """The TTT loss's gradient at the memory's last pre-activation g (K,): ln = LN_{w,b}(g), e = k + ln − v,
+    dg = LN'(g)ᵀ (e ⊙ w)."""
+    rstd = _ln_head(g, w, b, True, eps, ln)
+    for j in range(g.shape[0]):
+        dg[j] = k[j] + ln[j] - v[j]
+    _ln_back(g, dg, w, rstd, dg)
 
 
 @njit(**_INLINE)
@@ -969,7 +978,7 @@ def titans_linear_decode(proj, cq, ck, cv, w1, m1, s1, pos, wq, wk, wv, norm_w, 
             _momentum_update(w1[bi, h], m1[bi, h], s1[bi, h], kh, eb, theta, eta, keep, done, w1n[bi, h], m1n[bi, h], s1n[bi, h])
             ob = out[bi, h * K:(h + 1) * K]
             _matvec_t(m1n[bi, h], qh, norm_w, False, ob)
-            _rms_gate(ob, norm_w, eps, x[3 * E + 3 * H + h * K:3 * E + 3 * H + (h + 1) * K], True, ob)
+            _rms_gate(ob, norm_w, eps, x[3 * E + 3 * H + h * K:3 * E + 3 * H + (h + 1) * K], 1, ob)
 
 
 @njit(**_INLINE)
@@ -978,6 +987,30 @@ def _gelu_tanh_grad(x):  # pragma: no cover - compiled
     c = 0.7978845608028654
     t = math.tanh(c * (x + 0.044715 * x * x * x))
     return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x)
+
+
+@njit(**_INLINE)
+def _gelu_row(h, a):  # pragma: no cover - compiled
+    """a = GELU(h) (tanh form), a two-layer memory's hidden activation; returns ‖a‖²."""
+    s = 0.0
+    for f in range(h.shape[0]):
+        a[f] = _gelu_tanh(h[f])
+        s += a[f] * a[f]
+    return s
+
+
+@njit(**_INLINE)
+def _hidden_grad(W2, h, d2, d1):  # pragma: no cover - compiled
+    """d1 = (W2 d2) ⊙ GELU'(h): the loss gradient at a two-layer memory's hidden pre-activation h from d2 at its
+    output; returns ‖d1‖²."""
+    s1 = 0.0
+    for f in range(h.shape[0]):
+        sv = 0.0
+        for j in range(d2.shape[0]):
+            sv += W2[f, j] * d2[j]
+        d1[f] = sv * _gelu_tanh_grad(h[f])
+        s1 += d1[f] * d1[f]
+    return s1
 
 
 @njit(**_KERNEL)
@@ -1003,15 +1036,10 @@ def ttt_mlp_decode(proj, x, w1, g_w1, b1, g_b1, w2, g_w2, b2, g_b2, pos, lr_w, l
             gg, ln, dg = g[:K], g[K:2 * K], g[2 * K:]
             W1, W2 = w1[bi, h], w2[bi, h]
             _matvec_t(W1, k, b1[bi, h], True, h1)
-            for f in range(F):
-                a[f] = _gelu_tanh(h1[f])
+            _gelu_row(h1, a)
             _matvec_t(W2, a, b2[bi, h], True, gg)
             _ttt_out_grad(gg, k, xr[2 * D + h * K:2 * D + (h + 1) * K], ln_w[h], ln_b[h], eps, ln, dg)
-            for f in range(F):
-                s = 0.0
-                for j in range(K):
-                    s += W2[f, j] * dg[j]
-                d1[f] = s * _gelu_tanh_grad(h1[f])
+            _hidden_grad(W2, h1, dg, d1)
             _ttt_update(b2[bi, h].reshape(1, K), g_b2[bi, h].reshape(1, K), one, dg, lr, t, done, b2n[bi, h].reshape(1, K),
                         g_b2n[bi, h].reshape(1, K))
             _ttt_update(W2, g_w2[bi, h], a, dg, lr, t, done, w2n[bi, h], g_w2n[bi, h])
@@ -1019,8 +1047,7 @@ def ttt_mlp_decode(proj, x, w1, g_w1, b1, g_b1, w2, g_w2, b2, g_b2, pos, lr_w, l
                         g_b1n[bi, h].reshape(1, F))
             _ttt_update(W1, g_w1[bi, h], k, d1, lr, t, done, w1n[bi, h], g_w1n[bi, h])
             _matvec_t(w1n[bi, h], q, b1n[bi, h], True, h1)  # the read: GELU(q W1 + b1) W2 + b2
-            for f in range(F):
-                a[f] = _gelu_tanh(h1[f])
+            _gelu_row(h1, a)
             _matvec_t(w2n[bi, h], a, b2n[bi, h], True, ln)
             _ln_head(ln, ln_w[h], ln_b[h], True, eps, dg)
             for j in range(K):
@@ -1051,23 +1078,14 @@ def titans_mlp_decode(proj, cq, ck, cv, w1, m1, s1, w2, m2, s2, pos, wq, wk, wv,
             kh, qh = k[h * K:(h + 1) * K], q[h * K:(h + 1) * K]
             W1, W2 = w1[bi, h], w2[bi, h]
             _matvec_t(W1, kh, h1, False, h1)
-            sa = 0.0
-            for f in range(F):
-                a[f] = _gelu_tanh(h1[f])
-                sa += a[f] * a[f]
+            sa = _gelu_row(h1, a)
             _matvec_t(W2, a, eb, False, eb)
-            se, sk, s1_ = 0.0, 0.0, 0.0
+            se, sk = 0.0, 0.0
             for j in range(K):
                 eb[j] = 2.0 * (eb[j] - v[h * K + j])
                 se += eb[j] * eb[j]
                 sk += kh[j] * kh[j]
-            for f in range(F):
-                sv = 0.0
-                for j in range(K):
-                    sv += W2[f, j] * eb[j]
-                d1[f] = sv * _gelu_tanh_grad(h1[f])
-                s1_ += d1[f] * d1[f]
-            c = _clip(sk * s1_ + sa * se, max_norm)
+            c = _clip(sk * _hidden_grad(W2, h1, eb, d1) + sa * se, max_norm)
             for j in range(K):
                 eb[j] *= c
             for f in range(F):
@@ -1075,8 +1093,173 @@ def titans_mlp_decode(proj, cq, ck, cv, w1, m1, s1, w2, m2, s2, pos, wq, wk, wv,
             _momentum_update(W2, m2[bi, h], s2[bi, h], a, eb, theta, eta, keep, done, w2n[bi, h], m2n[bi, h], s2n[bi, h])
             _momentum_update(W1, m1[bi, h], s1[bi, h], kh, d1, theta, eta, keep, done, w1n[bi, h], m1n[bi, h], s1n[bi, h])
             _matvec_t(m1n[bi, h], qh, h1, False, h1)  # the read: GELU(q M1) M2
-            for f in range(F):
-                a[f] = _gelu_tanh(h1[f])
+            _gelu_row(h1, a)
             ob = out[bi, h * K:(h + 1) * K]
             _matvec_t(m2n[bi, h], a, ob, False, ob)
-            _rms_gate(ob, norm_w, eps, x[3 * E + 3 * H + h * K:3 * E + 3 * H + (h + 1) * K], True, ob)
+            _rms_gate(ob, norm_w, eps, x[3 * E + 3 * H + h * K:3 * E + 3 * H + (h + 1) * K], 1, ob)
+
+
+@njit(**_INLINE)
+def _col_softmax(Z, W, cm, cs, ib, fast):  # pragma: no cover - compiled
+    """W = the softmax of Z (n, m) over its rows, per column (Memora's weights from logits, rnnlab.ops.ttt
+    ``column_softmax``); scratch cm, cs (m,), ib an int32 row of m; ``fast``: float32 exps by exp_row_f32."""
+    n, m = Z.shape
+    for j in range(m):
+        cm[j] = Z[0, j]
+        cs[j] = 0.0
+    for i in range(1, n):
+        for j in range(m):
+            cm[j] = max(cm[j], Z[i, j])
+    for i in range(n):
+        w = W[i]
+        for j in range(m):
+            w[j] = Z[i, j] - cm[j]
+        if fast:
+            exp_row_f32(w, ib, m, -87.0)
+        else:
+            for j in range(m):
+                w[j] = math.exp(w[j])
+        for j in range(m):
+            cs[j] += w[j]
+    for j in range(m):
+        cs[j] = 1.0 / cs[j]
+    for i in range(n):
+        for j in range(m):
+            W[i, j] *= cs[j]
+
+
+@njit(**_INLINE)
+def _q_norm(W, q, tiny):  # pragma: no cover - compiled
+    """‖W‖_q, W scaled by its largest entry first (rnnlab.ops.ttt ``_Titans._norm``); an integer q by products."""
+    w = W.reshape(W.size)
+    mx = tiny
+    for i in range(w.shape[0]):
+        mx = max(mx, abs(w[i]))
+    s, qi, inv = 0.0, int(q), 1.0 / mx
+    if qi == q:
+        for i in range(w.shape[0]):
+            s += (abs(w[i]) * inv) ** qi
+    else:
+        for i in range(w.shape[0]):
+            s += (abs(w[i]) * inv) ** q
+    return mx * s ** (1.0 / q)
+
+
+@njit(**_INLINE)
+def _loss_grad(e, loss, a, p, tiny):  # pragma: no cover - compiled
+    """e (the memory's error f(k) − v) -> ∂ℓ/∂e in place (rnnlab.ops.ttt ``LOSSES``): loss 0 ‖e‖² (2e), 1 the Huber
+    function of ‖e‖₂ (e · min(1, a/‖e‖₂)), 2 Huber per sign (e while ‖e‖₂ <= a, else a · sign(e)), 3 ‖e‖_p^p
+    (p e |e|^{p−2})."""
+    n = e.shape[0]
+    if loss == 0:
+        for j in range(n):
+            e[j] *= 2.0
+    elif loss == 3:
+        for j in range(n):
+            e[j] = p * e[j] * abs(e[j]) ** (p - 2.0)
+    else:
+        s = 0.0
+        for j in range(n):
+            s += e[j] * e[j]
+        if loss == 1:
+            c = a / math.sqrt(max(max(s, a * a), tiny))
+            for j in range(n):
+                e[j] *= c
+        elif s > a * a:
+            for j in range(n):
+                e[j] = a * np.sign(e[j])
+
+
+@njit(**_INLINE)
+def _retain_update(M, u_in, u_out, theta, keep, Mn):  # pragma: no cover - compiled
+    """One weight matrix of the Miras rules (Titans' without momentum): Mn = α M − θ u_in ⊗ u_out."""
+    for i in range(M.shape[0]):
+        c = theta * u_in[i]
+        for j in range(M.shape[1]):
+            Mn[i, j] = keep * M[i, j] - c * u_out[j]
+
+
+@njit(**_KERNEL)
+def miras_decode(proj, cq, ck, cv, w1, m1, w2, m2, pos, wq, wk, wv, ln_w, ln_b, norm_w, out, cq2, ck2, cv2, w1n, m1n, w2n, m2n, pos2,
+                 qc, kc, vc, e, hz, sm, base_lr, max_norm, L, eps, n_gates, loss, p, delta_scale, q_norm, softmax, lo,
+                 hi):  # pragma: no cover - compiled
+    """The Miras mixers' token (rnnlab.layers._miras: Yaad, Moneta, Memora; rnnlab.ops.ttt ``_Titans`` without
+    momentum), per row b: proj (B, ·) = [q | k | v (H·K each) | gate pre-activations (n_gates·H, gate-major) | g
+    (H·K)]; q, k, v as Titans'; θ = base_lr σ(·), α = σ(·), Yaad's δ = delta_scale softplus(·) (n_gates 3). The memory
+    f(x) = x + LN_{γ,β}(GELU(x W1) W2) (hidden F, no biases) at the chunk's anchor (Memora, ``softmax``: W = the
+    column softmax of the anchor's logits); the inner loss's gradient (``loss``: ``_loss_grad``, δ, p) through the
+    LN and the MLP, clipped jointly as Titans'; Moneta (``q_norm`` > 0): each layer's gradient over ν = ‖W_l‖_q^{(q−2)/
+    (3−q)} of the anchor; M ← α M − θ u; Moneta at the chunk's end: M ← M ν^{3−q} / ‖M‖_q^{q−2}; o = f(q; M) (Memora:
+    through the softmax of M); the anchor moves to M at the chunk's end. out (B, H·K) = RMSNorm_head(o) ⊙ σ(g). New
+    states cq2, ck2, cv2, w1n, m1n, w2n, m2n, pos2; scratch qc, kc, vc (B, H·K), e (B, 3K), hz (B, 3F), sm (B, 2KF +
+    2 max(K, F)) (Memora's weights)."""
+    H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
+    E = H * K
+    og = 3 * E + n_gates * H
+    tiny = np.finfo(w1.dtype).tiny
+    fast = w1.itemsize == 4  # float32: exps by exp_row_f32
+    ib = np.empty(max(K, F), np.int32)
+    for bi in range(lo, hi):
+        x, q, k, v = proj[bi], qc[bi], kc[bi], vc[bi]
+        g, ln, dg = e[bi, :K], e[bi, K:2 * K], e[bi, 2 * K:]
+        h1, a, d1 = hz[bi, :F], hz[bi, F:2 * F], hz[bi, 2 * F:]
+        S1, S2 = sm[bi, :K * F].reshape(K, F), sm[bi, K * F:2 * K * F].reshape(F, K)
+        cm, cs = sm[bi, 2 * K * F:2 * K * F + max(K, F)], sm[bi, 2 * K * F + max(K, F):]
+        _titans_inputs(x, cq[bi], ck[bi], cv[bi], wq, wk, wv, q, k, v, cq2[bi], ck2[bi], cv2[bi], H, K)
+        r, done = _advance(pos, pos2, bi, L)
+        for h in range(H):
+            theta, keep = base_lr * _sigmoid(x[3 * E + h]), _sigmoid(x[3 * E + H + h])
+            delta = delta_scale * _softplus(x[3 * E + 2 * H + h]) if n_gates > 2 else 0.0
+            kh, qh, vh = k[h * K:(h + 1) * K], q[h * K:(h + 1) * K], v[h * K:(h + 1) * K]
+            A1, A2 = w1[bi, h], w2[bi, h]
+            if softmax:
+                _col_softmax(w1[bi, h], S1, cm, cs, ib, fast)
+                _col_softmax(w2[bi, h], S2, cm, cs, ib, fast)
+                A1, A2 = S1, S2
+            _matvec_t(A1, kh, h1, False, h1)  # the key pass at the anchor
+            sa = _gelu_row(h1, a)
+            _matvec_t(A2, a, g, False, g)
+            rstd = _ln_head(g, ln_w[h], ln_b[h], True, eps, ln)
+            for j in range(K):
+                dg[j] = kh[j] + ln[j] - vh[j]
+            _loss_grad(dg, loss, delta, p, tiny)
+            _ln_back(g, dg, ln_w[h], rstd, dg)
+            s2, sk = 0.0, 0.0
+            for j in range(K):
+                s2 += dg[j] * dg[j]
+                sk += kh[j] * kh[j]
+            c1 = c2 = _clip(sk * _hidden_grad(A2, h1, dg, d1) + sa * s2, max_norm)
+            nu1 = nu2 = 1.0
+            if q_norm > 0.0:
+                nu1 = _q_norm(w1[bi, h], q_norm, tiny) ** ((q_norm - 2.0) / (3.0 - q_norm))
+                nu2 = _q_norm(w2[bi, h], q_norm, tiny) ** ((q_norm - 2.0) / (3.0 - q_norm))
+                c1, c2 = c1 / nu1, c2 / nu2
+            for j in range(K):
+                dg[j] *= c2
+            for f in range(F):
+                d1[f] *= c1
+            _retain_update(m1[bi, h], kh, d1, theta, keep, m1n[bi, h])
+            _retain_update(m2[bi, h], a, dg, theta, keep, m2n[bi, h])
+            if q_norm > 0.0 and done:  # the chunk's last token: the exact normalization
+                for Mn, nu in ((m1n[bi, h], nu1), (m2n[bi, h], nu2)):
+                    sc = nu ** (3.0 - q_norm) / _q_norm(Mn, q_norm, tiny) ** (q_norm - 2.0)
+                    for i in range(Mn.shape[0]):
+                        for j in range(Mn.shape[1]):
+                            Mn[i, j] *= sc
+            for Wo, Wnn, Mn in ((w1[bi, h], w1n[bi, h], m1n[bi, h]), (w2[bi, h], w2n[bi, h], m2n[bi, h])):
+                for i in range(Wo.shape[0]):
+                    for j in range(Wo.shape[1]):
+                        Wnn[i, j] = Mn[i, j] if done else Wo[i, j]
+            R1, R2 = m1n[bi, h], m2n[bi, h]
+            if softmax:
+                _col_softmax(m1n[bi, h], S1, cm, cs, ib, fast)
+                _col_softmax(m2n[bi, h], S2, cm, cs, ib, fast)
+                R1, R2 = S1, S2
+            _matvec_t(R1, qh, h1, False, h1)  # the read: q + LN(GELU(q W1) W2)
+            _gelu_row(h1, a)
+            _matvec_t(R2, a, g, False, g)
+            _ln_head(g, ln_w[h], ln_b[h], True, eps, g)
+            ob = out[bi, h * K:(h + 1) * K]
+            for j in range(K):
+                ob[j] = qh[j] + g[j]
+            _rms_gate(ob, norm_w, eps, x[og + h * K:og + (h + 1) * K], 2, ob)
