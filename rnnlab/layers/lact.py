@@ -32,8 +32,9 @@ from torch import Tensor, nn
 
 from rnnlab.layers.attention import Attention
 from rnnlab.layers.base import Mixer, State, no_weight_decay
-from rnnlab.layers.parts import RMSNorm
+from rnnlab.layers.parts import RMSNorm, fused_linear
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.delta import l2norm
 from rnnlab.ops.lact import LACT_KEYS, NEWTON_SCHULZ, chunk_lact, fused_recurrent_lact
 
@@ -101,8 +102,19 @@ class LaCT(Mixer):
         return self._mix(x, state, chunk_lact, lambda s: self.attn.parallel(x, s))
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, 1, D) -> (y, state): one token of the fast-weight recurrence and one attention step."""
-        return self._mix(x, state, fused_recurrent_lact, lambda s: self.attn.step(x, s))
+        """x (B, 1, D) -> (y, state): one token of the fast-weight recurrence and one attention step. Without
+        Newton–Schulz, on CPU without autograd, the fast weights' part is one fused decode kernel (rnnlab.ops.decode)."""
+        keys = [c + n for c in ("", "g_", "m_") for n in LACT_KEYS] + ["pos"]
+        if self.ns != "none" or not decode.usable(x, *(state[k] for k in keys[:-1]), self.w1):
+            return self._mix(x, state, fused_recurrent_lact, lambda s: self.attn.step(x, s))
+        qkv, lrp = fused_linear(x, [self.qkv, self.lr_proj])
+        Fh = self.w1.shape[-1]
+        out, new = decode.fused_step("lact_decode", self, [qkv, lrp], [state[k] for k in keys], [self.o_norm.weight], self.d_model,
+                                     [3 * self.d_model, 5 * Fh], self.base_lr, self.beta, self.chunk_size, self.o_norm.eps)
+        y_attn, attn_state = self.attn.step(x, {n[5:]: t for n, t in state.items() if n.startswith("attn_")})
+        new = dict(zip(keys, new))
+        new.update({"attn_" + n: t for n, t in attn_state.items()})
+        return self.o_proj(out) + y_attn, new
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, chunk_size={self.chunk_size}, beta={self.beta}, "

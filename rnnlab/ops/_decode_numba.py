@@ -1263,3 +1263,76 @@ def miras_decode(proj, cq, ck, cv, w1, m1, w2, m2, pos, wq, wk, wv, ln_w, ln_b, 
             for j in range(K):
                 ob[j] = qh[j] + g[j]
             _rms_gate(ob, norm_w, eps, x[og + h * K:og + (h + 1) * K], 2, ob)
+
+
+@njit(**_KERNEL)
+def lact_decode(qkv, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, pos, norm_w, out, w1n, w2n, w3n, g1n, g2n, g3n, mo1n, mo2n, mo3n,
+                pos2, xs, hz, base_lr, beta, L, eps, lo, hi):  # pragma: no cover - compiled
+    """LaCT's fast-weight token (rnnlab.layers.lact, rnnlab.ops.lact ``fused_recurrent_lact`` without Newton–Schulz),
+    per row b: qkv (B, 3D) the projection before SiLU, lrp (B, H) the rate's pre-activation; q, k, v = SiLU(·) per
+    head, q and k ℓ2-normalized, lr = base_lr softplus(lrp); o = (SiLU(q W1) ⊙ (q W3)) W2 with the weights of the
+    chunks before (apply, then update); the token's gradient of −lr f_W(k) · v by hand added to G; at the chunk's end
+    (r = L − 1) M ← β M + G, W ← W − M with every column's norm kept, G ← 0. out (B, D) = RMSNorm_head(o). New states
+    w*n, g*n, mo*n, pos2; scratch xs (B, 3D), hz (B, 5F)."""
+    H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
+    D = H * K
+    for bi in range(lo, hi):
+        x = xs[bi]
+        for i in range(3 * D):
+            x[i] = _silu(qkv[bi, i])
+        z1, b3, s, dh, hb = hz[bi, :F], hz[bi, F:2 * F], hz[bi, 2 * F:3 * F], hz[bi, 3 * F:4 * F], hz[bi, 4 * F:]
+        r, done = _advance(pos, pos2, bi, L)
+        for h in range(H):
+            _l2norm(x, h * K, K, 1e-6)
+            _l2norm(x, D + h * K, K, 1e-6)
+            q, k, v = x[h * K:(h + 1) * K], x[D + h * K:D + (h + 1) * K], x[2 * D + h * K:2 * D + (h + 1) * K]
+            W1, W2, W3 = w1[bi, h], w2[bi, h], w3[bi, h]
+            _matvec_t(W1, q, z1, False, z1)  # the read: (SiLU(q W1) ⊙ (q W3)) W2
+            _matvec_t(W3, q, b3, False, b3)
+            for f in range(F):
+                hb[f] = _silu(z1[f]) * b3[f]
+            ob = out[bi, h * K:(h + 1) * K]
+            _matvec_t(W2, hb, ob, False, ob)
+            _rms_gate(ob, norm_w, eps, ob, 0, ob)
+            lr = base_lr * _softplus(lrp[bi, h])
+            _matvec_t(W1, k, z1, False, z1)  # the gradient at k (rnnlab.ops.lact ``_grad_manual``), δ = −lr v
+            _matvec_t(W3, k, b3, False, b3)
+            for f in range(F):
+                sv = 0.0
+                for j in range(K):
+                    sv += W2[f, j] * v[j]
+                dh[f] = -lr * sv
+                s[f] = _sigmoid(z1[f])
+                hb[f] = z1[f] * s[f] * b3[f]  # u_W2 = (SiLU(z1) ⊙ b) ⊗ δ
+            for f in range(F):
+                sf = s[f]
+                s[f] = dh[f] * b3[f] * sf * (1.0 + z1[f] * (1.0 - sf))  # u_W1 = k ⊗ (dh ⊙ b ⊙ SiLU'(z1))
+                b3[f] = dh[f] * z1[f] * sf                               # u_W3 = k ⊗ (dh ⊙ SiLU(z1))
+            for Gm, Gn, u_in, u_out, c in ((g1[bi, h], g1n[bi, h], k, s, 1.0), (g3[bi, h], g3n[bi, h], k, b3, 1.0),
+                                           (g2[bi, h], g2n[bi, h], hb, v, -lr)):
+                for i in range(Gm.shape[0]):
+                    a = c * u_in[i]
+                    for j in range(Gm.shape[1]):
+                        Gn[i, j] = Gm[i, j] + a * u_out[j]
+            for Wo, Gn, Mo, Wn, Mn in ((W1, g1n[bi, h], mo1[bi, h], w1n[bi, h], mo1n[bi, h]),
+                                       (W2, g2n[bi, h], mo2[bi, h], w2n[bi, h], mo2n[bi, h]),
+                                       (W3, g3n[bi, h], mo3[bi, h], w3n[bi, h], mo3n[bi, h])):
+                if not done:
+                    Wn[:] = Wo
+                    Mn[:] = Mo
+                    continue
+                n_in, n_out = Wo.shape
+                for i in range(n_in):  # M ← β M + G, W − M
+                    for j in range(n_out):
+                        m = beta * Mo[i, j] + Gn[i, j] if beta != 0.0 else Gn[i, j]
+                        Mn[i, j] = m
+                        Wn[i, j] = Wo[i, j] - m
+                        Gn[i, j] = 0.0
+                for j in range(n_out):  # every column keeps its norm
+                    so, sn = 0.0, 0.0
+                    for i in range(n_in):
+                        so += Wo[i, j] * Wo[i, j]
+                        sn += Wn[i, j] * Wn[i, j]
+                    c = math.sqrt(so) / max(math.sqrt(sn), 1e-12)
+                    for i in range(n_in):
+                        Wn[i, j] *= c

@@ -50,6 +50,8 @@ CASES = [
     ("moneta", {"num_heads": 2, "chunk_size": 4}),  # ℓ3 bias, ℓ4 retention, normalized at chunk ends
     ("moneta", {"num_heads": 4, "chunk_size": 3, "p": 4.0, "q_norm": 2.0, "max_grad_norm": 0.05}),
     ("memora", {"num_heads": 2, "chunk_size": 4}),  # softmax (KL) retention on logits
+    ("lact", {"num_heads": 2, "chunk_size": 4}),  # fast weights updated at chunk ends, with momentum
+    ("lact", {"num_heads": 4, "chunk_size": 3, "beta": 0.0, "fast_expansion": 1}),
 ]
 
 
@@ -107,7 +109,7 @@ def test_first_tokens_from_the_empty_state(dtype):
         cases += [("ttt_linear", {"num_heads": 2, "mini_batch_size": 4}), ("ttt_mlp", {"num_heads": 2, "mini_batch_size": 4}),
                   ("titans_linear", {"num_heads": 2, "chunk_size": 4}), ("titans", {"num_heads": 2, "chunk_size": 4}),
                   ("yaad", {"num_heads": 2, "chunk_size": 4}), ("moneta", {"num_heads": 2, "chunk_size": 4}),
-                  ("memora", {"num_heads": 2, "chunk_size": 4})]
+                  ("memora", {"num_heads": 2, "chunk_size": 4}), ("lact", {"num_heads": 2, "chunk_size": 4})]
     for name, kw in cases:
         m = _mixer(name, kw, dtype)
         x = torch.randn(2, 12, D, dtype=dtype)
