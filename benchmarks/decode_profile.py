@@ -16,14 +16,16 @@ ways:
 turn (so a shared machine's load hits them alike), the median µs per step of each, and its ratio to the first
 subject's in the same rounds. ``--threads`` sets torch's threads (default 2, as the bench).
 
-``--peers`` adds the peers' steps (the SDPA attention with a static cache; HF's RWKV-4, RG-LRU and xLSTM mLSTM
-when transformers is installed). ``--top N`` lists the N most frequent ATen ops of each step. Timings are
+``--torch`` adds each mixer's torch step (``decode.enabled(False)``) as a subject of its own: a fused kernel's
+speed-up over the step it replaces, in the same rounds. ``--peers`` adds the peers' steps (the SDPA attention with a
+static cache; HF's RWKV-4, RG-LRU and xLSTM mLSTM when transformers is installed). ``--top N`` lists the N most frequent ATen ops of each step. Timings are
 ``rnnlab bench --modes decode``'s job (under ``flock /tmp/rnnlab-bench.lock``); these counts need no lock.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import sys
 import time
 
@@ -31,6 +33,7 @@ import torch
 
 from rnnlab.bench.peers import build_peers
 from rnnlab.bench.runner import BenchConfig, _mixer_subject
+from rnnlab.ops import decode
 from rnnlab.runtime import tune_allocator
 
 
@@ -70,10 +73,22 @@ def time_steps(subjects, states, x1, rounds: int, per_round: int = 16) -> list[f
     return [sorted(v)[len(v) // 2] * 1e6 for v in lat]
 
 
+def _torch_step(subject):
+    """The subject with its fused decode kernels off: the layer's torch step."""
+    step = subject.step
+
+    def torch_step(x1, state):
+        with decode.enabled(False):
+            return step(x1, state)
+
+    return dataclasses.replace(subject, name=subject.name + " (torch step)", step=torch_step)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mixers", default="attention,mlstm,hawk,mamba2,gated_deltanet,gla")
     p.add_argument("--peers", action="store_true")
+    p.add_argument("--torch", action="store_true")
     p.add_argument("--context", type=int, default=512)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--d-model", type=int, default=256)
@@ -86,6 +101,8 @@ def main(argv=None) -> None:
     cfg = BenchConfig.preset(d_model=a.d_model)
     names = [n for n in a.mixers.split(",") if n]
     subjects = [_mixer_subject(n, cfg) for n in names]
+    if a.torch:
+        subjects += [_torch_step(_mixer_subject(n, cfg)) for n in names]
     if a.peers:
         subjects += [s for s in build_peers(a.d_model, only_vs=set(names))[0] if s.step is not None]
     g = torch.Generator().manual_seed(0)
