@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
+from rnnlab.layers.parts import param_derived
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.hippo import nplr_legs
@@ -79,6 +80,11 @@ class S4(Mixer):
         lam = torch.complex(-torch.exp(self.log_neg_lam_re.to(f)), self.lam_im.to(f))
         return lam, _c(self.P), _c(self.B), _c(self.C), torch.exp(self.log_dt.to(f))
 
+    def _step_ssm(self) -> tuple[Tensor, ...]:
+        """The stepping constants g, u, w, B̄ (``bilinear_dplr``) and C."""
+        lam, P, B, C, dt = self._params()
+        return (*bilinear_dplr(lam, P, B, dt), C)
+
     def _out(self, y: Tensor, x: Tensor) -> Tensor:
         y = y + self.D.to(y.dtype) * x.to(y.dtype)
         return F.glu(self.out_proj(F.gelu(y).to(x.dtype)), dim=-1)
@@ -114,8 +120,8 @@ class S4(Mixer):
         """The discretized recurrence h' = Ā h + B̄ u, y = Re(C h'), with Ā applied in its diagonal-plus-rank-one
         form (Ā h = g ⊙ h − u (w · h), O(N) per channel): forming the dense (H, N, N) Ā every step
         took 7.3 ms per token at d_model = 256, B = 1."""
-        lam, P, B, C, dt = self._params()
-        g, u, w, Bbar = bilinear_dplr(lam, P, B, dt)
-        h, ut = _c(state["h"], self.log_dt), x[:, 0].to(dt.dtype)
+        g, u, w, Bbar, C = self._step_ssm() if torch.is_grad_enabled() else param_derived(  # decode: the constants, once
+            self, "_decode_ssm", lambda *_: self._step_ssm(), self.log_neg_lam_re, self.lam_im, self.P, self.B, self.C, self.log_dt)
+        h, ut = _c(state["h"], self.log_dt), x[:, 0].to(g.real.dtype)
         h = g * h - u * (w * h).sum(-1, keepdim=True) + Bbar * ut.unsqueeze(-1)
         return self._out((h * C).sum(-1).real.unsqueeze(1), x), {"h": torch.view_as_real(h)}

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from rnnlab.ops import decode
 from rnnlab.ops._exp import decay_exp
 from rnnlab.ops.chunk import UnitLowerSolve, acc_dtype, decay_ratios
 from rnnlab.ops.varlen import varlen
@@ -211,7 +212,26 @@ def naive_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, level_scales, 
 
 
 # --------------------------------------------------------------------------- fused recurrent (the decode step)
+def _decode_token(q, k, v, g, beta, lam, scale, state, output_final_state):
+    """One token on CPU without autograd (``decode.usable``): the fused kernel ``log_linear_decode`` on the stored
+    layout, the level axis first grown to the levels after the token (a zero level in front when the counter
+    reaches a new power of two)."""
+    B, _, H, K = q.shape
+    V = v.shape[-1]
+    S, pos = state["S"], state["pos"]
+    n = max([S.shape[1]] + [((p + 1) & -(p + 1)).bit_length() for p in pos.tolist()])
+    if n > S.shape[1]:
+        S = torch.cat([S.new_zeros(B, n - S.shape[1], H, K, V), S], 1)
+    o, (S2, pos2) = decode.fused_step("log_linear_decode", None, [q, k, v, q if g is None else g, q if beta is None else beta, lam],
+                                      [S, pos], [], H * V, [2 * V], float(K ** -0.5 if scale is None else scale), g is not None,
+                                      beta is not None)
+    return o.view(B, 1, H, V).to(v.dtype), ({"S": S2, "pos": pos2} if output_final_state else None)
+
+
 def _fused(q, k, v, g, beta, lam, scale, initial_state, output_final_state):
+    if q.shape[1] == 1 and initial_state is not None and decode.usable(q, k, v, lam, initial_state["S"],
+                                                                       *(t for t in (g, beta) if t is not None)):
+        return _decode_token(q, k, v, g, beta, lam, scale, initial_state, output_final_state)
     B, T, H, K, V, acc, scale, S, pos = _setup(q, v, scale, initial_state)
     q, k, v, lam = q.to(acc) * scale, k.to(acc), v.to(acc), lam.to(acc)
     outs = []
