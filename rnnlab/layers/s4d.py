@@ -69,14 +69,19 @@ class S4D(Mixer):
         dtA, Bbar = zoh_diag(torch.exp(self.log_dt.float()), A)
         return torch.view_as_complex(self.C.float().contiguous()), dtA, Bbar
 
+    def _step_ssm(self):
+        """-> C, Ā = exp(ΔA), B̄: the stepping constants."""
+        C, dtA, Bbar = self._ssm()
+        return C, torch.exp(dtA), Bbar
+
     def _out(self, y: Tensor, x: Tensor) -> Tensor:
         y = y + self.D.float() * x.float()
         return F.glu(self.out_proj(F.gelu(y).to(x.dtype)), dim=-1)
 
     @staticmethod
-    def _recur(C: Tensor, dtA: Tensor, Bbar: Tensor, h: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-        """One step: u (B, H) real, h (B, H, N2) complex -> (y (B, H) = 2 Re(C h'), h' = Ā h + B̄ u)."""
-        h = torch.exp(dtA) * h + Bbar * u.unsqueeze(-1)
+    def _recur(C: Tensor, Abar: Tensor, Bbar: Tensor, h: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """One step: u (B, H) real, h (B, H, N2) complex, Ā = exp(ΔA) -> (y (B, H) = 2 Re(C h'), h' = Ā h + B̄ u)."""
+        h = Abar * h + Bbar * u.unsqueeze(-1)
         return 2 * (h * C).sum(-1).real, h
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -84,9 +89,9 @@ class S4D(Mixer):
         u = x.float()
         h = torch.view_as_complex(state["h"].float().contiguous())
         if self.backend == "reference":
-            ys = []
+            ys, Abar = [], torch.exp(dtA)
             for ut in u.unbind(1):
-                yt, h = self._recur(C, dtA, Bbar, h, ut)
+                yt, h = self._recur(C, Abar, Bbar, h, ut)
                 ys.append(yt)
             return self._out(torch.stack(ys, 1), x), {"h": torch.view_as_real(h)}
         fresh = not h.requires_grad and not bool(h.any())  # zero state: skip its output terms
@@ -94,7 +99,7 @@ class S4D(Mixer):
         return self._out(y, x), {"h": torch.view_as_real(h)}
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        ssm = self._ssm() if torch.is_grad_enabled() else param_derived(  # decode: the constants of the parameters, once
-            self, "_decode_ssm", lambda *_: self._ssm(), self.log_A_real, self.A_imag, self.log_dt, self.C)
+        ssm = self._step_ssm() if torch.is_grad_enabled() else param_derived(  # decode: the constants of the parameters, once
+            self, "_decode_ssm", lambda *_: self._step_ssm(), self.log_A_real, self.A_imag, self.log_dt, self.C)
         y, h = self._recur(*ssm, torch.view_as_complex(state["h"].float().contiguous()), x[:, 0].float())
         return self._out(y.unsqueeze(1), x), {"h": torch.view_as_real(h)}

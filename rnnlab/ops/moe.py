@@ -76,8 +76,8 @@ def experts_ref(x: Tensor, experts: Tensor, weights: Tensor, w13: Tensor, w2: Te
 
 
 def experts_grouped(x: Tensor, experts: Tensor, weights: Tensor, w13: Tensor, w2: Tensor, activation: str = "silu") -> Tensor:
-    """``experts_ref``'s signature: the (token, expert) pairs grouped by expert, one gated MLP per expert (a loop over
-    the E experts, not the tokens)."""
+    """``experts_ref``'s signature: the (token, expert) pairs grouped by expert, one gated MLP per expert that has
+    pairs (a loop over at most the E experts, not the tokens; a decode token calls top_k of them)."""
     _check(x, experts, weights, w13, w2)
     act = ACTIVATIONS[activation]
     N, k = experts.shape
@@ -85,7 +85,7 @@ def experts_grouped(x: Tensor, experts: Tensor, weights: Tensor, w13: Tensor, w2
     order = flat.argsort(stable=True)                   # pairs grouped by expert, in token order within a group
     counts = torch.bincount(flat, minlength=w13.shape[0]).tolist()
     xs = x[order // k]
-    ys = torch.cat([glu(xe, w13[e], w2[e], act) for e, xe in enumerate(xs.split(counts))]) if N else xs
+    ys = torch.cat([glu(xe, w13[e], w2[e], act) for e, xe in enumerate(xs.split(counts)) if counts[e]]) if N else xs
     ys = ys * weights.reshape(-1)[order, None]
     out = torch.empty_like(ys)
     out[order] = ys                                     # back in pair order: a permutation, no accumulation
