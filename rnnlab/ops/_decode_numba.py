@@ -1346,63 +1346,73 @@ def lact_decode(qkv, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, pos, norm_w, ou
 @njit(**_KERNEL)
 def log_linear_decode(q, k, v, g, beta, lam, S, pos, out, S2, pos2, sw, scale, has_g, has_beta, lo,
                       hi):  # pragma: no cover - compiled
-    """One token of the log-linear recurrences (rnnlab.ops.log_linear ``_fused``), per row b: q, k (B, H·K), v (B, H·V),
-    g, beta (B, H) (used when ``has_g`` / ``has_beta``), lam (B, H·NL); S (B, n, H, K, V) the level states in the
-    stored layout (level ℓ at index n − ℓ; held iff bit ℓ − 1 of pos is set, the others read as zero), n already the
-    levels after this token. Every held level S ← e^g (S − β k (kᵀ S)) [or e^g S]; the token is level 0 (β k vᵀ);
-    out (B, H·V) = Σ_ℓ λ_ℓ S_ℓᵀ (scale q); then the binary counter's carry to pos + 1 (m = its trailing zeros):
-    levels 0..m merge into level m + 1, the levels above stay. New states S2, pos2; scratch sw (B, 2V)."""
+    """One token of the log-linear recurrences (rnnlab.ops.log_linear ``_fused``) for the (row, head) units u = b·H + h
+    in [lo, hi): q, k (B, H·K), v (B, H·V), g, beta (B, H) (used when ``has_g`` / ``has_beta``), lam (B, H·NL); S (B, n,
+    H, K, V) the level states in the stored layout (level ℓ at index n − ℓ; held iff bit ℓ − 1 of pos is set, the
+    others read as zero), n already the levels after this token. Every held level S ← e^g (S − β k (kᵀ S)) [or e^g S];
+    the token is level 0 (β k vᵀ); out (B, H·V) = Σ_ℓ λ_ℓ S_ℓᵀ (scale q); then the binary counter's carry to pos + 1
+    (m = its trailing zeros): levels 0..m merge into level m + 1, the levels above stay. New states S2, pos2; scratch
+    sw (B·H, 2V)."""
     n, H, K, V = S.shape[1], S.shape[2], S.shape[3], S.shape[4]
     NL = lam.shape[1] // H
-    for b in range(lo, hi):
+    for unit in range(lo, hi):
+        b, h = unit // H, unit % H
         p = pos[b]
         p1 = p + 1
         m = 0
         while (p1 >> m) & 1 == 0:
             m += 1
-        pos2[b] = p1
-        sv, wv = sw[b, :V], sw[b, V:]
-        for h in range(H):
-            qh, kh, vh, ob = q[b, h * K:(h + 1) * K], k[b, h * K:(h + 1) * K], v[b, h * V:(h + 1) * V], out[b, h * V:(h + 1) * V]
-            bt = beta[b, h] if has_beta else 1.0
-            a = math.exp(g[b, h]) if has_g else 1.0
-            qk = 0.0
-            for i in range(K):
-                qk += qh[i] * kh[i]
-            c0 = lam[b, h * NL] * scale * qk * bt
-            tgt = S2[b, n - m - 1, h]
+        if h == 0:
+            pos2[b] = p1
+        sv, wv = sw[unit, :V], sw[unit, V:]
+        qh, kh, vh, ob = q[b, h * K:(h + 1) * K], k[b, h * K:(h + 1) * K], v[b, h * V:(h + 1) * V], out[b, h * V:(h + 1) * V]
+        bt = beta[b, h] if has_beta else 1.0
+        a = math.exp(g[b, h]) if has_g else 1.0
+        qk = 0.0
+        for i in range(K):
+            qk += qh[i] * kh[i]
+        c0 = lam[b, h * NL] * scale * qk * bt
+        tgt = S2[b, n - m - 1, h]
+        for j in range(V):
+            ob[j] = c0 * vh[j]
+        for i in range(K):
+            ki = bt * kh[i]
             for j in range(V):
-                ob[j] = c0 * vh[j]
+                tgt[i, j] = ki * vh[j]
+        for lv in range(1, n + 1):
+            if lv == m + 1:  # the carry's target (empty before it: bit m of p is clear)
+                continue
+            src, dst = S[b, n - lv, h], S2[b, n - lv, h]
+            if (p >> (lv - 1)) & 1 == 0:
+                dst[:] = 0.0
+                continue
+            cl = lam[b, h * NL + lv] * scale * a
+            for j in range(V):
+                sv[j] = 0.0
+                wv[j] = 0.0
+            for i in range(K):  # kᵀ S and qᵀ S
+                ki, qi = kh[i], qh[i]
+                for j in range(V):
+                    sv[j] += ki * src[i, j]
+                    wv[j] += qi * src[i, j]
+            for j in range(V):
+                ob[j] += cl * (wv[j] - bt * qk * sv[j]) if has_beta else cl * wv[j]
+            into = tgt if lv - 1 < m else dst
             for i in range(K):
-                ki = bt * kh[i]
+                c = bt * kh[i] if has_beta else 0.0
                 for j in range(V):
-                    tgt[i, j] = ki * vh[j]
-            for lv in range(1, n + 1):
-                if lv == m + 1:  # the carry's target (empty before it: bit m of p is clear)
-                    continue
-                src, dst = S[b, n - lv, h], S2[b, n - lv, h]
-                if (p >> (lv - 1)) & 1 == 0:
-                    dst[:] = 0.0
-                    continue
-                cl = lam[b, h * NL + lv] * scale * a
-                for j in range(V):
-                    sv[j] = 0.0
-                    wv[j] = 0.0
-                for i in range(K):  # kᵀ S and qᵀ S
-                    ki, qi = kh[i], qh[i]
-                    for j in range(V):
-                        sv[j] += ki * src[i, j]
-                        wv[j] += qi * src[i, j]
-                for j in range(V):
-                    ob[j] += cl * (wv[j] - bt * qk * sv[j]) if has_beta else cl * wv[j]
-                into = tgt if lv - 1 < m else dst
-                for i in range(K):
-                    c = bt * kh[i] if has_beta else 0.0
-                    for j in range(V):
-                        s_new = a * (src[i, j] - c * sv[j])
-                        if lv - 1 < m:
-                            into[i, j] += s_new
-                        else:
-                            into[i, j] = s_new
-                if lv - 1 < m:
-                    dst[:] = 0.0
+                    s_new = a * (src[i, j] - c * sv[j])
+                    if lv - 1 < m:
+                        into[i, j] += s_new
+                    else:
+                        into[i, j] = s_new
+            if lv - 1 < m:
+                dst[:] = 0.0
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def log_linear_decode_parallel(q, k, v, g, beta, lam, S, pos, out, S2, pos2, sw, scale, has_g,
+                               has_beta):  # pragma: no cover - compiled
+    """``log_linear_decode`` with its (row, head) units spread over numba's threads."""
+    for u in prange(q.shape[0] * S.shape[2]):
+        log_linear_decode(q, k, v, g, beta, lam, S, pos, out, S2, pos2, sw, scale, has_g, has_beta, u, u + 1)

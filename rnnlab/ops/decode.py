@@ -24,7 +24,7 @@ from torch import Tensor
 
 from rnnlab.ops._threads import run_rows
 
-__all__ = ["usable", "enabled", "fused_step", "attention_decode"]
+__all__ = ["usable", "enabled", "fused_step", "attention_decode", "log_linear_decode"]
 
 _ON = True
 _KERNELS = None  # the compiled module, or False when numba is missing
@@ -125,3 +125,21 @@ def attention_decode(owner, qkv: Tensor, rows: Tensor | None, idx: Tensor, kbuf:
     else:
         _kernels().attention_decode_parallel(*args)
     return out.view(B, 1, -1)
+
+
+def log_linear_decode(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor | None, lam: Tensor, S: Tensor, pos: Tensor,
+                      scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """One token of the log-linear recurrences (``_decode_numba.log_linear_decode``): q, k (B, 1, H, K), v (B, 1, H, V),
+    g, beta (B, 1, H) or None, lam (B, 1, H, NL), S (B, n, H, K, V) the levels in their stored layout with n the levels
+    after the token, pos (B,) -> (o (B, 1, H·V), S', pos + 1). The (row, head) units go over numba's threads when the
+    levels are large enough to pay for the fork."""
+    B, n, H, K, V = S.shape
+    out, S2, pos2 = torch.empty(B, H * V, dtype=q.dtype), torch.empty_like(S), torch.empty_like(pos)
+    flat = [_arr(t.reshape(B, -1)) for t in (q, k, v, q if g is None else g, q if beta is None else beta, lam)]
+    args = (*flat, _arr(S), _arr(pos), out.numpy(), S2.numpy(), pos2.numpy(), np.empty((B * H, 2 * V), out.numpy().dtype), scale,
+            g is not None, beta is not None)
+    if B * H * n * K * V < _SPLIT_WORK:
+        _kernels().log_linear_decode(*args, 0, B * H)
+    else:
+        _kernels().log_linear_decode_parallel(*args)
+    return out.view(B, 1, -1), S2, pos2

@@ -222,9 +222,7 @@ def _decode_token(q, k, v, g, beta, lam, scale, state, output_final_state):
     n = max([S.shape[1]] + [((p + 1) & -(p + 1)).bit_length() for p in pos.tolist()])
     if n > S.shape[1]:
         S = torch.cat([S.new_zeros(B, n - S.shape[1], H, K, V), S], 1)
-    o, (S2, pos2) = decode.fused_step("log_linear_decode", None, [q, k, v, q if g is None else g, q if beta is None else beta, lam],
-                                      [S, pos], [], H * V, [2 * V], float(K ** -0.5 if scale is None else scale), g is not None,
-                                      beta is not None)
+    o, S2, pos2 = decode.log_linear_decode(q, k, v, g, beta, lam, S, pos, float(K ** -0.5 if scale is None else scale))
     return o.view(B, 1, H, V).to(v.dtype), ({"S": S2, "pos": pos2} if output_final_state else None)
 
 

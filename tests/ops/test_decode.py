@@ -257,3 +257,33 @@ def _test_attention(name, kw, dtype):
     for key in ("k", "v"):
         assert_close(s[key], s_ref[key], name=key)
     assert torch.equal(s["pos"], s_ref["pos"])
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_log_linear_levels_over_threads(delta):
+    """The log-linear op's one-token kernel with its (row, head) units over numba's threads (levels large enough to
+    split), from rows at different positions, across level growth: equal to the torch loop."""
+    from rnnlab.ops.log_linear import fused_recurrent_log_linear_gated_delta_rule, fused_recurrent_log_linear_simple_gla
+
+    torch.manual_seed(0)
+    B, T, H, K, V, NL = 4, 12, 4, 32, 32, 8
+    q, v = torch.randn(B, T, H, K), torch.randn(B, T, H, V)
+    k = torch.nn.functional.normalize(torch.randn(B, T, H, K), dim=-1)
+    g, beta, lam = -torch.rand(B, T, H), torch.rand(B, T, H), torch.rand(B, T, H, NL)
+    op = fused_recurrent_log_linear_gated_delta_rule if delta else fused_recurrent_log_linear_simple_gla
+    s0 = {"S": torch.randn(B, 4, H, K, V), "pos": torch.tensor([5, 7, 12, 15])}
+
+    def run(kernels):
+        ys, s = [], s0
+        with torch.inference_mode(), decode.enabled(kernels):
+            for t in range(T):
+                gates = (g[:, t:t + 1], beta[:, t:t + 1]) if delta else (g[:, t:t + 1],)
+                y, s = op(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], *gates, lam[:, t:t + 1], initial_state=s, output_final_state=True)
+                ys.append(y)
+        return torch.cat(ys, 1), s
+
+    (y_ref, s_ref), (y, s) = run(False), run(True)
+    assert B * H * s["S"].shape[1] * K * V >= decode._SPLIT_WORK  # the threaded kernel ran
+    assert_close(y, y_ref)
+    assert_close(s["S"], s_ref["S"])
+    assert torch.equal(s["pos"], s_ref["pos"])
