@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import signal
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -174,7 +175,10 @@ def time_limit(seconds: float | None):
     """Raise BenchTimeout inside the block after ``seconds`` (main thread on POSIX only; else no limit).
 
     Python checks for the alarm between bytecodes, so a long single torch op finishes
-    first; Python-level loops (reference recurrences) stop promptly.
+    first; Python-level loops (reference recurrences) stop promptly. While numba compiles or
+    loads a cached kernel (its compiler lock is held) the alarm is put off in short steps:
+    an exception thrown into numba's compiler can leave its registries broken for the rest
+    of the process ("generator raised StopIteration" on every later compile).
     """
     usable = seconds is not None and seconds > 0 and hasattr(signal, "setitimer")
     if usable:
@@ -186,6 +190,9 @@ def time_limit(seconds: float | None):
         return
 
     def handler(signum, frame):
+        if _numba_compiling():
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            return
         raise BenchTimeout(f"took longer than {seconds:g} s")
 
     old = signal.signal(signal.SIGALRM, handler)
@@ -195,6 +202,11 @@ def time_limit(seconds: float | None):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def _numba_compiling() -> bool:
+    lock_module = sys.modules.get("numba.core.compiler_lock")
+    return lock_module is not None and lock_module.global_compiler_lock.is_locked()
 
 
 def _meminfo_bytes(path: str, key: str) -> int | None:

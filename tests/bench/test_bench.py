@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import time
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from rnnlab.bench.registry import available_op_benches
 from rnnlab.bench.report import (format_compare, format_tables, load_result, merge_results, plot_headline,
                                  validate_result, write_plots)
 from rnnlab.bench.runner import ROW_FIELDS, SCHEMA_VERSION, BenchConfig, Subject, _bench_subject, run_bench
-from rnnlab.bench.timing import memory_probe_available, peak_rss_delta, time_call
+from rnnlab.bench.timing import BenchTimeout, memory_probe_available, peak_rss_delta, time_call, time_limit
 from rnnlab.layers.registry import available_mixers
 from rnnlab.testing import TOLERANCE, assert_close
 
@@ -259,6 +260,28 @@ def test_timing_and_memory_probe():
 
     peak = peak_rss_delta(alloc)
     assert 0.9 * mib * 2**20 <= peak <= 1.5 * mib * 2**20
+
+
+def _spin(seconds):
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        pass
+
+
+def test_time_limit_waits_for_numba_to_finish_compiling():
+    """The alarm must not land inside numba's compiler (it can break numba for the rest of the process): it is put
+    off while the compiler lock (held by every compile and cache load) is held, and fires right after."""
+    pytest.importorskip("numba")
+    from numba.core.compiler_lock import global_compiler_lock
+
+    released_at = None
+    with pytest.raises(BenchTimeout):
+        with time_limit(0.01):
+            with global_compiler_lock:
+                _spin(0.2)
+            released_at = time.perf_counter()
+            _spin(5.0)
+    assert released_at is not None and time.perf_counter() - released_at < 1.0
 
 
 @pytest.mark.parametrize("argv, match", [
