@@ -91,11 +91,12 @@ def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor
     views; ``scratch``: the widths of the kernel's per-row scratch rows."""
     xs = x if isinstance(x, (list, tuple)) else [x]
     B = xs[0].shape[0]
-    out = torch.empty(B, out_width, dtype=xs[0].dtype)
-    new = [torch.empty_like(s) for s in states]
-    npdt = out.numpy().dtype
-    arrays = [*(_arr(t.reshape(B, -1)) for t in xs), *map(_arr, states), *_weights(owner, weights), out.numpy(),
-              *(t.numpy() for t in new), *(np.empty((B, w), npdt) for w in scratch)]
+    inputs = [_arr(t.reshape(B, -1)) for t in xs]
+    old = [_arr(s) for s in states]
+    npdt = inputs[0].dtype
+    out_np, new_np = np.empty((B, out_width), npdt), [np.empty_like(a) for a in old]  # numpy first: half the calls
+    out, new = torch.from_numpy(out_np), [torch.from_numpy(a) for a in new_np]
+    arrays = [*inputs, *old, *_weights(owner, weights), out_np, *new_np, *(np.empty((B, w), npdt) for w in scratch)]
     fn = getattr(_kernels(), kernel)
     if B < 2 * _MIN_ROWS:
         fn(*arrays, *scalars, 0, B)
