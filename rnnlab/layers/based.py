@@ -30,10 +30,12 @@ from torch import Tensor, nn
 
 from rnnlab.layers.attention import Attention
 from rnnlab.layers.base import Mixer, State
+from rnnlab.layers.parts import fused_linear
 from rnnlab.layers.linear_attention import linear_attention_heads
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 
-__all__ = ["Based", "taylor_feature_map"]
+__all__ = ["Based", "taylor_feature_map", "taylor_linear_attention"]
 
 _SWA = "swa_"  # prefix of the sliding-window attention's state keys
 
@@ -43,6 +45,21 @@ def taylor_feature_map(x: Tensor) -> Tensor:
     d = x.shape[-1]
     x2 = (x[..., :, None] * x[..., None, :]).flatten(-2) / math.sqrt(2 * d)
     return torch.cat([torch.ones_like(x[..., :1]), x / d**0.25, x2], -1)
+
+
+def taylor_linear_attention(owner: Mixer, x: Tensor, S: Tensor, z: Tensor, form: str) -> tuple[Tensor, State]:
+    """The Taylor linear attention of Based and JRT-RNN: ``owner``'s q_proj, k_proj (H·d), v_proj (H·V) of x (B, T, D),
+    φ of q and k, then normalized linear attention continuing from S (B, H, F, V), z (B, H, F) ->
+    (o (B, T, H, V), {"S", "z"}); ``form``: "chunk" or "recurrent" (a decode token: one fused kernel, rnnlab.ops.decode)."""
+    H, d = owner.num_heads, owner.feature_dim
+    projs = [owner.q_proj, owner.k_proj, owner.v_proj]
+    if form == "recurrent" and decode.usable(x, S, z, *(p.weight for p in projs)):
+        o, (S, z) = decode.fused_step("taylor_attn_decode", owner, fused_linear(x, projs, whole=True), [S, z], [], S.shape[1] * S.shape[3],
+                                      [S.shape[2]] * 2, d, owner.eps)
+        return o.view(x.shape[0], 1, H, S.shape[3]), {"S": S, "z": z}
+    heads = lambda t: rearrange(t, "b t (h d) -> b t h d", h=H)  # noqa: E731
+    q, k = (taylor_feature_map(heads(proj(x)).float()).to(x.dtype) for proj in projs[:2])  # (B, T, H, 1+d+d²)
+    return linear_attention_heads(q, k, heads(owner.v_proj(x)), {"S": S, "z": z}, form, owner.chunk_size, owner.eps)
 
 
 @register_mixer("based", family="matrix", small={"num_heads": 2, "feature_dim": 4, "window": 8, "chunk_size": 16})
@@ -80,10 +97,7 @@ class Based(Mixer):
         return self.num_heads * self.num_features * (self.head_dim + 1) + (self.swa.state_size(seq_len) if self.swa is not None else 0)
 
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
-        heads = lambda t: rearrange(t, "b t (h d) -> b t h d", h=self.num_heads)  # noqa: E731
-        q, k = (taylor_feature_map(heads(proj(x)).float()) for proj in (self.q_proj, self.k_proj))  # (B, T, H, 1+d+d²)
-        la_state = {"S": state["S"], "z": state["z"]}
-        o, new = linear_attention_heads(q.to(x.dtype), k.to(x.dtype), heads(self.v_proj(x)), la_state, form, self.chunk_size, self.eps)
+        o, new = taylor_linear_attention(self, x, state["S"], state["z"], form)
         y = self.o_proj(rearrange(o, "b t h d -> b t (h d)"))
         if self.swa is not None:
             y_swa, swa_state = self.swa(x, {key[len(_SWA):]: t for key, t in state.items() if key.startswith(_SWA)})

@@ -24,8 +24,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
-from rnnlab.layers.parts import param_derived
+from rnnlab.layers.parts import fused_linear, param_derived
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.conv import causal_conv1d, causal_conv1d_ref
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.ssm_kernels import diag_conv, fft_causal_conv, zoh_diag
@@ -124,7 +125,20 @@ class H3(Mixer):
         return self._mix(x, state, self.backend)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        if decode.usable(x, *state.values(), *self.parameters()):  # one token: the fused kernel (rnnlab.ops.decode)
+            o, (k, h) = decode.fused_step("h3_decode", self, fused_linear(x, [self.q_proj, self.k_proj, self.v_proj], whole=True),
+                                          [state["k"], state["h"]], list(self._decode_constants()), self.d_model, [self.d_model],
+                                          self.head_dim)
+            return self.out_proj(o), {"k": k, "h": h}
         return self._mix(x, state, "reference")
+
+    def _decode_constants(self) -> tuple[Tensor, ...]:
+        """The kernel's view of ``_constants``: the shift taps in time order, e^{ΔA}, B̄ and C as real pairs, D."""
+        def make(*_):
+            W, (C, dtA, Bbar), Dr = self._constants(torch.float32)
+            pairs = lambda z: torch.view_as_real(z).contiguous()  # noqa: E731
+            return W.flip(-1).contiguous(), pairs(torch.exp(dtA)), pairs(Bbar), pairs(C), Dr.contiguous()
+        return param_derived(self, "_decode_constants_", make, *self.parameters())
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_state={self.d_state}, head_dim={self.head_dim}, backend={self.backend}"

@@ -30,8 +30,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
-from rnnlab.layers.based import taylor_feature_map
-from rnnlab.layers.linear_attention import linear_attention_heads
+from rnnlab.layers.based import taylor_feature_map, taylor_linear_attention
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops.varlen import Packing, cu_seqlens_from_lengths, run_packed
 
@@ -86,9 +85,7 @@ class JRTRNN(Mixer):
 
     def _decode(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         """Causal linear attention from the state (the encoder's sum already in it)."""
-        q, k = (taylor_feature_map(self._heads(proj(x)).float()) for proj in (self.q_proj, self.k_proj))
-        o, new = linear_attention_heads(q.to(x.dtype), k.to(x.dtype), self._heads(self.v_proj(x)),
-                                        {"S": state["S"].float(), "z": state["z"].float()}, form, self.chunk_size, self.eps)
+        o, new = taylor_linear_attention(self, x, state["S"].float(), state["z"].float(), form)
         y = self.o_proj(rearrange(o, "b t h d -> b t (h d)").to(x.dtype))
         return y, {"S": new["S"].to(state["S"].dtype), "z": new["z"].to(state["z"].dtype), "pos": state["pos"] + x.shape[1]}
 
@@ -121,6 +118,8 @@ class JRTRNN(Mixer):
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, 1, D) -> (y, state): after the prefix, one step of linear attention from S (module docstring)."""
+        if bool((state["pos"] >= self.prefix_len).all()):  # past every row's prefix: the encoder's terms are zero
+            return self._decode(x, state, "recurrent")
         return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:

@@ -649,6 +649,27 @@ def retnet_decode(proj, S, pos, inv_freq, log_gamma, gn_w, gn_b, out, S2, pos2, 
                 ob[j] *= _silu(x[2 * QK + E + h * V + j])
 
 
+@njit(**_INLINE)
+def _linear_attn_head(qh, kh, vh, Sb, Sn, zb, zn, ob, normalize, eps):  # pragma: no cover - compiled
+    """One head: S ← S + k vᵀ, z ← z + k; o = Sᵀq (/ (zᵀq + eps) when ``normalize``)."""
+    F, V = Sb.shape[0], Sb.shape[1]
+    for j in range(V):
+        ob[j] = 0.0
+    den = 0.0
+    for i in range(F):
+        ki, qi = kh[i], qh[i]
+        zi = zb[i] + ki
+        zn[i] = zi
+        den += qi * zi
+        for j in range(V):
+            s = Sb[i, j] + ki * vh[j]
+            Sn[i, j] = s
+            ob[j] += qi * s
+    if normalize:
+        for j in range(V):
+            ob[j] = ob[j] / (den + eps)
+
+
 @njit(**_KERNEL)
 def linear_attn_decode(q, k, v, S, z, out, S2, z2, normalize, eps, lo, hi):  # pragma: no cover - compiled
     """One token of (normalized) linear attention over feature-mapped q, k (B, H·F) and v (B, H·V) (rnnlab.layers.
@@ -658,24 +679,64 @@ def linear_attn_decode(q, k, v, S, z, out, S2, z2, normalize, eps, lo, hi):  # p
     H, F, V = S.shape[1], S.shape[2], S.shape[3]
     for b in range(lo, hi):
         for h in range(H):
-            qh, kh, vh = q[b, h * F:(h + 1) * F], k[b, h * F:(h + 1) * F], v[b, h * V:(h + 1) * V]
-            ob = out[b, h * V:(h + 1) * V]
-            Sb, Sn = S[b, h], S2[b, h]
-            for j in range(V):
-                ob[j] = 0.0
-            den = 0.0
-            for i in range(F):
-                ki, qi = kh[i], qh[i]
-                zi = z[b, h, i] + ki
-                z2[b, h, i] = zi
-                den += qi * zi
-                for j in range(V):
-                    s = Sb[i, j] + ki * vh[j]
-                    Sn[i, j] = s
-                    ob[j] += qi * s
-            if normalize:
-                for j in range(V):
-                    ob[j] = ob[j] / (den + eps)
+            _linear_attn_head(q[b, h * F:(h + 1) * F], k[b, h * F:(h + 1) * F], v[b, h * V:(h + 1) * V], S[b, h], S2[b, h],
+                              z[b, h], z2[b, h], out[b, h * V:(h + 1) * V], normalize, eps)
+
+
+@njit(**_INLINE)
+def _taylor(x, d, phi):  # pragma: no cover - compiled
+    """Based's feature map (rnnlab.layers.based ``taylor_feature_map``): φ(x) = [1, x / d^{1/4}, vec(x xᵀ) / √(2d)]."""
+    phi[0] = 1.0
+    r4, r2 = 1.0 / d**0.25, 1.0 / math.sqrt(2.0 * d)
+    for i in range(d):
+        phi[1 + i] = x[i] * r4
+        for j in range(d):
+            phi[1 + d + i * d + j] = (x[i] * x[j]) * r2
+
+
+@njit(**_KERNEL)
+def taylor_attn_decode(proj, S, z, out, S2, z2, fq, fk, d, eps, lo, hi):  # pragma: no cover - compiled
+    """One token of normalized linear attention with Based's Taylor feature map (rnnlab.layers.based, jrt_rnn) after
+    the projections: proj (B, 2·H·d + H·V) = [q | k | v] unmapped; per row and head φ(q), φ(k) (scratch fq, fk (B, F),
+    F = 1 + d + d²), then ``linear_attn_decode``'s update and read -> out (B, H·V), S2, z2."""
+    H, F, V = S.shape[1], S.shape[2], S.shape[3]
+    for b in range(lo, hi):
+        x = proj[b]
+        for h in range(H):
+            _taylor(x[h * d:(h + 1) * d], d, fq[b])
+            _taylor(x[(H + h) * d:(H + h + 1) * d], d, fk[b])
+            off = 2 * H * d + h * V
+            _linear_attn_head(fq[b], fk[b], x[off:off + V], S[b, h], S2[b, h], z[b, h], z2[b, h], out[b, h * V:(h + 1) * V],
+                              True, eps)
+
+
+@njit(**_KERNEL)
+def h3_decode(proj, conv, h, conv_w, eA, Bbar, C, Dr, out, conv2, h2, kbar, d, lo, hi):  # pragma: no cover - compiled
+    """H3's token (rnnlab.layers.h3) between its projections, per row b: proj (B, 3D) = [q | k | v]; k̄ = the shift
+    SSM (a causal conv of N taps, conv_w (D, N) in time order, state conv (B, N-1, D)); per head of d channels,
+    u_ij = k̄_i v_j, then the diagonal SSM per (head, i, j) channel c: h_c ← e^{ΔA}_c h_c + B̄_c u_c (complex, as real
+    pairs: h (B, D·d, N/2, 2), eA, Bbar, C (D·d, N/2, 2)), y_c = 2 Re Σ C_c h_c + D_c u_c; out (B, D) with
+    out[head, j] = Σ_i q_i y_ij. New states conv2, h2; scratch kbar (B, D)."""
+    D, N2 = conv_w.shape[0], eA.shape[1]
+    for b in range(lo, hi):
+        x, kb = proj[b], kbar[b]
+        _conv(x[D:2 * D], conv[b], conv_w, conv_w[0], False, False, kb, conv2[b])
+        ob = out[b]
+        for o in range(D):
+            ob[o] = 0.0
+        for c in range(D * d):
+            head, i, j = c // (d * d), (c // d) % d, c % d
+            u = kb[head * d + i] * x[2 * D + head * d + j]
+            acc = 0.0
+            for n in range(N2):
+                er, ei = eA[c, n, 0], eA[c, n, 1]
+                hr, hi_ = h[b, c, n, 0], h[b, c, n, 1]
+                nr = er * hr - ei * hi_ + Bbar[c, n, 0] * u
+                ni = er * hi_ + ei * hr + Bbar[c, n, 1] * u
+                h2[b, c, n, 0] = nr
+                h2[b, c, n, 1] = ni
+                acc += nr * C[c, n, 0] - ni * C[c, n, 1]
+            ob[head * d + j] += x[head * d + i] * (2.0 * acc + Dr[c] * u)
 
 
 @njit(**_KERNEL)

@@ -18,6 +18,8 @@ The memory update is hippo.step in both (per-row triangular solves, O(N²) per f
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -27,6 +29,14 @@ from rnnlab.ops.varlen import varlen
 __all__ = ["hippo_rnn", "hippo_rnn_ref"]
 
 State = tuple[Tensor, Tensor, Tensor]
+
+
+@functools.lru_cache(maxsize=16)
+def _transition(measure: str, N: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """hippo.transition in the cell's dtype, built once (a decode token would rebuild it every call); shared, read-only.
+    Built outside inference mode, so that a training call may save it for backward."""
+    with torch.inference_mode(False), torch.no_grad():
+        return tuple(t.to(device=device, dtype=dtype) for t in hippo.transition(measure, N))
 
 
 def _init(x: Tensor, weight_f: Tensor, N: int, initial_state: State | None) -> State:
@@ -55,7 +65,7 @@ def _scan(x: Tensor, dt: Tensor | None, pre, weight_f: Tensor, bias_f: Tensor, N
           initial_state: State | None) -> tuple[Tensor, State]:
     """The cell's loop; ``pre(k, h, c)`` is token k's pre-activation [W_τ; W_g][h, c, x_k] + b (2H): the only thing
     the two forms compute differently."""
-    A, B = hippo.transition(measure, N)
+    A, B = _transition(measure, N, x.dtype, x.device)
     h, c, t = _init(x, weight_f, N, initial_state)
     hs = []
     dts = dt.unbind(1) if dt is not None else [None] * x.shape[1]

@@ -31,7 +31,10 @@ CASES = [
     ("linear_attention", {"num_heads": 2}),
     ("linear_attention", {"num_heads": 2, "normalize": False}),
     ("based", {"num_heads": 2, "feature_dim": 4, "window": 8}),
-    ("jrt_rnn", {"num_heads": 2}),
+    ("jrt_rnn", {"num_heads": 2}),  # inside the prefix
+    ("jrt_rnn", {"num_heads": 2, "feature_dim": 4, "prefix_len": 12}),  # crosses the prefix's end
+    ("h3", {"d_state": 8}),
+    ("h3", {"d_state": 4, "head_dim": 2}),
     ("slstm", {"num_heads": 2}),
     ("slstm", {"num_heads": 4, "forget_gate": "exp"}),
     ("mamba", {"d_state": 4}),
