@@ -33,8 +33,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
-from rnnlab.layers.parts import RMSNorm, ShortConv
+from rnnlab.layers.parts import RMSNorm, ShortConv, fused_linear
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.plstm import BACKENDS, plstm
 
@@ -95,6 +96,12 @@ class PLSTM(Mixer):
         return self._mix(x, state, self.backend)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        if decode.usable(x, *state.values(), *self.parameters()):  # one token: the fused kernel (rnnlab.ops.decode)
+            c, conv_state = self.conv(x, state["conv"])
+            o, (C,) = decode.fused_step("plstm_decode", self, [fused_linear(c, [self.q_proj, self.k_proj, self.gates], whole=True),
+                                                              self.v_proj(x)], [state["C"]], [self.norm_weight], self.d_model,
+                                        [self.d_model], self.num_heads, self.transition == "tanh", self.norm.eps)
+            return self.o_proj(o) + self.passthrough * c, {"conv": conv_state, "C": C}
         return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:

@@ -740,6 +740,39 @@ def h3_decode(proj, conv, h, conv_w, eA, Bbar, C, Dr, out, conv2, h2, kbar, d, l
 
 
 @njit(**_KERNEL)
+def plstm_decode(proj, v, C, norm_w, out, C2, o, H, tanh, eps, lo, hi):  # pragma: no cover - compiled
+    """pLSTM's token (rnnlab.layers.plstm, the recurrence of rnnlab.ops.plstm ``plstm_ref``) between its projections,
+    per row b and head h: proj (B, 2D + 4H) = [q | k | S T M D pre-activations (gate-major)] of the conv's output, v
+    (B, D); S, M, D = σ(·), T = tanh(5·) (``tanh``) or σ(·)^5; o = (M qᵀC + D (q·k) v) / √K from the old C, C ← T C +
+    S k vᵀ; out (B, D) = RMSNorm(o) per head (eps, no affine) · norm_w. New state C2; scratch o (B, D)."""
+    D = v.shape[1]
+    K = D // H
+    scale = 1.0 / math.sqrt(K)
+    for b in range(lo, hi):
+        x, ob = proj[b], o[b]
+        for h in range(H):
+            sg, mg, dg = _sigmoid(x[2 * D + h]), _sigmoid(x[2 * D + 2 * H + h]), _sigmoid(x[2 * D + 3 * H + h])
+            z = x[2 * D + H + h]
+            tg = math.tanh(5.0 * z) if tanh else math.exp(5.0 * _logsigmoid(z))
+            qh, kh, vh, oh = x[h * K:(h + 1) * K], x[D + h * K:D + (h + 1) * K], v[b, h * K:(h + 1) * K], ob[h * K:(h + 1) * K]
+            qk = 0.0
+            for i in range(K):
+                qk += qh[i] * kh[i]
+            for j in range(K):
+                oh[j] = 0.0
+            Cb, Cn = C[b, h], C2[b, h]
+            for i in range(K):
+                qi, ski = qh[i], sg * kh[i]
+                for j in range(K):
+                    cij = Cb[i, j]
+                    oh[j] += qi * cij
+                    Cn[i, j] = tg * cij + ski * vh[j]
+            for j in range(K):
+                oh[j] = scale * (mg * oh[j] + dg * qk * vh[j])
+            _rms_gate(oh, norm_w[h * K:(h + 1) * K], eps, oh, 0, out[b, h * K:(h + 1) * K])
+
+
+@njit(**_KERNEL)
 def slstm_decode(x, h, c, n, m, conv, conv_w, conv_b, w_if, w_zo, w_hh, bias, norm_w, out, h2, c2, n2, m2, conv2, xc, g,
                  has_conv, sigmoid_forget, lo, hi):  # pragma: no cover - compiled
     """The sLSTM layer's token (rnnlab.layers.slstm), per row b: x (B, H); x_c = SiLU(conv x) (when ``has_conv``, state

@@ -34,6 +34,8 @@ CASES = [
     ("jrt_rnn", {"num_heads": 2}),  # inside the prefix
     ("jrt_rnn", {"num_heads": 2, "feature_dim": 4, "prefix_len": 12}),  # crosses the prefix's end
     ("h3", {"d_state": 8}),
+    ("plstm", {"num_heads": 2}),
+    ("plstm", {"num_heads": 4, "transition": "logsigmoid"}),
     ("h3", {"d_state": 4, "head_dim": 2}),
     ("slstm", {"num_heads": 2}),
     ("slstm", {"num_heads": 4, "forget_gate": "exp"}),
