@@ -28,8 +28,9 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
-from rnnlab.layers.parts import rotary, rotary_cos_sin
+from rnnlab.layers.parts import rotary, rotary_cos_sin, rotary_inv_freq
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.rat import chunk_rat, fused_recurrent_rat, naive_recurrent_rat, rat_state
 
@@ -87,6 +88,15 @@ class RAT(Mixer):
         return self._mix(x, state, self.backend)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        if decode.usable(x, *(t for n, t in state.items() if n != "pos"), *self.parameters()):  # the fused kernel
+            inv_freq = None
+            if self.rope_base is not None:
+                inv_freq = self.__dict__.get("_inv_freq")
+                if inv_freq is None:
+                    inv_freq = self.__dict__["_inv_freq"] = rotary_inv_freq(self.head_dim, self.rope_base)
+            o, new = decode.rat_decode(self, self.in_proj(x), state, self.gate_bias, inv_freq, heads=self.num_heads,
+                                       ngroups=self.ngroups, chunk_size=self.chunk_size, scale=self.head_dim ** -0.5)
+            return self.out_proj(o), new
         return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:

@@ -773,6 +773,65 @@ def plstm_decode(proj, v, C, norm_w, out, C2, o, H, tanh, eps, lo, hi):  # pragm
 
 
 @njit(**_KERNEL)
+def rat_decode(proj, hk, hv, sk, sv, pos, gate_bias, inv_freq, out, hk2, hv2, sk2, sv2, pos2, qr, kr, sc, H, G, L, rope, scale,
+               write, lo, hi):  # pragma: no cover - compiled
+    """RAT's token (rnnlab.layers.rat; rnnlab.ops.rat ``_step``) between its projections, per row b at position p and
+    head h (reading q, k group h mod G): proj (B, 3D + 2GK) = [z | v | f | q | k]; g = σ(f + gate_bias); the running
+    k̃, ṽ (hk, hv (B, H, K)) restart at a chunk start (p mod L = 0): k̃ ← g k̃ + (1 − g) k, ṽ alike; q and k̃ rotated by
+    the chunk index p // L (``rope``, inv_freq (K/2,)); softmax(scale · [q·summaries, q·k̃]) over the row's p // L real
+    summaries (the last of sk, sv (B, H, C, K)) and k̃ reads [sv; ṽ]; out (B, D) = σ(z) ⊙ o. New hk2, hv2, pos2 = p + 1;
+    with ``write`` the summaries sk2, sv2 (B, H, C2, K), C2 − C ∈ {0, 1} zero entries added in front: a row that
+    completes its chunk drops the front entry and appends (rotated k̃, ṽ). Scratch qr, kr (B, K), sc (B, C + 1)."""
+    K, C, C2 = hk.shape[2], sk.shape[2], sk2.shape[2]
+    D = H * K
+    off = C2 - C
+    for b in range(lo, hi):
+        x, q, k, s = proj[b], qr[b], kr[b], sc[b]
+        p = pos[b]
+        keep, c, done = p % L != 0, p // L, (p + 1) % L == 0
+        pos2[b] = p + 1
+        for h in range(H):
+            n = h % G
+            for j in range(K):
+                ch = h * K + j
+                g = _sigmoid(x[2 * D + ch] + gate_bias[ch])
+                a = hk[b, h, j] * g if keep else 0.0
+                e = hv[b, h, j] * g if keep else 0.0
+                hk2[b, h, j] = a + (1.0 - g) * x[3 * D + G * K + n * K + j]
+                hv2[b, h, j] = e + (1.0 - g) * x[D + ch]
+                q[j] = x[3 * D + n * K + j]
+                k[j] = hk2[b, h, j]
+            if rope:
+                _rotate_pair(q, k, c, inv_freq)
+            m = -np.inf
+            for i in range(C - c, C + 1):
+                t = 0.0
+                for j in range(K):
+                    t += q[j] * (sk[b, h, i, j] if i < C else k[j])
+                s[i] = t * scale
+                m = max(m, s[i])
+            tot = 0.0
+            for i in range(C - c, C + 1):
+                s[i] = math.exp(s[i] - m)
+                tot += s[i]
+            for j in range(K):
+                acc = s[C] * hv2[b, h, j]
+                for i in range(C - c, C):
+                    acc += s[i] * sv[b, h, i, j]
+                out[b, h * K + j] = _sigmoid(x[h * K + j]) * (acc / tot)
+            if write:
+                for i in range(C2):
+                    src = i + 1 - off if done else i - off
+                    for j in range(K):
+                        if done and i == C2 - 1:
+                            sk2[b, h, i, j], sv2[b, h, i, j] = k[j], hv2[b, h, j]
+                        elif src < 0:
+                            sk2[b, h, i, j], sv2[b, h, i, j] = 0.0, 0.0
+                        else:
+                            sk2[b, h, i, j], sv2[b, h, i, j] = sk[b, h, src, j], sv[b, h, src, j]
+
+
+@njit(**_KERNEL)
 def slstm_decode(x, h, c, n, m, conv, conv_w, conv_b, w_if, w_zo, w_hh, bias, norm_w, out, h2, c2, n2, m2, conv2, xc, g,
                  has_conv, sigmoid_forget, lo, hi):  # pragma: no cover - compiled
     """The sLSTM layer's token (rnnlab.layers.slstm), per row b: x (B, H); x_c = SiLU(conv x) (when ``has_conv``, state

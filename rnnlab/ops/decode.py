@@ -24,7 +24,7 @@ from torch import Tensor
 
 from rnnlab.ops._threads import run_rows
 
-__all__ = ["usable", "enabled", "fused_step", "attention_decode", "log_linear_decode"]
+__all__ = ["usable", "enabled", "fused_step", "attention_decode", "log_linear_decode", "rat_decode"]
 
 _ON = True
 _KERNELS = None  # the compiled module, or False when numba is missing
@@ -144,3 +144,33 @@ def log_linear_decode(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: T
     else:
         _kernels().log_linear_decode_parallel(*args)
     return out.view(B, 1, -1), S2, pos2
+
+
+def rat_decode(owner, proj: Tensor, state: dict, gate_bias: Tensor, inv_freq: Tensor | None, *, heads: int, ngroups: int,
+               chunk_size: int, scale: float) -> tuple[Tensor, dict]:
+    """One token of RAT (``_decode_numba.rat_decode``): proj (B, 1, 3D + 2GK) the input projection, state {k, v (B, H,
+    K), sk, sv (B, H, C, K), pos (B,)}, inv_freq the rotary frequencies (None: no rotary) -> (σ(z) ⊙ o (B, 1, D), the new
+    state). The summaries are new tensors only where a row completes its chunk (one more entry in front when a row
+    needs it, as the torch step); otherwise the new state holds the same ones. ``owner``: the layer (weights' views)."""
+    hk, sk, pos = state["k"], state["sk"], state["pos"]
+    B, H, K = hk.shape
+    C, L = sk.shape[2], chunk_size
+    p = _arr(pos)
+    done = (p + 1) % L == 0
+    write = bool(done.any())
+    C2 = C + int(write and int((p[done] // L).max()) + 1 > C)
+    out, new = torch.empty(B, H * K, dtype=hk.dtype), {n: torch.empty_like(state[n]) for n in ("k", "v", "pos")}
+    if write:
+        new["sk"], new["sv"] = (hk.new_empty(B, H, C2, K) for _ in range(2))
+    else:
+        new["sk"], new["sv"] = sk, state["sv"]
+    gb, *freq = _weights(owner, [gate_bias] + ([inv_freq] if inv_freq is not None else []))
+    npdt = out.numpy().dtype
+    args = (_arr(proj.view(B, -1)), _arr(hk), _arr(state["v"]), _arr(sk), _arr(state["sv"]), p, gb, freq[0] if freq else gb, out.numpy(),
+            new["k"].numpy(), new["v"].numpy(), _arr(new["sk"]), _arr(new["sv"]), new["pos"].numpy(), np.empty((B, K), npdt),
+            np.empty((B, K), npdt), np.empty((B, C + 1), npdt), H, ngroups, L, inv_freq is not None, scale, write)
+    if B < 2 * _MIN_ROWS:
+        _kernels().rat_decode(*args, 0, B)
+    else:
+        run_rows(_kernels().rat_decode, B, *args, min_rows=_MIN_ROWS)
+    return out.view(B, 1, -1), new

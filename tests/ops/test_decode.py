@@ -35,6 +35,8 @@ CASES = [
     ("jrt_rnn", {"num_heads": 2, "feature_dim": 4, "prefix_len": 12}),  # crosses the prefix's end
     ("h3", {"d_state": 8}),
     ("plstm", {"num_heads": 2}),
+    ("rat", {"num_heads": 4, "ngroups": 2, "chunk_size": 4}),  # completes chunks, its summaries grow
+    ("rat", {"num_heads": 2, "ngroups": 1, "chunk_size": 5, "rope_base": None}),
     ("plstm", {"num_heads": 4, "transition": "logsigmoid"}),
     ("h3", {"d_state": 4, "head_dim": 2}),
     ("slstm", {"num_heads": 2}),
@@ -292,3 +294,21 @@ def test_log_linear_levels_over_threads(delta):
     assert_close(y, y_ref)
     assert_close(s["S"], s_ref["S"])
     assert torch.equal(s["pos"], s_ref["pos"])
+
+
+def test_rat_rows_at_different_positions():
+    """RAT's summaries right-aligned per row (a packed prefill leaves rows at different positions): rows complete their
+    chunks at different steps, and the cache grows only when a row has no front padding to spare."""
+    m = _mixer("rat", {"num_heads": 4, "ngroups": 2, "chunk_size": 4})
+    lengths = [3, 9, 6]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    with torch.inference_mode():
+        _, s0 = m(torch.randn(1, sum(lengths), D), cu_seqlens=cu)
+        assert s0["pos"].tolist() == lengths
+        x = torch.randn(3, 10, D)
+        y_ref, s_ref = _steps(m, x, s0, kernels=False)
+        y, s = _steps(m, x, s0, kernels=True)
+    assert_close(y, y_ref)
+    for key in s_ref:
+        assert s[key].shape == s_ref[key].shape
+        assert_close(s[key].float(), s_ref[key].float(), name=key)
