@@ -187,13 +187,13 @@ class Attention(Mixer):
         pos, L = state["pos"], state["k"].shape[2]
         n = self._cache_len(L + 1)
         (kbuf, ks), (vbuf, vs) = kv_reserve(state["k"], 1, n, x), kv_reserve(state["v"], 1, n, x)
-        rows, idx = None, pos
+        rows, first = None, 0
         if self.rope_base is not None:
             first, table = self._rotary_rows(min(p), max(p))
-            rows, idx = table.view(table.shape[0], 2, -1), pos - first
+            rows = table.view(table.shape[0], 2, -1)
         qk_norm = None if self.q_norm is None else (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
-        o = decode.attention_decode(self, self.qkv(x), rows, idx, kbuf, vbuf, ks, vs, L, heads=self.num_heads, qk_norm=qk_norm,
-                                    gated=self.output_gate)
+        o = decode.attention_decode(self, self.qkv(x), rows, pos, first, kbuf, vbuf, ks, vs, L,
+                                    heads=self.num_heads, qk_norm=qk_norm, gated=self.output_gate)
         return self.out(o), {"k": kv_commit(kbuf, ks, L + 1, n)[1], "v": kv_commit(vbuf, vs, L + 1, n)[1], "pos": pos + 1}
 
     def _rotary_rows(self, lo: int, hi: int) -> tuple[int, Tensor]:

@@ -85,17 +85,20 @@ def _weights(owner, weights: list[Tensor]) -> list[np.ndarray]:
 
 
 def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor], weights: list[Tensor], out_width: int,
-               scratch: list[int], *scalars) -> tuple[Tensor, list[Tensor]]:
+               scratch: list[int], *scalars, same: tuple[int, ...] = ()) -> tuple[Tensor, list[Tensor]]:
     """Run ``_decode_numba.<kernel>`` on x (B, 1, ·) (a layer's input projection; or a list of such inputs) -> (out
     (B, 1, out_width), the new states, each shaped as its old one). ``owner``: the layer, which caches the weights'
-    views; ``scratch``: the widths of the kernel's per-row scratch rows."""
+    views; ``scratch``: the widths of the kernel's per-row scratch rows; ``same``: the states that this token leaves
+    as they are (a test-time memory's anchor inside its chunk): the kernel gets the old array as the new one and must
+    not write it, and the new state is the old tensor."""
     xs = x if isinstance(x, (list, tuple)) else [x]
     B = xs[0].shape[0]
     inputs = [_arr(t.reshape(B, -1)) for t in xs]
     old = [_arr(s) for s in states]
     npdt = inputs[0].dtype
-    out_np, new_np = np.empty((B, out_width), npdt), [np.empty_like(a) for a in old]  # numpy first: half the calls
-    out, new = torch.from_numpy(out_np), [torch.from_numpy(a) for a in new_np]
+    out_np, new_np = np.empty((B, out_width), npdt), [a if i in same else np.empty_like(a) for i, a in enumerate(old)]
+    out = torch.from_numpy(out_np)  # numpy first: half the calls
+    new = [states[i] if i in same else torch.from_numpy(a) for i, a in enumerate(new_np)]
     arrays = [*inputs, *old, *_weights(owner, weights), out_np, *new_np, *(np.empty((B, w), npdt) for w in scratch)]
     fn = getattr(_kernels(), kernel)
     if B < 2 * _MIN_ROWS:
@@ -105,10 +108,10 @@ def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor
     return out.view(B, 1, out_width), new
 
 
-def attention_decode(owner, qkv: Tensor, rows: Tensor | None, idx: Tensor, kbuf: Tensor, vbuf: Tensor, kstart: int, vstart: int,
-                     L: int, *, heads: int, qk_norm: tuple[Tensor, Tensor, float] | None, gated: bool) -> Tensor:
+def attention_decode(owner, qkv: Tensor, rows: Tensor | None, idx: Tensor, first: int, kbuf: Tensor, vbuf: Tensor, kstart: int,
+                     vstart: int, L: int, *, heads: int, qk_norm: tuple[Tensor, Tensor, float] | None, gated: bool) -> Tensor:
     """One token of softmax attention (``_decode_numba.attention_decode``): qkv (B, 1, P) the fused projection, rows
-    (n, 2, rd) rotary rows (None: no rotary) indexed by idx (B,), kbuf, vbuf (B, H_kv, capacity, d) holding the cache
+    (n, 2, rd) rotary rows (None: no rotary) of positions first, first + 1, ... indexed by the positions idx (B,), kbuf, vbuf (B, H_kv, capacity, d) holding the cache
     at [kstart, kstart + L), [vstart, vstart + L), qk_norm (q weight, k weight, eps) or None -> out (B, 1, H·d); the
     new k and v are written at the slot after. The (row, query head) units go over numba's threads when the attention
     is long enough to pay for the fork. ``owner``: the layer, which caches the weights' views."""
@@ -118,7 +121,7 @@ def attention_decode(owner, qkv: Tensor, rows: Tensor | None, idx: Tensor, kbuf:
     npdt = out.numpy().dtype
     x = _arr(qkv.view(B, -1))
     q_w, k_w = _weights(owner, list(qk_norm[:2])) if qk_norm is not None else (x[0], x[0])
-    args = (x, _arr(rows) if rows is not None else x[:, None], _arr(idx), kbuf.numpy(), vbuf.numpy(), q_w, k_w, kstart, vstart, L,
+    args = (x, _arr(rows) if rows is not None else x[:, None], _arr(idx), first, kbuf.numpy(), vbuf.numpy(), q_w, k_w, kstart, vstart, L,
             out.numpy(), np.empty((units, L + 1), npdt), np.empty((units, d), npdt), np.empty((units, d), npdt), heads,
             rows is not None, qk_norm is not None, qk_norm[2] if qk_norm is not None else 0.0, gated, qkv.dtype == torch.float32)
     if units * (L + 1) * d < _SPLIT_WORK:
