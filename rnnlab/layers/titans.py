@@ -150,11 +150,9 @@ class ConvMemoryMixer(Mixer):
         proj = fused_linear(x, [self.q_proj, self.k_proj, self.v_proj, self.gate_proj, self.g_proj], whole=True)
         E = self.num_heads * self.head_dim
         max_norm = -1.0 if self.max_grad_norm is None else float(self.max_grad_norm)
-        fresh = bool(((state["pos"].numpy() + 1) % self.chunk_size == 0).any())  # a row's chunk ends: its anchor moves
         out, new = decode.fused_step(kernel, self, proj, [state[k] for k in keys],
                                      [self.q_conv.weight, self.k_conv.weight, self.v_conv.weight, *weights, self.o_norm.weight], E,
-                                     [E] * 3 + scratch, self.base_lr, max_norm, self.chunk_size, self.o_norm.eps, fresh, *scalars,
-                                     same=() if fresh else tuple(keys.index(n) for n in self._names))
+                                     [E] * 3 + scratch, self.base_lr, max_norm, self.chunk_size, self.o_norm.eps, *scalars)
         return self.o_proj(out), dict(zip(keys, new))
 
     def _decode_spec(self) -> tuple | None:

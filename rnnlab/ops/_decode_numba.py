@@ -1087,9 +1087,9 @@ def _clip(sq, max_norm):  # pragma: no cover - compiled
 
 
 @njit(**_INLINE)
-def _momentum_update(W0, M, S, u_in, u_out, theta, eta, keep, done, fresh, Wn, Mn, Sn):  # pragma: no cover - compiled
+def _momentum_update(W0, M, S, u_in, u_out, theta, eta, keep, done, Wn, Mn, Sn):  # pragma: no cover - compiled
     """One weight matrix of Titans' rule: Sn = η S − θ u_in ⊗ u_out, Mn = (1 − α) M + Sn; the anchor Wn = Mn at the
-    chunk's end, else W0 (written only when ``fresh``: otherwise Wn is W0 itself, passed through)."""
+    chunk's end, else W0."""
     for i in range(W0.shape[0]):
         a = theta * u_in[i]
         for j in range(W0.shape[1]):
@@ -1097,15 +1097,12 @@ def _momentum_update(W0, M, S, u_in, u_out, theta, eta, keep, done, fresh, Wn, M
             Sn[i, j] = sv
             mv = keep * M[i, j] + sv
             Mn[i, j] = mv
-            if done:
-                Wn[i, j] = mv
-            elif fresh:
-                Wn[i, j] = W0[i, j]
+            Wn[i, j] = mv if done else W0[i, j]
 
 
 @njit(**_KERNEL)
 def titans_linear_decode(proj, cq, ck, cv, w1, m1, s1, pos, wq, wk, wv, norm_w, out, cq2, ck2, cv2, w1n, m1n, s1n, pos2, qc, kc,
-                         vc, e, base_lr, max_norm, L, eps, fresh, lo, hi):  # pragma: no cover - compiled
+                         vc, e, base_lr, max_norm, L, eps, lo, hi):  # pragma: no cover - compiled
     """Titans' token with a linear memory (rnnlab.layers.titans, memory_depth 1 without biases; rnnlab.ops.ttt
     ``_Titans`` with momentum), per row b: proj (B, ·) = [q | k | v (H·K each) | gate pre-activations (3H, gate-major) |
     g (H·K)]; q, k, v = SiLU(conv) (states cq, ck, cv; weights wq, wk, wv), q and k ℓ2-normalized per head; θ = base_lr
@@ -1131,8 +1128,7 @@ def titans_linear_decode(proj, cq, ck, cv, w1, m1, s1, pos, wq, wk, wv, norm_w, 
             c = _clip(sk * se, max_norm)  # ‖k ⊗ δ‖ = ‖k‖ ‖δ‖
             for j in range(K):
                 eb[j] *= c
-            _momentum_update(w1[bi, h], m1[bi, h], s1[bi, h], kh, eb, theta, eta, keep, done, fresh, w1n[bi, h], m1n[bi, h],
-                             s1n[bi, h])
+            _momentum_update(w1[bi, h], m1[bi, h], s1[bi, h], kh, eb, theta, eta, keep, done, w1n[bi, h], m1n[bi, h], s1n[bi, h])
             ob = out[bi, h * K:(h + 1) * K]
             _matvec_t(m1n[bi, h], qh, norm_w, False, ob)
             _rms_gate(ob, norm_w, eps, x[3 * E + 3 * H + h * K:3 * E + 3 * H + (h + 1) * K], 1, ob)
@@ -1218,7 +1214,7 @@ def ttt_mlp_decode(proj, x, w1, g_w1, b1, g_b1, w2, g_w2, b2, g_b2, pos, lr_w, l
 
 @njit(**_KERNEL)
 def titans_mlp_decode(proj, cq, ck, cv, w1, m1, s1, w2, m2, s2, pos, wq, wk, wv, norm_w, out, cq2, ck2, cv2, w1n, m1n, s1n, w2n,
-                      m2n, s2n, pos2, qc, kc, vc, e, hz, base_lr, max_norm, L, eps, fresh, lo, hi):  # pragma: no cover - compiled
+                      m2n, s2n, pos2, qc, kc, vc, e, hz, base_lr, max_norm, L, eps, lo, hi):  # pragma: no cover - compiled
     """``titans_linear_decode`` with the deep memory M(x) = GELU(x W1) W2 (hidden F, GELU's tanh form, no biases): the
     gradient of ‖M0(k) − v‖² at the anchor (δ2 = 2e, δ1 = (W2 δ2) ⊙ GELU'(k W1); u_W1 = k ⊗ δ1, u_W2 = GELU(k W1) ⊗ δ2;
     clipped jointly: ‖u‖² = ‖k‖²‖δ1‖² + ‖a‖²‖δ2‖²), each weight by the momentum rule, o = M_t(q). Scratch as there
@@ -1247,8 +1243,8 @@ def titans_mlp_decode(proj, cq, ck, cv, w1, m1, s1, w2, m2, s2, pos, wq, wk, wv,
                 eb[j] *= c
             for f in range(F):
                 d1[f] *= c
-            _momentum_update(W2, m2[bi, h], s2[bi, h], a, eb, theta, eta, keep, done, fresh, w2n[bi, h], m2n[bi, h], s2n[bi, h])
-            _momentum_update(W1, m1[bi, h], s1[bi, h], kh, d1, theta, eta, keep, done, fresh, w1n[bi, h], m1n[bi, h], s1n[bi, h])
+            _momentum_update(W2, m2[bi, h], s2[bi, h], a, eb, theta, eta, keep, done, w2n[bi, h], m2n[bi, h], s2n[bi, h])
+            _momentum_update(W1, m1[bi, h], s1[bi, h], kh, d1, theta, eta, keep, done, w1n[bi, h], m1n[bi, h], s1n[bi, h])
             _matvec_t(m1n[bi, h], qh, h1, False, h1)  # the read: GELU(q M1) M2
             _gelu_row(h1, a)
             ob = out[bi, h * K:(h + 1) * K]
@@ -1343,7 +1339,7 @@ def _retain_update(M, u_in, u_out, theta, keep, Mn):  # pragma: no cover - compi
 
 @njit(**_KERNEL)
 def miras_decode(proj, cq, ck, cv, w1, m1, w2, m2, pos, wq, wk, wv, ln_w, ln_b, norm_w, out, cq2, ck2, cv2, w1n, m1n, w2n, m2n, pos2,
-                 qc, kc, vc, e, hz, sm, base_lr, max_norm, L, eps, fresh, n_gates, loss, p, delta_scale, q_norm, softmax, lo,
+                 qc, kc, vc, e, hz, sm, base_lr, max_norm, L, eps, n_gates, loss, p, delta_scale, q_norm, softmax, lo,
                  hi):  # pragma: no cover - compiled
     """The Miras mixers' token (rnnlab.layers._miras: Yaad, Moneta, Memora; rnnlab.ops.ttt ``_Titans`` without
     momentum), per row b: proj (B, ·) = [q | k | v (H·K each) | gate pre-activations (n_gates·H, gate-major) | g
@@ -1409,10 +1405,9 @@ def miras_decode(proj, cq, ck, cv, w1, m1, w2, m2, pos, wq, wk, wv, ln_w, ln_b, 
                         for j in range(Mn.shape[1]):
                             Mn[i, j] *= sc
             for Wo, Wnn, Mn in ((w1[bi, h], w1n[bi, h], m1n[bi, h]), (w2[bi, h], w2n[bi, h], m2n[bi, h])):
-                if done or fresh:  # else the anchor passes through (Wnn is Wo)
-                    for i in range(Wo.shape[0]):
-                        for j in range(Wo.shape[1]):
-                            Wnn[i, j] = Mn[i, j] if done else Wo[i, j]
+                for i in range(Wo.shape[0]):
+                    for j in range(Wo.shape[1]):
+                        Wnn[i, j] = Mn[i, j] if done else Wo[i, j]
             R1, R2 = m1n[bi, h], m2n[bi, h]
             if softmax:
                 _col_softmax(m1n[bi, h], S1, cm, cs, ib, fast)

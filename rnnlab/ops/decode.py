@@ -85,20 +85,17 @@ def _weights(owner, weights: list[Tensor]) -> list[np.ndarray]:
 
 
 def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor], weights: list[Tensor], out_width: int,
-               scratch: list[int], *scalars, same: tuple[int, ...] = ()) -> tuple[Tensor, list[Tensor]]:
+               scratch: list[int], *scalars) -> tuple[Tensor, list[Tensor]]:
     """Run ``_decode_numba.<kernel>`` on x (B, 1, ·) (a layer's input projection; or a list of such inputs) -> (out
     (B, 1, out_width), the new states, each shaped as its old one). ``owner``: the layer, which caches the weights'
-    views; ``scratch``: the widths of the kernel's per-row scratch rows; ``same``: the states that this token leaves
-    as they are (a test-time memory's anchor inside its chunk): the kernel gets the old array as the new one and must
-    not write it, and the new state is the old tensor."""
+    views; ``scratch``: the widths of the kernel's per-row scratch rows."""
     xs = x if isinstance(x, (list, tuple)) else [x]
     B = xs[0].shape[0]
     inputs = [_arr(t.reshape(B, -1)) for t in xs]
     old = [_arr(s) for s in states]
     npdt = inputs[0].dtype
-    out_np, new_np = np.empty((B, out_width), npdt), [a if i in same else np.empty_like(a) for i, a in enumerate(old)]
-    out = torch.from_numpy(out_np)  # numpy first: half the calls
-    new = [states[i] if i in same else torch.from_numpy(a) for i, a in enumerate(new_np)]
+    out_np, new_np = np.empty((B, out_width), npdt), [np.empty_like(a) for a in old]  # numpy first: half the calls
+    out, new = torch.from_numpy(out_np), [torch.from_numpy(a) for a in new_np]
     arrays = [*inputs, *old, *_weights(owner, weights), out_np, *new_np, *(np.empty((B, w), npdt) for w in scratch)]
     fn = getattr(_kernels(), kernel)
     if B < 2 * _MIN_ROWS:

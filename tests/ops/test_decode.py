@@ -297,7 +297,9 @@ def test_log_linear_levels_over_threads(delta):
 
 
 @pytest.mark.parametrize("name,kw", [("rat", {"num_heads": 4, "ngroups": 2, "chunk_size": 4}),
-                                     ("titans", {"num_heads": 2, "chunk_size": 4}), ("yaad", {"num_heads": 2, "chunk_size": 4})])
+                                     ("titans", {"num_heads": 2, "chunk_size": 4}), ("yaad", {"num_heads": 2, "chunk_size": 4}),
+                                     ("ttt_linear", {"num_heads": 2, "mini_batch_size": 4}),
+                                     ("ttt_mlp", {"num_heads": 2, "mini_batch_size": 4})])
 def test_rows_at_different_positions(name, kw):
     """Rows that end their chunks at different steps (a packed prefill leaves them at different positions): RAT's
     right-aligned summaries, which grow only when a row has no front padding to spare; the test-time memories' anchors,
