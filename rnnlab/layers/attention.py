@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.kv_cache import kv_append, kv_commit, kv_reserve
-from rnnlab.layers.parts import RMSNorm, positions, rotary, rotary_at, rotary_cos_sin, rotary_rows
+from rnnlab.layers.parts import RMSNorm, param_derived, positions, rotary, rotary_at, rotary_cos_sin, rotary_rows
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops import decode
 
@@ -128,11 +128,7 @@ class Attention(Mixer):
             causal = False
         k_att, v_att = k_all, v_all
         if self.persistent is not None:  # a prefix every query sees: its keys/values first, the mask's columns all True
-            _, pk, pv, *_ = self.qkv(self.persistent.to(x.dtype)).split([inner, hkv * hd, hkv * hd] + [inner] * self.output_gate, -1)
-            pk, pv = (rearrange(t, "n (h d) -> n h d", d=hd) for t in (pk, pv))
-            if self.k_norm is not None:
-                pk = self.k_norm(pk)
-            pk, pv = (t.transpose(0, 1).expand(B, -1, -1, -1) for t in (pk, pv))  # (B, H_kv, N_p, dh)
+            pk, pv = (t.expand(B, -1, -1, -1) for t in self._persistent_kv(x.dtype))  # (B, H_kv, N_p, dh)
             k_att, v_att = torch.cat([pk, k_all], 2), torch.cat([pv, v_all], 2)
             if mask is None and causal:
                 mask = torch.ones(T, L + T, dtype=torch.bool, device=x.device).tril(L)
@@ -148,18 +144,28 @@ class Attention(Mixer):
 
     parallel = _attend
 
+    def _persistent_kv(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The persistent tokens' keys and values (H_kv, N_p, dh) each: projected like the inputs (k-normed, not rotated)."""
+        hd, hkv, inner = self.head_dim, self.num_kv_heads, self.num_heads * self.head_dim
+        _, pk, pv, *_ = self.qkv(self.persistent.to(dtype)).split([inner, hkv * hd, hkv * hd] + [inner] * self.output_gate, -1)
+        pk, pv = (rearrange(t, "n (h d) -> n h d", d=hd) for t in (pk, pv))
+        if self.k_norm is not None:
+            pk = self.k_norm(pk)
+        return pk.transpose(0, 1), pv.transpose(0, 1)
+
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, 1, D): one token against the cache, ``_attend``'s numbers in about a third of its calls. Where every
-        row's cache is all real (no row merged from a shorter one: no mask; pos read on the host, so on CPU only) and no
-        persistent tokens: on CPU without autograd the fused kernel (``_decode``); otherwise, with full-width rotary (or
-        none), heads as views of the projection (no transposes at one token), q and k rotated together with a cached
+        row's cache is all real (no row merged from a shorter one: no mask; pos read on the host, so on CPU only): on
+        CPU without autograd the fused kernel (``_decode``, persistent tokens included); otherwise, without persistent
+        tokens and with full-width rotary (or none), heads as views of the projection (no transposes at one token), q and k rotated together with a cached
         row of cos/sin (``parts.rotary_rows``), no mask and no angles to compute. Anything else runs ``_attend``."""
         pos, L = state["pos"], state["k"].shape[2]
-        if x.device.type != "cpu" or self.persistent is not None or min(p := pos.tolist()) < L:
+        if x.device.type != "cpu" or min(p := pos.tolist()) < L:
             return self._attend(x, state)
-        if decode.usable(x, state["k"], state["v"], self.qkv.weight, float64=True):
+        if decode.usable(x, state["k"], state["v"], self.qkv.weight, *([] if self.persistent is None else [self.persistent]),
+                         float64=True):
             return self._decode(x, state, p)
-        if self.rotary_dim != self.head_dim:
+        if self.persistent is not None or self.rotary_dim != self.head_dim:
             return self._attend(x, state)
         B, H, hkv, hd = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
         heads = self.qkv(x).view(B, -1, 1, hd)  # (B, H + 2 H_kv (+ H), 1, dh): T = 1, so the heads are a view
@@ -183,7 +189,7 @@ class Attention(Mixer):
     def _decode(self, x: Tensor, state: State, p: list[int]) -> tuple[Tensor, State]:
         """``step``'s fast case on CPU without autograd in one kernel (rnnlab.ops.decode): the q/k norms, the (partial)
         rotation, the new k and v written into the cache's buffer (``kv_reserve``: in place where the cache may append)
-        and the attention."""
+        and the attention, over the persistent tokens' keys and values too (projected once per parameter change)."""
         pos, L = state["pos"], state["k"].shape[2]
         n = self._cache_len(L + 1)
         (kbuf, ks), (vbuf, vs) = kv_reserve(state["k"], 1, n, x), kv_reserve(state["v"], 1, n, x)
@@ -192,8 +198,13 @@ class Attention(Mixer):
             first, table = self._rotary_rows(min(p), max(p))
             rows = table.view(table.shape[0], 2, -1)
         qk_norm = None if self.q_norm is None else (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
-        o = decode.attention_decode(self, self.qkv(x), rows, pos, first, kbuf, vbuf, ks, vs, L,
-                                    heads=self.num_heads, qk_norm=qk_norm, gated=self.output_gate)
+        persistent = None
+        if self.persistent is not None:  # computed once per parameter change
+            params = [t for t in (self.persistent, self.qkv.weight, self.qkv.bias, getattr(self.k_norm, "weight", None)) if t is not None]
+            persistent = param_derived(self, "_persistent_kv_cache", lambda *_: tuple(t.contiguous() for t in self._persistent_kv(x.dtype)),
+                                       *params)
+        o = decode.attention_decode(self, self.qkv(x), rows, pos, first, kbuf, vbuf, ks, vs, L, heads=self.num_heads,
+                                    qk_norm=qk_norm, gated=self.output_gate, persistent=persistent)
         return self.out(o), {"k": kv_commit(kbuf, ks, L + 1, n)[1], "v": kv_commit(vbuf, vs, L + 1, n)[1], "pos": pos + 1}
 
     def _rotary_rows(self, lo: int, hi: int) -> tuple[int, Tensor]:

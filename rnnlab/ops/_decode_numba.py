@@ -323,19 +323,21 @@ def _rms_rotate(x, w, normed, eps, rotate, C, S, rd):  # pragma: no cover - comp
 
 
 @njit(**_KERNEL)
-def attention_decode(qkv, rows, idx, first, kbuf, vbuf, q_w, k_w, kstart, vstart, L, out, sc, qr, kr, H, rotate, normed, eps,
-                     gated, fast, lo, hi):  # pragma: no cover - compiled
+def attention_decode(qkv, rows, idx, first, kbuf, vbuf, pk, pv, q_w, k_w, kstart, vstart, L, out, sc, qr, kr, H, rotate, normed,
+                     eps, gated, fast, lo, hi):  # pragma: no cover - compiled
     """Softmax attention's token (rnnlab.layers.attention ``step``) for units u = b·H + h in [lo, hi): qkv (B, P) =
     [q (H·d) | k (H_kv·d) | v (H_kv·d) | gate (H·d) if gated]; q and k RMS-normed per head with weights q_w, k_w when
     ``normed`` (eps), then their first rd entries rotated by row idx[b] − first of rows (n, 2, rd) = (C, S) of
-    ``parts.rotary_rows`` when ``rotate``; head h reads kv head h // (H / H_kv) of kbuf, vbuf (B, H_kv, cap, d) at
-    [kstart, kstart + L), [vstart, vstart + L) and the new token; out (B, H·d) = softmax(q kᵀ/√d) v (· σ(gate)). The
-    first query head of each kv head writes the new k, v at slots kstart + L, vstart + L (no unit reads them). fast:
-    float32 rows (the vectorized exp). Scratch: sc (B·H, L + 1), qr, kr (B·H, d)."""
-    hkv, d = kbuf.shape[1], kbuf.shape[3]
+    ``parts.rotary_rows`` when ``rotate``; head h reads kv head h // (H / H_kv) of the persistent tokens' keys and
+    values pk, pv (H_kv, N_p, d) (N_p may be 0), then kbuf, vbuf (B, H_kv, cap, d) at [kstart, kstart + L), [vstart,
+    vstart + L) and the new token; out (B, H·d) = softmax(q kᵀ/√d) v (· σ(gate)). The first query head of each kv head
+    writes the new k, v at slots kstart + L, vstart + L (no unit reads them). fast: float32 rows (the vectorized exp).
+    Scratch: sc (B·H, N_p + L + 1), qr, kr (B·H, d)."""
+    hkv, d, NP = kbuf.shape[1], kbuf.shape[3], pk.shape[1]
     G = H // hkv
     rd = rows.shape[2]
     scale = 1.0 / math.sqrt(d)
+    n = NP + L + 1
     for u in range(lo, hi):
         b, h = u // H, u % H
         j = h // G
@@ -347,31 +349,40 @@ def attention_decode(qkv, rows, idx, first, kbuf, vbuf, q_w, k_w, kstart, vstart
         C, S = rows[idx[b] - first, 0], rows[idx[b] - first, 1]
         _rms_rotate(q, q_w, normed, eps, rotate, C, S, rd)
         _rms_rotate(k, k_w, normed, eps, rotate, C, S, rd)
-        Kb, Vb = kbuf[b, j], vbuf[b, j]
+        Kb, Vb, Kp, Vp = kbuf[b, j], vbuf[b, j], pk[j], pv[j]
         zero = q[0] - q[0]  # accumulate in the rows' dtype (float32 vectorizes twice as wide as float64)
+        for t in range(NP):
+            a = zero
+            for i in range(d):
+                a += q[i] * Kp[t, i]
+            s[t] = a * scale
         for t in range(L):
             a = zero
             for i in range(d):
                 a += q[i] * Kb[kstart + t, i]
-            s[t] = a * scale
+            s[NP + t] = a * scale
         a = zero
         for i in range(d):
             a += q[i] * k[i]
-        s[L] = a * scale
+        s[n - 1] = a * scale
         top = s[0]
-        for t in range(1, L + 1):
+        for t in range(1, n):
             top = max(top, s[t])
-        for t in range(L + 1):
+        for t in range(n):
             s[t] -= top
-        _exp_row(s, L + 1, fast)
+        _exp_row(s, n, fast)
         o = out[b, h * d:(h + 1) * d]
         z = zero
-        for t in range(L + 1):
+        for t in range(n):
             z += s[t]
         for i in range(d):
-            o[i] = s[L] * x[vo + i]
-        for t in range(L):
+            o[i] = s[n - 1] * x[vo + i]
+        for t in range(NP):
             p = s[t]
+            for i in range(d):
+                o[i] += p * Vp[t, i]
+        for t in range(L):
+            p = s[NP + t]
             for i in range(d):
                 o[i] += p * Vb[vstart + t, i]
         for i in range(d):
@@ -385,13 +396,13 @@ def attention_decode(qkv, rows, idx, first, kbuf, vbuf, q_w, k_w, kstart, vstart
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
-def attention_decode_parallel(qkv, rows, idx, first, kbuf, vbuf, q_w, k_w, kstart, vstart, L, out, sc, qr, kr, H, rotate, normed,
-                              eps, gated, fast):  # pragma: no cover - compiled
+def attention_decode_parallel(qkv, rows, idx, first, kbuf, vbuf, pk, pv, q_w, k_w, kstart, vstart, L, out, sc, qr, kr, H, rotate,
+                              normed, eps, gated, fast):  # pragma: no cover - compiled
     """``attention_decode`` with its units spread over numba's threads (the OpenMP pool torch uses: a fork costs a few µs,
     where a Python thread hand-off costs ~25; measured at 4 heads × 64, L = 512: 18.5 µs against 28 on one thread)."""
     for u in prange(qkv.shape[0] * H):
-        attention_decode(qkv, rows, idx, first, kbuf, vbuf, q_w, k_w, kstart, vstart, L, out, sc, qr, kr, H, rotate, normed, eps,
-                         gated, fast, u, u + 1)
+        attention_decode(qkv, rows, idx, first, kbuf, vbuf, pk, pv, q_w, k_w, kstart, vstart, L, out, sc, qr, kr, H, rotate, normed,
+                         eps, gated, fast, u, u + 1)
 
 
 @njit(**_KERNEL)

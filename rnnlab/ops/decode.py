@@ -106,22 +106,30 @@ def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor
 
 
 def attention_decode(owner, qkv: Tensor, rows: Tensor | None, idx: Tensor, first: int, kbuf: Tensor, vbuf: Tensor, kstart: int,
-                     vstart: int, L: int, *, heads: int, qk_norm: tuple[Tensor, Tensor, float] | None, gated: bool) -> Tensor:
+                     vstart: int, L: int, *, heads: int, qk_norm: tuple[Tensor, Tensor, float] | None, gated: bool,
+                     persistent: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """One token of softmax attention (``_decode_numba.attention_decode``): qkv (B, 1, P) the fused projection, rows
-    (n, 2, rd) rotary rows (None: no rotary) of positions first, first + 1, ... indexed by the positions idx (B,), kbuf, vbuf (B, H_kv, capacity, d) holding the cache
-    at [kstart, kstart + L), [vstart, vstart + L), qk_norm (q weight, k weight, eps) or None -> out (B, 1, H·d); the
-    new k and v are written at the slot after. The (row, query head) units go over numba's threads when the attention
-    is long enough to pay for the fork. ``owner``: the layer, which caches the weights' views."""
+    (n, 2, rd) rotary rows (None: no rotary) of positions first, first + 1, ... indexed by the positions idx (B,), kbuf,
+    vbuf (B, H_kv, capacity, d) holding the cache at [kstart, kstart + L), [vstart, vstart + L), qk_norm (q weight, k
+    weight, eps) or None, persistent: the persistent tokens' keys and values (H_kv, N_p, d) every query sees, or None
+    -> out (B, 1, H·d); the new k and v are written at the slot after. The (row, query head) units go over numba's
+    threads when the attention is long enough to pay for the fork. ``owner``: the layer, which caches the weights'
+    views."""
     B, d = qkv.shape[0], kbuf.shape[3]
     out = torch.empty(B, heads * d, dtype=qkv.dtype)
     units = B * heads
     npdt = out.numpy().dtype
     x = _arr(qkv.view(B, -1))
     q_w, k_w = _weights(owner, list(qk_norm[:2])) if qk_norm is not None else (x[0], x[0])
-    args = (x, _arr(rows) if rows is not None else x[:, None], _arr(idx), first, kbuf.numpy(), vbuf.numpy(), q_w, k_w, kstart, vstart, L,
-            out.numpy(), np.empty((units, L + 1), npdt), np.empty((units, d), npdt), np.empty((units, d), npdt), heads,
+    if persistent is not None:
+        pk, pv = _arr(persistent[0]), _arr(persistent[1])
+    else:
+        pk = pv = np.empty((kbuf.shape[1], 0, d), npdt)
+    n = pk.shape[1] + L + 1
+    args = (x, _arr(rows) if rows is not None else x[:, None], _arr(idx), first, kbuf.numpy(), vbuf.numpy(), pk, pv, q_w, k_w, kstart,
+            vstart, L, out.numpy(), np.empty((units, n), npdt), np.empty((units, d), npdt), np.empty((units, d), npdt), heads,
             rows is not None, qk_norm is not None, qk_norm[2] if qk_norm is not None else 0.0, gated, qkv.dtype == torch.float32)
-    if units * (L + 1) * d < _SPLIT_WORK:
+    if units * n * d < _SPLIT_WORK:
         _kernels().attention_decode(*args, 0, units)
     else:
         _kernels().attention_decode_parallel(*args)

@@ -234,6 +234,8 @@ ATTENTION = [
     ("sliding_attention", {"num_heads": 2, "window": 6}),
     ("attention", {"num_heads": 2, "qk_norm": True, "output_gate": True, "rotary_dim": 4}),  # Qwen3.5's
     ("sliding_attention", {"num_heads": 2, "window": 5, "rotary_dim": 8}),  # RecurrentGemma's partial rotary
+    ("sliding_attention", {"num_heads": 2, "window": 6, "persistent_tokens": 3}),  # Titans' MAG / MAC branch
+    ("attention", {"num_heads": 4, "num_kv_heads": 2, "qk_norm": True, "persistent_tokens": 2}),
 ]
 
 
