@@ -251,5 +251,8 @@ def matrix_scan(A: Tensor, b: Tensor | None = None, initial_state: Tensor | None
         return matrix_scan_ref(A, b, initial_state, normalize)
     diag = _check(A, b, initial_state, normalize, "matrix_scan")
     A, b, h0, out_dtype = _prepare(A, b, initial_state)
-    h = _MatrixScanFn.apply(A, b, h0, normalize, diag, _auto(A, diag) if form == "auto" else form)
+    if A.shape[1] == 1 and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (A, b, h0))):
+        h = _loop_fwd(A, b, h0, normalize, diag)  # a decode token: every form's one step, without the Function or padding
+    else:
+        h = _MatrixScanFn.apply(A, b, h0, normalize, diag, _auto(A, diag) if form == "auto" else form)
     return h.to(out_dtype), h[:, -1]

@@ -52,6 +52,18 @@ def test_matches_reference(form, T, kind):
     _compare(_run(matrix_scan, A, b, h0, normalize, backend=form), _run(matrix_scan_ref, A, b, h0, normalize))
 
 
+@pytest.mark.parametrize("kind", ["full", "orth", "diag"])
+def test_one_token_without_autograd(kind):
+    """A decode token without autograd (the direct step, no Function) equals every form's token with autograd."""
+    A, b, h0, normalize = _inputs(1, kind)
+    with torch.inference_mode():
+        h, h_last = matrix_scan(A, b, h0, normalize=normalize)
+    for form in FORMS:
+        expected = _run(matrix_scan, A, b, h0, normalize, backend=form)
+        assert_close(h, expected[0], name=f"h {form}")
+        assert_close(h_last, expected[1], name=f"h_last {form}")
+
+
 @pytest.mark.parametrize("form", FORMS)
 def test_long_sequence(form):
     """T = 1000: the chunk form's √T chunks and the scan's 10 levels."""
