@@ -64,7 +64,8 @@ class MirasMixer(ConvMemoryMixer):
 
     def _decode_spec(self) -> tuple:
         K, F_ = self.head_dim, self.w1.shape[-1]
-        return ("miras_decode", [self.ln_weight, self.ln_bias], [3 * K, 3 * F_, 2 * K * F_ + 2 * max(K, F_)],
+        H = self.num_heads  # scratch per head: the heads may run on threads of their own
+        return ("miras_decode", [self.ln_weight, self.ln_bias], [H * 3 * K, H * 3 * F_, H * (2 * K * F_ + 2 * max(K, F_))],
                 (2 + self.n_extra, *self._decode_rule()))
 
     def _op_inputs(self, pre: Tensor) -> dict:

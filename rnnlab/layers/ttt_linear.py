@@ -139,12 +139,13 @@ class _TTTMixer(Mixer):
         # the token scales (a constant without token_offset) and the rotary frequencies, computed once
         tau = param_derived(self, "_decode_tau", lambda *_: self._tau(), *([] if self.token_offset is None else [self.token_offset]))
         inv_freq = param_derived(self, "_inv_freq", lambda: rotary_inv_freq(self.head_dim, self.rope_base))
-        K, F_ = self.head_dim, self.b1.shape[-1]
+        H, K, F_ = self.num_heads, self.head_dim, self.b1.shape[-1]
+        scratch = [2 * K, 3 * K] if self.depth == 1 else [H * 2 * K, H * 3 * F_, H * 3 * K]  # the MLP's per head (threads)
         out, new = decode.fused_step(
             "ttt_linear_decode" if self.depth == 1 else "ttt_mlp_decode", self,
             [fused_linear(x, [self.q_proj, self.k_proj, self.v_proj], whole=True), x], [state[k] for k in keys],
             [self.lr_weight, self.lr_bias, tau, self.ln_weight, self.ln_bias, inv_freq, self.post_norm.weight, self.post_norm.bias],
-            self.d_model, [2 * K] + [3 * F_] * (self.depth - 1) + [3 * K], self.base_lr / K, self.rope, LN_EPS, self.post_norm.eps)
+            self.d_model, scratch, self.base_lr / K, self.rope, LN_EPS, self.post_norm.eps)
         if self.g_proj is not None:
             out = F.gelu(self.g_proj(x), approximate="tanh") * out
         return self.o_proj(out), dict(zip(keys, new))

@@ -1177,50 +1177,113 @@ def _hidden_grad(W2, h, d2, d1):  # pragma: no cover - compiled
     return s1
 
 
+@njit(**_KERNEL)  # a call, not inlined (as ``_miras_head``)
+def _ttt_mlp_head(xr, xb, w1, g_w1, b1, g_b1, w2, g_w2, b2, g_b2, lr_w, lr_b, ln_w, ln_b, inv_freq, ob, w1n, g_w1n, b1n, g_b1n, w2n,
+                  g_w2n, b2n, g_b2n, qk, hz, gz, bi, h, r, t, done, lr_scale, rope, eps):  # pragma: no cover - compiled
+    """Head h of row bi in ``ttt_mlp_decode`` (its scratch qk (2K,), hz (3F,), gz (3K,)): the four weights' update and
+    the read, ob[head h] = q + LN(g(q; W)) (before the post-norm over the row)."""
+    H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
+    D = H * K
+    one = np.ones(1, w1.dtype)
+    q, k = qk[:K], qk[K:]
+    h1, a, d1 = hz[:F], hz[F:2 * F], hz[2 * F:]
+    gg, ln, dg = gz[:K], gz[K:2 * K], gz[2 * K:]
+    lr = _ttt_head_inputs(xr, xb, h, r, rope, inv_freq, lr_w, lr_b, lr_scale, q, k)
+    W1, W2 = w1[bi, h], w2[bi, h]
+    _matvec_t(W1, k, b1[bi, h], True, h1)
+    _gelu_row(h1, a)
+    _matvec_t(W2, a, b2[bi, h], True, gg)
+    _ttt_out_grad(gg, k, xr[2 * D + h * K:2 * D + (h + 1) * K], ln_w[h], ln_b[h], eps, ln, dg)
+    _hidden_grad(W2, h1, dg, d1)
+    _ttt_update(b2[bi, h].reshape(1, K), g_b2[bi, h].reshape(1, K), one, dg, lr, t, done, b2n[bi, h].reshape(1, K),
+                g_b2n[bi, h].reshape(1, K))
+    _ttt_update(W2, g_w2[bi, h], a, dg, lr, t, done, w2n[bi, h], g_w2n[bi, h])
+    _ttt_update(b1[bi, h].reshape(1, F), g_b1[bi, h].reshape(1, F), one, d1, lr, t, done, b1n[bi, h].reshape(1, F),
+                g_b1n[bi, h].reshape(1, F))
+    _ttt_update(W1, g_w1[bi, h], k, d1, lr, t, done, w1n[bi, h], g_w1n[bi, h])
+    _matvec_t(w1n[bi, h], q, b1n[bi, h], True, h1)  # the read: GELU(q W1 + b1) W2 + b2
+    _gelu_row(h1, a)
+    _matvec_t(w2n[bi, h], a, b2n[bi, h], True, ln)
+    _ln_head(ln, ln_w[h], ln_b[h], True, eps, dg)
+    for j in range(K):
+        ob[h * K + j] = q[j] + dg[j]
+    for Wo, Wnn, Gnn in ((w1[bi, h], w1n[bi, h], g_w1n[bi, h]), (w2[bi, h], w2n[bi, h], g_w2n[bi, h])):
+        _ttt_settle(Wo, Wnn, Gnn, done)
+    _ttt_settle(b1[bi, h], b1n[bi, h], g_b1n[bi, h], done)
+    _ttt_settle(b2[bi, h], b2n[bi, h], g_b2n[bi, h], done)
+
+
 @njit(**_KERNEL)
 def ttt_mlp_decode(proj, x, w1, g_w1, b1, g_b1, w2, g_w2, b2, g_b2, pos, lr_w, lr_b, tau, ln_w, ln_b, inv_freq, post_w, post_b, out,
                    w1n, g_w1n, b1n, g_b1n, w2n, g_w2n, b2n, g_b2n, pos2, qk, hz, gz, lr_scale, rope, eps, post_eps, lo,
                    hi):  # pragma: no cover - compiled
     """TTT-MLP's token (rnnlab.layers.ttt_mlp): ``ttt_linear_decode`` with the memory g(x) = GELU(x W1 + b1) W2 + b2
     (hidden F, GELU's tanh form): the gradient δ2 at g as there, δ1 = (W2 δ2) ⊙ GELU'(x W1 + b1); the four weights
-    updated by the rule (u_W1 = k ⊗ δ1, u_b1 = δ1, u_W2 = GELU(k W1 + b1) ⊗ δ2, u_b2 = δ2); o = q + LN(g(q; W)). Scratch qk
-    (B, 2K), hz (B, 3F), gz (B, 3K)."""
+    updated by the rule (u_W1 = k ⊗ δ1, u_b1 = δ1, u_W2 = GELU(k W1 + b1) ⊗ δ2, u_b2 = δ2); o = q + LN(g(q; W)). Scratch
+    per head: qk (B, H·2K), hz (B, H·3F), gz (B, H·3K)."""
     H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
-    D = H * K
     L = tau.shape[0]
-    one = np.ones(1, w1.dtype)
     for bi in range(lo, hi):
-        xr, q, k, g = proj[bi], qk[bi, :K], qk[bi, K:], gz[bi]
-        h1, a, d1 = hz[bi, :F], hz[bi, F:2 * F], hz[bi, 2 * F:]
         r, done = _advance(pos, pos2, bi, L)
-        t = tau[r]
-        ob = out[bi]
         for h in range(H):
-            lr = _ttt_head_inputs(xr, x[bi], h, r, rope, inv_freq, lr_w, lr_b, lr_scale, q, k)
-            gg, ln, dg = g[:K], g[K:2 * K], g[2 * K:]
-            W1, W2 = w1[bi, h], w2[bi, h]
-            _matvec_t(W1, k, b1[bi, h], True, h1)
-            _gelu_row(h1, a)
-            _matvec_t(W2, a, b2[bi, h], True, gg)
-            _ttt_out_grad(gg, k, xr[2 * D + h * K:2 * D + (h + 1) * K], ln_w[h], ln_b[h], eps, ln, dg)
-            _hidden_grad(W2, h1, dg, d1)
-            _ttt_update(b2[bi, h].reshape(1, K), g_b2[bi, h].reshape(1, K), one, dg, lr, t, done, b2n[bi, h].reshape(1, K),
-                        g_b2n[bi, h].reshape(1, K))
-            _ttt_update(W2, g_w2[bi, h], a, dg, lr, t, done, w2n[bi, h], g_w2n[bi, h])
-            _ttt_update(b1[bi, h].reshape(1, F), g_b1[bi, h].reshape(1, F), one, d1, lr, t, done, b1n[bi, h].reshape(1, F),
-                        g_b1n[bi, h].reshape(1, F))
-            _ttt_update(W1, g_w1[bi, h], k, d1, lr, t, done, w1n[bi, h], g_w1n[bi, h])
-            _matvec_t(w1n[bi, h], q, b1n[bi, h], True, h1)  # the read: GELU(q W1 + b1) W2 + b2
-            _gelu_row(h1, a)
-            _matvec_t(w2n[bi, h], a, b2n[bi, h], True, ln)
-            _ln_head(ln, ln_w[h], ln_b[h], True, eps, dg)
-            for j in range(K):
-                ob[h * K + j] = q[j] + dg[j]
-            for Wo, Wnn, Gnn in ((w1[bi, h], w1n[bi, h], g_w1n[bi, h]), (w2[bi, h], w2n[bi, h], g_w2n[bi, h])):
-                _ttt_settle(Wo, Wnn, Gnn, done)
-            _ttt_settle(b1[bi, h], b1n[bi, h], g_b1n[bi, h], done)
-            _ttt_settle(b2[bi, h], b2n[bi, h], g_b2n[bi, h], done)
-        _ln_head(ob, post_w, post_b, True, post_eps, ob)
+            _ttt_mlp_head(proj[bi], x[bi], w1, g_w1, b1, g_b1, w2, g_w2, b2, g_b2, lr_w, lr_b, ln_w, ln_b, inv_freq, out[bi], w1n,
+                          g_w1n, b1n, g_b1n, w2n, g_w2n, b2n, g_b2n, qk[bi, 2 * h * K:2 * (h + 1) * K], hz[bi, 3 * h * F:3 * (h + 1) * F],
+                          gz[bi, 3 * h * K:3 * (h + 1) * K], bi, h, r, tau[r], done, lr_scale, rope, eps)
+        _ln_head(out[bi], post_w, post_b, True, post_eps, out[bi])
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def ttt_mlp_decode_heads(proj, x, w1, g_w1, b1, g_b1, w2, g_w2, b2, g_b2, pos, lr_w, lr_b, tau, ln_w, ln_b, inv_freq, post_w, post_b,
+                         out, w1n, g_w1n, b1n, g_b1n, w2n, g_w2n, b2n, g_b2n, pos2, qk, hz, gz, lr_scale, rope, eps,
+                         post_eps):  # pragma: no cover - compiled
+    """``ttt_mlp_decode`` of all rows with the (row, head) units over numba's threads; positions first, the rows'
+    post-norms after."""
+    B, H, K, F = proj.shape[0], w1.shape[1], w1.shape[2], w1.shape[3]
+    L = tau.shape[0]
+    r = np.empty(B, np.int64)
+    done = np.empty(B, np.bool_)
+    for bi in range(B):
+        r[bi], done[bi] = _advance(pos, pos2, bi, L)
+    for u in prange(B * H):
+        bi, h = u // H, u % H
+        _ttt_mlp_head(proj[bi], x[bi], w1, g_w1, b1, g_b1, w2, g_w2, b2, g_b2, lr_w, lr_b, ln_w, ln_b, inv_freq, out[bi], w1n,
+                      g_w1n, b1n, g_b1n, w2n, g_w2n, b2n, g_b2n, qk[bi, 2 * h * K:2 * (h + 1) * K], hz[bi, 3 * h * F:3 * (h + 1) * F],
+                      gz[bi, 3 * h * K:3 * (h + 1) * K], bi, h, r[bi], tau[r[bi]], done[bi], lr_scale, rope, eps)
+    for bi in range(B):
+        _ln_head(out[bi], post_w, post_b, True, post_eps, out[bi])
+
+
+@njit(**_INLINE)
+def _titans_mlp_head(x, q, k, v, w1, m1, s1, w2, m2, s2, norm_w, out, w1n, m1n, s1n, w2n, m2n, s2n, eb, hz, bi, h, done, base_lr,
+                     max_norm, eps):  # pragma: no cover - compiled
+    """Head h of row bi in ``titans_mlp_decode`` (its scratch eb (K,), hz (3F,)): the rule's update of both weights and
+    the read, out[bi, head h] = RMSNorm(M_t(q)) ⊙ SiLU(g)."""
+    H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
+    E = H * K
+    h1, a, d1 = hz[:F], hz[F:2 * F], hz[2 * F:]
+    theta, eta, keep = _titans_gates(x, 3 * E, H, h, base_lr)
+    kh, qh = k[h * K:(h + 1) * K], q[h * K:(h + 1) * K]
+    W1, W2 = w1[bi, h], w2[bi, h]
+    _matvec_t(W1, kh, h1, False, h1)
+    sa = _gelu_row(h1, a)
+    _matvec_t(W2, a, eb, False, eb)
+    se, sk = 0.0, 0.0
+    for j in range(K):
+        eb[j] = 2.0 * (eb[j] - v[h * K + j])
+        se += eb[j] * eb[j]
+        sk += kh[j] * kh[j]
+    c = _clip(sk * _hidden_grad(W2, h1, eb, d1) + sa * se, max_norm)
+    for j in range(K):
+        eb[j] *= c
+    for f in range(F):
+        d1[f] *= c
+    _momentum_update(W2, m2[bi, h], s2[bi, h], a, eb, theta, eta, keep, done, w2n[bi, h], m2n[bi, h], s2n[bi, h])
+    _momentum_update(W1, m1[bi, h], s1[bi, h], kh, d1, theta, eta, keep, done, w1n[bi, h], m1n[bi, h], s1n[bi, h])
+    _matvec_t(m1n[bi, h], qh, h1, False, h1)  # the read: GELU(q M1) M2
+    _gelu_row(h1, a)
+    ob = out[bi, h * K:(h + 1) * K]
+    _matvec_t(m2n[bi, h], a, ob, False, ob)
+    _rms_gate(ob, norm_w, eps, x[3 * E + 3 * H + h * K:3 * E + 3 * H + (h + 1) * K], 1, ob)
 
 
 @njit(**_KERNEL)
@@ -1229,38 +1292,32 @@ def titans_mlp_decode(proj, cq, ck, cv, w1, m1, s1, w2, m2, s2, pos, wq, wk, wv,
     """``titans_linear_decode`` with the deep memory M(x) = GELU(x W1) W2 (hidden F, GELU's tanh form, no biases): the
     gradient of ‖M0(k) − v‖² at the anchor (δ2 = 2e, δ1 = (W2 δ2) ⊙ GELU'(k W1); u_W1 = k ⊗ δ1, u_W2 = GELU(k W1) ⊗ δ2;
     clipped jointly: ‖u‖² = ‖k‖²‖δ1‖² + ‖a‖²‖δ2‖²), each weight by the momentum rule, o = M_t(q). Scratch as there
-    plus hz (B, 3F)."""
+    but per head: e (B, H·K), hz (B, H·3F)."""
     H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
-    E = H * K
     for bi in range(lo, hi):
-        x, q, k, v, eb = proj[bi], qc[bi], kc[bi], vc[bi], e[bi]
-        h1, a, d1 = hz[bi, :F], hz[bi, F:2 * F], hz[bi, 2 * F:]
+        x, q, k, v = proj[bi], qc[bi], kc[bi], vc[bi]
         _titans_inputs(x, cq[bi], ck[bi], cv[bi], wq, wk, wv, q, k, v, cq2[bi], ck2[bi], cv2[bi], H, K)
         r, done = _advance(pos, pos2, bi, L)
         for h in range(H):
-            theta, eta, keep = _titans_gates(x, 3 * E, H, h, base_lr)
-            kh, qh = k[h * K:(h + 1) * K], q[h * K:(h + 1) * K]
-            W1, W2 = w1[bi, h], w2[bi, h]
-            _matvec_t(W1, kh, h1, False, h1)
-            sa = _gelu_row(h1, a)
-            _matvec_t(W2, a, eb, False, eb)
-            se, sk = 0.0, 0.0
-            for j in range(K):
-                eb[j] = 2.0 * (eb[j] - v[h * K + j])
-                se += eb[j] * eb[j]
-                sk += kh[j] * kh[j]
-            c = _clip(sk * _hidden_grad(W2, h1, eb, d1) + sa * se, max_norm)
-            for j in range(K):
-                eb[j] *= c
-            for f in range(F):
-                d1[f] *= c
-            _momentum_update(W2, m2[bi, h], s2[bi, h], a, eb, theta, eta, keep, done, w2n[bi, h], m2n[bi, h], s2n[bi, h])
-            _momentum_update(W1, m1[bi, h], s1[bi, h], kh, d1, theta, eta, keep, done, w1n[bi, h], m1n[bi, h], s1n[bi, h])
-            _matvec_t(m1n[bi, h], qh, h1, False, h1)  # the read: GELU(q M1) M2
-            _gelu_row(h1, a)
-            ob = out[bi, h * K:(h + 1) * K]
-            _matvec_t(m2n[bi, h], a, ob, False, ob)
-            _rms_gate(ob, norm_w, eps, x[3 * E + 3 * H + h * K:3 * E + 3 * H + (h + 1) * K], 1, ob)
+            _titans_mlp_head(x, q, k, v, w1, m1, s1, w2, m2, s2, norm_w, out, w1n, m1n, s1n, w2n, m2n, s2n, e[bi, h * K:(h + 1) * K],
+                             hz[bi, 3 * h * F:3 * (h + 1) * F], bi, h, done, base_lr, max_norm, eps)
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def titans_mlp_decode_heads(proj, cq, ck, cv, w1, m1, s1, w2, m2, s2, pos, wq, wk, wv, norm_w, out, cq2, ck2, cv2, w1n, m1n, s1n,
+                            w2n, m2n, s2n, pos2, qc, kc, vc, e, hz, base_lr, max_norm, L, eps):  # pragma: no cover - compiled
+    """``titans_mlp_decode`` of all rows with the (row, head) units over numba's threads (a few rows of a large memory:
+    one row's heads would otherwise run on one core); the rows' convs and positions first, on the calling thread."""
+    B, H, K = proj.shape[0], w1.shape[1], w1.shape[2]
+    F = w1.shape[3]
+    done = np.empty(B, np.bool_)
+    for bi in range(B):
+        _titans_inputs(proj[bi], cq[bi], ck[bi], cv[bi], wq, wk, wv, qc[bi], kc[bi], vc[bi], cq2[bi], ck2[bi], cv2[bi], H, K)
+        done[bi] = _advance(pos, pos2, bi, L)[1]
+    for u in prange(B * H):
+        bi, h = u // H, u % H
+        _titans_mlp_head(proj[bi], qc[bi], kc[bi], vc[bi], w1, m1, s1, w2, m2, s2, norm_w, out, w1n, m1n, s1n, w2n, m2n, s2n,
+                         e[bi, h * K:(h + 1) * K], hz[bi, 3 * h * F:3 * (h + 1) * F], bi, h, done[bi], base_lr, max_norm, eps)
 
 
 @njit(**_INLINE)
@@ -1348,6 +1405,77 @@ def _retain_update(M, u_in, u_out, theta, keep, Mn):  # pragma: no cover - compi
             Mn[i, j] = keep * M[i, j] - c * u_out[j]
 
 
+@njit(**_KERNEL)  # a call, not inlined: numba's inliner refuses this body
+def _miras_head(x, q, k, v, w1, m1, w2, m2, ln_w, ln_b, norm_w, out, w1n, m1n, w2n, m2n, e, hz, sm, bi, h, done, base_lr, max_norm,
+                eps, n_gates, loss, p, delta_scale, q_norm, softmax):  # pragma: no cover - compiled
+    """Head h of row bi in ``miras_decode`` (its scratch e (3K,), hz (3F,), sm (2KF + 2 max(K, F),))."""
+    H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
+    E = H * K
+    og = 3 * E + n_gates * H
+    tiny = np.finfo(w1.dtype).tiny
+    fast = w1.itemsize == 4  # float32: exps by exp_row_f32
+    ib = np.empty(max(K, F), np.int32)
+    g, ln, dg = e[:K], e[K:2 * K], e[2 * K:]
+    h1, a, d1 = hz[:F], hz[F:2 * F], hz[2 * F:]
+    S1, S2 = sm[:K * F].reshape(K, F), sm[K * F:2 * K * F].reshape(F, K)
+    cm, cs = sm[2 * K * F:2 * K * F + max(K, F)], sm[2 * K * F + max(K, F):]
+    theta, keep = base_lr * _sigmoid(x[3 * E + h]), _sigmoid(x[3 * E + H + h])
+    delta = delta_scale * _softplus(x[3 * E + 2 * H + h]) if n_gates > 2 else 0.0
+    kh, qh, vh = k[h * K:(h + 1) * K], q[h * K:(h + 1) * K], v[h * K:(h + 1) * K]
+    A1, A2 = w1[bi, h], w2[bi, h]
+    if softmax:
+        _col_softmax(w1[bi, h], S1, cm, cs, ib, fast)
+        _col_softmax(w2[bi, h], S2, cm, cs, ib, fast)
+        A1, A2 = S1, S2
+    _matvec_t(A1, kh, h1, False, h1)  # the key pass at the anchor
+    sa = _gelu_row(h1, a)
+    _matvec_t(A2, a, g, False, g)
+    rstd = _ln_head(g, ln_w[h], ln_b[h], True, eps, ln)
+    for j in range(K):
+        dg[j] = kh[j] + ln[j] - vh[j]
+    _loss_grad(dg, loss, delta, p, tiny)
+    _ln_back(g, dg, ln_w[h], rstd, dg)
+    s2, sk = 0.0, 0.0
+    for j in range(K):
+        s2 += dg[j] * dg[j]
+        sk += kh[j] * kh[j]
+    c1 = c2 = _clip(sk * _hidden_grad(A2, h1, dg, d1) + sa * s2, max_norm)
+    nu1 = nu2 = 1.0
+    if q_norm > 0.0:
+        nu1 = _q_norm(w1[bi, h], q_norm, tiny) ** ((q_norm - 2.0) / (3.0 - q_norm))
+        nu2 = _q_norm(w2[bi, h], q_norm, tiny) ** ((q_norm - 2.0) / (3.0 - q_norm))
+        c1, c2 = c1 / nu1, c2 / nu2
+    for j in range(K):
+        dg[j] *= c2
+    for f in range(F):
+        d1[f] *= c1
+    _retain_update(m1[bi, h], kh, d1, theta, keep, m1n[bi, h])
+    _retain_update(m2[bi, h], a, dg, theta, keep, m2n[bi, h])
+    if q_norm > 0.0 and done:  # the chunk's last token: the exact normalization
+        for Mn, nu in ((m1n[bi, h], nu1), (m2n[bi, h], nu2)):
+            sc = nu ** (3.0 - q_norm) / _q_norm(Mn, q_norm, tiny) ** (q_norm - 2.0)
+            for i in range(Mn.shape[0]):
+                for j in range(Mn.shape[1]):
+                    Mn[i, j] *= sc
+    for Wo, Wnn, Mn in ((w1[bi, h], w1n[bi, h], m1n[bi, h]), (w2[bi, h], w2n[bi, h], m2n[bi, h])):
+        for i in range(Wo.shape[0]):
+            for j in range(Wo.shape[1]):
+                Wnn[i, j] = Mn[i, j] if done else Wo[i, j]
+    R1, R2 = m1n[bi, h], m2n[bi, h]
+    if softmax:
+        _col_softmax(m1n[bi, h], S1, cm, cs, ib, fast)
+        _col_softmax(m2n[bi, h], S2, cm, cs, ib, fast)
+        R1, R2 = S1, S2
+    _matvec_t(R1, qh, h1, False, h1)  # the read: q + LN(GELU(q W1) W2)
+    _gelu_row(h1, a)
+    _matvec_t(R2, a, g, False, g)
+    _ln_head(g, ln_w[h], ln_b[h], True, eps, g)
+    ob = out[bi, h * K:(h + 1) * K]
+    for j in range(K):
+        ob[j] = qh[j] + g[j]
+    _rms_gate(ob, norm_w, eps, x[og + h * K:og + (h + 1) * K], 2, ob)
+
+
 @njit(**_KERNEL)
 def miras_decode(proj, cq, ck, cv, w1, m1, w2, m2, pos, wq, wk, wv, ln_w, ln_b, norm_w, out, cq2, ck2, cv2, w1n, m1n, w2n, m2n, pos2,
                  qc, kc, vc, e, hz, sm, base_lr, max_norm, L, eps, n_gates, loss, p, delta_scale, q_norm, softmax, lo,
@@ -1360,78 +1488,36 @@ def miras_decode(proj, cq, ck, cv, w1, m1, w2, m2, pos, wq, wk, wv, ln_w, ln_b, 
     LN and the MLP, clipped jointly as Titans'; Moneta (``q_norm`` > 0): each layer's gradient over ν = ‖W_l‖_q^{(q−2)/
     (3−q)} of the anchor; M ← α M − θ u; Moneta at the chunk's end: M ← M ν^{3−q} / ‖M‖_q^{q−2}; o = f(q; M) (Memora:
     through the softmax of M); the anchor moves to M at the chunk's end. out (B, H·K) = RMSNorm_head(o) ⊙ σ(g). New
-    states cq2, ck2, cv2, w1n, m1n, w2n, m2n, pos2; scratch qc, kc, vc (B, H·K), e (B, 3K), hz (B, 3F), sm (B, 2KF +
-    2 max(K, F)) (Memora's weights)."""
+    states cq2, ck2, cv2, w1n, m1n, w2n, m2n, pos2; scratch qc, kc, vc (B, H·K), and per head e (B, H·3K), hz (B, H·3F), sm (B,
+    H·(2KF + 2 max(K, F))) (Memora's weights)."""
     H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
-    E = H * K
-    og = 3 * E + n_gates * H
-    tiny = np.finfo(w1.dtype).tiny
-    fast = w1.itemsize == 4  # float32: exps by exp_row_f32
-    ib = np.empty(max(K, F), np.int32)
+    ne, nz, ns = 3 * K, 3 * F, 2 * K * F + 2 * max(K, F)
     for bi in range(lo, hi):
         x, q, k, v = proj[bi], qc[bi], kc[bi], vc[bi]
-        g, ln, dg = e[bi, :K], e[bi, K:2 * K], e[bi, 2 * K:]
-        h1, a, d1 = hz[bi, :F], hz[bi, F:2 * F], hz[bi, 2 * F:]
-        S1, S2 = sm[bi, :K * F].reshape(K, F), sm[bi, K * F:2 * K * F].reshape(F, K)
-        cm, cs = sm[bi, 2 * K * F:2 * K * F + max(K, F)], sm[bi, 2 * K * F + max(K, F):]
         _titans_inputs(x, cq[bi], ck[bi], cv[bi], wq, wk, wv, q, k, v, cq2[bi], ck2[bi], cv2[bi], H, K)
         r, done = _advance(pos, pos2, bi, L)
         for h in range(H):
-            theta, keep = base_lr * _sigmoid(x[3 * E + h]), _sigmoid(x[3 * E + H + h])
-            delta = delta_scale * _softplus(x[3 * E + 2 * H + h]) if n_gates > 2 else 0.0
-            kh, qh, vh = k[h * K:(h + 1) * K], q[h * K:(h + 1) * K], v[h * K:(h + 1) * K]
-            A1, A2 = w1[bi, h], w2[bi, h]
-            if softmax:
-                _col_softmax(w1[bi, h], S1, cm, cs, ib, fast)
-                _col_softmax(w2[bi, h], S2, cm, cs, ib, fast)
-                A1, A2 = S1, S2
-            _matvec_t(A1, kh, h1, False, h1)  # the key pass at the anchor
-            sa = _gelu_row(h1, a)
-            _matvec_t(A2, a, g, False, g)
-            rstd = _ln_head(g, ln_w[h], ln_b[h], True, eps, ln)
-            for j in range(K):
-                dg[j] = kh[j] + ln[j] - vh[j]
-            _loss_grad(dg, loss, delta, p, tiny)
-            _ln_back(g, dg, ln_w[h], rstd, dg)
-            s2, sk = 0.0, 0.0
-            for j in range(K):
-                s2 += dg[j] * dg[j]
-                sk += kh[j] * kh[j]
-            c1 = c2 = _clip(sk * _hidden_grad(A2, h1, dg, d1) + sa * s2, max_norm)
-            nu1 = nu2 = 1.0
-            if q_norm > 0.0:
-                nu1 = _q_norm(w1[bi, h], q_norm, tiny) ** ((q_norm - 2.0) / (3.0 - q_norm))
-                nu2 = _q_norm(w2[bi, h], q_norm, tiny) ** ((q_norm - 2.0) / (3.0 - q_norm))
-                c1, c2 = c1 / nu1, c2 / nu2
-            for j in range(K):
-                dg[j] *= c2
-            for f in range(F):
-                d1[f] *= c1
-            _retain_update(m1[bi, h], kh, d1, theta, keep, m1n[bi, h])
-            _retain_update(m2[bi, h], a, dg, theta, keep, m2n[bi, h])
-            if q_norm > 0.0 and done:  # the chunk's last token: the exact normalization
-                for Mn, nu in ((m1n[bi, h], nu1), (m2n[bi, h], nu2)):
-                    sc = nu ** (3.0 - q_norm) / _q_norm(Mn, q_norm, tiny) ** (q_norm - 2.0)
-                    for i in range(Mn.shape[0]):
-                        for j in range(Mn.shape[1]):
-                            Mn[i, j] *= sc
-            for Wo, Wnn, Mn in ((w1[bi, h], w1n[bi, h], m1n[bi, h]), (w2[bi, h], w2n[bi, h], m2n[bi, h])):
-                for i in range(Wo.shape[0]):
-                    for j in range(Wo.shape[1]):
-                        Wnn[i, j] = Mn[i, j] if done else Wo[i, j]
-            R1, R2 = m1n[bi, h], m2n[bi, h]
-            if softmax:
-                _col_softmax(m1n[bi, h], S1, cm, cs, ib, fast)
-                _col_softmax(m2n[bi, h], S2, cm, cs, ib, fast)
-                R1, R2 = S1, S2
-            _matvec_t(R1, qh, h1, False, h1)  # the read: q + LN(GELU(q W1) W2)
-            _gelu_row(h1, a)
-            _matvec_t(R2, a, g, False, g)
-            _ln_head(g, ln_w[h], ln_b[h], True, eps, g)
-            ob = out[bi, h * K:(h + 1) * K]
-            for j in range(K):
-                ob[j] = qh[j] + g[j]
-            _rms_gate(ob, norm_w, eps, x[og + h * K:og + (h + 1) * K], 2, ob)
+            _miras_head(x, q, k, v, w1, m1, w2, m2, ln_w, ln_b, norm_w, out, w1n, m1n, w2n, m2n, e[bi, h * ne:(h + 1) * ne],
+                        hz[bi, h * nz:(h + 1) * nz], sm[bi, h * ns:(h + 1) * ns], bi, h, done, base_lr, max_norm, eps, n_gates, loss, p,
+                        delta_scale, q_norm, softmax)
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def miras_decode_heads(proj, cq, ck, cv, w1, m1, w2, m2, pos, wq, wk, wv, ln_w, ln_b, norm_w, out, cq2, ck2, cv2, w1n, m1n, w2n, m2n,
+                       pos2, qc, kc, vc, e, hz, sm, base_lr, max_norm, L, eps, n_gates, loss, p, delta_scale, q_norm,
+                       softmax):  # pragma: no cover - compiled
+    """``miras_decode`` of all rows with the (row, head) units over numba's threads; the rows' convs and positions first."""
+    B, H, K, F = proj.shape[0], w1.shape[1], w1.shape[2], w1.shape[3]
+    ne, nz, ns = 3 * K, 3 * F, 2 * K * F + 2 * max(K, F)
+    done = np.empty(B, np.bool_)
+    for bi in range(B):
+        _titans_inputs(proj[bi], cq[bi], ck[bi], cv[bi], wq, wk, wv, qc[bi], kc[bi], vc[bi], cq2[bi], ck2[bi], cv2[bi], H, K)
+        done[bi] = _advance(pos, pos2, bi, L)[1]
+    for u in prange(B * H):
+        bi, h = u // H, u % H
+        _miras_head(proj[bi], qc[bi], kc[bi], vc[bi], w1, m1, w2, m2, ln_w, ln_b, norm_w, out, w1n, m1n, w2n, m2n,
+                    e[bi, h * ne:(h + 1) * ne], hz[bi, h * nz:(h + 1) * nz], sm[bi, h * ns:(h + 1) * ns], bi, h, done[bi], base_lr,
+                    max_norm, eps, n_gates, loss, p, delta_scale, q_norm, softmax)
 
 
 @njit(**_KERNEL)

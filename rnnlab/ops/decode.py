@@ -9,7 +9,8 @@ kernel in float64 would otherwise be more exact than the layer's own recurrent a
 (the tests' reference; a bisection aid).
 
 ``fused_step`` is the one calling convention: a kernel takes (input rows, states, weights, output, new states,
-scratch rows, scalars, lo, hi), batch rows [lo, hi) (split over threads from 2·_MIN_ROWS rows); attention's kernel,
+scratch rows, scalars, lo, hi), batch rows [lo, hi) (split over threads from 2·_MIN_ROWS rows; below that a kernel's
+``<name>_heads`` variant, where there is one, runs the (row, head) units over numba's threads); attention's kernel,
 which writes the cache in place, has its own entry (``attention_decode``). The new states are fresh tensors (a state a caller holds never changes); the
 weights' numpy views are cached on the layer while the tensors are the same (a decode token would otherwise spend
 more on converting ten parameters than on its arithmetic).
@@ -29,7 +30,7 @@ __all__ = ["usable", "enabled", "fused_step", "attention_decode", "log_linear_de
 _ON = True
 _KERNELS = None  # the compiled module, or False when numba is missing
 _MIN_ROWS = 4  # batch rows per thread: below 2·4 rows one thread (a thread hand-off costs more than a row)
-_SPLIT_WORK = 1 << 16  # attention: multiply-adds (units · keys · d) from which the units go over numba's threads
+_SPLIT_WORK = 1 << 16  # work (attention: units · keys · d; a memory: its state's floats) from which units go over threads
 
 
 def _kernels():
@@ -98,7 +99,10 @@ def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor
     out, new = torch.from_numpy(out_np), [torch.from_numpy(a) for a in new_np]
     arrays = [*inputs, *old, *_weights(owner, weights), out_np, *new_np, *(np.empty((B, w), npdt) for w in scratch)]
     fn = getattr(_kernels(), kernel)
-    if B < 2 * _MIN_ROWS:
+    heads = getattr(_kernels(), kernel + "_heads", None)  # the same token with (row, head) units over numba's threads
+    if heads is not None and B < 2 * _MIN_ROWS and torch.get_num_threads() > 1 and sum(a.size for a in old) >= _SPLIT_WORK:
+        heads(*arrays, *scalars)
+    elif B < 2 * _MIN_ROWS:
         fn(*arrays, *scalars, 0, B)
     else:
         run_rows(fn, B, *arrays, *scalars, min_rows=_MIN_ROWS)

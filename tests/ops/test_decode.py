@@ -319,3 +319,30 @@ def test_rows_at_different_positions(name, kw):
     for key in s_ref:
         assert s[key].shape == s_ref[key].shape
         assert_close(s[key].float(), s_ref[key].float(), name=key)
+
+
+@pytest.mark.parametrize("name,kw", [("titans", {"num_heads": 4, "chunk_size": 4}), ("yaad", {"num_heads": 4, "chunk_size": 4}),
+                                     ("moneta", {"num_heads": 2, "chunk_size": 3}), ("memora", {"num_heads": 2, "chunk_size": 4}),
+                                     ("ttt_mlp", {"num_heads": 4, "mini_batch_size": 4})])
+def test_memory_heads_over_threads(name, kw, monkeypatch):
+    """A few rows of a large memory: the kernel's ``_heads`` variant runs the (row, head) units over numba's threads
+    (the size threshold lowered so that small shapes take it); equal to the torch step, rows at different positions."""
+    kernels = decode._kernels()
+    kernel = {"titans": "titans_mlp_decode", "ttt_mlp": "ttt_mlp_decode"}.get(name, "miras_decode") + "_heads"
+    calls = []
+    inner = getattr(kernels, kernel)
+    monkeypatch.setattr(kernels, kernel, lambda *a: (calls.append(1), inner(*a))[1])
+    monkeypatch.setattr(decode, "_SPLIT_WORK", 0)
+    torch.set_num_threads(2)  # the fixture restores one thread
+    m = _mixer(name, kw)
+    lengths = [3, 6, 5]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    with torch.inference_mode():
+        _, s0 = m(torch.randn(1, sum(lengths), D), cu_seqlens=cu)
+        x = torch.randn(3, 9, D)
+        y_ref, s_ref = _steps(m, x, s0, kernels=False)
+        y, s = _steps(m, x, s0, kernels=True)
+    assert calls
+    assert_close(y, y_ref)
+    for key in s_ref:
+        assert_close(s[key].float(), s_ref[key].float(), name=key)
