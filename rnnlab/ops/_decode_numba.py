@@ -1086,6 +1086,16 @@ def _titans_inputs(x, cq, ck, cv, wq, wk, wv, q, k, v, cq2, ck2, cv2, H, K):  # 
 
 
 @njit(**_INLINE)
+def _titans_rows(proj, cq, ck, cv, wq, wk, wv, qc, kc, vc, cq2, ck2, cv2, pos, pos2, L, H, K):  # pragma: no cover - compiled
+    """Every row's ``_titans_inputs`` and position (a ``_heads`` kernel's serial part) -> whether each row ends its chunk."""
+    done = np.empty(proj.shape[0], np.bool_)
+    for bi in range(proj.shape[0]):
+        _titans_inputs(proj[bi], cq[bi], ck[bi], cv[bi], wq, wk, wv, qc[bi], kc[bi], vc[bi], cq2[bi], ck2[bi], cv2[bi], H, K)
+        done[bi] = _advance(pos, pos2, bi, L)[1]
+    return done
+
+
+@njit(**_INLINE)
 def _titans_gates(x, o, H, h, base_lr):  # pragma: no cover - compiled
     """Head h's gates from the pre-activations at x[o:o + 3H] (gate-major): θ = base_lr σ, η = σ, 1 − α = σ(−·)."""
     return base_lr * _sigmoid(x[o + h]), _sigmoid(x[o + H + h]), _sigmoid(-x[o + 2 * H + h])
@@ -1310,10 +1320,7 @@ def titans_mlp_decode_heads(proj, cq, ck, cv, w1, m1, s1, w2, m2, s2, pos, wq, w
     one row's heads would otherwise run on one core); the rows' convs and positions first, on the calling thread."""
     B, H, K = proj.shape[0], w1.shape[1], w1.shape[2]
     F = w1.shape[3]
-    done = np.empty(B, np.bool_)
-    for bi in range(B):
-        _titans_inputs(proj[bi], cq[bi], ck[bi], cv[bi], wq, wk, wv, qc[bi], kc[bi], vc[bi], cq2[bi], ck2[bi], cv2[bi], H, K)
-        done[bi] = _advance(pos, pos2, bi, L)[1]
+    done = _titans_rows(proj, cq, ck, cv, wq, wk, wv, qc, kc, vc, cq2, ck2, cv2, pos, pos2, L, H, K)
     for u in prange(B * H):
         bi, h = u // H, u % H
         _titans_mlp_head(proj[bi], qc[bi], kc[bi], vc[bi], w1, m1, s1, w2, m2, s2, norm_w, out, w1n, m1n, s1n, w2n, m2n, s2n,
@@ -1509,10 +1516,7 @@ def miras_decode_heads(proj, cq, ck, cv, w1, m1, w2, m2, pos, wq, wk, wv, ln_w, 
     """``miras_decode`` of all rows with the (row, head) units over numba's threads; the rows' convs and positions first."""
     B, H, K, F = proj.shape[0], w1.shape[1], w1.shape[2], w1.shape[3]
     ne, nz, ns = 3 * K, 3 * F, 2 * K * F + 2 * max(K, F)
-    done = np.empty(B, np.bool_)
-    for bi in range(B):
-        _titans_inputs(proj[bi], cq[bi], ck[bi], cv[bi], wq, wk, wv, qc[bi], kc[bi], vc[bi], cq2[bi], ck2[bi], cv2[bi], H, K)
-        done[bi] = _advance(pos, pos2, bi, L)[1]
+    done = _titans_rows(proj, cq, ck, cv, wq, wk, wv, qc, kc, vc, cq2, ck2, cv2, pos, pos2, L, H, K)
     for u in prange(B * H):
         bi, h = u // H, u % H
         _miras_head(proj[bi], qc[bi], kc[bi], vc[bi], w1, m1, w2, m2, ln_w, ln_b, norm_w, out, w1n, m1n, w2n, m2n,
