@@ -110,7 +110,8 @@ class LaCT(Mixer):
         qkv, lrp = fused_linear(x, [self.qkv, self.lr_proj])
         Fh = self.w1.shape[-1]
         out, new = decode.fused_step("lact_decode", self, [qkv, lrp], [state[k] for k in keys], [self.o_norm.weight], self.d_model,
-                                     [3 * self.d_model, 5 * Fh], self.base_lr, self.beta, self.chunk_size, self.o_norm.eps)
+                                     [3 * self.d_model, self.num_heads * 5 * Fh], self.base_lr, self.beta, self.chunk_size,
+                                     self.o_norm.eps)
         y_attn, attn_state = self.attn.step(x, {n[5:]: t for n, t in state.items() if n.startswith("attn_")})
         new = dict(zip(keys, new))
         new.update({"attn_" + n: t for n, t in attn_state.items()})

@@ -1524,6 +1524,75 @@ def miras_decode_heads(proj, cq, ck, cv, w1, m1, w2, m2, pos, wq, wk, wv, ln_w, 
                     max_norm, eps, n_gates, loss, p, delta_scale, q_norm, softmax)
 
 
+@njit(**_INLINE)
+def _lact_row(qkv, x):  # pragma: no cover - compiled
+    """x = SiLU(qkv): a LaCT row's q, k, v before their per-head ℓ2 norms."""
+    for i in range(qkv.shape[0]):
+        x[i] = _silu(qkv[i])
+
+
+@njit(**_KERNEL)  # a call, not inlined (as ``_miras_head``)
+def _lact_head(x, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, norm_w, out, w1n, w2n, w3n, g1n, g2n, g3n, mo1n, mo2n, mo3n, hz, bi, h,
+               done, base_lr, beta, eps):  # pragma: no cover - compiled
+    """Head h of row bi in ``lact_decode`` (x the row's SiLU'd projection, its scratch hz (5F,))."""
+    H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
+    D = H * K
+    z1, b3, s, dh, hb = hz[:F], hz[F:2 * F], hz[2 * F:3 * F], hz[3 * F:4 * F], hz[4 * F:]
+    _l2norm(x, h * K, K, 1e-6)
+    _l2norm(x, D + h * K, K, 1e-6)
+    q, k, v = x[h * K:(h + 1) * K], x[D + h * K:D + (h + 1) * K], x[2 * D + h * K:2 * D + (h + 1) * K]
+    W1, W2, W3 = w1[bi, h], w2[bi, h], w3[bi, h]
+    _matvec_t(W1, q, z1, False, z1)  # the read: (SiLU(q W1) ⊙ (q W3)) W2
+    _matvec_t(W3, q, b3, False, b3)
+    for f in range(F):
+        hb[f] = _silu(z1[f]) * b3[f]
+    ob = out[bi, h * K:(h + 1) * K]
+    _matvec_t(W2, hb, ob, False, ob)
+    _rms_gate(ob, norm_w, eps, ob, 0, ob)
+    lr = base_lr * _softplus(lrp[bi, h])
+    _matvec_t(W1, k, z1, False, z1)  # the gradient at k (rnnlab.ops.lact ``_grad_manual``), δ = −lr v
+    _matvec_t(W3, k, b3, False, b3)
+    for f in range(F):
+        sv = 0.0
+        for j in range(K):
+            sv += W2[f, j] * v[j]
+        dh[f] = -lr * sv
+        s[f] = _sigmoid(z1[f])
+        hb[f] = z1[f] * s[f] * b3[f]  # u_W2 = (SiLU(z1) ⊙ b) ⊗ δ
+    for f in range(F):
+        sf = s[f]
+        s[f] = dh[f] * b3[f] * sf * (1.0 + z1[f] * (1.0 - sf))  # u_W1 = k ⊗ (dh ⊙ b ⊙ SiLU'(z1))
+        b3[f] = dh[f] * z1[f] * sf                               # u_W3 = k ⊗ (dh ⊙ SiLU(z1))
+    for Gm, Gn, u_in, u_out, c in ((g1[bi, h], g1n[bi, h], k, s, 1.0), (g3[bi, h], g3n[bi, h], k, b3, 1.0),
+                                   (g2[bi, h], g2n[bi, h], hb, v, -lr)):
+        for i in range(Gm.shape[0]):
+            a = c * u_in[i]
+            for j in range(Gm.shape[1]):
+                Gn[i, j] = Gm[i, j] + a * u_out[j]
+    for Wo, Gn, Mo, Wn, Mn in ((W1, g1n[bi, h], mo1[bi, h], w1n[bi, h], mo1n[bi, h]),
+                               (W2, g2n[bi, h], mo2[bi, h], w2n[bi, h], mo2n[bi, h]),
+                               (W3, g3n[bi, h], mo3[bi, h], w3n[bi, h], mo3n[bi, h])):
+        if not done:
+            Wn[:] = Wo
+            Mn[:] = Mo
+            continue
+        n_in, n_out = Wo.shape
+        for i in range(n_in):  # M ← β M + G, W − M
+            for j in range(n_out):
+                m = beta * Mo[i, j] + Gn[i, j] if beta != 0.0 else Gn[i, j]
+                Mn[i, j] = m
+                Wn[i, j] = Wo[i, j] - m
+                Gn[i, j] = 0.0
+        for j in range(n_out):  # every column keeps its norm
+            so, sn = 0.0, 0.0
+            for i in range(n_in):
+                so += Wo[i, j] * Wo[i, j]
+                sn += Wn[i, j] * Wn[i, j]
+            c = math.sqrt(so) / max(math.sqrt(sn), 1e-12)
+            for i in range(n_in):
+                Wn[i, j] *= c
+
+
 @njit(**_KERNEL)
 def lact_decode(qkv, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, pos, norm_w, out, w1n, w2n, w3n, g1n, g2n, g3n, mo1n, mo2n, mo3n,
                 pos2, xs, hz, base_lr, beta, L, eps, lo, hi):  # pragma: no cover - compiled
@@ -1532,69 +1601,29 @@ def lact_decode(qkv, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, pos, norm_w, ou
     head, q and k ℓ2-normalized, lr = base_lr softplus(lrp); o = (SiLU(q W1) ⊙ (q W3)) W2 with the weights of the
     chunks before (apply, then update); the token's gradient of −lr f_W(k) · v by hand added to G; at the chunk's end
     (r = L − 1) M ← β M + G, W ← W − M with every column's norm kept, G ← 0. out (B, D) = RMSNorm_head(o). New states
-    w*n, g*n, mo*n, pos2; scratch xs (B, 3D), hz (B, 5F)."""
+    w*n, g*n, mo*n, pos2; scratch xs (B, 3D), hz (B, H·5F) (per head)."""
     H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
-    D = H * K
     for bi in range(lo, hi):
-        x = xs[bi]
-        for i in range(3 * D):
-            x[i] = _silu(qkv[bi, i])
-        z1, b3, s, dh, hb = hz[bi, :F], hz[bi, F:2 * F], hz[bi, 2 * F:3 * F], hz[bi, 3 * F:4 * F], hz[bi, 4 * F:]
+        _lact_row(qkv[bi], xs[bi])
         r, done = _advance(pos, pos2, bi, L)
         for h in range(H):
-            _l2norm(x, h * K, K, 1e-6)
-            _l2norm(x, D + h * K, K, 1e-6)
-            q, k, v = x[h * K:(h + 1) * K], x[D + h * K:D + (h + 1) * K], x[2 * D + h * K:2 * D + (h + 1) * K]
-            W1, W2, W3 = w1[bi, h], w2[bi, h], w3[bi, h]
-            _matvec_t(W1, q, z1, False, z1)  # the read: (SiLU(q W1) ⊙ (q W3)) W2
-            _matvec_t(W3, q, b3, False, b3)
-            for f in range(F):
-                hb[f] = _silu(z1[f]) * b3[f]
-            ob = out[bi, h * K:(h + 1) * K]
-            _matvec_t(W2, hb, ob, False, ob)
-            _rms_gate(ob, norm_w, eps, ob, 0, ob)
-            lr = base_lr * _softplus(lrp[bi, h])
-            _matvec_t(W1, k, z1, False, z1)  # the gradient at k (rnnlab.ops.lact ``_grad_manual``), δ = −lr v
-            _matvec_t(W3, k, b3, False, b3)
-            for f in range(F):
-                sv = 0.0
-                for j in range(K):
-                    sv += W2[f, j] * v[j]
-                dh[f] = -lr * sv
-                s[f] = _sigmoid(z1[f])
-                hb[f] = z1[f] * s[f] * b3[f]  # u_W2 = (SiLU(z1) ⊙ b) ⊗ δ
-            for f in range(F):
-                sf = s[f]
-                s[f] = dh[f] * b3[f] * sf * (1.0 + z1[f] * (1.0 - sf))  # u_W1 = k ⊗ (dh ⊙ b ⊙ SiLU'(z1))
-                b3[f] = dh[f] * z1[f] * sf                               # u_W3 = k ⊗ (dh ⊙ SiLU(z1))
-            for Gm, Gn, u_in, u_out, c in ((g1[bi, h], g1n[bi, h], k, s, 1.0), (g3[bi, h], g3n[bi, h], k, b3, 1.0),
-                                           (g2[bi, h], g2n[bi, h], hb, v, -lr)):
-                for i in range(Gm.shape[0]):
-                    a = c * u_in[i]
-                    for j in range(Gm.shape[1]):
-                        Gn[i, j] = Gm[i, j] + a * u_out[j]
-            for Wo, Gn, Mo, Wn, Mn in ((W1, g1n[bi, h], mo1[bi, h], w1n[bi, h], mo1n[bi, h]),
-                                       (W2, g2n[bi, h], mo2[bi, h], w2n[bi, h], mo2n[bi, h]),
-                                       (W3, g3n[bi, h], mo3[bi, h], w3n[bi, h], mo3n[bi, h])):
-                if not done:
-                    Wn[:] = Wo
-                    Mn[:] = Mo
-                    continue
-                n_in, n_out = Wo.shape
-                for i in range(n_in):  # M ← β M + G, W − M
-                    for j in range(n_out):
-                        m = beta * Mo[i, j] + Gn[i, j] if beta != 0.0 else Gn[i, j]
-                        Mn[i, j] = m
-                        Wn[i, j] = Wo[i, j] - m
-                        Gn[i, j] = 0.0
-                for j in range(n_out):  # every column keeps its norm
-                    so, sn = 0.0, 0.0
-                    for i in range(n_in):
-                        so += Wo[i, j] * Wo[i, j]
-                        sn += Wn[i, j] * Wn[i, j]
-                    c = math.sqrt(so) / max(math.sqrt(sn), 1e-12)
-                    for i in range(n_in):
-                        Wn[i, j] *= c
+            _lact_head(xs[bi], lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, norm_w, out, w1n, w2n, w3n, g1n, g2n, g3n, mo1n, mo2n, mo3n,
+                       hz[bi, 5 * h * F:5 * (h + 1) * F], bi, h, done, base_lr, beta, eps)
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def lact_decode_heads(qkv, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, pos, norm_w, out, w1n, w2n, w3n, g1n, g2n, g3n, mo1n, mo2n,
+                      mo3n, pos2, xs, hz, base_lr, beta, L, eps):  # pragma: no cover - compiled
+    """``lact_decode`` of all rows with the (row, head) units over numba's threads; the rows' SiLU and positions first."""
+    B, H, F = qkv.shape[0], w1.shape[1], w1.shape[3]
+    done = np.empty(B, np.bool_)
+    for bi in range(B):
+        _lact_row(qkv[bi], xs[bi])
+        done[bi] = _advance(pos, pos2, bi, L)[1]
+    for u in prange(B * H):
+        bi, h = u // H, u % H
+        _lact_head(xs[bi], lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, norm_w, out, w1n, w2n, w3n, g1n, g2n, g3n, mo1n, mo2n, mo3n,
+                   hz[bi, 5 * h * F:5 * (h + 1) * F], bi, h, done[bi], base_lr, beta, eps)
 
 
 @njit(**_KERNEL)

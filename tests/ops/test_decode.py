@@ -323,12 +323,14 @@ def test_rows_at_different_positions(name, kw):
 
 @pytest.mark.parametrize("name,kw", [("titans", {"num_heads": 4, "chunk_size": 4}), ("yaad", {"num_heads": 4, "chunk_size": 4}),
                                      ("moneta", {"num_heads": 2, "chunk_size": 3}), ("memora", {"num_heads": 2, "chunk_size": 4}),
-                                     ("ttt_mlp", {"num_heads": 4, "mini_batch_size": 4})])
+                                     ("ttt_mlp", {"num_heads": 4, "mini_batch_size": 4}),
+                                     ("lact", {"num_heads": 4, "chunk_size": 3})])
 def test_memory_heads_over_threads(name, kw, monkeypatch):
     """A few rows of a large memory: the kernel's ``_heads`` variant runs the (row, head) units over numba's threads
     (the size threshold lowered so that small shapes take it); equal to the torch step, rows at different positions."""
     kernels = decode._kernels()
-    kernel = {"titans": "titans_mlp_decode", "ttt_mlp": "ttt_mlp_decode"}.get(name, "miras_decode") + "_heads"
+    kernel = {"titans": "titans_mlp_decode", "ttt_mlp": "ttt_mlp_decode", "lact": "lact_decode"}.get(name, "miras_decode")
+    kernel += "_heads"
     calls = []
     inner = getattr(kernels, kernel)
     monkeypatch.setattr(kernels, kernel, lambda *a: (calls.append(1), inner(*a))[1])
