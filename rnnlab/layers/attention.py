@@ -157,8 +157,9 @@ class Attention(Mixer):
         """x (B, 1, D): one token against the cache, ``_attend``'s numbers in about a third of its calls. Where every
         row's cache is all real (no row merged from a shorter one: no mask; pos read on the host, so on CPU only): on
         CPU without autograd the fused kernel (``_decode``, persistent tokens included); otherwise, without persistent
-        tokens and with full-width rotary (or none), heads as views of the projection (no transposes at one token), q and k rotated together with a cached
-        row of cos/sin (``parts.rotary_rows``), no mask and no angles to compute. Anything else runs ``_attend``."""
+        tokens and with full-width rotary (or none), heads as views of the projection (no transposes at one token), q
+        and k rotated together with a cached row of cos/sin (``parts.rotary_rows``), no mask and no angles to compute.
+        Anything else runs ``_attend``."""
         pos, L = state["pos"], state["k"].shape[2]
         if x.device.type != "cpu" or min(p := pos.tolist()) < L:
             return self._attend(x, state)
@@ -201,8 +202,8 @@ class Attention(Mixer):
         persistent = None
         if self.persistent is not None:  # computed once per parameter change
             params = [t for t in (self.persistent, self.qkv.weight, self.qkv.bias, getattr(self.k_norm, "weight", None)) if t is not None]
-            persistent = param_derived(self, "_persistent_kv_cache", lambda *_: tuple(t.contiguous() for t in self._persistent_kv(x.dtype)),
-                                       *params)
+            persistent = param_derived(self, "_persistent_kv_cache",
+                                       lambda *_: tuple(t.contiguous() for t in self._persistent_kv(x.dtype)), *params)
         o = decode.attention_decode(self, self.qkv(x), rows, pos, first, kbuf, vbuf, ks, vs, L, heads=self.num_heads,
                                     qk_norm=qk_norm, gated=self.output_gate, persistent=persistent)
         return self.out(o), {"k": kv_commit(kbuf, ks, L + 1, n)[1], "v": kv_commit(vbuf, vs, L + 1, n)[1], "pos": pos + 1}

@@ -28,7 +28,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
-from rnnlab.layers.parts import rotary, rotary_cos_sin, rotary_inv_freq
+from rnnlab.layers.parts import param_derived, rotary, rotary_cos_sin, rotary_inv_freq
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
@@ -90,10 +90,8 @@ class RAT(Mixer):
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         if decode.usable(x, *(t for n, t in state.items() if n != "pos"), *self.parameters()):  # the fused kernel
             inv_freq = None
-            if self.rope_base is not None:
-                inv_freq = self.__dict__.get("_inv_freq")
-                if inv_freq is None:
-                    inv_freq = self.__dict__["_inv_freq"] = rotary_inv_freq(self.head_dim, self.rope_base)
+            if self.rope_base is not None:  # computed once
+                inv_freq = param_derived(self, "_inv_freq", lambda: rotary_inv_freq(self.head_dim, self.rope_base))
             o, new = decode.rat_decode(self, self.in_proj(x), state, self.gate_bias, inv_freq, heads=self.num_heads,
                                        ngroups=self.ngroups, chunk_size=self.chunk_size, scale=self.head_dim ** -0.5)
             return self.out_proj(o), new

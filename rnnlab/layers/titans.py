@@ -197,7 +197,6 @@ class Titans(ConvMemoryMixer):
 
     def _decode_spec(self) -> tuple:
         deep = self.depth == 2
-        H = self.num_heads  # the deep kernel's scratch is per head (its heads may run on threads of their own)
-        return ("titans_mlp_decode" if deep else "titans_linear_decode", [], [H * self.head_dim] + [H * 3 * self.w1.shape[-1]] if deep
-                else [self.head_dim],
-                ())
+        H, F_ = self.num_heads, self.w1.shape[-1]
+        scratch = [H * self.head_dim, H * 3 * F_] if deep else [self.head_dim]  # the deep kernel's per head (threads)
+        return ("titans_mlp_decode" if deep else "titans_linear_decode", [], scratch, ())
