@@ -91,8 +91,11 @@ class H3(Mixer):
         make = lambda *_: (self._shift_kernel(f), self._diag(), self.D.to(f).repeat_interleave(self.head_dim ** 2))  # noqa: E731
         if torch.is_grad_enabled():
             return make()
-        return param_derived(self, f"_constants_{f}", make, self.shift_C, self.shift_D, self.log_A_real, self.A_imag, self.log_dt,
-                             self.C, self.D)
+        return param_derived(self, f"_constants_{f}", make, *self._ssm_params())
+
+    def _ssm_params(self) -> tuple[Tensor, ...]:
+        """The parameters the two SSMs' constants derive from (their caches' key)."""
+        return self.shift_C, self.shift_D, self.log_A_real, self.A_imag, self.log_dt, self.C, self.D
 
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         f = torch.float32  # the SSMs' compute dtype (S4D's policy)
@@ -138,7 +141,7 @@ class H3(Mixer):
             W, (C, dtA, Bbar), Dr = self._constants(torch.float32)
             pairs = lambda z: torch.view_as_real(z).contiguous()  # noqa: E731
             return W.flip(-1).contiguous(), pairs(torch.exp(dtA)), pairs(Bbar), pairs(C), Dr.contiguous()
-        return param_derived(self, "_decode_constants_", make, *self.parameters())
+        return param_derived(self, "_decode_constants_", make, *self._ssm_params())
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_state={self.d_state}, head_dim={self.head_dim}, backend={self.backend}"

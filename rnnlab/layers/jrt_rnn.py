@@ -118,7 +118,8 @@ class JRTRNN(Mixer):
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, 1, D) -> (y, state): after the prefix, one step of linear attention from S (module docstring)."""
-        if bool((state["pos"] >= self.prefix_len).all()):  # past every row's prefix: the encoder's terms are zero
+        # past every row's prefix the encoder's terms are zero; pos read on the host on CPU only (no device sync)
+        if x.device.type == "cpu" and bool((state["pos"] >= self.prefix_len).all()):
             return self._decode(x, state, "recurrent")
         return self._mix(x, state, "recurrent")
 

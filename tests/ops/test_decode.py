@@ -184,7 +184,7 @@ def test_training_mode_keeps_autograd():
     assert m.q_proj.weight.grad is not None and m.q_proj.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name,kw", [CASES[2], CASES[5], CASES[7], CASES[-1]])
+@pytest.mark.parametrize("name,kw", [CASES[2], CASES[5], CASES[7], CASES[-1], ("h3", {"d_state": 8})])  # h3: cached e^{ΔA}
 def test_weights_follow_updates(name, kw):
     """The weights' cached views see in-place updates (an optimizer step, load_state_dict; rwkv4's derived weights are
     recomputed) and are rebuilt when a parameter is replaced."""
