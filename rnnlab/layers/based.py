@@ -98,7 +98,7 @@ class Based(Mixer):
 
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         o, new = taylor_linear_attention(self, x, state["S"], state["z"], form)
-        y = self.o_proj(rearrange(o, "b t h d -> b t (h d)"))
+        y = decode.linear(self.o_proj, rearrange(o, "b t h d -> b t (h d)"))
         if self.swa is not None:
             y_swa, swa_state = self.swa(x, {key[len(_SWA):]: t for key, t in state.items() if key.startswith(_SWA)})
             y = y + y_swa

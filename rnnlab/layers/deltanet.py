@@ -167,7 +167,7 @@ class _DeltaRuleMixer(Mixer):
             [self.q_conv.weight, self.k_conv.weight, self.v_conv.weight, *gate, w], HV * V,
             [self.num_heads * K, self.nh * self.num_heads * K, self.nh * HV * V, V],
             self.num_heads, self.nh, self.o_norm.eps, 2.0 if self.negative_eigenvalues else 1.0, self.forget_gate, self.g_proj is not None)
-        return self.o_proj(o), dict(zip(keys, new))
+        return decode.linear(self.o_proj, o), dict(zip(keys, new))
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, num_v_heads={self.num_v_heads}, head_k={self.head_k}, head_v={self.head_v}, "

@@ -91,7 +91,7 @@ class GLA(Mixer):
             out, (S,) = decode.fused_step("gla_decode", self, proj, [state["S"]],
                                           [self.gk_proj.up.weight, self.gk_proj.up.bias, self.o_norm.weight],
                                           self.num_heads * self.head_v, [self.num_heads * self.head_k], self.tau, self.o_norm.eps)
-            return self.o_proj(out), {"S": S}
+            return decode.linear(self.o_proj, out), {"S": S}
         return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:

@@ -132,7 +132,7 @@ class H3(Mixer):
             o, (k, h) = decode.fused_step("h3_decode", self, fused_linear(x, [self.q_proj, self.k_proj, self.v_proj], whole=True),
                                           [state["k"], state["h"]], list(self._decode_constants()), self.d_model, [self.d_model],
                                           self.head_dim)
-            return self.out_proj(o), {"k": k, "h": h}
+            return decode.linear(self.out_proj, o), {"k": k, "h": h}
         return self._mix(x, state, "reference")
 
     def _decode_constants(self) -> tuple[Tensor, ...]:

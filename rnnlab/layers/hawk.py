@@ -205,7 +205,7 @@ class Hawk(Mixer):
             "hawk_decode", self, fused_linear(x, [self.linear_y, self.linear_x], whole=True), [state["conv"], state["h"], pos],
             [self.conv.weight, self.conv.bias, wa, wx, self.gate_a.bias, self.gate_x.bias, sp],
             R, [R], self.c, self.reset_first_token)
-        return self.linear_out(out), dict(zip(keys, new))
+        return decode.linear(self.linear_out, out), dict(zip(keys, new))
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_rnn={self.d_rnn}, c={self.c}, backend={self.backend!r}, "

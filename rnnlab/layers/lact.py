@@ -115,7 +115,7 @@ class LaCT(Mixer):
         y_attn, attn_state = self.attn.step(x, {n[5:]: t for n, t in state.items() if n.startswith("attn_")})
         new = dict(zip(keys, new))
         new.update({"attn_" + n: t for n, t in attn_state.items()})
-        return self.o_proj(out) + y_attn, new
+        return decode.linear(self.o_proj, out) + y_attn, new
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, chunk_size={self.chunk_size}, beta={self.beta}, "

@@ -81,9 +81,9 @@ class LinearAttention(Mixer):
         return self.num_heads * self.head_dim * (self.head_dim + int(self.normalize))
 
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
-        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b t h d", three=3, h=self.num_heads)
+        q, k, v = rearrange(decode.linear(self.qkv, x), "b t (three h d) -> three b t h d", three=3, h=self.num_heads)
         o, new = linear_attention_heads(F.elu(q) + 1, F.elu(k) + 1, v, state, form, self.chunk_size, self.eps)  # φ, eq. 7
-        return self.out(rearrange(o, "b t h d -> b t (h d)")), new
+        return decode.linear(self.out, rearrange(o, "b t h d -> b t (h d)")), new
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y, state): chunkwise form."""

@@ -172,9 +172,9 @@ class Mamba(SelectiveBlock):
         neg_A = param_derived(self, "_neg_exp_A_log", lambda a: -torch.exp(a.float()), self.A_log)
         conv_b = self.conv.bias if self.conv.bias is not None else self.D  # a stand-in when the conv has no bias
         out, (conv, h) = decode.fused_step(
-            "mamba_decode", self, self.in_proj(x), [state["conv"], state["ssm"]],
+            "mamba_decode", self, decode.linear(self.in_proj, x), [state["conv"], state["ssm"]],
             [self.conv.weight, conv_b, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, neg_A, self.D],
             self.d_inner, [self.d_inner, self.dt_rank + 2 * self.d_state, self.d_inner, self.d_inner * self.d_state],
             self.conv.bias is not None, self.transition == "exp_neg", -1.0 if self.bcdt_norm_eps is None else float(self.bcdt_norm_eps),
             x.dtype == torch.float32)
-        return self.out_proj(out), {"conv": conv, "ssm": h}
+        return decode.linear(self.out_proj, out), {"conv": conv, "ssm": h}

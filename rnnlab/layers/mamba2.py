@@ -152,10 +152,10 @@ class Mamba2(Mixer):
         if type(self)._ssd is Mamba2._ssd and decode.usable(x, *state.values(), self.A_log, float64=True):
             w = self.norm_weight  # the stand-in for the conv's bias when it has none (never read then)
             out, (conv, h) = decode.fused_step(
-                "ssd_decode", self, self.in_proj(x), [state["conv"], state["h"]],
+                "ssd_decode", self, decode.linear(self.in_proj, x), [state["conv"], state["h"]],
                 [self.conv.weight, w if self.conv.bias is None else self.conv.bias, self.dt_bias, self._A(x.dtype), self.D, w],
                 self.d_inner, [state["conv"].shape[-1]], self.conv.bias is not None, self.ngroups, self.norm_eps)
-            return self.out_proj(out), {"conv": conv, "h": h}
+            return decode.linear(self.out_proj, out), {"conv": conv, "h": h}
         return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:

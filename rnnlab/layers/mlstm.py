@@ -221,14 +221,14 @@ class MLSTM(Mixer):
         keys = ["conv", "C", "n", "m"] if self.layout == "block" else ["C", "n", "m"]
         if self.layout == "block":
             out, new = decode.fused_step(
-                "mlstm_decode", self, self.proj_up(x), [state[k] for k in keys],
+                "mlstm_decode", self, decode.linear(self.proj_up, x), [state[k] for k in keys],
                 [self.conv.weight, self.conv.bias, self.qk.weight, self.v.weight, self.gates.weight, self.gates.bias,
                  self.norm_weight, self.skip], E, [E, E, E, E, 2 * H, self.head_dim], cap, sig, self.eps, self.norm_eps)
         else:
             out, new = decode.fused_step("mlstm_dense_decode", self, fused_linear(x, [self.in_proj, self.gates], whole=True),
                                          [state[k] for k in keys], [self.norm_weight], E, [self.head_dim], cap, sig, self.eps,
                                          self.norm_eps)
-        return self.proj_down(out), dict(zip(keys, new))
+        return decode.linear(self.proj_down, out), dict(zip(keys, new))
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, heads={self.num_heads}x{self.head_dim}, layout={self.layout!r}, "

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnlab.ops import decode
 from rnnlab.ops.chunk import cast
 from rnnlab.ops.conv import causal_conv1d
 
@@ -111,10 +112,13 @@ def fused_linear(x: Tensor, layers: list[nn.Linear], whole: bool = False) -> lis
     def concat(*_):
         bias = None if all(b is None for b in biases) else torch.cat(
             [b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(weights, biases)])
-        return torch.cat(weights), bias, [w.shape[0] for w in weights]
+        weight = torch.cat(weights)
+        numpy_ok = weight.is_cpu and weight.dtype in (torch.float32, torch.float64)  # for decode.linear_rows
+        views = (weight.numpy(), None if bias is None else bias.numpy()) if numpy_ok else None
+        return weight, bias, [w.shape[0] for w in weights], views
 
-    weight, bias, sizes = param_derived(layers[0], "_fused_linear", concat, *weights, *[b for b in biases if b is not None])
-    y = F.linear(x, weight, bias)
+    weight, bias, sizes, views = param_derived(layers[0], "_fused_linear", concat, *weights, *[b for b in biases if b is not None])
+    y = decode.linear_rows(x, *views) if views is not None and decode.linear_usable(x, weight) else F.linear(x, weight, bias)
     return y if whole else list(y.split(sizes, -1))
 
 

@@ -99,9 +99,9 @@ class PLSTM(Mixer):
         if decode.usable(x, *state.values(), *self.parameters()):  # one token: the fused kernel (rnnlab.ops.decode)
             c, conv_state = self.conv(x, state["conv"])
             o, (C,) = decode.fused_step("plstm_decode", self, [fused_linear(c, [self.q_proj, self.k_proj, self.gates], whole=True),
-                                                              self.v_proj(x)], [state["C"]], [self.norm_weight], self.d_model,
+                                                              decode.linear(self.v_proj, x)], [state["C"]], [self.norm_weight], self.d_model,
                                         [self.d_model], self.num_heads, self.transition == "tanh", self.norm.eps)
-            return self.o_proj(o) + self.passthrough * c, {"conv": conv_state, "C": C}
+            return decode.linear(self.o_proj, o) + self.passthrough * c, {"conv": conv_state, "C": C}
         return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:

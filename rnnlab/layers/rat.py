@@ -92,9 +92,9 @@ class RAT(Mixer):
             inv_freq = None
             if self.rope_base is not None:  # computed once
                 inv_freq = param_derived(self, "_inv_freq", lambda: rotary_inv_freq(self.head_dim, self.rope_base))
-            o, new = decode.rat_decode(self, self.in_proj(x), state, self.gate_bias, inv_freq, heads=self.num_heads,
+            o, new = decode.rat_decode(self, decode.linear(self.in_proj, x), state, self.gate_bias, inv_freq, heads=self.num_heads,
                                        ngroups=self.ngroups, chunk_size=self.chunk_size, scale=self.head_dim ** -0.5)
-            return self.out_proj(o), new
+            return decode.linear(self.out_proj, o), new
         return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:

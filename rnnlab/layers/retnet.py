@@ -94,7 +94,7 @@ class RetNet(Mixer):
             out, (S, pos) = decode.fused_step("retnet_decode", self, proj, [state["S"], state["pos"]],
                                               [inv_freq, self.log_gamma, self.group_norm.weight, self.group_norm.bias],
                                               self.num_heads * self.head_v, [2 * self.head_k], self.group_norm.eps)
-            return self.o_proj(out), {"S": S, "pos": pos}
+            return decode.linear(self.o_proj, out), {"S": S, "pos": pos}
         return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:

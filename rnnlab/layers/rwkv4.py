@@ -122,7 +122,7 @@ class RWKV4(Mixer):
         x1 = x[:, 0]
         kvr = torch.bmm(torch.lerp(state["shift"], x1, mix), weights).transpose(0, 1)  # (B, 3, D): [k, v, r]
         out, (wkv,) = decode.fused_step("rwkv4_decode", self, kvr, [state["wkv"]], [w, self.time_first], self.d_model, [])
-        return self.output(out), {"shift": x1, "wkv": wkv}
+        return decode.linear(self.output, out), {"shift": x1, "wkv": wkv}
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, backend={self.backend!r}"
@@ -154,8 +154,8 @@ class RWKV4ChannelMix(Mixer):
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         xx = _token_shift(x, state["shift"])
         mk, mr = self.time_mix_k.to(x.dtype), self.time_mix_r.to(x.dtype)
-        k = torch.square(F.relu(self.key(torch.lerp(xx, x, mk))))
-        y = torch.sigmoid(self.receptance(torch.lerp(xx, x, mr))) * self.value(k)
+        k = torch.square(F.relu(decode.linear(self.key, torch.lerp(xx, x, mk))))  # decode.linear: the module but at T = 1
+        y = torch.sigmoid(decode.linear(self.receptance, torch.lerp(xx, x, mr))) * decode.linear(self.value, k)
         return y, {"shift": x[:, -1].float()}
 
     step = parallel  # the same computation for one token

@@ -140,7 +140,7 @@ class RWKV6TimeMix(Mixer):
             [self.maa_x, self.maa, w1t, w2t, self.receptance.weight, self.key.weight, self.value.weight, self.gate.weight,
              self.time_decay, dw1t, dw2t, self.time_first, self.ln_x.weight, self.ln_x.bias], D,
             [5 * D, self.maa_w1.shape[1], D, D, D, D, D, self.decay_w1.shape[1]], self.ln_x.eps)
-        return self.output(out), {"shift": shift, "S": S}
+        return decode.linear(self.output, out), {"shift": shift, "S": S}
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, head_size={self.head_size}"

@@ -167,7 +167,7 @@ class RWKV7TimeMix(Mixer):
              a.down.weight, a.up.weight, a.up.bias, g.down.weight, g.up.weight, self.k_k, self.k_a, self.r_k, self.ln_x.weight,
              self.ln_x.bias], D, [6 * D] + [D] * 6 + [max(w.down.out_features, a.down.out_features, g.down.out_features), N],
             self.ln_x.eps)
-        return self.output(out), {"shift": shift, "S": S}
+        return decode.linear(self.output, out), {"shift": shift, "S": S}
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, head_size={self.head_size}"
@@ -208,7 +208,7 @@ class RWKV7ChannelMix(Mixer):
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, T, D) -> (y (B, T, D), state)."""
         k = x + (_shift(x, state["shift"]) - x) * self.x_k.to(x.dtype)
-        y = self.value(torch.relu(self.key(k)).square())
+        y = decode.linear(self.value, torch.relu(decode.linear(self.key, k)).square())  # the modules but at T = 1
         return y, {"shift": x[:, -1].to(state["shift"].dtype)}
 
     step = parallel  # the same computation for one token

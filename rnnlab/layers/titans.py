@@ -153,7 +153,7 @@ class ConvMemoryMixer(Mixer):
         out, new = decode.fused_step(kernel, self, proj, [state[k] for k in keys],
                                      [self.q_conv.weight, self.k_conv.weight, self.v_conv.weight, *weights, self.o_norm.weight], E,
                                      [E] * 3 + scratch, self.base_lr, max_norm, self.chunk_size, self.o_norm.eps, *scalars)
-        return self.o_proj(out), dict(zip(keys, new))
+        return decode.linear(self.o_proj, out), dict(zip(keys, new))
 
     def _decode_spec(self) -> tuple | None:
         """The subclass's fused decode kernel: (its name in rnnlab.ops._decode_numba, the weights between the convs'

@@ -147,8 +147,8 @@ class _TTTMixer(Mixer):
             [self.lr_weight, self.lr_bias, tau, self.ln_weight, self.ln_bias, inv_freq, self.post_norm.weight, self.post_norm.bias],
             self.d_model, scratch, self.base_lr / K, self.rope, LN_EPS, self.post_norm.eps)
         if self.g_proj is not None:
-            out = F.gelu(self.g_proj(x), approximate="tanh") * out
-        return self.o_proj(out), dict(zip(keys, new))
+            out = F.gelu(decode.linear(self.g_proj, x), approximate="tanh") * out
+        return decode.linear(self.o_proj, out), dict(zip(keys, new))
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, mini_batch_size={self.mini_batch_size}, depth={self.depth}, "

@@ -26,6 +26,7 @@ from rnnlab.layers.registry import create_mixer
 from rnnlab.models.bidirectional import check_prefix_len, reverse_prefix
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.readout import PadFeatures, ReservoirBlock, RidgeReadout
+from rnnlab.ops import decode
 from rnnlab.ops.varlen import Packing, cu_seqlens_from_lengths
 
 __all__ = ["SequenceModel", "Block", "SwiGLU"]
@@ -51,8 +52,8 @@ class SwiGLU(nn.Module):
         return 8 * math.ceil(2 * ratio * d_model / 3 / 8)
 
     def forward(self, x: Tensor) -> Tensor:
-        a, b = self.w13(x).chunk(2, -1)
-        return self.w2(self.act(a) * b)
+        a, b = decode.linear(self.w13, x).chunk(2, -1)  # the modules, but a decode token by rnnlab.ops.decode
+        return decode.linear(self.w2, self.act(a) * b)
 
 
 def make_norm(kind: str, d_model: int, eps: float) -> nn.Module:
@@ -227,7 +228,7 @@ class SequenceModel(nn.Module):
                 raise ValueError("pass cu_seqlens (packed) or attention_mask (padded), not both; prefix_len takes neither")
             return self._forward_padded(inputs, state, attention_mask)
         x, new = self.features(inputs, state, cu_seqlens=cu_seqlens, prefix_len=prefix_len)
-        out, cap = self.head(x), self.config.logit_soft_cap
+        out, cap = decode.linear(self.head, x), self.config.logit_soft_cap
         return (out if cap is None else cap * torch.tanh(out / cap)), new
 
     def features(self, inputs: Tensor, state: State | None = None, *, cu_seqlens: Tensor | None = None,

@@ -459,6 +459,47 @@ def hawk_decode(proj, conv, h, pos, conv_w, conv_b, wa, wx, ba, bx, sp, out, con
                 out[b, k] = hk * _gelu_tanh(x[k])
 
 
+@njit(**_KERNEL)
+def linear_rows(x, W, bias, has_bias, y, lo, hi):  # pragma: no cover - compiled
+    """nn.Linear's outputs [lo, hi) for a few rows: y[:, o] = x W[o]ᵀ (+ bias[o]), x (B, in), W (out, in) as stored;
+    four weight rows at a time, so each x entry is loaded once per four outputs and W is read once for all rows."""
+    B, n = x.shape
+    zero = x[0, 0] - x[0, 0]  # accumulate in the rows' dtype
+    o = lo
+    while o + 4 <= hi:
+        w0, w1, w2, w3 = W[o], W[o + 1], W[o + 2], W[o + 3]
+        for r in range(B):
+            xr = x[r]
+            a0 = a1 = a2 = a3 = zero
+            for i in range(n):
+                xi = xr[i]
+                a0 += w0[i] * xi
+                a1 += w1[i] * xi
+                a2 += w2[i] * xi
+                a3 += w3[i] * xi
+            if has_bias:
+                a0, a1, a2, a3 = a0 + bias[o], a1 + bias[o + 1], a2 + bias[o + 2], a3 + bias[o + 3]
+            y[r, o], y[r, o + 1], y[r, o + 2], y[r, o + 3] = a0, a1, a2, a3
+        o += 4
+    for o in range(o, hi):
+        w0 = W[o]
+        for r in range(B):
+            a0 = zero
+            for i in range(n):
+                a0 += w0[i] * x[r, i]
+            y[r, o] = a0 + bias[o] if has_bias else a0
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def linear_rows_parallel(x, W, bias, has_bias, y, parts):  # pragma: no cover - compiled
+    """``linear_rows`` with the outputs cut into ``parts`` blocks (multiples of four) over numba's threads."""
+    O = W.shape[0]
+    for p in prange(parts):
+        lo = (p * O // parts) // 4 * 4
+        hi = O if p == parts - 1 else ((p + 1) * O // parts) // 4 * 4
+        linear_rows(x, W, bias, has_bias, y, lo, hi)
+
+
 @njit(**_INLINE)
 def _matvec(W, x, bias, has_bias, y):  # pragma: no cover - compiled
     """y = W x (+ bias): W (out, in) row-major, one dot product per output."""

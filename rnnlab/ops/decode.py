@@ -21,15 +21,17 @@ import contextlib
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules import module as _module
 
 from rnnlab.ops._threads import run_rows
 
-__all__ = ["usable", "enabled", "fused_step", "attention_decode", "log_linear_decode", "rat_decode"]
+__all__ = ["usable", "enabled", "linear", "linear_usable", "linear_rows", "fused_step", "attention_decode", "log_linear_decode", "rat_decode"]
 
 _ON = True
 _KERNELS = None  # the compiled module, or False when numba is missing
 _MIN_ROWS = 4  # batch rows per thread: below 2·4 rows one thread (a thread hand-off costs more than a row)
+_LINEAR_ROWS = 8  # rows up to which ``linear`` beats torch's matmul (docs/benchmarks.md)
 _SPLIT_WORK = 1 << 16  # work (attention: units · keys · d; a memory: its state's floats) from which units go over threads
 
 
@@ -83,6 +85,49 @@ def _weights(owner, weights: list[Tensor]) -> list[np.ndarray]:
     if cached is None or len(cached[0]) != len(key) or any(a is not b or p != q for (a, p), (b, q) in zip(cached[0], key)):
         cached = owner.__dict__["_decode_weights"] = (key, [_arr(w) for w in weights])
     return cached[1]
+
+
+def linear_usable(x: Tensor, *params: Tensor) -> bool:
+    """Whether ``linear_rows`` may run x against ``params`` (a weight and its bias): decode tokens x (B, 1, in) with
+    0 < B <= 8 on CPU, float32 or float64 like the parameters, no gradient wanted (a cheaper ``usable``)."""
+    B = x.shape[0]
+    if not _ON or x.dim() != 3 or x.shape[1] != 1 or not 0 < B <= _LINEAR_ROWS or not x.is_cpu:
+        return False
+    if x.dtype not in (torch.float32, torch.float64) or any(t.dtype != x.dtype or not t.is_cpu for t in params):
+        return False
+    return not (torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in params))) and _kernels() is not False
+
+
+def linear_rows(x: Tensor, W: np.ndarray, bias: np.ndarray | None) -> Tensor:
+    """x (B, 1, in) -> x Wᵀ (+ bias) (B, 1, out) by ``_decode_numba.linear_rows`` (W: a weight's numpy view, as
+    stored), its outputs over numba's threads when the weight is large. A few rows of a matrix-vector product are
+    memory-bound: the kernel reads the weight once at the vector width, where torch's matmul costs 2-4x more at one
+    row on this project's CPUs (docs/benchmarks.md). The caller checked ``linear_usable``."""
+    B = x.shape[0]
+    xa = _arr(x).reshape(B, -1)
+    y = np.empty((B, 1, W.shape[0]), xa.dtype)
+    b = W[0] if bias is None else bias  # no bias: a stand-in, never read
+    parts = torch.get_num_threads()
+    if parts > 1 and B * W.size > 2 * _SPLIT_WORK:
+        _kernels().linear_rows_parallel(xa, W, b, bias is not None, y.reshape(B, -1), parts)
+    else:
+        _kernels().linear_rows(xa, W, b, bias is not None, y.reshape(B, -1), 0, W.shape[0])
+    return torch.from_numpy(y)
+
+
+def linear(layer: nn.Module, x: Tensor) -> Tensor:
+    """``layer(x)`` for decode tokens: a plain ``nn.Linear`` (no hooks on it, no global ones) on x that
+    ``linear_usable`` accepts runs ``linear_rows``; anything else is the module call. The weights' numpy views are
+    cached on the layer while its parameters are the same tensors on the same memory (as ``_weights``)."""
+    params = layer._parameters
+    w, b = params.get("weight"), params.get("bias")
+    if (type(layer) is not nn.Linear or layer._forward_pre_hooks or layer._forward_hooks or _module._global_forward_pre_hooks
+            or _module._global_forward_hooks or not linear_usable(x, w, *([] if b is None else [b]))):
+        return layer(x)
+    c = layer.__dict__.get("_decode_linear")
+    if c is None or c[0] is not w or c[1] is not b or c[2] != w.data_ptr():
+        c = layer.__dict__["_decode_linear"] = (w, b, w.data_ptr(), _arr(w), None if b is None else _arr(b))
+    return linear_rows(x, c[3], c[4])
 
 
 def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor], weights: list[Tensor], out_width: int,

@@ -177,6 +177,64 @@ def test_policy():
         assert decode.usable(torch.randn(8, 1, D), p, max_batch=8) and not decode.usable(torch.randn(9, 1, D), p, max_batch=8)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_linear_equals_nn_linear(dtype, bias, threads, monkeypatch):
+    """decode.linear (the kernel's rows, its outputs over threads) equals the module at 1-8 rows, widths that are not
+    multiples of four included."""
+    monkeypatch.setattr(decode, "_SPLIT_WORK", 0)  # the threaded path at these small widths
+    layer = torch.nn.Linear(37, 23, bias=bias).to(dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for B in (1, 3, 8):
+                x = torch.randn(B, 1, 37, dtype=dtype)
+                y = decode.linear(layer, x)
+                assert y.shape == (B, 1, 23) and y.dtype == dtype
+                assert_close(y, layer(x), name=f"B={B}")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_linear_policy():
+    """decode.linear runs the module itself (its forward and hooks) for anything but decode rows without autograd,
+    and its cached weight views follow in-place updates and replaced parameters."""
+    layer = torch.nn.Linear(16, 8)
+    calls = []
+    forward = layer.forward
+    layer.forward = lambda x: calls.append(x.shape) or forward(x)
+    with torch.no_grad():
+        decode.linear(layer, torch.randn(2, 1, 16))
+        assert calls == []  # the kernel
+        for shape in [(9, 1, 16), (2, 3, 16), (2, 16)]:  # too many rows, several tokens, no token axis
+            decode.linear(layer, torch.randn(shape))
+        with pytest.raises(RuntimeError):  # dtypes differ: the module's own error
+            decode.linear(layer, torch.randn(2, 1, 16).double())
+    assert len(calls) == 4
+    calls.clear()
+    decode.linear(layer, torch.randn(2, 1, 16))  # a gradient is wanted
+    with torch.no_grad():
+        with decode.enabled(False):
+            decode.linear(layer, torch.randn(2, 1, 16))
+        handle = layer.register_forward_pre_hook(lambda mod, args: None)
+        decode.linear(layer, torch.randn(2, 1, 16))
+        handle.remove()
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda mod, args, out: None)
+        decode.linear(layer, torch.randn(2, 1, 16))
+        handle.remove()
+    assert len(calls) == 4
+    x = torch.randn(1, 1, 16)
+    with torch.no_grad():
+        decode.linear(layer, x)  # views cached
+        layer.weight.mul_(2.0)  # in place: the views see it
+        assert_close(decode.linear(layer, x), forward(x), name="in place")
+        layer.weight = torch.nn.Parameter(torch.randn(8, 16))  # replaced: rebuilt
+        layer.bias = None
+        assert_close(decode.linear(layer, x), forward(x), name="replaced")
+
+
 def test_training_mode_keeps_autograd():
     m = _mixer("gated_deltanet", {"num_heads": 2})
     y, s = m(torch.randn(2, 1, D))
