@@ -204,9 +204,9 @@ class Attention(Mixer):
             params = [t for t in (self.persistent, self.qkv.weight, self.qkv.bias, getattr(self.k_norm, "weight", None)) if t is not None]
             persistent = param_derived(self, "_persistent_kv_cache",
                                        lambda *_: tuple(t.contiguous() for t in self._persistent_kv(x.dtype)), *params)
-        o = decode.attention_decode(self, decode.linear(self.qkv, x), rows, pos, first, kbuf, vbuf, ks, vs, L, heads=self.num_heads,
+        y = decode.attention_decode(self, x, self.qkv, self.out, rows, pos, first, kbuf, vbuf, ks, vs, L, heads=self.num_heads,
                                     qk_norm=qk_norm, gated=self.output_gate, persistent=persistent)
-        return decode.linear(self.out, o), {"k": kv_commit(kbuf, ks, L + 1, n)[1], "v": kv_commit(vbuf, vs, L + 1, n)[1], "pos": pos + 1}
+        return y, {"k": kv_commit(kbuf, ks, L + 1, n)[1], "v": kv_commit(vbuf, vs, L + 1, n)[1], "pos": pos + 1}
 
     def _rotary_rows(self, lo: int, hi: int) -> tuple[int, Tensor]:
         """(start, ``parts.rotary_rows`` of positions start, start + 1, ...) covering lo..hi (CPU), cached on the

@@ -406,6 +406,32 @@ def attention_decode_parallel(qkv, rows, idx, first, kbuf, vbuf, pk, pv, q_w, k_
 
 
 @njit(**_KERNEL)
+def attention_token(xin, Wp, bp, has_bp, Wo, bo, has_bo, y, qkv, rows, idx, first, kbuf, vbuf, pk, pv, q_w, k_w, kstart, vstart, L,
+                    o, sc, qr, kr, H, rotate, normed, eps, gated, fast):  # pragma: no cover - compiled
+    """Attention's whole token: qkv = xin Wpᵀ (+ bp) (``linear_rows``), ``attention_decode`` over every unit into o,
+    y = o Woᵀ (+ bo); xin (B, D), y (B, D_out), qkv and o scratch rows (B, P), (B, H·d)."""
+    linear_rows(xin, Wp, bp, has_bp, qkv, 0, Wp.shape[0])
+    attention_decode(qkv, rows, idx, first, kbuf, vbuf, pk, pv, q_w, k_w, kstart, vstart, L, o, sc, qr, kr, H, rotate, normed, eps,
+                     gated, fast, 0, qkv.shape[0] * H)
+    linear_rows(o, Wo, bo, has_bo, y, 0, Wo.shape[0])
+
+
+@njit(cache=True, parallel={"fusion": False}, nogil=True, fastmath=_FM, error_model="numpy")
+def attention_token_parallel(xin, Wp, bp, has_bp, Wo, bo, has_bo, y, qkv, rows, idx, first, kbuf, vbuf, pk, pv, q_w, k_w, kstart,
+                             vstart, L, o, sc, qr, kr, H, rotate, normed, eps, gated, fast, parts):  # pragma: no cover - compiled
+    """``attention_token`` in one fork of numba's threads per phase: the projections' outputs cut into ``parts`` blocks
+    (multiples of four), the attention's (row, head) units one each; no Python between the phases."""
+    P, O = Wp.shape[0], Wo.shape[0]
+    for p in prange(parts):
+        linear_rows(xin, Wp, bp, has_bp, qkv, (p * P // parts) // 4 * 4, P if p == parts - 1 else ((p + 1) * P // parts) // 4 * 4)
+    for u in prange(qkv.shape[0] * H):
+        attention_decode(qkv, rows, idx, first, kbuf, vbuf, pk, pv, q_w, k_w, kstart, vstart, L, o, sc, qr, kr, H, rotate, normed,
+                         eps, gated, fast, u, u + 1)
+    for p in prange(parts):
+        linear_rows(o, Wo, bo, has_bo, y, (p * O // parts) // 4 * 4, O if p == parts - 1 else ((p + 1) * O // parts) // 4 * 4)
+
+
+@njit(**_KERNEL)
 def rwkv4_decode(kvr, wkv, w, u, out, wkv2, lo, hi):  # pragma: no cover - compiled
     """RWKV-4 time-mix's token (rnnlab.layers.rwkv4) after its projections, per row b: kvr (B, 3D) = [k | v | r], the
     state wkv (B, 3, D) = [num, den, max], w = −exp(time_decay), u = time_first (D,) -> out (B, D) = σ(r) ⊙ WKV and the

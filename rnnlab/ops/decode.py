@@ -108,26 +108,33 @@ def linear_rows(x: Tensor, W: np.ndarray, bias: np.ndarray | None) -> Tensor:
     y = np.empty((B, 1, W.shape[0]), xa.dtype)
     b = W[0] if bias is None else bias  # no bias: a stand-in, never read
     parts = torch.get_num_threads()
-    if parts > 1 and B * W.size > 2 * _SPLIT_WORK:
+    if parts > 1 and B * W.size >= _SPLIT_WORK:
         _kernels().linear_rows_parallel(xa, W, b, bias is not None, y.reshape(B, -1), parts)
     else:
         _kernels().linear_rows(xa, W, b, bias is not None, y.reshape(B, -1), 0, W.shape[0])
     return torch.from_numpy(y)
 
 
-def linear(layer: nn.Module, x: Tensor) -> Tensor:
-    """``layer(x)`` for decode tokens: a plain ``nn.Linear`` (no hooks on it, no global ones) on x that
-    ``linear_usable`` accepts runs ``linear_rows``; anything else is the module call. The weights' numpy views are
-    cached on the layer while its parameters are the same tensors on the same memory (as ``_weights``)."""
+def _plain(layer: nn.Module, x: Tensor) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The numpy views (weight, bias or None) of a plain ``nn.Linear`` (no hooks on it, no global ones) that
+    ``linear_usable`` lets run x, cached on the layer while its parameters are the same tensors on the same memory
+    (as ``_weights``); None for anything else."""
     params = layer._parameters
     w, b = params.get("weight"), params.get("bias")
     if (type(layer) is not nn.Linear or layer._forward_pre_hooks or layer._forward_hooks or _module._global_forward_pre_hooks
             or _module._global_forward_hooks or not linear_usable(x, w, *([] if b is None else [b]))):
-        return layer(x)
+        return None
     c = layer.__dict__.get("_decode_linear")
     if c is None or c[0] is not w or c[1] is not b or c[2] != w.data_ptr():
         c = layer.__dict__["_decode_linear"] = (w, b, w.data_ptr(), _arr(w), None if b is None else _arr(b))
-    return linear_rows(x, c[3], c[4])
+    return c[3], c[4]
+
+
+def linear(layer: nn.Module, x: Tensor) -> Tensor:
+    """``layer(x)`` for decode tokens: a plain ``nn.Linear`` on x that ``linear_usable`` accepts (``_plain``) runs
+    ``linear_rows``; anything else is the module call."""
+    views = _plain(layer, x)
+    return layer(x) if views is None else linear_rows(x, *views)
 
 
 def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor], weights: list[Tensor], out_width: int,
@@ -154,35 +161,51 @@ def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor
     return out.view(B, 1, out_width), new
 
 
-def attention_decode(owner, qkv: Tensor, rows: Tensor | None, idx: Tensor, first: int, kbuf: Tensor, vbuf: Tensor, kstart: int,
-                     vstart: int, L: int, *, heads: int, qk_norm: tuple[Tensor, Tensor, float] | None, gated: bool,
-                     persistent: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """One token of softmax attention (``_decode_numba.attention_decode``): qkv (B, 1, P) the fused projection, rows
-    (n, 2, rd) rotary rows (None: no rotary) of positions first, first + 1, ... indexed by the positions idx (B,), kbuf,
-    vbuf (B, H_kv, capacity, d) holding the cache at [kstart, kstart + L), [vstart, vstart + L), qk_norm (q weight, k
-    weight, eps) or None, persistent: the persistent tokens' keys and values (H_kv, N_p, d) every query sees, or None
-    -> out (B, 1, H·d); the new k and v are written at the slot after. The (row, query head) units go over numba's
-    threads when the attention is long enough to pay for the fork. ``owner``: the layer, which caches the weights'
-    views."""
-    B, d = qkv.shape[0], kbuf.shape[3]
-    out = torch.empty(B, heads * d, dtype=qkv.dtype)
+def attention_decode(owner, x: Tensor, proj: nn.Module, out_proj: nn.Module, rows: Tensor | None, idx: Tensor, first: int, kbuf: Tensor,
+                     vbuf: Tensor, kstart: int, vstart: int, L: int, *, heads: int, qk_norm: tuple[Tensor, Tensor, float] | None,
+                     gated: bool, persistent: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """One token of softmax attention from the layer's input x (B, 1, D) to its output out_proj(attention(proj(x)))
+    (B, 1, D_out) (``_decode_numba.attention_decode``): proj makes [q | k | v (| gate)], rows (n, 2, rd) rotary rows
+    (None: no rotary) of positions first, first + 1, ... indexed by the positions idx (B,), kbuf, vbuf (B, H_kv,
+    capacity, d) holding the cache at [kstart, kstart + L), [vstart, vstart + L), qk_norm (q weight, k weight, eps) or
+    None, persistent: the persistent tokens' keys and values (H_kv, N_p, d) every query sees, or None; the new k and v
+    are written at the slot after. With both projections plain (``_plain``) the whole token is one kernel call
+    (``attention_token``), otherwise the projections are module calls (their hooks fire) around the attention's. The
+    (row, query head) units, and the projections' outputs, go over numba's threads when the work pays for the fork.
+    ``owner``: the layer, which caches the weights' views."""
+    B, d = x.shape[0], kbuf.shape[3]
     units = B * heads
-    npdt = out.numpy().dtype
-    x = _arr(qkv.view(B, -1))
-    q_w, k_w = _weights(owner, list(qk_norm[:2])) if qk_norm is not None else (x[0], x[0])
+    views = [_plain(layer, x) for layer in (proj, out_proj)]
+    fused = views[0] is not None and views[1] is not None
+    xin = _arr(x).reshape(B, -1)
+    npdt = xin.dtype
+    qkv = np.empty((B, proj.out_features), npdt) if fused else _arr(proj(x)).reshape(B, -1)
+    o = np.empty((B, heads * d), npdt)
+    q_w, k_w = _weights(owner, list(qk_norm[:2])) if qk_norm is not None else (qkv[0], qkv[0])
     if persistent is not None:
         pk, pv = _arr(persistent[0]), _arr(persistent[1])
     else:
         pk = pv = np.empty((kbuf.shape[1], 0, d), npdt)
     n = pk.shape[1] + L + 1
-    args = (x, _arr(rows) if rows is not None else x[:, None], _arr(idx), first, kbuf.numpy(), vbuf.numpy(), pk, pv, q_w, k_w, kstart,
-            vstart, L, out.numpy(), np.empty((units, n), npdt), np.empty((units, d), npdt), np.empty((units, d), npdt), heads,
-            rows is not None, qk_norm is not None, qk_norm[2] if qk_norm is not None else 0.0, gated, qkv.dtype == torch.float32)
-    if units * n * d < _SPLIT_WORK:
-        _kernels().attention_decode(*args, 0, units)
+    args = (qkv, _arr(rows) if rows is not None else qkv[:, None], _arr(idx), first, kbuf.numpy(), vbuf.numpy(), pk, pv, q_w, k_w, kstart,
+            vstart, L, o, np.empty((units, n), npdt), np.empty((units, d), npdt), np.empty((units, d), npdt), heads,
+            rows is not None, qk_norm is not None, qk_norm[2] if qk_norm is not None else 0.0, gated, npdt == np.float32)
+    split = units * n * d >= _SPLIT_WORK
+    if not fused:
+        if split:
+            _kernels().attention_decode_parallel(*args)
+        else:
+            _kernels().attention_decode(*args, 0, units)
+        return out_proj(torch.from_numpy(o).view(B, 1, -1))
+    (Wp, bp), (Wo, bo) = views
+    y = np.empty((B, 1, Wo.shape[0]), npdt)
+    head = (xin, Wp, Wp[0] if bp is None else bp, bp is not None, Wo, Wo[0] if bo is None else bo, bo is not None, y.reshape(B, -1))
+    parts = torch.get_num_threads()
+    if parts > 1 and (split or B * Wp.size >= _SPLIT_WORK):
+        _kernels().attention_token_parallel(*head, *args, parts)
     else:
-        _kernels().attention_decode_parallel(*args)
-    return out.view(B, 1, -1)
+        _kernels().attention_token(*head, *args)
+    return torch.from_numpy(y)
 
 
 def log_linear_decode(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor | None, lam: Tensor, S: Tensor, pos: Tensor,

@@ -300,11 +300,41 @@ ATTENTION = [
 @pytest.mark.parametrize("threads", [False, True])
 @pytest.mark.parametrize("name,kw", ATTENTION, ids=[f"{n}-{i}" for i, (n, _) in enumerate(ATTENTION)])
 def test_attention_kernel_equals_torch_step(name, kw, threads, monkeypatch):
-    """The attention kernel (rotation, the cache write in place, softmax attention) against the torch step; threads:
-    the units spread over numba's threads (the threshold lowered so that small shapes take that path)."""
+    """The attention kernel (the projections, rotation, the cache write in place, softmax attention) against the torch
+    step; threads: the projections' outputs and the units spread over numba's threads (two threads, the threshold
+    lowered so that small shapes take that path)."""
+    before = torch.get_num_threads()
     if threads:
         monkeypatch.setattr(decode, "_SPLIT_WORK", 0)
-    _test_attention(name, kw, torch.float32)
+        torch.set_num_threads(2)
+    try:
+        _test_attention(name, kw, torch.float32)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [False, True])
+def test_attention_kernel_with_hooked_projection(threads, monkeypatch):
+    """A hook on the output projection (diagnostics' head knockouts) keeps the module calls around the attention's
+    kernel: the hook fires every token and the numbers are the torch step's with the same hook."""
+    if threads:
+        monkeypatch.setattr(decode, "_SPLIT_WORK", 0)
+    m = _mixer("attention", {"num_heads": 2})
+    calls = []
+
+    def knockout(module, args):
+        calls.append(1)
+        return (args[0] * torch.tensor([0.0] * (D // 2) + [1.0] * (D // 2)),)
+
+    m.out.register_forward_pre_hook(knockout)
+    x = torch.randn(2, 6, D)
+    with torch.inference_mode():
+        _, s0 = m(torch.randn(2, 5, D))
+        y_ref, _ = _steps(m, x, s0, kernels=False)
+        calls.clear()
+        y, _ = _steps(m, x, s0, kernels=True)
+    assert len(calls) == 6
+    assert_close(y, y_ref, name="y")
 
 
 def test_attention_kernel_float64():
