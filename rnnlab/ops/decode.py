@@ -11,7 +11,8 @@ kernel in float64 would otherwise be more exact than the layer's own recurrent a
 ``fused_step`` is the one calling convention: a kernel takes (input rows, states, weights, output, new states,
 scratch rows, scalars, lo, hi), batch rows [lo, hi) (split over threads from 2·_MIN_ROWS rows; below that a kernel's
 ``<name>_heads`` variant, where there is one, runs the (row, head) units over numba's threads); attention's kernel,
-which writes the cache in place, has its own entry (``attention_decode``). The new states are fresh tensors (a state a caller holds never changes); the
+which writes the cache in place, has its own entry (``attention_decode``: the whole token, projections included).
+``linear(layer, x)`` is the projections' entry: a plain ``nn.Linear`` on decode rows by one kernel, else the module. The new states are fresh tensors (a state a caller holds never changes); the
 weights' numpy views are cached on the layer while the tensors are the same (a decode token would otherwise spend
 more on converting ten parameters than on its arithmetic).
 """
