@@ -12,9 +12,10 @@ kernel in float64 would otherwise be more exact than the layer's own recurrent a
 scratch rows, scalars, lo, hi), batch rows [lo, hi) (split over threads from 2·_MIN_ROWS rows; below that a kernel's
 ``<name>_heads`` variant, where there is one, runs the (row, head) units over numba's threads); attention's kernel,
 which writes the cache in place, has its own entry (``attention_decode``: the whole token, projections included).
-``linear(layer, x)`` is the projections' entry: a plain ``nn.Linear`` on decode rows by one kernel, else the module. The new states are fresh tensors (a state a caller holds never changes); the
-weights' numpy views are cached on the layer while the tensors are the same (a decode token would otherwise spend
-more on converting ten parameters than on its arithmetic).
+``linear(layer, x)`` is the projections' entry: a plain ``nn.Linear`` on decode rows by one kernel, else the module.
+The new states are fresh tensors (a state a caller holds never changes); the weights' numpy views are cached on the
+layer while the tensors are the same (a decode token would otherwise spend more on converting ten parameters than on
+its arithmetic).
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from torch.nn.modules import module as _module
 
 from rnnlab.ops._threads import run_rows
 
-__all__ = ["usable", "enabled", "linear", "linear_usable", "linear_rows", "fused_step", "attention_decode", "log_linear_decode", "rat_decode"]
+__all__ = ["usable", "enabled", "linear", "linear_usable", "linear_rows", "fused_step", "attention_decode", "log_linear_decode",
+           "rat_decode"]
 
 _ON = True
 _KERNELS = None  # the compiled module, or False when numba is missing
@@ -89,10 +91,11 @@ def _weights(owner, weights: list[Tensor]) -> list[np.ndarray]:
 
 
 def linear_usable(x: Tensor, *params: Tensor) -> bool:
-    """Whether ``linear_rows`` may run x against ``params`` (a weight and its bias): decode tokens x (B, 1, in) with
-    0 < B <= 8 on CPU, float32 or float64 like the parameters, no gradient wanted (a cheaper ``usable``)."""
+    """Whether ``linear_rows`` may run x against ``params`` (a weight (out, in) and its bias): decode tokens x (B, 1, in)
+    with 0 < B <= 8 on CPU, float32 or float64 like the parameters, no gradient wanted (a cheaper ``usable``). A width
+    that does not match is left to torch's error (the kernel does not check bounds)."""
     B = x.shape[0]
-    if not _ON or x.dim() != 3 or x.shape[1] != 1 or not 0 < B <= _LINEAR_ROWS or not x.is_cpu:
+    if not _ON or x.dim() != 3 or x.shape[1] != 1 or not 0 < B <= _LINEAR_ROWS or not x.is_cpu or x.shape[2] != params[0].shape[-1]:
         return False
     if x.dtype not in (torch.float32, torch.float64) or any(t.dtype != x.dtype or not t.is_cpu for t in params):
         return False

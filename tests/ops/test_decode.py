@@ -212,7 +212,9 @@ def test_linear_policy():
             decode.linear(layer, torch.randn(shape))
         with pytest.raises(RuntimeError):  # dtypes differ: the module's own error
             decode.linear(layer, torch.randn(2, 1, 16).double())
-    assert len(calls) == 4
+        with pytest.raises(RuntimeError):  # a wrong width: the module's own error, not a read out of bounds
+            decode.linear(layer, torch.randn(2, 1, 15))
+    assert len(calls) == 5
     calls.clear()
     decode.linear(layer, torch.randn(2, 1, 16))  # a gradient is wanted
     with torch.no_grad():
