@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.parts import learned_initial_state
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.chunk import acc_dtype
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.matrix_scan import BACKENDS, matrix_scan
@@ -111,7 +112,7 @@ class Bilinear(Mixer):
     def _mix(self, x: Tensor, state: State, backend: str) -> tuple[Tensor, State]:
         A = self.transitions(x)
         h, h_last = matrix_scan(A, None, state["h"].to(A.dtype), normalize=True, backend=backend)
-        y = self.out_proj(rearrange(h, "b t h i -> b t (h i)").to(x.dtype))
+        y = decode.linear(self.out_proj, rearrange(h, "b t h i -> b t (h i)").to(x.dtype))
         return y, {"h": h_last.to(state["h"].dtype)}
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.parts import learned_initial_state
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.chunk import acc_dtype
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.matrix_scan import BACKENDS, matrix_scan
@@ -65,14 +66,15 @@ class BlockDiagLRNN(Mixer):
 
     def transitions(self, x: Tensor) -> Tensor:
         """x (B, T, D) -> A (B, T, h, b, b) in float32 (float64 for float64 x): centred columns, the largest column p-norm 1 per block."""
-        M = rearrange(self.gen_block(x).to(acc_dtype(x)), "b t (h i j) -> b t h i j", i=self.block_size, j=self.block_size)
+        M = decode.sequential(self.gen_block, x).to(acc_dtype(x))  # the generator: most of a decode token (16.8 MB at d_model 256)
+        M = rearrange(M, "b t (h i j) -> b t h i j", i=self.block_size, j=self.block_size)
         M = M - M.mean(-2, keepdim=True)
         scale = torch.linalg.vector_norm(M, ord=self.p, dim=-2, keepdim=True).amax(-1, keepdim=True)
         return M / scale.clamp_min(1e-12)
 
     def _mix(self, x: Tensor, state: State, backend: str) -> tuple[Tensor, State]:
         A = self.transitions(x)
-        v = rearrange(self.gen_value(x).to(A.dtype), "b t (h i) -> b t h i", i=self.block_size)
+        v = rearrange(decode.sequential(self.gen_value, x).to(A.dtype), "b t (h i) -> b t h i", i=self.block_size)
         h, h_last = matrix_scan(A, v, state["h"].to(A.dtype), backend=backend)
         return rearrange(h, "b t h i -> b t (h i)").to(x.dtype), {"h": h_last.to(state["h"].dtype)}
 

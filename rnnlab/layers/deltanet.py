@@ -122,7 +122,7 @@ class _DeltaRuleMixer(Mixer):
             o = self.o_norm(o, rearrange(gates[-1], "b t (h v) -> b t h v", h=HV))
         else:
             o = self.o_norm(o)
-        y = self.o_proj(cast(o.flatten(-2), x.dtype))  # (B, T, H·V)
+        y = decode.linear(self.o_proj, cast(o.flatten(-2), x.dtype))  # (B, T, H·V)
         return y, {"conv_q": cast(cq, state["conv_q"].dtype), "conv_k": cast(ck, state["conv_k"].dtype),
                    "conv_v": cast(cv, state["conv_v"].dtype), **core}
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import BACKENDS, linear_scan
 
@@ -76,17 +77,17 @@ class HGRN(Mixer):
 
     def _coeffs(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, T, D) -> lambda_t, (1 - f_t) c_t, both (B, T, D) complex64."""
-        c_re, c_im = F.silu(self.input_proj(x).float()).chunk(2, dim=-1)
+        c_re, c_im = F.silu(decode.linear(self.input_proj, x).float()).chunk(2, dim=-1)
         gamma = self.floor()
-        f = gamma + (1 - gamma) * torch.sigmoid(self.forget_proj(x).float())
+        f = gamma + (1 - gamma) * torch.sigmoid(decode.linear(self.forget_proj, x).float())
         theta = self.theta.float()
         lam = torch.complex(f * torch.cos(theta), f * torch.sin(theta))
         return lam, torch.complex((1 - f) * c_re, (1 - f) * c_im)
 
     def _out(self, h: Tensor, x: Tensor) -> Tensor:
-        g = F.silu(self.gate_proj(x).float())
+        g = F.silu(decode.linear(self.gate_proj, x).float())
         o = F.layer_norm(g * torch.cat([h.real, h.imag], -1), (2 * self.d_model,), self.norm.weight.float(), self.norm.bias.float(), self.norm.eps)
-        return self.out_proj(o.to(x.dtype))
+        return decode.linear(self.out_proj, o.to(x.dtype))
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         lam, b = self._coeffs(x)

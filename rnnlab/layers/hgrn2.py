@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.parts import RMSNorm
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import choose
 from rnnlab.ops.gla import chunk_gla, fused_recurrent_gla
 
@@ -63,19 +64,19 @@ class HGRN2(Mixer):
 
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         split = lambda t: rearrange(t, "b t (h d) -> b t h d", h=self.num_heads)
-        q = split(F.silu(self.q_proj(x)))
-        f = split(self.f_proj(x).float())
+        q = split(F.silu(decode.linear(self.q_proj, x)))
+        f = split(decode.linear(self.f_proj, x).float())
         gam = self.lower_bound
         if gam == 0.0:
             g, k = F.logsigmoid(f), torch.sigmoid(-f)
         else:
             g, k = torch.log(gam + (1 - gam) * torch.sigmoid(f)), (1 - gam) * torch.sigmoid(-f)
-        v = split(self.i_proj(x))
+        v = split(decode.linear(self.i_proj, x))
         kw = dict(scale=1.0, initial_state=state["S"].float(), output_final_state=True)
         k = k.to(x.dtype)
         op = choose(form, {"chunk": partial(chunk_gla, chunk_size=self.chunk_size), "recurrent": fused_recurrent_gla}, "hgrn2")
         o, S = op(q, k, v, g, **kw)
-        y = self.o_proj(self.norm(rearrange(o, "b t h d -> b t (h d)")))
+        y = decode.linear(self.o_proj, self.norm(rearrange(o, "b t h d -> b t (h d)")))
         return y, {"S": S.to(state["S"].dtype)}
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:

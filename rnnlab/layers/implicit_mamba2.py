@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.mamba2 import Mamba2
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 
 __all__ = ["ImplicitMamba2", "GRAD_MODES"]
 
@@ -149,7 +150,7 @@ class ImplicitMamba2(Mixer):
         return z_bar
 
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
-        u = self.injection(self.norm_in(x))
+        u = decode.linear(self.injection, self.norm_in(x))
         z, fz = self.solve(u, state, form, x.dtype)
         if not torch.is_grad_enabled():
             _, new = self.f(z, u, state, form)  # the final call advances the state (its output is fz)

@@ -30,6 +30,7 @@ from rnnlab.layers.base import State, no_weight_decay
 from rnnlab.layers.gated_deltanet import GatedDeltaNet
 from rnnlab.layers.mamba2 import Mamba2
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import choose
 from rnnlab.ops.log_linear import (chunk_log_linear_gated_delta_rule, chunk_log_linear_simple_gla, fused_recurrent_log_linear_gated_delta_rule,
                                    fused_recurrent_log_linear_simple_gla, level_count, log_linear_state)
@@ -114,8 +115,8 @@ class LogLinearGatedDeltaNet(GatedDeltaNet):
         s0 = {"S": state["S"].float(), "pos": state["pos"]}
         op = choose(form, {"chunk": partial(chunk_log_linear_gated_delta_rule, chunk_size=self.chunk_size),
                            "recurrent": fused_recurrent_log_linear_gated_delta_rule}, "log_linear_gated_deltanet")
-        o, s = op(q, k[:, :, :, 0], v[:, :, :, 0], g, beta[..., 0], _level_scales(self.L, self.l_proj(x)), initial_state=s0,
-                  output_final_state=True)
+        lam = _level_scales(self.L, decode.linear(self.l_proj, x))
+        o, s = op(q, k[:, :, :, 0], v[:, :, :, 0], g, beta[..., 0], lam, initial_state=s0, output_final_state=True)
         return o, {"S": s["S"].to(state["S"].dtype), "pos": s["pos"]}
 
     def extra_repr(self) -> str:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops import hippo
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.ssm_kernels import dense_ssm_conv, dense_ssm_ref
@@ -90,7 +91,7 @@ class LSSL(Mixer):
 
     def _out(self, y: Tensor, x: Tensor) -> Tensor:
         y = y + self.D.to(y.dtype) * x.to(y.dtype)
-        return self.out_proj(F.gelu(y).to(x.dtype))
+        return decode.linear(self.out_proj, F.gelu(y).to(x.dtype))
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         Ab, Bb = self.discrete()

@@ -106,7 +106,7 @@ class Mamba2(Mixer):
         return F.rms_norm(u, u.shape[-1:], eps=self.norm_eps).flatten(-2) * cast(self.norm_weight, y.dtype)
 
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
-        return self.mix_projected(self.in_proj(x), state, form, x.dtype)
+        return self.mix_projected(decode.linear(self.in_proj, x), state, form, x.dtype)
 
     def mix_projected(self, zxbcdt: Tensor, state: State, form: str, dtype: torch.dtype) -> tuple[Tensor, State]:
         """The block after its input projection: zxbcdt (B, T, 2·d_inner + 2·G·N + H) -> (y (B, T, D), state); dtype:
@@ -126,7 +126,7 @@ class Mamba2(Mixer):
         y, core = self._ssd(Cm, Bm, v, g, extra, state, form)
         y = cast(y, acc) + cast(self.D, acc)[:, None] * cast(xs, acc)  # D skip
         y = self._gated_norm(y.flatten(-2), z)  # (B, T, H·P)
-        out = self.out_proj(cast(y, dtype))
+        out = decode.linear(self.out_proj, cast(y, dtype))
         return out, {"conv": cast(conv_state, state["conv"].dtype), **core}
 
     def _A(self, acc: torch.dtype) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.log_scan import log_g, log_scan
 from rnnlab.ops.scan import BACKENDS
@@ -53,7 +54,7 @@ class MinRNN(Mixer):
 
     def _out(self, h: Tensor, x: Tensor) -> Tensor:
         h = h.to(x.dtype)
-        return self.out_proj(h) if self.out_proj is not None else h
+        return decode.linear(self.out_proj, h) if self.out_proj is not None else h
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         log_a, log_b = self.log_coeffs(x)
@@ -76,5 +77,5 @@ class MinGRU(MinRNN):
     n_proj = 2
 
     def log_coeffs(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        k, hc = self.in_proj(x).float().chunk(2, dim=-1)  # gate logits, candidate pre-activation
+        k, hc = decode.linear(self.in_proj, x).float().chunk(2, dim=-1)  # gate logits, candidate pre-activation
         return -F.softplus(k), -F.softplus(-k) + log_g(hc)

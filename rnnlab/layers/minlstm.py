@@ -17,6 +17,7 @@ from torch import Tensor
 
 from rnnlab.layers.mingru import MinRNN
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.log_scan import log_g
 
 
@@ -27,6 +28,6 @@ class MinLSTM(MinRNN):
     n_proj = 3
 
     def log_coeffs(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        f, i, hc = self.in_proj(x).float().chunk(3, dim=-1)
+        f, i, hc = decode.linear(self.in_proj, x).float().chunk(3, dim=-1)
         d = F.softplus(-f) - F.softplus(-i)  # log i - log f
         return -F.softplus(d), -F.softplus(-d) + log_g(hc)

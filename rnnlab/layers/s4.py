@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.parts import param_derived
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.hippo import nplr_legs
 from rnnlab.ops.ssm_kernels import bilinear_dense, bilinear_dplr, dense_state_terms, fft_causal_conv, nplr_kernel, power_times, squarings
@@ -87,7 +88,7 @@ class S4(Mixer):
 
     def _out(self, y: Tensor, x: Tensor) -> Tensor:
         y = y + self.D.to(y.dtype) * x.to(y.dtype)
-        return F.glu(self.out_proj(F.gelu(y).to(x.dtype)), dim=-1)
+        return F.glu(decode.linear(self.out_proj, F.gelu(y).to(x.dtype)), dim=-1)
 
     @staticmethod
     def _recur(Abar: Tensor, Bbar: Tensor, C: Tensor, h: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.parts import param_derived
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.ssm_kernels import diag_conv, zoh_diag
 
@@ -76,7 +77,7 @@ class S4D(Mixer):
 
     def _out(self, y: Tensor, x: Tensor) -> Tensor:
         y = y + self.D.float() * x.float()
-        return F.glu(self.out_proj(F.gelu(y).to(x.dtype)), dim=-1)
+        return F.glu(decode.linear(self.out_proj, F.gelu(y).to(x.dtype)), dim=-1)
 
     @staticmethod
     def _recur(C: Tensor, Abar: Tensor, Bbar: Tensor, h: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import BACKENDS, linear_scan
 from rnnlab.ops.hippo import hippo_n_diag
@@ -85,7 +86,7 @@ class S5(Mixer):
     def _out(self, h: Tensor, C: Tensor, x: Tensor) -> Tensor:
         y = 2 * torch.einsum("btp,hp->bth", h, C).real + self.D.float() * x.float()
         g = F.gelu(y).to(x.dtype)
-        return g * torch.sigmoid(self.out2(g))
+        return g * torch.sigmoid(decode.linear(self.out2, g))
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         lam_bar, Bbar, C = self._ssm()

@@ -28,8 +28,8 @@ from torch.nn.modules import module as _module
 
 from rnnlab.ops._threads import run_rows
 
-__all__ = ["usable", "enabled", "linear", "linear_usable", "linear_rows", "fused_step", "attention_decode", "log_linear_decode",
-           "rat_decode"]
+__all__ = ["usable", "enabled", "linear", "linear_usable", "linear_rows", "sequential", "fused_step", "attention_decode",
+           "log_linear_decode", "rat_decode"]
 
 _ON = True
 _KERNELS = None  # the compiled module, or False when numba is missing
@@ -139,6 +139,16 @@ def linear(layer: nn.Module, x: Tensor) -> Tensor:
     ``linear_rows``; anything else is the module call."""
     views = _plain(layer, x)
     return layer(x) if views is None else linear_rows(x, *views)
+
+
+def sequential(seq: nn.Sequential, x: Tensor) -> Tensor:
+    """``seq(x)`` with each of its ``nn.Linear``s through ``linear`` (an MLP in a layer's step: a decode token's
+    projections by the kernel); a hooked Sequential is the module call."""
+    if seq._forward_pre_hooks or seq._forward_hooks:
+        return seq(x)
+    for module in seq:
+        x = linear(module, x) if type(module) is nn.Linear else module(x)
+    return x
 
 
 def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor], weights: list[Tensor], out_width: int,

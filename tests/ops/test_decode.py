@@ -237,6 +237,17 @@ def test_linear_policy():
         assert_close(decode.linear(layer, x), forward(x), name="replaced")
 
 
+def test_sequential():
+    """decode.sequential: an MLP's Linears by the kernel equal the module; a hooked Sequential is the module call."""
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(12, 20), torch.nn.ReLU(), torch.nn.Linear(20, 9))
+    x = torch.randn(3, 1, 12)
+    with torch.no_grad():
+        assert_close(decode.sequential(mlp, x), mlp(x))
+        mlp.register_forward_hook(lambda mod, args, out: out * 0)
+        assert torch.equal(decode.sequential(mlp, x), torch.zeros(3, 1, 9))
+
+
 def test_training_mode_keeps_autograd():
     m = _mixer("gated_deltanet", {"num_heads": 2})
     y, s = m(torch.randn(2, 1, D))
