@@ -23,11 +23,10 @@ from __future__ import annotations
 from functools import partial
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
-from rnnlab.layers.parts import RMSNorm
+from rnnlab.layers.parts import RMSNorm, fused_linear
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops import decode
 from rnnlab.ops.forms import choose
@@ -63,20 +62,20 @@ class HGRN2(Mixer):
         return self.num_heads * self.head_dim**2
 
     def _mix(self, x: Tensor, state: State, form: str) -> tuple[Tensor, State]:
-        split = lambda t: rearrange(t, "b t (h d) -> b t h d", h=self.num_heads)
-        q = split(F.silu(decode.linear(self.q_proj, x)))
-        f = split(decode.linear(self.f_proj, x).float())
+        split = lambda t: t.unflatten(-1, (self.num_heads, -1))  # (B, T, H, d)  # noqa: E731
+        q, f, v = fused_linear(x, [self.q_proj, self.f_proj, self.i_proj])  # one matmul without autograd (a decode token: one kernel)
+        q, f = split(F.silu(q)), split(f.float())
         gam = self.lower_bound
         if gam == 0.0:
             g, k = F.logsigmoid(f), torch.sigmoid(-f)
         else:
             g, k = torch.log(gam + (1 - gam) * torch.sigmoid(f)), (1 - gam) * torch.sigmoid(-f)
-        v = split(decode.linear(self.i_proj, x))
+        v = split(v)
         kw = dict(scale=1.0, initial_state=state["S"].float(), output_final_state=True)
         k = k.to(x.dtype)
         op = choose(form, {"chunk": partial(chunk_gla, chunk_size=self.chunk_size), "recurrent": fused_recurrent_gla}, "hgrn2")
         o, S = op(q, k, v, g, **kw)
-        y = decode.linear(self.o_proj, self.norm(rearrange(o, "b t h d -> b t (h d)")))
+        y = decode.linear(self.o_proj, self.norm(o.flatten(-2)))  # o (B, T, H, d)
         return y, {"S": S.to(state["S"].dtype)}
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
