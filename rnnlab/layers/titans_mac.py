@@ -40,6 +40,7 @@ from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.parts import RMSNorm, ShortConv, at_least_float32, positions, rotary, rotary_cos_sin
 from rnnlab.layers.registry import register_mixer
 from rnnlab.layers.titans import Titans
+from rnnlab.ops import decode
 from rnnlab.ops.delta import l2norm
 from rnnlab.ops.ttt import _Memory, _model, memory_keys
 
@@ -129,8 +130,8 @@ class TitansMAC(Mixer):
         B, L, D = x.shape
         pos = state["mem_pos"]
         h = self._retrieve(q_ret, state)
-        xq, xk, xv = map(self._heads, self.qkv(x).chunk(3, -1))
-        _, hk, hv = map(self._heads, self.qkv(h).chunk(3, -1))
+        xq, xk, xv = map(self._heads, decode.linear(self.qkv, x).chunk(3, -1))  # a token: the kernel
+        _, hk, hv = map(self._heads, decode.linear(self.qkv, h).chunk(3, -1))
         cos, sin = rotary_cos_sin(positions(pos, L), self.head_dim, self.rope_base)
         rot = lambda t: rotary(t, cos, sin).to(x.dtype)  # noqa: E731
         pair = lambda a, b: rearrange(torch.stack([a, b], 2), "b l two h d -> b h (l two) d")  # noqa: E731  (h_i, x_i)
@@ -139,7 +140,7 @@ class TitansMAC(Mixer):
             _, pk, pv = (rearrange(t, "n (h d) -> h n d", h=self.num_heads) for t in self.qkv(self.persistent.to(x.dtype)).chunk(3, -1))
         o, (seg_k, seg_v), _ = segment_attention(rot(xq).transpose(1, 2), pair(rot(hk), rot(xk)), pair(hv, xv), state["seg_k"],
                                                  state["seg_v"], pos, pk, pv)
-        y = self.out(rearrange(o, "b h l d -> b l (h d)"))
+        y = decode.linear(self.out, rearrange(o, "b h l d -> b l (h d)"))
         mem = {n[4:]: t for n, t in state.items() if n.startswith("mem_")}
         m, mem = getattr(self.memory, form)(y, mem)
         out = self.attn_norm(y) * torch.sigmoid(at_least_float32(self.memory_norm(m))).to(y.dtype)
@@ -149,7 +150,7 @@ class TitansMAC(Mixer):
         pos = state["mem_pos"]
         if x.shape[1] > 1 and pos.numel() > 1 and not bool((pos == pos[0]).all()):  # rows at different places: group them
             return self._by_position(x, state)
-        q, conv = self.retrieve_conv(self.retrieve_proj(x), state["ret_conv"])
+        q, conv = self.retrieve_conv(decode.linear(self.retrieve_proj, x), state["ret_conv"])
         q = l2norm(self._heads(q)).to(x.dtype)
         state = dict(state, ret_conv=conv.to(state["ret_conv"].dtype))
         if x.shape[1] == 1:

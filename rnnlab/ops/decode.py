@@ -126,7 +126,8 @@ def _plain(layer: nn.Module, x: Tensor) -> tuple[np.ndarray, np.ndarray | None] 
     params = layer._parameters
     w, b = params.get("weight"), params.get("bias")
     if (type(layer) is not nn.Linear or layer._forward_pre_hooks or layer._forward_hooks or _module._global_forward_pre_hooks
-            or _module._global_forward_hooks or not linear_usable(x, w, *([] if b is None else [b]))):
+            or _module._global_forward_hooks or not linear_usable(x, w, *([] if b is None else [b]))
+            or not w.is_contiguous()):  # a strided weight's view would be a copy that misses in-place updates
         return None
     c = layer.__dict__.get("_decode_linear")
     if c is None or c[0] is not w or c[1] is not b or c[2] != w.data_ptr():
