@@ -159,8 +159,9 @@ class MLSTM(Mixer):
     def _inputs(self, x: Tensor, state: State) -> tuple[Tensor, ...]:
         """x -> q, k, v, gate pre-activations [i~ | f~], the output branch's input (c or o), z (or None), conv state."""
         if self.layout == "dense":
-            q, k, v, o = self.in_proj(x).split([self.qk_dim, self.qk_dim, self.d_inner, self.d_inner], -1)
-            return q, k, v, self.gates(x), o, None, None
+            proj, g = fused_linear(x, [self.in_proj, self.gates])  # one matmul without autograd
+            q, k, v, o = proj.split([self.qk_dim, self.qk_dim, self.d_inner, self.d_inner], -1)
+            return q, k, v, g, o, None, None
         xm, z = self.proj_up(x).chunk(2, -1)
         c, conv_state = self.conv(xm, state["conv"])
         bs = self.v.block_size

@@ -5,7 +5,7 @@ CPU without autograd. The kernels are in ``_decode_numba.py``; the layers' torch
 ``usable(x, *tensors)`` is the one policy: a decode token (T = 1) on CPU, no gradient wanted, and x, the state and
 the parameters all float32 (or all float64, ``float64=True``, for a layer whose torch step computes in float64: a
 kernel in float64 would otherwise be more exact than the layer's own recurrent and parallel forms); anything else
-(CUDA, autograd, bfloat16, mixed dtypes) runs the layer's torch step. ``enabled(False)`` turns the kernels off
+(CUDA, autograd, bfloat16, mixed dtypes, CPU autocast) runs the layer's torch step. ``enabled(False)`` turns the kernels off
 (the tests' reference; a bisection aid).
 
 ``fused_step`` is the one calling convention: a kernel takes (input rows, states, weights, output, new states,
@@ -67,6 +67,8 @@ def usable(x: Tensor, *tensors: Tensor, float64: bool = False, max_batch: int | 
     dt = x.dtype
     if not _ON or x.shape[1] != 1 or not x.is_cpu or not (dt == torch.float32 or (float64 and dt == torch.float64)):
         return False
+    if torch.is_autocast_enabled("cpu"):  # the torch step's matmuls run in the autocast dtype: its numbers and dtypes
+        return False
     if max_batch is not None and x.shape[0] > max_batch:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in tensors)):
@@ -96,6 +98,8 @@ def linear_usable(x: Tensor, *params: Tensor) -> bool:
     that does not match is left to torch's error (the kernel does not check bounds)."""
     B = x.shape[0]
     if not _ON or x.dim() != 3 or x.shape[1] != 1 or not 0 < B <= _LINEAR_ROWS or not x.is_cpu or x.shape[2] != params[0].shape[-1]:
+        return False
+    if torch.is_autocast_enabled("cpu"):  # the module computes in the autocast dtype
         return False
     if x.dtype not in (torch.float32, torch.float64) or any(t.dtype != x.dtype or not t.is_cpu for t in params):
         return False

@@ -175,6 +175,22 @@ def test_policy():
         with decode.enabled(False):
             assert not decode.usable(x1, p)
         assert decode.usable(torch.randn(8, 1, D), p, max_batch=8) and not decode.usable(torch.randn(9, 1, D), p, max_batch=8)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the torch step computes in bfloat16: its numbers, its dtypes
+            assert not decode.usable(x1, p) and not decode.linear_usable(x1, torch.randn(4, D))
+
+
+def test_autocast_runs_the_torch_step():
+    """Under CPU autocast a decode step is the torch step's (bfloat16 outputs; RWKV-4's projection in bfloat16 once
+    reached its kernel and failed there)."""
+    for name, kw in [("rwkv4", {"zero_init": False}), ("mamba2", {"headdim": 8, "d_state": 8}), ("attention", {"num_heads": 2})]:
+        m = _mixer(name, kw)
+        x = torch.randn(2, 4, D)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            _, s = m(x)
+            y, _ = m(x[:, :1], s)
+            with decode.enabled(False):
+                y_ref, _ = m(x[:, :1], s)
+        assert y.dtype == y_ref.dtype and torch.equal(y, y_ref), name
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
