@@ -1130,13 +1130,22 @@ def ttt_linear_decode(proj, x, w1, g_w1, b1, g_b1, pos, lr_w, lr_b, tau, ln_w, l
 
 @njit(**_INLINE)
 def _matvec_t(W, x, bias, has_bias, y):  # pragma: no cover - compiled
-    """y = xᵀ W (+ bias): W (in, out) row-major (a memory's weight as the state holds it)."""
-    for j in range(W.shape[1]):
+    """y = xᵀ W (+ bias): W (in, out) row-major (a memory's weight as the state holds it); four rows of W per pass
+    over y (y loaded and stored once per four multiply-adds: 1.1-2.4x the row-at-a-time loop at memory shapes)."""
+    n, m = W.shape
+    for j in range(m):
         y[j] = bias[j] if has_bias else 0.0
-    for i in range(W.shape[0]):
-        xi = x[i]
-        for j in range(W.shape[1]):
-            y[j] += xi * W[i, j]
+    i = 0
+    while i + 4 <= n:
+        x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        w0, w1, w2, w3 = W[i], W[i + 1], W[i + 2], W[i + 3]
+        for j in range(m):
+            y[j] += x0 * w0[j] + x1 * w1[j] + x2 * w2[j] + x3 * w3[j]
+        i += 4
+    for i in range(i, n):
+        xi, w0 = x[i], W[i]
+        for j in range(m):
+            y[j] += xi * w0[j]
 
 
 @njit(**_INLINE)
