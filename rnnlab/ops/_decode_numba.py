@@ -1434,8 +1434,16 @@ def _col_softmax(Z, W, cm, cs, ib, fast):  # pragma: no cover - compiled
 
 @njit(**_INLINE)
 def _q_norm(W, q, tiny):  # pragma: no cover - compiled
-    """‖W‖_q, W scaled by its largest entry first (rnnlab.ops.ttt ``_Titans._norm``); an integer q by products."""
+    """‖W‖_q, W scaled by its largest entry first (rnnlab.ops.ttt ``_Titans._norm``); an integer q by products.
+    Moneta's q = 4 on float32 entries in one pass: their fourth powers cannot overflow or underflow float64."""
     w = W.reshape(W.size)
+    if q == 4.0 and w.itemsize == 4:
+        s4 = 0.0
+        for i in range(w.shape[0]):
+            a = np.float64(w[i])
+            a *= a
+            s4 += a * a
+        return s4 ** 0.25
     mx = tiny
     for i in range(w.shape[0]):
         mx = max(mx, abs(w[i]))
