@@ -92,12 +92,15 @@ def _weights(owner, weights: list[Tensor]) -> list[np.ndarray]:
     return cached[1]
 
 
-def linear_usable(x: Tensor, *params: Tensor) -> bool:
+def linear_usable(x: Tensor, *params: Tensor, width: int | None = None) -> bool:
     """Whether ``linear_rows`` may run x against ``params`` (a weight (out, in) and its bias): decode tokens x (B, 1, in)
-    with 0 < B <= 8 on CPU, float32 or float64 like the parameters, no gradient wanted (a cheaper ``usable``). A width
-    that does not match is left to torch's error (the kernel does not check bounds)."""
+    with 0 < B <= 8 on CPU, float32 or float64 like the parameters, no gradient wanted (a cheaper ``usable``); ``width``:
+    the rows' width when they are not x's own (a kernel's intermediate rows of x's batch and dtype). A width that does
+    not match is left to torch's error (the kernel does not check bounds)."""
     B = x.shape[0]
-    if not _ON or x.dim() != 3 or x.shape[1] != 1 or not 0 < B <= _LINEAR_ROWS or not x.is_cpu or x.shape[2] != params[0].shape[-1]:
+    if not _ON or x.dim() != 3 or x.shape[1] != 1 or not 0 < B <= _LINEAR_ROWS or not x.is_cpu:
+        return False
+    if (x.shape[2] if width is None else width) != params[0].shape[-1]:
         return False
     if torch.is_autocast_enabled("cpu"):  # the module computes in the autocast dtype
         return False
@@ -123,14 +126,14 @@ def linear_rows(x: Tensor, W: np.ndarray, bias: np.ndarray | None) -> Tensor:
     return torch.from_numpy(y)
 
 
-def _plain(layer: nn.Module, x: Tensor) -> tuple[np.ndarray, np.ndarray | None] | None:
+def _plain(layer: nn.Module, x: Tensor, width: int | None = None) -> tuple[np.ndarray, np.ndarray | None] | None:
     """The numpy views (weight, bias or None) of a plain ``nn.Linear`` (no hooks on it, no global ones) that
-    ``linear_usable`` lets run x, cached on the layer while its parameters are the same tensors on the same memory
+    ``linear_usable`` lets run x (rows of ``width``), cached on the layer while its parameters are the same tensors on the same memory
     (as ``_weights``); None for anything else."""
     params = layer._parameters
     w, b = params.get("weight"), params.get("bias")
     if (type(layer) is not nn.Linear or layer._forward_pre_hooks or layer._forward_hooks or _module._global_forward_pre_hooks
-            or _module._global_forward_hooks or not linear_usable(x, w, *([] if b is None else [b]))
+            or _module._global_forward_hooks or not linear_usable(x, w, *([] if b is None else [b]), width=width)
             or not w.is_contiguous()):  # a strided weight's view would be a copy that misses in-place updates
         return None
     c = layer.__dict__.get("_decode_linear")
@@ -194,7 +197,7 @@ def attention_decode(owner, x: Tensor, proj: nn.Module, out_proj: nn.Module, row
     ``owner``: the layer, which caches the weights' views."""
     B, d = x.shape[0], kbuf.shape[3]
     units = B * heads
-    views = [_plain(layer, x) for layer in (proj, out_proj)]
+    views = [_plain(proj, x), _plain(out_proj, x, width=heads * d)]
     fused = views[0] is not None and views[1] is not None
     xin = _arr(x).reshape(B, -1)
     npdt = xin.dtype

@@ -323,6 +323,7 @@ ATTENTION = [
     ("sliding_attention", {"num_heads": 2, "window": 5, "rotary_dim": 8}),  # RecurrentGemma's partial rotary
     ("sliding_attention", {"num_heads": 2, "window": 6, "persistent_tokens": 3}),  # Titans' MAG / MAC branch
     ("attention", {"num_heads": 4, "num_kv_heads": 2, "qk_norm": True, "persistent_tokens": 2}),
+    ("attention", {"num_heads": 2, "head_dim": 8}),  # H·d = 16 < d_model: the out projection's rows are narrower
 ]
 
 
@@ -364,6 +365,19 @@ def test_attention_kernel_with_hooked_projection(threads, monkeypatch):
         y, _ = _steps(m, x, s0, kernels=True)
     assert len(calls) == 6
     assert_close(y, y_ref, name="y")
+
+
+def test_attention_token_is_one_call(monkeypatch):
+    """With plain projections the whole token (projections included) is the one kernel call, head_dim != D/H too."""
+    kernels = decode._kernels()
+    calls = []
+    token = kernels.attention_token
+    monkeypatch.setattr(kernels, "attention_token", lambda *a: calls.append(1) or token(*a))
+    m = _mixer("attention", {"num_heads": 2, "head_dim": 8})
+    with torch.inference_mode():
+        _, s = m(torch.randn(1, 5, D))
+        m(torch.randn(1, 1, D), s)
+    assert calls == [1]
 
 
 def test_attention_kernel_float64():
