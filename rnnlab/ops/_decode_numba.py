@@ -421,14 +421,15 @@ def attention_token_parallel(xin, Wp, bp, has_bp, Wo, bo, has_bo, y, qkv, rows, 
                              vstart, L, o, sc, qr, kr, H, rotate, normed, eps, gated, fast, parts):  # pragma: no cover - compiled
     """``attention_token`` in one fork of numba's threads per phase: the projections' outputs cut into ``parts`` blocks
     (multiples of four), the attention's (row, head) units one each; no Python between the phases."""
-    P, O = Wp.shape[0], Wo.shape[0]
     for p in prange(parts):
-        linear_rows(xin, Wp, bp, has_bp, qkv, (p * P // parts) // 4 * 4, P if p == parts - 1 else ((p + 1) * P // parts) // 4 * 4)
+        lo, hi = _block(p, parts, Wp.shape[0])
+        linear_rows(xin, Wp, bp, has_bp, qkv, lo, hi)
     for u in prange(qkv.shape[0] * H):
         attention_decode(qkv, rows, idx, first, kbuf, vbuf, pk, pv, q_w, k_w, kstart, vstart, L, o, sc, qr, kr, H, rotate, normed,
                          eps, gated, fast, u, u + 1)
     for p in prange(parts):
-        linear_rows(o, Wo, bo, has_bo, y, (p * O // parts) // 4 * 4, O if p == parts - 1 else ((p + 1) * O // parts) // 4 * 4)
+        lo, hi = _block(p, parts, Wo.shape[0])
+        linear_rows(o, Wo, bo, has_bo, y, lo, hi)
 
 
 @njit(**_KERNEL)
@@ -485,6 +486,12 @@ def hawk_decode(proj, conv, h, pos, conv_w, conv_b, wa, wx, ba, bx, sp, out, con
                 out[b, k] = hk * _gelu_tanh(x[k])
 
 
+@njit(**_INLINE)
+def _block(p, parts, n):  # pragma: no cover - compiled
+    """Block p of ``parts`` over n outputs, [lo, hi): boundaries on multiples of four (``linear_rows``' step)."""
+    return (p * n // parts) // 4 * 4, n if p == parts - 1 else ((p + 1) * n // parts) // 4 * 4
+
+
 @njit(**_KERNEL)
 def linear_rows(x, W, bias, has_bias, y, lo, hi):  # pragma: no cover - compiled
     """nn.Linear's outputs [lo, hi) for a few rows: y[:, o] = x W[o]ᵀ (+ bias[o]), x (B, in), W (out, in) as stored;
@@ -519,10 +526,8 @@ def linear_rows(x, W, bias, has_bias, y, lo, hi):  # pragma: no cover - compiled
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
 def linear_rows_parallel(x, W, bias, has_bias, y, parts):  # pragma: no cover - compiled
     """``linear_rows`` with the outputs cut into ``parts`` blocks (multiples of four) over numba's threads."""
-    O = W.shape[0]
     for p in prange(parts):
-        lo = (p * O // parts) // 4 * 4
-        hi = O if p == parts - 1 else ((p + 1) * O // parts) // 4 * 4
+        lo, hi = _block(p, parts, W.shape[0])
         linear_rows(x, W, bias, has_bias, y, lo, hi)
 
 

@@ -93,20 +93,13 @@ def _weights(owner, weights: list[Tensor]) -> list[np.ndarray]:
 
 
 def linear_usable(x: Tensor, *params: Tensor, width: int | None = None) -> bool:
-    """Whether ``linear_rows`` may run x against ``params`` (a weight (out, in) and its bias): decode tokens x (B, 1, in)
-    with 0 < B <= 8 on CPU, float32 or float64 like the parameters, no gradient wanted (a cheaper ``usable``); ``width``:
-    the rows' width when they are not x's own (a kernel's intermediate rows of x's batch and dtype). A width that does
-    not match is left to torch's error (the kernel does not check bounds)."""
-    B = x.shape[0]
-    if not _ON or x.dim() != 3 or x.shape[1] != 1 or not 0 < B <= _LINEAR_ROWS or not x.is_cpu:
+    """Whether ``linear_rows`` may run x against ``params`` (a weight (out, in) and its bias): ``usable``'s policy (any
+    float64 alike) for decode tokens x (B, 1, in) of 0 < B <= 8 rows; ``width``: the rows' width when they are not x's
+    own (a kernel's intermediate rows of x's batch and dtype). A width that does not match is left to torch's error
+    (the kernel does not check bounds)."""
+    if x.dim() != 3 or not x.shape[0] or (x.shape[2] if width is None else width) != params[0].shape[-1]:
         return False
-    if (x.shape[2] if width is None else width) != params[0].shape[-1]:
-        return False
-    if torch.is_autocast_enabled("cpu"):  # the module computes in the autocast dtype
-        return False
-    if x.dtype not in (torch.float32, torch.float64) or any(t.dtype != x.dtype or not t.is_cpu for t in params):
-        return False
-    return not (torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in params))) and _kernels() is not False
+    return usable(x, *params, float64=True, max_batch=_LINEAR_ROWS)
 
 
 def linear_rows(x: Tensor, W: np.ndarray, bias: np.ndarray | None) -> Tensor:
