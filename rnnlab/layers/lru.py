@@ -25,7 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
+from rnnlab.layers.parts import param_derived
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.scan import BACKENDS, linear_scan
 
@@ -95,8 +97,23 @@ class LRU(Mixer):
         return self._output(h, x), {"h": torch.view_as_real(h_last).contiguous()}
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One token; on CPU without autograd the whole token in the fused decode kernel (rnnlab.ops.decode), with
+        λ and the projections' interleaved real / imaginary weights derived once per parameter update."""
+        params = (self.nu_log, self.theta_log, self.gamma_log, self.B_re, self.B_im, self.C_re, self.C_im)
+        if decode.usable(x, state["h"], self.D, *params):
+            weights = param_derived(self, "_decode_params", self._kernel_weights, *params)
+            out, (h,) = decode.fused_step("lru_decode", self, x, [state["h"]], [*weights, self.D], self.d_model, [])
+            return out, {"h": h}
         h = self.eigenvalues() * torch.view_as_complex(state["h"].float().contiguous()) + self._input(x)[:, 0]
         return self._output(h.unsqueeze(1), x), {"h": torch.view_as_real(h).contiguous()}
+
+    def _kernel_weights(self, nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im) -> tuple[Tensor, Tensor, Tensor]:
+        """(w_in (2N, H), λ (N, 2), w_out (H, 2N)) of ``lru_decode``: γ B's real and imaginary rows interleaved as h's
+        parts are, and Re(C h) = Re C · Re h − Im C · Im h as one row of interleaved columns."""
+        gamma = torch.exp(gamma_log)[:, None]
+        w_in = torch.stack([B_re * gamma, B_im * gamma], 1).flatten(0, 1)
+        w_out = torch.stack([C_re, -C_im], 2).flatten(1)
+        return w_in.contiguous(), torch.view_as_real(self.eigenvalues()).contiguous(), w_out.contiguous()
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_state={self.d_state}, r=[{self.r_min}, {self.r_max}], max_phase={self.max_phase:.3g}"

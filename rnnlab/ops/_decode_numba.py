@@ -456,6 +456,32 @@ def rwkv4_decode(kvr, wkv, w, u, out, wkv2, lo, hi):  # pragma: no cover - compi
 
 
 @njit(**_KERNEL)
+def lru_decode(x, h, w_in, lam, w_out, d_skip, out, h2, lo, hi):  # pragma: no cover - compiled
+    """The LRU's token (rnnlab.layers.lru), per row b: x (B, H), the state h (B, N, 2) (real, imaginary), w_in (2N, H)
+    the rows [γ_j Re B_j; γ_j Im B_j] interleaved, lam (N, 2) λ's parts, w_out (H, 2N) the columns [Re C_j, −Im C_j]
+    interleaved -> h2 = λ ⊙ h + γ ⊙ (B x) and out (B, H) = Re(C h2) + D ⊙ x = w_out · h2 + D ⊙ x."""
+    N, H = lam.shape[0], x.shape[1]
+    zero = x[0, 0] - x[0, 0]
+    for b in range(lo, hi):
+        xb, hb, nb = x[b], h[b], h2[b].reshape(-1)
+        for j in range(N):
+            ur, ui = zero, zero
+            wr, wi = w_in[2 * j], w_in[2 * j + 1]
+            for i in range(H):
+                ur += wr[i] * xb[i]
+                ui += wi[i] * xb[i]
+            lr, li, hr, hi_ = lam[j, 0], lam[j, 1], hb[j, 0], hb[j, 1]
+            nb[2 * j] = (lr * hr - li * hi_) + ur
+            nb[2 * j + 1] = (lr * hi_ + li * hr) + ui
+        for o in range(H):
+            s = zero
+            wo = w_out[o]
+            for i in range(2 * N):
+                s += wo[i] * nb[i]
+            out[b, o] = s + d_skip[o] * xb[o]
+
+
+@njit(**_KERNEL)
 def hawk_decode(proj, conv, h, pos, conv_w, conv_b, wa, wx, ba, bx, sp, out, conv2, h2, pos2, xc, c, reset, lo, hi):  # pragma: no cover - compiled
     """Griffin's recurrent block's token (rnnlab.layers.hawk, RG-LRU) after its input projections, per row b: proj
     (B, 2R) = [y | x]; x_c = conv(x) (bias, no activation) with state conv (B, W-1, R); r = σ(W_a x_c + b_a), i = σ(W_x

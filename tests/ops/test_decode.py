@@ -52,6 +52,8 @@ CASES = [
     ("titans", {"num_heads": 2, "chunk_size": 4}),  # the deep memory
     ("titans", {"num_heads": 2, "chunk_size": 8, "max_grad_norm": 0.05, "memory_expansion": 2}),
     ("rwkv4", {"zero_init": False, "layer_id": 1, "num_layers": 3}),
+    ("lru", {"d_state": 12}),
+    ("lru", {}),
     ("yaad", {"num_heads": 2, "chunk_size": 4}),  # the Miras rules: Huber of ‖e‖
     ("yaad", {"num_heads": 2, "chunk_size": 1, "huber": "sign", "max_grad_norm": 0.05, "memory_expansion": 2}),
     ("moneta", {"num_heads": 2, "chunk_size": 4}),  # ℓ3 bias, ℓ4 retention, normalized at chunk ends
@@ -271,7 +273,7 @@ def test_training_mode_keeps_autograd():
     assert m.q_proj.weight.grad is not None and m.q_proj.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name,kw", [CASES[2], CASES[5], CASES[7], CASES[-1], ("h3", {"d_state": 8})])  # h3: cached e^{ΔA}
+@pytest.mark.parametrize("name,kw", [CASES[2], CASES[5], CASES[7], CASES[-1], ("h3", {"d_state": 8}), ("lru", {})])  # h3, lru: weights derived from parameters
 def test_weights_follow_updates(name, kw):
     """The weights' cached views see in-place updates (an optimizer step, load_state_dict; rwkv4's derived weights are
     recomputed) and are rebuilt when a parameter is replaced."""
