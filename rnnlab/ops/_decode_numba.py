@@ -482,6 +482,41 @@ def lru_decode(x, h, w_in, lam, w_out, d_skip, out, h2, lo, hi):  # pragma: no c
 
 
 @njit(**_KERNEL)
+def res_rmn_decode(x, m, h, v_in, w_cat, bias, O, out, m2, h2, z, alpha, beta, o_kind, lo, hi):  # pragma: no cover - compiled
+    """ResRMN's token (rnnlab.layers.res_rmn), per row b: x (B, D), the states m (B, M), h (B, N); v_in (M, D), w_cat
+    (N, D + M + N) = [W_x | W_m | W], O (N, N) used as o_kind says (0 the identity, 1 the cyclic shift, 2 dense) ->
+    m2 = roll(m, 1) + V_in x, h2 = out = α O h + β tanh([W_x | W_m | W] [x; m2; h] + b); scratch z (B, D + M + N)."""
+    D, M, N = x.shape[1], m.shape[1], h.shape[1]
+    zero = x[0, 0] - x[0, 0]
+    for b in range(lo, hi):
+        zb, hb = z[b], h[b]
+        zb[:D] = x[b]
+        for i in range(M):
+            s = zero
+            for k in range(D):
+                s += v_in[i, k] * zb[k]
+            m2[b, i] = m[b, i - 1 if i else M - 1] + s
+        zb[D : D + M] = m2[b]
+        zb[D + M :] = hb
+        for n in range(N):
+            s = zero
+            wn = w_cat[n]
+            for k in range(D + M + N):
+                s += wn[k] * zb[k]
+            if o_kind == 0:
+                r = hb[n]
+            elif o_kind == 1:
+                r = hb[n - 1 if n else N - 1]
+            else:
+                r = zero
+                for k in range(N):
+                    r += O[n, k] * hb[k]
+            v = alpha * r + beta * math.tanh(s + bias[n])
+            h2[b, n] = v
+            out[b, n] = v
+
+
+@njit(**_KERNEL)
 def hawk_decode(proj, conv, h, pos, conv_w, conv_b, wa, wx, ba, bx, sp, out, conv2, h2, pos2, xc, c, reset, lo, hi):  # pragma: no cover - compiled
     """Griffin's recurrent block's token (rnnlab.layers.hawk, RG-LRU) after its input projections, per row b: proj
     (B, 2R) = [y | x]; x_c = conv(x) (bias, no activation) with state conv (B, W-1, R); r = σ(W_a x_c + b_a), i = σ(W_x
