@@ -109,9 +109,10 @@ class LaCT(Mixer):
             return self._mix(x, state, fused_recurrent_lact, lambda s: self.attn.step(x, s))
         qkv, lrp = fused_linear(x, [self.qkv, self.lr_proj])
         Fh = self.w1.shape[-1]
+        hold = decode.chunk_continues(state["pos"], self.chunk_size)  # the weights and momentum pass through
         out, new = decode.fused_step("lact_decode", self, [qkv, lrp], [state[k] for k in keys], [self.o_norm.weight], self.d_model,
                                      [3 * self.d_model, self.num_heads * 5 * Fh], self.base_lr, self.beta, self.chunk_size,
-                                     self.o_norm.eps)
+                                     self.o_norm.eps, hold, held=(0, 1, 2, 6, 7, 8) if hold else ())
         y_attn, attn_state = self.attn.step(x, {n[5:]: t for n, t in state.items() if n.startswith("attn_")})
         new = dict(zip(keys, new))
         new.update({"attn_" + n: t for n, t in attn_state.items()})

@@ -150,9 +150,12 @@ class ConvMemoryMixer(Mixer):
         proj = fused_linear(x, [self.q_proj, self.k_proj, self.v_proj, self.gate_proj, self.g_proj], whole=True)
         E = self.num_heads * self.head_dim
         max_norm = -1.0 if self.max_grad_norm is None else float(self.max_grad_norm)
+        hold = decode.chunk_continues(state["pos"], self.chunk_size)  # the anchors (keys[3::stride]) pass through
+        held = tuple(range(3, len(keys) - 1, 1 + len(self.carried))) if hold else ()
         out, new = decode.fused_step(kernel, self, proj, [state[k] for k in keys],
                                      [self.q_conv.weight, self.k_conv.weight, self.v_conv.weight, *weights, self.o_norm.weight], E,
-                                     [E] * 3 + scratch, self.base_lr, max_norm, self.chunk_size, self.o_norm.eps, *scalars)
+                                     [E] * 3 + scratch, self.base_lr, max_norm, self.chunk_size, self.o_norm.eps, *scalars, hold,
+                                     held=held)
         return decode.linear(self.o_proj, out), dict(zip(keys, new))
 
     def _decode_spec(self) -> tuple | None:

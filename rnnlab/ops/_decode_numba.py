@@ -1250,22 +1250,31 @@ def _clip(sq, max_norm):  # pragma: no cover - compiled
 
 
 @njit(**_INLINE)
-def _momentum_update(W0, M, S, u_in, u_out, theta, eta, keep, done, Wn, Mn, Sn):  # pragma: no cover - compiled
+def _momentum_update(W0, M, S, u_in, u_out, theta, eta, keep, done, hold, Wn, Mn, Sn):  # pragma: no cover - compiled
     """One weight matrix of Titans' rule: Sn = η S − θ u_in ⊗ u_out, Mn = (1 − α) M + Sn; the anchor Wn = Mn at the
-    chunk's end, else W0."""
+    chunk's end, else W0 (``_anchor``)."""
     for i in range(W0.shape[0]):
         a = theta * u_in[i]
         for j in range(W0.shape[1]):
             sv = eta * S[i, j] - a * u_out[j]
             Sn[i, j] = sv
-            mv = keep * M[i, j] + sv
-            Mn[i, j] = mv
-            Wn[i, j] = mv if done else W0[i, j]
+            Mn[i, j] = keep * M[i, j] + sv
+    _anchor(W0, Mn, done, hold, Wn)
+
+
+@njit(**_INLINE)
+def _anchor(W0, Mn, done, hold, Wn):  # pragma: no cover - compiled
+    """A test-time memory's anchor after the token: Mn at its chunk's end, else W0, which with ``hold`` (no row ends
+    its chunk: ``decode.fused_step``'s held states) Wn already is (the same array: nothing written)."""
+    if done:
+        Wn[:] = Mn
+    elif not hold:
+        Wn[:] = W0
 
 
 @njit(**_KERNEL)
 def titans_linear_decode(proj, cq, ck, cv, w1, m1, s1, pos, wq, wk, wv, norm_w, out, cq2, ck2, cv2, w1n, m1n, s1n, pos2, qc, kc,
-                         vc, e, base_lr, max_norm, L, eps, lo, hi):  # pragma: no cover - compiled
+                         vc, e, base_lr, max_norm, L, eps, hold, lo, hi):  # pragma: no cover - compiled
     """Titans' token with a linear memory (rnnlab.layers.titans, memory_depth 1 without biases; rnnlab.ops.ttt
     ``_Titans`` with momentum), per row b: proj (B, ·) = [q | k | v (H·K each) | gate pre-activations (3H, gate-major) |
     g (H·K)]; q, k, v = SiLU(conv) (states cq, ck, cv; weights wq, wk, wv), q and k ℓ2-normalized per head; θ = base_lr
@@ -1291,7 +1300,8 @@ def titans_linear_decode(proj, cq, ck, cv, w1, m1, s1, pos, wq, wk, wv, norm_w, 
             c = _clip(sk * se, max_norm)  # ‖k ⊗ δ‖ = ‖k‖ ‖δ‖
             for j in range(K):
                 eb[j] *= c
-            _momentum_update(w1[bi, h], m1[bi, h], s1[bi, h], kh, eb, theta, eta, keep, done, w1n[bi, h], m1n[bi, h], s1n[bi, h])
+            _momentum_update(w1[bi, h], m1[bi, h], s1[bi, h], kh, eb, theta, eta, keep, done, hold, w1n[bi, h], m1n[bi, h],
+                             s1n[bi, h])
             ob = out[bi, h * K:(h + 1) * K]
             _matvec_t(m1n[bi, h], qh, norm_w, False, ob)
             _rms_gate(ob, norm_w, eps, x[3 * E + 3 * H + h * K:3 * E + 3 * H + (h + 1) * K], 1, ob)
@@ -1407,7 +1417,7 @@ def ttt_mlp_decode_heads(proj, x, w1, g_w1, b1, g_b1, w2, g_w2, b2, g_b2, pos, l
 
 @njit(**_INLINE)
 def _titans_mlp_head(x, q, k, v, w1, m1, s1, w2, m2, s2, norm_w, out, w1n, m1n, s1n, w2n, m2n, s2n, eb, hz, bi, h, done, base_lr,
-                     max_norm, eps):  # pragma: no cover - compiled
+                     max_norm, eps, hold):  # pragma: no cover - compiled
     """Head h of row bi in ``titans_mlp_decode`` (its scratch eb (K,), hz (3F,)): the rule's update of both weights and
     the read, out[bi, head h] = RMSNorm(M_t(q)) ⊙ SiLU(g)."""
     H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
@@ -1429,8 +1439,8 @@ def _titans_mlp_head(x, q, k, v, w1, m1, s1, w2, m2, s2, norm_w, out, w1n, m1n, 
         eb[j] *= c
     for f in range(F):
         d1[f] *= c
-    _momentum_update(W2, m2[bi, h], s2[bi, h], a, eb, theta, eta, keep, done, w2n[bi, h], m2n[bi, h], s2n[bi, h])
-    _momentum_update(W1, m1[bi, h], s1[bi, h], kh, d1, theta, eta, keep, done, w1n[bi, h], m1n[bi, h], s1n[bi, h])
+    _momentum_update(W2, m2[bi, h], s2[bi, h], a, eb, theta, eta, keep, done, hold, w2n[bi, h], m2n[bi, h], s2n[bi, h])
+    _momentum_update(W1, m1[bi, h], s1[bi, h], kh, d1, theta, eta, keep, done, hold, w1n[bi, h], m1n[bi, h], s1n[bi, h])
     _matvec_t(m1n[bi, h], qh, h1, False, h1)  # the read: GELU(q M1) M2
     _gelu_row(h1, a)
     ob = out[bi, h * K:(h + 1) * K]
@@ -1440,7 +1450,7 @@ def _titans_mlp_head(x, q, k, v, w1, m1, s1, w2, m2, s2, norm_w, out, w1n, m1n, 
 
 @njit(**_KERNEL)
 def titans_mlp_decode(proj, cq, ck, cv, w1, m1, s1, w2, m2, s2, pos, wq, wk, wv, norm_w, out, cq2, ck2, cv2, w1n, m1n, s1n, w2n,
-                      m2n, s2n, pos2, qc, kc, vc, e, hz, base_lr, max_norm, L, eps, lo, hi):  # pragma: no cover - compiled
+                      m2n, s2n, pos2, qc, kc, vc, e, hz, base_lr, max_norm, L, eps, hold, lo, hi):  # pragma: no cover - compiled
     """``titans_linear_decode`` with the deep memory M(x) = GELU(x W1) W2 (hidden F, GELU's tanh form, no biases): the
     gradient of ‖M0(k) − v‖² at the anchor (δ2 = 2e, δ1 = (W2 δ2) ⊙ GELU'(k W1); u_W1 = k ⊗ δ1, u_W2 = GELU(k W1) ⊗ δ2;
     clipped jointly: ‖u‖² = ‖k‖²‖δ1‖² + ‖a‖²‖δ2‖²), each weight by the momentum rule, o = M_t(q). Scratch as there
@@ -1452,12 +1462,12 @@ def titans_mlp_decode(proj, cq, ck, cv, w1, m1, s1, w2, m2, s2, pos, wq, wk, wv,
         r, done = _advance(pos, pos2, bi, L)
         for h in range(H):
             _titans_mlp_head(x, q, k, v, w1, m1, s1, w2, m2, s2, norm_w, out, w1n, m1n, s1n, w2n, m2n, s2n, e[bi, h * K:(h + 1) * K],
-                             hz[bi, 3 * h * F:3 * (h + 1) * F], bi, h, done, base_lr, max_norm, eps)
+                             hz[bi, 3 * h * F:3 * (h + 1) * F], bi, h, done, base_lr, max_norm, eps, hold)
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
 def titans_mlp_decode_heads(proj, cq, ck, cv, w1, m1, s1, w2, m2, s2, pos, wq, wk, wv, norm_w, out, cq2, ck2, cv2, w1n, m1n, s1n,
-                            w2n, m2n, s2n, pos2, qc, kc, vc, e, hz, base_lr, max_norm, L, eps):  # pragma: no cover - compiled
+                            w2n, m2n, s2n, pos2, qc, kc, vc, e, hz, base_lr, max_norm, L, eps, hold):  # pragma: no cover - compiled
     """``titans_mlp_decode`` of all rows with the (row, head) units over numba's threads (a few rows of a large memory:
     one row's heads would otherwise run on one core); the rows' convs and positions first, on the calling thread."""
     B, H, K = proj.shape[0], w1.shape[1], w1.shape[2]
@@ -1466,7 +1476,8 @@ def titans_mlp_decode_heads(proj, cq, ck, cv, w1, m1, s1, w2, m2, s2, pos, wq, w
     for u in prange(B * H):
         bi, h = u // H, u % H
         _titans_mlp_head(proj[bi], qc[bi], kc[bi], vc[bi], w1, m1, s1, w2, m2, s2, norm_w, out, w1n, m1n, s1n, w2n, m2n, s2n,
-                         e[bi, h * K:(h + 1) * K], hz[bi, 3 * h * F:3 * (h + 1) * F], bi, h, done[bi], base_lr, max_norm, eps)
+                         e[bi, h * K:(h + 1) * K], hz[bi, 3 * h * F:3 * (h + 1) * F], bi, h, done[bi], base_lr, max_norm, eps,
+                         hold)
 
 
 @njit(**_INLINE)
@@ -1564,7 +1575,7 @@ def _retain_update(M, u_in, u_out, theta, keep, Mn):  # pragma: no cover - compi
 
 @njit(**_KERNEL)  # a call, not inlined: numba's inliner refuses this body
 def _miras_head(x, q, k, v, w1, m1, w2, m2, ln_w, ln_b, norm_w, out, w1n, m1n, w2n, m2n, e, hz, sm, bi, h, done, base_lr, max_norm,
-                eps, n_gates, loss, p, delta_scale, q_norm, softmax):  # pragma: no cover - compiled
+                eps, n_gates, loss, p, delta_scale, q_norm, softmax, hold):  # pragma: no cover - compiled
     """Head h of row bi in ``miras_decode`` (its scratch e (3K,), hz (3F,), sm (2KF + 2 max(K, F),))."""
     H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
     E = H * K
@@ -1614,10 +1625,8 @@ def _miras_head(x, q, k, v, w1, m1, w2, m2, ln_w, ln_b, norm_w, out, w1n, m1n, w
             for i in range(Mn.shape[0]):
                 for j in range(Mn.shape[1]):
                     Mn[i, j] *= sc
-    for Wo, Wnn, Mn in ((w1[bi, h], w1n[bi, h], m1n[bi, h]), (w2[bi, h], w2n[bi, h], m2n[bi, h])):
-        for i in range(Wo.shape[0]):
-            for j in range(Wo.shape[1]):
-                Wnn[i, j] = Mn[i, j] if done else Wo[i, j]
+    _anchor(w1[bi, h], m1n[bi, h], done, hold, w1n[bi, h])
+    _anchor(w2[bi, h], m2n[bi, h], done, hold, w2n[bi, h])
     R1, R2 = m1n[bi, h], m2n[bi, h]
     if softmax:
         _col_softmax(m1n[bi, h], S1, cm, cs, ib, fast)
@@ -1635,7 +1644,7 @@ def _miras_head(x, q, k, v, w1, m1, w2, m2, ln_w, ln_b, norm_w, out, w1n, m1n, w
 
 @njit(**_KERNEL)
 def miras_decode(proj, cq, ck, cv, w1, m1, w2, m2, pos, wq, wk, wv, ln_w, ln_b, norm_w, out, cq2, ck2, cv2, w1n, m1n, w2n, m2n, pos2,
-                 qc, kc, vc, e, hz, sm, base_lr, max_norm, L, eps, n_gates, loss, p, delta_scale, q_norm, softmax, lo,
+                 qc, kc, vc, e, hz, sm, base_lr, max_norm, L, eps, n_gates, loss, p, delta_scale, q_norm, softmax, hold, lo,
                  hi):  # pragma: no cover - compiled
     """The Miras mixers' token (rnnlab.layers._miras: Yaad, Moneta, Memora; rnnlab.ops.ttt ``_Titans`` without
     momentum), per row b: proj (B, ·) = [q | k | v (H·K each) | gate pre-activations (n_gates·H, gate-major) | g
@@ -1656,13 +1665,13 @@ def miras_decode(proj, cq, ck, cv, w1, m1, w2, m2, pos, wq, wk, wv, ln_w, ln_b, 
         for h in range(H):
             _miras_head(x, q, k, v, w1, m1, w2, m2, ln_w, ln_b, norm_w, out, w1n, m1n, w2n, m2n, e[bi, h * ne:(h + 1) * ne],
                         hz[bi, h * nz:(h + 1) * nz], sm[bi, h * ns:(h + 1) * ns], bi, h, done, base_lr, max_norm, eps, n_gates, loss, p,
-                        delta_scale, q_norm, softmax)
+                        delta_scale, q_norm, softmax, hold)
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
 def miras_decode_heads(proj, cq, ck, cv, w1, m1, w2, m2, pos, wq, wk, wv, ln_w, ln_b, norm_w, out, cq2, ck2, cv2, w1n, m1n, w2n, m2n,
                        pos2, qc, kc, vc, e, hz, sm, base_lr, max_norm, L, eps, n_gates, loss, p, delta_scale, q_norm,
-                       softmax):  # pragma: no cover - compiled
+                       softmax, hold):  # pragma: no cover - compiled
     """``miras_decode`` of all rows with the (row, head) units over numba's threads; the rows' convs and positions first."""
     B, H, K, F = proj.shape[0], w1.shape[1], w1.shape[2], w1.shape[3]
     ne, nz, ns = 3 * K, 3 * F, 2 * K * F + 2 * max(K, F)
@@ -1671,7 +1680,7 @@ def miras_decode_heads(proj, cq, ck, cv, w1, m1, w2, m2, pos, wq, wk, wv, ln_w, 
         bi, h = u // H, u % H
         _miras_head(proj[bi], qc[bi], kc[bi], vc[bi], w1, m1, w2, m2, ln_w, ln_b, norm_w, out, w1n, m1n, w2n, m2n,
                     e[bi, h * ne:(h + 1) * ne], hz[bi, h * nz:(h + 1) * nz], sm[bi, h * ns:(h + 1) * ns], bi, h, done[bi], base_lr,
-                    max_norm, eps, n_gates, loss, p, delta_scale, q_norm, softmax)
+                    max_norm, eps, n_gates, loss, p, delta_scale, q_norm, softmax, hold)
 
 
 @njit(**_INLINE)
@@ -1683,7 +1692,7 @@ def _lact_row(qkv, x):  # pragma: no cover - compiled
 
 @njit(**_KERNEL)  # a call, not inlined (as ``_miras_head``)
 def _lact_head(x, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, norm_w, out, w1n, w2n, w3n, g1n, g2n, g3n, mo1n, mo2n, mo3n, hz, bi, h,
-               done, base_lr, beta, eps):  # pragma: no cover - compiled
+               done, base_lr, beta, eps, hold):  # pragma: no cover - compiled
     """Head h of row bi in ``lact_decode`` (x the row's SiLU'd projection, its scratch hz (5F,))."""
     H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
     D = H * K
@@ -1722,9 +1731,10 @@ def _lact_head(x, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, norm_w, out, w1n, 
     for Wo, Gn, Mo, Wn, Mn in ((W1, g1n[bi, h], mo1[bi, h], w1n[bi, h], mo1n[bi, h]),
                                (W2, g2n[bi, h], mo2[bi, h], w2n[bi, h], mo2n[bi, h]),
                                (W3, g3n[bi, h], mo3[bi, h], w3n[bi, h], mo3n[bi, h])):
-        if not done:
-            Wn[:] = Wo
-            Mn[:] = Mo
+        if not done:  # the weights and momentum stay (with ``hold``, Wn and Mn are Wo and Mo: ``_anchor``)
+            if not hold:
+                Wn[:] = Wo
+                Mn[:] = Mo
             continue
         n_in, n_out = Wo.shape
         for i in range(n_in):  # M ← β M + G, W − M
@@ -1745,7 +1755,7 @@ def _lact_head(x, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, norm_w, out, w1n, 
 
 @njit(**_KERNEL)
 def lact_decode(qkv, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, pos, norm_w, out, w1n, w2n, w3n, g1n, g2n, g3n, mo1n, mo2n, mo3n,
-                pos2, xs, hz, base_lr, beta, L, eps, lo, hi):  # pragma: no cover - compiled
+                pos2, xs, hz, base_lr, beta, L, eps, hold, lo, hi):  # pragma: no cover - compiled
     """LaCT's fast-weight token (rnnlab.layers.lact, rnnlab.ops.lact ``fused_recurrent_lact`` without Newton–Schulz),
     per row b: qkv (B, 3D) the projection before SiLU, lrp (B, H) the rate's pre-activation; q, k, v = SiLU(·) per
     head, q and k ℓ2-normalized, lr = base_lr softplus(lrp); o = (SiLU(q W1) ⊙ (q W3)) W2 with the weights of the
@@ -1758,12 +1768,12 @@ def lact_decode(qkv, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, pos, norm_w, ou
         r, done = _advance(pos, pos2, bi, L)
         for h in range(H):
             _lact_head(xs[bi], lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, norm_w, out, w1n, w2n, w3n, g1n, g2n, g3n, mo1n, mo2n, mo3n,
-                       hz[bi, 5 * h * F:5 * (h + 1) * F], bi, h, done, base_lr, beta, eps)
+                       hz[bi, 5 * h * F:5 * (h + 1) * F], bi, h, done, base_lr, beta, eps, hold)
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
 def lact_decode_heads(qkv, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, pos, norm_w, out, w1n, w2n, w3n, g1n, g2n, g3n, mo1n, mo2n,
-                      mo3n, pos2, xs, hz, base_lr, beta, L, eps):  # pragma: no cover - compiled
+                      mo3n, pos2, xs, hz, base_lr, beta, L, eps, hold):  # pragma: no cover - compiled
     """``lact_decode`` of all rows with the (row, head) units over numba's threads; the rows' SiLU and positions first."""
     B, H, F = qkv.shape[0], w1.shape[1], w1.shape[3]
     done = np.empty(B, np.bool_)
@@ -1773,7 +1783,7 @@ def lact_decode_heads(qkv, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, pos, norm
     for u in prange(B * H):
         bi, h = u // H, u % H
         _lact_head(xs[bi], lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, norm_w, out, w1n, w2n, w3n, g1n, g2n, g3n, mo1n, mo2n, mo3n,
-                   hz[bi, 5 * h * F:5 * (h + 1) * F], bi, h, done[bi], base_lr, beta, eps)
+                   hz[bi, 5 * h * F:5 * (h + 1) * F], bi, h, done[bi], base_lr, beta, eps, hold)
 
 
 @njit(**_KERNEL)

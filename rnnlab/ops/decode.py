@@ -28,7 +28,7 @@ from torch.nn.modules import module as _module
 
 from rnnlab.ops._threads import run_rows
 
-__all__ = ["usable", "enabled", "linear", "linear_usable", "linear_rows", "sequential", "fused_step", "attention_decode",
+__all__ = ["usable", "enabled", "linear", "linear_usable", "linear_rows", "sequential", "fused_step", "chunk_continues", "attention_decode",
            "log_linear_decode", "rat_decode"]
 
 _ON = True
@@ -153,17 +153,20 @@ def sequential(seq: nn.Sequential, x: Tensor) -> Tensor:
 
 
 def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor], weights: list[Tensor], out_width: int,
-               scratch: list[int], *scalars) -> tuple[Tensor, list[Tensor]]:
+               scratch: list[int], *scalars, held: tuple[int, ...] = ()) -> tuple[Tensor, list[Tensor]]:
     """Run ``_decode_numba.<kernel>`` on x (B, 1, ·) (a layer's input projection; or a list of such inputs) -> (out
     (B, 1, out_width), the new states, each shaped as its old one). ``owner``: the layer, which caches the weights'
-    views; ``scratch``: the widths of the kernel's per-row scratch rows."""
+    views; ``scratch``: the widths of the kernel's per-row scratch rows; ``held``: the indices of the states this token
+    leaves as they are (a test-time memory's anchors within a chunk, ``chunk_continues``): the new state is the old
+    tensor, and the kernel, told so by one of its scalars, does not write it (no copy of a memory per token)."""
     xs = x if isinstance(x, (list, tuple)) else [x]
     B = xs[0].shape[0]
     inputs = [_arr(t.reshape(B, -1)) for t in xs]
     old = [_arr(s) for s in states]
     npdt = inputs[0].dtype
-    out_np, new_np = np.empty((B, out_width), npdt), [np.empty_like(a) for a in old]  # numpy first: half the calls
-    out, new = torch.from_numpy(out_np), [torch.from_numpy(a) for a in new_np]
+    new_np = [a if i in held else np.empty_like(a) for i, a in enumerate(old)]  # numpy first: half the calls
+    out_np = np.empty((B, out_width), npdt)
+    out, new = torch.from_numpy(out_np), [s if i in held else torch.from_numpy(a) for i, (s, a) in enumerate(zip(states, new_np))]
     arrays = [*inputs, *old, *_weights(owner, weights), out_np, *new_np, *(np.empty((B, w), npdt) for w in scratch)]
     fn = getattr(_kernels(), kernel)
     heads = getattr(_kernels(), kernel + "_heads", None)  # the same token with (row, head) units over numba's threads
@@ -174,6 +177,12 @@ def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor
     else:
         run_rows(fn, B, *arrays, *scalars, min_rows=_MIN_ROWS)
     return out.view(B, 1, out_width), new
+
+
+def chunk_continues(pos: Tensor, chunk_size: int) -> bool:
+    """Whether no row of positions pos (B,) within chunks of ``chunk_size`` ends its chunk at this token (the
+    kernels' ``_advance``): a test-time memory's anchor then stays, and ``fused_step`` may hold it."""
+    return not bool((_arr(pos) == chunk_size - 1).any())
 
 
 def attention_decode(owner, x: Tensor, proj: nn.Module, out_proj: nn.Module, rows: Tensor | None, idx: Tensor, first: int, kbuf: Tensor,

@@ -311,6 +311,36 @@ def test_stepped_state_unchanged():
         assert torch.equal(s0[k], before[k])
 
 
+@pytest.mark.parametrize("name,kw,anchors", [
+    ("lact", {"num_heads": 2, "chunk_size": 4}, ("w1", "w2", "w3", "m_w1", "m_w2", "m_w3")),
+    ("titans_linear", {"num_heads": 2, "chunk_size": 4}, ("w1",)),
+    ("titans", {"num_heads": 2, "chunk_size": 4}, ("w1", "w2")),
+    ("memora", {"num_heads": 2, "chunk_size": 4}, ("w1", "w2")),
+])
+def test_memory_anchors_held_within_a_chunk(name, kw, anchors):
+    """Within a chunk a test-time memory's anchors pass through (the new state holds the old tensors: no copy per
+    token); where one row ends its chunk and another does not, every row gets fresh ones. Either way the kernel equals
+    the torch step and the caller's state is never written."""
+    m = _mixer(name, kw)
+    with torch.inference_mode():
+        _, mid = m(torch.randn(1, 5, D))  # position 1 of 4
+        _, s1 = m(torch.randn(1, 1, D), mid)
+        assert all(s1[k] is mid[k] for k in anchors)
+        parts = [m(torch.randn(1, n, D))[1] for n in (6, 7)]  # positions 2 and 3: the second row ends its chunk first
+        s0 = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        before = {k: v.clone() for k, v in s0.items()}
+        x = torch.randn(2, 6, D)
+        y_ref, s_ref = _steps(m, x, s0, kernels=False)
+        y, s = _steps(m, x, s0, kernels=True)
+        _, s2 = m(x[:, :1], s0)
+    assert all(s2[k] is not s0[k] for k in anchors)
+    assert_close(y, y_ref, name=f"{name} y")
+    for k in s_ref:
+        assert_close(s[k].float(), s_ref[k].float(), name=f"{name} {k}")
+    for k in before:
+        assert torch.equal(s0[k], before[k]), k
+
+
 def test_bad_state_still_fails():
     m = _mixer("mamba2", {"headdim": 8, "d_state": 8})
     with torch.inference_mode():
