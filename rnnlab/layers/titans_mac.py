@@ -37,7 +37,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
-from rnnlab.layers.parts import RMSNorm, ShortConv, at_least_float32, positions, rotary, rotary_cos_sin
+from rnnlab.layers.parts import RMSNorm, ShortConv, at_least_float32, param_derived, positions, rotary, rotary_cos_sin
 from rnnlab.layers.registry import register_mixer
 from rnnlab.layers.titans import Titans
 from rnnlab.ops import decode
@@ -125,26 +125,69 @@ class TitansMAC(Mixer):
         h = _model(p, rearrange(q.to(dt), "b l h d -> (b h) l d"), self._spec, None)
         return rearrange(h, "(b h) l d -> b l (h d)", b=B).to(q.dtype)
 
+    def _persistent_kv(self, x: Tensor) -> tuple[Tensor, Tensor] | tuple[None, None]:
+        """The persistent tokens' keys and values (H, N_p, hd) in x's dtype (None without them); where no gradient is
+        wanted and the projection has no hooks, derived once per parameter update (a decode step would otherwise
+        project them every token)."""
+        if self.persistent is None:
+            return None, None
+        project = lambda kv: tuple(rearrange(t, "n (h d) -> h n d", h=self.num_heads) for t in kv.chunk(3, -1)[1:])  # noqa: E731
+        if decode.usable(x, self.persistent, self.qkv.weight) and not decode.hooked(self.qkv):
+            return param_derived(self, "_persistent_cache", lambda p, w: project(F.linear(p, w)), self.persistent, self.qkv.weight)
+        return project(self.qkv(self.persistent.to(x.dtype)))
+
     def _segment(self, x: Tensor, q_ret: Tensor, state: State, form: str) -> tuple[Tensor, State]:
         """L tokens that do not cross a segment end (every row at its own pos): x (B, L, D), q_ret (B, L, H, hd)."""
         B, L, D = x.shape
         pos = state["mem_pos"]
         h = self._retrieve(q_ret, state)
-        xq, xk, xv = map(self._heads, decode.linear(self.qkv, x).chunk(3, -1))  # a token: the kernel
-        _, hk, hv = map(self._heads, decode.linear(self.qkv, h).chunk(3, -1))
-        cos, sin = rotary_cos_sin(positions(pos, L), self.head_dim, self.rope_base)
-        rot = lambda t: rotary(t, cos, sin).to(x.dtype)  # noqa: E731
-        pair = lambda a, b: rearrange(torch.stack([a, b], 2), "b l two h d -> b h (l two) d")  # noqa: E731  (h_i, x_i)
-        pk = pv = None
-        if self.persistent is not None:
-            _, pk, pv = (rearrange(t, "n (h d) -> h n d", h=self.num_heads) for t in self.qkv(self.persistent.to(x.dtype)).chunk(3, -1))
-        o, (seg_k, seg_v), _ = segment_attention(rot(xq).transpose(1, 2), pair(rot(hk), rot(xk)), pair(hv, xv), state["seg_k"],
-                                                 state["seg_v"], pos, pk, pv)
+        pk, pv = self._persistent_kv(x)
+        if L == 1:
+            o, seg_k, seg_v = self._token_attention(x, h, pos, state["seg_k"], state["seg_v"], pk, pv)
+        else:
+            xq, xk, xv = map(self._heads, self.qkv(x).chunk(3, -1))
+            _, hk, hv = map(self._heads, self.qkv(h).chunk(3, -1))
+            cos, sin = rotary_cos_sin(positions(pos, L), self.head_dim, self.rope_base)
+            rot = lambda t: rotary(t, cos, sin).to(x.dtype)  # noqa: E731
+            pair = lambda a, b: rearrange(torch.stack([a, b], 2), "b l two h d -> b h (l two) d")  # noqa: E731  (h_i, x_i)
+            o, (seg_k, seg_v), _ = segment_attention(rot(xq).transpose(1, 2), pair(rot(hk), rot(xk)), pair(hv, xv), state["seg_k"],
+                                                     state["seg_v"], pos, pk, pv)
         y = decode.linear(self.out, rearrange(o, "b h l d -> b l (h d)"))
         mem = {n[4:]: t for n, t in state.items() if n.startswith("mem_")}
         m, mem = getattr(self.memory, form)(y, mem)
         out = self.attn_norm(y) * torch.sigmoid(at_least_float32(self.memory_norm(m))).to(y.dtype)
         return out, {**{"mem_" + n: t for n, t in mem.items()}, "ret_conv": state["ret_conv"], "seg_k": seg_k, "seg_v": seg_v}
+
+    def _token_attention(self, x: Tensor, h: Tensor, pos: Tensor, buf_k: Tensor, buf_v: Tensor, pk: Tensor | None,
+                         pv: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """``segment_attention`` of one token (the step): x, h (B, 1, D) -> (o (B, H, 1, hd), the new buffers). x's and
+        h's projections in one call, and the token's pair (h, x) written at entries 2·pos, 2·pos + 1 of copies of the
+        buffers (entries past 2·pos are zero: the state's invariant), which a row ending its segment clears."""
+        B, _, D = x.shape
+        H, hd, P = self.num_heads, self.head_dim, buf_k.shape[2]
+        qkv = decode.linear(self.qkv, torch.cat([x, h], 0)).view(2, B, 3, H, hd)  # a decode token: the kernel
+        (xq, xk, xv), (hk, hv) = qkv[0].unbind(1), qkv[1, :, 1:].unbind(1)  # (B, H, hd) each
+        cos, sin = rotary_cos_sin(pos[:, None], hd, self.rope_base)
+        q, k = rotary(torch.stack([xq, hk, xk], 1), cos, sin).to(x.dtype).split([1, 2], 1)  # (B, 1 | 2, H, hd)
+        new_k, new_v = k.transpose(1, 2), torch.stack([hv, xv], 2)  # (B, H, 2, hd): the pair (h, x)
+        keys, vals = [buf_k.to(x.dtype), new_k], [buf_v.to(x.dtype), new_v]
+        see = [torch.arange(P, device=x.device) < 2 * pos[:, None], pos.new_ones(B, 2, dtype=torch.bool)]
+        if pk is not None:
+            keys.insert(0, pk.expand(B, -1, -1, -1))
+            vals.insert(0, pv.expand(B, -1, -1, -1))
+            see.insert(0, pos.new_ones(B, pk.shape[1], dtype=torch.bool))
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), torch.cat(keys, 2), torch.cat(vals, 2),
+                                           attn_mask=torch.cat(see, 1)[:, None, None])
+        if not P:  # a segment of one token: no buffer
+            return o, buf_k, buf_v
+        rows, at = torch.arange(B, device=x.device), (2 * pos).clamp(max=P - 2)
+        ends = (pos + 1 >= self.segment_size)[:, None, None, None]
+        bufs = []
+        for buf, pair in ((buf_k, new_k), (buf_v, new_v)):
+            buf = buf.clone()
+            buf[rows, :, at], buf[rows, :, at + 1] = pair[:, :, 0].to(buf.dtype), pair[:, :, 1].to(buf.dtype)
+            bufs.append(buf.masked_fill_(ends, 0.0))
+        return o, *bufs
 
     def _run(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         pos = state["mem_pos"]

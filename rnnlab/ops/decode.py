@@ -28,8 +28,8 @@ from torch.nn.modules import module as _module
 
 from rnnlab.ops._threads import run_rows
 
-__all__ = ["usable", "enabled", "linear", "linear_usable", "linear_rows", "sequential", "fused_step", "chunk_continues", "attention_decode",
-           "log_linear_decode", "rat_decode"]
+__all__ = ["usable", "enabled", "linear", "linear_usable", "linear_rows", "sequential", "fused_step", "chunk_continues", "hooked",
+           "attention_decode", "log_linear_decode", "rat_decode"]
 
 _ON = True
 _KERNELS = None  # the compiled module, or False when numba is missing
@@ -119,14 +119,19 @@ def linear_rows(x: Tensor, W: np.ndarray, bias: np.ndarray | None) -> Tensor:
     return torch.from_numpy(y)
 
 
+def hooked(layer: nn.Module) -> bool:
+    """Whether calling ``layer`` would run forward hooks (its own or global ones): a kernel or a cache that skips the
+    module call must not skip them."""
+    return bool(layer._forward_pre_hooks or layer._forward_hooks or _module._global_forward_pre_hooks or _module._global_forward_hooks)
+
+
 def _plain(layer: nn.Module, x: Tensor, width: int | None = None) -> tuple[np.ndarray, np.ndarray | None] | None:
     """The numpy views (weight, bias or None) of a plain ``nn.Linear`` (no hooks on it, no global ones) that
     ``linear_usable`` lets run x (rows of ``width``), cached on the layer while its parameters are the same tensors on the same memory
     (as ``_weights``); None for anything else."""
     params = layer._parameters
     w, b = params.get("weight"), params.get("bias")
-    if (type(layer) is not nn.Linear or layer._forward_pre_hooks or layer._forward_hooks or _module._global_forward_pre_hooks
-            or _module._global_forward_hooks or not linear_usable(x, w, *([] if b is None else [b]), width=width)
+    if (type(layer) is not nn.Linear or hooked(layer) or not linear_usable(x, w, *([] if b is None else [b]), width=width)
             or not w.is_contiguous()):  # a strided weight's view would be a copy that misses in-place updates
         return None
     c = layer.__dict__.get("_decode_linear")
@@ -145,7 +150,7 @@ def linear(layer: nn.Module, x: Tensor) -> Tensor:
 def sequential(seq: nn.Sequential, x: Tensor) -> Tensor:
     """``seq(x)`` with each of its ``nn.Linear``s through ``linear`` (an MLP in a layer's step: a decode token's
     projections by the kernel); a hooked Sequential is the module call."""
-    if seq._forward_pre_hooks or seq._forward_hooks:
+    if hooked(seq):
         return seq(x)
     for module in seq:
         x = linear(module, x) if type(module) is nn.Linear else module(x)
