@@ -23,11 +23,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
+from rnnlab.layers.parts import param_derived
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.ltc import UNFOLDS, ltc, ltc_ref
 
 __all__ = ["LTC"]
+_PARAMS = ("input_w", "input_b", "sensory_mu", "sensory_sigma", "sensory_w_raw", "sensory_erev", "mu", "sigma", "w_raw", "erev",
+           "gleak_raw", "vleak", "cm_raw", "output_w", "output_b")  # the decode kernel's tables are derived from these
 BACKENDS = ("recurrent", "reference")  # rnnlab.ops.forms
 
 
@@ -86,7 +90,27 @@ class LTC(Mixer):
         return self._run(x, state, dt, self.backend)
 
     def step(self, x: Tensor, state: State, dt: Tensor | None = None) -> tuple[Tensor, State]:
+        """One token; on CPU without autograd, in the module's dtype, the whole token in the fused decode kernel
+        (rnnlab.ops.decode: the sub-steps' H² synapses at the vector width), its tables derived once per update."""
+        params = [getattr(self, n) for n in _PARAMS]
+        if decode.usable(x, state["v"], *params, *([] if dt is None else [dt]), float64=True):
+            tables = param_derived(self, "_decode_params", _kernel_tables, *params)
+            out, (v,) = decode.fused_step("ltc_decode", self, [x, x if dt is None else dt], [state["v"]], tables, self.d_model,
+                                          [self.d_model + 5 * self.d_model], dt is not None, self.unfolds)
+            return out, {"v": v}
         return self._run(x, state, dt, "recurrent")
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, unfolds={self.unfolds}, backend={self.backend}"
+
+
+def _kernel_tables(input_w, input_b, sensory_mu, sensory_sigma, sensory_w_raw, sensory_erev, mu, sigma, w_raw, erev, gleak_raw,
+                   vleak, cm_raw, output_w, output_b) -> list[Tensor]:
+    """``ltc_decode``'s weights from the parameters (``_PARAMS``): the synapse tables σ, −σ μ,
+    w E, w of the sensory and the recurrent synapses, [g_leak v_leak, g_leak], c_m."""
+    tables = []
+    for m, sg, raw, e in ((sensory_mu, sensory_sigma, sensory_w_raw, sensory_erev), (mu, sigma, w_raw, erev)):
+        w = F.softplus(raw)
+        tables += [sg, -sg * m, w * e, w]
+    gleak = F.softplus(gleak_raw)
+    return [input_w, input_b, *tables, torch.stack([gleak * vleak, gleak]), F.softplus(cm_raw), output_w, output_b]

@@ -350,7 +350,7 @@ def attention_decode(qkv, rows, idx, first, kbuf, vbuf, pk, pv, q_w, k_w, kstart
         _rms_rotate(q, q_w, normed, eps, rotate, C, S, rd)
         _rms_rotate(k, k_w, normed, eps, rotate, C, S, rd)
         Kb, Vb, Kp, Vp = kbuf[b, j], vbuf[b, j], pk[j], pv[j]
-        zero = q[0] - q[0]  # accumulate in the rows' dtype (float32 vectorizes twice as wide as float64)
+        zero = q.dtype.type(0)  # accumulate in the rows' dtype (float32 vectorizes twice as wide as float64)
         for t in range(NP):
             a = zero
             for i in range(d):
@@ -461,7 +461,7 @@ def lru_decode(x, h, w_in, lam, w_out, d_skip, out, h2, lo, hi):  # pragma: no c
     the rows [γ_j Re B_j; γ_j Im B_j] interleaved, lam (N, 2) λ's parts, w_out (H, 2N) the columns [Re C_j, −Im C_j]
     interleaved -> h2 = λ ⊙ h + γ ⊙ (B x) and out (B, H) = Re(C h2) + D ⊙ x = w_out · h2 + D ⊙ x."""
     N, H = lam.shape[0], x.shape[1]
-    zero = x[0, 0] - x[0, 0]
+    zero = x.dtype.type(0)
     for b in range(lo, hi):
         xb, hb, nb = x[b], h[b], h2[b].reshape(-1)
         for j in range(N):
@@ -487,7 +487,7 @@ def res_rmn_decode(x, m, h, v_in, w_cat, bias, O, out, m2, h2, z, alpha, beta, o
     (N, D + M + N) = [W_x | W_m | W], O (N, N) used as o_kind says (0 the identity, 1 the cyclic shift, 2 dense) ->
     m2 = roll(m, 1) + V_in x, h2 = out = α O h + β tanh([W_x | W_m | W] [x; m2; h] + b); scratch z (B, D + M + N)."""
     D, M, N = x.shape[1], m.shape[1], h.shape[1]
-    zero = x[0, 0] - x[0, 0]
+    zero = x.dtype.type(0)
     for b in range(lo, hi):
         zb, hb = z[b], h[b]
         zb[:D] = x[b]
@@ -514,6 +514,60 @@ def res_rmn_decode(x, m, h, v_in, w_cat, bias, O, out, m2, h2, z, alpha, beta, o
             v = alpha * r + beta * math.tanh(s + bias[n])
             h2[b, n] = v
             out[b, n] = v
+
+
+@njit(**_INLINE)
+def _synapse_sums(v, sig, neg_smu, wE, w, z, ib, num, den):  # pragma: no cover - compiled
+    """num += Σ_i a_ij E_ij w_ij, den += Σ_i a_ij w_ij, a_ij = σ(σ_ij v_i − σ_ij μ_ij) (rnnlab.ops.ltc ``_fused``),
+    row i at a time: its H arguments into the scratch row z, their exps at the vector width (float32: exp_row_f32)."""
+    one = z.dtype.type(1)  # z is scratch: its entries are not yet written
+    H = z.shape[0]
+    for i in range(v.shape[0]):
+        vi = v[i]
+        si, ni, ei, wi = sig[i], neg_smu[i], wE[i], w[i]
+        for j in range(H):
+            z[j] = -(si[j] * vi + ni[j])
+        if z.itemsize == 4:
+            exp_row_f32(z, ib, H, -87.0)
+        else:
+            for j in range(H):
+                z[j] = math.exp(z[j])
+        for j in range(H):
+            a = one / (one + z[j])
+            num[j] += a * ei[j]
+            den[j] += a * wi[j]
+
+
+@njit(**_KERNEL)
+def ltc_decode(x, dt, v, in_w, in_b, s_sig, s_nsmu, s_wE, s_w, sig, nsmu, wE, w, base, cm, out_w, out_b, out, v2, sc, has_dt,
+               unfolds, lo, hi):  # pragma: no cover - compiled
+    """LTC's token (rnnlab.layers.ltc; rnnlab.ops.ltc ``ltc``), per row b: u = in_w ⊙ x + in_b; the sensory sums of
+    u, then ``unfolds`` fused semi-implicit sub-steps v ← (v + k (num0 + Σ a E w)) / (1 + k (den0 + Σ a w)) with
+    num0 = g_leak v_leak + Σ_sensory, den0 = g_leak + Σ_sensory (base (2, H) = [g_leak v_leak, g_leak]) and k =
+    (dt_b / unfolds) / c_m (dt_b = 1 without ``has_dt``); out = out_w ⊙ v + out_b. The synapse tables are (I, H) or
+    (H, H): σ, −σ μ, w E, w; dt (B, 1). Scratch sc (B, D + 5H)."""
+    D, H = x.shape[1], v.shape[1]
+    ib = np.empty(H, np.int32)
+    for b in range(lo, hi):
+        s = sc[b]
+        u, z, num0, den0, num = s[:D], s[D:D + H], s[D + H:D + 2 * H], s[D + 2 * H:D + 3 * H], s[D + 3 * H:D + 4 * H]
+        den, vb = s[D + 4 * H:D + 5 * H], v2[b]
+        for i in range(D):
+            u[i] = in_w[i] * x[b, i] + in_b[i]
+        num0[:] = base[0]
+        den0[:] = base[1]
+        _synapse_sums(u, s_sig, s_nsmu, s_wE, s_w, z, ib, num0, den0)
+        step = (dt[b, 0] if has_dt else 1.0) / unfolds
+        vb[:] = v[b]
+        for _ in range(unfolds):
+            num[:] = num0
+            den[:] = den0
+            _synapse_sums(vb, sig, nsmu, wE, w, z, ib, num, den)
+            for j in range(H):
+                k = step / cm[j]
+                vb[j] = (vb[j] + k * num[j]) / (1 + k * den[j])
+        for j in range(H):
+            out[b, j] = vb[j] * out_w[j] + out_b[j]
 
 
 @njit(**_KERNEL)
@@ -558,7 +612,7 @@ def linear_rows(x, W, bias, has_bias, y, lo, hi):  # pragma: no cover - compiled
     """nn.Linear's outputs [lo, hi) for a few rows: y[:, o] = x W[o]ᵀ (+ bias[o]), x (B, in), W (out, in) as stored;
     four weight rows at a time, so each x entry is loaded once per four outputs and W is read once for all rows."""
     B, n = x.shape
-    zero = x[0, 0] - x[0, 0]  # accumulate in the rows' dtype
+    zero = x.dtype.type(0)  # accumulate in the rows' dtype
     o = lo
     while o + 4 <= hi:
         w0, w1, w2, w3 = W[o], W[o + 1], W[o + 2], W[o + 3]

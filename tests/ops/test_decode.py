@@ -57,6 +57,8 @@ CASES = [
     ("res_rmn", {}),  # O the identity
     ("res_rmn", {"orthogonal": "cycle", "memory_units": 12}),
     ("res_rmn", {"orthogonal": "random", "alpha": 0.9, "beta": 0.5, "bias_scaling": 0.1}),
+    ("ltc", {}),
+    ("ltc", {"unfolds": 2}),
     ("yaad", {"num_heads": 2, "chunk_size": 4}),  # the Miras rules: Huber of ‖e‖
     ("yaad", {"num_heads": 2, "chunk_size": 1, "huber": "sign", "max_grad_norm": 0.05, "memory_expansion": 2}),
     ("moneta", {"num_heads": 2, "chunk_size": 4}),  # ℓ3 bias, ℓ4 retention, normalized at chunk ends
@@ -106,6 +108,34 @@ def test_kernel_equals_torch_step(name, kw, batch):
             assert torch.equal(s[key], s_ref[key])
 
 
+@pytest.mark.parametrize("name,kw", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
+def test_kernels_write_before_they_read(name, kw, monkeypatch):
+    """Every array ``decode`` allocates for a kernel (outputs, new states, scratch) starts as garbage (NaN, or a
+    large integer): a kernel that reads an entry before writing it gives NaN here, not a value that depends on what
+    the allocator happened to return."""
+    import types
+
+    import numpy as np
+
+    def garbage(shape, dtype=float, **_):
+        dtype = np.dtype(dtype)
+        return np.full(shape, np.nan if dtype.kind == "f" else -(1 << 20), dtype)
+
+    fake = types.SimpleNamespace(**{n: getattr(np, n) for n in dir(np) if not n.startswith("__")})
+    fake.empty, fake.empty_like = garbage, lambda a, dtype=None, **kw: garbage(a.shape, dtype or a.dtype)
+    m = _mixer(name, kw)
+    x = torch.randn(2, 6, D)
+    with torch.inference_mode():
+        _, s0 = m(torch.randn(2, 5, D))
+        y_ref, s_ref = _steps(m, x, s0, kernels=False)
+        monkeypatch.setattr(decode, "np", fake)
+        y, s = _steps(m, x, s0, kernels=True)
+    assert_close(y, y_ref, name=f"{name} y")
+    for key in s_ref:
+        if s[key].is_floating_point():
+            assert_close(s[key], s_ref[key], name=f"{name} state {key}")
+
+
 def test_float64_policy():
     """The delta rule and mLSTM compute in float32 inside, so their float64 steps stay the torch step's (a float64 kernel
     would be more exact than the layer's own forms); mamba2, hawk and attention compute in float64 and take it."""
@@ -137,6 +167,24 @@ def test_first_tokens_from_the_empty_state(dtype):
                 assert_close(s[key], s_ref[key], name=f"{name} {key}")
             else:  # positions
                 assert torch.equal(s[key], s_ref[key])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ltc_with_time_steps(dtype):
+    """LTC's kernel integrates each row's own elapsed time dt (B, 1), as its torch step; float64 in float64."""
+    m = _mixer("ltc", {}, dtype)
+    x, dt = torch.randn(3, 10, D, dtype=dtype), 2 * torch.rand(3, 10, dtype=dtype)
+    ys = {}
+    with torch.inference_mode():
+        for kernels in (True, False):
+            state, out = None, []
+            with decode.enabled(kernels):
+                for t in range(10):
+                    y, state = m(x[:, t:t + 1], state, dt=dt[:, t:t + 1])
+                    out.append(y)
+            ys[kernels] = torch.cat(out, 1), state["v"]
+    assert_close(ys[True][0], ys[False][0], name="y")
+    assert_close(ys[True][1], ys[False][1], name="v")
 
 
 def test_slstm_without_conv():
