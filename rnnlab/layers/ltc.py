@@ -95,8 +95,9 @@ class LTC(Mixer):
         params = [getattr(self, n) for n in _PARAMS]
         if decode.usable(x, state["v"], *params, *([] if dt is None else [dt]), float64=True):
             tables = param_derived(self, "_decode_params", _kernel_tables, *params)
-            out, (v,) = decode.fused_step("ltc_decode", self, [x, x if dt is None else dt], [state["v"]], tables, self.d_model,
-                                          [self.d_model + 5 * self.d_model], dt is not None, self.unfolds)
+            H = self.d_model
+            out, (v,) = decode.fused_step("ltc_decode", self, [x, x if dt is None else dt], [state["v"]], tables, H, [H + 4 * H],
+                                          dt is not None, self.unfolds, work=(self.unfolds + 1) * H * H)
             return out, {"v": v}
         return self._run(x, state, dt, "recurrent")
 

@@ -517,25 +517,48 @@ def res_rmn_decode(x, m, h, v_in, w_cat, bias, O, out, m2, h2, z, alpha, beta, o
 
 
 @njit(**_INLINE)
-def _synapse_sums(v, sig, neg_smu, wE, w, z, ib, num, den):  # pragma: no cover - compiled
-    """num += Σ_i a_ij E_ij w_ij, den += Σ_i a_ij w_ij, a_ij = σ(σ_ij v_i − σ_ij μ_ij) (rnnlab.ops.ltc ``_fused``),
-    row i at a time: its H arguments into the scratch row z, their exps at the vector width (float32: exp_row_f32)."""
+def _synapse_sums(v, sig, neg_smu, wE, w, lo, hi, z, ib, num, den):  # pragma: no cover - compiled
+    """For the columns j in [lo, hi): num += Σ_i a_ij E_ij w_ij, den += Σ_i a_ij w_ij, a_ij = σ(σ_ij v_i − σ_ij μ_ij)
+    (rnnlab.ops.ltc ``_fused``), row i at a time: its arguments into the scratch row z, their exps at the vector
+    width (float32: exp_row_f32); z, ib (int32), num, den have hi − lo entries."""
     one = z.dtype.type(1)  # z is scratch: its entries are not yet written
-    H = z.shape[0]
+    n = hi - lo
     for i in range(v.shape[0]):
         vi = v[i]
-        si, ni, ei, wi = sig[i], neg_smu[i], wE[i], w[i]
-        for j in range(H):
+        si, ni, ei, wi = sig[i, lo:hi], neg_smu[i, lo:hi], wE[i, lo:hi], w[i, lo:hi]
+        for j in range(n):
             z[j] = -(si[j] * vi + ni[j])
         if z.itemsize == 4:
-            exp_row_f32(z, ib, H, -87.0)
+            exp_row_f32(z, ib, n, -87.0)
         else:
-            for j in range(H):
+            for j in range(n):
                 z[j] = math.exp(z[j])
-        for j in range(H):
+        for j in range(n):
             a = one / (one + z[j])
             num[j] += a * ei[j]
             den[j] += a * wi[j]
+
+
+@njit(**_INLINE)
+def _ltc_substep(v, sig, nsmu, wE, w, num0, den0, cm, step, lo, hi, vnew):  # pragma: no cover - compiled
+    """One fused sub-step for the columns [lo, hi): vnew[j] = (v_j + k_j (num0_j + Σ a E w)) / (1 + k_j (den0_j + Σ a
+    w)), k_j = step / c_m,j, the sums at v (all of it: the sub-step's old values)."""
+    n = hi - lo
+    z, ib = np.empty(n, v.dtype), np.empty(n, np.int32)
+    num, den = num0[lo:hi].copy(), den0[lo:hi].copy()
+    _synapse_sums(v, sig, nsmu, wE, w, lo, hi, z, ib, num, den)
+    for j in range(n):
+        k = step / cm[lo + j]
+        vnew[lo + j] = (v[lo + j] + k * num[j]) / (1 + k * den[j])
+
+
+@njit(**_INLINE)
+def _ltc_input(x, in_w, in_b, base, u, num0, den0):  # pragma: no cover - compiled
+    """u = in_w ⊙ x + in_b, and the sub-steps' constant terms' start: num0, den0 = base (g_leak v_leak, g_leak)."""
+    for i in range(u.shape[0]):
+        u[i] = in_w[i] * x[i] + in_b[i]
+    num0[:] = base[0]
+    den0[:] = base[1]
 
 
 @njit(**_KERNEL)
@@ -545,27 +568,47 @@ def ltc_decode(x, dt, v, in_w, in_b, s_sig, s_nsmu, s_wE, s_w, sig, nsmu, wE, w,
     u, then ``unfolds`` fused semi-implicit sub-steps v ← (v + k (num0 + Σ a E w)) / (1 + k (den0 + Σ a w)) with
     num0 = g_leak v_leak + Σ_sensory, den0 = g_leak + Σ_sensory (base (2, H) = [g_leak v_leak, g_leak]) and k =
     (dt_b / unfolds) / c_m (dt_b = 1 without ``has_dt``); out = out_w ⊙ v + out_b. The synapse tables are (I, H) or
-    (H, H): σ, −σ μ, w E, w; dt (B, 1). Scratch sc (B, D + 5H)."""
+    (H, H): σ, −σ μ, w E, w; dt (B, 1). Scratch sc (B, D + 4H)."""
     D, H = x.shape[1], v.shape[1]
     ib = np.empty(H, np.int32)
     for b in range(lo, hi):
         s = sc[b]
-        u, z, num0, den0, num = s[:D], s[D:D + H], s[D + H:D + 2 * H], s[D + 2 * H:D + 3 * H], s[D + 3 * H:D + 4 * H]
-        den, vb = s[D + 4 * H:D + 5 * H], v2[b]
-        for i in range(D):
-            u[i] = in_w[i] * x[b, i] + in_b[i]
-        num0[:] = base[0]
-        den0[:] = base[1]
-        _synapse_sums(u, s_sig, s_nsmu, s_wE, s_w, z, ib, num0, den0)
+        u, z, num0, den0, vt = s[:D], s[D:D + H], s[D + H:D + 2 * H], s[D + 2 * H:D + 3 * H], s[D + 3 * H:D + 4 * H]
+        _ltc_input(x[b], in_w, in_b, base, u, num0, den0)
+        _synapse_sums(u, s_sig, s_nsmu, s_wE, s_w, 0, H, z, ib, num0, den0)
         step = (dt[b, 0] if has_dt else 1.0) / unfolds
+        vb = v2[b]
         vb[:] = v[b]
         for _ in range(unfolds):
-            num[:] = num0
-            den[:] = den0
-            _synapse_sums(vb, sig, nsmu, wE, w, z, ib, num, den)
-            for j in range(H):
-                k = step / cm[j]
-                vb[j] = (vb[j] + k * num[j]) / (1 + k * den[j])
+            _ltc_substep(vb, sig, nsmu, wE, w, num0, den0, cm, step, 0, H, vt)
+            vb[:] = vt
+        for j in range(H):
+            out[b, j] = vb[j] * out_w[j] + out_b[j]
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def ltc_decode_heads(x, dt, v, in_w, in_b, s_sig, s_nsmu, s_wE, s_w, sig, nsmu, wE, w, base, cm, out_w, out_b, out, v2, sc, has_dt,
+                     unfolds):  # pragma: no cover - compiled
+    """``ltc_decode`` of all rows with each sum's columns cut into blocks over numba's threads (a few rows: one row's
+    H² synapses per sub-step would otherwise run on one core); a barrier between sub-steps (each reads all of v)."""
+    D, H = x.shape[1], v.shape[1]
+    parts = max(1, min(8, H // 16))  # column blocks of >= 16 for numba's threads to share
+    for b in range(x.shape[0]):
+        s = sc[b]
+        u, num0, den0, vt = s[:D], s[D + H:D + 2 * H], s[D + 2 * H:D + 3 * H], s[D + 3 * H:D + 4 * H]
+        _ltc_input(x[b], in_w, in_b, base, u, num0, den0)
+        for p in prange(parts):
+            lo, hi = _block(p, parts, H)
+            _synapse_sums(u, s_sig, s_nsmu, s_wE, s_w, lo, hi, np.empty(hi - lo, u.dtype), np.empty(hi - lo, np.int32), num0[lo:hi],
+                          den0[lo:hi])
+        step = (dt[b, 0] if has_dt else 1.0) / unfolds
+        vb = v2[b]
+        vb[:] = v[b]
+        for _ in range(unfolds):
+            for p in prange(parts):
+                lo, hi = _block(p, parts, H)
+                _ltc_substep(vb, sig, nsmu, wE, w, num0, den0, cm, step, lo, hi, vt)
+            vb[:] = vt
         for j in range(H):
             out[b, j] = vb[j] * out_w[j] + out_b[j]
 

@@ -158,12 +158,13 @@ def sequential(seq: nn.Sequential, x: Tensor) -> Tensor:
 
 
 def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor], weights: list[Tensor], out_width: int,
-               scratch: list[int], *scalars, held: tuple[int, ...] = ()) -> tuple[Tensor, list[Tensor]]:
+               scratch: list[int], *scalars, held: tuple[int, ...] = (), work: int | None = None) -> tuple[Tensor, list[Tensor]]:
     """Run ``_decode_numba.<kernel>`` on x (B, 1, ·) (a layer's input projection; or a list of such inputs) -> (out
     (B, 1, out_width), the new states, each shaped as its old one). ``owner``: the layer, which caches the weights'
     views; ``scratch``: the widths of the kernel's per-row scratch rows; ``held``: the indices of the states this token
     leaves as they are (a test-time memory's anchors within a chunk, ``chunk_continues``): the new state is the old
-    tensor, and the kernel, told so by one of its scalars, does not write it (no copy of a memory per token)."""
+    tensor, and the kernel, told so by one of its scalars, does not write it (no copy of a memory per token); ``work``:
+    a row's work where it is not its states' floats (what decides whether a few rows' units go over threads)."""
     xs = x if isinstance(x, (list, tuple)) else [x]
     B = xs[0].shape[0]
     inputs = [_arr(t.reshape(B, -1)) for t in xs]
@@ -175,7 +176,8 @@ def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor
     arrays = [*inputs, *old, *_weights(owner, weights), out_np, *new_np, *(np.empty((B, w), npdt) for w in scratch)]
     fn = getattr(_kernels(), kernel)
     heads = getattr(_kernels(), kernel + "_heads", None)  # the same token with (row, head) units over numba's threads
-    if heads is not None and B < 2 * _MIN_ROWS and torch.get_num_threads() > 1 and sum(a.size for a in old) >= _SPLIT_WORK:
+    per_row = sum(a.size for a in old) // B if work is None else work
+    if heads is not None and B < 2 * _MIN_ROWS and torch.get_num_threads() > 1 and B * per_row >= _SPLIT_WORK:
         heads(*arrays, *scalars)
     elif B < 2 * _MIN_ROWS:
         fn(*arrays, *scalars, 0, B)

@@ -539,12 +539,13 @@ def test_rows_at_different_positions(name, kw):
 @pytest.mark.parametrize("name,kw", [("titans", {"num_heads": 4, "chunk_size": 4}), ("yaad", {"num_heads": 4, "chunk_size": 4}),
                                      ("moneta", {"num_heads": 2, "chunk_size": 3}), ("memora", {"num_heads": 2, "chunk_size": 4}),
                                      ("ttt_mlp", {"num_heads": 4, "mini_batch_size": 4}),
-                                     ("lact", {"num_heads": 4, "chunk_size": 3})])
+                                     ("lact", {"num_heads": 4, "chunk_size": 3}), ("ltc", {})])
 def test_memory_heads_over_threads(name, kw, monkeypatch):
     """A few rows of a large memory: the kernel's ``_heads`` variant runs the (row, head) units over numba's threads
-    (the size threshold lowered so that small shapes take it); equal to the torch step, rows at different positions."""
+    (the size threshold lowered so that small shapes take it); equal to the torch step, rows at different positions.
+    LTC's variant cuts each sub-step's columns over the threads instead."""
     kernels = decode._kernels()
-    kernel = {"titans": "titans_mlp_decode", "ttt_mlp": "ttt_mlp_decode", "lact": "lact_decode"}.get(name, "miras_decode")
+    kernel = {"titans": "titans_mlp_decode", "ttt_mlp": "ttt_mlp_decode", "lact": "lact_decode", "ltc": "ltc_decode"}.get(name, "miras_decode")
     kernel += "_heads"
     calls = []
     inner = getattr(kernels, kernel)
