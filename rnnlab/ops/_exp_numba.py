@@ -6,8 +6,6 @@ exponent bits of an int32 scratch row: relative error < 1e-7, and loops LLVM vec
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
@@ -20,7 +18,7 @@ def exp_row_f32(a, ib, n, lo):  # pragma: no cover - compiled
     floors the argument (e^-87 ~ 1.6e-38: below it float32 is denormal, where every multiply is slow)."""
     for d in range(n):
         v = min(max(a[d], np.float32(lo)), np.float32(88.0))
-        k = math.floor(v * np.float32(1.4426950408889634) + np.float32(0.5))
+        k = np.floor(v * np.float32(1.4426950408889634) + np.float32(0.5))  # float32: math.floor's int64 would not vectorize
         r = (v - k * np.float32(0.693145751953125)) - k * np.float32(1.4286068203094173e-06)
         a[d] = np.float32(1.0) + r * (np.float32(1.0) + r * (np.float32(0.5) + r * (np.float32(1 / 6) + r * (
             np.float32(1 / 24) + r * (np.float32(1 / 120) + r * (np.float32(1 / 720) + r * np.float32(1 / 5040)))))))
