@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
+from rnnlab.layers.parts import fused_linear, param_derived
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
@@ -95,6 +96,17 @@ class HGRN(Mixer):
         return self._out(h, x), {"h": torch.view_as_real(h_last).contiguous()}
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One token; on CPU without autograd the three input projections as one call and the gates, the complex
+        update and the gated LayerNorm in the fused decode kernel (rnnlab.ops.decode), γ, cos θ, sin θ derived once
+        per parameter update."""
+        if decode.usable(x, state["h"], *self.parameters()):
+            proj = fused_linear(x, [self.input_proj, self.forget_proj, self.gate_proj], whole=True)
+            consts = param_derived(self, "_decode_params", lambda theta, *_: (
+                torch.zeros_like(theta) + self.floor(), torch.cos(theta), torch.sin(theta)), self.theta,
+                *([] if self.lower_bound_logit is None else [self.lower_bound_logit]))
+            out, (h,) = decode.fused_step("hgrn_decode", self, proj, [state["h"]], [*consts, self.norm.weight, self.norm.bias],
+                                          2 * self.d_model, [], self.norm.eps)
+            return decode.linear(self.out_proj, out), {"h": h}
         lam, b = self._coeffs(x)
         h = lam[:, 0] * torch.view_as_complex(state["h"].float().contiguous()) + b[:, 0]
         return self._out(h.unsqueeze(1), x), {"h": torch.view_as_real(h).contiguous()}

@@ -614,6 +614,26 @@ def ltc_decode_heads(x, dt, v, in_w, in_b, s_sig, s_nsmu, s_wE, s_w, sig, nsmu, 
 
 
 @njit(**_KERNEL)
+def hgrn_decode(proj, h, floor, cos, sin, ln_w, ln_b, out, h2, eps, lo, hi):  # pragma: no cover - compiled
+    """HGRN's token (rnnlab.layers.hgrn) after its input projections, per row b: proj (B, 5D) = [c_re | c_im | μ | g
+    (2D)]; c = SiLU(c_re) + i SiLU(c_im), f = γ + (1 − γ) σ(μ) (floor γ), h2 = f e^{iθ} ⊙ h + (1 − f) c (h (B, D, 2):
+    real, imaginary); out (B, 2D) = LayerNorm(SiLU(g) ⊙ [Re h2, Im h2])."""
+    D = h.shape[1]
+    for b in range(lo, hi):
+        p, o = proj[b], out[b]
+        for j in range(D):
+            f = floor[j] + (1 - floor[j]) * _sigmoid(p[2 * D + j])
+            lr, li = f * cos[j], f * sin[j]
+            hr, hi_ = h[b, j, 0], h[b, j, 1]
+            nr = (lr * hr - li * hi_) + (1 - f) * _silu(p[j])
+            ni = (lr * hi_ + li * hr) + (1 - f) * _silu(p[D + j])
+            h2[b, j, 0], h2[b, j, 1] = nr, ni
+            o[j] = _silu(p[3 * D + j]) * nr
+            o[D + j] = _silu(p[4 * D + j]) * ni
+        _ln_head(o, ln_w, ln_b, True, eps, o)
+
+
+@njit(**_KERNEL)
 def hawk_decode(proj, conv, h, pos, conv_w, conv_b, wa, wx, ba, bx, sp, out, conv2, h2, pos2, xc, c, reset, lo, hi):  # pragma: no cover - compiled
     """Griffin's recurrent block's token (rnnlab.layers.hawk, RG-LRU) after its input projections, per row b: proj
     (B, 2R) = [y | x]; x_c = conv(x) (bias, no activation) with state conv (B, W-1, R); r = σ(W_a x_c + b_a), i = σ(W_x

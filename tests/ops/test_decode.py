@@ -59,6 +59,8 @@ CASES = [
     ("res_rmn", {"orthogonal": "random", "alpha": 0.9, "beta": 0.5, "bias_scaling": 0.1}),
     ("ltc", {}),
     ("ltc", {"unfolds": 2}),
+    ("hgrn", {}),
+    ("hgrn", {"lower_bound": 0.5}),  # a learned floor
     ("yaad", {"num_heads": 2, "chunk_size": 4}),  # the Miras rules: Huber of ‖e‖
     ("yaad", {"num_heads": 2, "chunk_size": 1, "huber": "sign", "max_grad_norm": 0.05, "memory_expansion": 2}),
     ("moneta", {"num_heads": 2, "chunk_size": 4}),  # ℓ3 bias, ℓ4 retention, normalized at chunk ends
