@@ -40,7 +40,7 @@ from rnnlab.layers.parts import ShortConv, param_derived
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
-from rnnlab.ops.selective_scan import BACKENDS, selective_scan, selective_scan_step
+from rnnlab.ops.selective_scan import BACKENDS, TRANSITIONS, selective_scan, selective_scan_step
 
 __all__ = ["Mamba", "SelectiveBlock", "INITS", "check_init", "mimetic_A_log"]
 
@@ -112,12 +112,29 @@ class SelectiveBlock(Mixer):
                               backend=self.backend, chunk_size=self.chunk_size)
         return self.out_proj(y.to(x.dtype)), {"conv": conv_state, "ssm": h}
 
+    def _neg_A(self) -> Tensor:
+        """−exp(A_log) (d_inner, N) for the decode kernel; a transition without A gives a stand-in it does not read."""
+        return self.dt_proj.weight
+
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One token; on CPU without autograd the fused decode kernel between the projections (rnnlab.ops.decode)."""
+        if decode.usable(x, *state.values(), self.D):
+            return self._decode(x, state)
         xi, dt, A, Bm, Cm, z, conv_state = self._inputs(x, state)
         xf = xi[:, 0].float()
         y, h = selective_scan_step(xf, dt[:, 0], A, Bm[:, 0], Cm[:, 0], state["ssm"].float(), self.transition)
         y = (y + self.D.float() * xf) * F.silu(z[:, 0].float())
         return self.out_proj(y.unsqueeze(1).to(x.dtype)), {"conv": conv_state, "ssm": h}
+
+    def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        conv_b = self.conv.bias if self.conv.bias is not None else self.D  # a stand-in when the conv has no bias
+        out, (conv, h) = decode.fused_step(
+            "mamba_decode", self, decode.linear(self.in_proj, x), [state["conv"], state["ssm"]],
+            [self.conv.weight, conv_b, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, self._neg_A(), self.D],
+            self.d_inner, [self.d_inner, self.dt_rank + 2 * self.d_state, self.d_inner, self.d_inner * self.d_state],
+            self.conv.bias is not None, TRANSITIONS.index(self.transition),
+            -1.0 if self.bcdt_norm_eps is None else float(self.bcdt_norm_eps), x.dtype == torch.float32)
+        return decode.linear(self.out_proj, out), {"conv": conv, "ssm": h}
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, transition={self.transition!r}"
@@ -162,19 +179,5 @@ class Mamba(SelectiveBlock):
     def _scan_params(self, dt: Tensor, Bm: Tensor, Cm: Tensor):
         return F.softplus(dt), -torch.exp(self.A_log.float()), Bm, Cm
 
-    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """One token; on CPU without autograd the fused decode kernel between the projections (rnnlab.ops.decode)."""
-        if decode.usable(x, *state.values(), self.D):
-            return self._decode(x, state)
-        return super().step(x, state)
-
-    def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        neg_A = param_derived(self, "_neg_exp_A_log", lambda a: -torch.exp(a.float()), self.A_log)
-        conv_b = self.conv.bias if self.conv.bias is not None else self.D  # a stand-in when the conv has no bias
-        out, (conv, h) = decode.fused_step(
-            "mamba_decode", self, decode.linear(self.in_proj, x), [state["conv"], state["ssm"]],
-            [self.conv.weight, conv_b, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, neg_A, self.D],
-            self.d_inner, [self.d_inner, self.dt_rank + 2 * self.d_state, self.d_inner, self.d_inner * self.d_state],
-            self.conv.bias is not None, self.transition == "exp_neg", -1.0 if self.bcdt_norm_eps is None else float(self.bcdt_norm_eps),
-            x.dtype == torch.float32)
-        return decode.linear(self.out_proj, out), {"conv": conv, "ssm": h}
+    def _neg_A(self) -> Tensor:
+        return param_derived(self, "_neg_exp_A_log", lambda a: -torch.exp(a.float()), self.A_log)

@@ -1136,12 +1136,13 @@ def slstm_decode(x, h, c, n, m, conv, conv_w, conv_b, w_if, w_zo, w_hh, bias, no
 
 
 @njit(**_KERNEL)
-def mamba_decode(proj, conv, h, conv_w, conv_b, x_w, dt_w, dt_b, neg_A, D, out, conv2, h2, xc, dbc, dts, ea, has_bias, neg,
+def mamba_decode(proj, conv, h, conv_w, conv_b, x_w, dt_w, dt_b, neg_A, D, out, conv2, h2, xc, dbc, dts, ea, has_bias, mode,
                  norm_eps, fast, lo, hi):  # pragma: no cover - compiled
     """Mamba's token (rnnlab.layers.mamba, ``SelectiveBlock``) between its projections, per row b: proj (B, 2E) =
     [x | z]; x_c = SiLU(conv x) (state conv (B, W-1, E)); [δ | B | C] = x_w x_c (rank r, N, N), each RMS-normed
     (weightless, ``norm_eps``) when norm_eps >= 0 (Falcon Mamba); Δ = softplus(dt_w δ + dt_b); per channel d and state
-    n: a = exp(Δ_d A_dn) (2a − 1 when ``neg``), h ← a h + Δ_d x_d B_n, y_d = Σ_n C_n h_dn
+    n: a = exp(Δ_d A_dn) (``mode`` 0; 2a − 1: mode 1; Longhorn, mode 2: Δ = ε = β / (1 + β ‖B‖²) with β = σ(dt_w δ +
+    dt_b), a = 1 − ε B_n², neg_A unread), h ← a h + Δ_d x_d B_n, y_d = Σ_n C_n h_dn
     (rnnlab.ops.selective_scan.selective_scan_step); out = (y + D x_c) ⊙ SiLU(z) (B, E). New states conv2, h2; scratch
     xc, dts (B, E), dbc (B, r + 2N), ea (B, E·N) the decays, all E·N exponentials as one row (``fast``: float32, the
     vectorized exp)."""
@@ -1160,18 +1161,28 @@ def mamba_decode(proj, conv, h, conv_w, conv_b, x_w, dt_w, dt_b, neg_A, D, out, 
                 for i in range(o0, o0 + n0):
                     q[i] = q[i] * s
         _matvec(dt_w, q[:r], dt_b, True, dtb)
-        for d in range(E):
-            dtb[d] = _softplus(dtb[d])
+        if mode == 2:
+            ksq = 0.0
             for n in range(N):
-                e[d * N + n] = dtb[d] * neg_A[d, n]
-        _exp_row(e, E * N, fast)
+                ksq += q[r + n] * q[r + n]
+            for d in range(E):
+                beta = _sigmoid(dtb[d])
+                dtb[d] = beta / (1.0 + beta * ksq)
+                for n in range(N):
+                    e[d * N + n] = 1.0 - dtb[d] * (q[r + n] * q[r + n])
+        else:
+            for d in range(E):
+                dtb[d] = _softplus(dtb[d])
+                for n in range(N):
+                    e[d * N + n] = dtb[d] * neg_A[d, n]
+            _exp_row(e, E * N, fast)
         for d in range(E):
             dx = dtb[d] * u[d]
             hs, hd = h[b, d], h2[b, d]
             y = 0.0
             for n in range(N):
                 a = e[d * N + n]
-                if neg:
+                if mode == 1:
                     a = 2.0 * a - 1.0
                 v = a * hs[n] + dx * q[r + n]
                 hd[n] = v

@@ -44,6 +44,7 @@ CASES = [
     ("mamba", {"d_state": 4}),
     ("mamba_neg", {"d_state": 4, "conv_bias": False}),
     ("mamba", {"d_state": 4, "bcdt_norm_eps": 1e-5, "bias": True}),  # Falcon Mamba's norms
+    ("longhorn", {"d_state": 4}),  # the mamba kernel with Longhorn's transition
     ("ttt_linear", {"num_heads": 2, "mini_batch_size": 4}),  # crosses mini-batch ends
     ("ttt_linear", {"num_heads": 4, "mini_batch_size": 8, "rope": False, "token_scale": False, "gate": True}),
     ("ttt_mlp", {"num_heads": 2, "mini_batch_size": 4}),
