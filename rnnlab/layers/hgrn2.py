@@ -83,7 +83,13 @@ class HGRN2(Mixer):
         return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, 1, D) -> (y, state): one recurrent update."""
+        """x (B, 1, D) -> (y, state): one recurrent update; on CPU without autograd the gates, the update, the read-out
+        and the norm between the projections in the fused decode kernel (rnnlab.ops.decode)."""
+        if decode.usable(x, state["S"], self.norm.weight):
+            proj = fused_linear(x, [self.q_proj, self.f_proj, self.i_proj], whole=True)
+            out, (S,) = decode.fused_step("hgrn2_decode", self, proj, [state["S"]], [self.norm.weight], self.d_model,
+                                          [3 * self.d_model], self.lower_bound, self.norm.eps)
+            return decode.linear(self.o_proj, out), {"S": S}
         return self._mix(x, state, "recurrent")
 
     def extra_repr(self) -> str:

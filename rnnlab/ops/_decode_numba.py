@@ -886,6 +886,27 @@ def gla_decode(proj, S, up_w, up_b, norm_w, out, S2, a, tau, eps, lo, hi):  # pr
 
 
 @njit(**_KERNEL)
+def hgrn2_decode(proj, S, norm_w, out, S2, sc, gam, eps, lo, hi):  # pragma: no cover - compiled
+    """HGRN2's token (rnnlab.layers.hgrn2) between its projections, per row b: proj (B, 3D) = [q | f | i]; per key
+    channel the decay e^g, g = logσ(f) (γ = 0) or log(γ + (1 − γ) σ(f)), and k = (1 − γ) σ(−f); per head S2 = e^g ⊙ S
+    + k iᵀ, o = S2ᵀ SiLU(q) (``_decay_write_read``, scale 1); out (B, D) = RMSNorm(o) over all heads. Scratch sc (B,
+    3D) = [SiLU(q) | e^g | k]."""
+    H, K = S.shape[1], S.shape[2]
+    D = H * K
+    for b in range(lo, hi):
+        p, s, ob = proj[b], sc[b], out[b]
+        for c in range(D):
+            f = p[D + c]
+            s[c] = _silu(p[c])
+            s[D + c] = math.exp(_logsigmoid(f)) if gam == 0.0 else math.exp(math.log(gam + (1.0 - gam) * _sigmoid(f)))
+            s[2 * D + c] = (1.0 - gam) * _sigmoid(-f)
+        for h in range(H):
+            _decay_write_read(S[b, h], S2[b, h], s[h * K:(h + 1) * K], 1.0, s[2 * D + h * K:2 * D + (h + 1) * K],
+                              p[2 * D + h * K:2 * D + (h + 1) * K], s[D + h * K:D + (h + 1) * K], True, ob[h * K:(h + 1) * K])
+        _rms_gate(ob, norm_w, eps, ob, 0, ob)
+
+
+@njit(**_KERNEL)
 def retnet_decode(proj, S, pos, inv_freq, log_gamma, gn_w, gn_b, out, S2, pos2, qk, eps, lo, hi):  # pragma: no cover - compiled
     """RetNet's token (rnnlab.layers.retnet) between its projections, per row b: proj (B, ·) = [q (H·K) | k (H·K) |
     v (H·V) | g (H·V)]; q and k rotated at position pos[b] (angles pos · inv_freq in float32, as ``parts.rotary_cos_sin``);

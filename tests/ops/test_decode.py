@@ -62,6 +62,8 @@ CASES = [
     ("ltc", {"unfolds": 2}),
     ("hgrn", {}),
     ("hgrn", {"lower_bound": 0.5}),  # a learned floor
+    ("hgrn2", {"expand_ratio": 8}),
+    ("hgrn2", {"expand_ratio": 16, "lower_bound": 0.3}),
     ("yaad", {"num_heads": 2, "chunk_size": 4}),  # the Miras rules: Huber of ‖e‖
     ("yaad", {"num_heads": 2, "chunk_size": 1, "huber": "sign", "max_grad_norm": 0.05, "memory_expansion": 2}),
     ("moneta", {"num_heads": 2, "chunk_size": 4}),  # ℓ3 bias, ℓ4 retention, normalized at chunk ends
