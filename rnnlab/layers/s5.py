@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State, no_weight_decay
+from rnnlab.layers.parts import param_derived
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
@@ -83,6 +84,14 @@ class S5(Mixer):
         Bbar = f.unsqueeze(-1) * torch.view_as_complex(self.B.float().contiguous())
         return torch.exp(dtA), Bbar, torch.view_as_complex(self.C.float().contiguous())
 
+    def _kernel_weights(self, *_) -> tuple[Tensor, Tensor, Tensor]:
+        """``lru_decode``'s (w_in (2P2, H), λ̄ (P2, 2), w_out (H, 2P2)): B̄'s real and imaginary rows interleaved as h's
+        parts are, and 2 Re(C̃ h) as one row of interleaved columns [2 Re C̃, −2 Im C̃]."""
+        lam_bar, Bbar, C = self._ssm()
+        w_in = torch.stack([Bbar.real, Bbar.imag], 1).flatten(0, 1)
+        w_out = torch.stack([2 * C.real, -2 * C.imag], 2).flatten(1)
+        return w_in.contiguous(), torch.view_as_real(lam_bar).contiguous(), w_out.contiguous()
+
     def _out(self, h: Tensor, C: Tensor, x: Tensor) -> Tensor:
         y = 2 * torch.einsum("btp,hp->bth", h, C).real + self.D.float() * x.float()
         g = F.gelu(y).to(x.dtype)
@@ -96,6 +105,14 @@ class S5(Mixer):
         return self._out(h, C, x), {"h": torch.view_as_real(h_last)}
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One token; on CPU without autograd the projection in, the complex diagonal update and 2 Re(C̃ h) + D x in
+        the LRU's decode kernel (rnnlab.ops.decode), with the discretized weights derived once per parameter update."""
+        params = (self.Lambda_re, self.Lambda_im, self.B, self.C, self.log_dt)
+        if decode.usable(x, state["h"], self.D, *params):
+            weights = param_derived(self, "_decode_params", self._kernel_weights, *params)
+            y, (h,) = decode.fused_step("lru_decode", self, x, [state["h"]], [*weights, self.D], self.d_model, [])
+            g = F.gelu(y)
+            return g * torch.sigmoid(decode.linear(self.out2, g)), {"h": h}
         lam_bar, Bbar, C = self._ssm()
         bu = torch.einsum("bh,ph->bp", x[:, 0].float().to(Bbar.dtype), Bbar)
         h = lam_bar * torch.view_as_complex(state["h"].float().contiguous()) + bu

@@ -457,9 +457,10 @@ def rwkv4_decode(kvr, wkv, w, u, out, wkv2, lo, hi):  # pragma: no cover - compi
 
 @njit(**_KERNEL)
 def lru_decode(x, h, w_in, lam, w_out, d_skip, out, h2, lo, hi):  # pragma: no cover - compiled
-    """The LRU's token (rnnlab.layers.lru), per row b: x (B, H), the state h (B, N, 2) (real, imaginary), w_in (2N, H)
-    the rows [γ_j Re B_j; γ_j Im B_j] interleaved, lam (N, 2) λ's parts, w_out (H, 2N) the columns [Re C_j, −Im C_j]
-    interleaved -> h2 = λ ⊙ h + γ ⊙ (B x) and out (B, H) = Re(C h2) + D ⊙ x = w_out · h2 + D ⊙ x."""
+    """A complex diagonal SSM's token, per row b: x (B, H), the state h (B, N, 2) (real, imaginary), w_in (2N, H) the
+    input map's real and imaginary rows interleaved, lam (N, 2) λ's parts, w_out (H, 2N) the columns [Re C_j, −Im C_j]
+    interleaved -> h2 = λ ⊙ h + B x and out (B, H) = Re(C h2) + D ⊙ x = w_out · h2 + D ⊙ x. The LRU (rnnlab.layers.lru:
+    B = γ B) and S5 (rnnlab.layers.s5: B = B̄, C = 2 C̃)."""
     N, H = lam.shape[0], x.shape[1]
     zero = x.dtype.type(0)
     for b in range(lo, hi):

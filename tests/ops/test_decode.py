@@ -55,6 +55,7 @@ CASES = [
     ("rwkv4", {"zero_init": False, "layer_id": 1, "num_layers": 3}),
     ("lru", {"d_state": 12}),
     ("lru", {}),
+    ("s5", {"d_state": 8, "blocks": 2}),  # the LRU's kernel with S5's discretized weights
     ("res_rmn", {}),  # O the identity
     ("res_rmn", {"orthogonal": "cycle", "memory_units": 12}),
     ("res_rmn", {"orthogonal": "random", "alpha": 0.9, "beta": 0.5, "bias_scaling": 0.1}),
