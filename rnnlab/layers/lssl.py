@@ -102,7 +102,13 @@ class LSSL(Mixer):
         return self._out(y, x), {"h": h}
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One token; on CPU without autograd the per-channel dense update and read-out in one kernel
+        (rnnlab.ops.decode), the discretization cached as ``discrete`` says."""
         Ab, Bb = self.discrete()
+        if decode.usable(x, state["h"], Ab, Bb, self.C, self.D):
+            y, (h,) = decode.fused_step("dense_ssm_decode", self, x, [state["h"]], [Ab, Bb, self.C, self.D], self.d_model, [],
+                                        work=Ab.numel())
+            return decode.linear(self.out_proj, F.gelu(y)), {"h": h}
         y, h = dense_ssm_ref(x.to(Ab.dtype), Ab, Bb, self.C.to(Ab.dtype), state["h"].to(Ab.dtype))
         return self._out(y, x), {"h": h}
 

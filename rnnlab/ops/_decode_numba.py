@@ -635,6 +635,40 @@ def hgrn_decode(proj, h, floor, cos, sin, ln_w, ln_b, out, h2, eps, lo, hi):  # 
 
 
 @njit(**_KERNEL)
+def dense_ssm_decode(x, h, Ab, Bb, C, D, out, h2, lo, hi):  # pragma: no cover - compiled
+    """A dense per-channel SSM's token (LSSL, rnnlab.layers.lssl; rnnlab.ops.ssm_kernels ``dense_ssm_ref``), per row
+    b and channel c: h2 = Ā_c h_c + B̄_c u_c (Ā (H, N, N), B̄ (H, N)), out = C_c · h2_c + D_c u_c (B, H)."""
+    for b in range(lo, hi):
+        for c in range(Bb.shape[0]):
+            _dense_ssm_channel(x, h, Ab, Bb, C, D, out, h2, b, c)
+
+
+@njit(**_INLINE)
+def _dense_ssm_channel(x, h, Ab, Bb, C, D, out, h2, b, c):  # pragma: no cover - compiled
+    """Channel c of row b in ``dense_ssm_decode``."""
+    N = Bb.shape[1]
+    zero = x.dtype.type(0)
+    u, hc, nc, Ac = x[b, c], h[b, c], h2[b, c], Ab[c]
+    y = zero
+    for n in range(N):
+        s = zero
+        for m in range(N):
+            s += Ac[n, m] * hc[m]
+        s += Bb[c, n] * u
+        nc[n] = s
+        y += C[c, n] * s
+    out[b, c] = y + D[c] * u
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def dense_ssm_decode_heads(x, h, Ab, Bb, C, D, out, h2):  # pragma: no cover - compiled
+    """``dense_ssm_decode`` with the (row, channel) units over numba's threads (the O(H N²) update of a few rows)."""
+    H = Bb.shape[0]
+    for unit in prange(x.shape[0] * H):
+        _dense_ssm_channel(x, h, Ab, Bb, C, D, out, h2, unit // H, unit % H)
+
+
+@njit(**_KERNEL)
 def hawk_decode(proj, conv, h, pos, conv_w, conv_b, wa, wx, ba, bx, sp, out, conv2, h2, pos2, xc, c, reset, lo, hi):  # pragma: no cover - compiled
     """Griffin's recurrent block's token (rnnlab.layers.hawk, RG-LRU) after its input projections, per row b: proj
     (B, 2R) = [y | x]; x_c = conv(x) (bias, no activation) with state conv (B, W-1, R); r = σ(W_a x_c + b_a), i = σ(W_x

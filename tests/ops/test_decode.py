@@ -56,6 +56,8 @@ CASES = [
     ("lru", {"d_state": 12}),
     ("lru", {}),
     ("s5", {"d_state": 8, "blocks": 2}),  # the LRU's kernel with S5's discretized weights
+    ("lssl", {"d_state": 8}),
+    ("lssl", {"d_state": 6, "train_A": False, "method": "zoh"}),
     ("res_rmn", {}),  # O the identity
     ("res_rmn", {"orthogonal": "cycle", "memory_units": 12}),
     ("res_rmn", {"orthogonal": "random", "alpha": 0.9, "beta": 0.5, "bias_scaling": 0.1}),
@@ -545,13 +547,14 @@ def test_rows_at_different_positions(name, kw):
 @pytest.mark.parametrize("name,kw", [("titans", {"num_heads": 4, "chunk_size": 4}), ("yaad", {"num_heads": 4, "chunk_size": 4}),
                                      ("moneta", {"num_heads": 2, "chunk_size": 3}), ("memora", {"num_heads": 2, "chunk_size": 4}),
                                      ("ttt_mlp", {"num_heads": 4, "mini_batch_size": 4}),
-                                     ("lact", {"num_heads": 4, "chunk_size": 3}), ("ltc", {})])
+                                     ("lact", {"num_heads": 4, "chunk_size": 3}), ("ltc", {}), ("lssl", {"d_state": 8})])
 def test_memory_heads_over_threads(name, kw, monkeypatch):
     """A few rows of a large memory: the kernel's ``_heads`` variant runs the (row, head) units over numba's threads
     (the size threshold lowered so that small shapes take it); equal to the torch step, rows at different positions.
-    LTC's variant cuts each sub-step's columns over the threads instead."""
+    LTC's variant cuts each sub-step's columns over the threads instead, LSSL's its (row, channel) units."""
     kernels = decode._kernels()
-    kernel = {"titans": "titans_mlp_decode", "ttt_mlp": "ttt_mlp_decode", "lact": "lact_decode", "ltc": "ltc_decode"}.get(name, "miras_decode")
+    kernel = {"titans": "titans_mlp_decode", "ttt_mlp": "ttt_mlp_decode", "lact": "lact_decode", "ltc": "ltc_decode",
+              "lssl": "dense_ssm_decode"}.get(name, "miras_decode")
     kernel += "_heads"
     calls = []
     inner = getattr(kernels, kernel)
