@@ -21,10 +21,13 @@ import torch
 from torch import Tensor
 
 from rnnlab.layers.base import Mixer, State
+from rnnlab.layers.parts import param_derived
 from rnnlab.layers.registry import register_mixer
+from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.reservoir import orthogonal as orthogonal_matrix
-from rnnlab.ops.reservoir import ORTHOGONAL, residual_reservoir, residual_reservoir_ref, spectral_rescale, uniform
+from rnnlab.ops.reservoir import (ORTHOGONAL, decode_weights, residual_reservoir, residual_reservoir_ref, spectral_rescale,
+                                  uniform)
 
 __all__ = ["DeepResESN"]
 BACKENDS = ("recurrent", "reference")  # rnnlab.ops.forms
@@ -81,7 +84,21 @@ class DeepResESN(Mixer):
         return self._run(x, state, self.backend)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        return self._run(x, state, "recurrent")
+        """One token; on CPU without autograd, in the buffers' dtype, each layer's update in the fused decode kernel
+        (rnnlab.ops.decode), [W_in | W] and O's kind found once per update."""
+        names = [f"{n}{i}" for i in range(self.layers) for n in ("W_in", "W", "bias", "O")]
+        buffers = [getattr(self, n) for n in names]
+        if not decode.usable(x, state["h"], *buffers, float64=True):
+            return self._run(x, state, "recurrent")
+        packed = param_derived(self, "_decode_params", lambda *b: [decode_weights(*b[i:i + 2], b[i + 3]) for i in range(0, len(b), 4)],
+                               *buffers)
+        u, outs, finals = x, [], []
+        for i, (h0, (w_cat, kind)) in enumerate(zip(state["h"].split(self.units, -1), packed)):
+            u, (h,) = decode.fused_step("reservoir_decode", self, u, [h0], [w_cat, buffers[4 * i + 2], buffers[4 * i + 3]], self.units[i],
+                                        [u.shape[-1] + self.units[i]], self.alpha, self.beta, kind)
+            outs.append(u)
+            finals.append(h)
+        return (torch.cat(outs, -1) if self.concat else u), {"h": torch.cat(finals, -1)}
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, layers={self.layers} x {self.units[-1]} units, O={self.orthogonal}, alpha={self.alpha}, "

@@ -22,7 +22,7 @@ from rnnlab.layers.registry import register_mixer
 from rnnlab.ops import decode
 from rnnlab.ops.forms import check_form
 from rnnlab.ops.reservoir import orthogonal as orthogonal_matrix
-from rnnlab.ops.reservoir import (ORTHOGONAL, cycle, cyclic_memory, cyclic_memory_ref, residual_reservoir,
+from rnnlab.ops.reservoir import (ORTHOGONAL, cyclic_memory, cyclic_memory_ref, decode_weights, residual_reservoir,
                                   residual_reservoir_ref, spectral_rescale, uniform)
 
 __all__ = ["ResRMN"]
@@ -77,7 +77,7 @@ class ResRMN(Mixer):
         (rnnlab.ops.decode) with [W_in | W] concatenated and O's kind (identity, cycle or dense) found once per update."""
         buffers = (self.V_in, self.W_in, self.W, self.bias, self.O)
         if decode.usable(x, state["m"], state["h"], *buffers, float64=True):
-            w_cat, o_kind = param_derived(self, "_decode_params", _kernel_weights, *buffers[1:3], self.O)
+            w_cat, o_kind = param_derived(self, "_decode_params", decode_weights, *buffers[1:3], self.O)
             out, (m, h) = decode.fused_step("res_rmn_decode", self, x, [state["m"], state["h"]],
                                             [self.V_in, w_cat, self.bias, self.O], self.d_model,
                                             [x.shape[-1] + self.memory_units + self.d_model], self.alpha, self.beta, o_kind)
@@ -87,9 +87,3 @@ class ResRMN(Mixer):
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, memory_units={self.memory_units}, O={self.orthogonal}, alpha={self.alpha}, beta={self.beta}"
 
-
-def _kernel_weights(W_in: Tensor, W: Tensor, O: Tensor) -> tuple[Tensor, int]:
-    """[W_in | W] (N, I + N) and O's kind for ``res_rmn_decode``: 0 the identity, 1 the cyclic shift, 2 any other."""
-    N = O.shape[0]
-    kind = 0 if torch.equal(O, torch.eye(N, dtype=O.dtype)) else 1 if torch.equal(O, cycle(N).to(O.dtype)) else 2
-    return torch.cat([W_in, W], 1).contiguous(), kind

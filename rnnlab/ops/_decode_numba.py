@@ -482,15 +482,51 @@ def lru_decode(x, h, w_in, lam, w_out, d_skip, out, h2, lo, hi):  # pragma: no c
             out[b, o] = s + d_skip[o] * xb[o]
 
 
+@njit(**_INLINE)
+def _reservoir_row(zb, hb, w_cat, bias, O, alpha, beta, o_kind, h2b, outb):  # pragma: no cover - compiled
+    """One row of a residual reservoir (rnnlab.ops.reservoir ``residual_reservoir``): h2b = outb = α O hb + β tanh(w_cat
+    zb + b), zb = [the input; hb], O applied as o_kind says (0 the identity, 1 the cyclic shift, 2 dense)."""
+    N = hb.shape[0]
+    zero = zb.dtype.type(0)
+    for n in range(N):
+        s = zero
+        wn = w_cat[n]
+        for k in range(zb.shape[0]):
+            s += wn[k] * zb[k]
+        if o_kind == 0:
+            r = hb[n]
+        elif o_kind == 1:
+            r = hb[n - 1 if n else N - 1]
+        else:
+            r = zero
+            for k in range(N):
+                r += O[n, k] * hb[k]
+        v = alpha * r + beta * math.tanh(s + bias[n])
+        h2b[n] = v
+        outb[n] = v
+
+
+@njit(**_KERNEL)
+def reservoir_decode(u, h, w_cat, bias, O, out, h2, z, alpha, beta, o_kind, lo, hi):  # pragma: no cover - compiled
+    """A residual reservoir's token (one DeepResESN layer, rnnlab.layers.deep_res_esn), per row b: u (B, I), the state
+    h (B, N), w_cat (N, I + N) = [W_in | W] -> h2 = out = ``_reservoir_row``; scratch z (B, I + N)."""
+    I = u.shape[1]
+    for b in range(lo, hi):
+        zb = z[b]
+        zb[:I] = u[b]
+        zb[I:] = h[b]
+        _reservoir_row(zb, h[b], w_cat, bias, O, alpha, beta, o_kind, h2[b], out[b])
+
+
 @njit(**_KERNEL)
 def res_rmn_decode(x, m, h, v_in, w_cat, bias, O, out, m2, h2, z, alpha, beta, o_kind, lo, hi):  # pragma: no cover - compiled
     """ResRMN's token (rnnlab.layers.res_rmn), per row b: x (B, D), the states m (B, M), h (B, N); v_in (M, D), w_cat
-    (N, D + M + N) = [W_x | W_m | W], O (N, N) used as o_kind says (0 the identity, 1 the cyclic shift, 2 dense) ->
-    m2 = roll(m, 1) + V_in x, h2 = out = α O h + β tanh([W_x | W_m | W] [x; m2; h] + b); scratch z (B, D + M + N)."""
-    D, M, N = x.shape[1], m.shape[1], h.shape[1]
+    (N, D + M + N) = [W_x | W_m | W] -> m2 = roll(m, 1) + V_in x, then the reservoir on [x; m2] (``_reservoir_row``);
+    scratch z (B, D + M + N)."""
+    D, M = x.shape[1], m.shape[1]
     zero = x.dtype.type(0)
     for b in range(lo, hi):
-        zb, hb = z[b], h[b]
+        zb = z[b]
         zb[:D] = x[b]
         for i in range(M):
             s = zero
@@ -498,23 +534,8 @@ def res_rmn_decode(x, m, h, v_in, w_cat, bias, O, out, m2, h2, z, alpha, beta, o
                 s += v_in[i, k] * zb[k]
             m2[b, i] = m[b, i - 1 if i else M - 1] + s
         zb[D : D + M] = m2[b]
-        zb[D + M :] = hb
-        for n in range(N):
-            s = zero
-            wn = w_cat[n]
-            for k in range(D + M + N):
-                s += wn[k] * zb[k]
-            if o_kind == 0:
-                r = hb[n]
-            elif o_kind == 1:
-                r = hb[n - 1 if n else N - 1]
-            else:
-                r = zero
-                for k in range(N):
-                    r += O[n, k] * hb[k]
-            v = alpha * r + beta * math.tanh(s + bias[n])
-            h2[b, n] = v
-            out[b, n] = v
+        zb[D + M :] = h[b]
+        _reservoir_row(zb, h[b], w_cat, bias, O, alpha, beta, o_kind, h2[b], out[b])
 
 
 @njit(**_INLINE)

@@ -25,7 +25,7 @@ from torch import Tensor
 from rnnlab.ops.varlen import varlen
 
 __all__ = ["ORTHOGONAL", "orthogonal", "cycle", "uniform", "spectral_rescale", "residual_reservoir", "residual_reservoir_ref",
-           "cyclic_memory", "cyclic_memory_ref"]
+           "cyclic_memory", "cyclic_memory_ref", "decode_weights"]
 
 ORTHOGONAL = ("random", "cycle", "identity")  # the papers' R, C, I
 
@@ -122,3 +122,11 @@ def cyclic_memory(x: Tensor, V_in: Tensor, bias: Tensor | None = None, initial_s
     fwd = (torch.arange(M, device=x.device)[None, :] - (t[:, None] + 1)) % M  # roll by +(t+1)
     m = torch.gather(s, 2, fwd.expand(B, T, M))
     return m, m[:, -1]
+
+
+def decode_weights(W_in: Tensor, W: Tensor, O: Tensor) -> tuple[Tensor, int]:
+    """A reservoir's weights for the decode kernels (rnnlab.ops.decode): [W_in | W] (N, I + N) and O's kind, 0 the
+    identity, 1 the cyclic shift, 2 any other (applied as a shift or not at all instead of an N x N product)."""
+    N = O.shape[0]
+    kind = 0 if torch.equal(O, torch.eye(N, dtype=O.dtype)) else 1 if torch.equal(O, cycle(N).to(O.dtype)) else 2
+    return torch.cat([W_in, W], 1).contiguous(), kind

@@ -61,6 +61,8 @@ CASES = [
     ("res_rmn", {}),  # O the identity
     ("res_rmn", {"orthogonal": "cycle", "memory_units": 12}),
     ("res_rmn", {"orthogonal": "random", "alpha": 0.9, "beta": 0.5, "bias_scaling": 0.1}),
+    ("deep_res_esn", {"layers": 3}),  # O random, the units split unevenly across the layers (concat)
+    ("deep_res_esn", {"orthogonal": "cycle", "concat": False, "bias_scaling": 0.1}),
     ("ltc", {}),
     ("ltc", {"unfolds": 2}),
     ("hgrn", {}),
@@ -155,9 +157,9 @@ def test_float64_policy():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_first_tokens_from_the_empty_state(dtype):
     """Stepping from the initial state: RG-LRU's first-token reset (pos 0), the test-time memories' learned initial weights, and
-    mamba2's and ResRMN's float64 arithmetic (their torch steps compute in float64: the kernels equal them to 1e-10)."""
+    mamba2's and the reservoirs' float64 arithmetic (their torch steps compute in float64: the kernels equal them to 1e-10)."""
     cases = [("hawk", {"expansion": 1.0, "gate_blocks": 2, "reset_first_token": True}), ("mamba2", {"headdim": 8, "d_state": 8}),
-             ("res_rmn", {"orthogonal": "random"})]
+             ("res_rmn", {"orthogonal": "random"}), ("deep_res_esn", {"orthogonal": "identity"})]
     if dtype == torch.float32:  # TTT-Linear and Titans from their learned initial weights (expanded in the state)
         cases += [("ttt_linear", {"num_heads": 2, "mini_batch_size": 4}), ("ttt_mlp", {"num_heads": 2, "mini_batch_size": 4}),
                   ("titans_linear", {"num_heads": 2, "chunk_size": 4}), ("titans", {"num_heads": 2, "chunk_size": 4}),
