@@ -108,12 +108,9 @@ class LRU(Mixer):
         return self._output(h.unsqueeze(1), x), {"h": torch.view_as_real(h).contiguous()}
 
     def _kernel_weights(self, nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im) -> tuple[Tensor, Tensor, Tensor]:
-        """(w_in (2N, H), λ (N, 2), w_out (H, 2N)) of ``lru_decode``: γ B's real and imaginary rows interleaved as h's
-        parts are, and Re(C h) = Re C · Re h − Im C · Im h as one row of interleaved columns."""
+        """``lru_decode``'s weights (``decode.complex_diagonal``) of γ B, λ and C."""
         gamma = torch.exp(gamma_log)[:, None]
-        w_in = torch.stack([B_re * gamma, B_im * gamma], 1).flatten(0, 1)
-        w_out = torch.stack([C_re, -C_im], 2).flatten(1)
-        return w_in.contiguous(), torch.view_as_real(self.eigenvalues()).contiguous(), w_out.contiguous()
+        return decode.complex_diagonal(torch.complex(B_re * gamma, B_im * gamma), self.eigenvalues(), torch.complex(C_re, C_im))
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_state={self.d_state}, r=[{self.r_min}, {self.r_max}], max_phase={self.max_phase:.3g}"

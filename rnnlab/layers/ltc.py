@@ -96,7 +96,7 @@ class LTC(Mixer):
         if decode.usable(x, state["v"], *params, *([] if dt is None else [dt]), float64=True):
             tables = param_derived(self, "_decode_params", _kernel_tables, *params)
             H = self.d_model
-            out, (v,) = decode.fused_step("ltc_decode", self, [x, x if dt is None else dt], [state["v"]], tables, H, [H + 4 * H],
+            out, (v,) = decode.fused_step("ltc_decode", self, [x, x if dt is None else dt], [state["v"]], tables, H, [H + 6 * H],
                                           dt is not None, self.unfolds, work=(self.unfolds + 1) * H * H)
             return out, {"v": v}
         return self._run(x, state, dt, "recurrent")

@@ -85,12 +85,9 @@ class S5(Mixer):
         return torch.exp(dtA), Bbar, torch.view_as_complex(self.C.float().contiguous())
 
     def _kernel_weights(self, *_) -> tuple[Tensor, Tensor, Tensor]:
-        """``lru_decode``'s (w_in (2P2, H), λ̄ (P2, 2), w_out (H, 2P2)): B̄'s real and imaginary rows interleaved as h's
-        parts are, and 2 Re(C̃ h) as one row of interleaved columns [2 Re C̃, −2 Im C̃]."""
+        """``lru_decode``'s weights (``decode.complex_diagonal``) of B̄, λ̄ and 2 C̃ (y = 2 Re(C̃ h))."""
         lam_bar, Bbar, C = self._ssm()
-        w_in = torch.stack([Bbar.real, Bbar.imag], 1).flatten(0, 1)
-        w_out = torch.stack([2 * C.real, -2 * C.imag], 2).flatten(1)
-        return w_in.contiguous(), torch.view_as_real(lam_bar).contiguous(), w_out.contiguous()
+        return decode.complex_diagonal(Bbar, lam_bar, 2 * C)
 
     def _out(self, h: Tensor, C: Tensor, x: Tensor) -> Tensor:
         y = 2 * torch.einsum("btp,hp->bth", h, C).real + self.D.float() * x.float()

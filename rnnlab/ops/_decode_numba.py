@@ -562,12 +562,14 @@ def _synapse_sums(v, sig, neg_smu, wE, w, lo, hi, z, ib, num, den):  # pragma: n
 
 
 @njit(**_INLINE)
-def _ltc_substep(v, sig, nsmu, wE, w, num0, den0, cm, step, lo, hi, vnew):  # pragma: no cover - compiled
+def _ltc_substep(v, sig, nsmu, wE, w, num0, den0, cm, step, lo, hi, vnew, z, ib, num, den):  # pragma: no cover - compiled
     """One fused sub-step for the columns [lo, hi): vnew[j] = (v_j + k_j (num0_j + Σ a E w)) / (1 + k_j (den0_j + Σ a
-    w)), k_j = step / c_m,j, the sums at v (all of it: the sub-step's old values)."""
+    w)), k_j = step / c_m,j, the sums at v (all of it: the sub-step's old values); scratch z, ib (int32), num, den of
+    at least hi − lo entries."""
     n = hi - lo
-    z, ib = np.empty(n, v.dtype), np.empty(n, np.int32)
-    num, den = num0[lo:hi].copy(), den0[lo:hi].copy()
+    num, den = num[:n], den[:n]
+    num[:] = num0[lo:hi]
+    den[:] = den0[lo:hi]
     _synapse_sums(v, sig, nsmu, wE, w, lo, hi, z, ib, num, den)
     for j in range(n):
         k = step / cm[lo + j]
@@ -590,19 +592,20 @@ def ltc_decode(x, dt, v, in_w, in_b, s_sig, s_nsmu, s_wE, s_w, sig, nsmu, wE, w,
     u, then ``unfolds`` fused semi-implicit sub-steps v ← (v + k (num0 + Σ a E w)) / (1 + k (den0 + Σ a w)) with
     num0 = g_leak v_leak + Σ_sensory, den0 = g_leak + Σ_sensory (base (2, H) = [g_leak v_leak, g_leak]) and k =
     (dt_b / unfolds) / c_m (dt_b = 1 without ``has_dt``); out = out_w ⊙ v + out_b. The synapse tables are (I, H) or
-    (H, H): σ, −σ μ, w E, w; dt (B, 1). Scratch sc (B, D + 4H)."""
+    (H, H): σ, −σ μ, w E, w; dt (B, 1). Scratch sc (B, D + 6H)."""
     D, H = x.shape[1], v.shape[1]
     ib = np.empty(H, np.int32)
     for b in range(lo, hi):
         s = sc[b]
         u, z, num0, den0, vt = s[:D], s[D:D + H], s[D + H:D + 2 * H], s[D + 2 * H:D + 3 * H], s[D + 3 * H:D + 4 * H]
+        num, den = s[D + 4 * H:D + 5 * H], s[D + 5 * H:D + 6 * H]
         _ltc_input(x[b], in_w, in_b, base, u, num0, den0)
         _synapse_sums(u, s_sig, s_nsmu, s_wE, s_w, 0, H, z, ib, num0, den0)
         step = (dt[b, 0] if has_dt else 1.0) / unfolds
         vb = v2[b]
         vb[:] = v[b]
         for _ in range(unfolds):
-            _ltc_substep(vb, sig, nsmu, wE, w, num0, den0, cm, step, 0, H, vt)
+            _ltc_substep(vb, sig, nsmu, wE, w, num0, den0, cm, step, 0, H, vt, z, ib, num, den)
             vb[:] = vt
         for j in range(H):
             out[b, j] = vb[j] * out_w[j] + out_b[j]
@@ -615,21 +618,21 @@ def ltc_decode_heads(x, dt, v, in_w, in_b, s_sig, s_nsmu, s_wE, s_w, sig, nsmu, 
     H² synapses per sub-step would otherwise run on one core); a barrier between sub-steps (each reads all of v)."""
     D, H = x.shape[1], v.shape[1]
     parts = max(1, min(8, H // 16))  # column blocks of >= 16 for numba's threads to share
+    zs, ibs = np.empty((parts, 3, H), v.dtype), np.empty((parts, H), np.int32)  # each block's scratch [z, num, den]
     for b in range(x.shape[0]):
         s = sc[b]
         u, num0, den0, vt = s[:D], s[D + H:D + 2 * H], s[D + 2 * H:D + 3 * H], s[D + 3 * H:D + 4 * H]
         _ltc_input(x[b], in_w, in_b, base, u, num0, den0)
         for p in prange(parts):
             lo, hi = _block(p, parts, H)
-            _synapse_sums(u, s_sig, s_nsmu, s_wE, s_w, lo, hi, np.empty(hi - lo, u.dtype), np.empty(hi - lo, np.int32), num0[lo:hi],
-                          den0[lo:hi])
+            _synapse_sums(u, s_sig, s_nsmu, s_wE, s_w, lo, hi, zs[p, 0], ibs[p], num0[lo:hi], den0[lo:hi])
         step = (dt[b, 0] if has_dt else 1.0) / unfolds
         vb = v2[b]
         vb[:] = v[b]
         for _ in range(unfolds):
             for p in prange(parts):
                 lo, hi = _block(p, parts, H)
-                _ltc_substep(vb, sig, nsmu, wE, w, num0, den0, cm, step, lo, hi, vt)
+                _ltc_substep(vb, sig, nsmu, wE, w, num0, den0, cm, step, lo, hi, vt, zs[p, 0], ibs[p], zs[p, 1], zs[p, 2])
             vb[:] = vt
         for j in range(H):
             out[b, j] = vb[j] * out_w[j] + out_b[j]

@@ -29,7 +29,7 @@ from torch.nn.modules import module as _module
 from rnnlab.ops._threads import run_rows
 
 __all__ = ["usable", "enabled", "linear", "linear_usable", "linear_rows", "sequential", "fused_step", "chunk_continues", "hooked",
-           "attention_decode", "log_linear_decode", "rat_decode"]
+           "complex_diagonal", "attention_decode", "log_linear_decode", "rat_decode"]
 
 _ON = True
 _KERNELS = None  # the compiled module, or False when numba is missing
@@ -117,6 +117,15 @@ def linear_rows(x: Tensor, W: np.ndarray, bias: np.ndarray | None) -> Tensor:
     else:
         _kernels().linear_rows(xa, W, b, bias is not None, y.reshape(B, -1), 0, W.shape[0])
     return torch.from_numpy(y)
+
+
+def complex_diagonal(B: Tensor, lam: Tensor, C: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The weights of ``_decode_numba.lru_decode`` (a complex diagonal SSM: h ← λ ⊙ h + B x, y = Re(C h)) from B (N, H),
+    λ (N,), C (H, N) complex: w_in (2N, H) with B's real and imaginary rows interleaved as the state's parts are, λ's
+    parts (N, 2), and w_out (H, 2N) with Re(C h) = Re C · Re h − Im C · Im h as one row of interleaved columns."""
+    w_in = torch.stack([B.real, B.imag], 1).flatten(0, 1)
+    w_out = torch.stack([C.real, -C.imag], 2).flatten(1)
+    return w_in.contiguous(), torch.view_as_real(lam).contiguous(), w_out.contiguous()
 
 
 def hooked(layer: nn.Module) -> bool:
