@@ -207,8 +207,32 @@ class MLSTM(Mixer):
         return self._output(x, h, c, z, conv_state, final, state)
 
     def parallel(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (B, T, D) -> (y, state): chunkwise mLSTM."""
+        """x (B, T, D) -> (y, state): chunkwise mLSTM; on CPU without autograd the cell and its norm as one numba pass over
+        the prompt (``_prompt``)."""
+        if decode.usable(x, *state.values(), self.norm_weight, prompt=True):
+            return self._prompt(x, state)
         return self._mix(x, state, "chunk")
+
+    def _prompt(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """The recurrent form over the prompt, token by token per (row, head), with the norm (and the dense layout's
+        output gate) fused (``_decode_numba.mlstm_prefill``): the chunk form's masked matmuls and its dozen element-wise
+        passes cost more on a CPU than the K·V products per token (docs/benchmarks.md). Same numbers as the chunk form
+        up to rounding (tests/ops/test_decode.py)."""
+        (B, T, _), H, E, QK = x.shape, self.num_heads, self.d_inner, self.qk_dim
+        cap, sig = float(self.gate_soft_cap or 0.0), self.forget_gate == "sigmoid"
+        if self.layout == "dense":
+            proj = fused_linear(x, [self.in_proj, self.gates], whole=True)
+            inputs, offsets, conv_state = [proj] * 5, (0, QK, 2 * QK, 2 * QK + E, 2 * QK + 2 * E), None
+        else:
+            q, k, v, g, c, z, conv_state = self._inputs(x, state)
+            inputs, offsets = [q, k, v, q, g], (0, 0, 0, 0, 0)
+        s0 = [cast(state[key], torch.float32) for key in ("C", "n", "m")]
+        h, (C, n, m) = decode.fused_prompt("mlstm_prefill", self, inputs, s0, [self.norm_weight], (B, T, E), [(B * H, 3 * E // H)], B * H,
+                                           *offsets, self.layout == "dense", cap, sig, self.eps, self.norm_eps, x.dtype == torch.float32)
+        if self.layout == "block":
+            h = (self.skip * c + h) * F.silu(z)
+        new = {"C": C, "n": n, "m": m} if conv_state is None else {"conv": conv_state, "C": C, "n": n, "m": m}
+        return self.proj_down(h), {key: t.to(state[key].dtype) for key, t in new.items()}
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """x (B, 1, D) -> (y, state): one recurrent mLSTM step (on CPU without autograd the fused decode kernel of the

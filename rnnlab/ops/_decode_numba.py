@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from rnnlab.ops._exp_numba import exp_row_f32
+from rnnlab.ops._noalias import NoAliasCompiler
 
 _FM = {"reassoc", "contract"}  # vectorizable reductions; no NaN/inf assumptions
 _KERNEL = dict(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
@@ -217,26 +218,28 @@ def _mlstm_head(q, k, v, it, ft, m, C, n, C2, n2, sigmoid_forget, eps, norm_w, n
     """One head of the stabilized mLSTM cell (rnnlab.ops.mlstm.mlstm_step) and its norm (a LayerNorm without bias,
     weight norm_w (V,): the layer's GroupNorm over heads): q, k (K,), v (V,), gate pre-activations it, ft, the old
     state m, C (K, V), n (K,) -> o (V,) the normed h, new C2, n2;
-    returns m' = max(log f + m, ĩ). C ← f'C + i'(k/√K) vᵀ, n ← f'n + i' k/√K, h = Cᵀq / (max(|nᵀq|, e^−m') + eps)."""
+    returns m' = max(log f + m, ĩ). C ← f'C + i'(k/√K) vᵀ, n ← f'n + i' k/√K, h = Cᵀq / (max(|nᵀq|, e^−m') + eps).
+    C2, n2 may be C, n (the prompt kernel updates in place)."""
     K, V = C.shape[0], C.shape[1]
-    scale = 1.0 / math.sqrt(K)
+    f32 = C.dtype.type  # the state's dtype for every product: float64 scalars would widen each one (half the vector width)
     logf = _logsigmoid(ft) if sigmoid_forget else ft
     lfm = logf + m
     m_new = max(lfm, it)
-    f_s, i_s = math.exp(lfm - m_new), math.exp(it - m_new)
+    f_s, i_s, scale = f32(math.exp(lfm - m_new)), f32(math.exp(it - m_new)), f32(1.0 / math.sqrt(K))
     for j in range(V):
         o[j] = 0.0
-    qn = 0.0
+    qn = f32(0.0)
     for a in range(K):
         ka, qa = k[a] * scale, q[a]
         nv = f_s * n[a] + ka * i_s
         n2[a] = nv
         qn += qa * nv
+        kai = ka * i_s
         for j in range(V):
-            cv = f_s * C[a, j] + ka * (v[j] * i_s)
+            cv = f_s * C[a, j] + kai * v[j]
             C2[a, j] = cv
             o[j] += qa * cv
-    den = max(abs(qn), math.exp(-m_new)) + eps
+    den = f32(max(abs(qn), math.exp(-m_new)) + eps)
     for j in range(V):
         o[j] = o[j] / den
     _ln_head(o, norm_w, norm_w, False, norm_eps, o)
@@ -306,6 +309,44 @@ def _exp_row(s, n, fast):  # pragma: no cover - compiled
     else:
         for i in range(n):
             s[i] = math.exp(s[i])
+
+
+@njit(pipeline_class=NoAliasCompiler, **_KERNEL)
+def mlstm_prefill(q, k, v, o, g, C, n, m, norm_w, out, C2, n2, m2, ob, q0, k0, v0, o0, g0, gate_out, cap, sigmoid_forget, eps,
+                  norm_eps, fast, lo, hi):  # pragma: no cover - compiled
+    """A prompt of the mLSTM cell with its norm (rnnlab.layers.mlstm's prefill without autograd), units u = b·H + h in
+    [lo, hi): per token t, head h reads q[b, t, q0 + h·K ...], k[.., k0 + h·K ...], v[.., v0 + h·V ...] and the gate
+    pre-activations g[b, t, g0 + h] (ĩ), g[b, t, g0 + H + h] (f̃) (soft-capped when cap > 0), runs ``_mlstm_head`` on
+    its state in place and writes out[b, t, h·V ...] = the normed h (⊙ σ(o[b, t, o0 + h·V ...]) when gate_out: the
+    dense layout's output gate, its exps at the vector width when ``fast``, float32). q, k, v, o, g may be one array
+    (the dense layout's projection) at different offsets. The state starts at C, n, m and ends in C2, n2, m2; scratch
+    ob (B·H, 3V)."""
+    H, K, V = C.shape[1], C.shape[2], C.shape[3]
+    T = out.shape[1]
+    for u in range(lo, hi):
+        b, h = u // H, u % H
+        Cu, nu, ou, e = C2[b, h], n2[b, h], ob[u, :V], ob[u, V:2 * V]
+        Cu[:, :] = C[b, h]
+        nu[:] = n[b, h]
+        mu = m[b, h]
+        for t in range(T):
+            mu = _mlstm_head(q[b, t, q0 + h * K:q0 + (h + 1) * K], k[b, t, k0 + h * K:k0 + (h + 1) * K],
+                             v[b, t, v0 + h * V:v0 + (h + 1) * V], _cap(g[b, t, g0 + h], cap), _cap(g[b, t, g0 + H + h], cap), mu,
+                             Cu, nu, Cu, nu, sigmoid_forget, eps, norm_w[h * V:(h + 1) * V], norm_eps, ou)
+            y = out[b, t, h * V:(h + 1) * V]
+            if not gate_out:
+                y[:] = ou
+                continue
+            for j in range(V):  # σ(x) = 1 / (1 + e^−x)
+                e[j] = -o[b, t, o0 + h * V + j]
+            if fast:
+                exp_row_f32(e, ob[u, 2 * V:].view(np.int32), V, -87.0)
+            else:
+                for j in range(V):
+                    e[j] = math.exp(e[j])
+            for j in range(V):
+                y[j] = ou[j] / (1.0 + e[j])
+        m2[b, h] = mu
 
 
 @njit(**_INLINE)

@@ -29,7 +29,7 @@ from torch.nn.modules import module as _module
 from rnnlab.ops._threads import run_rows
 
 __all__ = ["usable", "enabled", "linear", "linear_usable", "linear_rows", "sequential", "fused_step", "chunk_continues", "hooked",
-           "complex_diagonal", "attention_decode", "log_linear_decode", "rat_decode"]
+           "complex_diagonal", "fused_prompt", "attention_decode", "log_linear_decode", "rat_decode"]
 
 _ON = True
 _KERNELS = None  # the compiled module, or False when numba is missing
@@ -60,12 +60,12 @@ def enabled(on: bool):
         _ON = before
 
 
-def usable(x: Tensor, *tensors: Tensor, float64: bool = False, max_batch: int | None = None) -> bool:
+def usable(x: Tensor, *tensors: Tensor, float64: bool = False, max_batch: int | None = None, prompt: bool = False) -> bool:
     """Whether a fused decode kernel may run x (B, 1, D) with ``tensors`` (state entries, parameters). ``max_batch``:
     for a kernel that runs projections row by row (matrix-vector products), the batch above which torch's one matmul
-    over the rows wins."""
+    over the rows wins; ``prompt``: for a prompt kernel (``fused_prompt``), x (B, T, D) of any T."""
     dt = x.dtype
-    if not _ON or x.shape[1] != 1 or not x.is_cpu or not (dt == torch.float32 or (float64 and dt == torch.float64)):
+    if not _ON or (x.shape[1] != 1 and not prompt) or not x.is_cpu or not (dt == torch.float32 or (float64 and dt == torch.float64)):
         return False
     if torch.is_autocast_enabled("cpu"):  # the torch step's matmuls run in the autocast dtype: its numbers and dtypes
         return False
@@ -193,6 +193,22 @@ def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor
     else:
         run_rows(fn, B, *arrays, *scalars, min_rows=_MIN_ROWS)
     return out.view(B, 1, out_width), new
+
+
+def fused_prompt(kernel: str, owner, inputs: list[Tensor], states: list[Tensor], weights: list[Tensor], out_shape: tuple[int, ...],
+                 scratch: list[tuple[int, ...]], units: int, *scalars) -> tuple[Tensor, list[Tensor]]:
+    """Run ``_decode_numba.<kernel>`` over a whole prompt: ``units`` independent sequences of tokens (a row's heads), split
+    into contiguous groups over threads (``run_rows``) -> (out of ``out_shape``, the new states, fresh tensors shaped as
+    the old). The kernel takes (inputs, states, weights, out, new states, scratch arrays of the given shapes, scalars,
+    lo, hi) as ``fused_step``'s; ``owner`` caches the weights' views."""
+    old = [_arr(s) for s in states]
+    ins = [_arr(t) for t in inputs]
+    npdt = ins[0].dtype
+    new_np = [np.empty_like(a) for a in old]
+    out_np = np.empty(out_shape, npdt)
+    run_rows(getattr(_kernels(), kernel), units, *ins, *old, *_weights(owner, weights), out_np, *new_np,
+             *(np.empty(s, npdt) for s in scratch), *scalars)
+    return torch.from_numpy(out_np), [torch.from_numpy(a) for a in new_np]
 
 
 def chunk_continues(pos: Tensor, chunk_size: int) -> bool:

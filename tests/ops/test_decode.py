@@ -575,3 +575,64 @@ def test_memory_heads_over_threads(name, kw, monkeypatch):
     assert_close(y, y_ref)
     for key in s_ref:
         assert_close(s[key].float(), s_ref[key].float(), name=key)
+
+
+_MLSTM_CASES = [case for case in CASES if case[0] == "mlstm"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kw", [kw for _, kw in _MLSTM_CASES], ids=[f"mlstm-{i}" for i in range(len(_MLSTM_CASES))])
+def test_mlstm_prompt_equals_chunk_form(kw, threads, monkeypatch):
+    """mLSTM's prompt kernel (the recurrent form over a whole prompt, ``decode.fused_prompt``, in place of the chunk form
+    without autograd) equals the layer's torch step token by token (the same recurrence; the chunk form's own rounding
+    differs from both by up to 1.2e-5 with the exp forget gate): from the empty state and from a prefilled one, at
+    lengths off the chunk grid, rows (and heads) split over threads, packed sequences, and with every allocated array
+    garbage first."""
+    import types
+
+    import numpy as np
+
+    torch.set_num_threads(threads)  # the fixture restores one thread
+    m = _mixer("mlstm", {**kw, "chunk_size": 8})
+    x, x2 = torch.randn(3, 21, D), torch.randn(3, 13, D)
+    lengths = [5, 1, 12]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    xp = torch.randn(1, sum(lengths), D)
+    with torch.inference_mode():
+        y1_ref, s1_ref = _steps(m, x, m.init_state(3), kernels=False)
+        y2_ref, s2_ref = _steps(m, x2, s1_ref, kernels=False)
+        seqs = [_steps(m, xp[:, a:b], m.init_state(1), kernels=False) for a, b in zip(cu[:-1], cu[1:])]
+        yp_ref, sp_ref = torch.cat([y for y, _ in seqs], 1), {k: torch.cat([s[k] for _, s in seqs]) for k in seqs[0][1]}
+    fake = types.SimpleNamespace(**{n: getattr(np, n) for n in dir(np) if not n.startswith("__")})
+    fake.empty = lambda shape, dtype=float, **_: np.full(shape, np.nan, dtype)
+    fake.empty_like = lambda a, dtype=None, **_: np.full(a.shape, np.nan, dtype or a.dtype)
+    monkeypatch.setattr(decode, "np", fake)
+    calls = []
+    kernels = decode._kernels()
+    inner = kernels.mlstm_prefill
+    monkeypatch.setattr(kernels, "mlstm_prefill", lambda *a: (calls.append(1), inner(*a))[1])
+    with torch.inference_mode():
+        y1, s1 = m(x)
+        y2, s2 = m(x2, s1)
+        yp, sp = m(xp, cu_seqlens=cu)
+    assert len(calls) == 4 * threads  # four prompts (the packed length-1 sequence is a decode step), units over the threads
+    for got, ref in ((y1, y1_ref), (y2, y2_ref), (yp, yp_ref)):
+        assert_close(got, ref)
+    for got, ref in ((s1, s1_ref), (s2, s2_ref), (sp, sp_ref)):
+        assert got.keys() == ref.keys()
+        for key in ref:
+            assert got[key].dtype == ref[key].dtype
+            assert_close(got[key], ref[key], name=key)
+
+
+def test_mlstm_prompt_policy():
+    """The prompt kernel runs only where a decode kernel may (CPU, no gradient wanted, float32): training keeps the
+    chunk form and its autograd graph."""
+    m = _mixer("mlstm", {"num_heads": 2})
+    x = torch.randn(2, 9, D)
+    assert decode.usable(x, m.norm_weight.detach(), prompt=True)
+    assert not decode.usable(x, m.norm_weight.detach())  # T > 1 is a prompt kernel's only
+    y, _ = m.train()(x)
+    assert y.grad_fn is not None
+    y.sum().backward()
+    assert m.in_proj.weight.grad is not None if hasattr(m, "in_proj") else m.proj_up.weight.grad is not None
