@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from rnnlab.layers.base import Mixer, State
 from rnnlab.layers.registry import register_mixer
-from rnnlab.ops import hippo
+from rnnlab.ops import decode, hippo
 from rnnlab.ops.forms import check_form
-from rnnlab.ops.hippo_rnn import hippo_rnn, hippo_rnn_ref
+from rnnlab.ops.hippo_rnn import decode_terms, hippo_rnn, hippo_rnn_ref
 
 __all__ = ["HiPPORNN"]
 BACKENDS = ("recurrent", "reference")  # rnnlab.ops.forms
@@ -74,6 +74,18 @@ class HiPPORNN(Mixer):
         return self._run(x, state, dt, self.backend)
 
     def step(self, x: Tensor, state: State, dt: Tensor | None = None) -> tuple[Tensor, State]:
+        """One token; on CPU without autograd (the bilinear-family updates of LegS and LagT, whose A is lower
+        triangular) the whole cell in the fused decode kernel (rnnlab.ops.decode)."""
+        params = (self.weight, self.bias, self.weight_f, self.bias_f)
+        if decode.usable(x, *state.values(), *params, *([] if dt is None else [dt]), float64=True):
+            terms = decode_terms(self.measure, self.method, self.N, x.dtype, x.device)
+            if terms is not None:
+                A, B, alpha = terms
+                out, (h, c, t) = decode.fused_step(
+                    "hippo_rnn_decode", self, [x, x if dt is None else dt], [state["h"], state["c"], state["t"]], [*params, A, B],
+                    self.d_model, [self.d_model + self.M * self.N + x.shape[-1], 2 * self.d_model, self.M, self.N], dt is not None,
+                    alpha, self.measure == "legs", 1.0 / self.theta)
+                return out, {"h": h, "c": c, "t": t}
         return self._run(x, state, dt, "recurrent")
 
     def extra_repr(self) -> str:

@@ -474,6 +474,52 @@ def attention_token_parallel(xin, Wp, bp, has_bp, Wo, bo, has_bo, y, qkv, rows, 
 
 
 @njit(**_KERNEL)
+def hippo_rnn_decode(x, dt, h, c, t, W, bias, W_f, bias_f, A, Bv, out, h2, c2, t2, z, pre, f, rhs, has_dt, alpha, legs, scale,
+                     lo, hi):  # pragma: no cover - compiled
+    """HiPPO-RNN's token (rnnlab.ops.hippo_rnn's cell with hippo.step's bilinear-family update, A lower triangular:
+    LegS or LagT), per row b: z = [h, c, x], pre = W z + bias, h' = (1 − σ(pre_g)) ⊙ h + σ(pre_g) ⊙ tanh(pre_τ) (= out);
+    the clock t' = t + Δ (Δ = dt[b, 0] if has_dt else 1); f = W_f h' + bias_f; per feature m, with s = Δ / t' (LegS) or
+    Δ·scale: (I − α s A) c'_m = c_m + (1 − α) s A c_m + s f_m B by forward substitution (α = 0: the right side).
+    Scratch rows z (H + M·N + D), pre (2H), f (M), rhs (N)."""
+    H = h.shape[1]
+    M, N = c.shape[1], c.shape[2]
+    for b in range(lo, hi):
+        zb, pb, fb, rb = z[b], pre[b], f[b], rhs[b]
+        zb[:H] = h[b]
+        for m in range(M):
+            zb[H + m * N:H + (m + 1) * N] = c[b, m]
+        zb[H + M * N:] = x[b]
+        linear_rows(z[b:b + 1], W, bias, True, pre[b:b + 1], 0, W.shape[0])
+        for j in range(H):
+            g = _sigmoid(pb[H + j])
+            v = (1.0 - g) * h[b, j] + g * math.tanh(pb[j])
+            h2[b, j] = v
+            out[b, j] = v
+        step = dt[b, 0] if has_dt else 1.0
+        tn = t[b] + step
+        t2[b] = tn
+        sc = (step / tn if tn > 0 else 0.0) if legs else step * scale
+        linear_rows(h2[b:b + 1], W_f, bias_f, True, f[b:b + 1], 0, M)
+        zero = c.dtype.type(0)
+        for m in range(M):
+            cm = c[b, m]
+            for n in range(N):
+                ac = zero
+                for k in range(n + 1):
+                    ac += A[n, k] * cm[k]
+                rb[n] = cm[n] + (1.0 - alpha) * sc * ac + sc * fb[m] * Bv[n]
+            out_m = c2[b, m]
+            for n in range(N):
+                if alpha == 0.0:
+                    out_m[n] = rb[n]
+                else:
+                    acc = rb[n]
+                    for k in range(n):
+                        acc += alpha * sc * A[n, k] * out_m[k]
+                    out_m[n] = acc / (1.0 - alpha * sc * A[n, n])
+
+
+@njit(**_KERNEL)
 def rwkv4_decode(kvr, wkv, w, u, out, wkv2, lo, hi):  # pragma: no cover - compiled
     """RWKV-4 time-mix's token (rnnlab.layers.rwkv4) after its projections, per row b: kvr (B, 3D) = [k | v | r], the
     state wkv (B, 3, D) = [num, den, max], w = −exp(time_decay), u = time_first (D,) -> out (B, D) = σ(r) ⊙ WKV and the

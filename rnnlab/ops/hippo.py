@@ -51,7 +51,7 @@ __all__ = ["MEASURES", "METHODS", "legs", "legt", "lagt", "transition", "nplr_le
 MEASURES = ("legs", "legt", "lagt")
 METHODS = ("forward", "backward", "bilinear", "zoh")
 BACKENDS = ("auto", "fft", "reference")  # rnnlab.ops.forms
-_GBT = {"forward": 0.0, "backward": 1.0, "bilinear": 0.5}  # the generalized bilinear transform's α
+GBT_ALPHA = {"forward": 0.0, "backward": 1.0, "bilinear": 0.5}  # the generalized bilinear transform's α
 
 
 # --------------------------------------------------------------------------- the matrices
@@ -123,7 +123,7 @@ def discretize(A: Tensor, B: Tensor, dt, method: str = "bilinear") -> tuple[Tens
         M = torch.cat([torch.cat([dA, dB[..., None]], -1), torch.zeros(*batch, 1, N + 1, dtype=A.dtype, device=A.device)], -2)
         E = torch.linalg.matrix_exp(M)
         return E[..., :N, :N], E[..., :N, N]
-    alpha = _GBT[method]
+    alpha = GBT_ALPHA[method]
     eye = torch.eye(N, dtype=A.dtype, device=A.device)
     if alpha == 0.0:
         return eye + dA, dB
@@ -163,7 +163,7 @@ def step(c: Tensor, f: Tensor, A: Tensor, B: Tensor, measure: str, method: str, 
         Ab, Bb = legs_discrete(A, B, t, dt, "zoh") if measure == "legs" else discretize(A, B, dt, "zoh")
         return torch.einsum("rnm,rcm->rcn", Ab, c) + f[..., None] * Bb[:, None]
     scale = torch.where(t > 0, dt / t.clamp_min(1e-30), 0.0) if measure == "legs" else dt  # (R,): Δ/t or Δ
-    alpha = _GBT[method]
+    alpha = GBT_ALPHA[method]
     Ac = c @ A.T
     rhs = c + ((1 - alpha) * scale)[:, None, None] * Ac + scale[:, None, None] * f[..., None] * B
     if alpha == 0.0:

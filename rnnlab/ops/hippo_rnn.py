@@ -39,6 +39,14 @@ def _transition(measure: str, N: int, dtype: torch.dtype, device: torch.device) 
         return tuple(t.to(device=device, dtype=dtype) for t in hippo.transition(measure, N))
 
 
+def decode_terms(measure: str, method: str, N: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, float] | None:
+    """(A, B, α) for the fused decode token (``_decode_numba.hippo_rnn_decode``: the bilinear family's update by forward
+    substitution), or None where it does not apply (ZOH; LegT, whose A is not lower triangular)."""
+    if method == "zoh" or measure == "legt":
+        return None
+    return (*_transition(measure, N, dtype, device), hippo.GBT_ALPHA[method])
+
+
 def _init(x: Tensor, weight_f: Tensor, N: int, initial_state: State | None) -> State:
     B, H, M = x.shape[0], weight_f.shape[1], weight_f.shape[0]
     if initial_state is None:

@@ -69,6 +69,9 @@ CASES = [
     ("hgrn", {"lower_bound": 0.5}),  # a learned floor
     ("hgrn2", {"expand_ratio": 8}),
     ("hgrn2", {"expand_ratio": 16, "lower_bound": 0.3}),
+    ("hippo_rnn", {"memory_order": 16}),  # LegS, bilinear: the clock's Δ / t
+    ("hippo_rnn", {"memory_order": 8, "memory_size": 2, "measure": "lagt", "method": "backward", "theta": 20.0}),
+    ("hippo_rnn", {"memory_order": 6, "method": "forward"}),
     ("yaad", {"num_heads": 2, "chunk_size": 4}),  # the Miras rules: Huber of ‖e‖
     ("yaad", {"num_heads": 2, "chunk_size": 1, "huber": "sign", "max_grad_norm": 0.05, "memory_expansion": 2}),
     ("moneta", {"num_heads": 2, "chunk_size": 4}),  # ℓ3 bias, ℓ4 retention, normalized at chunk ends
@@ -179,10 +182,12 @@ def test_first_tokens_from_the_empty_state(dtype):
                 assert torch.equal(s[key], s_ref[key])
 
 
+@pytest.mark.parametrize("name,kw", [("ltc", {}), ("hippo_rnn", {"memory_order": 8}), ("hippo_rnn", {"memory_order": 8, "measure": "lagt"})])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_ltc_with_time_steps(dtype):
-    """LTC's kernel integrates each row's own elapsed time dt (B, 1), as its torch step; float64 in float64."""
-    m = _mixer("ltc", {}, dtype)
+def test_time_steps(name, kw, dtype):
+    """LTC's and HiPPO-RNN's kernels advance each row by its own elapsed time dt (B, 1) (LTC's ODE, LegS's clock and
+    LagT's step), as their torch steps; float64 in float64."""
+    m = _mixer(name, kw, dtype)
     x, dt = torch.randn(3, 10, D, dtype=dtype), 2 * torch.rand(3, 10, dtype=dtype)
     ys = {}
     with torch.inference_mode():
@@ -192,9 +197,10 @@ def test_ltc_with_time_steps(dtype):
                 for t in range(10):
                     y, state = m(x[:, t:t + 1], state, dt=dt[:, t:t + 1])
                     out.append(y)
-            ys[kernels] = torch.cat(out, 1), state["v"]
+            ys[kernels] = torch.cat(out, 1), state
     assert_close(ys[True][0], ys[False][0], name="y")
-    assert_close(ys[True][1], ys[False][1], name="v")
+    for key in ys[False][1]:
+        assert_close(ys[True][1][key], ys[False][1][key], name=key)
 
 
 def test_slstm_without_conv():
