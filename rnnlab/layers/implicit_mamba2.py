@@ -162,8 +162,29 @@ class ImplicitMamba2(Mixer):
         return self._mix(x, state, "chunk")
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """Sequential mode: the iteration for one token with the state held, then the final call."""
+        """Sequential mode: the iteration for one token with the state held, then the final call; on CPU without
+        autograd the whole iteration, each row stopping on its own, in one fused decode kernel (rnnlab.ops.decode)."""
+        core = self.core
+        params = (core.in_proj.weight, core.out_proj.weight, core.A_log, self.norm_z.weight, self.norm_f.weight)
+        if type(core)._ssd is Mamba2._ssd and decode.usable(x, *state.values(), *params, float64=True):
+            return self._decode(x, state)
         return self._mix(x, state, "recurrent")
+
+    def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        core, D = self.core, self.d_model
+        tol = max(self.tol, 4 * torch.finfo(x.dtype).eps)  # as ``solve``
+        u = decode.linear(self.injection, self.norm_in(x))
+        w = core.norm_weight
+        bias = lambda t: w if t is None else t  # noqa: E731  (a stand-in for an absent bias, never read then)
+        b_in, b_conv, b_out = core.in_proj.bias, core.conv.bias, core.out_proj.bias
+        out, (conv, h) = decode.fused_step(
+            "implicit_ssd_decode", self, u, [state["conv"], state["h"]],
+            [self.norm_z.weight, core.in_proj.weight, bias(b_in), core.conv.weight, bias(b_conv), core.dt_bias, core._A(x.dtype), core.D,
+             core.norm_weight, core.out_proj.weight, bias(b_out), self.norm_f.weight],
+            D + 1, [D, D, core.in_proj.out_features, state["conv"].shape[-1], core.d_inner, D], b_in is not None, b_conv is not None,
+            b_out is not None, core.ngroups, core.norm_eps, self.norm_z.eps, self.norm_f.eps, tol, self.max_iter)
+        self.last_iterations = int(out[:, 0, D].max())
+        return out[..., :D].contiguous(), {"conv": conv, "h": h}
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, tol={self.tol}, max_iter={self.max_iter}, grad_mode={self.grad_mode!r}"

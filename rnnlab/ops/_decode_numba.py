@@ -200,6 +200,54 @@ def ssd_decode(proj, conv, h, conv_w, conv_b, dt_bias, neg_A, D, norm_w, out, co
 
 
 @njit(**_INLINE)
+def _rms_row(x, w, eps, y):  # pragma: no cover - compiled
+    """y = x / √(mean(x²) + eps) ⊙ w over one row (nn.RMSNorm); y may be x."""
+    s = x.dtype.type(0)
+    for j in range(x.shape[0]):
+        s += x[j] * x[j]
+    r = 1.0 / math.sqrt(s / x.shape[0] + eps)
+    for j in range(x.shape[0]):
+        y[j] = x[j] * r * w[j]
+
+
+@njit(**_KERNEL)
+def implicit_ssd_decode(u, conv, h, nz_w, W_in, b_in, conv_w, conv_b, dt_bias, neg_A, D, norm_w, W_out, b_out, nf_w, out, conv2, h2,
+                        z, zn, proj, xbc, y, o, has_in_bias, has_conv_bias, has_out_bias, G, eps, eps_z, eps_f, tol, max_iter, lo,
+                        hi):  # pragma: no cover - compiled
+    """Implicit Mamba-2's token (rnnlab.layers.implicit_mamba2, the step form's fixed-point iteration), per row b: with
+    the SSM's state (conv, h) held, f(z) = RMSNorm_f(z + W_out ssd(W_in RMSNorm_z(z) + b_in + u)) (``ssd_decode``: the
+    conv, the SSD update and read-out, the gated norm); z = 0, then z ← f(z) while ‖f(z) − z‖ > tol·‖f(z)‖ (a non-finite
+    ratio stops too), at most max_iter applications. out[b, :Dm] = f(z*), out[b, Dm] = the applications; the new state
+    (conv2, h2) is the last application's, f(z*)'s. Scratch rows z, zn, o (Dm), proj (W_in's outputs), xbc, y (E)."""
+    Dm = nz_w.shape[0]
+    for b in range(lo, hi):
+        zb, fz = z[b], out[b, :Dm]
+        zb[:] = 0.0
+        n = 0
+        while True:
+            _rms_row(zb, nz_w, eps_z, zn[b])
+            linear_rows(zn[b:b + 1], W_in, b_in, has_in_bias, proj[b:b + 1], 0, W_in.shape[0])
+            for j in range(u.shape[1]):
+                proj[b, j] += u[b, j]
+            ssd_decode(proj, conv, h, conv_w, conv_b, dt_bias, neg_A, D, norm_w, y, conv2, h2, xbc, has_conv_bias, G, eps, b, b + 1)
+            linear_rows(y[b:b + 1], W_out, b_out, has_out_bias, o[b:b + 1], 0, Dm)
+            for j in range(Dm):
+                o[b, j] += zb[j]
+            _rms_row(o[b], nf_w, eps_f, fz)
+            n += 1
+            if n >= max_iter:
+                break
+            num, den = 0.0, 0.0
+            for j in range(Dm):
+                num += (fz[j] - zb[j]) * (fz[j] - zb[j])
+                den += fz[j] * fz[j]
+            if not math.sqrt(num) / max(math.sqrt(den), 1e-12) > tol:
+                break
+            zb[:] = fz
+        out[b, Dm] = n
+
+
+@njit(**_INLINE)
 def _headwise(x, w, r0, y):  # pragma: no cover - compiled
     """y[j·R + o] = Σ_d w[j, r0 + o, d] x[j·d_in + d], o < R = y.size / nb: rows r0.. of each block (mLSTM's
     HeadwiseLinear)."""

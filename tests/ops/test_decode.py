@@ -69,6 +69,8 @@ CASES = [
     ("hgrn", {"lower_bound": 0.5}),  # a learned floor
     ("hgrn2", {"expand_ratio": 8}),
     ("hgrn2", {"expand_ratio": 16, "lower_bound": 0.3}),
+    ("implicit_mamba2", {"headdim": 8, "d_state": 8, "ngroups": 2, "tol": 1e-6, "max_iter": 200, "init_gain": 0.1}),
+    ("implicit_mamba2", {"headdim": 8, "d_state": 4, "tol": 1e-4, "max_iter": 3, "init_gain": 0.5}),  # the budget binds
     ("hippo_rnn", {"memory_order": 16}),  # LegS, bilinear: the clock's Δ / t
     ("hippo_rnn", {"memory_order": 8, "memory_size": 2, "measure": "lagt", "method": "backward", "theta": 20.0}),
     ("hippo_rnn", {"memory_order": 6, "method": "forward"}),
@@ -642,3 +644,20 @@ def test_mlstm_prompt_policy():
     assert y.grad_fn is not None
     y.sum().backward()
     assert m.in_proj.weight.grad is not None if hasattr(m, "in_proj") else m.proj_up.weight.grad is not None
+
+
+def test_implicit_iterations_as_the_torch_step():
+    """Implicit Mamba-2's kernel runs the fixed-point iteration per row, as ``solve`` does: the same number of
+    applications of f (``last_iterations``, the most over the rows) at every token."""
+    m = _mixer("implicit_mamba2", {"headdim": 8, "d_state": 8, "tol": 1e-5, "max_iter": 100, "init_gain": 0.3})
+    x = torch.randn(3, 6, D)
+    counts = {}
+    with torch.inference_mode():
+        _, s0 = m(torch.randn(3, 4, D))
+        for kernels in (True, False):
+            state, counts[kernels] = s0, []
+            with decode.enabled(kernels):
+                for t in range(x.shape[1]):
+                    _, state = m(x[:, t:t + 1], state)
+                    counts[kernels].append(m.last_iterations)
+    assert counts[True] == counts[False] and min(counts[True]) > 1
