@@ -121,7 +121,8 @@ def delta_decode(proj, cq, ck, cv, S, wq, wk, wv, negA, dt_bias, norm_w, out, cq
     S ← αS, then n_h times u = β(v − Sᵀk), S ← S + k uᵀ; o = Sᵀ(scale·q); out = (Gated)RMSNorm(o) (B, HV·V).
     New states cq2, ck2, cv2, S2; scratch rows qc, kc, vc, o (B, ·); scale = 1/√K."""
     HV, K, V = S.shape[1], S.shape[2], S.shape[3]
-    scale = 1.0 / math.sqrt(K)
+    f32 = S.dtype.type  # the state's dtype for every product (float64 scalars would widen each one)
+    scale = f32(1.0 / math.sqrt(K))
     QK, KK, VV = H * K, nh * H * K, nh * HV * V
     ob = QK + KK + VV
     oa = ob + nh * HV
@@ -138,14 +139,14 @@ def delta_decode(proj, cq, ck, cv, S, wq, wk, wv, negA, dt_bias, norm_w, out, cq
             _l2norm(k, i * K, K, 1e-6)
         for h in range(HV):
             Sb, Sn = S[b, h], S2[b, h]
-            alpha = math.exp(negA[h] * _softplus(x[oa + h] + dt_bias[h])) if forget else 1.0
+            alpha = f32(math.exp(negA[h] * _softplus(x[oa + h] + dt_bias[h]))) if forget else f32(1.0)
             for i in range(K):
                 for j in range(V):
                     Sn[i, j] = alpha * Sb[i, j]
             for n in range(nh):
                 kh = (n * H + h // G) * K
                 vh = (n * HV + h) * V
-                beta = beta_scale * _sigmoid(x[ob + n * HV + h])
+                beta = f32(beta_scale * _sigmoid(x[ob + n * HV + h]))
                 _matvec_t(Sn, k[kh:kh + K], ob_, False, ob_)  # Sᵀk
                 for j in range(V):
                     ob_[j] = beta * (v[vh + j] - ob_[j])
@@ -171,6 +172,7 @@ def ssd_decode(proj, conv, h, conv_w, conv_b, dt_bias, neg_A, D, norm_w, out, co
     i // (H/G)): Δ = softplus(dt + dt_bias), h ← exp(neg_A·Δ) h + B (Δx)ᵀ, y = hᵀC + D x; out = RMSNorm over each
     group's channels of y ⊙ SiLU(z), times norm_w. New states conv2, h2; scratch xbc (B, H·P + 2·G·N)."""
     H, N, P = h.shape[1], h.shape[2], h.shape[3]
+    f32 = h.dtype.type  # the state's dtype for every product (float64 scalars would widen each one)
     E = H * P
     Cc = E + 2 * G * N
     R = H // G
@@ -180,7 +182,7 @@ def ssd_decode(proj, conv, h, conv_w, conv_b, dt_bias, neg_A, D, norm_w, out, co
         _conv(x[E:E + Cc], conv[b], conv_w, conv_b, has_bias, True, u, conv2[b])
         for i in range(H):
             delta = _softplus(x[E + Cc + i] + dt_bias[i])
-            decay = math.exp(neg_A[i] * delta)
+            decay, delta = f32(math.exp(neg_A[i] * delta)), f32(delta)
             bo = E + (i // R) * N
             co = E + G * N + (i // R) * N
             yi = y[i * P:(i + 1) * P]
@@ -1046,11 +1048,12 @@ def _decay_write_read(Sb, Sn, q, scale, k, v, a, per_key, o):  # pragma: no cove
     """One head of gated linear attention (rnnlab.ops.gla ``_fused``): Sn = a ⊙ Sb + k vᵀ (a (K,) per key when
     ``per_key``, else a[0] for all), then o = Snᵀ (scale · q)."""
     K, V = Sb.shape[0], Sb.shape[1]
+    sc = Sb.dtype.type(scale)  # float32 products for a float32 state (a float64 scale would widen each one)
     for j in range(V):
         o[j] = 0.0
     for i in range(K):
         ai = a[i] if per_key else a[0]
-        ki, qi = k[i], scale * q[i]
+        ki, qi = k[i], sc * q[i]
         for j in range(V):
             s = ai * Sb[i, j] + ki * v[j]
             Sn[i, j] = s
@@ -2140,6 +2143,7 @@ def log_linear_decode(q, k, v, g, beta, lam, S, pos, out, S2, pos2, sw, scale, h
     (m = its trailing zeros): levels 0..m merge into level m + 1, the levels above stay. New states S2, pos2; scratch
     sw (B·H, 2V)."""
     n, H, K, V = S.shape[1], S.shape[2], S.shape[3], S.shape[4]
+    f32 = S.dtype.type  # the state's dtype for every product (float64 scalars would widen each one)
     NL = lam.shape[1] // H
     for unit in range(lo, hi):
         b, h = unit // H, unit % H
@@ -2152,12 +2156,12 @@ def log_linear_decode(q, k, v, g, beta, lam, S, pos, out, S2, pos2, sw, scale, h
             pos2[b] = p1
         sv, wv = sw[unit, :V], sw[unit, V:]
         qh, kh, vh, ob = q[b, h * K:(h + 1) * K], k[b, h * K:(h + 1) * K], v[b, h * V:(h + 1) * V], out[b, h * V:(h + 1) * V]
-        bt = beta[b, h] if has_beta else 1.0
-        a = math.exp(g[b, h]) if has_g else 1.0
-        qk = 0.0
+        bt = f32(beta[b, h]) if has_beta else f32(1.0)
+        a = f32(math.exp(g[b, h])) if has_g else f32(1.0)
+        qk = f32(0.0)
         for i in range(K):
             qk += qh[i] * kh[i]
-        c0 = lam[b, h * NL] * scale * qk * bt
+        c0 = f32(lam[b, h * NL] * scale * qk * bt)
         tgt = S2[b, n - m - 1, h]
         for j in range(V):
             ob[j] = c0 * vh[j]
@@ -2172,7 +2176,7 @@ def log_linear_decode(q, k, v, g, beta, lam, S, pos, out, S2, pos2, sw, scale, h
             if (p >> (lv - 1)) & 1 == 0:
                 dst[:] = 0.0
                 continue
-            cl = lam[b, h * NL + lv] * scale * a
+            cl = f32(lam[b, h * NL + lv] * scale * a)
             for j in range(V):
                 sv[j] = 0.0
                 wv[j] = 0.0
@@ -2185,7 +2189,7 @@ def log_linear_decode(q, k, v, g, beta, lam, S, pos, out, S2, pos2, sw, scale, h
                 ob[j] += cl * (wv[j] - bt * qk * sv[j]) if has_beta else cl * wv[j]
             into = tgt if lv - 1 < m else dst
             for i in range(K):
-                c = bt * kh[i] if has_beta else 0.0
+                c = bt * kh[i] if has_beta else f32(0.0)
                 for j in range(V):
                     s_new = a * (src[i, j] - c * sv[j])
                     if lv - 1 < m:
