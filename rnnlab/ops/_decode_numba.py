@@ -926,6 +926,7 @@ def rwkv7_decode(x, shift, S, mu, Wr, Wk, Wv, wd, wu, wb, ad, au, ab, gd, gu, k_
     New states shift2 = x, S2; scratch rows xs (B, 6D), r, k, v, lw, la, lg (B, D), low (B, rank), aS (B, N)."""
     D = x.shape[1]
     H, N = S.shape[1], S.shape[2]
+    f32 = S.dtype.type  # the state's dtype for every product (float64 scalars would widen each one)
     ew = math.exp(-0.5)
     for bi in range(lo, hi):
         xb, pb, xm = x[bi], shift[bi], xs[bi]
@@ -961,7 +962,7 @@ def rwkv7_decode(x, shift, S, mu, Wr, Wk, Wv, wd, wu, wb, ad, au, ab, gd, gu, k_
             for i in range(N):
                 kk = kb[o0 + i] * k_k[o0 + i]
                 nrm += kk * kk
-            nrm = 1.0 / max(math.sqrt(nrm), 1e-12)
+            nrm = f32(1.0 / max(math.sqrt(nrm), 1e-12))
             Sb, Sn = S[bi, h], S2[bi, h]
             for j in range(N):
                 a_s[j] = 0.0
@@ -974,7 +975,7 @@ def rwkv7_decode(x, shift, S, mu, Wr, Wk, Wv, wd, wu, wb, ad, au, ab, gd, gu, k_
                 c = o0 + i
                 kap = kb[c] * k_k[c] * nrm
                 bb = kap * al[c]  # b = κ̂ ⊙ a
-                kt = kb[c] * (1.0 + (al[c] - 1.0) * k_a[c])  # k̃
+                kt = kb[c] * (f32(1.0) + (al[c] - f32(1.0)) * k_a[c])  # k̃
                 bonus += rb[c] * r_k[h, i] * kt
                 for j in range(N):
                     Sn[i, j] = Sb[i, j] * wl[c] + bb * a_s[j] + kt * vb[o0 + j]
