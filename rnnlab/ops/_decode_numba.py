@@ -1599,13 +1599,15 @@ def _clip(sq, max_norm):  # pragma: no cover - compiled
 @njit(**_INLINE)
 def _momentum_update(W0, M, S, u_in, u_out, theta, eta, keep, done, hold, Wn, Mn, Sn):  # pragma: no cover - compiled
     """One weight matrix of Titans' rule: Sn = η S − θ u_in ⊗ u_out, Mn = (1 − α) M + Sn; the anchor Wn = Mn at the
-    chunk's end, else W0 (``_anchor``)."""
+    chunk's end, else W0 (``_anchor``). The gates in the weights' dtype: float64 scalars would widen each product."""
+    f = W0.dtype.type
+    th, et, kp = f(theta), f(eta), f(keep)
     for i in range(W0.shape[0]):
-        a = theta * u_in[i]
+        a = th * u_in[i]
         for j in range(W0.shape[1]):
-            sv = eta * S[i, j] - a * u_out[j]
+            sv = et * S[i, j] - a * u_out[j]
             Sn[i, j] = sv
-            Mn[i, j] = keep * M[i, j] + sv
+            Mn[i, j] = kp * M[i, j] + sv
     _anchor(W0, Mn, done, hold, Wn)
 
 
@@ -1913,11 +1915,13 @@ def _loss_grad(e, loss, a, p, tiny):  # pragma: no cover - compiled
 
 @njit(**_INLINE)
 def _retain_update(M, u_in, u_out, theta, keep, Mn):  # pragma: no cover - compiled
-    """One weight matrix of the Miras rules (Titans' without momentum): Mn = α M − θ u_in ⊗ u_out."""
+    """One weight matrix of the Miras rules (Titans' without momentum): Mn = α M − θ u_in ⊗ u_out (the gates in the
+    weights' dtype: float64 scalars would widen each product)."""
+    th, kp = M.dtype.type(theta), M.dtype.type(keep)
     for i in range(M.shape[0]):
-        c = theta * u_in[i]
+        c = th * u_in[i]
         for j in range(M.shape[1]):
-            Mn[i, j] = keep * M[i, j] - c * u_out[j]
+            Mn[i, j] = kp * M[i, j] - c * u_out[j]
 
 
 @njit(**_KERNEL)  # a call, not inlined: numba's inliner refuses this body
