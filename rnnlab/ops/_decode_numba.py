@@ -7,8 +7,10 @@ cost the time (issue 20; docs/benchmarks.md). Each kernel here does that middle 
 the same order of operations as the layer's torch step (which stays the reference: tests/ops/test_decode.py).
 
 Every array is an argument (outputs allocated by the caller); each kernel runs batch rows [lo, hi) without the GIL
-(``_threads.run_rows``). Arithmetic is in the arrays' dtype (float32, or float64 for a float64 module); scalars
-are float64, so a float32 row's sums are float32 rounded once per element, as torch's are.
+(``_threads.run_rows``). Arithmetic is in the arrays' dtype (float32, or float64 for a float64 module): a scalar that
+multiplies a state's entries in a loop (a decay, a gate, a scale; computed in float64 by ``math``) is cast to the state's
+dtype first (``S.dtype.type``), as torch's float32 tensors are, since a float64 factor widens every product to double
+at half the vector width (the mLSTM head's loop ran 1.7x slower so; docs/benchmarks.md).
 """
 from __future__ import annotations
 
