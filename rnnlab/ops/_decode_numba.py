@@ -2049,6 +2049,7 @@ def _lact_head(x, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, norm_w, out, w1n, 
     """Head h of row bi in ``lact_decode`` (x the row's SiLU'd projection, its scratch hz (5F,))."""
     H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
     D = H * K
+    f32 = w1.dtype.type  # the weights' dtype for every product (float64 scalars would widen each one)
     z1, b3, s, dh, hb = hz[:F], hz[F:2 * F], hz[2 * F:3 * F], hz[3 * F:4 * F], hz[4 * F:]
     _l2norm(x, h * K, K, 1e-6)
     _l2norm(x, D + h * K, K, 1e-6)
@@ -2061,11 +2062,11 @@ def _lact_head(x, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, norm_w, out, w1n, 
     ob = out[bi, h * K:(h + 1) * K]
     _matvec_t(W2, hb, ob, False, ob)
     _rms_gate(ob, norm_w, eps, ob, 0, ob)
-    lr = base_lr * _softplus(lrp[bi, h])
+    lr = f32(base_lr * _softplus(lrp[bi, h]))
     _matvec_t(W1, k, z1, False, z1)  # the gradient at k (rnnlab.ops.lact ``_grad_manual``), δ = −lr v
     _matvec_t(W3, k, b3, False, b3)
     for f in range(F):
-        sv = 0.0
+        sv = f32(0.0)
         for j in range(K):
             sv += W2[f, j] * v[j]
         dh[f] = -lr * sv
@@ -2075,7 +2076,7 @@ def _lact_head(x, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, norm_w, out, w1n, 
         sf = s[f]
         s[f] = dh[f] * b3[f] * sf * (1.0 + z1[f] * (1.0 - sf))  # u_W1 = k ⊗ (dh ⊙ b ⊙ SiLU'(z1))
         b3[f] = dh[f] * z1[f] * sf                               # u_W3 = k ⊗ (dh ⊙ SiLU(z1))
-    for Gm, Gn, u_in, u_out, c in ((g1[bi, h], g1n[bi, h], k, s, 1.0), (g3[bi, h], g3n[bi, h], k, b3, 1.0),
+    for Gm, Gn, u_in, u_out, c in ((g1[bi, h], g1n[bi, h], k, s, f32(1.0)), (g3[bi, h], g3n[bi, h], k, b3, f32(1.0)),
                                    (g2[bi, h], g2n[bi, h], hb, v, -lr)):
         for i in range(Gm.shape[0]):
             a = c * u_in[i]
@@ -2090,9 +2091,10 @@ def _lact_head(x, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, norm_w, out, w1n, 
                 Mn[:] = Mo
             continue
         n_in, n_out = Wo.shape
+        bt = f32(beta)
         for i in range(n_in):  # M ← β M + G, W − M
             for j in range(n_out):
-                m = beta * Mo[i, j] + Gn[i, j] if beta != 0.0 else Gn[i, j]
+                m = bt * Mo[i, j] + Gn[i, j] if beta != 0.0 else Gn[i, j]
                 Mn[i, j] = m
                 Wn[i, j] = Wo[i, j] - m
                 Gn[i, j] = 0.0
