@@ -1682,7 +1682,7 @@ def _hidden_grad(W2, h, d2, d1):  # pragma: no cover - compiled
     output; returns ‖d1‖²."""
     s1 = 0.0
     for f in range(h.shape[0]):
-        sv = 0.0
+        sv = W2.dtype.type(0)  # float32 sums for float32 weights (a float64 accumulator widens each product)
         for j in range(d2.shape[0]):
             sv += W2[f, j] * d2[j]
         d1[f] = sv * _gelu_tanh_grad(h[f])
