@@ -271,7 +271,9 @@ def log_linear_decode(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: T
     after the token, pos (B,) -> (o (B, 1, H·V), S', pos + 1). The (row, head) units go over numba's threads when the
     levels are large enough to pay for the fork."""
     B, n, H, K, V = S.shape
-    out, S2, pos2 = torch.empty(B, H * V, dtype=q.dtype), torch.empty_like(S), torch.empty_like(pos)
+    # S2 contiguous whatever S's layout (a prefill's levels come permuted): empty_like would keep the permutation, and
+    # every later token would copy the whole state into the kernel's layout
+    out, S2, pos2 = torch.empty(B, H * V, dtype=q.dtype), torch.empty(S.shape, dtype=S.dtype), torch.empty_like(pos)
     flat = [_arr(t.reshape(B, -1)) for t in (q, k, v, q if g is None else g, q if beta is None else beta, lam)]
     args = (*flat, _arr(S), _arr(pos), out.numpy(), S2.numpy(), pos2.numpy(), np.empty((B * H, 2 * V), out.numpy().dtype), scale,
             g is not None, beta is not None)
