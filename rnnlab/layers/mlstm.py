@@ -216,8 +216,8 @@ class MLSTM(Mixer):
     def _prompt(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """The recurrent form over the prompt, token by token per (row, head), with the norm (and the dense layout's
         output gate) fused (``_decode_numba.mlstm_prefill``): the chunk form's masked matmuls and its dozen element-wise
-        passes cost more on a CPU than the K·V products per token (docs/benchmarks.md). Same numbers as the chunk form
-        up to rounding (tests/ops/test_decode.py)."""
+        passes cost more on a CPU than the K·V products per token (docs/benchmarks.md). Its reference is the layer's torch
+        step token by token (tests/ops/test_decode.py); the chunk form's rounding differs from both by up to ~1e-5."""
         (B, T, _), H, E, QK = x.shape, self.num_heads, self.d_inner, self.qk_dim
         cap, sig = float(self.gate_soft_cap or 0.0), self.forget_gate == "sigmoid"
         if self.layout == "dense":

@@ -46,7 +46,7 @@ from rnnlab.ops.ssm_kernels import krylov, squarings
 from rnnlab.ops.varlen import autocast_off, varlen
 
 __all__ = ["MEASURES", "METHODS", "legs", "legt", "lagt", "transition", "nplr_legs", "hippo_n_diag", "discretize",
-           "legs_discrete", "step", "project", "project_ref", "basis", "reconstruct"]
+           "legs_discrete", "step", "project", "project_ref", "basis", "reconstruct", "GBT_ALPHA"]
 
 MEASURES = ("legs", "legt", "lagt")
 METHODS = ("forward", "backward", "bilinear", "zoh")

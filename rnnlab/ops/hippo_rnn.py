@@ -26,7 +26,7 @@ from torch import Tensor
 from rnnlab.ops import hippo
 from rnnlab.ops.varlen import varlen
 
-__all__ = ["hippo_rnn", "hippo_rnn_ref"]
+__all__ = ["hippo_rnn", "hippo_rnn_ref", "decode_terms"]
 
 State = tuple[Tensor, Tensor, Tensor]
 
