@@ -29,11 +29,13 @@ from torch import Tensor, nn
 from rnnlab.layers.base import State, no_weight_decay
 from rnnlab.layers.gated_deltanet import GatedDeltaNet
 from rnnlab.layers.mamba2 import Mamba2
+from rnnlab.layers.parts import fused_linear
 from rnnlab.layers.registry import register_mixer
 from rnnlab.ops import decode
 from rnnlab.ops.forms import choose
 from rnnlab.ops.log_linear import (chunk_log_linear_gated_delta_rule, chunk_log_linear_simple_gla, fused_recurrent_log_linear_gated_delta_rule,
-                                   fused_recurrent_log_linear_simple_gla, level_count, log_linear_state)
+                                   fused_recurrent_log_linear_simple_gla, level_count, levels_for_token,
+                                   log_linear_state)
 
 __all__ = ["LogLinearMamba2", "LogLinearGatedDeltaNet"]
 
@@ -118,6 +120,26 @@ class LogLinearGatedDeltaNet(GatedDeltaNet):
         lam = _level_scales(self.L, decode.linear(self.l_proj, x))
         o, s = op(q, k[:, :, :, 0], v[:, :, :, 0], g, beta[..., 0], lam, initial_state=s0, output_final_state=True)
         return o, {"S": s["S"].to(state["S"].dtype), "pos": s["pos"]}
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One token; on CPU without autograd (and with the output gate, Gated DeltaNet's) the whole middle of the layer
+        in one fused decode kernel (``log_linear_delta_decode``: the convs, gates and level weights, the levels, the
+        gated norm); otherwise Gated DeltaNet's torch step around the op's token."""
+        params = (self.o_proj.weight, self.L, self.A_log, self.dt_bias)
+        if self.g_proj is not None and decode.usable(x, *(t for t in state.values() if t.is_floating_point()), *params):
+            return self._decode_levels(x, state)
+        return self._mix(x, state, "recurrent")
+
+    def _decode_levels(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        H, K, V = self.num_heads, self.head_k, self.head_v
+        keys = ["conv_q", "conv_k", "conv_v", "S", "pos"]
+        S = levels_for_token(state["S"], state["pos"])
+        out, new = decode.fused_step(
+            "log_linear_delta_decode", self, fused_linear(x, self._in_layers() + [self.l_proj], whole=True),
+            [state["conv_q"], state["conv_k"], state["conv_v"], S, state["pos"]],
+            [self.q_conv.weight, self.k_conv.weight, self.v_conv.weight, self._A().to(x.dtype), self.dt_bias, self.L, self.o_norm.weight],
+            H * V, [H * K, H * K, H * V, self.num_levels, 3 * V], H, self.o_norm.eps, 2.0 if self.negative_eigenvalues else 1.0)
+        return decode.linear(self.o_proj, out), dict(zip(keys, new))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", num_levels={self.num_levels}"

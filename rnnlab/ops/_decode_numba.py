@@ -2141,6 +2141,60 @@ def lact_decode_heads(qkv, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, pos, norm
                    hz[bi, 5 * h * F:5 * (h + 1) * F], bi, h, done[bi], base_lr, beta, eps, hold)
 
 
+@njit(**_INLINE)
+def _log_linear_head(S, S2, b, h, p, qh, kh, vh, a, bt, lam, scale, has_beta, sv, wv, ob):  # pragma: no cover - compiled
+    """Head h of row b at position p (tokens before this one) of the log-linear levels (``log_linear_decode``): q, k
+    (K,), v (V,), a = e^g, bt = β (1 without the delta rule), lam (≥ n) the head's level weights; out ob (V,), the new
+    levels into S2; scratch sv, wv (V,)."""
+    n, K, V = S.shape[1], S.shape[3], S.shape[4]
+    f32 = S.dtype.type  # the state's dtype for every product (float64 scalars would widen each one)
+    p1 = p + 1
+    m = 0
+    while (p1 >> m) & 1 == 0:
+        m += 1
+    bt, a = f32(bt), f32(a)
+    qk = f32(0.0)
+    for i in range(K):
+        qk += qh[i] * kh[i]
+    c0 = f32(lam[0] * scale * qk * bt)
+    tgt = S2[b, n - m - 1, h]
+    for j in range(V):
+        ob[j] = c0 * vh[j]
+    for i in range(K):
+        ki = bt * kh[i]
+        for j in range(V):
+            tgt[i, j] = ki * vh[j]
+    for lv in range(1, n + 1):
+        if lv == m + 1:  # the carry's target (empty before it: bit m of p is clear)
+            continue
+        src, dst = S[b, n - lv, h], S2[b, n - lv, h]
+        if (p >> (lv - 1)) & 1 == 0:
+            dst[:] = 0.0
+            continue
+        cl = f32(lam[lv] * scale * a)
+        for j in range(V):
+            sv[j] = 0.0
+            wv[j] = 0.0
+        for i in range(K):  # kᵀ S and qᵀ S
+            ki, qi = kh[i], qh[i]
+            for j in range(V):
+                sv[j] += ki * src[i, j]
+                wv[j] += qi * src[i, j]
+        for j in range(V):
+            ob[j] += cl * (wv[j] - bt * qk * sv[j]) if has_beta else cl * wv[j]
+        into = tgt if lv - 1 < m else dst
+        for i in range(K):
+            c = bt * kh[i] if has_beta else f32(0.0)
+            for j in range(V):
+                s_new = a * (src[i, j] - c * sv[j])
+                if lv - 1 < m:
+                    into[i, j] += s_new
+                else:
+                    into[i, j] = s_new
+        if lv - 1 < m:
+            dst[:] = 0.0
+
+
 @njit(**_KERNEL)
 def log_linear_decode(q, k, v, g, beta, lam, S, pos, out, S2, pos2, sw, scale, has_g, has_beta, lo,
                       hi):  # pragma: no cover - compiled
@@ -2151,62 +2205,50 @@ def log_linear_decode(q, k, v, g, beta, lam, S, pos, out, S2, pos2, sw, scale, h
     the token is level 0 (β k vᵀ); out (B, H·V) = Σ_ℓ λ_ℓ S_ℓᵀ (scale q); then the binary counter's carry to pos + 1
     (m = its trailing zeros): levels 0..m merge into level m + 1, the levels above stay. New states S2, pos2; scratch
     sw (B·H, 2V)."""
-    n, H, K, V = S.shape[1], S.shape[2], S.shape[3], S.shape[4]
-    f32 = S.dtype.type  # the state's dtype for every product (float64 scalars would widen each one)
+    H, K, V = S.shape[2], S.shape[3], S.shape[4]
     NL = lam.shape[1] // H
     for unit in range(lo, hi):
         b, h = unit // H, unit % H
-        p = pos[b]
-        p1 = p + 1
-        m = 0
-        while (p1 >> m) & 1 == 0:
-            m += 1
         if h == 0:
-            pos2[b] = p1
-        sv, wv = sw[unit, :V], sw[unit, V:]
-        qh, kh, vh, ob = q[b, h * K:(h + 1) * K], k[b, h * K:(h + 1) * K], v[b, h * V:(h + 1) * V], out[b, h * V:(h + 1) * V]
-        bt = f32(beta[b, h]) if has_beta else f32(1.0)
-        a = f32(math.exp(g[b, h])) if has_g else f32(1.0)
-        qk = f32(0.0)
-        for i in range(K):
-            qk += qh[i] * kh[i]
-        c0 = f32(lam[b, h * NL] * scale * qk * bt)
-        tgt = S2[b, n - m - 1, h]
-        for j in range(V):
-            ob[j] = c0 * vh[j]
-        for i in range(K):
-            ki = bt * kh[i]
-            for j in range(V):
-                tgt[i, j] = ki * vh[j]
-        for lv in range(1, n + 1):
-            if lv == m + 1:  # the carry's target (empty before it: bit m of p is clear)
-                continue
-            src, dst = S[b, n - lv, h], S2[b, n - lv, h]
-            if (p >> (lv - 1)) & 1 == 0:
-                dst[:] = 0.0
-                continue
-            cl = f32(lam[b, h * NL + lv] * scale * a)
-            for j in range(V):
-                sv[j] = 0.0
-                wv[j] = 0.0
-            for i in range(K):  # kᵀ S and qᵀ S
-                ki, qi = kh[i], qh[i]
-                for j in range(V):
-                    sv[j] += ki * src[i, j]
-                    wv[j] += qi * src[i, j]
-            for j in range(V):
-                ob[j] += cl * (wv[j] - bt * qk * sv[j]) if has_beta else cl * wv[j]
-            into = tgt if lv - 1 < m else dst
-            for i in range(K):
-                c = bt * kh[i] if has_beta else f32(0.0)
-                for j in range(V):
-                    s_new = a * (src[i, j] - c * sv[j])
-                    if lv - 1 < m:
-                        into[i, j] += s_new
-                    else:
-                        into[i, j] = s_new
-            if lv - 1 < m:
-                dst[:] = 0.0
+            pos2[b] = pos[b] + 1
+        _log_linear_head(S, S2, b, h, pos[b], q[b, h * K:(h + 1) * K], k[b, h * K:(h + 1) * K], v[b, h * V:(h + 1) * V],
+                         math.exp(g[b, h]) if has_g else 1.0, beta[b, h] if has_beta else 1.0, lam[b, h * NL:(h + 1) * NL], scale,
+                         has_beta, sw[unit, :V], sw[unit, V:], out[b, h * V:(h + 1) * V])
+
+
+@njit(**_KERNEL)
+def log_linear_delta_decode(proj, cq, ck, cv, S, pos, wq, wk, wv, negA, dt_bias, L, norm_w, out, cq2, ck2, cv2, S2, pos2, qc, kc, vc,
+                            lam, sw, H, eps, beta_scale, lo, hi):  # pragma: no cover - compiled
+    """Log-linear Gated DeltaNet's token (rnnlab.layers.log_linear) between its projections, per row b: proj (B, ·) =
+    [q (H·K) | k (H·K) | v (H·V) | b (H) | a (H) | g (H·V) | dλ (H·NL)]; q, k, v = SiLU(conv) (states cq, ck, cv), q
+    and k ℓ2-normalized per head (``delta_decode``'s front); β = beta_scale·σ(b), log decay negA·softplus(a + dt_bias),
+    λ = softplus(L ⊙ dλ); per head the levels (``_log_linear_head``, scale 1/√K) and out = GatedRMSNorm(o, g) (B, H·V).
+    New states cq2, ck2, cv2, S2 (its n levels those after the token), pos2; scratch rows qc, kc (H·K), vc (H·V), lam
+    (NL), sw (3V)."""
+    K, V = S.shape[3], S.shape[4]
+    NL = L.shape[1]
+    QK, VV = H * K, H * V
+    ob, oa, og = 2 * QK + VV, 2 * QK + VV + H, 2 * QK + VV + 2 * H
+    od = og + VV
+    scale = 1.0 / math.sqrt(K)
+    for b in range(lo, hi):
+        x, q, k, v, lr, s = proj[b], qc[b], kc[b], vc[b], lam[b], sw[b]
+        _conv(x[0:QK], cq[b], wq, wq[:, 0], False, True, q, cq2[b])
+        _conv(x[QK:2 * QK], ck[b], wk, wk[:, 0], False, True, k, ck2[b])
+        _conv(x[2 * QK:ob], cv[b], wv, wv[:, 0], False, True, v, cv2[b])
+        for h in range(H):
+            _l2norm(q, h * K, K, 1e-6)
+            _l2norm(k, h * K, K, 1e-6)
+        pos2[b] = pos[b] + 1
+        for h in range(H):
+            bt = beta_scale * _sigmoid(x[ob + h])
+            a = math.exp(negA[h] * _softplus(x[oa + h] + dt_bias[h]))
+            for lv in range(NL):
+                lr[lv] = _softplus(L[h, lv] * x[od + h * NL + lv])
+            o = s[2 * V:]
+            _log_linear_head(S, S2, b, h, pos[b], q[h * K:(h + 1) * K], k[h * K:(h + 1) * K], v[h * V:(h + 1) * V], a, bt, lr, scale,
+                             True, s[:V], s[V:2 * V], o)
+            _rms_gate(o, norm_w, eps, x[og + h * V:og + (h + 1) * V], 1, out[b, h * V:(h + 1) * V])
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")

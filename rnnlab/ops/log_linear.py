@@ -51,7 +51,7 @@ from rnnlab.ops.varlen import varlen
 
 __all__ = ["naive_recurrent_log_linear_simple_gla", "fused_recurrent_log_linear_simple_gla", "chunk_log_linear_simple_gla",
            "naive_recurrent_log_linear_gated_delta_rule", "fused_recurrent_log_linear_gated_delta_rule",
-           "chunk_log_linear_gated_delta_rule", "log_linear_state", "bit_length", "level_count"]
+           "chunk_log_linear_gated_delta_rule", "log_linear_state", "bit_length", "level_count", "levels_for_token"]
 
 _SCALAR = ("q", "k", "v", "g", "level_scales")
 _DELTA = ("q", "k", "v", "g", "beta", "level_scales")
@@ -212,16 +212,22 @@ def naive_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, level_scales, 
 
 
 # --------------------------------------------------------------------------- fused recurrent (the decode step)
+def levels_for_token(S: Tensor, pos: Tensor) -> Tensor:
+    """The stored levels S (B, n, H, K, V) grown to the levels after the next token (a zero level in front when a row's
+    counter reaches a new power of two): the decode kernels' input."""
+    n = max([S.shape[1]] + [((p + 1) & -(p + 1)).bit_length() for p in pos.tolist()])
+    if n > S.shape[1]:
+        S = torch.cat([S.new_zeros(S.shape[0], n - S.shape[1], *S.shape[2:]), S], 1)
+    return S
+
+
 def _decode_token(q, k, v, g, beta, lam, scale, state, output_final_state):
     """One token on CPU without autograd (``decode.usable``): the fused kernel ``log_linear_decode`` on the stored
     layout, the level axis first grown to the levels after the token (a zero level in front when the counter
     reaches a new power of two)."""
     B, _, H, K = q.shape
     V = v.shape[-1]
-    S, pos = state["S"], state["pos"]
-    n = max([S.shape[1]] + [((p + 1) & -(p + 1)).bit_length() for p in pos.tolist()])
-    if n > S.shape[1]:
-        S = torch.cat([S.new_zeros(B, n - S.shape[1], H, K, V), S], 1)
+    S, pos = levels_for_token(state["S"], state["pos"]), state["pos"]
     o, S2, pos2 = decode.log_linear_decode(q, k, v, g, beta, lam, S, pos, float(K ** -0.5 if scale is None else scale))
     return o.view(B, 1, H, V).to(v.dtype), ({"S": S2, "pos": pos2} if output_final_state else None)
 

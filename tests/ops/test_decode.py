@@ -81,6 +81,7 @@ CASES = [
     ("memora", {"num_heads": 2, "chunk_size": 4}),  # softmax (KL) retention on logits
     ("lact", {"num_heads": 2, "chunk_size": 4}),  # fast weights updated at chunk ends, with momentum
     ("lact", {"num_heads": 4, "chunk_size": 3, "beta": 0.0, "fast_expansion": 1}),
+    ("log_linear_gated_deltanet", {"num_heads": 4, "chunk_size": 8, "negative_eigenvalues": True, "num_levels": 6}),
     ("log_linear_mamba2", {"headdim": 8, "d_state": 8, "ngroups": 2, "chunk_size": 4}),  # levels grow at 8 and 16
     ("log_linear_gated_deltanet", {"num_heads": 2, "chunk_size": 4}),
 ]
