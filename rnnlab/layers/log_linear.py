@@ -86,6 +86,23 @@ class LogLinearMamba2(Mamba2):
         y, s = op(q, k, v, g, _level_scales(self.L, extra), scale=1.0, initial_state=s0, output_final_state=True)
         return y, {"S": s["S"].to(state["S"].dtype), "pos": s["pos"]}
 
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One token; on CPU without autograd the whole middle of the layer in one fused decode kernel
+        (``log_linear_ssd_decode``: Mamba-2's conv and gates, the level weights, the levels, the gated norm); otherwise
+        Mamba-2's torch step around the op's token."""
+        params = (self.in_proj.weight, self.L, self.A_log, self.dt_bias, self.norm_weight)
+        if decode.usable(x, *(t for t in state.values() if t.is_floating_point()), *params):
+            keys = ["conv", "S", "pos"]
+            S = levels_for_token(state["S"], state["pos"])
+            w = self.norm_weight  # the stand-in for the conv's bias when it has none (never read then)
+            out, new = decode.fused_step(
+                "log_linear_ssd_decode", self, decode.linear(self.in_proj, x), [state["conv"], S, state["pos"]],
+                [self.conv.weight, w if self.conv.bias is None else self.conv.bias, self.dt_bias, self._A(x.dtype), self.D, self.L, w],
+                self.d_inner, [state["conv"].shape[-1], self.num_heads * self.num_levels, 3 * self.d_inner], self.conv.bias is not None,
+                self.ngroups, self.norm_eps)
+            return decode.linear(self.out_proj, out), dict(zip(keys, new))
+        return self._mix(x, state, "recurrent")
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", num_levels={self.num_levels}"
 

@@ -178,7 +178,6 @@ def ssd_decode(proj, conv, h, conv_w, conv_b, dt_bias, neg_A, D, norm_w, out, co
     E = H * P
     Cc = E + 2 * G * N
     R = H // G
-    L = E // G
     for b in range(lo, hi):
         x, u, y = proj[b], xbc[b], out[b]
         _conv(x[E:E + Cc], conv[b], conv_w, conv_b, has_bias, True, u, conv2[b])
@@ -199,8 +198,7 @@ def ssd_decode(proj, conv, h, conv_w, conv_b, dt_bias, neg_A, D, norm_w, out, co
                     yi[p] += cn * v
             for p in range(P):
                 yi[p] = (yi[p] + D[i] * u[i * P + p]) * _silu(x[i * P + p])
-        for g in range(G):
-            _rms_gate(y[g * L:(g + 1) * L], norm_w[g * L:(g + 1) * L], eps, y, 0, y[g * L:(g + 1) * L])
+        _group_rms(y, norm_w, G, eps)
 
 
 @njit(**_INLINE)
@@ -2249,6 +2247,77 @@ def log_linear_delta_decode(proj, cq, ck, cv, S, pos, wq, wk, wv, negA, dt_bias,
             _log_linear_head(S, S2, b, h, pos[b], q[h * K:(h + 1) * K], k[h * K:(h + 1) * K], v[h * V:(h + 1) * V], a, bt, lr, scale,
                              True, s[:V], s[V:2 * V], o)
             _rms_gate(o, norm_w, eps, x[og + h * V:og + (h + 1) * V], 1, out[b, h * V:(h + 1) * V])
+
+
+@njit(**_INLINE)
+def _log_linear_ssd_head(proj, S, S2, pos, dt_bias, neg_A, D, L, u, lam, sw, out, b, i, G):  # pragma: no cover - compiled
+    """Head i of row b in ``log_linear_ssd_decode`` (u the row's SiLU'd conv output, lam (NL,) and sw (3P,) scratch)."""
+    H, N, P = S.shape[2], S.shape[3], S.shape[4]
+    NL = L.shape[1]
+    E = H * P
+    Cc = E + 2 * G * N
+    x = proj[b]
+    delta = _softplus(x[E + Cc + i] + dt_bias[i])
+    for lv in range(NL):
+        lam[lv] = _softplus(L[i, lv] * x[E + Cc + H + i * NL + lv])
+    v, o = sw[2 * P:], out[b, i * P:(i + 1) * P]
+    for p in range(P):
+        v[p] = u[i * P + p] * delta
+    grp = i // (H // G)
+    _log_linear_head(S, S2, b, i, pos[b], u[E + G * N + grp * N:E + G * N + (grp + 1) * N], u[E + grp * N:E + (grp + 1) * N], v,
+                     math.exp(neg_A[i] * delta), 1.0, lam, 1.0, False, sw[:P], sw[P:2 * P], o)
+    for p in range(P):
+        o[p] = (o[p] + D[i] * u[i * P + p]) * _silu(x[i * P + p])
+
+
+@njit(**_KERNEL)
+def log_linear_ssd_decode(proj, conv, S, pos, conv_w, conv_b, dt_bias, neg_A, D, L, norm_w, out, conv2, S2, pos2, xbc, lam, sw,
+                          has_bias, G, eps, lo, hi):  # pragma: no cover - compiled
+    """Log-linear Mamba-2's token (rnnlab.layers.log_linear) between its projections, per row b: proj (B, ·) = [z (H·P) |
+    xBC (H·P + 2·G·N) | dt (H) | dλ (H·NL)]; xBC = SiLU(conv) (``ssd_decode``'s front); per head i (group i // (H/G)):
+    Δ = softplus(dt + dt_bias), λ = softplus(L ⊙ dλ), the levels (``_log_linear_head``) with q = C, k = B, v = Δx and
+    decay exp(A Δ), y = o + D x; out = RMSNorm over each group's channels of y ⊙ SiLU(z), times norm_w. New states
+    conv2, S2 (its n levels those after the token), pos2; scratch rows xbc (H·P + 2·G·N), lam (H·NL), sw (H·3P), a slice
+    per head."""
+    H, N, P = S.shape[2], S.shape[3], S.shape[4]
+    NL = L.shape[1]
+    E = H * P
+    Cc = E + 2 * G * N
+    for b in range(lo, hi):
+        _conv(proj[b, E:E + Cc], conv[b], conv_w, conv_b, has_bias, True, xbc[b], conv2[b])
+        pos2[b] = pos[b] + 1
+        for i in range(H):
+            _log_linear_ssd_head(proj, S, S2, pos, dt_bias, neg_A, D, L, xbc[b], lam[b, i * NL:(i + 1) * NL],
+                                 sw[b, 3 * i * P:3 * (i + 1) * P], out, b, i, G)
+        _group_rms(out[b], norm_w, G, eps)
+
+
+@njit(**_INLINE)
+def _group_rms(y, norm_w, G, eps):  # pragma: no cover - compiled
+    """y ← RMSNorm over each of its G groups of channels, times norm_w (Mamba-2's gated norm after its gate)."""
+    Lg = y.shape[0] // G
+    for g in range(G):
+        _rms_gate(y[g * Lg:(g + 1) * Lg], norm_w[g * Lg:(g + 1) * Lg], eps, y, 0, y[g * Lg:(g + 1) * Lg])
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def log_linear_ssd_decode_heads(proj, conv, S, pos, conv_w, conv_b, dt_bias, neg_A, D, L, norm_w, out, conv2, S2, pos2, xbc, lam, sw,
+                                has_bias, G, eps):  # pragma: no cover - compiled
+    """``log_linear_ssd_decode`` for a few rows of large levels: the convs, then the (row, head) units over numba's
+    threads, then the norms."""
+    B, H, N, P = S.shape[0], S.shape[2], S.shape[3], S.shape[4]
+    NL = L.shape[1]
+    E = H * P
+    Cc = E + 2 * G * N
+    for b in prange(B):
+        _conv(proj[b, E:E + Cc], conv[b], conv_w, conv_b, has_bias, True, xbc[b], conv2[b])
+        pos2[b] = pos[b] + 1
+    for unit in prange(B * H):
+        b, i = unit // H, unit % H
+        _log_linear_ssd_head(proj, S, S2, pos, dt_bias, neg_A, D, L, xbc[b], lam[b, i * NL:(i + 1) * NL], sw[b, 3 * i * P:3 * (i + 1) * P],
+                             out, b, i, G)
+    for b in prange(B):
+        _group_rms(out[b], norm_w, G, eps)
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
