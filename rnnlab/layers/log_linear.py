@@ -155,7 +155,7 @@ class LogLinearGatedDeltaNet(GatedDeltaNet):
             "log_linear_delta_decode", self, fused_linear(x, self._in_layers() + [self.l_proj], whole=True),
             [state["conv_q"], state["conv_k"], state["conv_v"], S, state["pos"]],
             [self.q_conv.weight, self.k_conv.weight, self.v_conv.weight, self._A().to(x.dtype), self.dt_bias, self.L, self.o_norm.weight],
-            H * V, [H * K, H * K, H * V, self.num_levels, 3 * V], H, self.o_norm.eps, 2.0 if self.negative_eigenvalues else 1.0)
+            H * V, [H * K, H * K, H * V, H * self.num_levels, 3 * H * V], H, self.o_norm.eps, 2.0 if self.negative_eigenvalues else 1.0)
         return decode.linear(self.o_proj, out), dict(zip(keys, new))
 
     def extra_repr(self) -> str:

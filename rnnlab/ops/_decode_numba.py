@@ -2214,6 +2214,38 @@ def log_linear_decode(q, k, v, g, beta, lam, S, pos, out, S2, pos2, sw, scale, h
                          has_beta, sw[unit, :V], sw[unit, V:], out[b, h * V:(h + 1) * V])
 
 
+@njit(**_INLINE)
+def _log_linear_delta_front(proj, cq, ck, cv, wq, wk, wv, cq2, ck2, cv2, qc, kc, vc, pos, pos2, b, H, K):  # pragma: no cover - compiled
+    """Row b's q, k, v = SiLU(conv) (states cq, ck, cv -> cq2, ck2, cv2), q and k ℓ2-normalized per head; pos2 = pos + 1."""
+    x, QK = proj[b], H * K
+    _conv(x[0:QK], cq[b], wq, wq[:, 0], False, True, qc[b], cq2[b])
+    _conv(x[QK:2 * QK], ck[b], wk, wk[:, 0], False, True, kc[b], ck2[b])
+    _conv(x[2 * QK:2 * QK + vc.shape[1]], cv[b], wv, wv[:, 0], False, True, vc[b], cv2[b])
+    for h in range(H):
+        _l2norm(qc[b], h * K, K, 1e-6)
+        _l2norm(kc[b], h * K, K, 1e-6)
+    pos2[b] = pos[b] + 1
+
+
+@njit(**_INLINE)
+def _log_linear_delta_head(proj, S, S2, pos, negA, dt_bias, L, norm_w, out, qc, kc, vc, lam, sw, b, h, eps,
+                           beta_scale):  # pragma: no cover - compiled
+    """Head h of row b in ``log_linear_delta_decode`` (lam (NL,), sw (3V,) its scratch)."""
+    H, K, V = S.shape[2], S.shape[3], S.shape[4]
+    NL = L.shape[1]
+    x, QK, VV = proj[b], H * K, H * V
+    ob, oa, og = 2 * QK + VV, 2 * QK + VV + H, 2 * QK + VV + 2 * H
+    od = og + VV
+    bt = beta_scale * _sigmoid(x[ob + h])
+    a = math.exp(negA[h] * _softplus(x[oa + h] + dt_bias[h]))
+    for lv in range(NL):
+        lam[lv] = _softplus(L[h, lv] * x[od + h * NL + lv])
+    o = sw[2 * V:]
+    _log_linear_head(S, S2, b, h, pos[b], qc[b, h * K:(h + 1) * K], kc[b, h * K:(h + 1) * K], vc[b, h * V:(h + 1) * V], a, bt, lam,
+                     1.0 / math.sqrt(K), True, sw[:V], sw[V:2 * V], o)
+    _rms_gate(o, norm_w, eps, x[og + h * V:og + (h + 1) * V], 1, out[b, h * V:(h + 1) * V])
+
+
 @njit(**_KERNEL)
 def log_linear_delta_decode(proj, cq, ck, cv, S, pos, wq, wk, wv, negA, dt_bias, L, norm_w, out, cq2, ck2, cv2, S2, pos2, qc, kc, vc,
                             lam, sw, H, eps, beta_scale, lo, hi):  # pragma: no cover - compiled
@@ -2222,31 +2254,29 @@ def log_linear_delta_decode(proj, cq, ck, cv, S, pos, wq, wk, wv, negA, dt_bias,
     and k ℓ2-normalized per head (``delta_decode``'s front); β = beta_scale·σ(b), log decay negA·softplus(a + dt_bias),
     λ = softplus(L ⊙ dλ); per head the levels (``_log_linear_head``, scale 1/√K) and out = GatedRMSNorm(o, g) (B, H·V).
     New states cq2, ck2, cv2, S2 (its n levels those after the token), pos2; scratch rows qc, kc (H·K), vc (H·V), lam
-    (NL), sw (3V)."""
+    (H·NL), sw (H·3V), a slice per head."""
     K, V = S.shape[3], S.shape[4]
     NL = L.shape[1]
-    QK, VV = H * K, H * V
-    ob, oa, og = 2 * QK + VV, 2 * QK + VV + H, 2 * QK + VV + 2 * H
-    od = og + VV
-    scale = 1.0 / math.sqrt(K)
     for b in range(lo, hi):
-        x, q, k, v, lr, s = proj[b], qc[b], kc[b], vc[b], lam[b], sw[b]
-        _conv(x[0:QK], cq[b], wq, wq[:, 0], False, True, q, cq2[b])
-        _conv(x[QK:2 * QK], ck[b], wk, wk[:, 0], False, True, k, ck2[b])
-        _conv(x[2 * QK:ob], cv[b], wv, wv[:, 0], False, True, v, cv2[b])
+        _log_linear_delta_front(proj, cq, ck, cv, wq, wk, wv, cq2, ck2, cv2, qc, kc, vc, pos, pos2, b, H, K)
         for h in range(H):
-            _l2norm(q, h * K, K, 1e-6)
-            _l2norm(k, h * K, K, 1e-6)
-        pos2[b] = pos[b] + 1
-        for h in range(H):
-            bt = beta_scale * _sigmoid(x[ob + h])
-            a = math.exp(negA[h] * _softplus(x[oa + h] + dt_bias[h]))
-            for lv in range(NL):
-                lr[lv] = _softplus(L[h, lv] * x[od + h * NL + lv])
-            o = s[2 * V:]
-            _log_linear_head(S, S2, b, h, pos[b], q[h * K:(h + 1) * K], k[h * K:(h + 1) * K], v[h * V:(h + 1) * V], a, bt, lr, scale,
-                             True, s[:V], s[V:2 * V], o)
-            _rms_gate(o, norm_w, eps, x[og + h * V:og + (h + 1) * V], 1, out[b, h * V:(h + 1) * V])
+            _log_linear_delta_head(proj, S, S2, pos, negA, dt_bias, L, norm_w, out, qc, kc, vc, lam[b, h * NL:(h + 1) * NL],
+                                   sw[b, 3 * h * V:3 * (h + 1) * V], b, h, eps, beta_scale)
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def log_linear_delta_decode_heads(proj, cq, ck, cv, S, pos, wq, wk, wv, negA, dt_bias, L, norm_w, out, cq2, ck2, cv2, S2, pos2, qc, kc,
+                                  vc, lam, sw, H, eps, beta_scale):  # pragma: no cover - compiled
+    """``log_linear_delta_decode`` for a few rows of large levels: the fronts, then the (row, head) units over numba's
+    threads."""
+    B, K, V = S.shape[0], S.shape[3], S.shape[4]
+    NL = L.shape[1]
+    for b in prange(B):
+        _log_linear_delta_front(proj, cq, ck, cv, wq, wk, wv, cq2, ck2, cv2, qc, kc, vc, pos, pos2, b, H, K)
+    for unit in prange(B * H):
+        b, h = unit // H, unit % H
+        _log_linear_delta_head(proj, S, S2, pos, negA, dt_bias, L, norm_w, out, qc, kc, vc, lam[b, h * NL:(h + 1) * NL],
+                               sw[b, 3 * h * V:3 * (h + 1) * V], b, h, eps, beta_scale)
 
 
 @njit(**_INLINE)

@@ -560,14 +560,16 @@ def test_rows_at_different_positions(name, kw):
                                      ("moneta", {"num_heads": 2, "chunk_size": 3}), ("memora", {"num_heads": 2, "chunk_size": 4}),
                                      ("ttt_mlp", {"num_heads": 4, "mini_batch_size": 4}),
                                      ("lact", {"num_heads": 4, "chunk_size": 3}), ("ltc", {}), ("lssl", {"d_state": 8}),
-                                     ("log_linear_mamba2", {"headdim": 8, "d_state": 8, "ngroups": 2, "chunk_size": 4})])
+                                     ("log_linear_mamba2", {"headdim": 8, "d_state": 8, "ngroups": 2, "chunk_size": 4}),
+                                     ("log_linear_gated_deltanet", {"num_heads": 4, "chunk_size": 4})])
 def test_memory_heads_over_threads(name, kw, monkeypatch):
     """A few rows of a large memory: the kernel's ``_heads`` variant runs the (row, head) units over numba's threads
     (the size threshold lowered so that small shapes take it); equal to the torch step, rows at different positions.
     LTC's variant cuts each sub-step's columns over the threads instead, LSSL's its (row, channel) units."""
     kernels = decode._kernels()
     kernel = {"titans": "titans_mlp_decode", "ttt_mlp": "ttt_mlp_decode", "lact": "lact_decode", "ltc": "ltc_decode",
-              "lssl": "dense_ssm_decode", "log_linear_mamba2": "log_linear_ssd_decode"}.get(name, "miras_decode")
+              "lssl": "dense_ssm_decode", "log_linear_mamba2": "log_linear_ssd_decode",
+              "log_linear_gated_deltanet": "log_linear_delta_decode"}.get(name, "miras_decode")
     kernel += "_heads"
     calls = []
     inner = getattr(kernels, kernel)
