@@ -93,7 +93,7 @@ class LogLinearMamba2(Mamba2):
         params = (self.in_proj.weight, self.L, self.A_log, self.dt_bias, self.norm_weight)
         if decode.usable(x, *(t for t in state.values() if t.is_floating_point()), *params):
             keys = ["conv", "S", "pos"]
-            S = levels_for_token(state["S"], state["pos"])
+            S = levels_for_token(state["S"], state["pos"], self.num_levels)
             w = self.norm_weight  # the stand-in for the conv's bias when it has none (never read then)
             out, new = decode.fused_step(
                 "log_linear_ssd_decode", self, decode.linear(self.in_proj, x), [state["conv"], S, state["pos"]],
@@ -150,7 +150,7 @@ class LogLinearGatedDeltaNet(GatedDeltaNet):
     def _decode_levels(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         H, K, V = self.num_heads, self.head_k, self.head_v
         keys = ["conv_q", "conv_k", "conv_v", "S", "pos"]
-        S = levels_for_token(state["S"], state["pos"])
+        S = levels_for_token(state["S"], state["pos"], self.num_levels)
         out, new = decode.fused_step(
             "log_linear_delta_decode", self, fused_linear(x, self._in_layers() + [self.l_proj], whole=True),
             [state["conv_q"], state["conv_k"], state["conv_v"], S, state["pos"]],

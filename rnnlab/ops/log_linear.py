@@ -212,10 +212,16 @@ def naive_recurrent_log_linear_gated_delta_rule(q, k, v, g, beta, level_scales, 
 
 
 # --------------------------------------------------------------------------- fused recurrent (the decode step)
-def levels_for_token(S: Tensor, pos: Tensor) -> Tensor:
+def levels_for_token(S: Tensor, pos: Tensor, num_levels: int) -> Tensor:
     """The stored levels S (B, n, H, K, V) grown to the levels after the next token (a zero level in front when a row's
-    counter reaches a new power of two): the decode kernels' input."""
-    n = max([S.shape[1]] + [((p + 1) & -(p + 1)).bit_length() for p in pos.tolist()])
+    counter reaches a new power of two): the decode kernels' input. A position past what ``num_levels`` level weights
+    cover is the op's ValueError (``_check``): the kernels read a weight per level."""
+    ps = pos.tolist()
+    last = max(ps, default=0)
+    if last.bit_length() >= num_levels:
+        raise ValueError(f"level_scales has {num_levels} levels; position {last} reads level {last.bit_length()}, "
+                         f"so at least {last.bit_length() + 1} are needed")
+    n = max([S.shape[1]] + [((p + 1) & -(p + 1)).bit_length() for p in ps])
     if n > S.shape[1]:
         S = torch.cat([S.new_zeros(S.shape[0], n - S.shape[1], *S.shape[2:]), S], 1)
     return S
@@ -227,7 +233,7 @@ def _decode_token(q, k, v, g, beta, lam, scale, state, output_final_state):
     reaches a new power of two)."""
     B, _, H, K = q.shape
     V = v.shape[-1]
-    S, pos = levels_for_token(state["S"], state["pos"]), state["pos"]
+    S, pos = levels_for_token(state["S"], state["pos"], lam.shape[-1]), state["pos"]
     o, S2, pos2 = decode.log_linear_decode(q, k, v, g, beta, lam, S, pos, float(K ** -0.5 if scale is None else scale))
     return o.view(B, 1, H, V).to(v.dtype), ({"S": S2, "pos": pos2} if output_final_state else None)
 

@@ -666,3 +666,17 @@ def test_implicit_iterations_as_the_torch_step():
                     _, state = m(x[:, t:t + 1], state)
                     counts[kernels].append(m.last_iterations)
     assert counts[True] == counts[False] and min(counts[True]) > 1
+
+
+@pytest.mark.parametrize("name", ["log_linear_mamba2", "log_linear_gated_deltanet"])
+def test_log_linear_capacity_still_fails(name):
+    """The log-linear layers' fused steps keep the op's capacity error: a position whose level has no weight (``num_levels``)
+    is a ValueError with the kernels as without them, not a read past the weights."""
+    kw = {"headdim": 8, "d_state": 8, "chunk_size": 4} if name == "log_linear_mamba2" else {"num_heads": 2, "chunk_size": 4}
+    m = _mixer(name, {**kw, "num_levels": 3})  # positions 0..3
+    for kernels in (True, False):
+        with torch.inference_mode(), decode.enabled(kernels):
+            _, state = m(torch.randn(2, 3, D))
+            _, state = m(torch.randn(2, 1, D), state)  # position 3: the last one covered
+            with pytest.raises(ValueError, match="levels"):
+                m(torch.randn(2, 1, D), state)
