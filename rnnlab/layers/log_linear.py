@@ -139,11 +139,11 @@ class LogLinearGatedDeltaNet(GatedDeltaNet):
         return o, {"S": s["S"].to(state["S"].dtype), "pos": s["pos"]}
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """One token; on CPU without autograd (and with the output gate, Gated DeltaNet's) the whole middle of the layer
-        in one fused decode kernel (``log_linear_delta_decode``: the convs, gates and level weights, the levels, the
-        gated norm); otherwise Gated DeltaNet's torch step around the op's token."""
+        """One token; on CPU without autograd the whole middle of the layer in one fused decode kernel
+        (``log_linear_delta_decode``: the convs, gates and level weights, the levels, the gated norm); otherwise Gated
+        DeltaNet's torch step around the op's token."""
         params = (self.o_proj.weight, self.L, self.A_log, self.dt_bias)
-        if self.g_proj is not None and decode.usable(x, *(t for t in state.values() if t.is_floating_point()), *params):
+        if decode.usable(x, *(t for t in state.values() if t.is_floating_point()), *params):
             return self._decode_levels(x, state)
         return self._mix(x, state, "recurrent")
 

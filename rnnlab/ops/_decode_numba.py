@@ -85,6 +85,20 @@ def _l2norm(x, lo, n, eps):  # pragma: no cover - compiled
 
 
 @njit(**_INLINE)
+def _conv_qkv_l2(x, cq, ck, cv, wq, wk, wv, q, k, v, cq2, ck2, cv2, K):  # pragma: no cover - compiled
+    """A row's q, k, v = SiLU(conv) of [q | k | v] in x (widths those of the rows q, k, v; states cq, ck, cv -> cq2, ck2,
+    cv2), q and k ℓ2-normalized in heads of K (the delta rule's and the conv-fed memories' front)."""
+    nq, nk, nv = q.shape[0], k.shape[0], v.shape[0]
+    _conv(x[0:nq], cq, wq, wq[:, 0], False, True, q, cq2)
+    _conv(x[nq:nq + nk], ck, wk, wk[:, 0], False, True, k, ck2)
+    _conv(x[nq + nk:nq + nk + nv], cv, wv, wv[:, 0], False, True, v, cv2)
+    for h in range(nq // K):
+        _l2norm(q, h * K, K, 1e-6)
+    for h in range(nk // K):
+        _l2norm(k, h * K, K, 1e-6)
+
+
+@njit(**_INLINE)
 def _rotate_pair(q, k, p, inv_freq):  # pragma: no cover - compiled
     """q, k (K,) rotated in place at the integer position p: pairs (i, i + K/2) by the angle p · inv_freq[i] computed in
     float32 (``parts.rotary_cos_sin``): [x1 c − x2 s, x1 s + x2 c]."""
@@ -132,13 +146,7 @@ def delta_decode(proj, cq, ck, cv, S, wq, wk, wv, negA, dt_bias, norm_w, out, cq
     G = HV // H
     for b in range(lo, hi):
         x, q, k, v, ob_ = proj[b], qc[b], kc[b], vc[b], o[b]
-        _conv(x[0:QK], cq[b], wq, wq[:, 0], False, True, q, cq2[b])
-        _conv(x[QK:QK + KK], ck[b], wk, wk[:, 0], False, True, k, ck2[b])
-        _conv(x[QK + KK:ob], cv[b], wv, wv[:, 0], False, True, v, cv2[b])
-        for h in range(H):
-            _l2norm(q, h * K, K, 1e-6)
-        for i in range(nh * H):
-            _l2norm(k, i * K, K, 1e-6)
+        _conv_qkv_l2(x, cq[b], ck[b], cv[b], wq, wk, wv, q, k, v, cq2[b], ck2[b], cv2[b], K)
         for h in range(HV):
             Sb, Sn = S[b, h], S2[b, h]
             alpha = f32(math.exp(negA[h] * _softplus(x[oa + h] + dt_bias[h]))) if forget else f32(1.0)
@@ -1562,24 +1570,11 @@ def _matvec_t(W, x, bias, has_bias, y):  # pragma: no cover - compiled
 
 
 @njit(**_INLINE)
-def _titans_inputs(x, cq, ck, cv, wq, wk, wv, q, k, v, cq2, ck2, cv2, H, K):  # pragma: no cover - compiled
-    """A Titans row's q, k, v = SiLU(conv) of [q | k | v] (H·K each) in x (states cq, ck, cv -> cq2, ck2, cv2), q and k
-    ℓ2-normalized per head."""
-    E = H * K
-    _conv(x[0:E], cq, wq, wq[:, 0], False, True, q, cq2)
-    _conv(x[E:2 * E], ck, wk, wk[:, 0], False, True, k, ck2)
-    _conv(x[2 * E:3 * E], cv, wv, wv[:, 0], False, True, v, cv2)
-    for h in range(H):
-        _l2norm(q, h * K, K, 1e-6)
-        _l2norm(k, h * K, K, 1e-6)
-
-
-@njit(**_INLINE)
-def _titans_rows(proj, cq, ck, cv, wq, wk, wv, qc, kc, vc, cq2, ck2, cv2, pos, pos2, L, H, K):  # pragma: no cover - compiled
-    """Every row's ``_titans_inputs`` and position (a ``_heads`` kernel's serial part) -> whether each row ends its chunk."""
+def _titans_rows(proj, cq, ck, cv, wq, wk, wv, qc, kc, vc, cq2, ck2, cv2, pos, pos2, L, K):  # pragma: no cover - compiled
+    """Every row's ``_conv_qkv_l2`` and position (a ``_heads`` kernel's serial part) -> whether each row ends its chunk."""
     done = np.empty(proj.shape[0], np.bool_)
     for bi in range(proj.shape[0]):
-        _titans_inputs(proj[bi], cq[bi], ck[bi], cv[bi], wq, wk, wv, qc[bi], kc[bi], vc[bi], cq2[bi], ck2[bi], cv2[bi], H, K)
+        _conv_qkv_l2(proj[bi], cq[bi], ck[bi], cv[bi], wq, wk, wv, qc[bi], kc[bi], vc[bi], cq2[bi], ck2[bi], cv2[bi], K)
         done[bi] = _advance(pos, pos2, bi, L)[1]
     return done
 
@@ -1635,7 +1630,7 @@ def titans_linear_decode(proj, cq, ck, cv, w1, m1, s1, pos, wq, wk, wv, norm_w, 
     E = H * K
     for bi in range(lo, hi):
         x, q, k, v, eb = proj[bi], qc[bi], kc[bi], vc[bi], e[bi]
-        _titans_inputs(x, cq[bi], ck[bi], cv[bi], wq, wk, wv, q, k, v, cq2[bi], ck2[bi], cv2[bi], H, K)
+        _conv_qkv_l2(x, cq[bi], ck[bi], cv[bi], wq, wk, wv, q, k, v, cq2[bi], ck2[bi], cv2[bi], K)
         r, done = _advance(pos, pos2, bi, L)
         for h in range(H):
             theta, eta, keep = _titans_gates(x, 3 * E, H, h, base_lr)
@@ -1807,7 +1802,7 @@ def titans_mlp_decode(proj, cq, ck, cv, w1, m1, s1, w2, m2, s2, pos, wq, wk, wv,
     H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
     for bi in range(lo, hi):
         x, q, k, v = proj[bi], qc[bi], kc[bi], vc[bi]
-        _titans_inputs(x, cq[bi], ck[bi], cv[bi], wq, wk, wv, q, k, v, cq2[bi], ck2[bi], cv2[bi], H, K)
+        _conv_qkv_l2(x, cq[bi], ck[bi], cv[bi], wq, wk, wv, q, k, v, cq2[bi], ck2[bi], cv2[bi], K)
         r, done = _advance(pos, pos2, bi, L)
         for h in range(H):
             _titans_mlp_head(x, q, k, v, w1, m1, s1, w2, m2, s2, norm_w, out, w1n, m1n, s1n, w2n, m2n, s2n, e[bi, h * K:(h + 1) * K],
@@ -1821,7 +1816,7 @@ def titans_mlp_decode_heads(proj, cq, ck, cv, w1, m1, s1, w2, m2, s2, pos, wq, w
     one row's heads would otherwise run on one core); the rows' convs and positions first, on the calling thread."""
     B, H, K = proj.shape[0], w1.shape[1], w1.shape[2]
     F = w1.shape[3]
-    done = _titans_rows(proj, cq, ck, cv, wq, wk, wv, qc, kc, vc, cq2, ck2, cv2, pos, pos2, L, H, K)
+    done = _titans_rows(proj, cq, ck, cv, wq, wk, wv, qc, kc, vc, cq2, ck2, cv2, pos, pos2, L, K)
     for u in prange(B * H):
         bi, h = u // H, u % H
         _titans_mlp_head(proj[bi], qc[bi], kc[bi], vc[bi], w1, m1, s1, w2, m2, s2, norm_w, out, w1n, m1n, s1n, w2n, m2n, s2n,
@@ -2011,7 +2006,7 @@ def miras_decode(proj, cq, ck, cv, w1, m1, w2, m2, pos, wq, wk, wv, ln_w, ln_b, 
     ne, nz, ns = 3 * K, 3 * F, 2 * K * F + 2 * max(K, F)
     for bi in range(lo, hi):
         x, q, k, v = proj[bi], qc[bi], kc[bi], vc[bi]
-        _titans_inputs(x, cq[bi], ck[bi], cv[bi], wq, wk, wv, q, k, v, cq2[bi], ck2[bi], cv2[bi], H, K)
+        _conv_qkv_l2(x, cq[bi], ck[bi], cv[bi], wq, wk, wv, q, k, v, cq2[bi], ck2[bi], cv2[bi], K)
         r, done = _advance(pos, pos2, bi, L)
         for h in range(H):
             _miras_head(x, q, k, v, w1, m1, w2, m2, ln_w, ln_b, norm_w, out, w1n, m1n, w2n, m2n, e[bi, h * ne:(h + 1) * ne],
@@ -2026,7 +2021,7 @@ def miras_decode_heads(proj, cq, ck, cv, w1, m1, w2, m2, pos, wq, wk, wv, ln_w, 
     """``miras_decode`` of all rows with the (row, head) units over numba's threads; the rows' convs and positions first."""
     B, H, K, F = proj.shape[0], w1.shape[1], w1.shape[2], w1.shape[3]
     ne, nz, ns = 3 * K, 3 * F, 2 * K * F + 2 * max(K, F)
-    done = _titans_rows(proj, cq, ck, cv, wq, wk, wv, qc, kc, vc, cq2, ck2, cv2, pos, pos2, L, H, K)
+    done = _titans_rows(proj, cq, ck, cv, wq, wk, wv, qc, kc, vc, cq2, ck2, cv2, pos, pos2, L, K)
     for u in prange(B * H):
         bi, h = u // H, u % H
         _miras_head(proj[bi], qc[bi], kc[bi], vc[bi], w1, m1, w2, m2, ln_w, ln_b, norm_w, out, w1n, m1n, w2n, m2n,
@@ -2215,19 +2210,6 @@ def log_linear_decode(q, k, v, g, beta, lam, S, pos, out, S2, pos2, sw, scale, h
 
 
 @njit(**_INLINE)
-def _log_linear_delta_front(proj, cq, ck, cv, wq, wk, wv, cq2, ck2, cv2, qc, kc, vc, pos, pos2, b, H, K):  # pragma: no cover - compiled
-    """Row b's q, k, v = SiLU(conv) (states cq, ck, cv -> cq2, ck2, cv2), q and k ℓ2-normalized per head; pos2 = pos + 1."""
-    x, QK = proj[b], H * K
-    _conv(x[0:QK], cq[b], wq, wq[:, 0], False, True, qc[b], cq2[b])
-    _conv(x[QK:2 * QK], ck[b], wk, wk[:, 0], False, True, kc[b], ck2[b])
-    _conv(x[2 * QK:2 * QK + vc.shape[1]], cv[b], wv, wv[:, 0], False, True, vc[b], cv2[b])
-    for h in range(H):
-        _l2norm(qc[b], h * K, K, 1e-6)
-        _l2norm(kc[b], h * K, K, 1e-6)
-    pos2[b] = pos[b] + 1
-
-
-@njit(**_INLINE)
 def _log_linear_delta_head(proj, S, S2, pos, negA, dt_bias, L, norm_w, out, qc, kc, vc, lam, sw, b, h, eps,
                            beta_scale):  # pragma: no cover - compiled
     """Head h of row b in ``log_linear_delta_decode`` (lam (NL,), sw (3V,) its scratch)."""
@@ -2258,7 +2240,8 @@ def log_linear_delta_decode(proj, cq, ck, cv, S, pos, wq, wk, wv, negA, dt_bias,
     K, V = S.shape[3], S.shape[4]
     NL = L.shape[1]
     for b in range(lo, hi):
-        _log_linear_delta_front(proj, cq, ck, cv, wq, wk, wv, cq2, ck2, cv2, qc, kc, vc, pos, pos2, b, H, K)
+        _conv_qkv_l2(proj[b], cq[b], ck[b], cv[b], wq, wk, wv, qc[b], kc[b], vc[b], cq2[b], ck2[b], cv2[b], K)
+        pos2[b] = pos[b] + 1
         for h in range(H):
             _log_linear_delta_head(proj, S, S2, pos, negA, dt_bias, L, norm_w, out, qc, kc, vc, lam[b, h * NL:(h + 1) * NL],
                                    sw[b, 3 * h * V:3 * (h + 1) * V], b, h, eps, beta_scale)
@@ -2272,7 +2255,8 @@ def log_linear_delta_decode_heads(proj, cq, ck, cv, S, pos, wq, wk, wv, negA, dt
     B, K, V = S.shape[0], S.shape[3], S.shape[4]
     NL = L.shape[1]
     for b in prange(B):
-        _log_linear_delta_front(proj, cq, ck, cv, wq, wk, wv, cq2, ck2, cv2, qc, kc, vc, pos, pos2, b, H, K)
+        _conv_qkv_l2(proj[b], cq[b], ck[b], cv[b], wq, wk, wv, qc[b], kc[b], vc[b], cq2[b], ck2[b], cv2[b], K)
+        pos2[b] = pos[b] + 1
     for unit in prange(B * H):
         b, h = unit // H, unit % H
         _log_linear_delta_head(proj, S, S2, pos, negA, dt_bias, L, norm_w, out, qc, kc, vc, lam[b, h * NL:(h + 1) * NL],
