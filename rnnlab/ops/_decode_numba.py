@@ -1187,7 +1187,7 @@ def taylor_attn_decode(proj, S, z, out, S2, z2, fq, fk, d, eps, lo, hi):  # prag
     """One token of normalized linear attention with Based's Taylor feature map (rnnlab.layers.based, jrt_rnn) after
     the projections: proj (B, 2·H·d + H·V) = [q | k | v] unmapped; per row and head φ(q), φ(k) (scratch fq, fk (B, F),
     F = 1 + d + d²), then ``linear_attn_decode``'s update and read -> out (B, H·V), S2, z2."""
-    H, F, V = S.shape[1], S.shape[2], S.shape[3]
+    H, V = S.shape[1], S.shape[3]
     for b in range(lo, hi):
         x = proj[b]
         for h in range(H):
@@ -2110,7 +2110,7 @@ def lact_decode(qkv, lrp, w1, w2, w3, g1, g2, g3, mo1, mo2, mo3, pos, norm_w, ou
     chunks before (apply, then update); the token's gradient of −lr f_W(k) · v by hand added to G; at the chunk's end
     (r = L − 1) M ← β M + G, W ← W − M with every column's norm kept, G ← 0. out (B, D) = RMSNorm_head(o). New states
     w*n, g*n, mo*n, pos2; scratch xs (B, 3D), hz (B, H·5F) (per head)."""
-    H, K, F = w1.shape[1], w1.shape[2], w1.shape[3]
+    H, F = w1.shape[1], w1.shape[3]
     for bi in range(lo, hi):
         _lact_row(qkv[bi], xs[bi])
         r, done = _advance(pos, pos2, bi, L)

@@ -173,7 +173,7 @@ def _chunk(q, k, v, lr, initial_state, chunk_size, beta, ns, output_final_state)
 
     last_chunk = ((pos + T - 1) // L).repeat_interleave(H)  # the chunk of each row's last token; it ends there
     ends = ((pos + T) % L == 0).repeat_interleave(H)        # ... exactly at that chunk's end
-    outs, final = [], None
+    outs = []
     for n, (qn, kn, vn, ln) in enumerate(zip(grid(q), grid(k), grid(v), grid(lr))):
         outs.append(_swiglu(W, qn))
         u = _grad_manual(W, kn, vn, ln)

@@ -126,6 +126,7 @@ def _sweep(X: int, Y: int, left: Tensor, top: Tensor, step) -> tuple[Tensor, Ten
     -> (right (B, Y, ...), bottom (B, X, ...)): the edges leaving the grid."""
     lo, counts = _spans(X, Y)
     right, bottom = [None] * Y, [None] * X
+    r_prev = d_prev = None  # the diagonal before's outgoing edges
     for d in range(X + Y - 1):
         # node (x, d-x) reads the r-edge of (x-1, d-x) (the left boundary at x = 0) and the d-edge of (x, d-x-1)
         # (the upper boundary at y = 0); the diagonal before holds x from lo[d-1]

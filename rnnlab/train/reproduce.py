@@ -25,7 +25,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Callable
 
-from rnnlab.train.report import aggregate, make_report, read_diagnostics, spread
+from rnnlab.train.report import aggregate, make_report, read_diagnostics
 from rnnlab.train.store import Store
 
 __all__ = ["Claim", "Experiment", "available_experiments", "get_experiment", "evaluate_claims", "run_experiment",

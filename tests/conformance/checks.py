@@ -7,8 +7,6 @@ mixer breaks the contract. tests/conformance/test_conformance.py runs them over
 """
 from __future__ import annotations
 
-import copy
-import io
 
 import pytest
 import torch

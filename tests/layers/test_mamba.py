@@ -1,6 +1,5 @@
 """Mamba vs an independent transcription of the paper's equations (weights copied), incl. the
 conv state across a split sequence; the negative-eigenvalue option; HF MambaMixer parity if installed."""
-import math
 
 import pytest
 import torch

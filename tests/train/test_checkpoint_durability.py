@@ -99,7 +99,7 @@ def test_a_finished_run_is_not_replaced_without_resume_or_overwrite(tmp_path):
 def test_a_second_writer_of_a_run_directory_is_refused(tmp_path):
     import fcntl
 
-    from rnnlab.train.trainer import RunDirInUse, train
+    from rnnlab.train.trainer import train
     from tests.train.conftest import tiny_config
 
     run = tmp_path / "r"

@@ -35,7 +35,7 @@ def test_deterministic_given_seed(tmp_path):
     assert a["metrics"] == b["metrics"]
     wa, wb = load_file(tmp_path / "a/checkpoint.safetensors"), load_file(tmp_path / "b/checkpoint.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    c = train(tiny_config(tmp_path / "c", seed=1))
+    train(tiny_config(tmp_path / "c", seed=1))
     wc = load_file(tmp_path / "c/checkpoint.safetensors")
     assert not torch.equal(wa["model.head.weight"], wc["model.head.weight"])
 
