@@ -7,7 +7,6 @@ mixer breaks the contract. tests/conformance/test_conformance.py runs them over
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
 from safetensors.torch import load, save
