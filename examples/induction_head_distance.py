@@ -6,8 +6,7 @@ RUN_DIR: an ``rnnlab train --task induction_head --mixer mamba ...`` run. Prints
 the final query binned by the distance back to the first trigger (the task draws its position uniformly); per Mamba
 layer, the Δ of the channel that writes the answer hardest (its largest Δ at the answer token) there and on the
 filler tokens between the answer and the query; and how far the parallel form's last logits are from the step
-form's (token by token) at the first length. With
-``--scale-layer i`` it also rescales layer i's Δ on those fillers (x 0.5, 0.25) and reports the accuracy again.
+form's (token by token) at the first length. With ``--scale-layer i`` it also rescales layer i's Δ on those fillers (x 0.5, 0.25) and reports the accuracy again.
 The analysis of docs/reproductions.md ("The induction-head rows at the same budget")."""
 from __future__ import annotations
 
