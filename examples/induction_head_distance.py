@@ -57,7 +57,8 @@ def main() -> None:
                 logits, _ = model(b.inputs)
                 hits.append((logits[:, -1].argmax(-1) == b.targets[:, -1]).numpy())
                 dists.append((L - 1 - trig).numpy())
-                for i, dt in seen.items():  # the channel that writes the answer hardest, per row: its Δ there and after
+                for i, dt in (seen.items() if s == 1.0 else ()):  # the channel that writes the answer hardest, per row:
+                    # its Δ there and after (read on the unscaled pass only)
                     at = dt[torch.arange(dt.shape[0]), trig + 1]  # (B, d_inner)
                     c = at.argmax(-1)
                     dt_ans[i].append(at.max(-1).values.median().item())
