@@ -3,10 +3,11 @@
     python examples/implicit_solver_budget.py RUN_DIR [--budgets 0.05:32,0.005:256]
 
 RUN_DIR: an ``rnnlab train ... --mixer implicit_mamba2`` run (or a sweep's run directory). For each ``tol:max_iter``
-it sets ``tol`` and ``max_iter`` on every ``ImplicitMamba2`` layer of the trained model and scores it with the
-trainer's evaluation (``rnnlab.train.trainer.evaluate``: the run's test lengths, examples and seed). The layer trains
-and evaluates with one budget; longer sequences need more self-iterations to converge (docs/tasks.md, "The
-comparison on parity and S3")."""
+it sets the evaluation budget (``eval_tol``, ``eval_max_iter``) of every ``ImplicitMamba2`` layer of the trained model
+and scores it with the trainer's evaluation (``rnnlab.train.trainer.evaluate``: the run's test lengths, examples and
+seed). Longer sequences need more self-iterations to converge (docs/tasks.md, "The comparison on parity and S3");
+to train with one budget and evaluate with another from the start, pass ``model.mixer_kwargs.eval_tol=...
+model.mixer_kwargs.eval_max_iter=...`` to ``rnnlab train``."""
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ def main() -> None:
     for budget in args.budgets.split(","):
         tol, max_iter = budget.split(":")
         for layer in layers:
-            layer.tol, layer.max_iter = float(tol), int(max_iter)
+            layer.eval_tol, layer.eval_max_iter = float(tol), int(max_iter)
         evals = evaluate(model, task, train_cfg, torch.device("cpu"))
         print(f"tol {float(tol)}, max_iter {int(max_iter)}: " + ", ".join(f"acc@{L} {m['acc']:.3f}" for L, m in evals.items()),
               flush=True)

@@ -34,6 +34,13 @@ one-layer model is the paper's one-layer model up to its MLP, which the block he
 no weight normalization of the iterated layer, no Jacobian regularization, no dropout; the paper's training
 curriculum (the first 4000 batches as 4 unrolled self-iterations) is not built in (``max_iter`` is an option).
 State: Mamba-2's (conv buffer, SSD state).
+
+Evaluation budget: ``eval_tol`` / ``eval_max_iter`` (default: the training ones) replace ``tol`` / ``max_iter``
+whenever the module is not training (torchdeq's ``eval_f_max_iter`` convention). Longer sequences need more
+self-iterations than the training length did: the state-tracking comparison of docs/tasks.md measured S3 at 8x
+at 0.32 with the training budget (tol 0.05, 32) and 1.000 with tol 0.005, 256 on the same weights. The authors'
+code evaluates in the sequential mode (per-token iteration); here evaluation runs the parallel form with the
+evaluation budget, which gives the same numbers at a common fixed point.
 """
 from __future__ import annotations
 
@@ -68,18 +75,24 @@ class ImplicitMamba2(Mixer):
     """x (B, T, D) -> y (B, T, D). State: Mamba-2's conv (B, W−1, E·D + 2·G·N) and h (B, H, N, P).
 
     tol, max_iter: the solver's relative tolerance and budget (applications of f per call, or per token in the
-    step form); grad_mode: "phantom" | "implicit"; phantom_steps, tau: the phantom gradient's steps and damping;
+    step form); eval_tol, eval_max_iter: the same when not training (None: tol, max_iter); grad_mode: "phantom" |
+    "implicit"; phantom_steps, tau: the phantom gradient's steps and damping;
     init_gain: scales in_proj's default init (the z path; the authors' config has ``init_gain`` 0.5); the rest:
     Mamba-2's options."""
 
     def __init__(self, d_model: int, d_state: int = 128, d_conv: int = 4, expand: int = 2, headdim: int = 64, ngroups: int = 1,
                  chunk_size: int = 64, tol: float = 0.05, max_iter: int = 32, grad_mode: str = "phantom", phantom_steps: int = 4,
-                 tau: float = 0.8, init_gain: float = 0.5, norm_eps: float = 1e-5):
+                 tau: float = 0.8, init_gain: float = 0.5, norm_eps: float = 1e-5,
+                 eval_tol: float | None = None, eval_max_iter: int | None = None):
         super().__init__(d_model)
         if grad_mode not in GRAD_MODES:
             raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
-        if not tol > 0:
-            raise ValueError(f"tol must be > 0, got {tol}")
+        for name, t in (("tol", tol), ("eval_tol", eval_tol)):
+            if t is not None and not t > 0:
+                raise ValueError(f"{name} must be > 0, got {t}")
+        for name, m in (("max_iter", max_iter), ("eval_max_iter", eval_max_iter)):
+            if m is not None and not (isinstance(m, int) and m >= 1):
+                raise ValueError(f"{name} must be an int >= 1, got {m!r}")
         if not 0 < tau <= 1:
             raise ValueError(f"tau must be in (0, 1], got {tau}")
         self.core = Mamba2(d_model, d_state, d_conv, expand, headdim, ngroups, chunk_size, norm_eps=norm_eps)
@@ -88,7 +101,17 @@ class ImplicitMamba2(Mixer):
         self.injection = nn.Linear(d_model, self.core.in_proj.out_features)
         self.norm_in, self.norm_z, self.norm_f = (nn.RMSNorm(d_model, norm_eps) for _ in range(3))  # in x's dtype (float64 too)
         self.tol, self.max_iter, self.grad_mode, self.phantom_steps, self.tau = float(tol), max_iter, grad_mode, phantom_steps, float(tau)
+        self.eval_tol, self.eval_max_iter = eval_tol, eval_max_iter  # None: follow tol / max_iter
         self.last_iterations = 0  # applications of f in the last forward (solver diagnostics)
+
+    def budget(self, dtype: torch.dtype, low: bool = False) -> tuple[float, int]:
+        """(tolerance, max applications) for this mode (training or not); the tolerance is floored at 4 ulps of
+        the arithmetic (bfloat16's if ``low``), which no iteration can beat."""
+        tol, max_iter = self.tol, self.max_iter
+        if not self.training:
+            tol = tol if self.eval_tol is None else self.eval_tol
+            max_iter = max_iter if self.eval_max_iter is None else self.eval_max_iter
+        return max(tol, 4 * torch.finfo(torch.bfloat16 if low else dtype).eps), max_iter
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         return self.core.init_state(batch_size, device, dtype)
@@ -104,17 +127,16 @@ class ImplicitMamba2(Mixer):
     @torch.no_grad()
     def solve(self, u: Tensor, state: State, form: str, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
         """Fixed-point iteration from z = 0 (in ``dtype``, default u's) -> (z* (B, T, D), f(z*)); every row stops once its relative step is
-        within ``tol`` (then ‖f(z*) − z*‖ <= tol·‖f(z*)‖), or after ``max_iter`` applications. The tolerance is
-        floored at 4 ulps of the arithmetic (bfloat16's under autocast or for a bfloat16 module), which no
-        iteration can beat."""
+        within the tolerance (then ‖f(z*) − z*‖ <= tol·‖f(z*)‖), or after the budget's applications (``budget``;
+        bfloat16's floor under autocast or for a bfloat16 module)."""
         B, T = u.shape[:2]
         low = (dtype or u.dtype) in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled(u.device.type)
-        tol = max(self.tol, 4 * torch.finfo(torch.bfloat16 if low else (dtype or u.dtype)).eps)  # no finer than the arithmetic
+        tol, max_iter = self.budget(dtype or u.dtype, low)
         z = u.new_zeros(B, T, self.d_model, dtype=dtype)
         fz, _ = self.f(z, u, state, form)
         active = torch.ones(B, dtype=torch.bool, device=u.device)
         n = 1
-        while n < self.max_iter:
+        while n < max_iter:
             done = active & ~(_rel_diff(fz, z) > tol)  # a non-finite row is done too: it cannot converge
             active &= ~done
             if not bool(active.any()):
@@ -136,12 +158,14 @@ class ImplicitMamba2(Mixer):
         fz = self.f(z0, u, state, form)[0]
         z_bar = z0 + (fz - fz.detach())  # value z*, gradient through one application of f
 
+        tol, max_iter = self.budget(z.dtype)
+
         def adjoint(grad: Tensor) -> Tensor:  # g = (∂f/∂z)ᵀ g + grad, by fixed-point iteration
             handle.remove()  # the vector-Jacobian products below start at fz: they must not re-enter this hook
             g = grad
-            for _ in range(self.max_iter):
+            for _ in range(max_iter):
                 g_new = torch.autograd.grad(fz, z0, g, retain_graph=True)[0] + grad
-                if bool((_rel_diff(g_new, g) <= self.tol).all()):
+                if bool((_rel_diff(g_new, g) <= tol).all()):
                     return g_new
                 g = g_new
             return g
@@ -172,7 +196,7 @@ class ImplicitMamba2(Mixer):
 
     def _decode(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         core, D = self.core, self.d_model
-        tol = max(self.tol, 4 * torch.finfo(x.dtype).eps)  # as ``solve``
+        tol, max_iter = self.budget(x.dtype)  # as ``solve``
         u = decode.linear(self.injection, self.norm_in(x))
         w = core.norm_weight
         bias = lambda t: w if t is None else t  # noqa: E731  (a stand-in for an absent bias, never read then)
@@ -182,9 +206,10 @@ class ImplicitMamba2(Mixer):
             [self.norm_z.weight, core.in_proj.weight, bias(b_in), core.conv.weight, bias(b_conv), core.dt_bias, core._A(x.dtype), core.D,
              core.norm_weight, core.out_proj.weight, bias(b_out), self.norm_f.weight],
             D + 1, [D, D, core.in_proj.out_features, state["conv"].shape[-1], core.d_inner, D], b_in is not None, b_conv is not None,
-            b_out is not None, core.ngroups, core.norm_eps, self.norm_z.eps, self.norm_f.eps, tol, self.max_iter)
+            b_out is not None, core.ngroups, core.norm_eps, self.norm_z.eps, self.norm_f.eps, tol, max_iter)
         self.last_iterations = int(out[:, 0, D].max())
         return out[..., :D].contiguous(), {"conv": conv, "h": h}
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, tol={self.tol}, max_iter={self.max_iter}, grad_mode={self.grad_mode!r}"
+        return (f"d_model={self.d_model}, tol={self.tol}, max_iter={self.max_iter}, eval_tol={self.eval_tol}, "
+                f"eval_max_iter={self.eval_max_iter}, grad_mode={self.grad_mode!r}")

@@ -41,6 +41,31 @@ def test_budget_and_tolerance():
     assert m.last_iterations == 2  # the first step from z = 0 is always 100%; the second is within 50%
 
 
+def test_evaluation_budget_replaces_the_training_one_when_not_training():
+    """eval_tol / eval_max_iter bind in eval mode, in both forms (the step form's fused decode kernel included);
+    training keeps tol / max_iter; None follows the training budget."""
+    m = _mixer(tol=1e-7, max_iter=3, eval_tol=1e-7, eval_max_iter=40)
+    x = torch.randn(2, 9, 16)
+    m(x)
+    assert m.last_iterations == 3
+    m.eval()
+    with torch.no_grad():
+        m(x)
+        assert 3 < m.last_iterations <= 40
+        m(x[:, :1])
+        assert 3 < m.last_iterations <= 40
+        m.eval_tol = 0.5  # the first step from z = 0 is always 100%; the second is within 50%
+        m(x)
+        assert m.last_iterations == 2
+        m.eval_tol = m.eval_max_iter = None
+        m(x)
+        assert m.last_iterations == 3
+    converged = _mixer(tol=1e-7, max_iter=300).eval()
+    budgeted = _mixer(tol=0.5, max_iter=2, eval_tol=1e-7, eval_max_iter=300).eval()
+    with torch.no_grad():
+        assert_close(budgeted(x)[0], converged(x)[0])
+
+
 def test_implicit_gradient_matches_finite_differences():
     """float64, T = 6: d loss / d (a parameter, the input) from the implicit function theorem == central differences
     of the converged forward (tol 1e-13)."""
@@ -123,3 +148,7 @@ def test_bad_options():
         create_mixer("implicit_mamba2", 16, tau=1.5)
     with pytest.raises(ValueError, match="tol must be > 0"):
         create_mixer("implicit_mamba2", 16, tol=0.0)
+    with pytest.raises(ValueError, match="eval_tol must be > 0"):
+        create_mixer("implicit_mamba2", 16, eval_tol=-1e-3)
+    with pytest.raises(ValueError, match="eval_max_iter must be an int >= 1"):
+        create_mixer("implicit_mamba2", 16, eval_max_iter=0)
