@@ -119,7 +119,7 @@ def fused_linear(x: Tensor, layers: list[nn.Linear], whole: bool = False) -> lis
 
     weight, bias, sizes, views = param_derived(layers[0], "_fused_linear", concat, *weights, *[b for b in biases if b is not None])
     y = decode.linear_rows(x, *views) if views is not None and decode.linear_usable(x, weight) else F.linear(x, weight, bias)
-    return y if whole else list(y.split(sizes, -1))
+    return y if whole else decode.split(y, sizes)
 
 
 def fused_conv_step(xs: list[Tensor], convs: list["ShortConv"], states: list[Tensor]) -> list[tuple[Tensor, Tensor]]:

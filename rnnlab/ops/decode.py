@@ -15,11 +15,13 @@ which writes the cache in place, has its own entry (``attention_decode``: the wh
 ``linear(layer, x)`` is the projections' entry: a plain ``nn.Linear`` on decode rows by one kernel, else the module.
 The new states are fresh tensors (a state a caller holds never changes); the weights' numpy views are cached on the
 layer while the tensors are the same (a decode token would otherwise spend more on converting ten parameters than on
-its arithmetic).
+its arithmetic), and the tensors decode makes from numpy arrays (``_tensor``) convert back for free (``_arr``): a token's
+new states, the next token's old ones, cost no conversion.
 """
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ from torch.nn.modules import module as _module
 
 from rnnlab.ops._threads import run_rows
 
-__all__ = ["usable", "enabled", "linear", "linear_usable", "linear_rows", "sequential", "fused_step", "chunk_continues", "hooked",
+__all__ = ["usable", "enabled", "linear", "linear_usable", "linear_rows", "sequential", "split", "fused_step", "chunk_continues", "hooked",
            "complex_diagonal", "fused_prompt", "attention_decode", "log_linear_decode", "rat_decode"]
 
 _ON = True
@@ -76,7 +78,39 @@ def usable(x: Tensor, *tensors: Tensor, float64: bool = False, max_batch: int | 
     return all(t.dtype == dt and t.is_cpu for t in tensors) and _kernels() is not False
 
 
+_MADE: dict[int, tuple] = {}  # id -> (weak ref, array, data pointer) of each live tensor ``_tensor`` made
+
+
+def _tensor(a: np.ndarray) -> Tensor:
+    """``torch.from_numpy(a)``, remembered with its array while the tensor lives: when it comes back (a token's new
+    state as the next token's old one, a projection's output as a kernel's input) ``_arr`` returns the array without a
+    conversion (four ATen calls each)."""
+    t = torch.from_numpy(a)
+    if a.flags.c_contiguous:  # the kernels take contiguous arrays; ``_arr`` copies any other
+        key = id(t)
+        _MADE[key] = (weakref.ref(t, lambda _, k=key: _MADE.pop(k, None)), a, t.data_ptr())
+    return t
+
+
+def split(t: Tensor, sizes: list[int]) -> list[Tensor]:
+    """``t.split(sizes, -1)``; for a tensor ``_tensor`` made (a decode token's fused projections), by numpy slices,
+    which ``_arr`` takes back for free where they are contiguous (one row)."""
+    made = _MADE.get(id(t))
+    if made is None or made[0]() is not t:
+        return list(t.split(sizes, -1))
+    a, out, i = made[1], [], 0
+    for n in sizes:
+        out.append(_tensor(a[..., i : i + n]))
+        i += n
+    return out
+
+
 def _arr(t: Tensor) -> np.ndarray:
+    """t's numpy view (a contiguous copy where t is not contiguous); the array itself for a tensor ``_tensor`` made,
+    while it is that tensor on that memory (written in place, the array sees it)."""
+    made = _MADE.get(id(t))
+    if made is not None and made[0]() is t and t.data_ptr() == made[2]:
+        return made[1]
     return t.numpy() if not t.requires_grad and t.is_contiguous() else t.detach().contiguous().numpy()
 
 
@@ -116,7 +150,7 @@ def linear_rows(x: Tensor, W: np.ndarray, bias: np.ndarray | None) -> Tensor:
         _kernels().linear_rows_parallel(xa, W, b, bias is not None, y.reshape(B, -1), parts)
     else:
         _kernels().linear_rows(xa, W, b, bias is not None, y.reshape(B, -1), 0, W.shape[0])
-    return torch.from_numpy(y)
+    return _tensor(y)
 
 
 def complex_diagonal(B: Tensor, lam: Tensor, C: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -176,12 +210,13 @@ def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor
     a row's work where it is not its states' floats (what decides whether a few rows' units go over threads)."""
     xs = x if isinstance(x, (list, tuple)) else [x]
     B = xs[0].shape[0]
-    inputs = [_arr(t.reshape(B, -1)) for t in xs]
+    inputs = [_arr(t).reshape(B, -1) for t in xs]
     old = [_arr(s) for s in states]
     npdt = inputs[0].dtype
     new_np = [a if i in held else np.empty_like(a) for i, a in enumerate(old)]  # numpy first: half the calls
-    out_np = np.empty((B, out_width), npdt)
-    out, new = torch.from_numpy(out_np), [s if i in held else torch.from_numpy(a) for i, (s, a) in enumerate(zip(states, new_np))]
+    out = np.empty((B, 1, out_width), npdt)
+    out_np = out.reshape(B, out_width)
+    new = [s if i in held else _tensor(a) for i, (s, a) in enumerate(zip(states, new_np))]
     arrays = [*inputs, *old, *_weights(owner, weights), out_np, *new_np, *(np.empty((B, w), npdt) for w in scratch)]
     fn = getattr(_kernels(), kernel)
     heads = getattr(_kernels(), kernel + "_heads", None)  # the same token with (row, head) units over numba's threads
@@ -192,7 +227,7 @@ def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor
         fn(*arrays, *scalars, 0, B)
     else:
         run_rows(fn, B, *arrays, *scalars, min_rows=_MIN_ROWS)
-    return out.view(B, 1, out_width), new
+    return _tensor(out), new
 
 
 def fused_prompt(kernel: str, owner, inputs: list[Tensor], states: list[Tensor], weights: list[Tensor], out_shape: tuple[int, ...],
@@ -208,7 +243,7 @@ def fused_prompt(kernel: str, owner, inputs: list[Tensor], states: list[Tensor],
     out_np = np.empty(out_shape, npdt)
     run_rows(getattr(_kernels(), kernel), units, *ins, *old, *_weights(owner, weights), out_np, *new_np,
              *(np.empty(s, npdt) for s in scratch), *scalars)
-    return torch.from_numpy(out_np), [torch.from_numpy(a) for a in new_np]
+    return _tensor(out_np), [_tensor(a) for a in new_np]
 
 
 def chunk_continues(pos: Tensor, chunk_size: int) -> bool:
@@ -252,7 +287,7 @@ def attention_decode(owner, x: Tensor, proj: nn.Module, out_proj: nn.Module, row
             _kernels().attention_decode_parallel(*args)
         else:
             _kernels().attention_decode(*args, 0, units)
-        return out_proj(torch.from_numpy(o).view(B, 1, -1))
+        return out_proj(_tensor(o.reshape(B, 1, -1)))
     (Wp, bp), (Wo, bo) = views
     y = np.empty((B, 1, Wo.shape[0]), npdt)
     head = (xin, Wp, Wp[0] if bp is None else bp, bp is not None, Wo, Wo[0] if bo is None else bo, bo is not None, y.reshape(B, -1))
@@ -261,7 +296,7 @@ def attention_decode(owner, x: Tensor, proj: nn.Module, out_proj: nn.Module, row
         _kernels().attention_token_parallel(*head, *args, parts)
     else:
         _kernels().attention_token(*head, *args)
-    return torch.from_numpy(y)
+    return _tensor(y)
 
 
 def log_linear_decode(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor | None, lam: Tensor, S: Tensor, pos: Tensor,
@@ -271,17 +306,18 @@ def log_linear_decode(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: T
     after the token, pos (B,) -> (o (B, 1, H·V), S', pos + 1). The (row, head) units go over numba's threads when the
     levels are large enough to pay for the fork."""
     B, n, H, K, V = S.shape
+    flat = [_arr(t).reshape(B, -1) for t in (q, k, v, q if g is None else g, q if beta is None else beta, lam)]
+    S_np, pos_np = _arr(S), _arr(pos)
     # S2 contiguous whatever S's layout (a prefill's levels come permuted): empty_like would keep the permutation, and
     # every later token would copy the whole state into the kernel's layout
-    out, S2, pos2 = torch.empty(B, H * V, dtype=q.dtype), torch.empty(S.shape, dtype=S.dtype), torch.empty_like(pos)
-    flat = [_arr(t.reshape(B, -1)) for t in (q, k, v, q if g is None else g, q if beta is None else beta, lam)]
-    args = (*flat, _arr(S), _arr(pos), out.numpy(), S2.numpy(), pos2.numpy(), np.empty((B * H, 2 * V), out.numpy().dtype), scale,
-            g is not None, beta is not None)
+    out, S2, pos2 = np.empty((B, 1, H * V), flat[0].dtype), np.empty(S.shape, S_np.dtype), np.empty_like(pos_np)
+    args = (*flat, S_np, pos_np, out.reshape(B, -1), S2, pos2, np.empty((B * H, 2 * V), out.dtype), scale, g is not None,
+            beta is not None)
     if B * H * n * K * V < _SPLIT_WORK:
         _kernels().log_linear_decode(*args, 0, B * H)
     else:
         _kernels().log_linear_decode_parallel(*args)
-    return out.view(B, 1, -1), S2, pos2
+    return _tensor(out), _tensor(S2), _tensor(pos2)
 
 
 def rat_decode(owner, proj: Tensor, state: dict, gate_bias: Tensor, inv_freq: Tensor | None, *, heads: int, ngroups: int,
@@ -297,18 +333,21 @@ def rat_decode(owner, proj: Tensor, state: dict, gate_bias: Tensor, inv_freq: Te
     done = (p + 1) % L == 0
     write = bool(done.any())
     C2 = C + int(write and int((p[done] // L).max()) + 1 > C)
-    out, new = torch.empty(B, H * K, dtype=hk.dtype), {n: torch.empty_like(state[n]) for n in ("k", "v", "pos")}
+    old = {n: _arr(state[n]) for n in ("k", "v", "sk", "sv")}
+    npdt = old["k"].dtype
+    out = np.empty((B, 1, H * K), npdt)
+    new = {n: np.empty_like(a) for n, a in (("k", old["k"]), ("v", old["v"]), ("pos", p))}
     if write:
-        new["sk"], new["sv"] = (hk.new_empty(B, H, C2, K) for _ in range(2))
+        new["sk"], new["sv"] = (np.empty((B, H, C2, K), npdt) for _ in range(2))
     else:
-        new["sk"], new["sv"] = sk, state["sv"]
+        new["sk"], new["sv"] = old["sk"], old["sv"]
     gb, *freq = _weights(owner, [gate_bias] + ([inv_freq] if inv_freq is not None else []))
-    npdt = out.numpy().dtype
-    args = (_arr(proj.view(B, -1)), _arr(hk), _arr(state["v"]), _arr(sk), _arr(state["sv"]), p, gb, freq[0] if freq else gb, out.numpy(),
-            new["k"].numpy(), new["v"].numpy(), _arr(new["sk"]), _arr(new["sv"]), new["pos"].numpy(), np.empty((B, K), npdt),
-            np.empty((B, K), npdt), np.empty((B, C + 1), npdt), H, ngroups, L, inv_freq is not None, scale, write)
+    args = (_arr(proj).reshape(B, -1), old["k"], old["v"], old["sk"], old["sv"], p, gb, freq[0] if freq else gb, out.reshape(B, -1),
+            new["k"], new["v"], new["sk"], new["sv"], new["pos"], np.empty((B, K), npdt), np.empty((B, K), npdt),
+            np.empty((B, C + 1), npdt), H, ngroups, L, inv_freq is not None, scale, write)
     if B < 2 * _MIN_ROWS:
         _kernels().rat_decode(*args, 0, B)
     else:
         run_rows(_kernels().rat_decode, B, *args, min_rows=_MIN_ROWS)
-    return out.view(B, 1, -1), new
+    held = {"sk": sk, "sv": state["sv"]} if not write else {}
+    return _tensor(out), {n: held[n] if n in held else _tensor(a) for n, a in new.items()}

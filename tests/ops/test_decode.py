@@ -1,6 +1,8 @@
 """The fused decode kernels (rnnlab.ops.decode) equal the layers' torch steps: outputs and every state entry over many
 tokens, batch rows split over threads, each flag of each layer; they step only where the policy allows, and a
 stepped state is never written."""
+import pickle
+
 import pytest
 import torch
 
@@ -377,6 +379,47 @@ def test_stepped_state_unchanged():
     assert torch.equal(y1, y2)
     for k in before:
         assert torch.equal(s0[k], before[k])
+
+
+@pytest.mark.parametrize("name,kw", [("mamba2", {"headdim": 8, "d_state": 8}), ("titans", {"num_heads": 2, "chunk_size": 4})])
+def test_state_views_follow_the_tensors(name, kw):
+    """A token reuses the numpy arrays behind the states the last one made (decode's ``_tensor`` / ``_arr``): a state
+    edited in place between tokens is seen, a replaced entry or a branch from an older state is converted afresh, the
+    mixer still pickles, and the record of a tensor goes with it. Each against the torch step on the same states."""
+    m = _mixer(name, kw)
+    x = torch.randn(2, 6, D)
+    with torch.inference_mode():
+        _, s = m(torch.randn(2, 5, D))
+        older = s
+        for t in range(6):
+            x1 = x[:, t : t + 1]
+            key = [k for k, v in s.items() if v.is_floating_point()][t % 2]
+            if t == 2:
+                s[key].mul_(0.5)  # in place: the cached view sees it
+            elif t == 4:
+                s = {**s, key: s[key] * 0.5}  # a new tensor for one entry
+            elif t == 5:
+                s = older  # a branch from an earlier state
+            with decode.enabled(False):
+                y_ref, s_ref = m(x1, {k: v.clone() for k, v in s.items()})
+            y, s = m(x1, s)
+            assert_close(y, y_ref, name=f"{name} token {t}")
+            for k in s_ref:
+                if s[k].is_floating_point():
+                    assert_close(s[k], s_ref[k], name=f"{name} token {t} state {k}")
+                else:
+                    assert torch.equal(s[k], s_ref[k])
+    made = [k for k, v in s.items() if id(v) in decode._MADE]
+    assert made and all(decode._arr(s[k]) is decode._MADE[id(s[k])][1] for k in made)
+    key = made[0]
+    gone = id(s[key])
+    s = {**s, key: None}
+    assert gone not in decode._MADE  # the record dies with its tensor
+    s = {**s, key: torch.zeros_like(s_ref[key])}
+    m2 = pickle.loads(pickle.dumps(m))
+    with torch.inference_mode():
+        y, _ = m2(x[:, :1], s)
+    assert y.shape == (2, 1, D)
 
 
 @pytest.mark.parametrize("name,kw,anchors", [
