@@ -5,7 +5,7 @@
 RUN_DIR: an ``rnnlab train ... --mixer implicit_mamba2`` run (or a sweep's run directory). For each ``tol:max_iter``
 it sets the evaluation budget (``eval_tol``, ``eval_max_iter``) of every ``ImplicitMamba2`` layer of the trained model
 and scores it with the trainer's evaluation (``rnnlab.train.trainer.evaluate``: the run's test lengths, examples and
-seed). Longer sequences need more self-iterations to converge (docs/tasks.md, "The comparison on parity and S3");
+seed). Longer sequences need more self-iterations to converge (docs/tasks.md, "The comparison on parity, S3 and ModArith");
 to train with one budget and evaluate with another from the start, pass ``model.mixer_kwargs.eval_tol=...
 model.mixer_kwargs.eval_max_iter=...`` to ``rnnlab train``."""
 from __future__ import annotations
