@@ -95,22 +95,28 @@ def _tensor(a: np.ndarray) -> Tensor:
 def split(t: Tensor, sizes: list[int]) -> list[Tensor]:
     """``t.split(sizes, -1)``; for a tensor ``_tensor`` made (a decode token's fused projections), by numpy slices,
     which ``_arr`` takes back for free where they are contiguous (one row)."""
-    made = _MADE.get(id(t))
-    if made is None or made[0]() is not t:
+    a = _made(t)
+    if a is None:
         return list(t.split(sizes, -1))
-    a, out, i = made[1], [], 0
+    out, i = [], 0
     for n in sizes:
         out.append(_tensor(a[..., i : i + n]))
         i += n
     return out
 
 
-def _arr(t: Tensor) -> np.ndarray:
-    """t's numpy view (a contiguous copy where t is not contiguous); the array itself for a tensor ``_tensor`` made,
-    while it is that tensor on that memory (written in place, the array sees it)."""
+def _made(t: Tensor) -> np.ndarray | None:
+    """The array behind t if ``_tensor`` made t and t is still that tensor on that memory (written in place, the
+    array sees it), else None."""
     made = _MADE.get(id(t))
-    if made is not None and made[0]() is t and t.data_ptr() == made[2]:
-        return made[1]
+    return made[1] if made is not None and made[0]() is t and t.data_ptr() == made[2] else None
+
+
+def _arr(t: Tensor) -> np.ndarray:
+    """t's numpy view (a contiguous copy where t is not contiguous); the array itself for a tensor ``_tensor`` made."""
+    a = _made(t)
+    if a is not None:
+        return a
     return t.numpy() if not t.requires_grad and t.is_contiguous() else t.detach().contiguous().numpy()
 
 
