@@ -430,8 +430,8 @@ def test_state_views_follow_the_tensors(name, kw):
 ])
 def test_memory_anchors_held_within_a_chunk(name, kw, anchors):
     """Within a chunk a test-time memory's anchors pass through (the new state holds the old memory, from the second
-    token the old tensors: no copy per token); where one row ends its chunk and another does not, every row gets fresh ones. Either way the kernel equals
-    the torch step and the caller's state is never written."""
+    token the old tensors: no copy per token); where one row ends its chunk and another does not, every row gets fresh
+    ones. Either way the kernel equals the torch step and the caller's state is never written."""
     m = _mixer(name, kw)
     with torch.inference_mode():
         _, mid = m(torch.randn(1, 5, D))  # position 1 of 4
