@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from rnnlab.options import positive_int
@@ -83,7 +84,10 @@ def cmd_train(args) -> int:
 
     if is_main():
         print(json.dumps({k: result[k] for k in ("run_dir", "task", "mixer", "steps", "primary_metric", "score", "metrics")}, indent=1))
-    shutdown()
+    if shutdown():  # a torchrun process: everything is written; skip the finalization that can abort (shutdown)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

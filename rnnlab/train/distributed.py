@@ -117,10 +117,15 @@ def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return full.to(like.device)
 
 
-def shutdown() -> None:
-    """Leave the process group at the end of a run. The barrier first: no process tears its group down (closing its
-    connections, joining gloo's worker threads) while another still has collectives of the run in flight — a rank
-    that left early aborted its peer once under load ("terminate called without an active exception")."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+def shutdown() -> bool:
+    """Leave the process group at the end of a run; True if there was one. The barrier first: no process tears its
+    group down (closing its connections, joining gloo's worker threads) while another still has collectives of the
+    run in flight — a rank that left early aborted its peer once under load ("terminate called without an active
+    exception"). A caller that gets True should leave with ``os._exit`` once its output is flushed: the same abort
+    still came, about once in ten runs under load, from the interpreter's finalization, where objects that still
+    hold gloo's work (the sharded model's mesh) are destroyed after the group (the mechanism: pytorch/pytorch pull request 179291)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    dist.barrier()
+    dist.destroy_process_group()
+    return True
