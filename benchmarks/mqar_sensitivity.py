@@ -71,7 +71,20 @@ def build(kind, embedding_init):
 SEED = [0]
 
 
-def run(kind, setting, seed, steps):
+def accuracy(model, batch) -> float:
+    """Accuracy at the batch's answer positions (the model left in training mode)."""
+    model.eval()
+    with torch.no_grad():
+        out = model(batch.inputs)
+        logits = out[0] if isinstance(out, tuple) else out
+        keep = batch.targets != -100
+        acc = float((logits.argmax(-1)[keep] == batch.targets[keep]).float().mean())
+    model.train()
+    return acc
+
+
+def run(kind, setting, seed, steps, every=None):
+    """Final accuracy on 512 held-out sequences; with ``every``, the list of it after every ``every`` steps."""
     SEED[0] = seed
     task = create_task("mqar", seq_len=64, num_kv_pairs=8, vocab_size=256, test_lengths=[64],
                        random_non_queries=setting["filler"] == "random", power_a=setting["power_a"])
@@ -83,6 +96,8 @@ def run(kind, setting, seed, steps):
         rest = [p for p in model.parameters() if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": setting["wd"]}, {"params": rest, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=setting["lr"], betas=(0.9, 0.98))
+    test = task.sample(512, 64, rng_for(seed, "test", 64), "test")
+    accs = []
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, setting["lr"], setting["schedule"])
@@ -94,13 +109,9 @@ def run(kind, setting, seed, steps):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-    model.eval()
-    with torch.no_grad():
-        b = task.sample(512, 64, rng_for(seed, "test", 64), "test")
-        out = model(b.inputs)
-        logits = out[0] if isinstance(out, tuple) else out
-        keep = b.targets != -100
-        return float((logits.argmax(-1)[keep] == b.targets[keep]).float().mean())
+        if every and (step + 1) % every == 0:
+            accs.append(round(accuracy(model, test), 3))
+    return accs if every else accuracy(model, test)
 
 
 RNNLAB = {"schedule": "cosine", "decay": "matrices", "wd": 0.1, "filler": "random", "power_a": 0.01, "lr": 3e-3,
