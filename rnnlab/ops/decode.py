@@ -212,9 +212,8 @@ def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor
     (B, 1, out_width), the new states, each shaped as its old one). ``owner``: the layer, which caches the weights'
     views; ``scratch``: the widths of the kernel's per-row scratch rows; ``held``: the indices of the states this token
     leaves as they are (a test-time memory's anchors within a chunk, ``chunk_continues``): the new state is the old
-    tensor (or one on its memory, ``_held``), and the kernel, told so by one of its scalars, does not write it (no copy
-    of a memory per token); ``work``: a row's work where it is not its states' floats (what decides whether a few
-    rows' units go over threads)."""
+    tensor, and the kernel, told so by one of its scalars, does not write it (no copy of a memory per token); ``work``:
+    a row's work where it is not its states' floats (what decides whether a few rows' units go over threads)."""
     xs = x if isinstance(x, (list, tuple)) else [x]
     B = xs[0].shape[0]
     inputs = [_arr(t).reshape(B, -1) for t in xs]
@@ -223,7 +222,7 @@ def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor
     new_np = [a if i in held else np.empty_like(a) for i, a in enumerate(old)]  # numpy first: half the calls
     out = np.empty((B, 1, out_width), npdt)
     out_np = out.reshape(B, out_width)
-    new = [_held(s, a) if i in held else _tensor(a) for i, (s, a) in enumerate(zip(states, new_np))]
+    new = [s if i in held else _tensor(a) for i, (s, a) in enumerate(zip(states, new_np))]
     arrays = [*inputs, *old, *_weights(owner, weights), out_np, *new_np, *(np.empty((B, w), npdt) for w in scratch)]
     fn = getattr(_kernels(), kernel)
     heads = getattr(_kernels(), kernel + "_heads", None)  # the same token with (row, head) units over numba's threads
@@ -235,12 +234,6 @@ def fused_step(kernel: str, owner, x: Tensor | list[Tensor], states: list[Tensor
     else:
         run_rows(fn, B, *arrays, *scalars, min_rows=_MIN_ROWS)
     return _tensor(out), new
-
-
-def _held(t: Tensor, a: np.ndarray) -> Tensor:
-    """A held state's tensor for the next token: t itself once ``_tensor`` made it, else a tensor made on its array a
-    (the same memory), so that the tokens after take the array back for free (a prefill's state is not made)."""
-    return t if _made(t) is a else _tensor(a)
 
 
 def fused_prompt(kernel: str, owner, inputs: list[Tensor], states: list[Tensor], weights: list[Tensor], out_shape: tuple[int, ...],
