@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-import mqar_sensitivity as M
+import mqar_sensitivity as M  # this script's folder is on sys.path when it is run as a script
 
 from rnnlab.runtime import set_threads
 
@@ -32,7 +29,8 @@ def main():
     for seed in (int(s) for s in args.seeds.split(",")):
         t0 = time.time()
         accs = M.run("rnnlab", setting, seed, args.steps, every=250)
-        print(json.dumps({"seed": seed, "steps": args.steps, "acc_every_250": accs, "s": round(time.time() - t0)}), flush=True)
+        row = {"seed": seed, "steps": args.steps, "acc_every_250": accs, "s": round(time.time() - t0)}
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
